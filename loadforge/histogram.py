@@ -1,0 +1,194 @@
+"""Bridge between the engine's HDR count arrays and `hdrh.histogram.HdrHistogram`.
+
+The engine records latencies in C into uint32 count arrays with exactly hdrh's index layout
+(1 µs .. 1 h, 3 significant digits), and ships the parent only the touched slice of each
+array. Everything else (merging, percentiles, the V2 encoding stored in Parquet) goes through
+hdrh so that stored histograms stay readable by every HdrHistogram library.
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import sys
+from itertools import compress
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from loadforge.errors import ResultsError
+
+LOWEST_US = 1
+HIGHEST_US = 3_600_000_000
+SIGNIFICANT_DIGITS = 3
+# counts_len of the layout above; the engine's arrays have this many uint32 entries.
+COUNTS_LEN = 23552
+
+# Percentile levels behind the stats() keys, in ascending order (one pass walks them in turn).
+PERCENTILES: tuple[tuple[str, float], ...] = (
+    ("p50", 50.0),
+    ("p90", 90.0),
+    ("p99", 99.0),
+    ("p999", 99.9),
+)
+
+__all__ = [
+    "COUNTS_LEN",
+    "HIGHEST_US",
+    "LOWEST_US",
+    "PERCENTILES",
+    "SIGNIFICANT_DIGITS",
+    "add_slice",
+    "copy",
+    "decode",
+    "encode",
+    "merge",
+    "new_histogram",
+    "stats",
+]
+
+
+def new_histogram() -> HdrHistogram:
+    """An empty histogram with the engine's layout (µs, 1 µs .. 1 h, 3 digits)."""
+    return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+
+
+def _uint32_view(counts: bytes) -> memoryview | array.array[int]:
+    if len(counts) % 4:
+        raise ValueError(f"histogram slice: {len(counts)} bytes is not a whole number of uint32")
+    if sys.byteorder == "little":
+        return memoryview(counts).cast("I")
+    # The wire format is little-endian whatever the host; only big-endian hosts pay a copy.
+    swapped = array.array("I")
+    swapped.frombytes(counts)
+    swapped.byteswap()
+    return swapped
+
+
+def add_slice(h: HdrHistogram, lo: int, counts: bytes, total: int, min_us: int, max_us: int) -> None:
+    """Add an engine slice (uint32 LE counts of indices lo..lo+n-1) into `h`.
+
+    `total`, `min_us` and `max_us` are the worker's own bookkeeping for the slice: total must
+    equal the sum of the counts (checked before anything is changed), min/max are exact values
+    and are clamped into the buckets of the lowest/highest nonzero index so that hdrh's
+    encoder, which encodes up to the index of `max_value`, never drops a count.
+    """
+    values = _uint32_view(counts)
+    n = len(values)
+    if lo < 0 or lo + n > h.counts_len:
+        raise ValueError(
+            f"histogram slice: indices {lo}..{lo + n - 1} outside 0..{h.counts_len - 1}"
+        )
+    # compress() walks the array in C and yields only the nonzero positions: a slice from a
+    # busy interval has a few hundred nonzero entries among thousands.
+    nonzero = list(compress(range(n), values))
+    added = [values[i] for i in nonzero]
+    got = sum(added)
+    if got != total:
+        raise ValueError(f"histogram slice: counts sum to {got}, total says {total}")
+    if not nonzero:
+        return
+    hc = h.counts
+    for i, c in zip(nonzero, added, strict=True):
+        hc[lo + i] += c
+
+    low_bucket = h.get_value_from_index(lo + nonzero[0])
+    if not low_bucket <= min_us <= h.get_highest_equivalent_value(low_bucket):
+        min_us = low_bucket
+    high_bucket = h.get_value_from_index(lo + nonzero[-1])
+    if not high_bucket <= max_us <= h.get_highest_equivalent_value(high_bucket):
+        max_us = high_bucket
+    h.total_count += total
+    # min_value starts at sys.maxsize in an empty histogram, max_value at 0.
+    h.min_value = min(h.min_value, min_us)
+    h.max_value = max(h.max_value, max_us)
+
+
+def merge(dst: HdrHistogram, src: HdrHistogram) -> None:
+    """Add `src` into `dst` exactly (same layout: an in-place add of the count arrays)."""
+    if not src.total_count:
+        return
+    dst_empty = not dst.total_count
+    dst_min, dst_max = dst.min_value, dst.max_value
+    dst.add(src)
+    # hdrh's add() takes min(dst.get_min_value(), src.get_min_value()), and get_min_value() is
+    # 0 for an empty histogram: merging into an empty one would report min 0. Keep the raw
+    # tracked values instead (get_min_value/get_max_value apply the bucket bounds later).
+    dst.min_value = src.min_value if dst_empty else min(dst_min, src.min_value)
+    dst.max_value = max(dst_max, src.max_value)
+
+
+def copy(h: HdrHistogram) -> HdrHistogram:
+    out = new_histogram()
+    merge(out, h)
+    return out
+
+
+def _tracked_indices(h: HdrHistogram) -> tuple[memoryview, list[int]]:
+    counts = memoryview(h.counts).cast("B").cast("Q")
+    limit = h.get_counts_array_index(h.max_value) + 1 if h.total_count else 0
+    limit = min(limit, len(counts))
+    return counts, list(compress(range(limit), counts[:limit]))
+
+
+def stats(h: HdrHistogram) -> dict[str, Any]:
+    """p50, p90, p99, p999, max (int µs), mean (float µs) and count, in one pass.
+
+    Same definitions as hdrh's get_value_at_percentile / get_max_value / get_mean_value
+    (values are the highest equivalent value of the bucket; mean uses bucket midpoints),
+    but walking only the nonzero buckets once instead of the whole array per query.
+    """
+    total = int(h.total_count)
+    out: dict[str, Any] = {key: 0 for key, _ in PERCENTILES}
+    out.update(max=0, mean=0.0, count=total)
+    if not total:
+        return out
+    counts, nonzero = _tracked_indices(h)
+    targets = [(key, max(int(p * total / 100 + 0.5), 1)) for key, p in PERCENTILES]
+    # hdrh's get_value_from_index / get_highest_equivalent_value / _hdr_median_equiv_value,
+    # inlined: method calls per bucket dominated the cost on busy histograms.
+    half_mag = h.sub_bucket_half_count_magnitude
+    half = h.sub_bucket_half_count
+    unit_mag = h.unit_magnitude
+    t = 0
+    cumulative = 0
+    weighted = 0
+    for index in nonzero:
+        c = counts[index]
+        bucket = (index >> half_mag) - 1
+        sub = (index & (half - 1)) + half
+        if bucket < 0:
+            sub -= half
+            bucket = 0
+        lowest = sub << (bucket + unit_mag)
+        size = 1 << (bucket + unit_mag)
+        cumulative += c
+        weighted += c * (lowest + (size >> 1))
+        while t < len(targets) and cumulative >= targets[t][1]:
+            out[targets[t][0]] = lowest + size - 1
+            t += 1
+    out["max"] = int(h.get_max_value())
+    out["mean"] = weighted / total
+    return out
+
+
+def encode(h: HdrHistogram) -> bytes:
+    """The standard V2 compressed encoding as raw bytes (what Java's
+    `decodeFromCompressedByteBuffer` and Go/C `decode` read; hdrh's encode() is its base64)."""
+    return base64.b64decode(h.encode())
+
+
+def decode(blob: bytes, what: str = "histogram") -> HdrHistogram:
+    """Decode a V2 compressed histogram; `what` names it in the error message."""
+    try:
+        h = HdrHistogram.decode(base64.b64encode(bytes(blob)))
+    except Exception as exc:  # hdrh raises zlib, ctypes, cookie and length errors alike
+        reason = str(exc) or type(exc).__name__
+        raise ResultsError(f"{what}: not a V2-compressed HdrHistogram ({reason})") from exc
+    layout = (h.lowest_trackable_value, h.highest_trackable_value, h.significant_figures)
+    if layout != (LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS):
+        raise ResultsError(
+            f"{what}: histogram layout (lowest, highest, digits) = {layout}, expected "
+            f"{(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)}"
+        )
+    return h

@@ -1,0 +1,362 @@
+"""The Parquet archive of a run: schema, streaming writer, reader.
+
+One file per run. Rows at three scopes (interval, stage, run), each with the encoded latency
+and service-time histograms and the percentiles computed from them. Labels become constant
+`label_<key>` string columns so that a directory of runs reads as one dataset in pyarrow or
+DuckDB; everything else about the run goes into the Parquet key-value metadata under
+`loadforge.`. The column names of DESIGN.md "Parquet results" are a contract with other tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from hdrh.histogram import HdrHistogram
+
+import loadforge
+from loadforge import histogram
+from loadforge.errors import InputError, ResultsError
+
+SCHEMA_VERSION = 1
+METADATA_PREFIX = "loadforge."
+SCOPES = ("interval", "stage", "run")
+# Rows buffered before a row group is written: bounds the writer's memory whatever the run's
+# length, and keeps row groups large enough for column statistics to be useful.
+ROW_GROUP_ROWS = 4096
+
+_BASE_FIELDS: tuple[tuple[str, pa.DataType, bool], ...] = (
+    ("run_id", pa.string(), False),
+    ("scope", pa.string(), False),
+    ("stage", pa.string(), False),
+    ("name", pa.string(), False),
+    ("outcome", pa.string(), False),
+    ("backend", pa.string(), False),
+    ("start_ms", pa.int64(), False),
+    ("end_ms", pa.int64(), False),
+    ("count", pa.int64(), False),
+    # Only on rows merged over name and outcome (name = outcome = "*"), null elsewhere.
+    ("scheduled", pa.int64(), True),
+    ("unsent", pa.int64(), True),
+    ("latency_hdr", pa.binary(), False),
+    ("service_hdr", pa.binary(), False),
+    ("p50_us", pa.int64(), False),
+    ("p90_us", pa.int64(), False),
+    ("p99_us", pa.int64(), False),
+    ("p999_us", pa.int64(), False),
+    ("max_us", pa.int64(), False),
+    ("mean_us", pa.float64(), False),
+    ("service_p50_us", pa.int64(), False),
+    ("service_p99_us", pa.int64(), False),
+)
+BASE_COLUMNS = tuple(name for name, _, _ in _BASE_FIELDS)
+# What a reader needs from any file, whatever later schema versions add.
+REQUIRED_COLUMNS = (
+    "run_id", "scope", "stage", "name", "outcome", "start_ms", "end_ms", "count",
+    "latency_hdr", "service_hdr", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us",
+)
+_LABEL_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def label_column(key: str) -> str:
+    return f"label_{key}"
+
+
+def check_label_key(key: str) -> None:
+    # Label keys become column names; keep them to what SQL engines accept unquoted.
+    if not _LABEL_KEY.match(key):
+        raise InputError(
+            f"label {key!r}: keys must be letters, digits and '_', not starting with a digit"
+        )
+
+
+def result_schema(label_keys: Iterable[str] = ()) -> pa.Schema:
+    """The Arrow schema of a result file with these label keys (in sorted order)."""
+    fields = [pa.field(name, dtype, nullable=nullable) for name, dtype, nullable in _BASE_FIELDS]
+    for key in sorted(label_keys):
+        check_label_key(key)
+        fields.append(pa.field(label_column(key), pa.string(), nullable=False))
+    return pa.schema(fields)
+
+
+class ResultWriter:
+    """Streams rows of one run into `path`, via `path + ".partial"` renamed on close().
+
+    A file at `path` is therefore always complete; a crashed run leaves only a `.partial`.
+    Use as a context manager: a clean exit closes (and publishes) the file, an exception
+    aborts it (the partial file is removed).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        run_id: str,
+        metadata: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.partial_path = self.path + ".partial"
+        self.run_id = run_id
+        self.labels = dict(labels or {})
+        self.schema = result_schema(self.labels)
+        self.rows_written = 0
+        self._buffer: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+        self._buffered = 0
+
+        kv: dict[str, str] = {
+            "host": socket.gethostname(),
+            "engine": "",
+            "start_time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "profile": "",
+        }
+        for key, value in (metadata or {}).items():
+            key = key.removeprefix(METADATA_PREFIX)
+            kv[key] = value if isinstance(value, str) else json.dumps(value)
+        kv.update(
+            run_id=run_id,
+            version=loadforge.__version__,
+            schema_version=str(SCHEMA_VERSION),
+            labels=json.dumps(self.labels, sort_keys=True),
+        )
+        self.metadata = kv
+        schema = self.schema.with_metadata({METADATA_PREFIX + k: v for k, v in kv.items()})
+        parent = os.path.dirname(self.path)
+        try:
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+                self.partial_path, schema, compression="zstd"
+            )
+        except OSError as exc:
+            raise InputError(f"results {self.path}: cannot write ({exc.strerror or exc})") from exc
+        self.schema = schema
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        """Append rows. Each row: scope, stage, name, outcome, start_ms, end_ms, count,
+        latency and service (HdrHistogram), optional scheduled, unsent, backend."""
+        if self._writer is None:
+            raise ValueError(f"results {self.path}: writer already closed")
+        buf = self._buffer
+        for row in rows:
+            scope = row["scope"]
+            if scope not in SCOPES:
+                raise ValueError(f"row scope {scope!r}, expected one of {SCOPES}")
+            latency: HdrHistogram = row["latency"]
+            service: HdrHistogram = row["service"]
+            lat = histogram.stats(latency)
+            svc = histogram.stats(service)
+            buf["run_id"].append(self.run_id)
+            buf["scope"].append(scope)
+            buf["stage"].append(row["stage"])
+            buf["name"].append(row["name"])
+            buf["outcome"].append(row["outcome"])
+            buf["backend"].append(row.get("backend", "*"))
+            buf["start_ms"].append(int(row["start_ms"]))
+            buf["end_ms"].append(int(row["end_ms"]))
+            buf["count"].append(int(row["count"]))
+            buf["scheduled"].append(row.get("scheduled"))
+            buf["unsent"].append(row.get("unsent"))
+            buf["latency_hdr"].append(histogram.encode(latency))
+            buf["service_hdr"].append(histogram.encode(service))
+            buf["p50_us"].append(lat["p50"])
+            buf["p90_us"].append(lat["p90"])
+            buf["p99_us"].append(lat["p99"])
+            buf["p999_us"].append(lat["p999"])
+            buf["max_us"].append(lat["max"])
+            buf["mean_us"].append(lat["mean"])
+            buf["service_p50_us"].append(svc["p50"])
+            buf["service_p99_us"].append(svc["p99"])
+            for key, value in self.labels.items():
+                buf[label_column(key)].append(value)
+            self._buffered += 1
+            if self._buffered >= ROW_GROUP_ROWS:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffered or self._writer is None:
+            return
+        table = pa.table(self._buffer, schema=self.schema)
+        self._writer.write_table(table, row_group_size=max(self._buffered, 1))
+        self.rows_written += self._buffered
+        # Cleared in place: write() holds a reference to these lists across a flush.
+        for column in self._buffer.values():
+            column.clear()
+        self._buffered = 0
+
+    def close(self) -> str:
+        """Write what is buffered, close, and publish the file at `path`. Returns the path."""
+        if self._writer is None:
+            return self.path
+        self._flush()
+        self._writer.close()
+        self._writer = None
+        os.replace(self.partial_path, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close without publishing; removes the partial file."""
+        if self._writer is None:
+            return
+        try:
+            self._writer.close()
+        finally:
+            self._writer = None
+            try:
+                os.remove(self.partial_path)
+            except OSError:
+                pass
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+@dataclass
+class Result:
+    """One run read back: metadata without the `loadforge.` prefix, labels, the whole table."""
+
+    path: str
+    run_id: str
+    metadata: dict[str, str]
+    labels: dict[str, str]
+    table: pa.Table
+
+    def rows(
+        self,
+        scope: str,
+        stage: str | None = None,
+        name: str | None = "*",
+        outcome: str | None = "*",
+    ) -> list[dict[str, Any]]:
+        """Rows of a scope, in file order; None for stage/name/outcome means any value."""
+        mask = pc.equal(self.table["scope"], scope)
+        for column, value in (("stage", stage), ("name", name), ("outcome", outcome)):
+            if value is not None:
+                mask = pc.and_(mask, pc.equal(self.table[column], value))
+        rows: list[dict[str, Any]] = self.table.filter(mask).to_pylist()
+        return rows
+
+    def histogram(self, row: dict[str, Any], column: str = "latency_hdr") -> HdrHistogram:
+        what = (
+            f"results {self.path}: {column} of {row.get('scope')} row "
+            f"stage={row.get('stage')!r} name={row.get('name')!r} "
+            f"outcome={row.get('outcome')!r} start_ms={row.get('start_ms')}"
+        )
+        return histogram.decode(row[column], what=what)
+
+    def service_histogram(self, row: dict[str, Any]) -> HdrHistogram:
+        return self.histogram(row, "service_hdr")
+
+
+def _read_metadata(path: str) -> dict[str, str]:
+    """The loadforge.* footer metadata of `path` (prefix removed), validated."""
+    if not os.path.exists(path):
+        raise ResultsError(f"results {path}: no such file")
+    if os.path.isdir(path):
+        raise ResultsError(f"results {path}: is a directory, expected a .parquet file")
+    try:
+        footer = pq.read_metadata(path)
+    except PermissionError as exc:
+        raise ResultsError(f"results {path}: cannot read ({exc.strerror})") from exc
+    except (pa.ArrowException, OSError) as exc:
+        raise ResultsError(f"results {path}: not a Parquet file ({exc})") from exc
+    raw = footer.metadata or {}
+    meta: dict[str, str] = {}
+    for key, value in raw.items():
+        k = key.decode("utf-8", "replace")
+        if k.startswith(METADATA_PREFIX):
+            meta[k.removeprefix(METADATA_PREFIX)] = value.decode("utf-8", "replace")
+    if "schema_version" not in meta:
+        raise ResultsError(
+            f"results {path}: a Parquet file but not a loadforge result (no loadforge metadata)"
+        )
+    try:
+        version = int(meta["schema_version"])
+    except ValueError:
+        raise ResultsError(
+            f"results {path}: schema version {meta['schema_version']!r} is not a number"
+        ) from None
+    if version > SCHEMA_VERSION:
+        raise ResultsError(
+            f"results {path}: written with result schema {version} by loadforge "
+            f"{meta.get('version', '?')}; this loadforge reads up to schema {SCHEMA_VERSION}"
+        )
+    return meta
+
+
+def read_result(path: str) -> Result:
+    """Read a whole result file. Every problem is a ResultsError naming the file."""
+    path = os.fspath(path)
+    meta = _read_metadata(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ResultsError(f"results {path}: unreadable Parquet data ({exc})") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ResultsError(f"results {path}: missing required columns {', '.join(missing)}")
+    try:
+        labels = json.loads(meta.get("labels", "{}"))
+        if not isinstance(labels, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise ResultsError(f"results {path}: metadata loadforge.labels is not JSON ({exc})") from exc
+    run_id = meta.get("run_id", "")
+    if not run_id and table.num_rows:
+        run_id = str(table["run_id"][0])
+    return Result(
+        path=path,
+        run_id=run_id,
+        metadata=meta,
+        labels={str(k): str(v) for k, v in labels.items()},
+        table=table,
+    )
+
+
+def _start_key(path: str, meta: dict[str, str]) -> tuple[float, str]:
+    start = meta.get("start_time", "")
+    try:
+        moment = datetime.fromisoformat(start)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return (moment.timestamp(), path)
+    except ValueError:
+        return (float("inf"), path)
+
+
+def find_results(paths: list[str]) -> list[str]:
+    """Expand directories to their *.parquet results, oldest run first; files stay as given.
+
+    Every file is checked to be a loadforge result (footer only, cheap).
+    """
+    found: list[str] = []
+    for given in paths:
+        given = os.fspath(given)
+        if os.path.isdir(given):
+            files = [
+                os.path.join(given, entry)
+                for entry in os.listdir(given)
+                if entry.endswith(".parquet") and os.path.isfile(os.path.join(given, entry))
+            ]
+            if not files:
+                raise ResultsError(f"results {given}: directory holds no .parquet files")
+            files.sort(key=lambda f: _start_key(f, _read_metadata(f)))
+            found.extend(files)
+        else:
+            _read_metadata(given)
+            found.append(given)
+    return found

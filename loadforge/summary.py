@@ -1,0 +1,242 @@
+"""End-of-run numbers: the per-scope blocks of `--summary-json`, the terminal table, the file.
+
+Every latency figure comes from a merged histogram (histogram.stats), never from averaging
+percentiles. Target and achieved rates always appear side by side, and arrivals that were due
+but never sent are shown, not dropped (DESIGN.md "Latency semantics").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from loadforge import histogram
+from loadforge.errors import InputError
+from loadforge.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES
+
+# The status classes the summary reports (1xx is not a final response; it still counts in
+# `requests` if an engine ever reports one).
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
+LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max", "mean")
+
+
+def _latency_block(h: HdrHistogram) -> dict[str, Any]:
+    s = histogram.stats(h)
+    return {key: s[key] for key in LATENCY_KEYS}
+
+
+def stats_block(
+    latency: HdrHistogram,
+    service: HdrHistogram,
+    outcome_counts: dict[str, int],
+    scheduled: int,
+    unsent: int,
+    duration_s: float,
+    target_rps: float,
+    fail_status: tuple[str, ...] = ("5xx",),
+) -> dict[str, Any]:
+    """The fields of one scope (the run, or one stage) of `--summary-json`.
+
+    requests: responses of any status; errors: transport failures plus responses whose class
+    is in `fail_status`; sent: arrivals that reached an outcome (a response or a failure);
+    error_rate: errors / sent; achieved_rps: requests / duration_s.
+    """
+    unknown = set(outcome_counts) - set(OUTCOMES)
+    if unknown:
+        raise ValueError(f"outcome_counts: unknown outcomes {sorted(unknown)}, expected {OUTCOMES}")
+    counts = {outcome: int(outcome_counts.get(outcome, 0)) for outcome in OUTCOMES}
+    requests = sum(counts[o] for o in STATUS_OUTCOMES)
+    failures = sum(counts[o] for o in ERROR_KINDS)
+    errors = failures + sum(counts[o] for o in fail_status if o in STATUS_OUTCOMES)
+    sent = requests + failures
+    return {
+        "scheduled": int(scheduled),
+        "requests": requests,
+        "errors": errors,
+        "target_rps": float(target_rps),
+        "achieved_rps": requests / duration_s if duration_s > 0 else 0.0,
+        "latency_us": _latency_block(latency),
+        "service_time_us": _latency_block(service),
+        "errors_by_kind": {kind: counts[kind] for kind in ERROR_KINDS},
+        "status": {cls: counts[cls] for cls in STATUS_CLASSES},
+        "unsent": int(unsent),
+        "sent": sent,
+        "error_rate": errors / sent if sent else 0.0,
+        "duration_s": float(duration_s),
+    }
+
+
+def _three_digits(value: float) -> str:
+    for decimals, limit in ((2, 9.995), (1, 99.95)):
+        if value < limit:
+            return f"{value:.{decimals}f}"
+    return f"{value:.0f}"
+
+
+def format_us(us: float) -> str:
+    """812µs, 12.3ms, 1.20s: three significant digits past a millisecond."""
+    us = float(us)
+    if us < 999.5:
+        return f"{us:.0f}µs"
+    if us < 999_500:
+        return _three_digits(us / 1e3) + "ms"
+    return _three_digits(us / 1e6) + "s"
+
+
+def _format_rps(rps: float) -> str:
+    return f"{rps:.1f}" if rps < 1000 else f"{rps:,.0f}"
+
+
+def _format_slo_value(name: str, value: Any, unit: str | None) -> str:
+    if value is None:
+        return "-"
+    if not isinstance(value, int | float):
+        return str(value)
+    kind = unit or ("ratio" if "rate" in name else "us")
+    if kind == "ratio":
+        return f"{value * 100:.3g}%"
+    if kind == "us":
+        return format_us(value)
+    return f"{value:g}"
+
+
+def _scope_rows(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    rows = [(str(stage.get("name", "?")), stage) for stage in summary.get("stages", [])]
+    rows.append(("all", summary))
+    return rows
+
+
+def render_summary(
+    summary: dict[str, Any], console: Console, closed_model_stages: set[str] | None = None
+) -> None:
+    """Print the end-of-run tables, notes and SLO verdicts. Plain text on a non-terminal."""
+    closed = set(closed_model_stages or ())
+    scopes = _scope_rows(summary)
+
+    # Three narrow tables rather than one wide one: CI logs and pipes render at 80 columns.
+    def table(title: str, headers: tuple[str, ...]) -> Table:
+        t = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False,
+                  padding=(0, 1), collapse_padding=True)
+        for header in headers:
+            t.add_column(header, justify="left" if header == "stage" else "right", no_wrap=True)
+        return t
+
+    def stage_cell(name: str) -> Text:
+        return Text(name + (" *" if name in closed else ""), style="bold" if name == "all" else "")
+
+    rates = table(
+        "loadforge run " + str(summary.get("run_id", "")),
+        ("stage", "scheduled", "completed", "unsent", "target/s", "achieved/s", "err %"),
+    )
+    for name, block in scopes:
+        unsent = int(block.get("unsent", 0))
+        error_rate = float(block.get("error_rate", 0.0))
+        rates.add_row(
+            stage_cell(name),
+            f"{int(block.get('scheduled', 0)):,}",
+            f"{int(block.get('requests', 0)):,}",
+            Text(f"{unsent:,}", style="bold red" if unsent else ""),
+            _format_rps(float(block.get("target_rps", 0.0))),
+            _format_rps(float(block.get("achieved_rps", 0.0))),
+            Text(f"{error_rate * 100:.3g}", style="red" if error_rate else ""),
+        )
+    console.print(rates)
+
+    latency = table(
+        "latency from intended send time",
+        ("stage", "p50", "p90", "p99", "p99.9", "max", "mean"),
+    )
+    for name, block in scopes:
+        lat = block.get("latency_us", {})
+        latency.add_row(
+            stage_cell(name),
+            *(format_us(lat.get(k, 0)) for k in ("p50", "p90", "p99", "p999", "max", "mean")),
+        )
+    console.print(latency)
+
+    responses = table("responses by status class", ("stage", *STATUS_CLASSES))
+    failures = table("failures (errors: these plus failing statuses)", ("stage", *ERROR_KINDS, "errors"))
+    for name, block in scopes:
+        status = block.get("status", {})
+        kinds = block.get("errors_by_kind", {})
+        errors = int(block.get("errors", 0))
+        responses.add_row(stage_cell(name), *(f"{int(status.get(c, 0)):,}" for c in STATUS_CLASSES))
+        failures.add_row(
+            stage_cell(name),
+            *(f"{int(kinds.get(k, 0)):,}" for k in ERROR_KINDS),
+            Text(f"{errors:,}", style="red" if errors else ""),
+        )
+    console.print(responses)
+    console.print(failures)
+
+    if closed:
+        console.print(
+            "* closed model (" + ", ".join(sorted(closed)) + "): latency there is service "
+            "time, there being no intended send time at fixed concurrency.",
+            highlight=False,
+        )
+
+    unsent_total = int(summary.get("unsent", 0))
+    if unsent_total:
+        per_stage = ", ".join(
+            f"{name} {int(block.get('unsent', 0)):,}"
+            for name, block in scopes[:-1]
+            if int(block.get("unsent", 0))
+        )
+        message = Text(
+            f"UNSENT: {unsent_total:,} arrivals were due but never sent"
+            + (f" ({per_stage})" if per_stage else "")
+            + ": the load generator could not keep up with the target rate; "
+            "achieved rate and latency describe less load than the profile asked for.",
+            style="bold red",
+        )
+        console.print(message)
+
+    if summary.get("result"):
+        console.print(f"results: {summary['result']}", highlight=False)
+
+    slos = summary.get("slo") or []
+    if slos:
+        console.print(Text("SLO", style="bold"))
+        for slo in slos:
+            name = str(slo.get("name", "?"))
+            unit = slo.get("unit")
+            ok = bool(slo.get("ok"))
+            line = Text("  ")
+            line.append("✓" if ok else "✗", style="bold green" if ok else "bold red")
+            line.append(
+                f" {name}: observed {_format_slo_value(name, slo.get('observed'), unit)}, "
+                f"limit {_format_slo_value(name, slo.get('limit'), unit)}"
+            )
+            console.print(line)
+
+
+def write_summary_json(summary: dict[str, Any], path: str) -> None:
+    """Write the summary as JSON to `path` (atomically), or to stdout for "-"."""
+    text = json.dumps(summary, indent=2, sort_keys=False) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".summary-", suffix=".json", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise InputError(f"--summary-json {path}: cannot write ({exc.strerror or exc})") from exc
