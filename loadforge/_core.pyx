@@ -1,0 +1,1291 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""The load engine: one epoll loop per worker process, an HTTP/1.1 response state machine and
+HdrHistogram counts in C.
+
+Nothing on the per-request path creates a Python object: requests are pre-encoded bytes, the
+connection table and the receive buffer are allocated once, latencies go into C count arrays.
+Python is called once per interval, with that interval's histogram deltas packed in one bytes
+object (layout in `loadforge/workers.py`, which unpacks it).
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.math cimport ceil, sqrt
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcmp, memcpy, memset
+
+from loadforge._system cimport *
+
+
+cdef extern from *:
+    int __builtin_clzll(unsigned long long x) nogil
+
+
+cdef enum:
+    RECV_BUFFER_SIZE = 65536
+    MAX_EVENTS = 512
+    CONTROL_TAG = 0x7fffffff
+    SCAN_PERIOD_NS = 10000000          # timeouts are checked every 10 ms
+    PAYLOAD_MAGIC = 0x3149464c         # "LFI1"
+
+cdef int64_t HDR_HIGHEST = 3600000000  # 1 h in µs
+cdef int64_t NEVER = 0x7fffffffffffffff
+cdef const char* STATUS_PREFIX = "HTTP/1."
+cdef const char* TOKEN_CHUNKED = "chunked"
+cdef const char* TOKEN_CLOSE = "close"
+
+HDR_COUNTS = HDR_COUNTS_LEN
+OUTCOME_COUNT = N_OUTCOMES
+
+
+cdef inline int64_t monotonic_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+def now_ns():
+    """CLOCK_MONOTONIC in nanoseconds: the clock every worker's schedule is laid on."""
+    return monotonic_ns()
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule: arrival k of an open-model stage whose rate goes linearly from r0 to r1 over T
+# seconds is due when the integral of the rate reaches k, that is at the root of
+# (r1 - r0) / (2T) t^2 + r0 t = k. The form 2k / (r0 + sqrt(r0^2 + 2ak)) stays exact for
+# a -> 0 (steady), r0 = 0 (ramp from zero) and a < 0 (ramp down).
+
+cdef inline double arrival_offset(double r0, double r1, double duration, int64_t k) noexcept nogil:
+    cdef double a, disc
+    if k <= 0:
+        return 0.0
+    if r0 == r1:
+        return k / r0
+    a = (r1 - r0) / duration
+    disc = r0 * r0 + 2.0 * a * k
+    if disc < 0.0:
+        disc = 0.0
+    return 2.0 * k / (r0 + sqrt(disc))
+
+
+cdef inline int64_t stage_arrivals(double r0, double r1, double duration) noexcept nogil:
+    # Arrivals with offset < duration: every k < integral. The epsilon keeps an integral that
+    # floating point puts at 5.0000000001 from gaining a sixth arrival.
+    cdef double n = (r0 + r1) * 0.5 * duration
+    if n <= 0.0:
+        return 0
+    return <int64_t>ceil(n - 1e-9)
+
+
+def arrival_count(double rate_from, double rate_to, double duration_s):
+    """How many arrivals an open-model stage has, all workers together."""
+    return stage_arrivals(rate_from, rate_to, duration_s)
+
+
+def arrival_offsets(double rate_from, double rate_to, double duration_s,
+                    int64_t start=0, int64_t step=1, int64_t stop=-1):
+    """Intended send offsets (seconds from the stage start) of arrivals start, start+step, ...
+
+    The same function the engine uses; exposed for the schedule's tests and for plotting.
+    """
+    cdef int64_t n = stage_arrivals(rate_from, rate_to, duration_s)
+    cdef int64_t k
+    if stop < 0 or stop > n:
+        stop = n
+    out = []
+    k = start
+    while k < stop:
+        out.append(arrival_offset(rate_from, rate_to, duration_s, k))
+        k += step
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# HdrHistogram counts, recorded in C. Index arithmetic of HdrHistogram_c for unit magnitude 0.
+
+cdef inline int32_t hdr_counts_index(int64_t value) noexcept nogil:
+    cdef int bucket = 64 - __builtin_clzll(<unsigned long long>(value | HDR_SUB_BUCKET_MASK)) \
+        - (HDR_SUB_BUCKET_HALF_COUNT_MAGNITUDE + 1)
+    cdef int64_t sub = value >> bucket
+    return <int32_t>(((bucket + 1) << HDR_SUB_BUCKET_HALF_COUNT_MAGNITUDE)
+                     + (sub - HDR_SUB_BUCKET_HALF_COUNT))
+
+
+def hdr_index(int64_t value):
+    """Counts-array index of a value, as HdrHistogram lays it out (tests compare with hdrh)."""
+    return hdr_counts_index(value)
+
+
+cdef inline void hist_record(Hist* h, int64_t value) noexcept nogil:
+    cdef int32_t i
+    if value < 0:
+        value = 0
+    elif value > HDR_HIGHEST:
+        value = HDR_HIGHEST
+    i = hdr_counts_index(value)
+    h.counts[i] += 1
+    if i < h.lo:
+        h.lo = i
+    if i > h.hi:
+        h.hi = i
+    if h.total == 0 or value < h.min_value:
+        h.min_value = value
+    if value > h.max_value:
+        h.max_value = value
+    h.total += 1
+
+
+cdef inline void hist_clear(Hist* h) noexcept nogil:
+    if h.lo <= h.hi:
+        memset(h.counts + h.lo, 0, (h.hi - h.lo + 1) * sizeof(uint32_t))
+    h.lo = HDR_COUNTS_LEN
+    h.hi = -1
+    h.total = 0
+    h.min_value = 0
+    h.max_value = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP/1.1 response parser: sans-IO, byte-at-a-time through the head, by length through bodies.
+# It reads only what the engine needs: the status, Content-Length, Transfer-Encoding: chunked,
+# Connection: close and, optionally, one header whose value is captured (backend attribution).
+
+cdef inline void parser_reset(Parser* p, int head) noexcept nogil:
+    p.state = P_STATUS
+    p.status = 0
+    p.pos = 0
+    p.candidates = 0
+    p.header = H_NONE
+    p.vmatch = 0
+    p.digits = 0
+    p.head = head
+    p.chunked = 0
+    p.close = 0
+    p.content_length = -1
+    p.remaining = 0
+    p.header_bytes = 0
+    p.received = 0
+    p.capture_len = 0
+
+
+cdef inline char lower(char c) noexcept nogil:
+    if c >= c'A' and c <= c'Z':
+        return c | 0x20
+    return c
+
+
+cdef inline int hex_value(char c) noexcept nogil:
+    if c >= c'0' and c <= c'9':
+        return c - c'0'
+    c = lower(c)
+    if c >= c'a' and c <= c'f':
+        return c - c'a' + 10
+    return -1
+
+
+cdef inline int after_headers(Parser* p) noexcept nogil:
+    """The state that follows the blank line ending a response head."""
+    cdef int head
+    cdef int64_t received
+    if p.status < 200:
+        # 1xx: an interim response (100 Continue, 103 Early Hints); the final one follows.
+        # 101 would switch protocols, which no request of ours asks for.
+        if p.status == 101 or p.status < 100:
+            return P_ERROR
+        head = p.head
+        received = p.received
+        parser_reset(p, head)
+        p.received = received
+        return P_STATUS
+    if p.head or p.status == 204 or p.status == 304:
+        return P_DONE
+    if p.chunked:
+        p.remaining = 0
+        p.digits = 0
+        return P_CHUNK_SIZE
+    if p.content_length >= 0:
+        if p.content_length == 0:
+            return P_DONE
+        p.remaining = p.content_length
+        return P_BODY_LENGTH
+    p.close = 1    # RFC 9112 6.3: no length, not chunked, so the body runs to the close
+    return P_BODY_EOF
+
+
+cdef inline int end_of_value(Parser* p) noexcept nogil:
+    cdef int n
+    if p.header == H_CONTENT_LENGTH:
+        if p.digits == 0:
+            return P_ERROR
+        # RFC 9112 6.3: differing Content-Length values are unrecoverable.
+        if p.content_length >= 0 and p.content_length != p.remaining:
+            return P_ERROR
+        p.content_length = p.remaining
+        p.remaining = 0
+    elif p.header == H_CAPTURE:
+        n = p.capture_len
+        while n > 0 and (p.capture[n - 1] == c' ' or p.capture[n - 1] == c'\t'):
+            n -= 1
+        p.capture_len = n
+    return P_LINE_START
+
+
+cdef inline int match_token(Parser* p, char c, const char* token, int length) noexcept nogil:
+    """Feed one value byte to a case-insensitive substring match; 1 once token was seen."""
+    c = lower(c)
+    if c == token[p.vmatch]:
+        p.vmatch += 1
+        if p.vmatch == length:
+            p.vmatch = 0
+            return 1
+    else:
+        p.vmatch = 1 if c == token[0] else 0
+    return 0
+
+
+cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
+                            const char* buf, Py_ssize_t n) noexcept nogil:
+    """Consume bytes of one response; returns how many were used. p.state says the rest:
+    P_DONE (complete, bytes past the return value belong to no request), P_ERROR, or more
+    input needed."""
+    cdef Py_ssize_t i = 0
+    cdef int64_t take
+    cdef int st, k, h, d
+    cdef char c
+    p.received += n
+    while i < n:
+        st = p.state
+        if st == P_BODY_LENGTH or st == P_CHUNK_DATA:
+            take = n - i
+            if take > p.remaining:
+                take = p.remaining
+            i += take
+            p.remaining -= take
+            if p.remaining == 0:
+                if st == P_BODY_LENGTH:
+                    p.state = P_DONE
+                    return i
+                p.state = P_CHUNK_DATA_CR
+            continue
+        if st == P_BODY_EOF:
+            return n
+        if st == P_DONE or st == P_ERROR:
+            return i
+        c = buf[i]
+        i += 1
+        if st <= P_SKIP_LINE:
+            p.header_bytes += 1
+            if p.header_bytes > MAX_HEADER_BYTES:
+                p.state = P_ERROR
+                return i
+
+        if st == P_STATUS:
+            k = p.pos
+            if k < 7:
+                if c != STATUS_PREFIX[k]:
+                    p.state = P_ERROR
+                    return i
+            elif k == 7:
+                if c < c'0' or c > c'9':
+                    p.state = P_ERROR
+                    return i
+            elif k == 8:
+                if c != c' ':
+                    p.state = P_ERROR
+                    return i
+            elif k <= 11:
+                if c < c'0' or c > c'9':
+                    p.state = P_ERROR
+                    return i
+                p.status = p.status * 10 + (c - c'0')
+            elif c == c' ' or c == c'\r':
+                p.state = P_STATUS_REST
+            elif c == c'\n':
+                p.state = P_LINE_START
+            else:
+                p.state = P_ERROR
+                return i
+            p.pos = k + 1
+        elif st == P_STATUS_REST or st == P_SKIP_LINE:
+            if c == c'\n':
+                p.state = P_LINE_START
+        elif st == P_LINE_START or st == P_NAME:
+            if st == P_LINE_START:
+                if c == c'\r':
+                    p.state = P_HEADERS_LF
+                    continue
+                if c == c'\n':
+                    p.state = after_headers(p)
+                    if p.state == P_DONE or p.state == P_ERROR:
+                        return i
+                    continue
+                p.state = P_NAME
+                p.pos = 0
+                p.candidates = 0
+                for h in range(N_HEADERS):
+                    if names.length[h] > 0:
+                        p.candidates |= 1u << h
+            if c == c':':
+                p.header = H_NONE
+                for h in range(N_HEADERS):
+                    if (p.candidates >> h) & 1 and names.length[h] == p.pos:
+                        p.header = h
+                if p.header == H_NONE:
+                    p.state = P_SKIP_LINE
+                else:
+                    p.state = P_VALUE
+                    p.vmatch = 0
+                    p.digits = 0
+                    p.remaining = 0
+                    if p.header == H_CAPTURE:
+                        p.capture_len = 0
+            elif c == c'\n' or c == c'\r':
+                p.state = P_ERROR    # a header line without a colon
+                return i
+            else:
+                c = lower(c)
+                for h in range(N_HEADERS):
+                    if (p.candidates >> h) & 1 and (
+                            p.pos >= names.length[h] or names.name[h][p.pos] != c):
+                        p.candidates &= ~(1u << h)
+                p.pos += 1
+                if p.candidates == 0:
+                    p.state = P_SKIP_LINE
+        elif st == P_HEADERS_LF:
+            if c != c'\n':
+                p.state = P_ERROR
+                return i
+            p.state = after_headers(p)
+            if p.state == P_DONE or p.state == P_ERROR:
+                return i
+        elif st == P_VALUE:
+            if c == c'\n':
+                p.state = end_of_value(p)
+                if p.state == P_ERROR:
+                    return i
+            elif c == c'\r':
+                pass
+            elif p.header == H_CONTENT_LENGTH:
+                if c >= c'0' and c <= c'9':
+                    p.remaining = p.remaining * 10 + (c - c'0')
+                    p.digits += 1
+                    if p.digits > 15:
+                        p.state = P_ERROR
+                        return i
+                elif c != c' ' and c != c'\t':
+                    p.state = P_ERROR
+                    return i
+            elif p.header == H_TRANSFER_ENCODING:
+                if match_token(p, c, TOKEN_CHUNKED, 7):
+                    p.chunked = 1
+            elif p.header == H_CONNECTION:
+                if match_token(p, c, TOKEN_CLOSE, 5):
+                    p.close = 1
+            else:
+                if (c == c' ' or c == c'\t') and p.capture_len == 0:
+                    pass
+                elif p.capture_len < CAPTURE_MAX:
+                    p.capture[p.capture_len] = c
+                    p.capture_len += 1
+        elif st == P_CHUNK_SIZE or st == P_CHUNK_EXT:
+            if c == c'\n':
+                if p.digits == 0:
+                    p.state = P_ERROR
+                    return i
+                p.digits = 0
+                p.state = P_TRAILER_START if p.remaining == 0 else P_CHUNK_DATA
+            elif st == P_CHUNK_EXT or c == c'\r':
+                pass
+            elif c == c';' or c == c' ' or c == c'\t':
+                p.state = P_CHUNK_EXT
+            else:
+                d = hex_value(c)
+                if d < 0 or p.digits >= 15:
+                    p.state = P_ERROR
+                    return i
+                p.remaining = p.remaining * 16 + d
+                p.digits += 1
+        elif st == P_CHUNK_DATA_CR:
+            if c == c'\r':
+                p.state = P_CHUNK_DATA_LF
+            elif c == c'\n':
+                p.state = P_CHUNK_SIZE
+            else:
+                p.state = P_ERROR
+                return i
+        elif st == P_CHUNK_DATA_LF:
+            if c != c'\n':
+                p.state = P_ERROR
+                return i
+            p.state = P_CHUNK_SIZE
+        elif st == P_TRAILER_START:
+            if c == c'\r':
+                p.state = P_TRAILER_LF
+            elif c == c'\n':
+                p.state = P_DONE
+                return i
+            else:
+                p.state = P_TRAILER_SKIP
+        elif st == P_TRAILER_SKIP:
+            if c == c'\n':
+                p.state = P_TRAILER_START
+        elif st == P_TRAILER_LF:
+            p.state = P_DONE if c == c'\n' else P_ERROR
+            return i
+    return i
+
+
+cdef inline int parser_eof(Parser* p) noexcept nogil:
+    """The server closed the connection: the outcome, or -1 when that completed the body."""
+    if p.state == P_BODY_EOF:
+        p.state = P_DONE
+        return -1
+    if p.received == 0:
+        return O_RESET       # closed before a byte of the response
+    p.state = P_ERROR
+    return O_PROTOCOL        # closed part way through
+
+
+cdef inline int status_outcome(int status) noexcept nogil:
+    if status < 200:
+        return O_1XX
+    if status < 300:
+        return O_2XX
+    if status < 400:
+        return O_3XX
+    if status < 500:
+        return O_4XX
+    return O_5XX
+
+
+cdef void names_init(HeaderNames* names, bytes capture):
+    names.name[H_CONTENT_LENGTH] = "content-length"
+    names.length[H_CONTENT_LENGTH] = 14
+    names.name[H_TRANSFER_ENCODING] = "transfer-encoding"
+    names.length[H_TRANSFER_ENCODING] = 17
+    names.name[H_CONNECTION] = "connection"
+    names.length[H_CONNECTION] = 10
+    if capture:
+        names.name[H_CAPTURE] = PyBytes_AS_STRING(capture)
+        names.length[H_CAPTURE] = <int>PyBytes_GET_SIZE(capture)
+    else:
+        names.name[H_CAPTURE] = ""
+        names.length[H_CAPTURE] = 0
+
+
+cdef class ResponseParser:
+    """The engine's response parser, one response at a time, for tests and tools."""
+
+    cdef Parser p
+    cdef HeaderNames names
+    cdef bytes _capture_name
+
+    def __init__(self, bint head=False, capture=None):
+        self._capture_name = capture.lower().encode() if capture else b""
+        names_init(&self.names, self._capture_name)
+        parser_reset(&self.p, head)
+
+    def feed(self, bytes data):
+        """Feed bytes; returns how many were consumed (fewer than given once complete)."""
+        return parser_feed(&self.p, &self.names, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+    def eof(self):
+        """The peer closed; returns the error kind, or None when that completed the body."""
+        r = parser_eof(&self.p)
+        return None if r < 0 else ("reset" if r == O_RESET else "protocol")
+
+    @property
+    def done(self):
+        return self.p.state == P_DONE
+
+    @property
+    def error(self):
+        return self.p.state == P_ERROR
+
+    @property
+    def status(self):
+        return self.p.status
+
+    @property
+    def keep_alive(self):
+        return not self.p.close
+
+    @property
+    def captured(self):
+        return self.p.capture[:self.p.capture_len]
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine.
+
+cdef class Engine:
+    """One worker's event loop. Build it, then run(t0_ns, on_interval) once.
+
+    address, port: the target (an IPv4 or IPv6 literal). requests: pre-encoded request bytes
+    with a HEAD flag each. mix: request index per position of the weighted cycle that global
+    arrival i follows (i mod len(mix)). stages: (open_model, rate_from, rate_to, duration_s,
+    concurrency, think_s), rates and concurrency for all workers together. Arrival i of the
+    global schedule belongs to worker i mod workers. connections: this worker's pool.
+    """
+
+    cdef:
+        int epfd
+        int control_fd
+        sockaddr_storage addr
+        socklen_t addrlen
+        int family
+
+        Conn* conns
+        int nconns
+        int* idle_stack
+        int n_idle
+        int* closed_stack
+        int n_closed
+        int inflight
+        char* rbuf
+        epoll_event* events
+
+        list _keep
+        const char** req_data
+        Py_ssize_t* req_len
+        int* req_head
+        int nreq
+        int32_t* mix
+        int64_t mix_len
+
+        StagePlan* stages
+        StageCounters* counters
+        int nstages
+        int cur
+        int64_t sched_k          # next arrival of the current stage not yet due (own stripe)
+        int64_t disp_k           # next arrival not yet sent; disp_k <= sched_k
+        int64_t next_due_ns
+        int64_t closed_seq
+        int closed_active        # connections the current closed-model stage keeps busy
+        int epoll_ns             # epoll_pwait2 works (Linux 5.11+)
+        int* think_conn          # FIFO: one think time per stage, so FIFO order is time order
+        int64_t* think_at
+        int think_head
+        int think_len
+
+        Cell** cells
+        int ncells
+        int nslots
+        int* touched
+        int ntouched
+        HeaderNames names
+        bytes _capture_name
+        char backend_name[MAX_BACKENDS + 1][CAPTURE_MAX]
+        int backend_len[MAX_BACKENDS + 1]
+        int nbackends
+
+        int64_t t0
+        int64_t timeout_ns
+        int64_t interval_ns
+        int64_t interval_index
+        int64_t next_scan_ns
+        int worker
+        int nworkers
+        int stopping
+        uint64_t connects
+        uint64_t connect_failures
+        object on_interval
+        object _error
+
+    def __cinit__(self):
+        self.epfd = -1
+        self.control_fd = -1
+
+    def __init__(self, str address, int port, list requests, list mix, list stages,
+                 int connections, int worker=0, int workers=1, double timeout_s=5.0,
+                 double interval_s=1.0, capture_header=None, int control_fd=-1):
+        cdef int i
+        cdef sockaddr_in* a4
+        cdef sockaddr_in6* a6
+        cdef StagePlan* sp
+        cdef int64_t offset = 0, base = 0
+        if connections < 1:
+            raise ValueError("connections must be >= 1")
+        if not requests or not mix:
+            raise ValueError("at least one request is needed")
+        if not stages:
+            raise ValueError("at least one stage is needed")
+        self.worker = worker
+        self.nworkers = workers
+        self.timeout_ns = <int64_t>(timeout_s * 1e9)
+        self.interval_ns = <int64_t>(interval_s * 1e9)
+        self.control_fd = control_fd
+
+        memset(&self.addr, 0, sizeof(self.addr))
+        baddr = address.encode()
+        if ":" in address:
+            a6 = <sockaddr_in6*>&self.addr
+            a6.sin6_family = AF_INET6
+            a6.sin6_port = htons(port)
+            if inet_pton(AF_INET6, baddr, &a6.sin6_addr) != 1:
+                raise ValueError(f"not an IPv6 address: {address}")
+            self.addrlen = sizeof(sockaddr_in6)
+            self.family = AF_INET6
+        else:
+            a4 = <sockaddr_in*>&self.addr
+            a4.sin_family = AF_INET
+            a4.sin_port = htons(port)
+            if inet_pton(AF_INET, baddr, &a4.sin_addr) != 1:
+                raise ValueError(f"not an IPv4 address: {address}")
+            self.addrlen = sizeof(sockaddr_in)
+            self.family = AF_INET
+
+        self._keep = []
+        self.nreq = len(requests)
+        self.req_data = <const char**>malloc(self.nreq * sizeof(char*))
+        self.req_len = <Py_ssize_t*>malloc(self.nreq * sizeof(Py_ssize_t))
+        self.req_head = <int*>malloc(self.nreq * sizeof(int))
+        for i, (data, head) in enumerate(requests):
+            data = bytes(data)
+            self._keep.append(data)
+            self.req_data[i] = PyBytes_AS_STRING(data)
+            self.req_len[i] = PyBytes_GET_SIZE(data)
+            self.req_head[i] = 1 if head else 0
+        self.mix_len = len(mix)
+        self.mix = <int32_t*>malloc(self.mix_len * sizeof(int32_t))
+        for i in range(self.mix_len):
+            if not 0 <= mix[i] < self.nreq:
+                raise ValueError("mix refers to an unknown request")
+            self.mix[i] = mix[i]
+
+        self.nstages = len(stages)
+        self.stages = <StagePlan*>calloc(self.nstages, sizeof(StagePlan))
+        self.counters = <StageCounters*>calloc(self.nstages, sizeof(StageCounters))
+        for i, (open_model, rate_from, rate_to, duration_s, concurrency, think_s) in enumerate(stages):
+            sp = &self.stages[i]
+            sp.open_model = 1 if open_model else 0
+            sp.duration_s = duration_s
+            sp.start_ns = offset
+            offset += <int64_t>(duration_s * 1e9)
+            sp.end_ns = offset
+            sp.think_ns = <int64_t>(think_s * 1e9)
+            if open_model:
+                sp.rate_from = rate_from
+                sp.rate_to = rate_to
+                sp.arrivals = stage_arrivals(rate_from, rate_to, duration_s)
+                sp.base = base
+                base += sp.arrivals
+            else:
+                # this worker's share of the stage's connections
+                sp.concurrency = concurrency // workers + (1 if worker < concurrency % workers else 0)
+
+        self.nconns = connections
+        self.conns = <Conn*>calloc(connections, sizeof(Conn))
+        self.idle_stack = <int*>malloc(connections * sizeof(int))
+        self.closed_stack = <int*>malloc(connections * sizeof(int))
+        self.think_conn = <int*>malloc(connections * sizeof(int))
+        self.think_at = <int64_t*>malloc(connections * sizeof(int64_t))
+        self.rbuf = <char*>malloc(RECV_BUFFER_SIZE)
+        self.events = <epoll_event*>malloc(MAX_EVENTS * sizeof(epoll_event))
+        if (self.conns == NULL or self.idle_stack == NULL or self.closed_stack == NULL
+                or self.rbuf == NULL or self.events == NULL or self.think_conn == NULL
+                or self.think_at == NULL or self.stages == NULL or self.counters == NULL):
+            raise MemoryError()
+        self.n_closed = 0
+        for i in range(connections - 1, -1, -1):
+            self.conns[i].fd = -1
+            self.conns[i].state = C_CLOSED
+            self.conns[i].in_closed = 1
+            self.closed_stack[self.n_closed] = i
+            self.n_closed += 1
+
+        self._capture_name = capture_header.lower().encode() if capture_header else b""
+        names_init(&self.names, self._capture_name)
+        self.nslots = MAX_BACKENDS + 1 if capture_header else 1
+        self.nbackends = 0
+        self.ncells = self.nstages * self.nreq * N_OUTCOMES * self.nslots
+        self.cells = <Cell**>calloc(self.ncells, sizeof(Cell*))
+        self.touched = <int*>malloc(self.ncells * sizeof(int))
+        if self.cells == NULL or self.touched == NULL:
+            raise MemoryError()
+
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise OSError(errno, "epoll_create1 failed")
+
+    def __dealloc__(self):
+        cdef int i
+        if self.conns != NULL:
+            for i in range(self.nconns):
+                if self.conns[i].fd >= 0:
+                    close(self.conns[i].fd)
+        if self.cells != NULL:
+            for i in range(self.ncells):
+                if self.cells[i] != NULL:
+                    free(self.cells[i].latency.counts)
+                    free(self.cells[i].service.counts)
+                    free(self.cells[i])
+        if self.epfd >= 0:
+            close(self.epfd)
+        free(self.conns)
+        free(self.idle_stack)
+        free(self.closed_stack)
+        free(self.think_conn)
+        free(self.think_at)
+        free(self.rbuf)
+        free(self.events)
+        free(<void*>self.req_data)
+        free(self.req_len)
+        free(self.req_head)
+        free(self.mix)
+        free(self.stages)
+        free(self.counters)
+        free(self.cells)
+        free(self.touched)
+
+    @property
+    def backends(self):
+        """Captured header values, by slot (slot 0: none or too many distinct values)."""
+        return ["*"] + [self.backend_name[i][:self.backend_len[i]].decode("latin-1")
+                        for i in range(1, self.nbackends + 1)]
+
+    # -- pools ------------------------------------------------------------------------------
+
+    cdef inline void push_idle(self, int ci) noexcept:
+        if not self.conns[ci].in_idle:
+            self.conns[ci].in_idle = 1
+            self.idle_stack[self.n_idle] = ci
+            self.n_idle += 1
+
+    cdef inline void push_closed(self, int ci) noexcept:
+        if not self.conns[ci].in_closed:
+            self.conns[ci].in_closed = 1
+            self.closed_stack[self.n_closed] = ci
+            self.n_closed += 1
+
+    cdef inline int take_conn(self) noexcept:
+        """A connection free for an arrival: an idle one, else a closed one to open."""
+        cdef int ci
+        while self.n_idle > 0:
+            self.n_idle -= 1
+            ci = self.idle_stack[self.n_idle]
+            self.conns[ci].in_idle = 0
+            if self.conns[ci].state == C_IDLE:
+                return ci
+        while self.n_closed > 0:
+            self.n_closed -= 1
+            ci = self.closed_stack[self.n_closed]
+            self.conns[ci].in_closed = 0
+            if self.conns[ci].state == C_CLOSED:
+                return ci
+        return -1
+
+    # -- connections ------------------------------------------------------------------------
+
+    cdef void close_conn(self, int ci) noexcept:
+        cdef Conn* c = &self.conns[ci]
+        if c.fd >= 0:
+            close(c.fd)     # also leaves the epoll set
+            c.fd = -1
+        c.state = C_CLOSED
+        c.want_write = 0
+        self.push_closed(ci)
+
+    cdef void open_conn(self, int ci, int64_t now) noexcept:
+        cdef Conn* c = &self.conns[ci]
+        cdef int one = 1
+        cdef epoll_event ev
+        cdef int fd = socket(self.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        self.connects += 1
+        if fd < 0:
+            self.connect_failed(ci, now)
+            return
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        if connect(fd, <sockaddr*>&self.addr, self.addrlen) != 0 and errno != EINPROGRESS:
+            close(fd)
+            self.connect_failed(ci, now)
+            return
+        c.fd = fd
+        c.state = C_CONNECTING
+        c.deadline_ns = now + self.timeout_ns
+        ev.events = EPOLLOUT
+        ev.data.u64 = ci
+        epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
+
+    cdef void connect_failed(self, int ci, int64_t now) noexcept:
+        self.connect_failures += 1
+        if self.conns[ci].has_arrival:
+            self.finish(ci, O_CONNECT, now)
+        else:
+            self.close_conn(ci)
+
+    cdef void on_connected(self, int ci, int64_t now) noexcept:
+        cdef Conn* c = &self.conns[ci]
+        cdef int err = 0
+        cdef socklen_t len = sizeof(err)
+        cdef epoll_event ev
+        getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len)
+        if err != 0:
+            self.connect_failed(ci, now)
+            return
+        c.state = C_IDLE
+        ev.events = EPOLLIN
+        ev.data.u64 = ci
+        epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
+        if c.has_arrival:
+            self.send_request(ci, now)
+        else:
+            self.push_idle(ci)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    cdef void start_arrival(self, int ci, int stage, int request, int64_t intended,
+                            int64_t now) noexcept:
+        cdef Conn* c = &self.conns[ci]
+        c.has_arrival = 1
+        c.stage = stage
+        c.request = request
+        c.intended_ns = intended
+        self.inflight += 1
+        self.counters[stage].sent += 1
+        if c.state == C_IDLE:
+            self.send_request(ci, now)
+        else:
+            c.sent_ns = now     # a failed connect is timed from the attempt
+            self.open_conn(ci, now)
+
+    cdef void send_request(self, int ci, int64_t now) noexcept:
+        cdef Conn* c = &self.conns[ci]
+        parser_reset(&c.parser, self.req_head[c.request])
+        c.state = C_BUSY
+        c.written = 0
+        c.sent_ns = now
+        c.deadline_ns = now + self.timeout_ns
+        self.write_request(ci, now)
+
+    cdef void write_request(self, int ci, int64_t now) noexcept:
+        cdef Conn* c = &self.conns[ci]
+        cdef Py_ssize_t length = self.req_len[c.request]
+        cdef ssize_t n = send(c.fd, self.req_data[c.request] + c.written,
+                              length - c.written, MSG_NOSIGNAL)
+        cdef epoll_event ev
+        if n < 0:
+            if errno != EAGAIN and errno != EINTR:
+                self.finish(ci, O_RESET, now)
+                return
+            n = 0
+        c.written += n
+        if c.written < length:
+            if not c.want_write:
+                c.want_write = 1
+                ev.events = EPOLLIN | EPOLLOUT
+                ev.data.u64 = ci
+                epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
+        elif c.want_write:
+            c.want_write = 0
+            ev.events = EPOLLIN
+            ev.data.u64 = ci
+            epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
+
+    cdef void on_readable(self, int ci, int64_t now) noexcept:
+        cdef Conn* c = &self.conns[ci]
+        cdef ssize_t n = recv(c.fd, self.rbuf, RECV_BUFFER_SIZE, 0)
+        cdef Py_ssize_t used
+        cdef int outcome
+        if c.state != C_BUSY or not c.has_arrival:
+            # An idle keep-alive connection: the server closed it, or sent what nobody
+            # asked for. Either way it is not reusable.
+            if n >= 0 or (errno != EAGAIN and errno != EINTR):
+                self.close_conn(ci)
+            return
+        if n > 0:
+            used = parser_feed(&c.parser, &self.names, self.rbuf, n)
+            if c.parser.state == P_DONE:
+                # Bytes past the response answer no request of ours (we do not pipeline).
+                self.finish(ci, status_outcome(c.parser.status) if used == n else O_PROTOCOL,
+                            now)
+            elif c.parser.state == P_ERROR:
+                self.finish(ci, O_PROTOCOL, now)
+        elif n == 0:
+            outcome = parser_eof(&c.parser)
+            self.finish(ci, status_outcome(c.parser.status) if outcome < 0 else outcome, now)
+        elif errno != EAGAIN and errno != EINTR:
+            self.finish(ci, O_RESET, now)
+
+    cdef void finish(self, int ci, int outcome, int64_t now) noexcept:
+        """An arrival ended (response or failure): record it, free or close the connection,
+        and in a closed-model stage start the connection's next request."""
+        cdef Conn* c = &self.conns[ci]
+        cdef int stage = c.stage
+        cdef StagePlan* sp
+        self.record(c, outcome, now)
+        c.has_arrival = 0
+        self.inflight -= 1
+        if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY:
+            self.close_conn(ci)
+        else:
+            c.state = C_IDLE
+        if stage == self.cur and not self.stopping and self.cur < self.nstages:
+            sp = &self.stages[stage]
+            if not sp.open_model and now < self.t0 + sp.end_ns:
+                if sp.think_ns > 0:
+                    self.think_conn[(self.think_head + self.think_len) % self.nconns] = ci
+                    self.think_at[(self.think_head + self.think_len) % self.nconns] = now + sp.think_ns
+                    self.think_len += 1
+                else:
+                    self.closed_arrival(ci, now)
+                return
+        if c.state == C_IDLE:
+            self.push_idle(ci)
+
+    cdef void closed_arrival(self, int ci, int64_t now) noexcept:
+        cdef int request = self.mix[self.closed_seq % self.mix_len]
+        self.closed_seq += 1
+        self.counters[self.cur].scheduled += 1
+        self.start_arrival(ci, self.cur, request, now, now)
+
+    cdef inline int backend_slot(self, Parser* p) noexcept:
+        cdef int i
+        if p.capture_len == 0:
+            return 0
+        for i in range(1, self.nbackends + 1):
+            if self.backend_len[i] == p.capture_len and \
+                    memcmp(self.backend_name[i], p.capture, p.capture_len) == 0:
+                return i
+        if self.nbackends == MAX_BACKENDS:
+            return 0
+        self.nbackends += 1
+        memcpy(self.backend_name[self.nbackends], p.capture, p.capture_len)
+        self.backend_len[self.nbackends] = p.capture_len
+        return self.nbackends
+
+    cdef void record(self, Conn* c, int outcome, int64_t now) noexcept:
+        cdef int slot = 0
+        cdef int index
+        cdef Cell* cell
+        if self.nslots > 1 and outcome < O_CONNECT:
+            slot = self.backend_slot(&c.parser)
+        index = ((c.stage * self.nreq + c.request) * N_OUTCOMES + outcome) * self.nslots + slot
+        cell = self.cells[index]
+        if cell == NULL:
+            # First use of this (stage, request, outcome, backend): the only allocation the
+            # recording path ever makes, bounded by the number of such combinations.
+            cell = <Cell*>calloc(1, sizeof(Cell))
+            if cell == NULL:
+                return
+            cell.latency.counts = <uint32_t*>calloc(HDR_COUNTS_LEN, sizeof(uint32_t))
+            cell.service.counts = <uint32_t*>calloc(HDR_COUNTS_LEN, sizeof(uint32_t))
+            if cell.latency.counts == NULL or cell.service.counts == NULL:
+                free(cell.latency.counts)
+                free(cell.service.counts)
+                free(cell)
+                return
+            hist_clear(&cell.latency)
+            hist_clear(&cell.service)
+            cell.stage = c.stage
+            cell.request = c.request
+            cell.outcome = outcome
+            cell.backend = slot
+            self.cells[index] = cell
+        if not cell.touched:
+            cell.touched = 1
+            self.touched[self.ntouched] = index
+            self.ntouched += 1
+        hist_record(&cell.latency, (now - c.intended_ns) // 1000)
+        hist_record(&cell.service, (now - c.sent_ns) // 1000)
+        cell.count += 1
+
+    # -- schedule ---------------------------------------------------------------------------
+
+    cdef inline int64_t intended(self, StagePlan* sp, int64_t k) noexcept:
+        return self.t0 + sp.start_ns + <int64_t>(
+            arrival_offset(sp.rate_from, sp.rate_to, sp.duration_s, k) * 1e9)
+
+    cdef void begin_stage(self, int64_t now) noexcept:
+        cdef StagePlan* sp
+        if self.cur >= self.nstages or self.stopping:
+            return
+        sp = &self.stages[self.cur]
+        if sp.open_model:
+            # first arrival of this worker's stripe: global index base + k = worker mod W
+            self.sched_k = (self.worker - sp.base % self.nworkers + self.nworkers) % self.nworkers
+            self.disp_k = self.sched_k
+            self.next_due_ns = self.intended(sp, self.sched_k) \
+                if self.sched_k < sp.arrivals else NEVER
+        else:
+            self.think_head = 0
+            self.think_len = 0
+            self.closed_active = 0
+
+    cdef void count_due(self, int64_t now) noexcept:
+        cdef StagePlan* sp = &self.stages[self.cur]
+        while self.next_due_ns <= now:
+            self.counters[self.cur].scheduled += 1
+            self.sched_k += self.nworkers
+            self.next_due_ns = self.intended(sp, self.sched_k) \
+                if self.sched_k < sp.arrivals else NEVER
+
+    cdef void dispatch(self, int64_t now) noexcept:
+        cdef StagePlan* sp = &self.stages[self.cur]
+        cdef int ci
+        while self.disp_k < self.sched_k:
+            ci = self.take_conn()
+            if ci < 0:
+                return     # every connection busy: the backlog waits, and its wait is latency
+            self.start_arrival(ci, self.cur, self.mix[(sp.base + self.disp_k) % self.mix_len],
+                               self.intended(sp, self.disp_k), now)
+            self.disp_k += self.nworkers
+
+    cdef void end_stage(self, int64_t now) noexcept:
+        cdef StagePlan* sp = &self.stages[self.cur]
+        cdef int ci
+        if sp.open_model:
+            self.count_due(now)
+            self.counters[self.cur].unsent += (self.sched_k - self.disp_k) // self.nworkers
+            self.disp_k = self.sched_k
+            self.next_due_ns = NEVER
+        else:
+            while self.think_len > 0:
+                ci = self.think_conn[self.think_head]
+                self.think_head = (self.think_head + 1) % self.nconns
+                self.think_len -= 1
+                if self.conns[ci].state == C_IDLE:
+                    self.push_idle(ci)
+        self.cur += 1
+        self.begin_stage(now)
+
+    cdef void scan_timeouts(self, int64_t now) noexcept:
+        cdef int i
+        cdef Conn* c
+        for i in range(self.nconns):
+            c = &self.conns[i]
+            if (c.state == C_BUSY or c.state == C_CONNECTING) and now >= c.deadline_ns:
+                if c.has_arrival:
+                    self.finish(i, O_TIMEOUT if c.state == C_BUSY else O_CONNECT, now)
+                else:
+                    self.connect_failures += 1
+                    self.close_conn(i)
+
+    cdef int advance(self, int64_t now) except -1:
+        """Everything that is due at `now`; returns 1 once the run is over."""
+        cdef StagePlan* sp
+        cdef int ci
+        while self.cur < self.nstages and now >= self.t0 + self.stages[self.cur].end_ns:
+            if self.stages[self.cur].open_model:
+                self.count_due(self.t0 + self.stages[self.cur].end_ns - 1)
+                self.dispatch(now)
+            self.end_stage(now)
+        if self.cur < self.nstages:
+            sp = &self.stages[self.cur]
+            if sp.open_model:
+                self.count_due(now)
+                self.dispatch(now)
+            elif now >= self.t0 + sp.start_ns:
+                # Fill the stage's slots; connections still busy with an earlier stage's
+                # requests join as they come free.
+                while self.closed_active < sp.concurrency:
+                    ci = self.take_conn()
+                    if ci < 0:
+                        break
+                    self.closed_active += 1
+                    self.closed_arrival(ci, now)
+                while self.think_len > 0 and self.think_at[self.think_head] <= now:
+                    ci = self.think_conn[self.think_head]
+                    self.think_head = (self.think_head + 1) % self.nconns
+                    self.think_len -= 1
+                    self.closed_arrival(ci, now)
+        while now >= self.t0 + (self.interval_index + 1) * self.interval_ns:
+            self.flush(0)
+        if now >= self.next_scan_ns:
+            self.scan_timeouts(now)
+            self.next_scan_ns = now + SCAN_PERIOD_NS
+        if self._error is not None:
+            return 1
+        return 1 if self.cur >= self.nstages and self.inflight == 0 else 0
+
+    cdef int64_t next_wakeup(self, int64_t now) noexcept:
+        cdef int64_t t = self.t0 + (self.interval_index + 1) * self.interval_ns
+        cdef StagePlan* sp
+        if self.cur < self.nstages:
+            sp = &self.stages[self.cur]
+            if self.t0 + sp.end_ns < t:
+                t = self.t0 + sp.end_ns
+            if sp.open_model:
+                if self.disp_k == self.sched_k and self.next_due_ns < t:
+                    t = self.next_due_ns
+            elif self.think_len > 0 and self.think_at[self.think_head] < t:
+                t = self.think_at[self.think_head]
+            elif self.t0 + sp.start_ns > now and self.t0 + sp.start_ns < t:
+                t = self.t0 + sp.start_ns
+        if self.inflight > 0 and self.next_scan_ns < t:
+            t = self.next_scan_ns
+        return t
+
+    def stop(self):
+        """Stop scheduling; requests in flight are still awaited and recorded."""
+        self.request_stop(monotonic_ns())
+
+    cdef void request_stop(self, int64_t now) noexcept:
+        if self.stopping:
+            return
+        self.stopping = 1
+        if self.cur < self.nstages:
+            self.end_stage(now)
+        self.cur = self.nstages
+
+    # -- intervals --------------------------------------------------------------------------
+
+    cdef int flush(self, int final) except -1:
+        """Hand the interval's counts to Python as one bytes object, then clear them."""
+        cdef Py_ssize_t size = 48 + 24 * self.nstages + (4 + CAPTURE_MAX) * self.nbackends
+        cdef int i, j, open_conns = 0
+        cdef Cell* cell
+        cdef char* out
+        cdef Hist* h
+        cdef int which
+        for i in range(self.ntouched):
+            cell = self.cells[self.touched[i]]
+            size += 24 + 2 * 32
+            if cell.latency.lo <= cell.latency.hi:
+                size += (cell.latency.hi - cell.latency.lo + 1) * 4
+            if cell.service.lo <= cell.service.hi:
+                size += (cell.service.hi - cell.service.lo + 1) * 4
+        for i in range(self.nconns):
+            if self.conns[i].fd >= 0:
+                open_conns += 1
+        payload = PyBytes_FromStringAndSize(NULL, size)
+        out = PyBytes_AS_STRING(payload)
+        # header: magic, worker, interval, final, stages, cells, backends, connects,
+        # connect failures, open connections, in flight  ("<IIqIIIIQQII")
+        (<uint32_t*>out)[0] = PAYLOAD_MAGIC
+        (<uint32_t*>out)[1] = self.worker
+        (<int64_t*>(out + 8))[0] = self.interval_index
+        (<uint32_t*>(out + 16))[0] = final
+        (<uint32_t*>(out + 20))[0] = self.nstages
+        (<uint32_t*>(out + 24))[0] = self.ntouched
+        (<uint32_t*>(out + 28))[0] = self.nbackends
+        (<uint64_t*>(out + 32))[0] = self.connects
+        (<uint64_t*>(out + 40))[0] = self.connect_failures
+        out += 48
+        for i in range(self.nstages):
+            (<uint64_t*>out)[0] = self.counters[i].scheduled
+            (<uint64_t*>out)[1] = self.counters[i].sent
+            (<uint64_t*>out)[2] = self.counters[i].unsent
+            self.counters[i].scheduled = 0
+            self.counters[i].sent = 0
+            self.counters[i].unsent = 0
+            out += 24
+        for i in range(1, self.nbackends + 1):
+            (<uint32_t*>out)[0] = self.backend_len[i]
+            memcpy(out + 4, self.backend_name[i], CAPTURE_MAX)
+            out += 4 + CAPTURE_MAX
+        for i in range(self.ntouched):
+            cell = self.cells[self.touched[i]]
+            (<uint32_t*>out)[0] = cell.stage
+            (<uint32_t*>out)[1] = cell.request
+            (<uint32_t*>out)[2] = cell.outcome
+            (<uint32_t*>out)[3] = cell.backend
+            (<uint64_t*>(out + 16))[0] = cell.count
+            out += 24
+            for which in range(2):
+                h = &cell.latency if which == 0 else &cell.service
+                j = h.hi - h.lo + 1 if h.lo <= h.hi else 0
+                (<int32_t*>out)[0] = h.lo if j else 0
+                (<int32_t*>out)[1] = j
+                (<uint64_t*>(out + 8))[0] = h.total
+                (<int64_t*>(out + 16))[0] = h.min_value
+                (<int64_t*>(out + 24))[0] = h.max_value
+                out += 32
+                if j:
+                    memcpy(out, h.counts + h.lo, j * 4)
+                    out += j * 4
+                hist_clear(h)
+            cell.count = 0
+            cell.touched = 0
+        self.ntouched = 0
+        self.interval_index += 1
+        try:
+            self.on_interval(payload, open_conns, self.inflight)
+        except BaseException as exc:
+            self._error = exc
+            self.request_stop(monotonic_ns())
+        return 0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, int64_t t0_ns, on_interval, int preconnect=-1):
+        """Run every stage from t0_ns (CLOCK_MONOTONIC), calling on_interval(payload,
+        open_connections, in_flight) after each interval and once more at the end."""
+        cdef int64_t now, wait, t
+        cdef int i, n, ci
+        cdef uint32_t ev
+        cdef timespec ts
+        cdef epoll_event cev
+        cdef char drain[64]
+        self.t0 = t0_ns
+        self.epoll_ns = 1
+        self.on_interval = on_interval
+        self._error = None
+        # Arrivals are due to the nanosecond; the default 50 µs timer slack would add up to
+        # 50 µs of lateness to every wake-up.
+        prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+        if self.control_fd >= 0:
+            cev.events = EPOLLIN
+            cev.data.u64 = CONTROL_TAG
+            epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.control_fd, &cev)
+        now = monotonic_ns()
+        self.next_scan_ns = now + SCAN_PERIOD_NS
+        # Open the pool before time zero, as a client that has been up for a while would have.
+        if preconnect < 0 or preconnect > self.nconns:
+            preconnect = self.nconns
+        for i in range(preconnect):
+            ci = self.take_conn()
+            if ci < 0:
+                break
+            self.open_conn(ci, now)
+        self.cur = 0
+        self.begin_stage(now)
+        while True:
+            now = monotonic_ns()
+            if self.advance(now):
+                break
+            t = self.next_wakeup(now)
+            wait = t - now
+            if wait < 0:
+                wait = 0
+            ts.tv_sec = wait // 1000000000
+            ts.tv_nsec = wait % 1000000000
+            if self.epoll_ns:
+                with nogil:
+                    n = epoll_pwait2(self.epfd, self.events, MAX_EVENTS, &ts, NULL)
+                if n < 0 and errno == ENOSYS:
+                    self.epoll_ns = 0
+            if not self.epoll_ns:
+                # Millisecond timeouts only: round up, so arrivals are never sent early.
+                with nogil:
+                    n = epoll_wait(self.epfd, self.events, MAX_EVENTS,
+                                   <int>((wait + 999999) // 1000000))
+            if n <= 0:
+                continue
+            now = monotonic_ns()
+            for i in range(n):
+                ci = <int>self.events[i].data.u64
+                ev = self.events[i].events
+                if ci == CONTROL_TAG:
+                    # A byte from the coordinator, or its end of the pipe closing: stop.
+                    read(self.control_fd, drain, sizeof(drain))
+                    epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.control_fd, NULL)
+                    self.request_stop(now)
+                    continue
+                if self.conns[ci].fd < 0:
+                    continue    # closed by an earlier event of this batch
+                if self.conns[ci].state == C_CONNECTING:
+                    self.on_connected(ci, now)
+                    continue
+                if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
+                    self.on_readable(ci, now)
+                if ev & EPOLLOUT and self.conns[ci].fd >= 0 and self.conns[ci].state == C_BUSY \
+                        and self.conns[ci].want_write:
+                    self.write_request(ci, now)
+        self.flush(1)
+        for i in range(self.nconns):
+            if self.conns[i].fd >= 0:
+                self.close_conn(i)
+        if self._error is not None:
+            raise self._error

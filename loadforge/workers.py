@@ -1,0 +1,205 @@
+"""Worker processes: spawning, the start barrier, interval reports, shutdown.
+
+Each worker runs one `_core.Engine` over its stripe of the global schedule. It talks to the
+coordinator over one socket pair: it sends `READY` once its engine is built, receives the
+common start time (CLOCK_MONOTONIC, the same clock in every process), then sends one
+`INTERVAL` message a second and `DONE` at the end. The coordinator stops a worker early by
+writing a byte to the socket; the engine watches it in its epoll set, so a worker whose
+coordinator dies sees the socket close and stops by itself.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import signal
+import struct
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from loadforge.plan import OUTCOMES
+
+# Message tags, first byte of every message a worker sends.
+READY, INTERVAL, DONE, FAILED = b"R", b"I", b"D", b"F"
+
+# Interval payload, as `_core.Engine.flush` lays it out (native byte order).
+_HEADER = struct.Struct("<IIqIIIIQQ")
+_STAGE = struct.Struct("<QQQ")
+_BACKEND = struct.Struct("<I48s")
+_CELL = struct.Struct("<IIIIQ")
+_HIST = struct.Struct("<iiQqq")
+_GAUGES = struct.Struct("<II")
+_MAGIC = 0x3149464C
+
+
+@dataclass(frozen=True)
+class HistSlice:
+    lo: int
+    counts: bytes          # uint32 counts of indices lo, lo+1, ...
+    total: int
+    min_us: int
+    max_us: int
+
+
+@dataclass(frozen=True)
+class CellDelta:
+    stage: int
+    request: int
+    outcome: str
+    backend: str
+    count: int
+    latency: HistSlice
+    service: HistSlice
+
+
+@dataclass(frozen=True)
+class IntervalReport:
+    worker: int
+    index: int
+    final: bool
+    scheduled: list[int]   # per stage
+    sent: list[int]
+    unsent: list[int]
+    cells: list[CellDelta]
+    connects: int
+    connect_failures: int
+    open_connections: int
+    in_flight: int
+
+
+def decode_interval(message: bytes) -> IntervalReport:
+    view = memoryview(message)
+    open_conns, in_flight = _GAUGES.unpack_from(view, 1)
+    off = 1 + _GAUGES.size
+    (magic, worker, index, final, nstages, ncells, nbackends,
+     connects, connect_failures) = _HEADER.unpack_from(view, off)
+    if magic != _MAGIC:
+        raise ValueError("interval payload with a bad magic number")
+    off += _HEADER.size
+    scheduled, sent, unsent = [], [], []
+    for _ in range(nstages):
+        s, t, u = _STAGE.unpack_from(view, off)
+        scheduled.append(s)
+        sent.append(t)
+        unsent.append(u)
+        off += _STAGE.size
+    backends = ["*"]
+    for _ in range(nbackends):
+        n, name = _BACKEND.unpack_from(view, off)
+        backends.append(name[:n].decode("latin-1"))
+        off += _BACKEND.size
+    cells = []
+    for _ in range(ncells):
+        stage, request, outcome, backend, count = _CELL.unpack_from(view, off)
+        off += _CELL.size
+        hists = []
+        for _ in range(2):
+            lo, n, total, lo_v, hi_v = _HIST.unpack_from(view, off)
+            off += _HIST.size
+            hists.append(HistSlice(lo, bytes(view[off:off + 4 * n]), total, lo_v, hi_v))
+            off += 4 * n
+        cells.append(CellDelta(stage, request, OUTCOMES[outcome], backends[backend], count,
+                               hists[0], hists[1]))
+    return IntervalReport(worker, index, bool(final), scheduled, sent, unsent, cells,
+                          connects, connect_failures, open_conns, in_flight)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to build its engine; pickled to the spawned process."""
+
+    index: int
+    workers: int
+    address: str
+    port: int
+    requests: list[tuple[bytes, bool]]
+    mix: list[int]
+    stages: list[tuple[bool, float, float, float, int, float]]
+    connections: int
+    timeout_s: float
+    interval_s: float
+    capture_header: str | None
+
+
+def fd_limit() -> int:
+    """Raise this process's open-file limit as far as allowed; return the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return hard if soft == resource.RLIM_INFINITY else soft
+
+
+def _worker_main(spec: WorkerSpec, channel: Connection) -> None:
+    # Ctrl-C reaches the whole process group; the coordinator alone decides how to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        from loadforge import _core
+
+        fd_limit()
+        engine = _core.Engine(
+            spec.address, spec.port, spec.requests, spec.mix, spec.stages, spec.connections,
+            worker=spec.index, workers=spec.workers, timeout_s=spec.timeout_s,
+            interval_s=spec.interval_s, capture_header=spec.capture_header,
+            control_fd=channel.fileno())
+        channel.send_bytes(READY)
+        t0 = int(channel.recv_bytes())
+        gauges = _GAUGES.pack
+
+        def on_interval(payload: bytes, open_conns: int, in_flight: int) -> None:
+            channel.send_bytes(INTERVAL + gauges(open_conns, in_flight) + payload)
+
+        engine.run(t0, on_interval)
+        channel.send_bytes(DONE)
+    except BaseException:
+        try:
+            channel.send_bytes(FAILED + traceback.format_exc().encode())
+        except OSError:
+            pass
+        os._exit(1)
+
+
+class WorkerPool:
+    """The worker processes of one run."""
+
+    def __init__(self, specs: list[WorkerSpec]):
+        ctx = multiprocessing.get_context("spawn")
+        self.channels: list[Connection] = []
+        self.processes = []
+        for spec in specs:
+            ours, theirs = ctx.Pipe(duplex=True)
+            proc = ctx.Process(target=_worker_main, args=(spec, theirs),
+                               name=f"loadforge-worker-{spec.index}", daemon=True)
+            proc.start()
+            theirs.close()
+            self.channels.append(ours)
+            self.processes.append(proc)
+
+    def stop(self) -> None:
+        """Ask every worker to stop scheduling; they still report what is in flight."""
+        for ch in self.channels:
+            try:
+                ch.send_bytes(b"S")
+            except OSError:
+                pass
+
+    def terminate(self) -> None:
+        for proc in self.processes:
+            if proc.is_alive():
+                proc.kill()
+        for proc in self.processes:
+            proc.join(timeout=2)
+        for ch in self.channels:
+            ch.close()
+
+    def join(self, timeout: float = 5.0) -> None:
+        for proc in self.processes:
+            proc.join(timeout=timeout)
+        self.terminate()
