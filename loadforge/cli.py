@@ -99,10 +99,13 @@ def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
               "(e.g. X-Served-By).")
 @click.option("--no-preflight", is_flag=True, help="Skip the request sent before the run.")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress, no summary table.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False),
+              help="Write the SLO verdicts as JUnit XML (one test case per objective).")
 def run(profile: str | None, target: str | None, rate: float | None, concurrency: int | None,
         duration: str | None, connections: int | None, timeout: str, workers: int | None,
         out_dir: str, labels: tuple[str, ...], summary_json: str | None,
-        backend_header: str | None, no_preflight: bool, quiet: bool) -> None:
+        backend_header: str | None, no_preflight: bool, quiet: bool,
+        junit_path: str | None) -> None:
     """Run a load test: `loadforge run PROFILE` or `loadforge run --target URL --rate R
     --duration D`."""
     from dataclasses import replace
@@ -130,9 +133,16 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     outcome = runner.execute(plan, opts, console)
     if summary_json:
         summary.write_summary_json(outcome.summary, summary_json)
+    if junit_path:
+        from loadforge import slo
+
+        slo.write_junit(junit_path, f"loadforge run {plan.name}",
+                        slo.slo_cases(outcome.summary.get("slo", []), plan.name))
     if not quiet:
         summary.render_summary(outcome.summary, Console(),
                                {s.name for s in plan.stages if not s.open_model})
+    if outcome.summary.get("aborted"):
+        console.print(f"[bold red]aborted:[/] {outcome.summary['aborted']}", highlight=False)
     sys.exit(EXIT_OK if outcome.ok else EXIT_FAILED)
 
 

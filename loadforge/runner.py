@@ -22,7 +22,7 @@ from hdrh.histogram import HdrHistogram
 from multiprocessing.connection import wait as wait_for
 from rich.console import Console
 
-from loadforge import __version__, _core, histogram, schedule, summary
+from loadforge import __version__, _core, histogram, schedule, slo, summary
 from loadforge.errors import InputError, RunError, TargetUnreachable, WorkerCrashed
 from loadforge.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES, Plan, Request
 from loadforge.progress import LiveProgress
@@ -133,6 +133,9 @@ class Aggregator:
         self.errors = 0
         self.sent_by_workers = 0
         self.last_index = -1
+        # Windowed objectives with abort_after, judged as each interval is merged.
+        self.live_slo = slo.LiveSLO(plan, interval_s)
+        self.abort_reason: str | None = None
 
     def add(self, report: Any) -> None:
         self.pending[report.index].append(report)
@@ -216,6 +219,9 @@ class Aggregator:
                 row["scheduled"], row["unsent"] = scheduled[i], unsent[i]
                 rows.append(row)
         self.writer.write(rows)
+        reason = self.live_slo.interval(index, rows)
+        if reason and self.abort_reason is None:
+            self.abort_reason = reason
         self.requests += interval_all[1]
         self.errors += interval_all[2]
         self._show(index, interval_all)
@@ -360,6 +366,9 @@ def _collect(pool: WorkerPool, agg: Aggregator, plan: Plan, t0: int) -> None:
         for i, proc in enumerate(pool.processes):
             if not done[i] and not proc.is_alive() and not ready:
                 raise WorkerCrashed(f"worker {i} exited unexpectedly (exit code {proc.exitcode})")
+        if agg.abort_reason and not stopping:
+            pool.stop()
+            stopping = True
         now = _core.now_ns()
         if now > deadline and not stopping:
             pool.stop()
@@ -454,10 +463,13 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str) ->
             pool.terminate()
         writer.abort()
         raise
-    result = {"run_id": run_id, "result": path, "ok": True, "target": target.url,
+    # Judged from the file just written, so the verdicts are those any later reader gets.
+    verdicts = slo.evaluate(plan, path)
+    ok = all(v["ok"] for v in verdicts) and agg.abort_reason is None
+    result = {"run_id": run_id, "result": path, "ok": ok, "target": target.url,
               "profile": plan.name, "workers": workers, "connections": plan.connections,
-              "started": started, **figures, "slo": []}
-    return RunOutcome(result, path, True)
+              "started": started, **figures, "slo": verdicts, "aborted": agg.abort_reason}
+    return RunOutcome(result, path, ok)
 
 
 __all__ = ["RunOptions", "RunOutcome", "execute", "parse_target", "encode_request",
