@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -144,6 +145,44 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     if outcome.summary.get("aborted"):
         console.print(f"[bold red]aborted:[/] {outcome.summary['aborted']}", highlight=False)
     sys.exit(EXIT_OK if outcome.ok else EXIT_FAILED)
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]),
+              default="table", show_default=True, help="Output format.")
+@click.option("--fail-on", "fail_on", multiple=True, metavar="METRIC=±N(%|pp|ms)",
+              help="Regression gate against the first (baseline) run, e.g. p99=+10%, "
+              "error_rate=+0.1pp, achieved_rps=-5% (repeatable). A breach exits 1.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False),
+              help="Write the gate checks as JUnit XML.")
+def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
+            junit_path: str | None) -> None:
+    """Compare runs (Parquet files or directories) per stage against the first one."""
+    from loadforge import compare as cmp
+    from loadforge import slo
+
+    gates = [cmp.parse_gate(spec) for spec in fail_on]
+    figures = cmp.load_runs(list(runs))
+    if len(figures) < 2 and gates:
+        raise InputError(f"compare --fail-on: needs at least two runs, got {len(figures)}")
+    data = cmp.comparison(figures)
+    checks = cmp.check_gates(figures, gates)
+    data["gates"] = checks
+    data["ok"] = all(c["ok"] for c in checks)
+    if junit_path:
+        slo.write_junit(junit_path, "loadforge compare", cmp.gate_cases(checks))
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+    elif fmt == "markdown":
+        click.echo(cmp.render_markdown(data) + cmp.render_gates_markdown(checks))
+    else:
+        cmp.render_table(data, Console())
+    err = Console(stderr=True)
+    for check in checks:
+        if not check["ok"]:
+            err.print(f"[bold red]regression:[/] {check['message']}", highlight=False)
+    sys.exit(EXIT_OK if data["ok"] else EXIT_FAILED)
 
 
 @main.command()
