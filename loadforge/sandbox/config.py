@@ -1,0 +1,238 @@
+"""Validation of a profile's `[sandbox]` table into the normalized form the cluster runs from.
+
+The normalized form (a SandboxConfig) has every key present, durations in seconds (floats) and
+one weight per initial backend. start_sandbox hands it to the subprocess as JSON, so the child
+runs exactly what the parent accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from loadforge.errors import ProfileError
+from loadforge.units import parse_duration
+
+ALGORITHMS = ("round_robin", "weighted_round_robin", "least_connections", "random", "ip_hash")
+DISTRIBUTIONS = ("constant", "exponential", "lognormal")
+METRICS = ("utilization", "inflight")
+
+# Limits that keep a mistyped profile from starting thousands of in-process backends or a
+# weighted round-robin cycle of millions of slots (the cycle is precomputed, see cluster.py).
+MAX_BACKENDS = 256
+MAX_WEIGHT = 1000
+
+_TOP_KEYS = ("algorithm", "backends", "weights", "backend", "health", "autoscale")
+_BACKEND_KEYS = ("service_time", "distribution", "sigma", "concurrency", "queue")
+_HEALTH_KEYS = ("enabled", "interval", "timeout", "unhealthy_threshold", "healthy_threshold")
+_AUTOSCALE_KEYS = (
+    "enabled", "metric", "threshold", "for", "step", "cooldown", "min", "max",
+    "startup_delay", "evaluation_interval", "scale_in",
+)
+_SCALE_IN_KEYS = ("enabled", "threshold", "for", "step")
+
+DEFAULT_BACKENDS = 4
+
+def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ProfileError(
+                f"{where}.{key} is not a known key (expected one of: {', '.join(allowed)})"
+            )
+
+
+def _table(value: object, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProfileError(f"{where} must be a table, got {value!r}")
+    return value
+
+
+def _int(value: object, where: str, minimum: int, maximum: int | None = None) -> int:
+    # TOML booleans are Python ints; `concurrency = true` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProfileError(f"{where} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ProfileError(f"{where} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ProfileError(f"{where} must be <= {maximum}, got {value}")
+    return value
+
+
+def _number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProfileError(f"{where} must be a number, got {value!r}")
+    return float(value)
+
+
+def _bool(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ProfileError(f"{where} must be true or false, got {value!r}")
+    return value
+
+
+def _choice(value: object, choices: tuple[str, ...], where: str) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ProfileError(f"{where} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _duration(value: object, where: str, positive: bool = False) -> float:
+    return parse_duration(value, where, allow_zero=not positive)
+
+
+class SandboxConfig(dict[str, Any]):
+    """A normalized `[sandbox]` table; validating it again returns it unchanged."""
+
+
+def validate_sandbox_config(cfg: dict[str, Any] | None, where: str = "sandbox") -> SandboxConfig:
+    """Validate a raw `[sandbox]` table; return it normalized (see the package docstring).
+
+    Raises ProfileError naming the field, e.g. `sandbox.autoscale.min must be <= max (got 5 > 3)`.
+    An already normalized table (a SandboxConfig) is returned as it is, so that callers may
+    pass either form on to start_sandbox or run_foreground.
+    """
+    if isinstance(cfg, SandboxConfig):
+        return cfg
+    top = _table(cfg, where)
+    _check_keys(top, _TOP_KEYS, where)
+
+    algorithm = _choice(top.get("algorithm", "round_robin"), ALGORITHMS, f"{where}.algorithm")
+    backend = _validate_backend(_table(top.get("backend"), f"{where}.backend"), f"{where}.backend")
+    health = _validate_health(_table(top.get("health"), f"{where}.health"), f"{where}.health")
+    autoscale = None
+    if "autoscale" in top:
+        autoscale = _validate_autoscale(
+            _table(top["autoscale"], f"{where}.autoscale"), f"{where}.autoscale"
+        )
+
+    if "backends" in top:
+        backends = _int(top["backends"], f"{where}.backends", 1, MAX_BACKENDS)
+        if autoscale is not None and not autoscale["min"] <= backends <= autoscale["max"]:
+            raise ProfileError(
+                f"{where}.backends must be between autoscale.min and autoscale.max "
+                f"(got {backends}, min {autoscale['min']}, max {autoscale['max']})"
+            )
+    elif autoscale is not None:
+        backends = min(max(DEFAULT_BACKENDS, autoscale["min"]), autoscale["max"])
+    else:
+        backends = DEFAULT_BACKENDS
+
+    weights = [1] * backends
+    if "weights" in top:
+        if algorithm != "weighted_round_robin":
+            raise ProfileError(
+                f"{where}.weights is only used with algorithm = \"weighted_round_robin\" "
+                f"(algorithm is {algorithm!r})"
+            )
+        raw = top["weights"]
+        if not isinstance(raw, list):
+            raise ProfileError(f"{where}.weights must be a list of integers, got {raw!r}")
+        if len(raw) != backends:
+            raise ProfileError(
+                f"{where}.weights must have one weight per backend "
+                f"(got {len(raw)} weights for {backends} backends)"
+            )
+        weights = [_int(w, f"{where}.weights[{i}]", 1, MAX_WEIGHT) for i, w in enumerate(raw)]
+
+    return SandboxConfig({
+        "algorithm": algorithm,
+        "backends": backends,
+        "weights": weights,
+        "backend": backend,
+        "health": health,
+        "autoscale": autoscale,
+    })
+
+
+def _validate_backend(table: dict[str, Any], where: str) -> dict[str, Any]:
+    _check_keys(table, _BACKEND_KEYS, where)
+    distribution = _choice(
+        table.get("distribution", "constant"), DISTRIBUTIONS, f"{where}.distribution"
+    )
+    sigma = 0.5
+    if "sigma" in table:
+        if distribution != "lognormal":
+            raise ProfileError(
+                f"{where}.sigma is only used with distribution = \"lognormal\" "
+                f"(distribution is {distribution!r})"
+            )
+        sigma = _number(table["sigma"], f"{where}.sigma")
+        if sigma <= 0:
+            raise ProfileError(f"{where}.sigma must be > 0, got {table['sigma']!r}")
+    return {
+        "service_time": _duration(table.get("service_time", "0s"), f"{where}.service_time"),
+        "distribution": distribution,
+        "sigma": sigma,
+        "concurrency": _int(table.get("concurrency", 64), f"{where}.concurrency", 1),
+        "queue": _int(table.get("queue", 1024), f"{where}.queue", 0),
+    }
+
+
+def _validate_health(table: dict[str, Any], where: str) -> dict[str, Any]:
+    _check_keys(table, _HEALTH_KEYS, where)
+    interval = _duration(table.get("interval", "1s"), f"{where}.interval", positive=True)
+    timeout = _duration(table.get("timeout", "500ms"), f"{where}.timeout", positive=True)
+    if timeout > interval:
+        raise ProfileError(
+            f"{where}.timeout must be <= interval (got {table.get('timeout')!r} > "
+            f"{table.get('interval', '1s')!r})"
+        )
+    return {
+        "enabled": _bool(table.get("enabled", True), f"{where}.enabled"),
+        "interval": interval,
+        "timeout": timeout,
+        "unhealthy_threshold": _int(
+            table.get("unhealthy_threshold", 2), f"{where}.unhealthy_threshold", 1
+        ),
+        "healthy_threshold": _int(
+            table.get("healthy_threshold", 2), f"{where}.healthy_threshold", 1
+        ),
+    }
+
+
+def _validate_autoscale(table: dict[str, Any], where: str) -> dict[str, Any]:
+    _check_keys(table, _AUTOSCALE_KEYS, where)
+    metric = _choice(table.get("metric", "utilization"), METRICS, f"{where}.metric")
+    threshold = _number(table.get("threshold", 0.8), f"{where}.threshold")
+    if threshold <= 0 or (metric == "utilization" and threshold > 1):
+        expected = "in (0, 1]" if metric == "utilization" else "> 0"
+        raise ProfileError(f"{where}.threshold must be {expected} for metric {metric!r}, "
+                           f"got {table.get('threshold')!r}")
+    minimum = _int(table.get("min", 1), f"{where}.min", 1, MAX_BACKENDS)
+    maximum = _int(table.get("max", 10), f"{where}.max", 1, MAX_BACKENDS)
+    if minimum > maximum:
+        raise ProfileError(f"{where}.min must be <= max (got {minimum} > {maximum})")
+    cooldown = _duration(table.get("cooldown", "30s"), f"{where}.cooldown")
+
+    scale_in_raw = _table(table.get("scale_in"), f"{where}.scale_in")
+    _check_keys(scale_in_raw, _SCALE_IN_KEYS, f"{where}.scale_in")
+    in_threshold = _number(scale_in_raw.get("threshold", threshold / 2),
+                           f"{where}.scale_in.threshold")
+    if not 0 <= in_threshold < threshold:
+        raise ProfileError(
+            f"{where}.scale_in.threshold must be >= 0 and < threshold "
+            f"(got {in_threshold} with threshold {threshold})"
+        )
+    scale_in = {
+        "enabled": _bool(scale_in_raw.get("enabled", True), f"{where}.scale_in.enabled"),
+        "threshold": in_threshold,
+        "for": _duration(scale_in_raw.get("for", "30s"), f"{where}.scale_in.for"),
+        "step": _int(scale_in_raw.get("step", 1), f"{where}.scale_in.step", 1),
+    }
+    return {
+        "enabled": _bool(table.get("enabled", True), f"{where}.enabled"),
+        "metric": metric,
+        "threshold": threshold,
+        "for": _duration(table.get("for", "30s"), f"{where}.for"),
+        "step": _int(table.get("step", 1), f"{where}.step", 1),
+        "cooldown": cooldown,
+        "min": minimum,
+        "max": maximum,
+        "startup_delay": _duration(table.get("startup_delay", "5s"), f"{where}.startup_delay"),
+        "evaluation_interval": _duration(
+            table.get("evaluation_interval", "1s"), f"{where}.evaluation_interval", positive=True
+        ),
+        "scale_in": scale_in,
+    }
