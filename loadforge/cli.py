@@ -89,6 +89,9 @@ def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
 @click.option("--connections", type=int, help="Upper bound on open connections.")
 @click.option("--timeout", default="5s", show_default=True, help="Without a profile: per-request "
               "timeout.")
+@click.option("--timer-resolution", help="Open model: arrivals closer together than this "
+              "share a wake-up and may be sent up to this late, counted in latency "
+              "[default: 100us; 0 for exact sends at more CPU].")
 @click.option("--workers", type=int, help="Worker processes (default: the profile's, else one "
               "per core).")
 @click.option("--out", "out_dir", default="results", show_default=True,
@@ -103,7 +106,8 @@ def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False),
               help="Write the SLO verdicts as JUnit XML (one test case per objective).")
 def run(profile: str | None, target: str | None, rate: float | None, concurrency: int | None,
-        duration: str | None, connections: int | None, timeout: str, workers: int | None,
+        duration: str | None, connections: int | None, timeout: str,
+        timer_resolution: str | None, workers: int | None,
         out_dir: str, labels: tuple[str, ...], summary_json: str | None,
         backend_header: str | None, no_preflight: bool, quiet: bool,
         junit_path: str | None) -> None:
@@ -127,6 +131,9 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
             plan = replace(plan, connections=connections)
     else:
         plan = _flag_plan(target, rate, concurrency, duration, connections, timeout)
+    if timer_resolution is not None:
+        plan = replace(plan, timer_resolution_s=parse_duration(
+            timer_resolution, "--timer-resolution", allow_zero=True))
     console = Console(stderr=True)
     opts = runner.RunOptions(target=target, workers=workers, out_dir=out_dir,
                              labels=_labels(labels), quiet=quiet, preflight=not no_preflight,
@@ -183,6 +190,19 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
         if not check["ok"]:
             err.print(f"[bold red]regression:[/] {check['message']}", highlight=False)
     sys.exit(EXIT_OK if data["ok"] else EXIT_FAILED)
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the self-contained HTML report.")
+def report(runs: tuple[str, ...], html_path: str) -> None:
+    """Plot runs (Parquet files or directories) into one offline HTML file; several runs are
+    overlaid."""
+    from loadforge.report import write_report
+
+    count = write_report(list(runs), html_path)
+    click.echo(f"report of {count} run{'s' if count != 1 else ''}: {html_path}")
 
 
 @main.command()

@@ -58,6 +58,9 @@ class Plan:
     timeout_s: float = 5.0            # per request
     # Response status classes that count as errors next to transport failures.
     fail_status: tuple[str, ...] = ("5xx",)
+    # Open model: arrivals closer together than this share one timer wake-up, so each may be
+    # sent up to this late (counted in its latency). 0 sends every arrival on its own wake-up.
+    timer_resolution_s: float = 100e-6
     # Raw, validated [slo] table; slo.py gives it meaning.
     slo: dict[str, Any] = field(default_factory=dict)
     # Raw [observe] and [[actions]] tables (scaling validation).

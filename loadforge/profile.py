@@ -52,7 +52,7 @@ from loadforge.plan import Plan, Request, Stage
 from loadforge.units import parse_duration, parse_percent, show_value
 
 TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox")
-LOAD_KEYS = ("connections", "workers", "timeout", "fail_status")
+LOAD_KEYS = ("connections", "workers", "timeout", "fail_status", "timer_resolution")
 STAGE_KEYS = ("name", "duration", "rate", "ramp", "concurrency", "think")
 RAMP_KEYS = ("from", "to")
 REQUEST_KEYS = ("name", "method", "path", "headers", "body", "weight")
@@ -70,6 +70,7 @@ SLO_WINDOW_KEYS = ("window", "stage", "abort_after") + OBJECTIVES
 DEFAULT_TARGET = "sandbox"
 DEFAULT_CONNECTIONS = 64
 DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_TIMER_RESOLUTION_S = 100e-6
 # Workers report every second (DESIGN.md), so SLO windows are made of whole intervals.
 INTERVAL_S = 1.0
 
@@ -118,6 +119,9 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
     timeout_s = (check.duration(load["timeout"], "load.timeout") if "timeout" in load
                  else DEFAULT_TIMEOUT_S)
     fail_status = _fail_status(check, load.get("fail_status", ["5xx"]))
+    timer_resolution_s = (check.duration(load["timer_resolution"], "load.timer_resolution",
+                                         allow_zero=True)
+                          if "timer_resolution" in load else DEFAULT_TIMER_RESOLUTION_S)
 
     if "stages" not in top:
         check.fail("", "has no [[stages]]; at least one stage is required")
@@ -144,7 +148,7 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
 
     return Plan(name=name, target=target, stages=stages, requests=requests,
                 connections=connections, workers=workers, timeout_s=timeout_s,
-                fail_status=fail_status, slo=slo, observe=observe, actions=actions,
+                fail_status=fail_status, timer_resolution_s=timer_resolution_s, slo=slo, observe=observe, actions=actions,
                 sandbox=sandbox, source=source, path=path)
 
 

@@ -60,6 +60,8 @@ def parse_duration(value: Any, where: str, *, allow_zero: bool = False) -> float
     user came from. Negative durations are always refused, zero unless `allow_zero`.
     """
     expected = f'a duration with a unit ({UNIT_NAMES}), e.g. "250ms" or "5s"'
+    if allow_zero and not isinstance(value, bool) and value in (0, "0"):
+        return 0.0     # zero needs no unit
     if isinstance(value, bool) or not isinstance(value, str):
         if isinstance(value, int | float) and not isinstance(value, bool):
             raise ProfileError(f'{where} must be {expected}; a bare number has no unit, '

@@ -121,6 +121,7 @@ class WorkerSpec:
     timeout_s: float
     interval_s: float
     capture_header: str | None
+    timer_resolution_s: float
 
 
 def fd_limit() -> int:
@@ -148,7 +149,7 @@ def _worker_main(spec: WorkerSpec, channel: Connection) -> None:
             spec.address, spec.port, spec.requests, spec.mix, spec.stages, spec.connections,
             worker=spec.index, workers=spec.workers, timeout_s=spec.timeout_s,
             interval_s=spec.interval_s, capture_header=spec.capture_header,
-            control_fd=channel.fileno())
+            control_fd=channel.fileno(), timer_resolution_s=spec.timer_resolution_s)
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
         gauges = _GAUGES.pack

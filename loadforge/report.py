@@ -1,0 +1,179 @@
+"""`loadforge report RUN... --html PATH`: one self-contained HTML file of plots.
+
+The page carries its data as JSON and draws it with the small canvas plotter in
+`report_assets/report.js` (inlined, with the CSS, into the page: it must open offline, from an
+artifact store or a mail attachment, so nothing is fetched). Series come from the interval rows
+(`*`/`*` rows merged across stages per interval, outcome rows for rates and errors), spectra
+from each stage row's merged histogram.
+
+When the page has drawn, `<body>` gets `data-ready` (charts drawn with data) next to
+`data-charts` (charts on the page), and `data-errors` if a script error happened: the Chromium
+test reads them back from `--dump-dom`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from importlib import resources
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from loadforge import histogram
+from loadforge.compare import RunFigures, fail_status_of, load_runs, stages_of
+from loadforge.errors import InputError
+from loadforge.plan import ERROR_KINDS, STATUS_OUTCOMES
+
+# Percentile levels of the spectrum: 1 - 10^(-k/20), k = 0..100, i.e. 0% .. 99.999% with
+# 20 points per decade of 1/(1-q) (the x axis of an HDR percentile plot).
+SPECTRUM_LEVELS = tuple(1 - 10 ** (-k / 20) for k in range(101))
+
+
+def spectrum(h: HdrHistogram) -> list[list[float]]:
+    """[[1/(1-q), latency µs], ...] at SPECTRUM_LEVELS, in one walk of the nonzero buckets,
+    with histogram.stats()'s percentile definition."""
+    total = int(h.total_count)
+    if not total:
+        return []
+    counts = memoryview(h.counts).cast("B").cast("Q")
+    limit = min(h.get_counts_array_index(h.max_value) + 1, len(counts))
+    targets = [max(int(q * total + 0.5), 1) for q in SPECTRUM_LEVELS]
+    out: list[list[float]] = []
+    cumulative = 0
+    t = 0
+    for index in range(limit):
+        c = counts[index]
+        if not c:
+            continue
+        cumulative += c
+        while t < len(targets) and cumulative >= targets[t]:
+            value = h.get_highest_equivalent_value(h.get_value_from_index(index))
+            out.append([round(1 / (1 - SPECTRUM_LEVELS[t]), 6) if t else 1.0, float(value)])
+            t += 1
+        if t == len(targets):
+            break
+    return out
+
+
+def _run_series(run: RunFigures) -> dict[str, Any]:
+    result = run.result
+    try:
+        interval_ms = int(result.metadata.get("interval_ms", "1000"))
+    except ValueError:
+        interval_ms = 1000
+    interval_s = interval_ms / 1000
+    error_outcomes = set(ERROR_KINDS) | set(fail_status_of(result))
+    per: dict[int, dict[str, Any]] = {}
+    for row in result.rows("interval", stage=None, name=None, outcome=None):
+        index = int(row["start_ms"]) // interval_ms
+        cell = per.get(index)
+        if cell is None:
+            cell = per[index] = {"scheduled": 0, "responses": 0, "errors": {},
+                                 "latency": None}
+        if row["name"] == "*" and row["outcome"] == "*":
+            cell["scheduled"] += int(row.get("scheduled") or 0)
+            h = result.histogram(row)
+            if cell["latency"] is None:
+                cell["latency"] = h
+            else:
+                histogram.merge(cell["latency"], h)
+            continue
+        outcome, count = row["outcome"], int(row["count"])
+        if outcome in STATUS_OUTCOMES:
+            cell["responses"] += count
+        if outcome in error_outcomes:
+            cell["errors"][outcome] = cell["errors"].get(outcome, 0) + count
+    kinds = sorted({k for cell in per.values() for k in cell["errors"]})
+    t, target, achieved = [], [], []
+    lat: dict[str, list[float | None]] = {k: [] for k in ("p50", "p90", "p99", "max")}
+    errors: dict[str, list[float]] = {k: [] for k in kinds}
+    for index in sorted(per):
+        cell = per[index]
+        t.append(round(index * interval_s, 3))
+        target.append(cell["scheduled"] / interval_s)
+        achieved.append(cell["responses"] / interval_s)
+        stats = histogram.stats(cell["latency"]) if cell["latency"] is not None else None
+        for key in lat:
+            lat[key].append(float(stats[key]) if stats and stats["count"] else None)
+        for kind in kinds:
+            errors[kind].append(cell["errors"].get(kind, 0) / interval_s)
+    stages_meta = stages_of(result)
+    marks, start = [], 0.0
+    for stage in stages_meta:
+        marks.append({"t": start, "name": stage["name"]})
+        start += float(stage.get("duration_s") or 0)
+    spectra = {s.name: spectrum(s.latency) for s in run.stages}
+    summary = {s.name: s.values() for s in [*run.stages, run.run]}
+    return {
+        "title": run.title,
+        "run_id": result.run_id,
+        "path": result.path,
+        "start_time": result.metadata.get("start_time", ""),
+        "target": result.metadata.get("target", ""),
+        "profile": result.metadata.get("profile_name", ""),
+        "labels": result.labels,
+        "interval_s": interval_s,
+        "t": t,
+        "target_rps": target,
+        "achieved_rps": achieved,
+        "latency_us": lat,
+        "errors_per_s": errors,
+        "stage_marks": marks,
+        "stages": [s.name for s in run.stages],
+        "spectra": spectra,
+        "summary": summary,
+    }
+
+
+def report_data(runs: list[RunFigures]) -> dict[str, Any]:
+    return {"runs": [_run_series(r) for r in runs]}
+
+
+def _asset(name: str) -> str:
+    return resources.files("loadforge").joinpath("report_assets", name).read_text("utf-8")
+
+
+def render_html(data: dict[str, Any]) -> str:
+    titles = ", ".join(r["title"] for r in data["runs"])
+    # "</" would end the <script> element early; "<\/" is the same JSON string.
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<title>loadforge report: {html.escape(titles)}</title>\n"
+        f"<style>\n{_asset('report.css')}</style>\n</head>\n"
+        "<body data-ready=\"0\">\n"
+        f"<header><h1>loadforge report</h1><p class=\"sub\">{html.escape(titles)}</p></header>\n"
+        "<main id=\"report\"></main>\n"
+        f"<script type=\"application/json\" id=\"report-data\">{payload}</script>\n"
+        f"<script>\n{_asset('report.js')}</script>\n</body>\n</html>\n"
+    )
+
+
+def _finite(data: Any) -> Any:
+    """JSON has no inf/NaN: deltas against a zero baseline become null."""
+    if isinstance(data, float):
+        return data if data == data and abs(data) != float("inf") else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_finite(v) for v in data]
+    return data
+
+
+def write_report(paths: list[str], out_path: str) -> int:
+    """Write the report of the runs at `paths` to `out_path`; returns the number of runs."""
+    runs = load_runs(paths)
+    text = render_html(_finite(report_data(runs)))
+    try:
+        parent = os.path.dirname(os.path.abspath(out_path))
+        os.makedirs(parent, exist_ok=True)
+        tmp = out_path + ".partial"
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, out_path)
+    except OSError as exc:
+        raise InputError(f"--html {out_path}: cannot write ({exc.strerror or exc})") from exc
+    return len(runs)

@@ -1,0 +1,261 @@
+// loadforge report: draws the embedded JSON (#report-data) on canvases. No dependencies:
+// the page must work offline, so this is a deliberately small line plotter (linear and log
+// axes, dashes, stage marks, an HTML legend) rather than a charting library.
+(function () {
+  "use strict";
+  var body = document.body;
+  var errors = [];
+  window.addEventListener("error", function (e) {
+    errors.push(String(e.message || e));
+    body.setAttribute("data-errors", errors.join(" | "));
+  });
+
+  var PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
+                 "#8c564b", "#e377c2"];
+  var DASH = { p50: [], p90: [7, 3], p99: [2, 3], max: [9, 3, 2, 3],
+               target: [6, 4], achieved: [] };
+  var KIND_DASH = [[], [7, 3], [2, 3], [9, 3, 2, 3], [4, 4]];
+  var W = 1240, H = 330, PAD = { l: 70, r: 18, t: 14, b: 40 };
+
+  function fmtUs(v) {
+    if (v < 1000) return Math.round(v) + "\u00b5s";
+    if (v < 1e6) return +(v / 1e3).toPrecision(3) + "ms";
+    return +(v / 1e6).toPrecision(3) + "s";
+  }
+  function fmtNum(v) {
+    if (Math.abs(v) >= 1e6) return +(v / 1e6).toPrecision(3) + "M";
+    if (Math.abs(v) >= 1e3) return +(v / 1e3).toPrecision(3) + "k";
+    return String(+v.toPrecision(3));
+  }
+  function fmtSeconds(v) { return +v.toPrecision(4) + "s"; }
+  function fmtPercentile(x) {
+    // x = 1/(1-q): 1 -> 0%, 10 -> 90%, 100 -> 99%, ...
+    var q = 100 * (1 - 1 / x);
+    return (q === 0 ? "0" : String(+q.toPrecision(6))) + "%";
+  }
+
+  function linearTicks(lo, hi, n) {
+    var span = hi - lo, step = Math.pow(10, Math.floor(Math.log10(span / n)));
+    var err = span / n / step;
+    if (err >= 7.5) step *= 10; else if (err >= 3.5) step *= 5; else if (err >= 1.5) step *= 2;
+    var ticks = [];
+    for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(v);
+    return ticks;
+  }
+  function logTicks(lo, hi) {
+    var ticks = [];
+    for (var e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++) {
+      var v = Math.pow(10, e);
+      if (v >= lo * 0.999 && v <= hi * 1.001) ticks.push(v);
+    }
+    if (ticks.length < 2) { ticks = [lo, hi]; }
+    return ticks;
+  }
+
+  function section(title) {
+    var h = document.createElement("h2");
+    h.textContent = title;
+    document.getElementById("report").appendChild(h);
+  }
+
+  // spec: {title, xLabel, yLabel, xLog, yLog, xFormat, yFormat, series: [{name, color, dash,
+  // points: [[x, y], ...]}], marks: [{x, name}]}. Returns true when it drew data.
+  function chart(spec) {
+    var fig = document.createElement("figure");
+    fig.className = "chart";
+    var cap = document.createElement("figcaption");
+    cap.textContent = spec.title;
+    fig.appendChild(cap);
+    var canvas = document.createElement("canvas");
+    var ratio = window.devicePixelRatio || 1;
+    canvas.width = W * ratio; canvas.height = H * ratio;
+    canvas.style.width = W + "px"; canvas.style.height = H + "px";
+    fig.appendChild(canvas);
+    var legend = document.createElement("div");
+    legend.className = "legend";
+    fig.appendChild(legend);
+    document.getElementById("report").appendChild(fig);
+    body.setAttribute("data-charts", String(+(body.getAttribute("data-charts") || 0) + 1));
+
+    var ok = function (x, y) {
+      return y !== null && isFinite(x) && isFinite(y) &&
+        (!spec.xLog || x > 0) && (!spec.yLog || y > 0);
+    };
+    var xs = [], ys = [], drawn = 0;
+    spec.series.forEach(function (s) {
+      s.points = s.points.filter(function (p) { return ok(p[0], p[1]); });
+      s.points.forEach(function (p) { xs.push(p[0]); ys.push(p[1]); });
+    });
+    var ctx = canvas.getContext("2d");
+    ctx.scale(ratio, ratio);
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(0, 0, W, H);
+    if (!xs.length) {
+      var note = document.createElement("p");
+      note.className = "empty";
+      note.textContent = "no data";
+      fig.appendChild(note);
+      return false;
+    }
+    var x0 = Math.min.apply(null, xs), x1 = Math.max.apply(null, xs);
+    var y0 = spec.yLog ? Math.min.apply(null, ys) : Math.min(0, Math.min.apply(null, ys));
+    var y1 = Math.max.apply(null, ys);
+    if (x1 === x0) { x1 = x0 + 1; }
+    if (y1 === y0) { y1 = spec.yLog ? y0 * 10 : y0 + 1; }
+    if (spec.yLog) { y0 = Math.pow(10, Math.floor(Math.log10(y0))); y1 = Math.pow(10, Math.ceil(Math.log10(y1))); }
+    else { y1 = y1 * 1.08; }
+    var tx = spec.xLog ? Math.log10 : function (v) { return v; };
+    var ty = spec.yLog ? Math.log10 : function (v) { return v; };
+    var pw = W - PAD.l - PAD.r, ph = H - PAD.t - PAD.b;
+    var X = function (v) { return PAD.l + (tx(v) - tx(x0)) / (tx(x1) - tx(x0)) * pw; };
+    var Y = function (v) { return PAD.t + ph - (ty(v) - ty(y0)) / (ty(y1) - ty(y0)) * ph; };
+
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.strokeStyle = "#e6e9ef"; ctx.fillStyle = "#4a5365"; ctx.lineWidth = 1;
+    var yt = spec.yLog ? logTicks(y0, y1) : linearTicks(y0, y1, 6);
+    ctx.textAlign = "right"; ctx.textBaseline = "middle";
+    yt.forEach(function (v) {
+      var y = Math.round(Y(v)) + 0.5;
+      ctx.beginPath(); ctx.moveTo(PAD.l, y); ctx.lineTo(W - PAD.r, y); ctx.stroke();
+      ctx.fillText(spec.yFormat(v), PAD.l - 6, y);
+    });
+    var xt = spec.xLog ? logTicks(x0, x1) : linearTicks(x0, x1, 10);
+    ctx.textAlign = "center"; ctx.textBaseline = "top";
+    xt.forEach(function (v) {
+      var x = Math.round(X(v)) + 0.5;
+      ctx.beginPath(); ctx.moveTo(x, PAD.t); ctx.lineTo(x, PAD.t + ph); ctx.stroke();
+      ctx.fillText(spec.xFormat(v), x, PAD.t + ph + 5);
+    });
+    ctx.fillText(spec.xLabel, PAD.l + pw / 2, H - 15);
+    ctx.save();
+    ctx.translate(14, PAD.t + ph / 2); ctx.rotate(-Math.PI / 2);
+    ctx.fillText(spec.yLabel, 0, -6);
+    ctx.restore();
+    ctx.strokeStyle = "#9aa3b2";
+    ctx.strokeRect(PAD.l + 0.5, PAD.t + 0.5, pw, ph);
+
+    (spec.marks || []).forEach(function (m) {
+      if (m.x < x0 || m.x > x1) return;
+      var x = Math.round(X(m.x)) + 0.5;
+      ctx.strokeStyle = "#b8bfcc"; ctx.setLineDash([3, 3]);
+      ctx.beginPath(); ctx.moveTo(x, PAD.t); ctx.lineTo(x, PAD.t + ph); ctx.stroke();
+      ctx.setLineDash([]); ctx.fillStyle = "#6b7486"; ctx.textAlign = "left";
+      ctx.fillText(m.name, x + 3, PAD.t + 3);
+    });
+
+    ctx.save();
+    ctx.beginPath(); ctx.rect(PAD.l, PAD.t, pw, ph); ctx.clip();
+    spec.series.forEach(function (s) {
+      if (!s.points.length) return;
+      ctx.strokeStyle = s.color; ctx.fillStyle = s.color;
+      ctx.lineWidth = 1.6; ctx.setLineDash(s.dash || []);
+      ctx.beginPath();
+      s.points.forEach(function (p, i) {
+        if (i === 0) ctx.moveTo(X(p[0]), Y(p[1])); else ctx.lineTo(X(p[0]), Y(p[1]));
+      });
+      ctx.stroke();
+      if (s.points.length === 1) {
+        ctx.beginPath(); ctx.arc(X(s.points[0][0]), Y(s.points[0][1]), 3, 0, 2 * Math.PI); ctx.fill();
+      }
+      drawn += s.points.length;
+      var item = document.createElement("span");
+      var sw = document.createElement("i");
+      sw.className = "swatch";
+      sw.style.background = s.color;
+      if (s.dash && s.dash.length) {
+        sw.style.background = "repeating-linear-gradient(90deg," + s.color + " 0 4px,transparent 4px 7px)";
+      }
+      item.appendChild(sw);
+      item.appendChild(document.createTextNode(s.name));
+      legend.appendChild(item);
+    });
+    ctx.restore();
+    canvas.setAttribute("data-points", String(drawn));
+    return drawn > 0;
+  }
+
+  function zip(xs, ys) {
+    var out = [];
+    for (var i = 0; i < xs.length; i++) out.push([xs[i], ys[i]]);
+    return out;
+  }
+
+  function runsTable(runs) {
+    var table = document.createElement("table");
+    table.className = "runs";
+    var head = "<tr><th>run</th><th>started</th><th>target</th><th>target rps</th>" +
+      "<th>achieved rps</th><th>error rate</th><th>p50</th><th>p99</th><th>max</th></tr>";
+    var rows = runs.map(function (r, i) {
+      var s = r.summary.all || {};
+      var esc = function (t) { var d = document.createElement("div"); d.textContent = t; return d.innerHTML; };
+      return "<tr><td><i class=\"swatch\" style=\"background:" + PALETTE[i % PALETTE.length] +
+        "\"></i>" + esc(r.title) + "</td><td>" + esc(r.start_time) + "</td><td>" + esc(r.target) +
+        "</td><td>" + fmtNum(s.target_rps || 0) + "</td><td>" + fmtNum(s.achieved_rps || 0) +
+        "</td><td>" + +((s.error_rate || 0) * 100).toPrecision(3) + "%</td><td>" +
+        fmtUs(s.p50 || 0) + "</td><td>" + fmtUs(s.p99 || 0) + "</td><td>" + fmtUs(s.max || 0) +
+        "</td></tr>";
+    });
+    table.innerHTML = head + rows.join("");
+    document.getElementById("report").appendChild(table);
+  }
+
+  var data = JSON.parse(document.getElementById("report-data").textContent);
+  var runs = data.runs, many = runs.length > 1, ready = 0;
+  var color = function (i) { return PALETTE[i % PALETTE.length]; };
+  var prefix = function (r) { return many ? r.title + " " : ""; };
+  var marks = (runs[0].stage_marks || []).map(function (m) { return { x: m.t, name: m.name }; });
+
+  section("Runs");
+  runsTable(runs);
+  section("Over time");
+  var rate = [];
+  runs.forEach(function (r, i) {
+    rate.push({ name: prefix(r) + "target", color: color(i), dash: DASH.target, points: zip(r.t, r.target_rps) });
+    rate.push({ name: prefix(r) + "achieved", color: color(i), dash: DASH.achieved, points: zip(r.t, r.achieved_rps) });
+  });
+  if (chart({ title: "Target vs achieved rate", xLabel: "time since start", yLabel: "requests/s",
+              xFormat: fmtSeconds, yFormat: fmtNum, series: rate, marks: marks })) ready++;
+
+  var lat = [];
+  runs.forEach(function (r, i) {
+    ["p50", "p90", "p99", "max"].forEach(function (k) {
+      lat.push({ name: prefix(r) + k, color: color(i), dash: DASH[k], points: zip(r.t, r.latency_us[k]) });
+    });
+  });
+  if (chart({ title: "Latency percentiles over time (from intended send time)", xLabel: "time since start",
+              yLabel: "latency", yLog: true, xFormat: fmtSeconds, yFormat: fmtUs, series: lat, marks: marks })) ready++;
+
+  var errs = [];
+  runs.forEach(function (r, i) {
+    var kinds = Object.keys(r.errors_per_s);
+    if (!kinds.length) {
+      // No error of any kind: a zero line, so the chart states it rather than staying blank.
+      errs.push({ name: prefix(r) + "errors (none)", color: color(i), dash: [],
+                  points: r.t.map(function (t) { return [t, 0]; }) });
+    }
+    kinds.forEach(function (k, j) {
+      errs.push({ name: prefix(r) + k, color: color(i), dash: KIND_DASH[j % KIND_DASH.length],
+                  points: zip(r.t, r.errors_per_s[k]) });
+    });
+  });
+  if (chart({ title: "Errors over time by kind", xLabel: "time since start", yLabel: "errors/s",
+              xFormat: fmtSeconds, yFormat: fmtNum, series: errs, marks: marks })) ready++;
+
+  section("Latency by percentile (HDR spectrum), per stage");
+  var stages = [];
+  runs.forEach(function (r) { r.stages.forEach(function (s) { if (stages.indexOf(s) < 0) stages.push(s); }); });
+  stages.forEach(function (stage) {
+    var series = [];
+    runs.forEach(function (r, i) {
+      if (r.spectra[stage]) {
+        series.push({ name: (many ? r.title : "latency"), color: color(i), dash: [], points: r.spectra[stage] });
+      }
+    });
+    if (chart({ title: "Stage " + stage + ": latency by percentile", xLabel: "percentile",
+                yLabel: "latency", xLog: true, yLog: true, xFormat: fmtPercentile, yFormat: fmtUs,
+                series: series })) ready++;
+  });
+
+  body.setAttribute("data-ready", String(ready));
+  document.title = document.title + " [" + ready + "/" + body.getAttribute("data-charts") + " charts]";
+})();
