@@ -37,6 +37,12 @@ def main() -> None:
     """Load tester and benchmark harness for HTTP services behind load balancers."""
 
 
+def _wide_console() -> Console:
+    """stdout for tables: a CI log or a pipe is no 80-column terminal, so don't wrap there."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for item in values:
@@ -63,8 +69,8 @@ def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
     seconds = parse_duration(duration, "--duration")
     from urllib.parse import urlsplit
 
-    path = urlsplit(target).path or "/"
-    query = urlsplit(target).query
+    path, query = ("/", "") if target == "sandbox" else (urlsplit(target).path or "/",
+                                                         urlsplit(target).query)
     if query:
         path = f"{path}?{query}"
     if rate is not None:
@@ -184,7 +190,7 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     elif fmt == "markdown":
         click.echo(cmp.render_markdown(data) + cmp.render_gates_markdown(checks))
     else:
-        cmp.render_table(data, Console())
+        cmp.render_table(data, _wide_console())
     err = Console(stderr=True)
     for check in checks:
         if not check["ok"]:
@@ -203,6 +209,38 @@ def report(runs: tuple[str, ...], html_path: str) -> None:
 
     count = write_report(list(runs), html_path)
     click.echo(f"report of {count} run{'s' if count != 1 else ''}: {html_path}")
+
+
+@main.command()
+@click.argument("run_path", metavar="RUN", type=click.Path())
+@click.option("--hlog", "hlog_path", required=True, type=click.Path(dir_okay=False),
+              help="Write an HdrHistogram interval log here (one tag per stage).")
+def export(run_path: str, hlog_path: str) -> None:
+    """Export a run's interval histograms (one Parquet file)."""
+    from loadforge.export import write_hlog
+
+    lines = write_hlog(run_path, hlog_path)
+    click.echo(f"{lines} interval histograms: {hlog_path}")
+
+
+@main.command(name="ls")
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run instead.")
+def ls_runs(paths: tuple[str, ...], as_json: bool) -> None:
+    """List archived runs: time, profile, labels, achieved rate, p99, SLO verdict (the
+    objectives of the archived profile, judged again from the file)."""
+    from loadforge.archive import list_runs, render_ls
+
+    entries, problems = list_runs(list(paths) or ["results"])
+    if as_json:
+        for entry in entries:
+            click.echo(json.dumps(entry.as_json()))
+    else:
+        render_ls(entries, _wide_console())
+    err = Console(stderr=True)
+    for problem in problems:
+        err.print(f"[bold red]error:[/] {problem}", highlight=False)
+    sys.exit(EXIT_INPUT if problems else EXIT_OK)
 
 
 @main.command()

@@ -91,7 +91,8 @@ def _run_series(run: RunFigures) -> dict[str, Any]:
     errors: dict[str, list[float]] = {k: [] for k in kinds}
     for index in sorted(per):
         cell = per[index]
-        t.append(round(index * interval_s, 3))
+        # Plotted at the interval's middle: the figures describe the whole interval.
+        t.append(round((index + 0.5) * interval_s, 3))
         target.append(cell["scheduled"] / interval_s)
         achieved.append(cell["responses"] / interval_s)
         stats = histogram.stats(cell["latency"]) if cell["latency"] is not None else None

@@ -15,7 +15,7 @@
   var DASH = { p50: [], p90: [7, 3], p99: [2, 3], max: [9, 3, 2, 3],
                target: [6, 4], achieved: [] };
   var KIND_DASH = [[], [7, 3], [2, 3], [9, 3, 2, 3], [4, 4]];
-  var W = 1240, H = 330, PAD = { l: 70, r: 18, t: 14, b: 40 };
+  var W = 1240, H = 330, PAD = { l: 70, r: 44, t: 14, b: 40 };
 
   function fmtUs(v) {
     if (v < 1000) return Math.round(v) + "\u00b5s";

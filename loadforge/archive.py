@@ -1,0 +1,113 @@
+"""`loadforge ls DIR`: the runs of an archive directory, one line each.
+
+The verdict is recomputed from the file itself: the profile archived in the metadata gives the
+objectives, the interval rows give the figures (slo.evaluate, the very code `run` uses). So a
+result file never needs rewriting after it is closed, and a directory of results carries its
+verdicts with it whatever tool copied it around. The price is a full read per file, which `ls`
+pays for tens of runs in well under a second each.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from loadforge import slo
+from loadforge.compare import run_figures, run_title
+from loadforge.errors import ResultsError
+from loadforge.results import read_result
+
+
+@dataclass
+class RunEntry:
+    path: str
+    run_id: str
+    start_time: str
+    profile: str
+    labels: dict[str, str]
+    target_rps: float
+    achieved_rps: float
+    p99_us: float
+    error_rate: float
+    verdict: str              # "pass", "FAIL n/m", or "-" (no objectives)
+    failed: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _files(paths: list[str]) -> tuple[list[str], list[str]]:
+    files, problems = [], []
+    for given in paths:
+        if os.path.isdir(given):
+            found = sorted(os.path.join(given, e) for e in os.listdir(given)
+                           if e.endswith(".parquet") and os.path.isfile(os.path.join(given, e)))
+            if not found:
+                problems.append(f"results {given}: directory holds no .parquet files")
+            files += found
+        elif os.path.exists(given):
+            files.append(given)
+        else:
+            problems.append(f"results {given}: no such file or directory")
+    return files, problems
+
+
+def list_runs(paths: list[str]) -> tuple[list[RunEntry], list[str]]:
+    """Entries of the readable runs (oldest first) and a message per unreadable file."""
+    files, problems = _files(paths)
+    entries = []
+    for path in files:
+        try:
+            result = read_result(path)
+            figures = run_figures(result, run_title(result))
+            values = figures.run.values()
+            plan = slo.plan_of_result(result)
+            verdicts = slo.evaluate(plan, result) if plan is not None else []
+        except ResultsError as exc:
+            problems.append(str(exc))
+            continue
+        failed = [v["name"] for v in verdicts if not v["ok"]]
+        verdict = "-" if not verdicts else ("pass" if not failed else
+                                            f"FAIL {len(failed)}/{len(verdicts)}")
+        entries.append(RunEntry(
+            path=path, run_id=result.run_id,
+            start_time=result.metadata.get("start_time", ""),
+            profile=result.metadata.get("profile_name", ""), labels=result.labels,
+            target_rps=values["target_rps"], achieved_rps=values["achieved_rps"],
+            p99_us=values["p99"], error_rate=values["error_rate"], verdict=verdict,
+            failed=failed))
+    entries.sort(key=lambda e: (e.start_time, e.path))
+    return entries, problems
+
+
+def _when(start_time: str) -> str:
+    try:
+        return datetime.fromisoformat(start_time).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return start_time or "?"
+
+
+def render_ls(entries: list[RunEntry], console: Console) -> None:
+    from loadforge.summary import format_us
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for header, justify in (("started (UTC)", "left"), ("profile", "left"), ("labels", "left"),
+                            ("target/s", "right"), ("achieved/s", "right"), ("p99", "right"),
+                            ("err %", "right"), ("SLO", "left"), ("file", "left")):
+        table.add_column(header, justify=justify, no_wrap=header != "labels")  # type: ignore[arg-type]
+    for e in entries:
+        style = "bold red" if e.verdict.startswith("FAIL") else "green" if e.verdict == "pass" else ""
+        table.add_row(
+            _when(e.start_time), e.profile,
+            " ".join(f"{k}={v}" for k, v in sorted(e.labels.items())),
+            f"{e.target_rps:,.1f}", f"{e.achieved_rps:,.1f}", format_us(e.p99_us),
+            f"{e.error_rate * 100:.3g}", Text(e.verdict, style=style),
+            os.path.basename(e.path))
+    console.print(table)
