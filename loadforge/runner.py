@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait as wait_for
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 from hdrh.histogram import HdrHistogram
-from multiprocessing.connection import wait as wait_for
 from rich.console import Console
 
 from loadforge import __version__, _core, histogram, schedule, slo, summary
@@ -27,8 +28,16 @@ from loadforge.errors import InputError, RunError, TargetUnreachable, WorkerCras
 from loadforge.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES, Plan, Request
 from loadforge.progress import LiveProgress
 from loadforge.results import ResultWriter
-from loadforge.workers import DONE, FAILED, INTERVAL, READY, WorkerPool, WorkerSpec, \
-    decode_interval, fd_limit
+from loadforge.workers import (
+    DONE,
+    FAILED,
+    INTERVAL,
+    READY,
+    WorkerPool,
+    WorkerSpec,
+    decode_interval,
+    fd_limit,
+)
 
 USER_AGENT = f"loadforge/{__version__}"
 READY_TIMEOUT_S = 30.0
@@ -75,7 +84,7 @@ def parse_target(url: str) -> Target:
     try:
         info = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise TargetUnreachable(f"target {url}: cannot resolve {parts.hostname} ({exc.strerror})")
+        raise TargetUnreachable(f"target {url}: cannot resolve {parts.hostname} ({exc.strerror})") from None
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     if parts.port:
         host = f"{host}:{parts.port}"
@@ -341,14 +350,28 @@ def _collect(pool: WorkerPool, agg: Aggregator, plan: Plan, t0: int) -> None:
     done = [False] * len(pool.channels)
     index = {id(ch): i for i, ch in enumerate(pool.channels)}
     deadline = t0 + int((plan.duration_s + plan.timeout_s + 10.0) * 1e9)
+    interrupted: list[bool] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        # Ctrl-C ends the run early but keeps it: workers stop scheduling, report what is in
+        # flight, and the results are written as usual. A second Ctrl-C aborts.
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+        pool.stop()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        _collect_until_done(pool, agg, plan, done, index, deadline)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: list[bool],
+                        index: dict[int, int], deadline: int) -> None:
     stopping = False
     while not all(done):
-        try:
-            ready = wait_for([c for i, c in enumerate(pool.channels) if not done[i]], timeout=0.5)
-        except KeyboardInterrupt:
-            pool.stop()
-            stopping = True
-            continue
+        ready = wait_for([c for i, c in enumerate(pool.channels) if not done[i]], timeout=0.5)
         for ch in ready:
             i = index[id(ch)]
             try:

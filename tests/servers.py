@@ -1,0 +1,163 @@
+"""Real servers on 127.0.0.1 for the engine's tests: nginx from Debian's package, and small
+socket servers whose misbehaviour is the point (freezes, resets, garbage, silence)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import socketserver
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    limit = time.monotonic() + timeout
+    while time.monotonic() < limit:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log {dir}/access.log;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ return 200 "ok\\n"; }}
+    location /chunked {{ chunked_transfer_encoding on; return 200 "chunk"; }}
+    location /missing {{ return 404; }}
+    location /fail {{ return 503; }}
+  }}
+}}
+"""
+
+
+class Nginx:
+    """nginx on a free port with its own access log, so a test can count what it served."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="lf-nginx-")
+        self.port = free_port()
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(dir=self.dir, port=self.port))
+        self.proc = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", conf, "-e",
+                                      os.path.join(self.dir, "error.log")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_listening(self.port)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def served(self) -> int:
+        """Requests nginx logged (it logs each one when the response is sent)."""
+        time.sleep(0.2)
+        with open(os.path.join(self.dir, "access.log"), "rb") as f:
+            return sum(1 for _ in f)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: CannedServer
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+            _, _, buf = buf.partition(b"\r\n\r\n")
+            with self.server.lock:
+                self.server.requests += 1
+            mode = self.server.mode
+            if mode == "silent":
+                time.sleep(30)
+                return
+            if mode == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
+            if mode == "close-early":
+                return
+            delay = self.server.delay_for(time.monotonic())
+            if delay > 0:
+                time.sleep(delay)
+            for part in self.server.parts:
+                sock.sendall(part)
+            if mode == "close":
+                return
+
+
+class CannedServer(socketserver.ThreadingTCPServer):
+    """Answers every request with the same bytes, in `parts` (to split a response across
+    reads), in one of the modes: keep-alive, close (after the response), close-early (close
+    without answering), reset (RST without answering), silent (never answer).
+
+    freeze=(after, length): from `after` seconds past the first request, for `length`
+    seconds, hold every response until the freeze ends, like a stalled server."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+    def __init__(self, response: bytes | list[bytes], mode: str = "keep-alive",
+                 freeze: tuple[float, float] | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.parts = response if isinstance(response, list) else [response]
+        self.mode = mode
+        self.freeze = freeze
+        self.first: float | None = None
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.port = self.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    def delay_for(self, now: float) -> float:
+        with self.lock:
+            if self.first is None:
+                self.first = now
+        if self.freeze is None:
+            return 0.0
+        start = self.first + self.freeze[0]
+        end = start + self.freeze[1]
+        return end - now if start <= now < end else 0.0
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
