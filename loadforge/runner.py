@@ -375,7 +375,7 @@ def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: lis
         for ch in ready:
             i = index[id(ch)]
             try:
-                msg = ch.recv_bytes()
+                msg = pool.channels[i].recv_bytes()
             except (EOFError, OSError):
                 raise WorkerCrashed(f"worker {i} exited unexpectedly "
                                     f"(exit code {pool.processes[i].exitcode})") from None
@@ -407,9 +407,9 @@ def _start(pool: WorkerPool) -> int:
     while pending:
         ready = wait_for([pool.channels[i] for i in pending], timeout=0.5)
         for ch in ready:
-            i = pool.channels.index(ch)
+            i = next(j for j, c in enumerate(pool.channels) if c is ch)
             try:
-                msg = ch.recv_bytes()
+                msg = pool.channels[i].recv_bytes()
             except (EOFError, OSError):
                 raise WorkerCrashed(f"worker {i} exited while starting") from None
             if msg[:1] == FAILED:
@@ -457,7 +457,7 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str) ->
         preflight(target, plan.requests[0], plan.timeout_s)
     run_id = new_run_id(plan)
     path = os.path.join(opts.out_dir, f"{run_id}.parquet")
-    metadata = {
+    metadata: dict[str, Any] = {
         "profile": plan.source, "profile_name": plan.name, "profile_path": plan.path,
         "target": target.url, "engine": "cython-epoll", "workers": str(workers),
         "connections": str(plan.connections),

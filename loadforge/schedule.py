@@ -19,7 +19,8 @@ def arrivals(stage: Stage) -> int:
     """Arrivals of an open-model stage, all workers together (0 for a closed-model stage)."""
     if not stage.open_model:
         return 0
-    return int(_core.arrival_count(stage.rate_from, stage.rate_to, stage.duration_s))
+    return int(_core.arrival_count(stage.rate_from or 0.0, stage.rate_to or 0.0,
+                                   stage.duration_s))
 
 
 def cumulative(stage: Stage, t: float) -> float:
