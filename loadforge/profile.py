@@ -63,8 +63,10 @@ ENGINE_HEADERS = ("Host", "Content-Length", "Transfer-Encoding", "Connection")
 LATENCY_OBJECTIVES = ("p50", "p90", "p99", "p999", "max", "mean")
 FRACTION_OBJECTIVES = ("error_rate", "success_rate", "rate_shortfall")
 OBJECTIVES = LATENCY_OBJECTIVES + FRACTION_OBJECTIVES
-SLO_KEYS = OBJECTIVES + ("stages", "windows")
-SLO_STAGE_KEYS = ("stage", "grace") + OBJECTIVES
+# Judged by scaling.py (durations): kept in Plan.slo["scaling"], out of slo.py's objectives.
+SCALING_OBJECTIVES = ("time_to_recover", "failover")
+SLO_KEYS = OBJECTIVES + SCALING_OBJECTIVES + ("stages", "windows")
+SLO_STAGE_KEYS = ("stage", "grace") + OBJECTIVES + SCALING_OBJECTIVES
 SLO_WINDOW_KEYS = ("window", "stage", "abort_after") + OBJECTIVES
 
 DEFAULT_TARGET = "sandbox"
@@ -144,6 +146,13 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
     slo = _slo(check, top.get("slo", {}), stages)
     observe = dict(check.table(top.get("observe", {}), "observe"))
     actions = tuple(dict(a) for a in check.array_of_tables(top.get("actions", []), "actions"))
+    # Plan.observe and Plan.actions stay raw, like Plan.sandbox; the owners validate them.
+    from loadforge import actions as actions_module
+    from loadforge import observe as observe_module
+
+    observe_module.validate_observe(observe, check.where("observe"))
+    actions_module.validate_actions(list(actions), check.where("actions"),
+                                    sum(s.duration_s for s in stages))
     sandbox = _sandbox(check, top["sandbox"]) if "sandbox" in top else {}
 
     return Plan(name=name, target=target, stages=stages, requests=requests,
@@ -380,7 +389,8 @@ def _slo(check: _Checker, value: Any, stages: tuple[Stage, ...]) -> dict[str, An
     check.keys(slo, "slo", SLO_KEYS)
     by_name = {s.name: s for s in stages}
     run_s = sum(s.duration_s for s in stages)
-    required = f"an objective: one of {', '.join(OBJECTIVES)}"
+    required = f"an objective: one of {', '.join(OBJECTIVES + SCALING_OBJECTIVES)}"
+    scaling_stages = []
 
     def stage_named(entry: dict[str, Any], path: str, *, required_key: bool) -> Stage | None:
         if "stage" not in entry and not required_key:
@@ -406,9 +416,13 @@ def _slo(check: _Checker, value: Any, stages: tuple[Stage, ...]) -> dict[str, An
             check.fail(f"{path}.grace", f"({grace:g}s) must be shorter than stage "
                                         f"{show_value(stage.name)} ({stage.duration_s:g}s)")
         limits = _objectives(check, entry, path)
-        if not limits:
+        scaling = _scaling_objectives(check, entry, path)
+        if not limits and not scaling:
             check.fail(path, f"needs {required}")
-        stage_entries.append({"stage": stage.name, "grace": grace, **limits})
+        if scaling:
+            scaling_stages.append({"stage": stage.name, **scaling})
+        if limits:
+            stage_entries.append({"stage": stage.name, "grace": grace, **limits})
 
     window_entries = []
     for i, entry in enumerate(check.array_of_tables(slo.get("windows", []), "slo.windows")):
@@ -435,8 +449,18 @@ def _slo(check: _Checker, value: Any, stages: tuple[Stage, ...]) -> dict[str, An
         window_entries.append({"window": window, "stage": stage.name if stage else None,
                                "abort_after": abort_after, **limits})
 
-    return {"run": _objectives(check, slo, "slo"), "stages": stage_entries,
-            "windows": window_entries}
+    out: dict[str, Any] = {"run": _objectives(check, slo, "slo"), "stages": stage_entries,
+                           "windows": window_entries}
+    scaling_run = _scaling_objectives(check, slo, "slo")
+    if scaling_run or scaling_stages:     # only then: slo.py's contract keeps its three keys
+        out["scaling"] = {"run": scaling_run, "stages": scaling_stages}
+    return out
+
+
+def _scaling_objectives(check: _Checker, table: dict[str, Any], path: str) -> dict[str, float]:
+    """time_to_recover and failover limits, in seconds (scaling.py judges them)."""
+    return {key: check.duration(table[key], f"{path}.{key}", allow_zero=True)
+            for key in SCALING_OBJECTIVES if key in table}
 
 
 def _sandbox(check: _Checker, value: Any) -> dict[str, Any]:

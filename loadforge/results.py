@@ -29,10 +29,12 @@ from loadforge.errors import InputError, ResultsError
 
 SCHEMA_VERSION = 1
 METADATA_PREFIX = "loadforge."
-SCOPES = ("interval", "stage", "run")
+# metric: one observed value (observe.py); action: one timed action's outcome (actions.py).
+SCOPES = ("interval", "stage", "run", "metric", "action")
 # Rows buffered before a row group is written: bounds the writer's memory whatever the run's
 # length, and keeps row groups large enough for column statistics to be useful.
 ROW_GROUP_ROWS = 4096
+ROW_GROUP_BYTES = 1 << 20
 
 _BASE_FIELDS: tuple[tuple[str, pa.DataType, bool], ...] = (
     ("run_id", pa.string(), False),
@@ -47,6 +49,8 @@ _BASE_FIELDS: tuple[tuple[str, pa.DataType, bool], ...] = (
     # Only on rows merged over name and outcome (name = outcome = "*"), null elsewhere.
     ("scheduled", pa.int64(), True),
     ("unsent", pa.int64(), True),
+    # Only on metric rows (the observed value, null when a poll failed) and action rows.
+    ("value", pa.float64(), True),
     ("latency_hdr", pa.binary(), False),
     ("service_hdr", pa.binary(), False),
     ("p50_us", pa.int64(), False),
@@ -64,6 +68,7 @@ REQUIRED_COLUMNS = (
     "run_id", "scope", "stage", "name", "outcome", "start_ms", "end_ms", "count",
     "latency_hdr", "service_hdr", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us",
 )
+_EMPTY = histogram.new_histogram()
 _LABEL_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -111,6 +116,7 @@ class ResultWriter:
         self.rows_written = 0
         self._buffer: dict[str, list[Any]] = {name: [] for name in self.schema.names}
         self._buffered = 0
+        self._buffered_bytes = 0
 
         kv: dict[str, str] = {
             "host": socket.gethostname(),
@@ -150,8 +156,9 @@ class ResultWriter:
             scope = row["scope"]
             if scope not in SCOPES:
                 raise ValueError(f"row scope {scope!r}, expected one of {SCOPES}")
-            latency: HdrHistogram = row["latency"]
-            service: HdrHistogram = row["service"]
+            # Metric and action rows carry no latency: empty histograms keep columns non-null.
+            latency: HdrHistogram = row.get("latency") or _EMPTY
+            service: HdrHistogram = row.get("service") or _EMPTY
             lat = histogram.stats(latency)
             svc = histogram.stats(service)
             buf["run_id"].append(self.run_id)
@@ -165,8 +172,11 @@ class ResultWriter:
             buf["count"].append(int(row["count"]))
             buf["scheduled"].append(row.get("scheduled"))
             buf["unsent"].append(row.get("unsent"))
-            buf["latency_hdr"].append(histogram.encode(latency))
-            buf["service_hdr"].append(histogram.encode(service))
+            buf["value"].append(row.get("value"))
+            lat_hdr, svc_hdr = histogram.encode(latency), histogram.encode(service)
+            buf["latency_hdr"].append(lat_hdr)
+            buf["service_hdr"].append(svc_hdr)
+            self._buffered_bytes += len(lat_hdr) + len(svc_hdr)
             buf["p50_us"].append(lat["p50"])
             buf["p90_us"].append(lat["p90"])
             buf["p99_us"].append(lat["p99"])
@@ -178,7 +188,9 @@ class ResultWriter:
             for key, value in self.labels.items():
                 buf[label_column(key)].append(value)
             self._buffered += 1
-            if self._buffered >= ROW_GROUP_ROWS:
+            # A row group by rows or by bytes, so memory stays flat on long runs whatever
+            # the rows per interval.
+            if self._buffered >= ROW_GROUP_ROWS or self._buffered_bytes >= ROW_GROUP_BYTES:
                 self._flush()
 
     def _flush(self) -> None:
@@ -191,6 +203,7 @@ class ResultWriter:
         for column in self._buffer.values():
             column.clear()
         self._buffered = 0
+        self._buffered_bytes = 0
 
     def close(self) -> str:
         """Write what is buffered, close, and publish the file at `path`. Returns the path."""

@@ -23,11 +23,11 @@ import httpx
 from hdrh.histogram import HdrHistogram
 from rich.console import Console
 
-from loadforge import __version__, _core, histogram, schedule, slo, summary
+from loadforge import __version__, _core, histogram, observe, scaling, schedule, slo, summary
 from loadforge.errors import InputError, RunError, TargetUnreachable, WorkerCrashed
 from loadforge.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES, Plan, Request
 from loadforge.progress import LiveProgress
-from loadforge.results import ResultWriter
+from loadforge.results import ResultWriter, read_result
 from loadforge.workers import (
     DONE,
     FAILED,
@@ -440,19 +440,22 @@ def execute(plan: Plan, opts: RunOptions, console: Console) -> RunOutcome:
         sandbox = start_sandbox(plan.sandbox or None)
         target_url = sandbox.url
     try:
-        return _execute(plan, opts, console, target_url)
+        return _execute(plan, opts, console, target_url, sandbox)
     finally:
         if sandbox is not None:
             sandbox.stop()
 
 
-def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str) -> RunOutcome:
+def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
+             sandbox: Any = None) -> RunOutcome:
     target = parse_target(target_url)
     workers = opts.workers or plan.workers or os.cpu_count() or 1
     workers = max(1, min(workers, plan.connections))
     specs = _worker_specs(plan, target, workers, opts.interval_s,
-                          opts.backend_header or plan.observe.get("backend_header"))
+                          observe.backend_header(plan, opts.backend_header, sandbox))
     _check_fd_limit(specs, plan)
+    # Metric pollers and timed actions, started at time zero (observe.py, actions.py).
+    watchers = observe.Watchers(plan, opts.interval_s, sandbox)
     if opts.preflight:
         preflight(target, plan.requests[0], plan.timeout_s)
     run_id = new_run_id(plan)
@@ -474,12 +477,16 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str) ->
             agg = Aggregator(plan, writer, workers, opts.interval_s, progress)
             pool = WorkerPool(specs)
             t0 = _start(pool)
-            _collect(pool, agg, plan, t0)
+            watchers.start(t0)
+            try:
+                _collect(pool, agg, plan, t0)
+            finally:
+                watched = watchers.stop()
             elapsed = (_core.now_ns() - t0) / 1e9
             agg.drain()
         pool.join()
         rows, figures = agg.finish(elapsed)
-        writer.write(rows)
+        writer.write(rows + watched)
         writer.close()
     except BaseException:
         if pool is not None:
@@ -487,7 +494,8 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str) ->
         writer.abort()
         raise
     # Judged from the file just written, so the verdicts are those any later reader gets.
-    verdicts = slo.evaluate(plan, path)
+    written = read_result(path)
+    verdicts = slo.evaluate(plan, written) + scaling.annotate(figures, plan, written)
     ok = all(v["ok"] for v in verdicts) and agg.abort_reason is None
     result = {"run_id": run_id, "result": path, "ok": ok, "target": target.url,
               "profile": plan.name, "workers": workers, "connections": plan.connections,

@@ -201,6 +201,10 @@ def render_summary(
         )
         console.print(message)
 
+    from loadforge import scaling  # backends, scaling verdicts, actions (when present)
+
+    scaling.render(summary, console)
+
     if summary.get("result"):
         console.print(f"results: {summary['result']}", highlight=False)
 

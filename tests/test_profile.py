@@ -41,8 +41,8 @@ BASE: dict[str, Any] = {
         "windows": [{"window": "5s", "stage": "steady", "abort_after": "10s",
                      "error_rate": 0.05}],
     },
-    "observe": {"prometheus": "http://127.0.0.1:9090"},
-    "actions": [{"at": "5s", "kill": "backend-1"}],
+    "observe": {"prometheus": {"url": "http://127.0.0.1:9090", "query": "up"}},
+    "actions": [{"at": "5s", "sandbox": "kill", "backend": "backend-1"}],
 }
 
 

@@ -1,0 +1,449 @@
+"""Observers of a run besides the engine's own numbers: metrics polled during the run, and
+backend attribution read back from the results.
+
+`[observe]` in a profile (every key optional)::
+
+    [observe]
+    backend_header = "X-Served-By"   # attribute responses to backends by this header
+    window = "1s"                    # windows of the scaling verdicts (scaling.py)
+    replicas = "backends_ready"      # the metric counting backends, for the scale-out timeline
+    prometheus = { name = "replicas", url = "http://127.0.0.1:9090",
+                   query = 'count(up{job="api"} == 1)' }      # or an array of such tables
+    metrics = [{ name = "backends", url = "http://127.0.0.1:9100/metrics",
+                 metric = "sandbox_backends_ready", labels = { pool = "a" } }]
+    command = [{ name = "pods", run = "kubectl get pods -l app=api --no-headers | wc -l",
+                 timeout = "2s" }]
+
+Every source is polled once per interval, each in its own thread (a slow source delays only
+itself), with a short timeout. A poll that fails, times out or does not yield a number is
+recorded as a missing value: a flaky metrics endpoint never stops a load test. The samples
+are stored with the results as rows of scope `metric` (`name` = the metric's name, `start_ms`
+= when the poll started, `value`, null when missing).
+
+With `target = "sandbox"` the sandbox's own metrics are observed without configuration:
+`backends`, `backends_ready` and `utilization`, and responses are attributed by `X-Served-By`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from loadforge import histogram
+from loadforge.errors import InputError, ProfileError
+from loadforge.plan import STATUS_OUTCOMES, Plan
+from loadforge.results import Result
+from loadforge.units import parse_duration, show_value
+
+OBSERVE_KEYS = ("backend_header", "window", "replicas", "prometheus", "metrics", "command")
+PROMETHEUS_KEYS = ("name", "url", "query", "timeout")
+METRIC_KEYS = ("name", "url", "metric", "labels", "timeout")
+COMMAND_KEYS = ("name", "run", "timeout")
+DEFAULT_WINDOW_S = 1.0
+DEFAULT_HTTP_TIMEOUT_S = 0.8
+DEFAULT_COMMAND_TIMEOUT_S = 2.0
+# Sandbox metric -> the name its samples are stored under.
+SANDBOX_METRICS = (("backends", "sandbox_backends"), ("backends_ready", "sandbox_backends_ready"),
+                   ("utilization", "sandbox_utilization"))
+SANDBOX_BACKEND_HEADER = "X-Served-By"
+# Metric names that count backends, in order of preference, for the scale-out timeline.
+REPLICA_METRICS = ("backends_ready", "replicas", "backends", "pods")
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
+
+
+# -- validation ------------------------------------------------------------------------------
+
+def _fail(where: str, message: str) -> ProfileError:
+    return ProfileError(f"{where} {message}")
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(where, f"must be a table, got {show_value(value)}")
+    return value
+
+
+def _keys(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise _fail(where, f"has unknown key {show_value(key)}; allowed: {', '.join(allowed)}")
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(where, f"must be a non-empty string, got {show_value(value)}")
+    return value
+
+
+def _url(value: Any, where: str) -> str:
+    url = _string(value, where)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _fail(where, f"must be an http:// or https:// URL, got {show_value(url)}")
+    return url
+
+
+def _entries(value: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
+    """A table or an array of tables, each with its path."""
+    if isinstance(value, dict):
+        return [(where, value)]
+    if isinstance(value, list):
+        return [(f"{where}[{i}]", _table(item, f"{where}[{i}]")) for i, item in enumerate(value)]
+    raise _fail(where, f"must be a table or an array of tables, got {show_value(value)}")
+
+
+def validate_observe(table: Any, where: str = "observe") -> dict[str, Any]:
+    """Validate a raw `[observe]` table into its normalized form (all keys, seconds).
+
+    Raises ProfileError naming the field, e.g. `observe.metrics[0].url must be an http://
+    or https:// URL, got "localhost"`.
+    """
+    top = _table(table, where)
+    _keys(top, OBSERVE_KEYS, where)
+    header = top.get("backend_header")
+    if header is not None and (not isinstance(header, str)
+                               or not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", header)):
+        raise _fail(f"{where}.backend_header", f"must be a header name such as \"X-Served-By\", "
+                                               f"got {show_value(header)}")
+    window = (parse_duration(top["window"], f"{where}.window") if "window" in top
+              else DEFAULT_WINDOW_S)
+    if abs(window - round(window)) > 1e-9:
+        raise _fail(f"{where}.window", f"must be a whole number of 1s intervals, got "
+                                       f"{show_value(top['window'])}")
+    sources: list[dict[str, Any]] = []
+    for path, entry in _entries(top.get("prometheus", []), f"{where}.prometheus"):
+        _keys(entry, PROMETHEUS_KEYS, path)
+        sources.append({"kind": "prometheus", "name": entry.get("name", "prometheus"),
+                        "url": _url(entry.get("url"), f"{path}.url"),
+                        "query": _string(entry.get("query"), f"{path}.query"),
+                        "timeout": _timeout(entry, path, DEFAULT_HTTP_TIMEOUT_S), "where": path})
+    for path, entry in _entries(top.get("metrics", []), f"{where}.metrics"):
+        _keys(entry, METRIC_KEYS, path)
+        metric = _string(entry.get("metric"), f"{path}.metric")
+        if not _METRIC_NAME.fullmatch(metric):
+            raise _fail(f"{path}.metric", f"must be a Prometheus metric name, got "
+                                          f"{show_value(metric)}")
+        labels = _table(entry.get("labels", {}), f"{path}.labels")
+        for key, value in labels.items():
+            _string(value, f"{path}.labels.{key}")
+        sources.append({"kind": "metrics", "name": entry.get("name", metric),
+                        "url": _url(entry.get("url"), f"{path}.url"), "metric": metric,
+                        "labels": dict(labels),
+                        "timeout": _timeout(entry, path, DEFAULT_HTTP_TIMEOUT_S), "where": path})
+    for path, entry in _entries(top.get("command", []), f"{where}.command"):
+        _keys(entry, COMMAND_KEYS, path)
+        sources.append({"kind": "command", "name": _string(entry.get("name"), f"{path}.name"),
+                        "run": _string(entry.get("run"), f"{path}.run"),
+                        "timeout": _timeout(entry, path, DEFAULT_COMMAND_TIMEOUT_S),
+                        "where": path})
+    seen: dict[str, str] = {}
+    for source in sources:
+        name = source["name"]
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise _fail(f"{source['where']}.name", "must be a name of letters, digits, '_', "
+                                                   f"'.', '-', got {show_value(name)}")
+        if name in seen:
+            raise _fail(f"{source['where']}.name", f"{show_value(name)} is already the name of "
+                                                   f"{seen[name]}; metric names must be unique")
+        seen[name] = source["where"]
+    replicas = top.get("replicas")
+    if replicas is not None and not isinstance(replicas, str):
+        raise _fail(f"{where}.replicas", f"must be the name of an observed metric, got "
+                                         f"{show_value(replicas)}")
+    return {"backend_header": header, "window": window, "replicas": replicas,
+            "sources": sources}
+
+
+def _timeout(entry: dict[str, Any], path: str, default: float) -> float:
+    if "timeout" not in entry:
+        return default
+    return parse_duration(entry["timeout"], f"{path}.timeout")
+
+
+def normalized(plan: Plan) -> dict[str, Any]:
+    """The Plan's [observe] table, normalized (a Plan built from flags carries {})."""
+    return validate_observe(plan.observe or {}, "observe")
+
+
+# -- reading one value -----------------------------------------------------------------------
+
+def parse_exposition(text: str, metric: str, labels: dict[str, str] | None = None
+                     ) -> float | None:
+    """The sum of the samples of `metric` whose labels include `labels`, from Prometheus
+    text exposition; None when no sample matches."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if not line.startswith(metric):
+            continue
+        m = _SAMPLE.match(line)
+        if m is None or m.group(1) != metric:
+            continue
+        if labels:
+            have = dict(_LABEL.findall(m.group(3) or ""))
+            if any(have.get(k) != v for k, v in labels.items()):
+                continue
+        try:
+            value = float(m.group(4))
+        except ValueError:
+            continue
+        if math.isnan(value):
+            continue
+        total += value
+        found = True
+    return total if found else None
+
+
+def _client(url: str, timeout: float) -> httpx.Client:
+    # Loopback calls must not be diverted by proxy settings from the environment.
+    host = urlsplit(url).hostname or ""
+    local = host in ("127.0.0.1", "localhost", "::1")
+    return httpx.Client(timeout=timeout, trust_env=not local)
+
+
+def _poll_scalar(source: dict[str, Any], client: httpx.Client) -> float | None:
+    body = client.get(source["url"].rstrip("/") + "/api/v1/query",
+                      params={"query": source["query"]}).raise_for_status().json()
+    data = body.get("data") or {}
+    # An instant query answers a vector (summed here) or a scalar.
+    if data.get("resultType") in ("scalar", "string"):
+        return float(data["result"][1])
+    return _vector_sum(data.get("result"))
+
+
+def _vector_sum(result: Any) -> float | None:
+    if not isinstance(result, list) or not result:
+        return None
+    return sum(float(r["value"][1]) for r in result)
+
+
+def _poll_metrics(source: dict[str, Any], client: httpx.Client) -> float | None:
+    text = client.get(source["url"]).raise_for_status().text
+    return parse_exposition(text, source["metric"], source["labels"])
+
+
+def _poll_command(source: dict[str, Any]) -> float | None:
+    done = subprocess.run(source["run"], shell=True, capture_output=True, text=True,
+                          timeout=source["timeout"], check=False)
+    if done.returncode != 0:
+        return None
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    return float(lines[-1].split()[0]) if lines else None
+
+
+def poll_once(source: dict[str, Any], client: httpx.Client | None = None) -> float | None:
+    """One value of a source; None for any failure (network, status, parse, timeout)."""
+    try:
+        if source["kind"] == "command":
+            return _poll_command(source)
+        own = client is None
+        client = client or _client(source["url"], source["timeout"])
+        try:
+            if source["kind"] == "prometheus":
+                return _poll_scalar(source, client)
+            return _poll_metrics(source, client)
+        finally:
+            if own:
+                client.close()
+    except (httpx.HTTPError, subprocess.SubprocessError, OSError, ValueError, KeyError,
+            TypeError, IndexError):
+        return None
+
+
+# -- polling during a run --------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    name: str
+    at_ms: int
+    value: float | None
+
+
+class Watchers:
+    """The metric pollers and the timed actions of one run.
+
+    Built before the workers start (so that a profile asking for what the target cannot do
+    fails before any load is sent), started at the run's time zero, stopped after the last
+    interval; `stop()` returns the rows to store (scopes `metric` and `action`).
+    """
+
+    def __init__(self, plan: Plan, interval_s: float, sandbox: Any = None):
+        from loadforge import actions
+
+        require_sandbox(plan, sandbox)
+        self.plan = plan
+        self.interval_s = interval_s
+        cfg = normalized(plan)
+        self.sources = list(cfg["sources"])
+        if sandbox is not None:
+            taken = {s["name"] for s in self.sources}
+            for name, metric in SANDBOX_METRICS:
+                if name not in taken:
+                    self.sources.append({"kind": "metrics", "name": name,
+                                         "url": sandbox.metrics_url, "metric": metric,
+                                         "labels": {}, "timeout": DEFAULT_HTTP_TIMEOUT_S})
+        self.actions = actions.ActionRunner(actions.normalized(plan), sandbox)
+        self.samples: list[Sample] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.t0_ns = 0
+
+    def start(self, t0_ns: int) -> None:
+        """Start at `t0_ns`, the run's time zero on the monotonic clock."""
+        self.t0_ns = t0_ns
+        for source in self.sources:
+            thread = threading.Thread(target=self._poll, args=(source,), daemon=True,
+                                      name=f"observe-{source['name']}")
+            thread.start()
+            self._threads.append(thread)
+        self.actions.start(t0_ns, self._stop)
+
+    def _poll(self, source: dict[str, Any]) -> None:
+        client = None if source["kind"] == "command" else _client(source["url"],
+                                                                   source["timeout"])
+        try:
+            k = 0
+            while True:
+                # Polls at the middle of each interval, on the run's clock.
+                due_ns = self.t0_ns + int((k + 0.5) * self.interval_s * 1e9)
+                wait_s = (due_ns - time.monotonic_ns()) / 1e9
+                if self._stop.wait(max(0.0, wait_s)):
+                    return
+                at_ms = (time.monotonic_ns() - self.t0_ns) // 1_000_000
+                value = poll_once(source, client)
+                with self._lock:
+                    self.samples.append(Sample(source["name"], int(at_ms), value))
+                k = max(k + 1, int((time.monotonic_ns() - self.t0_ns) / 1e9 / self.interval_s))
+        finally:
+            if client is not None:
+                client.close()
+
+    def stop(self) -> list[dict[str, Any]]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5.0)
+        rows = [self._metric_row(s) for s in sorted(self.samples, key=lambda s: s.at_ms)]
+        return rows + self.actions.stop(self.stage_at)
+
+    def stage_at(self, at_ms: float) -> str:
+        t = 0.0
+        for stage in self.plan.stages:
+            t += stage.duration_s
+            if at_ms < t * 1000:
+                return stage.name
+        return self.plan.stages[-1].name
+
+    def _metric_row(self, sample: Sample) -> dict[str, Any]:
+        return {"scope": "metric", "stage": self.stage_at(sample.at_ms), "name": sample.name,
+                "outcome": "*" if sample.value is not None else "missing", "backend": "*",
+                "start_ms": sample.at_ms, "end_ms": sample.at_ms,
+                "count": 0 if sample.value is None else 1, "value": sample.value}
+
+
+def backend_header(plan: Plan, given: str | None, sandbox: Any) -> str | None:
+    """The header that attributes responses: the flag, else [observe], else the sandbox's."""
+    if given:
+        return given
+    header = (plan.observe or {}).get("backend_header")
+    if header:
+        return str(header)
+    return SANDBOX_BACKEND_HEADER if sandbox is not None else None
+
+
+def require_sandbox(plan: Plan, sandbox: Any) -> None:
+    if sandbox is None and any("sandbox" in a for a in plan.actions):
+        raise InputError("actions: a sandbox action needs target = \"sandbox\" "
+                         "(the target is another server)")
+
+
+# -- reading back: metric series and backend attribution -------------------------------------
+
+def metric_series(result: Result) -> dict[str, list[tuple[int, float | None]]]:
+    """name -> [(start_ms, value or None)], in time order."""
+    out: dict[str, list[tuple[int, float | None]]] = {}
+    if "value" not in result.table.column_names:
+        return out
+    for row in result.rows("metric", name=None, outcome=None):
+        out.setdefault(row["name"], []).append((int(row["start_ms"]), row["value"]))
+    for series in out.values():
+        series.sort(key=lambda p: p[0])
+    return out
+
+
+def jain_index(shares: list[float]) -> float | None:
+    """Jain's fairness index, (sum x)^2 / (n sum x^2): 1 when all equal, 1/n when one has all."""
+    squares = sum(x * x for x in shares)
+    if not shares or not squares:
+        return None
+    return sum(shares) ** 2 / (len(shares) * squares)
+
+
+def _block(counts: dict[str, int], hists: dict[str, Any]) -> dict[str, Any]:
+    total = sum(counts.values())
+    backends = {}
+    for name in sorted(counts):
+        backends[name] = {"requests": counts[name],
+                          "share": counts[name] / total if total else 0.0,
+                          "p99_us": histogram.stats(hists[name])["p99"]}
+    shares = [b["share"] for b in backends.values()]
+    positive = [s for s in shares if s > 0]
+    return {"backends": backends, "fairness": {
+        "jain": jain_index(shares),
+        "max_min_ratio": max(positive) / min(positive) if positive else None,
+    }}
+
+
+def backend_figures(result: Result) -> dict[str, Any]:
+    """Per-backend responses, share and p99 over the run and per stage, from the stage rows
+    (merged histograms, per backend). Responses without the header (and transport failures)
+    are counted as `unattributed`, outside the shares.
+
+    {"run": {"backends": {name: {requests, share, p99_us}}, "fairness": {jain, max_min_ratio},
+             "unattributed": n},
+     "stages": {stage: same}}  -- empty dicts when nothing was attributed.
+    """
+    counts: dict[str, dict[str, int]] = {}
+    hists: dict[str, dict[str, Any]] = {}
+    unattributed: dict[str, int] = {}
+    if "backend" not in result.table.column_names:
+        return {"run": {}, "stages": {}}
+    for row in result.rows("stage", name=None, outcome=None):
+        if row["name"] == "*" and row["outcome"] == "*":
+            continue
+        stage, backend = row["stage"], row["backend"]
+        if backend == "*" or row["outcome"] not in STATUS_OUTCOMES:
+            unattributed[stage] = unattributed.get(stage, 0) + int(row["count"])
+            continue
+        for scope in (stage, "*"):
+            c = counts.setdefault(scope, {})
+            c[backend] = c.get(backend, 0) + int(row["count"])
+            h = hists.setdefault(scope, {})
+            if backend not in h:
+                h[backend] = histogram.new_histogram()
+            histogram.merge(h[backend], result.histogram(row))
+    if "*" not in counts:
+        return {"run": {}, "stages": {}}
+    out: dict[str, Any] = {"run": {**_block(counts["*"], hists["*"]),
+                                   "unattributed": sum(unattributed.values())},
+                           "stages": {}}
+    for stage in counts:
+        if stage != "*":
+            out["stages"][stage] = {**_block(counts[stage], hists[stage]),
+                                    "unattributed": unattributed.get(stage, 0)}
+    return out
+
+
+__all__ = ["Watchers", "backend_figures", "backend_header", "jain_index", "metric_series",
+           "parse_exposition", "poll_once", "validate_observe"]
