@@ -14,7 +14,8 @@ cdef enum ParseState:
     P_HEADERS_LF        # CR of the blank line seen, LF expected
     P_NAME
     P_VALUE
-    P_SKIP_LINE         # a header nobody asked for
+    P_SKIP_NAME         # the name of a header nobody asked for, up to its colon
+    P_SKIP_LINE         # the rest of a header line nobody asked for
     P_BODY_LENGTH
     P_BODY_EOF          # no length, not chunked: the body ends when the server closes
     P_CHUNK_SIZE

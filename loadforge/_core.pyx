@@ -310,6 +310,12 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
         elif st == P_STATUS_REST or st == P_SKIP_LINE:
             if c == c'\n':
                 p.state = P_LINE_START
+        elif st == P_SKIP_NAME:
+            if c == c':':
+                p.state = P_SKIP_LINE
+            elif c == c'\n' or c == c'\r':
+                p.state = P_ERROR    # a header line without a colon
+                return i
         elif st == P_LINE_START or st == P_NAME:
             if st == P_LINE_START:
                 if c == c'\r':
@@ -351,7 +357,7 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                         p.candidates &= ~(1u << h)
                 p.pos += 1
                 if p.candidates == 0:
-                    p.state = P_SKIP_LINE
+                    p.state = P_SKIP_NAME
         elif st == P_HEADERS_LF:
             if c != c'\n':
                 p.state = P_ERROR
@@ -368,12 +374,16 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                 pass
             elif p.header == H_CONTENT_LENGTH:
                 if c >= c'0' and c <= c'9':
-                    p.remaining = p.remaining * 10 + (c - c'0')
-                    p.digits += 1
-                    if p.digits > 15:
+                    # vmatch marks whitespace after the digits: "1 2" is not twelve.
+                    if p.vmatch or p.digits >= 15:
                         p.state = P_ERROR
                         return i
-                elif c != c' ' and c != c'\t':
+                    p.remaining = p.remaining * 10 + (c - c'0')
+                    p.digits += 1
+                elif c == c' ' or c == c'\t':
+                    if p.digits:
+                        p.vmatch = 1
+                else:
                     p.state = P_ERROR
                     return i
             elif p.header == H_TRANSFER_ENCODING:
