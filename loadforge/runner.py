@@ -142,6 +142,9 @@ class Aggregator:
         self.errors = 0
         self.sent_by_workers = 0
         self.last_index = -1
+        # per worker: connects and failed connects so far (cumulative), open connections
+        self.connects: dict[int, tuple[int, int]] = {}
+        self.open_peak = 0
         # Windowed objectives with abort_after, judged as each interval is merged.
         self.live_slo = slo.LiveSLO(plan, interval_s)
         self.abort_reason: str | None = None
@@ -175,7 +178,9 @@ class Aggregator:
         merged: dict[tuple[int, int, str, str], list[Any]] = {}
         nstages = len(self.plan.stages)
         scheduled, unsent, sent = [0] * nstages, [0] * nstages, [0] * nstages
+        self.open_peak = max(self.open_peak, sum(r.open_connections for r in reports))
         for r in reports:
+            self.connects[r.worker] = (r.connects, r.connect_failures)
             for i in range(nstages):
                 scheduled[i] += r.scheduled[i]
                 unsent[i] += r.unsent[i]
@@ -316,7 +321,10 @@ class Aggregator:
         run_block = summary.stats_block(run_all[0], run_all[1], dict(run_outcomes), scheduled,
                                         unsent, duration, open_arrivals / self.plan.duration_s,
                                         self.plan.fail_status)
-        return rows, {**run_block, "stages": stages_out}
+        connections = {"opened": sum(c for c, _ in self.connects.values()),
+                       "failed": sum(f for _, f in self.connects.values()),
+                       "open_peak": self.open_peak}
+        return rows, {**run_block, "connections": connections, "stages": stages_out}
 
 
 def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
