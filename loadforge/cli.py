@@ -194,7 +194,8 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     err = Console(stderr=True)
     for check in checks:
         if not check["ok"]:
-            err.print(f"[bold red]regression:[/] {check['message']}", highlight=False)
+            err.print(f"[bold red]regression:[/] {check['message']}", highlight=False,
+                      soft_wrap=True)
     sys.exit(EXIT_OK if data["ok"] else EXIT_FAILED)
 
 
@@ -239,7 +240,7 @@ def ls_runs(paths: tuple[str, ...], as_json: bool) -> None:
         render_ls(entries, _wide_console())
     err = Console(stderr=True)
     for problem in problems:
-        err.print(f"[bold red]error:[/] {problem}", highlight=False)
+        err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
     sys.exit(EXIT_INPUT if problems else EXIT_OK)
 
 

@@ -1,0 +1,116 @@
+"""`loadforge compare` on real runs: two runs of one setup pass a p99 gate, a run against a
+slowed server fails it; formats, gate syntax, and bad inputs (exit 2, file named)."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from test_slo import http_server, loadforge
+
+from loadforge import compare
+from loadforge.errors import InputError
+
+# The fixed delays dwarf the Python server's own jitter (a few ms at the tail), so that two
+# runs of one setup stay well inside +50% at p99; 48 connections cover the slow run's 20 in
+# flight.
+RUN = ("--rate", "200", "--duration", "2s", "--connections", "48", "--workers", "1", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Three runs: base and again (same server, 20 ms per request), slow (100 ms per request)."""
+    out = tmp_path_factory.mktemp("runs")
+    paths = {}
+    for name, delay in (("base", 0.020), ("again", 0.020), ("slow", 0.100)):
+        summary = out / f"{name}.json"
+        with http_server(delay) as url:
+            proc = loadforge("run", "--target", url, *RUN, "--out", str(out / name),
+                             "--label", f"build={name}", "--summary-json", str(summary))
+        assert proc.returncode == 0, proc.stderr
+        paths[name] = json.loads(summary.read_text())["result"]
+    return paths
+
+
+def test_same_setup_passes_the_p99_gate(runs: dict[str, str]) -> None:
+    proc = loadforge("compare", runs["base"], runs["again"], "--fail-on", "p99=+50%",
+                     "--fail-on", "error_rate=+0.1pp", "--fail-on", "achieved_rps=-5%")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "build=base (baseline)" in proc.stdout and "build=again" in proc.stdout
+
+
+def test_a_slowed_server_fails_the_p99_gate(runs: dict[str, str], tmp_path: Path) -> None:
+    junit = tmp_path / "gates.xml"
+    proc = loadforge("compare", runs["base"], runs["slow"], "--fail-on", "p99=+50%",
+                     "--junit", str(junit))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "regression" in proc.stderr and "stage steady: p99 +" in proc.stderr
+    assert "build=slow vs baseline build=base" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    failure = ET.parse(junit).getroot().find(".//testcase/failure")
+    assert failure is not None and "p99" in failure.get("message", "")
+
+
+def test_json_and_markdown(runs: dict[str, str]) -> None:
+    proc = loadforge("compare", runs["base"], runs["slow"], "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert [r["title"] for r in data["runs"]] == ["build=base", "build=slow"]
+    (stage,) = data["stages"]
+    assert stage["stage"] == "steady"
+    base, slow = stage["values"]
+    assert slow["p99"] > 100_000 > base["p99"]
+    assert stage["deltas"][0] is None
+    assert stage["deltas"][1]["p99"] == pytest.approx((slow["p99"] - base["p99"]) / base["p99"] * 100)
+    assert base["achieved_rps"] == pytest.approx(200, rel=0.05)
+    assert data["ok"] is True and data["gates"] == []
+
+    md = loadforge("compare", runs["base"], runs["slow"], "--format", "markdown")
+    assert md.returncode == 0
+    assert "| figure | build=base (baseline) | build=slow | Δ |" in md.stdout
+    assert "| p99 |" in md.stdout and "| error rate |" in md.stdout
+
+
+def test_directory_input_orders_runs_oldest_first(runs: dict[str, str]) -> None:
+    directory = str(Path(runs["base"]).parent)
+    proc = loadforge("compare", directory, runs["again"], "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["title"] for r in json.loads(proc.stdout)["runs"]] == ["build=base", "build=again"]
+
+
+@pytest.mark.parametrize("spec", ["p99=10%", "p99=+10", "p99>+10%", "latency=+10%",
+                                  "p99=+10pp", "achieved_rps=+5ms", "error_rate=+abc%"])
+def test_malformed_gate_exits_2(runs: dict[str, str], spec: str) -> None:
+    proc = loadforge("compare", runs["base"], runs["again"], "--fail-on", spec)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--fail-on" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gate_syntax() -> None:
+    gate = compare.parse_gate("p99=+10%")
+    assert (gate.metric, gate.direction, gate.amount, gate.unit) == ("p99", 1, 10.0, "%")
+    assert gate.breached(1000, 1101)[0] and not gate.breached(1000, 1099)[0]
+    drop = compare.parse_gate("achieved_rps=-5%")
+    assert drop.breached(100, 94)[0] and not drop.breached(100, 96)[0]
+    assert not drop.breached(100, 200)[0]
+    pp = compare.parse_gate("error_rate=+0.1pp")
+    assert pp.breached(0.001, 0.0025)[0] and not pp.breached(0.001, 0.0015)[0]
+    absolute = compare.parse_gate("p99.9=+5ms")
+    assert absolute.metric == "p999" and absolute.unit == "us" and absolute.amount == 5000
+    assert absolute.breached(10_000, 15_001)[0]
+    with pytest.raises(InputError):
+        compare.parse_gate("p99=+10pp")
+
+
+def test_missing_and_corrupt_inputs_exit_2_naming_the_file(runs: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    missing = tmp_path / "nope.parquet"
+    proc = loadforge("compare", runs["base"], str(missing))
+    assert proc.returncode == 2 and str(missing) in proc.stderr.replace("\n", "")
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(Path(runs["base"]).read_bytes()[:2000])
+    proc = loadforge("compare", runs["base"], str(corrupt))
+    assert proc.returncode == 2, proc.stderr
+    assert "corrupt.parquet" in proc.stderr and "Traceback" not in proc.stderr
