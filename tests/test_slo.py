@@ -40,6 +40,11 @@ class _Handler(BaseHTTPRequestHandler):
         if delay:
             time.sleep(delay)
         status = 500 if self.path.startswith("/fail") else 200
+        if self.path.startswith("/flaky"):
+            # Every 10th request fails: errors in every interval, still mostly successes.
+            with self.server.lock:  # type: ignore[attr-defined]
+                self.server.served += 1  # type: ignore[attr-defined]
+                status = 500 if self.server.served % 10 == 0 else 200  # type: ignore[attr-defined]
         self.send_response(status)
         self.send_header("Content-Length", "2")
         self.end_headers()
@@ -60,6 +65,8 @@ def http_server(delay_s: float = 0.0) -> Iterator[str]:
     server = _Server(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
     server.delay_s = delay_s  # type: ignore[attr-defined]
+    server.lock = threading.Lock()  # type: ignore[attr-defined]
+    server.served = 0  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
