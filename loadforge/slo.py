@@ -31,6 +31,8 @@ from loadforge.plan import ERROR_KINDS, STATUS_OUTCOMES, Plan
 from loadforge.results import Result, read_result
 
 LATENCY_OBJECTIVES = ("p50", "p90", "p99", "p999", "max", "mean")
+FRACTION_OBJECTIVES = ("error_rate", "success_rate", "rate_shortfall")
+OBJECTIVES = LATENCY_OBJECTIVES + FRACTION_OBJECTIVES
 # Objectives that hold when observed >= limit; every other one holds when observed <= limit.
 AT_LEAST = ("success_rate",)
 _LABELS = {"p999": "p99.9"}
@@ -132,8 +134,9 @@ def _limit(objective: str, value: float) -> tuple[float, str]:
 
 
 def _objectives(entry: dict[str, Any]) -> list[tuple[str, float]]:
-    skip = ("stage", "grace", "window", "abort_after")
-    return [(k, float(v)) for k, v in entry.items() if k not in skip]
+    # Only the objectives judged here: scaling objectives (time_to_recover, failover) have
+    # their own judge, and an entry may hold nothing else.
+    return [(k, float(v)) for k, v in entry.items() if k in OBJECTIVES]
 
 
 def _label(objective: str) -> str:
