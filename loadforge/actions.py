@@ -60,7 +60,7 @@ def validate_actions(value: Any, where: str = "actions",
             raise _fail(path, f"must be a table, got {show_value(raw)}")
         for key in raw:
             if key not in ACTION_KEYS:
-                raise _fail(path, f"has unknown key {show_value(key)}; an action is `at` and one "
+                raise _fail(path, f"has unknown key '{key}'; an action is `at` and one "
                                   f"of {', '.join(KINDS)} (allowed keys: {', '.join(ACTION_KEYS)})")
         if "at" not in raw:
             raise _fail(path, "is missing 'at' (when to act, from the run's start, e.g. \"20s\")")
@@ -119,7 +119,7 @@ def _http(value: Any, where: str) -> dict[str, Any]:
         raise _fail(where, f"must be a table {{method, url}}, got {show_value(value)}")
     for key in value:
         if key not in HTTP_KEYS:
-            raise _fail(where, f"has unknown key {show_value(key)}; allowed: {', '.join(HTTP_KEYS)}")
+            raise _fail(where, f"has unknown key '{key}'; allowed: {', '.join(HTTP_KEYS)}")
     method = value.get("method", "POST")
     if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
         raise _fail(f"{where}.method", f"must be one of {', '.join(HTTP_METHODS)}, "

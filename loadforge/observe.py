@@ -78,7 +78,7 @@ def _table(value: Any, where: str) -> dict[str, Any]:
 def _keys(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
     for key in table:
         if key not in allowed:
-            raise _fail(where, f"has unknown key {show_value(key)}; allowed: {', '.join(allowed)}")
+            raise _fail(where, f"has unknown key '{key}'; allowed: {', '.join(allowed)}")
 
 
 def _string(value: Any, where: str) -> str:
