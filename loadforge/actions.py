@@ -23,6 +23,8 @@ is stored as a row of scope `action`. A failed action is reported, it does not s
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -137,6 +139,24 @@ def _http(value: Any, where: str) -> dict[str, Any]:
     return {"method": method.upper(), "url": url, "body": body, "headers": dict(headers)}
 
 
+def run_shell(command: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`sh -c command` with a timeout that kills the whole process group: subprocess.run
+    kills only the shell, and a pipeline's other processes would hold its pipes open (and
+    run()) past the timeout. TimeoutExpired once killed."""
+    with subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, text=True, start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate()
+            raise
+        return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
 def normalized(plan: Plan) -> list[dict[str, Any]]:
     return validate_actions(list(plan.actions), "actions", plan.duration_s)
 
@@ -184,8 +204,7 @@ class ActionRunner:
         kind = action["kind"]
         if kind == "run":
             try:
-                done = subprocess.run(action["run"], shell=True, capture_output=True, text=True,
-                                      timeout=action["timeout"], check=False)
+                done = run_shell(action["run"], action["timeout"])
             except subprocess.TimeoutExpired:
                 return False, f"timed out after {action['timeout']:g}s", None
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]

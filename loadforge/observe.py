@@ -234,8 +234,9 @@ def _poll_metrics(source: dict[str, Any], client: httpx.Client) -> float | None:
 
 
 def _poll_command(source: dict[str, Any]) -> float | None:
-    done = subprocess.run(source["run"], shell=True, capture_output=True, text=True,
-                          timeout=source["timeout"], check=False)
+    from loadforge.actions import run_shell
+
+    done = run_shell(source["run"], source["timeout"])
     if done.returncode != 0:
         return None
     lines = [line for line in done.stdout.splitlines() if line.strip()]

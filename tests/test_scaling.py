@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def _plan(slo: dict[str, Any] | None = None, stages: tuple[tuple[str, int], ...]
 
 
 def _write(tmp_path: Path, intervals: list[dict[str, Any]],
-           extra_rows: list[dict[str, Any]] = ()) -> str:
+           extra_rows: Sequence[dict[str, Any]] = ()) -> str:
     """intervals: {"i", "stage", "latency_us", "ok", "errors", "served": {backend: n}}."""
     path = str(tmp_path / "synthetic.parquet")
     with ResultWriter(path, "r", {"interval_ms": "1000"}) as writer:
