@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Peak memory of a worker and of the coordinator for a short and a long run at the same rate.
+"""Resident memory of the coordinator and of its workers, for a short and a long run at the
+same rate, sampled from /proc twice a second.
 
 Interval data is handed from the workers to the coordinator and streamed to Parquet, so the
 long run should need no more than a few MB beyond the short one.
@@ -10,32 +11,60 @@ long run should need no more than a few MB beyond the short one.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import time
 
 
-def peak_kb(target: str, duration: str, rate: str) -> tuple[int, int, int]:
+def rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def spawn_workers(pid: int) -> list[int]:
+    out = []
+    for child in children(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    out.append(child)
+        except OSError:
+            pass
+    return out
+
+
+def measure(target: str, duration: str, rate: str) -> tuple[int, int, int]:
     with tempfile.TemporaryDirectory() as d:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        cmd = [sys.executable, "-c",
-               "import resource, runpy, sys\n"
-               "sys.argv = ['loadforge'] + sys.argv[1:]\n"
-               "try:\n    runpy.run_module('loadforge.cli', run_name='__main__')\n"
-               "finally:\n"
-               "    print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
-               " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n",
-               "run", "--target", target, "--rate", rate, "--duration", duration,
-               "--workers", "1", "--quiet", "--out", d, "--summary-json", os.path.join(d, "s.json")]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        line = [x for x in out.stderr.splitlines() if x.startswith("PEAK")]
-        if out.returncode not in (0, 1) or not line:
-            sys.exit(out.stderr[-2000:])
-        _, parent, worker = line[-1].split()
-        n = json.load(open(os.path.join(d, "s.json")))["requests"]
-        del before
-        return int(parent), int(worker), n
+        summary = os.path.join(d, "s.json")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loadforge.cli", "run", "--target", target, "--rate", rate,
+             "--duration", duration, "--workers", "1", "--quiet", "--out", d,
+             "--summary-json", summary], stderr=subprocess.PIPE, text=True)
+        parent = worker = 0
+        while proc.poll() is None:
+            parent = max(parent, rss_kb(proc.pid))
+            for w in spawn_workers(proc.pid):
+                worker = max(worker, rss_kb(w))
+            time.sleep(0.5)
+        if proc.returncode not in (0, 1):
+            sys.exit(proc.stderr.read()[-2000:] if proc.stderr else "run failed")
+        with open(summary) as f:
+            return parent, worker, json.load(f)["requests"]
 
 
 def main() -> None:
@@ -46,9 +75,9 @@ def main() -> None:
     ap.add_argument("--rate", default="5000")
     a = ap.parse_args()
     for duration in (a.short, a.long):
-        parent, worker, n = peak_kb(a.target, duration, a.rate)
-        print(f"{duration:>6}: {n:>9} requests  coordinator peak {parent / 1024:7.1f} MB  "
-              f"worker peak {worker / 1024:7.1f} MB")
+        parent, worker, n = measure(a.target, duration, a.rate)
+        print(f"{duration:>6}: {n:>9} requests  coordinator {parent / 1024:6.1f} MB  "
+              f"worker {worker / 1024:6.1f} MB (peak resident)")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ METADATA_PREFIX = "loadforge."
 SCOPES = ("interval", "stage", "run", "metric", "action")
 # Rows buffered before a row group is written: bounds the writer's memory whatever the run's
 # length, and keeps row groups large enough for column statistics to be useful.
-ROW_GROUP_ROWS = 4096
+ROW_GROUP_ROWS = 1024
 ROW_GROUP_BYTES = 1 << 20
 
 _BASE_FIELDS: tuple[tuple[str, pa.DataType, bool], ...] = (
