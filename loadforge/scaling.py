@@ -410,7 +410,7 @@ def render(summary: dict[str, Any], console: Any) -> None:
         return t
 
     def seconds(value: Any) -> str:
-        return "-" if value is None else f"{value:g}s"
+        return "-" if value is None else f"{value:.3g}s"
 
     stages = summary.get("stages", [])
     backends = summary.get("backends") or {}
@@ -428,7 +428,7 @@ def render(summary: dict[str, Any], console: Any) -> None:
         jain, ratio = fair.get("jain"), fair.get("max_min_ratio")
         console.print(f"fairness: Jain {'-' if jain is None else f'{jain:.3f}'}, max/min share "
                       f"{'-' if ratio is None else f'{ratio:.2f}'}"
-                      + (f"; {summary['unattributed']:,} responses/failures without a backend"
+                      + (f"; {summary['unattributed']:,} unattributed"
                          if summary.get("unattributed") else ""), highlight=False)
     if any(s.get("recovered") is not None or (s.get("scale_out") or {}).get("new_backends")
            or (s.get("scale_out") or {}).get("settle_s") is not None for s in stages):
