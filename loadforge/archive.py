@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from loadforge import slo
+from loadforge import scaling, slo
 from loadforge.compare import run_figures, run_title
 from loadforge.errors import ResultsError
 from loadforge.results import read_result
@@ -69,7 +69,8 @@ def list_runs(paths: list[str]) -> tuple[list[RunEntry], list[str]]:
             figures = run_figures(result, run_title(result))
             values = figures.run.values()
             plan = slo.plan_of_result(result)
-            verdicts = slo.evaluate(plan, result) if plan is not None else []
+            verdicts = (slo.evaluate(plan, result) + scaling.analyze(plan, result)["slo"]
+                        if plan is not None else [])
         except ResultsError as exc:
             problems.append(str(exc))
             continue
