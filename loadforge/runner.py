@@ -16,7 +16,6 @@ import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait as wait_for
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -364,7 +363,6 @@ def _check_fd_limit(specs: list[WorkerSpec], plan: Plan) -> None:
 
 def _collect(pool: WorkerPool, agg: Aggregator, plan: Plan, t0: int) -> None:
     done = [False] * len(pool.channels)
-    index = {id(ch): i for i, ch in enumerate(pool.channels)}
     deadline = t0 + int((plan.duration_s + plan.timeout_s + 10.0) * 1e9)
     interrupted: list[bool] = []
 
@@ -378,18 +376,17 @@ def _collect(pool: WorkerPool, agg: Aggregator, plan: Plan, t0: int) -> None:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        _collect_until_done(pool, agg, plan, done, index, deadline)
+        _collect_until_done(pool, agg, plan, done, deadline)
     finally:
         signal.signal(signal.SIGINT, previous)
 
 
 def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: list[bool],
-                        index: dict[int, int], deadline: int) -> None:
+                        deadline: int) -> None:
     stopping = False
     while not all(done):
-        ready = wait_for([c for i, c in enumerate(pool.channels) if not done[i]], timeout=0.5)
-        for ch in ready:
-            i = index[id(ch)]
+        ready = pool.ready([i for i in range(len(done)) if not done[i]], timeout=0.5)
+        for i in ready:
             try:
                 msg = pool.channels[i].recv_bytes()
             except (EOFError, OSError):
@@ -421,9 +418,7 @@ def _start(pool: WorkerPool) -> int:
     pending = set(range(len(pool.channels)))
     limit = time.monotonic() + READY_TIMEOUT_S
     while pending:
-        ready = wait_for([pool.channels[i] for i in pending], timeout=0.5)
-        for ch in ready:
-            i = next(j for j, c in enumerate(pool.channels) if c is ch)
+        for i in pool.ready(sorted(pending), timeout=0.5):
             try:
                 msg = pool.channels[i].recv_bytes()
             except (EOFError, OSError):

@@ -17,7 +17,7 @@ import signal
 import struct
 import traceback
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 
 from loadforge.plan import OUTCOMES
 
@@ -182,6 +182,11 @@ class WorkerPool:
             theirs.close()
             self.channels.append(ours)
             self.processes.append(proc)
+
+    def ready(self, workers: list[int], timeout: float) -> list[int]:
+        """Which of these workers have a message waiting, within timeout seconds."""
+        channels = {id(self.channels[i]): i for i in workers}
+        return [channels[id(ch)] for ch in wait([self.channels[i] for i in workers], timeout)]
 
     def stop(self) -> None:
         """Ask every worker to stop scheduling; they still report what is in flight."""

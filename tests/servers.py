@@ -9,9 +9,22 @@ import socket
 import socketserver
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def loadforge(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The command line, as a user runs it, from the repository root."""
+    return subprocess.run([sys.executable, "-m", "loadforge.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def free_port() -> int:
@@ -161,3 +174,50 @@ class CannedServer(socketserver.ThreadingTCPServer):
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+
+
+class _HTTPHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle on, the body waits for the client's
+    # delayed ACK of the headers (~40 ms), which would dwarf the delays the tests set.
+    disable_nagle_algorithm = True
+
+    def do_GET(self) -> None:  # noqa: N802 -- http.server's naming
+        delay = getattr(self.server, "delay_s", 0.0)
+        if delay:
+            time.sleep(delay)
+        status = 500 if self.path.startswith("/fail") else 200
+        if self.path.startswith("/flaky"):
+            # Every 10th request fails: errors in every interval, still mostly successes.
+            with self.server.lock:  # type: ignore[attr-defined]
+                self.server.served += 1  # type: ignore[attr-defined]
+                status = 500 if self.server.served % 10 == 0 else 200  # type: ignore[attr-defined]
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a run opening its connections at once would
+    # see SYNs dropped and retried a second later.
+    request_queue_size = 256
+
+
+@contextmanager
+def http_server(delay_s: float = 0.0) -> Iterator[str]:
+    server = _HTTPServer(("127.0.0.1", 0), _HTTPHandler)
+    server.daemon_threads = True
+    server.delay_s = delay_s  # type: ignore[attr-defined]
+    server.lock = threading.Lock()  # type: ignore[attr-defined]
+    server.served = 0  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
-from test_slo import http_server, loadforge
+from servers import http_server, loadforge
 
 PROFILE = """
 name = "{name}"

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from test_slo import http_server, loadforge
+from servers import http_server, loadforge
 
 from loadforge import compare
 from loadforge.errors import InputError

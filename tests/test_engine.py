@@ -13,16 +13,9 @@ import sys
 import time
 
 import pytest
-from servers import OK, CannedServer
+from servers import OK, ROOT, CannedServer, loadforge
 
 from loadforge.results import read_result
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def loadforge(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "loadforge.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, **kw)
 
 
 def run_json(tmp_path, *args: str, expect: int = 0, timeout: float = 60) -> dict:

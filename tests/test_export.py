@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
-from test_slo import http_server, loadforge
+from servers import http_server, loadforge
 
 from loadforge import results
 from loadforge.export import hlog_tag

@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from test_slo import http_server, loadforge
+from servers import http_server, loadforge
 
 from loadforge import histogram as hist
 from loadforge import report

@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import http_server, loadforge
 
 from loadforge import histogram as hist
 from loadforge import results, slo
@@ -25,60 +20,6 @@ from loadforge.plan import Plan, Request, Stage
 from loadforge.profile import plan_from_dict
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-# -- a server of our own ----------------------------------------------------------------------
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes: with Nagle on, the body waits for the client's
-    # delayed ACK of the headers (~40 ms), which would dwarf the delays the tests set.
-    disable_nagle_algorithm = True
-
-    def do_GET(self) -> None:  # noqa: N802 -- http.server's naming
-        delay = getattr(self.server, "delay_s", 0.0)
-        if delay:
-            time.sleep(delay)
-        status = 500 if self.path.startswith("/fail") else 200
-        if self.path.startswith("/flaky"):
-            # Every 10th request fails: errors in every interval, still mostly successes.
-            with self.server.lock:  # type: ignore[attr-defined]
-                self.server.served += 1  # type: ignore[attr-defined]
-                status = 500 if self.server.served % 10 == 0 else 200  # type: ignore[attr-defined]
-        self.send_response(status)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    # socketserver's default listen backlog is 5: a run opening its connections at once would
-    # see SYNs dropped and retried a second later.
-    request_queue_size = 256
-
-
-@contextmanager
-def http_server(delay_s: float = 0.0) -> Iterator[str]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    server.delay_s = delay_s  # type: ignore[attr-defined]
-    server.lock = threading.Lock()  # type: ignore[attr-defined]
-    server.served = 0  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def loadforge(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "loadforge.cli", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 # -- synthetic results -------------------------------------------------------------------------
