@@ -26,6 +26,7 @@ cdef enum:
     RECV_BUFFER_SIZE = 65536
     MAX_EVENTS = 512
     CONTROL_TAG = 0x7fffffff
+    CMSG_BUFFER_SIZE = 64              # room for one SCM_TIMESTAMPNS (CMSG_SPACE(16) = 32)
     SCAN_PERIOD_NS = 10000000          # timeouts are checked every 10 ms
     PAYLOAD_MAGIC = 0x3149464c         # "LFI1"
 
@@ -42,6 +43,12 @@ OUTCOME_COUNT = N_OUTCOMES
 cdef inline int64_t monotonic_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline int64_t realtime_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
@@ -541,6 +548,7 @@ cdef class Engine:
 
     cdef:
         int epfd
+        int wake_epfd            # the control fd alone: sleeping without socket wake-ups
         int control_fd
         sockaddr_storage addr
         socklen_t addrlen
@@ -555,6 +563,14 @@ cdef class Engine:
         int inflight
         char* rbuf
         epoll_event* events
+        msghdr msg               # recvmsg over rbuf, with room for a receive timestamp
+        iovec iov
+        char cmsg_buf[CMSG_BUFFER_SIZE]
+        int rx_stamps            # SO_TIMESTAMPNS works: responses are timed by the kernel
+        int64_t rt_offset_ns     # CLOCK_REALTIME - CLOCK_MONOTONIC at the last wake-up
+        int connecting           # connections in C_CONNECTING
+        int writing              # connections with a partial write (EPOLLOUT registered)
+        uint64_t n_wakeups
 
         list _keep
         const char** req_data
@@ -607,6 +623,7 @@ cdef class Engine:
 
     def __cinit__(self):
         self.epfd = -1
+        self.wake_epfd = -1
         self.control_fd = -1
 
     def __init__(self, str address, int port, list requests, list mix, list stages,
@@ -719,8 +736,16 @@ cdef class Engine:
         if self.cells == NULL or self.touched == NULL:
             raise MemoryError()
 
+        self.iov.iov_base = self.rbuf
+        self.iov.iov_len = RECV_BUFFER_SIZE
+        self.msg.msg_iov = &self.iov
+        self.msg.msg_iovlen = 1
+        self.msg.msg_control = self.cmsg_buf
+        self.rx_stamps = 1
+
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
-        if self.epfd < 0:
+        self.wake_epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0 or self.wake_epfd < 0:
             raise OSError(errno, "epoll_create1 failed")
 
     def __dealloc__(self):
@@ -737,6 +762,8 @@ cdef class Engine:
                     free(self.cells[i])
         if self.epfd >= 0:
             close(self.epfd)
+        if self.wake_epfd >= 0:
+            close(self.wake_epfd)
         free(self.conns)
         free(self.idle_stack)
         free(self.closed_stack)
@@ -752,6 +779,17 @@ cdef class Engine:
         free(self.counters)
         free(self.cells)
         free(self.touched)
+
+    @property
+    def wakeups(self):
+        """How often the loop has come back from waiting (each costs a context switch)."""
+        return self.n_wakeups
+
+    @property
+    def receive_timestamps(self):
+        """Whether responses are timed by the kernel's receive timestamps (SO_TIMESTAMPNS);
+        known once connections are open. Without them, by the time they are read."""
+        return bool(self.rx_stamps)
 
     @property
     def backends(self):
@@ -797,8 +835,12 @@ cdef class Engine:
         if c.fd >= 0:
             close(c.fd)     # also leaves the epoll set
             c.fd = -1
+        if c.state == C_CONNECTING:
+            self.connecting -= 1
+        if c.want_write:
+            c.want_write = 0
+            self.writing -= 1
         c.state = C_CLOSED
-        c.want_write = 0
         self.push_closed(ci)
 
     cdef void open_conn(self, int ci, int64_t now) noexcept:
@@ -811,12 +853,15 @@ cdef class Engine:
             self.connect_failed(ci, now)
             return
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        if self.rx_stamps and setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) != 0:
+            self.rx_stamps = 0
         if connect(fd, <sockaddr*>&self.addr, self.addrlen) != 0 and errno != EINPROGRESS:
             close(fd)
             self.connect_failed(ci, now)
             return
         c.fd = fd
         c.state = C_CONNECTING
+        self.connecting += 1
         c.deadline_ns = now + self.timeout_ns
         ev.events = EPOLLOUT
         ev.data.u64 = ci
@@ -825,7 +870,7 @@ cdef class Engine:
     cdef void connect_failed(self, int ci, int64_t now) noexcept:
         self.connect_failures += 1
         if self.conns[ci].has_arrival:
-            self.finish(ci, O_CONNECT, now)
+            self.finish(ci, O_CONNECT, now, now)
         else:
             self.close_conn(ci)
 
@@ -839,6 +884,7 @@ cdef class Engine:
             self.connect_failed(ci, now)
             return
         c.state = C_IDLE
+        self.connecting -= 1
         ev.events = EPOLLIN
         ev.data.u64 = ci
         epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
@@ -881,27 +927,31 @@ cdef class Engine:
         cdef epoll_event ev
         if n < 0:
             if errno != EAGAIN and errno != EINTR:
-                self.finish(ci, O_RESET, now)
+                self.finish(ci, O_RESET, now, now)
                 return
             n = 0
         c.written += n
         if c.written < length:
             if not c.want_write:
                 c.want_write = 1
+                self.writing += 1
                 ev.events = EPOLLIN | EPOLLOUT
                 ev.data.u64 = ci
                 epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
         elif c.want_write:
             c.want_write = 0
+            self.writing -= 1
             ev.events = EPOLLIN
             ev.data.u64 = ci
             epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
 
     cdef void on_readable(self, int ci, int64_t now) noexcept:
         cdef Conn* c = &self.conns[ci]
-        cdef ssize_t n = recv(c.fd, self.rbuf, RECV_BUFFER_SIZE, 0)
+        cdef ssize_t n
         cdef Py_ssize_t used
         cdef int outcome
+        self.msg.msg_controllen = CMSG_BUFFER_SIZE
+        n = recvmsg(c.fd, &self.msg, 0)
         if c.state != C_BUSY or not c.has_arrival:
             # An idle keep-alive connection: the server closed it, or sent what nobody
             # asked for. Either way it is not reusable.
@@ -913,22 +963,42 @@ cdef class Engine:
             if c.parser.state == P_DONE:
                 # Bytes past the response answer no request of ours (we do not pipeline).
                 self.finish(ci, status_outcome(c.parser.status) if used == n else O_PROTOCOL,
-                            now)
+                            now, self.received_at(c, now))
             elif c.parser.state == P_ERROR:
-                self.finish(ci, O_PROTOCOL, now)
+                self.finish(ci, O_PROTOCOL, now, now)
         elif n == 0:
             outcome = parser_eof(&c.parser)
-            self.finish(ci, status_outcome(c.parser.status) if outcome < 0 else outcome, now)
+            self.finish(ci, status_outcome(c.parser.status) if outcome < 0 else outcome,
+                        now, now)
         elif errno != EAGAIN and errno != EINTR:
-            self.finish(ci, O_RESET, now)
+            self.finish(ci, O_RESET, now, now)
 
-    cdef void finish(self, int ci, int outcome, int64_t now) noexcept:
-        """An arrival ended (response or failure): record it, free or close the connection,
-        and in a closed-model stage start the connection's next request."""
+    cdef inline int64_t received_at(self, Conn* c, int64_t now) noexcept:
+        """When the last segment read by the latest recvmsg reached the socket: the kernel's
+        receive timestamp moved onto CLOCK_MONOTONIC, kept within [sent, now]. A response is
+        timed by its arrival, not by when the loop got round to reading it."""
+        cdef cmsghdr* cm = CMSG_FIRSTHDR(&self.msg)
+        cdef timespec ts
+        cdef int64_t t
+        while cm != NULL:
+            if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SCM_TIMESTAMPNS:
+                memcpy(&ts, CMSG_DATA(cm), sizeof(ts))
+                t = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec - self.rt_offset_ns
+                if t > now:
+                    return now
+                if t < c.sent_ns:
+                    return c.sent_ns
+                return t
+            cm = CMSG_NXTHDR(&self.msg, cm)
+        return now
+
+    cdef void finish(self, int ci, int outcome, int64_t now, int64_t end) noexcept:
+        """An arrival ended at `end` (response or failure): record it, free or close the
+        connection, and in a closed-model stage start the connection's next request."""
         cdef Conn* c = &self.conns[ci]
         cdef int stage = c.stage
         cdef StagePlan* sp
-        self.record(c, outcome, now)
+        self.record(c, outcome, end)
         c.has_arrival = 0
         self.inflight -= 1
         if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY:
@@ -1071,7 +1141,7 @@ cdef class Engine:
             c = &self.conns[i]
             if (c.state == C_BUSY or c.state == C_CONNECTING) and now >= c.deadline_ns:
                 if c.has_arrival:
-                    self.finish(i, O_TIMEOUT if c.state == C_BUSY else O_CONNECT, now)
+                    self.finish(i, O_TIMEOUT if c.state == C_BUSY else O_CONNECT, now, now)
                 else:
                     self.connect_failures += 1
                     self.close_conn(i)
@@ -1135,6 +1205,16 @@ cdef class Engine:
         if self.inflight > 0 and self.next_scan_ns < t:
             t = self.next_scan_ns
         return t
+
+    cdef inline int sleep_through_responses(self) noexcept:
+        """Whether the next wait may ignore the sockets: in an open-model stage nothing but
+        the next arrival needs the loop while every due arrival is sent, no connection is
+        being opened and no request is half written. Responses that come meanwhile are read
+        at the next wake-up and timed by their receive timestamps, so at high rates one
+        wake-up serves a tick's arrivals and the previous tick's responses together."""
+        if not self.rx_stamps or self.cur >= self.nstages or self.connecting or self.writing:
+            return 0
+        return self.stages[self.cur].open_model and self.disp_k == self.sched_k
 
     def stop(self):
         """Stop scheduling; requests in flight are still awaited and recorded."""
@@ -1232,7 +1312,7 @@ cdef class Engine:
         """Run every stage from t0_ns (CLOCK_MONOTONIC), calling on_interval(payload,
         open_connections, in_flight) after each interval and once more at the end."""
         cdef int64_t now, wait, t
-        cdef int i, n, ci
+        cdef int i, n, ci, quiet
         cdef uint32_t ev
         cdef timespec ts
         cdef epoll_event cev
@@ -1248,7 +1328,9 @@ cdef class Engine:
             cev.events = EPOLLIN
             cev.data.u64 = CONTROL_TAG
             epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.control_fd, &cev)
+            epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, self.control_fd, &cev)
         now = monotonic_ns()
+        self.rt_offset_ns = realtime_ns() - now
         self.next_scan_ns = now + SCAN_PERIOD_NS
         # Open the pool before time zero, as a client that has been up for a while would have.
         if preconnect < 0 or preconnect > self.nconns:
@@ -1270,18 +1352,25 @@ cdef class Engine:
                 wait = 0
             ts.tv_sec = wait // 1000000000
             ts.tv_nsec = wait % 1000000000
+            quiet = self.epoll_ns and self.sleep_through_responses()
             if self.epoll_ns:
                 with nogil:
-                    n = epoll_pwait2(self.epfd, self.events, MAX_EVENTS, &ts, NULL)
+                    n = epoll_pwait2(self.wake_epfd if quiet else self.epfd, self.events,
+                                     MAX_EVENTS, &ts, NULL)
                 if n < 0 and errno == ENOSYS:
                     self.epoll_ns = 0
+                    quiet = 0
             if not self.epoll_ns:
                 # Millisecond timeouts only: round up, so arrivals are never sent early.
                 with nogil:
                     n = epoll_wait(self.epfd, self.events, MAX_EVENTS,
                                    <int>((wait + 999999) // 1000000))
+            if quiet:
+                n = epoll_wait(self.epfd, self.events, MAX_EVENTS, 0)
             now = monotonic_ns()
+            self.rt_offset_ns = realtime_ns() - now
             self.last_wake_ns = now
+            self.n_wakeups += 1
             if n <= 0:
                 continue
             for i in range(n):

@@ -24,6 +24,7 @@ cdef extern from "<time.h>" nogil:
         long tv_nsec
     enum:
         CLOCK_MONOTONIC
+        CLOCK_REALTIME
     int clock_gettime(int clk_id, timespec* tp)
 
 
@@ -82,7 +83,28 @@ cdef extern from "<sys/socket.h>" nogil:
         SOL_SOCKET
         SO_ERROR
         SO_LINGER
+        SO_TIMESTAMPNS       # receive timestamps, CLOCK_REALTIME, as SCM_TIMESTAMPNS
+        SCM_TIMESTAMPNS
         MSG_NOSIGNAL
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+    struct msghdr:
+        void* msg_name
+        socklen_t msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    cmsghdr* CMSG_FIRSTHDR(msghdr* msg)
+    cmsghdr* CMSG_NXTHDR(msghdr* msg, cmsghdr* cmsg)
+    unsigned char* CMSG_DATA(cmsghdr* cmsg)
+    size_t CMSG_SPACE(size_t length)
     struct linger:
         int l_onoff
         int l_linger
@@ -90,6 +112,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int connect(int sockfd, const sockaddr* addr, socklen_t addrlen)
     ssize_t send(int sockfd, const void* buf, size_t len, int flags)
     ssize_t recv(int sockfd, void* buf, size_t len, int flags)
+    ssize_t recvmsg(int sockfd, msghdr* msg, int flags)
     int getsockopt(int sockfd, int level, int optname, void* optval, socklen_t* optlen)
     int setsockopt(int sockfd, int level, int optname, const void* optval, socklen_t optlen)
 
