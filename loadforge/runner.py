@@ -391,7 +391,7 @@ def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: lis
                 msg = pool.channels[i].recv_bytes()
             except (EOFError, OSError):
                 raise WorkerCrashed(f"worker {i} exited unexpectedly "
-                                    f"(exit code {pool.processes[i].exitcode})") from None
+                                    f"(exit code {pool.exitcode(i)})") from None
             tag = msg[:1]
             if tag == INTERVAL:
                 agg.add(decode_interval(msg))
@@ -399,9 +399,10 @@ def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: lis
                 done[i] = True
             elif tag == FAILED:
                 raise WorkerCrashed(f"worker {i} failed: {msg[1:].decode(errors='replace')}")
-        for i, proc in enumerate(pool.processes):
-            if not done[i] and not proc.is_alive() and not ready:
-                raise WorkerCrashed(f"worker {i} exited unexpectedly (exit code {proc.exitcode})")
+        for i in range(len(done)):
+            if not done[i] and pool.exitcode(i) is not None and not ready:
+                raise WorkerCrashed(f"worker {i} exited unexpectedly "
+                                    f"(exit code {pool.exitcode(i)})")
         if agg.abort_reason and not stopping:
             pool.stop()
             stopping = True

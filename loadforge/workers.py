@@ -1,20 +1,27 @@
-"""Worker processes: spawning, the start barrier, interval reports, shutdown.
+"""Worker processes: starting them, the start barrier, interval reports, shutdown.
 
 Each worker runs one `_core.Engine` over its stripe of the global schedule. It talks to the
-coordinator over one socket pair: it sends `READY` once its engine is built, receives the
-common start time (CLOCK_MONOTONIC, the same clock in every process), then sends one
-`INTERVAL` message a second and `DONE` at the end. The coordinator stops a worker early by
-writing a byte to the socket; the engine watches it in its epoll set, so a worker whose
-coordinator dies sees the socket close and stops by itself.
+coordinator over one socket pair: it receives its `WorkerSpec`, sends `READY` once its engine
+is built, receives the common start time (CLOCK_MONOTONIC, the same clock in every process),
+then sends one `INTERVAL` message a second and `DONE` at the end. The coordinator stops a
+worker early by writing a byte to the socket; the engine watches it in its epoll set, so a
+worker whose coordinator dies sees the socket close and stops by itself.
+
+A worker is a fresh interpreter that imports this module and the engine, nothing else: not
+multiprocessing's spawn (which re-imports the command line, click and rich, as `__mp_main__`,
+and starts a resource-tracker process), and not fork (the coordinator has threads).
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import pickle
 import resource
 import signal
+import socket
 import struct
+import subprocess
+import sys
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -138,12 +145,16 @@ def fd_limit() -> int:
     return hard if soft == resource.RLIM_INFINITY else soft
 
 
-def _worker_main(spec: WorkerSpec, channel: Connection) -> None:
+def worker_main() -> None:
+    """A worker process: `python -c "from loadforge.workers import worker_main; worker_main()"
+    FD`, with FD its end of the socket pair to the coordinator."""
     # Ctrl-C reaches the whole process group; the coordinator alone decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    channel = Connection(int(sys.argv[1]))
     try:
         from loadforge import _core
 
+        spec: WorkerSpec = pickle.loads(channel.recv_bytes())
         fd_limit()
         engine = _core.Engine(
             spec.address, spec.port, spec.requests, spec.mix, spec.stages, spec.connections,
@@ -167,21 +178,39 @@ def _worker_main(spec: WorkerSpec, channel: Connection) -> None:
         os._exit(1)
 
 
+_WORKER_CODE = "from loadforge.workers import worker_main; worker_main()"
+
+
 class WorkerPool:
     """The worker processes of one run."""
 
     def __init__(self, specs: list[WorkerSpec]):
-        ctx = multiprocessing.get_context("spawn")
+        # The workers import the very package the coordinator runs, wherever it lies.
+        env = dict(os.environ)
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, env.get("PYTHONPATH")) if p)
         self.channels: list[Connection] = []
-        self.processes = []
-        for spec in specs:
-            ours, theirs = ctx.Pipe(duplex=True)
-            proc = ctx.Process(target=_worker_main, args=(spec, theirs),
-                               name=f"loadforge-worker-{spec.index}", daemon=True)
-            proc.start()
-            theirs.close()
-            self.channels.append(ours)
-            self.processes.append(proc)
+        self.processes: list[subprocess.Popen[bytes]] = []
+        try:
+            for spec in specs:
+                ours, theirs = socket.socketpair()
+                proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE,
+                                         str(theirs.fileno())],
+                                        pass_fds=(theirs.fileno(),), env=env,
+                                        stdin=subprocess.DEVNULL)
+                theirs.close()
+                channel = Connection(ours.detach())
+                self.channels.append(channel)
+                self.processes.append(proc)
+                channel.send_bytes(pickle.dumps(spec))
+        except BaseException:
+            self.terminate()
+            raise
+
+    def exitcode(self, i: int) -> int | None:
+        """Worker i's exit status, None while it runs."""
+        return self.processes[i].poll()
 
     def ready(self, workers: list[int], timeout: float) -> list[int]:
         """Which of these workers have a message waiting, within timeout seconds."""
@@ -198,14 +227,21 @@ class WorkerPool:
 
     def terminate(self) -> None:
         for proc in self.processes:
-            if proc.is_alive():
+            if proc.poll() is None:
                 proc.kill()
         for proc in self.processes:
-            proc.join(timeout=2)
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
         for ch in self.channels:
             ch.close()
+        self.channels = []
 
     def join(self, timeout: float = 5.0) -> None:
         for proc in self.processes:
-            proc.join(timeout=timeout)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
         self.terminate()

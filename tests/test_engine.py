@@ -217,8 +217,7 @@ def test_crashed_worker_exits_3(nginx, tmp_path):
         with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
             children = [int(p) for p in f.read().split()]
         children = [p for p in children
-                    if b"loadforge" in open(f"/proc/{p}/cmdline", "rb").read()
-                    or b"multiprocessing" in open(f"/proc/{p}/cmdline", "rb").read()]
+                    if b"loadforge.workers" in open(f"/proc/{p}/cmdline", "rb").read()]
     time.sleep(1.5)
     os.kill(children[-1], signal.SIGKILL)
     _, err = proc.communicate(timeout=30)
