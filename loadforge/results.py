@@ -14,12 +14,11 @@ import os
 import re
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from hdrh.histogram import HdrHistogram
 
@@ -247,6 +246,7 @@ class Result:
     metadata: dict[str, str]
     labels: dict[str, str]
     table: pa.Table
+    _rows: list[dict[str, Any]] | None = field(default=None, init=False, repr=False)
 
     def rows(
         self,
@@ -256,12 +256,15 @@ class Result:
         outcome: str | None = "*",
     ) -> list[dict[str, Any]]:
         """Rows of a scope, in file order; None for stage/name/outcome means any value."""
-        mask = pc.equal(self.table["scope"], scope)
-        for column, value in (("stage", stage), ("name", name), ("outcome", outcome)):
-            if value is not None:
-                mask = pc.and_(mask, pc.equal(self.table[column], value))
-        rows: list[dict[str, Any]] = self.table.filter(mask).to_pylist()
-        return rows
+        # Filtered in Python over rows converted once: a run's file is thousands of rows at
+        # most, and pyarrow.compute alone takes longer to import than that.
+        if self._rows is None:
+            self._rows = self.table.to_pylist()
+        return [r for r in self._rows
+                if r["scope"] == scope
+                and (stage is None or r["stage"] == stage)
+                and (name is None or r["name"] == name)
+                and (outcome is None or r["outcome"] == outcome)]
 
     def histogram(self, row: dict[str, Any], column: str = "latency_hdr") -> HdrHistogram:
         what = (
@@ -316,7 +319,9 @@ def read_result(path: str) -> Result:
     path = os.fspath(path)
     meta = _read_metadata(path)
     try:
-        table = pq.read_table(path)
+        # One file: ParquetFile reads it without pyarrow.dataset (and pyarrow.compute).
+        with pq.ParquetFile(path) as pf:
+            table = pf.read()
     except (pa.ArrowException, OSError) as exc:
         raise ResultsError(f"results {path}: unreadable Parquet data ({exc})") from exc
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]

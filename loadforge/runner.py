@@ -103,7 +103,10 @@ def preflight(target: Target, req: Request, timeout_s: float) -> None:
     """One request before the run, so a wrong URL fails in seconds with a clear message."""
     url = f"http://{target.host}{req.path}"
     try:
-        with httpx.Client(timeout=min(timeout_s, 5.0), headers={"User-Agent": USER_AGENT}) as client:
+        # The engine connects straight to the target over plain HTTP, so the preflight does
+        # too: no proxy from the environment, and no CA bundle to load for TLS it never uses.
+        with httpx.Client(timeout=min(timeout_s, 5.0), headers={"User-Agent": USER_AGENT},
+                          trust_env=False, verify=False) as client:
             resp = client.request(req.method, url, headers=dict(req.headers), content=req.body)
     except httpx.HTTPError as exc:
         raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url} "
