@@ -13,7 +13,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.math cimport ceil, sqrt
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 from loadforge._system cimport *
 
@@ -154,9 +154,11 @@ cdef inline void hist_clear(Hist* h) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------------
-# HTTP/1.1 response parser: sans-IO, byte-at-a-time through the head, by length through bodies.
+# HTTP/1.1 response parser: sans-IO, a state machine over the head, by length through bodies.
 # It reads only what the engine needs: the status, Content-Length, Transfer-Encoding: chunked,
 # Connection: close and, optionally, one header whose value is captured (backend attribution).
+# Header names and lines nobody reads are scanned in tight loops when they lie whole in the
+# buffer; a head split across reads goes byte by byte through the same states.
 
 cdef inline void parser_reset(Parser* p, int head) noexcept nogil:
     p.state = P_STATUS
@@ -251,18 +253,81 @@ cdef inline int match_token(Parser* p, char c, const char* token, int length) no
     return 0
 
 
+cdef inline int header_id(const HeaderNames* names, const char* name, Py_ssize_t length) \
+        noexcept nogil:
+    """Which header a whole name is (case-insensitive), or H_NONE."""
+    cdef int h
+    cdef Py_ssize_t k
+    for h in range(N_HEADERS):
+        if names.length[h] == length and length > 0:
+            k = 0
+            while k < length and lower(name[k]) == names.name[h][k]:
+                k += 1
+            if k == length:
+                return h
+    return H_NONE
+
+
+cdef inline int is_digit(char c) noexcept nogil:
+    return c >= c'0' and c <= c'9'
+
+
+cdef inline int status_line_start(const char* s) noexcept nogil:
+    """Whether s begins with "HTTP/1.d ddd"."""
+    return (memcmp(s, STATUS_PREFIX, 7) == 0 and is_digit(s[7]) and s[8] == c' '
+            and is_digit(s[9]) and is_digit(s[10]) and is_digit(s[11]))
+
+
+cdef inline void start_value(Parser* p) noexcept nogil:
+    p.state = P_VALUE
+    p.vmatch = 0
+    p.digits = 0
+    p.remaining = 0
+    if p.header == H_CAPTURE:
+        p.capture_len = 0
+
+
 cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                             const char* buf, Py_ssize_t n) noexcept nogil:
     """Consume bytes of one response; returns how many were used. p.state says the rest:
     P_DONE (complete, bytes past the return value belong to no request), P_ERROR, or more
     input needed."""
-    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t i = 0, j
     cdef int64_t take
     cdef int st, k, h, d
     cdef char c
+    cdef const char* nl
     p.received += n
     while i < n:
         st = p.state
+        if st == P_SKIP_LINE or st == P_STATUS_REST:
+            # The rest of a line nobody reads: straight to its LF.
+            nl = <const char*>memchr(buf + i, c'\n', <size_t>(n - i))
+            take = (nl - buf) + 1 - i if nl != NULL else n - i
+            p.header_bytes += take
+            if p.header_bytes > MAX_HEADER_BYTES:
+                p.state = P_ERROR
+                return i
+            i += take
+            if nl != NULL:
+                p.state = P_LINE_START
+            continue
+        if st == P_STATUS and p.pos == 0 and n - i >= 13 and status_line_start(buf + i):
+            # "HTTP/1.x NNN" and the byte after it, whole in this buffer; anything else
+            # goes byte by byte below, to fail where it fails.
+            p.status = (buf[i + 9] - c'0') * 100 + (buf[i + 10] - c'0') * 10 + (buf[i + 11] - c'0')
+            c = buf[i + 12]
+            p.header_bytes += 13
+            p.pos = 13
+            i += 13
+            if c == c' ' or c == c'\r':
+                p.state = P_STATUS_REST
+            elif c == c'\n':
+                p.state = P_LINE_START
+            else:
+                p.state = P_ERROR
+                return i
+            continue
         if st == P_BODY_LENGTH or st == P_CHUNK_DATA:
             take = n - i
             if take > p.remaining:
@@ -333,6 +398,25 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                     if p.state == P_DONE or p.state == P_ERROR:
                         return i
                     continue
+                # The whole name in this buffer: look it up at once.
+                j = i - 1
+                while j < n and buf[j] != c':' and buf[j] != c'\n' and buf[j] != c'\r':
+                    j += 1
+                if j < n:
+                    if buf[j] != c':':
+                        p.state = P_ERROR    # a header line without a colon
+                        return j + 1
+                    p.header_bytes += j - i + 1
+                    if p.header_bytes > MAX_HEADER_BYTES:
+                        p.state = P_ERROR
+                        return i
+                    p.header = header_id(names, buf + i - 1, j - i + 1)
+                    i = j + 1
+                    if p.header == H_NONE:
+                        p.state = P_SKIP_LINE
+                    else:
+                        start_value(p)
+                    continue
                 p.state = P_NAME
                 p.pos = 0
                 p.candidates = 0
@@ -347,12 +431,7 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                 if p.header == H_NONE:
                     p.state = P_SKIP_LINE
                 else:
-                    p.state = P_VALUE
-                    p.vmatch = 0
-                    p.digits = 0
-                    p.remaining = 0
-                    if p.header == H_CAPTURE:
-                        p.capture_len = 0
+                    start_value(p)
             elif c == c'\n' or c == c'\r':
                 p.state = P_ERROR    # a header line without a colon
                 return i
