@@ -16,6 +16,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from loadforge import _core
 from loadforge.errors import ResultsError
 
 LOWEST_US = 1
@@ -124,49 +125,25 @@ def copy(h: HdrHistogram) -> HdrHistogram:
     return out
 
 
-def _tracked_indices(h: HdrHistogram) -> tuple[memoryview, list[int]]:
-    counts = memoryview(h.counts).cast("B").cast("Q")
-    limit = h.get_counts_array_index(h.max_value) + 1 if h.total_count else 0
-    limit = min(limit, len(counts))
-    return counts, list(compress(range(limit), counts[:limit]))
-
-
 def stats(h: HdrHistogram) -> dict[str, Any]:
     """p50, p90, p99, p999, max (int µs), mean (float µs) and count, in one pass.
 
     Same definitions as hdrh's get_value_at_percentile / get_max_value / get_mean_value
     (values are the highest equivalent value of the bucket; mean uses bucket midpoints),
-    but walking only the nonzero buckets once instead of the whole array per query.
+    but walking the array once in C instead of once per query in Python.
     """
     total = int(h.total_count)
     out: dict[str, Any] = {key: 0 for key, _ in PERCENTILES}
     out.update(max=0, mean=0.0, count=total)
     if not total:
         return out
-    counts, nonzero = _tracked_indices(h)
-    targets = [(key, max(int(p * total / 100 + 0.5), 1)) for key, p in PERCENTILES]
-    # hdrh's get_value_from_index / get_highest_equivalent_value / _hdr_median_equiv_value,
-    # inlined: method calls per bucket dominated the cost on busy histograms.
-    half_mag = h.sub_bucket_half_count_magnitude
-    half = h.sub_bucket_half_count
-    unit_mag = h.unit_magnitude
-    t = 0
-    cumulative = 0
-    weighted = 0
-    for index in nonzero:
-        c = counts[index]
-        bucket = (index >> half_mag) - 1
-        sub = (index & (half - 1)) + half
-        if bucket < 0:
-            sub -= half
-            bucket = 0
-        lowest = sub << (bucket + unit_mag)
-        size = 1 << (bucket + unit_mag)
-        cumulative += c
-        weighted += c * (lowest + (size >> 1))
-        while t < len(targets) and cumulative >= targets[t][1]:
-            out[targets[t][0]] = lowest + size - 1
-            t += 1
+    counts = memoryview(h.counts).cast("B").cast("Q")
+    limit = min(h.get_counts_array_index(h.max_value) + 1, len(counts))
+    targets = [max(int(p * total / 100 + 0.5), 1) for _, p in PERCENTILES]
+    values, weighted = _core.hdr_walk(counts, limit, targets, h.unit_magnitude,
+                                      h.sub_bucket_half_count_magnitude)
+    for (key, _), value in zip(PERCENTILES, values):
+        out[key] = value
     out["max"] = int(h.get_max_value())
     out["mean"] = weighted / total
     return out
