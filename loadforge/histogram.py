@@ -142,7 +142,7 @@ def stats(h: HdrHistogram) -> dict[str, Any]:
     targets = [max(int(p * total / 100 + 0.5), 1) for _, p in PERCENTILES]
     values, weighted = _core.hdr_walk(counts, limit, targets, h.unit_magnitude,
                                       h.sub_bucket_half_count_magnitude)
-    for (key, _), value in zip(PERCENTILES, values):
+    for (key, _), value in zip(PERCENTILES, values, strict=True):
         out[key] = value
     out["max"] = int(h.get_max_value())
     out["mean"] = weighted / total
