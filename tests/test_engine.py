@@ -173,6 +173,18 @@ def test_wrong_path_exits_3(nginx, tmp_path):
     assert out.returncode == 3 and "404" in out.stderr
 
 
+def test_preflight_goes_where_the_engine_goes_not_through_a_proxy(nginx, tmp_path):
+    """A proxy in the environment (here a dead one) would have answered the preflight for a
+    target the engine then reaches directly; the preflight ignores it, as the engine does."""
+    env = dict(os.environ, HTTP_PROXY="http://127.0.0.1:1", http_proxy="http://127.0.0.1:1",
+               ALL_PROXY="http://127.0.0.1:1")
+    out = subprocess.run([sys.executable, "-m", "loadforge.cli", "run", "--target",
+                          nginx.url + "/", "--rate", "20", "--duration", "1s", "--quiet",
+                          "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
 def test_results_parquet_holds_every_request(nginx, tmp_path):
     s = run_json(tmp_path, "--target", nginx.url + "/", "--rate", "1000", "--duration", "2s",
                  "--connections", "8", "--workers", "2", "--label", "lb=nginx")
