@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-../shared/bench/cpu_per_request.py}
 DURATION=${DURATION:-10s}
+# Bytecode compiled once, as `pip install .` leaves it: with PYTHONDONTWRITEBYTECODE set, every
+# command would otherwise compile loadforge's modules again, and that start-up CPU is counted.
+python3 -m compileall -q loadforge >/dev/null
 LF="python3 -m loadforge.cli run --target http://127.0.0.1:18080/ --workers 1 --quiet --out /tmp/lf-bench"
 
 echo "== closed model, 50 connections, 1 worker (wrk -t1 -c50)"
