@@ -115,7 +115,7 @@ def decode_interval(message: bytes) -> IntervalReport:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker needs to build its engine; pickled to the spawned process."""
+    """Everything a worker needs to build its engine; sent, pickled, to its worker process."""
 
     index: int
     workers: int
