@@ -26,7 +26,7 @@ cdef enum:
     RECV_BUFFER_SIZE = 65536
     MAX_EVENTS = 512
     CONTROL_TAG = 0x7fffffff
-    CMSG_BUFFER_SIZE = 64              # room for one SCM_TIMESTAMPNS (CMSG_SPACE(16) = 32)
+    CMSG_BUFFER_WORDS = 8              # 64 bytes: one SCM_TIMESTAMPNS takes CMSG_SPACE(16) = 32
     SCAN_PERIOD_NS = 10000000          # timeouts are checked every 10 ms
     PAYLOAD_MAGIC = 0x3149464c         # "LFI1"
 
@@ -681,7 +681,7 @@ cdef class Engine:
         epoll_event* events
         msghdr msg               # recvmsg over rbuf, with room for a receive timestamp
         iovec iov
-        char cmsg_buf[CMSG_BUFFER_SIZE]
+        uint64_t cmsg_buf[CMSG_BUFFER_WORDS]   # 8-aligned, as cmsghdr needs
         int rx_stamps            # SO_TIMESTAMPNS works: responses are timed by the kernel
         int64_t rt_offset_ns     # CLOCK_REALTIME - CLOCK_MONOTONIC at the last wake-up
         int connecting           # connections in C_CONNECTING
@@ -856,7 +856,7 @@ cdef class Engine:
         self.iov.iov_len = RECV_BUFFER_SIZE
         self.msg.msg_iov = &self.iov
         self.msg.msg_iovlen = 1
-        self.msg.msg_control = self.cmsg_buf
+        self.msg.msg_control = <void*>self.cmsg_buf
         self.rx_stamps = 1
 
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
@@ -1066,7 +1066,7 @@ cdef class Engine:
         cdef ssize_t n
         cdef Py_ssize_t used
         cdef int outcome
-        self.msg.msg_controllen = CMSG_BUFFER_SIZE
+        self.msg.msg_controllen = sizeof(self.cmsg_buf)
         n = recvmsg(c.fd, &self.msg, 0)
         if c.state != C_BUSY or not c.has_arrival:
             # An idle keep-alive connection: the server closed it, or sent what nobody
