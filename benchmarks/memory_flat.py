@@ -36,12 +36,12 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def spawn_workers(pid: int) -> list[int]:
+def worker_pids(pid: int) -> list[int]:
     out = []
     for child in children(pid):
         try:
             with open(f"/proc/{child}/cmdline", "rb") as f:
-                if b"spawn_main" in f.read():
+                if b"loadforge.workers" in f.read():
                     out.append(child)
         except OSError:
             pass
@@ -58,7 +58,7 @@ def measure(target: str, duration: str, rate: str) -> tuple[int, int, int]:
         parent = worker = 0
         while proc.poll() is None:
             parent = max(parent, rss_kb(proc.pid))
-            for w in spawn_workers(proc.pid):
+            for w in worker_pids(proc.pid):
                 worker = max(worker, rss_kb(w))
             time.sleep(0.5)
         if proc.returncode not in (0, 1):
