@@ -5,8 +5,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
+
+# Result tables are small (thousands of rows); pyarrow's default mimalloc pool kept 13-22 MB
+# resident after reading one back, more the longer the run. The system allocator gives it back.
+# Set before pyarrow is first imported, and only where the user has not chosen a pool.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 import click
 from rich.console import Console

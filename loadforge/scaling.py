@@ -48,6 +48,10 @@ class _Interval:
 
 def _fold(plan: Plan, result: Result, interval_ms: int) -> dict[int, _Interval]:
     error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
+    # Each interval's latency buckets are decoded and kept only when a recovery objective
+    # judges latency: they are the one part of the analysis that grows with the run.
+    need_latency = any(objective in LATENCY for stage in plan.stages
+                       for objective in _thresholds(plan, stage.name))
     out: dict[int, _Interval] = {}
     for row in result.rows("interval", stage=None, name=None, outcome=None):
         stage = row["stage"]
@@ -58,7 +62,8 @@ def _fold(plan: Plan, result: Result, interval_ms: int) -> dict[int, _Interval]:
         fig = iv.by_stage.setdefault(stage, IntervalFigures())
         count = int(row["count"])
         if row["name"] == "*" and row["outcome"] == "*":
-            fig.add_histogram(result.histogram(row))
+            if need_latency:
+                fig.add_histogram(result.histogram(row))
             fig.scheduled += int(row.get("scheduled") or 0)
             continue
         outcome = row["outcome"]
