@@ -315,6 +315,15 @@ cdef inline int status_line_start(const char* s) noexcept nogil:
             and is_digit(s[9]) and is_digit(s[10]) and is_digit(s[11]))
 
 
+cdef inline int after_status_code(char c) noexcept nogil:
+    """The state after the byte that follows "HTTP/1.x NNN"."""
+    if c == c' ' or c == c'\r':
+        return P_STATUS_REST
+    if c == c'\n':
+        return P_LINE_START
+    return P_ERROR
+
+
 cdef inline void start_value(Parser* p) noexcept nogil:
     p.state = P_VALUE
     p.vmatch = 0
@@ -353,16 +362,11 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
             # "HTTP/1.x NNN" and the byte after it, whole in this buffer; anything else
             # goes byte by byte below, to fail where it fails.
             p.status = (buf[i + 9] - c'0') * 100 + (buf[i + 10] - c'0') * 10 + (buf[i + 11] - c'0')
-            c = buf[i + 12]
             p.header_bytes += 13
             p.pos = 13
             i += 13
-            if c == c' ' or c == c'\r':
-                p.state = P_STATUS_REST
-            elif c == c'\n':
-                p.state = P_LINE_START
-            else:
-                p.state = P_ERROR
+            p.state = after_status_code(buf[i - 1])
+            if p.state == P_ERROR:
                 return i
             continue
         if st == P_BODY_LENGTH or st == P_CHUNK_DATA:
@@ -408,17 +412,11 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                     p.state = P_ERROR
                     return i
                 p.status = p.status * 10 + (c - c'0')
-            elif c == c' ' or c == c'\r':
-                p.state = P_STATUS_REST
-            elif c == c'\n':
-                p.state = P_LINE_START
             else:
-                p.state = P_ERROR
-                return i
+                p.state = after_status_code(c)
+                if p.state == P_ERROR:
+                    return i
             p.pos = k + 1
-        elif st == P_STATUS_REST or st == P_SKIP_LINE:
-            if c == c'\n':
-                p.state = P_LINE_START
         elif st == P_SKIP_NAME:
             if c == c':':
                 p.state = P_SKIP_LINE
