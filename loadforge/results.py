@@ -246,7 +246,7 @@ class Result:
     metadata: dict[str, str]
     labels: dict[str, str]
     table: pa.Table
-    _rows: list[dict[str, Any]] | None = field(default=None, init=False, repr=False)
+    _keys: list[tuple[str, str, str, str]] | None = field(default=None, init=False, repr=False)
 
     def rows(
         self,
@@ -256,15 +256,31 @@ class Result:
         outcome: str | None = "*",
     ) -> list[dict[str, Any]]:
         """Rows of a scope, in file order; None for stage/name/outcome means any value."""
-        # Filtered in Python over rows converted once: a run's file is thousands of rows at
-        # most, and pyarrow.compute alone takes longer to import than that.
-        if self._rows is None:
-            self._rows = self.table.to_pylist()
-        return [r for r in self._rows
-                if r["scope"] == scope
-                and (stage is None or r["stage"] == stage)
-                and (name is None or r["name"] == name)
-                and (outcome is None or r["outcome"] == outcome)]
+        # Matched in Python on the four key columns, then only the matching runs of rows are
+        # converted: pyarrow.compute alone takes longer to import than a run's file to scan.
+        if self._keys is None:
+            self._keys = list(zip(*(self.table.column(c).to_pylist()
+                                    for c in ("scope", "stage", "name", "outcome")),
+                                  strict=True))
+        keys = self._keys
+
+        def matches(key: tuple[str, str, str, str]) -> bool:
+            sc, st, nm, oc = key
+            return (sc == scope and (stage is None or st == stage)
+                    and (name is None or nm == name) and (outcome is None or oc == outcome))
+
+        rows: list[dict[str, Any]] = []
+        i = 0
+        while i < len(keys):
+            if not matches(keys[i]):
+                i += 1
+                continue
+            j = i + 1
+            while j < len(keys) and matches(keys[j]):
+                j += 1
+            rows += self.table.slice(i, j - i).to_pylist()
+            i = j
+        return rows
 
     def histogram(self, row: dict[str, Any], column: str = "latency_hdr") -> HdrHistogram:
         what = (
