@@ -74,6 +74,9 @@ def _fold(plan: Plan, result: Result, interval_ms: int) -> dict[int, _Interval]:
         backend = row.get("backend") or "*"
         if backend != "*" and outcome in STATUS_OUTCOMES and count:
             iv.served[backend] = iv.served.get(backend, 0) + count
+    for iv in out.values():
+        for fig in iv.by_stage.values():
+            fig.compact()
     return out
 
 

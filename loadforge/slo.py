@@ -8,7 +8,9 @@ that aborted a run is judged by exactly the numbers the archived file holds.
 
 Sliding windows keep a sparse running sum of histogram buckets (add the interval that enters,
 subtract the one that leaves): re-merging N histograms per step would cost N x 23552 bucket
-additions per window position on an hour-long run.
+additions per window position on an hour-long run. Each interval's own buckets are kept in
+two arrays (`SparseBuckets`), ~16 bytes a bucket where a dict takes ~100, since a whole run's
+intervals are held at once.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from array import array
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import compress
 from typing import Any
@@ -49,20 +53,61 @@ __all__ = [
 
 # -- figures of one interval, or of a merge of intervals -------------------------------------
 
+class SparseBuckets(Mapping[int, int]):
+    """Nonzero histogram buckets (hdrh index -> count), read-only, in two sorted arrays."""
+
+    __slots__ = ("_count", "_index")
+
+    def __init__(self, buckets: Mapping[int, int]):
+        keys = sorted(buckets)
+        self._index = array("q", keys)
+        self._count = array("Q", (buckets[k] for k in keys))
+
+    def __getitem__(self, key: int) -> int:
+        i = bisect_left(self._index, key)
+        if i < len(self._index) and self._index[i] == key:
+            return self._count[i]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def pairs(self) -> Iterator[tuple[int, int]]:
+        return zip(self._index, self._count, strict=True)
+
+
+def _pairs(buckets: Mapping[int, int]) -> Iterable[tuple[int, int]]:
+    return buckets.pairs() if isinstance(buckets, SparseBuckets) else buckets.items()
+
+
 @dataclass
 class IntervalFigures:
     """What the objectives need from a span of time: latency bucket counts (sparse, hdrh
-    index -> count) and outcome counts."""
+    index -> count) and outcome counts. A running sum holds them in a dict; `compact()`
+    freezes one interval's into a `SparseBuckets`, and adding to it thaws it again."""
 
-    latency: dict[int, int] = field(default_factory=dict)
+    latency: Mapping[int, int] = field(default_factory=dict)
     sent: int = 0            # arrivals that ended: responses + transport failures
     errors: int = 0          # transport failures + responses in Plan.fail_status
     scheduled: int = 0       # arrivals due, open-model stages only
     open_responses: int = 0  # responses, open-model stages only (for the rate shortfall)
 
+    def _buckets(self) -> dict[int, int]:
+        if not isinstance(self.latency, dict):
+            self.latency = dict(_pairs(self.latency))
+        return self.latency
+
+    def compact(self) -> None:
+        """Keep the latency buckets in arrays: for figures held until the end of a run."""
+        if isinstance(self.latency, dict):
+            self.latency = SparseBuckets(self.latency)
+
     def add(self, other: IntervalFigures, sign: int = 1) -> None:
-        lat = self.latency
-        for index, count in other.latency.items():
+        lat = self._buckets()
+        for index, count in _pairs(other.latency):
             left = lat.get(index, 0) + sign * count
             if left:
                 lat[index] = left
@@ -78,7 +123,7 @@ class IntervalFigures:
             return
         counts = memoryview(h.counts).cast("B").cast("Q")
         limit = min(h.get_counts_array_index(h.max_value) + 1, len(counts))
-        lat = self.latency
+        lat = self._buckets()
         for index in compress(range(limit), counts[:limit]):
             lat[index] = lat.get(index, 0) + counts[index]
 
@@ -87,9 +132,9 @@ class IntervalFigures:
         h = histogram.new_histogram()
         if self.latency:
             hc = h.counts
-            for index, count in self.latency.items():
+            for index, count in _pairs(self.latency):
                 hc[index] = count
-            h.total_count = sum(self.latency.values())
+            h.total_count = sum(count for _, count in _pairs(self.latency))
             h.min_value = h.get_value_from_index(min(self.latency))
             h.max_value = h.get_value_from_index(max(self.latency))
         return histogram.stats(h)
@@ -182,6 +227,8 @@ class _RowFolder:
                 fig.errors += count
             if outcome in STATUS_OUTCOMES and self.open.get(stage, True):
                 fig.open_responses += count
+        for fig in out.values():
+            fig.compact()
         return out
 
 
@@ -206,6 +253,8 @@ def _series(figures: dict[tuple[int, str], IntervalFigures],
         if acc is None:
             acc = by_index[index] = IntervalFigures()
         acc.add(fig)
+    for acc in by_index.values():
+        acc.compact()
     return sorted(by_index.items())
 
 

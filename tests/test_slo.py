@@ -243,3 +243,28 @@ def test_abort_after_stops_the_run_early(tmp_path: Path) -> None:
     result = results.read_result(data["result"])
     assert max(r["end_ms"] for r in result.rows("interval", stage=None)) <= 4000
     assert os.path.exists(data["result"])
+
+
+def test_compacted_interval_figures_judge_the_same() -> None:
+    """An interval's buckets frozen into arrays read, add and subtract as the dict did, and a
+    running sum that meets them thaws back into a dict."""
+    from loadforge.slo import IntervalFigures, SparseBuckets
+
+    h = hist.new_histogram()
+    for v in (3, 3, 70, 1_500, 1_500, 1_500, 250_000):
+        h.record_value(v)
+    plain, frozen = IntervalFigures(sent=7), IntervalFigures(sent=7)
+    plain.add_histogram(h)
+    frozen.add_histogram(h)
+    frozen.compact()
+    assert isinstance(frozen.latency, SparseBuckets)
+    assert dict(frozen.latency) == plain.latency and len(frozen.latency) == 4
+    assert frozen.latency_stats() == plain.latency_stats() == hist.stats(h)
+    total = IntervalFigures()
+    total.add(frozen)
+    total.add(plain)
+    total.add(frozen, -1)
+    assert total.latency == plain.latency and total.sent == 7
+    frozen.add(plain)          # adding to a frozen figure thaws it
+    assert isinstance(frozen.latency, dict)
+    assert frozen.latency == {i: 2 * c for i, c in plain.latency.items()}
