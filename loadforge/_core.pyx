@@ -1038,26 +1038,24 @@ cdef class Engine:
         cdef Py_ssize_t length = self.req_len[c.request]
         cdef ssize_t n = send(c.fd, self.req_data[c.request] + c.written,
                               length - c.written, MSG_NOSIGNAL)
-        cdef epoll_event ev
         if n < 0:
             if errno != EAGAIN and errno != EINTR:
                 self.finish(ci, O_RESET, now, now)
                 return
             n = 0
         c.written += n
-        if c.written < length:
-            if not c.want_write:
-                c.want_write = 1
-                self.writing += 1
-                ev.events = EPOLLIN | EPOLLOUT
-                ev.data.u64 = ci
-                epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
-        elif c.want_write:
-            c.want_write = 0
-            self.writing -= 1
-            ev.events = EPOLLIN
-            ev.data.u64 = ci
-            epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
+        if (c.written < length) != c.want_write:
+            self.set_want_write(ci, c.written < length)
+
+    cdef void set_want_write(self, int ci, int on) noexcept:
+        """Watch the connection for EPOLLOUT (a request is half written) or stop watching."""
+        cdef Conn* c = &self.conns[ci]
+        cdef epoll_event ev
+        c.want_write = on
+        self.writing += 1 if on else -1
+        ev.events = EPOLLIN | EPOLLOUT if on else EPOLLIN
+        ev.data.u64 = ci
+        epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
 
     cdef void on_readable(self, int ci, int64_t now) noexcept:
         cdef Conn* c = &self.conns[ci]
