@@ -5,7 +5,9 @@ Each run is bounded (about a second, a few hundred requests) against a server on
 
 from __future__ import annotations
 
+import socket
 import struct
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -18,10 +20,10 @@ GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 def run_engine(url: str, stage: tuple, connections: int, *, timer_resolution_s: float = 0.0,
-               interval_s: float = 1.0, on_first_interval=None) -> tuple[_core.Engine,
-                                                                         list[IntervalReport]]:
+               interval_s: float = 1.0, on_first_interval=None,
+               request: bytes = GET) -> tuple[_core.Engine, list[IntervalReport]]:
     parts = urlsplit(url)
-    engine = _core.Engine(parts.hostname, parts.port, [(GET, False)], [0], [stage],
+    engine = _core.Engine(parts.hostname, parts.port, [(request, False)], [0], [stage],
                           connections, interval_s=interval_s,
                           timer_resolution_s=timer_resolution_s)
     reports: list[IntervalReport] = []
@@ -76,3 +78,41 @@ def test_responses_are_timed_when_they_arrive_not_when_read():
     assert engine.receive_timestamps
     assert 50_000 <= service_max < 250_000, service_max
     assert latency_max >= 350_000, latency_max
+
+
+def test_a_request_larger_than_the_socket_buffer_is_written_in_parts():
+    """A 4 MB POST to a server that reads slowly through a small receive buffer: the engine
+    writes what fits, waits for EPOLLOUT, writes on, and times the response as usual."""
+    body = b"x" * (4 << 20)
+    request = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n"
+               % len(body)) + body
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    received: list[int] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while len(data) < len(request):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                time.sleep(0.001)
+            received.append(len(data))
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            conn.recv(1)     # until the engine closes its end
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+        _, reports = run_engine(url, (True, 1.0, 1.0, 1.0, 0, 0.0), 1, request=request)
+    finally:
+        listener.close()
+    cells = [c for r in reports for c in r.cells if c.count]
+    assert received == [len(request)]
+    assert [(c.outcome, c.count) for c in cells] == [("2xx", 1)]
