@@ -175,6 +175,22 @@ class CannedServer(socketserver.ThreadingTCPServer):
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
 
+# A one-stage constant-rate profile with objectives, for tests of verdicts and archives;
+# format with name, target, duration and slo (TOML lines of the [slo] table).
+STEADY_PROFILE = """
+name = "{name}"
+target = "{target}"
+[load]
+connections = 8
+workers = 1
+[[stages]]
+name = "steady"
+rate = 200
+duration = "{duration}"
+[slo]
+{slo}
+"""
+
 
 class _HTTPHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"

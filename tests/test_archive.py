@@ -9,21 +9,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
-from servers import http_server, loadforge
-
-PROFILE = """
-name = "{name}"
-target = "{target}"
-[load]
-connections = 8
-workers = 1
-[[stages]]
-name = "steady"
-rate = 200
-duration = "1s"
-[slo]
-p99 = "{p99}"
-"""
+from servers import STEADY_PROFILE, http_server, loadforge
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +18,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with http_server(0.002) as url:
         for name, p99, lb in (("loose", "5s", "round_robin"), ("tight", "1us", "leastconn")):
             profile = out / f"{name}.toml"
-            profile.write_text(PROFILE.format(name=name, target=url, p99=p99))
+            profile.write_text(STEADY_PROFILE.format(name=name, target=url, duration="1s",
+                                                       slo=f'p99 = "{p99}"'))
             proc = loadforge("run", str(profile), "--out", str(out / "results"), "--quiet",
                              "--label", f"lb={lb}", "--label", "build=abc123")
             assert proc.returncode == (0 if name == "loose" else 1), proc.stderr

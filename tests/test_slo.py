@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import http_server, loadforge
+from servers import STEADY_PROFILE, http_server, loadforge
 
 from loadforge import histogram as hist
 from loadforge import results, slo
@@ -172,25 +172,12 @@ def test_junit_xml_has_a_case_per_objective() -> None:
 
 # -- real runs ---------------------------------------------------------------------------------
 
-PROFILE = """
-name = "{name}"
-target = "{target}"
-[load]
-connections = 8
-workers = 1
-[[stages]]
-name = "steady"
-rate = 200
-duration = "{duration}"
-[slo]
-{slo}
-"""
 
 
 def test_a_profile_whose_slo_cannot_hold_exits_1_with_a_junit_failure(tmp_path: Path) -> None:
     with http_server(delay_s=0.002) as url:
         profile = tmp_path / "tight.toml"
-        profile.write_text(PROFILE.format(name="tight", target=url, duration="2s",
+        profile.write_text(STEADY_PROFILE.format(name="tight", target=url, duration="2s",
                                           slo='p99 = "1ms"\nerror_rate = "1%"'))
         junit = tmp_path / "slo.xml"
         summary = tmp_path / "s.json"
@@ -212,7 +199,7 @@ def test_a_profile_whose_slo_cannot_hold_exits_1_with_a_junit_failure(tmp_path: 
 def test_a_profile_whose_slo_holds_exits_0(tmp_path: Path) -> None:
     with http_server() as url:
         profile = tmp_path / "loose.toml"
-        profile.write_text(PROFILE.format(
+        profile.write_text(STEADY_PROFILE.format(
             name="loose", target=url, duration="2s",
             slo='p99 = "2s"\nerror_rate = "1%"\n[[slo.windows]]\nwindow = "1s"\nmax = "3s"'))
         junit = tmp_path / "slo.xml"
@@ -227,7 +214,7 @@ def test_a_profile_whose_slo_holds_exits_0(tmp_path: Path) -> None:
 def test_abort_after_stops_the_run_early(tmp_path: Path) -> None:
     with http_server(delay_s=0.002) as url:
         profile = tmp_path / "abort.toml"
-        profile.write_text(PROFILE.format(
+        profile.write_text(STEADY_PROFILE.format(
             name="abort", target=url, duration="6s",
             slo='[[slo.windows]]\nwindow = "1s"\np99 = "1ms"\nabort_after = "0s"'))
         summary = tmp_path / "s.json"
