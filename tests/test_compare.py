@@ -1,4 +1,4 @@
-"""`loadforge compare` on real runs: two runs of one setup pass a p99 gate, a run against a
+"""`loadforge compare` on real runs: two runs of one setup pass a latency gate, a run against a
 slowed server fails it; formats, gate syntax, and bad inputs (exit 2, file named)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from servers import http_server, loadforge
 from loadforge import compare
 from loadforge.errors import InputError
 
-# The fixed delays dwarf the Python server's own jitter (a few ms at the tail), so that two
-# runs of one setup stay well inside +50% at p99; 48 connections cover the slow run's 20 in
-# flight.
+# The gates judge p50: the test server is Python threads under one GIL, whose p99 swings from
+# 25 to 95 ms between identical runs on a busy 2-core machine, while p50 stays within 1 ms of
+# the fixed delay. 48 connections cover the slow run's 20 in flight.
 RUN = ("--rate", "200", "--duration", "2s", "--connections", "48", "--workers", "1", "--quiet")
 
 
@@ -34,23 +34,23 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return paths
 
 
-def test_same_setup_passes_the_p99_gate(runs: dict[str, str]) -> None:
-    proc = loadforge("compare", runs["base"], runs["again"], "--fail-on", "p99=+50%",
+def test_same_setup_passes_the_latency_gate(runs: dict[str, str]) -> None:
+    proc = loadforge("compare", runs["base"], runs["again"], "--fail-on", "p50=+50%",
                      "--fail-on", "error_rate=+0.1pp", "--fail-on", "achieved_rps=-5%")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "build=base (baseline)" in proc.stdout and "build=again" in proc.stdout
 
 
-def test_a_slowed_server_fails_the_p99_gate(runs: dict[str, str], tmp_path: Path) -> None:
+def test_a_slowed_server_fails_the_latency_gate(runs: dict[str, str], tmp_path: Path) -> None:
     junit = tmp_path / "gates.xml"
-    proc = loadforge("compare", runs["base"], runs["slow"], "--fail-on", "p99=+50%",
+    proc = loadforge("compare", runs["base"], runs["slow"], "--fail-on", "p50=+50%",
                      "--junit", str(junit))
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "regression" in proc.stderr and "stage steady: p99 +" in proc.stderr
+    assert "regression" in proc.stderr and "stage steady: p50 +" in proc.stderr
     assert "build=slow vs baseline build=base" in proc.stderr
     assert "Traceback" not in proc.stderr
     failure = ET.parse(junit).getroot().find(".//testcase/failure")
-    assert failure is not None and "p99" in failure.get("message", "")
+    assert failure is not None and "p50" in failure.get("message", "")
 
 
 def test_json_and_markdown(runs: dict[str, str]) -> None:
@@ -61,7 +61,7 @@ def test_json_and_markdown(runs: dict[str, str]) -> None:
     (stage,) = data["stages"]
     assert stage["stage"] == "steady"
     base, slow = stage["values"]
-    assert slow["p99"] > 100_000 > base["p99"]
+    assert slow["p50"] >= 100_000 and base["p50"] < 50_000   # the servers' fixed delays
     assert stage["deltas"][0] is None
     assert stage["deltas"][1]["p99"] == pytest.approx((slow["p99"] - base["p99"]) / base["p99"] * 100)
     assert base["achieved_rps"] == pytest.approx(200, rel=0.05)
