@@ -178,26 +178,26 @@ def worker_main() -> None:
         os._exit(1)
 
 
-_WORKER_CODE = "from loadforge.workers import worker_main; worker_main()"
+# `-P` keeps the working directory off sys.path: typed in a source checkout, it would shadow
+# the installed package with one that has no compiled engine. The package's own root goes first
+# instead, so a worker imports exactly the loadforge its coordinator imported.
+_WORKER_CODE = ("import sys; sys.path.insert(0, sys.argv[2]); "
+                "from loadforge.workers import worker_main; worker_main()")
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class WorkerPool:
     """The worker processes of one run."""
 
     def __init__(self, specs: list[WorkerSpec]):
-        # The workers import the very package the coordinator runs, wherever it lies.
-        env = dict(os.environ)
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_root, env.get("PYTHONPATH")) if p)
         self.channels: list[Connection] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         try:
             for spec in specs:
                 ours, theirs = socket.socketpair()
-                proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE,
-                                         str(theirs.fileno())],
-                                        pass_fds=(theirs.fileno(),), env=env,
+                proc = subprocess.Popen([sys.executable, "-P", "-c", _WORKER_CODE,
+                                         str(theirs.fileno()), _PACKAGE_ROOT],
+                                        pass_fds=(theirs.fileno(),),
                                         stdin=subprocess.DEVNULL)
                 theirs.close()
                 channel = Connection(ours.detach())

@@ -262,3 +262,19 @@ def test_bad_input_exits_2_without_traceback(tmp_path, args):
     out = loadforge("run", *args, "--out", str(tmp_path))
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and out.stderr.strip()
+
+
+def test_workers_import_the_coordinators_package_from_any_directory(nginx, tmp_path):
+    # A directory with a `loadforge/` of its own, as a source checkout without its compiled
+    # engine is: the workers must not pick it up from the working directory.
+    decoy = tmp_path / "loadforge"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy package was imported')\n")
+    summary = tmp_path / "summary.json"
+    out = subprocess.run(
+        [sys.executable, "-P", "-m", "loadforge.cli", "run", "--target", nginx.url + "/",
+         "--rate", "100", "--duration", "1s", "--workers", "2", "--quiet",
+         "--out", str(tmp_path / "results"), "--summary-json", str(summary)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(summary.read_text())["requests"] == 100
