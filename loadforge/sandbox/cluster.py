@@ -1,343 +1,29 @@
-"""The sandbox cluster: load balancer, simulated backends, health checks, autoscaler, admin.
+"""The sandbox cluster: the load balancer's pool, its algorithms, health checks, and the
+autoscaler's policy applied to it, all in one asyncio loop.
 
-Everything runs in one asyncio loop. A backend is an object, not a server: the load balancer
-picks one and hands it the client connection, and the backend's capacity model (concurrency
-slots, a bounded queue, a service-time distribution) decides when the response is written.
-There is no second TCP hop, so the sandbox spends its CPU on the client side of the socket only;
-the load generator runs on the machine's other core and must not be starved by its target.
-
-HTTP/1.1 is parsed by hand and only as far as a target needs to: request line, headers up to the
-blank line, a Content-Length body (discarded), keep-alive and `Connection: close`. Responses are
-pre-encoded per backend; a request costs one `find`, a few slices and one `transport.write`.
+The pieces it wires together live beside it: `http` (the server side of HTTP/1.1), `capacity`
+(a backend's capacity model), `policy` (the autoscaler as a pure function) and `admin` (metrics
+and faults on the admin port). There is no second TCP hop, so the sandbox spends its CPU on the
+client side of the socket only; the load generator runs on the machine's other core and must
+not be starved by its target.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import math
 import random
 import selectors
-import time
-import zlib
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from functools import partial
+from typing import Any
 
-# A response as the pair (keep-alive bytes, close bytes), indexed by the request's `close` flag.
-Response = tuple[bytes, bytes]
-
-MAX_HEAD = 64 * 1024
-
-
-def encode_response(
-    status: str, body: bytes, content_type: str = "text/plain", extra: str = ""
-) -> Response:
-    head = (
-        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n{extra}"
-    ).encode("latin-1")
-    return head + b"\r\n" + body, head + b"Connection: close\r\n\r\n" + body
-
-
-LB_HEALTHY = encode_response("200 OK", b"ok\n")
-# No backend in rotation: what a load balancer with an empty pool answers (nginx, HAProxy: 503).
-NO_BACKEND = encode_response("503 Service Unavailable", b"no backend available\n")
-# A backend that is dead but still in rotation: the LB's connection to it is refused, so the
-# client gets 502 Bad Gateway, as from nginx or HAProxy, until health checks take it out.
-BAD_GATEWAY = encode_response("502 Bad Gateway", b"backend unreachable\n")
-BAD_REQUEST = encode_response("400 Bad Request", b"bad request\n")
-HEAD_TOO_LARGE = encode_response("431 Request Header Fields Too Large", b"header too large\n")
-NOT_IMPLEMENTED = encode_response("501 Not Implemented", b"transfer-encoding not supported\n")
-
-
-class Responder(Protocol):
-    """Whoever waits for a backend's answer: a client connection or a health-check probe."""
-
-    def respond(self, response: Response, close: bool) -> None: ...
-
-
-Handler = Callable[["HTTPConnection", bytes, bytes, bytes, bool], None]
-
-
-class HTTPConnection(asyncio.Protocol):
-    """One client connection: a minimal HTTP/1.1 server side, one request in flight at a time.
-
-    Pipelined requests wait in the buffer until the previous response is written, which keeps
-    responses in order without tracking them.
-    """
-
-    __slots__ = ("handler", "transport", "buf", "waiting", "closed", "in_process", "hash_key")
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.waiting = False
-        self.closed = False
-        self.in_process = False
-        self.hash_key = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        # ip_hash: every client of the sandbox is 127.0.0.1, so hashing the address alone would
-        # send all traffic to one backend; the source port is hashed too, which makes the
-        # stickiness per connection rather than per client host.
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.hash_key = zlib.crc32(f"{peer[0]}:{peer[1]}".encode())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if not self.waiting and not self.in_process:
-            self._process()
-
-    def respond(self, response: Response, close: bool) -> None:
-        transport = self.transport
-        if self.closed or transport is None:
-            return
-        transport.write(response[close])
-        if close:
-            self.closed = True
-            transport.close()
-            return
-        self.waiting = False
-        if self.buf and not self.in_process:
-            self._process()
-
-    def _fail(self, response: Response) -> None:
-        self.buf.clear()
-        self.respond(response, True)
-
-    def _process(self) -> None:
-        self.in_process = True
-        buf = self.buf
-        handler = self.handler
-        try:
-            while not self.closed:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(buf) > MAX_HEAD:
-                        self._fail(HEAD_TOO_LARGE)
-                    return
-                line_end = buf.find(b"\r\n")
-                parts = buf[:line_end].split(b" ")
-                if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-                    self._fail(BAD_REQUEST)
-                    return
-                close = parts[2] == b"HTTP/1.0"
-                body_len = 0
-                if line_end < end:
-                    headers = buf[line_end:end + 2].lower()
-                    i = headers.find(b"\r\nconnection:")
-                    if i >= 0:
-                        value = headers[i + 13:headers.find(b"\r\n", i + 2)]
-                        if b"close" in value:
-                            close = True
-                        elif b"keep-alive" in value:
-                            close = False
-                    i = headers.find(b"\r\ncontent-length:")
-                    if i >= 0:
-                        try:
-                            body_len = int(headers[i + 17:headers.find(b"\r\n", i + 2)])
-                        except ValueError:
-                            body_len = -1
-                        if body_len < 0:
-                            self._fail(BAD_REQUEST)
-                            return
-                    if b"\r\ntransfer-encoding:" in headers:
-                        self._fail(NOT_IMPLEMENTED)
-                        return
-                total = end + 4 + body_len
-                if len(buf) < total:
-                    return
-                body = bytes(buf[end + 4:total]) if body_len else b""
-                method = bytes(parts[0])
-                target = bytes(parts[1])
-                del buf[:total]
-                self.waiting = True
-                handler(self, method, target, body, close)
-                if self.waiting:
-                    return
-        finally:
-            self.in_process = False
-
-
-class _Job:
-    __slots__ = ("responder", "close", "handle")
-
-    def __init__(self, responder: Responder, close: bool) -> None:
-        self.responder = responder
-        self.close = close
-        self.handle: asyncio.TimerHandle | None = None
-
-
-class Backend:
-    """A simulated backend: `concurrency` requests served at once, `queue` more waiting.
-
-    Busy slots and queue length are integrated over time so that the autoscaler sees the
-    average over its evaluation window, not a sample of one instant.
-    """
-
-    def __init__(self, cluster: Cluster, name: str, weight: int, cfg: dict[str, Any]) -> None:
-        self.cluster = cluster
-        self.loop = cluster.loop
-        self.name = name
-        self.weight = weight
-        self.state = "starting"          # starting -> ready -> draining -> (removed)
-        self.dead = False                # killed through admin: refuses connections
-        self.failing = False             # answers 500 and fails health checks
-        self.healthy = True              # the health checker's verdict
-        self.concurrency: int = cfg["concurrency"]
-        self.queue_limit: int = cfg["queue"]
-        self.busy = 0
-        self.waiting: deque[tuple[Responder, bool, float]] = deque()
-        self.active: set[_Job] = set()
-        self.requests = 0
-        self.rejected = 0
-        self.failed = 0
-        self.ok_streak = 0
-        self.fail_streak = 0
-        self.created = time.time()
-        served_by = f"X-Served-By: {name}\r\n"
-        self.ok = encode_response("200 OK", b"ok\n", extra=served_by)
-        self.unavailable = encode_response("503 Service Unavailable", b"queue full\n",
-                                           extra=served_by)
-        self.error = encode_response("500 Internal Server Error", b"failing\n", extra=served_by)
-        self.sample = _sampler(cfg)
-        now = self.loop.time()
-        self._t = now
-        self._window_start = now
-        self._busy_area = 0.0
-        self._inflight_area = 0.0
-
-    @property
-    def inflight(self) -> int:
-        return self.busy + len(self.waiting)
-
-    def _mark(self) -> None:
-        now = self.loop.time()
-        dt = now - self._t
-        if dt > 0:
-            self._busy_area += self.busy * dt
-            self._inflight_area += (self.busy + len(self.waiting)) * dt
-            self._t = now
-
-    def take_window(self) -> tuple[float, float]:
-        """(utilization, mean in-flight) since the previous call; starts a new window."""
-        self._mark()
-        elapsed = self._t - self._window_start
-        if elapsed <= 0:
-            result = (self.busy / self.concurrency, float(self.inflight))
-        else:
-            result = (self._busy_area / elapsed / self.concurrency, self._inflight_area / elapsed)
-        self._busy_area = self._inflight_area = 0.0
-        self._window_start = self._t
-        return result
-
-    def submit(self, responder: Responder, close: bool, service: float | None) -> None:
-        if self.dead:
-            self.failed += 1
-            responder.respond(BAD_GATEWAY, close)
-            return
-        if self.failing:
-            self.failed += 1
-            responder.respond(self.error, close)
-            return
-        if service is None:
-            sample = self.sample
-            if sample is None:
-                # Zero service time: infinite capacity, no timer, no bookkeeping.
-                responder.respond(self.ok, close)
-                return
-            service = sample()
-        if self.busy < self.concurrency:
-            self._mark()
-            self.busy += 1
-            self._start(responder, close, service)
-        elif len(self.waiting) < self.queue_limit:
-            self._mark()
-            self.waiting.append((responder, close, service))
-        else:
-            self.rejected += 1
-            responder.respond(self.unavailable, close)
-
-    def _start(self, responder: Responder, close: bool, service: float) -> None:
-        job = _Job(responder, close)
-        job.handle = self.loop.call_later(service, self._finish, job)
-        self.active.add(job)
-
-    def _finish(self, job: _Job) -> None:
-        self.active.discard(job)
-        self._mark()
-        # Free the slot before answering: the answer may let the same connection send its next
-        # request, which must see this backend's capacity as it now is.
-        if self.waiting:
-            self._start(*self.waiting.popleft())
-        else:
-            self.busy -= 1
-        job.responder.respond(self.ok, job.close)
-        if self.state == "draining" and not self.busy:
-            self.cluster.forget(self)
-
-    def kill(self) -> None:
-        """Die: requests in service or waiting get 502, as their connections would be reset."""
-        self.dead = True
-        self._mark()
-        jobs = [(job.responder, job.close) for job in self.active]
-        for job in self.active:
-            if job.handle is not None:
-                job.handle.cancel()
-        jobs += [(responder, close) for responder, close, _ in self.waiting]
-        self.active.clear()
-        self.waiting.clear()
-        self.busy = 0
-        for responder, close in jobs:
-            self.failed += 1
-            responder.respond(BAD_GATEWAY, close)
-        if self.state == "draining":
-            self.cluster.forget(self)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "weight": self.weight,
-            "state": self.state,
-            "alive": not self.dead,
-            "failing": self.failing,
-            "healthy": self.healthy,
-            "in_rotation": self in self.cluster.rotation,
-            "busy": self.busy,
-            "queued": len(self.waiting),
-            "inflight": self.inflight,
-            "concurrency": self.concurrency,
-            "queue": self.queue_limit,
-            "requests": self.requests,
-            "rejected": self.rejected,
-            "failed": self.failed,
-        }
-
-
-def _sampler(cfg: dict[str, Any]) -> Callable[[], float] | None:
-    mean = float(cfg["service_time"])
-    if mean <= 0:
-        return None
-    rng = random.Random()
-    distribution = cfg["distribution"]
-    if distribution == "exponential":
-        rate = 1.0 / mean
-        return lambda: rng.expovariate(rate)
-    if distribution == "lognormal":
-        sigma = float(cfg["sigma"])
-        # Choose mu so that the distribution's mean, exp(mu + sigma^2 / 2), is the configured one.
-        mu = math.log(mean) - sigma * sigma / 2
-        return lambda: rng.lognormvariate(mu, sigma)
-    return lambda: mean
+from loadforge.sandbox import admin
+from loadforge.sandbox.capacity import Backend
+from loadforge.sandbox.http import LB_HEALTHY, NO_BACKEND, HTTPConnection, Response
+from loadforge.sandbox.policy import AutoscalePolicy, Autoscaler
 
 
 class _Probe:
@@ -409,9 +95,9 @@ class Cluster:
         self.scale_events = {"out": 0, "in": 0}
         self.events: deque[dict[str, Any]] = deque(maxlen=100)
         self._started = loop.time()
-        self._above_since: float | None = None
-        self._below_since: float | None = None
-        self._last_scale = -math.inf
+        autoscale = cfg["autoscale"]
+        self.autoscaler = (Autoscaler(AutoscalePolicy.from_config(autoscale))
+                           if autoscale and autoscale["enabled"] else None)
         self._tasks: list[asyncio.Task[None]] = []
         # The initial pool is recorded in `events` but not announced: the caller prints a
         # summary once the ports are bound.
@@ -431,7 +117,8 @@ class Cluster:
         if delay is None:
             autoscale = self.cfg["autoscale"]
             delay = autoscale["startup_delay"] if autoscale else 0.0
-        backend = Backend(self, f"backend-{next(self._ids)}", weight, self.cfg["backend"])
+        backend = Backend(self.loop, f"backend-{next(self._ids)}", weight, self.cfg["backend"],
+                          self.forget)
         self.backends.append(backend)
         if delay > 0:
             self.loop.call_later(delay, self._ready, backend)
@@ -579,40 +266,21 @@ class Cluster:
             return
         self.utilization = sum(windows[b][0] for b in self.rotation) / len(self.rotation)
         self.inflight_mean = sum(windows[b][1] for b in self.rotation) / len(self.rotation)
-        policy = self.cfg["autoscale"]
-        if not policy or not policy["enabled"]:
+        if self.autoscaler is None:
             return
-        value = self.utilization if policy["metric"] == "utilization" else self.inflight_mean
-        metric = policy["metric"]
-        count = self.active_count
-        if value > policy["threshold"]:
-            self._below_since = None
-            if self._above_since is None:
-                self._above_since = now
-            if (now - self._above_since >= policy["for"]
-                    and now - self._last_scale >= policy["cooldown"] and count < policy["max"]):
-                added = [self.add_backend() for _ in range(min(policy["step"], policy["max"] - count))]
-                self._last_scale = now
-                self._above_since = None
-                self.scale_events["out"] += 1
-                self.event(f"scale out: {metric} {value:.2f} > {policy['threshold']}, adding "
-                           + ", ".join(b.name for b in added))
-            return
-        self._above_since = None
-        scale_in = policy["scale_in"]
-        if not scale_in["enabled"] or value >= scale_in["threshold"]:
-            self._below_since = None
-            return
-        if self._below_since is None:
-            self._below_since = now
-        if (now - self._below_since >= scale_in["for"]
-                and now - self._last_scale >= policy["cooldown"] and count > policy["min"]):
-            victims = [b for b in self.backends if b.state != "draining"][::-1]
-            victims = victims[:min(scale_in["step"], count - policy["min"])]
-            self._last_scale = now
-            self._below_since = None
+        metric = (self.utilization if self.autoscaler.policy.metric == "utilization"
+                  else self.inflight_mean)
+        decision = self.autoscaler.step(now, metric, self.active_count)
+        if decision.action == "out":
+            added = [self.add_backend() for _ in range(decision.count)]
+            self.scale_events["out"] += 1
+            self.event(f"scale out: {decision.reason}, adding "
+                       + ", ".join(b.name for b in added))
+        elif decision.action == "in":
+            # The newest backends go first: the oldest have the warmest caches in real life.
+            victims = [b for b in self.backends if b.state != "draining"][::-1][:decision.count]
             self.scale_events["in"] += 1
-            self.event(f"scale in: {metric} {value:.2f} < {scale_in['threshold']}, removing "
+            self.event(f"scale in: {decision.reason}, removing "
                        + ", ".join(b.name for b in victims))
             for backend in victims:
                 self.drain(backend)
@@ -640,12 +308,15 @@ class Cluster:
         for task in self._tasks:
             task.cancel()
 
-    # -- admin and metrics ------------------------------------------------------------------
+    # -- state ------------------------------------------------------------------
+
+    def describe(self, backend: Backend) -> dict[str, Any]:
+        return backend.describe(in_rotation=backend in self.rotation)
 
     def state(self) -> dict[str, Any]:
         return {
             "algorithm": self.algorithm,
-            "backends": [b.describe() for b in self.backends],
+            "backends": [self.describe(b) for b in self.backends],
             "count": self.active_count,
             "ready": len(self.rotation),
             "utilization": round(self.utilization, 4),
@@ -653,116 +324,6 @@ class Cluster:
             "scale_events": dict(self.scale_events),
             "events": list(self.events),
         }
-
-    def metrics(self) -> str:
-        lines: list[str] = []
-
-        def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
-            for labels, value in samples:
-                lines.append(f"{name}{labels} {_number(value)}")
-
-        per = [(f'{{backend="{b.name}"}}', b) for b in self.backends]
-        family("sandbox_backends", "gauge",
-               "Backends in the cluster, starting or ready (draining ones excluded).",
-               [("", self.active_count)])
-        family("sandbox_backends_ready", "gauge", "Backends in the load balancer's rotation.",
-               [("", len(self.rotation))])
-        family("sandbox_utilization", "gauge",
-               "Busy slots / concurrency, averaged over the last evaluation window and the "
-               "backends in rotation.", [("", self.utilization)])
-        family("sandbox_inflight_mean", "gauge",
-               "Requests in service or queued per backend in rotation, averaged over the last "
-               "evaluation window.", [("", self.inflight_mean)])
-        family("sandbox_requests_total", "counter",
-               "Requests the load balancer routed to a backend.", [(lb, b.requests) for lb, b in per])
-        family("sandbox_inflight", "gauge", "Requests in service or queued at a backend now.",
-               [(lb, b.inflight) for lb, b in per])
-        family("sandbox_rejected_total", "counter",
-               "Requests answered 503 because the backend's queue was full.",
-               [(lb, b.rejected) for lb, b in per])
-        family("sandbox_failed_total", "counter",
-               "Requests answered 502 (backend dead) or 500 (backend failing).",
-               [(lb, b.failed) for lb, b in per])
-        family("sandbox_backend_up", "gauge", "1 if the backend is in rotation, else 0.",
-               [(lb, 1 if b in self.rotation else 0) for lb, b in per])
-        family("sandbox_scale_events_total", "counter", "Autoscaler actions.",
-               [(f'{{direction="{d}"}}', n) for d, n in self.scale_events.items()])
-        return "\n".join(lines) + "\n"
-
-    def admin(
-        self, conn: HTTPConnection, method: bytes, target: bytes, body: bytes, close: bool
-    ) -> None:
-        path, _, query = target.decode("latin-1").partition("?")
-        parts = [p for p in path.split("/") if p]
-        verb = method.decode("latin-1")
-        status = "404 Not Found"
-        payload: dict[str, Any] = {"error": f"no route {path}"}
-        if verb == "GET" and path == "/metrics":
-            text = self.metrics().encode()
-            conn.respond(encode_response("200 OK", text, "text/plain; version=0.0.4"), close)
-            return
-        if verb == "GET" and path in ("/healthz", "/"):
-            conn.respond(LB_HEALTHY, close)
-            return
-        if parts[:2] == ["admin", "state"] and len(parts) == 2:
-            status, payload = ("200 OK", self.state()) if verb == "GET" else _not_allowed(verb)
-        elif parts[:2] == ["admin", "backends"] and len(parts) == 2:
-            if verb == "GET":
-                status, payload = "200 OK", {"backends": [b.describe() for b in self.backends]}
-            elif verb == "POST":
-                weight = _weight(query, body)
-                if weight is None:
-                    status, payload = "400 Bad Request", {"error": "weight must be 1..1000"}
-                else:
-                    added = self.add_backend(weight)
-                    self.event(f"{added.name} added through admin")
-                    status, payload = "201 Created", added.describe()
-            else:
-                status, payload = _not_allowed(verb)
-        elif parts[:2] == ["admin", "backends"] and len(parts) == 4:
-            backend = self.find(parts[2])
-            action = parts[3]
-            if backend is None:
-                payload = {"error": f"no backend {parts[2]}"}
-            elif verb != "POST":
-                status, payload = _not_allowed(verb)
-            elif action in ("kill", "revive", "fail", "remove"):
-                if action == "kill":
-                    backend.kill()
-                elif action == "fail":
-                    backend.failing = True
-                elif action == "revive":
-                    backend.dead = backend.failing = False
-                else:
-                    self.drain(backend)
-                self.event(f"{backend.name}: {action} through admin")
-                status, payload = "200 OK", backend.describe()
-            else:
-                payload = {"error": f"unknown action {action} (kill, revive, fail, remove)"}
-        data = (json.dumps(payload) + "\n").encode()
-        conn.respond(encode_response(status, data, "application/json"), close)
-
-
-def _not_allowed(verb: str) -> tuple[str, dict[str, Any]]:
-    return "405 Method Not Allowed", {"error": f"method {verb} not allowed"}
-
-
-def _weight(query: str, body: bytes) -> int | None:
-    weight: object = 1
-    for item in query.split("&"):
-        key, _, value = item.partition("=")
-        if key == "weight":
-            weight = int(value) if value.isdigit() else None
-    if body.strip():
-        try:
-            weight = json.loads(body).get("weight", weight)
-        except (ValueError, AttributeError):
-            return None
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 1000:
-        return None
-    return weight
 
 
 def _slow_ms(target: bytes) -> float | None:
@@ -775,12 +336,6 @@ def _slow_ms(target: bytes) -> float | None:
             if math.isfinite(ms) and 0 <= ms <= 600_000:
                 return ms / 1000.0
     return None
-
-
-def _number(value: float) -> str:
-    if isinstance(value, int):
-        return str(value)
-    return repr(round(value, 6))
 
 
 class _NearestMillisecondSelector(selectors.DefaultSelector):
@@ -820,14 +375,15 @@ async def serve(
     lb = await loop.create_server(
         lambda: HTTPConnection(cluster.route), "127.0.0.1", port, backlog=4096
     )
-    admin = await loop.create_server(
-        lambda: HTTPConnection(cluster.admin), "127.0.0.1", admin_port, backlog=128
+    control = await loop.create_server(
+        lambda: HTTPConnection(partial(admin.handle, cluster)), "127.0.0.1", admin_port,
+        backlog=128,
     )
     cluster.start()
     try:
-        on_ready(lb.sockets[0].getsockname()[1], admin.sockets[0].getsockname()[1])
+        on_ready(lb.sockets[0].getsockname()[1], control.sockets[0].getsockname()[1])
         await stop.wait()
     finally:
         cluster.stop()
         lb.close()
-        admin.close()
+        control.close()
