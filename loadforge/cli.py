@@ -251,6 +251,33 @@ def ls_runs(paths: tuple[str, ...], as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--metric", "metrics", multiple=True, default=("p99",), show_default=True,
+              help="Figure to follow: p50 p90 p99 p999 max mean error_rate achieved_rps "
+              "(repeatable).")
+@click.option("--by", "by", multiple=True, metavar="LABEL",
+              help="Follow each value of this label on its own (repeatable).")
+@click.option("--stage", default="all", show_default=True,
+              help="A stage's figures instead of the whole run's.")
+@click.option("--min-runs", "min_size", type=click.IntRange(1, 1000), default=3,
+              show_default=True, help="Fewest runs between two shifts.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="csv: one row per run, as Apache Otava reads it.")
+def trend(runs: tuple[str, ...], metrics: tuple[str, ...], by: tuple[str, ...], stage: str,
+          min_size: int, fmt: str) -> None:
+    """Find where a metric shifted over an archive of runs (E-divisive change points)."""
+    from loadforge import trend as tr
+
+    figures, series = tr.trend(list(runs), list(metrics), list(by), stage, min_size)
+    if fmt == "csv":
+        click.echo(tr.render_csv(figures, stage), nl=False)
+    elif fmt == "json":
+        click.echo(json.dumps([s.as_json() for s in series], indent=2))
+    else:
+        click.echo(tr.render_text(series))
+
+
+@main.command()
 @click.option("--port", type=int, default=8080, show_default=True, help="Load balancer port.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="A TOML file with a [sandbox] table (a profile works).")

@@ -361,7 +361,8 @@ def read_result(path: str) -> Result:
     )
 
 
-def _start_key(path: str, meta: dict[str, str]) -> tuple[float, str]:
+def start_key(path: str, meta: dict[str, str]) -> tuple[float, str]:
+    """Orders runs by start time (unreadable times last), then by path."""
     start = meta.get("start_time", "")
     try:
         moment = datetime.fromisoformat(start)
@@ -388,7 +389,7 @@ def find_results(paths: list[str]) -> list[str]:
             ]
             if not files:
                 raise ResultsError(f"results {given}: directory holds no .parquet files")
-            files.sort(key=lambda f: _start_key(f, _read_metadata(f)))
+            files.sort(key=lambda f: start_key(f, _read_metadata(f)))
             found.extend(files)
         else:
             _read_metadata(given)
