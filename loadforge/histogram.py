@@ -46,12 +46,16 @@ __all__ = [
     "merge",
     "new_histogram",
     "stats",
+    "stats_of_counts",
 ]
 
 
 def new_histogram() -> HdrHistogram:
     """An empty histogram with the engine's layout (µs, 1 µs .. 1 h, 3 digits)."""
     return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+
+
+_LAYOUT = new_histogram()
 
 
 def _uint32_view(counts: bytes) -> memoryview | array.array[int]:
@@ -139,14 +143,33 @@ def stats(h: HdrHistogram) -> dict[str, Any]:
         return out
     counts = memoryview(h.counts).cast("B").cast("Q")
     limit = min(h.get_counts_array_index(h.max_value) + 1, len(counts))
-    targets = [max(int(p * total / 100 + 0.5), 1) for _, p in PERCENTILES]
-    values, weighted = _core.hdr_walk(counts, limit, targets, h.unit_magnitude,
-                                      h.sub_bucket_half_count_magnitude)
-    for (key, _), value in zip(PERCENTILES, values, strict=True):
-        out[key] = value
+    _walk(out, counts, limit, total)
     out["max"] = int(h.get_max_value())
-    out["mean"] = weighted / total
     return out
+
+
+def stats_of_counts(counts: Any) -> dict[str, Any]:
+    """stats() of a bare uint64 counts array in the engine's layout (COUNTS_LEN entries), for
+    merges that never build an HdrHistogram (noise.py's bootstrap)."""
+    total = sum(counts)
+    out: dict[str, Any] = {key: 0 for key, _ in PERCENTILES}
+    out.update(max=0, mean=0.0, count=total)
+    if total:
+        # The value at the last count is the highest equivalent value of the top bucket: max.
+        out["max"] = _walk(out, counts, len(counts), total, extra=total)
+    return out
+
+
+def _walk(out: dict[str, Any], counts: Any, limit: int, total: int, extra: int = 0) -> int:
+    targets = [max(int(p * total / 100 + 0.5), 1) for _, p in PERCENTILES]
+    if extra:
+        targets.append(extra)
+    values, weighted = _core.hdr_walk(counts, limit, targets, _LAYOUT.unit_magnitude,
+                                      _LAYOUT.sub_bucket_half_count_magnitude)
+    for (key, _), value in zip(PERCENTILES, values, strict=False):
+        out[key] = value
+    out["mean"] = weighted / total
+    return int(values[-1])
 
 
 def encode(h: HdrHistogram) -> bytes:
