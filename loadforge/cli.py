@@ -21,6 +21,7 @@ from rich.console import Console
 from loadforge import __version__, limits
 from loadforge.errors import InputError, LoadforgeError
 from loadforge.plan import Plan, Request, Stage
+from loadforge.text import print_error
 from loadforge.units import parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_RUN = 0, 1, 2, 3
@@ -34,8 +35,13 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except LoadforgeError as exc:
-            Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+            print_error(str(exc))
             sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            # One line, as every other error: click's own form spreads it over four.
+            where = exc.ctx.command_path if exc.ctx else "loadforge"
+            print_error(f"{where}: {exc.format_message()} (see {where} --help)")
+            sys.exit(EXIT_INPUT)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,7 +53,8 @@ def main() -> None:
 def _wide_console() -> Console:
     """stdout for tables: a CI log or a pipe is no 80-column terminal, so don't wrap there."""
     console = Console()
-    return console if console.is_terminal else Console(width=200)
+    # COLUMNS set by hand is a width asked for: rich honours it (text.py keeps numbers whole).
+    return console if console.is_terminal or "COLUMNS" in os.environ else Console(width=200)
 
 
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
@@ -202,7 +209,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         summary.render_summary(outcome.summary, Console(),
                                {s.name for s in plan.stages if not s.open_model})
     if outcome.summary.get("aborted"):
-        console.print(f"[bold red]aborted:[/] {outcome.summary['aborted']}", highlight=False)
+        print_error(str(outcome.summary["aborted"]), "aborted", console)
     sys.exit(EXIT_OK if outcome.ok else EXIT_FAILED)
 
 
@@ -234,14 +241,12 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
     elif fmt == "markdown":
-        click.echo(cmp.render_markdown(data) + cmp.render_gates_markdown(checks))
+        click.echo(cmp.markdown_document(data, checks), nl=False)
     else:
         cmp.render_table(data, _wide_console())
-    err = Console(stderr=True)
     for check in checks:
         if not check["ok"]:
-            err.print(f"[bold red]regression:[/] {check['message']}", highlight=False,
-                      soft_wrap=True)
+            print_error(check["message"], "regression")
     sys.exit(EXIT_OK if data["ok"] else EXIT_FAILED)
 
 
@@ -284,9 +289,8 @@ def ls_runs(paths: tuple[str, ...], as_json: bool) -> None:
             click.echo(json.dumps(entry.as_json()))
     else:
         render_ls(entries, _wide_console())
-    err = Console(stderr=True)
     for problem in problems:
-        err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+        print_error(problem)
     sys.exit(EXIT_INPUT if problems else EXIT_OK)
 
 
