@@ -51,7 +51,7 @@ from loadforge import limits
 from loadforge.errors import ProfileError
 from loadforge.limits import MAX_LATENCY_OBJECTIVE_S
 from loadforge.plan import Plan, Request, Stage
-from loadforge.redact import redact_url
+from loadforge.redact import SECRET_HEADERS, redact_url
 from loadforge.units import parse_duration, parse_percent, show_value
 
 TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox")
@@ -451,8 +451,10 @@ def _headers(check: _Checker, value: Any, path: str) -> tuple[tuple[str, str], .
         seen[key.lower()] = key
         text = check.string(header_value, where)
         if not _PRINTABLE.fullmatch(text.replace("\t", " ")):
+            # A credential stays out of the message too (it ends up in CI logs).
+            shown = "a value" if key.lower() in SECRET_HEADERS else show_value(text)
             check.fail(where, "must be printable ASCII without CR, LF or other control "
-                              f"characters, got {show_value(text)}")
+                              f"characters, got {shown}")
         if key.lower() == "host" and (not text or not _PRINTABLE.fullmatch(text)
                                       or " " in text or "/" in text):
             check.fail(where, f"must be a host name, with an optional :port, got "
