@@ -93,7 +93,6 @@ def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
         assert concurrency is not None
         stage = Stage("steady", seconds, concurrency=concurrency)
         conns = max(concurrency, connections or 0)
-    _check_at_most(conns, limits.MAX_CONNECTIONS, "--concurrency")
     return Plan(name="adhoc", target=target, stages=(stage,), requests=(Request("default",
                 path=path),), connections=conns,
                 timeout_s=_timeout(timeout or "5s"))

@@ -9,10 +9,14 @@ cannot fit the console, it is printed wider than the console rather than cut.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
-from rich.measure import Measurement
-from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:      # the CLI imports this module for errors: tables load when drawn
+    from rich.measure import Measurement
+    from rich.table import Table
 
 
 def print_error(message: str, label: str = "error", console: Console | None = None) -> None:
@@ -29,6 +33,8 @@ def user(text: object, style: str = "") -> Text:
 
 
 def _measure(console: Console, table: Table) -> Measurement:
+    from rich.measure import Measurement
+
     # Unbounded: Measurement.get clamps to the width it is given.
     return Measurement.get(console, console.options.update_width(1 << 20), table)
 
