@@ -315,3 +315,29 @@ def test_any_target_text_is_accepted_as_a_url_or_refused_naming_the_flag(text):
         assert str(exc).startswith("--target")
         return
     assert url == "sandbox" or url.startswith("http://")
+
+
+numbers = (st.integers(-2**64, 2**64) | st.floats(allow_nan=True, allow_infinity=True)
+           | st.integers(0, 10**7).map(lambda n: f"{n}s")
+           | st.integers(0, 10**12).map(lambda n: f"{n}ms"))
+
+
+@given(numbers, numbers, numbers, numbers, numbers, numbers)
+def test_every_number_of_a_profile_is_within_its_cap_or_refused(connections, workers,
+                                                                concurrency, think, duration,
+                                                                resolution):
+    data = _profile(load__connections=connections, load__workers=workers,
+                    load__timer_resolution=resolution)
+    data["stages"].append({"name": "closed", "concurrency": concurrency, "think": think,
+                           "duration": duration})
+    try:
+        plan = plan_from_dict(data)
+    except ProfileError:
+        return
+    assert 1 <= plan.connections <= limits.MAX_CONNECTIONS
+    assert plan.workers is None or 1 <= plan.workers <= limits.MAX_WORKERS
+    assert 0 <= plan.timer_resolution_s <= limits.MAX_TIMER_RESOLUTION_S
+    closed = plan.stages[1]
+    assert closed.concurrency is not None and 1 <= closed.concurrency <= plan.connections
+    assert 0 <= closed.think_s <= limits.MAX_THINK_S
+    assert 0 < plan.duration_s <= limits.MAX_RUN_S
