@@ -23,7 +23,9 @@ def print_error(message: str, label: str = "error", console: Console | None = No
     """`label: message` on stderr, as one line (soft wrap: the terminal may fold it, rich
     does not break it)."""
     console = console or Console(stderr=True)
-    console.print(Text.assemble((f"{label}:", "bold red"), " ", message), soft_wrap=True,
+    # A message with line breaks of its own (a worker's last words) is joined up as well.
+    line = " / ".join(part.strip() for part in message.splitlines() if part.strip())
+    console.print(Text.assemble((f"{label}:", "bold red"), " ", line), soft_wrap=True,
                   highlight=False)
 
 

@@ -171,3 +171,15 @@ def test_an_unreadable_file_in_ls_is_one_line_each(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "[b]" in lines[0], proc.stderr
+
+
+def test_print_error_is_one_line_whatever_the_message(capsys):
+    from rich.console import Console
+
+    from loadforge.text import print_error
+
+    console = Console(stderr=True, width=40)
+    print_error("first [/] line\n  second line that is long enough to wrap at forty " * 3,
+                console=console)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: first [/] line / second line")
