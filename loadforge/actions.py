@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from loadforge.errors import ProfileError
 from loadforge.plan import Plan
+from loadforge.redact import redact_url
 from loadforge.units import parse_duration, show_value
 
 KINDS = ("run", "sandbox", "http")
@@ -129,7 +130,8 @@ def _http(value: Any, where: str) -> dict[str, Any]:
     url = value.get("url")
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _fail(f"{where}.url", f"must be an http:// or https:// URL, got {show_value(url)}")
+        shown = show_value(redact_url(url) if isinstance(url, str) else url)
+        raise _fail(f"{where}.url", f"must be an http:// or https:// URL, got {shown}")
     body = value.get("body", "")
     if not isinstance(body, str):
         raise _fail(f"{where}.body", f"must be a string, got {show_value(body)}")

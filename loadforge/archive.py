@@ -96,19 +96,39 @@ def _when(start_time: str) -> str:
 
 
 def render_ls(entries: list[RunEntry], console: Console) -> None:
+    from loadforge.text import fits, print_table
+
+    table = _ls_table(entries, narrow=False)
+    if not fits(console, table):
+        # A terminal too narrow for one line per run: profile, labels and file stack in one
+        # column that wraps, so that the numbers keep their width.
+        table = _ls_table(entries, narrow=True)
+    print_table(console, table)
+
+
+def _ls_table(entries: list[RunEntry], *, narrow: bool) -> Table:
     from loadforge.summary import format_us
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for header, justify in (("started (UTC)", "left"), ("profile", "left"), ("labels", "left"),
-                            ("target/s", "right"), ("achieved/s", "right"), ("p99", "right"),
-                            ("err %", "right"), ("SLO", "left"), ("file", "left")):
-        table.add_column(header, justify=justify, no_wrap=header != "labels")  # type: ignore[arg-type]
+    text_columns = (("run",) if narrow else ("started (UTC)", "profile", "labels"))
+    for header in text_columns:
+        table.add_column(header, no_wrap=header == "started (UTC)", overflow="fold",
+                         min_width=12 if narrow else None)
+    for header in ("target/s", "achieved/s", "p99", "err %"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("SLO", no_wrap=True)
+    if not narrow:
+        table.add_column("file", no_wrap=True)
     for e in entries:
         style = "bold red" if e.verdict.startswith("FAIL") else "green" if e.verdict == "pass" else ""
+        labels = " ".join(f"{k}={v}" for k, v in sorted(e.labels.items()))
+        # User strings (profile names, labels) as Text: never read as rich markup.
+        text = ([Text("\n".join(x for x in (f"{_when(e.start_time)}  {e.profile}", labels,
+                                             os.path.basename(e.path)) if x))]
+                if narrow else [Text(_when(e.start_time)), Text(e.profile), Text(labels)])
         table.add_row(
-            _when(e.start_time), e.profile,
-            " ".join(f"{k}={v}" for k, v in sorted(e.labels.items())),
+            *text,
             f"{e.target_rps:,.1f}", f"{e.achieved_rps:,.1f}", format_us(e.p99_us),
             f"{e.error_rate * 100:.3g}", Text(e.verdict, style=style),
-            os.path.basename(e.path))
-    console.print(table)
+            *([] if narrow else [Text(os.path.basename(e.path))]))
+    return table

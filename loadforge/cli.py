@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -17,9 +18,10 @@ os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 import click
 from rich.console import Console
 
-from loadforge import __version__
+from loadforge import __version__, limits
 from loadforge.errors import InputError, LoadforgeError
 from loadforge.plan import Plan, Request, Stage
+from loadforge.text import print_error
 from loadforge.units import parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_RUN = 0, 1, 2, 3
@@ -33,8 +35,13 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except LoadforgeError as exc:
-            Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+            print_error(str(exc))
             sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            # One line, as every other error: click's own form spreads it over four.
+            where = exc.ctx.command_path if exc.ctx else "loadforge"
+            print_error(f"{where}: {exc.format_message()} (see {where} --help)")
+            sys.exit(EXIT_INPUT)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,7 +53,8 @@ def main() -> None:
 def _wide_console() -> Console:
     """stdout for tables: a CI log or a pipe is no 80-column terminal, so don't wrap there."""
     console = Console()
-    return console if console.is_terminal else Console(width=200)
+    # COLUMNS set by hand is a width asked for: rich honours it (text.py keeps numbers whole).
+    return console if console.is_terminal or "COLUMNS" in os.environ else Console(width=200)
 
 
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
@@ -60,7 +68,7 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
 
 
 def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
-               duration: str | None, connections: int | None, timeout: str) -> Plan:
+               duration: str | None, connections: int | None, timeout: str | None) -> Plan:
     if not target:
         raise InputError("run: give a PROFILE, or --target URL with --duration")
     if duration is None:
@@ -68,26 +76,60 @@ def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
     if rate is not None and concurrency is not None:
         raise InputError("run: --rate (open model) and --concurrency (closed model) exclude "
                          "each other")
-    if rate is not None and rate <= 0:
-        raise InputError(f"--rate must be > 0, got {rate:g}")
-    if concurrency is not None and concurrency < 1:
-        raise InputError(f"--concurrency must be >= 1, got {concurrency}")
-    seconds = parse_duration(duration, "--duration")
+    if rate is None and concurrency is None:
+        raise InputError("run --target: pick the load: --rate R (open model, requests per "
+                         "second) or --concurrency C (closed model, C connections back to back)")
+    seconds = parse_duration(duration, "--duration", maximum=limits.MAX_RUN_S)
     from urllib.parse import urlsplit
 
-    path, query = ("/", "") if target == "sandbox" else (urlsplit(target).path or "/",
-                                                         urlsplit(target).query)
-    if query:
-        path = f"{path}?{query}"
+    # The one request goes to the target URL's own path and query: runner.request_path()
+    # appends a path without a leading "/" to the target's path as it is.
+    query = "" if target == "sandbox" else urlsplit(target).query
+    path = f"?{query}" if query else ""
     if rate is not None:
         stage = Stage("steady", seconds, rate_from=rate, rate_to=rate)
         conns = connections or 64
     else:
-        conc = concurrency or connections or 50
-        stage = Stage("steady", seconds, concurrency=conc)
-        conns = max(conc, connections or 0)
+        assert concurrency is not None
+        stage = Stage("steady", seconds, concurrency=concurrency)
+        conns = max(concurrency, connections or 0)
     return Plan(name="adhoc", target=target, stages=(stage,), requests=(Request("default",
-                path=path),), connections=conns, timeout_s=parse_duration(timeout, "--timeout"))
+                path=path),), connections=conns,
+                timeout_s=_timeout(timeout or "5s"))
+
+
+def _check_at_most(value: float, maximum: float, flag: str) -> None:
+    if value > maximum:
+        raise InputError(f"{flag} must be at most {maximum:,.0f}, got {value:,.0f}")
+
+
+def _timeout(value: str) -> float:
+    return parse_duration(value, "--timeout", maximum=limits.MAX_TIMEOUT_S)
+
+
+def _check_flags(target: str | None, rate: float | None, concurrency: int | None,
+                 connections: int | None, workers: int | None, has_profile: bool) -> None:
+    """The numeric flags, against what the engine can represent (limits.py)."""
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        raise InputError(f"--rate must be a number > 0, got {rate:g}")
+    if rate is not None:
+        _check_at_most(rate, limits.MAX_RATE, "--rate")
+    if concurrency is not None and concurrency < 1:
+        raise InputError(f"--concurrency must be >= 1, got {concurrency}")
+    if concurrency is not None:
+        _check_at_most(concurrency, limits.MAX_CONNECTIONS, "--concurrency")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be >= 1, got {workers}")
+    if workers is not None:
+        _check_at_most(workers, limits.MAX_WORKERS, "--workers")
+    if connections is not None and connections < 1:
+        raise InputError(f"--connections must be >= 1, got {connections}")
+    if connections is not None:
+        _check_at_most(connections, limits.MAX_CONNECTIONS, "--connections")
+    if target is not None:
+        from loadforge.profile import check_target
+
+        check_target(target, "--target", allow_query=not has_profile)
 
 
 @main.command()
@@ -99,8 +141,7 @@ def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
               "back to back (closed model, like wrk).")
 @click.option("--duration", help="Without a profile: how long, e.g. 30s.")
 @click.option("--connections", type=int, help="Upper bound on open connections.")
-@click.option("--timeout", default="5s", show_default=True, help="Without a profile: per-request "
-              "timeout.")
+@click.option("--timeout", help="Per-request timeout (overrides the profile's) [default: 5s].")
 @click.option("--timer-resolution", help="Open model: arrivals closer together than this "
               "share a wake-up and may be sent up to this late, counted in latency "
               "[default: 100us; 0 for exact sends at more CPU].")
@@ -117,23 +158,24 @@ def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
 @click.option("--quiet", "-q", is_flag=True, help="No live progress, no summary table.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False),
               help="Write the SLO verdicts as JUnit XML (one test case per objective).")
+@click.option("--slo", "slos", multiple=True, metavar="OBJECTIVE=LIMIT",
+              help="Whole-run objective, e.g. p99=250ms or error_rate=1% (repeatable; "
+              "replaces the profile's objective of the same name). A miss exits 1.")
 def run(profile: str | None, target: str | None, rate: float | None, concurrency: int | None,
-        duration: str | None, connections: int | None, timeout: str,
+        duration: str | None, connections: int | None, timeout: str | None,
         timer_resolution: str | None, workers: int | None,
         out_dir: str, labels: tuple[str, ...], summary_json: str | None,
         backend_header: str | None, no_preflight: bool, quiet: bool,
-        junit_path: str | None) -> None:
+        junit_path: str | None, slos: tuple[str, ...]) -> None:
     """Run a load test: `loadforge run PROFILE` or `loadforge run --target URL --rate R
     --duration D`."""
     from dataclasses import replace
 
     from loadforge import runner, summary
-    from loadforge.profile import load_profile
+    from loadforge.profile import load_profile, parse_slo_flags, with_slo_flags
 
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be >= 1, got {workers}")
-    if connections is not None and connections < 1:
-        raise InputError(f"--connections must be >= 1, got {connections}")
+    _check_flags(target, rate, concurrency, connections, workers, bool(profile))
+    objectives = parse_slo_flags(slos)
     if profile:
         if rate is not None or concurrency is not None or duration is not None:
             raise InputError("run: --rate, --concurrency and --duration apply only without a "
@@ -141,15 +183,19 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         plan = load_profile(profile)
         if connections is not None:
             plan = replace(plan, connections=connections)
+        if timeout is not None:
+            plan = replace(plan, timeout_s=_timeout(timeout))
     else:
         plan = _flag_plan(target, rate, concurrency, duration, connections, timeout)
+    plan = replace(plan, slo=with_slo_flags(plan.slo, objectives))
     if timer_resolution is not None:
         plan = replace(plan, timer_resolution_s=parse_duration(
-            timer_resolution, "--timer-resolution", allow_zero=True))
+            timer_resolution, "--timer-resolution", allow_zero=True,
+            maximum=limits.MAX_TIMER_RESOLUTION_S))
     console = Console(stderr=True)
     opts = runner.RunOptions(target=target, workers=workers, out_dir=out_dir,
                              labels=_labels(labels), quiet=quiet, preflight=not no_preflight,
-                             backend_header=backend_header)
+                             backend_header=backend_header, slo_flags=objectives)
     outcome = runner.execute(plan, opts, console)
     if summary_json:
         summary.write_summary_json(outcome.summary, summary_json)
@@ -162,7 +208,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         summary.render_summary(outcome.summary, Console(),
                                {s.name for s in plan.stages if not s.open_model})
     if outcome.summary.get("aborted"):
-        console.print(f"[bold red]aborted:[/] {outcome.summary['aborted']}", highlight=False)
+        print_error(str(outcome.summary["aborted"]), "aborted", console)
     sys.exit(EXIT_OK if outcome.ok else EXIT_FAILED)
 
 
@@ -194,14 +240,12 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
     elif fmt == "markdown":
-        click.echo(cmp.render_markdown(data) + cmp.render_gates_markdown(checks))
+        click.echo(cmp.markdown_document(data, checks), nl=False)
     else:
         cmp.render_table(data, _wide_console())
-    err = Console(stderr=True)
     for check in checks:
         if not check["ok"]:
-            err.print(f"[bold red]regression:[/] {check['message']}", highlight=False,
-                      soft_wrap=True)
+            print_error(check["message"], "regression")
     sys.exit(EXIT_OK if data["ok"] else EXIT_FAILED)
 
 
@@ -244,9 +288,8 @@ def ls_runs(paths: tuple[str, ...], as_json: bool) -> None:
             click.echo(json.dumps(entry.as_json()))
     else:
         render_ls(entries, _wide_console())
-    err = Console(stderr=True)
     for problem in problems:
-        err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+        print_error(problem)
     sys.exit(EXIT_INPUT if problems else EXIT_OK)
 
 
@@ -285,6 +328,8 @@ def sandbox(port: int, config_path: str | None) -> None:
     """Run the embedded target (load balancer, backends, autoscaler) in the foreground."""
     from loadforge.sandbox import run_foreground, validate_sandbox_config
 
+    if not 1 <= port <= 65535:
+        raise InputError(f"sandbox --port must be from 1 to 65535, got {port}")
     cfg: dict[str, Any] = {}
     if config_path:
         from loadforge.profile import load_profile

@@ -361,22 +361,56 @@ def _headers(data: dict[str, Any]) -> list[str]:
 
 
 def render_table(data: dict[str, Any], console: Console) -> None:
-    headers = _headers(data)
-    for stage in data["stages"]:
-        title = "all stages" if stage["stage"] == ALL_STAGES else f"stage {stage['stage']}"
-        table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
-        for h in headers:
-            table.add_column(h, justify="left" if h == "figure" else "right", no_wrap=True)
-        for row in _cells(data, stage):
-            table.add_row(*(Text(c) for c in row))
-        console.print(table)
+    from loadforge.text import fits, print_table
+
+    tables = [_table(data, stage, _headers(data)) for stage in data["stages"]]
+    if not all(fits(console, t) for t in tables):
+        # Run titles (labels) too long for the terminal: number the runs in a legend above
+        # and head the columns with the numbers, so that no figure is cut short.
+        for i, run in enumerate(data["runs"]):
+            console.print(Text(f"#{i + 1} {run['title']}" + (" (baseline)" if i == 0 else "")),
+                          overflow="fold")
+        headers = ["figure"]
+        for i in range(len(data["runs"])):
+            headers += [f"#{i + 1}"] + ([f"Δ #{i + 1}"] if i else [])
+        tables = [_table(data, stage, headers) for stage in data["stages"]]
+    for table in tables:
+        print_table(console, table)
+
+
+def _table(data: dict[str, Any], stage: dict[str, Any], headers: list[str]) -> Table:
+    # Titles and headers hold stage names and labels: Text, never rich markup.
+    title = "all stages" if stage["stage"] == ALL_STAGES else f"stage {stage['stage']}"
+    table = Table(box=box.SIMPLE_HEAD, title=Text(title), title_justify="left", pad_edge=False)
+    for i, h in enumerate(headers):
+        table.add_column(Text(h), justify="left" if i == 0 else "right", no_wrap=True)
+    for row in _cells(data, stage):
+        table.add_row(*(Text(c) for c in row))
+    return table
+
+
+def markdown_document(data: dict[str, Any], checks: list[dict[str, Any]]) -> str:
+    """`compare --format markdown`: the tables, then the gates, each block apart from the
+    next by a blank line (a line right after a table would be read as one more row)."""
+    blocks = [render_markdown(data).strip("\n"), render_gates_markdown(checks).strip("\n")]
+    return "\n\n".join(b for b in blocks if b) + "\n"
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~#!&])")
+
+
+def markdown_text(text: str) -> str:
+    """A user's string (a label, a stage name) as literal GitHub markdown: every character
+    that could start markup, a table cell's end or an HTML tag is escaped."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
 
 
 def render_markdown(data: dict[str, Any]) -> str:
-    headers = _headers(data)
+    headers = [markdown_text(h) for h in _headers(data)]
     out = []
     for stage in data["stages"]:
-        title = "all stages" if stage["stage"] == ALL_STAGES else f"stage `{stage['stage']}`"
+        title = ("all stages" if stage["stage"] == ALL_STAGES
+                 else f"stage {markdown_text(stage['stage'])}")
         out.append(f"#### {title}\n")
         out.append("| " + " | ".join(headers) + " |")
         out.append("|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|")
@@ -393,5 +427,5 @@ def render_gates_markdown(checks: list[dict[str, Any]]) -> str:
     if not failed:
         return f"**Regression gates: all {len(checks)} checks passed.**\n"
     lines = [f"**Regression gates: {len(failed)} of {len(checks)} checks failed.**\n"]
-    lines += [f"- :x: {c['message']}" for c in failed]
+    lines += [f"- :x: {markdown_text(c['message'])}" for c in failed]
     return "\n".join(lines) + "\n"

@@ -40,6 +40,7 @@ import httpx
 from loadforge import histogram
 from loadforge.errors import InputError, ProfileError
 from loadforge.plan import STATUS_OUTCOMES, Plan
+from loadforge.redact import redact_url
 from loadforge.results import Result
 from loadforge.units import parse_duration, show_value
 
@@ -91,7 +92,8 @@ def _url(value: Any, where: str) -> str:
     url = _string(value, where)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _fail(where, f"must be an http:// or https:// URL, got {show_value(url)}")
+        raise _fail(where, f"must be an http:// or https:// URL, got "
+                           f"{show_value(redact_url(url))}")
     return url
 
 

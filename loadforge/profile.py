@@ -47,8 +47,11 @@ from collections.abc import Iterable
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from loadforge import limits
 from loadforge.errors import ProfileError
+from loadforge.limits import MAX_LATENCY_OBJECTIVE_S
 from loadforge.plan import Plan, Request, Stage
+from loadforge.redact import SECRET_HEADERS, redact_url
 from loadforge.units import parse_duration, parse_percent, show_value
 
 TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox")
@@ -58,8 +61,9 @@ RAMP_KEYS = ("from", "to")
 REQUEST_KEYS = ("name", "method", "path", "headers", "body", "weight")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 FAIL_STATUS_CLASSES = ("4xx", "5xx")
-# The engine writes these itself (framing and connection reuse depend on them).
-ENGINE_HEADERS = ("Host", "Content-Length", "Transfer-Encoding", "Connection")
+# The engine writes these itself (framing and connection reuse depend on them). Host it writes
+# from the target unless a request sets its own (a virtual host behind an address).
+ENGINE_HEADERS = ("Content-Length", "Transfer-Encoding", "Connection")
 LATENCY_OBJECTIVES = ("p50", "p90", "p99", "p999", "max", "mean")
 FRACTION_OBJECTIVES = ("error_rate", "success_rate", "rate_shortfall")
 OBJECTIVES = LATENCY_OBJECTIVES + FRACTION_OBJECTIVES
@@ -116,20 +120,25 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
     load = check.table(top.get("load", {}), "load")
     check.keys(load, "load", LOAD_KEYS)
     connections = check.integer(load.get("connections", DEFAULT_CONNECTIONS),
-                                "load.connections", minimum=1)
+                                "load.connections", minimum=1, maximum=limits.MAX_CONNECTIONS)
     workers = _workers(check, load.get("workers", "auto"))
-    timeout_s = (check.duration(load["timeout"], "load.timeout") if "timeout" in load
-                 else DEFAULT_TIMEOUT_S)
+    timeout_s = (check.duration(load["timeout"], "load.timeout", maximum=limits.MAX_TIMEOUT_S)
+                 if "timeout" in load else DEFAULT_TIMEOUT_S)
     fail_status = _fail_status(check, load.get("fail_status", ["5xx"]))
     timer_resolution_s = (check.duration(load["timer_resolution"], "load.timer_resolution",
-                                         allow_zero=True)
+                                         allow_zero=True, maximum=limits.MAX_TIMER_RESOLUTION_S)
                           if "timer_resolution" in load else DEFAULT_TIMER_RESOLUTION_S)
 
     if "stages" not in top:
         check.fail("", "has no [[stages]]; at least one stage is required")
-    raw_stages = check.array_of_tables(top["stages"], "stages", nonempty=True)
+    raw_stages = check.array_of_tables(top["stages"], "stages", nonempty=True,
+                                       maximum=limits.MAX_STAGES)
     stages = tuple(_stage(check, raw, i) for i, raw in enumerate(raw_stages))
     check.unique([s.name for s in stages], "stages", "stage")
+    run_s = sum(s.duration_s for s in stages)
+    if run_s > limits.MAX_RUN_S:
+        check.fail("stages", f"last {run_s:g}s together; a run may last at most "
+                             f"{limits.show_seconds(limits.MAX_RUN_S)}")
     for i, stage in enumerate(stages):
         if stage.concurrency is not None and stage.concurrency > connections:
             check.fail(f"stages[{i}].concurrency",
@@ -137,9 +146,15 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                        "each closed-model user holds a connection; raise load.connections")
 
     if "requests" in top:
-        raw_requests = check.array_of_tables(top["requests"], "requests", nonempty=True)
+        raw_requests = check.array_of_tables(top["requests"], "requests", nonempty=True,
+                                             maximum=limits.MAX_REQUESTS)
         requests = tuple(_request(check, raw, i) for i, raw in enumerate(raw_requests))
         check.unique([r.name for r in requests], "requests", "request")
+        _check_weights(check, requests)
+        if len(requests) * len(stages) > limits.MAX_STAGE_REQUESTS:
+            check.fail("requests", f"({len(requests)}) times stages ({len(stages)}) must be at "
+                                   f"most {limits.MAX_STAGE_REQUESTS:,}: the run keeps "
+                                   "histograms for each request in each stage")
     else:
         requests = (Request(name="default"),)
 
@@ -179,12 +194,14 @@ class _Checker:
             self.fail(path or "the profile", f"must be a table, got {show_value(value)}")
         return value
 
-    def array_of_tables(self, value: Any, path: str, *,
-                        nonempty: bool = False) -> list[dict[str, Any]]:
+    def array_of_tables(self, value: Any, path: str, *, nonempty: bool = False,
+                        maximum: int | None = None) -> list[dict[str, Any]]:
         if not isinstance(value, list):
             self.fail(path, f"must be an array of tables ([[{path}]]), got {show_value(value)}")
         if nonempty and not value:
             self.fail(path, f"must have at least one [[{path}]] entry, got an empty array")
+        if maximum is not None and len(value) > maximum:
+            self.fail(path, f"may have at most {maximum:,} [[{path}]] entries, got {len(value):,}")
         for i, item in enumerate(value):
             self.table(item, f"{path}[{i}]")
         return value
@@ -218,22 +235,29 @@ class _Checker:
                             f"got {show_value(value)}")
         return name
 
-    def integer(self, value: Any, path: str, *, minimum: int) -> int:
+    def integer(self, value: Any, path: str, *, minimum: int,
+                maximum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             self.fail(path, f"must be an integer >= {minimum}, got {show_value(value)}")
+        if maximum is not None and value > maximum:
+            self.fail(path, f"must be at most {maximum:,}, got {show_value(value)}")
         return value
 
-    def number(self, value: Any, path: str, *, minimum: float, inclusive: bool) -> float:
+    def number(self, value: Any, path: str, *, minimum: float, inclusive: bool,
+               maximum: float | None = None) -> float:
         relation = ">=" if inclusive else ">"
         if (isinstance(value, bool) or not isinstance(value, int | float)
                 or not math.isfinite(value)):
             self.fail(path, f"must be a number {relation} {minimum:g}, got {show_value(value)}")
         if value < minimum or (value == minimum and not inclusive):
             self.fail(path, f"must be {relation} {minimum:g}, got {show_value(value)}")
+        if maximum is not None and value > maximum:
+            self.fail(path, f"must be at most {maximum:,.0f}, got {show_value(value)}")
         return float(value)
 
-    def duration(self, value: Any, path: str, *, allow_zero: bool = False) -> float:
-        return parse_duration(value, self.where(path), allow_zero=allow_zero)
+    def duration(self, value: Any, path: str, *, allow_zero: bool = False,
+                 maximum: float = limits.MAX_DURATION_S) -> float:
+        return parse_duration(value, self.where(path), allow_zero=allow_zero, maximum=maximum)
 
     def percent(self, value: Any, path: str) -> float:
         return parse_percent(value, self.where(path))
@@ -247,33 +271,51 @@ class _Checker:
             seen[name] = i
 
 
-def _target(check: _Checker, value: Any) -> str:
-    target = check.string(value, "target")
+def check_target(value: Any, where: str = "--target", *, allow_query: bool = False) -> str:
+    """A target URL given on the command line, validated as a profile's `target` is.
+
+    `allow_query`: the flags-only run sends its one request to the target's path and query.
+    """
+    return _target(_Checker(where), value, "", allow_query=allow_query)
+
+
+def _target(check: _Checker, value: Any, path: str = "target", *,
+            allow_query: bool = False) -> str:
+    target = check.string(value, path)
     expected = 'must be "sandbox" or an http:// URL'
     if target == "sandbox":
         return target
+    # Messages show the URL without its user-info: they end up in CI logs.
+    shown = show_value(redact_url(target))
     if target.lower().startswith("https://"):
-        check.fail("target", f"{expected}: https targets are not supported yet, "
-                             f"got {show_value(target)}")
+        check.fail(path, f"{expected}: https targets are not supported yet, got {shown}")
     if not _PRINTABLE.fullmatch(target) or " " in target:
-        check.fail("target", f"{expected} (printable ASCII, no spaces), got {show_value(target)}")
+        check.fail(path, f"{expected} (printable ASCII, no spaces), got {shown}")
     parts = urlsplit(target)
     try:
         parts.port  # noqa: B018 -- urlsplit checks the port only when asked
     except ValueError:
-        check.fail("target", f"{expected} with a valid port, got {show_value(target)}")
-    if parts.scheme != "http" or not parts.hostname or "@" in parts.netloc:
-        check.fail("target", f"{expected} such as \"http://127.0.0.1:8080\", "
-                             f"got {show_value(target)}")
+        check.fail(path, f"{expected} with a valid port, got {shown}")
+    if parts.scheme != "http" or not parts.hostname:
+        check.fail(path, f"{expected} such as \"http://127.0.0.1:8080\", got {shown}")
+    if "@" in parts.netloc:
+        check.fail(path, f"{expected} without user:password@, got {shown}; send credentials "
+                         "in a request's headers (Authorization), which results never archive")
+    if parts.fragment or "#" in target:
+        check.fail(path, f"{expected} without a #fragment (never sent), got {shown}")
+    if (parts.query or "?" in target) and not allow_query:
+        check.fail(path, f"{expected} without a ?query, got {shown}; its path is a prefix of "
+                         "every request's path, a query belongs in requests[].path")
     return target
 
 
 def _workers(check: _Checker, value: Any) -> int | None:
     if value == "auto" and isinstance(value, str):
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= limits.MAX_WORKERS:
         return value
-    check.fail("load.workers", f'must be "auto" or an integer >= 1, got {show_value(value)}')
+    check.fail("load.workers", f'must be "auto" or an integer from 1 to {limits.MAX_WORKERS}, '
+                               f"got {show_value(value)}")
 
 
 def _fail_status(check: _Checker, value: Any) -> tuple[str, ...]:
@@ -303,20 +345,24 @@ def _stage(check: _Checker, raw: dict[str, Any], i: int) -> Stage:
         check.fail(f"{path}.think", "only applies to closed-model stages (with concurrency); "
                                     "an open-model stage sends at its rate")
     if "rate" in raw:
-        rate = check.number(raw["rate"], f"{path}.rate", minimum=0, inclusive=False)
+        rate = check.number(raw["rate"], f"{path}.rate", minimum=0, inclusive=False,
+                            maximum=limits.MAX_RATE)
         return Stage(name=name, duration_s=duration_s, rate_from=rate, rate_to=rate)
     if "ramp" in raw:
         ramp = check.table(raw["ramp"], f"{path}.ramp")
         check.keys(ramp, f"{path}.ramp", RAMP_KEYS)
         start, end = (
             check.number(check.require(ramp, f"{path}.ramp", key, "requests/s"),
-                         f"{path}.ramp.{key}", minimum=0, inclusive=True)
+                         f"{path}.ramp.{key}", minimum=0, inclusive=True,
+                         maximum=limits.MAX_RATE)
             for key in RAMP_KEYS)
         if start == 0 and end == 0:
             check.fail(f"{path}.ramp", "goes from 0 to 0 requests/s; at least one end must be > 0")
         return Stage(name=name, duration_s=duration_s, rate_from=start, rate_to=end)
-    concurrency = check.integer(raw["concurrency"], f"{path}.concurrency", minimum=1)
-    think_s = (check.duration(raw["think"], f"{path}.think", allow_zero=True)
+    concurrency = check.integer(raw["concurrency"], f"{path}.concurrency", minimum=1,
+                                maximum=limits.MAX_CONNECTIONS)
+    think_s = (check.duration(raw["think"], f"{path}.think", allow_zero=True,
+                              maximum=limits.MAX_THINK_S)
                if "think" in raw else 0.0)
     return Stage(name=name, duration_s=duration_s, concurrency=concurrency, think_s=think_s)
 
@@ -340,9 +386,50 @@ def _request(check: _Checker, raw: dict[str, Any], i: int) -> Request:
         body = body_text.encode("utf-8")
     except UnicodeEncodeError:
         check.fail(f"{path}.body", "must be text that encodes as UTF-8")
-    weight = check.integer(raw.get("weight", 1), f"{path}.weight", minimum=1)
+    weight = check.integer(raw.get("weight", 1), f"{path}.weight", minimum=1,
+                           maximum=limits.MAX_TOTAL_WEIGHT)
     return Request(name=name, method=method.upper(), path=target_path, headers=headers,
                    body=body, weight=weight)
+
+
+def parse_slo_flags(values: Iterable[str]) -> dict[str, float]:
+    """`--slo p99=250ms --slo error_rate=1%`: whole-run objectives, checked as [slo]'s are."""
+    check = _Checker("--slo")
+    table: dict[str, Any] = {}
+    for item in values:
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key or not value:
+            raise ProfileError(f"--slo {show_value(item)}: expected OBJECTIVE=LIMIT, "
+                               "e.g. p99=250ms or error_rate=1%")
+        if key not in OBJECTIVES:
+            close = difflib.get_close_matches(key, OBJECTIVES, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ProfileError(f"--slo {show_value(item)}: unknown objective '{key}'{hint}; "
+                               f"one of {', '.join(OBJECTIVES)}")
+        if key in table:
+            raise ProfileError(f"--slo {show_value(item)}: {key} is given twice")
+        try:
+            table[key] = float(value) if key in FRACTION_OBJECTIVES else value
+        except ValueError:
+            table[key] = value
+    return _objectives(check, table, "")
+
+
+def with_slo_flags(slo: dict[str, Any], objectives: dict[str, float]) -> dict[str, Any]:
+    """A Plan's `slo` with these whole-run objectives added, replacing any of the same name."""
+    if not objectives:
+        return slo
+    out = dict(slo) if slo else {"stages": [], "windows": []}
+    out["run"] = {**(slo.get("run") or {}), **objectives}
+    return out
+
+
+def _check_weights(check: _Checker, requests: tuple[Request, ...]) -> None:
+    total = sum(r.weight for r in requests)
+    if total > limits.MAX_TOTAL_WEIGHT:
+        check.fail("requests", f"weights add up to {total:,}; they may add up to at most "
+                               f"{limits.MAX_TOTAL_WEIGHT:,} (weights are ratios: divide "
+                               "them by a common factor)")
 
 
 def _headers(check: _Checker, value: Any, path: str) -> tuple[tuple[str, str], ...]:
@@ -357,16 +444,21 @@ def _headers(check: _Checker, value: Any, path: str) -> tuple[tuple[str, str], .
                              "(an HTTP token: letters, digits, !#$%&'*+-.^_`|~)")
         if key.lower() in engine:
             check.fail(where, f"cannot be set: loadforge writes {engine[key.lower()]} itself "
-                              "(Host from the target; the others frame the message and manage "
-                              "connection reuse)")
+                              "(it frames the message and manages connection reuse)")
         if key.lower() in seen:
             check.fail(where, f"repeats {show_value(seen[key.lower()])} (header names are "
                               "case-insensitive)")
         seen[key.lower()] = key
         text = check.string(header_value, where)
         if not _PRINTABLE.fullmatch(text.replace("\t", " ")):
+            # A credential stays out of the message too (it ends up in CI logs).
+            shown = "a value" if key.lower() in SECRET_HEADERS else show_value(text)
             check.fail(where, "must be printable ASCII without CR, LF or other control "
-                              f"characters, got {show_value(text)}")
+                              f"characters, got {shown}")
+        if key.lower() == "host" and (not text or not _PRINTABLE.fullmatch(text)
+                                      or " " in text or "/" in text):
+            check.fail(where, f"must be a host name, with an optional :port, got "
+                              f"{show_value(text)}")
         headers.append((key, text))
     return tuple(headers)
 
@@ -378,7 +470,8 @@ def _objectives(check: _Checker, table: dict[str, Any], path: str) -> dict[str, 
             continue
         where = f"{path}.{key}" if path else key
         if key in LATENCY_OBJECTIVES:
-            limits[key] = check.duration(table[key], where)
+            limits[key] = check.duration(table[key], where,
+                                         maximum=MAX_LATENCY_OBJECTIVE_S)
         else:
             limits[key] = check.percent(table[key], where)
     return limits

@@ -27,6 +27,7 @@ from loadforge import __version__, _core, histogram, observe, scaling, schedule,
 from loadforge.errors import InputError, RunError, TargetUnreachable, WorkerCrashed
 from loadforge.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES, Plan, Request
 from loadforge.progress import LiveProgress
+from loadforge.redact import redact_profile, redact_url
 from loadforge.results import ResultWriter, read_result
 from loadforge.workers import (
     DONE,
@@ -54,6 +55,8 @@ class RunOptions:
     preflight: bool = True
     interval_s: float = 1.0
     backend_header: str | None = None
+    # --slo objectives, archived apart from the profile so that `ls` judges them again.
+    slo_flags: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,6 +65,7 @@ class Target:
     host: str          # for the Host header
     address: str       # what the engine connects to
     port: int
+    path: str = ""     # the URL's path: a prefix of every request's path
 
 
 @dataclass
@@ -88,12 +92,28 @@ def parse_target(url: str) -> Target:
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     if parts.port:
         host = f"{host}:{parts.port}"
-    return Target(url, host, str(info[0][4][0]), port)
+    return Target(url, host, str(info[0][4][0]), port, parts.path)
 
 
-def encode_request(req: Request, host: str) -> bytes:
-    lines = [f"{req.method} {req.path} HTTP/1.1", f"Host: {host}", f"User-Agent: {USER_AGENT}"]
-    lines += [f"{name}: {value}" for name, value in req.headers]
+def request_path(prefix: str, path: str) -> str:
+    """The request target sent for `path` under the target URL's path `prefix`:
+    http://h/api + /users -> /api/users (one slash between them). A path that does not start
+    with "/" (the flags-only run's "" or "?query") is appended to the prefix as it is."""
+    if not path.startswith("/"):
+        return (prefix or "/") + path
+    return prefix.rstrip("/") + path
+
+
+def host_header(req: Request, host: str) -> str:
+    """The request's own Host header (a virtual host on a load balancer reached by address),
+    else the target's."""
+    return next((value for name, value in req.headers if name.lower() == "host"), host)
+
+
+def encode_request(req: Request, host: str, prefix: str = "") -> bytes:
+    lines = [f"{req.method} {request_path(prefix, req.path)} HTTP/1.1",
+             f"Host: {host_header(req, host)}", f"User-Agent: {USER_AGENT}"]
+    lines += [f"{name}: {value}" for name, value in req.headers if name.lower() != "host"]
     if req.body or req.method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(req.body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + req.body
@@ -101,12 +121,13 @@ def encode_request(req: Request, host: str) -> bytes:
 
 def preflight(target: Target, req: Request, timeout_s: float) -> None:
     """One request before the run, so a wrong URL fails in seconds with a clear message."""
-    url = f"http://{target.host}{req.path}"
+    url = f"http://{target.host}{request_path(target.path, req.path)}"
     try:
         # The engine connects straight to the target over plain HTTP, so the preflight does
         # too: no proxy from the environment, and no CA bundle to load for TLS it never uses.
         with httpx.Client(timeout=min(timeout_s, 5.0), headers={"User-Agent": USER_AGENT},
                           trust_env=False, verify=False) as client:
+            # httpx sends a Host header given here in place of the URL's (host_header()).
             resp = client.request(req.method, url, headers=dict(req.headers), content=req.body)
     except httpx.HTTPError as exc:
         raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url} "
@@ -339,7 +360,8 @@ class Aggregator:
 
 def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
                   backend_header: str | None) -> list[WorkerSpec]:
-    requests = [(encode_request(r, target.host), r.method == "HEAD") for r in plan.requests]
+    requests = [(encode_request(r, target.host, target.path), r.method == "HEAD")
+                for r in plan.requests]
     mix = schedule.request_mix(plan.requests)
     stages = [(s.open_model, s.rate_from or 0.0, s.rate_to or 0.0, s.duration_s,
                s.concurrency or 0, s.think_s) for s in plan.stages]
@@ -476,14 +498,17 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     run_id = new_run_id(plan)
     path = os.path.join(opts.out_dir, f"{run_id}.parquet")
     metadata: dict[str, Any] = {
-        "profile": plan.source, "profile_name": plan.name, "profile_path": plan.path,
-        "target": target.url, "engine": "cython-epoll", "workers": str(workers),
+        # Result files are shared (CI artifacts): no credentials in them (redact.py).
+        "profile": redact_profile(plan.source), "profile_name": plan.name,
+        "profile_path": plan.path, "target": redact_url(target.url), "engine": "cython-epoll", "workers": str(workers),
         "connections": str(plan.connections),
         "stages": [{"name": s.name, "duration_s": s.duration_s, "rate_from": s.rate_from,
                     "rate_to": s.rate_to, "concurrency": s.concurrency, "think_s": s.think_s}
                    for s in plan.stages],
         "interval_ms": str(int(opts.interval_s * 1000)),
     }
+    if opts.slo_flags:
+        metadata["slo_flags"] = opts.slo_flags
     started = time.time()
     writer = ResultWriter(path, run_id, metadata, opts.labels)
     pool = None
@@ -512,7 +537,7 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     written = read_result(path)
     verdicts = slo.evaluate(plan, written) + scaling.annotate(figures, plan, written)
     ok = all(v["ok"] for v in verdicts) and agg.abort_reason is None
-    result = {"run_id": run_id, "result": path, "ok": ok, "target": target.url,
+    result = {"run_id": run_id, "result": path, "ok": ok, "target": redact_url(target.url),
               "profile": plan.name, "workers": workers, "connections": plan.connections,
               "started": started, **figures, "slo": verdicts, "aborted": agg.abort_reason}
     return RunOutcome(result, path, ok)

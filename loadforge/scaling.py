@@ -407,6 +407,7 @@ def render(summary: dict[str, Any], console: Any) -> None:
     """Backends table, scaling table and action lines of a summary (when it has them)."""
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     from loadforge.summary import format_us
 
@@ -414,7 +415,8 @@ def render(summary: dict[str, Any], console: Any) -> None:
         t = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False,
                   padding=(0, 1), collapse_padding=True)
         for i, header in enumerate(headers):
-            t.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
+            # Stage and backend names are the user's (and the servers') text, never markup.
+            t.add_column(Text(header), justify="left" if i == 0 else "right", no_wrap=True)
         return t
 
     def seconds(value: Any) -> str:
@@ -427,7 +429,7 @@ def render(summary: dict[str, Any], console: Any) -> None:
         t = table("backends (share of attributed responses)",
                   ("backend", "requests", "share", "p99", *(s["name"] for s in shown)))
         for name, b in backends.items():
-            t.add_row(name, f"{b['requests']:,}", f"{b['share'] * 100:.1f}%",
+            t.add_row(Text(name), f"{b['requests']:,}", f"{b['share'] * 100:.1f}%",
                       format_us(b["p99_us"]),
                       *(f"{s['backends'][name]['share'] * 100:.1f}%" if name in s["backends"]
                         else "-" for s in shown))
@@ -451,7 +453,7 @@ def render(summary: dict[str, Any], console: Any) -> None:
             counts = (f"{so.get('backends_start'):g}→{so.get('backends_end'):g}"
                       if so.get("backends_start") is not None
                       and so.get("backends_end") is not None else "-")
-            t.add_row(s["name"], seconds(s.get("violation_s")), recover,
+            t.add_row(Text(s["name"]), seconds(s.get("violation_s")), recover,
                       "-" if burn is None else f"{burn:.2f}",
                       seconds(so.get("first_new_backend_s")), seconds(so.get("settle_s")),
                       counts)
@@ -465,4 +467,4 @@ def render(summary: dict[str, Any], console: Any) -> None:
                      if f["backend_out_s"] is not None else f", {a['backend']} still serving")
         if f.get("backend_back_s") is not None:
             line += f", {a['backend']} back after {seconds(f['backend_back_s'])}"
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)

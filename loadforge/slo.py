@@ -412,13 +412,53 @@ def plan_of_result(result: Result) -> Plan | None:
     from loadforge.profile import plan_from_dict
 
     text = result.metadata.get("profile", "")
+    flags = _slo_flags_of(result)
     if not text.strip():
-        return None
+        return _flag_plan_of_result(result, flags) if flags else None
     try:
-        return plan_from_dict(tomllib.loads(text), source=text,
+        plan = plan_from_dict(tomllib.loads(text), source=text,
                               path=result.metadata.get("profile_path") or "<profile>")
     except (tomllib.TOMLDecodeError, ProfileError):
         return None
+    return _with_flags(plan, flags)
+
+
+def _slo_flags_of(result: Result) -> dict[str, float]:
+    """The run's `--slo` objectives (metadata `slo_flags`), which the profile does not hold."""
+    try:
+        flags = json.loads(result.metadata.get("slo_flags") or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(flags, dict):
+        return {}
+    return {k: float(v) for k, v in flags.items()
+            if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _with_flags(plan: Plan, flags: dict[str, float]) -> Plan:
+    from dataclasses import replace
+
+    from loadforge.profile import with_slo_flags
+
+    return replace(plan, slo=with_slo_flags(plan.slo, flags)) if flags else plan
+
+
+def _flag_plan_of_result(result: Result, flags: dict[str, float]) -> Plan | None:
+    """A run started from flags, with `--slo`: its one stage from the `stages` metadata."""
+    from loadforge.plan import Request, Stage
+
+    try:
+        stages = tuple(Stage(str(s["name"]), float(s["duration_s"]), s.get("rate_from"),
+                             s.get("rate_to"), s.get("concurrency"), float(s.get("think_s") or 0))
+                       for s in json.loads(result.metadata.get("stages") or "[]"))
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not stages:
+        return None
+    plan = Plan(name=result.metadata.get("profile_name") or "adhoc",
+                target=result.metadata.get("target") or "", stages=stages,
+                requests=(Request("default"),))
+    return _with_flags(plan, flags)
 
 
 # -- during the run: abort_after -------------------------------------------------------------

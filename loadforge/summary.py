@@ -182,7 +182,7 @@ def render_summary(
         console.print(
             "* closed model (" + ", ".join(sorted(closed)) + "): latency there is service "
             "time, there being no intended send time at fixed concurrency.",
-            highlight=False,
+            highlight=False, markup=False,     # stage names are the user's text
         )
 
     unsent_total = int(summary.get("unsent", 0))
@@ -206,7 +206,7 @@ def render_summary(
     scaling.render(summary, console)
 
     if summary.get("result"):
-        console.print(f"results: {summary['result']}", highlight=False)
+        console.print(f"results: {summary['result']}", highlight=False, markup=False)
 
     slos = summary.get("slo") or []
     if slos:

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from loadforge.errors import ProfileError
+from loadforge.limits import MAX_DURATION_S, show_seconds
 
 # Sub-second units divide rather than multiply so that "250ms" is exactly 250 / 1000.
 _UNITS: dict[str, tuple[float, float]] = {
@@ -53,11 +54,13 @@ def show_value(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def parse_duration(value: Any, where: str, *, allow_zero: bool = False) -> float:
+def parse_duration(value: Any, where: str, *, allow_zero: bool = False,
+                   maximum: float = MAX_DURATION_S) -> float:
     """Seconds from a duration string: "100us", "250ms", "1.5s", "2m", "1h", "1m30s".
 
     Bare numbers are refused: "5" could mean seconds or milliseconds depending on the tool the
-    user came from. Negative durations are always refused, zero unless `allow_zero`.
+    user came from. Negative durations are always refused, zero unless `allow_zero`, and so is
+    anything longer than `maximum` (limits.py: what the engine can represent).
     """
     expected = f'a duration with a unit ({UNIT_NAMES}), e.g. "250ms" or "5s"'
     if allow_zero and not isinstance(value, bool) and value in (0, "0"):
@@ -79,8 +82,9 @@ def parse_duration(value: Any, where: str, *, allow_zero: bool = False) -> float
     for match in _PART.finditer(text):
         multiplier, divisor = _UNITS[match.group(2)]
         seconds += float(match.group(1)) * multiplier / divisor
-    if not math.isfinite(seconds):
-        raise ProfileError(f"{where} is too large, got {show_value(value)}")
+    if not math.isfinite(seconds) or seconds > maximum:
+        raise ProfileError(f"{where} must be at most {show_seconds(maximum)}, "
+                           f"got {show_value(value)}")
     if seconds == 0 and not allow_zero:
         raise ProfileError(f"{where} must be > 0, got {show_value(value)}")
     return seconds

@@ -237,3 +237,48 @@ def http_server(delay_s: float = 0.0) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _RecordingHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: RecordingServer
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        with self.server.lock:
+            self.server.seen.append((self.command, self.path, dict(self.headers.items())))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    do_GET = do_POST = do_HEAD = _answer  # noqa: N815 -- http.server's naming
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class RecordingServer(ThreadingHTTPServer):
+    """Answers 200 "ok" to everything and keeps each request's method, path and headers
+    (`seen`), so a test can check what reached the server."""
+
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _RecordingHandler)
+        self.lock = threading.Lock()
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    def __enter__(self) -> RecordingServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()

@@ -1,0 +1,156 @@
+"""Secrets kept out of what a run archives: result files travel as CI artifacts.
+
+The profile text stored in the Parquet metadata keeps its comments and layout, with the values
+of credential headers (Authorization, Proxy-Authorization, Cookie, any letter case), URL
+user-info (`http://user:pass@host`) and any other secret string the caller names (values
+taken from the environment) replaced by `<redacted>`, wherever they occur in the text. The
+result must still parse to the profile it was, less those values (`ls` judges the archived
+objectives again); where a plain replacement in the text cannot promise that (a secret written
+with TOML escapes, or one that also occurs in a key or a number), the profile is written out
+again from its parsed form instead, without comments.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import re
+import tomllib
+from collections.abc import Iterable
+from typing import Any
+
+REDACTED = "<redacted>"
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+# scheme://userinfo@ : RFC 3986 section 3.2.1 user-info ends at the first "@" of the
+# authority, which ends at "/", "?" or "#". "<" and ">" are not URL characters, so a redacted
+# URL never matches again.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#@\s\"'<>]+)@")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_\-]+")
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+            "\r": "\\r"}
+
+
+def redact_url(text: str) -> str:
+    """`text` with the user-info of every URL in it replaced (http://<redacted>@host/)."""
+    return _USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
+
+
+def secrets_of(data: Any, secrets: Iterable[str] = ()) -> set[str]:
+    """The secret strings of a parsed profile: credential header values, URL user-info, and
+    `secrets` (e.g. values expanded from the environment)."""
+    found = {s for s in secrets if s}
+
+    def walk(value: Any, key: str | None) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(k, None)
+                walk(v, k)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, None)
+        elif isinstance(value, str):
+            if key is not None and key.lower() in SECRET_HEADERS and value:
+                found.add(value)
+            found.update(m.group("userinfo") for m in _USERINFO.finditer(value))
+
+    walk(data, None)
+    return found
+
+
+def redact_profile(text: str, secrets: Iterable[str] = ()) -> str:
+    """The profile `text` as results archive it (module docstring)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        # Not a profile this version reads (it was validated before the run, so this is a
+        # caller's text): replace what can be seen.
+        found = {s for s in secrets if s}
+        for secret in sorted(found, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return redact_url(text)
+    found = secrets_of(data, secrets)
+    if not found:
+        return text
+    ordered = sorted(found, key=len, reverse=True)    # "ab" before "a"
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {scrub(k): scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(item) for item in value]
+        if isinstance(value, str):
+            for secret in ordered:
+                value = value.replace(secret, REDACTED)
+        return value
+
+    expected = scrub(data)
+    redacted = text
+    for secret in ordered:
+        redacted = redacted.replace(secret, REDACTED)
+    try:
+        if tomllib.loads(redacted) == expected and not any(s in redacted for s in ordered):
+            return redacted
+    except tomllib.TOMLDecodeError:
+        pass
+    return ("# loadforge: written out again from the parsed profile, with secrets redacted\n"
+            + dump_toml(expected))
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """TOML text that tomllib reads back as `data` (a dict as tomllib returns one)."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    arrays: list[tuple[str, list[dict[str, Any]]]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            arrays.append((key, value))
+        else:
+            lines.append(f"{_key(key)} = {_value(value)}")
+    for key, table in tables:
+        lines += ["", f"[{_key(key)}]"]
+        lines += [f"{_key(k)} = {_value(v)}" for k, v in table.items()]
+    for key, items in arrays:
+        for item in items:
+            lines += ["", f"[[{_key(key)}]]"]
+            lines += [f"{_key(k)} = {_value(v)}" for k, v in item.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _string(key)
+
+
+def _string(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:     # TOML forbids raw control characters
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"not a TOML value: {type(value).__name__}")
