@@ -33,7 +33,7 @@ READY, INTERVAL, DONE, FAILED = b"R", b"I", b"D", b"F"
 
 # Interval payload, as `_core.Engine.flush` lays it out (native byte order).
 _HEADER = struct.Struct("<IIqIIIIQQ")
-_STAGE = struct.Struct("<QQQ")
+_STAGE = struct.Struct("<QQQQQ")   # scheduled, sent, unsent, waited, late
 _BACKEND = struct.Struct("<I48s")
 _CELL = struct.Struct("<IIIIQ")
 _HIST = struct.Struct("<iiQqq")
@@ -74,6 +74,10 @@ class IntervalReport:
     connect_failures: int
     open_connections: int
     in_flight: int
+    # Open-model sends that waited for a free connection, and sends late on a free one (the
+    # loop was late): what names the cause of unsent arrivals.
+    waited: list[int]
+    late: list[int]
 
 
 def decode_interval(message: bytes) -> IntervalReport:
@@ -85,12 +89,14 @@ def decode_interval(message: bytes) -> IntervalReport:
     if magic != _MAGIC:
         raise ValueError("interval payload with a bad magic number")
     off += _HEADER.size
-    scheduled, sent, unsent = [], [], []
+    scheduled, sent, unsent, waited, late = [], [], [], [], []
     for _ in range(nstages):
-        s, t, u = _STAGE.unpack_from(view, off)
+        s, t, u, w, lt = _STAGE.unpack_from(view, off)
         scheduled.append(s)
         sent.append(t)
         unsent.append(u)
+        waited.append(w)
+        late.append(lt)
         off += _STAGE.size
     backends = ["*"]
     for _ in range(nbackends):
@@ -110,7 +116,7 @@ def decode_interval(message: bytes) -> IntervalReport:
         cells.append(CellDelta(stage, request, OUTCOMES[outcome], backends[backend], count,
                                hists[0], hists[1]))
     return IntervalReport(worker, index, bool(final), scheduled, sent, unsent, cells,
-                          connects, connect_failures, open_conns, in_flight)
+                          connects, connect_failures, open_conns, in_flight, waited, late)
 
 
 @dataclass(frozen=True)
