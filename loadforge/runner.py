@@ -143,6 +143,18 @@ class StageTotals:
         self.unsent = 0
         self.waited = 0      # sends that waited for a free connection
         self.late = 0        # sends late on a free connection (the loop was late)
+        self.cpu_ns = 0      # workers' CPU time in the stage's intervals
+        self.wall_ns = 0     # and the time those intervals spanned, per worker
+
+    @property
+    def worker_cpu(self) -> float | None:
+        """The share of its core each worker used during the stage."""
+        return self.cpu_ns / self.wall_ns if self.wall_ns else None
+
+    @staticmethod
+    def combined_cpu(totals: list[StageTotals]) -> float | None:
+        wall = sum(t.wall_ns for t in totals)
+        return sum(t.cpu_ns for t in totals) / wall if wall else None
 
 
 class Aggregator:
@@ -174,6 +186,7 @@ class Aggregator:
         self.live_slo = slo.LiveSLO(plan, interval_s)
         self.abort_reason: str | None = None
         self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
+        self.cpu_ns: dict[int, int] = {}      # per worker: CPU time reported so far
 
     def add(self, report: Any) -> None:
         self.pending[report.index].append(report)
@@ -213,8 +226,15 @@ class Aggregator:
         scheduled, unsent, sent = [0] * nstages, [0] * nstages, [0] * nstages
         waited, late = [0] * nstages, [0] * nstages
         self.open_peak = max(self.open_peak, sum(r.open_connections for r in reports))
+        # The workers' CPU time goes to the stage running at the interval's middle.
+        mid_s = (index + 0.5) * self.interval_s
+        cpu_stage = next((i for i, w in enumerate(self.windows) if w.start_s <= mid_s < w.end_s),
+                         len(self.windows) - 1)
         for r in reports:
             self.connects[r.worker] = (r.connects, r.connect_failures)
+            self.totals[cpu_stage].cpu_ns += r.cpu_ns - self.cpu_ns.get(r.worker, 0)
+            self.totals[cpu_stage].wall_ns += self.interval_ms * 1_000_000
+            self.cpu_ns[r.worker] = r.cpu_ns
             for i in range(nstages):
                 scheduled[i] += r.scheduled[i]
                 unsent[i] += r.unsent[i]
@@ -387,7 +407,8 @@ class Aggregator:
                       else None)
             block = summary.stats_block(s_ok, s_ok_svc, dict(outcomes), t.scheduled, t.unsent,
                                         w.stage.duration_s, target, self.plan.fail_status,
-                                        error_latency=s_err, waited=t.waited, late=t.late)
+                                        error_latency=s_err, waited=t.waited, late=t.late,
+                                        worker_cpu=t.worker_cpu)
             stages_out.append({"name": w.stage.name,
                                "model": "open" if w.stage.open_model else "closed", **block})
         for (request, outcome, backend), (lat, svc, count) in sorted(run_cells.items()):
@@ -407,7 +428,8 @@ class Aggregator:
                                         unsent, duration, run_target_rps(self.plan),
                                         self.plan.fail_status, error_latency=run_ok[2],
                                         waited=sum(t.waited for t in self.totals),
-                                        late=sum(t.late for t in self.totals))
+                                        late=sum(t.late for t in self.totals),
+                                        worker_cpu=StageTotals.combined_cpu(self.totals))
         run_block["requests_by_name"] = self._by_name(run_cells, run_ok_rows)
         connections = {"opened": sum(c for c, _ in self.connects.values()),
                        "failed": sum(f for _, f in self.connects.values()),

@@ -29,9 +29,10 @@ STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max", "mean")
 ERROR_LATENCY_KEYS = ("p50", "p90", "p99", "max")
 NAME_LATENCY_KEYS = ("p50", "p90", "p99")
-# Sends this share late on a free connection (the loop itself late) make the generator, not
-# the connections, the cause of unsent arrivals.
+# Sends this share late on a free connection (the loop itself late), or workers this busy,
+# make the generator, not the connections, the cause of unsent arrivals.
 LATE_SHARE_CPU = 0.01
+BUSY_CPU = 0.8
 
 
 def _latency_block(h: HdrHistogram, keys: tuple[str, ...] = LATENCY_KEYS) -> dict[str, Any]:
@@ -39,17 +40,20 @@ def _latency_block(h: HdrHistogram, keys: tuple[str, ...] = LATENCY_KEYS) -> dic
     return {key: s[key] for key in keys}
 
 
-def unsent_cause(unsent: int, sent: int, waited: int, late: int) -> str | None:
-    """Why arrivals went unsent: "cpu" when the generator's loop was late (at least 1% of the
-    sends left late on a connection that was free), else "connections" (every connection was
-    busy waiting on the target); None when nothing went unsent.
+def unsent_cause(unsent: int, sent: int, late: int,
+                 worker_cpu: float | None = None) -> str | None:
+    """Why arrivals went unsent: "cpu" when the generator was short of CPU, else
+    "connections" (every connection was busy waiting on the target); None when nothing went
+    unsent.
 
-    An arrival is only ever left unsent for want of a free connection; what tells the causes
-    apart is whether sends were also late while connections were free. `waited` is kept for
-    the report (sends that waited for a connection)."""
+    An arrival is only ever left unsent for want of a free connection at its stage's end;
+    what tells the causes apart is the generator itself: its workers used (nearly) all of
+    their cores, or at least 1% of the sends left 10 ms or more late on a connection that was
+    free (the loop was late: a stall, or a core shared with other work)."""
     if not unsent:
         return None
-    if late and late >= LATE_SHARE_CPU * max(sent, 1):
+    if (late and late >= LATE_SHARE_CPU * max(sent, 1)) or \
+            (worker_cpu is not None and worker_cpu >= BUSY_CPU):
         return "cpu"
     return "connections"
 
@@ -73,6 +77,7 @@ def stats_block(
     error_latency: HdrHistogram | None = None,
     waited: int = 0,
     late: int = 0,
+    worker_cpu: float | None = None,
 ) -> dict[str, Any]:
     """The fields of one scope (the run, or one stage) of `--summary-json`.
 
@@ -107,8 +112,11 @@ def stats_block(
         "duration_s": float(duration_s),
         "error_latency_us": _latency_block(error_latency or histogram.new_histogram(),
                                            ERROR_LATENCY_KEYS),
-        "unsent_cause": unsent_cause(unsent, sent, waited, late),
+        "unsent_cause": unsent_cause(unsent, sent, late, worker_cpu),
+        # Sends that waited for a free connection / left late on a free one (the loop late).
         "delayed_sends": {"connections": int(waited), "cpu": int(late)},
+        # The share of its core each worker used (None where not measured).
+        "worker_cpu": None if worker_cpu is None else round(worker_cpu, 3),
     }
 
 

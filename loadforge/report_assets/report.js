@@ -186,6 +186,9 @@
     });
     ctx.restore();
     canvas.setAttribute("data-points", String(drawn));
+    canvas.setAttribute("data-steps", String(spec.series.filter(function (s) {
+      return s.step && s.points.length;
+    }).length));
     return drawn > 0;
   }
 
