@@ -294,3 +294,36 @@ def test_report_shows_verdicts_tables_and_step_rates(mixed: dict[str, Any]) -> N
     # Target, achieved and errors per second are drawn as steps (counts over an interval).
     steps = [int(n) for n in re.findall(r'<canvas[^>]*data-steps="(\d+)"', page)]
     assert steps[:3] == [2, 0, 1], steps
+
+
+def test_files_without_ok_rows_read_the_same_headline(tmp_path: Path) -> None:
+    """A file written before the "ok" rows: every reader merges its successful outcome rows
+    instead, so fast 5xx stay out of its headline there too."""
+    from loadforge import compare
+    from loadforge import histogram as hist
+
+    def recorded(value_us: int, n: int) -> Any:
+        h = hist.new_histogram()
+        h.record_value(value_us, n)
+        return h
+
+    rows: list[dict[str, Any]] = []
+    for scope, stage in (("interval", "steady"), ("stage", "steady"), ("run", "*")):
+        span = {"scope": scope, "stage": stage, "start_ms": 0, "end_ms": 1000}
+        ok, failed = recorded(30_000, 10), recorded(500, 30)
+        both = hist.copy(ok)
+        hist.merge(both, failed)
+        rows += [{**span, "name": "page", "outcome": "2xx", "count": 10, "latency": ok,
+                  "service": ok},
+                 {**span, "name": "page", "outcome": "5xx", "count": 30, "latency": failed,
+                  "service": failed},
+                 {**span, "name": "*", "outcome": "*", "count": 40, "latency": both,
+                  "service": both, "scheduled": 40, "unsent": 0}]
+    path = str(tmp_path / "old.parquet")
+    with results.ResultWriter(path, "old", {"interval_ms": "1000"}) as writer:
+        writer.write(rows)
+    result = results.read_result(path)
+    assert not result.has_ok_rows
+    figures = compare.run_figures(result)
+    assert figures.run.values()["p50"] == figures.stages[0].values()["p50"] >= 30_000
+
