@@ -303,13 +303,15 @@ class Aggregator:
 
     def _show(self, index: int, interval_all: list[Any]) -> None:
         t = (index + 0.5) * self.interval_s
-        stage = next((w.stage.name for w in self.windows if w.start_s <= t < w.end_s),
-                     self.windows[-1].stage.name)
+        window = next((w for w in self.windows if w.start_s <= t < w.end_s), self.windows[-1])
+        stage = window.stage.name
         expected = schedule.expected_between(self.windows, index * self.interval_s,
                                              (index + 1) * self.interval_s)
         st = histogram.stats(interval_all[0])
+        # A closed-model stage has no target rate to show.
+        target = expected / self.interval_s if window.stage.open_model else None
         self.progress.update(stage, min((index + 1) * self.interval_s, self.plan.duration_s),
-                             expected / self.interval_s, interval_all[1] / self.interval_s,
+                             target, interval_all[1] / self.interval_s,
                              st["p50"], st["p99"], self.errors, self.requests)
 
     def _row(self, scope: str, stage: int | None, request: int | None, outcome: str,
