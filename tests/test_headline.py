@@ -11,13 +11,15 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
-from servers import free_port, http_server, loadforge
+from servers import OK, ROOT, CannedServer, free_port, http_server, loadforge
 
 from loadforge import results, summary
 
@@ -140,6 +142,42 @@ def test_refused_connections_fail_a_latency_objective(tmp_path: Path) -> None:
     (verdict,) = s["slo"]
     assert not verdict["ok"] and verdict["observed"] is None
     assert s["preflight"] == {"requests": 0}
+
+
+def test_a_target_refusing_part_of_the_time_leaves_the_headline_to_successes(
+        tmp_path: Path) -> None:
+    """The target dies a second into the run: from then on every connection is refused, in
+    microseconds. The headline is exactly the successful responses' figures."""
+    server = CannedServer(OK, mode="close")     # a new connection per request
+    summary_path = tmp_path / "s.json"
+    try:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "loadforge.cli", "run", "--target", server.url, "--rate",
+             "100", "--duration", "2s", "--connections", "8", "--workers", "1", "--quiet",
+             "--out", str(tmp_path), "--summary-json", str(summary_path)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        limit = time.monotonic() + 10
+        while server.requests < 60 and time.monotonic() < limit and run.poll() is None:
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 0, stderr
+    s = json.loads(summary_path.read_text())
+    assert s["errors_by_kind"]["connect"] > 0 and s["status"]["2xx"] > 0
+    result = results.read_result(s["result"])
+    (ok_2xx,) = result.rows("run", name="default", outcome="2xx")
+    assert s["latency_us"]["p50"] == ok_2xx["p50_us"] and s["latency_us"]["p99"] == ok_2xx["p99_us"]
+    # Failures: the refusals, and any connection the dying server reset.
+    from loadforge import histogram as hist
+
+    failed = hist.new_histogram()
+    for row in result.rows("run", name="default", outcome=None):
+        if row["outcome"] in ("connect", "reset", "timeout", "protocol", "5xx"):
+            hist.merge(failed, result.histogram(row))
+    stats = hist.stats(failed)
+    assert {k: stats[k] for k in ("p50", "p90", "p99", "max")} == s["error_latency_us"]
+    assert s["requests_by_name"]["default"]["latency_us"]["p50"] == ok_2xx["p50_us"]
 
 
 def test_unsent_arrivals_name_busy_connections(tmp_path: Path) -> None:
