@@ -1,7 +1,8 @@
 """The Parquet archive of a run: schema, streaming writer, reader.
 
 One file per run. Rows at three scopes (interval, stage, run), each with the encoded latency
-and service-time histograms and the percentiles computed from them. Labels become constant
+and service-time histograms and the percentiles computed from them; at each scope, rows with
+outcome "ok" merge the successful responses again, and are where headline latency comes from. Labels become constant
 `label_<key>` string columns so that a directory of runs reads as one dataset in pyarrow or
 DuckDB; everything else about the run goes into the Parquet key-value metadata under
 `loadforge.`. The column names of DESIGN.md "Parquet results" are a contract with other tools.
