@@ -150,3 +150,8 @@ cdef struct StageCounters:
     uint64_t scheduled   # arrivals due in the interval (this worker's stripe)
     uint64_t sent
     uint64_t unsent      # due but never sent by the stage's end
+    # Why sends were late (open model), to name the cause of unsent arrivals: `waited` were
+    # sent after waiting for a free connection, `late` were sent LATE_SEND_NS or more after
+    # their time on a connection that was free, i.e. the loop itself was late (short of CPU).
+    uint64_t waited
+    uint64_t late

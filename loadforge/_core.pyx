@@ -28,6 +28,9 @@ cdef enum:
     CONTROL_TAG = 0x7fffffff
     CMSG_BUFFER_WORDS = 8              # 64 bytes: one SCM_TIMESTAMPNS takes CMSG_SPACE(16) = 32
     SCAN_PERIOD_NS = 10000000          # timeouts are checked every 10 ms
+    # A send this late on a free connection means the loop, not the target, held it back:
+    # far above the timer resolution and the scheduling jitter of a busy machine.
+    LATE_SEND_NS = 10000000
     PAYLOAD_MAGIC = 0x3149464c         # "LFI1"
 
 cdef int64_t HDR_HIGHEST = 3600000000  # 1 h in µs
@@ -700,6 +703,7 @@ cdef class Engine:
         int cur
         int64_t sched_k          # next arrival of the current stage not yet due (own stripe)
         int64_t disp_k           # next arrival not yet sent; disp_k <= sched_k
+        int64_t blocked_k        # arrivals before this one found every connection busy
         int64_t next_due_ns
         int64_t closed_seq
         int closed_active        # connections the current closed-model stage keeps busy
@@ -1202,6 +1206,7 @@ cdef class Engine:
             # first arrival of this worker's stripe: global index base + k = worker mod W
             self.sched_k = (self.worker - sp.base % self.nworkers + self.nworkers) % self.nworkers
             self.disp_k = self.sched_k
+            self.blocked_k = self.sched_k
             self.next_due_ns = self.intended(sp, self.sched_k) \
                 if self.sched_k < sp.arrivals else NEVER
         else:
@@ -1220,12 +1225,20 @@ cdef class Engine:
     cdef void dispatch(self, int64_t now) noexcept:
         cdef StagePlan* sp = &self.stages[self.cur]
         cdef int ci
+        cdef int64_t intended
         while self.disp_k < self.sched_k:
             ci = self.take_conn()
             if ci < 0:
-                return     # every connection busy: the backlog waits, and its wait is latency
+                # every connection busy: the backlog waits, and its wait is latency
+                self.blocked_k = self.sched_k
+                return
+            intended = self.intended(sp, self.disp_k)
+            if self.disp_k < self.blocked_k:
+                self.counters[self.cur].waited += 1
+            elif now - intended >= LATE_SEND_NS:
+                self.counters[self.cur].late += 1
             self.start_arrival(ci, self.cur, self.mix[(sp.base + self.disp_k) % self.mix_len],
-                               self.intended(sp, self.disp_k), now)
+                               intended, now)
             self.disp_k += self.nworkers
 
     cdef void end_stage(self, int64_t now) noexcept:
@@ -1344,7 +1357,7 @@ cdef class Engine:
 
     cdef int flush(self, int final) except -1:
         """Hand the interval's counts to Python as one bytes object, then clear them."""
-        cdef Py_ssize_t size = 48 + 24 * self.nstages + (4 + CAPTURE_MAX) * self.nbackends
+        cdef Py_ssize_t size = 48 + 40 * self.nstages + (4 + CAPTURE_MAX) * self.nbackends
         cdef int i, j, open_conns = 0
         cdef Cell* cell
         cdef char* out
@@ -1378,10 +1391,14 @@ cdef class Engine:
             (<uint64_t*>out)[0] = self.counters[i].scheduled
             (<uint64_t*>out)[1] = self.counters[i].sent
             (<uint64_t*>out)[2] = self.counters[i].unsent
+            (<uint64_t*>out)[3] = self.counters[i].waited
+            (<uint64_t*>out)[4] = self.counters[i].late
             self.counters[i].scheduled = 0
             self.counters[i].sent = 0
             self.counters[i].unsent = 0
-            out += 24
+            self.counters[i].waited = 0
+            self.counters[i].late = 0
+            out += 40
         for i in range(1, self.nbackends + 1):
             (<uint32_t*>out)[0] = self.backend_len[i]
             memcpy(out + 4, self.backend_name[i], CAPTURE_MAX)

@@ -32,12 +32,13 @@ class RunEntry:
     start_time: str
     profile: str
     labels: dict[str, str]
-    target_rps: float
+    target_rps: float | None       # None: every stage closed-model, no target
     achieved_rps: float
     p99_us: float
     error_rate: float
     verdict: str              # "pass", "FAIL n/m", or "-" (no objectives)
     failed: list[str]
+    p50_us: float = 0.0            # with p99_us: over the successful responses
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -81,9 +82,10 @@ def list_runs(paths: list[str]) -> tuple[list[RunEntry], list[str]]:
             path=path, run_id=result.run_id,
             start_time=result.metadata.get("start_time", ""),
             profile=result.metadata.get("profile_name", ""), labels=result.labels,
-            target_rps=values["target_rps"], achieved_rps=values["achieved_rps"],
-            p99_us=values["p99"], error_rate=values["error_rate"], verdict=verdict,
-            failed=failed))
+            target_rps=values["target_rps"], achieved_rps=float(values["achieved_rps"] or 0),
+            p99_us=float(values["p99"] or 0), error_rate=float(values["error_rate"] or 0),
+            verdict=verdict,
+            failed=failed, p50_us=float(values["p50"] or 0)))
     entries.sort(key=lambda e: (e.start_time, e.path))
     return entries, problems
 
@@ -128,7 +130,8 @@ def _ls_table(entries: list[RunEntry], *, narrow: bool) -> Table:
                 if narrow else [Text(_when(e.start_time)), Text(e.profile), Text(labels)])
         table.add_row(
             *text,
-            f"{e.target_rps:,.1f}", f"{e.achieved_rps:,.1f}", format_us(e.p99_us),
+            "-" if e.target_rps is None else f"{e.target_rps:,.1f}", f"{e.achieved_rps:,.1f}",
+            format_us(e.p99_us),
             f"{e.error_rate * 100:.3g}", Text(e.verdict, style=style),
             *([] if narrow else [Text(os.path.basename(e.path))]))
     return table

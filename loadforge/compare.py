@@ -24,7 +24,7 @@ from rich.text import Text
 from loadforge import histogram
 from loadforge.errors import InputError
 from loadforge.plan import ERROR_KINDS, STATUS_OUTCOMES
-from loadforge.results import Result, find_results, read_result
+from loadforge.results import Result, find_results, headline_row, outcome_row, read_result
 from loadforge.units import parse_duration
 
 # (key, label, kind): kind "rps" | "ratio" | "us" decides formatting and delta units.
@@ -58,13 +58,14 @@ class ScopeFigures:
     sent: int = 0             # responses + transport failures
     errors: int = 0
     scheduled: int = 0
-    target_rps: float = 0.0
+    target_rps: float | None = 0.0          # None: closed model, no target
+    # successful responses only (DESIGN.md "Latency semantics")
     latency: HdrHistogram = field(default_factory=histogram.new_histogram)
     errors_by_kind: dict[str, int] = field(default_factory=dict)
 
-    def values(self) -> dict[str, float]:
+    def values(self) -> dict[str, float | None]:
         stats = histogram.stats(self.latency)
-        out = {
+        out: dict[str, float | None] = {
             "target_rps": self.target_rps,
             "achieved_rps": self.requests / self.duration_s if self.duration_s > 0 else 0.0,
             "error_rate": self.errors / self.sent if self.sent else 0.0,
@@ -106,15 +107,16 @@ def stages_of(result: Result) -> list[dict[str, Any]]:
         return []
 
 
-def _target_rps(stage: dict[str, Any]) -> float:
+def _target_rps(stage: dict[str, Any]) -> float | None:
     if stage.get("concurrency") or stage.get("rate_from") is None:
-        return 0.0
+        return None     # closed model: no arrival schedule, no target
     # A linear ramp's mean rate; a steady stage has from == to.
     return (float(stage["rate_from"]) + float(stage.get("rate_to") or stage["rate_from"])) / 2
 
 
 def run_figures(result: Result, title: str = "") -> RunFigures:
     fail_status = set(fail_status_of(result)) | set(ERROR_KINDS)
+    has_ok = result.has_ok_rows
     planned = {s["name"]: s for s in stages_of(result)}
     scopes: dict[str, ScopeFigures] = {}
     run_scope: ScopeFigures | None = None
@@ -128,9 +130,12 @@ def run_figures(result: Result, title: str = "") -> RunFigures:
                 if scope == "stage" and key in planned:
                     fig.duration_s = float(planned[key].get("duration_s") or duration)
                     fig.target_rps = _target_rps(planned[key])
-            if row["name"] == "*" and row["outcome"] == "*":
+            if headline_row(row, has_ok, fail_status):
                 histogram.merge(fig.latency, result.histogram(row))
+            if row["name"] == "*" and row["outcome"] == "*":
                 fig.scheduled += int(row.get("scheduled") or 0)
+                continue
+            if not outcome_row(row):
                 continue
             count = int(row["count"])
             outcome = row["outcome"]
@@ -150,8 +155,12 @@ def run_figures(result: Result, title: str = "") -> RunFigures:
     planned_s = sum(float(s.get("duration_s") or 0) for s in planned.values())
     if planned_s:
         run_scope.duration_s = min(run_scope.duration_s, planned_s) or planned_s
-        arrivals = sum(_target_rps(s) * float(s.get("duration_s") or 0) for s in planned.values())
-        run_scope.target_rps = arrivals / planned_s
+        # Closed-model stages have no target and stay out of the run's.
+        open_stages = [(rps, float(s.get("duration_s") or 0)) for s in planned.values()
+                       if (rps := _target_rps(s)) is not None]
+        open_s = sum(d for _, d in open_stages)
+        run_scope.target_rps = (sum(rps * d for rps, d in open_stages) / open_s
+                                if open_s else None)
     return RunFigures(result, title or run_title(result), stage_list, run_scope)
 
 
@@ -183,6 +192,10 @@ def delta(kind: str, base: float, value: float) -> float | None:
     return (value - base) / base * 100
 
 
+def _delta_of(kind: str, base: float | None, value: float | None) -> float | None:
+    return None if base is None or value is None else delta(kind, base, value)
+
+
 def _stage_names(runs: list[RunFigures]) -> list[str]:
     names: list[str] = []
     for run in runs:
@@ -196,7 +209,7 @@ def comparison(runs: list[RunFigures]) -> dict[str, Any]:
     """The JSON form: runs, and per stage each run's figures and deltas against runs[0]."""
     stages = []
     for name in _stage_names(runs):
-        values: list[dict[str, float] | None] = []
+        values: list[dict[str, float | None] | None] = []
         for run in runs:
             scope = run.scope(name)
             values.append(scope.values() if scope is not None else None)
@@ -204,7 +217,7 @@ def comparison(runs: list[RunFigures]) -> dict[str, Any]:
         deltas: list[dict[str, float | None] | None] = [None]
         for v in values[1:]:
             deltas.append(None if v is None or base is None else
-                          {k: delta(KIND[k], base[k], v[k]) for k in v})
+                          {k: _delta_of(KIND[k], base[k], v[k]) for k in v})
         stages.append({"stage": name, "values": values, "deltas": deltas})
     return {
         "runs": [{"title": r.title, "path": r.result.path, "run_id": r.result.run_id,
@@ -307,6 +320,8 @@ def check_gates(runs: list[RunFigures], gates: list[Gate]) -> list[dict[str, Any
             b_values, r_values = b_scope.values(), r_scope.values()
             for gate in gates:
                 b, v = b_values[gate.metric], r_values[gate.metric]
+                if b is None or v is None:     # only target_rps is ever None, never gated
+                    continue
                 bad, change = gate.breached(b, v)
                 kind = KIND[gate.metric]
                 where = "all stages" if name == ALL_STAGES else f"stage {name}"

@@ -2,8 +2,9 @@
 log (the text format of Java's HistogramLogWriter, read by HistogramLogProcessor, HdrHistogram
 Go/C/Python log readers and HdrHistogram plotters).
 
-One tag per stage: each line is a stage's merged interval row (stage, "*", "*"), the latency
-histogram from intended send time, in microseconds, as stored in Parquet (V2 compressed,
+One tag per stage: each line is a stage's merged interval row of successful responses
+(stage, "*", "ok": the summary's headline latency; (stage, "*", "*") in files written before
+"ok" rows existed), the latency histogram from intended send time, in microseconds, as stored in Parquet (V2 compressed,
 base64). Timestamps are seconds relative to the run's start, given as #[StartTime] and
 #[BaseTime], so readers can also place intervals on the wall clock.
 """
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 
 from loadforge import histogram
 from loadforge.errors import InputError
-from loadforge.results import Result, read_result
+from loadforge.results import OK, Result, read_result
 
 LOG_FORMAT_VERSION = "1.3"
 # Java's reader takes the tag up to the first ','; whitespace would break other parsers.
@@ -43,15 +44,15 @@ def hlog_text(result: Result) -> str:
     start = _start_epoch_s(result)
     lines = [
         f"#[Histogram log format version {LOG_FORMAT_VERSION}]",
-        f"#[loadforge run {result.run_id}: latency from intended send time, microseconds; "
-        "one tag per stage]",
+        f"#[loadforge run {result.run_id}: latency of successful responses from intended send "
+        "time, microseconds; one tag per stage]",
     ]
     if start:
         stamp = datetime.fromtimestamp(start, UTC).isoformat(timespec="milliseconds")
         lines.append(f"#[StartTime: {start:.3f} (seconds since epoch), {stamp}]")
         lines.append(f"#[BaseTime: {start:.3f} (seconds since epoch)]")
     lines.append('"StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_Histogram"')
-    rows = result.rows("interval", stage=None, name="*", outcome="*")
+    rows = result.rows("interval", stage=None, name="*", outcome=OK if result.has_ok_rows else "*")
     rows = [r for r in rows if r["stage"] != "*"]
     rows.sort(key=lambda r: (int(r["start_ms"]), str(r["stage"])))
     for row in rows:

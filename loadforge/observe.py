@@ -41,7 +41,7 @@ from loadforge import histogram
 from loadforge.errors import InputError, ProfileError
 from loadforge.plan import STATUS_OUTCOMES, Plan
 from loadforge.redact import redact_url
-from loadforge.results import Result
+from loadforge.results import Result, outcome_row
 from loadforge.units import parse_duration, show_value
 
 OBSERVE_KEYS = ("backend_header", "window", "replicas", "prometheus", "metrics", "command")
@@ -423,7 +423,7 @@ def backend_figures(result: Result) -> dict[str, Any]:
     if "backend" not in result.table.column_names:
         return {"run": {}, "stages": {}}
     for row in result.rows("stage", name=None, outcome=None):
-        if row["name"] == "*" and row["outcome"] == "*":
+        if not outcome_row(row):
             continue
         stage, backend = row["stage"], row["backend"]
         if backend == "*" or row["outcome"] not in STATUS_OUTCOMES:

@@ -78,7 +78,7 @@ class LiveProgress:
         self,
         stage: str,
         elapsed_s: float,
-        target_rps: float,
+        target_rps: float | None,
         achieved_rps: float,
         p50_us: int,
         p99_us: int,
@@ -101,7 +101,7 @@ class LiveProgress:
             self._last_plain = now
             line = (
                 f"{stage} {_clock_text(elapsed_s)}/{_clock_text(self.total_s)} ({left} left) "
-                f"rps {achieved_rps:.0f}/{target_rps:.0f} "
+                f"rps {achieved_rps:.0f}/{_target(target_rps, '.0f')} "
                 f"p50 {format_us(p50_us)} p99 {format_us(p99_us)} "
                 f"errors {errors}/{requests}"
             )
@@ -119,7 +119,7 @@ class LiveProgress:
         stage: str,
         elapsed_s: float,
         left: str,
-        target_rps: float,
+        target_rps: float | None,
         achieved_rps: float,
         p50_us: int,
         p99_us: int,
@@ -129,7 +129,7 @@ class LiveProgress:
         grid = Table.grid(padding=(0, 2))
         for _ in range(6):
             grid.add_column()
-        behind = target_rps > 0 and achieved_rps < 0.95 * target_rps
+        behind = bool(target_rps) and achieved_rps < 0.95 * (target_rps or 0.0)
         done = min(1.0, elapsed_s / self.total_s) if self.total_s > 0 else 1.0
         grid.add_row(
             Text(stage, style="bold cyan"),
@@ -137,10 +137,15 @@ class LiveProgress:
             Text.assemble(
                 "rps ",
                 (f"{achieved_rps:,.0f}", "bold yellow" if behind else "bold"),
-                f" / {target_rps:,.0f}",
+                f" / {_target(target_rps, ',.0f')}",
             ),
             Text(f"p50 {format_us(p50_us)}"),
             Text(f"p99 {format_us(p99_us)}"),
             Text(f"errors {errors:,}/{requests:,}", style="red" if errors else ""),
         )
         return grid
+
+
+def _target(rps: float | None, spec: str) -> str:
+    """A closed-model stage has no target rate: "-"."""
+    return "-" if rps is None else format(rps, spec)

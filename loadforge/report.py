@@ -3,8 +3,11 @@
 The page carries its data as JSON and draws it with the small canvas plotter in
 `report_assets/report.js` (inlined, with the CSS, into the page: it must open offline, from an
 artifact store or a mail attachment, so nothing is fetched). Series come from the interval rows
-(`*`/`*` rows merged across stages per interval, outcome rows for rates and errors), spectra
-from each stage row's merged histogram.
+(the "ok" rows for latency, `*`/`*` rows for the target, outcome rows for rates and errors),
+spectra from each stage's merged histogram of successful responses. Per-second rates are
+drawn as steps: each is a count over its whole interval. Next to the plots: the SLO verdicts
+(judged again from the file, as `ls` does), responses by status class and failures by kind,
+and one row per request name.
 
 When the page has drawn, `<body>` gets `data-ready` (charts drawn with data) next to
 `data-charts` (charts on the page), and `data-errors` if a script error happened: the Chromium
@@ -24,7 +27,8 @@ from hdrh.histogram import HdrHistogram
 from loadforge import histogram
 from loadforge.compare import RunFigures, fail_status_of, load_runs, stages_of
 from loadforge.errors import InputError
-from loadforge.plan import ERROR_KINDS, STATUS_OUTCOMES
+from loadforge.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES
+from loadforge.results import OK, Result, headline_row, outcome_row
 
 # Percentile levels of the spectrum: 1 - 10^(-k/20), k = 0..100, i.e. 0% .. 99.999% with
 # 20 points per decade of 1/(1-q) (the x axis of an HDR percentile plot).
@@ -65,6 +69,7 @@ def _run_series(run: RunFigures) -> dict[str, Any]:
         interval_ms = 1000
     interval_s = interval_ms / 1000
     error_outcomes = set(ERROR_KINDS) | set(fail_status_of(result))
+    has_ok = result.has_ok_rows
     per: dict[int, dict[str, Any]] = {}
     for row in result.rows("interval", stage=None, name=None, outcome=None):
         index = int(row["start_ms"]) // interval_ms
@@ -72,13 +77,16 @@ def _run_series(run: RunFigures) -> dict[str, Any]:
         if cell is None:
             cell = per[index] = {"scheduled": 0, "responses": 0, "errors": {},
                                  "latency": None}
-        if row["name"] == "*" and row["outcome"] == "*":
-            cell["scheduled"] += int(row.get("scheduled") or 0)
+        if headline_row(row, has_ok, error_outcomes):
             h = result.histogram(row)
             if cell["latency"] is None:
                 cell["latency"] = h
             else:
                 histogram.merge(cell["latency"], h)
+        if row["name"] == "*" and row["outcome"] == "*":
+            cell["scheduled"] += int(row.get("scheduled") or 0)
+            continue
+        if not outcome_row(row):
             continue
         outcome, count = row["outcome"], int(row["count"])
         if outcome in STATUS_OUTCOMES:
@@ -125,7 +133,59 @@ def _run_series(run: RunFigures) -> dict[str, Any]:
         "stages": [s.name for s in run.stages],
         "spectra": spectra,
         "summary": summary,
+        "outcomes": _outcome_counts(result),
+        "requests_by_name": requests_by_name(result, error_outcomes),
+        "slo": _verdicts(result),
     }
+
+
+def _outcome_counts(result: Result) -> dict[str, int]:
+    """Responses per status class and failures per kind, over the whole run."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for row in result.rows("run", name=None, outcome=None):
+        if outcome_row(row) and row["outcome"] in counts:
+            counts[row["outcome"]] += int(row["count"])
+    return counts
+
+
+def requests_by_name(result: Result, error_outcomes: set[str]) -> dict[str, dict[str, Any]]:
+    """Per request name over the run: responses, errors, and p50/p90/p99 of its successful
+    responses (the summary's `requests_by_name`, from the file)."""
+    has_ok = result.has_ok_rows
+    out: dict[str, dict[str, Any]] = {}
+    latency: dict[str, HdrHistogram] = {}
+    for row in result.rows("run", name=None, outcome=None):
+        name = row["name"]
+        if name == "*":
+            continue
+        entry = out.setdefault(name, {"requests": 0, "errors": 0})
+        successful = (row["outcome"] == OK if has_ok else
+                      outcome_row(row) and row["outcome"] not in error_outcomes)
+        if successful:
+            h = latency.setdefault(name, histogram.new_histogram())
+            histogram.merge(h, result.histogram(row))
+        if not outcome_row(row):
+            continue
+        if row["outcome"] in STATUS_OUTCOMES:
+            entry["requests"] += int(row["count"])
+        if row["outcome"] in error_outcomes:
+            entry["errors"] += int(row["count"])
+    for name, entry in out.items():
+        stats = histogram.stats(latency.get(name) or histogram.new_histogram())
+        entry["latency_us"] = {k: stats[k] for k in ("p50", "p90", "p99")}
+    return out
+
+
+def _verdicts(result: Result) -> list[dict[str, Any]]:
+    """The SLO verdicts of the archived profile, judged again from the file (as `ls`)."""
+    from loadforge import scaling, slo
+
+    plan = slo.plan_of_result(result)
+    if plan is None:
+        return []
+    verdicts = slo.evaluate(plan, result) + scaling.analyze(plan, result)["slo"]
+    return [{"name": v["name"], "ok": bool(v["ok"]), "observed": v.get("observed"),
+             "limit": v.get("limit"), "unit": v.get("unit")} for v in verdicts]
 
 
 def report_data(runs: list[RunFigures]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The Parquet archive of a run: schema, streaming writer, reader.
 
 One file per run. Rows at three scopes (interval, stage, run), each with the encoded latency
-and service-time histograms and the percentiles computed from them. Labels become constant
+and service-time histograms and the percentiles computed from them; at each scope, rows with
+outcome "ok" merge the successful responses again, and are where headline latency comes from. Labels become constant
 `label_<key>` string columns so that a directory of runs reads as one dataset in pyarrow or
 DuckDB; everything else about the run goes into the Parquet key-value metadata under
 `loadforge.`. The column names of DESIGN.md "Parquet results" are a contract with other tools.
@@ -67,6 +68,10 @@ REQUIRED_COLUMNS = (
     "run_id", "scope", "stage", "name", "outcome", "start_ms", "end_ms", "count",
     "latency_hdr", "service_hdr", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us",
 )
+# The outcome of the rows merged over the successful responses (status classes not in the
+# profile's fail_status), at every scope, per request name and with name "*": the headline
+# latency's source (DESIGN.md "Parquet results").
+OK = "ok"
 _EMPTY = histogram.new_histogram()
 _LABEL_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -247,6 +252,17 @@ class Result:
     labels: dict[str, str]
     table: pa.Table
     _keys: list[tuple[str, str, str, str]] | None = field(default=None, init=False, repr=False)
+    _has_ok: bool | None = field(default=None, init=False, repr=False)
+
+    @property
+    def has_ok_rows(self) -> bool:
+        """Whether the file carries the merged "ok" rows; files written before them do not,
+        and their readers merge the successful outcome rows themselves (`headline_row`)."""
+        if self._has_ok is None:
+            self.rows("run", name=None, outcome=None)   # builds the key list
+            self._has_ok = any(oc == OK and sc in ("interval", "stage", "run")
+                               for sc, _, _, oc in self._keys or [])
+        return self._has_ok
 
     def rows(
         self,
@@ -292,6 +308,20 @@ class Result:
 
     def service_histogram(self, row: dict[str, Any]) -> HdrHistogram:
         return self.histogram(row, "service_hdr")
+
+
+def outcome_row(row: dict[str, Any]) -> bool:
+    """A row that counts one outcome of one request name (not a merged "*" or "ok" row)."""
+    return row["name"] != "*" and row["outcome"] not in ("*", OK)
+
+
+def headline_row(row: dict[str, Any], has_ok_rows: bool, error_outcomes: set[str]) -> bool:
+    """Whether `row`'s latency is part of its scope's headline latency (successful responses,
+    all request names): the merged "ok" row with name "*"; in a file without "ok" rows, each
+    outcome row of a successful status. Either way the same buckets, merged."""
+    if has_ok_rows:
+        return row["name"] == "*" and row["outcome"] == OK
+    return outcome_row(row) and row["outcome"] not in error_outcomes
 
 
 def _read_metadata(path: str) -> dict[str, str]:

@@ -119,7 +119,27 @@ def encode_request(req: Request, host: str, prefix: str = "") -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + req.body
 
 
-def preflight(target: Target, req: Request, timeout_s: float) -> None:
+# Headers that describe a body: the preflight sends none.
+_BODY_HEADERS = ("content-type", "content-length", "transfer-encoding", "content-encoding")
+
+
+def preflight_request(requests: tuple[Request, ...]) -> tuple[Request, bool]:
+    """What the preflight sends, and whether its status is judged (a 404 stops the run).
+
+    The first request of the mix that is a GET or HEAD without a body, as it stands; else (every
+    request sends a body or changes state) a GET of the first request's path without its body
+    headers, whose status says nothing about that path and is not judged. Never a body, never
+    a method that changes state: the preflight reaches the target outside the run's counts.
+    """
+    for req in requests:
+        if req.method in ("GET", "HEAD") and not req.body:
+            return req, True
+    first = requests[0]
+    headers = tuple((k, v) for k, v in first.headers if k.lower() not in _BODY_HEADERS)
+    return Request(first.name, "GET", first.path, headers, b"", first.weight), False
+
+
+def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool = True) -> None:
     """One request before the run, so a wrong URL fails in seconds with a clear message."""
     url = f"http://{target.host}{request_path(target.path, req.path)}"
     try:
@@ -128,11 +148,11 @@ def preflight(target: Target, req: Request, timeout_s: float) -> None:
         with httpx.Client(timeout=min(timeout_s, 5.0), headers={"User-Agent": USER_AGENT},
                           trust_env=False, verify=False) as client:
             # httpx sends a Host header given here in place of the URL's (host_header()).
-            resp = client.request(req.method, url, headers=dict(req.headers), content=req.body)
+            resp = client.request(req.method, url, headers=dict(req.headers))
     except httpx.HTTPError as exc:
         raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url} "
                                 f"failed ({type(exc).__name__}: {exc})") from None
-    if resp.status_code == 404:
+    if resp.status_code == 404 and judge_status:
         raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found; "
                                 "check the URL and the request paths (or pass --no-preflight)")
 
@@ -142,6 +162,20 @@ class StageTotals:
         self.scheduled = 0
         self.sent = 0
         self.unsent = 0
+        self.waited = 0      # sends that waited for a free connection
+        self.late = 0        # sends late on a free connection (the loop was late)
+        self.cpu_ns = 0      # workers' CPU time in the stage's intervals
+        self.wall_ns = 0     # and the time those intervals spanned, per worker
+
+    @property
+    def worker_cpu(self) -> float | None:
+        """The share of its core each worker used during the stage."""
+        return self.cpu_ns / self.wall_ns if self.wall_ns else None
+
+    @staticmethod
+    def combined_cpu(totals: list[StageTotals]) -> float | None:
+        wall = sum(t.wall_ns for t in totals)
+        return sum(t.cpu_ns for t in totals) / wall if wall else None
 
 
 class Aggregator:
@@ -172,6 +206,8 @@ class Aggregator:
         # Windowed objectives with abort_after, judged as each interval is merged.
         self.live_slo = slo.LiveSLO(plan, interval_s)
         self.abort_reason: str | None = None
+        self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
+        self.cpu_ns: dict[int, int] = {}      # per worker: CPU time reported so far
 
     def add(self, report: Any) -> None:
         self.pending[report.index].append(report)
@@ -209,13 +245,23 @@ class Aggregator:
         merged: dict[tuple[int, int, str, str], list[Any]] = {}
         nstages = len(self.plan.stages)
         scheduled, unsent, sent = [0] * nstages, [0] * nstages, [0] * nstages
+        waited, late = [0] * nstages, [0] * nstages
         self.open_peak = max(self.open_peak, sum(r.open_connections for r in reports))
+        # The workers' CPU time goes to the stage running at the interval's middle.
+        mid_s = (index + 0.5) * self.interval_s
+        cpu_stage = next((i for i, w in enumerate(self.windows) if w.start_s <= mid_s < w.end_s),
+                         len(self.windows) - 1)
         for r in reports:
             self.connects[r.worker] = (r.connects, r.connect_failures)
+            self.totals[cpu_stage].cpu_ns += r.cpu_ns - self.cpu_ns.get(r.worker, 0)
+            self.totals[cpu_stage].wall_ns += self.interval_ms * 1_000_000
+            self.cpu_ns[r.worker] = r.cpu_ns
             for i in range(nstages):
                 scheduled[i] += r.scheduled[i]
                 unsent[i] += r.unsent[i]
                 sent[i] += r.sent[i]
+                waited[i] += r.waited[i]
+                late[i] += r.late[i]
             for c in r.cells:
                 key = (c.stage, c.request, c.outcome, c.backend)
                 m = merged.get(key)
@@ -228,7 +274,9 @@ class Aggregator:
                 m[2] += c.count
         rows: list[dict[str, Any]] = []
         per_stage: dict[int, list[Any]] = {}
-        interval_all = [histogram.new_histogram(), 0, 0, 0]   # latency, responses, errors
+        # latency of the successful responses, responses, errors
+        interval_all = [histogram.new_histogram(), 0, 0, 0]
+        rows += self._ok_rows("interval", merged, lambda stage: (start_ms, end_ms))
         for key, (lat, svc, count) in sorted(merged.items()):
             stage, request, outcome, backend = key
             rows.append(self._row("interval", stage, request, outcome, backend, start_ms, end_ms,
@@ -239,10 +287,11 @@ class Aggregator:
             histogram.merge(s[0], lat)
             histogram.merge(s[1], svc)
             s[2] += count
-            histogram.merge(interval_all[0], lat)
+            if outcome not in self.error_outcomes:
+                histogram.merge(interval_all[0], lat)
             if outcome in STATUS_OUTCOMES:
                 interval_all[1] += count
-            if outcome in ERROR_KINDS or outcome in self.plan.fail_status:
+            if outcome in self.error_outcomes:
                 interval_all[2] += count
             acc = self.cells.get(key)
             if acc is None:
@@ -256,6 +305,8 @@ class Aggregator:
             t.scheduled += scheduled[i]
             t.unsent += unsent[i]
             t.sent += sent[i]
+            t.waited += waited[i]
+            t.late += late[i]
             self.sent_by_workers += sent[i]
             if i in per_stage or scheduled[i] or unsent[i]:
                 lat, svc, count = per_stage.get(i) or (histogram.new_histogram(),
@@ -273,13 +324,15 @@ class Aggregator:
 
     def _show(self, index: int, interval_all: list[Any]) -> None:
         t = (index + 0.5) * self.interval_s
-        stage = next((w.stage.name for w in self.windows if w.start_s <= t < w.end_s),
-                     self.windows[-1].stage.name)
+        window = next((w for w in self.windows if w.start_s <= t < w.end_s), self.windows[-1])
+        stage = window.stage.name
         expected = schedule.expected_between(self.windows, index * self.interval_s,
                                              (index + 1) * self.interval_s)
         st = histogram.stats(interval_all[0])
+        # A closed-model stage has no target rate to show.
+        target = expected / self.interval_s if window.stage.open_model else None
         self.progress.update(stage, min((index + 1) * self.interval_s, self.plan.duration_s),
-                             expected / self.interval_s, interval_all[1] / self.interval_s,
+                             target, interval_all[1] / self.interval_s,
                              st["p50"], st["p99"], self.errors, self.requests)
 
     def _row(self, scope: str, stage: int | None, request: int | None, outcome: str,
@@ -294,6 +347,32 @@ class Aggregator:
             "latency": lat, "service": svc,
         }
 
+    def _ok_rows(self, scope: str, cells: dict[tuple[Any, Any, str, str], list[Any]],
+                 span: Any) -> list[dict[str, Any]]:
+        """Rows merged over the successful responses (outcome "ok", backend "*"), per stage
+        and request name and per stage with name "*": where every reader takes the headline
+        latency from (DESIGN.md "Parquet results"). One per (stage, name) that had any
+        outcome, with count 0 when everything failed. `span(stage)` gives (start_ms, end_ms).
+        """
+        merged: dict[tuple[Any, Any], list[Any]] = {}
+        for (stage, request, outcome, _), (lat, svc, count) in cells.items():
+            for key in ((stage, request), (stage, None)):
+                acc = merged.get(key)
+                if acc is None:
+                    acc = merged[key] = [histogram.new_histogram(), histogram.new_histogram(), 0]
+                if outcome not in self.error_outcomes:
+                    histogram.merge(acc[0], lat)
+                    histogram.merge(acc[1], svc)
+                    acc[2] += count
+        rows = []
+        for (stage, request), (lat, svc, count) in sorted(
+                merged.items(), key=lambda kv: (-1 if kv[0][0] is None else kv[0][0],
+                                                -1 if kv[0][1] is None else kv[0][1])):
+            start_ms, end_ms = span(stage)
+            rows.append(self._row(scope, stage, request, "ok", "*", start_ms, end_ms, count,
+                                  lat, svc))
+        return rows
+
     # -- the end of the run -----------------------------------------------------------------
 
     def finish(self, elapsed_s: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -301,11 +380,14 @@ class Aggregator:
         rows: list[dict[str, Any]] = []
         run_cells: dict[tuple[int, str, str], list[Any]] = {}
         run_all = [histogram.new_histogram(), histogram.new_histogram()]
+        # successful responses' latency and service time, failures' latency
+        run_ok = [histogram.new_histogram(), histogram.new_histogram(), histogram.new_histogram()]
         run_outcomes: dict[str, int] = defaultdict(int)
         stages_out = []
         end_ms = int(elapsed_s * 1000)
         for i, w in enumerate(self.windows):
             s_lat, s_svc = histogram.new_histogram(), histogram.new_histogram()
+            s_err = histogram.new_histogram()
             outcomes: dict[str, int] = defaultdict(int)
             s_ms, e_ms = int(w.start_s * 1000), int(w.end_s * 1000)
             for key in sorted(k for k in self.cells if k[0] == i):
@@ -315,6 +397,8 @@ class Aggregator:
                                       count, lat, svc))
                 histogram.merge(s_lat, lat)
                 histogram.merge(s_svc, svc)
+                if outcome in self.error_outcomes:
+                    histogram.merge(s_err, lat)
                 outcomes[outcome] += count
                 rk = (request, outcome, backend)
                 acc = run_cells.get(rk)
@@ -329,18 +413,33 @@ class Aggregator:
                             s_lat, s_svc)
             row["scheduled"], row["unsent"] = t.scheduled, t.unsent
             rows.append(row)
+            ok_rows = self._ok_rows("stage", {k: v for k, v in self.cells.items() if k[0] == i},
+                                    lambda _, span=(s_ms, e_ms): span)
+            rows += ok_rows
+            ok = next((r for r in ok_rows if r["name"] == "*"), None)
+            s_ok, s_ok_svc = ((ok["latency"], ok["service"]) if ok is not None else
+                              (histogram.new_histogram(), histogram.new_histogram()))
             histogram.merge(run_all[0], s_lat)
             histogram.merge(run_all[1], s_svc)
+            for h, part in zip(run_ok, (s_ok, s_ok_svc, s_err), strict=True):
+                histogram.merge(h, part)
             for k, v in outcomes.items():
                 run_outcomes[k] += v
-            target = schedule.arrivals(w.stage) / w.stage.duration_s if w.stage.open_model else 0.0
-            block = summary.stats_block(s_lat, s_svc, dict(outcomes), t.scheduled, t.unsent,
-                                        w.stage.duration_s, target, self.plan.fail_status)
+            # A closed-model stage has no arrival schedule, hence no target rate.
+            target = (schedule.arrivals(w.stage) / w.stage.duration_s if w.stage.open_model
+                      else None)
+            block = summary.stats_block(s_ok, s_ok_svc, dict(outcomes), t.scheduled, t.unsent,
+                                        w.stage.duration_s, target, self.plan.fail_status,
+                                        error_latency=s_err, waited=t.waited, late=t.late,
+                                        worker_cpu=t.worker_cpu)
             stages_out.append({"name": w.stage.name,
                                "model": "open" if w.stage.open_model else "closed", **block})
         for (request, outcome, backend), (lat, svc, count) in sorted(run_cells.items()):
             rows.append(self._row("run", None, request, outcome, backend, 0, end_ms, count,
                                   lat, svc))
+        run_ok_rows = self._ok_rows("run", {(None, *k): v for k, v in run_cells.items()},
+                                    lambda _: (0, end_ms))
+        rows += run_ok_rows
         scheduled = sum(t.scheduled for t in self.totals)
         unsent = sum(t.unsent for t in self.totals)
         row = self._row("run", None, None, "*", "*", 0, end_ms, sum(run_outcomes.values()),
@@ -348,14 +447,45 @@ class Aggregator:
         row["scheduled"], row["unsent"] = scheduled, unsent
         rows.append(row)
         duration = min(elapsed_s, self.plan.duration_s) or self.plan.duration_s
-        open_arrivals = sum(schedule.arrivals(s) for s in self.plan.stages)
-        run_block = summary.stats_block(run_all[0], run_all[1], dict(run_outcomes), scheduled,
-                                        unsent, duration, open_arrivals / self.plan.duration_s,
-                                        self.plan.fail_status)
+        run_block = summary.stats_block(run_ok[0], run_ok[1], dict(run_outcomes), scheduled,
+                                        unsent, duration, run_target_rps(self.plan),
+                                        self.plan.fail_status, error_latency=run_ok[2],
+                                        waited=sum(t.waited for t in self.totals),
+                                        late=sum(t.late for t in self.totals),
+                                        worker_cpu=StageTotals.combined_cpu(self.totals))
+        run_block["requests_by_name"] = self._by_name(run_cells, run_ok_rows)
         connections = {"opened": sum(c for c, _ in self.connects.values()),
                        "failed": sum(f for _, f in self.connects.values()),
                        "open_peak": self.open_peak}
         return rows, {**run_block, "connections": connections, "stages": stages_out}
+
+    def _by_name(self, run_cells: dict[tuple[int, str, str], list[Any]],
+                 ok_rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """`requests_by_name`: per request name, responses, errors and the latency of its
+        successful responses (the run's per-name "ok" rows)."""
+        ok_latency = {r["name"]: r["latency"] for r in ok_rows if r["name"] != "*"}
+        counts: dict[int, list[int]] = {}
+        for (request, outcome, _), (_, _, count) in run_cells.items():
+            c = counts.setdefault(request, [0, 0])
+            if outcome in STATUS_OUTCOMES:
+                c[0] += count
+            if outcome in self.error_outcomes:
+                c[1] += count
+        out = {}
+        for request, req in enumerate(self.plan.requests):
+            requests, errors = counts.get(request, [0, 0])
+            out[req.name] = summary.name_block(requests, errors, ok_latency.get(req.name)
+                                               or histogram.new_histogram())
+        return out
+
+
+def run_target_rps(plan: Plan) -> float | None:
+    """The run's target rate: its open-model arrivals over the open-model stages' time.
+    Closed-model stages have no target and stay out of it; None when every stage is closed."""
+    open_s = sum(s.duration_s for s in plan.stages if s.open_model)
+    if not open_s:
+        return None
+    return sum(schedule.arrivals(s) for s in plan.stages if s.open_model) / open_s
 
 
 def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
@@ -494,7 +624,8 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     # Metric pollers and timed actions, started at time zero (observe.py, actions.py).
     watchers = observe.Watchers(plan, opts.interval_s, sandbox)
     if opts.preflight:
-        preflight(target, plan.requests[0], plan.timeout_s)
+        first, judged = preflight_request(plan.requests)
+        preflight(target, first, plan.timeout_s, judge_status=judged)
     run_id = new_run_id(plan)
     path = os.path.join(opts.out_dir, f"{run_id}.parquet")
     metadata: dict[str, Any] = {
@@ -539,7 +670,9 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     ok = all(v["ok"] for v in verdicts) and agg.abort_reason is None
     result = {"run_id": run_id, "result": path, "ok": ok, "target": redact_url(target.url),
               "profile": plan.name, "workers": workers, "connections": plan.connections,
-              "started": started, **figures, "slo": verdicts, "aborted": agg.abort_reason}
+              "started": started, **figures, "slo": verdicts, "aborted": agg.abort_reason,
+              # The target saw these too: servers' counts reconcile with requests + these.
+              "preflight": {"requests": 1 if opts.preflight else 0}}
     return RunOutcome(result, path, ok)
 
 

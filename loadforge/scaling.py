@@ -30,7 +30,7 @@ from typing import Any
 
 from loadforge import observe
 from loadforge.plan import ERROR_KINDS, STATUS_OUTCOMES, Plan
-from loadforge.results import Result
+from loadforge.results import Result, headline_row, outcome_row
 from loadforge.slo import IntervalFigures
 
 # Objectives a window is judged by for recovery; rate_shortfall is about the generator's
@@ -53,6 +53,7 @@ def _fold(plan: Plan, result: Result, interval_ms: int) -> dict[int, _Interval]:
     need_latency = any(objective in LATENCY for stage in plan.stages
                        for objective in _thresholds(plan, stage.name))
     out: dict[int, _Interval] = {}
+    has_ok = result.has_ok_rows
     for row in result.rows("interval", stage=None, name=None, outcome=None):
         stage = row["stage"]
         if stage == "*":
@@ -61,10 +62,12 @@ def _fold(plan: Plan, result: Result, interval_ms: int) -> dict[int, _Interval]:
         iv = out.setdefault(index, _Interval())
         fig = iv.by_stage.setdefault(stage, IntervalFigures())
         count = int(row["count"])
+        if need_latency and headline_row(row, has_ok, error_outcomes):
+            fig.add_histogram(result.histogram(row))
         if row["name"] == "*" and row["outcome"] == "*":
-            if need_latency:
-                fig.add_histogram(result.histogram(row))
             fig.scheduled += int(row.get("scheduled") or 0)
+            continue
+        if not outcome_row(row):
             continue
         outcome = row["outcome"]
         fig.sent += count

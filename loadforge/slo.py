@@ -32,7 +32,7 @@ from hdrh.histogram import HdrHistogram
 from loadforge import histogram
 from loadforge.errors import InputError, ProfileError, ResultsError
 from loadforge.plan import ERROR_KINDS, STATUS_OUTCOMES, Plan
-from loadforge.results import Result, read_result
+from loadforge.results import OK, Result, headline_row, outcome_row, read_result
 
 LATENCY_OBJECTIVES = ("p50", "p90", "p99", "p999", "max", "mean")
 FRACTION_OBJECTIVES = ("error_rate", "success_rate", "rate_shortfall")
@@ -205,7 +205,9 @@ class _RowFolder:
 
     def fold(self, rows: Iterable[dict[str, Any]],
              latency_of: Callable[[dict[str, Any]], HdrHistogram],
-             ) -> dict[tuple[int, str], IntervalFigures]:
+             has_ok_rows: bool = True) -> dict[tuple[int, str], IntervalFigures]:
+        """Latency from the successful responses only (the "ok" rows, see results.OK):
+        a p99 objective must not hold because errors are fast."""
         out: dict[tuple[int, str], IntervalFigures] = {}
         for row in rows:
             if row["scope"] != "interval" or row["stage"] == "*":
@@ -215,10 +217,13 @@ class _RowFolder:
             fig = out.get(key)
             if fig is None:
                 fig = out[key] = IntervalFigures()
-            if row["name"] == "*" and row["outcome"] == "*":
+            if headline_row(row, has_ok_rows, self.error_outcomes):
                 fig.add_histogram(latency_of(row))
+            if row["name"] == "*" and row["outcome"] == "*":
                 if self.open.get(stage, True):
                     fig.scheduled += int(row.get("scheduled") or 0)
+                continue
+            if not outcome_row(row):
                 continue
             count = int(row["count"])
             outcome = row["outcome"]
@@ -324,8 +329,8 @@ def evaluate(plan: Plan, result: Result | str) -> list[dict[str, Any]]:
         result = read_result(result)
     interval_ms = _interval_ms(result)
     rows = result.rows("interval", stage=None, name=None, outcome=None)
-    # Only the merged (name = outcome = "*") rows' histograms are needed; decoding is the cost.
-    figures = _RowFolder(plan, interval_ms).fold(rows, result.histogram)
+    # Only the headline rows' histograms are decoded; decoding is the cost.
+    figures = _RowFolder(plan, interval_ms).fold(rows, result.histogram, result.has_ok_rows)
     interval_s = interval_ms / 1000
     verdicts: list[dict[str, Any]] = []
 
@@ -486,7 +491,8 @@ class LiveSLO:
         if not self.entries:
             return None
         # The rows' histograms are also the coordinator's accumulators: read, never keep.
-        figures = self.folder.fold(rows, lambda row: row["latency"])
+        figures = self.folder.fold(rows, lambda row: row["latency"],
+                                   any(row["outcome"] == OK for row in rows))
         reason = None
         for entry, window, streak in self.entries:
             series = _series(figures, entry.get("stage"))

@@ -27,11 +27,41 @@ from loadforge.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES
 # `requests` if an engine ever reports one).
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max", "mean")
+ERROR_LATENCY_KEYS = ("p50", "p90", "p99", "max")
+NAME_LATENCY_KEYS = ("p50", "p90", "p99")
+# Sends this share late on a free connection (the loop itself late), or workers this busy,
+# make the generator, not the connections, the cause of unsent arrivals.
+LATE_SHARE_CPU = 0.01
+BUSY_CPU = 0.8
 
 
-def _latency_block(h: HdrHistogram) -> dict[str, Any]:
+def _latency_block(h: HdrHistogram, keys: tuple[str, ...] = LATENCY_KEYS) -> dict[str, Any]:
     s = histogram.stats(h)
-    return {key: s[key] for key in LATENCY_KEYS}
+    return {key: s[key] for key in keys}
+
+
+def unsent_cause(unsent: int, sent: int, late: int,
+                 worker_cpu: float | None = None) -> str | None:
+    """Why arrivals went unsent: "cpu" when the generator was short of CPU, else
+    "connections" (every connection was busy waiting on the target); None when nothing went
+    unsent.
+
+    An arrival is only ever left unsent for want of a free connection at its stage's end;
+    what tells the causes apart is the generator itself: its workers used (nearly) all of
+    their cores, or at least 1% of the sends left 10 ms or more late on a connection that was
+    free (the loop was late: a stall, or a core shared with other work)."""
+    if not unsent:
+        return None
+    if (late and late >= LATE_SHARE_CPU * max(sent, 1)) or \
+            (worker_cpu is not None and worker_cpu >= BUSY_CPU):
+        return "cpu"
+    return "connections"
+
+
+def name_block(requests: int, errors: int, ok_latency: HdrHistogram) -> dict[str, Any]:
+    """One request name's entry of `requests_by_name`: latency over its successful responses."""
+    return {"requests": int(requests), "errors": int(errors),
+            "latency_us": _latency_block(ok_latency, NAME_LATENCY_KEYS)}
 
 
 def stats_block(
@@ -41,14 +71,22 @@ def stats_block(
     scheduled: int,
     unsent: int,
     duration_s: float,
-    target_rps: float,
+    target_rps: float | None,
     fail_status: tuple[str, ...] = ("5xx",),
+    *,
+    error_latency: HdrHistogram | None = None,
+    waited: int = 0,
+    late: int = 0,
+    worker_cpu: float | None = None,
 ) -> dict[str, Any]:
     """The fields of one scope (the run, or one stage) of `--summary-json`.
 
+    latency/service: over the successful responses (DESIGN.md: headline latency);
+    error_latency: over the failures (transport failures and failing statuses).
     requests: responses of any status; errors: transport failures plus responses whose class
     is in `fail_status`; sent: arrivals that reached an outcome (a response or a failure);
-    error_rate: errors / sent; achieved_rps: requests / duration_s.
+    error_rate: errors / sent; achieved_rps: requests / duration_s; target_rps: None for a
+    closed-model scope (no arrival schedule, hence no target).
     """
     unknown = set(outcome_counts) - set(OUTCOMES)
     if unknown:
@@ -62,7 +100,7 @@ def stats_block(
         "scheduled": int(scheduled),
         "requests": requests,
         "errors": errors,
-        "target_rps": float(target_rps),
+        "target_rps": None if target_rps is None else float(target_rps),
         "achieved_rps": requests / duration_s if duration_s > 0 else 0.0,
         "latency_us": _latency_block(latency),
         "service_time_us": _latency_block(service),
@@ -72,6 +110,13 @@ def stats_block(
         "sent": sent,
         "error_rate": errors / sent if sent else 0.0,
         "duration_s": float(duration_s),
+        "error_latency_us": _latency_block(error_latency or histogram.new_histogram(),
+                                           ERROR_LATENCY_KEYS),
+        "unsent_cause": unsent_cause(unsent, sent, late, worker_cpu),
+        # Sends that waited for a free connection / left late on a free one (the loop late).
+        "delayed_sends": {"connections": int(waited), "cpu": int(late)},
+        # The share of its core each worker used (None where not measured).
+        "worker_cpu": None if worker_cpu is None else round(worker_cpu, 3),
     }
 
 
@@ -127,7 +172,8 @@ def render_summary(
         t = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False,
                   padding=(0, 1), collapse_padding=True)
         for header in headers:
-            t.add_column(header, justify="left" if header == "stage" else "right", no_wrap=True)
+            t.add_column(header, justify="left" if header in ("stage", "request") else "right",
+                         no_wrap=True)
         return t
 
     def stage_cell(name: str) -> Text:
@@ -145,14 +191,14 @@ def render_summary(
             f"{int(block.get('scheduled', 0)):,}",
             f"{int(block.get('requests', 0)):,}",
             Text(f"{unsent:,}", style="bold red" if unsent else ""),
-            _format_rps(float(block.get("target_rps", 0.0))),
+            "-" if block.get("target_rps") is None else _format_rps(float(block["target_rps"])),
             _format_rps(float(block.get("achieved_rps", 0.0))),
             Text(f"{error_rate * 100:.3g}", style="red" if error_rate else ""),
         )
     console.print(rates)
 
     latency = table(
-        "latency from intended send time",
+        "latency of successful responses, from intended send time",
         ("stage", "p50", "p90", "p99", "p99.9", "max", "mean"),
     )
     for name, block in scopes:
@@ -177,6 +223,8 @@ def render_summary(
         )
     console.print(responses)
     console.print(failures)
+    _render_error_latency(summary, console)
+    _render_by_name(summary, console, table)
 
     if closed:
         console.print(
@@ -195,11 +243,15 @@ def render_summary(
         message = Text(
             f"UNSENT: {unsent_total:,} arrivals were due but never sent"
             + (f" ({per_stage})" if per_stage else "")
-            + ": the load generator could not keep up with the target rate; "
-            "achieved rate and latency describe less load than the profile asked for.",
+            + ": " + _UNSENT_CAUSES.get(str(summary.get("unsent_cause")), _UNSENT_CAUSES["connections"])
+            + "; achieved rate and latency describe less load than the profile asked for.",
             style="bold red",
         )
         console.print(message)
+    preflight = summary.get("preflight") or {}
+    if preflight.get("requests"):
+        console.print(f"preflight: {int(preflight['requests'])} request before the run "
+                      "(the target saw it; not counted above)", highlight=False)
 
     from loadforge import scaling  # backends, scaling verdicts, actions (when present)
 
@@ -222,6 +274,42 @@ def render_summary(
                 f"limit {_format_slo_value(name, slo.get('limit'), unit)}"
             )
             console.print(line)
+
+
+_UNSENT_CAUSES = {
+    "connections": "every connection was busy waiting on the target (raise `connections`, "
+                   "or the target is saturated)",
+    "cpu": "the load generator was short of CPU (arrivals were overdue while connections "
+           "were free; use more workers or fewer other processes)",
+}
+
+
+def _render_error_latency(summary: dict[str, Any], console: Console) -> None:
+    """One line on the failures' own latency, when there were any: the tables above are over
+    successful responses only."""
+    errors = int(summary.get("errors", 0))
+    if not errors:
+        return
+    lat = summary.get("error_latency_us") or {}
+    console.print(
+        f"errors: {errors:,}, their own latency p50 {format_us(lat.get('p50', 0))} "
+        f"p90 {format_us(lat.get('p90', 0))} p99 {format_us(lat.get('p99', 0))} "
+        f"max {format_us(lat.get('max', 0))}", highlight=False)
+
+
+def _render_by_name(summary: dict[str, Any], console: Console, table: Any) -> None:
+    by_name = summary.get("requests_by_name") or {}
+    if not by_name:
+        return
+    names = table("requests by name (latency of successful responses)",
+                  ("request", "completed", "errors", "p50", "p90", "p99"))
+    for name, entry in by_name.items():
+        lat = entry.get("latency_us") or {}
+        errors = int(entry.get("errors", 0))
+        names.add_row(Text(str(name)), f"{int(entry.get('requests', 0)):,}",
+                      Text(f"{errors:,}", style="red" if errors else ""),
+                      *(format_us(lat.get(k, 0)) for k in NAME_LATENCY_KEYS))
+    console.print(names)
 
 
 def write_summary_json(summary: dict[str, Any], path: str) -> None:

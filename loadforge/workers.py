@@ -22,6 +22,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -33,11 +34,12 @@ READY, INTERVAL, DONE, FAILED = b"R", b"I", b"D", b"F"
 
 # Interval payload, as `_core.Engine.flush` lays it out (native byte order).
 _HEADER = struct.Struct("<IIqIIIIQQ")
-_STAGE = struct.Struct("<QQQ")
+_STAGE = struct.Struct("<QQQQQ")   # scheduled, sent, unsent, waited, late
 _BACKEND = struct.Struct("<I48s")
 _CELL = struct.Struct("<IIIIQ")
 _HIST = struct.Struct("<iiQqq")
-_GAUGES = struct.Struct("<II")
+# open connections, in flight, the worker's CPU time since time zero (ns)
+_GAUGES = struct.Struct("<IIQ")
 _MAGIC = 0x3149464C
 
 
@@ -74,23 +76,30 @@ class IntervalReport:
     connect_failures: int
     open_connections: int
     in_flight: int
+    # Open-model sends that waited for a free connection, and sends late on a free one (the
+    # loop was late): what names the cause of unsent arrivals.
+    waited: list[int]
+    late: list[int]
+    cpu_ns: int = 0        # the worker's CPU time from time zero to this report
 
 
 def decode_interval(message: bytes) -> IntervalReport:
     view = memoryview(message)
-    open_conns, in_flight = _GAUGES.unpack_from(view, 1)
+    open_conns, in_flight, cpu_ns = _GAUGES.unpack_from(view, 1)
     off = 1 + _GAUGES.size
     (magic, worker, index, final, nstages, ncells, nbackends,
      connects, connect_failures) = _HEADER.unpack_from(view, off)
     if magic != _MAGIC:
         raise ValueError("interval payload with a bad magic number")
     off += _HEADER.size
-    scheduled, sent, unsent = [], [], []
+    scheduled, sent, unsent, waited, late = [], [], [], [], []
     for _ in range(nstages):
-        s, t, u = _STAGE.unpack_from(view, off)
+        s, t, u, w, lt = _STAGE.unpack_from(view, off)
         scheduled.append(s)
         sent.append(t)
         unsent.append(u)
+        waited.append(w)
+        late.append(lt)
         off += _STAGE.size
     backends = ["*"]
     for _ in range(nbackends):
@@ -110,7 +119,8 @@ def decode_interval(message: bytes) -> IntervalReport:
         cells.append(CellDelta(stage, request, OUTCOMES[outcome], backends[backend], count,
                                hists[0], hists[1]))
     return IntervalReport(worker, index, bool(final), scheduled, sent, unsent, cells,
-                          connects, connect_failures, open_conns, in_flight)
+                          connects, connect_failures, open_conns, in_flight, waited, late,
+                          cpu_ns)
 
 
 @dataclass(frozen=True)
@@ -164,9 +174,14 @@ def worker_main() -> None:
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
         gauges = _GAUGES.pack
+        # CPU time per interval: a worker that used its whole core is the reason arrivals
+        # went unsent, rather than the connections (summary.unsent_cause).
+        cpu_ns = time.process_time_ns
+        cpu0 = cpu_ns()
 
         def on_interval(payload: bytes, open_conns: int, in_flight: int) -> None:
-            channel.send_bytes(INTERVAL + gauges(open_conns, in_flight) + payload)
+            channel.send_bytes(INTERVAL + gauges(open_conns, in_flight, cpu_ns() - cpu0)
+                               + payload)
 
         engine.run(t0, on_interval)
         channel.send_bytes(DONE)

@@ -199,6 +199,12 @@ class _HTTPHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 -- http.server's naming
+        if self.path.startswith("/fastfail"):
+            # A failure that does not wait for the delay: errors faster than successes.
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         delay = getattr(self.server, "delay_s", 0.0)
         if delay:
             time.sleep(delay)

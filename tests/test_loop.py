@@ -31,7 +31,8 @@ def run_engine(url: str, stage: tuple, connections: int, *, timer_resolution_s: 
     def on_interval(payload: bytes, open_conns: int, in_flight: int) -> None:
         if not reports and on_first_interval is not None:
             on_first_interval()
-        reports.append(decode_interval(b"I" + struct.pack("<II", open_conns, in_flight)
+        # The worker's gauges: open connections, in flight, its CPU time (not measured here).
+        reports.append(decode_interval(b"I" + struct.pack("<IIQ", open_conns, in_flight, 0)
                                        + payload))
 
     engine.run(_core.now_ns() + 50_000_000, on_interval)

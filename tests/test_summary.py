@@ -19,6 +19,7 @@ from loadforge.summary import format_us, render_summary, stats_block, write_summ
 SCOPE_KEYS = {
     "scheduled", "requests", "errors", "target_rps", "achieved_rps", "latency_us",
     "service_time_us", "errors_by_kind", "status", "unsent", "sent", "error_rate", "duration_s",
+    "error_latency_us", "unsent_cause", "delayed_sends", "worker_cpu",
 }
 
 

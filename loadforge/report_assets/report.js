@@ -84,7 +84,10 @@
     var xs = [], ys = [], drawn = 0;
     spec.series.forEach(function (s) {
       s.points = s.points.filter(function (p) { return ok(p[0], p[1]); });
-      s.points.forEach(function (p) { xs.push(p[0]); ys.push(p[1]); });
+      s.points.forEach(function (p) {
+        if (s.step) { xs.push(p[0] - s.step / 2, p[0] + s.step / 2); } else { xs.push(p[0]); }
+        ys.push(p[1]);
+      });
     });
     var ctx = canvas.getContext("2d");
     ctx.scale(ratio, ratio);
@@ -150,11 +153,23 @@
       ctx.strokeStyle = s.color; ctx.fillStyle = s.color;
       ctx.lineWidth = 1.6; ctx.setLineDash(s.dash || []);
       ctx.beginPath();
-      s.points.forEach(function (p, i) {
-        if (i === 0) ctx.moveTo(X(p[0]), Y(p[1])); else ctx.lineTo(X(p[0]), Y(p[1]));
-      });
+      if (s.step) {
+        // A count over an interval: flat across the interval, vertical between intervals,
+        // with a gap where an interval is missing.
+        s.points.forEach(function (p, i) {
+          var prev = s.points[i - 1];
+          var x0 = p[0] - s.step / 2, x1 = p[0] + s.step / 2;
+          if (i === 0 || p[0] - prev[0] > s.step * 1.5) ctx.moveTo(X(x0), Y(p[1]));
+          else ctx.lineTo(X(x0), Y(p[1]));
+          ctx.lineTo(X(x1), Y(p[1]));
+        });
+      } else {
+        s.points.forEach(function (p, i) {
+          if (i === 0) ctx.moveTo(X(p[0]), Y(p[1])); else ctx.lineTo(X(p[0]), Y(p[1]));
+        });
+      }
       ctx.stroke();
-      if (s.points.length === 1) {
+      if (s.points.length === 1 && !s.step) {
         ctx.beginPath(); ctx.arc(X(s.points[0][0]), Y(s.points[0][1]), 3, 0, 2 * Math.PI); ctx.fill();
       }
       drawn += s.points.length;
@@ -171,6 +186,9 @@
     });
     ctx.restore();
     canvas.setAttribute("data-points", String(drawn));
+    canvas.setAttribute("data-steps", String(spec.series.filter(function (s) {
+      return s.step && s.points.length;
+    }).length));
     return drawn > 0;
   }
 
@@ -190,13 +208,77 @@
       var esc = function (t) { var d = document.createElement("div"); d.textContent = t; return d.innerHTML; };
       return "<tr><td><i class=\"swatch\" style=\"background:" + PALETTE[i % PALETTE.length] +
         "\"></i>" + esc(r.title) + "</td><td>" + esc(r.start_time) + "</td><td>" + esc(r.target) +
-        "</td><td>" + fmtNum(s.target_rps || 0) + "</td><td>" + fmtNum(s.achieved_rps || 0) +
+        "</td><td>" + (s.target_rps === null || s.target_rps === undefined ? "-" : fmtNum(s.target_rps)) +
+        "</td><td>" + fmtNum(s.achieved_rps || 0) +
         "</td><td>" + +((s.error_rate || 0) * 100).toPrecision(3) + "%</td><td>" +
         fmtUs(s.p50 || 0) + "</td><td>" + fmtUs(s.p99 || 0) + "</td><td>" + fmtUs(s.max || 0) +
         "</td></tr>";
     });
     table.innerHTML = head + rows.join("");
     document.getElementById("report").appendChild(table);
+  }
+
+  function esc(t) { var d = document.createElement("div"); d.textContent = String(t); return d.innerHTML; }
+  function fmtCount(v) { return Number(v || 0).toLocaleString("en-US"); }
+
+  // rows: [[cell, ...], ...] of HTML strings; cls: extra class of the table.
+  function table(headers, rows, cls) {
+    var t = document.createElement("table");
+    t.className = "runs" + (cls ? " " + cls : "");
+    t.innerHTML = "<tr>" + headers.map(function (h) { return "<th>" + esc(h) + "</th>"; }).join("") +
+      "</tr>" + rows.map(function (r) {
+        return "<tr>" + r.map(function (c) { return "<td>" + c + "</td>"; }).join("") + "</tr>";
+      }).join("");
+    document.getElementById("report").appendChild(t);
+    return t;
+  }
+  function runCell(r, i) {
+    return "<i class=\"swatch\" style=\"background:" + PALETTE[i % PALETTE.length] + "\"></i>" + esc(r.title);
+  }
+  function fmtObserved(v, unit) {
+    if (v === null || v === undefined) return "no data";
+    return unit === "ratio" ? +(v * 100).toPrecision(4) + "%" : fmtUs(v);
+  }
+
+  function sloTable(runs) {
+    var rows = [];
+    runs.forEach(function (r, i) {
+      (r.slo || []).forEach(function (v) {
+        rows.push([runCell(r, i), esc(v.name),
+                   "<span class=\"" + (v.ok ? "pass" : "fail") + "\">" + (v.ok ? "pass" : "FAIL") + "</span>",
+                   fmtObserved(v.observed, v.unit), fmtObserved(v.limit, v.unit)]);
+      });
+    });
+    if (!rows.length) {
+      var p = document.createElement("p");
+      p.className = "note";
+      p.textContent = "No objectives: the profile of " + (many ? "these runs" : "this run") + " has no [slo] table.";
+      document.getElementById("report").appendChild(p);
+      return;
+    }
+    table(["run", "objective", "verdict", "observed", "limit"], rows, "slo");
+  }
+
+  var STATUS = ["1xx", "2xx", "3xx", "4xx", "5xx"], KINDS = ["connect", "timeout", "reset", "protocol"];
+  function outcomesTable(runs) {
+    var rows = runs.map(function (r, i) {
+      var o = r.outcomes || {};
+      return [runCell(r, i)].concat(STATUS.concat(KINDS).map(function (k) { return fmtCount(o[k]); }));
+    });
+    table(["run"].concat(STATUS).concat(KINDS), rows, "outcomes");
+  }
+
+  function namesTable(runs) {
+    var rows = [];
+    runs.forEach(function (r, i) {
+      Object.keys(r.requests_by_name || {}).forEach(function (name) {
+        var n = r.requests_by_name[name], lat = n.latency_us || {};
+        rows.push([runCell(r, i), esc(name), fmtCount(n.requests), fmtCount(n.errors),
+                   lat.p50 ? fmtUs(lat.p50) : "-", lat.p90 ? fmtUs(lat.p90) : "-",
+                   lat.p99 ? fmtUs(lat.p99) : "-"]);
+      });
+    });
+    table(["run", "request", "responses", "errors", "p50", "p90", "p99"], rows, "names");
   }
 
   var data = JSON.parse(document.getElementById("report-data").textContent);
@@ -207,11 +289,24 @@
 
   section("Runs");
   runsTable(runs);
+  var note = document.createElement("p");
+  note.className = "note";
+  note.textContent = "Latency is over successful responses; failures (transport errors and " +
+    "failing statuses) are counted apart.";
+  document.getElementById("report").appendChild(note);
+  section("SLO verdicts");
+  sloTable(runs);
+  section("Responses by status class and failures by kind");
+  outcomesTable(runs);
+  section("Requests by name");
+  namesTable(runs);
   section("Over time");
   var rate = [];
   runs.forEach(function (r, i) {
-    rate.push({ name: prefix(r) + "target", color: color(i), dash: DASH.target, points: zip(r.t, r.target_rps) });
-    rate.push({ name: prefix(r) + "achieved", color: color(i), dash: DASH.achieved, points: zip(r.t, r.achieved_rps) });
+    rate.push({ name: prefix(r) + "target", color: color(i), dash: DASH.target, step: r.interval_s,
+                points: zip(r.t, r.target_rps) });
+    rate.push({ name: prefix(r) + "achieved", color: color(i), dash: DASH.achieved, step: r.interval_s,
+                points: zip(r.t, r.achieved_rps) });
   });
   if (chart({ title: "Target vs achieved rate", xLabel: "time since start", yLabel: "requests/s",
               xFormat: fmtSeconds, yFormat: fmtNum, series: rate, marks: marks })) ready++;
@@ -222,7 +317,7 @@
       lat.push({ name: prefix(r) + k, color: color(i), dash: DASH[k], points: zip(r.t, r.latency_us[k]) });
     });
   });
-  if (chart({ title: "Latency percentiles over time (from intended send time)", xLabel: "time since start",
+  if (chart({ title: "Latency percentiles over time (successful responses, from intended send time)", xLabel: "time since start",
               yLabel: "latency", yLog: true, xFormat: fmtSeconds, yFormat: fmtUs, series: lat, marks: marks })) ready++;
 
   var errs = [];
@@ -230,12 +325,12 @@
     var kinds = Object.keys(r.errors_per_s);
     if (!kinds.length) {
       // No error of any kind: a zero line, so the chart states it rather than staying blank.
-      errs.push({ name: prefix(r) + "errors (none)", color: color(i), dash: [],
+      errs.push({ name: prefix(r) + "errors (none)", color: color(i), dash: [], step: r.interval_s,
                   points: r.t.map(function (t) { return [t, 0]; }) });
     }
     kinds.forEach(function (k, j) {
       errs.push({ name: prefix(r) + k, color: color(i), dash: KIND_DASH[j % KIND_DASH.length],
-                  points: zip(r.t, r.errors_per_s[k]) });
+                  step: r.interval_s, points: zip(r.t, r.errors_per_s[k]) });
     });
   });
   if (chart({ title: "Errors over time by kind", xLabel: "time since start", yLabel: "errors/s",
