@@ -105,10 +105,13 @@ def render_csv(runs: list[RunFigures], stage: str = ALL_STAGES) -> str:
 
 
 def _scope_values(run: RunFigures, stage: str) -> dict[str, float]:
+    """The METRICS of a run (or one stage of it); target_rps, the one figure that may be
+    missing (closed-model stages have none), is not among them."""
     scope = run.scope(stage)
     if scope is None:
         raise InputError(f"trend --stage {stage}: run {run.title} has no such stage")
-    return scope.values()
+    values = scope.values()
+    return {m: float(values[m] or 0.0) for m in METRICS}
 
 
 def _plain(value: float) -> str:
