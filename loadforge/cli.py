@@ -57,12 +57,12 @@ def _wide_console() -> Console:
     return console if console.is_terminal or "COLUMNS" in os.environ else Console(width=200)
 
 
-def _labels(values: tuple[str, ...]) -> dict[str, str]:
+def _labels(values: tuple[str, ...], option: str = "--label") -> dict[str, str]:
     out = {}
     for item in values:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise InputError(f"--label {item!r}: expected KEY=VALUE")
+            raise InputError(f"{option} {item!r}: expected KEY=VALUE")
         out[key] = value
     return out
 
@@ -221,18 +221,34 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
               "error_rate=+0.1pp, achieved_rps=-5% (repeatable). A breach exits 1.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False),
               help="Write the gate checks as JUnit XML.")
+@click.option("--group-by", "group_by", multiple=True, metavar="LABEL",
+              help="Compare groups of runs that share this label's value (repeatable): "
+              "pooled figures, a U test's p-value and a bootstrap interval per change; a gate "
+              "fails only on a significant change.")
+@click.option("--baseline", "baseline", multiple=True, metavar="LABEL=VALUE",
+              help="With --group-by: the baseline group (default: the first run's).")
 def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
-            junit_path: str | None) -> None:
-    """Compare runs (Parquet files or directories) per stage against the first one."""
+            junit_path: str | None, group_by: tuple[str, ...], baseline: tuple[str, ...]
+            ) -> None:
+    """Compare runs (Parquet files or directories) per stage against the first one, or groups
+    of runs (--group-by) against a baseline group."""
     from loadforge import compare as cmp
     from loadforge import slo
 
     gates = [cmp.parse_gate(spec) for spec in fail_on]
+    if baseline and not group_by:
+        raise InputError("compare --baseline: needs --group-by (which labels make a group)")
     figures = cmp.load_runs(list(runs))
+    groups = significance = None
+    if group_by:
+        groups = cmp.group_runs(figures, list(group_by), _labels(baseline, "--baseline"))
+        figures = [g.pooled for g in groups]
+        significance = cmp.group_noise(groups, cmp.stage_names(figures))
     if len(figures) < 2 and gates:
-        raise InputError(f"compare --fail-on: needs at least two runs, got {len(figures)}")
-    data = cmp.comparison(figures)
-    checks = cmp.check_gates(figures, gates)
+        what = "groups" if group_by else "runs"
+        raise InputError(f"compare --fail-on: needs at least two {what}, got {len(figures)}")
+    data = cmp.comparison(figures, groups, significance)
+    checks = cmp.check_gates(figures, gates, significance)
     data["gates"] = checks
     data["ok"] = all(c["ok"] for c in checks)
     if junit_path:

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from loadforge import histogram
+from loadforge import histogram, noise
 from loadforge.errors import InputError
 from loadforge.plan import ERROR_KINDS, STATUS_OUTCOMES
 from loadforge.results import Result, find_results, headline_row, outcome_row, read_result
@@ -196,7 +196,7 @@ def _delta_of(kind: str, base: float | None, value: float | None) -> float | Non
     return None if base is None or value is None else delta(kind, base, value)
 
 
-def _stage_names(runs: list[RunFigures]) -> list[str]:
+def stage_names(runs: list[RunFigures]) -> list[str]:
     names: list[str] = []
     for run in runs:
         names += [s.name for s in run.stages if s.name not in names]
@@ -205,10 +205,13 @@ def _stage_names(runs: list[RunFigures]) -> list[str]:
     return names
 
 
-def comparison(runs: list[RunFigures]) -> dict[str, Any]:
-    """The JSON form: runs, and per stage each run's figures and deltas against runs[0]."""
+def comparison(runs: list[RunFigures], groups: list[Group] | None = None,
+               significance: list[dict[str, dict[str, Any]] | None] | None = None
+               ) -> dict[str, Any]:
+    """The JSON form: runs (or groups' pooled figures), and per stage each one's figures and
+    deltas against the first; with groups, how sure each delta is (group_noise)."""
     stages = []
-    for name in _stage_names(runs):
+    for name in stage_names(runs):
         values: list[dict[str, float | None] | None] = []
         for run in runs:
             scope = run.scope(name)
@@ -218,8 +221,11 @@ def comparison(runs: list[RunFigures]) -> dict[str, Any]:
         for v in values[1:]:
             deltas.append(None if v is None or base is None else
                           {k: _delta_of(KIND[k], base[k], v[k]) for k in v})
-        stages.append({"stage": name, "values": values, "deltas": deltas})
-    return {
+        stage: dict[str, Any] = {"stage": name, "values": values, "deltas": deltas}
+        if significance is not None:
+            stage["noise"] = [None if n is None else n.get(name) for n in significance]
+        stages.append(stage)
+    data: dict[str, Any] = {
         "runs": [{"title": r.title, "path": r.result.path, "run_id": r.result.run_id,
                   "labels": r.result.labels,
                   "start_time": r.result.metadata.get("start_time", ""),
@@ -228,26 +234,161 @@ def comparison(runs: list[RunFigures]) -> dict[str, Any]:
         "delta_units": {k: ("pp" if kind == "ratio" else "%") for k, _, kind in FIGURES},
         "stages": stages,
     }
+    if groups is not None:
+        data["groups"] = [{"title": g.title, "labels": g.labels, "runs": len(g.runs),
+                           "paths": [r.result.path for r in g.runs]} for g in groups]
+        data["baseline"] = groups[0].title
+        data["noise_estimate"] = all(len(g.runs) > 1 for g in groups)
+    return data
+
+
+# -- groups of runs: pooled figures, and how sure each difference is ------------------------
+
+ALPHA = 0.05                  # a gate fails on a group comparison only below this p-value
+
+
+@dataclass
+class Group:
+    """Runs that share the values of the --group-by labels (say five runs of build=main)."""
+
+    labels: dict[str, str]
+    runs: list[RunFigures]
+    pooled: RunFigures        # every run's histograms and counts merged: the group's figures
+
+    @property
+    def title(self) -> str:
+        return self.pooled.title
+
+
+def _pool_scope(name: str, scopes: list[ScopeFigures]) -> ScopeFigures:
+    out = ScopeFigures(name, sum(s.duration_s for s in scopes))
+    targets = [s.target_rps for s in scopes]
+    out.target_rps = None if any(t is None for t in targets) else (
+        sum(t or 0.0 for t in targets) / len(targets))
+    for s in scopes:
+        out.requests += s.requests
+        out.sent += s.sent
+        out.errors += s.errors
+        out.scheduled += s.scheduled
+        histogram.merge(out.latency, s.latency)
+        for kind, count in s.errors_by_kind.items():
+            out.errors_by_kind[kind] = out.errors_by_kind.get(kind, 0) + count
+    return out
+
+
+def group_runs(runs: list[RunFigures], by: list[str],
+               baseline: dict[str, str] | None = None) -> list[Group]:
+    """Groups by the values of the `by` labels, in order of their first run; the group whose
+    labels match `baseline` first (else the first group)."""
+    members: dict[tuple[str, ...], list[RunFigures]] = {}
+    for run in runs:
+        members.setdefault(tuple(run.result.labels.get(k, "") for k in by), []).append(run)
+    groups = []
+    for key, group in members.items():
+        labels = dict(zip(by, key, strict=True))
+        title = ",".join(f"{k}={v}" for k, v in labels.items())
+        names: list[str] = []
+        for run in group:
+            names += [s.name for s in run.stages if s.name not in names]
+        stages = [_pool_scope(n, [sc for r in group if (sc := r.scope(n)) is not None])
+                  for n in names]
+        pooled = RunFigures(group[0].result, f"{title} ({len(group)} run"
+                            f"{'s' if len(group) != 1 else ''})", stages,
+                            _pool_scope(ALL_STAGES, [r.run for r in group]))
+        groups.append(Group(labels, group, pooled))
+    if baseline:
+        first = next((g for g in groups
+                      if all(g.labels.get(k) == v for k, v in baseline.items())), None)
+        if first is None:
+            wanted = ",".join(f"{k}={v}" for k, v in baseline.items())
+            have = "; ".join(g.title for g in groups)
+            raise InputError(f"compare --baseline {wanted}: no group of runs has these labels "
+                             f"(groups: {have})")
+        groups.remove(first)
+        groups.insert(0, first)
+    return groups
+
+
+def fold_intervals(fig: RunFigures) -> dict[str, list[noise.Interval]]:
+    """Each stage's intervals (and ALL_STAGES: the run's), for the bootstrap: the interval
+    rows read with run_figures' rules (headline latency of successful responses; counts from
+    outcome rows)."""
+    result = fig.result
+    fail_status = set(fail_status_of(result)) | set(ERROR_KINDS)
+    has_ok = result.has_ok_rows
+    stages: dict[str, dict[int, noise.Interval]] = {}
+    whole: dict[int, noise.Interval] = {}
+    for row in result.rows("interval", stage=None, name=None, outcome=None):
+        start = int(row["start_ms"])
+        seconds = (int(row["end_ms"]) - start) / 1000
+        # An interval that spans a stage boundary is one interval of the run.
+        targets = [stages.setdefault(row["stage"], {}).setdefault(
+            start, noise.Interval(seconds)), whole.setdefault(start, noise.Interval(seconds))]
+        if headline_row(row, has_ok, fail_status):
+            h = result.histogram(row)
+            for iv in targets:
+                iv.add_latency(h)
+        if not outcome_row(row):
+            continue
+        count, outcome = int(row["count"]), row["outcome"]
+        for iv in targets:
+            iv.sent += count
+            iv.requests += count if outcome in STATUS_OUTCOMES else 0
+            iv.errors += count if outcome in fail_status else 0
+    out = {name: [ivs[k] for k in sorted(ivs)] for name, ivs in stages.items()}
+    out[ALL_STAGES] = [whole[k] for k in sorted(whole)]
+    return out
+
+
+def _metric_values(run: RunFigures, stage: str) -> dict[str, float]:
+    scope = run.scope(stage)
+    values = scope.values() if scope is not None else {}
+    return {k: float(v or 0.0) for k, v in values.items()}
+
+
+def group_noise(groups: list[Group], stage_names: list[str], resamples: int = 400
+                ) -> list[dict[str, dict[str, Any]] | None]:
+    """Per group (None for the baseline, and for a side of one run: no noise estimate) and per
+    stage, per metric: the U test's p-value over the runs' figures, and the bootstrap's 95 %
+    interval of the relative change."""
+    intervals = {id(r): fold_intervals(r) for g in groups for r in g.runs}
+    base = groups[0]
+    out: list[dict[str, dict[str, Any]] | None] = [None]
+    metrics = [k for k in noise.METRICS if k in GATE_METRICS]
+    for group in groups[1:]:
+        if len(base.runs) < 2 or len(group.runs) < 2:
+            out.append(None)
+            continue
+        per_stage: dict[str, dict[str, Any]] = {}
+        for name in stage_names:
+            sides = [[r for r in g.runs if r.scope(name) is not None] for g in (base, group)]
+            if not all(sides):
+                continue
+            a, b = ([_metric_values(r, name) for r in side] for side in sides)
+            cis = noise.bootstrap_change([intervals[id(r)].get(name, []) for r in sides[0]],
+                                         [intervals[id(r)].get(name, []) for r in sides[1]],
+                                         metrics, resamples=resamples)
+            per_stage[name] = {m: {"p": noise.mann_whitney_p([v[m] for v in a],
+                                                              [v[m] for v in b]),
+                                   "ci": cis[m]} for m in metrics}
+        out.append(per_stage)
+    return out
 
 
 # -- gates -----------------------------------------------------------------------------------
 
-_GATE = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*=\s*([+-])\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*"
-                   r"(%|pp|us|µs|ms|s)\s*$")
+_LIMIT = re.compile(r"^\s*([+-])\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(%|pp|us|µs|ms|s)\s*$")
 
 
 @dataclass(frozen=True)
-class Gate:
-    """`metric=+10%`: fail when the metric rises (+) or falls (-) by more than the amount,
-    relative (%), in percentage points (pp, error_rate only) or in time (latency only)."""
+class Limit:
+    """One amount a change must exceed: relative (%), in percentage points (pp) or in time
+    (us)."""
 
-    spec: str
-    metric: str
-    direction: int        # +1: an increase beyond the amount fails; -1: a decrease
-    amount: float         # in the unit below
+    amount: float
     unit: str             # "%", "pp" or "us"
 
-    def change(self, base: float, value: float) -> float | None:
+    def change(self, base: float, value: float) -> float:
         if self.unit == "%":
             if base == 0:
                 return 0.0 if value == 0 else math.copysign(math.inf, value)
@@ -256,36 +397,70 @@ class Gate:
             return (value - base) * 100
         return value - base
 
-    def breached(self, base: float, value: float) -> tuple[bool, float | None]:
-        change = self.change(base, value)
-        if change is None:
-            return False, None
-        return change * self.direction > self.amount, change
+
+@dataclass(frozen=True)
+class Gate:
+    """`metric=+10%`: fail when the metric rises (+) or falls (-) by more than the amount.
+    `p99=+10%,+1ms`: by more than every amount listed, so that a relative limit on a tiny
+    baseline (10 % of 200 µs) does not fail on a change nobody would notice."""
+
+    spec: str
+    metric: str
+    direction: int        # +1: an increase beyond the amounts fails; -1: a decrease
+    limits: tuple[Limit, ...]
+
+    @property
+    def amount(self) -> float:
+        return self.limits[0].amount
+
+    @property
+    def unit(self) -> str:
+        return self.limits[0].unit
+
+    def breached(self, base: float, value: float) -> tuple[bool, float]:
+        """Whether the change exceeds every limit; the change in the first limit's unit."""
+        changes = [limit.change(base, value) for limit in self.limits]
+        bad = all(c * self.direction > limit.amount
+                  for c, limit in zip(changes, self.limits, strict=True))
+        return bad, changes[0]
 
 
 def parse_gate(spec: str) -> Gate:
-    match = _GATE.match(spec)
     expected = ("expected METRIC=+N% or METRIC=-N% (also +Npp for error_rate, +Nms for "
-                f"latency), METRIC one of {', '.join(sorted(GATE_METRICS))}, "
+                "latency, and several limits that must all be exceeded, as in p99=+10%,+1ms), "
+                f"METRIC one of {', '.join(sorted(GATE_METRICS))}, "
                 "e.g. p99=+10%, error_rate=+0.1pp, achieved_rps=-5%")
-    if not match:
+    name, eq, rest = spec.partition("=")
+    name = name.strip()
+    if not eq or not name:
         raise InputError(f"--fail-on {spec!r}: {expected}")
-    name, sign, number, unit = match.groups()
     metric = GATE_ALIASES.get(name, name)
     if metric not in GATE_METRICS:
         raise InputError(f"--fail-on {spec!r}: unknown metric {name!r}; {expected}")
     kind = KIND[metric]
-    amount = float(number)
-    if unit == "pp" and kind != "ratio":
-        raise InputError(f"--fail-on {spec!r}: 'pp' (percentage points) applies to error_rate "
-                         f"only; use % for {name}")
-    if unit in ("us", "µs", "ms", "s"):
-        if kind != "us":
-            raise InputError(f"--fail-on {spec!r}: a time ({unit}) applies to latency "
-                             f"figures only; use % for {name}")
-        amount = parse_duration(f"{number}{unit}", f"--fail-on {spec!r}") * 1e6
-        unit = "us"
-    return Gate(spec.strip(), metric, 1 if sign == "+" else -1, amount, unit)
+    limits = []
+    signs = set()
+    for part in rest.split(","):
+        match = _LIMIT.match(part)
+        if not match:
+            raise InputError(f"--fail-on {spec!r}: {expected}")
+        sign, number, unit = match.groups()
+        signs.add(sign)
+        amount = float(number)
+        if unit == "pp" and kind != "ratio":
+            raise InputError(f"--fail-on {spec!r}: 'pp' (percentage points) applies to "
+                             f"error_rate only; use % for {name}")
+        if unit in ("us", "µs", "ms", "s"):
+            if kind != "us":
+                raise InputError(f"--fail-on {spec!r}: a time ({unit}) applies to latency "
+                                 f"figures only; use % for {name}")
+            amount = parse_duration(f"{number}{unit}", f"--fail-on {spec!r}") * 1e6
+            unit = "us"
+        limits.append(Limit(amount, unit))
+    if len(signs) > 1:
+        raise InputError(f"--fail-on {spec!r}: every limit of one gate goes the same way "
+                         "(all + or all -)")
+    return Gate(spec.strip(), metric, 1 if "+" in signs else -1, tuple(limits))
 
 
 def _fmt(kind: str, value: float | None) -> str:
@@ -308,12 +483,17 @@ def _fmt_change(gate: Gate, change: float) -> str:
     return f"{change:+.3g}{gate.unit}"
 
 
-def check_gates(runs: list[RunFigures], gates: list[Gate]) -> list[dict[str, Any]]:
-    """One check per gate x stage x non-baseline run, on stages the baseline also has."""
+def check_gates(runs: list[RunFigures], gates: list[Gate],
+                significance: list[dict[str, dict[str, Any]] | None] | None = None
+                ) -> list[dict[str, Any]]:
+    """One check per gate x stage x non-baseline run, on stages the baseline also has. Where
+    `significance` has a comparison's p-values (groups of several runs a side), a gate fails
+    only when the change is beyond its limits *and* significant (p < ALPHA)."""
     checks = []
     base = runs[0]
-    for run in runs[1:]:
-        for name in _stage_names([base, run]):
+    for i, run in enumerate(runs[1:], 1):
+        judgements = significance[i] if significance is not None else None
+        for name in stage_names([base, run]):
             b_scope, r_scope = base.scope(name), run.scope(name)
             if b_scope is None or r_scope is None:
                 continue
@@ -329,11 +509,50 @@ def check_gates(runs: list[RunFigures], gates: list[Gate]) -> list[dict[str, Any
                 message = (f"{where}: {gate.metric} {shown} ({_fmt(kind, b)} -> "
                            f"{_fmt(kind, v)}), {run.title} vs baseline {base.title}; "
                            f"gate {gate.spec}")
-                checks.append({"gate": gate.spec, "metric": gate.metric, "stage": name,
-                               "run": run.title, "baseline": base.title, "ok": not bad,
-                               "baseline_value": b, "value": v, "change": change,
-                               "unit": gate.unit, "message": message})
+                check: dict[str, Any] = {"gate": gate.spec, "metric": gate.metric, "stage": name,
+                         "run": run.title, "baseline": base.title, "ok": not bad,
+                         "baseline_value": b, "value": v, "change": change,
+                         "unit": gate.unit, "message": message}
+                judged = judgements.get(name, {}).get(gate.metric) if judgements else None
+                if judged is not None:
+                    sure = significant(judged)
+                    check.update(ok=not (bad and sure), p_value=judged["p"],
+                                 ci=judged["ci"], significant=sure)
+                    check["message"] += f"; {_sureness(judged)}"
+                checks.append(check)
     return checks
+
+
+def significant(judged: dict[str, Any]) -> bool:
+    """The U test says the runs differ (p < ALPHA) and the bootstrap interval of the change
+    agrees (it excludes zero): both, so that neither method's blind spot fails a build."""
+    ci = judged["ci"]
+    return judged["p"] < ALPHA and (ci is None or ci[0] > 0 or ci[1] < 0)
+
+
+def _sureness(judged: dict[str, Any]) -> str:
+    """"p=0.008, 95% CI +8.1%..+14.9%" (the CI of the relative change), and whether that is
+    significant."""
+    ci = judged["ci"]
+    interval = "" if ci is None else f", 95% CI {ci[0] * 100:+.3g}%..{ci[1] * 100:+.3g}%"
+    verdict = "significant" if significant(judged) else "not significant"
+    return f"p={judged['p']:.3g}{interval} ({verdict})"
+
+
+def noise_lines(data: dict[str, Any], stage: dict[str, Any]) -> list[str]:
+    """Per compared group, the figures whose change is significant, with p and interval;
+    one line saying so when none is."""
+    lines = []
+    for i, judged in enumerate(stage.get("noise") or []):
+        if not judged:
+            continue
+        title = data["runs"][i]["title"]
+        sure = [f"{m} {_sureness(j)}" for m, j in judged.items() if significant(j)]
+        if not sure:
+            lines.append(f"{title}: no significant change (U test p < {ALPHA} and a 95% "
+                         "interval clear of zero, for no figure)")
+        lines += [f"{title}: {line}" for line in sure]
+    return lines
 
 
 def gate_cases(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -389,8 +608,15 @@ def render_table(data: dict[str, Any], console: Console) -> None:
         for i in range(len(data["runs"])):
             headers += [f"#{i + 1}"] + ([f"Δ #{i + 1}"] if i else [])
         tables = [_table(data, stage, headers) for stage in data["stages"]]
-    for table in tables:
+    for stage, table in zip(data["stages"], tables, strict=True):
         print_table(console, table)
+        for line in noise_lines(data, stage):
+            console.print(Text("  " + line), overflow="fold")
+    if data.get("noise_estimate") is False or (data.get("groups") is None
+                                                and len(data["runs"]) > 1):
+        console.print(Text("one run on a side: no noise estimate; gates judge the change alone "
+                           "(--group-by with several runs a side tests significance)"),
+                      style="dim", overflow="fold")
 
 
 def _table(data: dict[str, Any], stage: dict[str, Any], headers: list[str]) -> Table:
@@ -432,6 +658,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         for row in _cells(data, stage):
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
         out.append("")
+        lines = noise_lines(data, stage)
+        if lines:
+            out += [f"- {markdown_text(line)}" for line in lines] + [""]
     return "\n".join(out)
 
 

@@ -1,0 +1,117 @@
+"""compare of groups of runs: pooled figures, p-values, intervals, gates that know noise."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from servers import loadforge
+
+from loadforge import compare, histogram
+from loadforge.results import ResultWriter
+
+
+def write_run(path, run_id: str, level_us: float, labels: dict[str, str], rng: random.Random,
+              seconds: int = 8) -> None:
+    """A result file as `run` writes it: `seconds` intervals of 100 successful responses
+    around `level_us`, with interval, stage and run rows (merged "*", merged "ok", leaf)."""
+    stage_h = histogram.new_histogram()
+    rows = []
+    for s in range(seconds):
+        h = histogram.new_histogram()
+        for _ in range(100):
+            h.record_value(max(1, int(level_us * rng.lognormvariate(0, 0.2))))
+        histogram.merge(stage_h, h)
+        base = {"scope": "interval", "stage": "steady", "start_ms": s * 1000,
+                "end_ms": (s + 1) * 1000, "latency": h, "service": h}
+        rows += [{**base, "name": "*", "outcome": "*", "count": 100, "scheduled": 100,
+                  "unsent": 0},
+                 {**base, "name": "*", "outcome": "ok", "count": 100},
+                 {**base, "name": "home", "outcome": "2xx", "count": 100}]
+    for scope, stage in (("stage", "steady"), ("run", "*")):
+        base = {"scope": scope, "stage": stage, "start_ms": 0, "end_ms": seconds * 1000,
+                "latency": stage_h, "service": stage_h}
+        rows += [{**base, "name": "*", "outcome": "*", "count": 100 * seconds,
+                  "scheduled": 100 * seconds, "unsent": 0},
+                 {**base, "name": "*", "outcome": "ok", "count": 100 * seconds},
+                 {**base, "name": "home", "outcome": "2xx", "count": 100 * seconds}]
+    stages = [{"name": "steady", "duration_s": float(seconds), "rate_from": 100.0,
+               "rate_to": 100.0, "concurrency": None}]
+    with ResultWriter(str(path), run_id, labels=labels, metadata={"stages": stages}) as w:
+        w.write(rows)
+
+
+def archive(directory, levels: dict[str, list[float]], seed: int = 1) -> None:
+    rng = random.Random(seed)
+    for build, runs in levels.items():
+        for i, level in enumerate(runs):
+            write_run(directory / f"{build}-{i}.parquet", f"{build}-{i}", level,
+                      {"build": build, "repeat": str(i)}, rng)
+
+
+def compare_json(*args: str) -> tuple[int, dict]:
+    out = loadforge("compare", *args, "--format", "json")
+    assert "Traceback" not in out.stderr
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_a_real_change_is_significant_and_fails_its_gate(tmp_path):
+    archive(tmp_path, {"main": [1000, 1010, 990, 1005, 995],
+                       "slow": [1200, 1210, 1190, 1205, 1195]})
+    code, data = compare_json(str(tmp_path), "--group-by", "build", "--baseline", "build=main",
+                              "--fail-on", "p50=+10%")
+    assert code == 1
+    assert [g["title"] for g in data["groups"]] == ["build=main (5 runs)", "build=slow (5 runs)"]
+    assert data["noise_estimate"] is True
+    (check,) = data["gates"]
+    assert check["significant"] and not check["ok"]
+    assert check["p_value"] == pytest.approx(2 / 252)        # every slow run above every main
+    lo, hi = check["ci"]
+    assert 0.1 < lo < check["change"] / 100 < hi < 0.3
+    stage = data["stages"][0]
+    assert stage["noise"][0] is None and stage["noise"][1]["p50"]["p"] < 0.05
+
+
+def test_a_change_within_the_noise_passes_its_gate(tmp_path):
+    # Run-to-run spread as wide as the difference: the pooled p50 moves, the U test says
+    # that could be chance, and the gate holds.
+    archive(tmp_path, {"main": [900, 1300, 1000, 1200, 1100],
+                       "next": [1000, 1400, 950, 1250, 1150]})
+    code, data = compare_json(str(tmp_path), "--group-by", "build", "--fail-on", "p50=+1%")
+    assert code == 0
+    (check,) = data["gates"]
+    assert check["change"] > 1 and check["p_value"] > 0.05 and check["ok"]
+    assert "not significant" in check["message"]
+
+
+def test_one_run_a_side_says_there_is_no_noise_estimate(tmp_path):
+    archive(tmp_path, {"main": [1000], "slow": [1300]})
+    code, data = compare_json(str(tmp_path), "--group-by", "build", "--fail-on", "p50=+10%")
+    assert code == 1 and data["noise_estimate"] is False
+    assert "p_value" not in data["gates"][0]
+    table = loadforge("compare", str(tmp_path), "--group-by", "build")
+    assert table.returncode == 0 and "no noise estimate" in table.stdout
+    plain = loadforge("compare", str(tmp_path / "main-0.parquet"), str(tmp_path / "slow-0.parquet"))
+    assert "no noise estimate" in plain.stdout
+
+
+def test_groups_bad_input(tmp_path):
+    archive(tmp_path, {"main": [1000, 1000]})
+    for args, words in ((["--group-by", "build", "--baseline", "build=nope"], "build=nope"),
+                        (["--baseline", "build=main"], "--group-by"),
+                        (["--group-by", "build", "--baseline", "build"], "KEY=VALUE")):
+        out = loadforge("compare", str(tmp_path), *args)
+        assert out.returncode == 2 and words in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_gate_with_a_relative_and_an_absolute_limit_needs_both():
+    gate = compare.parse_gate("p99=+10%,+1ms")
+    assert [(lim.amount, lim.unit) for lim in gate.limits] == [(10.0, "%"), (1000.0, "us")]
+    assert gate.breached(200, 300) == (False, 50.0)          # +50 %, but only +100 µs
+    assert gate.breached(5000, 6500)[0]                       # +30 % and +1.5 ms
+    assert not gate.breached(20_000, 21_500)[0]               # +1.5 ms, but only +7.5 %
+    for bad in ("p99=+10%,-1ms", "p99=+10%,", "p99=+10%,+1pp"):
+        with pytest.raises(Exception, match="--fail-on"):
+            compare.parse_gate(bad)
