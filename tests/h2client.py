@@ -20,7 +20,11 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import Frame
+from hyperframe.frame import Frame, GoAwayFrame
+
+FRAME_NAMES = {0: "DATA", 1: "HEADERS", 2: "PRIORITY", 3: "RST_STREAM", 4: "SETTINGS",
+               5: "PUSH_PROMISE", 6: "PING", 7: "GOAWAY", 8: "WINDOW_UPDATE",
+               9: "CONTINUATION"}
 
 
 @dataclass
@@ -66,7 +70,7 @@ class H2Client:
         self.frames: list[Frame] = []
         self.events: list[h2.events.Event] = []
         self.replies: dict[int, Reply] = {}
-        self.goaway: h2.events.ConnectionTerminated | None = None
+        self.goaway: GoAwayFrame | None = None
         self.closed = False
         self.window_updates_sent = 0
         self._unsent: dict[int, bytes] = {}
@@ -144,7 +148,7 @@ class H2Client:
         return all(self.replies[s].ended or self.replies[s].reset is not None for s in stream_ids)
 
     def frame_types(self) -> list[str]:
-        return [type(f).__name__.removesuffix("Frame").upper() for f in self.frames]
+        return [FRAME_NAMES.get(f.type or 0, str(f.type)) for f in self.frames]
 
     def _receive(self, data: bytes) -> None:
         self._rbuf += data
@@ -153,18 +157,23 @@ class H2Client:
             frame, length = Frame.parse_frame_header(memoryview(buf[:9]))
             if len(buf) < 9 + length:
                 break
-            frame.parse_body(memoryview(buf[9:9 + length]))
+            raw, buf = buf[:9 + length], buf[9 + length:]
+            frame.parse_body(memoryview(raw[9:]))
             self.frames.append(frame)
-            buf = buf[9 + length:]
+            if isinstance(frame, GoAwayFrame):
+                # Kept from h2, which refuses every frame after a GOAWAY, while a server may
+                # still answer the streams up to last_stream_id (RFC 9113 6.8).
+                self.goaway = frame
+                continue
+            try:
+                events = self.conn.receive_data(raw)
+            except h2.exceptions.ProtocolError:
+                self._flush()
+                raise
+            for event in events:
+                self.events.append(event)
+                self._event(event)
         self._rbuf = buf
-        try:
-            events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            self._flush()
-            raise
-        for event in events:
-            self.events.append(event)
-            self._event(event)
         self._flush()
 
     def _event(self, event: h2.events.Event) -> None:
@@ -187,8 +196,6 @@ class H2Client:
             assert event.stream_id is not None
             self.replies[event.stream_id].reset = int(event.error_code or 0)
             self._unsent.pop(event.stream_id, None)
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.goaway = event
         elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
             for stream_id in list(self._unsent):
                 self._send_body(stream_id)
