@@ -7,12 +7,14 @@ client of tests/h2client.py shows what goes over the wire (SETTINGS, DATA frame 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from h2client import H2Client
 
@@ -188,3 +190,50 @@ def test_a_pinned_connection_moves_when_its_backend_leaves_rotation(sandbox: San
             assert {(await h2c.get(sandbox.url + "/x")).headers["x-served-by"]
                     for _ in range(5)} == {moved}
     asyncio.run(main())
+
+
+# -- telling the protocols apart ---------------------------------------------------------------
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    sock.settimeout(5)
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_first_bytes_split_anywhere(sandbox: Sandbox) -> None:
+    # "P" could begin the preface or a POST: the sandbox waits for the byte that decides.
+    request = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+    with socket.create_connection(("127.0.0.1", sandbox.port)) as sock:
+        for i in range(0, len(request), 1):
+            sock.sendall(request[i:i + 1])
+        assert _read_until_closed(sock).startswith(b"HTTP/1.1 200 OK\r\n")
+    # The preface itself may come in pieces too.
+    with socket.create_connection(("127.0.0.1", sandbox.port)) as sock:
+        preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        for part in (preface[:3], preface[3:10], preface[10:]):
+            sock.sendall(part)
+            time.sleep(0.01)
+        sock.settimeout(5)
+        frame = sock.recv(9)
+        assert frame[3] == 0x4            # the server's SETTINGS: it took it for HTTP/2
+
+
+def test_http2_garbage_after_the_preface_gets_goaway(sandbox: Sandbox) -> None:
+    with socket.create_connection(("127.0.0.1", sandbox.port)) as sock:
+        # A DATA frame on stream 0 is a connection error (PROTOCOL_ERROR).
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+                     + b"\x00\x00\x02\x00\x00\x00\x00\x00\x00hi")
+        data = _read_until_closed(sock)
+    types = []
+    while len(data) >= 9:
+        length = int.from_bytes(data[:3], "big")
+        types.append(data[3])
+        if data[3] == 0x7:
+            assert int.from_bytes(data[13:17], "big") == ErrorCodes.PROTOCOL_ERROR
+        data = data[9 + length:]
+    assert 0x7 in types
+    # The sandbox carries on.
+    with httpx.Client(timeout=TIMEOUT) as h1:
+        assert h1.get(sandbox.url + "/x").status_code == 200
