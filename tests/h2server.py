@@ -1,8 +1,10 @@
 """An HTTP/2 test server on the `h2` library that does, on purpose, what nginx never sends.
 
 For the engine's HTTP/2 tests: one asyncio loop in a thread, listening on 127.0.0.1 (a free
-port), h2c with prior knowledge or TLS with ALPN `h2` (`tls=True`). Each mode exercises one
-thing a client must cope with (`MODES`, options in `Options`):
+port), h2c with prior knowledge or TLS with ALPN `h2` (`tls=True`; `alpn=("http/1.1",)` makes a
+server that will not negotiate h2; `cert_tool` "trustme" or "openssl", and "auto" takes trustme
+when it is installed). Each mode exercises one thing a client must cope with (`MODES`, options
+in `Options`):
 
     normal        every stream answered 200 with a body of `body_size` bytes
     continuation  response headers over the frame size: HEADERS + CONTINUATION frames
@@ -100,7 +102,7 @@ class H2Server:
     `client_context()`."""
 
     def __init__(self, mode: str = "normal", *, tls: bool = False, cert_tool: str = "auto",
-                 **options: Any) -> None:
+                 alpn: Sequence[str] = ("h2",), **options: Any) -> None:
         if mode not in PRESETS:
             raise ValueError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
         self.mode = mode
@@ -114,7 +116,7 @@ class H2Server:
         }
         self._tmp = tempfile.TemporaryDirectory(prefix="h2server-")
         self.ca_file: str | None = None
-        context = self._server_context(cert_tool) if tls else None
+        context = self._server_context(cert_tool, alpn) if tls else None
         self.tls = tls
         self._conns: set[_Connection] = set()
         self.goaways_left = self.options.goaway_connections if self.options.goaway_after else 0
@@ -144,9 +146,9 @@ class H2Server:
 
     # -- TLS --------------------------------------------------------------------------------
 
-    def _server_context(self, cert_tool: str) -> ssl.SSLContext:
+    def _server_context(self, cert_tool: str, alpn: Sequence[str]) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.set_alpn_protocols(["h2"])
+        context.set_alpn_protocols(list(alpn))
         tmp = Path(self._tmp.name)
         trustme: Any = None
         if cert_tool in ("auto", "trustme"):
@@ -343,8 +345,6 @@ class _Connection(asyncio.Protocol):
             self.conn.acknowledge_received_data(size, sid)
         except h2.exceptions.ProtocolError:
             pass     # the stream is gone; h2 still credits the connection window
-        except KeyError:
-            pass
 
     def forget(self, sid: int) -> None:
         self.open.discard(sid)

@@ -208,3 +208,9 @@ def test_frames_from_goaway_frame_parse() -> None:
         frames = [f for f in client.frames if isinstance(f, GoAwayFrame)]
         assert [f.last_stream_id for f in frames] == [0]
         assert server.counts()["refused_goaway"] == 1
+
+
+def test_tls_server_that_will_not_negotiate_h2() -> None:
+    with H2Server(tls=True, cert_tool="openssl", alpn=("http/1.1",)) as server, \
+            H2Client(server.port, ssl_context=server.client_context()) as client:
+        assert client.alpn is None          # offered h2 only: no protocol in common
