@@ -11,6 +11,9 @@ Configuration, the `[sandbox]` table of a profile (every key optional; defaults 
     algorithm = "round_robin"    # weighted_round_robin, least_connections, random, ip_hash
     backends = 4                 # initial count (with [sandbox.autoscale]: 4 clamped to min..max)
     weights = [1, 1, 2, 1]       # one per initial backend; only with weighted_round_robin
+    balance = "connection"       # HTTP/2: "connection" pins a connection's streams to one
+                                 # backend; "request" balances each stream
+    max_concurrent_streams = 100 # HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS, 1..100000
 
     [sandbox.backend]            # every backend alike
     service_time = "0s"          # mean; 0 answers at once, without timers (the fast path)
@@ -45,6 +48,18 @@ wrong types, min > max and the like raise ProfileError naming the field. The nor
 the raw table is.
 
 Behaviour worth knowing:
+
+- The load balancer's port speaks HTTP/1.1 and HTTP/2 over cleartext with prior knowledge
+  (h2c: the client starts with the `PRI * HTTP/2.0` preface; no Upgrade, no TLS). The first
+  bytes of a connection decide; HTTP/1.1 then runs exactly as before. Every HTTP/2 stream is
+  one request, routed like an HTTP/1.1 one and answered with the same status, body and
+  `x-served-by` header (http2.py).
+- `balance` applies to HTTP/2 only (HTTP/1.1 is balanced per request). "connection", what an
+  L4 balancer (and most balancers in front of HTTP/2) does: a connection's first stream is
+  balanced by `algorithm`, every later stream goes to the same backend, so a few multiplexed
+  connections load a few backends however many there are. If that backend leaves rotation
+  (unhealthy, draining), the connection's next stream picks a new one. "request", an L7
+  balancer terminating HTTP/2: each stream is balanced on its own.
 
 - Any path is answered `200 ok` through the capacity model, with `X-Served-By: backend-<n>`.
   `/healthz` is answered by the load balancer itself. `/slow?ms=N` is served with a service

@@ -22,7 +22,15 @@ from typing import Any
 
 from loadforge.sandbox import admin
 from loadforge.sandbox.capacity import Backend
-from loadforge.sandbox.http import LB_HEALTHY, NO_BACKEND, HTTPConnection, Response
+from loadforge.sandbox.http import (
+    LB_HEALTHY,
+    NO_BACKEND,
+    Client,
+    HTTPConnection,
+    Responder,
+    Response,
+)
+from loadforge.sandbox.http2 import FirstBytes, H2Server
 from loadforge.sandbox.policy import AutoscalePolicy, Autoscaler
 
 
@@ -83,7 +91,9 @@ class Cluster:
         self._cursor = 0
         self._cycle: list[Backend] = []
         self._rng = random.Random()
-        self.pick: Callable[[HTTPConnection], Backend] = {
+        # HTTP/2 only (route_stream): HTTP/1.1 is balanced per request whatever this says.
+        self.pin = cfg["balance"] == "connection"
+        self.pick: Callable[[Client], Backend] = {
             "round_robin": self._pick_round_robin,
             "weighted_round_robin": self._pick_weighted,
             "least_connections": self._pick_least_connections,
@@ -183,7 +193,32 @@ class Cluster:
         backend.requests += 1
         backend.submit(conn, close, service)
 
-    def _pick_round_robin(self, conn: HTTPConnection) -> Backend:
+    def route_stream(
+        self, conn: H2Server, stream: Responder, method: bytes, target: bytes
+    ) -> None:
+        """One HTTP/2 stream, as `route` answers a request. With balance = "connection" every
+        stream of a connection goes to the backend its first routed stream was given, as long
+        as that backend stays in rotation (then the connection is pinned to a new pick, as an
+        L4 balancer's client would reconnect); with "request", each stream is balanced."""
+        if target == b"/healthz":
+            stream.respond(LB_HEALTHY, False)
+            return
+        if not self.rotation:
+            stream.respond(NO_BACKEND, False)
+            return
+        service = None
+        if target.startswith(b"/slow?"):
+            service = _slow_ms(target)
+        if self.pin:
+            backend = conn.backend
+            if backend is None or backend.state != "ready" or not backend.healthy:
+                backend = conn.backend = self.pick(conn)
+        else:
+            backend = self.pick(conn)
+        backend.requests += 1
+        backend.submit(stream, False, service)
+
+    def _pick_round_robin(self, conn: Client) -> Backend:
         rotation = self.rotation
         i = self._cursor
         if i >= len(rotation):
@@ -191,7 +226,7 @@ class Cluster:
         self._cursor = i + 1
         return rotation[i]
 
-    def _pick_weighted(self, conn: HTTPConnection) -> Backend:
+    def _pick_weighted(self, conn: Client) -> Backend:
         cycle = self._cycle
         i = self._cursor
         if i >= len(cycle):
@@ -199,7 +234,7 @@ class Cluster:
         self._cursor = i + 1
         return cycle[i]
 
-    def _pick_least_connections(self, conn: HTTPConnection) -> Backend:
+    def _pick_least_connections(self, conn: Client) -> Backend:
         rotation = self.rotation
         n = len(rotation)
         # Start the scan one further each time so that ties (all idle) are spread round-robin.
@@ -215,10 +250,10 @@ class Cluster:
                 best, best_load = candidate, load
         return best
 
-    def _pick_random(self, conn: HTTPConnection) -> Backend:
+    def _pick_random(self, conn: Client) -> Backend:
         return self._rng.choice(self.rotation)
 
-    def _pick_ip_hash(self, conn: HTTPConnection) -> Backend:
+    def _pick_ip_hash(self, conn: Client) -> Backend:
         # Modulo the current pool, like nginx's ip_hash: a pool change remaps most clients.
         return self.rotation[conn.hash_key % len(self.rotation)]
 
@@ -372,8 +407,11 @@ async def serve(
     """Run the cluster on 127.0.0.1 until `stop` is set; `on_ready(port, admin_port)` once bound."""
     loop = asyncio.get_running_loop()
     cluster = Cluster(cfg, loop, on_event)
+    max_streams = cfg["max_concurrent_streams"]
     lb = await loop.create_server(
-        lambda: HTTPConnection(cluster.route), "127.0.0.1", port, backlog=4096
+        lambda: FirstBytes(lambda: HTTPConnection(cluster.route),
+                           lambda: H2Server(cluster.route_stream, max_streams)),
+        "127.0.0.1", port, backlog=4096,
     )
     control = await loop.create_server(
         lambda: HTTPConnection(partial(admin.handle, cluster)), "127.0.0.1", admin_port,

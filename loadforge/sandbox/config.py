@@ -16,13 +16,18 @@ from loadforge.units import parse_duration
 ALGORITHMS = ("round_robin", "weighted_round_robin", "least_connections", "random", "ip_hash")
 DISTRIBUTIONS = ("constant", "exponential", "lognormal")
 METRICS = ("utilization", "inflight")
+BALANCES = ("connection", "request")
 
 # Limits that keep a mistyped profile from starting thousands of in-process backends or a
 # weighted round-robin cycle of millions of slots (the cycle is precomputed, see cluster.py).
 MAX_BACKENDS = 256
 MAX_WEIGHT = 1000
+# HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS is a 31-bit field; beyond a few thousand streams a
+# connection only queues more work in one process, so the cap is a sanity bound.
+MAX_STREAMS = 100_000
 
-_TOP_KEYS = ("algorithm", "backends", "weights", "backend", "health", "autoscale")
+_TOP_KEYS = ("algorithm", "backends", "weights", "backend", "health", "autoscale", "balance",
+             "max_concurrent_streams")
 _BACKEND_KEYS = ("service_time", "distribution", "sigma", "concurrency", "queue")
 _HEALTH_KEYS = ("enabled", "interval", "timeout", "unhealthy_threshold", "healthy_threshold")
 _AUTOSCALE_KEYS = (
@@ -143,7 +148,18 @@ def validate_sandbox_config(cfg: dict[str, Any] | None, where: str = "sandbox") 
         "backend": backend,
         "health": health,
         "autoscale": autoscale,
+        **_validate_http2(top, where),
     })
+
+
+def _validate_http2(top: dict[str, Any], where: str) -> dict[str, Any]:
+    """The HTTP/2 listener's keys: how its multiplexed connections are balanced, and how many
+    streams a client may open at once on one of them."""
+    return {
+        "balance": _choice(top.get("balance", "connection"), BALANCES, f"{where}.balance"),
+        "max_concurrent_streams": _int(top.get("max_concurrent_streams", 100),
+                                       f"{where}.max_concurrent_streams", 1, MAX_STREAMS),
+    }
 
 
 def _validate_backend(table: dict[str, Any], where: str) -> dict[str, Any]:

@@ -45,6 +45,12 @@ class Responder(Protocol):
     def respond(self, response: Response, close: bool) -> None: ...
 
 
+class Client(Protocol):
+    """What a balancing algorithm reads of a client connection, HTTP/1.1 or HTTP/2."""
+
+    hash_key: int
+
+
 Handler = Callable[["HTTPConnection", bytes, bytes, bytes, bool], None]
 
 
