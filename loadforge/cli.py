@@ -348,10 +348,12 @@ def sandbox(port: int, config_path: str | None) -> None:
         raise InputError(f"sandbox --port must be from 1 to 65535, got {port}")
     cfg: dict[str, Any] = {}
     if config_path:
-        from loadforge.profile import load_profile
+        from loadforge.sandbox.runner import load_config_file
 
-        cfg = load_profile(config_path).sandbox
-    run_foreground(validate_sandbox_config(cfg), port)
+        # A profile's [sandbox] table, or a file that holds only that table.
+        cfg = load_config_file(config_path)
+    where = f"{config_path}: sandbox" if config_path else "sandbox"
+    run_foreground(validate_sandbox_config(cfg, where), port)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from servers import free_port, wait_listening
 
 from loadforge.errors import ProfileError, RunError
 from loadforge.sandbox import Sandbox, start_sandbox, validate_sandbox_config
@@ -464,3 +465,24 @@ def test_foreground_prints_urls_and_stops_on_ctrl_c() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_sandbox_command_takes_a_file_with_only_a_sandbox_table(tmp_path):
+    config = tmp_path / "cluster.toml"
+    config.write_text('[sandbox]\nbackends = 3\n[sandbox.backend]\nservice_time = "1ms"\n')
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "loadforge.cli", "sandbox", "--port",
+                             str(port), "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(port)
+        reply = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+        assert reply.status_code == 200 and reply.headers["x-served-by"].startswith("backend-")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sandbox]\nbackends = 0\n")
+    out = subprocess.run([sys.executable, "-m", "loadforge.cli", "sandbox", "--config",
+                          str(bad)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "backends" in out.stderr and "Traceback" not in out.stderr
