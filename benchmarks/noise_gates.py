@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """How often a noise-aware gate finds a small real difference, and how often it cries wolf.
 
-Two sandbox targets on 127.0.0.1 answer after a constant service time of 1.0 ms (A) and
-1.1 ms (B). Each of COMPARISONS rounds runs RUNS short runs against A, RUNS more against A,
+Two small servers on 127.0.0.1 (a thread per connection, `time.sleep` before each answer)
+answer after 1.0 ms (A) and 1.1 ms (B). (The sandbox's timers are rounded to the millisecond,
+too coarse for this.) Each of COMPARISONS rounds runs RUNS short runs against A, RUNS more against A,
 and RUNS against B (interleaved, so drift on the machine hits every group alike), then
 `loadforge compare --group-by cfg --fail-on GATE`:
 
@@ -17,22 +18,17 @@ Prints both rates, and the same two rates for a plain one-run-a-side gate for co
 import argparse
 import json
 import os
+import socket
+import socketserver
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
-PORTS = {"A": 25001, "B": 25002}
-SERVICE = {"A": "1ms", "B": "1100us"}
-CONFIG = """
-[sandbox]
-backends = 2
-[sandbox.backend]
-service_time = "{service}"
-concurrency = 64
-[sandbox.health]
-enabled = false
-"""
+DELAY_S = {"A": 0.001, "B": 0.0011}
+PORTS: dict[str, int] = {}
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
 
 
 def loadforge(*args: str) -> subprocess.CompletedProcess:
@@ -40,17 +36,37 @@ def loadforge(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-def start_sandboxes(directory: str) -> list[subprocess.Popen]:
-    procs = []
-    for cfg, port in PORTS.items():
-        path = os.path.join(directory, f"{cfg}.toml")
-        with open(path, "w") as f:
-            f.write(CONFIG.format(service=SERVICE[cfg]))
-        procs.append(subprocess.Popen([sys.executable, "-m", "loadforge.cli", "sandbox",
-                                       "--port", str(port), "--config", path],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    time.sleep(2.0)
-    return procs
+class _Delayed(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+            _, _, buf = buf.partition(b"\r\n\r\n")
+            time.sleep(self.server.delay_s)  # type: ignore[attr-defined]
+            sock.sendall(RESPONSE)
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+
+def start_servers() -> list[_Server]:
+    servers = []
+    for cfg, delay in DELAY_S.items():
+        server = _Server(("127.0.0.1", 0), _Delayed)
+        server.delay_s = delay  # type: ignore[attr-defined]
+        PORTS[cfg] = server.server_address[1]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    return servers
 
 
 def one_run(out: str, cfg: str, label: str, rate: str, duration: str) -> str:
@@ -83,7 +99,7 @@ def main() -> None:
     ap.add_argument("--duration", default="2s")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        procs = start_sandboxes(d)
+        servers = start_servers()
         try:
             counts = {"false": 0, "found": 0, "false1": 0, "found1": 0}
             for c in range(a.comparisons):
@@ -100,8 +116,8 @@ def main() -> None:
                                                False)
                 print(f"comparison {c + 1}/{a.comparisons}: {counts}", flush=True)
         finally:
-            for p in procs:
-                p.terminate()
+            for server in servers:
+                server.shutdown()
     n = a.comparisons
     print(f"gate {a.gate}, {a.runs} runs a side, {n} comparisons, "
           f"runs of {a.duration} at {a.rate}/s against 1.0 ms vs 1.1 ms:")
