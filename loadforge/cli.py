@@ -59,6 +59,14 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _one_stdout_output(*outputs: tuple[str, str | None]) -> bool:
+    """Whether an output path is "-" (stdout); at most one may be."""
+    on_stdout = [option for option, path in outputs if path == "-"]
+    if len(on_stdout) > 1:
+        raise InputError(f"{' and '.join(on_stdout)}: only one output can be '-' (stdout)")
+    return bool(on_stdout)
+
+
 def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
                duration: str | None, connections: int | None, timeout: str) -> Plan:
     if not target:
@@ -130,6 +138,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     from loadforge import runner, summary
     from loadforge.profile import load_profile
 
+    stdout_taken = _one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path))
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
     if connections is not None and connections < 1:
@@ -159,7 +168,9 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         slo.write_junit(junit_path, f"loadforge run {plan.name}",
                         slo.slo_cases(outcome.summary.get("slo", []), plan.name))
     if not quiet:
-        summary.render_summary(outcome.summary, Console(),
+        # With an output on stdout ("-"), stdout holds that alone: the tables go to stderr.
+        tables = console if stdout_taken else Console()
+        summary.render_summary(outcome.summary, tables,
                                {s.name for s in plan.stages if not s.open_model})
     if outcome.summary.get("aborted"):
         console.print(f"[bold red]aborted:[/] {outcome.summary['aborted']}", highlight=False)
@@ -181,6 +192,7 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     from loadforge import compare as cmp
     from loadforge import slo
 
+    junit_on_stdout = _one_stdout_output(("--junit", junit_path))
     gates = [cmp.parse_gate(spec) for spec in fail_on]
     figures = cmp.load_runs(list(runs))
     if len(figures) < 2 and gates:
@@ -192,11 +204,12 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     if junit_path:
         slo.write_junit(junit_path, "loadforge compare", cmp.gate_cases(checks))
     if fmt == "json":
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(data, indent=2), err=junit_on_stdout)
     elif fmt == "markdown":
-        click.echo(cmp.render_markdown(data) + cmp.render_gates_markdown(checks))
+        click.echo(cmp.render_markdown(data) + cmp.render_gates_markdown(checks),
+                   err=junit_on_stdout)
     else:
-        cmp.render_table(data, _wide_console())
+        cmp.render_table(data, Console(stderr=True) if junit_on_stdout else _wide_console())
     err = Console(stderr=True)
     for check in checks:
         if not check["ok"]:
@@ -215,7 +228,8 @@ def report(runs: tuple[str, ...], html_path: str) -> None:
     from loadforge.report import write_report
 
     count = write_report(list(runs), html_path)
-    click.echo(f"report of {count} run{'s' if count != 1 else ''}: {html_path}")
+    click.echo(f"report of {count} run{'s' if count != 1 else ''}: {html_path}",
+               err=html_path == "-")
 
 
 @main.command()
@@ -227,7 +241,7 @@ def export(run_path: str, hlog_path: str) -> None:
     from loadforge.export import write_hlog
 
     lines = write_hlog(run_path, hlog_path)
-    click.echo(f"{lines} interval histograms: {hlog_path}")
+    click.echo(f"{lines} interval histograms: {hlog_path}", err=hlog_path == "-")
 
 
 @main.command(name="ls")
