@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -18,7 +19,7 @@ import click
 from rich.console import Console
 
 from loadforge import __version__
-from loadforge.errors import InputError, LoadforgeError
+from loadforge.errors import InputError, Interrupted, LoadforgeError
 from loadforge.plan import Plan, Request, Stage
 from loadforge.units import parse_duration
 
@@ -35,6 +36,12 @@ class Group(click.Group):
         except LoadforgeError as exc:
             Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
             sys.exit(exc.exit_code)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            # Before a run began (or while its results were being written): nothing to keep.
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            Console(stderr=True).print(f"[bold red]interrupted[/] by "
+                                       f"{signal.Signals(signum).name}", highlight=False)
+            sys.exit(128 + signum)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,6 +163,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         plan = replace(plan, timer_resolution_s=parse_duration(
             timer_resolution, "--timer-resolution", allow_zero=True))
     console = Console(stderr=True)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
     opts = runner.RunOptions(target=target, workers=workers, out_dir=out_dir,
                              labels=_labels(labels), quiet=quiet, preflight=not no_preflight,
                              backend_header=backend_header)
@@ -174,7 +182,27 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
                                {s.name for s in plan.stages if not s.open_model})
     if outcome.summary.get("aborted"):
         console.print(f"[bold red]aborted:[/] {outcome.summary['aborted']}", highlight=False)
-    sys.exit(EXIT_OK if outcome.ok else EXIT_FAILED)
+    _print_how_it_ended(outcome, plan.duration_s, console)
+    sys.exit(outcome.exit_code)
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def _print_how_it_ended(outcome: Any, planned_s: float, console: Console) -> None:
+    """One line for a run that stopped early: after how long, and what became of it."""
+    from rich.markup import escape
+
+    ran = f"after {outcome.summary.get('ran_s', 0.0):.1f} s of {planned_s:g} s"
+    if outcome.failure:
+        kept = (f"what ran is in {outcome.path}, marked incomplete" if outcome.path
+                else "no results could be saved")
+        console.print(f"[bold red]error:[/] {escape(outcome.failure)} ({ran}); {escape(kept)}",
+                      highlight=False, soft_wrap=True)
+    elif outcome.signum:
+        console.print(f"[bold yellow]interrupted[/] by {signal.Signals(outcome.signum).name} "
+                      f"{ran}; the results cover what ran", highlight=False, soft_wrap=True)
 
 
 @main.command()

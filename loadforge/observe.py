@@ -233,21 +233,23 @@ def _poll_metrics(source: dict[str, Any], client: httpx.Client) -> float | None:
     return parse_exposition(text, source["metric"], source["labels"])
 
 
-def _poll_command(source: dict[str, Any]) -> float | None:
+def _poll_command(source: dict[str, Any], commands: Any = None) -> float | None:
     from loadforge.actions import run_shell
 
-    done = run_shell(source["run"], source["timeout"])
+    done = run_shell(source["run"], source["timeout"], commands)
     if done.returncode != 0:
         return None
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     return float(lines[-1].split()[0]) if lines else None
 
 
-def poll_once(source: dict[str, Any], client: httpx.Client | None = None) -> float | None:
-    """One value of a source; None for any failure (network, status, parse, timeout)."""
+def poll_once(source: dict[str, Any], client: httpx.Client | None = None,
+              commands: Any = None) -> float | None:
+    """One value of a source; None for any failure (network, status, parse, timeout).
+    commands: the run's actions.ShellCommands, which ends a command source with the run."""
     try:
         if source["kind"] == "command":
-            return _poll_command(source)
+            return _poll_command(source, commands)
         own = client is None
         client = client or _client(source["url"], source["timeout"])
         try:
@@ -294,7 +296,9 @@ class Watchers:
                     self.sources.append({"kind": "metrics", "name": name,
                                          "url": sandbox.metrics_url, "metric": metric,
                                          "labels": {}, "timeout": DEFAULT_HTTP_TIMEOUT_S})
-        self.actions = actions.ActionRunner(actions.normalized(plan), sandbox)
+        # Shell commands (observers and actions) are killed when the run ends.
+        self.commands = actions.ShellCommands()
+        self.actions = actions.ActionRunner(actions.normalized(plan), sandbox, self.commands)
         self.samples: list[Sample] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -323,7 +327,9 @@ class Watchers:
                 if self._stop.wait(max(0.0, wait_s)):
                     return
                 at_ms = (time.monotonic_ns() - self.t0_ns) // 1_000_000
-                value = poll_once(source, client)
+                value = poll_once(source, client, self.commands)
+                if self._stop.is_set():
+                    return      # cut short by the run's end: no sample
                 with self._lock:
                     self.samples.append(Sample(source["name"], int(at_ms), value))
                 k = max(k + 1, int((time.monotonic_ns() - self.t0_ns) / 1e9 / self.interval_s))
@@ -333,6 +339,7 @@ class Watchers:
 
     def stop(self) -> list[dict[str, Any]]:
         self._stop.set()
+        self.commands.end()
         for thread in self._threads:
             thread.join(timeout=5.0)
         rows = [self._metric_row(s) for s in sorted(self.samples, key=lambda s: s.at_ms)]

@@ -9,6 +9,8 @@ DuckDB; everything else about the run goes into the Parquet key-value metadata u
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import re
@@ -24,7 +26,7 @@ from hdrh.histogram import HdrHistogram
 
 import loadforge
 from loadforge import histogram
-from loadforge.errors import InputError, ResultsError
+from loadforge.errors import InputError, ResultsError, RunError
 
 SCHEMA_VERSION = 1
 METADATA_PREFIX = "loadforge."
@@ -92,6 +94,77 @@ def result_schema(label_keys: Iterable[str] = ()) -> pa.Schema:
     return pa.schema(fields)
 
 
+def _why(exc: OSError) -> str:
+    # pyarrow's I/O errors carry the errno in their text only ("[errno 28] No space ...").
+    if exc.errno == errno.ENOSPC or f"[errno {errno.ENOSPC}]" in str(exc):
+        return "disk full"
+    return str(exc.strerror or exc)
+
+
+# Disk space set aside beside a partial result: given back when the disk fills, so that the
+# row group being written, the stage and run rows and the footer still fit. A file whose
+# footer cannot be written is unreadable, and loses everything before it.
+SPARE_BYTES = 1 << 20
+SPARE_MIN_BYTES = 16 << 10
+
+
+class _SpareSpaceFile(io.RawIOBase):
+    """The partial result file (what pyarrow writes to), with space set aside beside it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.spare_path = path + ".spare"
+        self.disk_full = False
+        self._pos = 0
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        size = SPARE_BYTES
+        while size >= SPARE_MIN_BYTES:
+            try:
+                fd = os.open(self.spare_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                    break
+                finally:
+                    os.close(fd)
+            except OSError:
+                size //= 2      # a nearly full disk: set aside what it has
+        else:
+            self.release()
+
+    def release(self) -> bool:
+        """Give the space set aside back; False if there was none left."""
+        try:
+            os.remove(self.spare_path)
+            return True
+        except OSError:
+            return False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            try:
+                done += os.write(self._fd, view[done:])
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or not self.release():
+                    raise
+                self.disk_full = True
+        self._pos += done
+        return done
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+            self.release()
+        super().close()
+
+
 class ResultWriter:
     """Streams rows of one run into `path`, via `path + ".partial"` renamed on close().
 
@@ -113,6 +186,10 @@ class ResultWriter:
         self.labels = dict(labels or {})
         self.schema = result_schema(self.labels)
         self.rows_written = 0
+        # Why writing stopped (a full disk); rows written before stay, later ones are dropped.
+        self.failure: str | None = None
+        self.published = False
+        self._broken = False        # a write failed even into the space set aside
         self._buffer: dict[str, list[Any]] = {name: [] for name in self.schema.names}
         self._buffered = 0
         self._buffered_bytes = 0
@@ -138,18 +215,29 @@ class ResultWriter:
         try:
             if parent:
                 os.makedirs(parent, exist_ok=True)
+            self._file = _SpareSpaceFile(self.partial_path)
             self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-                self.partial_path, schema, compression="zstd"
+                self._file, schema, compression="zstd"
             )
         except OSError as exc:
+            if getattr(self, "_file", None) is not None:
+                self._file.close()
+                self._remove_partial()
+            if _why(exc) == "disk full":
+                raise RunError(f"results {self.path}: cannot write (disk full)") from None
             raise InputError(f"results {self.path}: cannot write ({exc.strerror or exc})") from exc
         self.schema = schema
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
+    def write(self, rows: list[dict[str, Any]], last: bool = False) -> None:
         """Append rows. Each row: scope, stage, name, outcome, start_ms, end_ms, count,
-        latency and service (HdrHistogram), optional scheduled, unsent, backend."""
+        latency and service (HdrHistogram), optional scheduled, unsent, backend.
+
+        Once the disk has filled (`failure`), rows are dropped, except the run's `last` ones
+        (its stage and run rows), which go into the space set aside for them."""
         if self._writer is None:
             raise ValueError(f"results {self.path}: writer already closed")
+        if self._broken or (self.failure and not last):
+            return
         buf = self._buffer
         for row in rows:
             scope = row["scope"]
@@ -196,23 +284,57 @@ class ResultWriter:
         if not self._buffered or self._writer is None:
             return
         table = pa.table(self._buffer, schema=self.schema)
-        self._writer.write_table(table, row_group_size=max(self._buffered, 1))
-        self.rows_written += self._buffered
+        try:
+            self._writer.write_table(table, row_group_size=max(self._buffered, 1))
+        except OSError as exc:
+            # pyarrow closes the file on a failed write: nothing more can be written to it.
+            self._broken = True
+            self.failure = self.failure or (f"results {self.path}: cannot write ({_why(exc)}) "
+                                            f"after {self.rows_written} rows")
+        else:
+            self.rows_written += self._buffered
+            if self._file.disk_full and not self.failure:
+                self.failure = (f"results {self.path}: disk full after {self.rows_written} "
+                                "rows")
         # Cleared in place: write() holds a reference to these lists across a flush.
         for column in self._buffer.values():
             column.clear()
         self._buffered = 0
         self._buffered_bytes = 0
 
-    def close(self) -> str:
-        """Write what is buffered, close, and publish the file at `path`. Returns the path."""
+    def close(self, end_metadata: dict[str, str] | None = None) -> str:
+        """Write what is buffered, close, and publish the file at `path`. Returns the path.
+
+        end_metadata: key-value metadata known only at the end (how the run ended). After a
+        write failure the rows written before it are still published when the footer fits;
+        `published` says whether a file is at `path`."""
         if self._writer is None:
             return self.path
         self._flush()
-        self._writer.close()
+        try:
+            if self._broken:
+                raise OSError(errno.EIO, "a write failed")
+            if end_metadata:
+                self._writer.add_key_value_metadata(
+                    {METADATA_PREFIX + k: v for k, v in end_metadata.items()})
+            self._writer.close()
+        except OSError as exc:
+            self.failure = self.failure or f"results {self.path}: cannot write ({_why(exc)})"
+            self._writer = None
+            self._file.close()
+            self._remove_partial()
+            return self.path
         self._writer = None
+        self._file.close()
         os.replace(self.partial_path, self.path)
+        self.published = True
         return self.path
+
+    def _remove_partial(self) -> None:
+        try:
+            os.remove(self.partial_path)
+        except OSError:
+            pass
 
     def abort(self) -> None:
         """Close without publishing; removes the partial file."""
@@ -220,12 +342,12 @@ class ResultWriter:
             return
         try:
             self._writer.close()
+        except OSError:
+            pass
         finally:
             self._writer = None
-            try:
-                os.remove(self.partial_path)
-            except OSError:
-                pass
+            self._file.close()
+            self._remove_partial()
 
     def __enter__(self) -> ResultWriter:
         return self
