@@ -32,16 +32,18 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import httpx
 
 from loadforge import histogram
 from loadforge.errors import InputError, ProfileError
 from loadforge.plan import STATUS_OUTCOMES, Plan
 from loadforge.results import Result
 from loadforge.units import parse_duration, show_value
+
+if TYPE_CHECKING:
+    # httpx costs start-up CPU before the first request: imported where a poll needs it.
+    import httpx
 
 OBSERVE_KEYS = ("backend_header", "window", "replicas", "prometheus", "metrics", "command")
 PROMETHEUS_KEYS = ("name", "url", "query", "timeout")
@@ -206,6 +208,8 @@ def parse_exposition(text: str, metric: str, labels: dict[str, str] | None = Non
 
 
 def _client(url: str, timeout: float) -> httpx.Client:
+    import httpx
+
     # Loopback calls must not be diverted by proxy settings from the environment.
     host = urlsplit(url).hostname or ""
     local = host in ("127.0.0.1", "localhost", "::1")
@@ -247,6 +251,8 @@ def poll_once(source: dict[str, Any], client: httpx.Client | None = None,
               commands: Any = None) -> float | None:
     """One value of a source; None for any failure (network, status, parse, timeout).
     commands: the run's actions.ShellCommands, which ends a command source with the run."""
+    import httpx
+
     try:
         if source["kind"] == "command":
             return _poll_command(source, commands)

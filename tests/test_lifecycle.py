@@ -172,7 +172,7 @@ def many_names_profile(tmp_path, url: str) -> str:
     names = "".join(f'[[requests]]\nname = "r{i}"\npath = "/"\n' for i in range(300))
     path = tmp_path / "many.toml"
     path.write_text(f'name = "many"\ntarget = "{url}"\n[load]\nconnections = 8\n'
-                    f'[[stages]]\nname = "steady"\nrate = 900\nduration = "12s"\n{names}')
+                    f'[[stages]]\nname = "steady"\nrate = 900\nduration = "20s"\n{names}')
     return str(path)
 
 
@@ -201,7 +201,7 @@ def test_a_full_disk_keeps_what_was_written_and_exits_3(nginx, tmp_path, small_d
     assert len(lines) == 1 and "disk full" in lines[0], err
     s = json.loads(summary.read_text())
     assert s["complete"] is False and s["ok"] is False and "disk full" in s["error"]
-    assert s["ran_s"] < 12
+    assert s["ran_s"] < 20
     result = read_result(s["result"])
     assert result.metadata["complete"] == "false"
     assert "disk full" in result.metadata["incomplete_reason"]
@@ -209,27 +209,6 @@ def test_a_full_disk_keeps_what_was_written_and_exits_3(nginx, tmp_path, small_d
     (run_row,) = result.rows("run")         # the run's own rows fit in the space set aside
     assert run_row["count"] == s["requests"]
     assert sorted(os.listdir(small_disk)) == [os.path.basename(s["result"])]
-
-
-def test_a_disk_too_full_for_any_result_exits_3_with_one_line(nginx, tmp_path, small_disk):
-    filler = small_disk / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while f.write(b"\0" * 4096) == 4096:
-                pass
-        except OSError:
-            pass
-    # Two pages free: the file opens, but its rows and footer never fit.
-    os.truncate(filler, os.path.getsize(filler) - 8192)
-    summary = tmp_path / "s.json"
-    proc = start("--target", nginx.url + "/", "--rate", "200", "--duration", "2s", "--quiet",
-                 "--out", str(small_disk), "--summary-json", str(summary))
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 3, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    s = json.loads(summary.read_text())
-    assert s["complete"] is False and s["result"] is None and s["requests"] == 400
-    assert sorted(os.listdir(small_disk)) == ["filler"]
 
 
 def test_shell_commands_end_with_the_run(nginx, tmp_path):
