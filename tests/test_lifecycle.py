@@ -266,3 +266,22 @@ def test_a_full_disk_before_the_run_exits_3(nginx, tmp_path, small_disk):
     assert out.returncode == 3, out.stderr
     assert "disk full" in out.stderr and "Traceback" not in out.stderr
     assert sorted(os.listdir(small_disk)) == ["filler"]
+
+
+def test_ctrl_c_at_a_terminal_keeps_the_sandbox_up_for_what_is_in_flight(tmp_path):
+    # A terminal sends SIGINT to the whole foreground process group: the embedded target
+    # must not die with it while the run awaits its in-flight requests.
+    summary = tmp_path / "s.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadforge.cli", "run",
+         os.path.join(ROOT, "profiles", "quickstart.toml"), "--quiet", "--out", str(tmp_path),
+         "--summary-json", str(summary)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    wait_for_intervals(proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    s = json.loads(summary.read_text())
+    assert s["interrupted"] is True and s["requests"] > 0
+    assert s["errors"] == 0, s["errors_by_kind"]
