@@ -1245,7 +1245,11 @@ cdef class Engine:
         cdef StagePlan* sp = &self.stages[self.cur]
         cdef int ci
         if sp.open_model:
-            self.count_due(now)
+            # A stop request (Ctrl-C, an SLO abort) does not count the arrivals that fell due
+            # since the last wake-up: the stop, not a lack of connections or CPU, kept them
+            # unsent. The backlog already counted (no free connection) stays unsent.
+            if not self.stopping:
+                self.count_due(now)
             self.counters[self.cur].unsent += (self.sched_k - self.disp_k) // self.nworkers
             self.disp_k = self.sched_k
             self.next_due_ns = NEVER

@@ -141,12 +141,53 @@ def _http(value: Any, where: str) -> dict[str, Any]:
     return {"method": method.upper(), "url": url, "body": body, "headers": dict(headers)}
 
 
-def run_shell(command: str, timeout: float) -> subprocess.CompletedProcess[str]:
+class ShellCommands:
+    """The shell commands of one run (`command` observers, `run` actions), each in its own
+    process group, so that the run's end can end them all, children included: a run must
+    neither wait for their timeouts nor leave them behind."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[str]] = set()
+        self.ended = False
+
+    def add(self, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._running.add(proc)
+            late = self.ended
+        if late:                 # started as the run ended
+            _kill_group(proc)
+
+    def discard(self, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._running.discard(proc)
+
+    def end(self) -> None:
+        """Kill every command still running, with its process group; refuse new ones."""
+        with self._lock:
+            self.ended = True
+            running = list(self._running)
+        for proc in running:
+            _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_shell(command: str, timeout: float,
+              commands: ShellCommands | None = None) -> subprocess.CompletedProcess[str]:
     """`sh -c command` with a timeout that kills the whole process group: subprocess.run
     kills only the shell, and a pipeline's other processes would hold its pipes open (and
-    run()) past the timeout. TimeoutExpired once killed."""
+    run()) past the timeout. TimeoutExpired once killed. With `commands`, the run's end
+    kills it too (it then returns with the exit status -9)."""
     with subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           stdin=subprocess.DEVNULL, text=True, start_new_session=True) as proc:
+        if commands is not None:
+            commands.add(proc)
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -156,6 +197,9 @@ def run_shell(command: str, timeout: float) -> subprocess.CompletedProcess[str]:
                 pass
             proc.communicate()
             raise
+        finally:
+            if commands is not None:
+                commands.discard(proc)
         return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
@@ -166,9 +210,11 @@ def normalized(plan: Plan) -> list[dict[str, Any]]:
 class ActionRunner:
     """Runs a plan's actions at their offsets, each in its own thread."""
 
-    def __init__(self, actions: list[dict[str, Any]], sandbox: Any = None):
+    def __init__(self, actions: list[dict[str, Any]], sandbox: Any = None,
+                 commands: ShellCommands | None = None):
         self.actions = actions
         self.sandbox = sandbox
+        self.commands = commands or ShellCommands()
         self.records: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -206,9 +252,11 @@ class ActionRunner:
         kind = action["kind"]
         if kind == "run":
             try:
-                done = run_shell(action["run"], action["timeout"])
+                done = run_shell(action["run"], action["timeout"], self.commands)
             except subprocess.TimeoutExpired:
                 return False, f"timed out after {action['timeout']:g}s", None
+            if self.commands.ended and done.returncode < 0:
+                return False, "killed at the end of the run", float(done.returncode)
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
             return done.returncode == 0, f"exit {done.returncode} {tail[0][:200]}".strip(), \
                 float(done.returncode)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 from typing import Any
 
@@ -19,7 +20,7 @@ import click
 from rich.console import Console
 
 from loadforge import __version__, limits
-from loadforge.errors import InputError, LoadforgeError
+from loadforge.errors import InputError, Interrupted, LoadforgeError
 from loadforge.plan import Plan, Request, Stage
 from loadforge.text import print_error
 from loadforge.units import parse_duration
@@ -42,6 +43,11 @@ class Group(click.Group):
             where = exc.ctx.command_path if exc.ctx else "loadforge"
             print_error(f"{where}: {exc.format_message()} (see {where} --help)")
             sys.exit(EXIT_INPUT)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            # Before a run began (or while its results were being written): nothing to keep.
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            print_error(f"by {signal.Signals(signum).name}", "interrupted")
+            sys.exit(128 + signum)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,6 +71,14 @@ def _labels(values: tuple[str, ...], option: str = "--label") -> dict[str, str]:
             raise InputError(f"{option} {item!r}: expected KEY=VALUE")
         out[key] = value
     return out
+
+
+def _one_stdout_output(*outputs: tuple[str, str | None]) -> bool:
+    """Whether an output path is "-" (stdout); at most one may be."""
+    on_stdout = [option for option, path in outputs if path == "-"]
+    if len(on_stdout) > 1:
+        raise InputError(f"{' and '.join(on_stdout)}: only one output can be '-' (stdout)")
+    return bool(on_stdout)
 
 
 def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
@@ -174,6 +188,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     from loadforge import runner, summary
     from loadforge.profile import load_profile, parse_slo_flags, with_slo_flags
 
+    stdout_taken = _one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path))
     _check_flags(target, rate, concurrency, connections, workers, bool(profile))
     objectives = parse_slo_flags(slos)
     if profile:
@@ -193,6 +208,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
             timer_resolution, "--timer-resolution", allow_zero=True,
             maximum=limits.MAX_TIMER_RESOLUTION_S))
     console = Console(stderr=True)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
     opts = runner.RunOptions(target=target, workers=workers, out_dir=out_dir,
                              labels=_labels(labels), quiet=quiet, preflight=not no_preflight,
                              backend_header=backend_header, slo_flags=objectives)
@@ -205,11 +221,33 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         slo.write_junit(junit_path, f"loadforge run {plan.name}",
                         slo.slo_cases(outcome.summary.get("slo", []), plan.name))
     if not quiet:
-        summary.render_summary(outcome.summary, Console(),
+        # With an output on stdout ("-"), stdout holds that alone: the tables go to stderr.
+        tables = console if stdout_taken else Console()
+        summary.render_summary(outcome.summary, tables,
                                {s.name for s in plan.stages if not s.open_model})
     if outcome.summary.get("aborted"):
         print_error(str(outcome.summary["aborted"]), "aborted", console)
-    sys.exit(EXIT_OK if outcome.ok else EXIT_FAILED)
+    _print_how_it_ended(outcome, plan.duration_s, console)
+    sys.exit(outcome.exit_code)
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def _print_how_it_ended(outcome: Any, planned_s: float, console: Console) -> None:
+    """One line for a run that stopped early: after how long, and what became of it."""
+    from rich.markup import escape
+
+    ran = f"after {outcome.summary.get('ran_s', 0.0):.1f} s of {planned_s:g} s"
+    if outcome.failure:
+        kept = (f"what ran is in {outcome.path}, marked incomplete" if outcome.path
+                else "no results could be saved")
+        console.print(f"[bold red]error:[/] {escape(outcome.failure)} ({ran}); {escape(kept)}",
+                      highlight=False, soft_wrap=True)
+    elif outcome.signum:
+        console.print(f"[bold yellow]interrupted[/] by {signal.Signals(outcome.signum).name} "
+                      f"{ran}; the results cover what ran", highlight=False, soft_wrap=True)
 
 
 @main.command()
@@ -235,6 +273,7 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     from loadforge import compare as cmp
     from loadforge import slo
 
+    junit_on_stdout = _one_stdout_output(("--junit", junit_path))
     gates = [cmp.parse_gate(spec) for spec in fail_on]
     if baseline and not group_by:
         raise InputError("compare --baseline: needs --group-by (which labels make a group)")
@@ -254,11 +293,11 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     if junit_path:
         slo.write_junit(junit_path, "loadforge compare", cmp.gate_cases(checks))
     if fmt == "json":
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(data, indent=2), err=junit_on_stdout)
     elif fmt == "markdown":
-        click.echo(cmp.markdown_document(data, checks), nl=False)
+        click.echo(cmp.markdown_document(data, checks), nl=False, err=junit_on_stdout)
     else:
-        cmp.render_table(data, _wide_console())
+        cmp.render_table(data, Console(stderr=True) if junit_on_stdout else _wide_console())
     for check in checks:
         if not check["ok"]:
             print_error(check["message"], "regression")
@@ -275,7 +314,8 @@ def report(runs: tuple[str, ...], html_path: str) -> None:
     from loadforge.report import write_report
 
     count = write_report(list(runs), html_path)
-    click.echo(f"report of {count} run{'s' if count != 1 else ''}: {html_path}")
+    click.echo(f"report of {count} run{'s' if count != 1 else ''}: {html_path}",
+               err=html_path == "-")
 
 
 @main.command()
@@ -287,7 +327,7 @@ def export(run_path: str, hlog_path: str) -> None:
     from loadforge.export import write_hlog
 
     lines = write_hlog(run_path, hlog_path)
-    click.echo(f"{lines} interval histograms: {hlog_path}")
+    click.echo(f"{lines} interval histograms: {hlog_path}", err=hlog_path == "-")
 
 
 @main.command(name="ls")

@@ -114,10 +114,21 @@ def _target_rps(stage: dict[str, Any]) -> float | None:
     return (float(stage["rate_from"]) + float(stage.get("rate_to") or stage["rate_from"])) / 2
 
 
+def _stopped_early(result: Result, planned: dict[str, dict[str, Any]]) -> bool:
+    """Whether the run ended before its planned end (a signal, an SLO abort, a crash): its
+    stage rows then span the time each stage ran, which rates are over."""
+    try:
+        ran_s = float(result.metadata["ran_s"])
+    except (KeyError, ValueError):
+        return False
+    return ran_s < sum(float(s.get("duration_s") or 0) for s in planned.values()) - 0.001
+
+
 def run_figures(result: Result, title: str = "") -> RunFigures:
     fail_status = set(fail_status_of(result)) | set(ERROR_KINDS)
     has_ok = result.has_ok_rows
     planned = {s["name"]: s for s in stages_of(result)}
+    stopped_early = _stopped_early(result, planned)
     scopes: dict[str, ScopeFigures] = {}
     run_scope: ScopeFigures | None = None
     for scope in ("stage", "run"):
@@ -129,6 +140,8 @@ def run_figures(result: Result, title: str = "") -> RunFigures:
                 fig = scopes[key] = ScopeFigures(key, duration)
                 if scope == "stage" and key in planned:
                     fig.duration_s = float(planned[key].get("duration_s") or duration)
+                    if stopped_early:       # the stage row spans the time it ran
+                        fig.duration_s = duration
                     fig.target_rps = _target_rps(planned[key])
             if headline_row(row, has_ok, fail_status):
                 histogram.merge(fig.latency, result.histogram(row))

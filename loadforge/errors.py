@@ -33,3 +33,18 @@ class TargetUnreachable(RunError):
 
 class WorkerCrashed(RunError):
     pass
+
+
+class ResultsWriteFailed(RunError):
+    """The results file could not be written on (a full disk): what was written is kept."""
+
+
+class Interrupted(BaseException):
+    """A signal (Ctrl-C, SIGTERM) ended the command before a run had begun, or ended the
+    writing of its results. Exit code 128 + the signal, as a shell reports it. A
+    BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -12,12 +12,11 @@ base64). Timestamps are seconds relative to the run's start, given as #[StartTim
 from __future__ import annotations
 
 import base64
-import os
 import re
 from datetime import UTC, datetime
 
 from loadforge import histogram
-from loadforge.errors import InputError
+from loadforge.outputs import write_output
 from loadforge.results import OK, Result, read_result
 
 LOG_FORMAT_VERSION = "1.3"
@@ -71,11 +70,5 @@ def write_hlog(run_path: str, out_path: str) -> int:
     """Export the run at `run_path` to `out_path`; returns the number of interval lines."""
     result = read_result(run_path)
     text = hlog_text(result)
-    try:
-        parent = os.path.dirname(os.path.abspath(out_path))
-        os.makedirs(parent, exist_ok=True)
-        with open(out_path, "w", encoding="ascii") as out:
-            out.write(text)
-    except OSError as exc:
-        raise InputError(f"--hlog {out_path}: cannot write ({exc.strerror or exc})") from exc
+    write_output(out_path, text.encode("ascii"), "--hlog")
     return sum(1 for line in text.splitlines() if line.startswith("Tag="))

@@ -32,10 +32,8 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import httpx
 
 from loadforge import histogram
 from loadforge.errors import InputError, ProfileError
@@ -43,6 +41,10 @@ from loadforge.plan import STATUS_OUTCOMES, Plan
 from loadforge.redact import redact_url
 from loadforge.results import Result, outcome_row
 from loadforge.units import parse_duration, show_value
+
+if TYPE_CHECKING:
+    # httpx costs start-up CPU before the first request: imported where a poll needs it.
+    import httpx
 
 OBSERVE_KEYS = ("backend_header", "window", "replicas", "prometheus", "metrics", "command")
 PROMETHEUS_KEYS = ("name", "url", "query", "timeout")
@@ -208,6 +210,8 @@ def parse_exposition(text: str, metric: str, labels: dict[str, str] | None = Non
 
 
 def _client(url: str, timeout: float) -> httpx.Client:
+    import httpx
+
     # Loopback calls must not be diverted by proxy settings from the environment.
     host = urlsplit(url).hostname or ""
     local = host in ("127.0.0.1", "localhost", "::1")
@@ -235,21 +239,25 @@ def _poll_metrics(source: dict[str, Any], client: httpx.Client) -> float | None:
     return parse_exposition(text, source["metric"], source["labels"])
 
 
-def _poll_command(source: dict[str, Any]) -> float | None:
+def _poll_command(source: dict[str, Any], commands: Any = None) -> float | None:
     from loadforge.actions import run_shell
 
-    done = run_shell(source["run"], source["timeout"])
+    done = run_shell(source["run"], source["timeout"], commands)
     if done.returncode != 0:
         return None
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     return float(lines[-1].split()[0]) if lines else None
 
 
-def poll_once(source: dict[str, Any], client: httpx.Client | None = None) -> float | None:
-    """One value of a source; None for any failure (network, status, parse, timeout)."""
+def poll_once(source: dict[str, Any], client: httpx.Client | None = None,
+              commands: Any = None) -> float | None:
+    """One value of a source; None for any failure (network, status, parse, timeout).
+    commands: the run's actions.ShellCommands, which ends a command source with the run."""
+    import httpx
+
     try:
         if source["kind"] == "command":
-            return _poll_command(source)
+            return _poll_command(source, commands)
         own = client is None
         client = client or _client(source["url"], source["timeout"])
         try:
@@ -296,7 +304,9 @@ class Watchers:
                     self.sources.append({"kind": "metrics", "name": name,
                                          "url": sandbox.metrics_url, "metric": metric,
                                          "labels": {}, "timeout": DEFAULT_HTTP_TIMEOUT_S})
-        self.actions = actions.ActionRunner(actions.normalized(plan), sandbox)
+        # Shell commands (observers and actions) are killed when the run ends.
+        self.commands = actions.ShellCommands()
+        self.actions = actions.ActionRunner(actions.normalized(plan), sandbox, self.commands)
         self.samples: list[Sample] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -325,7 +335,9 @@ class Watchers:
                 if self._stop.wait(max(0.0, wait_s)):
                     return
                 at_ms = (time.monotonic_ns() - self.t0_ns) // 1_000_000
-                value = poll_once(source, client)
+                value = poll_once(source, client, self.commands)
+                if self._stop.is_set():
+                    return      # cut short by the run's end: no sample
                 with self._lock:
                     self.samples.append(Sample(source["name"], int(at_ms), value))
                 k = max(k + 1, int((time.monotonic_ns() - self.t0_ns) / 1e9 / self.interval_s))
@@ -335,6 +347,7 @@ class Watchers:
 
     def stop(self) -> list[dict[str, Any]]:
         self._stop.set()
+        self.commands.end()
         for thread in self._threads:
             thread.join(timeout=5.0)
         rows = [self._metric_row(s) for s in sorted(self.samples, key=lambda s: s.at_ms)]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from importlib import resources
 from typing import Any
 
@@ -26,7 +25,6 @@ from hdrh.histogram import HdrHistogram
 
 from loadforge import histogram
 from loadforge.compare import RunFigures, fail_status_of, load_runs, stages_of
-from loadforge.errors import InputError
 from loadforge.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES
 from loadforge.results import OK, Result, headline_row, outcome_row
 
@@ -228,13 +226,7 @@ def write_report(paths: list[str], out_path: str) -> int:
     """Write the report of the runs at `paths` to `out_path`; returns the number of runs."""
     runs = load_runs(paths)
     text = render_html(_finite(report_data(runs)))
-    try:
-        parent = os.path.dirname(os.path.abspath(out_path))
-        os.makedirs(parent, exist_ok=True)
-        tmp = out_path + ".partial"
-        with open(tmp, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, out_path)
-    except OSError as exc:
-        raise InputError(f"--html {out_path}: cannot write ({exc.strerror or exc})") from exc
+    from loadforge.outputs import write_output
+
+    write_output(out_path, text, "--html")
     return len(runs)

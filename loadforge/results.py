@@ -10,6 +10,8 @@ DuckDB; everything else about the run goes into the Parquet key-value metadata u
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import re
@@ -17,15 +19,17 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from hdrh.histogram import HdrHistogram
 
 import loadforge
 from loadforge import histogram
-from loadforge.errors import InputError, ResultsError
+from loadforge.errors import InputError, ResultsError, RunError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
 METADATA_PREFIX = "loadforge."
@@ -36,31 +40,33 @@ SCOPES = ("interval", "stage", "run", "metric", "action")
 ROW_GROUP_ROWS = 1024
 ROW_GROUP_BYTES = 1 << 20
 
-_BASE_FIELDS: tuple[tuple[str, pa.DataType, bool], ...] = (
-    ("run_id", pa.string(), False),
-    ("scope", pa.string(), False),
-    ("stage", pa.string(), False),
-    ("name", pa.string(), False),
-    ("outcome", pa.string(), False),
-    ("backend", pa.string(), False),
-    ("start_ms", pa.int64(), False),
-    ("end_ms", pa.int64(), False),
-    ("count", pa.int64(), False),
+# Arrow types by name: pyarrow is imported when a file is first written or read, not at
+# start-up (it costs more CPU than a run's first second).
+_BASE_FIELDS: tuple[tuple[str, str, bool], ...] = (
+    ("run_id", "string", False),
+    ("scope", "string", False),
+    ("stage", "string", False),
+    ("name", "string", False),
+    ("outcome", "string", False),
+    ("backend", "string", False),
+    ("start_ms", "int64", False),
+    ("end_ms", "int64", False),
+    ("count", "int64", False),
     # Only on rows merged over name and outcome (name = outcome = "*"), null elsewhere.
-    ("scheduled", pa.int64(), True),
-    ("unsent", pa.int64(), True),
+    ("scheduled", "int64", True),
+    ("unsent", "int64", True),
     # Only on metric rows (the observed value, null when a poll failed) and action rows.
-    ("value", pa.float64(), True),
-    ("latency_hdr", pa.binary(), False),
-    ("service_hdr", pa.binary(), False),
-    ("p50_us", pa.int64(), False),
-    ("p90_us", pa.int64(), False),
-    ("p99_us", pa.int64(), False),
-    ("p999_us", pa.int64(), False),
-    ("max_us", pa.int64(), False),
-    ("mean_us", pa.float64(), False),
-    ("service_p50_us", pa.int64(), False),
-    ("service_p99_us", pa.int64(), False),
+    ("value", "float64", True),
+    ("latency_hdr", "binary", False),
+    ("service_hdr", "binary", False),
+    ("p50_us", "int64", False),
+    ("p90_us", "int64", False),
+    ("p99_us", "int64", False),
+    ("p999_us", "int64", False),
+    ("max_us", "int64", False),
+    ("mean_us", "float64", False),
+    ("service_p50_us", "int64", False),
+    ("service_p99_us", "int64", False),
 )
 BASE_COLUMNS = tuple(name for name, _, _ in _BASE_FIELDS)
 # What a reader needs from any file, whatever later schema versions add.
@@ -73,6 +79,14 @@ REQUIRED_COLUMNS = (
 # latency's source (DESIGN.md "Parquet results").
 OK = "ok"
 _EMPTY = histogram.new_histogram()
+
+
+def _arrow() -> tuple[Any, Any]:
+    """pyarrow and pyarrow.parquet, imported on first use."""
+    import pyarrow
+    import pyarrow.parquet
+
+    return pyarrow, pyarrow.parquet
 _LABEL_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -90,11 +104,84 @@ def check_label_key(key: str) -> None:
 
 def result_schema(label_keys: Iterable[str] = ()) -> pa.Schema:
     """The Arrow schema of a result file with these label keys (in sorted order)."""
-    fields = [pa.field(name, dtype, nullable=nullable) for name, dtype, nullable in _BASE_FIELDS]
+    pa, _ = _arrow()
+    fields = [pa.field(name, getattr(pa, dtype)(), nullable=nullable)
+              for name, dtype, nullable in _BASE_FIELDS]
     for key in sorted(label_keys):
         check_label_key(key)
         fields.append(pa.field(label_column(key), pa.string(), nullable=False))
     return pa.schema(fields)
+
+
+def _why(exc: OSError) -> str:
+    # pyarrow's I/O errors carry the errno in their text only ("[errno 28] No space ...").
+    if exc.errno == errno.ENOSPC or f"[errno {errno.ENOSPC}]" in str(exc):
+        return "disk full"
+    return str(exc.strerror or exc)
+
+
+# Disk space set aside beside a partial result: given back when the disk fills, so that the
+# row group being written, the stage and run rows and the footer still fit. A file whose
+# footer cannot be written is unreadable, and loses everything before it.
+SPARE_BYTES = 1 << 20
+SPARE_MIN_BYTES = 16 << 10
+
+
+class _SpareSpaceFile(io.RawIOBase):
+    """The partial result file (what pyarrow writes to), with space set aside beside it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.spare_path = path + ".spare"
+        self.disk_full = False
+        self._pos = 0
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        fs = os.fstatvfs(self._fd)
+        # A nearly full disk: set aside three quarters of what it has, or nothing.
+        size = min(SPARE_BYTES, fs.f_bavail * fs.f_frsize * 3 // 4)
+        if size >= SPARE_MIN_BYTES:
+            try:
+                fd = os.open(self.spare_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                             0o600)
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                finally:
+                    os.close(fd)
+            except OSError:
+                self.release()
+
+    def release(self) -> bool:
+        """Give the space set aside back; False if there was none left."""
+        try:
+            os.remove(self.spare_path)
+            return True
+        except OSError:
+            return False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            try:
+                done += os.write(self._fd, view[done:])
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or not self.release():
+                    raise
+                self.disk_full = True
+        self._pos += done
+        return done
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+            self.release()
+        super().close()
 
 
 class ResultWriter:
@@ -116,9 +203,17 @@ class ResultWriter:
         self.partial_path = self.path + ".partial"
         self.run_id = run_id
         self.labels = dict(labels or {})
-        self.schema = result_schema(self.labels)
+        for key in self.labels:
+            check_label_key(key)
+        # Built, with pyarrow, when the first rows are written.
+        self.schema: pa.Schema | None = None
+        columns = list(BASE_COLUMNS) + [label_column(k) for k in sorted(self.labels)]
         self.rows_written = 0
-        self._buffer: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+        # Why writing stopped (a full disk); rows written before stay, later ones are dropped.
+        self.failure: str | None = None
+        self.published = False
+        self._broken = False        # a write failed even into the space set aside
+        self._buffer: dict[str, list[Any]] = {name: [] for name in columns}
         self._buffered = 0
         self._buffered_bytes = 0
 
@@ -138,23 +233,43 @@ class ResultWriter:
             labels=json.dumps(self.labels, sort_keys=True),
         )
         self.metadata = kv
-        schema = self.schema.with_metadata({METADATA_PREFIX + k: v for k, v in kv.items()})
+        self._writer: pq.ParquetWriter | None = None
+        self._closed = False
         parent = os.path.dirname(self.path)
         try:
             if parent:
                 os.makedirs(parent, exist_ok=True)
-            self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-                self.partial_path, schema, compression="zstd"
-            )
+            self._file = _SpareSpaceFile(self.partial_path)
+            fs = os.statvfs(self.partial_path)
+            if fs.f_bavail * fs.f_frsize < SPARE_MIN_BYTES:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError as exc:
+            if getattr(self, "_file", None) is not None:
+                self._file.close()
+                self._remove_partial()
+            if _why(exc) == "disk full":
+                raise RunError(f"results {self.path}: cannot write (disk full)") from None
             raise InputError(f"results {self.path}: cannot write ({exc.strerror or exc})") from exc
-        self.schema = schema
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        """Append rows. Each row: scope, stage, name, outcome, start_ms, end_ms, count,
-        latency and service (HdrHistogram), optional scheduled, unsent, backend."""
+    def _open(self) -> pq.ParquetWriter:
+        """The Parquet writer, made with the first row group (or at close)."""
         if self._writer is None:
+            _, parquet = _arrow()
+            self.schema = result_schema(self.labels).with_metadata(
+                {METADATA_PREFIX + k: v for k, v in self.metadata.items()})
+            self._writer = parquet.ParquetWriter(self._file, self.schema, compression="zstd")
+        return self._writer
+
+    def write(self, rows: list[dict[str, Any]], last: bool = False) -> None:
+        """Append rows. Each row: scope, stage, name, outcome, start_ms, end_ms, count,
+        latency and service (HdrHistogram), optional scheduled, unsent, backend.
+
+        Once the disk has filled (`failure`), rows are dropped, except the run's `last` ones
+        (its stage and run rows), which go into the space set aside for them."""
+        if self._closed:
             raise ValueError(f"results {self.path}: writer already closed")
+        if self._broken or (self.failure and not last):
+            return
         buf = self._buffer
         for row in rows:
             scope = row["scope"]
@@ -198,39 +313,76 @@ class ResultWriter:
                 self._flush()
 
     def _flush(self) -> None:
-        if not self._buffered or self._writer is None:
+        if not self._buffered or self._closed:
             return
-        table = pa.table(self._buffer, schema=self.schema)
-        self._writer.write_table(table, row_group_size=max(self._buffered, 1))
-        self.rows_written += self._buffered
+        pa, _ = _arrow()
+        try:
+            writer = self._open()
+            table = pa.table(self._buffer, schema=self.schema)
+            writer.write_table(table, row_group_size=max(self._buffered, 1))
+        except OSError as exc:
+            # pyarrow closes the file on a failed write: nothing more can be written to it.
+            self._broken = True
+            self.failure = self.failure or (f"results {self.path}: cannot write ({_why(exc)}) "
+                                            f"after {self.rows_written} rows")
+        else:
+            self.rows_written += self._buffered
+            if self._file.disk_full and not self.failure:
+                self.failure = (f"results {self.path}: disk full after {self.rows_written} "
+                                "rows")
         # Cleared in place: write() holds a reference to these lists across a flush.
         for column in self._buffer.values():
             column.clear()
         self._buffered = 0
         self._buffered_bytes = 0
 
-    def close(self) -> str:
-        """Write what is buffered, close, and publish the file at `path`. Returns the path."""
-        if self._writer is None:
+    def close(self, end_metadata: dict[str, str] | None = None) -> str:
+        """Write what is buffered, close, and publish the file at `path`. Returns the path.
+
+        end_metadata: key-value metadata known only at the end (how the run ended). After a
+        write failure the rows written before it are still published when the footer fits;
+        `published` says whether a file is at `path`."""
+        if self._closed:
             return self.path
         self._flush()
-        self._writer.close()
-        self._writer = None
+        self._closed = True
+        try:
+            if self._broken:
+                raise OSError(errno.EIO, "a write failed")
+            writer = self._open()
+            if end_metadata:
+                writer.add_key_value_metadata(
+                    {METADATA_PREFIX + k: v for k, v in end_metadata.items()})
+            writer.close()
+        except OSError as exc:
+            self.failure = self.failure or f"results {self.path}: cannot write ({_why(exc)})"
+            self._file.close()
+            self._remove_partial()
+            return self.path
+        self._file.close()
         os.replace(self.partial_path, self.path)
+        self.published = True
         return self.path
+
+    def _remove_partial(self) -> None:
+        try:
+            os.remove(self.partial_path)
+        except OSError:
+            pass
 
     def abort(self) -> None:
         """Close without publishing; removes the partial file."""
-        if self._writer is None:
+        if self._closed:
             return
+        self._closed = True
         try:
-            self._writer.close()
+            if self._writer is not None:
+                self._writer.close()
+        except OSError:
+            pass
         finally:
-            self._writer = None
-            try:
-                os.remove(self.partial_path)
-            except OSError:
-                pass
+            self._file.close()
+            self._remove_partial()
 
     def __enter__(self) -> ResultWriter:
         return self
@@ -326,6 +478,7 @@ def headline_row(row: dict[str, Any], has_ok_rows: bool, error_outcomes: set[str
 
 def _read_metadata(path: str) -> dict[str, str]:
     """The loadforge.* footer metadata of `path` (prefix removed), validated."""
+    pa, pq = _arrow()
     if not os.path.exists(path):
         raise ResultsError(f"results {path}: no such file")
     if os.path.isdir(path):
@@ -364,6 +517,7 @@ def read_result(path: str) -> Result:
     """Read a whole result file. Every problem is a ResultsError naming the file."""
     path = os.fspath(path)
     meta = _read_metadata(path)
+    pa, pq = _arrow()
     try:
         # One file: ParquetFile reads it without pyarrow.dataset (and pyarrow.compute).
         with pq.ParquetFile(path) as pf:

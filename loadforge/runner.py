@@ -16,15 +16,18 @@ import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from http.client import HTTPConnection, HTTPException
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
-from hdrh.histogram import HdrHistogram
-from rich.console import Console
-
 from loadforge import __version__, _core, histogram, observe, scaling, schedule, slo, summary
-from loadforge.errors import InputError, RunError, TargetUnreachable, WorkerCrashed
+from loadforge.errors import (
+    InputError,
+    ResultsWriteFailed,
+    RunError,
+    TargetUnreachable,
+    WorkerCrashed,
+)
 from loadforge.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES, Plan, Request
 from loadforge.progress import LiveProgress
 from loadforge.redact import redact_profile, redact_url
@@ -39,6 +42,10 @@ from loadforge.workers import (
     decode_interval,
     fd_limit,
 )
+
+if TYPE_CHECKING:
+    from hdrh.histogram import HdrHistogram
+    from rich.console import Console
 
 USER_AGENT = f"loadforge/{__version__}"
 READY_TIMEOUT_S = 30.0
@@ -71,8 +78,19 @@ class Target:
 @dataclass
 class RunOutcome:
     summary: dict[str, Any]
-    path: str
+    path: str | None          # None when not even a partial result could be saved
     ok: bool
+    signum: int = 0           # the signal that interrupted the run, 0 if none
+    failure: str | None = None    # why the run could not go on (results kept, incomplete)
+
+    @property
+    def exit_code(self) -> int:
+        """DESIGN.md's: 3 could not go on, 128 + N interrupted, 1 an SLO failed, else 0."""
+        if self.failure:
+            return 3
+        if self.signum:
+            return 128 + self.signum
+        return 0 if self.ok else 1
 
 
 def parse_target(url: str) -> Target:
@@ -143,18 +161,30 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
     """One request before the run, so a wrong URL fails in seconds with a clear message."""
     url = f"http://{target.host}{request_path(target.path, req.path)}"
     try:
-        # The engine connects straight to the target over plain HTTP, so the preflight does
-        # too: no proxy from the environment, and no CA bundle to load for TLS it never uses.
-        with httpx.Client(timeout=min(timeout_s, 5.0), headers={"User-Agent": USER_AGENT},
-                          trust_env=False, verify=False) as client:
-            # httpx sends a Host header given here in place of the URL's (host_header()).
-            resp = client.request(req.method, url, headers=dict(req.headers))
-    except httpx.HTTPError as exc:
+        status = _preflight_status(target, req, min(timeout_s, 5.0))
+    except (OSError, HTTPException) as exc:
         raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url} "
                                 f"failed ({type(exc).__name__}: {exc})") from None
-    if resp.status_code == 404 and judge_status:
+    if status == 404 and judge_status:
         raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found; "
                                 "check the URL and the request paths (or pass --no-preflight)")
+
+
+def _preflight_status(target: Target, req: Request, timeout_s: float) -> int:
+    """The status of one request sent where the engine sends (the resolved address: no proxy
+    from the environment). http.client rather than httpx: importing httpx cost 60 ms of
+    start-up CPU, a third of the coordinator's before its first request."""
+    conn = HTTPConnection(target.address, target.port, timeout=timeout_s)
+    try:
+        # One Host header: the request's own (a virtual host) or the target's.
+        headers = {"Host": host_header(req, target.host), "User-Agent": USER_AGENT}
+        headers.update((k, v) for k, v in req.headers if k.lower() != "host")
+        conn.request(req.method, request_path(target.path, req.path), headers=headers)
+        resp = conn.getresponse()
+        resp.read(1 << 20)
+        return resp.status
+    finally:
+        conn.close()
 
 
 class StageTotals:
@@ -208,6 +238,7 @@ class Aggregator:
         self.abort_reason: str | None = None
         self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
         self.cpu_ns: dict[int, int] = {}      # per worker: CPU time reported so far
+        self.write_failed = False
 
     def add(self, report: Any) -> None:
         self.pending[report.index].append(report)
@@ -315,6 +346,9 @@ class Aggregator:
                 row["scheduled"], row["unsent"] = scheduled[i], unsent[i]
                 rows.append(row)
         self.writer.write(rows)
+        if self.writer.failure and not self.write_failed:
+            self.write_failed = True        # raised once, to stop the run; later rows drop
+            raise ResultsWriteFailed(self.writer.failure)
         reason = self.live_slo.interval(index, rows)
         if reason and self.abort_reason is None:
             self.abort_reason = reason
@@ -375,8 +409,12 @@ class Aggregator:
 
     # -- the end of the run -----------------------------------------------------------------
 
-    def finish(self, elapsed_s: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Stage and run rows, and the summary's figures (without SLO verdicts)."""
+    def finish(self, elapsed_s: float, stopped_s: float | None = None
+               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Stage and run rows, and the summary's figures (without SLO verdicts).
+
+        stopped_s: when a run stopped early (a signal, an SLO abort, a crash), how long it
+        ran; the rates of the stages it cut short are over the time they ran."""
         rows: list[dict[str, Any]] = []
         run_cells: dict[tuple[int, str, str], list[Any]] = {}
         run_all = [histogram.new_histogram(), histogram.new_histogram()]
@@ -384,12 +422,13 @@ class Aggregator:
         run_ok = [histogram.new_histogram(), histogram.new_histogram(), histogram.new_histogram()]
         run_outcomes: dict[str, int] = defaultdict(int)
         stages_out = []
-        end_ms = int(elapsed_s * 1000)
+        end_ms = int((elapsed_s if stopped_s is None else stopped_s) * 1000)
         for i, w in enumerate(self.windows):
             s_lat, s_svc = histogram.new_histogram(), histogram.new_histogram()
             s_err = histogram.new_histogram()
             outcomes: dict[str, int] = defaultdict(int)
-            s_ms, e_ms = int(w.start_s * 1000), int(w.end_s * 1000)
+            ran = _ran_in(w, stopped_s)
+            s_ms, e_ms = int(w.start_s * 1000), int((w.start_s + ran) * 1000)
             for key in sorted(k for k in self.cells if k[0] == i):
                 lat, svc, count = self.cells[key]
                 _, request, outcome, backend = key
@@ -425,11 +464,16 @@ class Aggregator:
                 histogram.merge(h, part)
             for k, v in outcomes.items():
                 run_outcomes[k] += v
-            # A closed-model stage has no arrival schedule, hence no target rate.
-            target = (schedule.arrivals(w.stage) / w.stage.duration_s if w.stage.open_model
-                      else None)
+            # A closed-model stage has no arrival schedule, hence no target rate; one cut
+            # short is judged over the time it ran.
+            target = None
+            if w.stage.open_model:
+                target = schedule.arrivals(w.stage) / w.stage.duration_s
+                if 0 < ran < w.stage.duration_s:
+                    target = schedule.expected_between(self.windows, w.start_s,
+                                                       w.start_s + ran) / ran
             block = summary.stats_block(s_ok, s_ok_svc, dict(outcomes), t.scheduled, t.unsent,
-                                        w.stage.duration_s, target, self.plan.fail_status,
+                                        ran, target, self.plan.fail_status,
                                         error_latency=s_err, waited=t.waited, late=t.late,
                                         worker_cpu=t.worker_cpu)
             stages_out.append({"name": w.stage.name,
@@ -446,9 +490,10 @@ class Aggregator:
                         run_all[0], run_all[1])
         row["scheduled"], row["unsent"] = scheduled, unsent
         rows.append(row)
-        duration = min(elapsed_s, self.plan.duration_s) or self.plan.duration_s
+        duration = (min(elapsed_s, self.plan.duration_s) or self.plan.duration_s
+                    if stopped_s is None else stopped_s)
         run_block = summary.stats_block(run_ok[0], run_ok[1], dict(run_outcomes), scheduled,
-                                        unsent, duration, run_target_rps(self.plan),
+                                        unsent, duration, self._run_target(stopped_s),
                                         self.plan.fail_status, error_latency=run_ok[2],
                                         waited=sum(t.waited for t in self.totals),
                                         late=sum(t.late for t in self.totals),
@@ -458,6 +503,16 @@ class Aggregator:
                        "failed": sum(f for _, f in self.connects.values()),
                        "open_peak": self.open_peak}
         return rows, {**run_block, "connections": connections, "stages": stages_out}
+
+    def _run_target(self, stopped_s: float | None) -> float | None:
+        """The run's target rate: its open-model arrivals over the open-model stages' time
+        (up to where the run stopped); None when no stage is open-model."""
+        if stopped_s is None:
+            return run_target_rps(self.plan)
+        open_s = sum(_ran_in(w, stopped_s) for w in self.windows if w.stage.open_model)
+        if not open_s:
+            return None
+        return schedule.expected_between(self.windows, 0.0, stopped_s) / open_s
 
     def _by_name(self, run_cells: dict[tuple[int, str, str], list[Any]],
                  ok_rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -488,6 +543,13 @@ def run_target_rps(plan: Plan) -> float | None:
     return sum(schedule.arrivals(s) for s in plan.stages if s.open_model) / open_s
 
 
+def _ran_in(window: Any, stopped_s: float | None) -> float:
+    """How long a stage ran: all of it, unless the run stopped before its end."""
+    if stopped_s is None:
+        return float(window.stage.duration_s)
+    return min(max(0.0, stopped_s - window.start_s), float(window.stage.duration_s))
+
+
 def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
                   backend_header: str | None) -> list[WorkerSpec]:
     requests = [(encode_request(r, target.host, target.path), r.method == "HEAD")
@@ -516,35 +578,55 @@ def _check_fd_limit(specs: list[WorkerSpec], plan: Plan) -> None:
             "or use more workers")
 
 
-def _collect(pool: WorkerPool, agg: Aggregator, plan: Plan, t0: int) -> None:
+@dataclass
+class Stop:
+    """How the collection ended early, if it did."""
+
+    signum: int = 0       # the signal that interrupted the run (SIGINT, SIGTERM), 0 if none
+    at_ns: int = 0        # when scheduling was asked to stop (a signal, an SLO abort)
+    hard: bool = False    # a second signal: workers killed, in-flight requests not awaited
+
+    def ran_s(self, t0: int, elapsed_s: float, planned_s: float) -> float:
+        """How long the run ran: to the stop, else to its planned end."""
+        if self.at_ns:
+            return min(max(0.0, (self.at_ns - t0) / 1e9), planned_s)
+        return min(elapsed_s, planned_s)
+
+
+def _collect(pool: WorkerPool, agg: Aggregator, plan: Plan, t0: int, stop: Stop) -> None:
     done = [False] * len(pool.channels)
     deadline = t0 + int((plan.duration_s + plan.timeout_s + 10.0) * 1e9)
-    interrupted: list[bool] = []
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        # Ctrl-C ends the run early but keeps it: workers stop scheduling, report what is in
-        # flight, and the results are written as usual. A second Ctrl-C aborts.
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted.append(True)
+    def on_signal(signum: int, frame: Any) -> None:
+        # Ctrl-C or SIGTERM ends the run early but keeps it: workers stop scheduling, report
+        # what is in flight, and the results are written as usual. A second one kills the
+        # workers at once; what they reported is still written.
+        if stop.signum:
+            stop.hard = True
+            pool.kill()
+            return
+        stop.signum, stop.at_ns = signum, _core.now_ns()
         pool.stop()
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        _collect_until_done(pool, agg, plan, done, deadline)
+        _collect_until_done(pool, agg, plan, done, deadline, stop)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: list[bool],
-                        deadline: int) -> None:
+                        deadline: int, stop: Stop) -> None:
     stopping = False
-    while not all(done):
+    while not all(done) and not stop.hard:
         ready = pool.ready([i for i in range(len(done)) if not done[i]], timeout=0.5)
         for i in ready:
             try:
                 msg = pool.channels[i].recv_bytes()
             except (EOFError, OSError):
+                if stop.hard:
+                    return
                 raise WorkerCrashed(f"worker {i} exited unexpectedly "
                                     f"(exit code {pool.exitcode(i)})") from None
             tag = msg[:1]
@@ -553,14 +635,16 @@ def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: lis
             elif tag == DONE:
                 done[i] = True
             elif tag == FAILED:
-                raise WorkerCrashed(f"worker {i} failed: {msg[1:].decode(errors='replace')}")
+                last = (msg[1:].decode(errors="replace").strip().splitlines() or ["?"])[-1]
+                raise WorkerCrashed(f"worker {i} failed: {last}")
         for i in range(len(done)):
-            if not done[i] and pool.exitcode(i) is not None and not ready:
+            if not done[i] and pool.exitcode(i) is not None and not ready and not stop.hard:
                 raise WorkerCrashed(f"worker {i} exited unexpectedly "
                                     f"(exit code {pool.exitcode(i)})")
         if agg.abort_reason and not stopping:
             pool.stop()
             stopping = True
+            stop.at_ns = stop.at_ns or _core.now_ns()
         now = _core.now_ns()
         if now > deadline and not stopping:
             pool.stop()
@@ -568,6 +652,20 @@ def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: lis
             deadline = now + int((plan.timeout_s + 5.0) * 1e9)
         elif now > deadline:
             raise WorkerCrashed("workers did not finish within the run's time plus its timeout")
+    if stop.hard:
+        _read_what_was_sent(pool, agg)
+
+
+def _read_what_was_sent(pool: WorkerPool, agg: Aggregator) -> None:
+    """The intervals killed workers had already sent (bounded: their sockets only drain)."""
+    for channel in pool.channels:
+        try:
+            while channel.poll(0):
+                msg = channel.recv_bytes()
+                if msg[:1] == INTERVAL:
+                    agg.add(decode_interval(msg))
+        except (EOFError, OSError):
+            continue
 
 
 def _start(pool: WorkerPool) -> int:
@@ -643,6 +741,8 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     started = time.time()
     writer = ResultWriter(path, run_id, metadata, opts.labels)
     pool = None
+    stop = Stop()
+    failure: str | None = None
     try:
         with LiveProgress(plan.duration_s, console, opts.quiet) as progress:
             agg = Aggregator(plan, writer, workers, opts.interval_s, progress)
@@ -650,30 +750,53 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
             t0 = _start(pool)
             watchers.start(t0)
             try:
-                _collect(pool, agg, plan, t0)
+                _collect(pool, agg, plan, t0, stop)
+            except RunError as exc:
+                # A worker crashed or the disk filled: keep what was merged, marked incomplete.
+                failure = str(exc)
+                stop.at_ns = stop.at_ns or _core.now_ns()
+                pool.kill()
             finally:
                 watched = watchers.stop()
             elapsed = (_core.now_ns() - t0) / 1e9
             agg.drain()
         pool.join()
-        rows, figures = agg.finish(elapsed)
-        writer.write(rows + watched)
-        writer.close()
+        ran_s = stop.ran_s(t0, elapsed, plan.duration_s)
+        rows, figures = agg.finish(elapsed, ran_s if stop.at_ns else None)
+        writer.write(rows + watched, last=True)
+        writer.close(_end_metadata(stop, ran_s, failure or writer.failure))
+        failure = failure or writer.failure
     except BaseException:
         if pool is not None:
             pool.terminate()
         writer.abort()
         raise
-    # Judged from the file just written, so the verdicts are those any later reader gets.
-    written = read_result(path)
-    verdicts = slo.evaluate(plan, written) + scaling.annotate(figures, plan, written)
-    ok = all(v["ok"] for v in verdicts) and agg.abort_reason is None
-    result = {"run_id": run_id, "result": path, "ok": ok, "target": redact_url(target.url),
+    state = {"interrupted": bool(stop.signum), "ran_s": round(ran_s, 3),
+             "complete": failure is None, "error": failure}
+    saved = path if writer.published else None
+    verdicts: list[dict[str, Any]] = []
+    if saved:
+        # Judged from the file just written, so the verdicts are those any later reader gets.
+        written = read_result(saved)
+        verdicts = slo.evaluate(plan, written) + scaling.annotate(figures, plan, written)
+    ok = all(v["ok"] for v in verdicts) and agg.abort_reason is None and failure is None
+    result = {"run_id": run_id, "result": saved, "ok": ok, "target": redact_url(target.url),
               "profile": plan.name, "workers": workers, "connections": plan.connections,
               "started": started, **figures, "slo": verdicts, "aborted": agg.abort_reason,
               # The target saw these too: servers' counts reconcile with requests + these.
-              "preflight": {"requests": 1 if opts.preflight else 0}}
-    return RunOutcome(result, path, ok)
+              "preflight": {"requests": 1 if opts.preflight else 0}, **state}
+    return RunOutcome(result, saved, ok, stop.signum, failure)
+
+
+def _end_metadata(stop: Stop, ran_s: float, failure: str | None) -> dict[str, str]:
+    """What the Parquet metadata says of how the run ended (known only at its end)."""
+    meta = {"interrupted": "true" if stop.signum else "false", "ran_s": f"{ran_s:.3f}",
+            "complete": "false" if failure else "true"}
+    if stop.signum:
+        meta["interrupted_by"] = signal.Signals(stop.signum).name
+    if failure:
+        meta["incomplete_reason"] = failure
+    return meta
 
 
 __all__ = ["RunOptions", "RunOutcome", "execute", "parse_target", "encode_request",

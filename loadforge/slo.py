@@ -16,7 +16,6 @@ intervals are held at once.
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from array import array
 from bisect import bisect_left
@@ -30,7 +29,7 @@ from xml.etree import ElementTree
 from hdrh.histogram import HdrHistogram
 
 from loadforge import histogram
-from loadforge.errors import InputError, ProfileError, ResultsError
+from loadforge.errors import ProfileError, ResultsError
 from loadforge.plan import ERROR_KINDS, STATUS_OUTCOMES, Plan
 from loadforge.results import OK, Result, headline_row, outcome_row, read_result
 
@@ -578,10 +577,6 @@ def slo_cases(verdicts: list[dict[str, Any]], run: str = "") -> list[dict[str, A
 
 
 def write_junit(path: str, suite: str, cases: list[dict[str, Any]]) -> None:
-    try:
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as out:
-            out.write(junit_xml(suite, cases))
-    except OSError as exc:
-        raise InputError(f"--junit {path}: cannot write ({exc.strerror or exc})") from exc
+    from loadforge.outputs import write_output
+
+    write_output(path, junit_xml(suite, cases), "--junit")

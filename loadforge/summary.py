@@ -8,9 +8,6 @@ but never sent are shown, not dropped (DESIGN.md "Latency semantics").
 from __future__ import annotations
 
 import json
-import os
-import sys
-import tempfile
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
@@ -20,7 +17,6 @@ from rich.table import Table
 from rich.text import Text
 
 from loadforge import histogram
-from loadforge.errors import InputError
 from loadforge.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES
 
 # The status classes the summary reports (1xx is not a final response; it still counts in
@@ -313,22 +309,7 @@ def _render_by_name(summary: dict[str, Any], console: Console, table: Any) -> No
 
 
 def write_summary_json(summary: dict[str, Any], path: str) -> None:
-    """Write the summary as JSON to `path` (atomically), or to stdout for "-"."""
-    text = json.dumps(summary, indent=2, sort_keys=False) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".summary-", suffix=".json", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError as exc:
-        raise InputError(f"--summary-json {path}: cannot write ({exc.strerror or exc})") from exc
+    """Write the summary as JSON to `path` (outputs.write_output: "-" is stdout)."""
+    from loadforge.outputs import write_output
+
+    write_output(path, json.dumps(summary, indent=2, sort_keys=False) + "\n", "--summary-json")

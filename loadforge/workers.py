@@ -158,8 +158,11 @@ def fd_limit() -> int:
 def worker_main() -> None:
     """A worker process: `python -c "from loadforge.workers import worker_main; worker_main()"
     FD`, with FD its end of the socket pair to the coordinator."""
-    # Ctrl-C reaches the whole process group; the coordinator alone decides how to stop.
+    # Ctrl-C reaches the whole process group, and so may a SIGTERM (a service manager, a
+    # container stop); the coordinator alone decides how to stop, and a worker whose
+    # coordinator is gone stops by itself when its socket closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     channel = Connection(int(sys.argv[1]))
     try:
         from loadforge import _core
@@ -239,6 +242,16 @@ class WorkerPool:
                 ch.send_bytes(b"S")
             except OSError:
                 pass
+
+    def kill(self) -> None:
+        """Kill every worker now, keeping the channels (what they sent can still be read).
+        Safe in a signal handler."""
+        for proc in self.processes:
+            if proc.returncode is None:
+                try:
+                    proc.kill()
+                except OSError:
+                    pass
 
     def terminate(self) -> None:
         for proc in self.processes:

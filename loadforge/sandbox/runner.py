@@ -129,8 +129,12 @@ def start_sandbox(
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     stderr = tempfile.TemporaryFile()
+    # Its own session: a terminal's Ctrl-C reaches the whole foreground process group, and
+    # the target must outlive the run's in-flight requests; the run stops it (stop()), or
+    # its stdin closing does if the run dies.
     process = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env,
+        start_new_session=True,
     )
     try:
         ready = _read_ready(process, timeout)
