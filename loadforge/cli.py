@@ -46,7 +46,8 @@ class Group(click.Group):
         except (KeyboardInterrupt, Interrupted) as exc:
             # Before a run began (or while its results were being written): nothing to keep.
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-            print_error(f"by {signal.Signals(signum).name}", "interrupted")
+            Console(stderr=True).print(f"[bold red]interrupted[/] by "
+                                       f"{signal.Signals(signum).name}", highlight=False)
             sys.exit(128 + signum)
 
 
