@@ -165,8 +165,9 @@ def render_summary(
 
     # Three narrow tables rather than one wide one: CI logs and pipes render at 80 columns.
     def table(title: str, headers: tuple[str, ...]) -> Table:
+        # At least as wide as its title, which rich would otherwise fold to the columns' width.
         t = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False,
-                  padding=(0, 1), collapse_padding=True)
+                  padding=(0, 1), collapse_padding=True, min_width=len(title))
         for header in headers:
             t.add_column(header, justify="left" if header in ("stage", "request") else "right",
                          no_wrap=True)
@@ -254,7 +255,9 @@ def render_summary(
     scaling.render(summary, console)
 
     if summary.get("result"):
-        console.print(f"results: {summary['result']}", highlight=False, markup=False)
+        # One line, so that the path can be copied whole.
+        console.print(f"results: {summary['result']}", highlight=False, markup=False,
+                      soft_wrap=True)
 
     slos = summary.get("slo") or []
     if slos:

@@ -84,7 +84,7 @@ def test_dash_puts_the_json_on_stdout_and_the_tables_on_stderr(nginx, tmp_path):
     out = short_run(nginx, tmp_path, "--summary-json", "-", quiet=False)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["requests"] == 50
-    assert "latency from intended send time" in out.stderr
+    assert "latency of successful responses, from intended send time" in out.stderr
 
 
 def test_a_device_is_written_into_not_replaced(nginx, tmp_path):
