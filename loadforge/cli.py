@@ -173,6 +173,9 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
 @click.option("--quiet", "-q", is_flag=True, help="No live progress, no summary table.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False),
               help="Write the SLO verdicts as JUnit XML (one test case per objective).")
+@click.option("--repeat", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Run it this many times, each labelled repeat=1..N: one group for "
+              "`compare --group-by` (five gives a noise estimate).")
 @click.option("--slo", "slos", multiple=True, metavar="OBJECTIVE=LIMIT",
               help="Whole-run objective, e.g. p99=250ms or error_rate=1% (repeatable; "
               "replaces the profile's objective of the same name). A miss exits 1.")
@@ -181,7 +184,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         timer_resolution: str | None, workers: int | None,
         out_dir: str, labels: tuple[str, ...], summary_json: str | None,
         backend_header: str | None, no_preflight: bool, quiet: bool,
-        junit_path: str | None, slos: tuple[str, ...]) -> None:
+        junit_path: str | None, repeat: int, slos: tuple[str, ...]) -> None:
     """Run a load test: `loadforge run PROFILE` or `loadforge run --target URL --rate R
     --duration D`."""
     from dataclasses import replace
@@ -208,28 +211,49 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         plan = replace(plan, timer_resolution_s=parse_duration(
             timer_resolution, "--timer-resolution", allow_zero=True,
             maximum=limits.MAX_TIMER_RESOLUTION_S))
+    run_labels = _labels(labels)
+    if repeat > 1 and "repeat" in run_labels:
+        raise InputError("--label repeat=...: --repeat sets the repeat label of each run itself")
     console = Console(stderr=True)
     signal.signal(signal.SIGTERM, _raise_interrupted)
-    opts = runner.RunOptions(target=target, workers=workers, out_dir=out_dir,
-                             labels=_labels(labels), quiet=quiet, preflight=not no_preflight,
-                             backend_header=backend_header, slo_flags=objectives)
-    outcome = runner.execute(plan, opts, console)
+    # With an output on stdout ("-"), stdout holds that alone: the tables go to stderr.
+    tables = console if stdout_taken else Console()
+    outcomes = []
+    for i in range(1, repeat + 1):
+        if repeat > 1:
+            run_labels["repeat"] = str(i)
+            if not quiet:
+                console.print(f"run {i} of {repeat}", highlight=False)
+        opts = runner.RunOptions(target=target, workers=workers, out_dir=out_dir,
+                                 labels=dict(run_labels), quiet=quiet,
+                                 preflight=not no_preflight, backend_header=backend_header,
+                                 slo_flags=objectives)
+        outcome = runner.execute(plan, opts, console)
+        outcomes.append(outcome)
+        if not quiet:
+            summary.render_summary(outcome.summary, tables,
+                                   {s.name for s in plan.stages if not s.open_model})
+        if outcome.summary.get("aborted"):
+            print_error(str(outcome.summary["aborted"]), "aborted", console)
+        _print_how_it_ended(outcome, plan.duration_s, console)
+        if outcome.failure or outcome.signum:
+            break        # a crash, a full disk or a signal ends the series too
     if summary_json:
-        summary.write_summary_json(outcome.summary, summary_json)
+        summary.write_summary_json(
+            outcomes[0].summary if repeat == 1 else
+            {"ok": all(o.ok for o in outcomes), "repeat": repeat, "ran": len(outcomes),
+             "runs": [o.summary for o in outcomes]}, summary_json)
     if junit_path:
         from loadforge import slo
 
-        slo.write_junit(junit_path, f"loadforge run {plan.name}",
-                        slo.slo_cases(outcome.summary.get("slo", []), plan.name))
-    if not quiet:
-        # With an output on stdout ("-"), stdout holds that alone: the tables go to stderr.
-        tables = console if stdout_taken else Console()
-        summary.render_summary(outcome.summary, tables,
-                               {s.name for s in plan.stages if not s.open_model})
-    if outcome.summary.get("aborted"):
-        print_error(str(outcome.summary["aborted"]), "aborted", console)
-    _print_how_it_ended(outcome, plan.duration_s, console)
-    sys.exit(outcome.exit_code)
+        cases = []
+        for i, o in enumerate(outcomes, 1):
+            name = plan.name if repeat == 1 else f"{plan.name} repeat={i}"
+            cases += slo.slo_cases(o.summary.get("slo", []), name)
+        slo.write_junit(junit_path, f"loadforge run {plan.name}", cases)
+    # The most serious ending decides: could not run (3), interrupted (128+N), an SLO (1).
+    codes = [o.exit_code for o in outcomes]
+    sys.exit(next((c for c in codes if c not in (0, 1)), max(codes)))
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:

@@ -115,3 +115,25 @@ def test_a_gate_with_a_relative_and_an_absolute_limit_needs_both():
     for bad in ("p99=+10%,-1ms", "p99=+10%,", "p99=+10%,+1pp"):
         with pytest.raises(Exception, match="--fail-on"):
             compare.parse_gate(bad)
+
+
+def test_run_repeat_makes_one_group_that_compare_reads(nginx, tmp_path):
+    out = tmp_path / "results"
+    for build in ("a", "b"):
+        summary = tmp_path / f"{build}.json"
+        done = loadforge("run", "--target", nginx.url + "/", "--rate", "100", "--duration",
+                         "1s", "--repeat", "3", "--label", f"build={build}", "--quiet",
+                         "--out", str(out), "--summary-json", str(summary))
+        assert done.returncode == 0, done.stderr
+        s = json.loads(summary.read_text())
+        assert s["ok"] and s["repeat"] == s["ran"] == 3
+        assert [r["requests"] for r in s["runs"]] == [100, 100, 100]
+    code, data = compare_json(str(out), "--group-by", "build", "--baseline", "build=a",
+                              "--fail-on", "p50=+50%,+1ms")
+    assert code == 0, data["gates"]
+    assert [(g["title"], g["runs"]) for g in data["groups"]] == [("build=a (3 runs)", 3),
+                                                                  ("build=b (3 runs)", 3)]
+    assert data["noise_estimate"] and data["gates"][0]["p_value"] > 0
+    clash = loadforge("run", "--target", nginx.url + "/", "--rate", "10", "--duration", "1s",
+                      "--repeat", "2", "--label", "repeat=x")
+    assert clash.returncode == 2 and "--repeat" in clash.stderr
