@@ -135,7 +135,8 @@ def render_text(series: list[Series]) -> str:
     for s in series:
         group = " ".join(f"{k}={v}" for k, v in s.group.items()) or "all runs"
         found = f"{len(s.shifts)} shift{'s' if len(s.shifts) != 1 else ''}"
-        lines.append(f"{group}  {s.metric}: {len(s.runs)} runs, {found}")
+        runs = f"{len(s.runs)} run{'s' if len(s.runs) != 1 else ''}"
+        lines.append(f"{group}  {s.metric}: {runs}, {found}")
         for shift in s.shifts:
             change = "" if shift.change is None else f" ({shift.change * 100:+.1f}%)"
             lines.append(
