@@ -129,18 +129,13 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
         raise InputError(f"--rate must be a number > 0, got {rate:g}")
     if rate is not None:
         _check_at_most(rate, limits.MAX_RATE, "--rate")
-    if concurrency is not None and concurrency < 1:
-        raise InputError(f"--concurrency must be >= 1, got {concurrency}")
-    if concurrency is not None:
-        _check_at_most(concurrency, limits.MAX_CONNECTIONS, "--concurrency")
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be >= 1, got {workers}")
-    if workers is not None:
-        _check_at_most(workers, limits.MAX_WORKERS, "--workers")
-    if connections is not None and connections < 1:
-        raise InputError(f"--connections must be >= 1, got {connections}")
-    if connections is not None:
-        _check_at_most(connections, limits.MAX_CONNECTIONS, "--connections")
+    for value, option, maximum in ((concurrency, "--concurrency", limits.MAX_CONNECTIONS),
+                                   (workers, "--workers", limits.MAX_WORKERS),
+                                   (connections, "--connections", limits.MAX_CONNECTIONS)):
+        if value is not None and value < 1:
+            raise InputError(f"{option} must be >= 1, got {value}")
+        if value is not None:
+            _check_at_most(value, maximum, option)
     if target is not None:
         from loadforge.profile import check_target
 

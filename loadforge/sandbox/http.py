@@ -54,6 +54,14 @@ class Client(Protocol):
 Handler = Callable[["HTTPConnection", bytes, bytes, bytes, bool], None]
 
 
+def peer_hash(transport: asyncio.BaseTransport) -> int:
+    """ip_hash's key for a client connection. Every client of the sandbox is 127.0.0.1, so
+    hashing the address alone would send all traffic to one backend; the source port is hashed
+    too, which makes the stickiness per connection rather than per client host."""
+    peer = transport.get_extra_info("peername")
+    return zlib.crc32(f"{peer[0]}:{peer[1]}".encode()) if peer else 0
+
+
 class HTTPConnection(asyncio.Protocol):
     """One client connection: a minimal HTTP/1.1 server side, one request in flight at a time.
 
@@ -75,12 +83,7 @@ class HTTPConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        # ip_hash: every client of the sandbox is 127.0.0.1, so hashing the address alone would
-        # send all traffic to one backend; the source port is hashed too, which makes the
-        # stickiness per connection rather than per client host.
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.hash_key = zlib.crc32(f"{peer[0]}:{peer[1]}".encode())
+        self.hash_key = peer_hash(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -20,7 +20,6 @@ benchmark an HTTP/2 client against nginx, not against the sandbox.
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -30,7 +29,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from loadforge.sandbox.http import HTTPConnection, Response
+from loadforge.sandbox.http import HTTPConnection, Response, peer_hash
 
 if TYPE_CHECKING:
     from loadforge.sandbox.capacity import Backend
@@ -137,9 +136,7 @@ class H2Server(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.hash_key = zlib.crc32(f"{peer[0]}:{peer[1]}".encode())
+        self.hash_key = peer_hash(transport)
         # Replaced before the first SETTINGS frame goes out, so the limit holds from the start
         # (a later update_settings would apply only once the client acknowledged it).
         conn = self.conn
