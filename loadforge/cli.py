@@ -328,12 +328,20 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
 @click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the self-contained HTML report.")
-def report(runs: tuple[str, ...], html_path: str) -> None:
+@click.option("--group-by", "group_by", multiple=True, metavar="LABEL",
+              help="Compare groups of runs as `compare --group-by` does (repeatable).")
+@click.option("--baseline", "baseline", multiple=True, metavar="LABEL=VALUE",
+              help="With --group-by: the baseline group.")
+def report(runs: tuple[str, ...], html_path: str, group_by: tuple[str, ...],
+           baseline: tuple[str, ...]) -> None:
     """Plot runs (Parquet files or directories) into one offline HTML file; several runs are
-    overlaid."""
+    overlaid, compared (with intervals, by groups) and, from three on, followed as a trend."""
     from loadforge.report import write_report
 
-    count = write_report(list(runs), html_path)
+    if baseline and not group_by:
+        raise InputError("report --baseline: needs --group-by (which labels make a group)")
+    count = write_report(list(runs), html_path, list(group_by),
+                         _labels(baseline, "--baseline"))
     click.echo(f"report of {count} run{'s' if count != 1 else ''}: {html_path}",
                err=html_path == "-")
 

@@ -186,8 +186,43 @@ def _verdicts(result: Result) -> list[dict[str, Any]]:
              "limit": v.get("limit"), "unit": v.get("unit")} for v in verdicts]
 
 
-def report_data(runs: list[RunFigures]) -> dict[str, Any]:
-    return {"runs": [_run_series(r) for r in runs]}
+def report_data(runs: list[RunFigures], group_by: list[str] | None = None,
+                baseline: dict[str, str] | None = None) -> dict[str, Any]:
+    """Each run's series; with two runs or groups or more, the comparison `compare` prints
+    (with --group-by: p-values and intervals); with three runs or more, the trend over them."""
+    from loadforge import compare
+
+    data: dict[str, Any] = {"runs": [_run_series(r) for r in runs]}
+    figures, groups, significance = runs, None, None
+    if group_by:
+        groups = compare.group_runs(runs, group_by, baseline)
+        figures = [g.pooled for g in groups]
+        significance = compare.group_noise(groups, compare.stage_names(figures))
+    if len(figures) > 1:
+        data["comparison"] = compare.comparison(figures, groups, significance)
+    if len(runs) > 2:
+        data["trend"] = _trend(runs)
+    return data
+
+
+TREND_METRICS = ("p50", "p99", "achieved_rps")
+
+
+def _trend(runs: list[RunFigures]) -> dict[str, Any]:
+    """The whole-run figures of each run in start order, and where each shifted
+    (changepoint.change_points, as `loadforge trend` finds them)."""
+    from loadforge.changepoint import change_points
+    from loadforge.results import start_key
+
+    ordered = sorted(runs, key=lambda r: start_key(r.result.path, r.result.metadata))
+    out: dict[str, Any] = {"titles": [r.title for r in ordered],
+                           "start_times": [r.result.metadata.get("start_time", "")
+                                           for r in ordered], "metrics": {}}
+    for metric in TREND_METRICS:
+        values = [float(r.run.values()[metric] or 0.0) for r in ordered]
+        out["metrics"][metric] = {"values": values,
+                                  "shifts": [c.index for c in change_points(values)]}
+    return out
 
 
 def _asset(name: str) -> str:
@@ -222,10 +257,11 @@ def _finite(data: Any) -> Any:
     return data
 
 
-def write_report(paths: list[str], out_path: str) -> int:
+def write_report(paths: list[str], out_path: str, group_by: list[str] | None = None,
+                 baseline: dict[str, str] | None = None) -> int:
     """Write the report of the runs at `paths` to `out_path`; returns the number of runs."""
     runs = load_runs(paths)
-    text = render_html(_finite(report_data(runs)))
+    text = render_html(_finite(report_data(runs, group_by, baseline)))
     from loadforge.outputs import write_output
 
     write_output(out_path, text, "--html")

@@ -158,3 +158,28 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
     proc = loadforge("report", str(bad), "--html", str(tmp_path / "r.html"))
     assert proc.returncode == 2 and "bad.parquet" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_report_of_groups_shows_intervals_and_the_trend(tmp_path: Path) -> None:
+    from test_compare_noise import archive
+
+    archive(tmp_path, {"main": [1000, 1010, 990, 1005, 995],
+                       "slow": [1200, 1210, 1190, 1205, 1195]})
+    out = tmp_path / "groups.html"
+    proc = loadforge("report", str(tmp_path), "--group-by", "build", "--baseline", "build=main",
+                     "--html", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(re.search(r'id="report-data">(.*?)</script>', out.read_text(), re.S)[1])
+    stage = data["comparison"]["stages"][0]
+    assert stage["noise"][1]["p50"]["p"] < 0.05
+    assert data["trend"]["metrics"]["p50"]["shifts"] == [5]     # main, then slow from run 6
+    dom = chromium("--dump-dom", out.resolve().as_uri())
+    attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', re.search(r"<body([^>]*)>", dom.stdout)[1]))
+    assert "data-errors" not in attrs, attrs.get("data-errors")
+    # rate, latency, errors, one spectrum, and the two trend charts
+    assert attrs.get("data-charts") == attrs.get("data-ready") == "6"
+    assert 'class="sig"' in dom.stdout and "[+" in dom.stdout
+    bad = loadforge("report", str(tmp_path), "--baseline", "build=main", "--html",
+                    str(tmp_path / "x.html"))
+    assert bad.returncode == 2 and "--group-by" in bad.stderr

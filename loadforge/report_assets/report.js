@@ -281,6 +281,59 @@
     table(["run", "request", "responses", "errors", "p50", "p90", "p99"], rows, "names");
   }
 
+  var FIGURES = [["target_rps", "target rps", "rps"], ["achieved_rps", "achieved rps", "rps"],
+                 ["error_rate", "error rate", "ratio"], ["p50", "p50", "us"], ["p90", "p90", "us"],
+                 ["p99", "p99", "us"], ["p999", "p99.9", "us"], ["max", "max", "us"],
+                 ["mean", "mean", "us"]];
+  function fmtFigure(kind, v) {
+    if (v === null || v === undefined) return "-";
+    if (kind === "ratio") return +(v * 100).toPrecision(3) + "%";
+    return kind === "us" ? fmtUs(v) : fmtNum(v);
+  }
+  function fmtPct(x) { return (x >= 0 ? "+" : "") + +(x * 100).toPrecision(3) + "%"; }
+
+  // compare's JSON (stages with values, deltas and, for groups, noise): one table per stage.
+  function comparisonTables(cmp) {
+    var heads = ["figure"];
+    cmp.runs.forEach(function (r, i) {
+      heads.push(i ? r.title : r.title + " (baseline)");
+      if (i) heads.push("\u0394");
+    });
+    cmp.stages.forEach(function (stage) {
+      var p = document.createElement("p");
+      p.className = "note";
+      p.textContent = stage.stage === "all" ? "all stages" : "stage " + stage.stage;
+      document.getElementById("report").appendChild(p);
+      var rows = FIGURES.map(function (f) {
+        var row = [esc(f[1])];
+        stage.values.forEach(function (v, i) {
+          row.push(esc(fmtFigure(f[2], v ? v[f[0]] : null)));
+          if (!i) return;
+          var d = stage.deltas[i] ? stage.deltas[i][f[0]] : null;
+          var cell = d === null || d === undefined ? "" :
+            (d >= 0 ? "+" : "") + +d.toPrecision(3) + (f[2] === "ratio" ? "pp" : "%");
+          var judged = stage.noise && stage.noise[i] ? stage.noise[i][f[0]] : null;
+          if (judged) {
+            var sure = judged.p < 0.05 && (!judged.ci || judged.ci[0] > 0 || judged.ci[1] < 0);
+            cell += " <span class=\"" + (sure ? "sig" : "nosig") + "\">" +
+              (judged.ci ? "[" + fmtPct(judged.ci[0]) + ", " + fmtPct(judged.ci[1]) + "] " : "") +
+              "p=" + +judged.p.toPrecision(2) + "</span>";
+          }
+          row.push(cell);
+        });
+        return row;
+      });
+      table(heads, rows, "comparison");
+    });
+    var note = document.createElement("p");
+    note.className = "note";
+    note.textContent = cmp.noise_estimate ?
+      "\u0394 against the baseline, with the bootstrap's 95% interval of the change and the U " +
+      "test's p over the runs; bold: significant (p < 0.05 and the interval clear of zero)." :
+      "One run on a side: no noise estimate (compare groups of runs with --group-by).";
+    document.getElementById("report").appendChild(note);
+  }
+
   var data = JSON.parse(document.getElementById("report-data").textContent);
   var runs = data.runs, many = runs.length > 1, ready = 0;
   var color = function (i) { return PALETTE[i % PALETTE.length]; };
@@ -300,6 +353,29 @@
   outcomesTable(runs);
   section("Requests by name");
   namesTable(runs);
+  if (data.comparison) {
+    section("Comparison");
+    comparisonTables(data.comparison);
+  }
+  if (data.trend) {
+    section("Trend over runs (in start order; dotted lines: shifts found by E-divisive)");
+    var tr = data.trend, runAxis = function (v) { return "#" + Math.round(v); };
+    var trendMarks = function (metric) {
+      return tr.metrics[metric].shifts.map(function (i) { return { x: i + 0.5, name: "shift at #" + (i + 1) }; });
+    };
+    var latencySeries = ["p50", "p99"].map(function (k, j) {
+      return { name: k, color: PALETTE[j], dash: DASH[k],
+               points: tr.metrics[k].values.map(function (v, i) { return [i + 1, v]; }) };
+    });
+    if (chart({ title: "Latency of each run (successful responses)", xLabel: "run",
+                yLabel: "latency", yLog: true, xFormat: runAxis, yFormat: fmtUs,
+                series: latencySeries, marks: trendMarks("p99").concat(trendMarks("p50")) })) ready++;
+    if (chart({ title: "Achieved rate of each run", xLabel: "run", yLabel: "requests/s",
+                xFormat: runAxis, yFormat: fmtNum,
+                series: [{ name: "achieved", color: PALETTE[2], dash: [],
+                           points: tr.metrics.achieved_rps.values.map(function (v, i) { return [i + 1, v]; }) }],
+                marks: trendMarks("achieved_rps") })) ready++;
+  }
   section("Over time");
   var rate = [];
   runs.forEach(function (r, i) {
