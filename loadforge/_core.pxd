@@ -54,8 +54,14 @@ cdef struct Parser:
     int vmatch           # progress matching "chunked" / "close" inside a value
     int digits
     int head             # response to HEAD: headers only
-    int chunked
-    int close
+    int minor            # HTTP/1.minor: 1.0 closes unless the server says keep-alive
+    int chunked          # Transfer-Encoding's last token so far is "chunked"
+    int te_present       # a Transfer-Encoding with at least one token
+    int conn_close       # Connection lists "close"
+    int conn_keep        # Connection lists "keep-alive"
+    uint32_t tmask       # tokens the current list element may still be (bit per token)
+    int tws              # whitespace seen after the current element's first byte
+    int close            # the connection ends with this response (known after the head)
     int64_t content_length   # -1 when absent
     int64_t remaining
     int64_t header_bytes
@@ -87,6 +93,7 @@ cdef enum ConnState:
     C_CONNECTING
     C_IDLE
     C_BUSY               # request being written or response awaited
+    C_BACKOFF            # closed: its last connect failed, the next waits until retry_at_ns
 
 
 cdef struct Conn:
@@ -96,12 +103,19 @@ cdef struct Conn:
     int want_write       # EPOLLOUT registered for a partial write
     int in_idle          # on the idle stack
     int in_closed        # on the closed stack
+    int fresh            # the request went out on a connection opened for it
+    int retried          # the arrival was already retried once on a new connection
+    int big              # counted in Engine.eventful: its response may not fit a socket buffer
+    int write_failed     # send failed: what the server sent before closing is still read
     int32_t request
     int32_t stage
     int64_t intended_ns
     int64_t sent_ns
     int64_t deadline_ns
     int64_t written
+    int64_t backoff_ns   # delay before the next connect after a failed one; 0 once connected
+    int64_t retry_at_ns
+    int64_t last_rx_ns   # receive timestamp of the latest bytes of a body that ends at close
     Parser parser
 
 

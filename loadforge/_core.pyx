@@ -29,12 +29,19 @@ cdef enum:
     CMSG_BUFFER_WORDS = 8              # 64 bytes: one SCM_TIMESTAMPNS takes CMSG_SPACE(16) = 32
     SCAN_PERIOD_NS = 10000000          # timeouts are checked every 10 ms
     PAYLOAD_MAGIC = 0x3149464c         # "LFI1"
+    BACKOFF_FIRST_NS = 1000000         # a slot whose connect failed waits 1 ms, then 2, 4, ...
+    BACKOFF_MAX_NS = 1000000000        # ... up to 1 s between attempts
+    # A response up to this size fits the receive buffer of a fresh loopback socket, so the
+    # server never waits for the loop to read it and its last segment's timestamp is exact.
+    # Requests whose responses were bigger keep the loop woken by their bytes.
+    SMALL_RESPONSE_BYTES = 32768
 
 cdef int64_t HDR_HIGHEST = 3600000000  # 1 h in µs
 cdef int64_t NEVER = 0x7fffffffffffffff
 cdef const char* STATUS_PREFIX = "HTTP/1."
 cdef const char* TOKEN_CHUNKED = "chunked"
 cdef const char* TOKEN_CLOSE = "close"
+cdef const char* TOKEN_KEEP_ALIVE = "keep-alive"
 
 HDR_COUNTS = HDR_COUNTS_LEN
 OUTCOME_COUNT = N_OUTCOMES
@@ -206,7 +213,13 @@ cdef inline void parser_reset(Parser* p, int head) noexcept nogil:
     p.vmatch = 0
     p.digits = 0
     p.head = head
+    p.minor = 1
     p.chunked = 0
+    p.te_present = 0
+    p.conn_close = 0
+    p.conn_keep = 0
+    p.tmask = 3
+    p.tws = 0
     p.close = 0
     p.content_length = -1
     p.remaining = 0
@@ -244,8 +257,16 @@ cdef inline int after_headers(Parser* p) noexcept nogil:
         parser_reset(p, head)
         p.received = received
         return P_STATUS
+    if p.status > 599:
+        return P_ERROR       # RFC 9110 15: status codes are 100-599
+    # RFC 9112 9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with "keep-alive".
+    p.close = 1 if p.conn_close or (p.minor == 0 and not p.conn_keep) else 0
     if p.head or p.status == 204 or p.status == 304:
         return P_DONE
+    if p.te_present and not p.chunked:
+        # RFC 9112 6.3: a response whose last coding is not chunked runs to the close.
+        p.close = 1
+        return P_BODY_EOF
     if p.chunked:
         p.remaining = 0
         p.digits = 0
@@ -269,6 +290,8 @@ cdef inline int end_of_value(Parser* p) noexcept nogil:
             return P_ERROR
         p.content_length = p.remaining
         p.remaining = 0
+    elif p.header == H_TRANSFER_ENCODING or p.header == H_CONNECTION:
+        token_end(p)
     elif p.header == H_CAPTURE:
         n = p.capture_len
         while n > 0 and (p.capture[n - 1] == c' ' or p.capture[n - 1] == c'\t'):
@@ -277,17 +300,45 @@ cdef inline int end_of_value(Parser* p) noexcept nogil:
     return P_LINE_START
 
 
-cdef inline int match_token(Parser* p, char c, const char* token, int length) noexcept nogil:
-    """Feed one value byte to a case-insensitive substring match; 1 once token was seen."""
+cdef inline void token_end(Parser* p) noexcept nogil:
+    """The end of one element of a Transfer-Encoding or Connection list (RFC 9110 5.6.1)."""
+    if p.vmatch > 0:
+        if p.header == H_TRANSFER_ENCODING:
+            p.te_present = 1
+            p.chunked = 1 if (p.tmask & 1) and p.vmatch == 7 else 0
+        else:
+            if (p.tmask & 1) and p.vmatch == 5:
+                p.conn_close = 1
+            if (p.tmask & 2) and p.vmatch == 10:
+                p.conn_keep = 1
+    p.vmatch = 0
+    p.tmask = 3
+    p.tws = 0
+
+
+cdef inline void token_byte(Parser* p, char c) noexcept nogil:
+    """Feed one value byte of a Transfer-Encoding or Connection list: tokens are matched
+    whole and case-insensitively, so "xchunked" or "closed" is not "chunked" or "close"."""
+    if c == c',':
+        token_end(p)
+        return
+    if c == c' ' or c == c'\t':
+        if p.vmatch > 0:
+            p.tws = 1
+        return
+    if p.tws:
+        p.tmask = 0
     c = lower(c)
-    if c == token[p.vmatch]:
-        p.vmatch += 1
-        if p.vmatch == length:
-            p.vmatch = 0
-            return 1
+    if p.header == H_TRANSFER_ENCODING:
+        if p.vmatch >= 7 or TOKEN_CHUNKED[p.vmatch] != c:
+            p.tmask &= ~1u
     else:
-        p.vmatch = 1 if c == token[0] else 0
-    return 0
+        if p.vmatch >= 5 or TOKEN_CLOSE[p.vmatch] != c:
+            p.tmask &= ~1u
+        if p.vmatch >= 10 or TOKEN_KEEP_ALIVE[p.vmatch] != c:
+            p.tmask &= ~2u
+    if p.vmatch < 1000000:
+        p.vmatch += 1
 
 
 cdef inline int header_id(const HeaderNames* names, const char* name, Py_ssize_t length) \
@@ -329,6 +380,8 @@ cdef inline void start_value(Parser* p) noexcept nogil:
     p.vmatch = 0
     p.digits = 0
     p.remaining = 0
+    p.tmask = 3
+    p.tws = 0
     if p.header == H_CAPTURE:
         p.capture_len = 0
 
@@ -362,6 +415,7 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
             # "HTTP/1.x NNN" and the byte after it, whole in this buffer; anything else
             # goes byte by byte below, to fail where it fails.
             p.status = (buf[i + 9] - c'0') * 100 + (buf[i + 10] - c'0') * 10 + (buf[i + 11] - c'0')
+            p.minor = buf[i + 7] - c'0'
             p.header_bytes += 13
             p.pos = 13
             i += 13
@@ -403,6 +457,7 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                 if c < c'0' or c > c'9':
                     p.state = P_ERROR
                     return i
+                p.minor = c - c'0'
             elif k == 8:
                 if c != c' ':
                     p.state = P_ERROR
@@ -507,12 +562,8 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                 else:
                     p.state = P_ERROR
                     return i
-            elif p.header == H_TRANSFER_ENCODING:
-                if match_token(p, c, TOKEN_CHUNKED, 7):
-                    p.chunked = 1
-            elif p.header == H_CONNECTION:
-                if match_token(p, c, TOKEN_CLOSE, 5):
-                    p.close = 1
+            elif p.header == H_TRANSFER_ENCODING or p.header == H_CONNECTION:
+                token_byte(p, c)
             else:
                 if (c == c' ' or c == c'\t') and p.capture_len == 0:
                     pass
@@ -683,6 +734,9 @@ cdef class Engine:
         int rx_stamps            # SO_TIMESTAMPNS works: responses are timed by the kernel
         int64_t rt_offset_ns     # CLOCK_REALTIME - CLOCK_MONOTONIC at the last wake-up
         int connecting           # connections in C_CONNECTING
+        int n_backoff            # connections in C_BACKOFF
+        int eventful             # arrivals in flight whose responses may be big (Conn.big)
+        uint64_t retries         # arrivals sent again after a reused connection closed
         int writing              # connections with a partial write (EPOLLOUT registered)
         uint64_t n_wakeups
 
@@ -690,6 +744,7 @@ cdef class Engine:
         const char** req_data
         Py_ssize_t* req_len
         int* req_head
+        int* req_big             # per request: -1 not known yet, 0 small, 1 seen big
         int nreq
         int32_t* mix
         int64_t mix_len
@@ -786,12 +841,14 @@ cdef class Engine:
         self.req_data = <const char**>malloc(self.nreq * sizeof(char*))
         self.req_len = <Py_ssize_t*>malloc(self.nreq * sizeof(Py_ssize_t))
         self.req_head = <int*>malloc(self.nreq * sizeof(int))
+        self.req_big = <int*>malloc(self.nreq * sizeof(int))
         for i, (data, head) in enumerate(requests):
             data = bytes(data)
             self._keep.append(data)
             self.req_data[i] = PyBytes_AS_STRING(data)
             self.req_len[i] = PyBytes_GET_SIZE(data)
             self.req_head[i] = 1 if head else 0
+            self.req_big[i] = -1
         self.mix_len = len(mix)
         self.mix = <int32_t*>malloc(self.mix_len * sizeof(int32_t))
         for i in range(self.mix_len):
@@ -888,6 +945,7 @@ cdef class Engine:
         free(<void*>self.req_data)
         free(self.req_len)
         free(self.req_head)
+        free(self.req_big)
         free(self.mix)
         free(self.stages)
         free(self.counters)
@@ -904,6 +962,12 @@ cdef class Engine:
         """Whether responses are timed by the kernel's receive timestamps (SO_TIMESTAMPNS);
         known once connections are open. Without them, by the time they are read."""
         return bool(self.rx_stamps)
+
+    @property
+    def retries(self):
+        """Arrivals sent a second time, on a new connection, because the reused connection
+        they went out on was closed by the server before a byte of their response."""
+        return self.retries
 
     @property
     def backends(self):
@@ -980,6 +1044,10 @@ cdef class Engine:
         ev.events = EPOLLOUT
         ev.data.u64 = ci
         epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
+        # The quiet sleep (sleep_through_responses) still wakes when the server closes or
+        # resets a connection, so that such ends are timed when the kernel saw them.
+        ev.events = EPOLLRDHUP
+        epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, fd, &ev)
 
     cdef void connect_failed(self, int ci, int64_t now) noexcept:
         self.connect_failures += 1
@@ -998,11 +1066,13 @@ cdef class Engine:
             self.connect_failed(ci, now)
             return
         c.state = C_IDLE
+        c.backoff_ns = 0
         self.connecting -= 1
         ev.events = EPOLLIN
         ev.data.u64 = ci
         epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
         if c.has_arrival:
+            c.fresh = 1
             self.send_request(ci, now)
         else:
             self.push_idle(ci)
@@ -1016,6 +1086,10 @@ cdef class Engine:
         c.stage = stage
         c.request = request
         c.intended_ns = intended
+        c.fresh = 0
+        c.retried = 0
+        c.big = 1 if self.req_big[request] != 0 else 0
+        self.eventful += c.big
         self.inflight += 1
         self.counters[stage].sent += 1
         if c.state == C_IDLE:
@@ -1029,6 +1103,7 @@ cdef class Engine:
         parser_reset(&c.parser, self.req_head[c.request])
         c.state = C_BUSY
         c.written = 0
+        c.write_failed = 0
         c.sent_ns = now
         c.deadline_ns = now + self.timeout_ns
         self.write_request(ci, now)
@@ -1040,7 +1115,12 @@ cdef class Engine:
                               length - c.written, MSG_NOSIGNAL)
         if n < 0:
             if errno != EAGAIN and errno != EINTR:
-                self.finish(ci, O_RESET, now, now)
+                # The server closed or reset the connection; it may have answered first
+                # (413 before the body), and that answer is still in the receive queue.
+                c.write_failed = 1
+                if c.want_write:
+                    self.set_want_write(ci, 0)
+                self.on_readable(ci, now)
                 return
             n = 0
         c.written += n
@@ -1062,28 +1142,62 @@ cdef class Engine:
         cdef ssize_t n
         cdef Py_ssize_t used
         cdef int outcome
-        self.msg.msg_controllen = sizeof(self.cmsg_buf)
-        n = recvmsg(c.fd, &self.msg, 0)
-        if c.state != C_BUSY or not c.has_arrival:
-            # An idle keep-alive connection: the server closed it, or sent what nobody
-            # asked for. Either way it is not reusable.
-            if n >= 0 or (errno != EAGAIN and errno != EINTR):
-                self.close_conn(ci)
-            return
-        if n > 0:
-            used = parser_feed(&c.parser, &self.names, self.rbuf, n)
-            if c.parser.state == P_DONE:
-                # Bytes past the response answer no request of ours (we do not pipeline).
-                self.finish(ci, status_outcome(c.parser.status) if used == n else O_PROTOCOL,
-                            now, self.received_at(c, now))
-            elif c.parser.state == P_ERROR:
-                self.finish(ci, O_PROTOCOL, now, now)
-        elif n == 0:
-            outcome = parser_eof(&c.parser)
-            self.finish(ci, status_outcome(c.parser.status) if outcome < 0 else outcome,
-                        now, now)
-        elif errno != EAGAIN and errno != EINTR:
+        while True:
+            self.msg.msg_controllen = sizeof(self.cmsg_buf)
+            n = recvmsg(c.fd, &self.msg, 0)
+            if c.state != C_BUSY or not c.has_arrival:
+                # An idle keep-alive connection: the server closed it, or sent what nobody
+                # asked for. Either way it is not reusable.
+                if n >= 0 or (errno != EAGAIN and errno != EINTR):
+                    self.close_conn(ci)
+                return
+            if n > 0:
+                used = parser_feed(&c.parser, &self.names, self.rbuf, n)
+                if c.parser.state == P_DONE:
+                    # Bytes past the response answer no request of ours (we do not pipeline).
+                    self.finish(ci, status_outcome(c.parser.status) if used == n else O_PROTOCOL,
+                                now, self.received_at(c, now))
+                    return
+                if c.parser.state == P_ERROR:
+                    self.finish(ci, O_PROTOCOL, now, now)
+                    return
+                if c.parser.state == P_BODY_EOF:
+                    # Read on to the close: its time is the last bytes' receive timestamp.
+                    c.last_rx_ns = self.received_at(c, now)
+                elif n < RECV_BUFFER_SIZE and not c.write_failed:
+                    return    # the socket is empty (wrk's test): wait for more
+                continue
+            if n == 0:
+                if c.parser.received == 0 and self.retry_arrival(ci, now):
+                    return
+                outcome = parser_eof(&c.parser)
+                if outcome < 0:
+                    self.finish(ci, status_outcome(c.parser.status), now, c.last_rx_ns)
+                else:
+                    self.finish(ci, outcome, now, now)
+                return
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN and not c.write_failed:
+                return
+            if c.parser.received == 0 and self.retry_arrival(ci, now):
+                return
             self.finish(ci, O_RESET, now, now)
+            return
+
+    cdef int retry_arrival(self, int ci, int64_t now) noexcept:
+        """A request that went out on a reused connection the server had already closed (idle
+        timeout, keepalive_requests) got no byte of answer: send it once more on a new
+        connection, as browsers and wrk do. Returns 1 when it did."""
+        cdef Conn* c = &self.conns[ci]
+        if c.fresh or c.retried:
+            return 0
+        c.retried = 1
+        self.retries += 1
+        self.close_conn(ci)
+        c.sent_ns = now
+        self.open_conn(ci, now)
+        return 1
 
     cdef inline int64_t received_at(self, Conn* c, int64_t now) noexcept:
         """When the last segment read by the latest recvmsg reached the socket: the kernel's
@@ -1097,7 +1211,10 @@ cdef class Engine:
                 memcpy(&ts, CMSG_DATA(cm), sizeof(ts))
                 t = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec - self.rt_offset_ns
                 if t > now:
-                    return now
+                    # Arrived while this batch of events was being handled: `now` is stale.
+                    now = monotonic_ns()
+                    if t > now:
+                        return now
                 if t < c.sent_ns:
                     return c.sent_ns
                 return t
@@ -1113,14 +1230,28 @@ cdef class Engine:
         self.record(c, outcome, end)
         c.has_arrival = 0
         self.inflight -= 1
-        if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY:
+        self.eventful -= c.big
+        c.big = 0
+        if outcome < O_CONNECT:
+            if c.parser.received > SMALL_RESPONSE_BYTES:
+                self.req_big[c.request] = 1
+            elif self.req_big[c.request] < 0:
+                self.req_big[c.request] = 0
+        # An early answer (413 before the body was sent) ends the request too, but leaves
+        # the connection half written: never reused.
+        if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY \
+                or c.written < self.req_len[c.request]:
             self.close_conn(ci)
         else:
             c.state = C_IDLE
         if stage == self.cur and not self.stopping and self.cur < self.nstages:
             sp = &self.stages[stage]
             if not sp.open_model and now < self.t0 + sp.end_ns:
-                if sp.think_ns > 0:
+                if outcome == O_CONNECT:
+                    # Retrying at once would spin (a refused port answers in microseconds)
+                    # and, from inside finish, recurse once per failure.
+                    self.start_backoff(ci, now)
+                elif sp.think_ns > 0:
                     self.think_conn[(self.think_head + self.think_len) % self.nconns] = ci
                     self.think_at[(self.think_head + self.think_len) % self.nconns] = now + sp.think_ns
                     self.think_len += 1
@@ -1129,6 +1260,41 @@ cdef class Engine:
                 return
         if c.state == C_IDLE:
             self.push_idle(ci)
+
+    cdef void start_backoff(self, int ci, int64_t now) noexcept:
+        cdef Conn* c = &self.conns[ci]
+        c.backoff_ns = BACKOFF_FIRST_NS if c.backoff_ns == 0 else c.backoff_ns * 2
+        if c.backoff_ns > BACKOFF_MAX_NS:
+            c.backoff_ns = BACKOFF_MAX_NS
+        c.retry_at_ns = now + c.backoff_ns
+        c.state = C_BACKOFF
+        self.n_backoff += 1
+
+    cdef void end_backoffs(self, int64_t now, int release) noexcept:
+        """Slots whose backoff is over (all of them with release) try again in the current
+        closed-model stage, or go back to the pool."""
+        cdef int i
+        cdef Conn* c
+        cdef StagePlan* sp
+        for i in range(self.nconns):
+            c = &self.conns[i]
+            if c.state != C_BACKOFF or (not release and c.retry_at_ns > now):
+                continue
+            c.state = C_CLOSED
+            self.n_backoff -= 1
+            sp = &self.stages[self.cur] if self.cur < self.nstages else NULL
+            if not release and sp != NULL and not sp.open_model and not self.stopping:
+                self.closed_arrival(i, now)
+            else:
+                self.push_closed(i)
+
+    cdef int64_t next_retry(self) noexcept:
+        cdef int i
+        cdef int64_t t = NEVER
+        for i in range(self.nconns):
+            if self.conns[i].state == C_BACKOFF and self.conns[i].retry_at_ns < t:
+                t = self.conns[i].retry_at_ns
+        return t
 
     cdef void closed_arrival(self, int ci, int64_t now) noexcept:
         cdef int request = self.mix[self.closed_seq % self.mix_len]
@@ -1237,6 +1403,8 @@ cdef class Engine:
             self.disp_k = self.sched_k
             self.next_due_ns = NEVER
         else:
+            if self.n_backoff:
+                self.end_backoffs(now, 1)
             while self.think_len > 0:
                 ci = self.think_conn[self.think_head]
                 self.think_head = (self.think_head + 1) % self.nconns
@@ -1253,6 +1421,8 @@ cdef class Engine:
             c = &self.conns[i]
             if (c.state == C_BUSY or c.state == C_CONNECTING) and now >= c.deadline_ns:
                 if c.has_arrival:
+                    if c.state == C_CONNECTING:
+                        self.connect_failures += 1
                     self.finish(i, O_TIMEOUT if c.state == C_BUSY else O_CONNECT, now, now)
                 else:
                     self.connect_failures += 1
@@ -1286,6 +1456,8 @@ cdef class Engine:
                     self.think_head = (self.think_head + 1) % self.nconns
                     self.think_len -= 1
                     self.closed_arrival(ci, now)
+                if self.n_backoff:
+                    self.end_backoffs(now, 0)
         while now >= self.t0 + (self.interval_index + 1) * self.interval_ns:
             self.flush(0)
         if now >= self.next_scan_ns:
@@ -1316,6 +1488,8 @@ cdef class Engine:
                 t = self.t0 + sp.start_ns
         if self.inflight > 0 and self.next_scan_ns < t:
             t = self.next_scan_ns
+        if self.n_backoff and self.next_retry() < t:
+            t = self.next_retry()
         return t
 
     cdef inline int sleep_through_responses(self) noexcept:
@@ -1324,7 +1498,8 @@ cdef class Engine:
         being opened and no request is half written. Responses that come meanwhile are read
         at the next wake-up and timed by their receive timestamps, so at high rates one
         wake-up serves a tick's arrivals and the previous tick's responses together."""
-        if not self.rx_stamps or self.cur >= self.nstages or self.connecting or self.writing:
+        if not self.rx_stamps or self.cur >= self.nstages or self.connecting or self.writing \
+                or self.eventful:
             return 0
         return self.stages[self.cur].open_model and self.disp_k == self.sched_k
 

@@ -1,0 +1,175 @@
+"""The engine stays exact, and alive, where ordinary servers and machines differ from nginx's
+small keep-alive responses: connects that fail at once, answers that come before the request is
+written, HTTP/1.0 and close-delimited bodies, keep-alive connections the server closes.
+
+Each run is bounded (about a second, a few hundred requests) against a server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from servers import ROOT, free_port, loadforge
+
+
+def run_json(tmp_path, *args: str, expect: int = 0, timeout: float = 60) -> dict:
+    summary = tmp_path / "summary.json"
+    out = loadforge("run", *args, "--quiet", "--out", str(tmp_path / "results"),
+                    "--summary-json", str(summary), timeout=timeout)
+    assert out.returncode == expect, out.stderr
+    return json.loads(summary.read_text())
+
+
+# -- connect failures: backoff, never recursion -----------------------------------------------
+
+def test_closed_model_backs_off_from_a_refused_port(tmp_path):
+    """Two closed-model users against a port nothing listens on, for 1 s: each user retries
+    after 1, 2, 4, ... ms, so about ten attempts each, every one counted as a connect error
+    (the run itself completes: exit 0, no objective failed)."""
+    url = f"http://127.0.0.1:{free_port()}/"
+    s = run_json(tmp_path, "--target", url, "--concurrency", "2", "--duration", "1s",
+                 "--workers", "1", "--no-preflight")
+    connect = s["errors_by_kind"]["connect"]
+    assert 2 <= connect <= 30, s["errors_by_kind"]
+    assert s["errors"] == connect and s["requests"] == 0
+    assert s["connections"]["failed"] >= connect
+
+
+_FD_EXHAUSTED = r"""
+import os, resource, struct, sys
+from loadforge import _core
+from loadforge.workers import decode_interval
+
+port = int(sys.argv[1])
+engine = _core.Engine("127.0.0.1", port, [(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False)], [0],
+                      [(False, 0.0, 0.0, 1.0, 2, 0.0)], 2)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+hold = []
+try:
+    while True:
+        hold.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+counts = []
+engine.run(_core.now_ns(), lambda p, o, f: counts.append(
+    decode_interval(b"I" + struct.pack("<II", o, f) + p)))
+for fd in hold:
+    os.close(fd)
+print(sum(c.count for r in counts for c in r.cells if c.outcome == "connect"))
+"""
+
+
+def test_closed_model_survives_connects_that_fail_at_once():
+    """No file descriptor left: socket() fails inside the call that starts the request. The
+    next request used to start from inside the failure's own handling, recursing until the
+    stack overflowed; now the slot waits its backoff."""
+    out = subprocess.run([sys.executable, "-c", _FD_EXHAUSTED, str(free_port())], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert 2 <= int(out.stdout) <= 30, out.stdout
+
+
+# -- an answer before the request is written ---------------------------------------------------
+
+class EarlyAnswerServer:
+    """Answers 413 as soon as it has a request's head, before reading the body, then reads
+    the body slowly (to its Content-Length) and serves the next request on the connection.
+    Counts heads that are not a POST (a client that reused a half-written connection would
+    splice its next request into the body) and bodies cut short by the client's close."""
+
+    ANSWER = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n"
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.answered = 0
+        self.bad_heads = 0
+        self.cut_short = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        buf = b""
+        with conn:
+            try:
+                while True:
+                    while b"\r\n\r\n" not in buf:
+                        data = conn.recv(4096)
+                        if not data:
+                            return
+                        buf += data
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                    with self.lock:
+                        self.answered += 1
+                        if not head.startswith(b"POST "):
+                            self.bad_heads += 1
+                    conn.sendall(self.ANSWER)
+                    while len(buf) < length:
+                        data = conn.recv(65536)
+                        if not data:
+                            with self.lock:
+                                self.cut_short += 1
+                            return
+                        buf += data
+                        time.sleep(0.001)
+                    buf = buf[length:]
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self.listener.close()
+
+
+def test_an_early_answer_ends_the_request_and_the_connection(tmp_path):
+    """An 8 MiB POST answered with 413 before its body is sent: the answer ends the request;
+    a connection whose request was not yet fully written is closed, never reused, so no
+    request is spliced into another's body."""
+    server = EarlyAnswerServer()
+    profile = tmp_path / "early.toml"
+    profile.write_text(f"""
+target = "{server.url}"
+[load]
+connections = 4
+workers = 1
+[[stages]]
+name = "steady"
+rate = 20
+duration = "1s"
+[[requests]]
+name = "upload"
+method = "POST"
+path = "/"
+body = '{"x" * (8 << 20)}'
+""")
+    try:
+        s = run_json(tmp_path, str(profile), "--no-preflight")
+    finally:
+        server.stop()
+    assert s["status"]["4xx"] == 20 == s["requests"] == s["scheduled"], s
+    assert s["errors"] == 0
+    assert server.answered == 20 and server.bad_heads == 0
+    # Requests answered before they were written whole: their connections were closed.
+    assert server.cut_short >= 1
