@@ -13,7 +13,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+import pytest
 from servers import ROOT, free_port, loadforge
 
 
@@ -173,3 +178,65 @@ body = '{"x" * (8 << 20)}'
     assert server.answered == 20 and server.bad_heads == 0
     # Requests answered before they were written whole: their connections were closed.
     assert server.cut_short >= 1
+
+
+# -- HTTP/1.0, bodies to the close, keep-alive connections the server ends ---------------------
+
+class _Http10Handler(BaseHTTPRequestHandler):
+    # http.server's default: HTTP/1.0, one response per connection, then close.
+    def do_GET(self) -> None:  # noqa: N802 -- http.server's naming
+        with self.server.lock:  # type: ignore[attr-defined]
+            self.server.answered += 1  # type: ignore[attr-defined]
+        self.send_response(200)
+        if not self.path.startswith("/to-close"):
+            self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def http10_server() -> Iterator[Any]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Http10Handler)
+    server.request_queue_size = 256
+    server.daemon_threads = True
+    server.lock = threading.Lock()  # type: ignore[attr-defined]
+    server.answered = 0  # type: ignore[attr-defined]
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("path", ["/", "/to-close"])
+@pytest.mark.parametrize("model", [("--rate", "200"), ("--concurrency", "2")])
+def test_http10_server_gives_no_false_errors(tmp_path, path, model):
+    """Python's http.server speaks HTTP/1.0 and closes after every response, with or without
+    a Content-Length: every request is a success, and as many as the server answered."""
+    with http10_server() as server:
+        s = run_json(tmp_path, "--target", server.url + path, *model, "--duration", "1s",
+                     "--connections", "4", "--workers", "1", "--no-preflight")
+        answered = server.answered
+    assert s["errors"] == 0, s["errors_by_kind"]
+    assert s["requests"] == s["status"]["2xx"] == answered > 0
+    if model[0] == "--rate":
+        assert s["requests"] == 200
+
+
+@pytest.mark.parametrize("path", ["/ka5", "/idle"])
+@pytest.mark.parametrize("model", [("--rate", "400"), ("--concurrency", "4")])
+def test_keep_alive_connections_the_server_ends_give_no_false_errors(nginx, tmp_path, path,
+                                                                     model):
+    """nginx ends each connection after 5 requests (Connection: close on the 5th answer), or
+    after 50 ms idle (a bare close, which may cross a request on its way): the counts are
+    nginx's, with no error."""
+    before = nginx.served()
+    s = run_json(tmp_path, "--target", nginx.url + path, *model, "--duration", "1s",
+                 "--connections", "4", "--workers", "1", "--no-preflight")
+    assert s["errors"] == 0, s["errors_by_kind"]
+    assert s["requests"] == s["status"]["2xx"] == nginx.served() - before > 0
