@@ -67,6 +67,7 @@ http {{
     # on the 5th response), or after 50 ms idle (a bare close between requests)
     location /ka5 {{ keepalive_requests 5; return 200 "ok\n"; }}
     location /idle {{ keepalive_timeout 50ms; return 200 "ok\n"; }}
+    location /files/ {{ alias {dir}/files/; }}
   }}
 }}
 """
