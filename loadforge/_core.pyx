@@ -737,6 +737,7 @@ cdef class Engine:
         int n_backoff            # connections in C_BACKOFF
         int eventful             # arrivals in flight whose responses may be big (Conn.big)
         uint64_t retries         # arrivals sent again after a reused connection closed
+        uint64_t dropped         # outcomes not recorded: no memory for their cell
         int writing              # connections with a partial write (EPOLLOUT registered)
         uint64_t n_wakeups
 
@@ -1330,6 +1331,7 @@ cdef class Engine:
             # recording path ever makes, bounded by the number of such combinations.
             cell = <Cell*>calloc(1, sizeof(Cell))
             if cell == NULL:
+                self.dropped += 1
                 return
             cell.latency.counts = <uint32_t*>calloc(HDR_COUNTS_LEN, sizeof(uint32_t))
             cell.service.counts = <uint32_t*>calloc(HDR_COUNTS_LEN, sizeof(uint32_t))
@@ -1337,6 +1339,7 @@ cdef class Engine:
                 free(cell.latency.counts)
                 free(cell.service.counts)
                 free(cell)
+                self.dropped += 1
                 return
             hist_clear(&cell.latency)
             hist_clear(&cell.service)
@@ -1519,7 +1522,7 @@ cdef class Engine:
 
     cdef int flush(self, int final) except -1:
         """Hand the interval's counts to Python as one bytes object, then clear them."""
-        cdef Py_ssize_t size = 48 + 24 * self.nstages + (4 + CAPTURE_MAX) * self.nbackends
+        cdef Py_ssize_t size = 48 + 24 * self.nstages + (4 + CAPTURE_MAX) * self.nbackends + 16
         cdef int i, j, open_conns = 0
         cdef Cell* cell
         cdef char* out
@@ -1584,6 +1587,10 @@ cdef class Engine:
                 hist_clear(h)
             cell.count = 0
             cell.touched = 0
+        # trailer, after the cells (readers of the older layout stop before it): retried
+        # arrivals and outcomes dropped for want of memory, so far ("<QQ")
+        (<uint64_t*>out)[0] = self.retries
+        (<uint64_t*>out)[1] = self.dropped
         self.ntouched = 0
         self.interval_index += 1
         try:
@@ -1661,6 +1668,10 @@ cdef class Engine:
             if n <= 0:
                 continue
             for i in range(n):
+                if i:
+                    # Handling a batch takes time; what it times (errors, closes) is
+                    # timed by the clock, not by the batch's start.
+                    now = monotonic_ns()
                 ci = <int>self.events[i].data.u64
                 ev = self.events[i].events
                 if ci == CONTROL_TAG:

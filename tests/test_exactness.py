@@ -20,7 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from servers import ROOT, free_port, loadforge
+from servers import OK, ROOT, CannedServer, free_port, loadforge
+
+from loadforge.results import read_result
 
 
 def run_json(tmp_path, *args: str, expect: int = 0, timeout: float = 60) -> dict:
@@ -265,3 +267,54 @@ def test_large_responses_are_timed_by_the_server_not_the_loop(nginx, tmp_path, s
     # A generous bound (the loop's pace would be 50-100 ms); benchmarks/large_body.py
     # measures it against wrk and curl.
     assert s["latency_us"]["p50"] < 30_000, s["latency_us"]
+
+
+# -- ends timed when the kernel saw them --------------------------------------------------------
+
+@pytest.mark.parametrize(("mode", "response"), [
+    ("close", b"HTTP/1.1 200 OK\r\n\r\nbody runs to the close"),
+    ("close", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ("reset", OK),
+])
+def test_ends_at_close_and_errors_are_timed_when_they_happen(tmp_path, mode, response):
+    """At 10 arrivals/s the loop sleeps ~100 ms between them. A body that ends at the close,
+    and a reset, used to be timed when the loop next woke (p50 ~10 ms at 100/s, more at
+    10/s); they are timed by their last bytes' receive timestamp, or when the kernel
+    reported them, which is within a few ms of the send."""
+    server = CannedServer(response, mode=mode)
+    try:
+        s = run_json(tmp_path, "--target", server.url + "/", "--rate", "10", "--duration", "2s",
+                     "--connections", "4", "--workers", "1", "--no-preflight")
+    finally:
+        server.stop()
+    if mode == "reset":
+        assert s["errors_by_kind"]["reset"] == 20 == s["errors"]
+        (row,) = read_result(s["result"]).rows("run", name=None, outcome="reset")
+        assert row["p50_us"] < 30_000, row
+    else:
+        assert s["status"]["2xx"] == 20 == s["requests"] and s["errors"] == 0
+        assert s["latency_us"]["p50"] < 30_000, s["latency_us"]
+
+
+# -- a slow coordinator ---------------------------------------------------------------------------
+
+def test_interval_reports_never_wait_for_the_coordinator():
+    """The worker's reports go through ReportSender: while the coordinator reads nothing,
+    handing over 64 MiB of reports returns at once (a blocking send would stall after the
+    socket buffer's few hundred KiB); the coordinator then gets them all, in order."""
+    from multiprocessing.connection import Connection
+
+    from loadforge.workers import ReportSender
+
+    ours, theirs = socket.socketpair()
+    worker_end, coordinator = Connection(ours.detach()), Connection(theirs.detach())
+    sender = ReportSender(worker_end)
+    messages = [bytes([i]) * (1 << 20) for i in range(64)]
+    handing = threading.Thread(target=lambda: [sender.send(m) for m in messages], daemon=True)
+    handing.start()
+    handing.join(10)
+    blocked = handing.is_alive()
+    received = [coordinator.recv_bytes() for _ in messages]
+    sender.close(timeout=10)
+    assert not blocked, "handing a report over waited for the coordinator to read"
+    assert received == messages
