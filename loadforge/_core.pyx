@@ -1063,6 +1063,16 @@ cdef class Engine:
         cdef socklen_t len = sizeof(err)
         cdef epoll_event ev
         getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len)
+        if (err == ECONNRESET or err == EPIPE) and c.has_arrival:
+            # Accepted, then closed or reset before the loop saw it connected: a reset, not a
+            # failed connect (which is refused, unreachable or timed out).
+            self.connecting -= 1
+            c.state = C_BUSY
+            c.fresh = 1
+            parser_reset(&c.parser, self.req_head[c.request])
+            c.written = 0
+            self.finish(ci, O_RESET, now, now)
+            return
         if err != 0:
             self.connect_failed(ci, now)
             return

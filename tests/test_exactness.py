@@ -102,6 +102,7 @@ class EarlyAnswerServer:
         self.answered = 0
         self.bad_heads = 0
         self.cut_short = 0
+        self.open = 0
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -111,9 +112,24 @@ class EarlyAnswerServer:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
+            with self.lock:
+                self.open += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        try:
+            self._requests(conn)
+        finally:
+            with self.lock:
+                self.open -= 1
+
+    def wait_closed(self, timeout: float) -> None:
+        """Until every connection is done with: a body cut short is known at its end."""
+        limit = time.monotonic() + timeout
+        while self.open and time.monotonic() < limit:
+            time.sleep(0.05)
+
+    def _requests(self, conn: socket.socket) -> None:
         conn.settimeout(10)
         buf = b""
         with conn:
@@ -136,7 +152,10 @@ class EarlyAnswerServer:
                             self.bad_heads += 1
                     conn.sendall(self.ANSWER)
                     while len(buf) < length:
-                        data = conn.recv(65536)
+                        try:
+                            data = conn.recv(65536)
+                        except OSError:
+                            data = b""
                         if not data:
                             with self.lock:
                                 self.cut_short += 1
@@ -174,6 +193,7 @@ body = '{"x" * (8 << 20)}'
 """)
     try:
         s = run_json(tmp_path, str(profile), "--no-preflight")
+        server.wait_closed(20)
     finally:
         server.stop()
     assert s["status"]["4xx"] == 20 == s["requests"] == s["scheduled"], s
