@@ -127,8 +127,27 @@ cdef enum:
     HDR_COUNTS_LEN = 23552
 
 
+# A histogram's counts are chunks of HDR_CHUNK_LEN counters from the engine's arena, taken on
+# first use in an interval and given back when the interval is flushed: a cell costs memory for
+# the value ranges it saw in the current interval, not 2 x 92 KiB for every range it could.
+cdef enum:
+    HDR_CHUNK_SHIFT = 8
+    HDR_CHUNK_LEN = 256
+    HDR_CHUNK_MASK = 255
+    HDR_NCHUNKS = 92          # HDR_COUNTS_LEN / HDR_CHUNK_LEN
+    ARENA_BLOCK_SHIFT = 8     # 256 chunks (256 KiB) per block the arena grows by
+    ARENA_BLOCK_CHUNKS = 256
+
+
+cdef struct Arena:
+    uint32_t** blocks    # each ARENA_BLOCK_CHUNKS x HDR_CHUNK_LEN zeroed counters
+    int nblocks
+    int32_t* free_ids    # chunk ids (1-based) not in use
+    int nfree
+
+
 cdef struct Hist:
-    uint32_t* counts     # HDR_COUNTS_LEN entries; this interval only
+    int32_t chunk[HDR_NCHUNKS]   # arena chunk id per range of counters, 0 when none
     int32_t lo           # touched index range, lo > hi when empty
     int32_t hi
     uint64_t total

@@ -12,7 +12,7 @@ object (layout in `loadforge/workers.py`, which unpacks it).
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.math cimport ceil, sqrt
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memset
 
 from loadforge._system cimport *
@@ -168,14 +168,59 @@ def hdr_walk(const unsigned long long[::1] counts, Py_ssize_t limit, list target
     return values, weighted
 
 
-cdef inline void hist_record(Hist* h, int64_t value) noexcept nogil:
-    cdef int32_t i
+cdef inline uint32_t* arena_chunk(Arena* a, int32_t id) noexcept nogil:
+    id -= 1
+    return a.blocks[id >> ARENA_BLOCK_SHIFT] + (id & (ARENA_BLOCK_CHUNKS - 1)) * HDR_CHUNK_LEN
+
+
+cdef int arena_grow(Arena* a) noexcept nogil:
+    """One more block of chunks; 0 when no memory is left. The arena's size follows the most
+    chunks that any one interval used, however long the run."""
+    cdef uint32_t** blocks
+    cdef uint32_t* block
+    cdef int32_t* ids
+    cdef int i
+    block = <uint32_t*>calloc(ARENA_BLOCK_CHUNKS * HDR_CHUNK_LEN, sizeof(uint32_t))
+    blocks = <uint32_t**>realloc(a.blocks, (a.nblocks + 1) * sizeof(uint32_t*))
+    if blocks != NULL:
+        a.blocks = blocks
+    ids = <int32_t*>realloc(a.free_ids, (a.nblocks + 1) * ARENA_BLOCK_CHUNKS * sizeof(int32_t))
+    if ids != NULL:
+        a.free_ids = ids
+    if block == NULL or blocks == NULL or ids == NULL:
+        free(block)
+        return 0
+    a.blocks[a.nblocks] = block
+    for i in range(ARENA_BLOCK_CHUNKS - 1, -1, -1):
+        a.free_ids[a.nfree] = a.nblocks * ARENA_BLOCK_CHUNKS + i + 1
+        a.nfree += 1
+    a.nblocks += 1
+    return 1
+
+
+cdef inline int32_t arena_take(Arena* a) noexcept nogil:
+    """A zeroed chunk's id, or 0 when no memory is left."""
+    if a.nfree == 0 and not arena_grow(a):
+        return 0
+    a.nfree -= 1
+    return a.free_ids[a.nfree]
+
+
+cdef inline int hist_record(Arena* a, Hist* h, int64_t value) noexcept nogil:
+    """Count one value; -1 (nothing counted) when no memory was left for its chunk."""
+    cdef int32_t i, c
     if value < 0:
         value = 0
     elif value > HDR_HIGHEST:
         value = HDR_HIGHEST
     i = hdr_counts_index(value)
-    h.counts[i] += 1
+    c = h.chunk[i >> HDR_CHUNK_SHIFT]
+    if c == 0:
+        c = arena_take(a)
+        if c == 0:
+            return -1
+        h.chunk[i >> HDR_CHUNK_SHIFT] = c
+    arena_chunk(a, c)[i & HDR_CHUNK_MASK] += 1
     if i < h.lo:
         h.lo = i
     if i > h.hi:
@@ -185,11 +230,38 @@ cdef inline void hist_record(Hist* h, int64_t value) noexcept nogil:
     if value > h.max_value:
         h.max_value = value
     h.total += 1
+    return 0
+
+
+cdef void hist_copy_clear(Arena* a, Hist* h, uint32_t* out) noexcept nogil:
+    """Write counts lo..hi to out (when not NULL), give the chunks back zeroed, and clear."""
+    cdef int32_t k, c, first, last
+    cdef uint32_t* counts
+    if h.lo <= h.hi:
+        for k in range(h.lo >> HDR_CHUNK_SHIFT, (h.hi >> HDR_CHUNK_SHIFT) + 1):
+            c = h.chunk[k]
+            first = k << HDR_CHUNK_SHIFT
+            last = first + HDR_CHUNK_LEN - 1
+            if first < h.lo:
+                first = h.lo
+            if last > h.hi:
+                last = h.hi
+            if c == 0:
+                if out != NULL:
+                    memset(out + first - h.lo, 0, (last - first + 1) * sizeof(uint32_t))
+                continue
+            counts = arena_chunk(a, c)
+            if out != NULL:
+                memcpy(out + first - h.lo, counts + (first & HDR_CHUNK_MASK),
+                       (last - first + 1) * sizeof(uint32_t))
+            memset(counts, 0, HDR_CHUNK_LEN * sizeof(uint32_t))
+            h.chunk[k] = 0
+            a.free_ids[a.nfree] = c
+            a.nfree += 1
+    hist_clear(h)
 
 
 cdef inline void hist_clear(Hist* h) noexcept nogil:
-    if h.lo <= h.hi:
-        memset(h.counts + h.lo, 0, (h.hi - h.lo + 1) * sizeof(uint32_t))
     h.lo = HDR_COUNTS_LEN
     h.hi = -1
     h.total = 0
@@ -738,6 +810,7 @@ cdef class Engine:
         int eventful             # arrivals in flight whose responses may be big (Conn.big)
         uint64_t retries         # arrivals sent again after a reused connection closed
         uint64_t dropped         # outcomes not recorded: no memory for their cell
+        Arena arena              # histogram chunks, shared by every cell
         int writing              # connections with a partial write (EPOLLOUT registered)
         uint64_t n_wakeups
 
@@ -929,9 +1002,12 @@ cdef class Engine:
         if self.cells != NULL:
             for i in range(self.ncells):
                 if self.cells[i] != NULL:
-                    free(self.cells[i].latency.counts)
-                    free(self.cells[i].service.counts)
                     free(self.cells[i])
+        if self.arena.blocks != NULL:
+            for i in range(self.arena.nblocks):
+                free(self.arena.blocks[i])
+            free(self.arena.blocks)
+        free(self.arena.free_ids)
         if self.epfd >= 0:
             close(self.epfd)
         if self.wake_epfd >= 0:
@@ -1343,14 +1419,6 @@ cdef class Engine:
             if cell == NULL:
                 self.dropped += 1
                 return
-            cell.latency.counts = <uint32_t*>calloc(HDR_COUNTS_LEN, sizeof(uint32_t))
-            cell.service.counts = <uint32_t*>calloc(HDR_COUNTS_LEN, sizeof(uint32_t))
-            if cell.latency.counts == NULL or cell.service.counts == NULL:
-                free(cell.latency.counts)
-                free(cell.service.counts)
-                free(cell)
-                self.dropped += 1
-                return
             hist_clear(&cell.latency)
             hist_clear(&cell.service)
             cell.stage = c.stage
@@ -1362,8 +1430,12 @@ cdef class Engine:
             cell.touched = 1
             self.touched[self.ntouched] = index
             self.ntouched += 1
-        hist_record(&cell.latency, (now - c.intended_ns) // 1000)
-        hist_record(&cell.service, (now - c.sent_ns) // 1000)
+        # Each of the two values needs at most one new chunk: with two free, neither can fail.
+        if self.arena.nfree < 2 and not arena_grow(&self.arena):
+            self.dropped += 1
+            return
+        hist_record(&self.arena, &cell.latency, (now - c.intended_ns) // 1000)
+        hist_record(&self.arena, &cell.service, (now - c.sent_ns) // 1000)
         cell.count += 1
 
     # -- schedule ---------------------------------------------------------------------------
@@ -1591,10 +1663,8 @@ cdef class Engine:
                 (<int64_t*>(out + 16))[0] = h.min_value
                 (<int64_t*>(out + 24))[0] = h.max_value
                 out += 32
-                if j:
-                    memcpy(out, h.counts + h.lo, j * 4)
-                    out += j * 4
-                hist_clear(h)
+                hist_copy_clear(&self.arena, h, <uint32_t*>out if j else NULL)
+                out += j * 4
             cell.count = 0
             cell.touched = 0
         # trailer, after the cells (readers of the older layout stop before it): retried

@@ -60,10 +60,10 @@ def torture() -> Iterator[Torture]:
     server.stop()
 
 
-def run(tmp_path, url: str, *args: str) -> dict[str, Any]:
+def run(tmp_path, url: str, *args: str, timeout: str = "300ms") -> dict[str, Any]:
     summary = tmp_path / "summary.json"
     out = loadforge("run", "--target", url, *args, "--workers", "1", "--no-preflight",
-                    "--timeout", "300ms", "--quiet", "--out", str(tmp_path / "results"),
+                    "--timeout", timeout, "--quiet", "--out", str(tmp_path / "results"),
                     "--summary-json", str(summary), timeout=60)
     assert out.returncode == 0, out.stderr
     s = json.loads(summary.read_text())
@@ -185,3 +185,21 @@ def test_a_server_that_never_accepts(torture, tmp_path):
     counts = s["counts"]
     assert counts["connect"] + counts["timeout"] + s["unsent"] == 50 == s["scheduled"], counts
     assert s["requests"] == 0 and counts["connect"] > 0
+
+
+def test_latencies_over_several_decades_in_one_interval(torture, tmp_path):
+    """One request name whose answers take 0, 10, 100 or 500 ms in turn: one histogram spans
+    chunks of counters far apart (recorded sparsely, flushed with the gaps as zeros), and each
+    quarter of it lands on its delay."""
+    s = run(tmp_path, f"http://127.0.0.1:{torture.port}/spread?ms=0,10,100,500", "--rate", "40",
+            "--duration", "1s", "--connections", "64", timeout="2s")
+    assert s["counts"]["2xx"] == 40 and s["errors"] == 0
+    from loadforge.results import read_result
+
+    result = read_result(s["result"])
+    (row,) = result.rows("run", name="*", outcome="*")
+    hist = result.histogram(row)
+    assert hist.get_total_count() == 40
+    for percentile, delay_ms in ((12.5, 0), (37.5, 10), (62.5, 100), (87.5, 500)):
+        value = hist.get_value_at_percentile(percentile)
+        assert delay_ms * 1000 <= value <= delay_ms * 1000 + TOLERANCE_US, (percentile, value)

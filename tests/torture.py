@@ -131,6 +131,15 @@ class _Handler(socketserver.BaseRequestHandler):
         elif mode == "delay":
             time.sleep(int(params.get("ms", "0")) / 1000)
             self.send(OK)
+        elif mode == "spread":
+            # Delays taken in turn from the list, across all connections: one request name
+            # whose latencies span several decades.
+            delays = [int(x) for x in params.get("ms", "0").split(",")]
+            with STATS.lock:
+                self.server.turn = getattr(self.server, "turn", -1) + 1  # type: ignore[attr-defined]
+                turn = self.server.turn  # type: ignore[attr-defined]
+            time.sleep(delays[turn % len(delays)] / 1000)
+            self.send(OK)
         elif mode == "slow":
             # The response dribbles out a byte at a time over `ms` milliseconds.
             gap = int(params.get("ms", "40")) / 1000 / (len(OK) - 1)
