@@ -35,6 +35,7 @@ cdef enum:
     # server never waits for the loop to read it and its last segment's timestamp is exact.
     # Requests whose responses were bigger keep the loop woken by their bytes.
     SMALL_RESPONSE_BYTES = 32768
+    MAX_READS_PER_EVENT = 32           # 2 MiB per connection per turn of the loop
 
 cdef int64_t HDR_HIGHEST = 3600000000  # 1 h in µs
 cdef int64_t NEVER = 0x7fffffffffffffff
@@ -1229,6 +1230,7 @@ cdef class Engine:
         cdef ssize_t n
         cdef Py_ssize_t used
         cdef int outcome
+        cdef int reads = 0
         while True:
             self.msg.msg_controllen = sizeof(self.cmsg_buf)
             n = recvmsg(c.fd, &self.msg, 0)
@@ -1253,6 +1255,11 @@ cdef class Engine:
                     c.last_rx_ns = self.received_at(c, now)
                 elif n < RECV_BUFFER_SIZE and not c.write_failed:
                     return    # the socket is empty (wrk's test): wait for more
+                reads += 1
+                if reads == MAX_READS_PER_EVENT:
+                    # A server as fast as the loop (a body without end) must not hold it;
+                    # the socket stays readable, so epoll hands it back at once.
+                    return
                 continue
             if n == 0:
                 if c.parser.received == 0 and self.retry_arrival(ci, now):

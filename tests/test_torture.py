@@ -86,6 +86,7 @@ MODES = {
     "bad-chunk": ("/bad-chunk", "protocol", 100),
     "huge-chunk": ("/huge-chunk", "protocol", 100),
     "endless-chunk": ("/endless-chunk", "timeout", 50),
+    "flood": ("/flood", "timeout", 10),
     "http10": ("/http10", "2xx", 100),
     "to-close": ("/to-close", "2xx", 100),
     "interim-storm": ("/interim-storm", "2xx", 100),

@@ -182,6 +182,14 @@ class _Handler(socketserver.BaseRequestHandler):
                 self.send(b"400\r\n" + b"c" * 1024 + b"\r\n")
                 time.sleep(0.005)
             return False
+        elif mode == "flood":
+            # A body without length or end, as fast as the server can write it.
+            self.send(_head("200 OK"))
+            chunk = b"f" * 65536
+            end = time.monotonic() + LIMIT_S
+            while time.monotonic() < end:
+                self.send(chunk)
+            return False
         elif mode == "http10":
             self.send(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
             return False
