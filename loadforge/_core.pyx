@@ -811,6 +811,8 @@ cdef class Engine:
         int eventful             # arrivals in flight whose responses may be big (Conn.big)
         uint64_t retries         # arrivals sent again after a reused connection closed
         uint64_t dropped         # outcomes not recorded: no memory for their cell
+        uint64_t closed_by_server   # connected connections the server ended
+        uint64_t closed_by_us       # ... and those the engine ended (errors, timeouts, stop)
         Arena arena              # histogram chunks, shared by every cell
         int writing              # connections with a partial write (EPOLLOUT registered)
         uint64_t n_wakeups
@@ -1091,6 +1093,12 @@ cdef class Engine:
         if c.fd >= 0:
             close(c.fd)     # also leaves the epoll set
             c.fd = -1
+            if c.state != C_CONNECTING:
+                if c.peer_closed:
+                    self.closed_by_server += 1
+                else:
+                    self.closed_by_us += 1
+        c.peer_closed = 0
         if c.state == C_CONNECTING:
             self.connecting -= 1
         if c.want_write:
@@ -1141,6 +1149,7 @@ cdef class Engine:
         cdef epoll_event ev
         getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len)
         if (err == ECONNRESET or err == EPIPE) and c.has_arrival:
+            c.peer_closed = 1
             # Accepted, then closed or reset before the loop saw it connected: a reset, not a
             # failed connect (which is refused, unreachable or timed out).
             self.connecting -= 1
@@ -1238,6 +1247,7 @@ cdef class Engine:
                 # An idle keep-alive connection: the server closed it, or sent what nobody
                 # asked for. Either way it is not reusable.
                 if n >= 0 or (errno != EAGAIN and errno != EINTR):
+                    c.peer_closed = n <= 0
                     self.close_conn(ci)
                 return
             if n > 0:
@@ -1262,6 +1272,7 @@ cdef class Engine:
                     return
                 continue
             if n == 0:
+                c.peer_closed = 1
                 if c.parser.received == 0 and self.retry_arrival(ci, now):
                     return
                 outcome = parser_eof(&c.parser)
@@ -1274,6 +1285,7 @@ cdef class Engine:
                 continue
             if errno == EAGAIN and not c.write_failed:
                 return
+            c.peer_closed = 1
             if c.parser.received == 0 and self.retry_arrival(ci, now):
                 return
             self.finish(ci, O_RESET, now, now)
@@ -1335,6 +1347,8 @@ cdef class Engine:
         # the connection half written: never reused.
         if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY \
                 or c.written < self.req_len[c.request]:
+            if c.parser.close and outcome < O_CONNECT:
+                c.peer_closed = 1     # the server said so: it closes its end after this
             self.close_conn(ci)
         else:
             c.state = C_IDLE
@@ -1611,7 +1625,7 @@ cdef class Engine:
 
     cdef int flush(self, int final) except -1:
         """Hand the interval's counts to Python as one bytes object, then clear them."""
-        cdef Py_ssize_t size = 48 + 24 * self.nstages + (4 + CAPTURE_MAX) * self.nbackends + 16
+        cdef Py_ssize_t size = 48 + 24 * self.nstages + (4 + CAPTURE_MAX) * self.nbackends + 32
         cdef int i, j, open_conns = 0
         cdef Cell* cell
         cdef char* out
@@ -1674,10 +1688,13 @@ cdef class Engine:
                 out += j * 4
             cell.count = 0
             cell.touched = 0
-        # trailer, after the cells (readers of the older layout stop before it): retried
-        # arrivals and outcomes dropped for want of memory, so far ("<QQ")
+        # trailer, after the cells (readers of the older layout stop before it), so far:
+        # retried arrivals, outcomes dropped for want of memory, connections closed by the
+        # server and by the engine ("<QQQQ")
         (<uint64_t*>out)[0] = self.retries
         (<uint64_t*>out)[1] = self.dropped
+        (<uint64_t*>out)[2] = self.closed_by_server
+        (<uint64_t*>out)[3] = self.closed_by_us
         self.ntouched = 0
         self.interval_index += 1
         try:

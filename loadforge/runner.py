@@ -147,8 +147,9 @@ class Aggregator:
         self.last_index = -1
         # per worker: connects and failed connects so far (cumulative), open connections
         self.connects: dict[int, tuple[int, int]] = {}
-        # per worker, cumulative: arrivals retried on a new connection, outcomes dropped
-        self.engine_counts: dict[int, tuple[int, int]] = {}
+        # per worker, cumulative: arrivals retried on a new connection, outcomes dropped,
+        # connections closed by the server, by the engine
+        self.engine_counts: dict[int, tuple[int, int, int, int]] = {}
         self.open_peak = 0
         # Windowed objectives with abort_after, judged as each interval is merged.
         self.live_slo = slo.LiveSLO(plan, interval_s)
@@ -193,7 +194,8 @@ class Aggregator:
         self.open_peak = max(self.open_peak, sum(r.open_connections for r in reports))
         for r in reports:
             self.connects[r.worker] = (r.connects, r.connect_failures)
-            self.engine_counts[r.worker] = (r.retried, r.dropped)
+            self.engine_counts[r.worker] = (r.retried, r.dropped, r.closed_by_server,
+                                            r.closed_by_us)
             for i in range(nstages):
                 scheduled[i] += r.scheduled[i]
                 unsent[i] += r.unsent[i]
@@ -337,8 +339,10 @@ class Aggregator:
         connections = {"opened": sum(c for c, _ in self.connects.values()),
                        "failed": sum(f for _, f in self.connects.values()),
                        "open_peak": self.open_peak,
-                       "retried": sum(r for r, _ in self.engine_counts.values())}
-        dropped = sum(d for _, d in self.engine_counts.values())
+                       "closed_by_server": sum(c[2] for c in self.engine_counts.values()),
+                       "closed_by_us": sum(c[3] for c in self.engine_counts.values()),
+                       "retried": sum(c[0] for c in self.engine_counts.values())}
+        dropped = sum(c[1] for c in self.engine_counts.values())
         return rows, {**run_block, "connections": connections, "stages": stages_out,
                       "dropped_samples": dropped}
 

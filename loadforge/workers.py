@@ -40,7 +40,7 @@ _BACKEND = struct.Struct("<I48s")
 _CELL = struct.Struct("<IIIIQ")
 _HIST = struct.Struct("<iiQqq")
 _GAUGES = struct.Struct("<II")
-_TRAILER = struct.Struct("<QQ")
+_TRAILER = struct.Struct("<QQQQ")
 _MAGIC = 0x3149464C
 
 
@@ -79,6 +79,8 @@ class IntervalReport:
     in_flight: int
     retried: int = 0       # so far: arrivals sent again after a reused connection closed
     dropped: int = 0       # so far: outcomes the engine had no memory to record
+    closed_by_server: int = 0   # so far: connections the server ended
+    closed_by_us: int = 0       # so far: connections the engine ended (errors, timeouts)
 
 
 def decode_interval(message: bytes) -> IntervalReport:
@@ -114,11 +116,12 @@ def decode_interval(message: bytes) -> IntervalReport:
             off += 4 * n
         cells.append(CellDelta(stage, request, OUTCOMES[outcome], backends[backend], count,
                                hists[0], hists[1]))
-    retried = dropped = 0
+    retried = dropped = by_server = by_us = 0
     if len(view) >= off + _TRAILER.size:
-        retried, dropped = _TRAILER.unpack_from(view, off)
+        retried, dropped, by_server, by_us = _TRAILER.unpack_from(view, off)
     return IntervalReport(worker, index, bool(final), scheduled, sent, unsent, cells,
-                          connects, connect_failures, open_conns, in_flight, retried, dropped)
+                          connects, connect_failures, open_conns, in_flight, retried, dropped,
+                          by_server, by_us)
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,15 @@ def test_open_model_reconciles_with_the_server(torture, tmp_path, name):
         assert retried == 0 and server["answered"] == rate
     if kind == "2xx":
         assert s["errors"] == 0 and s["requests"] == rate
+    # Who ended the connections during the run.
+    by_server, by_us = s["connections"]["closed_by_server"], s["connections"]["closed_by_us"]
+    if kind == "2xx":
+        ended = rate if name in ("http10", "to-close") else retried
+        assert (by_server, by_us) == (ended, 0), s["connections"]
+    elif kind == "reset":
+        assert (by_server, by_us) == (rate + retried, 0), s["connections"]
+    else:
+        assert by_server + by_us == rate, s["connections"]
     if name == "slow":
         # 40 ms dribbled byte by byte: timed to the last byte.
         assert 40_000 <= s["service_time_us"]["p50"] <= 40_000 + TOLERANCE_US, s
