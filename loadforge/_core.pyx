@@ -1601,9 +1601,11 @@ cdef class Engine:
     cdef inline int sleep_through_responses(self) noexcept:
         """Whether the next wait may ignore the sockets: in an open-model stage nothing but
         the next arrival needs the loop while every due arrival is sent, no connection is
-        being opened and no request is half written. Responses that come meanwhile are read
-        at the next wake-up and timed by their receive timestamps, so at high rates one
-        wake-up serves a tick's arrivals and the previous tick's responses together."""
+        being opened, no request is half written and no response in flight may be too big
+        for the socket buffers (a server blocked on a full buffer would wait for the loop).
+        Responses that come meanwhile are read at the next wake-up and timed by their receive
+        timestamps, so at high rates one wake-up serves a tick's arrivals and the previous
+        tick's responses together. Closes and resets still wake it (EPOLLRDHUP, EPOLLERR)."""
         if not self.rx_stamps or self.cur >= self.nstages or self.connecting or self.writing \
                 or self.eventful:
             return 0
