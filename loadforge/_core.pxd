@@ -108,6 +108,7 @@ cdef struct Conn:
     int big              # counted in Engine.eventful: its response may not fit a socket buffer
     int write_failed     # send failed: what the server sent before closing is still read
     int peer_closed      # the server ended the connection (close, reset, Connection: close)
+    int32_t served       # responses this connection carried (requests_per_connection)
     int32_t request
     int32_t stage
     int64_t intended_ns

@@ -33,7 +33,8 @@ class Engine:
                  mix: list[int], stages: list[tuple[bool, float, float, float, int, float]],
                  connections: int, worker: int = 0, workers: int = 1, timeout_s: float = 5.0,
                  interval_s: float = 1.0, capture_header: str | None = None,
-                 control_fd: int = -1, timer_resolution_s: float = 0.0) -> None: ...
+                 control_fd: int = -1, timer_resolution_s: float = 0.0,
+                 requests_per_connection: int = 0) -> None: ...
     @property
     def wakeups(self) -> int: ...
     @property

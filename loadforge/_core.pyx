@@ -858,6 +858,7 @@ cdef class Engine:
         int64_t interval_index
         int64_t next_scan_ns
         int64_t wake_gap_ns      # timer wake-ups for arrivals at most this often
+        int requests_per_connection   # close after this many responses; 0: reuse without end
         int64_t last_wake_ns
         int worker
         int nworkers
@@ -875,7 +876,7 @@ cdef class Engine:
     def __init__(self, str address, int port, list requests, list mix, list stages,
                  int connections, int worker=0, int workers=1, double timeout_s=5.0,
                  double interval_s=1.0, capture_header=None, int control_fd=-1,
-                 double timer_resolution_s=0.0):
+                 double timer_resolution_s=0.0, int requests_per_connection=0):
         cdef int i
         cdef sockaddr_in* a4
         cdef sockaddr_in6* a6
@@ -893,6 +894,9 @@ cdef class Engine:
         self.interval_ns = <int64_t>(interval_s * 1e9)
         self.control_fd = control_fd
         self.wake_gap_ns = <int64_t>(timer_resolution_s * 1e9)
+        if requests_per_connection < 0:
+            raise ValueError("requests_per_connection must be >= 0")
+        self.requests_per_connection = requests_per_connection
 
         memset(&self.addr, 0, sizeof(self.addr))
         baddr = address.encode()
@@ -1125,6 +1129,7 @@ cdef class Engine:
             return
         c.fd = fd
         c.state = C_CONNECTING
+        c.served = 0
         self.connecting += 1
         c.deadline_ns = now + self.timeout_ns
         ev.events = EPOLLOUT
@@ -1345,8 +1350,10 @@ cdef class Engine:
                 self.req_big[c.request] = 0
         # An early answer (413 before the body was sent) ends the request too, but leaves
         # the connection half written: never reused.
+        c.served += 1
         if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY \
-                or c.written < self.req_len[c.request]:
+                or c.written < self.req_len[c.request] \
+                or c.served == self.requests_per_connection:
             if c.parser.close and outcome < O_CONNECT:
                 c.peer_closed = 1     # the server said so: it closes its end after this
             self.close_conn(ci)

@@ -104,6 +104,9 @@ def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
 @click.option("--timer-resolution", help="Open model: arrivals closer together than this "
               "share a wake-up and may be sent up to this late, counted in latency "
               "[default: 100us; 0 for exact sends at more CPU].")
+@click.option("--requests-per-connection", type=int, help="Close each connection after this "
+              "many responses (1: a new connection per request; 0: reuse) [default: the "
+              "profile's, else 0].")
 @click.option("--workers", type=int, help="Worker processes (default: the profile's, else one "
               "per core).")
 @click.option("--out", "out_dir", default="results", show_default=True,
@@ -119,7 +122,7 @@ def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
               help="Write the SLO verdicts as JUnit XML (one test case per objective).")
 def run(profile: str | None, target: str | None, rate: float | None, concurrency: int | None,
         duration: str | None, connections: int | None, timeout: str,
-        timer_resolution: str | None, workers: int | None,
+        timer_resolution: str | None, requests_per_connection: int | None, workers: int | None,
         out_dir: str, labels: tuple[str, ...], summary_json: str | None,
         backend_header: str | None, no_preflight: bool, quiet: bool,
         junit_path: str | None) -> None:
@@ -143,6 +146,11 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
             plan = replace(plan, connections=connections)
     else:
         plan = _flag_plan(target, rate, concurrency, duration, connections, timeout)
+    if requests_per_connection is not None:
+        if requests_per_connection < 0:
+            raise InputError("--requests-per-connection must be >= 0, got "
+                             f"{requests_per_connection}")
+        plan = replace(plan, requests_per_connection=requests_per_connection)
     if timer_resolution is not None:
         plan = replace(plan, timer_resolution_s=parse_duration(
             timer_resolution, "--timer-resolution", allow_zero=True))

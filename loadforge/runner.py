@@ -360,7 +360,8 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
         closed_share = closed // workers + (1 if w < closed % workers else 0)
         specs.append(WorkerSpec(w, workers, target.address, target.port, requests, mix, stages,
                                 max(share, closed_share, 1), plan.timeout_s, interval_s,
-                                backend_header, plan.timer_resolution_s))
+                                backend_header, plan.timer_resolution_s,
+                                plan.requests_per_connection))
     return specs
 
 

@@ -140,6 +140,7 @@ class WorkerSpec:
     interval_s: float
     capture_header: str | None
     timer_resolution_s: float
+    requests_per_connection: int = 0
 
 
 def fd_limit() -> int:
@@ -209,7 +210,8 @@ def worker_main() -> None:
             spec.address, spec.port, spec.requests, spec.mix, spec.stages, spec.connections,
             worker=spec.index, workers=spec.workers, timeout_s=spec.timeout_s,
             interval_s=spec.interval_s, capture_header=spec.capture_header,
-            control_fd=channel.fileno(), timer_resolution_s=spec.timer_resolution_s)
+            control_fd=channel.fileno(), timer_resolution_s=spec.timer_resolution_s,
+            requests_per_connection=spec.requests_per_connection)
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
         gauges = _GAUGES.pack

@@ -338,3 +338,64 @@ def test_interval_reports_never_wait_for_the_coordinator():
     sender.close(timeout=10)
     assert not blocked, "handing a report over waited for the coordinator to read"
     assert received == messages
+
+
+# -- connection churn -----------------------------------------------------------------------------
+
+def test_one_request_per_connection(nginx, tmp_path):
+    """--requests-per-connection 1: every request on a connection of its own, as a load
+    balancer sees clients that do not reuse connections; nginx's counts, no error."""
+    before = nginx.served()
+    s = run_json(tmp_path, "--target", nginx.url + "/", "--rate", "200", "--duration", "1s",
+                 "--connections", "8", "--workers", "1", "--no-preflight",
+                 "--requests-per-connection", "1")
+    assert s["requests"] == s["status"]["2xx"] == 200 == nginx.served() - before
+    assert s["errors"] == 0
+    conns = s["connections"]
+    assert conns["opened"] == 200 == conns["closed_by_us"] and conns["closed_by_server"] == 0
+
+
+def test_requests_per_connection_in_the_closed_model(nginx, tmp_path):
+    profile = tmp_path / "churn.toml"
+    profile.write_text(f"""
+target = "{nginx.url}"
+[load]
+connections = 4
+workers = 1
+requests_per_connection = 5
+[[stages]]
+name = "closed"
+concurrency = 4
+duration = "500ms"
+""")
+    s = run_json(tmp_path, str(profile), "--no-preflight")
+    n, closed = s["requests"], s["connections"]["closed_by_us"]
+    assert n > 100 and s["errors"] == 0
+    # Every connection closed after exactly 5 responses; at the end, up to 4 stay open with
+    # fewer.
+    assert 5 * closed <= n <= 5 * closed + 4 * 4
+    assert s["connections"]["opened"] == closed + 4
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--requests-per-connection", "-1"), "--requests-per-connection must be >= 0"),
+])
+def test_bad_requests_per_connection_exits_2(tmp_path, args, message):
+    out = loadforge("run", "--target", "http://127.0.0.1:1/", "--rate", "5", "--duration", "1s",
+                    *args, "--out", str(tmp_path))
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bad_requests_per_connection_in_a_profile_exits_2(tmp_path):
+    profile = tmp_path / "bad.toml"
+    profile.write_text("""
+target = "http://127.0.0.1:1"
+[load]
+requests_per_connection = -2
+[[stages]]
+rate = 5
+duration = "1s"
+""")
+    out = loadforge("run", str(profile), "--out", str(tmp_path))
+    assert out.returncode == 2, out.stderr
+    assert "load.requests_per_connection" in out.stderr and "Traceback" not in out.stderr
