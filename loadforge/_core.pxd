@@ -54,8 +54,14 @@ cdef struct Parser:
     int vmatch           # progress matching "chunked" / "close" inside a value
     int digits
     int head             # response to HEAD: headers only
-    int chunked
-    int close
+    int minor            # HTTP/1.minor: 1.0 closes unless the server says keep-alive
+    int chunked          # Transfer-Encoding's last token so far is "chunked"
+    int te_present       # a Transfer-Encoding with at least one token
+    int conn_close       # Connection lists "close"
+    int conn_keep        # Connection lists "keep-alive"
+    uint32_t tmask       # tokens the current list element may still be (bit per token)
+    int tws              # whitespace seen after the current element's first byte
+    int close            # the connection ends with this response (known after the head)
     int64_t content_length   # -1 when absent
     int64_t remaining
     int64_t header_bytes
@@ -87,6 +93,7 @@ cdef enum ConnState:
     C_CONNECTING
     C_IDLE
     C_BUSY               # request being written or response awaited
+    C_BACKOFF            # closed: its last connect failed, the next waits until retry_at_ns
 
 
 cdef struct Conn:
@@ -96,12 +103,21 @@ cdef struct Conn:
     int want_write       # EPOLLOUT registered for a partial write
     int in_idle          # on the idle stack
     int in_closed        # on the closed stack
+    int fresh            # the request went out on a connection opened for it
+    int retried          # the arrival was already retried once on a new connection
+    int big              # counted in Engine.eventful: its response may not fit a socket buffer
+    int write_failed     # send failed: what the server sent before closing is still read
+    int peer_closed      # the server ended the connection (close, reset, Connection: close)
+    int32_t served       # responses this connection carried (requests_per_connection)
     int32_t request
     int32_t stage
     int64_t intended_ns
     int64_t sent_ns
     int64_t deadline_ns
     int64_t written
+    int64_t backoff_ns   # delay before the next connect after a failed one; 0 once connected
+    int64_t retry_at_ns
+    int64_t last_rx_ns   # receive timestamp of the latest bytes of a body that ends at close
     Parser parser
 
 
@@ -113,8 +129,27 @@ cdef enum:
     HDR_COUNTS_LEN = 23552
 
 
+# A histogram's counts are chunks of HDR_CHUNK_LEN counters from the engine's arena, taken on
+# first use in an interval and given back when the interval is flushed: a cell costs memory for
+# the value ranges it saw in the current interval, not 2 x 92 KiB for every range it could.
+cdef enum:
+    HDR_CHUNK_SHIFT = 8
+    HDR_CHUNK_LEN = 256
+    HDR_CHUNK_MASK = 255
+    HDR_NCHUNKS = 92          # HDR_COUNTS_LEN / HDR_CHUNK_LEN
+    ARENA_BLOCK_SHIFT = 8     # 256 chunks (256 KiB) per block the arena grows by
+    ARENA_BLOCK_CHUNKS = 256
+
+
+cdef struct Arena:
+    uint32_t** blocks    # each ARENA_BLOCK_CHUNKS x HDR_CHUNK_LEN zeroed counters
+    int nblocks
+    int32_t* free_ids    # chunk ids (1-based) not in use
+    int nfree
+
+
 cdef struct Hist:
-    uint32_t* counts     # HDR_COUNTS_LEN entries; this interval only
+    int32_t chunk[HDR_NCHUNKS]   # arena chunk id per range of counters, 0 when none
     int32_t lo           # touched index range, lo > hi when empty
     int32_t hi
     uint64_t total

@@ -12,7 +12,7 @@ object (layout in `loadforge/workers.py`, which unpacks it).
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.math cimport ceil, sqrt
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memset
 
 from loadforge._system cimport *
@@ -32,12 +32,20 @@ cdef enum:
     # far above the timer resolution and the scheduling jitter of a busy machine.
     LATE_SEND_NS = 10000000
     PAYLOAD_MAGIC = 0x3149464c         # "LFI1"
+    BACKOFF_FIRST_NS = 1000000         # a slot whose connect failed waits 1 ms, then 2, 4, ...
+    BACKOFF_MAX_NS = 1000000000        # ... up to 1 s between attempts
+    # A response up to this size fits the receive buffer of a fresh loopback socket, so the
+    # server never waits for the loop to read it and its last segment's timestamp is exact.
+    # Requests whose responses were bigger keep the loop woken by their bytes.
+    SMALL_RESPONSE_BYTES = 32768
+    MAX_READS_PER_EVENT = 32           # 2 MiB per connection per turn of the loop
 
 cdef int64_t HDR_HIGHEST = 3600000000  # 1 h in µs
 cdef int64_t NEVER = 0x7fffffffffffffff
 cdef const char* STATUS_PREFIX = "HTTP/1."
 cdef const char* TOKEN_CHUNKED = "chunked"
 cdef const char* TOKEN_CLOSE = "close"
+cdef const char* TOKEN_KEEP_ALIVE = "keep-alive"
 
 HDR_COUNTS = HDR_COUNTS_LEN
 OUTCOME_COUNT = N_OUTCOMES
@@ -164,14 +172,59 @@ def hdr_walk(const unsigned long long[::1] counts, Py_ssize_t limit, list target
     return values, weighted
 
 
-cdef inline void hist_record(Hist* h, int64_t value) noexcept nogil:
-    cdef int32_t i
+cdef inline uint32_t* arena_chunk(Arena* a, int32_t id) noexcept nogil:
+    id -= 1
+    return a.blocks[id >> ARENA_BLOCK_SHIFT] + (id & (ARENA_BLOCK_CHUNKS - 1)) * HDR_CHUNK_LEN
+
+
+cdef int arena_grow(Arena* a) noexcept nogil:
+    """One more block of chunks; 0 when no memory is left. The arena's size follows the most
+    chunks that any one interval used, however long the run."""
+    cdef uint32_t** blocks
+    cdef uint32_t* block
+    cdef int32_t* ids
+    cdef int i
+    block = <uint32_t*>calloc(ARENA_BLOCK_CHUNKS * HDR_CHUNK_LEN, sizeof(uint32_t))
+    blocks = <uint32_t**>realloc(a.blocks, (a.nblocks + 1) * sizeof(uint32_t*))
+    if blocks != NULL:
+        a.blocks = blocks
+    ids = <int32_t*>realloc(a.free_ids, (a.nblocks + 1) * ARENA_BLOCK_CHUNKS * sizeof(int32_t))
+    if ids != NULL:
+        a.free_ids = ids
+    if block == NULL or blocks == NULL or ids == NULL:
+        free(block)
+        return 0
+    a.blocks[a.nblocks] = block
+    for i in range(ARENA_BLOCK_CHUNKS - 1, -1, -1):
+        a.free_ids[a.nfree] = a.nblocks * ARENA_BLOCK_CHUNKS + i + 1
+        a.nfree += 1
+    a.nblocks += 1
+    return 1
+
+
+cdef inline int32_t arena_take(Arena* a) noexcept nogil:
+    """A zeroed chunk's id, or 0 when no memory is left."""
+    if a.nfree == 0 and not arena_grow(a):
+        return 0
+    a.nfree -= 1
+    return a.free_ids[a.nfree]
+
+
+cdef inline int hist_record(Arena* a, Hist* h, int64_t value) noexcept nogil:
+    """Count one value; -1 (nothing counted) when no memory was left for its chunk."""
+    cdef int32_t i, c
     if value < 0:
         value = 0
     elif value > HDR_HIGHEST:
         value = HDR_HIGHEST
     i = hdr_counts_index(value)
-    h.counts[i] += 1
+    c = h.chunk[i >> HDR_CHUNK_SHIFT]
+    if c == 0:
+        c = arena_take(a)
+        if c == 0:
+            return -1
+        h.chunk[i >> HDR_CHUNK_SHIFT] = c
+    arena_chunk(a, c)[i & HDR_CHUNK_MASK] += 1
     if i < h.lo:
         h.lo = i
     if i > h.hi:
@@ -181,11 +234,38 @@ cdef inline void hist_record(Hist* h, int64_t value) noexcept nogil:
     if value > h.max_value:
         h.max_value = value
     h.total += 1
+    return 0
+
+
+cdef void hist_copy_clear(Arena* a, Hist* h, uint32_t* out) noexcept nogil:
+    """Write counts lo..hi to out (when not NULL), give the chunks back zeroed, and clear."""
+    cdef int32_t k, c, first, last
+    cdef uint32_t* counts
+    if h.lo <= h.hi:
+        for k in range(h.lo >> HDR_CHUNK_SHIFT, (h.hi >> HDR_CHUNK_SHIFT) + 1):
+            c = h.chunk[k]
+            first = k << HDR_CHUNK_SHIFT
+            last = first + HDR_CHUNK_LEN - 1
+            if first < h.lo:
+                first = h.lo
+            if last > h.hi:
+                last = h.hi
+            if c == 0:
+                if out != NULL:
+                    memset(out + first - h.lo, 0, (last - first + 1) * sizeof(uint32_t))
+                continue
+            counts = arena_chunk(a, c)
+            if out != NULL:
+                memcpy(out + first - h.lo, counts + (first & HDR_CHUNK_MASK),
+                       (last - first + 1) * sizeof(uint32_t))
+            memset(counts, 0, HDR_CHUNK_LEN * sizeof(uint32_t))
+            h.chunk[k] = 0
+            a.free_ids[a.nfree] = c
+            a.nfree += 1
+    hist_clear(h)
 
 
 cdef inline void hist_clear(Hist* h) noexcept nogil:
-    if h.lo <= h.hi:
-        memset(h.counts + h.lo, 0, (h.hi - h.lo + 1) * sizeof(uint32_t))
     h.lo = HDR_COUNTS_LEN
     h.hi = -1
     h.total = 0
@@ -209,7 +289,13 @@ cdef inline void parser_reset(Parser* p, int head) noexcept nogil:
     p.vmatch = 0
     p.digits = 0
     p.head = head
+    p.minor = 1
     p.chunked = 0
+    p.te_present = 0
+    p.conn_close = 0
+    p.conn_keep = 0
+    p.tmask = 3
+    p.tws = 0
     p.close = 0
     p.content_length = -1
     p.remaining = 0
@@ -247,8 +333,16 @@ cdef inline int after_headers(Parser* p) noexcept nogil:
         parser_reset(p, head)
         p.received = received
         return P_STATUS
+    if p.status > 599:
+        return P_ERROR       # RFC 9110 15: status codes are 100-599
+    # RFC 9112 9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with "keep-alive".
+    p.close = 1 if p.conn_close or (p.minor == 0 and not p.conn_keep) else 0
     if p.head or p.status == 204 or p.status == 304:
         return P_DONE
+    if p.te_present and not p.chunked:
+        # RFC 9112 6.3: a response whose last coding is not chunked runs to the close.
+        p.close = 1
+        return P_BODY_EOF
     if p.chunked:
         p.remaining = 0
         p.digits = 0
@@ -272,6 +366,8 @@ cdef inline int end_of_value(Parser* p) noexcept nogil:
             return P_ERROR
         p.content_length = p.remaining
         p.remaining = 0
+    elif p.header == H_TRANSFER_ENCODING or p.header == H_CONNECTION:
+        token_end(p)
     elif p.header == H_CAPTURE:
         n = p.capture_len
         while n > 0 and (p.capture[n - 1] == c' ' or p.capture[n - 1] == c'\t'):
@@ -280,17 +376,45 @@ cdef inline int end_of_value(Parser* p) noexcept nogil:
     return P_LINE_START
 
 
-cdef inline int match_token(Parser* p, char c, const char* token, int length) noexcept nogil:
-    """Feed one value byte to a case-insensitive substring match; 1 once token was seen."""
+cdef inline void token_end(Parser* p) noexcept nogil:
+    """The end of one element of a Transfer-Encoding or Connection list (RFC 9110 5.6.1)."""
+    if p.vmatch > 0:
+        if p.header == H_TRANSFER_ENCODING:
+            p.te_present = 1
+            p.chunked = 1 if (p.tmask & 1) and p.vmatch == 7 else 0
+        else:
+            if (p.tmask & 1) and p.vmatch == 5:
+                p.conn_close = 1
+            if (p.tmask & 2) and p.vmatch == 10:
+                p.conn_keep = 1
+    p.vmatch = 0
+    p.tmask = 3
+    p.tws = 0
+
+
+cdef inline void token_byte(Parser* p, char c) noexcept nogil:
+    """Feed one value byte of a Transfer-Encoding or Connection list: tokens are matched
+    whole and case-insensitively, so "xchunked" or "closed" is not "chunked" or "close"."""
+    if c == c',':
+        token_end(p)
+        return
+    if c == c' ' or c == c'\t':
+        if p.vmatch > 0:
+            p.tws = 1
+        return
+    if p.tws:
+        p.tmask = 0
     c = lower(c)
-    if c == token[p.vmatch]:
-        p.vmatch += 1
-        if p.vmatch == length:
-            p.vmatch = 0
-            return 1
+    if p.header == H_TRANSFER_ENCODING:
+        if p.vmatch >= 7 or TOKEN_CHUNKED[p.vmatch] != c:
+            p.tmask &= ~1u
     else:
-        p.vmatch = 1 if c == token[0] else 0
-    return 0
+        if p.vmatch >= 5 or TOKEN_CLOSE[p.vmatch] != c:
+            p.tmask &= ~1u
+        if p.vmatch >= 10 or TOKEN_KEEP_ALIVE[p.vmatch] != c:
+            p.tmask &= ~2u
+    if p.vmatch < 1000000:
+        p.vmatch += 1
 
 
 cdef inline int header_id(const HeaderNames* names, const char* name, Py_ssize_t length) \
@@ -332,6 +456,8 @@ cdef inline void start_value(Parser* p) noexcept nogil:
     p.vmatch = 0
     p.digits = 0
     p.remaining = 0
+    p.tmask = 3
+    p.tws = 0
     if p.header == H_CAPTURE:
         p.capture_len = 0
 
@@ -365,6 +491,7 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
             # "HTTP/1.x NNN" and the byte after it, whole in this buffer; anything else
             # goes byte by byte below, to fail where it fails.
             p.status = (buf[i + 9] - c'0') * 100 + (buf[i + 10] - c'0') * 10 + (buf[i + 11] - c'0')
+            p.minor = buf[i + 7] - c'0'
             p.header_bytes += 13
             p.pos = 13
             i += 13
@@ -406,6 +533,7 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                 if c < c'0' or c > c'9':
                     p.state = P_ERROR
                     return i
+                p.minor = c - c'0'
             elif k == 8:
                 if c != c' ':
                     p.state = P_ERROR
@@ -510,12 +638,8 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                 else:
                     p.state = P_ERROR
                     return i
-            elif p.header == H_TRANSFER_ENCODING:
-                if match_token(p, c, TOKEN_CHUNKED, 7):
-                    p.chunked = 1
-            elif p.header == H_CONNECTION:
-                if match_token(p, c, TOKEN_CLOSE, 5):
-                    p.close = 1
+            elif p.header == H_TRANSFER_ENCODING or p.header == H_CONNECTION:
+                token_byte(p, c)
             else:
                 if (c == c' ' or c == c'\t') and p.capture_len == 0:
                     pass
@@ -686,6 +810,13 @@ cdef class Engine:
         int rx_stamps            # SO_TIMESTAMPNS works: responses are timed by the kernel
         int64_t rt_offset_ns     # CLOCK_REALTIME - CLOCK_MONOTONIC at the last wake-up
         int connecting           # connections in C_CONNECTING
+        int n_backoff            # connections in C_BACKOFF
+        int eventful             # arrivals in flight whose responses may be big (Conn.big)
+        uint64_t retries         # arrivals sent again after a reused connection closed
+        uint64_t dropped         # outcomes not recorded: no memory for their cell
+        uint64_t closed_by_server   # connected connections the server ended
+        uint64_t closed_by_us       # ... and those the engine ended (errors, timeouts, stop)
+        Arena arena              # histogram chunks, shared by every cell
         int writing              # connections with a partial write (EPOLLOUT registered)
         uint64_t n_wakeups
 
@@ -693,6 +824,7 @@ cdef class Engine:
         const char** req_data
         Py_ssize_t* req_len
         int* req_head
+        int* req_big             # per request: -1 not known yet, 0 small, 1 seen big
         int nreq
         int32_t* mix
         int64_t mix_len
@@ -730,6 +862,7 @@ cdef class Engine:
         int64_t interval_index
         int64_t next_scan_ns
         int64_t wake_gap_ns      # timer wake-ups for arrivals at most this often
+        int requests_per_connection   # close after this many responses; 0: reuse without end
         int64_t last_wake_ns
         int worker
         int nworkers
@@ -747,7 +880,7 @@ cdef class Engine:
     def __init__(self, str address, int port, list requests, list mix, list stages,
                  int connections, int worker=0, int workers=1, double timeout_s=5.0,
                  double interval_s=1.0, capture_header=None, int control_fd=-1,
-                 double timer_resolution_s=0.0):
+                 double timer_resolution_s=0.0, int requests_per_connection=0):
         cdef int i
         cdef sockaddr_in* a4
         cdef sockaddr_in6* a6
@@ -765,6 +898,9 @@ cdef class Engine:
         self.interval_ns = <int64_t>(interval_s * 1e9)
         self.control_fd = control_fd
         self.wake_gap_ns = <int64_t>(timer_resolution_s * 1e9)
+        if requests_per_connection < 0:
+            raise ValueError("requests_per_connection must be >= 0")
+        self.requests_per_connection = requests_per_connection
 
         memset(&self.addr, 0, sizeof(self.addr))
         baddr = address.encode()
@@ -790,12 +926,14 @@ cdef class Engine:
         self.req_data = <const char**>malloc(self.nreq * sizeof(char*))
         self.req_len = <Py_ssize_t*>malloc(self.nreq * sizeof(Py_ssize_t))
         self.req_head = <int*>malloc(self.nreq * sizeof(int))
+        self.req_big = <int*>malloc(self.nreq * sizeof(int))
         for i, (data, head) in enumerate(requests):
             data = bytes(data)
             self._keep.append(data)
             self.req_data[i] = PyBytes_AS_STRING(data)
             self.req_len[i] = PyBytes_GET_SIZE(data)
             self.req_head[i] = 1 if head else 0
+            self.req_big[i] = -1
         self.mix_len = len(mix)
         self.mix = <int32_t*>malloc(self.mix_len * sizeof(int32_t))
         for i in range(self.mix_len):
@@ -875,9 +1013,12 @@ cdef class Engine:
         if self.cells != NULL:
             for i in range(self.ncells):
                 if self.cells[i] != NULL:
-                    free(self.cells[i].latency.counts)
-                    free(self.cells[i].service.counts)
                     free(self.cells[i])
+        if self.arena.blocks != NULL:
+            for i in range(self.arena.nblocks):
+                free(self.arena.blocks[i])
+            free(self.arena.blocks)
+        free(self.arena.free_ids)
         if self.epfd >= 0:
             close(self.epfd)
         if self.wake_epfd >= 0:
@@ -892,6 +1033,7 @@ cdef class Engine:
         free(<void*>self.req_data)
         free(self.req_len)
         free(self.req_head)
+        free(self.req_big)
         free(self.mix)
         free(self.stages)
         free(self.counters)
@@ -908,6 +1050,12 @@ cdef class Engine:
         """Whether responses are timed by the kernel's receive timestamps (SO_TIMESTAMPNS);
         known once connections are open. Without them, by the time they are read."""
         return bool(self.rx_stamps)
+
+    @property
+    def retries(self):
+        """Arrivals sent a second time, on a new connection, because the reused connection
+        they went out on was closed by the server before a byte of their response."""
+        return self.retries
 
     @property
     def backends(self):
@@ -953,6 +1101,12 @@ cdef class Engine:
         if c.fd >= 0:
             close(c.fd)     # also leaves the epoll set
             c.fd = -1
+            if c.state != C_CONNECTING:
+                if c.peer_closed:
+                    self.closed_by_server += 1
+                else:
+                    self.closed_by_us += 1
+        c.peer_closed = 0
         if c.state == C_CONNECTING:
             self.connecting -= 1
         if c.want_write:
@@ -979,11 +1133,16 @@ cdef class Engine:
             return
         c.fd = fd
         c.state = C_CONNECTING
+        c.served = 0
         self.connecting += 1
         c.deadline_ns = now + self.timeout_ns
         ev.events = EPOLLOUT
         ev.data.u64 = ci
         epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
+        # The quiet sleep (sleep_through_responses) still wakes when the server closes or
+        # resets a connection, so that such ends are timed when the kernel saw them.
+        ev.events = EPOLLRDHUP
+        epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, fd, &ev)
 
     cdef void connect_failed(self, int ci, int64_t now) noexcept:
         self.connect_failures += 1
@@ -998,15 +1157,28 @@ cdef class Engine:
         cdef socklen_t len = sizeof(err)
         cdef epoll_event ev
         getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len)
+        if (err == ECONNRESET or err == EPIPE) and c.has_arrival:
+            c.peer_closed = 1
+            # Accepted, then closed or reset before the loop saw it connected: a reset, not a
+            # failed connect (which is refused, unreachable or timed out).
+            self.connecting -= 1
+            c.state = C_BUSY
+            c.fresh = 1
+            parser_reset(&c.parser, self.req_head[c.request])
+            c.written = 0
+            self.finish(ci, O_RESET, now, now)
+            return
         if err != 0:
             self.connect_failed(ci, now)
             return
         c.state = C_IDLE
+        c.backoff_ns = 0
         self.connecting -= 1
         ev.events = EPOLLIN
         ev.data.u64 = ci
         epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
         if c.has_arrival:
+            c.fresh = 1
             self.send_request(ci, now)
         else:
             self.push_idle(ci)
@@ -1020,6 +1192,10 @@ cdef class Engine:
         c.stage = stage
         c.request = request
         c.intended_ns = intended
+        c.fresh = 0
+        c.retried = 0
+        c.big = 1 if self.req_big[request] != 0 else 0
+        self.eventful += c.big
         self.inflight += 1
         self.counters[stage].sent += 1
         if c.state == C_IDLE:
@@ -1033,6 +1209,7 @@ cdef class Engine:
         parser_reset(&c.parser, self.req_head[c.request])
         c.state = C_BUSY
         c.written = 0
+        c.write_failed = 0
         c.sent_ns = now
         c.deadline_ns = now + self.timeout_ns
         self.write_request(ci, now)
@@ -1044,7 +1221,12 @@ cdef class Engine:
                               length - c.written, MSG_NOSIGNAL)
         if n < 0:
             if errno != EAGAIN and errno != EINTR:
-                self.finish(ci, O_RESET, now, now)
+                # The server closed or reset the connection; it may have answered first
+                # (413 before the body), and that answer is still in the receive queue.
+                c.write_failed = 1
+                if c.want_write:
+                    self.set_want_write(ci, 0)
+                self.on_readable(ci, now)
                 return
             n = 0
         c.written += n
@@ -1066,28 +1248,71 @@ cdef class Engine:
         cdef ssize_t n
         cdef Py_ssize_t used
         cdef int outcome
-        self.msg.msg_controllen = sizeof(self.cmsg_buf)
-        n = recvmsg(c.fd, &self.msg, 0)
-        if c.state != C_BUSY or not c.has_arrival:
-            # An idle keep-alive connection: the server closed it, or sent what nobody
-            # asked for. Either way it is not reusable.
-            if n >= 0 or (errno != EAGAIN and errno != EINTR):
-                self.close_conn(ci)
-            return
-        if n > 0:
-            used = parser_feed(&c.parser, &self.names, self.rbuf, n)
-            if c.parser.state == P_DONE:
-                # Bytes past the response answer no request of ours (we do not pipeline).
-                self.finish(ci, status_outcome(c.parser.status) if used == n else O_PROTOCOL,
-                            now, self.received_at(c, now))
-            elif c.parser.state == P_ERROR:
-                self.finish(ci, O_PROTOCOL, now, now)
-        elif n == 0:
-            outcome = parser_eof(&c.parser)
-            self.finish(ci, status_outcome(c.parser.status) if outcome < 0 else outcome,
-                        now, now)
-        elif errno != EAGAIN and errno != EINTR:
+        cdef int reads = 0
+        while True:
+            self.msg.msg_controllen = sizeof(self.cmsg_buf)
+            n = recvmsg(c.fd, &self.msg, 0)
+            if c.state != C_BUSY or not c.has_arrival:
+                # An idle keep-alive connection: the server closed it, or sent what nobody
+                # asked for. Either way it is not reusable.
+                if n >= 0 or (errno != EAGAIN and errno != EINTR):
+                    c.peer_closed = n <= 0
+                    self.close_conn(ci)
+                return
+            if n > 0:
+                used = parser_feed(&c.parser, &self.names, self.rbuf, n)
+                if c.parser.state == P_DONE:
+                    # Bytes past the response answer no request of ours (we do not pipeline).
+                    self.finish(ci, status_outcome(c.parser.status) if used == n else O_PROTOCOL,
+                                now, self.received_at(c, now))
+                    return
+                if c.parser.state == P_ERROR:
+                    self.finish(ci, O_PROTOCOL, now, now)
+                    return
+                if c.parser.state == P_BODY_EOF:
+                    # Read on to the close: its time is the last bytes' receive timestamp.
+                    c.last_rx_ns = self.received_at(c, now)
+                elif n < RECV_BUFFER_SIZE and not c.write_failed:
+                    return    # the socket is empty (wrk's test): wait for more
+                reads += 1
+                if reads == MAX_READS_PER_EVENT:
+                    # A server as fast as the loop (a body without end) must not hold it;
+                    # the socket stays readable, so epoll hands it back at once.
+                    return
+                continue
+            if n == 0:
+                c.peer_closed = 1
+                if c.parser.received == 0 and self.retry_arrival(ci, now):
+                    return
+                outcome = parser_eof(&c.parser)
+                if outcome < 0:
+                    self.finish(ci, status_outcome(c.parser.status), now, c.last_rx_ns)
+                else:
+                    self.finish(ci, outcome, now, now)
+                return
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN and not c.write_failed:
+                return
+            c.peer_closed = 1
+            if c.parser.received == 0 and self.retry_arrival(ci, now):
+                return
             self.finish(ci, O_RESET, now, now)
+            return
+
+    cdef int retry_arrival(self, int ci, int64_t now) noexcept:
+        """A request that went out on a reused connection the server had already closed (idle
+        timeout, keepalive_requests) got no byte of answer: send it once more on a new
+        connection, as browsers and wrk do. Returns 1 when it did."""
+        cdef Conn* c = &self.conns[ci]
+        if c.fresh or c.retried:
+            return 0
+        c.retried = 1
+        self.retries += 1
+        self.close_conn(ci)
+        c.sent_ns = now
+        self.open_conn(ci, now)
+        return 1
 
     cdef inline int64_t received_at(self, Conn* c, int64_t now) noexcept:
         """When the last segment read by the latest recvmsg reached the socket: the kernel's
@@ -1101,7 +1326,10 @@ cdef class Engine:
                 memcpy(&ts, CMSG_DATA(cm), sizeof(ts))
                 t = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec - self.rt_offset_ns
                 if t > now:
-                    return now
+                    # Arrived while this batch of events was being handled: `now` is stale.
+                    now = monotonic_ns()
+                    if t > now:
+                        return now
                 if t < c.sent_ns:
                     return c.sent_ns
                 return t
@@ -1117,14 +1345,32 @@ cdef class Engine:
         self.record(c, outcome, end)
         c.has_arrival = 0
         self.inflight -= 1
-        if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY:
+        self.eventful -= c.big
+        c.big = 0
+        if outcome < O_CONNECT:
+            if c.parser.received > SMALL_RESPONSE_BYTES:
+                self.req_big[c.request] = 1
+            elif self.req_big[c.request] < 0:
+                self.req_big[c.request] = 0
+        # An early answer (413 before the body was sent) ends the request too, but leaves
+        # the connection half written: never reused.
+        c.served += 1
+        if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY \
+                or c.written < self.req_len[c.request] \
+                or c.served == self.requests_per_connection:
+            if c.parser.close and outcome < O_CONNECT:
+                c.peer_closed = 1     # the server said so: it closes its end after this
             self.close_conn(ci)
         else:
             c.state = C_IDLE
         if stage == self.cur and not self.stopping and self.cur < self.nstages:
             sp = &self.stages[stage]
             if not sp.open_model and now < self.t0 + sp.end_ns:
-                if sp.think_ns > 0:
+                if outcome == O_CONNECT:
+                    # Retrying at once would spin (a refused port answers in microseconds)
+                    # and, from inside finish, recurse once per failure.
+                    self.start_backoff(ci, now)
+                elif sp.think_ns > 0:
                     self.think_conn[(self.think_head + self.think_len) % self.nconns] = ci
                     self.think_at[(self.think_head + self.think_len) % self.nconns] = now + sp.think_ns
                     self.think_len += 1
@@ -1133,6 +1379,41 @@ cdef class Engine:
                 return
         if c.state == C_IDLE:
             self.push_idle(ci)
+
+    cdef void start_backoff(self, int ci, int64_t now) noexcept:
+        cdef Conn* c = &self.conns[ci]
+        c.backoff_ns = BACKOFF_FIRST_NS if c.backoff_ns == 0 else c.backoff_ns * 2
+        if c.backoff_ns > BACKOFF_MAX_NS:
+            c.backoff_ns = BACKOFF_MAX_NS
+        c.retry_at_ns = now + c.backoff_ns
+        c.state = C_BACKOFF
+        self.n_backoff += 1
+
+    cdef void end_backoffs(self, int64_t now, int release) noexcept:
+        """Slots whose backoff is over (all of them with release) try again in the current
+        closed-model stage, or go back to the pool."""
+        cdef int i
+        cdef Conn* c
+        cdef StagePlan* sp
+        for i in range(self.nconns):
+            c = &self.conns[i]
+            if c.state != C_BACKOFF or (not release and c.retry_at_ns > now):
+                continue
+            c.state = C_CLOSED
+            self.n_backoff -= 1
+            sp = &self.stages[self.cur] if self.cur < self.nstages else NULL
+            if not release and sp != NULL and not sp.open_model and not self.stopping:
+                self.closed_arrival(i, now)
+            else:
+                self.push_closed(i)
+
+    cdef int64_t next_retry(self) noexcept:
+        cdef int i
+        cdef int64_t t = NEVER
+        for i in range(self.nconns):
+            if self.conns[i].state == C_BACKOFF and self.conns[i].retry_at_ns < t:
+                t = self.conns[i].retry_at_ns
+        return t
 
     cdef void closed_arrival(self, int ci, int64_t now) noexcept:
         cdef int request = self.mix[self.closed_seq % self.mix_len]
@@ -1168,13 +1449,7 @@ cdef class Engine:
             # recording path ever makes, bounded by the number of such combinations.
             cell = <Cell*>calloc(1, sizeof(Cell))
             if cell == NULL:
-                return
-            cell.latency.counts = <uint32_t*>calloc(HDR_COUNTS_LEN, sizeof(uint32_t))
-            cell.service.counts = <uint32_t*>calloc(HDR_COUNTS_LEN, sizeof(uint32_t))
-            if cell.latency.counts == NULL or cell.service.counts == NULL:
-                free(cell.latency.counts)
-                free(cell.service.counts)
-                free(cell)
+                self.dropped += 1
                 return
             hist_clear(&cell.latency)
             hist_clear(&cell.service)
@@ -1187,8 +1462,12 @@ cdef class Engine:
             cell.touched = 1
             self.touched[self.ntouched] = index
             self.ntouched += 1
-        hist_record(&cell.latency, (now - c.intended_ns) // 1000)
-        hist_record(&cell.service, (now - c.sent_ns) // 1000)
+        # Each of the two values needs at most one new chunk: with two free, neither can fail.
+        if self.arena.nfree < 2 and not arena_grow(&self.arena):
+            self.dropped += 1
+            return
+        hist_record(&self.arena, &cell.latency, (now - c.intended_ns) // 1000)
+        hist_record(&self.arena, &cell.service, (now - c.sent_ns) // 1000)
         cell.count += 1
 
     # -- schedule ---------------------------------------------------------------------------
@@ -1254,6 +1533,8 @@ cdef class Engine:
             self.disp_k = self.sched_k
             self.next_due_ns = NEVER
         else:
+            if self.n_backoff:
+                self.end_backoffs(now, 1)
             while self.think_len > 0:
                 ci = self.think_conn[self.think_head]
                 self.think_head = (self.think_head + 1) % self.nconns
@@ -1270,6 +1551,8 @@ cdef class Engine:
             c = &self.conns[i]
             if (c.state == C_BUSY or c.state == C_CONNECTING) and now >= c.deadline_ns:
                 if c.has_arrival:
+                    if c.state == C_CONNECTING:
+                        self.connect_failures += 1
                     self.finish(i, O_TIMEOUT if c.state == C_BUSY else O_CONNECT, now, now)
                 else:
                     self.connect_failures += 1
@@ -1303,6 +1586,8 @@ cdef class Engine:
                     self.think_head = (self.think_head + 1) % self.nconns
                     self.think_len -= 1
                     self.closed_arrival(ci, now)
+                if self.n_backoff:
+                    self.end_backoffs(now, 0)
         while now >= self.t0 + (self.interval_index + 1) * self.interval_ns:
             self.flush(0)
         if now >= self.next_scan_ns:
@@ -1333,15 +1618,20 @@ cdef class Engine:
                 t = self.t0 + sp.start_ns
         if self.inflight > 0 and self.next_scan_ns < t:
             t = self.next_scan_ns
+        if self.n_backoff and self.next_retry() < t:
+            t = self.next_retry()
         return t
 
     cdef inline int sleep_through_responses(self) noexcept:
         """Whether the next wait may ignore the sockets: in an open-model stage nothing but
         the next arrival needs the loop while every due arrival is sent, no connection is
-        being opened and no request is half written. Responses that come meanwhile are read
-        at the next wake-up and timed by their receive timestamps, so at high rates one
-        wake-up serves a tick's arrivals and the previous tick's responses together."""
-        if not self.rx_stamps or self.cur >= self.nstages or self.connecting or self.writing:
+        being opened, no request is half written and no response in flight may be too big
+        for the socket buffers (a server blocked on a full buffer would wait for the loop).
+        Responses that come meanwhile are read at the next wake-up and timed by their receive
+        timestamps, so at high rates one wake-up serves a tick's arrivals and the previous
+        tick's responses together. Closes and resets still wake it (EPOLLRDHUP, EPOLLERR)."""
+        if not self.rx_stamps or self.cur >= self.nstages or self.connecting or self.writing \
+                or self.eventful:
             return 0
         return self.stages[self.cur].open_model and self.disp_k == self.sched_k
 
@@ -1361,7 +1651,7 @@ cdef class Engine:
 
     cdef int flush(self, int final) except -1:
         """Hand the interval's counts to Python as one bytes object, then clear them."""
-        cdef Py_ssize_t size = 48 + 40 * self.nstages + (4 + CAPTURE_MAX) * self.nbackends
+        cdef Py_ssize_t size = 48 + 40 * self.nstages + (4 + CAPTURE_MAX) * self.nbackends + 32
         cdef int i, j, open_conns = 0
         cdef Cell* cell
         cdef char* out
@@ -1424,12 +1714,17 @@ cdef class Engine:
                 (<int64_t*>(out + 16))[0] = h.min_value
                 (<int64_t*>(out + 24))[0] = h.max_value
                 out += 32
-                if j:
-                    memcpy(out, h.counts + h.lo, j * 4)
-                    out += j * 4
-                hist_clear(h)
+                hist_copy_clear(&self.arena, h, <uint32_t*>out if j else NULL)
+                out += j * 4
             cell.count = 0
             cell.touched = 0
+        # trailer, after the cells (readers of the older layout stop before it), so far:
+        # retried arrivals, outcomes dropped for want of memory, connections closed by the
+        # server and by the engine ("<QQQQ")
+        (<uint64_t*>out)[0] = self.retries
+        (<uint64_t*>out)[1] = self.dropped
+        (<uint64_t*>out)[2] = self.closed_by_server
+        (<uint64_t*>out)[3] = self.closed_by_us
         self.ntouched = 0
         self.interval_index += 1
         try:
@@ -1507,6 +1802,10 @@ cdef class Engine:
             if n <= 0:
                 continue
             for i in range(n):
+                if i:
+                    # Handling a batch takes time; what it times (errors, closes) is
+                    # timed by the clock, not by the batch's start.
+                    now = monotonic_ns()
                 ci = <int>self.events[i].data.u64
                 ev = self.events[i].events
                 if ci == CONTROL_TAG:

@@ -155,6 +155,9 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
 @click.option("--timer-resolution", help="Open model: arrivals closer together than this "
               "share a wake-up and may be sent up to this late, counted in latency "
               "[default: 100us; 0 for exact sends at more CPU].")
+@click.option("--requests-per-connection", type=int, help="Close each connection after this "
+              "many responses (1: a new connection per request; 0: reuse) [default: the "
+              "profile's, else 0].")
 @click.option("--workers", type=int, help="Worker processes (default: the profile's, else one "
               "per core).")
 @click.option("--out", "out_dir", default="results", show_default=True,
@@ -176,7 +179,7 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
               "replaces the profile's objective of the same name). A miss exits 1.")
 def run(profile: str | None, target: str | None, rate: float | None, concurrency: int | None,
         duration: str | None, connections: int | None, timeout: str | None,
-        timer_resolution: str | None, workers: int | None,
+        timer_resolution: str | None, requests_per_connection: int | None, workers: int | None,
         out_dir: str, labels: tuple[str, ...], summary_json: str | None,
         backend_header: str | None, no_preflight: bool, quiet: bool,
         junit_path: str | None, repeat: int, slos: tuple[str, ...]) -> None:
@@ -202,6 +205,11 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     else:
         plan = _flag_plan(target, rate, concurrency, duration, connections, timeout)
     plan = replace(plan, slo=with_slo_flags(plan.slo, objectives))
+    if requests_per_connection is not None:
+        if requests_per_connection < 0:
+            raise InputError("--requests-per-connection must be >= 0, got "
+                             f"{requests_per_connection}")
+        plan = replace(plan, requests_per_connection=requests_per_connection)
     if timer_resolution is not None:
         plan = replace(plan, timer_resolution_s=parse_duration(
             timer_resolution, "--timer-resolution", allow_zero=True,

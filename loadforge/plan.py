@@ -61,6 +61,9 @@ class Plan:
     # Open model: arrivals closer together than this share one timer wake-up, so each may be
     # sent up to this late (counted in its latency). 0 sends every arrival on its own wake-up.
     timer_resolution_s: float = 100e-6
+    # Close each connection after this many responses (1: a new connection per request), so
+    # a load balancer sees new connections spread as they would be; 0 reuses without end.
+    requests_per_connection: int = 0
     # Raw, validated [slo] table; slo.py gives it meaning.
     slo: dict[str, Any] = field(default_factory=dict)
     # Raw [observe] and [[actions]] tables (scaling validation).

@@ -55,7 +55,8 @@ from loadforge.redact import SECRET_HEADERS, redact_url
 from loadforge.units import parse_duration, parse_percent, show_value
 
 TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox")
-LOAD_KEYS = ("connections", "workers", "timeout", "fail_status", "timer_resolution")
+LOAD_KEYS = ("connections", "workers", "timeout", "fail_status", "timer_resolution",
+             "requests_per_connection")
 STAGE_KEYS = ("name", "duration", "rate", "ramp", "concurrency", "think")
 RAMP_KEYS = ("from", "to")
 REQUEST_KEYS = ("name", "method", "path", "headers", "body", "weight")
@@ -128,6 +129,8 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
     timer_resolution_s = (check.duration(load["timer_resolution"], "load.timer_resolution",
                                          allow_zero=True, maximum=limits.MAX_TIMER_RESOLUTION_S)
                           if "timer_resolution" in load else DEFAULT_TIMER_RESOLUTION_S)
+    requests_per_connection = check.integer(load.get("requests_per_connection", 0),
+                                            "load.requests_per_connection", minimum=0)
 
     if "stages" not in top:
         check.fail("", "has no [[stages]]; at least one stage is required")
@@ -172,7 +175,8 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
 
     return Plan(name=name, target=target, stages=stages, requests=requests,
                 connections=connections, workers=workers, timeout_s=timeout_s,
-                fail_status=fail_status, timer_resolution_s=timer_resolution_s, slo=slo, observe=observe, actions=actions,
+                fail_status=fail_status, timer_resolution_s=timer_resolution_s,
+                requests_per_connection=requests_per_connection, slo=slo, observe=observe, actions=actions,
                 sandbox=sandbox, source=source, path=path)
 
 

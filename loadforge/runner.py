@@ -232,6 +232,9 @@ class Aggregator:
         self.last_index = -1
         # per worker: connects and failed connects so far (cumulative), open connections
         self.connects: dict[int, tuple[int, int]] = {}
+        # per worker, cumulative: arrivals retried on a new connection, outcomes dropped,
+        # connections closed by the server, by the engine
+        self.engine_counts: dict[int, tuple[int, int, int, int]] = {}
         self.open_peak = 0
         # Windowed objectives with abort_after, judged as each interval is merged.
         self.live_slo = slo.LiveSLO(plan, interval_s)
@@ -287,6 +290,8 @@ class Aggregator:
             self.totals[cpu_stage].cpu_ns += r.cpu_ns - self.cpu_ns.get(r.worker, 0)
             self.totals[cpu_stage].wall_ns += self.interval_ms * 1_000_000
             self.cpu_ns[r.worker] = r.cpu_ns
+            self.engine_counts[r.worker] = (r.retried, r.dropped, r.closed_by_server,
+                                            r.closed_by_us)
             for i in range(nstages):
                 scheduled[i] += r.scheduled[i]
                 unsent[i] += r.unsent[i]
@@ -501,8 +506,13 @@ class Aggregator:
         run_block["requests_by_name"] = self._by_name(run_cells, run_ok_rows)
         connections = {"opened": sum(c for c, _ in self.connects.values()),
                        "failed": sum(f for _, f in self.connects.values()),
-                       "open_peak": self.open_peak}
-        return rows, {**run_block, "connections": connections, "stages": stages_out}
+                       "open_peak": self.open_peak,
+                       "closed_by_server": sum(c[2] for c in self.engine_counts.values()),
+                       "closed_by_us": sum(c[3] for c in self.engine_counts.values()),
+                       "retried": sum(c[0] for c in self.engine_counts.values())}
+        dropped = sum(c[1] for c in self.engine_counts.values())
+        return rows, {**run_block, "connections": connections, "stages": stages_out,
+                      "dropped_samples": dropped}
 
     def _run_target(self, stopped_s: float | None) -> float | None:
         """The run's target rate: its open-model arrivals over the open-model stages' time
@@ -564,7 +574,8 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
         closed_share = closed // workers + (1 if w < closed % workers else 0)
         specs.append(WorkerSpec(w, workers, target.address, target.port, requests, mix, stages,
                                 max(share, closed_share, 1), plan.timeout_s, interval_s,
-                                backend_header, plan.timer_resolution_s))
+                                backend_header, plan.timer_resolution_s,
+                                plan.requests_per_connection))
     return specs
 
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
 import resource
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ _CELL = struct.Struct("<IIIIQ")
 _HIST = struct.Struct("<iiQqq")
 # open connections, in flight, the worker's CPU time since time zero (ns)
 _GAUGES = struct.Struct("<IIQ")
+_TRAILER = struct.Struct("<QQQQ")
 _MAGIC = 0x3149464C
 
 
@@ -81,6 +84,10 @@ class IntervalReport:
     waited: list[int]
     late: list[int]
     cpu_ns: int = 0        # the worker's CPU time from time zero to this report
+    retried: int = 0       # so far: arrivals sent again after a reused connection closed
+    dropped: int = 0       # so far: outcomes the engine had no memory to record
+    closed_by_server: int = 0   # so far: connections the server ended
+    closed_by_us: int = 0       # so far: connections the engine ended (errors, timeouts)
 
 
 def decode_interval(message: bytes) -> IntervalReport:
@@ -118,9 +125,12 @@ def decode_interval(message: bytes) -> IntervalReport:
             off += 4 * n
         cells.append(CellDelta(stage, request, OUTCOMES[outcome], backends[backend], count,
                                hists[0], hists[1]))
+    retried = dropped = by_server = by_us = 0
+    if len(view) >= off + _TRAILER.size:
+        retried, dropped, by_server, by_us = _TRAILER.unpack_from(view, off)
     return IntervalReport(worker, index, bool(final), scheduled, sent, unsent, cells,
                           connects, connect_failures, open_conns, in_flight, waited, late,
-                          cpu_ns)
+                          cpu_ns, retried, dropped, by_server, by_us)
 
 
 @dataclass(frozen=True)
@@ -139,6 +149,7 @@ class WorkerSpec:
     interval_s: float
     capture_header: str | None
     timer_resolution_s: float
+    requests_per_connection: int = 0
 
 
 def fd_limit() -> int:
@@ -155,6 +166,43 @@ def fd_limit() -> int:
     return hard if soft == resource.RLIM_INFINITY else soft
 
 
+class ReportSender:
+    """Sends a worker's messages to the coordinator from a thread of its own, in order.
+
+    The engine hands over each interval report from inside its loop; a blocking send there
+    would stall the loop whenever the coordinator is slow to read (a busy merge, a paused
+    process), and the stall would show up as server latency. The queue takes the report at
+    once; a coordinator that falls behind receives the reports late, never the server's
+    responses. A send that fails is raised at the next hand-over, which stops the engine."""
+
+    def __init__(self, channel: Connection) -> None:
+        self.channel = channel
+        self.queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="report-sender", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (message := self.queue.get()) is not None:
+            try:
+                self.channel.send_bytes(message)
+            except BaseException as exc:  # noqa: BLE001 -- handed to the engine's thread
+                self.error = exc
+                return
+
+    def send(self, message: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(message)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Send what is queued, then stop; raises what a send raised."""
+        self.queue.put(None)
+        self.thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+
+
 def worker_main() -> None:
     """A worker process: `python -c "from loadforge.workers import worker_main; worker_main()"
     FD`, with FD its end of the socket pair to the coordinator."""
@@ -164,6 +212,7 @@ def worker_main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     channel = Connection(int(sys.argv[1]))
+    sender: ReportSender | None = None
     try:
         from loadforge import _core
 
@@ -173,7 +222,8 @@ def worker_main() -> None:
             spec.address, spec.port, spec.requests, spec.mix, spec.stages, spec.connections,
             worker=spec.index, workers=spec.workers, timeout_s=spec.timeout_s,
             interval_s=spec.interval_s, capture_header=spec.capture_header,
-            control_fd=channel.fileno(), timer_resolution_s=spec.timer_resolution_s)
+            control_fd=channel.fileno(), timer_resolution_s=spec.timer_resolution_s,
+            requests_per_connection=spec.requests_per_connection)
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
         gauges = _GAUGES.pack
@@ -181,14 +231,20 @@ def worker_main() -> None:
         # went unsent, rather than the connections (summary.unsent_cause).
         cpu_ns = time.process_time_ns
         cpu0 = cpu_ns()
+        sender = ReportSender(channel)
+        send = sender.send
 
         def on_interval(payload: bytes, open_conns: int, in_flight: int) -> None:
-            channel.send_bytes(INTERVAL + gauges(open_conns, in_flight, cpu_ns() - cpu0)
-                               + payload)
+            send(INTERVAL + gauges(open_conns, in_flight, cpu_ns() - cpu0) + payload)
 
         engine.run(t0, on_interval)
+        sender.close()
         channel.send_bytes(DONE)
     except BaseException:
+        if sender is not None:
+            # The sender's thread must be off the channel before the failure goes out on it.
+            sender.queue.put(None)
+            sender.thread.join(5)
         try:
             channel.send_bytes(FAILED + traceback.format_exc().encode())
         except OSError:

@@ -63,6 +63,11 @@ http {{
     location /chunked {{ chunked_transfer_encoding on; return 200 "chunk"; }}
     location /missing {{ return 404; }}
     location /fail {{ return 503; }}
+    # keep-alive connections that the server ends: after 5 requests (with Connection: close
+    # on the 5th response), or after 50 ms idle (a bare close between requests)
+    location /ka5 {{ keepalive_requests 5; return 200 "ok\n"; }}
+    location /idle {{ keepalive_timeout 50ms; return 200 "ok\n"; }}
+    location /files/ {{ alias {dir}/files/; }}
   }}
 }}
 """

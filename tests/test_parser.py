@@ -57,7 +57,24 @@ COMPLETE = [
      response(headers=["Content-Length: 3", "Content-Length: 3"], body=b"abc"),
      False, 200, True),
     ("no-reason", b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok", False, 200, True),
-    ("http-1.0", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False, 200, True),
+    # RFC 9112 9.3: an HTTP/1.0 response keeps the connection only with "keep-alive".
+    ("http-1.0", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False, 200, False),
+    ("http-1.0-keep-alive",
+     b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\nok",
+     False, 200, True),
+    ("http-1.0-keep-alive-and-close",
+     b"HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n",
+     False, 200, False),
+    ("http-1.0-head", b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\n", True, 200, False),
+    ("connection-token-not-substring",
+     response(headers=["Connection: closed, xclose, keep-alive-ish", "Content-Length: 0"]),
+     False, 200, True),
+    ("connection-close-padded",
+     response(headers=["Connection:  upgrade ,\tclose  ", "Content-Length: 0"]), False, 200,
+     False),
+    ("te-two-lines-chunked-last",
+     response(headers=["Transfer-Encoding: gzip", "Transfer-Encoding: chunked"],
+              body=chunked([b"ab"])), False, 200, True),
     ("bare-lf", b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", False, 200, True),
     ("status-404", response("404 Not Found", ["Content-Length: 1"], b"x"), False, 404, True),
     ("status-599", response("599 Whatever", ["Content-Length: 0"]), False, 599, True),
@@ -188,6 +205,19 @@ def test_body_until_close(body: bytes) -> None:
     assert p.status == 200
 
 
+@pytest.mark.parametrize("coding", ["xchunked", "chunkedx", "chunked, gzip", "chun ked",
+                                    "gzip"])
+def test_transfer_coding_other_than_final_chunked_runs_to_the_close(coding: str) -> None:
+    """RFC 9112 6.3: chunked is matched as a whole token, and only as the last coding;
+    otherwise the body ends when the server closes, whatever Content-Length says."""
+    body = b"3\r\nabc\r\n0\r\n\r\n"
+    data = response(headers=[f"Transfer-Encoding: {coding}", "Content-Length: 2"], body=body)
+    p = ResponseParser()
+    assert p.feed(data) == len(data)
+    assert not p.done and not p.error and p.keep_alive is False
+    assert p.eof() is None and p.done
+
+
 # ---------------------------------------------------------------------------------------------
 # Errors: (id, bytes, head). The parser must flag the error (it may stop consuming there).
 
@@ -202,6 +232,8 @@ ERRORS = [
     ("long-status", b"HTTP/1.1 2000 OK\r\n\r\n", False),
     ("no-space-after-version", b"HTTP/1.1200 OK\r\n\r\n", False),
     ("status-below-100", b"HTTP/1.1 099 Odd\r\n\r\n", False),
+    ("status-above-599", b"HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n", False),
+    ("status-600-head", b"HTTP/1.1 600 Odd\r\n\r\n", True),
     ("101-switching", response("101 Switching Protocols", ["Upgrade: websocket"]), False),
     ("101-head", response("101 Switching Protocols"), True),
     ("no-colon-known-prefix", response(headers=["Content"]), False),
