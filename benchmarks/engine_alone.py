@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import resource
-import struct
 import sys
 from urllib.parse import urlsplit
 
 from loadforge import _core, histogram
-from loadforge.workers import decode_interval
+from loadforge.workers import decode_interval, interval_message
 
 
 def run(url: str, stage: tuple, connections: int, resolution_us: float) -> str:
@@ -34,7 +33,7 @@ def run(url: str, stage: tuple, connections: int, resolution_us: float) -> str:
     after = resource.getrusage(resource.RUSAGE_SELF)
     latency, service = histogram.new_histogram(), histogram.new_histogram()
     for payload, open_conns, in_flight in payloads:
-        report = decode_interval(b"I" + struct.pack("<II", open_conns, in_flight) + payload)
+        report = decode_interval(interval_message(payload, open_conns, in_flight))
         for cell in report.cells:
             for h, s in ((latency, cell.latency), (service, cell.service)):
                 histogram.add_slice(h, s.lo, s.counts, s.total, s.min_us, s.max_us)

@@ -90,6 +90,12 @@ class IntervalReport:
     closed_by_us: int = 0       # so far: connections the engine ended (errors, timeouts)
 
 
+def interval_message(payload: bytes, open_conns: int, in_flight: int, cpu_ns: int = 0) -> bytes:
+    """The INTERVAL message a worker sends for one engine payload (Engine.run's callback
+    arguments) with its gauges: the one place that lays the message out."""
+    return INTERVAL + _GAUGES.pack(open_conns, in_flight, cpu_ns) + payload
+
+
 def decode_interval(message: bytes) -> IntervalReport:
     view = memoryview(message)
     open_conns, in_flight, cpu_ns = _GAUGES.unpack_from(view, 1)
@@ -226,7 +232,6 @@ def worker_main() -> None:
             requests_per_connection=spec.requests_per_connection)
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
-        gauges = _GAUGES.pack
         # CPU time per interval: a worker that used its whole core is the reason arrivals
         # went unsent, rather than the connections (summary.unsent_cause).
         cpu_ns = time.process_time_ns
@@ -235,7 +240,7 @@ def worker_main() -> None:
         send = sender.send
 
         def on_interval(payload: bytes, open_conns: int, in_flight: int) -> None:
-            send(INTERVAL + gauges(open_conns, in_flight, cpu_ns() - cpu0) + payload)
+            send(interval_message(payload, open_conns, in_flight, cpu_ns() - cpu0))
 
         engine.run(t0, on_interval)
         sender.close()

@@ -6,7 +6,6 @@ Each run is bounded (about a second, a few hundred requests) against a server on
 from __future__ import annotations
 
 import socket
-import struct
 import threading
 import time
 from urllib.parse import urlsplit
@@ -14,7 +13,7 @@ from urllib.parse import urlsplit
 from servers import http_server
 
 from loadforge import _core
-from loadforge.workers import IntervalReport, decode_interval
+from loadforge.workers import IntervalReport, decode_interval, interval_message
 
 GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -31,9 +30,7 @@ def run_engine(url: str, stage: tuple, connections: int, *, timer_resolution_s: 
     def on_interval(payload: bytes, open_conns: int, in_flight: int) -> None:
         if not reports and on_first_interval is not None:
             on_first_interval()
-        # The worker's gauges: open connections, in flight, its CPU time (not measured here).
-        reports.append(decode_interval(b"I" + struct.pack("<IIQ", open_conns, in_flight, 0)
-                                       + payload))
+        reports.append(decode_interval(interval_message(payload, open_conns, in_flight)))
 
     engine.run(_core.now_ns() + 50_000_000, on_interval)
     return engine, reports
