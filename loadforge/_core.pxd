@@ -118,6 +118,7 @@ cdef struct Conn:
     int64_t backoff_ns   # delay before the next connect after a failed one; 0 once connected
     int64_t retry_at_ns
     int64_t last_rx_ns   # receive timestamp of the latest bytes of a body that ends at close
+    int64_t connect_ns   # when connect() was called: the connect time ends when it completes
     Parser parser
 
 

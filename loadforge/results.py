@@ -67,6 +67,9 @@ _BASE_FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("mean_us", "float64", False),
     ("service_p50_us", "int64", False),
     ("service_p99_us", "int64", False),
+    # TCP connect times (µs) of the connections opened in the row's time, V2-compressed, on
+    # the rows merged over name and outcome (name = outcome = "*"); null elsewhere.
+    ("connect_hdr", "binary", True),
 )
 BASE_COLUMNS = tuple(name for name, _, _ in _BASE_FIELDS)
 # What a reader needs from any file, whatever later schema versions add.
@@ -295,6 +298,8 @@ class ResultWriter:
             lat_hdr, svc_hdr = histogram.encode(latency), histogram.encode(service)
             buf["latency_hdr"].append(lat_hdr)
             buf["service_hdr"].append(svc_hdr)
+            connect: HdrHistogram | None = row.get("connect")
+            buf["connect_hdr"].append(None if connect is None else histogram.encode(connect))
             self._buffered_bytes += len(lat_hdr) + len(svc_hdr)
             buf["p50_us"].append(lat["p50"])
             buf["p90_us"].append(lat["p90"])

@@ -235,6 +235,8 @@ class Aggregator:
         # per worker, cumulative: arrivals retried on a new connection, outcomes dropped,
         # connections closed by the server, by the engine
         self.engine_counts: dict[int, tuple[int, int, int, int]] = {}
+        # per stage: TCP connect times of the connections opened in its intervals
+        self.connect_times = [histogram.new_histogram() for _ in plan.stages]
         self.open_peak = 0
         # Windowed objectives with abort_after, judged as each interval is merged.
         self.live_slo = slo.LiveSLO(plan, interval_s)
@@ -281,11 +283,17 @@ class Aggregator:
         scheduled, unsent, sent = [0] * nstages, [0] * nstages, [0] * nstages
         waited, late = [0] * nstages, [0] * nstages
         self.open_peak = max(self.open_peak, sum(r.open_connections for r in reports))
-        # The workers' CPU time goes to the stage running at the interval's middle.
+        # The workers' CPU time and connect times go to the stage running at the interval's
+        # middle.
         mid_s = (index + 0.5) * self.interval_s
         cpu_stage = next((i for i, w in enumerate(self.windows) if w.start_s <= mid_s < w.end_s),
                          len(self.windows) - 1)
+        connect_time = histogram.new_histogram()
         for r in reports:
+            ct = r.connect_time
+            if ct is not None:
+                histogram.add_slice(connect_time, ct.lo, ct.counts, ct.total, ct.min_us,
+                                    ct.max_us)
             self.connects[r.worker] = (r.connects, r.connect_failures)
             self.totals[cpu_stage].cpu_ns += r.cpu_ns - self.cpu_ns.get(r.worker, 0)
             self.totals[cpu_stage].wall_ns += self.interval_ms * 1_000_000
@@ -344,11 +352,16 @@ class Aggregator:
             t.waited += waited[i]
             t.late += late[i]
             self.sent_by_workers += sent[i]
-            if i in per_stage or scheduled[i] or unsent[i]:
+            connects = connect_time if i == cpu_stage else None
+            if connects is not None:
+                histogram.merge(self.connect_times[i], connects)
+            if i in per_stage or scheduled[i] or unsent[i] or (connects and
+                                                                connects.total_count):
                 lat, svc, count = per_stage.get(i) or (histogram.new_histogram(),
                                                         histogram.new_histogram(), 0)
                 row = self._row("interval", i, None, "*", "*", start_ms, end_ms, count, lat, svc)
                 row["scheduled"], row["unsent"] = scheduled[i], unsent[i]
+                row["connect"] = connects
                 rows.append(row)
         self.writer.write(rows)
         if self.writer.failure and not self.write_failed:
@@ -456,6 +469,7 @@ class Aggregator:
             row = self._row("stage", i, None, "*", "*", s_ms, e_ms, sum(outcomes.values()),
                             s_lat, s_svc)
             row["scheduled"], row["unsent"] = t.scheduled, t.unsent
+            row["connect"] = self.connect_times[i]
             rows.append(row)
             ok_rows = self._ok_rows("stage", {k: v for k, v in self.cells.items() if k[0] == i},
                                     lambda _, span=(s_ms, e_ms): span)
@@ -481,6 +495,7 @@ class Aggregator:
                                         ran, target, self.plan.fail_status,
                                         error_latency=s_err, waited=t.waited, late=t.late,
                                         worker_cpu=t.worker_cpu)
+            block["connect_time_us"] = summary.connect_block(self.connect_times[i])
             stages_out.append({"name": w.stage.name,
                                "model": "open" if w.stage.open_model else "closed", **block})
         for (request, outcome, backend), (lat, svc, count) in sorted(run_cells.items()):
@@ -494,6 +509,10 @@ class Aggregator:
         row = self._row("run", None, None, "*", "*", 0, end_ms, sum(run_outcomes.values()),
                         run_all[0], run_all[1])
         row["scheduled"], row["unsent"] = scheduled, unsent
+        run_connect = histogram.new_histogram()
+        for h in self.connect_times:
+            histogram.merge(run_connect, h)
+        row["connect"] = run_connect
         rows.append(row)
         duration = (min(elapsed_s, self.plan.duration_s) or self.plan.duration_s
                     if stopped_s is None else stopped_s)
@@ -509,7 +528,8 @@ class Aggregator:
                        "open_peak": self.open_peak,
                        "closed_by_server": sum(c[2] for c in self.engine_counts.values()),
                        "closed_by_us": sum(c[3] for c in self.engine_counts.values()),
-                       "retried": sum(c[0] for c in self.engine_counts.values())}
+                       "retried": sum(c[0] for c in self.engine_counts.values()),
+                       "connect_time_us": summary.connect_block(run_connect)}
         dropped = sum(c[1] for c in self.engine_counts.values())
         return rows, {**run_block, "connections": connections, "stages": stages_out,
                       "dropped_samples": dropped}

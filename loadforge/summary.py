@@ -60,6 +60,29 @@ def name_block(requests: int, errors: int, ok_latency: HdrHistogram) -> dict[str
             "latency_us": _latency_block(ok_latency, NAME_LATENCY_KEYS)}
 
 
+def _render_connections(c: dict[str, Any], console: Console) -> None:
+    """One line: connections opened (and how long connecting took), failed, ended by either
+    side, retried, the most open at once."""
+    if not c:
+        return
+    ct = c.get("connect_time_us") or {}
+    connect = (f" (connect p50 {format_us(ct['p50'])}, p99 {format_us(ct['p99'])})"
+               if ct.get("count") else "")
+    console.print(f"connections: {int(c.get('opened', 0)):,} opened{connect}, "
+                  f"{int(c.get('failed', 0)):,} failed, "
+                  f"{int(c.get('closed_by_server', 0)):,} closed by the server, "
+                  f"{int(c.get('closed_by_us', 0)):,} by loadforge, "
+                  f"{int(c.get('retried', 0)):,} requests retried, "
+                  f"at most {int(c.get('open_peak', 0)):,} open", highlight=False, soft_wrap=True)
+
+
+def connect_block(h: HdrHistogram) -> dict[str, Any]:
+    """TCP connect times (µs) of the connections opened: `connections.connect_time_us` and a
+    stage's `connect_time_us`."""
+    st = histogram.stats(h)
+    return {"count": st["count"], **{k: st[k] for k in ("p50", "p90", "p99", "max")}}
+
+
 def stats_block(
     latency: HdrHistogram,
     service: HdrHistogram,
@@ -245,6 +268,7 @@ def render_summary(
             style="bold red",
         )
         console.print(message)
+    _render_connections(summary.get("connections") or {}, console)
     preflight = summary.get("preflight") or {}
     if preflight.get("requests"):
         console.print(f"preflight: {int(preflight['requests'])} request before the run "

@@ -88,6 +88,7 @@ class IntervalReport:
     dropped: int = 0       # so far: outcomes the engine had no memory to record
     closed_by_server: int = 0   # so far: connections the server ended
     closed_by_us: int = 0       # so far: connections the engine ended (errors, timeouts)
+    connect_time: HistSlice | None = None   # TCP connect times (µs) of this interval
 
 
 def interval_message(payload: bytes, open_conns: int, in_flight: int, cpu_ns: int = 0) -> bytes:
@@ -132,11 +133,17 @@ def decode_interval(message: bytes) -> IntervalReport:
         cells.append(CellDelta(stage, request, OUTCOMES[outcome], backends[backend], count,
                                hists[0], hists[1]))
     retried = dropped = by_server = by_us = 0
+    connect_time = None
     if len(view) >= off + _TRAILER.size:
         retried, dropped, by_server, by_us = _TRAILER.unpack_from(view, off)
+        off += _TRAILER.size
+    if len(view) >= off + _HIST.size:
+        lo, n, total, lo_v, hi_v = _HIST.unpack_from(view, off)
+        off += _HIST.size
+        connect_time = HistSlice(lo, bytes(view[off:off + 4 * n]), total, lo_v, hi_v)
     return IntervalReport(worker, index, bool(final), scheduled, sent, unsent, cells,
                           connects, connect_failures, open_conns, in_flight, waited, late,
-                          cpu_ns, retried, dropped, by_server, by_us)
+                          cpu_ns, retried, dropped, by_server, by_us, connect_time)
 
 
 @dataclass(frozen=True)

@@ -400,3 +400,23 @@ duration = "1s"
     out = loadforge("run", str(profile), "--out", str(tmp_path))
     assert out.returncode == 2, out.stderr
     assert "load.requests_per_connection" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_connect_times_are_recorded_per_interval(nginx, tmp_path):
+    # A new connection per request: every request pays a connect, and each connect's time is
+    # counted once, in the interval it completed, on the stage's and the run's rows too.
+    from loadforge import histogram
+
+    s = run_json(tmp_path, "--target", nginx.url + "/", "--rate", "100", "--duration", "2s",
+                 "--connections", "8", "--requests-per-connection", "1", "--no-preflight")
+    c = s["connections"]
+    assert s["requests"] == 200 and c["failed"] == 0
+    assert c["connect_time_us"]["count"] == c["opened"] >= 200
+    assert 0 < c["connect_time_us"]["p50"] <= c["connect_time_us"]["p99"] < 1_000_000
+    assert s["stages"][0]["connect_time_us"]["count"] == c["opened"]
+    result = read_result(s["result"])
+    merged = [r for r in result.rows("interval", stage=None, name="*", outcome="*")]
+    per_interval = sum(histogram.decode(r["connect_hdr"]).total_count for r in merged
+                       if r["connect_hdr"] is not None)
+    (run_row,) = result.rows("run", stage=None, name="*", outcome="*")
+    assert per_interval == histogram.decode(run_row["connect_hdr"]).total_count == c["opened"]
