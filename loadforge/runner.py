@@ -9,6 +9,7 @@ with the length of a run.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import secrets
 import signal
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from hdrh.histogram import HdrHistogram
     from rich.console import Console
 
+    from loadforge.shards import ShardPool
+
 USER_AGENT = f"loadforge/{__version__}"
 READY_TIMEOUT_S = 30.0
 START_DELAY_NS = 100_000_000      # time zero lies this far after the last worker is ready
@@ -64,6 +67,10 @@ class RunOptions:
     backend_header: str | None = None
     # --slo objectives, archived apart from the profile so that `ls` judges them again.
     slo_flags: dict[str, float] = field(default_factory=dict)
+    # Sharded runs (shards.py): how many shard processes, who starts them, the clock tolerance.
+    shards: int = 0
+    launcher: str = "local"
+    max_clock_offset_s: float = 0.05
 
 
 @dataclass
@@ -593,7 +600,8 @@ class Stop:
         return min(elapsed_s, planned_s)
 
 
-def _collect(pool: WorkerPool, agg: Aggregator, plan: Plan, t0: int, stop: Stop) -> None:
+def _collect(pool: WorkerPool | ShardPool, agg: Aggregator, plan: Plan, t0: int,
+             stop: Stop) -> None:
     done = [False] * len(pool.channels)
     deadline = t0 + int((plan.duration_s + plan.timeout_s + 10.0) * 1e9)
 
@@ -610,7 +618,10 @@ def _collect(pool: WorkerPool, agg: Aggregator, plan: Plan, t0: int, stop: Stop)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        _collect_until_done(pool, agg, plan, done, deadline, stop)
+        if isinstance(pool, WorkerPool):
+            _collect_until_done(pool, agg, plan, done, deadline, stop)
+        else:
+            pool.collect_until_done(agg, plan, done, deadline, stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -716,6 +727,12 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     target = parse_target(target_url)
     workers = opts.workers or plan.workers or os.cpu_count() or 1
     workers = max(1, min(workers, plan.connections))
+    per_shard = 0
+    if opts.shards:
+        from loadforge.shards import shard_workers
+
+        per_shard = shard_workers(opts.workers or plan.workers, opts.shards, plan.connections)
+        workers = opts.shards * per_shard
     specs = _worker_specs(plan, target, workers, opts.interval_s,
                           observe.backend_header(plan, opts.backend_header, sandbox))
     _check_fd_limit(specs, plan)
@@ -738,16 +755,25 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     }
     if opts.slo_flags:
         metadata["slo_flags"] = opts.slo_flags
+    if opts.shards:
+        metadata["shard_count"] = str(opts.shards)
     started = time.time()
     writer = ResultWriter(path, run_id, metadata, opts.labels)
-    pool = None
+    pool: WorkerPool | ShardPool | None = None
     stop = Stop()
     failure: str | None = None
     try:
         with LiveProgress(plan.duration_s, console, opts.quiet) as progress:
             agg = Aggregator(plan, writer, workers, opts.interval_s, progress)
-            pool = WorkerPool(specs)
-            t0 = _start(pool)
+            if opts.shards:
+                from loadforge.shards import ShardPool
+
+                pool = ShardPool(specs, opts.shards, per_shard, opts.max_clock_offset_s,
+                                 opts.launcher)
+                t0 = pool.start()
+            else:
+                pool = WorkerPool(specs)
+                t0 = _start(pool)
             watchers.start(t0)
             try:
                 _collect(pool, agg, plan, t0, stop)
@@ -764,7 +790,10 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
         ran_s = stop.ran_s(t0, elapsed, plan.duration_s)
         rows, figures = agg.finish(elapsed, ran_s if stop.at_ns else None)
         writer.write(rows + watched, last=True)
-        writer.close(_end_metadata(stop, ran_s, failure or writer.failure))
+        end_meta = _end_metadata(stop, ran_s, failure or writer.failure)
+        if pool is not None and not isinstance(pool, WorkerPool):
+            end_meta["shards"] = json.dumps(pool.metadata(), sort_keys=True)
+        writer.close(end_meta)
         failure = failure or writer.failure
     except BaseException:
         if pool is not None:
@@ -785,6 +814,8 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
               "started": started, **figures, "slo": verdicts, "aborted": agg.abort_reason,
               # The target saw these too: servers' counts reconcile with requests + these.
               "preflight": {"requests": 1 if opts.preflight else 0}, **state}
+    if pool is not None and not isinstance(pool, WorkerPool):
+        result["shards"] = pool.figures(ran_s)
     return RunOutcome(result, saved, ok, stop.signum, failure)
 
 
