@@ -28,8 +28,8 @@ recorded as the shard's clock minus the coordinator's. Pickle is used between pr
 same loadforge version only: the HELLO is JSON, and a version mismatch is refused before any
 pickle is exchanged. Trusted networks only (the coordinator listens on 127.0.0.1 by default).
 
-LOADFORGE_TEST_CLOCK_SKEW_MS (test-only): a shard reads its clock this far ahead, so that the
-tests can see a skew measured and refused.
+LOADFORGE_TEST_CLOCK_SKEW_MS (test-only): a shard reads its clock this far ahead ("20" for
+every shard, "0,200" per shard index), so that the tests can see a skew measured and refused.
 """
 
 from __future__ import annotations
@@ -423,12 +423,23 @@ def _recv(conn: Connection, timeout_s: float, what: str) -> bytes:
                        ) from None
 
 
+def test_skew_ns(value: str, index: int) -> int:
+    """LOADFORGE_TEST_CLOCK_SKEW_MS (test-only): one skew for every shard ("20"), or one per
+    shard index ("0,200"); shards past the list's end read their clock as it is."""
+    parts = [p.strip() for p in value.split(",")] if value.strip() else []
+    try:
+        return int(float(parts[index]) * 1e6) if index < len(parts) else (
+            int(float(parts[0]) * 1e6) if len(parts) == 1 else 0)
+    except ValueError:
+        raise InputError(f"{SKEW_ENV}={value}: expected milliseconds, e.g. 20 or 0,200") from None
+
+
 def shard_main(coordinator: str, index: int | None) -> None:
     """`loadforge shard`: dial in, take a stripe of the plan, run it, stream the reports."""
     host, port = parse_coordinator(coordinator)
     if index is None and os.environ.get("JOB_COMPLETION_INDEX", "").isdigit():
         index = int(os.environ["JOB_COMPLETION_INDEX"])
-    skew_ns = int(float(os.environ.get(SKEW_ENV) or 0) * 1e6)
+    skew_ns = 0
 
     def clock() -> int:
         return time.time_ns() + skew_ns
@@ -443,6 +454,7 @@ def shard_main(coordinator: str, index: int | None) -> None:
         raise RunError("shard: the coordinator does not speak the loadforge shard protocol")
     assigned = pickle.loads(msg[1:])
     index = int(assigned["index"])
+    skew_ns = test_skew_ns(os.environ.get(SKEW_ENV, ""), index)
     best: tuple[int, int] | None = None
     for _ in range(CLOCK_ROUNDS):
         t0 = clock()
