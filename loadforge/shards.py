@@ -340,8 +340,16 @@ class ShardPool:
         self._send_all(STOP)
 
     def kill(self) -> None:
-        """Kill every shard's workers now (safe in a signal handler)."""
+        """Kill every shard's workers now (safe in a signal handler): a local shard is killed
+        too (a stalled one reads no message), and its workers stop as its sockets close.
+        What the shards already sent can still be read."""
         self._send_all(KILL)
+        for proc in self.processes.values():
+            if proc.returncode is None:
+                try:
+                    proc.kill()
+                except OSError:
+                    pass
 
     def terminate(self) -> None:
         for proc in self.processes.values():

@@ -7,6 +7,7 @@ Each run is short (2 s) and bounded; the load goes to nginx on 127.0.0.1.
 from __future__ import annotations
 
 import array
+import io
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 from servers import ROOT
 
-from loadforge import __version__, histogram, shards
+from loadforge import __version__, histogram, shards, summary
 from loadforge.errors import InputError, WorkerCrashed
 from loadforge.plan import Plan, Request, Stage
 from loadforge.progress import LiveProgress
@@ -98,6 +99,10 @@ def test_two_shards_send_what_one_run_sends_and_nginx_logs_it(nginx, tmp_path):
     assert sum(s["requests"] for s in per_shard) == 1000
     assert all(s["unsent"] == 0 and s["achieved_rps"] > 0 for s in per_shard)
     assert all(abs(s["offset_ms"]) < 50 for s in per_shard)
+    shown = io.StringIO()
+    summary.render_summary(sharded, Console(file=shown, width=100))
+    table = shown.getvalue().split("shards (clock offset")[1]
+    assert table.split("\n")[4].split()[:4] == ["0", "500", str(per_shard[0]["requests"]), "0"]
     # One Parquet file; its merged rows add up, and it records the shards' clocks.
     files = os.listdir(tmp_path / "results")
     result = read_result(sharded["result"])
@@ -197,6 +202,35 @@ def test_a_killed_shard_fails_the_run_and_keeps_what_was_merged(nginx, tmp_path)
     result = read_result(s["result"])
     assert result.metadata["complete"] == "false"
     assert "shard 1" in result.metadata["incomplete_reason"]
+
+
+def test_a_stalled_shard_fails_the_run(nginx, tmp_path):
+    summary = tmp_path / "s.json"
+    proc = subprocess.Popen([sys.executable, "-m", "loadforge.cli", "run", "--target",
+                             nginx.url + "/", "--rate", "100", "--duration", "30s", "--shards",
+                             "2", "--workers", "1", "--quiet", "--out", str(tmp_path),
+                             "--summary-json", str(summary)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        pids = shard_processes(proc, 2)
+        time.sleep(1.5)
+        os.kill(pids[0], signal.SIGSTOP)        # alive, connected, silent
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == 3, err
+    assert "shard 0 sent nothing" in err and "stalled" in err
+    s = json.loads(summary.read_text())
+    assert s["complete"] is False and s["requests"] > 0
+    assert read_result(s["result"]).metadata["complete"] == "false"
 
 
 # -- the protocol, without the CLI ------------------------------------------------------------
