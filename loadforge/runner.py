@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.client import HTTPConnection, HTTPException
 from typing import TYPE_CHECKING, Any
@@ -246,6 +247,8 @@ class Aggregator:
         self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
         self.cpu_ns: dict[int, int] = {}      # per worker: CPU time reported so far
         self.write_failed = False
+        # A sharded run: the shard of a worker (its engine stripe), for the per-shard rows.
+        self.shard_of: Callable[[int], int] | None = None
 
     def add(self, report: Any) -> None:
         self.pending[report.index].append(report)
@@ -353,6 +356,8 @@ class Aggregator:
                 row["scheduled"], row["unsent"] = scheduled[i], unsent[i]
                 rows.append(row)
         self.writer.write(rows)
+        if self.shard_of is not None:
+            self.writer.write(self._shard_rows(reports, start_ms, end_ms))
         if self.writer.failure and not self.write_failed:
             self.write_failed = True        # raised once, to stop the run; later rows drop
             raise ResultsWriteFailed(self.writer.failure)
@@ -362,6 +367,36 @@ class Aggregator:
         self.requests += interval_all[1]
         self.errors += interval_all[2]
         self._show(index, interval_all)
+
+    def _shard_rows(self, reports: list[Any], start_ms: int, end_ms: int
+                    ) -> list[dict[str, Any]]:
+        """A sharded run's interval, per shard and stage (scope "shard", name and outcome
+        "*"): what each shard scheduled, left unsent and got back, kept for diagnosis."""
+        assert self.shard_of is not None
+        acc: dict[tuple[int, int], list[Any]] = {}
+        nstages = len(self.plan.stages)
+        for r in reports:
+            shard = self.shard_of(r.worker)
+            for i in range(nstages):
+                if r.scheduled[i] or r.unsent[i]:
+                    a = acc.setdefault((shard, i), [histogram.new_histogram(),
+                                                    histogram.new_histogram(), 0, 0, 0])
+                    a[3] += r.scheduled[i]
+                    a[4] += r.unsent[i]
+            for c in r.cells:
+                a = acc.setdefault((shard, c.stage), [histogram.new_histogram(),
+                                                      histogram.new_histogram(), 0, 0, 0])
+                histogram.add_slice(a[0], c.latency.lo, c.latency.counts, c.latency.total,
+                                    c.latency.min_us, c.latency.max_us)
+                histogram.add_slice(a[1], c.service.lo, c.service.counts, c.service.total,
+                                    c.service.min_us, c.service.max_us)
+                a[2] += c.count
+        rows = []
+        for (shard, stage), (lat, svc, count, scheduled, unsent) in sorted(acc.items()):
+            row = self._row("shard", stage, None, "*", "*", start_ms, end_ms, count, lat, svc)
+            row["scheduled"], row["unsent"], row["shard"] = scheduled, unsent, str(shard)
+            rows.append(row)
+        return rows
 
     def _show(self, index: int, interval_all: list[Any]) -> None:
         t = (index + 0.5) * self.interval_s
@@ -765,6 +800,8 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     try:
         with LiveProgress(plan.duration_s, console, opts.quiet) as progress:
             agg = Aggregator(plan, writer, workers, opts.interval_s, progress)
+            if opts.shards:
+                agg.shard_of = lambda k: k % opts.shards
             if opts.shards:
                 from loadforge.shards import ShardPool
 

@@ -119,6 +119,18 @@ def test_two_shards_send_what_one_run_sends_and_nginx_logs_it(nginx, tmp_path):
         for r in intervals:
             histogram.merge(union, histogram.decode(r["latency_hdr"]))
         assert histogram.encode(union) == histogram.encode(histogram.decode(whole["latency_hdr"]))
+        # The per-shard rows (scope "shard", kept for diagnosis) add up to the merged ones.
+        per = [r for r in rows if r["scope"] == "shard" and r["stage"] == stage]
+        assert {r["shard"] for r in per} == {"0", "1"}
+        assert sum(r["count"] for r in per) == whole["count"]
+        assert sum(r["scheduled"] for r in per) == whole["scheduled"]
+    assert all(r["shard"] == "*" for r in rows if r["scope"] != "shard")
+    for s in per_shard:
+        assert sum(r["scheduled"] for r in rows
+                   if r["scope"] == "shard" and r["shard"] == str(s["index"])) == s["scheduled"]
+    single_rows = read_result(single["result"]).table.to_pylist()
+    assert {r["shard"] for r in single_rows} == {"*"}
+    assert all(r["scope"] != "shard" for r in single_rows)
 
 
 def test_closed_model_concurrency_is_split_over_shards(nginx, tmp_path):
