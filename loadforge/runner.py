@@ -801,10 +801,9 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
         with LiveProgress(plan.duration_s, console, opts.quiet) as progress:
             agg = Aggregator(plan, writer, workers, opts.interval_s, progress)
             if opts.shards:
-                agg.shard_of = lambda k: k % opts.shards
-            if opts.shards:
                 from loadforge.shards import ShardPool
 
+                agg.shard_of = lambda k: k % opts.shards
                 pool = ShardPool(specs, opts.shards, per_shard, opts.max_clock_offset_s,
                                  opts.launcher)
                 t0 = pool.start()
