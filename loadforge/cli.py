@@ -177,12 +177,19 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
 @click.option("--slo", "slos", multiple=True, metavar="OBJECTIVE=LIMIT",
               help="Whole-run objective, e.g. p99=250ms or error_rate=1% (repeatable; "
               "replaces the profile's objective of the same name). A miss exits 1.")
+@click.option("--shards", type=click.IntRange(1, limits.MAX_WORKERS), help="Split the run over "
+              "this many shard processes (each with --workers workers), one merged result.")
+@click.option("--launcher", type=click.Choice(["local"]), default="local", show_default=True,
+              help="Who starts the shards: local runs them as processes of this machine.")
+@click.option("--max-clock-offset", default="50ms", show_default=True,
+              help="With --shards: a shard whose clock is further off than this fails the start.")
 def run(profile: str | None, target: str | None, rate: float | None, concurrency: int | None,
         duration: str | None, connections: int | None, timeout: str | None,
         timer_resolution: str | None, requests_per_connection: int | None, workers: int | None,
         out_dir: str, labels: tuple[str, ...], summary_json: str | None,
         backend_header: str | None, no_preflight: bool, quiet: bool,
-        junit_path: str | None, repeat: int, slos: tuple[str, ...]) -> None:
+        junit_path: str | None, repeat: int, slos: tuple[str, ...], shards: int | None = None,
+        launcher: str = "local", max_clock_offset: str = "50ms") -> None:
     """Run a load test: `loadforge run PROFILE` or `loadforge run --target URL --rate R
     --duration D`."""
     from dataclasses import replace
@@ -231,6 +238,10 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
                                  labels=dict(run_labels), quiet=quiet,
                                  preflight=not no_preflight, backend_header=backend_header,
                                  slo_flags=objectives)
+        if shards:
+            opts = replace(opts, shards=shards, launcher=launcher,
+                           max_clock_offset_s=parse_duration(max_clock_offset,
+                                                             "--max-clock-offset"))
         outcome = runner.execute(plan, opts, console)
         outcomes.append(outcome)
         if not quiet:
@@ -410,6 +421,18 @@ def trend(runs: tuple[str, ...], metrics: tuple[str, ...], by: tuple[str, ...], 
         click.echo(json.dumps([s.as_json() for s in series], indent=2))
     else:
         click.echo(tr.render_text(series))
+
+
+@main.command()
+@click.option("--coordinator", required=True, metavar="HOST:PORT",
+              help="Where the coordinator (`loadforge run --shards N`) listens.")
+@click.option("--index", type=click.IntRange(0, None), help="This shard's index (default: "
+              "$JOB_COMPLETION_INDEX, else the coordinator assigns the next free one).")
+def shard(coordinator: str, index: int | None) -> None:
+    """Run one shard of a sharded run: dial in, run a stripe of the schedule, stream results."""
+    from loadforge.shards import shard_main
+
+    shard_main(coordinator, index)
 
 
 @main.command()

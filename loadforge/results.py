@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 METADATA_PREFIX = "loadforge."
 # metric: one observed value (observe.py); action: one timed action's outcome (actions.py).
-SCOPES = ("interval", "stage", "run", "metric", "action")
+SCOPES = ("interval", "stage", "run", "metric", "action", "shard")
 # Rows buffered before a row group is written: bounds the writer's memory whatever the run's
 # length, and keeps row groups large enough for column statistics to be useful.
 ROW_GROUP_ROWS = 1024
@@ -70,6 +70,8 @@ _BASE_FIELDS: tuple[tuple[str, str, bool], ...] = (
     # TCP connect times (µs) of the connections opened in the row's time, V2-compressed, on
     # the rows merged over name and outcome (name = outcome = "*"); null elsewhere.
     ("connect_hdr", "binary", True),
+    # A sharded run's per-shard rows (scope "shard") carry the shard's index; "*" elsewhere.
+    ("shard", "string", False),
 )
 BASE_COLUMNS = tuple(name for name, _, _ in _BASE_FIELDS)
 # What a reader needs from any file, whatever later schema versions add.
@@ -289,6 +291,7 @@ class ResultWriter:
             buf["name"].append(row["name"])
             buf["outcome"].append(row["outcome"])
             buf["backend"].append(row.get("backend", "*"))
+            buf["shard"].append(row.get("shard", "*"))
             buf["start_ms"].append(int(row["start_ms"]))
             buf["end_ms"].append(int(row["end_ms"]))
             buf["count"].append(int(row["count"]))

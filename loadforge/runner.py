@@ -9,12 +9,14 @@ with the length of a run.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import secrets
 import signal
 import socket
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.client import HTTPConnection, HTTPException
 from typing import TYPE_CHECKING, Any
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
     from hdrh.histogram import HdrHistogram
     from rich.console import Console
 
+    from loadforge.shards import ShardPool
+
 USER_AGENT = f"loadforge/{__version__}"
 READY_TIMEOUT_S = 30.0
 START_DELAY_NS = 100_000_000      # time zero lies this far after the last worker is ready
@@ -64,6 +68,10 @@ class RunOptions:
     backend_header: str | None = None
     # --slo objectives, archived apart from the profile so that `ls` judges them again.
     slo_flags: dict[str, float] = field(default_factory=dict)
+    # Sharded runs (shards.py): how many shard processes, who starts them, the clock tolerance.
+    shards: int = 0
+    launcher: str = "local"
+    max_clock_offset_s: float = 0.05
 
 
 @dataclass
@@ -244,6 +252,8 @@ class Aggregator:
         self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
         self.cpu_ns: dict[int, int] = {}      # per worker: CPU time reported so far
         self.write_failed = False
+        # A sharded run: the shard of a worker (its engine stripe), for the per-shard rows.
+        self.shard_of: Callable[[int], int] | None = None
 
     def add(self, report: Any) -> None:
         self.pending[report.index].append(report)
@@ -364,6 +374,8 @@ class Aggregator:
                 row["connect"] = connects
                 rows.append(row)
         self.writer.write(rows)
+        if self.shard_of is not None:
+            self.writer.write(self._shard_rows(reports, start_ms, end_ms))
         if self.writer.failure and not self.write_failed:
             self.write_failed = True        # raised once, to stop the run; later rows drop
             raise ResultsWriteFailed(self.writer.failure)
@@ -373,6 +385,36 @@ class Aggregator:
         self.requests += interval_all[1]
         self.errors += interval_all[2]
         self._show(index, interval_all)
+
+    def _shard_rows(self, reports: list[Any], start_ms: int, end_ms: int
+                    ) -> list[dict[str, Any]]:
+        """A sharded run's interval, per shard and stage (scope "shard", name and outcome
+        "*"): what each shard scheduled, left unsent and got back, kept for diagnosis."""
+        assert self.shard_of is not None
+        acc: dict[tuple[int, int], list[Any]] = {}
+        nstages = len(self.plan.stages)
+        for r in reports:
+            shard = self.shard_of(r.worker)
+            for i in range(nstages):
+                if r.scheduled[i] or r.unsent[i]:
+                    a = acc.setdefault((shard, i), [histogram.new_histogram(),
+                                                    histogram.new_histogram(), 0, 0, 0])
+                    a[3] += r.scheduled[i]
+                    a[4] += r.unsent[i]
+            for c in r.cells:
+                a = acc.setdefault((shard, c.stage), [histogram.new_histogram(),
+                                                      histogram.new_histogram(), 0, 0, 0])
+                histogram.add_slice(a[0], c.latency.lo, c.latency.counts, c.latency.total,
+                                    c.latency.min_us, c.latency.max_us)
+                histogram.add_slice(a[1], c.service.lo, c.service.counts, c.service.total,
+                                    c.service.min_us, c.service.max_us)
+                a[2] += c.count
+        rows = []
+        for (shard, stage), (lat, svc, count, scheduled, unsent) in sorted(acc.items()):
+            row = self._row("shard", stage, None, "*", "*", start_ms, end_ms, count, lat, svc)
+            row["scheduled"], row["unsent"], row["shard"] = scheduled, unsent, str(shard)
+            rows.append(row)
+        return rows
 
     def _show(self, index: int, interval_all: list[Any]) -> None:
         t = (index + 0.5) * self.interval_s
@@ -624,7 +666,8 @@ class Stop:
         return min(elapsed_s, planned_s)
 
 
-def _collect(pool: WorkerPool, agg: Aggregator, plan: Plan, t0: int, stop: Stop) -> None:
+def _collect(pool: WorkerPool | ShardPool, agg: Aggregator, plan: Plan, t0: int,
+             stop: Stop) -> None:
     done = [False] * len(pool.channels)
     deadline = t0 + int((plan.duration_s + plan.timeout_s + 10.0) * 1e9)
 
@@ -641,7 +684,10 @@ def _collect(pool: WorkerPool, agg: Aggregator, plan: Plan, t0: int, stop: Stop)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        _collect_until_done(pool, agg, plan, done, deadline, stop)
+        if isinstance(pool, WorkerPool):
+            _collect_until_done(pool, agg, plan, done, deadline, stop)
+        else:
+            pool.collect_until_done(agg, plan, done, deadline, stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -747,6 +793,12 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     target = parse_target(target_url)
     workers = opts.workers or plan.workers or os.cpu_count() or 1
     workers = max(1, min(workers, plan.connections))
+    per_shard = 0
+    if opts.shards:
+        from loadforge.shards import shard_workers
+
+        per_shard = shard_workers(opts.workers or plan.workers, opts.shards, plan.connections)
+        workers = opts.shards * per_shard
     specs = _worker_specs(plan, target, workers, opts.interval_s,
                           observe.backend_header(plan, opts.backend_header, sandbox))
     _check_fd_limit(specs, plan)
@@ -769,16 +821,26 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     }
     if opts.slo_flags:
         metadata["slo_flags"] = opts.slo_flags
+    if opts.shards:
+        metadata["shard_count"] = str(opts.shards)
     started = time.time()
     writer = ResultWriter(path, run_id, metadata, opts.labels)
-    pool = None
+    pool: WorkerPool | ShardPool | None = None
     stop = Stop()
     failure: str | None = None
     try:
         with LiveProgress(plan.duration_s, console, opts.quiet) as progress:
             agg = Aggregator(plan, writer, workers, opts.interval_s, progress)
-            pool = WorkerPool(specs)
-            t0 = _start(pool)
+            if opts.shards:
+                from loadforge.shards import ShardPool
+
+                agg.shard_of = lambda k: k % opts.shards
+                pool = ShardPool(specs, opts.shards, per_shard, opts.max_clock_offset_s,
+                                 opts.launcher)
+                t0 = pool.start()
+            else:
+                pool = WorkerPool(specs)
+                t0 = _start(pool)
             watchers.start(t0)
             try:
                 _collect(pool, agg, plan, t0, stop)
@@ -795,7 +857,10 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
         ran_s = stop.ran_s(t0, elapsed, plan.duration_s)
         rows, figures = agg.finish(elapsed, ran_s if stop.at_ns else None)
         writer.write(rows + watched, last=True)
-        writer.close(_end_metadata(stop, ran_s, failure or writer.failure))
+        end_meta = _end_metadata(stop, ran_s, failure or writer.failure)
+        if pool is not None and not isinstance(pool, WorkerPool):
+            end_meta["shards"] = json.dumps(pool.metadata(), sort_keys=True)
+        writer.close(end_meta)
         failure = failure or writer.failure
     except BaseException:
         if pool is not None:
@@ -816,6 +881,8 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
               "started": started, **figures, "slo": verdicts, "aborted": agg.abort_reason,
               # The target saw these too: servers' counts reconcile with requests + these.
               "preflight": {"requests": 1 if opts.preflight else 0}, **state}
+    if pool is not None and not isinstance(pool, WorkerPool):
+        result["shards"] = pool.figures(ran_s)
     return RunOutcome(result, saved, ok, stop.signum, failure)
 
 

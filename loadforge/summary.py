@@ -245,6 +245,7 @@ def render_summary(
     console.print(failures)
     _render_error_latency(summary, console)
     _render_by_name(summary, console, table)
+    _render_shards(summary, console, table)
 
     if closed:
         console.print(
@@ -333,6 +334,24 @@ def _render_by_name(summary: dict[str, Any], console: Console, table: Any) -> No
                       Text(f"{errors:,}", style="red" if errors else ""),
                       *(format_us(lat.get(k, 0)) for k in NAME_LATENCY_KEYS))
     console.print(names)
+
+
+def _render_shards(summary: dict[str, Any], console: Console, table: Any) -> None:
+    """A sharded run: what each shard sent, and its clock against the coordinator's."""
+    shards = summary.get("shards") or []
+    if not shards:
+        return
+    t = table("shards (clock offset: the shard's minus the coordinator's)",
+              ("shard", "scheduled", "completed", "unsent", "achieved/s", "offset", "delay"))
+    for entry in shards:
+        unsent = int(entry.get("unsent", 0))
+        t.add_row(str(entry.get("index", "?")), f"{int(entry.get('scheduled', 0)):,}",
+                  f"{int(entry.get('requests', 0)):,}",
+                  Text(f"{unsent:,}", style="bold red" if unsent else ""),
+                  _format_rps(float(entry.get("achieved_rps", 0.0))),
+                  f"{float(entry.get('offset_ms', 0.0)):+.2f}ms",
+                  f"{float(entry.get('delay_ms', 0.0)):.2f}ms")
+    console.print(t)
 
 
 def write_summary_json(summary: dict[str, Any], path: str) -> None:
