@@ -43,7 +43,10 @@ class _Delayed(socketserver.BaseRequestHandler):
         buf = b""
         while True:
             while b"\r\n\r\n" not in buf:
-                data = sock.recv(65536)
+                try:
+                    data = sock.recv(65536)
+                except ConnectionError:     # the run ended and closed its connections
+                    return
                 if not data:
                     return
                 buf += data
@@ -70,14 +73,14 @@ def start_servers() -> list[_Server]:
 
 
 def one_run(out: str, cfg: str, label: str, rate: str, duration: str) -> str:
-    before = set(os.listdir(out)) if os.path.isdir(out) else set()
+    summary = os.path.join(out, "last.json")
     r = loadforge("run", "--target", f"http://127.0.0.1:{PORTS[cfg]}/", "--rate", rate,
                   "--duration", duration, "--workers", "1", "--quiet", "--out", out,
-                  "--label", f"cfg={label}")
+                  "--label", f"cfg={label}", "--summary-json", summary)
     if r.returncode not in (0, 1):
         sys.exit(f"run failed ({r.returncode}): {r.stderr.strip()}")
-    (new,) = set(os.listdir(out)) - before
-    return os.path.join(out, new)
+    with open(summary) as f:
+        return json.load(f)["result"]
 
 
 def gate_fails(files: list[str], baseline: str, gate: str, groups: bool) -> bool:
