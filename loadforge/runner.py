@@ -243,6 +243,8 @@ class Aggregator:
         # per worker, cumulative: arrivals retried on a new connection, outcomes dropped,
         # connections closed by the server, by the engine
         self.engine_counts: dict[int, tuple[int, int, int, int]] = {}
+        self.t0_ns = 0               # time zero, once the workers started
+        self.report_lag_ns = 0       # the latest an interval report reached the coordinator
         # per stage: TCP connect times of the connections opened in its intervals
         self.connect_times = [histogram.new_histogram() for _ in plan.stages]
         self.open_peak = 0
@@ -256,6 +258,12 @@ class Aggregator:
         self.shard_of: Callable[[int], int] | None = None
 
     def add(self, report: Any) -> None:
+        if self.t0_ns and not report.final:
+            # How late the report reached us after its interval ended: the engine never waits
+            # for the coordinator (workers.ReportSender), but a busy coordinator sees the run
+            # late, and so do the live view and abort_after.
+            due = self.t0_ns + (report.index + 1) * self.interval_ms * 1_000_000
+            self.report_lag_ns = max(self.report_lag_ns, _core.now_ns() - due)
         self.pending[report.index].append(report)
         if report.final:
             self.final_index[report.worker] = report.index
@@ -574,7 +582,8 @@ class Aggregator:
                        "connect_time_us": summary.connect_block(run_connect)}
         dropped = sum(c[1] for c in self.engine_counts.values())
         return rows, {**run_block, "connections": connections, "stages": stages_out,
-                      "dropped_samples": dropped}
+                      "dropped_samples": dropped,
+                      "report_lag_ms": round(max(0, self.report_lag_ns) / 1e6, 1)}
 
     def _run_target(self, stopped_s: float | None) -> float | None:
         """The run's target rate: its open-model arrivals over the open-model stages' time
@@ -842,6 +851,7 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
                 pool = WorkerPool(specs)
                 t0 = _start(pool)
             watchers.start(t0)
+            agg.t0_ns = t0
             try:
                 _collect(pool, agg, plan, t0, stop)
             except RunError as exc:

@@ -60,6 +60,10 @@ def name_block(requests: int, errors: int, ok_latency: HdrHistogram) -> dict[str
             "latency_us": _latency_block(ok_latency, NAME_LATENCY_KEYS)}
 
 
+# Reports arrive some milliseconds after their interval ends; past this the run was seen late.
+REPORT_LAG_WARN_MS = 1000.0
+
+
 def _render_connections(c: dict[str, Any], console: Console) -> None:
     """One line: connections opened (and how long connecting took), failed, ended by either
     side, retried, the most open at once."""
@@ -270,6 +274,12 @@ def render_summary(
         )
         console.print(message)
     _render_connections(summary.get("connections") or {}, console)
+    lag_ms = float(summary.get("report_lag_ms") or 0.0)
+    if lag_ms > REPORT_LAG_WARN_MS:
+        console.print(f"the coordinator was late: interval reports reached it up to "
+                      f"{lag_ms / 1000:.1f} s after their interval (a busy machine); the live "
+                      "view and abort_after acted that late, the latencies are unaffected",
+                      highlight=False, soft_wrap=True)
     preflight = summary.get("preflight") or {}
     if preflight.get("requests"):
         console.print(f"preflight: {int(preflight['requests'])} request before the run "

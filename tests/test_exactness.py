@@ -420,3 +420,31 @@ def test_connect_times_are_recorded_per_interval(nginx, tmp_path):
                        if r["connect_hdr"] is not None)
     (run_row,) = result.rows("run", stage=None, name="*", outcome="*")
     assert per_interval == histogram.decode(run_row["connect_hdr"]).total_count == c["opened"]
+
+
+def test_a_late_coordinator_is_visible_and_costs_no_request(nginx, tmp_path):
+    # The coordinator stopped for 2.5 s mid-run: the workers go on (their reports wait in a
+    # queue), every arrival is still sent on time and answered, and the summary says how late
+    # the reports were.
+    import signal as sig
+
+    summary = tmp_path / "s.json"
+    proc = subprocess.Popen([sys.executable, "-m", "loadforge.cli", "run", "--target",
+                             nginx.url + "/", "--rate", "200", "--duration", "5s",
+                             "--workers", "1", "--no-preflight", "--out", str(tmp_path / "r"),
+                             "--summary-json", str(summary)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        proc.send_signal(sig.SIGSTOP)
+        time.sleep(2.5)
+        proc.send_signal(sig.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    s = json.loads(summary.read_text())
+    assert s["requests"] == s["scheduled"] == 1000 and s["errors"] == 0 and s["unsent"] == 0
+    assert s["report_lag_ms"] >= 1000
+    assert "the coordinator was late" in out
