@@ -18,8 +18,9 @@ import resource
 import sys
 from urllib.parse import urlsplit
 
-from loadforge import _core, histogram
-from loadforge.workers import decode_interval, interval_message
+from loadforge import _core
+from loadforge.results import histogram
+from loadforge.run.workers import decode_interval, interval_message
 
 
 def run(url: str, stage: tuple, connections: int, resolution_us: float) -> str:

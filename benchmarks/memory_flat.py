@@ -41,7 +41,7 @@ def worker_pids(pid: int) -> list[int]:
     for child in children(pid):
         try:
             with open(f"/proc/{child}/cmdline", "rb") as f:
-                if b"loadforge.workers" in f.read():
+                if b"loadforge.run.workers" in f.read():
                     out.append(child)
         except OSError:
             pass

@@ -20,9 +20,9 @@ import click
 from rich.console import Console
 
 from loadforge import __version__, limits
+from loadforge.config.plan import Plan, Request, Stage
 from loadforge.errors import InputError, Interrupted, LoadforgeError
-from loadforge.plan import Plan, Request, Stage
-from loadforge.text import print_error
+from loadforge.present.text import print_error
 from loadforge.units import parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_RUN = 0, 1, 2, 3
@@ -137,7 +137,7 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
         if value is not None:
             _check_at_most(value, maximum, option)
     if target is not None:
-        from loadforge.profile import check_target
+        from loadforge.config.profile import check_target
 
         check_target(target, "--target", allow_query=not has_profile)
 
@@ -194,8 +194,9 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     --duration D`."""
     from dataclasses import replace
 
-    from loadforge import runner, summary
-    from loadforge.profile import load_profile, parse_slo_flags, with_slo_flags
+    from loadforge.config.profile import load_profile, parse_slo_flags, with_slo_flags
+    from loadforge.present import summary
+    from loadforge.run import coordinator as runner
 
     stdout_taken = _one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path))
     _check_flags(target, rate, concurrency, connections, workers, bool(profile))
@@ -258,7 +259,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
             {"ok": all(o.ok for o in outcomes), "repeat": repeat, "ran": len(outcomes),
              "runs": [o.summary for o in outcomes]}, summary_json)
     if junit_path:
-        from loadforge import slo
+        from loadforge.analysis import slo
 
         cases = []
         for i, o in enumerate(outcomes, 1):
@@ -309,8 +310,8 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
             ) -> None:
     """Compare runs (Parquet files or directories) per stage against the first one, or groups
     of runs (--group-by) against a baseline group."""
-    from loadforge import compare as cmp
-    from loadforge import slo
+    from loadforge.analysis import compare as cmp
+    from loadforge.analysis import slo
 
     junit_on_stdout = _one_stdout_output(("--junit", junit_path))
     gates = [cmp.parse_gate(spec) for spec in fail_on]
@@ -355,7 +356,7 @@ def report(runs: tuple[str, ...], html_path: str, group_by: tuple[str, ...],
            baseline: tuple[str, ...]) -> None:
     """Plot runs (Parquet files or directories) into one offline HTML file; several runs are
     overlaid, compared (with intervals, by groups) and, from three on, followed as a trend."""
-    from loadforge.report import write_report
+    from loadforge.present.report import write_report
 
     if baseline and not group_by:
         raise InputError("report --baseline: needs --group-by (which labels make a group)")
@@ -371,7 +372,7 @@ def report(runs: tuple[str, ...], html_path: str, group_by: tuple[str, ...],
               help="Write an HdrHistogram interval log here (one tag per stage).")
 def export(run_path: str, hlog_path: str) -> None:
     """Export a run's interval histograms (one Parquet file)."""
-    from loadforge.export import write_hlog
+    from loadforge.present.export import write_hlog
 
     lines = write_hlog(run_path, hlog_path)
     click.echo(f"{lines} interval histograms: {hlog_path}", err=hlog_path == "-")
@@ -383,7 +384,7 @@ def export(run_path: str, hlog_path: str) -> None:
 def ls_runs(paths: tuple[str, ...], as_json: bool) -> None:
     """List archived runs: time, profile, labels, achieved rate, p99, SLO verdict (the
     objectives of the archived profile, judged again from the file)."""
-    from loadforge.archive import list_runs, render_ls
+    from loadforge.analysis.archive import list_runs, render_ls
 
     entries, problems = list_runs(list(paths) or ["results"])
     if as_json:
@@ -412,7 +413,7 @@ def ls_runs(paths: tuple[str, ...], as_json: bool) -> None:
 def trend(runs: tuple[str, ...], metrics: tuple[str, ...], by: tuple[str, ...], stage: str,
           min_size: int, fmt: str) -> None:
     """Find where a metric shifted over an archive of runs (E-divisive change points)."""
-    from loadforge import trend as tr
+    from loadforge.analysis import trend as tr
 
     figures, series = tr.trend(list(runs), list(metrics), list(by), stage, min_size)
     if fmt == "csv":
@@ -430,7 +431,7 @@ def trend(runs: tuple[str, ...], metrics: tuple[str, ...], by: tuple[str, ...], 
               "$JOB_COMPLETION_INDEX, else the coordinator assigns the next free one).")
 def shard(coordinator: str, index: int | None) -> None:
     """Run one shard of a sharded run: dial in, run a stripe of the schedule, stream results."""
-    from loadforge.shards import shard_main
+    from loadforge.run.shards import shard_main
 
     shard_main(coordinator, index)
 

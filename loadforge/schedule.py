@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loadforge import _core
-from loadforge.plan import Plan, Request, Stage
+from loadforge.config.plan import Plan, Request, Stage
 
 
 def arrivals(stage: Stage) -> int:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from loadforge import actions
+from loadforge.config.profile import plan_from_dict
 from loadforge.errors import ProfileError
-from loadforge.profile import plan_from_dict
+from loadforge.observe import actions
 
 
 def test_validate_normalizes_and_sorts_by_time() -> None:

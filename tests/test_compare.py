@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from servers import http_server, loadforge
 
-from loadforge import compare
+from loadforge.analysis import compare
 from loadforge.errors import InputError
 
 # The gates judge p50: the test server is Python threads under one GIL, whose p99 swings from

@@ -8,8 +8,9 @@ import random
 import pytest
 from servers import loadforge
 
-from loadforge import compare, histogram
-from loadforge.results import ResultWriter
+from loadforge.analysis import compare
+from loadforge.results import histogram
+from loadforge.results.store import ResultWriter
 
 
 def write_run(path, run_id: str, level_us: float, labels: dict[str, str], rng: random.Random,

@@ -15,7 +15,7 @@ import time
 import pytest
 from servers import OK, ROOT, CannedServer, loadforge
 
-from loadforge.results import read_result
+from loadforge.results.store import read_result
 
 
 def run_json(tmp_path, *args: str, expect: int = 0, timeout: float = 60) -> dict:
@@ -236,7 +236,7 @@ def test_crashed_worker_exits_3(nginx, tmp_path):
         with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
             children = [int(p) for p in f.read().split()]
         children = [p for p in children
-                    if b"loadforge.workers" in open(f"/proc/{p}/cmdline", "rb").read()]
+                    if b"loadforge.run.workers" in open(f"/proc/{p}/cmdline", "rb").read()]
     time.sleep(1.5)
     os.kill(children[-1], signal.SIGKILL)
     _, err = proc.communicate(timeout=30)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from servers import OK, ROOT, CannedServer, free_port, loadforge
 
-from loadforge.results import read_result
+from loadforge.results.store import read_result
 
 
 def run_json(tmp_path, *args: str, expect: int = 0, timeout: float = 60) -> dict:
@@ -51,7 +51,7 @@ def test_closed_model_backs_off_from_a_refused_port(tmp_path):
 _FD_EXHAUSTED = r"""
 import os, resource, struct, sys
 from loadforge import _core
-from loadforge.workers import decode_interval, interval_message
+from loadforge.run.workers import decode_interval, interval_message
 
 port = int(sys.argv[1])
 engine = _core.Engine("127.0.0.1", port, [(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False)], [0],
@@ -324,7 +324,7 @@ def test_interval_reports_never_wait_for_the_coordinator():
     socket buffer's few hundred KiB); the coordinator then gets them all, in order."""
     from multiprocessing.connection import Connection
 
-    from loadforge.workers import ReportSender
+    from loadforge.run.workers import ReportSender
 
     ours, theirs = socket.socketpair()
     worker_end, coordinator = Connection(ours.detach()), Connection(theirs.detach())
@@ -405,7 +405,7 @@ duration = "1s"
 def test_connect_times_are_recorded_per_interval(nginx, tmp_path):
     # A new connection per request: every request pays a connect, and each connect's time is
     # counted once, in the interval it completed, on the stage's and the run's rows too.
-    from loadforge import histogram
+    from loadforge.results import histogram
 
     s = run_json(tmp_path, "--target", nginx.url + "/", "--rate", "100", "--duration", "2s",
                  "--connections", "8", "--requests-per-connection", "1", "--no-preflight")

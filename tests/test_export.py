@@ -12,8 +12,8 @@ from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 from servers import http_server, loadforge
 
-from loadforge import results
-from loadforge.export import hlog_tag
+from loadforge.present.export import hlog_tag
+from loadforge.results import store as results
 
 PROFILE = """
 name = "two-stages"

@@ -21,9 +21,10 @@ import pytest
 from rich.console import Console
 from servers import OK, ROOT, CannedServer, free_port, http_server, loadforge
 
-from loadforge import results, summary
-
 # Successes take at least 20 ms (the server's delay); /fastfail answers 500 at once. Three in
+from loadforge.present import summary
+from loadforge.results import store as results
+
 # four arrivals fail fast: a p50 over every arrival would be a fast failure's.
 MIXED = """
 name = "mixed"
@@ -169,7 +170,7 @@ def test_a_target_refusing_part_of_the_time_leaves_the_headline_to_successes(
     (ok_2xx,) = result.rows("run", name="default", outcome="2xx")
     assert s["latency_us"]["p50"] == ok_2xx["p50_us"] and s["latency_us"]["p99"] == ok_2xx["p99_us"]
     # Failures: the refusals, and any connection the dying server reset.
-    from loadforge import histogram as hist
+    from loadforge.results import histogram as hist
 
     failed = hist.new_histogram()
     for row in result.rows("run", name="default", outcome=None):
@@ -337,8 +338,8 @@ def test_report_shows_verdicts_tables_and_step_rates(mixed: dict[str, Any]) -> N
 def test_files_without_ok_rows_read_the_same_headline(tmp_path: Path) -> None:
     """A file written before the "ok" rows: every reader merges its successful outcome rows
     instead, so fast 5xx stay out of its headline there too."""
-    from loadforge import compare
-    from loadforge import histogram as hist
+    from loadforge.analysis import compare
+    from loadforge.results import histogram as hist
 
     def recorded(value_us: int, n: int) -> Any:
         h = hist.new_histogram()

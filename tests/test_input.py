@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from servers import RecordingServer, loadforge
 
 from loadforge import limits
+from loadforge.config.profile import check_target, parse_slo_flags, plan_from_dict
 from loadforge.errors import ProfileError
-from loadforge.profile import check_target, parse_slo_flags, plan_from_dict
-from loadforge.runner import request_path
+from loadforge.run.coordinator import request_path
 
 PROFILE = """
 name = "input"

@@ -15,7 +15,7 @@ import time
 import pytest
 from servers import OK, ROOT, CannedServer, loadforge
 
-from loadforge.results import read_result
+from loadforge.results.store import read_result
 
 
 def start(*args: str) -> subprocess.Popen[str]:
@@ -24,7 +24,7 @@ def start(*args: str) -> subprocess.Popen[str]:
 
 
 def workers_of(proc: subprocess.Popen[str], count: int) -> list[int]:
-    """The worker processes of a running CLI (its children running loadforge.workers)."""
+    """The worker processes of a running CLI (its children running loadforge.run.workers)."""
     found: list[int] = []
     limit = time.monotonic() + 30
     while len(found) < count and time.monotonic() < limit and proc.poll() is None:
@@ -35,7 +35,7 @@ def workers_of(proc: subprocess.Popen[str], count: int) -> list[int]:
         for pid in children:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"loadforge.workers" in f.read():
+                    if b"loadforge.run.workers" in f.read():
                         found.append(pid)
             except FileNotFoundError:
                 pass

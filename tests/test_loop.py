@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from servers import http_server
 
 from loadforge import _core
-from loadforge.workers import IntervalReport, decode_interval, interval_message
+from loadforge.run.workers import IntervalReport, decode_interval, interval_message
 
 GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 

@@ -8,8 +8,8 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadforge import histogram
-from loadforge.noise import Interval, bootstrap_change, figures, mann_whitney_p
+from loadforge.analysis.noise import Interval, bootstrap_change, figures, mann_whitney_p
+from loadforge.results import histogram
 
 
 def test_u_test_exact_values():
@@ -26,7 +26,7 @@ def test_u_test_approximation_agrees_with_the_exact_test_near_its_limit():
     a = [rng.gauss(0, 1) for _ in range(9)]
     b = [rng.gauss(0.8, 1) for _ in range(9)]          # C(18, 9) = 48,620: approximated
     assert 0 < mann_whitney_p(a, b) < 1
-    import loadforge.noise as noise
+    import loadforge.analysis.noise as noise
     exact_limit = noise.EXACT_LIMIT
     try:
         noise.EXACT_LIMIT = 10**6

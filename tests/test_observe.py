@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from loadforge import observe
+from loadforge.config.plan import Plan, Stage
 from loadforge.errors import ProfileError
-from loadforge.plan import Plan, Stage
+from loadforge.observe import pollers as observe
 
 EXPOSITION = """\
 # HELP up Whether the target is up.

@@ -1,5 +1,5 @@
 """Output files as a user names them: written through symlinks, into FIFOs, `-` for stdout,
-modes from the umask (loadforge/outputs.py)."""
+modes from the umask (loadforge/present/outputs.py)."""
 
 from __future__ import annotations
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loadforge.config.plan import Plan, Request, Stage
+from loadforge.config.profile import load_profile, plan_from_dict
 from loadforge.errors import InputError, ProfileError
-from loadforge.plan import Plan, Request, Stage
-from loadforge.profile import load_profile, plan_from_dict
 from loadforge.units import parse_duration, parse_percent
 
 PROFILES = pathlib.Path(__file__).resolve().parent.parent / "profiles"

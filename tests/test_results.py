@@ -14,9 +14,9 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 import loadforge
-from loadforge import histogram as hist
-from loadforge import results
 from loadforge.errors import InputError, ResultsError
+from loadforge.results import histogram as hist
+from loadforge.results import store as results
 
 
 def recorded(values: list[int]) -> HdrHistogram:

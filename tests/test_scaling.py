@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from loadforge import histogram, scaling
-from loadforge.plan import Plan
-from loadforge.profile import plan_from_dict
-from loadforge.results import ResultWriter, read_result
+from loadforge.analysis import scaling
+from loadforge.config.plan import Plan
+from loadforge.config.profile import plan_from_dict
+from loadforge.results import histogram
+from loadforge.results.store import ResultWriter, read_result
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from loadforge import _core, schedule
-from loadforge.plan import Plan, Request, Stage
+from loadforge.config.plan import Plan, Request, Stage
 
 
 def integral(r0: float, r1: float, t: float) -> float:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from servers import RecordingServer, loadforge
 
-from loadforge.redact import REDACTED, dump_toml, redact_profile, redact_url
+from loadforge.config.redact import REDACTED, dump_toml, redact_profile, redact_url
 
 TOKEN = "Bearer tok-9f8e7d6c"
 PROXY = "Basic cHJveHk6c2VjcmV0"

@@ -25,13 +25,16 @@ from hypothesis import strategies as st
 from rich.console import Console
 from servers import ROOT
 
-from loadforge import __version__, histogram, shards, summary
+from loadforge import __version__
+from loadforge.config.plan import Plan, Request, Stage
 from loadforge.errors import InputError, WorkerCrashed
-from loadforge.plan import Plan, Request, Stage
-from loadforge.progress import LiveProgress
-from loadforge.results import read_result
-from loadforge.runner import Aggregator, _worker_specs, parse_target
-from loadforge.workers import CellDelta, HistSlice, IntervalReport
+from loadforge.present import summary
+from loadforge.results import histogram
+from loadforge.results.store import read_result
+from loadforge.run import shards
+from loadforge.run.coordinator import Aggregator, _worker_specs, parse_target
+from loadforge.run.progress import LiveProgress
+from loadforge.run.workers import CellDelta, HistSlice, IntervalReport
 
 
 def run_json(tmp_path, *args: str, expect: int = 0, env: dict[str, str] | None = None,

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from servers import STEADY_PROFILE, http_server, loadforge
 
-from loadforge import histogram as hist
-from loadforge import results, slo
-from loadforge.plan import Plan, Request, Stage
-from loadforge.profile import plan_from_dict
+from loadforge.analysis import slo
+from loadforge.config.plan import Plan, Request, Stage
+from loadforge.config.profile import plan_from_dict
+from loadforge.results import histogram as hist
+from loadforge.results import store as results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -235,7 +236,7 @@ def test_abort_after_stops_the_run_early(tmp_path: Path) -> None:
 def test_compacted_interval_figures_judge_the_same() -> None:
     """An interval's buckets frozen into arrays read, add and subtract as the dict did, and a
     running sum that meets them thaws back into a dict."""
-    from loadforge.slo import IntervalFigures, SparseBuckets
+    from loadforge.analysis.slo import IntervalFigures, SparseBuckets
 
     h = hist.new_histogram()
     for v in (3, 3, 70, 1_500, 1_500, 1_500, 250_000):

@@ -13,15 +13,15 @@ from servers import ROOT
 PROBE = """
 import sys
 from loadforge.cli import main
-from loadforge.profile import load_profile
-from loadforge import runner
+from loadforge.config.profile import load_profile
+from loadforge.run import coordinator as runner
 load_profile({profile!r})
 print(" ".join(sorted(m for m in ("pyarrow", "httpx") if m in sys.modules)))
 """
 
 BEFORE_FIRST_REQUEST = """
 import sys
-from loadforge import runner
+from loadforge.run import coordinator as runner
 seen = []
 start = runner._start
 def recording_start(pool):

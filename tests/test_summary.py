@@ -11,10 +11,10 @@ import pytest
 from hdrh.histogram import HdrHistogram
 from rich.console import Console
 
-from loadforge import histogram as hist
 from loadforge.errors import InputError
-from loadforge.progress import LiveProgress
-from loadforge.summary import format_us, render_summary, stats_block, write_summary_json
+from loadforge.present.summary import format_us, render_summary, stats_block, write_summary_json
+from loadforge.results import histogram as hist
+from loadforge.run.progress import LiveProgress
 
 SCOPE_KEYS = {
     "scheduled", "requests", "errors", "target_rps", "achieved_rps", "latency_us",

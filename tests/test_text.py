@@ -12,7 +12,7 @@ import sys
 import pytest
 from servers import ROOT, RecordingServer, loadforge
 
-from loadforge.compare import markdown_document, markdown_text
+from loadforge.analysis.compare import markdown_document, markdown_text
 
 # A profile whose every user string looks like rich markup.
 MARKUP_PROFILE = """
@@ -98,7 +98,7 @@ def test_compare_shows_labels_as_text_and_keeps_numbers_whole(archive, columns):
         assert max(len(line) for line in proc.stdout.splitlines()) <= columns
     data = json.loads(cli("compare", "--format", "json", str(archive)).stdout)
     p99 = data["stages"][0]["values"][1]["p99"]
-    from loadforge.summary import format_us
+    from loadforge.present.summary import format_us
 
     assert format_us(p99) in proc.stdout
 
@@ -176,7 +176,7 @@ def test_an_unreadable_file_in_ls_is_one_line_each(tmp_path):
 def test_print_error_is_one_line_whatever_the_message(capsys):
     from rich.console import Console
 
-    from loadforge.text import print_error
+    from loadforge.present.text import print_error
 
     console = Console(stderr=True, width=40)
     print_error("first [/] line\n  second line that is long enough to wrap at forty " * 3,

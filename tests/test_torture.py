@@ -149,7 +149,7 @@ def test_open_model_reconciles_with_the_server(torture, tmp_path, name):
 
 
 def _run_rows(s: dict[str, Any], outcome: str) -> list[dict[str, Any]]:
-    from loadforge.results import read_result
+    from loadforge.results.store import read_result
 
     return read_result(s["result"]).rows("run", name=None, outcome=outcome)
 
@@ -204,7 +204,7 @@ def test_latencies_over_several_decades_in_one_interval(torture, tmp_path):
     s = run(tmp_path, f"http://127.0.0.1:{torture.port}/spread?ms=0,10,100,500", "--rate", "40",
             "--duration", "1s", "--connections", "64", timeout="2s")
     assert s["counts"]["2xx"] == 40 and s["errors"] == 0
-    from loadforge.results import read_result
+    from loadforge.results.store import read_result
 
     result = read_result(s["result"])
     (row,) = result.rows("run", name="*", outcome="*")

@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from servers import loadforge
 
-from loadforge import histogram
-from loadforge.changepoint import change_points
-from loadforge.results import ResultWriter
+from loadforge.analysis.changepoint import change_points
+from loadforge.results import histogram
+from loadforge.results.store import ResultWriter
 
 
 def noisy(rng: random.Random, level: float, n: int, spread: float = 0.03) -> list[float]:

@@ -32,9 +32,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from loadforge.config.plan import Plan
+from loadforge.config.redact import redact_url
 from loadforge.errors import ProfileError
-from loadforge.plan import Plan
-from loadforge.redact import redact_url
 from loadforge.units import parse_duration, show_value
 
 KINDS = ("run", "sandbox", "http")

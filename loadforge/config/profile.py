@@ -48,10 +48,10 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from loadforge import limits
+from loadforge.config.plan import Plan, Request, Stage
+from loadforge.config.redact import SECRET_HEADERS, redact_url
 from loadforge.errors import ProfileError
 from loadforge.limits import MAX_LATENCY_OBJECTIVE_S
-from loadforge.plan import Plan, Request, Stage
-from loadforge.redact import SECRET_HEADERS, redact_url
 from loadforge.units import parse_duration, parse_percent, show_value
 
 TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox")
@@ -165,8 +165,8 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
     observe = dict(check.table(top.get("observe", {}), "observe"))
     actions = tuple(dict(a) for a in check.array_of_tables(top.get("actions", []), "actions"))
     # Plan.observe and Plan.actions stay raw, like Plan.sandbox; the owners validate them.
-    from loadforge import actions as actions_module
-    from loadforge import observe as observe_module
+    from loadforge.observe import actions as actions_module
+    from loadforge.observe import pollers as observe_module
 
     observe_module.validate_observe(observe, check.where("observe"))
     actions_module.validate_actions(list(actions), check.where("actions"),

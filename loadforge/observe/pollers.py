@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from loadforge import histogram
+from loadforge.config.plan import STATUS_OUTCOMES, Plan
+from loadforge.config.redact import redact_url
 from loadforge.errors import InputError, ProfileError
-from loadforge.plan import STATUS_OUTCOMES, Plan
-from loadforge.redact import redact_url
-from loadforge.results import Result, outcome_row
+from loadforge.results import histogram
+from loadforge.results.store import Result, outcome_row
 from loadforge.units import parse_duration, show_value
 
 if TYPE_CHECKING:
@@ -240,7 +240,7 @@ def _poll_metrics(source: dict[str, Any], client: httpx.Client) -> float | None:
 
 
 def _poll_command(source: dict[str, Any], commands: Any = None) -> float | None:
-    from loadforge.actions import run_shell
+    from loadforge.observe.actions import run_shell
 
     done = run_shell(source["run"], source["timeout"], commands)
     if done.returncode != 0:
@@ -290,7 +290,7 @@ class Watchers:
     """
 
     def __init__(self, plan: Plan, interval_s: float, sandbox: Any = None):
-        from loadforge import actions
+        from loadforge.observe import actions
 
         require_sandbox(plan, sandbox)
         self.plan = plan

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations, compress
 
-from loadforge import histogram
+from loadforge.results import histogram
 
 # Figures the bootstrap can resample, as in compare.FIGURES.
 LATENCY = ("p50", "p90", "p99", "p999", "max", "mean")

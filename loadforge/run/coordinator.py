@@ -22,7 +22,10 @@ from http.client import HTTPConnection, HTTPException
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from loadforge import __version__, _core, histogram, observe, scaling, schedule, slo, summary
+from loadforge import __version__, _core, schedule
+from loadforge.analysis import scaling, slo
+from loadforge.config.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES, Plan, Request
+from loadforge.config.redact import redact_profile, redact_url
 from loadforge.errors import (
     InputError,
     ResultsWriteFailed,
@@ -30,11 +33,12 @@ from loadforge.errors import (
     TargetUnreachable,
     WorkerCrashed,
 )
-from loadforge.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES, Plan, Request
-from loadforge.progress import LiveProgress
-from loadforge.redact import redact_profile, redact_url
-from loadforge.results import ResultWriter, read_result
-from loadforge.workers import (
+from loadforge.observe import pollers as observe
+from loadforge.present import summary
+from loadforge.results import histogram
+from loadforge.results.store import ResultWriter, read_result
+from loadforge.run.progress import LiveProgress
+from loadforge.run.workers import (
     DONE,
     FAILED,
     INTERVAL,
@@ -49,7 +53,7 @@ if TYPE_CHECKING:
     from hdrh.histogram import HdrHistogram
     from rich.console import Console
 
-    from loadforge.shards import ShardPool
+    from loadforge.run.shards import ShardPool
 
 USER_AGENT = f"loadforge/{__version__}"
 READY_TIMEOUT_S = 30.0
@@ -804,14 +808,14 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     workers = max(1, min(workers, plan.connections))
     per_shard = 0
     if opts.shards:
-        from loadforge.shards import shard_workers
+        from loadforge.run.shards import shard_workers
 
         per_shard = shard_workers(opts.workers or plan.workers, opts.shards, plan.connections)
         workers = opts.shards * per_shard
     specs = _worker_specs(plan, target, workers, opts.interval_s,
                           observe.backend_header(plan, opts.backend_header, sandbox))
     _check_fd_limit(specs, plan)
-    # Metric pollers and timed actions, started at time zero (observe.py, actions.py).
+    # Metric pollers and timed actions, started at time zero (observe/).
     watchers = observe.Watchers(plan, opts.interval_s, sandbox)
     if opts.preflight:
         first, judged = preflight_request(plan.requests)
@@ -841,7 +845,7 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
         with LiveProgress(plan.duration_s, console, opts.quiet) as progress:
             agg = Aggregator(plan, writer, workers, opts.interval_s, progress)
             if opts.shards:
-                from loadforge.shards import ShardPool
+                from loadforge.run.shards import ShardPool
 
                 agg.shard_of = lambda k: k % opts.shards
                 pool = ShardPool(specs, opts.shards, per_shard, opts.max_clock_offset_s,

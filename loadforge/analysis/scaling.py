@@ -28,10 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadforge import observe
-from loadforge.plan import ERROR_KINDS, STATUS_OUTCOMES, Plan
-from loadforge.results import Result, headline_row, outcome_row
-from loadforge.slo import IntervalFigures
+from loadforge.analysis.slo import IntervalFigures
+from loadforge.config.plan import ERROR_KINDS, STATUS_OUTCOMES, Plan
+from loadforge.observe import pollers as observe
+from loadforge.results.store import Result, headline_row, outcome_row
 
 # Objectives a window is judged by for recovery; rate_shortfall is about the generator's
 # target, not the service.
@@ -412,7 +412,7 @@ def render(summary: dict[str, Any], console: Any) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from loadforge.summary import format_us
+    from loadforge.present.summary import format_us
 
     def table(title: str, headers: tuple[str, ...]) -> Table:
         t = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False,
@@ -445,7 +445,7 @@ def render(summary: dict[str, Any], console: Any) -> None:
                          if summary.get("unattributed") else ""), highlight=False)
     if any(s.get("recovered") is not None or (s.get("scale_out") or {}).get("new_backends")
            or (s.get("scale_out") or {}).get("settle_s") is not None for s in stages):
-        # Narrow headers: CI logs render at 80 columns (see summary.py).
+        # Narrow headers: CI logs render at 80 columns (see present/summary.py).
         t = table("scaling (times from each stage's start)",
                   ("stage", "breach", "recovered", "burn", "new backend", "settled", "backends"))
         for s in stages:

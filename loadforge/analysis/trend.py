@@ -17,10 +17,10 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadforge.changepoint import change_points
-from loadforge.compare import ALL_STAGES, KIND, RunFigures, load_runs
+from loadforge.analysis.changepoint import change_points
+from loadforge.analysis.compare import ALL_STAGES, KIND, RunFigures, load_runs
 from loadforge.errors import InputError
-from loadforge.results import start_key
+from loadforge.results.store import start_key
 
 METRICS = ("p50", "p90", "p99", "p999", "max", "mean", "error_rate", "achieved_rps")
 FORMATS = ("table", "csv", "json")
@@ -119,7 +119,7 @@ def _plain(value: float) -> str:
 
 
 def format_value(metric: str, value: float) -> str:
-    from loadforge.summary import format_us
+    from loadforge.present.summary import format_us
 
     kind = KIND[metric]
     if kind == "us":

@@ -15,9 +15,9 @@ import base64
 import re
 from datetime import UTC, datetime
 
-from loadforge import histogram
-from loadforge.outputs import write_output
-from loadforge.results import OK, Result, read_result
+from loadforge.present.outputs import write_output
+from loadforge.results import histogram
+from loadforge.results.store import OK, Result, read_result
 
 LOG_FORMAT_VERSION = "1.3"
 # Java's reader takes the tag up to the first ','; whitespace would break other parsers.

@@ -23,10 +23,10 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from loadforge import histogram
-from loadforge.compare import RunFigures, fail_status_of, load_runs, stages_of
-from loadforge.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES
-from loadforge.results import OK, Result, headline_row, outcome_row
+from loadforge.analysis.compare import RunFigures, fail_status_of, load_runs, stages_of
+from loadforge.config.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES
+from loadforge.results import histogram
+from loadforge.results.store import OK, Result, headline_row, outcome_row
 
 # Percentile levels of the spectrum: 1 - 10^(-k/20), k = 0..100, i.e. 0% .. 99.999% with
 # 20 points per decade of 1/(1-q) (the x axis of an HDR percentile plot).
@@ -176,7 +176,7 @@ def requests_by_name(result: Result, error_outcomes: set[str]) -> dict[str, dict
 
 def _verdicts(result: Result) -> list[dict[str, Any]]:
     """The SLO verdicts of the archived profile, judged again from the file (as `ls`)."""
-    from loadforge import scaling, slo
+    from loadforge.analysis import scaling, slo
 
     plan = slo.plan_of_result(result)
     if plan is None:
@@ -190,7 +190,7 @@ def report_data(runs: list[RunFigures], group_by: list[str] | None = None,
                 baseline: dict[str, str] | None = None) -> dict[str, Any]:
     """Each run's series; with two runs or groups or more, the comparison `compare` prints
     (with --group-by: p-values and intervals); with three runs or more, the trend over them."""
-    from loadforge import compare
+    from loadforge.analysis import compare
 
     data: dict[str, Any] = {"runs": [_run_series(r) for r in runs]}
     figures, groups, significance = runs, None, None
@@ -211,8 +211,8 @@ TREND_METRICS = ("p50", "p99", "achieved_rps")
 def _trend(runs: list[RunFigures]) -> dict[str, Any]:
     """The whole-run figures of each run in start order, and where each shifted
     (changepoint.change_points, as `loadforge trend` finds them)."""
-    from loadforge.changepoint import change_points
-    from loadforge.results import start_key
+    from loadforge.analysis.changepoint import change_points
+    from loadforge.results.store import start_key
 
     ordered = sorted(runs, key=lambda r: start_key(r.result.path, r.result.metadata))
     out: dict[str, Any] = {"titles": [r.title for r in ordered],
@@ -226,7 +226,7 @@ def _trend(runs: list[RunFigures]) -> dict[str, Any]:
 
 
 def _asset(name: str) -> str:
-    return resources.files("loadforge").joinpath("report_assets", name).read_text("utf-8")
+    return resources.files("loadforge.present").joinpath("report_assets", name).read_text("utf-8")
 
 
 def render_html(data: dict[str, Any]) -> str:
@@ -262,7 +262,7 @@ def write_report(paths: list[str], out_path: str, group_by: list[str] | None = N
     """Write the report of the runs at `paths` to `out_path`; returns the number of runs."""
     runs = load_runs(paths)
     text = render_html(_finite(report_data(runs, group_by, baseline)))
-    from loadforge.outputs import write_output
+    from loadforge.present.outputs import write_output
 
     write_output(out_path, text, "--html")
     return len(runs)

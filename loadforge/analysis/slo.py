@@ -28,10 +28,10 @@ from xml.etree import ElementTree
 
 from hdrh.histogram import HdrHistogram
 
-from loadforge import histogram
+from loadforge.config.plan import ERROR_KINDS, STATUS_OUTCOMES, Plan
 from loadforge.errors import ProfileError, ResultsError
-from loadforge.plan import ERROR_KINDS, STATUS_OUTCOMES, Plan
-from loadforge.results import OK, Result, headline_row, outcome_row, read_result
+from loadforge.results import histogram
+from loadforge.results.store import OK, Result, headline_row, outcome_row, read_result
 
 LATENCY_OBJECTIVES = ("p50", "p90", "p99", "p999", "max", "mean")
 FRACTION_OBJECTIVES = ("error_rate", "success_rate", "rate_shortfall")
@@ -413,7 +413,7 @@ def _interval_ms(result: Result) -> int:
 def plan_of_result(result: Result) -> Plan | None:
     """The Plan of the profile archived in a result's metadata; None for a run started from
     flags (no profile, hence no objectives) or a profile this version no longer accepts."""
-    from loadforge.profile import plan_from_dict
+    from loadforge.config.profile import plan_from_dict
 
     text = result.metadata.get("profile", "")
     flags = _slo_flags_of(result)
@@ -442,14 +442,14 @@ def _slo_flags_of(result: Result) -> dict[str, float]:
 def _with_flags(plan: Plan, flags: dict[str, float]) -> Plan:
     from dataclasses import replace
 
-    from loadforge.profile import with_slo_flags
+    from loadforge.config.profile import with_slo_flags
 
     return replace(plan, slo=with_slo_flags(plan.slo, flags)) if flags else plan
 
 
 def _flag_plan_of_result(result: Result, flags: dict[str, float]) -> Plan | None:
     """A run started from flags, with `--slo`: its one stage from the `stages` metadata."""
-    from loadforge.plan import Request, Stage
+    from loadforge.config.plan import Request, Stage
 
     try:
         stages = tuple(Stage(str(s["name"]), float(s["duration_s"]), s.get("rate_from"),
@@ -577,6 +577,6 @@ def slo_cases(verdicts: list[dict[str, Any]], run: str = "") -> list[dict[str, A
 
 
 def write_junit(path: str, suite: str, cases: list[dict[str, Any]]) -> None:
-    from loadforge.outputs import write_output
+    from loadforge.present.outputs import write_output
 
     write_output(path, junit_xml(suite, cases), "--junit")

@@ -21,10 +21,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from loadforge import histogram, noise
+from loadforge.analysis import noise
+from loadforge.config.plan import ERROR_KINDS, STATUS_OUTCOMES
 from loadforge.errors import InputError
-from loadforge.plan import ERROR_KINDS, STATUS_OUTCOMES
-from loadforge.results import Result, find_results, headline_row, outcome_row, read_result
+from loadforge.results import histogram
+from loadforge.results.store import Result, find_results, headline_row, outcome_row, read_result
 from loadforge.units import parse_duration
 
 # (key, label, kind): kind "rps" | "ratio" | "us" decides formatting and delta units.
@@ -483,14 +484,14 @@ def _fmt(kind: str, value: float | None) -> str:
         return f"{value:.1f}" if value < 1000 else f"{value:,.0f}"
     if kind == "ratio":
         return f"{value * 100:.3g}%"
-    from loadforge.summary import format_us
+    from loadforge.present.summary import format_us
 
     return format_us(value)
 
 
 def _fmt_change(gate: Gate, change: float) -> str:
     if gate.unit == "us":
-        from loadforge.summary import format_us
+        from loadforge.present.summary import format_us
 
         return ("+" if change >= 0 else "-") + format_us(abs(change))
     return f"{change:+.3g}{gate.unit}"
@@ -608,7 +609,7 @@ def _headers(data: dict[str, Any]) -> list[str]:
 
 
 def render_table(data: dict[str, Any], console: Console) -> None:
-    from loadforge.text import fits, print_table
+    from loadforge.present.text import fits, print_table
 
     tables = [_table(data, stage, _headers(data)) for stage in data["stages"]]
     if not all(fits(console, t) for t in tables):

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from hdrh.histogram import HdrHistogram
 
 import loadforge
-from loadforge import histogram
 from loadforge.errors import InputError, ResultsError, RunError
+from loadforge.results import histogram
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 METADATA_PREFIX = "loadforge."
-# metric: one observed value (observe.py); action: one timed action's outcome (actions.py).
+# metric: one observed value (observe/pollers.py); action: one timed action's outcome (observe/actions.py).
 SCOPES = ("interval", "stage", "run", "metric", "action", "shard")
 # Rows buffered before a row group is written: bounds the writer's memory whatever the run's
 # length, and keeps row groups large enough for column statistics to be useful.

@@ -29,7 +29,7 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
-from loadforge.plan import OUTCOMES
+from loadforge.config.plan import OUTCOMES
 
 # Message tags, first byte of every message a worker sends.
 READY, INTERVAL, DONE, FAILED = b"R", b"I", b"D", b"F"
@@ -217,7 +217,7 @@ class ReportSender:
 
 
 def worker_main() -> None:
-    """A worker process: `python -c "from loadforge.workers import worker_main; worker_main()"
+    """A worker process: `python -c "from loadforge.run.workers import worker_main; worker_main()"
     FD`, with FD its end of the socket pair to the coordinator."""
     # Ctrl-C reaches the whole process group, and so may a SIGTERM (a service manager, a
     # container stop); the coordinator alone decides how to stop, and a worker whose
@@ -268,7 +268,7 @@ def worker_main() -> None:
 # the installed package with one that has no compiled engine. The package's own root goes first
 # instead, so a worker imports exactly the loadforge its coordinator imported.
 _WORKER_CODE = ("import sys; sys.path.insert(0, sys.argv[2]); "
-                "from loadforge.workers import worker_main; worker_main()")
+                "from loadforge.run.workers import worker_main; worker_main()")
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

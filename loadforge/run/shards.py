@@ -47,9 +47,17 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from loadforge import __version__, _core
+from loadforge.config.plan import STATUS_OUTCOMES
 from loadforge.errors import InputError, RunError, WorkerCrashed
-from loadforge.plan import STATUS_OUTCOMES
-from loadforge.workers import DONE, FAILED, INTERVAL, READY, WorkerPool, WorkerSpec, decode_interval
+from loadforge.run.workers import (
+    DONE,
+    FAILED,
+    INTERVAL,
+    READY,
+    WorkerPool,
+    WorkerSpec,
+    decode_interval,
+)
 
 PROTOCOL = 1
 # Message tags (see the module's docstring).

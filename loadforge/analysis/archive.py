@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from loadforge import scaling, slo
-from loadforge.compare import run_figures, run_title
+from loadforge.analysis import scaling, slo
+from loadforge.analysis.compare import run_figures, run_title
 from loadforge.errors import ResultsError
-from loadforge.results import read_result
+from loadforge.results.store import read_result
 
 
 @dataclass
@@ -98,7 +98,7 @@ def _when(start_time: str) -> str:
 
 
 def render_ls(entries: list[RunEntry], console: Console) -> None:
-    from loadforge.text import fits, print_table
+    from loadforge.present.text import fits, print_table
 
     table = _ls_table(entries, narrow=False)
     if not fits(console, table):
@@ -109,7 +109,7 @@ def render_ls(entries: list[RunEntry], console: Console) -> None:
 
 
 def _ls_table(entries: list[RunEntry], *, narrow: bool) -> Table:
-    from loadforge.summary import format_us
+    from loadforge.present.summary import format_us
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     text_columns = (("run",) if narrow else ("started (UTC)", "profile", "labels"))

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from loadforge import histogram
-from loadforge.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES
+from loadforge.config.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES
+from loadforge.results import histogram
 
 # The status classes the summary reports (1xx is not a final response; it still counts in
 # `requests` if an engine ever reports one).
@@ -285,7 +285,7 @@ def render_summary(
         console.print(f"preflight: {int(preflight['requests'])} request before the run "
                       "(the target saw it; not counted above)", highlight=False)
 
-    from loadforge import scaling  # backends, scaling verdicts, actions (when present)
+    from loadforge.analysis import scaling  # backends, scaling verdicts, actions (when present)
 
     scaling.render(summary, console)
 
@@ -366,6 +366,6 @@ def _render_shards(summary: dict[str, Any], console: Console, table: Any) -> Non
 
 def write_summary_json(summary: dict[str, Any], path: str) -> None:
     """Write the summary as JSON to `path` (outputs.write_output: "-" is stdout)."""
-    from loadforge.outputs import write_output
+    from loadforge.present.outputs import write_output
 
     write_output(path, json.dumps(summary, indent=2, sort_keys=False) + "\n", "--summary-json")

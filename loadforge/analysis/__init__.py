@@ -1,0 +1,1 @@
+"""Figures from results: SLO and scaling verdicts, comparisons, noise, trends, archives."""

@@ -1,0 +1,1 @@
+"""Profile (TOML) to a validated Plan: the first stage of the data flow."""

@@ -1,0 +1,1 @@
+"""Beside a run: metric pollers and timed fault actions."""

@@ -1,0 +1,1 @@
+"""The Parquet archive of runs and the HdrHistogram bridge."""

@@ -1,0 +1,1 @@
+"""The coordinator of a run: workers (and shards), the start barrier, exact merging, the live view."""
