@@ -275,11 +275,12 @@ class KubeLauncher:
             return
         ns = self.opts.namespace
         try:
+            # Not deserialized: the API answers a Status or the deleted object, by version.
             if "job" in created:
-                self.batch.delete_namespaced_job(self.name, ns,
-                                                 propagation_policy="Foreground")
+                self.batch.delete_namespaced_job(self.name, ns, propagation_policy="Foreground",
+                                                 _preload_content=False)
             if "service" in created:
-                self.core.delete_namespaced_service(self.name, ns)
+                self.core.delete_namespaced_service(self.name, ns, _preload_content=False)
         except Exception as exc:
             print(f"warning: {_api_error(exc, f'deleting {self.name} in namespace {ns}')}; "
                   f"delete it with: kubectl delete job,service -n {ns} -l "
