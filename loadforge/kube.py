@@ -104,11 +104,12 @@ def bind_address(host: str) -> str:
     if host == "localhost":
         return "127.0.0.1"
     try:
-        if ipaddress.ip_address(host).is_loopback:
-            return host
+        ip = ipaddress.ip_address(host)
     except ValueError:
-        pass
-    return "0.0.0.0"
+        return "0.0.0.0"
+    if ip.is_loopback:
+        return host
+    return "::" if ip.version == 6 else "0.0.0.0"
 
 
 def default_workers(cpu: str) -> int:

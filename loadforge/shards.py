@@ -111,7 +111,8 @@ class ShardPool:
         self.remote = remote
         self.start_timeout_s = start_timeout_s
         try:
-            self.listener = socket.create_server((bind, port))
+            self.listener = socket.create_server(
+                (bind, port), family=socket.AF_INET6 if ":" in bind else socket.AF_INET)
         except OSError as exc:
             raise RunError(f"the coordinator cannot listen on {bind}:{port} "
                            f"({exc.strerror or exc})") from None

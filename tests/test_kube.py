@@ -227,6 +227,7 @@ def test_the_coordinator_binds_loopback_only_for_a_loopback_address():
     assert kube.bind_address("localhost") == "127.0.0.1"
     assert kube.bind_address("::1") == "::1"
     assert kube.bind_address("10.0.0.7") == "0.0.0.0"
+    assert kube.bind_address("fd00::7") == "::"
     assert kube.bind_address("coordinator.loadtest.svc") == "0.0.0.0"
     assert kube.parse_coordinator_address("[::1]:7100") == ("::1", 7100)
     assert kube.parse_coordinator_address("host.example") == ("host.example", kube.DEFAULT_PORT)
@@ -341,3 +342,18 @@ def test_no_cluster_configuration_exits_3_with_one_line(tmp_path):
     assert out.returncode == 3
     assert "kubernetes: no cluster configuration" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_without_the_kubernetes_package_it_says_how_to_install_it(tmp_path):
+    # A `kubernetes` package that fails to import, first on the path: as if not installed.
+    (tmp_path / "kubernetes").mkdir()
+    (tmp_path / "kubernetes" / "__init__.py").write_text("raise ImportError('not here')\n")
+    prof = write_profile(tmp_path, "http://127.0.0.1:9")
+    out = loadforge("run", prof, "--shards", "2", "--launcher", "kubernetes",
+                    env={"PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 2, out.stderr
+    assert "pip install 'loadforge[kubernetes]'" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    # --dry-run needs no client.
+    assert loadforge("run", prof, "--shards", "2", "--launcher", "kubernetes", "--dry-run",
+                     env={"PYTHONPATH": str(tmp_path)}).returncode == 0
