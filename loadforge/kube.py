@@ -29,6 +29,7 @@ import json
 import re
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,6 +237,31 @@ def _api_error(exc: Exception, doing: str) -> RunError:
     return RunError(f"kubernetes: {doing}: {_one_line(str(exc))}")
 
 
+CHECK_EVERY_S = 2.0
+INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+# Container states that do not end by themselves: the shard will never dial in.
+STUCK = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+         "CreateContainerError", "CrashLoopBackOff"}
+
+
+def _pod_trouble(pod: Any) -> str:
+    status = pod.status
+    if status is None:
+        return ""
+    for container in status.container_statuses or []:
+        state = container.state
+        if state is not None and state.waiting is not None and state.waiting.reason in STUCK:
+            said = _one_line(state.waiting.message or "")
+            return f"is {state.waiting.reason}" + (f": {said}" if said != "?" else "")
+        if state is not None and state.terminated is not None:
+            said = _one_line(state.terminated.message or state.terminated.reason or "")
+            return (f"exited with code {state.terminated.exit_code}"
+                    + (f": {said}" if said != "?" else ""))
+    if status.phase == "Failed":
+        return f"failed: {_one_line(status.message or status.reason or '')}"
+    return ""
+
+
 class KubeLauncher:
     """Creates the Job and the Service once the coordinator listens; deletes them at the end."""
 
@@ -243,7 +269,9 @@ class KubeLauncher:
         self.opts = opts
         self.job, self.service = manifests(run_id, shards, opts)
         self.name = self.job["metadata"]["name"]
+        self.run_label = self.job["metadata"]["labels"][RUN_ID_LABEL]
         self.created: list[str] = []
+        self.next_check = 0.0
         kubernetes = require_client()
         configuration = opts.configuration or load_configuration()
         self.api = kubernetes.client.ApiClient(configuration)
@@ -264,6 +292,30 @@ class KubeLauncher:
         except Exception as exc:
             raise _api_error(exc, f"creating Job {self.name} in namespace {ns}") from None
         self.created.append("job")
+
+    def check(self, missing: list[int]) -> None:
+        """While the coordinator waits for them: fail the start early, naming the shard, when
+        one of the pods not dialled in yet cannot start (an image that does not pull, a pod
+        that failed). Looks at most every CHECK_EVERY_S seconds; an API error here is ignored
+        (the start timeout still holds)."""
+        now = time.monotonic()
+        if not missing or "job" not in self.created or now < self.next_check:
+            return
+        self.next_check = now + CHECK_EVERY_S
+        try:
+            pods = self.core.list_namespaced_pod(
+                self.opts.namespace, label_selector=f"{RUN_ID_LABEL}={self.run_label}")
+        except Exception:
+            return
+        for pod in pods.items or []:
+            annotations = pod.metadata.annotations or {}
+            labels = pod.metadata.labels or {}
+            index = annotations.get(INDEX_KEY, labels.get(INDEX_KEY))
+            if index is None or not str(index).isdigit() or int(index) not in missing:
+                continue
+            why = _pod_trouble(pod)
+            if why:
+                raise RunError(f"shard {index} cannot start: pod {pod.metadata.name} {why}")
 
     def cleanup(self) -> None:
         """Delete what was created (the Job's pods first), unless --keep; a failure to delete

@@ -107,7 +107,8 @@ class ShardPool:
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         # A local shard's stderr: the coordinator says it, once, in its own error line.
         self.logs: dict[int, Any] = {}
-        # Another launcher (kube.KubeLauncher): launch(port) once listening, cleanup() at the end.
+        # Another launcher (kube.KubeLauncher): launch(port) once listening, check(indices) of
+        # the shards not dialled in yet while starting (raises if they cannot start), cleanup().
         self.remote = remote
         self.start_timeout_s = start_timeout_s
         try:
@@ -154,6 +155,8 @@ class ShardPool:
                 raise WorkerCrashed(f"shards {missing} were not ready within "
                                     f"{self.start_timeout_s:g} s (coordinator {self.address})")
             self._check_local_alive()
+            if self.remote is not None:
+                self.remote.check(sorted(set(range(self.shards)) - set(conns)))
             waiting: list[Any] = [self.listener, *pending, *conns.values()]
             for ch in wait(waiting, timeout=0.5):
                 if ch is self.listener:

@@ -26,11 +26,13 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 class FakeKubeAPI:
     """Just the endpoints the launcher calls: POST/DELETE of batch/v1 Jobs and v1 Services in
-    a namespace. `refuse` maps (method, kind) to a status to answer with instead; `on_job` is
+    a namespace, GET of its pods (`pods`, whatever the label selector). `refuse` maps (method, kind) to a status to answer with instead; `on_job` is
     called with each Job accepted (to play the Job controller)."""
 
-    def __init__(self, refuse: dict[tuple[str, str], int] | None = None, on_job: Any = None):
+    def __init__(self, refuse: dict[tuple[str, str], int] | None = None, on_job: Any = None,
+                 pods: list[dict[str, Any]] | None = None):
         self.requests: list[tuple[str, str, Any]] = []
+        self.pods = pods or []
         self.refuse = refuse or {}
         self.on_job = on_job
         api = self
@@ -43,9 +45,13 @@ class FakeKubeAPI:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
                 api.requests.append((method, self.path, body))
-                kind = "jobs" if "/jobs" in self.path else "services"
+                kind = ("jobs" if "/jobs" in self.path else
+                        "pods" if "/pods" in self.path else "services")
                 status = api.refuse.get((method, kind))
-                if status:
+                if kind == "pods" and not status:
+                    status, reply = 200, {"kind": "PodList", "apiVersion": "v1",
+                                          "metadata": {}, "items": api.pods}
+                elif status:
                     reply: dict[str, Any] = {
                         "kind": "Status", "apiVersion": "v1", "status": "Failure",
                         "code": status, "reason": "Forbidden",
@@ -330,7 +336,39 @@ def test_shards_that_never_dial_in_fail_the_start_naming_them(nginx, tmp_path):
         assert out.returncode == 3, out.stderr
         assert "shards [0, 1] never dialled in within 1 s" in out.stderr
         assert "--shard-start-timeout" in out.stderr and "Traceback" not in out.stderr
-        assert [m for m, _, _ in api.requests] == ["POST", "POST", "DELETE", "DELETE"]
+        assert [m for m, _, _ in api.requests if m != "GET"] == ["POST", "POST", "DELETE",
+                                                                 "DELETE"]
+    finally:
+        api.close()
+
+
+def test_a_pod_whose_image_does_not_pull_fails_the_start_early_naming_its_shard(tmp_path):
+    pods = [{"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": f"loadforge-x-{i}-abcde",
+                          "annotations": {"batch.kubernetes.io/job-completion-index": str(i)}},
+             "status": {"phase": "Pending", "containerStatuses": [{
+                 "name": "shard", "image": "registry.example/loadforge:nope", "imageID": "",
+                 "ready": False, "restartCount": 0,
+                 "state": {"waiting": {"reason": reason, "message": message}}}]}}
+            for i, reason, message in ((0, "ContainerCreating", ""),
+                                       (1, "ImagePullBackOff", 'Back-off pulling image '
+                                        '"registry.example/loadforge:nope"'))]
+    api = FakeKubeAPI(pods=pods)
+    try:
+        prof = write_profile(tmp_path, "http://127.0.0.1:9")
+        out = loadforge("run", prof, "--shards", "2", "--launcher", "kubernetes",
+                        "--coordinator-address", f"127.0.0.1:{free_port()}", "--no-preflight",
+                        "--quiet", "--out", str(tmp_path / "results"),
+                        env={"KUBECONFIG": api.kubeconfig(tmp_path)})
+        assert out.returncode == 3, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in out.stderr
+        assert ("shard 1 cannot start: pod loadforge-x-1-abcde is ImagePullBackOff: Back-off "
+                'pulling image "registry.example/loadforge:nope"') in lines[0]
+        gets = [p for m, p, _ in api.requests if m == "GET"]
+        assert gets and all(p.startswith("/api/v1/namespaces/default/pods?labelSelector=")
+                            for p in gets)
+        assert [m for m, _, _ in api.requests][-2:] == ["DELETE", "DELETE"]
     finally:
         api.close()
 
