@@ -179,17 +179,37 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
               "replaces the profile's objective of the same name). A miss exits 1.")
 @click.option("--shards", type=click.IntRange(1, limits.MAX_WORKERS), help="Split the run over "
               "this many shard processes (each with --workers workers), one merged result.")
-@click.option("--launcher", type=click.Choice(["local"]), default="local", show_default=True,
-              help="Who starts the shards: local runs them as processes of this machine.")
+@click.option("--launcher", type=click.Choice(["local", "kubernetes"]), default="local",
+              show_default=True, help="Who starts the shards: local runs them as processes of "
+              "this machine; kubernetes as the pods of an Indexed Job.")
 @click.option("--max-clock-offset", default="50ms", show_default=True,
               help="With --shards: a shard whose clock is further off than this fails the start.")
+@click.option("--shard-start-timeout", help="With --launcher kubernetes: how long every shard "
+              "has to dial in and be ready (pods scheduled, images pulled) [default: 300s].")
+@click.option("--coordinator-address", metavar="HOST[:PORT]", help="With --launcher "
+              "kubernetes: what the pods dial [default: this host's name resolved, port 7070].")
+@click.option("--namespace", default="default", show_default=True,
+              help="With --launcher kubernetes: the namespace of the Job and Service.")
+@click.option("--image", help="With --launcher kubernetes: the shards' container image "
+              f"[default: loadforge:{__version__}].")
+@click.option("--shard-cpu", default="1", show_default=True,
+              help="With --launcher kubernetes: each pod's CPU request and limit.")
+@click.option("--shard-memory", default="512Mi", show_default=True,
+              help="With --launcher kubernetes: each pod's memory request and limit.")
+@click.option("--keep", is_flag=True, help="With --launcher kubernetes: leave the Job and "
+              "Service in place after the run.")
+@click.option("--dry-run", is_flag=True, help="With --launcher kubernetes: print the Job and "
+              "Service (JSON) and exit, contacting no API.")
 def run(profile: str | None, target: str | None, rate: float | None, concurrency: int | None,
         duration: str | None, connections: int | None, timeout: str | None,
         timer_resolution: str | None, requests_per_connection: int | None, workers: int | None,
         out_dir: str, labels: tuple[str, ...], summary_json: str | None,
         backend_header: str | None, no_preflight: bool, quiet: bool,
         junit_path: str | None, repeat: int, slos: tuple[str, ...], shards: int | None = None,
-        launcher: str = "local", max_clock_offset: str = "50ms") -> None:
+        launcher: str = "local", max_clock_offset: str = "50ms",
+        shard_start_timeout: str | None = None, coordinator_address: str | None = None,
+        namespace: str = "default", image: str | None = None, shard_cpu: str = "1",
+        shard_memory: str = "512Mi", keep: bool = False, dry_run: bool = False) -> None:
     """Run a load test: `loadforge run PROFILE` or `loadforge run --target URL --rate R
     --duration D`."""
     from dataclasses import replace
@@ -222,6 +242,13 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         plan = replace(plan, timer_resolution_s=parse_duration(
             timer_resolution, "--timer-resolution", allow_zero=True,
             maximum=limits.MAX_TIMER_RESOLUTION_S))
+    kube_opts = _kube_options(shards, launcher, shard_start_timeout, coordinator_address,
+                              namespace, image, shard_cpu, shard_memory, keep, dry_run)
+    if dry_run:
+        from loadforge.kube import dry_run_text
+
+        click.echo(dry_run_text(runner.new_run_id(plan), shards or 1, kube_opts))
+        return
     run_labels = _labels(labels)
     if repeat > 1 and "repeat" in run_labels:
         raise InputError("--label repeat=...: --repeat sets the repeat label of each run itself")
@@ -242,7 +269,8 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         if shards:
             opts = replace(opts, shards=shards, launcher=launcher,
                            max_clock_offset_s=parse_duration(max_clock_offset,
-                                                             "--max-clock-offset"))
+                                                             "--max-clock-offset"),
+                           kube=kube_opts)
         outcome = runner.execute(plan, opts, console)
         outcomes.append(outcome)
         if not quiet:
@@ -269,6 +297,39 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     # The most serious ending decides: could not run (3), interrupted (128+N), an SLO (1).
     codes = [o.exit_code for o in outcomes]
     sys.exit(next((c for c in codes if c not in (0, 1)), max(codes)))
+
+
+def _kube_options(shards: int | None, launcher: str, start_timeout: str | None,
+                  address: str | None, namespace: str, image: str | None, cpu: str,
+                  memory: str, keep: bool, dry_run: bool) -> Any:
+    """--launcher kubernetes and its flags, checked before anything runs (kube.py). None for
+    the local launcher, whose flags these are not."""
+    given = [flag for flag, on in (("--coordinator-address", address is not None),
+                                   ("--shard-start-timeout", start_timeout is not None),
+                                   ("--namespace", namespace != "default"),
+                                   ("--image", image is not None), ("--shard-cpu", cpu != "1"),
+                                   ("--shard-memory", memory != "512Mi"), ("--keep", keep),
+                                   ("--dry-run", dry_run)) if on]
+    if launcher != "kubernetes":
+        if given:
+            raise InputError(f"{given[0]} applies only with --launcher kubernetes")
+        return None
+    from loadforge import kube
+
+    if not shards:
+        raise InputError("--launcher kubernetes needs --shards N")
+    host, port = kube.parse_coordinator_address(address)
+    opts = kube.KubeOptions(
+        namespace=kube.check_namespace(namespace), image=image or kube.KubeOptions.image,
+        cpu=kube.check_quantity(cpu, "--shard-cpu"),
+        memory=kube.check_quantity(memory, "--shard-memory"), keep=keep,
+        coordinator_host=host, coordinator_port=port,
+        start_timeout_s=parse_duration(start_timeout, "--shard-start-timeout")
+        if start_timeout else kube.DEFAULT_START_TIMEOUT_S)
+    if not dry_run:
+        kube.require_client()
+        opts.configuration = kube.load_configuration()
+    return opts
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:

@@ -76,6 +76,7 @@ class RunOptions:
     shards: int = 0
     launcher: str = "local"
     max_clock_offset_s: float = 0.05
+    kube: Any = None                  # kube.KubeOptions, with --launcher kubernetes
 
 
 @dataclass
@@ -810,7 +811,12 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     if opts.shards:
         from loadforge.run.shards import shard_workers
 
-        per_shard = shard_workers(opts.workers or plan.workers, opts.shards, plan.connections)
+        requested = opts.workers or plan.workers
+        if opts.kube is not None and not requested:
+            from loadforge.kube import default_workers
+
+            requested = default_workers(opts.kube.cpu)
+        per_shard = shard_workers(requested, opts.shards, plan.connections)
         workers = opts.shards * per_shard
     specs = _worker_specs(plan, target, workers, opts.interval_s,
                           observe.backend_header(plan, opts.backend_header, sandbox))
@@ -849,7 +855,7 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
 
                 agg.shard_of = lambda k: k % opts.shards
                 pool = ShardPool(specs, opts.shards, per_shard, opts.max_clock_offset_s,
-                                 opts.launcher)
+                                 opts.launcher, **_remote_shards(opts, run_id))
                 t0 = pool.start()
             else:
                 pool = WorkerPool(specs)
@@ -898,6 +904,18 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     if pool is not None and not isinstance(pool, WorkerPool):
         result["shards"] = pool.figures(ran_s)
     return RunOutcome(result, saved, ok, stop.signum, failure)
+
+
+def _remote_shards(opts: RunOptions, run_id: str) -> dict[str, Any]:
+    """ShardPool's arguments for a launcher other than local (kube.py)."""
+    if opts.launcher != "kubernetes":
+        return {}
+    from loadforge.kube import KubeLauncher, bind_address
+
+    kube = opts.kube
+    return {"bind": bind_address(kube.coordinator_host), "port": kube.coordinator_port,
+            "remote": KubeLauncher(kube, run_id, opts.shards),
+            "start_timeout_s": kube.start_timeout_s}
 
 
 def _end_metadata(stop: Stop, ran_s: float, failure: str | None) -> dict[str, str]:

@@ -102,7 +102,7 @@ class ShardPool:
 
     def __init__(self, specs: list[WorkerSpec], shards: int, workers: int,
                  max_offset_s: float, launcher: str = "local", bind: str = "127.0.0.1",
-                 port: int = 0):
+                 port: int = 0, remote: Any = None, start_timeout_s: float = START_TIMEOUT_S):
         self.shards = shards
         self.workers = workers
         self.max_offset_s = max_offset_s
@@ -115,7 +115,16 @@ class ShardPool:
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         # A local shard's stderr: the coordinator says it, once, in its own error line.
         self.logs: dict[int, Any] = {}
-        self.listener = socket.create_server((bind, port))
+        # Another launcher (kube.KubeLauncher): launch(port) once listening, check(indices) of
+        # the shards not dialled in yet while starting (raises if they cannot start), cleanup().
+        self.remote = remote
+        self.start_timeout_s = start_timeout_s
+        try:
+            self.listener = socket.create_server(
+                (bind, port), family=socket.AF_INET6 if ":" in bind else socket.AF_INET)
+        except OSError as exc:
+            raise RunError(f"the coordinator cannot listen on {bind}:{port} "
+                           f"({exc.strerror or exc})") from None
         host, port = self.listener.getsockname()[:2]
         self.address = f"{host}:{port}"
         if launcher == "local":
@@ -126,13 +135,19 @@ class ShardPool:
             except BaseException:
                 self.terminate()
                 raise
+        elif remote is not None:
+            try:
+                remote.launch(port)
+            except BaseException:
+                self.terminate()
+                raise
 
     # -- the start barrier
 
     def start(self) -> int:
         """Wait for every shard to say hello, measure its clock and be ready; send them all one
         absolute start time. Returns time zero on this process's monotonic clock."""
-        limit = time.monotonic() + START_TIMEOUT_S
+        limit = time.monotonic() + self.start_timeout_s
         conns: dict[int, Connection] = {}      # by shard index, once it said hello
         pending: list[Connection] = []         # dialled in, no hello yet
         ready: set[int] = set()
@@ -140,9 +155,16 @@ class ShardPool:
         while len(ready) < self.shards:
             if time.monotonic() > limit:
                 missing = sorted(set(range(self.shards)) - ready)
+                silent = sorted(set(range(self.shards)) - set(conns))
+                if self.remote is not None and silent and not pending:
+                    raise WorkerCrashed(f"shards {silent} never dialled in within "
+                                        f"{self.start_timeout_s:g} s (coordinator "
+                                        f"{self.address}); see --shard-start-timeout")
                 raise WorkerCrashed(f"shards {missing} were not ready within "
-                                    f"{START_TIMEOUT_S:.0f} s (coordinator {self.address})")
+                                    f"{self.start_timeout_s:g} s (coordinator {self.address})")
             self._check_local_alive()
+            if self.remote is not None:
+                self.remote.check(sorted(set(range(self.shards)) - set(conns)))
             waiting: list[Any] = [self.listener, *pending, *conns.values()]
             for ch in wait(waiting, timeout=0.5):
                 if ch is self.listener:
@@ -360,6 +382,8 @@ class ShardPool:
                     pass
 
     def terminate(self) -> None:
+        if self.remote is not None:
+            self.remote.cleanup()
         for proc in self.processes.values():
             if proc.poll() is None:
                 proc.kill()
