@@ -32,11 +32,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rich.console import Console  # noqa: E402
 
-from loadforge import workers  # noqa: E402
-from loadforge.plan import STATUS_OUTCOMES, Plan, Request, Stage  # noqa: E402
-from loadforge.progress import LiveProgress  # noqa: E402
-from loadforge.results import ResultWriter  # noqa: E402
-from loadforge.runner import Aggregator, _start, _worker_specs, parse_target  # noqa: E402
+from loadforge.config.plan import STATUS_OUTCOMES, Plan, Request, Stage  # noqa: E402
+from loadforge.results.store import ResultWriter  # noqa: E402
+from loadforge.run import workers  # noqa: E402
+from loadforge.run.coordinator import Aggregator, _start, _worker_specs, parse_target  # noqa: E402
+from loadforge.run.progress import LiveProgress  # noqa: E402
 
 REQUESTS = (Request("home", path="/", weight=6), Request("item", path="/item", weight=3),
             Request("missing", path="/missing", weight=1))

@@ -245,7 +245,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     kube_opts = _kube_options(shards, launcher, shard_start_timeout, coordinator_address,
                               namespace, image, shard_cpu, shard_memory, keep, dry_run)
     if dry_run:
-        from loadforge.kube import dry_run_text
+        from loadforge.run.kube import dry_run_text
 
         click.echo(dry_run_text(runner.new_run_id(plan), shards or 1, kube_opts))
         return
@@ -314,7 +314,7 @@ def _kube_options(shards: int | None, launcher: str, start_timeout: str | None,
         if given:
             raise InputError(f"{given[0]} applies only with --launcher kubernetes")
         return None
-    from loadforge import kube
+    from loadforge.run import kube
 
     if not shards:
         raise InputError("--launcher kubernetes needs --shards N")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from servers import ROOT, free_port
 
-from loadforge import kube
+from loadforge.run import kube
 
 kubernetes = pytest.importorskip("kubernetes")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")

@@ -813,7 +813,7 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
 
         requested = opts.workers or plan.workers
         if opts.kube is not None and not requested:
-            from loadforge.kube import default_workers
+            from loadforge.run.kube import default_workers
 
             requested = default_workers(opts.kube.cpu)
         per_shard = shard_workers(requested, opts.shards, plan.connections)
@@ -910,7 +910,7 @@ def _remote_shards(opts: RunOptions, run_id: str) -> dict[str, Any]:
     """ShardPool's arguments for a launcher other than local (kube.py)."""
     if opts.launcher != "kubernetes":
         return {}
-    from loadforge.kube import KubeLauncher, bind_address
+    from loadforge.run.kube import KubeLauncher, bind_address
 
     kube = opts.kube
     return {"bind": bind_address(kube.coordinator_host), "port": kube.coordinator_port,
