@@ -10,4 +10,5 @@ from loadforge._system cimport epoll_event, sockaddr_storage, socklen_t
 include "engine/http1.pxd"
 include "engine/recorder.pxd"
 include "engine/conn.pxd"
+include "engine/transport.pxd"
 include "engine/stages.pxd"

@@ -17,9 +17,7 @@ cdef class Engine:
         int epfd
         int wake_epfd            # the control fd alone: sleeping without socket wake-ups
         int control_fd
-        sockaddr_storage addr
-        socklen_t addrlen
-        int family
+        Transport transport      # how bytes reach the target (engine/transport.pxi)
 
         Conn* conns
         int nconns
@@ -33,7 +31,6 @@ cdef class Engine:
         msghdr msg               # recvmsg over rbuf, with room for a receive timestamp
         iovec iov
         uint64_t cmsg_buf[CMSG_BUFFER_WORDS]   # 8-aligned, as cmsghdr needs
-        int rx_stamps            # SO_TIMESTAMPNS works: responses are timed by the kernel
         int64_t rt_offset_ns     # CLOCK_REALTIME - CLOCK_MONOTONIC at the last wake-up
         int connecting           # connections in C_CONNECTING
         int n_backoff            # connections in C_BACKOFF
@@ -130,24 +127,25 @@ cdef class Engine:
             raise ValueError("requests_per_connection must be >= 0")
         self.requests_per_connection = requests_per_connection
 
-        memset(&self.addr, 0, sizeof(self.addr))
+        self.transport.kind = T_TCP
+        memset(&self.transport.addr, 0, sizeof(self.transport.addr))
         baddr = address.encode()
         if ":" in address:
-            a6 = <sockaddr_in6*>&self.addr
+            a6 = <sockaddr_in6*>&self.transport.addr
             a6.sin6_family = AF_INET6
             a6.sin6_port = htons(port)
             if inet_pton(AF_INET6, baddr, &a6.sin6_addr) != 1:
                 raise ValueError(f"not an IPv6 address: {address}")
-            self.addrlen = sizeof(sockaddr_in6)
-            self.family = AF_INET6
+            self.transport.addrlen = sizeof(sockaddr_in6)
+            self.transport.family = AF_INET6
         else:
-            a4 = <sockaddr_in*>&self.addr
+            a4 = <sockaddr_in*>&self.transport.addr
             a4.sin_family = AF_INET
             a4.sin_port = htons(port)
             if inet_pton(AF_INET, baddr, &a4.sin_addr) != 1:
                 raise ValueError(f"not an IPv4 address: {address}")
-            self.addrlen = sizeof(sockaddr_in)
-            self.family = AF_INET
+            self.transport.addrlen = sizeof(sockaddr_in)
+            self.transport.family = AF_INET
 
         self._keep = []
         self.nreq = len(requests)
@@ -225,7 +223,7 @@ cdef class Engine:
         self.msg.msg_iov = &self.iov
         self.msg.msg_iovlen = 1
         self.msg.msg_control = <void*>self.cmsg_buf
-        self.rx_stamps = 1
+        self.transport.rx_stamps = 1
 
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         self.wake_epfd = epoll_create1(EPOLL_CLOEXEC)
@@ -237,7 +235,7 @@ cdef class Engine:
         if self.conns != NULL:
             for i in range(self.nconns):
                 if self.conns[i].fd >= 0:
-                    close(self.conns[i].fd)
+                    transport_close(&self.transport, &self.conns[i])
         if self.cells != NULL:
             for i in range(self.ncells):
                 if self.cells[i] != NULL:
@@ -277,7 +275,7 @@ cdef class Engine:
     def receive_timestamps(self):
         """Whether responses are timed by the kernel's receive timestamps (SO_TIMESTAMPNS);
         known once connections are open. Without them, by the time they are read."""
-        return bool(self.rx_stamps)
+        return bool(self.transport.rx_stamps)
 
     @property
     def retries(self):
@@ -290,131 +288,6 @@ cdef class Engine:
         """Captured header values, by slot (slot 0: none or too many distinct values)."""
         return ["*"] + [self.backend_name[i][:self.backend_len[i]].decode("latin-1")
                         for i in range(1, self.nbackends + 1)]
-
-    # -- pools ------------------------------------------------------------------------------
-
-    cdef inline void push_idle(self, int ci) noexcept:
-        if not self.conns[ci].in_idle:
-            self.conns[ci].in_idle = 1
-            self.idle_stack[self.n_idle] = ci
-            self.n_idle += 1
-
-    cdef inline void push_closed(self, int ci) noexcept:
-        if not self.conns[ci].in_closed:
-            self.conns[ci].in_closed = 1
-            self.closed_stack[self.n_closed] = ci
-            self.n_closed += 1
-
-    cdef inline int take_conn(self) noexcept:
-        """A connection free for an arrival: an idle one, else a closed one to open."""
-        cdef int ci
-        while self.n_idle > 0:
-            self.n_idle -= 1
-            ci = self.idle_stack[self.n_idle]
-            self.conns[ci].in_idle = 0
-            if self.conns[ci].state == C_IDLE:
-                return ci
-        while self.n_closed > 0:
-            self.n_closed -= 1
-            ci = self.closed_stack[self.n_closed]
-            self.conns[ci].in_closed = 0
-            if self.conns[ci].state == C_CLOSED:
-                return ci
-        return -1
-
-    # -- connections ------------------------------------------------------------------------
-
-    cdef void close_conn(self, int ci) noexcept:
-        cdef Conn* c = &self.conns[ci]
-        if c.fd >= 0:
-            close(c.fd)     # also leaves the epoll set
-            c.fd = -1
-            if c.state != C_CONNECTING:
-                if c.peer_closed:
-                    self.closed_by_server += 1
-                else:
-                    self.closed_by_us += 1
-        c.peer_closed = 0
-        if c.state == C_CONNECTING:
-            self.connecting -= 1
-        if c.want_write:
-            c.want_write = 0
-            self.writing -= 1
-        c.state = C_CLOSED
-        self.push_closed(ci)
-
-    cdef void open_conn(self, int ci, int64_t now) noexcept:
-        cdef Conn* c = &self.conns[ci]
-        cdef int one = 1
-        cdef epoll_event ev
-        cdef int fd = socket(self.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
-        self.connects += 1
-        if fd < 0:
-            self.connect_failed(ci, now)
-            return
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
-        if self.rx_stamps and setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) != 0:
-            self.rx_stamps = 0
-        if connect(fd, <sockaddr*>&self.addr, self.addrlen) != 0 and errno != EINPROGRESS:
-            close(fd)
-            self.connect_failed(ci, now)
-            return
-        c.fd = fd
-        c.state = C_CONNECTING
-        c.served = 0
-        c.connect_ns = now
-        self.connecting += 1
-        c.deadline_ns = now + self.timeout_ns
-        ev.events = EPOLLOUT
-        ev.data.u64 = ci
-        epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
-        # The quiet sleep (sleep_through_responses) still wakes when the server closes or
-        # resets a connection, so that such ends are timed when the kernel saw them.
-        ev.events = EPOLLRDHUP
-        epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, fd, &ev)
-
-    cdef void connect_failed(self, int ci, int64_t now) noexcept:
-        self.connect_failures += 1
-        if self.conns[ci].has_arrival:
-            self.finish(ci, O_CONNECT, now, now)
-        else:
-            self.close_conn(ci)
-
-    cdef void on_connected(self, int ci, int64_t now) noexcept:
-        cdef Conn* c = &self.conns[ci]
-        cdef int err = 0
-        cdef socklen_t len = sizeof(err)
-        cdef epoll_event ev
-        getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len)
-        if (err == ECONNRESET or err == EPIPE) and c.has_arrival:
-            c.peer_closed = 1
-            # Accepted, then closed or reset before the loop saw it connected: a reset, not a
-            # failed connect (which is refused, unreachable or timed out).
-            self.connecting -= 1
-            c.state = C_BUSY
-            c.fresh = 1
-            parser_reset(&c.parser, self.req_head[c.request])
-            c.written = 0
-            self.finish(ci, O_RESET, now, now)
-            return
-        if err != 0:
-            self.connect_failed(ci, now)
-            return
-        c.state = C_IDLE
-        c.backoff_ns = 0
-        self.connecting -= 1
-        # Connect time, as load balancers' new-connection costs show in it (churn tests). No
-        # memory for a chunk: the connection goes on, its time is not counted.
-        if hist_record(&self.arena, &self.connect_time, (now - c.connect_ns) // 1000) != 0:
-            self.dropped += 1
-        ev.events = EPOLLIN
-        ev.data.u64 = ci
-        epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
-        if c.has_arrival:
-            c.fresh = 1
-            self.send_request(ci, now)
-        else:
-            self.push_idle(ci)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -435,7 +308,7 @@ cdef class Engine:
             self.send_request(ci, now)
         else:
             c.sent_ns = now     # a failed connect is timed from the attempt
-            self.open_conn(ci, now)
+            open_conn(self, ci, now)
 
     cdef void send_request(self, int ci, int64_t now) noexcept:
         cdef Conn* c = &self.conns[ci]
@@ -450,8 +323,8 @@ cdef class Engine:
     cdef void write_request(self, int ci, int64_t now) noexcept:
         cdef Conn* c = &self.conns[ci]
         cdef Py_ssize_t length = self.req_len[c.request]
-        cdef ssize_t n = send(c.fd, self.req_data[c.request] + c.written,
-                              length - c.written, MSG_NOSIGNAL)
+        cdef ssize_t n = transport_write(&self.transport, c, self.req_data[c.request] + c.written,
+                                         length - c.written)
         if n < 0:
             if errno != EAGAIN and errno != EINTR:
                 # The server closed or reset the connection; it may have answered first
@@ -484,13 +357,13 @@ cdef class Engine:
         cdef int reads = 0
         while True:
             self.msg.msg_controllen = sizeof(self.cmsg_buf)
-            n = recvmsg(c.fd, &self.msg, 0)
+            n = transport_read(&self.transport, c, &self.msg)
             if c.state != C_BUSY or not c.has_arrival:
                 # An idle keep-alive connection: the server closed it, or sent what nobody
                 # asked for. Either way it is not reusable.
                 if n >= 0 or (errno != EAGAIN and errno != EINTR):
                     c.peer_closed = n <= 0
-                    self.close_conn(ci)
+                    close_conn(self, ci)
                 return
             if n > 0:
                 used = parser_feed(&c.parser, &self.names, self.rbuf, n)
@@ -505,7 +378,8 @@ cdef class Engine:
                 if c.parser.state == P_BODY_EOF:
                     # Read on to the close: its time is the last bytes' receive timestamp.
                     c.last_rx_ns = self.received_at(c, now)
-                elif n < RECV_BUFFER_SIZE and not c.write_failed:
+                elif n < RECV_BUFFER_SIZE and not c.write_failed \
+                        and not transport_pending(&self.transport, c):
                     return    # the socket is empty (wrk's test): wait for more
                 reads += 1
                 if reads == MAX_READS_PER_EVENT:
@@ -515,7 +389,7 @@ cdef class Engine:
                 continue
             if n == 0:
                 c.peer_closed = 1
-                if c.parser.received == 0 and self.retry_arrival(ci, now):
+                if c.parser.received == 0 and retry_arrival(self, ci, now):
                     return
                 outcome = parser_eof(&c.parser)
                 if outcome < 0:
@@ -528,24 +402,10 @@ cdef class Engine:
             if errno == EAGAIN and not c.write_failed:
                 return
             c.peer_closed = 1
-            if c.parser.received == 0 and self.retry_arrival(ci, now):
+            if c.parser.received == 0 and retry_arrival(self, ci, now):
                 return
             self.finish(ci, O_RESET, now, now)
             return
-
-    cdef int retry_arrival(self, int ci, int64_t now) noexcept:
-        """A request that went out on a reused connection the server had already closed (idle
-        timeout, keepalive_requests) got no byte of answer: send it once more on a new
-        connection, as browsers and wrk do. Returns 1 when it did."""
-        cdef Conn* c = &self.conns[ci]
-        if c.fresh or c.retried:
-            return 0
-        c.retried = 1
-        self.retries += 1
-        self.close_conn(ci)
-        c.sent_ns = now
-        self.open_conn(ci, now)
-        return 1
 
     cdef inline int64_t received_at(self, Conn* c, int64_t now) noexcept:
         """When the last segment read by the latest recvmsg reached the socket: the kernel's
@@ -593,7 +453,7 @@ cdef class Engine:
                 or c.served == self.requests_per_connection:
             if c.parser.close and outcome < O_CONNECT:
                 c.peer_closed = 1     # the server said so: it closes its end after this
-            self.close_conn(ci)
+            close_conn(self, ci)
         else:
             c.state = C_IDLE
         if stage == self.cur and not self.stopping and self.cur < self.nstages:
@@ -602,7 +462,7 @@ cdef class Engine:
                 if outcome == O_CONNECT:
                     # Retrying at once would spin (a refused port answers in microseconds)
                     # and, from inside finish, recurse once per failure.
-                    self.start_backoff(ci, now)
+                    start_backoff(self, ci, now)
                 elif sp.think_ns > 0:
                     self.think_conn[(self.think_head + self.think_len) % self.nconns] = ci
                     self.think_at[(self.think_head + self.think_len) % self.nconns] = now + sp.think_ns
@@ -611,42 +471,7 @@ cdef class Engine:
                     self.closed_arrival(ci, now)
                 return
         if c.state == C_IDLE:
-            self.push_idle(ci)
-
-    cdef void start_backoff(self, int ci, int64_t now) noexcept:
-        cdef Conn* c = &self.conns[ci]
-        c.backoff_ns = BACKOFF_FIRST_NS if c.backoff_ns == 0 else c.backoff_ns * 2
-        if c.backoff_ns > BACKOFF_MAX_NS:
-            c.backoff_ns = BACKOFF_MAX_NS
-        c.retry_at_ns = now + c.backoff_ns
-        c.state = C_BACKOFF
-        self.n_backoff += 1
-
-    cdef void end_backoffs(self, int64_t now, int release) noexcept:
-        """Slots whose backoff is over (all of them with release) try again in the current
-        closed-model stage, or go back to the pool."""
-        cdef int i
-        cdef Conn* c
-        cdef StagePlan* sp
-        for i in range(self.nconns):
-            c = &self.conns[i]
-            if c.state != C_BACKOFF or (not release and c.retry_at_ns > now):
-                continue
-            c.state = C_CLOSED
-            self.n_backoff -= 1
-            sp = &self.stages[self.cur] if self.cur < self.nstages else NULL
-            if not release and sp != NULL and not sp.open_model and not self.stopping:
-                self.closed_arrival(i, now)
-            else:
-                self.push_closed(i)
-
-    cdef int64_t next_retry(self) noexcept:
-        cdef int i
-        cdef int64_t t = NEVER
-        for i in range(self.nconns):
-            if self.conns[i].state == C_BACKOFF and self.conns[i].retry_at_ns < t:
-                t = self.conns[i].retry_at_ns
-        return t
+            push_idle(self, ci)
 
     cdef void closed_arrival(self, int ci, int64_t now) noexcept:
         cdef int request = self.mix[self.closed_seq % self.mix_len]
@@ -739,7 +564,7 @@ cdef class Engine:
         cdef int ci
         cdef int64_t intended
         while self.disp_k < self.sched_k:
-            ci = self.take_conn()
+            ci = take_conn(self)
             if ci < 0:
                 # every connection busy: the backlog waits, and its wait is latency
                 self.blocked_k = self.sched_k
@@ -767,13 +592,13 @@ cdef class Engine:
             self.next_due_ns = NEVER
         else:
             if self.n_backoff:
-                self.end_backoffs(now, 1)
+                end_backoffs(self, now, 1)
             while self.think_len > 0:
                 ci = self.think_conn[self.think_head]
                 self.think_head = (self.think_head + 1) % self.nconns
                 self.think_len -= 1
                 if self.conns[ci].state == C_IDLE:
-                    self.push_idle(ci)
+                    push_idle(self, ci)
         self.cur += 1
         self.begin_stage(now)
 
@@ -789,7 +614,7 @@ cdef class Engine:
                     self.finish(i, O_TIMEOUT if c.state == C_BUSY else O_CONNECT, now, now)
                 else:
                     self.connect_failures += 1
-                    self.close_conn(i)
+                    close_conn(self, i)
 
     cdef int advance(self, int64_t now) except -1:
         """Everything that is due at `now`; returns 1 once the run is over."""
@@ -809,7 +634,7 @@ cdef class Engine:
                 # Fill the stage's slots; connections still busy with an earlier stage's
                 # requests join as they come free.
                 while self.closed_active < sp.concurrency:
-                    ci = self.take_conn()
+                    ci = take_conn(self)
                     if ci < 0:
                         break
                     self.closed_active += 1
@@ -820,7 +645,7 @@ cdef class Engine:
                     self.think_len -= 1
                     self.closed_arrival(ci, now)
                 if self.n_backoff:
-                    self.end_backoffs(now, 0)
+                    end_backoffs(self, now, 0)
         while now >= self.t0 + (self.interval_index + 1) * self.interval_ns:
             self.flush(0)
         if now >= self.next_scan_ns:
@@ -851,8 +676,8 @@ cdef class Engine:
                 t = self.t0 + sp.start_ns
         if self.inflight > 0 and self.next_scan_ns < t:
             t = self.next_scan_ns
-        if self.n_backoff and self.next_retry() < t:
-            t = self.next_retry()
+        if self.n_backoff and next_retry(self) < t:
+            t = next_retry(self)
         return t
 
     cdef inline int sleep_through_responses(self) noexcept:
@@ -863,7 +688,7 @@ cdef class Engine:
         Responses that come meanwhile are read at the next wake-up and timed by their receive
         timestamps, so at high rates one wake-up serves a tick's arrivals and the previous
         tick's responses together. Closes and resets still wake it (EPOLLRDHUP, EPOLLERR)."""
-        if not self.rx_stamps or self.cur >= self.nstages or self.connecting or self.writing \
+        if not self.transport.rx_stamps or self.cur >= self.nstages or self.connecting or self.writing \
                 or self.eventful:
             return 0
         return self.stages[self.cur].open_model and self.disp_k == self.sched_k
@@ -1009,10 +834,10 @@ cdef class Engine:
         if preconnect < 0 or preconnect > self.nconns:
             preconnect = self.nconns
         for i in range(preconnect):
-            ci = self.take_conn()
+            ci = take_conn(self)
             if ci < 0:
                 break
-            self.open_conn(ci, now)
+            open_conn(self, ci, now)
         self.cur = 0
         self.begin_stage(now)
         while True:
@@ -1062,7 +887,7 @@ cdef class Engine:
                 if self.conns[ci].fd < 0:
                     continue    # closed by an earlier event of this batch
                 if self.conns[ci].state == C_CONNECTING:
-                    self.on_connected(ci, now)
+                    on_connected(self, ci, now)
                     continue
                 if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
                     self.on_readable(ci, now)
@@ -1072,6 +897,6 @@ cdef class Engine:
         self.flush(1)
         for i in range(self.nconns):
             if self.conns[i].fd >= 0:
-                self.close_conn(i)
+                close_conn(self, i)
         if self._error is not None:
             raise self._error
