@@ -6,7 +6,7 @@ HdrHistogram counts in C.
 Nothing on the per-request path creates a Python object: requests are pre-encoded bytes, the
 connection table and the receive buffer are allocated once, latencies go into C count arrays.
 Python is called once per interval, with that interval's histogram deltas packed in one bytes
-object (layout in `loadforge/workers.py`, which unpacks it).
+object (the worker wire format: `loadforge/engine/wire.pxd`, read by `loadforge/wire.py`).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -28,3 +28,4 @@ include "engine/tcp.pxi"
 include "engine/transport.pxi"
 include "engine/loop.pxi"
 include "engine/pool.pxi"
+include "engine/cells.pxi"

@@ -13,7 +13,6 @@ cdef enum:
     # A send this late on a free connection means the loop, not the target, held it back:
     # far above the timer resolution and the scheduling jitter of a busy machine.
     LATE_SEND_NS = 10000000
-    PAYLOAD_MAGIC = 0x3149464c         # "LFI1"
     BACKOFF_FIRST_NS = 1000000         # a slot whose connect failed waits 1 ms, then 2, 4, ...
     BACKOFF_MAX_NS = 1000000000        # ... up to 1 s between attempts
     # A response up to this size fits the receive buffer of a fresh loopback socket, so the

@@ -435,7 +435,7 @@ cdef class Engine:
         cdef Conn* c = &self.conns[ci]
         cdef int stage = c.stage
         cdef StagePlan* sp
-        self.record(c, outcome, end)
+        record(self, c, outcome, end)
         c.has_arrival = 0
         self.inflight -= 1
         self.eventful -= c.big
@@ -478,55 +478,6 @@ cdef class Engine:
         self.closed_seq += 1
         self.counters[self.cur].scheduled += 1
         self.start_arrival(ci, self.cur, request, now, now)
-
-    cdef inline int backend_slot(self, Parser* p) noexcept:
-        cdef int i
-        if p.capture_len == 0:
-            return 0
-        for i in range(1, self.nbackends + 1):
-            if self.backend_len[i] == p.capture_len and \
-                    memcmp(self.backend_name[i], p.capture, p.capture_len) == 0:
-                return i
-        if self.nbackends == MAX_BACKENDS:
-            return 0
-        self.nbackends += 1
-        memcpy(self.backend_name[self.nbackends], p.capture, p.capture_len)
-        self.backend_len[self.nbackends] = p.capture_len
-        return self.nbackends
-
-    cdef void record(self, Conn* c, int outcome, int64_t now) noexcept:
-        cdef int slot = 0
-        cdef int index
-        cdef Cell* cell
-        if self.nslots > 1 and outcome < O_CONNECT:
-            slot = self.backend_slot(&c.parser)
-        index = ((c.stage * self.nreq + c.request) * N_OUTCOMES + outcome) * self.nslots + slot
-        cell = self.cells[index]
-        if cell == NULL:
-            # First use of this (stage, request, outcome, backend): the only allocation the
-            # recording path ever makes, bounded by the number of such combinations.
-            cell = <Cell*>calloc(1, sizeof(Cell))
-            if cell == NULL:
-                self.dropped += 1
-                return
-            hist_clear(&cell.latency)
-            hist_clear(&cell.service)
-            cell.stage = c.stage
-            cell.request = c.request
-            cell.outcome = outcome
-            cell.backend = slot
-            self.cells[index] = cell
-        if not cell.touched:
-            cell.touched = 1
-            self.touched[self.ntouched] = index
-            self.ntouched += 1
-        # Each of the two values needs at most one new chunk: with two free, neither can fail.
-        if self.arena.nfree < 2 and not arena_grow(&self.arena):
-            self.dropped += 1
-            return
-        hist_record(&self.arena, &cell.latency, (now - c.intended_ns) // 1000)
-        hist_record(&self.arena, &cell.service, (now - c.sent_ns) // 1000)
-        cell.count += 1
 
     # -- schedule ---------------------------------------------------------------------------
 
@@ -647,7 +598,7 @@ cdef class Engine:
                 if self.n_backoff:
                     end_backoffs(self, now, 0)
         while now >= self.t0 + (self.interval_index + 1) * self.interval_ns:
-            self.flush(0)
+            flush(self, 0)
         if now >= self.next_scan_ns:
             self.scan_timeouts(now)
             self.next_scan_ns = now + SCAN_PERIOD_NS
@@ -704,105 +655,6 @@ cdef class Engine:
         if self.cur < self.nstages:
             self.end_stage(now)
         self.cur = self.nstages
-
-    # -- intervals --------------------------------------------------------------------------
-
-    cdef int flush(self, int final) except -1:
-        """Hand the interval's counts to Python as one bytes object, then clear them."""
-        cdef Py_ssize_t size = 48 + 40 * self.nstages + (4 + CAPTURE_MAX) * self.nbackends + 32
-        cdef Hist* ct = &self.connect_time
-        size += 32 + (ct.hi - ct.lo + 1) * 4 if ct.lo <= ct.hi else 32
-        cdef int i, j, open_conns = 0
-        cdef Cell* cell
-        cdef char* out
-        cdef Hist* h
-        cdef int which
-        for i in range(self.ntouched):
-            cell = self.cells[self.touched[i]]
-            size += 24 + 2 * 32
-            if cell.latency.lo <= cell.latency.hi:
-                size += (cell.latency.hi - cell.latency.lo + 1) * 4
-            if cell.service.lo <= cell.service.hi:
-                size += (cell.service.hi - cell.service.lo + 1) * 4
-        for i in range(self.nconns):
-            if self.conns[i].fd >= 0:
-                open_conns += 1
-        payload = PyBytes_FromStringAndSize(NULL, size)
-        out = PyBytes_AS_STRING(payload)
-        # header: magic, worker, interval, final, stages, cells, backends, connects,
-        # connect failures, open connections, in flight  ("<IIqIIIIQQII")
-        (<uint32_t*>out)[0] = PAYLOAD_MAGIC
-        (<uint32_t*>out)[1] = self.worker
-        (<int64_t*>(out + 8))[0] = self.interval_index
-        (<uint32_t*>(out + 16))[0] = final
-        (<uint32_t*>(out + 20))[0] = self.nstages
-        (<uint32_t*>(out + 24))[0] = self.ntouched
-        (<uint32_t*>(out + 28))[0] = self.nbackends
-        (<uint64_t*>(out + 32))[0] = self.connects
-        (<uint64_t*>(out + 40))[0] = self.connect_failures
-        out += 48
-        for i in range(self.nstages):
-            (<uint64_t*>out)[0] = self.counters[i].scheduled
-            (<uint64_t*>out)[1] = self.counters[i].sent
-            (<uint64_t*>out)[2] = self.counters[i].unsent
-            (<uint64_t*>out)[3] = self.counters[i].waited
-            (<uint64_t*>out)[4] = self.counters[i].late
-            self.counters[i].scheduled = 0
-            self.counters[i].sent = 0
-            self.counters[i].unsent = 0
-            self.counters[i].waited = 0
-            self.counters[i].late = 0
-            out += 40
-        for i in range(1, self.nbackends + 1):
-            (<uint32_t*>out)[0] = self.backend_len[i]
-            memcpy(out + 4, self.backend_name[i], CAPTURE_MAX)
-            out += 4 + CAPTURE_MAX
-        for i in range(self.ntouched):
-            cell = self.cells[self.touched[i]]
-            (<uint32_t*>out)[0] = cell.stage
-            (<uint32_t*>out)[1] = cell.request
-            (<uint32_t*>out)[2] = cell.outcome
-            (<uint32_t*>out)[3] = cell.backend
-            (<uint64_t*>(out + 16))[0] = cell.count
-            out += 24
-            for which in range(2):
-                h = &cell.latency if which == 0 else &cell.service
-                j = h.hi - h.lo + 1 if h.lo <= h.hi else 0
-                (<int32_t*>out)[0] = h.lo if j else 0
-                (<int32_t*>out)[1] = j
-                (<uint64_t*>(out + 8))[0] = h.total
-                (<int64_t*>(out + 16))[0] = h.min_value
-                (<int64_t*>(out + 24))[0] = h.max_value
-                out += 32
-                hist_copy_clear(&self.arena, h, <uint32_t*>out if j else NULL)
-                out += j * 4
-            cell.count = 0
-            cell.touched = 0
-        # trailer, after the cells (readers of the older layout stop before it), so far:
-        # retried arrivals, outcomes dropped for want of memory, connections closed by the
-        # server and by the engine ("<QQQQ")
-        (<uint64_t*>out)[0] = self.retries
-        (<uint64_t*>out)[1] = self.dropped
-        (<uint64_t*>out)[2] = self.closed_by_server
-        (<uint64_t*>out)[3] = self.closed_by_us
-        out += 32
-        # then the interval's connect times, laid out as a cell's histogram ("<iiQqq" + counts)
-        j = ct.hi - ct.lo + 1 if ct.lo <= ct.hi else 0
-        (<int32_t*>out)[0] = ct.lo if j else 0
-        (<int32_t*>out)[1] = j
-        (<uint64_t*>(out + 8))[0] = ct.total
-        (<int64_t*>(out + 16))[0] = ct.min_value
-        (<int64_t*>(out + 24))[0] = ct.max_value
-        out += 32
-        hist_copy_clear(&self.arena, ct, <uint32_t*>out if j else NULL)
-        self.ntouched = 0
-        self.interval_index += 1
-        try:
-            self.on_interval(payload, open_conns, self.inflight)
-        except BaseException as exc:
-            self._error = exc
-            self.request_stop(monotonic_ns())
-        return 0
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -894,7 +746,7 @@ cdef class Engine:
                 if ev & EPOLLOUT and self.conns[ci].fd >= 0 and self.conns[ci].state == C_BUSY \
                         and self.conns[ci].want_write:
                     self.write_request(ci, now)
-        self.flush(1)
+        flush(self, 1)
         for i in range(self.nconns):
             if self.conns[i].fd >= 0:
                 close_conn(self, i)
