@@ -305,49 +305,10 @@ cdef class Engine:
         self.inflight += 1
         self.counters[stage].sent += 1
         if c.state == C_IDLE:
-            self.send_request(ci, now)
+            send_request(self, ci, now)
         else:
             c.sent_ns = now     # a failed connect is timed from the attempt
             open_conn(self, ci, now)
-
-    cdef void send_request(self, int ci, int64_t now) noexcept:
-        cdef Conn* c = &self.conns[ci]
-        parser_reset(&c.parser, self.req_head[c.request])
-        c.state = C_BUSY
-        c.written = 0
-        c.write_failed = 0
-        c.sent_ns = now
-        c.deadline_ns = now + self.timeout_ns
-        self.write_request(ci, now)
-
-    cdef void write_request(self, int ci, int64_t now) noexcept:
-        cdef Conn* c = &self.conns[ci]
-        cdef Py_ssize_t length = self.req_len[c.request]
-        cdef ssize_t n = transport_write(&self.transport, c, self.req_data[c.request] + c.written,
-                                         length - c.written)
-        if n < 0:
-            if errno != EAGAIN and errno != EINTR:
-                # The server closed or reset the connection; it may have answered first
-                # (413 before the body), and that answer is still in the receive queue.
-                c.write_failed = 1
-                if c.want_write:
-                    self.set_want_write(ci, 0)
-                self.on_readable(ci, now)
-                return
-            n = 0
-        c.written += n
-        if (c.written < length) != c.want_write:
-            self.set_want_write(ci, c.written < length)
-
-    cdef void set_want_write(self, int ci, int on) noexcept:
-        """Watch the connection for EPOLLOUT (a request is half written) or stop watching."""
-        cdef Conn* c = &self.conns[ci]
-        cdef epoll_event ev
-        c.want_write = on
-        self.writing += 1 if on else -1
-        ev.events = EPOLLIN | EPOLLOUT if on else EPOLLIN
-        ev.data.u64 = ci
-        epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
 
     cdef void on_readable(self, int ci, int64_t now) noexcept:
         cdef Conn* c = &self.conns[ci]
@@ -745,7 +706,7 @@ cdef class Engine:
                     self.on_readable(ci, now)
                 if ev & EPOLLOUT and self.conns[ci].fd >= 0 and self.conns[ci].state == C_BUSY \
                         and self.conns[ci].want_write:
-                    self.write_request(ci, now)
+                    write_request(self, ci, now)
         flush(self, 1)
         for i in range(self.nconns):
             if self.conns[i].fd >= 0:

@@ -115,7 +115,7 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
     epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
     if c.has_arrival:
         c.fresh = 1
-        self.send_request(ci, now)
+        send_request(self, ci, now)
     else:
         push_idle(self, ci)
 
