@@ -1,9 +1,10 @@
-"""Type stubs for the Cython engine (loadforge/_core.pyx)."""
+"""Type stubs for the Cython engine (loadforge/_core.pyx and its includes in loadforge/engine/)."""
 
 from collections.abc import Callable
 
 HDR_COUNTS: int
 OUTCOME_COUNT: int
+WIRE_FORMAT: dict[str, int]
 
 def now_ns() -> int: ...
 def arrival_count(rate_from: float, rate_to: float, duration_s: float) -> int: ...

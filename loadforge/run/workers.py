@@ -20,7 +20,6 @@ import queue
 import resource
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -30,20 +29,10 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 from loadforge.config.plan import OUTCOMES
+from loadforge.run.wire import BACKEND, CELL, GAUGES, HEADER, HIST, STAGE, TRAILER, check_header
 
 # Message tags, first byte of every message a worker sends.
 READY, INTERVAL, DONE, FAILED = b"R", b"I", b"D", b"F"
-
-# Interval payload, as `_core.Engine.flush` lays it out (native byte order).
-_HEADER = struct.Struct("<IIqIIIIQQ")
-_STAGE = struct.Struct("<QQQQQ")   # scheduled, sent, unsent, waited, late
-_BACKEND = struct.Struct("<I48s")
-_CELL = struct.Struct("<IIIIQ")
-_HIST = struct.Struct("<iiQqq")
-# open connections, in flight, the worker's CPU time since time zero (ns)
-_GAUGES = struct.Struct("<IIQ")
-_TRAILER = struct.Struct("<QQQQ")
-_MAGIC = 0x3149464C
 
 
 @dataclass(frozen=True)
@@ -94,52 +83,51 @@ class IntervalReport:
 def interval_message(payload: bytes, open_conns: int, in_flight: int, cpu_ns: int = 0) -> bytes:
     """The INTERVAL message a worker sends for one engine payload (Engine.run's callback
     arguments) with its gauges: the one place that lays the message out."""
-    return INTERVAL + _GAUGES.pack(open_conns, in_flight, cpu_ns) + payload
+    return INTERVAL + GAUGES.pack(open_conns, in_flight, cpu_ns) + payload
 
 
 def decode_interval(message: bytes) -> IntervalReport:
     view = memoryview(message)
-    open_conns, in_flight, cpu_ns = _GAUGES.unpack_from(view, 1)
-    off = 1 + _GAUGES.size
-    (magic, worker, index, final, nstages, ncells, nbackends,
-     connects, connect_failures) = _HEADER.unpack_from(view, off)
-    if magic != _MAGIC:
-        raise ValueError("interval payload with a bad magic number")
-    off += _HEADER.size
+    open_conns, in_flight, cpu_ns = GAUGES.unpack_from(view, 1)
+    off = 1 + GAUGES.size
+    (magic, version, final, worker, nstages, index, ncells, nbackends,
+     connects, connect_failures) = HEADER.unpack_from(view, off)
+    check_header(magic, version)
+    off += HEADER.size
     scheduled, sent, unsent, waited, late = [], [], [], [], []
     for _ in range(nstages):
-        s, t, u, w, lt = _STAGE.unpack_from(view, off)
+        s, t, u, w, lt = STAGE.unpack_from(view, off)
         scheduled.append(s)
         sent.append(t)
         unsent.append(u)
         waited.append(w)
         late.append(lt)
-        off += _STAGE.size
+        off += STAGE.size
     backends = ["*"]
     for _ in range(nbackends):
-        n, name = _BACKEND.unpack_from(view, off)
+        n, name = BACKEND.unpack_from(view, off)
         backends.append(name[:n].decode("latin-1"))
-        off += _BACKEND.size
+        off += BACKEND.size
     cells = []
     for _ in range(ncells):
-        stage, request, outcome, backend, count = _CELL.unpack_from(view, off)
-        off += _CELL.size
+        stage, request, outcome, backend, count = CELL.unpack_from(view, off)
+        off += CELL.size
         hists = []
         for _ in range(2):
-            lo, n, total, lo_v, hi_v = _HIST.unpack_from(view, off)
-            off += _HIST.size
+            lo, n, total, lo_v, hi_v = HIST.unpack_from(view, off)
+            off += HIST.size
             hists.append(HistSlice(lo, bytes(view[off:off + 4 * n]), total, lo_v, hi_v))
             off += 4 * n
         cells.append(CellDelta(stage, request, OUTCOMES[outcome], backends[backend], count,
                                hists[0], hists[1]))
     retried = dropped = by_server = by_us = 0
     connect_time = None
-    if len(view) >= off + _TRAILER.size:
-        retried, dropped, by_server, by_us = _TRAILER.unpack_from(view, off)
-        off += _TRAILER.size
-    if len(view) >= off + _HIST.size:
-        lo, n, total, lo_v, hi_v = _HIST.unpack_from(view, off)
-        off += _HIST.size
+    if len(view) >= off + TRAILER.size:
+        retried, dropped, by_server, by_us = TRAILER.unpack_from(view, off)
+        off += TRAILER.size
+    if len(view) >= off + HIST.size:
+        lo, n, total, lo_v, hi_v = HIST.unpack_from(view, off)
+        off += HIST.size
         connect_time = HistSlice(lo, bytes(view[off:off + 4 * n]), total, lo_v, hi_v)
     return IntervalReport(worker, index, bool(final), scheduled, sent, unsent, cells,
                           connects, connect_failures, open_conns, in_flight, waited, late,

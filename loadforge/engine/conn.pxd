@@ -1,0 +1,37 @@
+# Declarations of a connection of the pool (engine/loop.pxi).
+
+from libc.stdint cimport int32_t, int64_t
+
+
+cdef enum ConnState:
+    C_CLOSED
+    C_CONNECTING
+    C_IDLE
+    C_BUSY               # request being written or response awaited
+    C_BACKOFF            # closed: its last connect failed, the next waits until retry_at_ns
+
+
+cdef struct Conn:
+    int fd
+    int state
+    int has_arrival
+    int want_write       # EPOLLOUT registered for a partial write
+    int in_idle          # on the idle stack
+    int in_closed        # on the closed stack
+    int fresh            # the request went out on a connection opened for it
+    int retried          # the arrival was already retried once on a new connection
+    int big              # counted in Engine.eventful: its response may not fit a socket buffer
+    int write_failed     # send failed: what the server sent before closing is still read
+    int peer_closed      # the server ended the connection (close, reset, Connection: close)
+    int32_t served       # responses this connection carried (requests_per_connection)
+    int32_t request
+    int32_t stage
+    int64_t intended_ns
+    int64_t sent_ns
+    int64_t deadline_ns
+    int64_t written
+    int64_t backoff_ns   # delay before the next connect after a failed one; 0 once connected
+    int64_t retry_at_ns
+    int64_t last_rx_ns   # receive timestamp of the latest bytes of a body that ends at close
+    int64_t connect_ns   # when connect() was called: the connect time ends when it completes
+    Parser parser

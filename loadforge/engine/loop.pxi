@@ -1,0 +1,715 @@
+# Included by loadforge/_core.pyx: the engine: one worker's event loop.
+
+# ---------------------------------------------------------------------------------------------
+# The engine.
+
+cdef class Engine:
+    """One worker's event loop. Build it, then run(t0_ns, on_interval) once.
+
+    address, port: the target (an IPv4 or IPv6 literal). requests: pre-encoded request bytes
+    with a HEAD flag each. mix: request index per position of the weighted cycle that global
+    arrival i follows (i mod len(mix)). stages: (open_model, rate_from, rate_to, duration_s,
+    concurrency, think_s), rates and concurrency for all workers together. Arrival i of the
+    global schedule belongs to worker i mod workers. connections: this worker's pool.
+    """
+
+    cdef:
+        int epfd
+        int wake_epfd            # the control fd alone: sleeping without socket wake-ups
+        int control_fd
+        Transport transport      # how bytes reach the target (engine/transport.pxi)
+
+        Conn* conns
+        int nconns
+        int* idle_stack
+        int n_idle
+        int* closed_stack
+        int n_closed
+        int inflight
+        char* rbuf
+        epoll_event* events
+        msghdr msg               # recvmsg over rbuf, with room for a receive timestamp
+        iovec iov
+        uint64_t cmsg_buf[CMSG_BUFFER_WORDS]   # 8-aligned, as cmsghdr needs
+        int64_t rt_offset_ns     # CLOCK_REALTIME - CLOCK_MONOTONIC at the last wake-up
+        int connecting           # connections in C_CONNECTING
+        int n_backoff            # connections in C_BACKOFF
+        int eventful             # arrivals in flight whose responses may be big (Conn.big)
+        uint64_t retries         # arrivals sent again after a reused connection closed
+        uint64_t dropped         # outcomes not recorded: no memory for their cell
+        uint64_t closed_by_server   # connected connections the server ended
+        uint64_t closed_by_us       # ... and those the engine ended (errors, timeouts, stop)
+        Arena arena              # histogram chunks, shared by every cell
+        Hist connect_time        # TCP connect times (µs) of the connections opened this interval
+        int writing              # connections with a partial write (EPOLLOUT registered)
+        uint64_t n_wakeups
+
+        list _keep
+        const char** req_data
+        Py_ssize_t* req_len
+        int* req_head
+        int* req_big             # per request: -1 not known yet, 0 small, 1 seen big
+        int nreq
+        int32_t* mix
+        int64_t mix_len
+
+        StagePlan* stages
+        StageCounters* counters
+        int nstages
+        int cur
+        int64_t sched_k          # next arrival of the current stage not yet due (own stripe)
+        int64_t disp_k           # next arrival not yet sent; disp_k <= sched_k
+        int64_t blocked_k        # arrivals before this one found every connection busy
+        int64_t next_due_ns
+        int64_t closed_seq
+        int closed_active        # connections the current closed-model stage keeps busy
+        int epoll_ns             # epoll_pwait2 works (Linux 5.11+)
+        int* think_conn          # FIFO: one think time per stage, so FIFO order is time order
+        int64_t* think_at
+        int think_head
+        int think_len
+
+        Cell** cells
+        int ncells
+        int nslots
+        int* touched
+        int ntouched
+        HeaderNames names
+        bytes _capture_name
+        char backend_name[MAX_BACKENDS + 1][CAPTURE_MAX]
+        int backend_len[MAX_BACKENDS + 1]
+        int nbackends
+
+        int64_t t0
+        int64_t timeout_ns
+        int64_t interval_ns
+        int64_t interval_index
+        int64_t next_scan_ns
+        int64_t wake_gap_ns      # timer wake-ups for arrivals at most this often
+        int requests_per_connection   # close after this many responses; 0: reuse without end
+        int64_t last_wake_ns
+        int worker
+        int nworkers
+        int stopping
+        uint64_t connects
+        uint64_t connect_failures
+        object on_interval
+        object _error
+
+    def __cinit__(self):
+        self.epfd = -1
+        self.wake_epfd = -1
+        self.control_fd = -1
+        hist_clear(&self.connect_time)
+
+    def __init__(self, str address, int port, list requests, list mix, list stages,
+                 int connections, int worker=0, int workers=1, double timeout_s=5.0,
+                 double interval_s=1.0, capture_header=None, int control_fd=-1,
+                 double timer_resolution_s=0.0, int requests_per_connection=0):
+        cdef int i
+        cdef sockaddr_in* a4
+        cdef sockaddr_in6* a6
+        cdef StagePlan* sp
+        cdef int64_t offset = 0, base = 0
+        if connections < 1:
+            raise ValueError("connections must be >= 1")
+        if not requests or not mix:
+            raise ValueError("at least one request is needed")
+        if not stages:
+            raise ValueError("at least one stage is needed")
+        self.worker = worker
+        self.nworkers = workers
+        self.timeout_ns = <int64_t>(timeout_s * 1e9)
+        self.interval_ns = <int64_t>(interval_s * 1e9)
+        self.control_fd = control_fd
+        self.wake_gap_ns = <int64_t>(timer_resolution_s * 1e9)
+        if requests_per_connection < 0:
+            raise ValueError("requests_per_connection must be >= 0")
+        self.requests_per_connection = requests_per_connection
+
+        self.transport.kind = T_TCP
+        memset(&self.transport.addr, 0, sizeof(self.transport.addr))
+        baddr = address.encode()
+        if ":" in address:
+            a6 = <sockaddr_in6*>&self.transport.addr
+            a6.sin6_family = AF_INET6
+            a6.sin6_port = htons(port)
+            if inet_pton(AF_INET6, baddr, &a6.sin6_addr) != 1:
+                raise ValueError(f"not an IPv6 address: {address}")
+            self.transport.addrlen = sizeof(sockaddr_in6)
+            self.transport.family = AF_INET6
+        else:
+            a4 = <sockaddr_in*>&self.transport.addr
+            a4.sin_family = AF_INET
+            a4.sin_port = htons(port)
+            if inet_pton(AF_INET, baddr, &a4.sin_addr) != 1:
+                raise ValueError(f"not an IPv4 address: {address}")
+            self.transport.addrlen = sizeof(sockaddr_in)
+            self.transport.family = AF_INET
+
+        self._keep = []
+        self.nreq = len(requests)
+        self.req_data = <const char**>malloc(self.nreq * sizeof(char*))
+        self.req_len = <Py_ssize_t*>malloc(self.nreq * sizeof(Py_ssize_t))
+        self.req_head = <int*>malloc(self.nreq * sizeof(int))
+        self.req_big = <int*>malloc(self.nreq * sizeof(int))
+        for i, (data, head) in enumerate(requests):
+            data = bytes(data)
+            self._keep.append(data)
+            self.req_data[i] = PyBytes_AS_STRING(data)
+            self.req_len[i] = PyBytes_GET_SIZE(data)
+            self.req_head[i] = 1 if head else 0
+            self.req_big[i] = -1
+        self.mix_len = len(mix)
+        self.mix = <int32_t*>malloc(self.mix_len * sizeof(int32_t))
+        for i in range(self.mix_len):
+            if not 0 <= mix[i] < self.nreq:
+                raise ValueError("mix refers to an unknown request")
+            self.mix[i] = mix[i]
+
+        self.nstages = len(stages)
+        self.stages = <StagePlan*>calloc(self.nstages, sizeof(StagePlan))
+        self.counters = <StageCounters*>calloc(self.nstages, sizeof(StageCounters))
+        for i, (open_model, rate_from, rate_to, duration_s, concurrency, think_s) in enumerate(stages):
+            sp = &self.stages[i]
+            sp.open_model = 1 if open_model else 0
+            sp.duration_s = duration_s
+            sp.start_ns = offset
+            offset += <int64_t>(duration_s * 1e9)
+            sp.end_ns = offset
+            sp.think_ns = <int64_t>(think_s * 1e9)
+            if open_model:
+                sp.rate_from = rate_from
+                sp.rate_to = rate_to
+                sp.arrivals = stage_arrivals(rate_from, rate_to, duration_s)
+                sp.base = base
+                base += sp.arrivals
+            else:
+                # this worker's share of the stage's connections
+                sp.concurrency = concurrency // workers + (1 if worker < concurrency % workers else 0)
+
+        self.nconns = connections
+        self.conns = <Conn*>calloc(connections, sizeof(Conn))
+        self.idle_stack = <int*>malloc(connections * sizeof(int))
+        self.closed_stack = <int*>malloc(connections * sizeof(int))
+        self.think_conn = <int*>malloc(connections * sizeof(int))
+        self.think_at = <int64_t*>malloc(connections * sizeof(int64_t))
+        self.rbuf = <char*>malloc(RECV_BUFFER_SIZE)
+        self.events = <epoll_event*>malloc(MAX_EVENTS * sizeof(epoll_event))
+        if (self.conns == NULL or self.idle_stack == NULL or self.closed_stack == NULL
+                or self.rbuf == NULL or self.events == NULL or self.think_conn == NULL
+                or self.think_at == NULL or self.stages == NULL or self.counters == NULL):
+            raise MemoryError()
+        self.n_closed = 0
+        for i in range(connections - 1, -1, -1):
+            self.conns[i].fd = -1
+            self.conns[i].state = C_CLOSED
+            self.conns[i].in_closed = 1
+            self.closed_stack[self.n_closed] = i
+            self.n_closed += 1
+
+        self._capture_name = capture_header.lower().encode() if capture_header else b""
+        names_init(&self.names, self._capture_name)
+        self.nslots = MAX_BACKENDS + 1 if capture_header else 1
+        self.nbackends = 0
+        self.ncells = self.nstages * self.nreq * N_OUTCOMES * self.nslots
+        self.cells = <Cell**>calloc(self.ncells, sizeof(Cell*))
+        self.touched = <int*>malloc(self.ncells * sizeof(int))
+        if self.cells == NULL or self.touched == NULL:
+            raise MemoryError()
+
+        self.iov.iov_base = self.rbuf
+        self.iov.iov_len = RECV_BUFFER_SIZE
+        self.msg.msg_iov = &self.iov
+        self.msg.msg_iovlen = 1
+        self.msg.msg_control = <void*>self.cmsg_buf
+        self.transport.rx_stamps = 1
+
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        self.wake_epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0 or self.wake_epfd < 0:
+            raise OSError(errno, "epoll_create1 failed")
+
+    def __dealloc__(self):
+        cdef int i
+        if self.conns != NULL:
+            for i in range(self.nconns):
+                if self.conns[i].fd >= 0:
+                    transport_close(&self.transport, &self.conns[i])
+        if self.cells != NULL:
+            for i in range(self.ncells):
+                if self.cells[i] != NULL:
+                    free(self.cells[i])
+        if self.arena.blocks != NULL:
+            for i in range(self.arena.nblocks):
+                free(self.arena.blocks[i])
+            free(self.arena.blocks)
+        free(self.arena.free_ids)
+        if self.epfd >= 0:
+            close(self.epfd)
+        if self.wake_epfd >= 0:
+            close(self.wake_epfd)
+        free(self.conns)
+        free(self.idle_stack)
+        free(self.closed_stack)
+        free(self.think_conn)
+        free(self.think_at)
+        free(self.rbuf)
+        free(self.events)
+        free(<void*>self.req_data)
+        free(self.req_len)
+        free(self.req_head)
+        free(self.req_big)
+        free(self.mix)
+        free(self.stages)
+        free(self.counters)
+        free(self.cells)
+        free(self.touched)
+
+    @property
+    def wakeups(self):
+        """How often the loop has come back from waiting (each costs a context switch)."""
+        return self.n_wakeups
+
+    @property
+    def receive_timestamps(self):
+        """Whether responses are timed by the kernel's receive timestamps (SO_TIMESTAMPNS);
+        known once connections are open. Without them, by the time they are read."""
+        return bool(self.transport.rx_stamps)
+
+    @property
+    def retries(self):
+        """Arrivals sent a second time, on a new connection, because the reused connection
+        they went out on was closed by the server before a byte of their response."""
+        return self.retries
+
+    @property
+    def backends(self):
+        """Captured header values, by slot (slot 0: none or too many distinct values)."""
+        return ["*"] + [self.backend_name[i][:self.backend_len[i]].decode("latin-1")
+                        for i in range(1, self.nbackends + 1)]
+
+    # -- requests ---------------------------------------------------------------------------
+
+    cdef void start_arrival(self, int ci, int stage, int request, int64_t intended,
+                            int64_t now) noexcept:
+        cdef Conn* c = &self.conns[ci]
+        c.has_arrival = 1
+        c.stage = stage
+        c.request = request
+        c.intended_ns = intended
+        c.fresh = 0
+        c.retried = 0
+        c.big = 1 if self.req_big[request] != 0 else 0
+        self.eventful += c.big
+        self.inflight += 1
+        self.counters[stage].sent += 1
+        if c.state == C_IDLE:
+            send_request(self, ci, now)
+        else:
+            c.sent_ns = now     # a failed connect is timed from the attempt
+            open_conn(self, ci, now)
+
+    cdef void on_readable(self, int ci, int64_t now) noexcept:
+        cdef Conn* c = &self.conns[ci]
+        cdef ssize_t n
+        cdef Py_ssize_t used
+        cdef int outcome
+        cdef int reads = 0
+        while True:
+            self.msg.msg_controllen = sizeof(self.cmsg_buf)
+            n = transport_read(&self.transport, c, &self.msg)
+            if c.state != C_BUSY or not c.has_arrival:
+                # An idle keep-alive connection: the server closed it, or sent what nobody
+                # asked for. Either way it is not reusable.
+                if n >= 0 or (errno != EAGAIN and errno != EINTR):
+                    c.peer_closed = n <= 0
+                    close_conn(self, ci)
+                return
+            if n > 0:
+                used = parser_feed(&c.parser, &self.names, self.rbuf, n)
+                if c.parser.state == P_DONE:
+                    # Bytes past the response answer no request of ours (we do not pipeline).
+                    self.finish(ci, status_outcome(c.parser.status) if used == n else O_PROTOCOL,
+                                now, self.received_at(c, now))
+                    return
+                if c.parser.state == P_ERROR:
+                    self.finish(ci, O_PROTOCOL, now, now)
+                    return
+                if c.parser.state == P_BODY_EOF:
+                    # Read on to the close: its time is the last bytes' receive timestamp.
+                    c.last_rx_ns = self.received_at(c, now)
+                elif n < RECV_BUFFER_SIZE and not c.write_failed \
+                        and not transport_pending(&self.transport, c):
+                    return    # the socket is empty (wrk's test): wait for more
+                reads += 1
+                if reads == MAX_READS_PER_EVENT:
+                    # A server as fast as the loop (a body without end) must not hold it;
+                    # the socket stays readable, so epoll hands it back at once.
+                    return
+                continue
+            if n == 0:
+                c.peer_closed = 1
+                if c.parser.received == 0 and retry_arrival(self, ci, now):
+                    return
+                outcome = parser_eof(&c.parser)
+                if outcome < 0:
+                    self.finish(ci, status_outcome(c.parser.status), now, c.last_rx_ns)
+                else:
+                    self.finish(ci, outcome, now, now)
+                return
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN and not c.write_failed:
+                return
+            c.peer_closed = 1
+            if c.parser.received == 0 and retry_arrival(self, ci, now):
+                return
+            self.finish(ci, O_RESET, now, now)
+            return
+
+    cdef inline int64_t received_at(self, Conn* c, int64_t now) noexcept:
+        """When the last segment read by the latest recvmsg reached the socket: the kernel's
+        receive timestamp moved onto CLOCK_MONOTONIC, kept within [sent, now]. A response is
+        timed by its arrival, not by when the loop got round to reading it."""
+        cdef cmsghdr* cm = CMSG_FIRSTHDR(&self.msg)
+        cdef timespec ts
+        cdef int64_t t
+        while cm != NULL:
+            if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SCM_TIMESTAMPNS:
+                memcpy(&ts, CMSG_DATA(cm), sizeof(ts))
+                t = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec - self.rt_offset_ns
+                if t > now:
+                    # Arrived while this batch of events was being handled: `now` is stale.
+                    now = monotonic_ns()
+                    if t > now:
+                        return now
+                if t < c.sent_ns:
+                    return c.sent_ns
+                return t
+            cm = CMSG_NXTHDR(&self.msg, cm)
+        return now
+
+    cdef void finish(self, int ci, int outcome, int64_t now, int64_t end) noexcept:
+        """An arrival ended at `end` (response or failure): record it, free or close the
+        connection, and in a closed-model stage start the connection's next request."""
+        cdef Conn* c = &self.conns[ci]
+        cdef int stage = c.stage
+        cdef StagePlan* sp
+        record(self, c, outcome, end)
+        c.has_arrival = 0
+        self.inflight -= 1
+        self.eventful -= c.big
+        c.big = 0
+        if outcome < O_CONNECT:
+            if c.parser.received > SMALL_RESPONSE_BYTES:
+                self.req_big[c.request] = 1
+            elif self.req_big[c.request] < 0:
+                self.req_big[c.request] = 0
+        # An early answer (413 before the body was sent) ends the request too, but leaves
+        # the connection half written: never reused.
+        c.served += 1
+        if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY \
+                or c.written < self.req_len[c.request] \
+                or c.served == self.requests_per_connection:
+            if c.parser.close and outcome < O_CONNECT:
+                c.peer_closed = 1     # the server said so: it closes its end after this
+            close_conn(self, ci)
+        else:
+            c.state = C_IDLE
+        if stage == self.cur and not self.stopping and self.cur < self.nstages:
+            sp = &self.stages[stage]
+            if not sp.open_model and now < self.t0 + sp.end_ns:
+                if outcome == O_CONNECT:
+                    # Retrying at once would spin (a refused port answers in microseconds)
+                    # and, from inside finish, recurse once per failure.
+                    start_backoff(self, ci, now)
+                elif sp.think_ns > 0:
+                    self.think_conn[(self.think_head + self.think_len) % self.nconns] = ci
+                    self.think_at[(self.think_head + self.think_len) % self.nconns] = now + sp.think_ns
+                    self.think_len += 1
+                else:
+                    self.closed_arrival(ci, now)
+                return
+        if c.state == C_IDLE:
+            push_idle(self, ci)
+
+    cdef void closed_arrival(self, int ci, int64_t now) noexcept:
+        cdef int request = self.mix[self.closed_seq % self.mix_len]
+        self.closed_seq += 1
+        self.counters[self.cur].scheduled += 1
+        self.start_arrival(ci, self.cur, request, now, now)
+
+    # -- schedule ---------------------------------------------------------------------------
+
+    cdef inline int64_t intended(self, StagePlan* sp, int64_t k) noexcept:
+        return self.t0 + sp.start_ns + <int64_t>(
+            arrival_offset(sp.rate_from, sp.rate_to, sp.duration_s, k) * 1e9)
+
+    cdef void begin_stage(self, int64_t now) noexcept:
+        cdef StagePlan* sp
+        if self.cur >= self.nstages or self.stopping:
+            return
+        sp = &self.stages[self.cur]
+        if sp.open_model:
+            # first arrival of this worker's stripe: global index base + k = worker mod W
+            self.sched_k = (self.worker - sp.base % self.nworkers + self.nworkers) % self.nworkers
+            self.disp_k = self.sched_k
+            self.blocked_k = self.sched_k
+            self.next_due_ns = self.intended(sp, self.sched_k) \
+                if self.sched_k < sp.arrivals else NEVER
+        else:
+            self.think_head = 0
+            self.think_len = 0
+            self.closed_active = 0
+
+    cdef void count_due(self, int64_t now) noexcept:
+        cdef StagePlan* sp = &self.stages[self.cur]
+        while self.next_due_ns <= now:
+            self.counters[self.cur].scheduled += 1
+            self.sched_k += self.nworkers
+            self.next_due_ns = self.intended(sp, self.sched_k) \
+                if self.sched_k < sp.arrivals else NEVER
+
+    cdef void dispatch(self, int64_t now) noexcept:
+        cdef StagePlan* sp = &self.stages[self.cur]
+        cdef int ci
+        cdef int64_t intended
+        while self.disp_k < self.sched_k:
+            ci = take_conn(self)
+            if ci < 0:
+                # every connection busy: the backlog waits, and its wait is latency
+                self.blocked_k = self.sched_k
+                return
+            intended = self.intended(sp, self.disp_k)
+            if self.disp_k < self.blocked_k:
+                self.counters[self.cur].waited += 1
+            elif now - intended >= LATE_SEND_NS:
+                self.counters[self.cur].late += 1
+            self.start_arrival(ci, self.cur, self.mix[(sp.base + self.disp_k) % self.mix_len],
+                               intended, now)
+            self.disp_k += self.nworkers
+
+    cdef void end_stage(self, int64_t now) noexcept:
+        cdef StagePlan* sp = &self.stages[self.cur]
+        cdef int ci
+        if sp.open_model:
+            # A stop request (Ctrl-C, an SLO abort) does not count the arrivals that fell due
+            # since the last wake-up: the stop, not a lack of connections or CPU, kept them
+            # unsent. The backlog already counted (no free connection) stays unsent.
+            if not self.stopping:
+                self.count_due(now)
+            self.counters[self.cur].unsent += (self.sched_k - self.disp_k) // self.nworkers
+            self.disp_k = self.sched_k
+            self.next_due_ns = NEVER
+        else:
+            if self.n_backoff:
+                end_backoffs(self, now, 1)
+            while self.think_len > 0:
+                ci = self.think_conn[self.think_head]
+                self.think_head = (self.think_head + 1) % self.nconns
+                self.think_len -= 1
+                if self.conns[ci].state == C_IDLE:
+                    push_idle(self, ci)
+        self.cur += 1
+        self.begin_stage(now)
+
+    cdef void scan_timeouts(self, int64_t now) noexcept:
+        cdef int i
+        cdef Conn* c
+        for i in range(self.nconns):
+            c = &self.conns[i]
+            if (c.state == C_BUSY or c.state == C_CONNECTING) and now >= c.deadline_ns:
+                if c.has_arrival:
+                    if c.state == C_CONNECTING:
+                        self.connect_failures += 1
+                    self.finish(i, O_TIMEOUT if c.state == C_BUSY else O_CONNECT, now, now)
+                else:
+                    self.connect_failures += 1
+                    close_conn(self, i)
+
+    cdef int advance(self, int64_t now) except -1:
+        """Everything that is due at `now`; returns 1 once the run is over."""
+        cdef StagePlan* sp
+        cdef int ci
+        while self.cur < self.nstages and now >= self.t0 + self.stages[self.cur].end_ns:
+            if self.stages[self.cur].open_model:
+                self.count_due(self.t0 + self.stages[self.cur].end_ns - 1)
+                self.dispatch(now)
+            self.end_stage(now)
+        if self.cur < self.nstages:
+            sp = &self.stages[self.cur]
+            if sp.open_model:
+                self.count_due(now)
+                self.dispatch(now)
+            elif now >= self.t0 + sp.start_ns:
+                # Fill the stage's slots; connections still busy with an earlier stage's
+                # requests join as they come free.
+                while self.closed_active < sp.concurrency:
+                    ci = take_conn(self)
+                    if ci < 0:
+                        break
+                    self.closed_active += 1
+                    self.closed_arrival(ci, now)
+                while self.think_len > 0 and self.think_at[self.think_head] <= now:
+                    ci = self.think_conn[self.think_head]
+                    self.think_head = (self.think_head + 1) % self.nconns
+                    self.think_len -= 1
+                    self.closed_arrival(ci, now)
+                if self.n_backoff:
+                    end_backoffs(self, now, 0)
+        while now >= self.t0 + (self.interval_index + 1) * self.interval_ns:
+            flush(self, 0)
+        if now >= self.next_scan_ns:
+            self.scan_timeouts(now)
+            self.next_scan_ns = now + SCAN_PERIOD_NS
+        if self._error is not None:
+            return 1
+        return 1 if self.cur >= self.nstages and self.inflight == 0 else 0
+
+    cdef int64_t next_wakeup(self, int64_t now) noexcept:
+        cdef int64_t t = self.t0 + (self.interval_index + 1) * self.interval_ns
+        cdef StagePlan* sp
+        if self.cur < self.nstages:
+            sp = &self.stages[self.cur]
+            if self.t0 + sp.end_ns < t:
+                t = self.t0 + sp.end_ns
+            if sp.open_model:
+                if self.disp_k == self.sched_k and self.next_due_ns < t:
+                    # Each wake-up costs a few µs of CPU (more on a VM, where an idle vCPU
+                    # halts); at high rates, arrivals close together share one, sent up to
+                    # the timer resolution late. The lateness is part of their latency.
+                    t = self.next_due_ns
+                    if t < self.last_wake_ns + self.wake_gap_ns:
+                        t = self.last_wake_ns + self.wake_gap_ns
+            elif self.think_len > 0 and self.think_at[self.think_head] < t:
+                t = self.think_at[self.think_head]
+            elif self.t0 + sp.start_ns > now and self.t0 + sp.start_ns < t:
+                t = self.t0 + sp.start_ns
+        if self.inflight > 0 and self.next_scan_ns < t:
+            t = self.next_scan_ns
+        if self.n_backoff and next_retry(self) < t:
+            t = next_retry(self)
+        return t
+
+    cdef inline int sleep_through_responses(self) noexcept:
+        """Whether the next wait may ignore the sockets: in an open-model stage nothing but
+        the next arrival needs the loop while every due arrival is sent, no connection is
+        being opened, no request is half written and no response in flight may be too big
+        for the socket buffers (a server blocked on a full buffer would wait for the loop).
+        Responses that come meanwhile are read at the next wake-up and timed by their receive
+        timestamps, so at high rates one wake-up serves a tick's arrivals and the previous
+        tick's responses together. Closes and resets still wake it (EPOLLRDHUP, EPOLLERR)."""
+        if not self.transport.rx_stamps or self.cur >= self.nstages or self.connecting or self.writing \
+                or self.eventful:
+            return 0
+        return self.stages[self.cur].open_model and self.disp_k == self.sched_k
+
+    def stop(self):
+        """Stop scheduling; requests in flight are still awaited and recorded."""
+        self.request_stop(monotonic_ns())
+
+    cdef void request_stop(self, int64_t now) noexcept:
+        if self.stopping:
+            return
+        self.stopping = 1
+        if self.cur < self.nstages:
+            self.end_stage(now)
+        self.cur = self.nstages
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, int64_t t0_ns, on_interval, int preconnect=-1):
+        """Run every stage from t0_ns (CLOCK_MONOTONIC), calling on_interval(payload,
+        open_connections, in_flight) after each interval and once more at the end."""
+        cdef int64_t now, wait, t
+        cdef int i, n, ci, quiet
+        cdef uint32_t ev
+        cdef timespec ts
+        cdef epoll_event cev
+        cdef char drain[64]
+        self.t0 = t0_ns
+        self.epoll_ns = 1
+        self.on_interval = on_interval
+        self._error = None
+        # Arrivals are due to the nanosecond; the default 50 µs timer slack would add up to
+        # 50 µs of lateness to every wake-up.
+        prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+        if self.control_fd >= 0:
+            cev.events = EPOLLIN
+            cev.data.u64 = CONTROL_TAG
+            epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.control_fd, &cev)
+            epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, self.control_fd, &cev)
+        now = monotonic_ns()
+        self.rt_offset_ns = realtime_ns() - now
+        self.next_scan_ns = now + SCAN_PERIOD_NS
+        # Open the pool before time zero, as a client that has been up for a while would have.
+        if preconnect < 0 or preconnect > self.nconns:
+            preconnect = self.nconns
+        for i in range(preconnect):
+            ci = take_conn(self)
+            if ci < 0:
+                break
+            open_conn(self, ci, now)
+        self.cur = 0
+        self.begin_stage(now)
+        while True:
+            now = monotonic_ns()
+            if self.advance(now):
+                break
+            t = self.next_wakeup(now)
+            wait = t - now
+            if wait < 0:
+                wait = 0
+            ts.tv_sec = wait // 1000000000
+            ts.tv_nsec = wait % 1000000000
+            quiet = self.epoll_ns and self.sleep_through_responses()
+            if self.epoll_ns:
+                with nogil:
+                    n = epoll_pwait2(self.wake_epfd if quiet else self.epfd, self.events,
+                                     MAX_EVENTS, &ts, NULL)
+                if n < 0 and errno == ENOSYS:
+                    self.epoll_ns = 0
+                    quiet = 0
+            if not self.epoll_ns:
+                # Millisecond timeouts only: round up, so arrivals are never sent early.
+                with nogil:
+                    n = epoll_wait(self.epfd, self.events, MAX_EVENTS,
+                                   <int>((wait + 999999) // 1000000))
+            if quiet:
+                n = epoll_wait(self.epfd, self.events, MAX_EVENTS, 0)
+            now = monotonic_ns()
+            self.rt_offset_ns = realtime_ns() - now
+            self.last_wake_ns = now
+            self.n_wakeups += 1
+            if n <= 0:
+                continue
+            for i in range(n):
+                if i:
+                    # Handling a batch takes time; what it times (errors, closes) is
+                    # timed by the clock, not by the batch's start.
+                    now = monotonic_ns()
+                ci = <int>self.events[i].data.u64
+                ev = self.events[i].events
+                if ci == CONTROL_TAG:
+                    # A byte from the coordinator, or its end of the pipe closing: stop.
+                    read(self.control_fd, drain, sizeof(drain))
+                    epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.control_fd, NULL)
+                    self.request_stop(now)
+                    continue
+                if self.conns[ci].fd < 0:
+                    continue    # closed by an earlier event of this batch
+                if self.conns[ci].state == C_CONNECTING:
+                    on_connected(self, ci, now)
+                    continue
+                if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
+                    self.on_readable(ci, now)
+                if ev & EPOLLOUT and self.conns[ci].fd >= 0 and self.conns[ci].state == C_BUSY \
+                        and self.conns[ci].want_write:
+                    write_request(self, ci, now)
+        flush(self, 1)
+        for i in range(self.nconns):
+            if self.conns[i].fd >= 0:
+                close_conn(self, i)
+        if self._error is not None:
+            raise self._error

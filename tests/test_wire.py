@@ -1,0 +1,97 @@
+"""The worker wire format: what the engine's flush writes (loadforge/engine/wire.pxd) read
+field by field with loadforge/run/wire.py's structs alone, and decode refusing another version.
+
+One bounded run (25 requests in half a second) against a canned server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import pytest
+from servers import CannedServer
+
+from loadforge import _core
+from loadforge.config.plan import OUTCOMES
+from loadforge.run import wire
+from loadforge.run.workers import decode_interval, interval_message
+
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Served-By: b1\r\n\r\nok"
+GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+def test_engine_and_python_agree_on_the_layout():
+    assert _core.WIRE_FORMAT == {
+        "magic": wire.MAGIC, "version": wire.VERSION, "header": wire.HEADER.size,
+        "stage": wire.STAGE.size, "backend": wire.BACKEND.size, "cell": wire.CELL.size,
+        "hist": wire.HIST.size, "trailer": wire.TRAILER.size}
+
+
+def read_hist(payload: bytes, off: int) -> tuple[tuple, list[int], int]:
+    lo, n, total, low, high = wire.HIST.unpack_from(payload, off)
+    off += wire.HIST.size
+    counts = [int.from_bytes(payload[off + 4 * i:off + 4 * i + 4], "little") for i in range(n)]
+    assert sum(counts) == total
+    assert n == 0 or (counts[0] > 0 and counts[-1] > 0 and 0 < low <= high)
+    assert n > 0 or lo == 0
+    return (lo, n, total, low, high), counts, off + 4 * n
+
+
+def test_flush_output_read_field_by_field():
+    server = CannedServer(RESPONSE)
+    payloads: list[bytes] = []
+    try:
+        engine = _core.Engine("127.0.0.1", server.server_address[1], [(GET, False)], [0],
+                              [(True, 200.0, 200.0, 0.5, 0, 0.0)], 2, worker=3, workers=4,
+                              interval_s=0.2, capture_header="X-Served-By")
+        engine.run(_core.now_ns() + 50_000_000, lambda p, o, f: payloads.append(p))
+    finally:
+        server.stop()
+    assert len(payloads) >= 2
+    completed = scheduled = connects = connect_times = 0
+    for i, payload in enumerate(payloads):
+        (magic, version, final, worker, nstages, index, ncells, nbackends, conns,
+         failures) = wire.HEADER.unpack_from(payload, 0)
+        assert (magic, version, worker, nstages, index, failures) == (
+            wire.MAGIC, wire.VERSION, 3, 1, i, 0)
+        assert final == (i == len(payloads) - 1)
+        assert conns >= connects
+        connects = conns
+        off = wire.HEADER.size
+        sched, sent, unsent, waited, late = wire.STAGE.unpack_from(payload, off)
+        scheduled += sched
+        assert unsent == 0 and waited <= sent
+        off += wire.STAGE.size
+        assert nbackends in (0, 1)
+        if nbackends:
+            length, name = wire.BACKEND.unpack_from(payload, off)
+            assert name[:length] == b"b1"
+            off += wire.BACKEND.size
+        for _ in range(ncells):
+            stage, request, outcome, backend, count = wire.CELL.unpack_from(payload, off)
+            assert (stage, request, OUTCOMES[outcome], backend) == (0, 0, "2xx", 1)
+            off += wire.CELL.size
+            latency, _, off = read_hist(payload, off)
+            service, _, off = read_hist(payload, off)
+            assert latency[2] == service[2] == count > 0
+            completed += count
+        retried, dropped, by_server, by_us = wire.TRAILER.unpack_from(payload, off)
+        assert (retried, dropped, by_server, by_us) == (0, 0, 0, 0)
+        off += wire.TRAILER.size
+        connect_time, _, off = read_hist(payload, off)
+        connect_times += connect_time[2]
+        assert off == len(payload)
+    assert completed == scheduled == 25
+    assert connect_times == connects == 2
+    report = decode_interval(interval_message(payloads[-1], 0, 0))
+    assert report.final and report.worker == 3 and report.connects == 2
+    assert report.cells[0].backend == "b1" and report.cells[0].outcome == "2xx"
+
+
+def test_decode_refuses_another_version():
+    header = wire.HEADER.pack(wire.MAGIC, wire.VERSION + 1, 1, 0, 0, 0, 0, 0, 0, 0)
+    with pytest.raises(wire.WireFormatError, match="wire format version 3; this loadforge"):
+        decode_interval(interval_message(header, 0, 0))
+    # version 1 had no version field, only its magic b"LFI1"
+    with pytest.raises(wire.WireFormatError, match="version 1;"):
+        decode_interval(interval_message(b"LFI1" + bytes(44), 0, 0))
+    with pytest.raises(ValueError, match="bad magic"):
+        decode_interval(interval_message(bytes(48), 0, 0))
