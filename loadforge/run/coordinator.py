@@ -42,7 +42,6 @@ from loadforge.run.workers import (
     DONE,
     FAILED,
     INTERVAL,
-    READY,
     WorkerPool,
     WorkerSpec,
     decode_interval,
@@ -760,21 +759,7 @@ def _read_what_was_sent(pool: WorkerPool, agg: Aggregator) -> None:
 
 
 def _start(pool: WorkerPool) -> int:
-    pending = set(range(len(pool.channels)))
-    limit = time.monotonic() + READY_TIMEOUT_S
-    while pending:
-        for i in pool.ready(sorted(pending), timeout=0.5):
-            try:
-                msg = pool.channels[i].recv_bytes()
-            except (EOFError, OSError):
-                raise WorkerCrashed(f"worker {i} exited while starting") from None
-            if msg[:1] == FAILED:
-                raise WorkerCrashed(f"worker {i} failed to start: "
-                                    f"{msg[1:].decode(errors='replace').strip().splitlines()[-1]}")
-            if msg[:1] == READY:
-                pending.discard(i)
-        if time.monotonic() > limit:
-            raise WorkerCrashed(f"workers {sorted(pending)} did not start in {READY_TIMEOUT_S:.0f} s")
+    pool.wait_ready(READY_TIMEOUT_S)
     t0 = _core.now_ns() + START_DELAY_NS
     for ch in pool.channels:
         ch.send_bytes(str(t0).encode())

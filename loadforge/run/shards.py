@@ -53,7 +53,6 @@ from loadforge.run.workers import (
     DONE,
     FAILED,
     INTERVAL,
-    READY,
     WorkerPool,
     WorkerSpec,
     decode_interval,
@@ -516,7 +515,7 @@ def shard_main(coordinator: str, index: int | None) -> None:
 def _run_shard(conn: Connection, pool: WorkerPool, index: int, best: tuple[int, int],
                clock: Any) -> None:
     try:
-        _workers_ready(pool)
+        pool.wait_ready(START_TIMEOUT_S)
     except RunError as exc:
         conn.send_bytes(SHARD_FAILED + str(exc).encode())
         raise
@@ -564,20 +563,3 @@ def _run_shard(conn: Connection, pool: WorkerPool, index: int, best: tuple[int, 
                 raise RunError(f"shard {index}: worker {i} failed: {_line(msg[1:])}")
     conn.send_bytes(SHARD_DONE)
     pool.join()
-
-
-def _workers_ready(pool: WorkerPool) -> None:
-    pending = set(range(len(pool.channels)))
-    limit = time.monotonic() + START_TIMEOUT_S
-    while pending:
-        for i in pool.ready(sorted(pending), timeout=0.5):
-            try:
-                msg = pool.channels[i].recv_bytes()
-            except (EOFError, OSError):
-                raise RunError(f"worker {i} exited while starting") from None
-            if msg[:1] == FAILED:
-                raise RunError(f"worker {i} failed to start: {_line(msg[1:])}")
-            if msg[:1] == READY:
-                pending.discard(i)
-        if time.monotonic() > limit:
-            raise RunError(f"workers {sorted(pending)} did not start in {START_TIMEOUT_S:.0f} s")

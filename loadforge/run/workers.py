@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 from loadforge.config.plan import OUTCOMES
+from loadforge.errors import WorkerCrashed
 from loadforge.run.wire import BACKEND, CELL, GAUGES, HEADER, HIST, STAGE, TRAILER, check_header
 
 # Message tags, first byte of every message a worker sends.
@@ -285,6 +286,26 @@ class WorkerPool:
     def exitcode(self, i: int) -> int | None:
         """Worker i's exit status, None while it runs."""
         return self.processes[i].poll()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """The start barrier's first half: every worker has built its engine (READY), or
+        WorkerCrashed names the one that failed, exited or took longer than timeout_s."""
+        pending = set(range(len(self.channels)))
+        limit = time.monotonic() + timeout_s
+        while pending:
+            for i in self.ready(sorted(pending), timeout=0.5):
+                try:
+                    msg = self.channels[i].recv_bytes()
+                except (EOFError, OSError):
+                    raise WorkerCrashed(f"worker {i} exited while starting") from None
+                if msg[:1] == FAILED:
+                    last = msg[1:].decode(errors="replace").strip().splitlines() or ["?"]
+                    raise WorkerCrashed(f"worker {i} failed to start: {last[-1]}")
+                if msg[:1] == READY:
+                    pending.discard(i)
+            if time.monotonic() > limit:
+                raise WorkerCrashed(f"workers {sorted(pending)} did not start in "
+                                    f"{timeout_s:.0f} s")
 
     def ready(self, workers: list[int], timeout: float) -> list[int]:
         """Which of these workers have a message waiting, within timeout seconds."""
