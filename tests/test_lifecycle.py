@@ -18,9 +18,16 @@ from servers import OK, ROOT, CannedServer, loadforge
 from loadforge.results.store import read_result
 
 
+def _default_sigint() -> None:
+    # A suite started in the background by a shell without job control inherits SIGINT
+    # ignored, and Python keeps it ignored: give the CLI the default a terminal gives it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "loadforge.cli", "run", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def workers_of(proc: subprocess.Popen[str], count: int) -> list[int]:
