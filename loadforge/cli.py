@@ -214,9 +214,9 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     --duration D`."""
     from dataclasses import replace
 
+    from loadforge import runner
     from loadforge.config.profile import load_profile, parse_slo_flags, with_slo_flags
     from loadforge.present import summary
-    from loadforge.run import coordinator as runner
 
     stdout_taken = _one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path))
     _check_flags(target, rate, concurrency, connections, workers, bool(profile))

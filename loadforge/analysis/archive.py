@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from loadforge.analysis import scaling, slo
-from loadforge.analysis.compare import run_figures, run_title
+from loadforge.analysis.figures import run_figures, run_title
 from loadforge.errors import ResultsError
 from loadforge.results.store import read_result
 

@@ -28,10 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadforge.analysis.slo import IntervalFigures
-from loadforge.config.plan import ERROR_KINDS, STATUS_OUTCOMES, Plan
+from loadforge.analysis.figures import IntervalFigures, RowReader, fold_intervals
+from loadforge.config.plan import Plan
 from loadforge.observe import pollers as observe
-from loadforge.results.store import Result, headline_row, outcome_row
+from loadforge.results.store import Result
 
 # Objectives a window is judged by for recovery; rate_shortfall is about the generator's
 # target, not the service.
@@ -47,39 +47,23 @@ class _Interval:
 
 
 def _fold(plan: Plan, result: Result, interval_ms: int) -> dict[int, _Interval]:
-    error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
+    """Per interval, each stage's figures (figures.fold_intervals, arrivals due counted in
+    every stage), the errors and the responses per backend."""
     # Each interval's latency buckets are decoded and kept only when a recovery objective
     # judges latency: they are the one part of the analysis that grows with the run.
     need_latency = any(objective in LATENCY for stage in plan.stages
                        for objective in _thresholds(plan, stage.name))
+    served: dict[int, dict[str, int]] = {}
+    figures = fold_intervals(result.rows("interval", stage=None, name=None, outcome=None),
+                             interval_ms, RowReader.of(result, plan.fail_status),
+                             latency=need_latency, served=served)
     out: dict[int, _Interval] = {}
-    has_ok = result.has_ok_rows
-    for row in result.rows("interval", stage=None, name=None, outcome=None):
-        stage = row["stage"]
-        if stage == "*":
-            continue
-        index = int(row["start_ms"]) // interval_ms
+    for (index, stage), fig in figures.items():
         iv = out.setdefault(index, _Interval())
-        fig = iv.by_stage.setdefault(stage, IntervalFigures())
-        count = int(row["count"])
-        if need_latency and headline_row(row, has_ok, error_outcomes):
-            fig.add_histogram(result.histogram(row))
-        if row["name"] == "*" and row["outcome"] == "*":
-            fig.scheduled += int(row.get("scheduled") or 0)
-            continue
-        if not outcome_row(row):
-            continue
-        outcome = row["outcome"]
-        fig.sent += count
-        if outcome in error_outcomes:
-            fig.errors += count
-            iv.errors += count
-        backend = row.get("backend") or "*"
-        if backend != "*" and outcome in STATUS_OUTCOMES and count:
-            iv.served[backend] = iv.served.get(backend, 0) + count
-    for iv in out.values():
-        for fig in iv.by_stage.values():
-            fig.compact()
+        iv.by_stage[stage] = fig
+        iv.errors += fig.errors
+    for index, by_backend in served.items():
+        out[index].served = by_backend
     return out
 
 

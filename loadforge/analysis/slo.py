@@ -3,37 +3,34 @@ merged histograms.
 
 Everything is computed from the interval rows a run writes: at the end of a run from the
 Parquet file read back (`evaluate`), during the run from the same rows as the coordinator
-writes them (`LiveSLO`, for `abort_after`). Both go through `IntervalFigures`, so a window
-that aborted a run is judged by exactly the numbers the archived file holds.
+writes them (`LiveSLO`, for `abort_after`). Both fold them with figures.fold_intervals into
+`IntervalFigures`, so a window that aborted a run is judged by exactly the numbers the
+archived file holds.
 
 Sliding windows keep a sparse running sum of histogram buckets (add the interval that enters,
 subtract the one that leaves): re-merging N histograms per step would cost N x 23552 bucket
-additions per window position on an hour-long run. Each interval's own buckets are kept in
-two arrays (`SparseBuckets`), ~16 bytes a bucket where a dict takes ~100, since a whole run's
-intervals are held at once.
+additions per window position on an hour-long run.
 """
 
 from __future__ import annotations
 
 import json
-import tomllib
-from array import array
-from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from itertools import compress
 from typing import Any
 from xml.etree import ElementTree
 
-from hdrh.histogram import HdrHistogram
+from loadforge.analysis.figures import (  # noqa: F401  (their home is the one fold)
+    LATENCY_OBJECTIVES,
+    IntervalFigures,
+    RowReader,
+    SparseBuckets,
+    fold_intervals,
+    plan_of_result,
+)
+from loadforge.config.plan import ERROR_KINDS, Plan
+from loadforge.errors import ResultsError
+from loadforge.results.store import OK, Result, read_result
 
-from loadforge.config.plan import ERROR_KINDS, STATUS_OUTCOMES, Plan
-from loadforge.errors import ProfileError, ResultsError
-from loadforge.results import histogram
-from loadforge.results.store import OK, Result, headline_row, outcome_row, read_result
-
-LATENCY_OBJECTIVES = ("p50", "p90", "p99", "p999", "max", "mean")
 FRACTION_OBJECTIVES = ("error_rate", "success_rate", "rate_shortfall")
 OBJECTIVES = LATENCY_OBJECTIVES + FRACTION_OBJECTIVES
 # Objectives that hold when observed >= limit; every other one holds when observed <= limit.
@@ -48,117 +45,6 @@ __all__ = [
     "plan_of_result",
     "write_junit",
 ]
-
-
-# -- figures of one interval, or of a merge of intervals -------------------------------------
-
-class SparseBuckets(Mapping[int, int]):
-    """Nonzero histogram buckets (hdrh index -> count), read-only, in two sorted arrays."""
-
-    __slots__ = ("_count", "_index")
-
-    def __init__(self, buckets: Mapping[int, int]):
-        keys = sorted(buckets)
-        self._index = array("q", keys)
-        self._count = array("Q", (buckets[k] for k in keys))
-
-    def __getitem__(self, key: int) -> int:
-        i = bisect_left(self._index, key)
-        if i < len(self._index) and self._index[i] == key:
-            return self._count[i]
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._index)
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def pairs(self) -> Iterator[tuple[int, int]]:
-        return zip(self._index, self._count, strict=True)
-
-
-def _pairs(buckets: Mapping[int, int]) -> Iterable[tuple[int, int]]:
-    return buckets.pairs() if isinstance(buckets, SparseBuckets) else buckets.items()
-
-
-@dataclass
-class IntervalFigures:
-    """What the objectives need from a span of time: latency bucket counts (sparse, hdrh
-    index -> count) and outcome counts. A running sum holds them in a dict; `compact()`
-    freezes one interval's into a `SparseBuckets`, and adding to it thaws it again."""
-
-    latency: Mapping[int, int] = field(default_factory=dict)
-    sent: int = 0            # arrivals that ended: responses + transport failures
-    errors: int = 0          # transport failures + responses in Plan.fail_status
-    scheduled: int = 0       # arrivals due, open-model stages only
-    open_responses: int = 0  # responses, open-model stages only (for the rate shortfall)
-
-    def _buckets(self) -> dict[int, int]:
-        if not isinstance(self.latency, dict):
-            self.latency = dict(_pairs(self.latency))
-        return self.latency
-
-    def compact(self) -> None:
-        """Keep the latency buckets in arrays: for figures held until the end of a run."""
-        if isinstance(self.latency, dict):
-            self.latency = SparseBuckets(self.latency)
-
-    def add(self, other: IntervalFigures, sign: int = 1) -> None:
-        lat = self._buckets()
-        for index, count in _pairs(other.latency):
-            left = lat.get(index, 0) + sign * count
-            if left:
-                lat[index] = left
-            else:
-                lat.pop(index, None)
-        self.sent += sign * other.sent
-        self.errors += sign * other.errors
-        self.scheduled += sign * other.scheduled
-        self.open_responses += sign * other.open_responses
-
-    def add_histogram(self, h: HdrHistogram) -> None:
-        if not h.total_count:
-            return
-        counts = memoryview(h.counts).cast("B").cast("Q")
-        limit = min(h.get_counts_array_index(h.max_value) + 1, len(counts))
-        lat = self._buckets()
-        for index in compress(range(limit), counts[:limit]):
-            lat[index] = lat.get(index, 0) + counts[index]
-
-    def latency_stats(self) -> dict[str, Any]:
-        """histogram.stats() of the merged latency (same percentile definitions)."""
-        h = histogram.new_histogram()
-        if self.latency:
-            hc = h.counts
-            for index, count in _pairs(self.latency):
-                hc[index] = count
-            h.total_count = sum(count for _, count in _pairs(self.latency))
-            h.min_value = h.get_value_from_index(min(self.latency))
-            h.max_value = h.get_value_from_index(max(self.latency))
-        return histogram.stats(h)
-
-    def observe(self, objective: str, cache: dict[str, Any] | None = None) -> float | None:
-        """The observed value of `objective` (µs for latency, a fraction otherwise); None when
-        the span has nothing to judge it by."""
-        if objective in LATENCY_OBJECTIVES:
-            if not self.latency:
-                return None
-            if cache is None:
-                cache = {}
-            if "stats" not in cache:
-                cache["stats"] = self.latency_stats()
-            return float(cache["stats"][objective])
-        if objective == "error_rate":
-            return self.errors / self.sent if self.sent else None
-        if objective == "success_rate":
-            return (self.sent - self.errors) / self.sent if self.sent else None
-        if objective == "rate_shortfall":
-            if not self.scheduled:
-                return None
-            # Late responses of the previous interval can make achieved exceed target.
-            return max(0.0, (self.scheduled - self.open_responses) / self.scheduled)
-        raise ValueError(f"unknown SLO objective {objective!r}")
 
 
 def _holds(objective: str, observed: float, limit: float) -> bool:
@@ -191,49 +77,8 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-# -- reading interval rows -------------------------------------------------------------------
-
-class _RowFolder:
-    """Turns interval rows (Parquet rows, or the coordinator's row dicts) into
-    IntervalFigures per (interval index, stage)."""
-
-    def __init__(self, plan: Plan, interval_ms: int):
-        self.interval_ms = interval_ms
-        self.open = {s.name: s.open_model for s in plan.stages}
-        self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
-
-    def fold(self, rows: Iterable[dict[str, Any]],
-             latency_of: Callable[[dict[str, Any]], HdrHistogram],
-             has_ok_rows: bool = True) -> dict[tuple[int, str], IntervalFigures]:
-        """Latency from the successful responses only (the "ok" rows, see results.OK):
-        a p99 objective must not hold because errors are fast."""
-        out: dict[tuple[int, str], IntervalFigures] = {}
-        for row in rows:
-            if row["scope"] != "interval" or row["stage"] == "*":
-                continue
-            stage = row["stage"]
-            key = (int(row["start_ms"]) // self.interval_ms, stage)
-            fig = out.get(key)
-            if fig is None:
-                fig = out[key] = IntervalFigures()
-            if headline_row(row, has_ok_rows, self.error_outcomes):
-                fig.add_histogram(latency_of(row))
-            if row["name"] == "*" and row["outcome"] == "*":
-                if self.open.get(stage, True):
-                    fig.scheduled += int(row.get("scheduled") or 0)
-                continue
-            if not outcome_row(row):
-                continue
-            count = int(row["count"])
-            outcome = row["outcome"]
-            fig.sent += count
-            if outcome in self.error_outcomes:
-                fig.errors += count
-            if outcome in STATUS_OUTCOMES and self.open.get(stage, True):
-                fig.open_responses += count
-        for fig in out.values():
-            fig.compact()
-        return out
+def _open_stages(plan: Plan) -> dict[str, bool]:
+    return {s.name: s.open_model for s in plan.stages}
 
 
 def _stage_starts(plan: Plan) -> dict[str, float]:
@@ -329,7 +174,8 @@ def evaluate(plan: Plan, result: Result | str) -> list[dict[str, Any]]:
     interval_ms = _interval_ms(result)
     rows = result.rows("interval", stage=None, name=None, outcome=None)
     # Only the headline rows' histograms are decoded; decoding is the cost.
-    figures = _RowFolder(plan, interval_ms).fold(rows, result.histogram, result.has_ok_rows)
+    figures = fold_intervals(rows, interval_ms, RowReader.of(result, plan.fail_status),
+                             _open_stages(plan))
     interval_s = interval_ms / 1000
     verdicts: list[dict[str, Any]] = []
 
@@ -410,61 +256,6 @@ def _interval_ms(result: Result) -> int:
     return value
 
 
-def plan_of_result(result: Result) -> Plan | None:
-    """The Plan of the profile archived in a result's metadata; None for a run started from
-    flags (no profile, hence no objectives) or a profile this version no longer accepts."""
-    from loadforge.config.profile import plan_from_dict
-
-    text = result.metadata.get("profile", "")
-    flags = _slo_flags_of(result)
-    if not text.strip():
-        return _flag_plan_of_result(result, flags) if flags else None
-    try:
-        plan = plan_from_dict(tomllib.loads(text), source=text,
-                              path=result.metadata.get("profile_path") or "<profile>")
-    except (tomllib.TOMLDecodeError, ProfileError):
-        return None
-    return _with_flags(plan, flags)
-
-
-def _slo_flags_of(result: Result) -> dict[str, float]:
-    """The run's `--slo` objectives (metadata `slo_flags`), which the profile does not hold."""
-    try:
-        flags = json.loads(result.metadata.get("slo_flags") or "{}")
-    except ValueError:
-        return {}
-    if not isinstance(flags, dict):
-        return {}
-    return {k: float(v) for k, v in flags.items()
-            if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)}
-
-
-def _with_flags(plan: Plan, flags: dict[str, float]) -> Plan:
-    from dataclasses import replace
-
-    from loadforge.config.profile import with_slo_flags
-
-    return replace(plan, slo=with_slo_flags(plan.slo, flags)) if flags else plan
-
-
-def _flag_plan_of_result(result: Result, flags: dict[str, float]) -> Plan | None:
-    """A run started from flags, with `--slo`: its one stage from the `stages` metadata."""
-    from loadforge.config.plan import Request, Stage
-
-    try:
-        stages = tuple(Stage(str(s["name"]), float(s["duration_s"]), s.get("rate_from"),
-                             s.get("rate_to"), s.get("concurrency"), float(s.get("think_s") or 0))
-                       for s in json.loads(result.metadata.get("stages") or "[]"))
-    except (ValueError, KeyError, TypeError):
-        return None
-    if not stages:
-        return None
-    plan = Plan(name=result.metadata.get("profile_name") or "adhoc",
-                target=result.metadata.get("target") or "", stages=stages,
-                requests=(Request("default"),))
-    return _with_flags(plan, flags)
-
-
 # -- during the run: abort_after -------------------------------------------------------------
 
 class LiveSLO:
@@ -477,7 +268,8 @@ class LiveSLO:
 
     def __init__(self, plan: Plan, interval_s: float = 1.0):
         self.interval_ms = int(round(interval_s * 1000))
-        self.folder = _RowFolder(plan, self.interval_ms)
+        self.open_stages = _open_stages(plan)
+        self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
         self.entries: list[tuple[dict[str, Any], _Window, list[int | None]]] = []
         for entry in (plan.slo or {}).get("windows") or []:
             if entry.get("abort_after") is None:
@@ -490,8 +282,8 @@ class LiveSLO:
         if not self.entries:
             return None
         # The rows' histograms are also the coordinator's accumulators: read, never keep.
-        figures = self.folder.fold(rows, lambda row: row["latency"],
-                                   any(row["outcome"] == OK for row in rows))
+        reader = RowReader(self.error_outcomes, any(row["outcome"] == OK for row in rows))
+        figures = fold_intervals(rows, self.interval_ms, reader, self.open_stages)
         reason = None
         for entry, window, streak in self.entries:
             series = _series(figures, entry.get("stage"))

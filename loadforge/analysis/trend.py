@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadforge.analysis.changepoint import change_points
-from loadforge.analysis.compare import ALL_STAGES, KIND, RunFigures, load_runs
+from loadforge.analysis.compare import KIND
+from loadforge.analysis.figures import ALL_STAGES, RunFigures, load_runs
 from loadforge.errors import InputError
 from loadforge.results.store import start_key
 
