@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from loadforge.analysis import backends
 from loadforge.config.plan import Plan, Stage
 from loadforge.errors import ProfileError
 from loadforge.observe import pollers as observe
@@ -157,9 +158,9 @@ def test_watchers_poll_every_interval_and_keep_going(server: str) -> None:
 
 
 def test_jain_index() -> None:
-    assert observe.jain_index([0.25] * 4) == pytest.approx(1.0)
-    assert observe.jain_index([1.0, 0.0, 0.0, 0.0]) == pytest.approx(0.25)
-    assert observe.jain_index([]) is None
+    assert backends.jain_index([0.25] * 4) == pytest.approx(1.0)
+    assert backends.jain_index([1.0, 0.0, 0.0, 0.0]) == pytest.approx(0.25)
+    assert backends.jain_index([]) is None
 
 
 def test_backend_header_defaults() -> None:

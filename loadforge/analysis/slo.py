@@ -14,10 +14,8 @@ additions per window position on an hour-long run.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from typing import Any
-from xml.etree import ElementTree
 
 from loadforge.analysis.figures import (  # noqa: F401  (their home is the one fold)
     LATENCY_OBJECTIVES,
@@ -41,9 +39,7 @@ __all__ = [
     "IntervalFigures",
     "LiveSLO",
     "evaluate",
-    "junit_xml",
     "plan_of_result",
-    "write_junit",
 ]
 
 
@@ -326,49 +322,3 @@ def _show(value: float, unit: str) -> str:
     if value >= 1000:
         return f"{value / 1000:.4g}ms"
     return f"{value:.0f}µs"
-
-
-# -- JUnit XML -------------------------------------------------------------------------------
-
-def junit_xml(suite: str, cases: list[dict[str, Any]]) -> str:
-    """JUnit XML: one <testcase> per case {"name", "ok", "message", "classname"?, "details"?};
-    a failing case carries <failure message=...> with the details as its text."""
-    failures = sum(1 for c in cases if not c["ok"])
-    root = ElementTree.Element("testsuites", name="loadforge", tests=str(len(cases)),
-                               failures=str(failures))
-    ts = ElementTree.SubElement(root, "testsuite", name=suite, tests=str(len(cases)),
-                                failures=str(failures), errors="0", skipped="0")
-    for case in cases:
-        tc = ElementTree.SubElement(ts, "testcase", name=str(case["name"]),
-                                    classname=str(case.get("classname", suite)))
-        if not case["ok"]:
-            failure = ElementTree.SubElement(tc, "failure", message=str(case["message"]),
-                                             type="breach")
-            failure.text = str(case.get("details", case["message"]))
-        elif case.get("message"):
-            ElementTree.SubElement(tc, "system-out").text = str(case["message"])
-    ElementTree.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + \
-        ElementTree.tostring(root, encoding="unicode") + "\n"
-
-
-def slo_cases(verdicts: list[dict[str, Any]], run: str = "") -> list[dict[str, Any]]:
-    """JUnit cases of SLO verdicts: 'observed X, limit Y' as message."""
-    cases = []
-    for v in verdicts:
-        unit = v.get("unit", "us")
-        observed = "no data" if v.get("observed") is None else _show(v["observed"], unit)
-        relation = ">=" if v.get("objective") in AT_LEAST else "<="
-        message = f"{v['name']}: observed {observed}, limit {relation} {_show(v['limit'], unit)}"
-        if v.get("window_start_s") is not None:
-            message += f" (worst window from {_seconds(v['window_start_s'])})"
-        cases.append({"name": v["name"], "ok": bool(v["ok"]), "message": message,
-                      "classname": f"loadforge.slo.{run}" if run else "loadforge.slo",
-                      "details": json.dumps(v, indent=2)})
-    return cases
-
-
-def write_junit(path: str, suite: str, cases: list[dict[str, Any]]) -> None:
-    from loadforge.present.outputs import write_output
-
-    write_output(path, junit_xml(suite, cases), "--junit")

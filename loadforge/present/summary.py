@@ -24,6 +24,7 @@ from loadforge.analysis.figures import (  # noqa: F401  (the figures this module
     unsent_cause,
 )
 from loadforge.config.plan import ERROR_KINDS
+from loadforge.units import format_us
 
 # Reports arrive some milliseconds after their interval ends; past this the run was seen late.
 REPORT_LAG_WARN_MS = 1000.0
@@ -43,23 +44,6 @@ def _render_connections(c: dict[str, Any], console: Console) -> None:
                   f"{int(c.get('closed_by_us', 0)):,} by loadforge, "
                   f"{int(c.get('retried', 0)):,} requests retried, "
                   f"at most {int(c.get('open_peak', 0)):,} open", highlight=False, soft_wrap=True)
-
-
-def _three_digits(value: float) -> str:
-    for decimals, limit in ((2, 9.995), (1, 99.95)):
-        if value < limit:
-            return f"{value:.{decimals}f}"
-    return f"{value:.0f}"
-
-
-def format_us(us: float) -> str:
-    """812µs, 12.3ms, 1.20s: three significant digits past a millisecond."""
-    us = float(us)
-    if us < 999.5:
-        return f"{us:.0f}µs"
-    if us < 999_500:
-        return _three_digits(us / 1e3) + "ms"
-    return _three_digits(us / 1e6) + "s"
 
 
 def _format_rps(rps: float) -> str:
@@ -187,9 +171,9 @@ def render_summary(
         console.print(f"preflight: {int(preflight['requests'])} request before the run "
                       "(the target saw it; not counted above)", highlight=False)
 
-    from loadforge.analysis import scaling  # backends, scaling verdicts, actions (when present)
+    from loadforge.present.scaling import render_scaling  # backends, scaling, actions
 
-    scaling.render(summary, console)
+    render_scaling(summary, console)
 
     if summary.get("result"):
         # One line, so that the path can be copied whole.
