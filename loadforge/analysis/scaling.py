@@ -19,8 +19,8 @@ Per action (actions.py): errors in the intervals from the action to the next one
 from the first to the last failed request (at the resolution of the 1 s intervals), and for
 an action naming a backend, when that backend stopped (or, for revive, started) serving.
 
-`time_to_recover` and `failover` in `[slo]` / `[[slo.stages]]` (Plan.slo["scaling"], see
-profile.py) are judged here; verdicts have slo.py's shape, times in µs.
+`time_to_recover` and `failover` in `[slo]` / `[[slo.stages]]` (Plan.slo.scaling, see
+config/plan.py) are judged here; verdicts have slo.py's shape, times in µs.
 """
 
 from __future__ import annotations
@@ -70,14 +70,12 @@ def _fold(plan: Plan, result: Result, interval_ms: int) -> dict[int, _Interval]:
 
 def _thresholds(plan: Plan, stage: str) -> dict[str, float]:
     """The objectives a stage recovers to: its [[slo.stages]] entries, else the run's."""
-    slo = plan.slo or {}
     limits: dict[str, float] = {}
-    for entry in slo.get("stages") or []:
-        if entry["stage"] == stage:
-            limits.update({k: float(v) for k, v in entry.items() if k in RECOVERY_OBJECTIVES})
+    for entry in plan.slo.stages:
+        if entry.stage == stage:
+            limits.update({k: v for k, v in entry.limits.items() if k in RECOVERY_OBJECTIVES})
     if not limits:
-        limits = {k: float(v) for k, v in (slo.get("run") or {}).items()
-                  if k in RECOVERY_OBJECTIVES}
+        limits = {k: v for k, v in plan.slo.run.items() if k in RECOVERY_OBJECTIVES}
     return limits
 
 
@@ -351,9 +349,8 @@ def _failover_verdicts(actions: list[dict[str, Any]], limit: float, scope: str,
 
 def verdicts(plan: Plan, stages: dict[str, Any], actions: list[dict[str, Any]]
              ) -> list[dict[str, Any]]:
-    scaling = (plan.slo or {}).get("scaling") or {}
     out: list[dict[str, Any]] = []
-    run = scaling.get("run") or {}
+    run = plan.slo.scaling_run
     if "time_to_recover" in run:
         judged = [(name, *_recover_observed(plan, name, block))
                   for name, block in stages.items() if block.get("recovered") is not None]
@@ -367,14 +364,16 @@ def verdicts(plan: Plan, stages: dict[str, Any], actions: list[dict[str, Any]]
                                 observed, run["time_to_recover"], "run", name, note))
     if "failover" in run:
         out += _failover_verdicts(actions, run["failover"], "run", None)
-    for entry in scaling.get("stages") or []:
-        stage = entry["stage"]
-        if "time_to_recover" in entry:
+    for entry in plan.slo.scaling:
+        stage, limits = entry.stage, entry.limits
+        if stage is None:
+            continue
+        if "time_to_recover" in limits:
             observed, note = _recover_observed(plan, stage, stages.get(stage, {}))
             out.append(_verdict(f"stage {stage} time_to_recover", "time_to_recover", observed,
-                                entry["time_to_recover"], "stage", stage, note))
-        if "failover" in entry:
-            out += _failover_verdicts(actions, entry["failover"], "stage", stage)
+                                limits["time_to_recover"], "stage", stage, note))
+        if "failover" in limits:
+            out += _failover_verdicts(actions, limits["failover"], "stage", stage)
     return out
 
 

@@ -25,7 +25,7 @@ from loadforge.analysis.figures import (  # noqa: F401  (their home is the one f
     fold_intervals,
     plan_of_result,
 )
-from loadforge.config.plan import ERROR_KINDS, Plan
+from loadforge.config.plan import ERROR_KINDS, Plan, WindowObjectives
 from loadforge.errors import ResultsError
 from loadforge.results.store import OK, Result, read_result
 
@@ -57,12 +57,6 @@ def _limit(objective: str, value: float) -> tuple[float, str]:
     if objective in LATENCY_OBJECTIVES:
         return value * 1e6, "us"
     return value, "ratio"
-
-
-def _objectives(entry: dict[str, Any]) -> list[tuple[str, float]]:
-    # Only the objectives judged here: scaling objectives (time_to_recover, failover) have
-    # their own judge, and an entry may hold nothing else.
-    return [(k, float(v)) for k, v in entry.items() if k in OBJECTIVES]
 
 
 def _label(objective: str) -> str:
@@ -129,9 +123,9 @@ class _Window:
         return self.intervals[-1][0] - self.size + 1
 
 
-def _window_name(entry: dict[str, Any], objective: str) -> str:
-    where = f"stage {entry['stage']} " if entry.get("stage") else ""
-    return f"{where}{_label(objective)} over any {_seconds(entry['window'])} window"
+def _window_name(entry: WindowObjectives, objective: str) -> str:
+    where = f"stage {entry.stage} " if entry.stage else ""
+    return f"{where}{_label(objective)} over any {_seconds(entry.window_s)} window"
 
 
 # -- evaluation from a result file -----------------------------------------------------------
@@ -162,8 +156,8 @@ def evaluate(plan: Plan, result: Result | str) -> list[dict[str, Any]]:
     "window_start_s" (the start of the worst window, seconds from the run's start)}.
     An objective with no data to judge it by (no responses in its scope) fails.
     """
-    slo = plan.slo or {}
-    if not any(slo.get(k) for k in ("run", "stages", "windows")):
+    slo = plan.slo
+    if not (slo.run or slo.stages or slo.windows):
         return []
     if isinstance(result, str):
         result = read_result(result)
@@ -179,13 +173,13 @@ def evaluate(plan: Plan, result: Result | str) -> list[dict[str, Any]]:
     for fig in figures.values():
         run_fig.add(fig)
     cache: dict[str, Any] = {}
-    for objective, limit in _objectives(slo.get("run") or {}):
+    for objective, limit in slo.run.items():
         verdicts.append(_verdict(_label(objective), objective,
                                  run_fig.observe(objective, cache), limit, "run", stage=None))
 
     starts = _stage_starts(plan)
-    for entry in slo.get("stages") or []:
-        stage, grace = entry["stage"], float(entry.get("grace") or 0.0)
+    for entry in slo.stages:
+        stage, grace = entry.stage, entry.grace_s
         from_ms = (starts.get(stage, 0.0) + grace) * 1000
         mine = [(i, f) for (i, name), f in figures.items() if name == stage]
         if grace > 0:
@@ -197,15 +191,15 @@ def evaluate(plan: Plan, result: Result | str) -> list[dict[str, Any]]:
             fig.add(f)
         cache = {}
         suffix = f" (after {_seconds(grace)} grace)" if grace > 0 else ""
-        for objective, limit in _objectives(entry):
+        for objective, limit in entry.limits.items():
             verdicts.append(_verdict(f"stage {stage} {_label(objective)}{suffix}", objective,
                                      fig.observe(objective, cache), limit, "stage",
                                      stage=stage, grace_s=grace))
 
-    for entry in slo.get("windows") or []:
-        size = max(1, round(float(entry["window"]) * 1000 / interval_ms))
-        series = _series(figures, entry.get("stage"))
-        objectives = _objectives(entry)
+    for win in slo.windows:
+        size = max(1, round(win.window_s * 1000 / interval_ms))
+        series = _series(figures, win.stage)
+        objectives = list(win.limits.items())
         worst: dict[str, tuple[float, int]] = {}
         window = _Window(size)
         any_full = False
@@ -223,8 +217,8 @@ def evaluate(plan: Plan, result: Result | str) -> list[dict[str, Any]]:
         for objective, limit in objectives:
             observed, start = worst.get(objective, (None, None))
             verdicts.append(_verdict(
-                _window_name(entry, objective), objective, observed, limit, "window",
-                stage=entry.get("stage"), window_s=float(entry["window"]),
+                _window_name(win, objective), objective, observed, limit, "window",
+                stage=win.stage, window_s=win.window_s,
                 window_start_s=None if start is None else round(start * interval_s, 3)))
     return verdicts
 
@@ -266,11 +260,11 @@ class LiveSLO:
         self.interval_ms = int(round(interval_s * 1000))
         self.open_stages = _open_stages(plan)
         self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
-        self.entries: list[tuple[dict[str, Any], _Window, list[int | None]]] = []
-        for entry in (plan.slo or {}).get("windows") or []:
-            if entry.get("abort_after") is None:
+        self.entries: list[tuple[WindowObjectives, _Window, list[int | None]]] = []
+        for entry in plan.slo.windows:
+            if entry.abort_after_s is None:
                 continue
-            size = max(1, round(float(entry["window"]) * 1000 / self.interval_ms))
+            size = max(1, round(entry.window_s * 1000 / self.interval_ms))
             # [index of the first failing window end of the current streak]
             self.entries.append((entry, _Window(size), [None]))
 
@@ -282,7 +276,7 @@ class LiveSLO:
         figures = fold_intervals(rows, self.interval_ms, reader, self.open_stages)
         reason = None
         for entry, window, streak in self.entries:
-            series = _series(figures, entry.get("stage"))
+            series = _series(figures, entry.stage)
             if not series:
                 continue
             window.push(index, series[0][1])
@@ -290,7 +284,7 @@ class LiveSLO:
                 continue
             failed = []
             cache: dict[str, Any] = {}
-            for objective, limit in _objectives(entry):
+            for objective, limit in entry.limits.items():
                 observed = window.sum.observe(objective, cache)
                 if observed is not None and not _holds(objective, observed,
                                                        _limit(objective, limit)[0]):
@@ -300,7 +294,8 @@ class LiveSLO:
                 continue
             first = streak[0] = index if streak[0] is None else streak[0]
             failing_s = (index - first) * self.interval_ms / 1000
-            if reason is None and failing_s >= float(entry["abort_after"]) - 1e-9:
+            abort_after = entry.abort_after_s or 0.0
+            if reason is None and failing_s >= abort_after - 1e-9:
                 objective, observed, limit = failed[0]
                 shown, unit = _limit(objective, limit)
                 reason = (f"{_window_name(entry, objective)}: observed "
@@ -309,7 +304,7 @@ class LiveSLO:
                           f"{_window_name(entry, objective)}: observed "
                           f"{_show(observed, unit)} < limit {_show(shown, unit)}")
                 reason += (f", failing for {_seconds(failing_s)} (abort_after "
-                           f"{_seconds(float(entry['abort_after']))}) at "
+                           f"{_seconds(abort_after)}) at "
                            f"{_seconds((index + 1) * self.interval_ms / 1000)}")
         return reason
 

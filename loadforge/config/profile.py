@@ -3,21 +3,16 @@
 Messages read `profile spike.toml: stages[2].rate must be > 0, got -5`: the file's basename,
 then the field's path (arrays indexed from 0, as the default names `stage0`, `request0` are).
 
-Normalized SLO shape (`Plan.slo`), the contract `slo.py` evaluates. A profile always yields
-all three keys; a Plan built elsewhere (flags) may carry `{}`, meaning no objectives::
+The [slo] table becomes `Plan.slo`, an `SLO` (plan.py), the contract analysis/slo.py and
+analysis/scaling.py judge, never re-validated downstream::
 
-    {
-      "run": {OBJECTIVE: limit, ...},                 # whole run; may be empty
-      "stages": [                                      # one entry per [[slo.stages]], in order
-        {"stage": "spike", "grace": 15.0, OBJECTIVE: limit, ...},
-      ],
-      "windows": [                                     # one entry per [[slo.windows]], in order
-        {"window": 10.0, "stage": "spike" | None, "abort_after": 30.0 | None,
-         OBJECTIVE: limit, ...},
-      ],
-    }
+    SLO(run={OBJECTIVE: limit, ...},                                  # whole run; may be empty
+        stages=(StageObjectives("spike", {OBJECTIVE: limit}, grace_s=15.0), ...),
+        windows=(WindowObjectives(10.0, {OBJECTIVE: limit}, "spike" | None,
+                                  abort_after_s=30.0 | None), ...),
+        scaling=(ScalingObjectives({"time_to_recover": 30.0}, stage=None | "spike"), ...))
 
-OBJECTIVE keys, only those the profile sets (each entry in "stages"/"windows" has at least one):
+OBJECTIVE keys, only those the profile sets (each stage or window entry has at least one):
 
 - latency, limit in seconds (float), holds when observed <= limit, observed from the merged
   latency histogram: "p50", "p90", "p99", "p999", "max", "mean";
@@ -44,11 +39,20 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from loadforge import limits
-from loadforge.config.plan import Plan, Request, Stage
+from loadforge.config.plan import (
+    SLO,
+    Plan,
+    Request,
+    ScalingObjectives,
+    Stage,
+    StageObjectives,
+    WindowObjectives,
+)
 from loadforge.config.redact import SECRET_HEADERS, redact_url
 from loadforge.errors import ProfileError
 from loadforge.limits import MAX_LATENCY_OBJECTIVE_S
@@ -419,13 +423,11 @@ def parse_slo_flags(values: Iterable[str]) -> dict[str, float]:
     return _objectives(check, table, "")
 
 
-def with_slo_flags(slo: dict[str, Any], objectives: dict[str, float]) -> dict[str, Any]:
+def with_slo_flags(slo: SLO, objectives: dict[str, float]) -> SLO:
     """A Plan's `slo` with these whole-run objectives added, replacing any of the same name."""
     if not objectives:
         return slo
-    out = dict(slo) if slo else {"stages": [], "windows": []}
-    out["run"] = {**(slo.get("run") or {}), **objectives}
-    return out
+    return replace(slo, run={**slo.run, **objectives})
 
 
 def _check_weights(check: _Checker, requests: tuple[Request, ...]) -> None:
@@ -481,7 +483,7 @@ def _objectives(check: _Checker, table: dict[str, Any], path: str) -> dict[str, 
     return limits
 
 
-def _slo(check: _Checker, value: Any, stages: tuple[Stage, ...]) -> dict[str, Any]:
+def _slo(check: _Checker, value: Any, stages: tuple[Stage, ...]) -> SLO:
     slo = check.table(value, "slo")
     check.keys(slo, "slo", SLO_KEYS)
     by_name = {s.name: s for s in stages}
@@ -517,9 +519,9 @@ def _slo(check: _Checker, value: Any, stages: tuple[Stage, ...]) -> dict[str, An
         if not limits and not scaling:
             check.fail(path, f"needs {required}")
         if scaling:
-            scaling_stages.append({"stage": stage.name, **scaling})
+            scaling_stages.append(ScalingObjectives(scaling, stage.name))
         if limits:
-            stage_entries.append({"stage": stage.name, "grace": grace, **limits})
+            stage_entries.append(StageObjectives(stage.name, limits, grace))
 
     window_entries = []
     for i, entry in enumerate(check.array_of_tables(slo.get("windows", []), "slo.windows")):
@@ -543,15 +545,12 @@ def _slo(check: _Checker, value: Any, stages: tuple[Stage, ...]) -> dict[str, An
         limits = _objectives(check, entry, path)
         if not limits:
             check.fail(path, f"needs {required}")
-        window_entries.append({"window": window, "stage": stage.name if stage else None,
-                               "abort_after": abort_after, **limits})
+        window_entries.append(WindowObjectives(window, limits, stage.name if stage else None,
+                                               abort_after))
 
-    out: dict[str, Any] = {"run": _objectives(check, slo, "slo"), "stages": stage_entries,
-                           "windows": window_entries}
     scaling_run = _scaling_objectives(check, slo, "slo")
-    if scaling_run or scaling_stages:     # only then: slo.py's contract keeps its three keys
-        out["scaling"] = {"run": scaling_run, "stages": scaling_stages}
-    return out
+    return SLO(_objectives(check, slo, "slo"), tuple(stage_entries), tuple(window_entries),
+               ((ScalingObjectives(scaling_run),) if scaling_run else ()) + tuple(scaling_stages))
 
 
 def _scaling_objectives(check: _Checker, table: dict[str, Any], path: str) -> dict[str, float]:
