@@ -23,8 +23,6 @@ KNOWN_UPWARD = {
     # Not debt: the exact merge is hdrh's, through the one bridge the store also encodes with;
     # results/histogram.py serves the live merge and the file alike.
     ("loadforge.run.coordinator", "loadforge.results.histogram"),
-    ("loadforge.config.profile", "loadforge.observe.actions"),
-    ("loadforge.config.profile", "loadforge.observe.pollers"),
 }
 
 

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loadforge.config.observe import Action, Observe
 from loadforge.config.plan import SLO, Plan, Request, Stage, StageObjectives, WindowObjectives
 from loadforge.config.profile import load_profile, plan_from_dict
 from loadforge.errors import InputError, ProfileError
@@ -83,8 +84,10 @@ def test_base_profile() -> None:
         stages=(StageObjectives("steady", {"p99": 0.5}, grace_s=2.0),),
         windows=(WindowObjectives(5.0, {"error_rate": 0.05}, "steady", abort_after_s=10.0),),
     )
-    assert plan.observe == BASE["observe"]
-    assert plan.actions == tuple(BASE["actions"])
+    (source,) = plan.observe.sources
+    assert (source.kind, source.url, source.query) == ("prometheus", "http://127.0.0.1:9090", "up")
+    assert plan.actions == (Action(0, 5.0, "sandbox", "sandbox kill backend-1",
+                                   backend="backend-1", verb="kill"),)
     assert plan.path == "profiles/t.toml"
 
 
@@ -97,7 +100,7 @@ def test_defaults() -> None:
     assert plan.stages[0].name == "stage0"
     assert plan.requests == (Request(name="default", method="GET", path="/"),)
     assert plan.slo == SLO() and not plan.slo
-    assert (plan.observe, plan.actions, plan.sandbox) == ({}, (), {})
+    assert (plan.observe, plan.actions, plan.sandbox) == (Observe(), (), {})
 
 
 def test_defaults_for_request_names() -> None:

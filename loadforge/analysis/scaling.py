@@ -153,7 +153,7 @@ def _budget(intervals: dict[int, _Interval], stage: str, limits: dict[str, float
 
 def _replicas_series(plan: Plan, series: dict[str, list[tuple[int, float | None]]]
                      ) -> tuple[str | None, list[tuple[int, float]]]:
-    wanted = (plan.observe or {}).get("replicas")
+    wanted = plan.observe.replicas
     names = [wanted] if wanted else list(observe.REPLICA_METRICS)
     for name in names:
         if name in series:
@@ -275,8 +275,7 @@ def analyze(plan: Plan, result: Result) -> dict[str, Any]:
      "slo": [verdicts of time_to_recover / failover objectives]}"""
     interval_ms = _interval_ms(result)
     interval_s = interval_ms / 1000
-    cfg = observe.normalized(plan)
-    window = max(1, round(cfg["window"] / interval_s))
+    window = max(1, round(plan.observe.window_s / interval_s))
     intervals = _fold(plan, result, interval_ms)
     attribution = backends.backend_figures(result)
     series = backends.metric_series(result)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from loadforge.config.observe import Action, Observe
+
 # Outcomes of one arrival, in the order the engine numbers them. Status classes are responses,
 # the rest are transport failures (no response).
 OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "connect", "timeout", "reset", "protocol")
@@ -112,9 +114,9 @@ class Plan:
     # a load balancer sees new connections spread as they would be; 0 reuses without end.
     requests_per_connection: int = 0
     slo: SLO = field(default_factory=SLO)
-    # Raw [observe] and [[actions]] tables (scaling validation).
-    observe: dict[str, Any] = field(default_factory=dict)
-    actions: tuple[dict[str, Any], ...] = ()
+    # [observe] (metric sources, backend attribution) and [[actions]], in time order.
+    observe: Observe = field(default_factory=Observe)
+    actions: tuple[Action, ...] = ()
     # Raw [sandbox] table: the embedded target's configuration.
     sandbox: dict[str, Any] = field(default_factory=dict)
     source: str = ""                  # the profile's text, archived with the results

@@ -44,6 +44,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from loadforge import limits
+from loadforge.config.observe import validate_actions, validate_observe
 from loadforge.config.plan import (
     SLO,
     Plan,
@@ -166,15 +167,11 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
         requests = (Request(name="default"),)
 
     slo = _slo(check, top.get("slo", {}), stages)
-    observe = dict(check.table(top.get("observe", {}), "observe"))
-    actions = tuple(dict(a) for a in check.array_of_tables(top.get("actions", []), "actions"))
-    # Plan.observe and Plan.actions stay raw, like Plan.sandbox; the owners validate them.
-    from loadforge.observe import actions as actions_module
-    from loadforge.observe import pollers as observe_module
-
-    observe_module.validate_observe(observe, check.where("observe"))
-    actions_module.validate_actions(list(actions), check.where("actions"),
-                                    sum(s.duration_s for s in stages))
+    observe = validate_observe(dict(check.table(top.get("observe", {}), "observe")),
+                               check.where("observe"))
+    actions = validate_actions([dict(a) for a in check.array_of_tables(top.get("actions", []),
+                                                                       "actions")],
+                               check.where("actions"), sum(s.duration_s for s in stages))
     sandbox = _sandbox(check, top["sandbox"]) if "sandbox" in top else {}
 
     return Plan(name=name, target=target, stages=stages, requests=requests,
