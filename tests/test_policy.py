@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadforge.sandbox.config import validate_sandbox_config
+from loadforge.config.sandbox import validate_sandbox_config
 from loadforge.sandbox.policy import AutoscalePolicy, Autoscaler
 
 

@@ -347,14 +347,17 @@ def test_method_is_stored_upper_case() -> None:
     assert _plan(BASE).requests[0].method == "GET"
 
 
-def test_sandbox_table_is_kept_raw() -> None:
+def test_sandbox_table_is_validated_once() -> None:
+    from loadforge.config.sandbox import SandboxConfig, validate_sandbox_config
+
     raw = {"backends": 3, "algorithm": "least_connections"}
-    assert _plan(_with("sandbox", raw)).sandbox == raw
+    sandbox = _plan(_with("sandbox", raw)).sandbox
+    assert isinstance(sandbox, SandboxConfig) and sandbox == validate_sandbox_config(raw)
 
 
 def test_sandbox_table_is_checked_by_the_sandbox() -> None:
     try:
-        from loadforge.sandbox.config import validate_sandbox_config  # noqa: F401
+        from loadforge.config.sandbox import validate_sandbox_config  # noqa: F401
     except ImportError:
         pytest.skip("the sandbox has no validator yet")
     with pytest.raises(ProfileError, match=r"^profile t\.toml: sandbox\.backends"):

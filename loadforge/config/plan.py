@@ -117,7 +117,8 @@ class Plan:
     # [observe] (metric sources, backend attribution) and [[actions]], in time order.
     observe: Observe = field(default_factory=Observe)
     actions: tuple[Action, ...] = ()
-    # Raw [sandbox] table: the embedded target's configuration.
+    # [sandbox], the embedded target's configuration: config/sandbox.py's SandboxConfig
+    # (validated, every key, seconds); {} when the profile has none.
     sandbox: dict[str, Any] = field(default_factory=dict)
     source: str = ""                  # the profile's text, archived with the results
     path: str = ""                    # where it came from, for messages

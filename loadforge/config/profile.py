@@ -33,7 +33,6 @@ run is stopped once a window's objectives have failed continuously for that long
 from __future__ import annotations
 
 import difflib
-import importlib
 import math
 import os
 import re
@@ -55,6 +54,7 @@ from loadforge.config.plan import (
     WindowObjectives,
 )
 from loadforge.config.redact import SECRET_HEADERS, redact_url
+from loadforge.config.sandbox import SandboxConfig, validate_sandbox_config
 from loadforge.errors import ProfileError
 from loadforge.limits import MAX_LATENCY_OBJECTIVE_S
 from loadforge.units import parse_duration, parse_percent, show_value
@@ -556,23 +556,7 @@ def _scaling_objectives(check: _Checker, table: dict[str, Any], path: str) -> di
             for key in SCALING_OBJECTIVES if key in table}
 
 
-def _sandbox(check: _Checker, value: Any) -> dict[str, Any]:
-    """The raw [sandbox] table, checked by the sandbox package's own validator when it exists.
-
-    Plan.sandbox stays raw (plan.py): the sandbox process validates it again itself. The hook,
-    `validate_sandbox_config(table, where)`, raises ProfileError naming the field under
-    `where` ("profile x.toml: sandbox"); its return value is not needed here.
-    """
-    table = dict(check.table(value, "sandbox"))
-    for module_name in ("loadforge.sandbox", "loadforge.sandbox.config"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            if e.name not in ("loadforge.sandbox", module_name):
-                raise   # the package is there but broken: a bug to see, not to skip
-            return table    # not written yet: accept the table as it is
-        hook = getattr(module, "validate_sandbox_config", None)
-        if hook is not None:
-            hook(table, where=check.where("sandbox"))
-            break
-    return table
+def _sandbox(check: _Checker, value: Any) -> SandboxConfig:
+    """The [sandbox] table validated (config/sandbox.py) into its normalized form, which
+    start_sandbox hands to the sandbox process as it is: validated once, here."""
+    return validate_sandbox_config(dict(check.table(value, "sandbox")), where=check.where("sandbox"))

@@ -86,7 +86,7 @@ sandbox_requests_total, sandbox_inflight, sandbox_rejected_total, sandbox_failed
 sandbox_backend_up per backend, sandbox_scale_events_total).
 '''
 
-from loadforge.sandbox.config import (
+from loadforge.config.sandbox import (
     ALGORITHMS,
     DISTRIBUTIONS,
     METRICS,

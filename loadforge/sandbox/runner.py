@@ -25,9 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from loadforge.config.sandbox import SandboxConfig, validate_sandbox_config
 from loadforge.errors import InputError, LoadforgeError, ProfileError, RunError
 from loadforge.sandbox.cluster import new_event_loop, serve
-from loadforge.sandbox.config import SandboxConfig, validate_sandbox_config
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
