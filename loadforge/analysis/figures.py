@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
@@ -438,16 +437,15 @@ def bootstrap_intervals(fig: RunFigures) -> dict[str, list[noise.Interval]]:
 def plan_of_result(result: Result) -> Plan | None:
     """The Plan of the profile archived in a result's metadata; None for a run started from
     flags (no profile, hence no objectives) or a profile this version no longer accepts."""
-    from loadforge.config.profile import plan_from_dict
+    from loadforge.config.profile import plan_from_text
 
     text = result.metadata.get("profile", "")
     flags = _slo_flags_of(result)
     if not text.strip():
         return _flag_plan_of_result(result, flags) if flags else None
     try:
-        plan = plan_from_dict(tomllib.loads(text), source=text,
-                              path=result.metadata.get("profile_path") or "<profile>")
-    except (tomllib.TOMLDecodeError, ProfileError):
+        plan = plan_from_text(text, result.metadata.get("profile_path") or "<profile>")
+    except ProfileError:
         return None
     return _with_flags(plan, flags)
 

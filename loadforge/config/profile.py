@@ -105,6 +105,11 @@ def load_profile(path: str) -> Plan:
     except UnicodeDecodeError as e:
         raise ProfileError(f"profile {path}: not UTF-8 text (byte {e.start}): "
                            "TOML files must be UTF-8") from e
+    return plan_from_text(text, path)
+
+
+def plan_from_text(text: str, path: str = "<profile>") -> Plan:
+    """Parse and validate a profile's text (a file's, or the one archived with a result)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
