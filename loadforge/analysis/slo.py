@@ -1,5 +1,5 @@
-"""SLO verdicts: the objectives of `Plan.slo` (shape in profile.py's docstring) judged from
-merged histograms.
+"""SLO verdicts: the objectives of `Plan.slo` (config/plan.py's SLO, their meaning in
+config/profile.py's docstring) judged from merged histograms.
 
 Everything is computed from the interval rows a run writes: at the end of a run from the
 Parquet file read back (`evaluate`), during the run from the same rows as the coordinator

@@ -73,7 +73,7 @@ ENGINE_HEADERS = ("Content-Length", "Transfer-Encoding", "Connection")
 LATENCY_OBJECTIVES = ("p50", "p90", "p99", "p999", "max", "mean")
 FRACTION_OBJECTIVES = ("error_rate", "success_rate", "rate_shortfall")
 OBJECTIVES = LATENCY_OBJECTIVES + FRACTION_OBJECTIVES
-# Judged by scaling.py (durations): kept in Plan.slo["scaling"], out of slo.py's objectives.
+# Judged by scaling.py (durations): kept in Plan.slo.scaling, out of slo.py's objectives.
 SCALING_OBJECTIVES = ("time_to_recover", "failover")
 SLO_KEYS = OBJECTIVES + SCALING_OBJECTIVES + ("stages", "windows")
 SLO_STAGE_KEYS = ("stage", "grace") + OBJECTIVES + SCALING_OBJECTIVES
