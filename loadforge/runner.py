@@ -42,7 +42,7 @@ def execute(plan: Plan, opts: RunOptions, console: Console) -> RunOutcome:
     if target_url == "sandbox":
         from loadforge.sandbox import start_sandbox
 
-        sandbox = start_sandbox(plan.sandbox or None)
+        sandbox = start_sandbox(plan.sandbox)
         target_url = sandbox.url
     try:
         return _execute(plan, opts, console, target_url, sandbox)

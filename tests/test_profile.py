@@ -100,7 +100,7 @@ def test_defaults() -> None:
     assert plan.stages[0].name == "stage0"
     assert plan.requests == (Request(name="default", method="GET", path="/"),)
     assert plan.slo == SLO() and not plan.slo
-    assert (plan.observe, plan.actions, plan.sandbox) == (Observe(), (), {})
+    assert (plan.observe, plan.actions, plan.sandbox) == (Observe(), (), None)
 
 
 def test_defaults_for_request_names() -> None:

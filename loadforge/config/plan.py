@@ -7,9 +7,9 @@ TOML. Times are in seconds (floats) here and turned into nanoseconds only at the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from loadforge.config.observe import Action, Observe
+from loadforge.config.sandbox import SandboxConfig
 
 # Outcomes of one arrival, in the order the engine numbers them. Status classes are responses,
 # the rest are transport failures (no response).
@@ -117,9 +117,8 @@ class Plan:
     # [observe] (metric sources, backend attribution) and [[actions]], in time order.
     observe: Observe = field(default_factory=Observe)
     actions: tuple[Action, ...] = ()
-    # [sandbox], the embedded target's configuration: config/sandbox.py's SandboxConfig
-    # (validated, every key, seconds); {} when the profile has none.
-    sandbox: dict[str, Any] = field(default_factory=dict)
+    # [sandbox], the embedded target's configuration; None: the profile has none (defaults).
+    sandbox: SandboxConfig | None = None
     source: str = ""                  # the profile's text, archived with the results
     path: str = ""                    # where it came from, for messages
 

@@ -177,7 +177,7 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
     actions = validate_actions([dict(a) for a in check.array_of_tables(top.get("actions", []),
                                                                        "actions")],
                                check.where("actions"), sum(s.duration_s for s in stages))
-    sandbox = _sandbox(check, top["sandbox"]) if "sandbox" in top else {}
+    sandbox = _sandbox(check, top["sandbox"]) if "sandbox" in top else None
 
     return Plan(name=name, target=target, stages=stages, requests=requests,
                 connections=connections, workers=workers, timeout_s=timeout_s,
