@@ -43,9 +43,9 @@ Configuration, the `[sandbox]` table of a profile (every key optional; defaults 
                                  # threshold defaults to half the scale-out threshold
 
 Durations are strings with a unit: "250ms", "5s", "1m", "1h" (loadforge.units). Unknown keys,
-wrong types, min > max and the like raise ProfileError naming the field. The normalized form
-(`validate_sandbox_config`'s SandboxConfig: all keys, durations in seconds) is accepted wherever
-the raw table is.
+wrong types, min > max and the like raise ProfileError naming the field. The validated form
+(config/sandbox.py's SandboxConfig dataclasses: all keys, durations in seconds) is accepted
+wherever the raw table is.
 
 Behaviour worth knowing:
 
