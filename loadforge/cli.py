@@ -214,9 +214,9 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     --duration D`."""
     from dataclasses import replace
 
+    from loadforge import runner
     from loadforge.config.profile import load_profile, parse_slo_flags, with_slo_flags
     from loadforge.present import summary
-    from loadforge.run import coordinator as runner
 
     stdout_taken = _one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path))
     _check_flags(target, rate, concurrency, connections, workers, bool(profile))
@@ -287,13 +287,13 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
             {"ok": all(o.ok for o in outcomes), "repeat": repeat, "ran": len(outcomes),
              "runs": [o.summary for o in outcomes]}, summary_json)
     if junit_path:
-        from loadforge.analysis import slo
+        from loadforge.present import junit
 
         cases = []
         for i, o in enumerate(outcomes, 1):
             name = plan.name if repeat == 1 else f"{plan.name} repeat={i}"
-            cases += slo.slo_cases(o.summary.get("slo", []), name)
-        slo.write_junit(junit_path, f"loadforge run {plan.name}", cases)
+            cases += junit.slo_cases(o.summary.get("slo", []), name)
+        junit.write_junit(junit_path, f"loadforge run {plan.name}", cases)
     # The most serious ending decides: could not run (3), interrupted (128+N), an SLO (1).
     codes = [o.exit_code for o in outcomes]
     sys.exit(next((c for c in codes if c not in (0, 1)), max(codes)))
@@ -372,7 +372,8 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     """Compare runs (Parquet files or directories) per stage against the first one, or groups
     of runs (--group-by) against a baseline group."""
     from loadforge.analysis import compare as cmp
-    from loadforge.analysis import slo
+    from loadforge.present import compare as shown
+    from loadforge.present import junit
 
     junit_on_stdout = _one_stdout_output(("--junit", junit_path))
     gates = [cmp.parse_gate(spec) for spec in fail_on]
@@ -392,13 +393,13 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     data["gates"] = checks
     data["ok"] = all(c["ok"] for c in checks)
     if junit_path:
-        slo.write_junit(junit_path, "loadforge compare", cmp.gate_cases(checks))
+        junit.write_junit(junit_path, "loadforge compare", junit.gate_cases(checks))
     if fmt == "json":
         click.echo(json.dumps(data, indent=2), err=junit_on_stdout)
     elif fmt == "markdown":
-        click.echo(cmp.markdown_document(data, checks), nl=False, err=junit_on_stdout)
+        click.echo(shown.markdown_document(data, checks), nl=False, err=junit_on_stdout)
     else:
-        cmp.render_table(data, Console(stderr=True) if junit_on_stdout else _wide_console())
+        shown.render_table(data, Console(stderr=True) if junit_on_stdout else _wide_console())
     for check in checks:
         if not check["ok"]:
             print_error(check["message"], "regression")
@@ -445,7 +446,8 @@ def export(run_path: str, hlog_path: str) -> None:
 def ls_runs(paths: tuple[str, ...], as_json: bool) -> None:
     """List archived runs: time, profile, labels, achieved rate, p99, SLO verdict (the
     objectives of the archived profile, judged again from the file)."""
-    from loadforge.analysis.archive import list_runs, render_ls
+    from loadforge.analysis.archive import list_runs
+    from loadforge.present.archive import render_ls
 
     entries, problems = list_runs(list(paths) or ["results"])
     if as_json:
@@ -475,14 +477,15 @@ def trend(runs: tuple[str, ...], metrics: tuple[str, ...], by: tuple[str, ...], 
           min_size: int, fmt: str) -> None:
     """Find where a metric shifted over an archive of runs (E-divisive change points)."""
     from loadforge.analysis import trend as tr
+    from loadforge.present import trend as trend_shown
 
     figures, series = tr.trend(list(runs), list(metrics), list(by), stage, min_size)
     if fmt == "csv":
-        click.echo(tr.render_csv(figures, stage), nl=False)
+        click.echo(trend_shown.render_csv(figures, stage), nl=False)
     elif fmt == "json":
         click.echo(json.dumps([s.as_json() for s in series], indent=2))
     else:
-        click.echo(tr.render_text(series))
+        click.echo(trend_shown.render_text(series))
 
 
 @main.command()

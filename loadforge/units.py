@@ -106,3 +106,22 @@ def parse_percent(value: Any, where: str) -> float:
                 return percent / 100
             raise ProfileError(f"{where} must be at most 100%, got {show_value(value)}")
     raise ProfileError(f"{where} must be {expected}, got {show_value(value)}")
+
+
+# -- shown ------------------------------------------------------------------------------------
+
+def _three_digits(value: float) -> str:
+    for decimals, limit in ((2, 9.995), (1, 99.95)):
+        if value < limit:
+            return f"{value:.{decimals}f}"
+    return f"{value:.0f}"
+
+
+def format_us(us: float) -> str:
+    """812µs, 12.3ms, 1.20s: three significant digits past a millisecond."""
+    us = float(us)
+    if us < 999.5:
+        return f"{us:.0f}µs"
+    if us < 999_500:
+        return _three_digits(us / 1e3) + "ms"
+    return _three_digits(us / 1e6) + "s"

@@ -12,25 +12,25 @@ from typing import Any
 
 import pytest
 
+from loadforge.config.observe import Action, HttpAction, validate_actions
 from loadforge.config.profile import plan_from_dict
 from loadforge.errors import ProfileError
 from loadforge.observe import actions
 
 
 def test_validate_normalizes_and_sorts_by_time() -> None:
-    out = actions.validate_actions([
+    out = validate_actions([
         {"at": "20s", "run": "echo hi", "backend": "pod-1"},
         {"at": "5s", "sandbox": "kill", "backend": "backend-2"},
         {"at": "10s", "sandbox": "add", "weight": 2, "name": "grow"},
         {"at": "15s", "http": {"url": "http://127.0.0.1:1/x"}},
     ], run_duration_s=30)
-    assert [a["at"] for a in out] == [5, 10, 15, 20]
-    assert out[0] == {"index": 1, "at": 5.0, "kind": "sandbox", "timeout": 10.0, "verb": "kill",
-                      "weight": 1, "name": "sandbox kill backend-2", "backend": "backend-2"}
-    assert out[1]["name"] == "grow" and out[1]["weight"] == 2
-    assert out[2]["http"] == {"method": "POST", "url": "http://127.0.0.1:1/x", "body": "",
-                              "headers": {}}
-    assert out[3]["name"] == "run echo hi" and out[3]["backend"] == "pod-1"
+    assert [a.at_s for a in out] == [5, 10, 15, 20]
+    assert out[0] == Action(index=1, at_s=5.0, kind="sandbox", timeout_s=10.0, verb="kill",
+                            weight=1, name="sandbox kill backend-2", backend="backend-2")
+    assert out[1].name == "grow" and out[1].weight == 2
+    assert out[2].http == HttpAction("POST", "http://127.0.0.1:1/x", "", {})
+    assert out[3].name == "run echo hi" and out[3].backend == "pod-1"
 
 
 @pytest.mark.parametrize(("action", "message"), [
@@ -87,7 +87,7 @@ def server() -> Iterator[str]:
 
 def test_actions_run_at_their_offsets(tmp_path: Path, server: str) -> None:
     marker = tmp_path / "marker"
-    spec = actions.validate_actions([
+    spec = validate_actions([
         {"at": "0.3s", "run": f"echo done > {marker}"},
         {"at": "0.1s", "http": {"url": server + "/ok", "body": "drain"}},
         {"at": "0.2s", "http": {"url": server + "/nope"}},
@@ -95,7 +95,7 @@ def test_actions_run_at_their_offsets(tmp_path: Path, server: str) -> None:
         {"at": "0.1s", "sandbox": "kill", "backend": "backend-1"},    # no sandbox here
         {"at": "5s", "run": "true"},                                 # after the run: skipped
     ])
-    runner = actions.ActionRunner(spec, sandbox=None)
+    runner = actions.ActionRunner(list(spec), sandbox=None)
     stop = threading.Event()
     runner.start(time.monotonic_ns(), stop)
     time.sleep(0.8)
@@ -117,8 +117,8 @@ def test_actions_run_at_their_offsets(tmp_path: Path, server: str) -> None:
 
 
 def test_command_timeout_is_a_failed_action() -> None:
-    spec = actions.validate_actions([{"at": "0s", "run": "sleep 5", "timeout": "200ms"}])
-    ok, message, value = actions.ActionRunner(spec).execute(spec[0])
+    spec = validate_actions([{"at": "0s", "run": "sleep 5", "timeout": "200ms"}])
+    ok, message, value = actions.ActionRunner(list(spec)).execute(spec[0])
     assert not ok and message == "timed out after 0.2s" and value is None
 
 

@@ -1,7 +1,7 @@
 """The package's folders follow the data flow, and imports follow the folders.
 
-config -> schedule -> engine -> run -> observe -> results -> analysis -> present -> cli: a module
-imports from its own folder and from folders before it. The imports that still go the other
+config -> schedule -> engine -> run -> observe -> results -> analysis -> present -> sandbox ->
+runner -> cli: a module imports from its own folder and from folders before it. The imports that still go the other
 way are listed below, each with what it is waiting for; a new one fails this test, and so does
 any import cycle between modules' top-level imports.
 """
@@ -13,34 +13,16 @@ import os
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "loadforge")
 LAYERS = ("foundation", "config", "schedule", "engine", "run", "observe", "results", "analysis",
-          "present", "sandbox", "cli")
+          "present", "sandbox", "runner", "cli")
 
-# (importer, imported): the coordinator still runs the whole run, verdicts and summary
-# included, and the analysis modules still render their own tables; both move in later steps
-# of issue 9 (one fold of rows into figures; orchestration above run/).
+# (importer, imported): imports that still go against the flow, each with what it waits for.
 KNOWN_UPWARD = {
     # Not debt: the arrival count comes from the engine's own C function, so that Python and
     # the engine can never lay different schedules.
     ("loadforge.schedule", "loadforge._core"),
-    ("loadforge.run.coordinator", "loadforge.observe.pollers"),
+    # Not debt: the exact merge is hdrh's, through the one bridge the store also encodes with;
+    # results/histogram.py serves the live merge and the file alike.
     ("loadforge.run.coordinator", "loadforge.results.histogram"),
-    ("loadforge.run.coordinator", "loadforge.results.store"),
-    ("loadforge.run.coordinator", "loadforge.analysis.scaling"),
-    ("loadforge.run.coordinator", "loadforge.analysis.slo"),
-    ("loadforge.run.coordinator", "loadforge.present.summary"),
-    ("loadforge.run.coordinator", "loadforge.sandbox"),
-    ("loadforge.run.progress", "loadforge.present.summary"),
-    ("loadforge.observe.pollers", "loadforge.results.histogram"),
-    ("loadforge.observe.pollers", "loadforge.results.store"),
-    ("loadforge.config.profile", "loadforge.observe.actions"),
-    ("loadforge.config.profile", "loadforge.observe.pollers"),
-    ("loadforge.analysis.archive", "loadforge.present.summary"),
-    ("loadforge.analysis.archive", "loadforge.present.text"),
-    ("loadforge.analysis.compare", "loadforge.present.summary"),
-    ("loadforge.analysis.compare", "loadforge.present.text"),
-    ("loadforge.analysis.scaling", "loadforge.present.summary"),
-    ("loadforge.analysis.slo", "loadforge.present.outputs"),
-    ("loadforge.analysis.trend", "loadforge.present.summary"),
 }
 
 
@@ -61,7 +43,7 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1 or parts[1] in ("errors", "units", "limits", "__init__"):
         return "foundation"
-    return {"_core": "engine", "schedule": "schedule", "cli": "cli"}.get(parts[1], parts[1])
+    return {"_core": "engine"}.get(parts[1], parts[1])
 
 
 def imports(mods: dict[str, str]) -> list[tuple[str, str, bool]]:

@@ -7,11 +7,14 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
+from loadforge.analysis import backends
+from loadforge.config.observe import Source, validate_observe
 from loadforge.config.plan import Plan, Stage
 from loadforge.errors import ProfileError
 from loadforge.observe import pollers as observe
@@ -74,17 +77,17 @@ def test_parse_exposition_sums_matching_series() -> None:
 
 
 def test_validate_normalizes() -> None:
-    cfg = observe.validate_observe({
+    cfg = validate_observe({
         "backend_header": "X-Served-By", "window": "2s",
         "prometheus": {"url": "http://127.0.0.1:9090", "query": "sum(up)"},
         "metrics": [{"name": "ready", "url": "http://127.0.0.1:1/metrics", "metric": "up",
                      "labels": {"job": "api"}}],
         "command": [{"name": "pods", "run": "echo 3", "timeout": "1s"}],
     })
-    assert cfg["window"] == 2.0 and cfg["backend_header"] == "X-Served-By"
-    assert [s["name"] for s in cfg["sources"]] == ["prometheus", "ready", "pods"]
-    assert cfg["sources"][2]["timeout"] == 1.0
-    assert observe.validate_observe({})["sources"] == []
+    assert cfg.window_s == 2.0 and cfg.backend_header == "X-Served-By"
+    assert [s.name for s in cfg.sources] == ["prometheus", "ready", "pods"]
+    assert cfg.sources[2].timeout_s == 1.0
+    assert validate_observe({}).sources == ()
 
 
 @pytest.mark.parametrize(("table", "message"), [
@@ -105,33 +108,32 @@ def test_validate_normalizes() -> None:
 ])
 def test_bad_observe_names_the_field(table: dict[str, Any], message: str) -> None:
     with pytest.raises(ProfileError) as err:
-        observe.validate_observe(table, "observe")
+        validate_observe(table, "observe")
     assert message in str(err.value)
 
 
 def test_poll_each_kind(server: str) -> None:
-    prom = {"kind": "prometheus", "url": server, "query": "up", "timeout": 1.0}
+    prom = Source("prometheus", "p", 1.0, url=server, query="up")
     assert observe.poll_once(prom) == 5.0
-    metrics = {"kind": "metrics", "url": server + "/metrics", "metric": "up",
-               "labels": {"job": "db"}, "timeout": 1.0}
+    metrics = Source("metrics", "m", 1.0, url=server + "/metrics", metric="up",
+                     labels={"job": "db"})
     assert observe.poll_once(metrics) == 1.0
-    command = {"kind": "command", "run": "printf 'starting\\n 4 pods\\n'", "timeout": 2.0}
+    command = Source("command", "c", 2.0, run="printf 'starting\\n 4 pods\\n'")
     assert observe.poll_once(command) == 4.0
 
 
 @pytest.mark.parametrize("source", [
-    {"kind": "metrics", "url": "/error", "metric": "up", "labels": {}, "timeout": 1.0},
-    {"kind": "metrics", "url": "/slow", "metric": "replicas", "labels": {}, "timeout": 0.2},
-    {"kind": "metrics", "url": "http://127.0.0.1:9/metrics", "metric": "up", "labels": {},
-     "timeout": 0.5},
-    {"kind": "prometheus", "url": "/error", "query": "up", "timeout": 1.0},
-    {"kind": "command", "run": "exit 3", "timeout": 1.0},
-    {"kind": "command", "run": "echo not-a-number", "timeout": 1.0},
-    {"kind": "command", "run": "sleep 5", "timeout": 0.2},
+    Source("metrics", "m", 1.0, url="/error", metric="up"),
+    Source("metrics", "m", 0.2, url="/slow", metric="replicas"),
+    Source("metrics", "m", 0.5, url="http://127.0.0.1:9/metrics", metric="up"),
+    Source("prometheus", "p", 1.0, url="/error", query="up"),
+    Source("command", "c", 1.0, run="exit 3"),
+    Source("command", "c", 1.0, run="echo not-a-number"),
+    Source("command", "c", 0.2, run="sleep 5"),
 ])
-def test_failures_are_missing_values(server: str, source: dict[str, Any]) -> None:
-    if source["kind"] != "command" and source["url"].startswith("/"):
-        source = {**source, "url": server + source["url"]}
+def test_failures_are_missing_values(server: str, source: Source) -> None:
+    if source.kind != "command" and source.url.startswith("/"):
+        source = replace(source, url=server + source.url)
     started = time.monotonic()
     assert observe.poll_once(source) is None
     assert time.monotonic() - started < 3.0
@@ -140,9 +142,9 @@ def test_failures_are_missing_values(server: str, source: dict[str, Any]) -> Non
 def test_watchers_poll_every_interval_and_keep_going(server: str) -> None:
     plan = Plan(name="p", target="http://127.0.0.1:1", stages=(Stage("a", 1.0, 1, 1),
                                                               Stage("b", 1.0, 1, 1)),
-                requests=(), observe={"metrics": [
+                requests=(), observe=validate_observe({"metrics": [
                     {"name": "up", "url": server + "/metrics", "metric": "up"},
-                    {"name": "broken", "url": server + "/error", "metric": "up"}]})
+                    {"name": "broken", "url": server + "/error", "metric": "up"}]}))
     watchers = observe.Watchers(plan, 0.2)
     watchers.start(time.monotonic_ns())
     time.sleep(1.0)
@@ -157,9 +159,9 @@ def test_watchers_poll_every_interval_and_keep_going(server: str) -> None:
 
 
 def test_jain_index() -> None:
-    assert observe.jain_index([0.25] * 4) == pytest.approx(1.0)
-    assert observe.jain_index([1.0, 0.0, 0.0, 0.0]) == pytest.approx(0.25)
-    assert observe.jain_index([]) is None
+    assert backends.jain_index([0.25] * 4) == pytest.approx(1.0)
+    assert backends.jain_index([1.0, 0.0, 0.0, 0.0]) == pytest.approx(0.25)
+    assert backends.jain_index([]) is None
 
 
 def test_backend_header_defaults() -> None:

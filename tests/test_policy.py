@@ -5,14 +5,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadforge.sandbox.config import validate_sandbox_config
+from loadforge.config.sandbox import validate_sandbox_config
 from loadforge.sandbox.policy import AutoscalePolicy, Autoscaler
 
 
 def policy(**autoscale: object) -> AutoscalePolicy:
     cfg = validate_sandbox_config({"autoscale": {"for": "3s", "cooldown": "5s", "min": 1,
                                                  "max": 4, "threshold": 0.8, **autoscale}})
-    return AutoscalePolicy.from_config(cfg["autoscale"])
+    assert cfg.autoscale is not None
+    return AutoscalePolicy.from_config(cfg.autoscale)
 
 
 def run(scaler: Autoscaler, metrics: list[float], active: int) -> list[tuple[int, str, int]]:

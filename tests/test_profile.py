@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadforge.config.plan import Plan, Request, Stage
+from loadforge.config.observe import Action, Observe
+from loadforge.config.plan import SLO, Plan, Request, Stage, StageObjectives, WindowObjectives
 from loadforge.config.profile import load_profile, plan_from_dict
 from loadforge.errors import InputError, ProfileError
 from loadforge.units import parse_duration, parse_percent
@@ -78,14 +79,15 @@ def test_base_profile() -> None:
     assert plan.requests[0] == Request("home", "GET", "/", (), b"", 3)
     assert plan.requests[1].headers == (("Content-Type", "application/json"),)
     assert plan.requests[1].body == b'{"sku": 1}'
-    assert plan.slo == {
-        "run": {"p99": 0.25, "error_rate": pytest.approx(0.001)},
-        "stages": [{"stage": "steady", "grace": 2.0, "p99": 0.5}],
-        "windows": [{"window": 5.0, "stage": "steady", "abort_after": 10.0,
-                     "error_rate": 0.05}],
-    }
-    assert plan.observe == BASE["observe"]
-    assert plan.actions == tuple(BASE["actions"])
+    assert plan.slo == SLO(
+        run={"p99": 0.25, "error_rate": pytest.approx(0.001)},
+        stages=(StageObjectives("steady", {"p99": 0.5}, grace_s=2.0),),
+        windows=(WindowObjectives(5.0, {"error_rate": 0.05}, "steady", abort_after_s=10.0),),
+    )
+    (source,) = plan.observe.sources
+    assert (source.kind, source.url, source.query) == ("prometheus", "http://127.0.0.1:9090", "up")
+    assert plan.actions == (Action(0, 5.0, "sandbox", "sandbox kill backend-1",
+                                   backend="backend-1", verb="kill"),)
     assert plan.path == "profiles/t.toml"
 
 
@@ -97,8 +99,8 @@ def test_defaults() -> None:
     assert plan.fail_status == ("5xx",)
     assert plan.stages[0].name == "stage0"
     assert plan.requests == (Request(name="default", method="GET", path="/"),)
-    assert plan.slo == {"run": {}, "stages": [], "windows": []}
-    assert (plan.observe, plan.actions, plan.sandbox) == ({}, (), {})
+    assert plan.slo == SLO() and not plan.slo
+    assert (plan.observe, plan.actions, plan.sandbox) == (Observe(), (), None)
 
 
 def test_defaults_for_request_names() -> None:
@@ -111,7 +113,7 @@ def test_shipped_profiles_parse(profile: pathlib.Path) -> None:
     plan = load_profile(str(profile))
     assert plan.name == profile.stem
     assert plan.source == profile.read_text()
-    assert plan.stages and plan.requests and plan.slo["run"]
+    assert plan.stages and plan.requests and plan.slo.run
     assert all(s.open_model for s in plan.stages)
 
 
@@ -126,7 +128,7 @@ def test_quickstart_shape() -> None:
     assert [(s.rate_from, s.rate_to) for s in plan.stages] == [(0, 500), (500, 500), (1000, 1000)]
     assert [r.path for r in plan.requests] == ["/", "/api/items"]
     assert plan.requests[0].weight != plan.requests[1].weight
-    assert plan.slo["run"] == {"p99": 0.25, "error_rate": 0.01}
+    assert plan.slo.run == {"p99": 0.25, "error_rate": 0.01}
 
 
 def test_spike_has_jump_and_graced_stage_slo() -> None:
@@ -135,7 +137,7 @@ def test_spike_has_jump_and_graced_stage_slo() -> None:
     assert names == ["warmup", "steady", "spike", "recovery"]
     rates = [(s.rate_from, s.rate_to) for s in plan.stages]
     assert rates[2] == (2000, 2000) and rates[1] == rates[3] == (400, 400)
-    assert any(e["stage"] == "spike" and e["grace"] > 0 for e in plan.slo["stages"])
+    assert any(e.stage == "spike" and e.grace_s > 0 for e in plan.slo.stages)
 
 
 # (case id, profile, text the message must contain)
@@ -345,14 +347,17 @@ def test_method_is_stored_upper_case() -> None:
     assert _plan(BASE).requests[0].method == "GET"
 
 
-def test_sandbox_table_is_kept_raw() -> None:
+def test_sandbox_table_is_validated_once() -> None:
+    from loadforge.config.sandbox import SandboxConfig, validate_sandbox_config
+
     raw = {"backends": 3, "algorithm": "least_connections"}
-    assert _plan(_with("sandbox", raw)).sandbox == raw
+    sandbox = _plan(_with("sandbox", raw)).sandbox
+    assert isinstance(sandbox, SandboxConfig) and sandbox == validate_sandbox_config(raw)
 
 
 def test_sandbox_table_is_checked_by_the_sandbox() -> None:
     try:
-        from loadforge.sandbox.config import validate_sandbox_config  # noqa: F401
+        from loadforge.config.sandbox import validate_sandbox_config  # noqa: F401
     except ImportError:
         pytest.skip("the sandbox has no validator yet")
     with pytest.raises(ProfileError, match=r"^profile t\.toml: sandbox\.backends"):

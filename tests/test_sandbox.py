@@ -27,6 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from servers import free_port, wait_listening
 
+from loadforge.config.sandbox import BackendModel, SandboxConfig, ScaleIn
 from loadforge.errors import ProfileError, RunError
 from loadforge.sandbox import Sandbox, start_sandbox, validate_sandbox_config
 from loadforge.sandbox.runner import load_config_file
@@ -40,13 +41,13 @@ FAST_HEALTH = {"interval": "100ms", "timeout": "50ms",
 
 def test_defaults() -> None:
     cfg = validate_sandbox_config({})
-    assert cfg["algorithm"] == "round_robin"
-    assert cfg["backends"] == 4
-    assert cfg["weights"] == [1, 1, 1, 1]
-    assert cfg["backend"] == {"service_time": 0.0, "distribution": "constant", "sigma": 0.5,
-                              "concurrency": 64, "queue": 1024}
-    assert cfg["health"]["enabled"] is True
-    assert cfg["autoscale"] is None
+    assert cfg.algorithm == "round_robin"
+    assert cfg.backends == 4
+    assert cfg.weights == (1, 1, 1, 1)
+    assert cfg.backend == BackendModel(service_time_s=0.0, distribution="constant", sigma=0.5,
+                                       concurrency=64, queue=1024)
+    assert cfg.health.enabled is True
+    assert cfg.autoscale is None
 
 
 def test_full_config_normalized() -> None:
@@ -62,18 +63,20 @@ def test_full_config_normalized() -> None:
                       "cooldown": "10s", "min": 2, "max": 8, "startup_delay": "5s",
                       "scale_in": {"threshold": 0.3, "for": "20s"}},
     })
-    assert cfg["weights"] == [1, 1, 2]
-    assert cfg["backend"]["service_time"] == pytest.approx(0.002)
-    assert cfg["health"]["timeout"] == pytest.approx(0.5)
-    scale = cfg["autoscale"]
-    assert (scale["for"], scale["cooldown"], scale["min"], scale["max"]) == (5.0, 10.0, 2, 8)
-    assert scale["scale_in"] == {"enabled": True, "threshold": 0.3, "for": 20.0, "step": 1}
-    assert scale["evaluation_interval"] == 1.0
+    assert cfg.weights == (1, 1, 2)
+    assert cfg.backend.service_time_s == pytest.approx(0.002)
+    assert cfg.health.timeout_s == pytest.approx(0.5)
+    scale = cfg.autoscale
+    assert scale is not None
+    assert (scale.for_s, scale.cooldown_s, scale.min, scale.max) == (5.0, 10.0, 2, 8)
+    assert scale.scale_in == ScaleIn(enabled=True, threshold=0.3, for_s=20.0, step=1)
+    assert scale.evaluation_interval_s == 1.0
+    assert SandboxConfig.from_json(cfg.to_json()) == cfg
 
 
 def test_backends_default_clamped_to_autoscale_range() -> None:
-    assert validate_sandbox_config({"autoscale": {"min": 6, "max": 8}})["backends"] == 6
-    assert validate_sandbox_config({"autoscale": {"min": 1, "max": 2}})["backends"] == 2
+    assert validate_sandbox_config({"autoscale": {"min": 6, "max": 8}}).backends == 6
+    assert validate_sandbox_config({"autoscale": {"min": 1, "max": 2}}).backends == 2
 
 
 @pytest.mark.parametrize(("cfg", "message"), [
@@ -122,7 +125,9 @@ def test_where_prefixes_messages() -> None:
 # Up to 720: any duration is at most 30 days (limits.MAX_DURATION_S), 720h included.
 @given(st.integers(0, 720), st.sampled_from(["ms", "s", "m", "h"]))
 def test_durations_in_every_unit(amount: int, unit: str) -> None:
-    seconds = validate_sandbox_config({"autoscale": {"for": f"{amount}{unit}"}})["autoscale"]["for"]
+    autoscale = validate_sandbox_config({"autoscale": {"for": f"{amount}{unit}"}}).autoscale
+    assert autoscale is not None
+    seconds = autoscale.for_s
     assert seconds == pytest.approx(amount * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit])
 
 
@@ -131,7 +136,7 @@ def test_min_max_either_valid_or_named(low: int, high: int) -> None:
     cfg = {"autoscale": {"min": low, "max": high}}
     if low <= high:
         normalized = validate_sandbox_config(cfg)
-        assert low <= normalized["backends"] <= high
+        assert low <= normalized.backends <= high
     else:
         with pytest.raises(ProfileError, match=rf"min must be <= max \(got {low} > {high}\)"):
             validate_sandbox_config(cfg)

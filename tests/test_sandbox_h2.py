@@ -53,9 +53,9 @@ async def _load(url: str, connections: int, streams: int, rounds: int, path: str
 
 def test_http2_keys_defaults() -> None:
     cfg = validate_sandbox_config({})
-    assert (cfg["balance"], cfg["max_concurrent_streams"]) == ("connection", 100)
+    assert (cfg.balance, cfg.max_concurrent_streams) == ("connection", 100)
     cfg = validate_sandbox_config({"balance": "request", "max_concurrent_streams": 8})
-    assert (cfg["balance"], cfg["max_concurrent_streams"]) == ("request", 8)
+    assert (cfg.balance, cfg.max_concurrent_streams) == ("request", 8)
 
 
 @pytest.mark.parametrize(("cfg", "message"), [

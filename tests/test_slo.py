@@ -17,6 +17,7 @@ from servers import STEADY_PROFILE, http_server, loadforge
 from loadforge.analysis import slo
 from loadforge.config.plan import Plan, Request, Stage
 from loadforge.config.profile import plan_from_dict
+from loadforge.present import junit
 from loadforge.results import histogram as hist
 from loadforge.results import store as results
 
@@ -161,7 +162,7 @@ def test_junit_xml_has_a_case_per_objective() -> None:
         {"name": "error_rate", "ok": True, "observed": 0.0, "limit": 0.01, "unit": "ratio",
          "objective": "error_rate"},
     ]
-    root = ET.fromstring(slo.junit_xml("suite", slo.slo_cases(verdicts)))
+    root = ET.fromstring(junit.junit_xml("suite", junit.slo_cases(verdicts)))
     suite = root.find("testsuite")
     assert suite is not None and suite.get("tests") == "2" and suite.get("failures") == "1"
     failure = root.find(".//testcase[@name='p99']/failure")

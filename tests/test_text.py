@@ -12,7 +12,7 @@ import sys
 import pytest
 from servers import ROOT, RecordingServer, loadforge
 
-from loadforge.analysis.compare import markdown_document, markdown_text
+from loadforge.present.compare import markdown_document, markdown_text
 
 # A profile whose every user string looks like rich markup.
 MARKUP_PROFILE = """

@@ -7,26 +7,27 @@ file), never from the stored percentile columns of other scopes or from averagin
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from hdrh.histogram import HdrHistogram
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from loadforge.analysis import noise
-from loadforge.config.plan import ERROR_KINDS, STATUS_OUTCOMES
+from loadforge.analysis.figures import (  # noqa: F401  (compare's figures, folded there)
+    ALL_STAGES,
+    RowReader,
+    RunFigures,
+    ScopeFigures,
+    bootstrap_intervals,
+    fail_status_of,
+    load_runs,
+    run_figures,
+    run_title,
+    stages_of,
+)
 from loadforge.errors import InputError
 from loadforge.results import histogram
-from loadforge.results.store import Result, find_results, headline_row, outcome_row, read_result
-from loadforge.units import parse_duration
+from loadforge.units import format_us, parse_duration
 
 # (key, label, kind): kind "rps" | "ratio" | "us" decides formatting and delta units.
 FIGURES: tuple[tuple[str, str, str], ...] = (
@@ -43,156 +44,7 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
 KIND = {key: kind for key, _, kind in FIGURES}
 GATE_METRICS = {key for key, _, _ in FIGURES if key != "target_rps"}
 GATE_ALIASES = {"p99.9": "p999", "rps": "achieved_rps", "throughput": "achieved_rps"}
-ALL_STAGES = "all"
 FORMATS = ("table", "markdown", "json")
-
-
-# -- figures of a run ------------------------------------------------------------------------
-
-@dataclass
-class ScopeFigures:
-    """One stage (or the whole run) of one result."""
-
-    name: str
-    duration_s: float
-    requests: int = 0         # responses of any status
-    sent: int = 0             # responses + transport failures
-    errors: int = 0
-    scheduled: int = 0
-    target_rps: float | None = 0.0          # None: closed model, no target
-    # successful responses only (DESIGN.md "Latency semantics")
-    latency: HdrHistogram = field(default_factory=histogram.new_histogram)
-    errors_by_kind: dict[str, int] = field(default_factory=dict)
-
-    def values(self) -> dict[str, float | None]:
-        stats = histogram.stats(self.latency)
-        out: dict[str, float | None] = {
-            "target_rps": self.target_rps,
-            "achieved_rps": self.requests / self.duration_s if self.duration_s > 0 else 0.0,
-            "error_rate": self.errors / self.sent if self.sent else 0.0,
-        }
-        out.update({k: float(stats[k]) for k in ("p50", "p90", "p99", "p999", "max", "mean")})
-        return out
-
-
-@dataclass
-class RunFigures:
-    result: Result
-    title: str
-    stages: list[ScopeFigures]
-    run: ScopeFigures
-
-    def scope(self, name: str) -> ScopeFigures | None:
-        if name == ALL_STAGES:
-            return self.run
-        return next((s for s in self.stages if s.name == name), None)
-
-
-def fail_status_of(result: Result) -> tuple[str, ...]:
-    """The status classes the run's profile counted as errors (DESIGN.md default: 5xx)."""
-    text = result.metadata.get("profile", "")
-    try:
-        load = tomllib.loads(text).get("load", {}) if text.strip() else {}
-        value = load.get("fail_status", ["5xx"]) if isinstance(load, dict) else ["5xx"]
-        return tuple(str(v) for v in value)
-    except (tomllib.TOMLDecodeError, TypeError):
-        return ("5xx",)
-
-
-def stages_of(result: Result) -> list[dict[str, Any]]:
-    """The `stages` metadata: name, duration_s, rate_from, rate_to, concurrency."""
-    try:
-        stages = json.loads(result.metadata.get("stages", "[]"))
-        return [s for s in stages if isinstance(s, dict) and "name" in s]
-    except ValueError:
-        return []
-
-
-def _target_rps(stage: dict[str, Any]) -> float | None:
-    if stage.get("concurrency") or stage.get("rate_from") is None:
-        return None     # closed model: no arrival schedule, no target
-    # A linear ramp's mean rate; a steady stage has from == to.
-    return (float(stage["rate_from"]) + float(stage.get("rate_to") or stage["rate_from"])) / 2
-
-
-def _stopped_early(result: Result, planned: dict[str, dict[str, Any]]) -> bool:
-    """Whether the run ended before its planned end (a signal, an SLO abort, a crash): its
-    stage rows then span the time each stage ran, which rates are over."""
-    try:
-        ran_s = float(result.metadata["ran_s"])
-    except (KeyError, ValueError):
-        return False
-    return ran_s < sum(float(s.get("duration_s") or 0) for s in planned.values()) - 0.001
-
-
-def run_figures(result: Result, title: str = "") -> RunFigures:
-    fail_status = set(fail_status_of(result)) | set(ERROR_KINDS)
-    has_ok = result.has_ok_rows
-    planned = {s["name"]: s for s in stages_of(result)}
-    stopped_early = _stopped_early(result, planned)
-    scopes: dict[str, ScopeFigures] = {}
-    run_scope: ScopeFigures | None = None
-    for scope in ("stage", "run"):
-        for row in result.rows(scope, stage=None, name=None, outcome=None):
-            key = row["stage"] if scope == "stage" else ALL_STAGES
-            fig = scopes.get(key)
-            if fig is None:
-                duration = (int(row["end_ms"]) - int(row["start_ms"])) / 1000
-                fig = scopes[key] = ScopeFigures(key, duration)
-                if scope == "stage" and key in planned:
-                    fig.duration_s = float(planned[key].get("duration_s") or duration)
-                    if stopped_early:       # the stage row spans the time it ran
-                        fig.duration_s = duration
-                    fig.target_rps = _target_rps(planned[key])
-            if headline_row(row, has_ok, fail_status):
-                histogram.merge(fig.latency, result.histogram(row))
-            if row["name"] == "*" and row["outcome"] == "*":
-                fig.scheduled += int(row.get("scheduled") or 0)
-                continue
-            if not outcome_row(row):
-                continue
-            count = int(row["count"])
-            outcome = row["outcome"]
-            fig.sent += count
-            if outcome in STATUS_OUTCOMES:
-                fig.requests += count
-            if outcome in fail_status:
-                fig.errors += count
-            if outcome in ERROR_KINDS or outcome in fail_status:
-                fig.errors_by_kind[outcome] = fig.errors_by_kind.get(outcome, 0) + count
-        if scope == "run":
-            run_scope = scopes.pop(ALL_STAGES, None)
-    stage_list = [scopes[name] for name in planned if name in scopes]
-    stage_list += [f for name, f in scopes.items() if name not in planned]
-    if run_scope is None:
-        run_scope = ScopeFigures(ALL_STAGES, 0.0)
-    planned_s = sum(float(s.get("duration_s") or 0) for s in planned.values())
-    if planned_s:
-        run_scope.duration_s = min(run_scope.duration_s, planned_s) or planned_s
-        # Closed-model stages have no target and stay out of the run's.
-        open_stages = [(rps, float(s.get("duration_s") or 0)) for s in planned.values()
-                       if (rps := _target_rps(s)) is not None]
-        open_s = sum(d for _, d in open_stages)
-        run_scope.target_rps = (sum(rps * d for rps, d in open_stages) / open_s
-                                if open_s else None)
-    return RunFigures(result, title or run_title(result), stage_list, run_scope)
-
-
-def run_title(result: Result) -> str:
-    if result.labels:
-        return ",".join(f"{k}={v}" for k, v in sorted(result.labels.items()))
-    return result.run_id or os.path.basename(result.path).removesuffix(".parquet")
-
-
-def load_runs(paths: list[str]) -> list[RunFigures]:
-    """Read RUN arguments (files, or directories of them, oldest first) into figures."""
-    files = find_results(list(paths))
-    results = [read_result(f) for f in files]
-    titles = [run_title(r) for r in results]
-    for i, t in enumerate(titles):
-        if titles.count(t) > 1:
-            titles[i] = f"{t} #{i + 1}"
-    return [run_figures(r, t) for r, t in zip(results, titles, strict=True)]
 
 
 # -- deltas ----------------------------------------------------------------------------------
@@ -323,37 +175,6 @@ def group_runs(runs: list[RunFigures], by: list[str],
     return groups
 
 
-def fold_intervals(fig: RunFigures) -> dict[str, list[noise.Interval]]:
-    """Each stage's intervals (and ALL_STAGES: the run's), for the bootstrap: the interval
-    rows read with run_figures' rules (headline latency of successful responses; counts from
-    outcome rows)."""
-    result = fig.result
-    fail_status = set(fail_status_of(result)) | set(ERROR_KINDS)
-    has_ok = result.has_ok_rows
-    stages: dict[str, dict[int, noise.Interval]] = {}
-    whole: dict[int, noise.Interval] = {}
-    for row in result.rows("interval", stage=None, name=None, outcome=None):
-        start = int(row["start_ms"])
-        seconds = (int(row["end_ms"]) - start) / 1000
-        # An interval that spans a stage boundary is one interval of the run.
-        targets = [stages.setdefault(row["stage"], {}).setdefault(
-            start, noise.Interval(seconds)), whole.setdefault(start, noise.Interval(seconds))]
-        if headline_row(row, has_ok, fail_status):
-            h = result.histogram(row)
-            for iv in targets:
-                iv.add_latency(h)
-        if not outcome_row(row):
-            continue
-        count, outcome = int(row["count"]), row["outcome"]
-        for iv in targets:
-            iv.sent += count
-            iv.requests += count if outcome in STATUS_OUTCOMES else 0
-            iv.errors += count if outcome in fail_status else 0
-    out = {name: [ivs[k] for k in sorted(ivs)] for name, ivs in stages.items()}
-    out[ALL_STAGES] = [whole[k] for k in sorted(whole)]
-    return out
-
-
 def _metric_values(run: RunFigures, stage: str) -> dict[str, float]:
     scope = run.scope(stage)
     values = scope.values() if scope is not None else {}
@@ -365,7 +186,7 @@ def group_noise(groups: list[Group], stage_names: list[str], resamples: int = 40
     """Per group (None for the baseline, and for a side of one run: no noise estimate) and per
     stage, per metric: the U test's p-value over the runs' figures, and the bootstrap's 95 %
     interval of the relative change."""
-    intervals = {id(r): fold_intervals(r) for g in groups for r in g.runs}
+    intervals = {id(r): bootstrap_intervals(r) for g in groups for r in g.runs}
     base = groups[0]
     out: list[dict[str, dict[str, Any]] | None] = [None]
     metrics = [k for k in noise.METRICS if k in GATE_METRICS]
@@ -484,15 +305,11 @@ def _fmt(kind: str, value: float | None) -> str:
         return f"{value:.1f}" if value < 1000 else f"{value:,.0f}"
     if kind == "ratio":
         return f"{value * 100:.3g}%"
-    from loadforge.present.summary import format_us
-
     return format_us(value)
 
 
 def _fmt_change(gate: Gate, change: float) -> str:
     if gate.unit == "us":
-        from loadforge.present.summary import format_us
-
         return ("+" if change >= 0 else "-") + format_us(abs(change))
     return f"{change:+.3g}{gate.unit}"
 
@@ -551,139 +368,3 @@ def _sureness(judged: dict[str, Any]) -> str:
     interval = "" if ci is None else f", 95% CI {ci[0] * 100:+.3g}%..{ci[1] * 100:+.3g}%"
     verdict = "significant" if significant(judged) else "not significant"
     return f"p={judged['p']:.3g}{interval} ({verdict})"
-
-
-def noise_lines(data: dict[str, Any], stage: dict[str, Any]) -> list[str]:
-    """Per compared group, the figures whose change is significant, with p and interval;
-    one line saying so when none is."""
-    lines = []
-    for i, judged in enumerate(stage.get("noise") or []):
-        if not judged:
-            continue
-        title = data["runs"][i]["title"]
-        sure = [f"{m} {_sureness(j)}" for m, j in judged.items() if significant(j)]
-        if not sure:
-            lines.append(f"{title}: no significant change (U test p < {ALPHA} and a 95% "
-                         "interval clear of zero, for no figure)")
-        lines += [f"{title}: {line}" for line in sure]
-    return lines
-
-
-def gate_cases(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"name": f"{c['gate']} {c['stage']} {c['run']}", "ok": c["ok"],
-             "message": c["message"], "classname": "loadforge.compare",
-             "details": json.dumps(c, indent=2)} for c in checks]
-
-
-# -- output ----------------------------------------------------------------------------------
-
-def _delta_text(kind: str, d: float | None) -> str:
-    if d is None:
-        return ""
-    if math.isinf(d):
-        return "+inf%" if d > 0 else "-inf%"
-    unit = "pp" if kind == "ratio" else "%"
-    return f"{d:+.3g}{unit}" if abs(d) < 1000 else f"{d:+,.0f}{unit}"
-
-
-def _cells(data: dict[str, Any], stage: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for key, label, kind in FIGURES:
-        row = [label]
-        for i, values in enumerate(stage["values"]):
-            row.append(_fmt(kind, None if values is None else values[key]))
-            if i:
-                deltas = stage["deltas"][i]
-                row.append(_delta_text(kind, None if deltas is None else deltas[key]))
-        rows.append(row)
-    return rows
-
-
-def _headers(data: dict[str, Any]) -> list[str]:
-    headers = ["figure"]
-    for i, run in enumerate(data["runs"]):
-        headers.append(f"{run['title']} (baseline)" if i == 0 else run["title"])
-        if i:
-            headers.append("Δ")
-    return headers
-
-
-def render_table(data: dict[str, Any], console: Console) -> None:
-    from loadforge.present.text import fits, print_table
-
-    tables = [_table(data, stage, _headers(data)) for stage in data["stages"]]
-    if not all(fits(console, t) for t in tables):
-        # Run titles (labels) too long for the terminal: number the runs in a legend above
-        # and head the columns with the numbers, so that no figure is cut short.
-        for i, run in enumerate(data["runs"]):
-            console.print(Text(f"#{i + 1} {run['title']}" + (" (baseline)" if i == 0 else "")),
-                          overflow="fold")
-        headers = ["figure"]
-        for i in range(len(data["runs"])):
-            headers += [f"#{i + 1}"] + ([f"Δ #{i + 1}"] if i else [])
-        tables = [_table(data, stage, headers) for stage in data["stages"]]
-    for stage, table in zip(data["stages"], tables, strict=True):
-        print_table(console, table)
-        for line in noise_lines(data, stage):
-            console.print(Text("  " + line), overflow="fold")
-    if data.get("noise_estimate") is False or (data.get("groups") is None
-                                                and len(data["runs"]) > 1):
-        console.print(Text("one run on a side: no noise estimate; gates judge the change alone "
-                           "(--group-by with several runs a side tests significance)"),
-                      style="dim", overflow="fold")
-
-
-def _table(data: dict[str, Any], stage: dict[str, Any], headers: list[str]) -> Table:
-    # Titles and headers hold stage names and labels: Text, never rich markup.
-    title = "all stages" if stage["stage"] == ALL_STAGES else f"stage {stage['stage']}"
-    table = Table(box=box.SIMPLE_HEAD, title=Text(title), title_justify="left", pad_edge=False)
-    for i, h in enumerate(headers):
-        table.add_column(Text(h), justify="left" if i == 0 else "right", no_wrap=True)
-    for row in _cells(data, stage):
-        table.add_row(*(Text(c) for c in row))
-    return table
-
-
-def markdown_document(data: dict[str, Any], checks: list[dict[str, Any]]) -> str:
-    """`compare --format markdown`: the tables, then the gates, each block apart from the
-    next by a blank line (a line right after a table would be read as one more row)."""
-    blocks = [render_markdown(data).strip("\n"), render_gates_markdown(checks).strip("\n")]
-    return "\n\n".join(b for b in blocks if b) + "\n"
-
-
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~#!&])")
-
-
-def markdown_text(text: str) -> str:
-    """A user's string (a label, a stage name) as literal GitHub markdown: every character
-    that could start markup, a table cell's end or an HTML tag is escaped."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
-
-
-def render_markdown(data: dict[str, Any]) -> str:
-    headers = [markdown_text(h) for h in _headers(data)]
-    out = []
-    for stage in data["stages"]:
-        title = ("all stages" if stage["stage"] == ALL_STAGES
-                 else f"stage {markdown_text(stage['stage'])}")
-        out.append(f"#### {title}\n")
-        out.append("| " + " | ".join(headers) + " |")
-        out.append("|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|")
-        for row in _cells(data, stage):
-            out.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
-        out.append("")
-        lines = noise_lines(data, stage)
-        if lines:
-            out += [f"- {markdown_text(line)}" for line in lines] + [""]
-    return "\n".join(out)
-
-
-def render_gates_markdown(checks: list[dict[str, Any]]) -> str:
-    failed = [c for c in checks if not c["ok"]]
-    if not checks:
-        return ""
-    if not failed:
-        return f"**Regression gates: all {len(checks)} checks passed.**\n"
-    lines = [f"**Regression gates: {len(failed)} of {len(checks)} checks failed.**\n"]
-    lines += [f"- :x: {markdown_text(c['message'])}" for c in failed]
-    return "\n".join(lines) + "\n"

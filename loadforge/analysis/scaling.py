@@ -19,8 +19,8 @@ Per action (actions.py): errors in the intervals from the action to the next one
 from the first to the last failed request (at the resolution of the 1 s intervals), and for
 an action naming a backend, when that backend stopped (or, for revive, started) serving.
 
-`time_to_recover` and `failover` in `[slo]` / `[[slo.stages]]` (Plan.slo["scaling"], see
-profile.py) are judged here; verdicts have slo.py's shape, times in µs.
+`time_to_recover` and `failover` in `[slo]` / `[[slo.stages]]` (Plan.slo.scaling, see
+config/plan.py) are judged here; verdicts have slo.py's shape, times in µs.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadforge.analysis.slo import IntervalFigures
-from loadforge.config.plan import ERROR_KINDS, STATUS_OUTCOMES, Plan
+from loadforge.analysis import backends
+from loadforge.analysis.figures import IntervalFigures, RowReader, fold_intervals
+from loadforge.config.plan import Plan
 from loadforge.observe import pollers as observe
-from loadforge.results.store import Result, headline_row, outcome_row
+from loadforge.results.store import Result
 
 # Objectives a window is judged by for recovery; rate_shortfall is about the generator's
 # target, not the service.
@@ -47,52 +48,34 @@ class _Interval:
 
 
 def _fold(plan: Plan, result: Result, interval_ms: int) -> dict[int, _Interval]:
-    error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
+    """Per interval, each stage's figures (figures.fold_intervals, arrivals due counted in
+    every stage), the errors and the responses per backend."""
     # Each interval's latency buckets are decoded and kept only when a recovery objective
     # judges latency: they are the one part of the analysis that grows with the run.
     need_latency = any(objective in LATENCY for stage in plan.stages
                        for objective in _thresholds(plan, stage.name))
+    served: dict[int, dict[str, int]] = {}
+    figures = fold_intervals(result.rows("interval", stage=None, name=None, outcome=None),
+                             interval_ms, RowReader.of(result, plan.fail_status),
+                             latency=need_latency, served=served)
     out: dict[int, _Interval] = {}
-    has_ok = result.has_ok_rows
-    for row in result.rows("interval", stage=None, name=None, outcome=None):
-        stage = row["stage"]
-        if stage == "*":
-            continue
-        index = int(row["start_ms"]) // interval_ms
+    for (index, stage), fig in figures.items():
         iv = out.setdefault(index, _Interval())
-        fig = iv.by_stage.setdefault(stage, IntervalFigures())
-        count = int(row["count"])
-        if need_latency and headline_row(row, has_ok, error_outcomes):
-            fig.add_histogram(result.histogram(row))
-        if row["name"] == "*" and row["outcome"] == "*":
-            fig.scheduled += int(row.get("scheduled") or 0)
-            continue
-        if not outcome_row(row):
-            continue
-        outcome = row["outcome"]
-        fig.sent += count
-        if outcome in error_outcomes:
-            fig.errors += count
-            iv.errors += count
-        backend = row.get("backend") or "*"
-        if backend != "*" and outcome in STATUS_OUTCOMES and count:
-            iv.served[backend] = iv.served.get(backend, 0) + count
-    for iv in out.values():
-        for fig in iv.by_stage.values():
-            fig.compact()
+        iv.by_stage[stage] = fig
+        iv.errors += fig.errors
+    for index, by_backend in served.items():
+        out[index].served = by_backend
     return out
 
 
 def _thresholds(plan: Plan, stage: str) -> dict[str, float]:
     """The objectives a stage recovers to: its [[slo.stages]] entries, else the run's."""
-    slo = plan.slo or {}
     limits: dict[str, float] = {}
-    for entry in slo.get("stages") or []:
-        if entry["stage"] == stage:
-            limits.update({k: float(v) for k, v in entry.items() if k in RECOVERY_OBJECTIVES})
+    for entry in plan.slo.stages:
+        if entry.stage == stage:
+            limits.update({k: v for k, v in entry.limits.items() if k in RECOVERY_OBJECTIVES})
     if not limits:
-        limits = {k: float(v) for k, v in (slo.get("run") or {}).items()
-                  if k in RECOVERY_OBJECTIVES}
+        limits = {k: v for k, v in plan.slo.run.items() if k in RECOVERY_OBJECTIVES}
     return limits
 
 
@@ -170,7 +153,7 @@ def _budget(intervals: dict[int, _Interval], stage: str, limits: dict[str, float
 
 def _replicas_series(plan: Plan, series: dict[str, list[tuple[int, float | None]]]
                      ) -> tuple[str | None, list[tuple[int, float]]]:
-    wanted = (plan.observe or {}).get("replicas")
+    wanted = plan.observe.replicas
     names = [wanted] if wanted else list(observe.REPLICA_METRICS)
     for name in names:
         if name in series:
@@ -292,11 +275,10 @@ def analyze(plan: Plan, result: Result) -> dict[str, Any]:
      "slo": [verdicts of time_to_recover / failover objectives]}"""
     interval_ms = _interval_ms(result)
     interval_s = interval_ms / 1000
-    cfg = observe.normalized(plan)
-    window = max(1, round(cfg["window"] / interval_s))
+    window = max(1, round(plan.observe.window_s / interval_s))
     intervals = _fold(plan, result, interval_ms)
-    attribution = observe.backend_figures(result)
-    series = observe.metric_series(result)
+    attribution = backends.backend_figures(result)
+    series = backends.metric_series(result)
     metric, replicas = _replicas_series(plan, series)
     last_index = max(intervals, default=0)
 
@@ -366,9 +348,8 @@ def _failover_verdicts(actions: list[dict[str, Any]], limit: float, scope: str,
 
 def verdicts(plan: Plan, stages: dict[str, Any], actions: list[dict[str, Any]]
              ) -> list[dict[str, Any]]:
-    scaling = (plan.slo or {}).get("scaling") or {}
     out: list[dict[str, Any]] = []
-    run = scaling.get("run") or {}
+    run = plan.slo.scaling_run
     if "time_to_recover" in run:
         judged = [(name, *_recover_observed(plan, name, block))
                   for name, block in stages.items() if block.get("recovered") is not None]
@@ -382,14 +363,16 @@ def verdicts(plan: Plan, stages: dict[str, Any], actions: list[dict[str, Any]]
                                 observed, run["time_to_recover"], "run", name, note))
     if "failover" in run:
         out += _failover_verdicts(actions, run["failover"], "run", None)
-    for entry in scaling.get("stages") or []:
-        stage = entry["stage"]
-        if "time_to_recover" in entry:
+    for entry in plan.slo.scaling:
+        stage, limits = entry.stage, entry.limits
+        if stage is None:
+            continue
+        if "time_to_recover" in limits:
             observed, note = _recover_observed(plan, stage, stages.get(stage, {}))
             out.append(_verdict(f"stage {stage} time_to_recover", "time_to_recover", observed,
-                                entry["time_to_recover"], "stage", stage, note))
-        if "failover" in entry:
-            out += _failover_verdicts(actions, entry["failover"], "stage", stage)
+                                limits["time_to_recover"], "stage", stage, note))
+        if "failover" in limits:
+            out += _failover_verdicts(actions, limits["failover"], "stage", stage)
     return out
 
 
@@ -402,72 +385,3 @@ def annotate(summary: dict[str, Any], plan: Plan, result: Result) -> list[dict[s
     for block in summary.get("stages", []):
         block.update(analysis["stages"].get(block.get("name"), {}))
     return list(analysis["slo"])
-
-
-# -- terminal rendering ----------------------------------------------------------------------
-
-def render(summary: dict[str, Any], console: Any) -> None:
-    """Backends table, scaling table and action lines of a summary (when it has them)."""
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    from loadforge.present.summary import format_us
-
-    def table(title: str, headers: tuple[str, ...]) -> Table:
-        t = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False,
-                  padding=(0, 1), collapse_padding=True)
-        for i, header in enumerate(headers):
-            # Stage and backend names are the user's (and the servers') text, never markup.
-            t.add_column(Text(header), justify="left" if i == 0 else "right", no_wrap=True)
-        return t
-
-    def seconds(value: Any) -> str:
-        return "-" if value is None else f"{value:.3g}s"
-
-    stages = summary.get("stages", [])
-    backends = summary.get("backends") or {}
-    if backends:
-        shown = [s for s in stages if s.get("backends")][:4]
-        t = table("backends (share of attributed responses)",
-                  ("backend", "requests", "share", "p99", *(s["name"] for s in shown)))
-        for name, b in backends.items():
-            t.add_row(Text(name), f"{b['requests']:,}", f"{b['share'] * 100:.1f}%",
-                      format_us(b["p99_us"]),
-                      *(f"{s['backends'][name]['share'] * 100:.1f}%" if name in s["backends"]
-                        else "-" for s in shown))
-        console.print(t)
-        fair = summary.get("fairness") or {}
-        jain, ratio = fair.get("jain"), fair.get("max_min_ratio")
-        console.print(f"fairness: Jain {'-' if jain is None else f'{jain:.3f}'}, max/min share "
-                      f"{'-' if ratio is None else f'{ratio:.2f}'}"
-                      + (f"; {summary['unattributed']:,} unattributed"
-                         if summary.get("unattributed") else ""), highlight=False)
-    if any(s.get("recovered") is not None or (s.get("scale_out") or {}).get("new_backends")
-           or (s.get("scale_out") or {}).get("settle_s") is not None for s in stages):
-        # Narrow headers: CI logs render at 80 columns (see present/summary.py).
-        t = table("scaling (times from each stage's start)",
-                  ("stage", "breach", "recovered", "burn", "new backend", "settled", "backends"))
-        for s in stages:
-            so = s.get("scale_out") or {}
-            recover = ("never" if s.get("recovered") is False
-                       else seconds(s.get("time_to_recover_s")))
-            burn = s.get("error_budget_burn")
-            counts = (f"{so.get('backends_start'):g}→{so.get('backends_end'):g}"
-                      if so.get("backends_start") is not None
-                      and so.get("backends_end") is not None else "-")
-            t.add_row(Text(s["name"]), seconds(s.get("violation_s")), recover,
-                      "-" if burn is None else f"{burn:.2f}",
-                      seconds(so.get("first_new_backend_s")), seconds(so.get("settle_s")),
-                      counts)
-        console.print(t)
-    for a in summary.get("actions") or []:
-        f = a.get("failover") or {}
-        line = (f"action at {a['started_s']:.1f}s {a['name']}: {'ok' if a['ok'] else 'FAILED'}; "
-                f"{f.get('errors', 0):,} errors, failover {seconds(f.get('failover_s'))}")
-        if "backend_out_s" in f:
-            line += (f", {a['backend']} out after {seconds(f['backend_out_s'])}"
-                     if f["backend_out_s"] is not None else f", {a['backend']} still serving")
-        if f.get("backend_back_s") is not None:
-            line += f", {a['backend']} back after {seconds(f['backend_back_s'])}"
-        console.print(line, highlight=False, markup=False)

@@ -10,15 +10,12 @@ layout Apache Otava's CSV source reads.
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from loadforge.analysis.changepoint import change_points
-from loadforge.analysis.compare import ALL_STAGES, KIND, RunFigures, load_runs
+from loadforge.analysis.figures import ALL_STAGES, RunFigures, load_runs
 from loadforge.errors import InputError
 from loadforge.results.store import start_key
 
@@ -90,20 +87,6 @@ def trend(paths: list[str], metrics: list[str], by: list[str], stage: str = ALL_
     return runs, out
 
 
-def render_csv(runs: list[RunFigures], stage: str = ALL_STAGES) -> str:
-    keys = sorted({k for r in runs for k in r.result.labels})
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["time", "run_id", "file", *(f"label_{k}" for k in keys), *METRICS])
-    for run in runs:
-        values = _scope_values(run, stage)
-        writer.writerow([run.result.metadata.get("start_time", ""), run.result.run_id,
-                         os.path.basename(run.result.path),
-                         *(run.result.labels.get(k, "") for k in keys),
-                         *(_plain(values[m]) for m in METRICS)])
-    return buf.getvalue()
-
-
 def _scope_values(run: RunFigures, stage: str) -> dict[str, float]:
     """The METRICS of a run (or one stage of it); target_rps, the one figure that may be
     missing (closed-model stages have none), is not among them."""
@@ -112,35 +95,3 @@ def _scope_values(run: RunFigures, stage: str) -> dict[str, float]:
         raise InputError(f"trend --stage {stage}: run {run.title} has no such stage")
     values = scope.values()
     return {m: float(values[m] or 0.0) for m in METRICS}
-
-
-def _plain(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(round(value, 6))
-
-
-def format_value(metric: str, value: float) -> str:
-    from loadforge.present.summary import format_us
-
-    kind = KIND[metric]
-    if kind == "us":
-        return format_us(value)
-    if kind == "ratio":
-        return f"{value * 100:.3g}%"
-    return f"{value:,.1f}/s"
-
-
-def render_text(series: list[Series]) -> str:
-    """Plain lines: one header per group and metric, one line per shift."""
-    lines = []
-    for s in series:
-        group = " ".join(f"{k}={v}" for k, v in s.group.items()) or "all runs"
-        found = f"{len(s.shifts)} shift{'s' if len(s.shifts) != 1 else ''}"
-        runs = f"{len(s.runs)} run{'s' if len(s.runs) != 1 else ''}"
-        lines.append(f"{group}  {s.metric}: {runs}, {found}")
-        for shift in s.shifts:
-            change = "" if shift.change is None else f" ({shift.change * 100:+.1f}%)"
-            lines.append(
-                f"  run {shift.index + 1} {shift.run} ({shift.start_time or '?'}): "
-                f"{format_value(s.metric, shift.before)} -> {format_value(s.metric, shift.after)}"
-                f"{change}, p={shift.p_value:.3f}")
-    return "\n".join(lines)

@@ -7,7 +7,9 @@ TOML. Times are in seconds (floats) here and turned into nanoseconds only at the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from loadforge.config.observe import Action, Observe
+from loadforge.config.sandbox import SandboxConfig
 
 # Outcomes of one arrival, in the order the engine numbers them. Status classes are responses,
 # the rest are transport failures (no response).
@@ -48,6 +50,53 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class StageObjectives:
+    """[[slo.stages]]: objectives of one stage, judged after its first `grace_s` seconds."""
+
+    stage: str
+    limits: dict[str, float]          # objective -> limit: seconds for latency, else a fraction
+    grace_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class WindowObjectives:
+    """[[slo.windows]]: objectives over every sliding window of `window_s` seconds, within
+    `stage` (else the whole run); the run stops once they have failed for `abort_after_s`."""
+
+    window_s: float
+    limits: dict[str, float]
+    stage: str | None = None
+    abort_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ScalingObjectives:
+    """time_to_recover and failover limits (seconds) of one stage, or of the run (stage None)."""
+
+    limits: dict[str, float]
+    stage: str | None = None
+
+
+@dataclass(frozen=True)
+class SLO:
+    """The [slo] table, validated (profile.py's docstring gives each objective's meaning):
+    analysis/slo.py judges `run`, `stages` and `windows`, analysis/scaling.py the scaling
+    objectives. Empty: no objectives."""
+
+    run: dict[str, float] = field(default_factory=dict)
+    stages: tuple[StageObjectives, ...] = ()
+    windows: tuple[WindowObjectives, ...] = ()
+    scaling: tuple[ScalingObjectives, ...] = ()   # the run's (stage None) first, if any
+
+    def __bool__(self) -> bool:
+        return bool(self.run or self.stages or self.windows or self.scaling)
+
+    @property
+    def scaling_run(self) -> dict[str, float]:
+        return next((s.limits for s in self.scaling if s.stage is None), {})
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     target: str                       # URL, or "sandbox" for the embedded target
@@ -64,13 +113,12 @@ class Plan:
     # Close each connection after this many responses (1: a new connection per request), so
     # a load balancer sees new connections spread as they would be; 0 reuses without end.
     requests_per_connection: int = 0
-    # Raw, validated [slo] table; slo.py gives it meaning.
-    slo: dict[str, Any] = field(default_factory=dict)
-    # Raw [observe] and [[actions]] tables (scaling validation).
-    observe: dict[str, Any] = field(default_factory=dict)
-    actions: tuple[dict[str, Any], ...] = ()
-    # Raw [sandbox] table: the embedded target's configuration.
-    sandbox: dict[str, Any] = field(default_factory=dict)
+    slo: SLO = field(default_factory=SLO)
+    # [observe] (metric sources, backend attribution) and [[actions]], in time order.
+    observe: Observe = field(default_factory=Observe)
+    actions: tuple[Action, ...] = ()
+    # [sandbox], the embedded target's configuration; None: the profile has none (defaults).
+    sandbox: SandboxConfig | None = None
     source: str = ""                  # the profile's text, archived with the results
     path: str = ""                    # where it came from, for messages
 

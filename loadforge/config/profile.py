@@ -3,21 +3,16 @@
 Messages read `profile spike.toml: stages[2].rate must be > 0, got -5`: the file's basename,
 then the field's path (arrays indexed from 0, as the default names `stage0`, `request0` are).
 
-Normalized SLO shape (`Plan.slo`), the contract `slo.py` evaluates. A profile always yields
-all three keys; a Plan built elsewhere (flags) may carry `{}`, meaning no objectives::
+The [slo] table becomes `Plan.slo`, an `SLO` (plan.py), the contract analysis/slo.py and
+analysis/scaling.py judge, never re-validated downstream::
 
-    {
-      "run": {OBJECTIVE: limit, ...},                 # whole run; may be empty
-      "stages": [                                      # one entry per [[slo.stages]], in order
-        {"stage": "spike", "grace": 15.0, OBJECTIVE: limit, ...},
-      ],
-      "windows": [                                     # one entry per [[slo.windows]], in order
-        {"window": 10.0, "stage": "spike" | None, "abort_after": 30.0 | None,
-         OBJECTIVE: limit, ...},
-      ],
-    }
+    SLO(run={OBJECTIVE: limit, ...},                                  # whole run; may be empty
+        stages=(StageObjectives("spike", {OBJECTIVE: limit}, grace_s=15.0), ...),
+        windows=(WindowObjectives(10.0, {OBJECTIVE: limit}, "spike" | None,
+                                  abort_after_s=30.0 | None), ...),
+        scaling=(ScalingObjectives({"time_to_recover": 30.0}, stage=None | "spike"), ...))
 
-OBJECTIVE keys, only those the profile sets (each entry in "stages"/"windows" has at least one):
+OBJECTIVE keys, only those the profile sets (each stage or window entry has at least one):
 
 - latency, limit in seconds (float), holds when observed <= limit, observed from the merged
   latency histogram: "p50", "p90", "p99", "p999", "max", "mean";
@@ -38,18 +33,28 @@ run is stopped once a window's objectives have failed continuously for that long
 from __future__ import annotations
 
 import difflib
-import importlib
 import math
 import os
 import re
 import tomllib
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from loadforge import limits
-from loadforge.config.plan import Plan, Request, Stage
+from loadforge.config.observe import validate_actions, validate_observe
+from loadforge.config.plan import (
+    SLO,
+    Plan,
+    Request,
+    ScalingObjectives,
+    Stage,
+    StageObjectives,
+    WindowObjectives,
+)
 from loadforge.config.redact import SECRET_HEADERS, redact_url
+from loadforge.config.sandbox import SandboxConfig, validate_sandbox_config
 from loadforge.errors import ProfileError
 from loadforge.limits import MAX_LATENCY_OBJECTIVE_S
 from loadforge.units import parse_duration, parse_percent, show_value
@@ -68,7 +73,7 @@ ENGINE_HEADERS = ("Content-Length", "Transfer-Encoding", "Connection")
 LATENCY_OBJECTIVES = ("p50", "p90", "p99", "p999", "max", "mean")
 FRACTION_OBJECTIVES = ("error_rate", "success_rate", "rate_shortfall")
 OBJECTIVES = LATENCY_OBJECTIVES + FRACTION_OBJECTIVES
-# Judged by scaling.py (durations): kept in Plan.slo["scaling"], out of slo.py's objectives.
+# Judged by scaling.py (durations): kept in Plan.slo.scaling, out of slo.py's objectives.
 SCALING_OBJECTIVES = ("time_to_recover", "failover")
 SLO_KEYS = OBJECTIVES + SCALING_OBJECTIVES + ("stages", "windows")
 SLO_STAGE_KEYS = ("stage", "grace") + OBJECTIVES + SCALING_OBJECTIVES
@@ -100,6 +105,11 @@ def load_profile(path: str) -> Plan:
     except UnicodeDecodeError as e:
         raise ProfileError(f"profile {path}: not UTF-8 text (byte {e.start}): "
                            "TOML files must be UTF-8") from e
+    return plan_from_text(text, path)
+
+
+def plan_from_text(text: str, path: str = "<profile>") -> Plan:
+    """Parse and validate a profile's text (a file's, or the one archived with a result)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -162,16 +172,12 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
         requests = (Request(name="default"),)
 
     slo = _slo(check, top.get("slo", {}), stages)
-    observe = dict(check.table(top.get("observe", {}), "observe"))
-    actions = tuple(dict(a) for a in check.array_of_tables(top.get("actions", []), "actions"))
-    # Plan.observe and Plan.actions stay raw, like Plan.sandbox; the owners validate them.
-    from loadforge.observe import actions as actions_module
-    from loadforge.observe import pollers as observe_module
-
-    observe_module.validate_observe(observe, check.where("observe"))
-    actions_module.validate_actions(list(actions), check.where("actions"),
-                                    sum(s.duration_s for s in stages))
-    sandbox = _sandbox(check, top["sandbox"]) if "sandbox" in top else {}
+    observe = validate_observe(dict(check.table(top.get("observe", {}), "observe")),
+                               check.where("observe"))
+    actions = validate_actions([dict(a) for a in check.array_of_tables(top.get("actions", []),
+                                                                       "actions")],
+                               check.where("actions"), sum(s.duration_s for s in stages))
+    sandbox = _sandbox(check, top["sandbox"]) if "sandbox" in top else None
 
     return Plan(name=name, target=target, stages=stages, requests=requests,
                 connections=connections, workers=workers, timeout_s=timeout_s,
@@ -419,13 +425,11 @@ def parse_slo_flags(values: Iterable[str]) -> dict[str, float]:
     return _objectives(check, table, "")
 
 
-def with_slo_flags(slo: dict[str, Any], objectives: dict[str, float]) -> dict[str, Any]:
+def with_slo_flags(slo: SLO, objectives: dict[str, float]) -> SLO:
     """A Plan's `slo` with these whole-run objectives added, replacing any of the same name."""
     if not objectives:
         return slo
-    out = dict(slo) if slo else {"stages": [], "windows": []}
-    out["run"] = {**(slo.get("run") or {}), **objectives}
-    return out
+    return replace(slo, run={**slo.run, **objectives})
 
 
 def _check_weights(check: _Checker, requests: tuple[Request, ...]) -> None:
@@ -481,7 +485,7 @@ def _objectives(check: _Checker, table: dict[str, Any], path: str) -> dict[str, 
     return limits
 
 
-def _slo(check: _Checker, value: Any, stages: tuple[Stage, ...]) -> dict[str, Any]:
+def _slo(check: _Checker, value: Any, stages: tuple[Stage, ...]) -> SLO:
     slo = check.table(value, "slo")
     check.keys(slo, "slo", SLO_KEYS)
     by_name = {s.name: s for s in stages}
@@ -517,9 +521,9 @@ def _slo(check: _Checker, value: Any, stages: tuple[Stage, ...]) -> dict[str, An
         if not limits and not scaling:
             check.fail(path, f"needs {required}")
         if scaling:
-            scaling_stages.append({"stage": stage.name, **scaling})
+            scaling_stages.append(ScalingObjectives(scaling, stage.name))
         if limits:
-            stage_entries.append({"stage": stage.name, "grace": grace, **limits})
+            stage_entries.append(StageObjectives(stage.name, limits, grace))
 
     window_entries = []
     for i, entry in enumerate(check.array_of_tables(slo.get("windows", []), "slo.windows")):
@@ -543,15 +547,12 @@ def _slo(check: _Checker, value: Any, stages: tuple[Stage, ...]) -> dict[str, An
         limits = _objectives(check, entry, path)
         if not limits:
             check.fail(path, f"needs {required}")
-        window_entries.append({"window": window, "stage": stage.name if stage else None,
-                               "abort_after": abort_after, **limits})
+        window_entries.append(WindowObjectives(window, limits, stage.name if stage else None,
+                                               abort_after))
 
-    out: dict[str, Any] = {"run": _objectives(check, slo, "slo"), "stages": stage_entries,
-                           "windows": window_entries}
     scaling_run = _scaling_objectives(check, slo, "slo")
-    if scaling_run or scaling_stages:     # only then: slo.py's contract keeps its three keys
-        out["scaling"] = {"run": scaling_run, "stages": scaling_stages}
-    return out
+    return SLO(_objectives(check, slo, "slo"), tuple(stage_entries), tuple(window_entries),
+               ((ScalingObjectives(scaling_run),) if scaling_run else ()) + tuple(scaling_stages))
 
 
 def _scaling_objectives(check: _Checker, table: dict[str, Any], path: str) -> dict[str, float]:
@@ -560,23 +561,7 @@ def _scaling_objectives(check: _Checker, table: dict[str, Any], path: str) -> di
             for key in SCALING_OBJECTIVES if key in table}
 
 
-def _sandbox(check: _Checker, value: Any) -> dict[str, Any]:
-    """The raw [sandbox] table, checked by the sandbox package's own validator when it exists.
-
-    Plan.sandbox stays raw (plan.py): the sandbox process validates it again itself. The hook,
-    `validate_sandbox_config(table, where)`, raises ProfileError naming the field under
-    `where` ("profile x.toml: sandbox"); its return value is not needed here.
-    """
-    table = dict(check.table(value, "sandbox"))
-    for module_name in ("loadforge.sandbox", "loadforge.sandbox.config"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            if e.name not in ("loadforge.sandbox", module_name):
-                raise   # the package is there but broken: a bug to see, not to skip
-            return table    # not written yet: accept the table as it is
-        hook = getattr(module, "validate_sandbox_config", None)
-        if hook is not None:
-            hook(table, where=check.where("sandbox"))
-            break
-    return table
+def _sandbox(check: _Checker, value: Any) -> SandboxConfig:
+    """The [sandbox] table validated (config/sandbox.py) into its normalized form, which
+    start_sandbox hands to the sandbox process as it is: validated once, here."""
+    return validate_sandbox_config(dict(check.table(value, "sandbox")), where=check.where("sandbox"))

@@ -35,24 +35,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from loadforge.config.plan import STATUS_OUTCOMES, Plan
-from loadforge.config.redact import redact_url
-from loadforge.errors import InputError, ProfileError
-from loadforge.results import histogram
-from loadforge.results.store import Result, outcome_row
-from loadforge.units import parse_duration, show_value
+from loadforge.config.observe import DEFAULT_HTTP_TIMEOUT_S, Source
+from loadforge.config.plan import Plan
+from loadforge.errors import InputError
 
 if TYPE_CHECKING:
     # httpx costs start-up CPU before the first request: imported where a poll needs it.
     import httpx
 
-OBSERVE_KEYS = ("backend_header", "window", "replicas", "prometheus", "metrics", "command")
-PROMETHEUS_KEYS = ("name", "url", "query", "timeout")
-METRIC_KEYS = ("name", "url", "metric", "labels", "timeout")
-COMMAND_KEYS = ("name", "run", "timeout")
-DEFAULT_WINDOW_S = 1.0
-DEFAULT_HTTP_TIMEOUT_S = 0.8
-DEFAULT_COMMAND_TIMEOUT_S = 2.0
 # Sandbox metric -> the name its samples are stored under.
 SANDBOX_METRICS = (("backends", "sandbox_backends"), ("backends_ready", "sandbox_backends_ready"),
                    ("utilization", "sandbox_utilization"))
@@ -60,125 +50,8 @@ SANDBOX_BACKEND_HEADER = "X-Served-By"
 # Metric names that count backends, in order of preference, for the scale-out timeline.
 REPLICA_METRICS = ("backends_ready", "replicas", "backends", "pods")
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
-
-
-# -- validation ------------------------------------------------------------------------------
-
-def _fail(where: str, message: str) -> ProfileError:
-    return ProfileError(f"{where} {message}")
-
-
-def _table(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _fail(where, f"must be a table, got {show_value(value)}")
-    return value
-
-
-def _keys(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    for key in table:
-        if key not in allowed:
-            raise _fail(where, f"has unknown key '{key}'; allowed: {', '.join(allowed)}")
-
-
-def _string(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(where, f"must be a non-empty string, got {show_value(value)}")
-    return value
-
-
-def _url(value: Any, where: str) -> str:
-    url = _string(value, where)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _fail(where, f"must be an http:// or https:// URL, got "
-                           f"{show_value(redact_url(url))}")
-    return url
-
-
-def _entries(value: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
-    """A table or an array of tables, each with its path."""
-    if isinstance(value, dict):
-        return [(where, value)]
-    if isinstance(value, list):
-        return [(f"{where}[{i}]", _table(item, f"{where}[{i}]")) for i, item in enumerate(value)]
-    raise _fail(where, f"must be a table or an array of tables, got {show_value(value)}")
-
-
-def validate_observe(table: Any, where: str = "observe") -> dict[str, Any]:
-    """Validate a raw `[observe]` table into its normalized form (all keys, seconds).
-
-    Raises ProfileError naming the field, e.g. `observe.metrics[0].url must be an http://
-    or https:// URL, got "localhost"`.
-    """
-    top = _table(table, where)
-    _keys(top, OBSERVE_KEYS, where)
-    header = top.get("backend_header")
-    if header is not None and (not isinstance(header, str)
-                               or not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", header)):
-        raise _fail(f"{where}.backend_header", f"must be a header name such as \"X-Served-By\", "
-                                               f"got {show_value(header)}")
-    window = (parse_duration(top["window"], f"{where}.window") if "window" in top
-              else DEFAULT_WINDOW_S)
-    if abs(window - round(window)) > 1e-9:
-        raise _fail(f"{where}.window", f"must be a whole number of 1s intervals, got "
-                                       f"{show_value(top['window'])}")
-    sources: list[dict[str, Any]] = []
-    for path, entry in _entries(top.get("prometheus", []), f"{where}.prometheus"):
-        _keys(entry, PROMETHEUS_KEYS, path)
-        sources.append({"kind": "prometheus", "name": entry.get("name", "prometheus"),
-                        "url": _url(entry.get("url"), f"{path}.url"),
-                        "query": _string(entry.get("query"), f"{path}.query"),
-                        "timeout": _timeout(entry, path, DEFAULT_HTTP_TIMEOUT_S), "where": path})
-    for path, entry in _entries(top.get("metrics", []), f"{where}.metrics"):
-        _keys(entry, METRIC_KEYS, path)
-        metric = _string(entry.get("metric"), f"{path}.metric")
-        if not _METRIC_NAME.fullmatch(metric):
-            raise _fail(f"{path}.metric", f"must be a Prometheus metric name, got "
-                                          f"{show_value(metric)}")
-        labels = _table(entry.get("labels", {}), f"{path}.labels")
-        for key, value in labels.items():
-            _string(value, f"{path}.labels.{key}")
-        sources.append({"kind": "metrics", "name": entry.get("name", metric),
-                        "url": _url(entry.get("url"), f"{path}.url"), "metric": metric,
-                        "labels": dict(labels),
-                        "timeout": _timeout(entry, path, DEFAULT_HTTP_TIMEOUT_S), "where": path})
-    for path, entry in _entries(top.get("command", []), f"{where}.command"):
-        _keys(entry, COMMAND_KEYS, path)
-        sources.append({"kind": "command", "name": _string(entry.get("name"), f"{path}.name"),
-                        "run": _string(entry.get("run"), f"{path}.run"),
-                        "timeout": _timeout(entry, path, DEFAULT_COMMAND_TIMEOUT_S),
-                        "where": path})
-    seen: dict[str, str] = {}
-    for source in sources:
-        name = source["name"]
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise _fail(f"{source['where']}.name", "must be a name of letters, digits, '_', "
-                                                   f"'.', '-', got {show_value(name)}")
-        if name in seen:
-            raise _fail(f"{source['where']}.name", f"{show_value(name)} is already the name of "
-                                                   f"{seen[name]}; metric names must be unique")
-        seen[name] = source["where"]
-    replicas = top.get("replicas")
-    if replicas is not None and not isinstance(replicas, str):
-        raise _fail(f"{where}.replicas", f"must be the name of an observed metric, got "
-                                         f"{show_value(replicas)}")
-    return {"backend_header": header, "window": window, "replicas": replicas,
-            "sources": sources}
-
-
-def _timeout(entry: dict[str, Any], path: str, default: float) -> float:
-    if "timeout" not in entry:
-        return default
-    return parse_duration(entry["timeout"], f"{path}.timeout")
-
-
-def normalized(plan: Plan) -> dict[str, Any]:
-    """The Plan's [observe] table, normalized (a Plan built from flags carries {})."""
-    return validate_observe(plan.observe or {}, "observe")
 
 
 # -- reading one value -----------------------------------------------------------------------
@@ -218,9 +91,9 @@ def _client(url: str, timeout: float) -> httpx.Client:
     return httpx.Client(timeout=timeout, trust_env=not local)
 
 
-def _poll_scalar(source: dict[str, Any], client: httpx.Client) -> float | None:
-    body = client.get(source["url"].rstrip("/") + "/api/v1/query",
-                      params={"query": source["query"]}).raise_for_status().json()
+def _poll_scalar(source: Source, client: httpx.Client) -> float | None:
+    body = client.get(source.url.rstrip("/") + "/api/v1/query",
+                      params={"query": source.query}).raise_for_status().json()
     data = body.get("data") or {}
     # An instant query answers a vector (summed here) or a scalar.
     if data.get("resultType") in ("scalar", "string"):
@@ -234,34 +107,34 @@ def _vector_sum(result: Any) -> float | None:
     return sum(float(r["value"][1]) for r in result)
 
 
-def _poll_metrics(source: dict[str, Any], client: httpx.Client) -> float | None:
-    text = client.get(source["url"]).raise_for_status().text
-    return parse_exposition(text, source["metric"], source["labels"])
+def _poll_metrics(source: Source, client: httpx.Client) -> float | None:
+    text = client.get(source.url).raise_for_status().text
+    return parse_exposition(text, source.metric, source.labels)
 
 
-def _poll_command(source: dict[str, Any], commands: Any = None) -> float | None:
+def _poll_command(source: Source, commands: Any = None) -> float | None:
     from loadforge.observe.actions import run_shell
 
-    done = run_shell(source["run"], source["timeout"], commands)
+    done = run_shell(source.run, source.timeout_s, commands)
     if done.returncode != 0:
         return None
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     return float(lines[-1].split()[0]) if lines else None
 
 
-def poll_once(source: dict[str, Any], client: httpx.Client | None = None,
+def poll_once(source: Source, client: httpx.Client | None = None,
               commands: Any = None) -> float | None:
     """One value of a source; None for any failure (network, status, parse, timeout).
     commands: the run's actions.ShellCommands, which ends a command source with the run."""
     import httpx
 
     try:
-        if source["kind"] == "command":
+        if source.kind == "command":
             return _poll_command(source, commands)
         own = client is None
-        client = client or _client(source["url"], source["timeout"])
+        client = client or _client(source.url, source.timeout_s)
         try:
-            if source["kind"] == "prometheus":
+            if source.kind == "prometheus":
                 return _poll_scalar(source, client)
             return _poll_metrics(source, client)
         finally:
@@ -295,18 +168,16 @@ class Watchers:
         require_sandbox(plan, sandbox)
         self.plan = plan
         self.interval_s = interval_s
-        cfg = normalized(plan)
-        self.sources = list(cfg["sources"])
+        self.sources = list(plan.observe.sources)
         if sandbox is not None:
-            taken = {s["name"] for s in self.sources}
+            taken = {s.name for s in self.sources}
             for name, metric in SANDBOX_METRICS:
                 if name not in taken:
-                    self.sources.append({"kind": "metrics", "name": name,
-                                         "url": sandbox.metrics_url, "metric": metric,
-                                         "labels": {}, "timeout": DEFAULT_HTTP_TIMEOUT_S})
+                    self.sources.append(Source("metrics", name, DEFAULT_HTTP_TIMEOUT_S,
+                                               url=sandbox.metrics_url, metric=metric))
         # Shell commands (observers and actions) are killed when the run ends.
         self.commands = actions.ShellCommands()
-        self.actions = actions.ActionRunner(actions.normalized(plan), sandbox, self.commands)
+        self.actions = actions.ActionRunner(list(plan.actions), sandbox, self.commands)
         self.samples: list[Sample] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -318,14 +189,14 @@ class Watchers:
         self.t0_ns = t0_ns
         for source in self.sources:
             thread = threading.Thread(target=self._poll, args=(source,), daemon=True,
-                                      name=f"observe-{source['name']}")
+                                      name=f"observe-{source.name}")
             thread.start()
             self._threads.append(thread)
         self.actions.start(t0_ns, self._stop)
 
-    def _poll(self, source: dict[str, Any]) -> None:
-        client = None if source["kind"] == "command" else _client(source["url"],
-                                                                   source["timeout"])
+    def _poll(self, source: Source) -> None:
+        client = None if source.kind == "command" else _client(source.url,
+                                                                   source.timeout_s)
         try:
             k = 0
             while True:
@@ -339,7 +210,7 @@ class Watchers:
                 if self._stop.is_set():
                     return      # cut short by the run's end: no sample
                 with self._lock:
-                    self.samples.append(Sample(source["name"], int(at_ms), value))
+                    self.samples.append(Sample(source.name, int(at_ms), value))
                 k = max(k + 1, int((time.monotonic_ns() - self.t0_ns) / 1e9 / self.interval_s))
         finally:
             if client is not None:
@@ -372,94 +243,16 @@ def backend_header(plan: Plan, given: str | None, sandbox: Any) -> str | None:
     """The header that attributes responses: the flag, else [observe], else the sandbox's."""
     if given:
         return given
-    header = (plan.observe or {}).get("backend_header")
+    header = plan.observe.backend_header
     if header:
         return str(header)
     return SANDBOX_BACKEND_HEADER if sandbox is not None else None
 
 
 def require_sandbox(plan: Plan, sandbox: Any) -> None:
-    if sandbox is None and any("sandbox" in a for a in plan.actions):
+    if sandbox is None and any(a.kind == "sandbox" for a in plan.actions):
         raise InputError("actions: a sandbox action needs target = \"sandbox\" "
                          "(the target is another server)")
 
 
-# -- reading back: metric series and backend attribution -------------------------------------
-
-def metric_series(result: Result) -> dict[str, list[tuple[int, float | None]]]:
-    """name -> [(start_ms, value or None)], in time order."""
-    out: dict[str, list[tuple[int, float | None]]] = {}
-    if "value" not in result.table.column_names:
-        return out
-    for row in result.rows("metric", name=None, outcome=None):
-        out.setdefault(row["name"], []).append((int(row["start_ms"]), row["value"]))
-    for series in out.values():
-        series.sort(key=lambda p: p[0])
-    return out
-
-
-def jain_index(shares: list[float]) -> float | None:
-    """Jain's fairness index, (sum x)^2 / (n sum x^2): 1 when all equal, 1/n when one has all."""
-    squares = sum(x * x for x in shares)
-    if not shares or not squares:
-        return None
-    return sum(shares) ** 2 / (len(shares) * squares)
-
-
-def _block(counts: dict[str, int], hists: dict[str, Any]) -> dict[str, Any]:
-    total = sum(counts.values())
-    backends = {}
-    for name in sorted(counts):
-        backends[name] = {"requests": counts[name],
-                          "share": counts[name] / total if total else 0.0,
-                          "p99_us": histogram.stats(hists[name])["p99"]}
-    shares = [b["share"] for b in backends.values()]
-    positive = [s for s in shares if s > 0]
-    return {"backends": backends, "fairness": {
-        "jain": jain_index(shares),
-        "max_min_ratio": max(positive) / min(positive) if positive else None,
-    }}
-
-
-def backend_figures(result: Result) -> dict[str, Any]:
-    """Per-backend responses, share and p99 over the run and per stage, from the stage rows
-    (merged histograms, per backend). Responses without the header (and transport failures)
-    are counted as `unattributed`, outside the shares.
-
-    {"run": {"backends": {name: {requests, share, p99_us}}, "fairness": {jain, max_min_ratio},
-             "unattributed": n},
-     "stages": {stage: same}}  -- empty dicts when nothing was attributed.
-    """
-    counts: dict[str, dict[str, int]] = {}
-    hists: dict[str, dict[str, Any]] = {}
-    unattributed: dict[str, int] = {}
-    if "backend" not in result.table.column_names:
-        return {"run": {}, "stages": {}}
-    for row in result.rows("stage", name=None, outcome=None):
-        if not outcome_row(row):
-            continue
-        stage, backend = row["stage"], row["backend"]
-        if backend == "*" or row["outcome"] not in STATUS_OUTCOMES:
-            unattributed[stage] = unattributed.get(stage, 0) + int(row["count"])
-            continue
-        for scope in (stage, "*"):
-            c = counts.setdefault(scope, {})
-            c[backend] = c.get(backend, 0) + int(row["count"])
-            h = hists.setdefault(scope, {})
-            if backend not in h:
-                h[backend] = histogram.new_histogram()
-            histogram.merge(h[backend], result.histogram(row))
-    if "*" not in counts:
-        return {"run": {}, "stages": {}}
-    out: dict[str, Any] = {"run": {**_block(counts["*"], hists["*"]),
-                                   "unattributed": sum(unattributed.values())},
-                           "stages": {}}
-    for stage in counts:
-        if stage != "*":
-            out["stages"][stage] = {**_block(counts[stage], hists[stage]),
-                                    "unattributed": unattributed.get(stage, 0)}
-    return out
-
-
-__all__ = ["Watchers", "backend_figures", "backend_header", "jain_index", "metric_series",
-           "parse_exposition", "poll_once", "validate_observe"]
+__all__ = ["Watchers", "backend_header", "parse_exposition", "poll_once"]

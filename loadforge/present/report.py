@@ -23,10 +23,17 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from loadforge.analysis.compare import RunFigures, fail_status_of, load_runs, stages_of
-from loadforge.config.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES
+from loadforge.analysis.figures import (
+    RunFigures,
+    interval_cells,
+    load_runs,
+    name_block,
+    run_figures,
+    stages_of,
+)
+from loadforge.config.plan import OUTCOMES
 from loadforge.results import histogram
-from loadforge.results.store import OK, Result, headline_row, outcome_row
+from loadforge.results.store import Result
 
 # Percentile levels of the spectrum: 1 - 10^(-k/20), k = 0..100, i.e. 0% .. 99.999% with
 # 20 points per decade of 1/(1-q) (the x axis of an HDR percentile plot).
@@ -66,31 +73,7 @@ def _run_series(run: RunFigures) -> dict[str, Any]:
     except ValueError:
         interval_ms = 1000
     interval_s = interval_ms / 1000
-    error_outcomes = set(ERROR_KINDS) | set(fail_status_of(result))
-    has_ok = result.has_ok_rows
-    per: dict[int, dict[str, Any]] = {}
-    for row in result.rows("interval", stage=None, name=None, outcome=None):
-        index = int(row["start_ms"]) // interval_ms
-        cell = per.get(index)
-        if cell is None:
-            cell = per[index] = {"scheduled": 0, "responses": 0, "errors": {},
-                                 "latency": None}
-        if headline_row(row, has_ok, error_outcomes):
-            h = result.histogram(row)
-            if cell["latency"] is None:
-                cell["latency"] = h
-            else:
-                histogram.merge(cell["latency"], h)
-        if row["name"] == "*" and row["outcome"] == "*":
-            cell["scheduled"] += int(row.get("scheduled") or 0)
-            continue
-        if not outcome_row(row):
-            continue
-        outcome, count = row["outcome"], int(row["count"])
-        if outcome in STATUS_OUTCOMES:
-            cell["responses"] += count
-        if outcome in error_outcomes:
-            cell["errors"][outcome] = cell["errors"].get(outcome, 0) + count
+    per = interval_cells(result, interval_ms, run.fail_status)
     kinds = sorted({k for cell in per.values() for k in cell["errors"]})
     t, target, achieved = [], [], []
     lat: dict[str, list[float | None]] = {k: [] for k in ("p50", "p90", "p99", "max")}
@@ -112,6 +95,7 @@ def _run_series(run: RunFigures) -> dict[str, Any]:
         marks.append({"t": start, "name": stage["name"]})
         start += float(stage.get("duration_s") or 0)
     spectra = {s.name: spectrum(s.latency) for s in run.stages}
+    whole = run_figures(result, run.title, full=True).run
     summary = {s.name: s.values() for s in [*run.stages, run.run]}
     return {
         "title": run.title,
@@ -131,47 +115,10 @@ def _run_series(run: RunFigures) -> dict[str, Any]:
         "stages": [s.name for s in run.stages],
         "spectra": spectra,
         "summary": summary,
-        "outcomes": _outcome_counts(result),
-        "requests_by_name": requests_by_name(result, error_outcomes),
+        "outcomes": {outcome: whole.outcomes.get(outcome, 0) for outcome in OUTCOMES},
+        "requests_by_name": {name: name_block(*entry) for name, entry in whole.by_name.items()},
         "slo": _verdicts(result),
     }
-
-
-def _outcome_counts(result: Result) -> dict[str, int]:
-    """Responses per status class and failures per kind, over the whole run."""
-    counts = dict.fromkeys(OUTCOMES, 0)
-    for row in result.rows("run", name=None, outcome=None):
-        if outcome_row(row) and row["outcome"] in counts:
-            counts[row["outcome"]] += int(row["count"])
-    return counts
-
-
-def requests_by_name(result: Result, error_outcomes: set[str]) -> dict[str, dict[str, Any]]:
-    """Per request name over the run: responses, errors, and p50/p90/p99 of its successful
-    responses (the summary's `requests_by_name`, from the file)."""
-    has_ok = result.has_ok_rows
-    out: dict[str, dict[str, Any]] = {}
-    latency: dict[str, HdrHistogram] = {}
-    for row in result.rows("run", name=None, outcome=None):
-        name = row["name"]
-        if name == "*":
-            continue
-        entry = out.setdefault(name, {"requests": 0, "errors": 0})
-        successful = (row["outcome"] == OK if has_ok else
-                      outcome_row(row) and row["outcome"] not in error_outcomes)
-        if successful:
-            h = latency.setdefault(name, histogram.new_histogram())
-            histogram.merge(h, result.histogram(row))
-        if not outcome_row(row):
-            continue
-        if row["outcome"] in STATUS_OUTCOMES:
-            entry["requests"] += int(row["count"])
-        if row["outcome"] in error_outcomes:
-            entry["errors"] += int(row["count"])
-    for name, entry in out.items():
-        stats = histogram.stats(latency.get(name) or histogram.new_histogram())
-        entry["latency_us"] = {k: stats[k] for k in ("p50", "p90", "p99")}
-    return out
 
 
 def _verdicts(result: Result) -> list[dict[str, Any]]:

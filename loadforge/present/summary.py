@@ -1,7 +1,6 @@
-"""End-of-run numbers: the per-scope blocks of `--summary-json`, the terminal table, the file.
+"""The end of a run shown: the terminal tables and notes, the `--summary-json` file.
 
-Every latency figure comes from a merged histogram (histogram.stats), never from averaging
-percentiles. Target and achieved rates always appear side by side, and arrivals that were due
+The figures themselves come from analysis/figures.py (`stats_block`, one fold of the rows). Target and achieved rates always appear side by side, and arrivals that were due
 but never sent are shown, not dropped (DESIGN.md "Latency semantics").
 """
 
@@ -10,55 +9,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hdrh.histogram import HdrHistogram
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from loadforge.config.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES
-from loadforge.results import histogram
-
-# The status classes the summary reports (1xx is not a final response; it still counts in
-# `requests` if an engine ever reports one).
-STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
-LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max", "mean")
-ERROR_LATENCY_KEYS = ("p50", "p90", "p99", "max")
-NAME_LATENCY_KEYS = ("p50", "p90", "p99")
-# Sends this share late on a free connection (the loop itself late), or workers this busy,
-# make the generator, not the connections, the cause of unsent arrivals.
-LATE_SHARE_CPU = 0.01
-BUSY_CPU = 0.8
-
-
-def _latency_block(h: HdrHistogram, keys: tuple[str, ...] = LATENCY_KEYS) -> dict[str, Any]:
-    s = histogram.stats(h)
-    return {key: s[key] for key in keys}
-
-
-def unsent_cause(unsent: int, sent: int, late: int,
-                 worker_cpu: float | None = None) -> str | None:
-    """Why arrivals went unsent: "cpu" when the generator was short of CPU, else
-    "connections" (every connection was busy waiting on the target); None when nothing went
-    unsent.
-
-    An arrival is only ever left unsent for want of a free connection at its stage's end;
-    what tells the causes apart is the generator itself: its workers used (nearly) all of
-    their cores, or at least 1% of the sends left 10 ms or more late on a connection that was
-    free (the loop was late: a stall, or a core shared with other work)."""
-    if not unsent:
-        return None
-    if (late and late >= LATE_SHARE_CPU * max(sent, 1)) or \
-            (worker_cpu is not None and worker_cpu >= BUSY_CPU):
-        return "cpu"
-    return "connections"
-
-
-def name_block(requests: int, errors: int, ok_latency: HdrHistogram) -> dict[str, Any]:
-    """One request name's entry of `requests_by_name`: latency over its successful responses."""
-    return {"requests": int(requests), "errors": int(errors),
-            "latency_us": _latency_block(ok_latency, NAME_LATENCY_KEYS)}
-
+from loadforge.analysis.figures import (  # noqa: F401  (the figures this module shows)
+    BUSY_CPU,
+    NAME_LATENCY_KEYS,
+    STATUS_CLASSES,
+    connect_block,
+    name_block,
+    stats_block,
+    unsent_cause,
+)
+from loadforge.config.plan import ERROR_KINDS
+from loadforge.units import format_us
 
 # Reports arrive some milliseconds after their interval ends; past this the run was seen late.
 REPORT_LAG_WARN_MS = 1000.0
@@ -78,86 +44,6 @@ def _render_connections(c: dict[str, Any], console: Console) -> None:
                   f"{int(c.get('closed_by_us', 0)):,} by loadforge, "
                   f"{int(c.get('retried', 0)):,} requests retried, "
                   f"at most {int(c.get('open_peak', 0)):,} open", highlight=False, soft_wrap=True)
-
-
-def connect_block(h: HdrHistogram) -> dict[str, Any]:
-    """TCP connect times (µs) of the connections opened: `connections.connect_time_us` and a
-    stage's `connect_time_us`."""
-    st = histogram.stats(h)
-    return {"count": st["count"], **{k: st[k] for k in ("p50", "p90", "p99", "max")}}
-
-
-def stats_block(
-    latency: HdrHistogram,
-    service: HdrHistogram,
-    outcome_counts: dict[str, int],
-    scheduled: int,
-    unsent: int,
-    duration_s: float,
-    target_rps: float | None,
-    fail_status: tuple[str, ...] = ("5xx",),
-    *,
-    error_latency: HdrHistogram | None = None,
-    waited: int = 0,
-    late: int = 0,
-    worker_cpu: float | None = None,
-) -> dict[str, Any]:
-    """The fields of one scope (the run, or one stage) of `--summary-json`.
-
-    latency/service: over the successful responses (DESIGN.md: headline latency);
-    error_latency: over the failures (transport failures and failing statuses).
-    requests: responses of any status; errors: transport failures plus responses whose class
-    is in `fail_status`; sent: arrivals that reached an outcome (a response or a failure);
-    error_rate: errors / sent; achieved_rps: requests / duration_s; target_rps: None for a
-    closed-model scope (no arrival schedule, hence no target).
-    """
-    unknown = set(outcome_counts) - set(OUTCOMES)
-    if unknown:
-        raise ValueError(f"outcome_counts: unknown outcomes {sorted(unknown)}, expected {OUTCOMES}")
-    counts = {outcome: int(outcome_counts.get(outcome, 0)) for outcome in OUTCOMES}
-    requests = sum(counts[o] for o in STATUS_OUTCOMES)
-    failures = sum(counts[o] for o in ERROR_KINDS)
-    errors = failures + sum(counts[o] for o in fail_status if o in STATUS_OUTCOMES)
-    sent = requests + failures
-    return {
-        "scheduled": int(scheduled),
-        "requests": requests,
-        "errors": errors,
-        "target_rps": None if target_rps is None else float(target_rps),
-        "achieved_rps": requests / duration_s if duration_s > 0 else 0.0,
-        "latency_us": _latency_block(latency),
-        "service_time_us": _latency_block(service),
-        "errors_by_kind": {kind: counts[kind] for kind in ERROR_KINDS},
-        "status": {cls: counts[cls] for cls in STATUS_CLASSES},
-        "unsent": int(unsent),
-        "sent": sent,
-        "error_rate": errors / sent if sent else 0.0,
-        "duration_s": float(duration_s),
-        "error_latency_us": _latency_block(error_latency or histogram.new_histogram(),
-                                           ERROR_LATENCY_KEYS),
-        "unsent_cause": unsent_cause(unsent, sent, late, worker_cpu),
-        # Sends that waited for a free connection / left late on a free one (the loop late).
-        "delayed_sends": {"connections": int(waited), "cpu": int(late)},
-        # The share of its core each worker used (None where not measured).
-        "worker_cpu": None if worker_cpu is None else round(worker_cpu, 3),
-    }
-
-
-def _three_digits(value: float) -> str:
-    for decimals, limit in ((2, 9.995), (1, 99.95)):
-        if value < limit:
-            return f"{value:.{decimals}f}"
-    return f"{value:.0f}"
-
-
-def format_us(us: float) -> str:
-    """812µs, 12.3ms, 1.20s: three significant digits past a millisecond."""
-    us = float(us)
-    if us < 999.5:
-        return f"{us:.0f}µs"
-    if us < 999_500:
-        return _three_digits(us / 1e3) + "ms"
-    return _three_digits(us / 1e6) + "s"
 
 
 def _format_rps(rps: float) -> str:
@@ -285,9 +171,9 @@ def render_summary(
         console.print(f"preflight: {int(preflight['requests'])} request before the run "
                       "(the target saw it; not counted above)", highlight=False)
 
-    from loadforge.analysis import scaling  # backends, scaling verdicts, actions (when present)
+    from loadforge.present.scaling import render_scaling  # backends, scaling, actions
 
-    scaling.render(summary, console)
+    render_scaling(summary, console)
 
     if summary.get("result"):
         # One line, so that the path can be copied whole.

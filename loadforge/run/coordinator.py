@@ -1,16 +1,15 @@
-"""The coordinator of one run: target, preflight, workers, exact merging, results, summary.
+"""The coordinator of one run: target, preflight, workers, the exact merge, the rows.
 
 Workers report each 1 s interval; once every worker has reported an interval, its cells are
 merged with hdrh into interval rows and streamed to the Parquet file, and folded into the
 per-stage histograms. Only those per-stage histograms stay in memory, so memory does not grow
-with the length of a run.
+with the length of a run. What a run is from plan to summary (sandbox, observers, verdicts)
+is loadforge/runner.py's, above this.
 """
 
 from __future__ import annotations
 
 import gc
-import json
-import os
 import secrets
 import signal
 import socket
@@ -19,13 +18,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.client import HTTPConnection, HTTPException
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from loadforge import __version__, _core, schedule
-from loadforge.analysis import scaling, slo
 from loadforge.config.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES, Plan, Request
-from loadforge.config.redact import redact_profile, redact_url
 from loadforge.errors import (
     InputError,
     ResultsWriteFailed,
@@ -33,10 +30,7 @@ from loadforge.errors import (
     TargetUnreachable,
     WorkerCrashed,
 )
-from loadforge.observe import pollers as observe
-from loadforge.present import summary
 from loadforge.results import histogram
-from loadforge.results.store import ResultWriter, read_result
 from loadforge.run.progress import LiveProgress
 from loadforge.run.workers import (
     DONE,
@@ -50,7 +44,6 @@ from loadforge.run.workers import (
 
 if TYPE_CHECKING:
     from hdrh.histogram import HdrHistogram
-    from rich.console import Console
 
     from loadforge.run.shards import ShardPool
 
@@ -220,11 +213,47 @@ class StageTotals:
         return sum(t.cpu_ns for t in totals) / wall if wall else None
 
 
-class Aggregator:
-    """Merges interval reports from all workers, exactly, in interval order."""
+class RowSink(Protocol):
+    """Where the merged rows go: results/store.ResultWriter, given by the runner."""
 
-    def __init__(self, plan: Plan, writer: ResultWriter, workers: int, interval_s: float,
-                 progress: LiveProgress):
+    failure: str | None
+
+    def write(self, rows: list[dict[str, Any]]) -> None: ...
+
+
+@dataclass
+class ScopeRun:
+    """Of one stage, or of the run ("all"): what its rows do not hold. How long it ran, its
+    target rate (None: closed model), the generator's own figures (sends delayed, CPU)."""
+
+    name: str
+    duration_s: float
+    target_rps: float | None
+    open_model: bool = True
+    waited: int = 0
+    late: int = 0
+    worker_cpu: float | None = None
+
+
+@dataclass
+class RunInputs:
+    """What the summary takes from the live merge besides the rows (Aggregator.finish)."""
+
+    stages: list[ScopeRun]
+    run: ScopeRun
+    connections: dict[str, int]       # opened, failed, open_peak, closed_by_*, retried
+    extra: dict[str, Any]             # dropped_samples, report_lag_ms
+
+
+class Aggregator:
+    """Merges interval reports from all workers, exactly, in interval order.
+
+    judge: called with each merged interval's index and rows, returns a reason to stop the
+    run or None (the runner passes analysis/slo.LiveSLO's, for `abort_after`)."""
+
+    def __init__(self, plan: Plan, writer: RowSink, workers: int, interval_s: float,
+                 progress: LiveProgress,
+                 judge: Callable[[int, list[dict[str, Any]]], str | None] | None = None):
         self.plan = plan
         self.writer = writer
         self.workers = workers
@@ -253,7 +282,7 @@ class Aggregator:
         self.connect_times = [histogram.new_histogram() for _ in plan.stages]
         self.open_peak = 0
         # Windowed objectives with abort_after, judged as each interval is merged.
-        self.live_slo = slo.LiveSLO(plan, interval_s)
+        self.judge = judge
         self.abort_reason: str | None = None
         self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
         self.cpu_ns: dict[int, int] = {}      # per worker: CPU time reported so far
@@ -391,7 +420,7 @@ class Aggregator:
         if self.writer.failure and not self.write_failed:
             self.write_failed = True        # raised once, to stop the run; later rows drop
             raise ResultsWriteFailed(self.writer.failure)
-        reason = self.live_slo.interval(index, rows)
+        reason = self.judge(index, rows) if self.judge is not None else None
         if reason and self.abort_reason is None:
             self.abort_reason = reason
         self.requests += interval_all[1]
@@ -482,23 +511,22 @@ class Aggregator:
     # -- the end of the run -----------------------------------------------------------------
 
     def finish(self, elapsed_s: float, stopped_s: float | None = None
-               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Stage and run rows, and the summary's figures (without SLO verdicts).
+               ) -> tuple[list[dict[str, Any]], RunInputs]:
+        """Stage and run rows, and what the summary needs besides them (RunInputs): the
+        summary's figures are folded from these rows (analysis/figures.summary_figures), as
+        `compare` and `ls` fold the same rows read back from the file.
 
         stopped_s: when a run stopped early (a signal, an SLO abort, a crash), how long it
         ran; the rates of the stages it cut short are over the time they ran."""
         rows: list[dict[str, Any]] = []
         run_cells: dict[tuple[int, str, str], list[Any]] = {}
         run_all = [histogram.new_histogram(), histogram.new_histogram()]
-        # successful responses' latency and service time, failures' latency
-        run_ok = [histogram.new_histogram(), histogram.new_histogram(), histogram.new_histogram()]
-        run_outcomes: dict[str, int] = defaultdict(int)
-        stages_out = []
+        run_count = 0
+        stages: list[ScopeRun] = []
         end_ms = int((elapsed_s if stopped_s is None else stopped_s) * 1000)
         for i, w in enumerate(self.windows):
             s_lat, s_svc = histogram.new_histogram(), histogram.new_histogram()
-            s_err = histogram.new_histogram()
-            outcomes: dict[str, int] = defaultdict(int)
+            s_count = 0
             ran = _ran_in(w, stopped_s)
             s_ms, e_ms = int(w.start_s * 1000), int((w.start_s + ran) * 1000)
             for key in sorted(k for k in self.cells if k[0] == i):
@@ -508,9 +536,7 @@ class Aggregator:
                                       count, lat, svc))
                 histogram.merge(s_lat, lat)
                 histogram.merge(s_svc, svc)
-                if outcome in self.error_outcomes:
-                    histogram.merge(s_err, lat)
-                outcomes[outcome] += count
+                s_count += count
                 rk = (request, outcome, backend)
                 acc = run_cells.get(rk)
                 if acc is None:
@@ -520,23 +546,15 @@ class Aggregator:
                     histogram.merge(acc[1], svc)
                     acc[2] += count
             t = self.totals[i]
-            row = self._row("stage", i, None, "*", "*", s_ms, e_ms, sum(outcomes.values()),
-                            s_lat, s_svc)
+            row = self._row("stage", i, None, "*", "*", s_ms, e_ms, s_count, s_lat, s_svc)
             row["scheduled"], row["unsent"] = t.scheduled, t.unsent
             row["connect"] = self.connect_times[i]
             rows.append(row)
-            ok_rows = self._ok_rows("stage", {k: v for k, v in self.cells.items() if k[0] == i},
-                                    lambda _, span=(s_ms, e_ms): span)
-            rows += ok_rows
-            ok = next((r for r in ok_rows if r["name"] == "*"), None)
-            s_ok, s_ok_svc = ((ok["latency"], ok["service"]) if ok is not None else
-                              (histogram.new_histogram(), histogram.new_histogram()))
+            rows += self._ok_rows("stage", {k: v for k, v in self.cells.items() if k[0] == i},
+                                  lambda _, span=(s_ms, e_ms): span)
             histogram.merge(run_all[0], s_lat)
             histogram.merge(run_all[1], s_svc)
-            for h, part in zip(run_ok, (s_ok, s_ok_svc, s_err), strict=True):
-                histogram.merge(h, part)
-            for k, v in outcomes.items():
-                run_outcomes[k] += v
+            run_count += s_count
             # A closed-model stage has no arrival schedule, hence no target rate; one cut
             # short is judged over the time it ran.
             target = None
@@ -545,24 +563,17 @@ class Aggregator:
                 if 0 < ran < w.stage.duration_s:
                     target = schedule.expected_between(self.windows, w.start_s,
                                                        w.start_s + ran) / ran
-            block = summary.stats_block(s_ok, s_ok_svc, dict(outcomes), t.scheduled, t.unsent,
-                                        ran, target, self.plan.fail_status,
-                                        error_latency=s_err, waited=t.waited, late=t.late,
-                                        worker_cpu=t.worker_cpu)
-            block["connect_time_us"] = summary.connect_block(self.connect_times[i])
-            stages_out.append({"name": w.stage.name,
-                               "model": "open" if w.stage.open_model else "closed", **block})
+            stages.append(ScopeRun(w.stage.name, ran, target, w.stage.open_model,
+                                   t.waited, t.late, t.worker_cpu))
         for (request, outcome, backend), (lat, svc, count) in sorted(run_cells.items()):
             rows.append(self._row("run", None, request, outcome, backend, 0, end_ms, count,
                                   lat, svc))
-        run_ok_rows = self._ok_rows("run", {(None, *k): v for k, v in run_cells.items()},
-                                    lambda _: (0, end_ms))
-        rows += run_ok_rows
-        scheduled = sum(t.scheduled for t in self.totals)
-        unsent = sum(t.unsent for t in self.totals)
-        row = self._row("run", None, None, "*", "*", 0, end_ms, sum(run_outcomes.values()),
+        rows += self._ok_rows("run", {(None, *k): v for k, v in run_cells.items()},
+                              lambda _: (0, end_ms))
+        row = self._row("run", None, None, "*", "*", 0, end_ms, run_count,
                         run_all[0], run_all[1])
-        row["scheduled"], row["unsent"] = scheduled, unsent
+        row["scheduled"] = sum(t.scheduled for t in self.totals)
+        row["unsent"] = sum(t.unsent for t in self.totals)
         run_connect = histogram.new_histogram()
         for h in self.connect_times:
             histogram.merge(run_connect, h)
@@ -570,24 +581,19 @@ class Aggregator:
         rows.append(row)
         duration = (min(elapsed_s, self.plan.duration_s) or self.plan.duration_s
                     if stopped_s is None else stopped_s)
-        run_block = summary.stats_block(run_ok[0], run_ok[1], dict(run_outcomes), scheduled,
-                                        unsent, duration, self._run_target(stopped_s),
-                                        self.plan.fail_status, error_latency=run_ok[2],
-                                        waited=sum(t.waited for t in self.totals),
-                                        late=sum(t.late for t in self.totals),
-                                        worker_cpu=StageTotals.combined_cpu(self.totals))
-        run_block["requests_by_name"] = self._by_name(run_cells, run_ok_rows)
+        run = ScopeRun("all", duration, self._run_target(stopped_s), True,
+                       sum(t.waited for t in self.totals), sum(t.late for t in self.totals),
+                       StageTotals.combined_cpu(self.totals))
         connections = {"opened": sum(c for c, _ in self.connects.values()),
                        "failed": sum(f for _, f in self.connects.values()),
                        "open_peak": self.open_peak,
                        "closed_by_server": sum(c[2] for c in self.engine_counts.values()),
                        "closed_by_us": sum(c[3] for c in self.engine_counts.values()),
-                       "retried": sum(c[0] for c in self.engine_counts.values()),
-                       "connect_time_us": summary.connect_block(run_connect)}
+                       "retried": sum(c[0] for c in self.engine_counts.values())}
         dropped = sum(c[1] for c in self.engine_counts.values())
-        return rows, {**run_block, "connections": connections, "stages": stages_out,
-                      "dropped_samples": dropped,
-                      "report_lag_ms": round(max(0, self.report_lag_ns) / 1e6, 1)}
+        return rows, RunInputs(stages, run, connections, {
+            "dropped_samples": dropped,
+            "report_lag_ms": round(max(0, self.report_lag_ns) / 1e6, 1)})
 
     def _run_target(self, stopped_s: float | None) -> float | None:
         """The run's target rate: its open-model arrivals over the open-model stages' time
@@ -598,25 +604,6 @@ class Aggregator:
         if not open_s:
             return None
         return schedule.expected_between(self.windows, 0.0, stopped_s) / open_s
-
-    def _by_name(self, run_cells: dict[tuple[int, str, str], list[Any]],
-                 ok_rows: list[dict[str, Any]]) -> dict[str, Any]:
-        """`requests_by_name`: per request name, responses, errors and the latency of its
-        successful responses (the run's per-name "ok" rows)."""
-        ok_latency = {r["name"]: r["latency"] for r in ok_rows if r["name"] != "*"}
-        counts: dict[int, list[int]] = {}
-        for (request, outcome, _), (_, _, count) in run_cells.items():
-            c = counts.setdefault(request, [0, 0])
-            if outcome in STATUS_OUTCOMES:
-                c[0] += count
-            if outcome in self.error_outcomes:
-                c[1] += count
-        out = {}
-        for request, req in enumerate(self.plan.requests):
-            requests, errors = counts.get(request, [0, 0])
-            out[req.name] = summary.name_block(requests, errors, ok_latency.get(req.name)
-                                               or histogram.new_histogram())
-        return out
 
 
 def run_target_rps(plan: Plan) -> float | None:
@@ -772,147 +759,5 @@ def new_run_id(plan: Plan) -> str:
     return f"{stamp}-{name}-{secrets.token_hex(3)}"
 
 
-def execute(plan: Plan, opts: RunOptions, console: Console) -> RunOutcome:
-    target_url = opts.target or plan.target
-    sandbox = None
-    if target_url == "sandbox":
-        from loadforge.sandbox import start_sandbox
-
-        sandbox = start_sandbox(plan.sandbox or None)
-        target_url = sandbox.url
-    try:
-        return _execute(plan, opts, console, target_url, sandbox)
-    finally:
-        if sandbox is not None:
-            sandbox.stop()
-
-
-def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
-             sandbox: Any = None) -> RunOutcome:
-    target = parse_target(target_url)
-    workers = opts.workers or plan.workers or os.cpu_count() or 1
-    workers = max(1, min(workers, plan.connections))
-    per_shard = 0
-    if opts.shards:
-        from loadforge.run.shards import shard_workers
-
-        requested = opts.workers or plan.workers
-        if opts.kube is not None and not requested:
-            from loadforge.run.kube import default_workers
-
-            requested = default_workers(opts.kube.cpu)
-        per_shard = shard_workers(requested, opts.shards, plan.connections)
-        workers = opts.shards * per_shard
-    specs = _worker_specs(plan, target, workers, opts.interval_s,
-                          observe.backend_header(plan, opts.backend_header, sandbox))
-    _check_fd_limit(specs, plan)
-    # Metric pollers and timed actions, started at time zero (observe/).
-    watchers = observe.Watchers(plan, opts.interval_s, sandbox)
-    if opts.preflight:
-        first, judged = preflight_request(plan.requests)
-        preflight(target, first, plan.timeout_s, judge_status=judged)
-    run_id = new_run_id(plan)
-    path = os.path.join(opts.out_dir, f"{run_id}.parquet")
-    metadata: dict[str, Any] = {
-        # Result files are shared (CI artifacts): no credentials in them (redact.py).
-        "profile": redact_profile(plan.source), "profile_name": plan.name,
-        "profile_path": plan.path, "target": redact_url(target.url), "engine": "cython-epoll", "workers": str(workers),
-        "connections": str(plan.connections),
-        "stages": [{"name": s.name, "duration_s": s.duration_s, "rate_from": s.rate_from,
-                    "rate_to": s.rate_to, "concurrency": s.concurrency, "think_s": s.think_s}
-                   for s in plan.stages],
-        "interval_ms": str(int(opts.interval_s * 1000)),
-    }
-    if opts.slo_flags:
-        metadata["slo_flags"] = opts.slo_flags
-    if opts.shards:
-        metadata["shard_count"] = str(opts.shards)
-    started = time.time()
-    writer = ResultWriter(path, run_id, metadata, opts.labels)
-    pool: WorkerPool | ShardPool | None = None
-    stop = Stop()
-    failure: str | None = None
-    try:
-        with LiveProgress(plan.duration_s, console, opts.quiet) as progress:
-            agg = Aggregator(plan, writer, workers, opts.interval_s, progress)
-            if opts.shards:
-                from loadforge.run.shards import ShardPool
-
-                agg.shard_of = lambda k: k % opts.shards
-                pool = ShardPool(specs, opts.shards, per_shard, opts.max_clock_offset_s,
-                                 opts.launcher, **_remote_shards(opts, run_id))
-                t0 = pool.start()
-            else:
-                pool = WorkerPool(specs)
-                t0 = _start(pool)
-            watchers.start(t0)
-            agg.t0_ns = t0
-            try:
-                _collect(pool, agg, plan, t0, stop)
-            except RunError as exc:
-                # A worker crashed or the disk filled: keep what was merged, marked incomplete.
-                failure = str(exc)
-                stop.at_ns = stop.at_ns or _core.now_ns()
-                pool.kill()
-            finally:
-                watched = watchers.stop()
-            elapsed = (_core.now_ns() - t0) / 1e9
-            agg.drain()
-        pool.join()
-        ran_s = stop.ran_s(t0, elapsed, plan.duration_s)
-        rows, figures = agg.finish(elapsed, ran_s if stop.at_ns else None)
-        writer.write(rows + watched, last=True)
-        end_meta = _end_metadata(stop, ran_s, failure or writer.failure)
-        if pool is not None and not isinstance(pool, WorkerPool):
-            end_meta["shards"] = json.dumps(pool.metadata(), sort_keys=True)
-        writer.close(end_meta)
-        failure = failure or writer.failure
-    except BaseException:
-        if pool is not None:
-            pool.terminate()
-        writer.abort()
-        raise
-    state = {"interrupted": bool(stop.signum), "ran_s": round(ran_s, 3),
-             "complete": failure is None, "error": failure}
-    saved = path if writer.published else None
-    verdicts: list[dict[str, Any]] = []
-    if saved:
-        # Judged from the file just written, so the verdicts are those any later reader gets.
-        written = read_result(saved)
-        verdicts = slo.evaluate(plan, written) + scaling.annotate(figures, plan, written)
-    ok = all(v["ok"] for v in verdicts) and agg.abort_reason is None and failure is None
-    result = {"run_id": run_id, "result": saved, "ok": ok, "target": redact_url(target.url),
-              "profile": plan.name, "workers": workers, "connections": plan.connections,
-              "started": started, **figures, "slo": verdicts, "aborted": agg.abort_reason,
-              # The target saw these too: servers' counts reconcile with requests + these.
-              "preflight": {"requests": 1 if opts.preflight else 0}, **state}
-    if pool is not None and not isinstance(pool, WorkerPool):
-        result["shards"] = pool.figures(ran_s)
-    return RunOutcome(result, saved, ok, stop.signum, failure)
-
-
-def _remote_shards(opts: RunOptions, run_id: str) -> dict[str, Any]:
-    """ShardPool's arguments for a launcher other than local (kube.py)."""
-    if opts.launcher != "kubernetes":
-        return {}
-    from loadforge.run.kube import KubeLauncher, bind_address
-
-    kube = opts.kube
-    return {"bind": bind_address(kube.coordinator_host), "port": kube.coordinator_port,
-            "remote": KubeLauncher(kube, run_id, opts.shards),
-            "start_timeout_s": kube.start_timeout_s}
-
-
-def _end_metadata(stop: Stop, ran_s: float, failure: str | None) -> dict[str, str]:
-    """What the Parquet metadata says of how the run ended (known only at its end)."""
-    meta = {"interrupted": "true" if stop.signum else "false", "ran_s": f"{ran_s:.3f}",
-            "complete": "false" if failure else "true"}
-    if stop.signum:
-        meta["interrupted_by"] = signal.Signals(stop.signum).name
-    if failure:
-        meta["incomplete_reason"] = failure
-    return meta
-
-
-__all__ = ["RunOptions", "RunOutcome", "execute", "parse_target", "encode_request",
+__all__ = ["RunOptions", "RunOutcome", "Aggregator", "parse_target", "encode_request",
            "RunError", "OUTCOMES"]

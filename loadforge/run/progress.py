@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from loadforge.present.summary import format_us
+from loadforge.units import format_us
 
 # Non-terminal output: minimum wall-clock gap between lines. A little under a second so that
 # intervals delivered on a 1 s tick with jitter each get their line; a burst of late

@@ -43,9 +43,9 @@ Configuration, the `[sandbox]` table of a profile (every key optional; defaults 
                                  # threshold defaults to half the scale-out threshold
 
 Durations are strings with a unit: "250ms", "5s", "1m", "1h" (loadforge.units). Unknown keys,
-wrong types, min > max and the like raise ProfileError naming the field. The normalized form
-(`validate_sandbox_config`'s SandboxConfig: all keys, durations in seconds) is accepted wherever
-the raw table is.
+wrong types, min > max and the like raise ProfileError naming the field. The validated form
+(config/sandbox.py's SandboxConfig dataclasses: all keys, durations in seconds) is accepted
+wherever the raw table is.
 
 Behaviour worth knowing:
 
@@ -86,7 +86,7 @@ sandbox_requests_total, sandbox_inflight, sandbox_rejected_total, sandbox_failed
 sandbox_backend_up per backend, sandbox_scale_events_total).
 '''
 
-from loadforge.sandbox.config import (
+from loadforge.config.sandbox import (
     ALGORITHMS,
     DISTRIBUTIONS,
     METRICS,

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from loadforge.config.sandbox import BackendModel
 from loadforge.sandbox.http import BAD_GATEWAY, Responder, encode_response
 
 
@@ -46,7 +47,7 @@ class Backend:
     average over its evaluation window, not a sample of one instant.
     """
 
-    def __init__(self, loop: Timers, name: str, weight: int, cfg: dict[str, Any],
+    def __init__(self, loop: Timers, name: str, weight: int, cfg: BackendModel,
                  on_drained: Callable[[Backend], None]) -> None:
         self.loop = loop
         self.on_drained = on_drained     # called once a draining backend has nothing in service
@@ -56,8 +57,8 @@ class Backend:
         self.dead = False                # killed through admin: refuses connections
         self.failing = False             # answers 500 and fails health checks
         self.healthy = True              # the health checker's verdict
-        self.concurrency: int = cfg["concurrency"]
-        self.queue_limit: int = cfg["queue"]
+        self.concurrency: int = cfg.concurrency
+        self.queue_limit: int = cfg.queue
         self.busy = 0
         self.waiting: deque[tuple[Responder, bool, float]] = deque()
         self.active: set[_Job] = set()
@@ -185,17 +186,17 @@ class Backend:
         }
 
 
-def _sampler(cfg: dict[str, Any]) -> Callable[[], float] | None:
-    mean = float(cfg["service_time"])
+def _sampler(cfg: BackendModel) -> Callable[[], float] | None:
+    mean = float(cfg.service_time_s)
     if mean <= 0:
         return None
     rng = random.Random()
-    distribution = cfg["distribution"]
+    distribution = cfg.distribution
     if distribution == "exponential":
         rate = 1.0 / mean
         return lambda: rng.expovariate(rate)
     if distribution == "lognormal":
-        sigma = float(cfg["sigma"])
+        sigma = float(cfg.sigma)
         # Choose mu so that the distribution's mean, exp(mu + sigma^2 / 2), is the configured one.
         mu = math.log(mean) - sigma * sigma / 2
         return lambda: rng.lognormvariate(mu, sigma)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from loadforge.config.sandbox import SandboxConfig
 from loadforge.sandbox import admin
 from loadforge.sandbox.capacity import Backend
 from loadforge.sandbox.http import (
@@ -77,14 +78,14 @@ class Cluster:
 
     def __init__(
         self,
-        cfg: dict[str, Any],
+        cfg: SandboxConfig,
         loop: asyncio.AbstractEventLoop,
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.loop = loop
         self.on_event = on_event
-        self.algorithm: str = cfg["algorithm"]
+        self.algorithm: str = cfg.algorithm
         self.backends: list[Backend] = []
         self.rotation: list[Backend] = []
         self._ids = itertools.count(1)
@@ -92,7 +93,7 @@ class Cluster:
         self._cycle: list[Backend] = []
         self._rng = random.Random()
         # HTTP/2 only (route_stream): HTTP/1.1 is balanced per request whatever this says.
-        self.pin = cfg["balance"] == "connection"
+        self.pin = cfg.balance == "connection"
         self.pick: Callable[[Client], Backend] = {
             "round_robin": self._pick_round_robin,
             "weighted_round_robin": self._pick_weighted,
@@ -105,14 +106,14 @@ class Cluster:
         self.scale_events = {"out": 0, "in": 0}
         self.events: deque[dict[str, Any]] = deque(maxlen=100)
         self._started = loop.time()
-        autoscale = cfg["autoscale"]
+        autoscale = cfg.autoscale
         self.autoscaler = (Autoscaler(AutoscalePolicy.from_config(autoscale))
-                           if autoscale and autoscale["enabled"] else None)
+                           if autoscale and autoscale.enabled else None)
         self._tasks: list[asyncio.Task[None]] = []
         # The initial pool is recorded in `events` but not announced: the caller prints a
         # summary once the ports are bound.
         self.on_event = None
-        for weight in cfg["weights"]:
+        for weight in cfg.weights:
             self.add_backend(weight, delay=0.0)
         self.on_event = on_event
 
@@ -125,9 +126,9 @@ class Cluster:
 
     def add_backend(self, weight: int = 1, delay: float | None = None) -> Backend:
         if delay is None:
-            autoscale = self.cfg["autoscale"]
-            delay = autoscale["startup_delay"] if autoscale else 0.0
-        backend = Backend(self.loop, f"backend-{next(self._ids)}", weight, self.cfg["backend"],
+            autoscale = self.cfg.autoscale
+            delay = autoscale.startup_delay_s if autoscale else 0.0
+        backend = Backend(self.loop, f"backend-{next(self._ids)}", weight, self.cfg.backend,
                           self.forget)
         self.backends.append(backend)
         if delay > 0:
@@ -260,7 +261,7 @@ class Cluster:
     # -- health checks ----------------------------------------------------------------------
 
     def check_health(self) -> None:
-        timeout = self.cfg["health"]["timeout"]
+        timeout = self.cfg.health.timeout_s
         for backend in list(self.backends):
             if backend.state != "ready":
                 continue
@@ -273,11 +274,11 @@ class Cluster:
     def health_result(self, backend: Backend, ok: bool) -> None:
         if backend.state != "ready":
             return
-        health = self.cfg["health"]
+        health = self.cfg.health
         if ok:
             backend.fail_streak = 0
             backend.ok_streak += 1
-            if not backend.healthy and backend.ok_streak >= health["healthy_threshold"]:
+            if not backend.healthy and backend.ok_streak >= health.healthy_threshold:
                 backend.healthy = True
                 backend.take_window()
                 self.rebuild_rotation()
@@ -285,7 +286,7 @@ class Cluster:
         else:
             backend.ok_streak = 0
             backend.fail_streak += 1
-            if backend.healthy and backend.fail_streak >= health["unhealthy_threshold"]:
+            if backend.healthy and backend.fail_streak >= health.unhealthy_threshold:
                 backend.healthy = False
                 self.rebuild_rotation()
                 self.event(f"{backend.name} unhealthy, out of rotation "
@@ -323,12 +324,12 @@ class Cluster:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        health = self.cfg["health"]
-        if health["enabled"]:
-            self._tasks.append(self.loop.create_task(self._every(health["interval"],
+        health = self.cfg.health
+        if health.enabled:
+            self._tasks.append(self.loop.create_task(self._every(health.interval_s,
                                                                  self.check_health)))
-        autoscale = self.cfg["autoscale"]
-        interval = autoscale["evaluation_interval"] if autoscale else 1.0
+        autoscale = self.cfg.autoscale
+        interval = autoscale.evaluation_interval_s if autoscale else 1.0
         self._tasks.append(self.loop.create_task(self._every(interval, self.evaluate)))
 
     async def _every(self, interval: float, action: Callable[[], None]) -> None:
@@ -397,7 +398,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 async def serve(
-    cfg: dict[str, Any],
+    cfg: SandboxConfig,
     port: int,
     admin_port: int,
     stop: asyncio.Event,
@@ -407,7 +408,7 @@ async def serve(
     """Run the cluster on 127.0.0.1 until `stop` is set; `on_ready(port, admin_port)` once bound."""
     loop = asyncio.get_running_loop()
     cluster = Cluster(cfg, loop, on_event)
-    max_streams = cfg["max_concurrent_streams"]
+    max_streams = cfg.max_concurrent_streams
     lb = await loop.create_server(
         lambda: FirstBytes(lambda: HTTPConnection(cluster.route),
                            lambda: H2Server(cluster.route_stream, max_streams)),

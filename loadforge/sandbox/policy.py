@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from loadforge.config.sandbox import Autoscale
 
 
 @dataclass(frozen=True)
@@ -38,15 +41,14 @@ class AutoscalePolicy:
     scale_in: ScaleIn
 
     @classmethod
-    def from_config(cls, table: dict[str, Any]) -> AutoscalePolicy:
-        """From the normalized table that validate_sandbox_config produces."""
-        s = table["scale_in"]
+    def from_config(cls, a: Autoscale) -> AutoscalePolicy:
+        """From the [sandbox.autoscale] config/sandbox.py validated."""
+        s = a.scale_in
         return cls(
-            enabled=table["enabled"], metric=table["metric"], threshold=table["threshold"],
-            for_s=table["for"], step=table["step"], cooldown_s=table["cooldown"],
-            min=table["min"], max=table["max"], startup_delay_s=table["startup_delay"],
-            evaluation_interval_s=table["evaluation_interval"],
-            scale_in=ScaleIn(s["enabled"], s["threshold"], s["for"], s["step"]))
+            enabled=a.enabled, metric=a.metric, threshold=a.threshold, for_s=a.for_s,
+            step=a.step, cooldown_s=a.cooldown_s, min=a.min, max=a.max,
+            startup_delay_s=a.startup_delay_s, evaluation_interval_s=a.evaluation_interval_s,
+            scale_in=ScaleIn(s.enabled, s.threshold, s.for_s, s.step))
 
 
 @dataclass(frozen=True)

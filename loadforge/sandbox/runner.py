@@ -25,9 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from loadforge.config.sandbox import SandboxConfig, validate_sandbox_config
 from loadforge.errors import InputError, LoadforgeError, ProfileError, RunError
 from loadforge.sandbox.cluster import new_event_loop, serve
-from loadforge.sandbox.config import SandboxConfig, validate_sandbox_config
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -107,7 +107,7 @@ class Sandbox:
 
 
 def start_sandbox(
-    cfg: dict[str, Any] | None = None,
+    cfg: dict[str, Any] | SandboxConfig | None = None,
     port: int = 0,
     admin_port: int = 0,
     timeout: float = READY_TIMEOUT_S,
@@ -122,7 +122,7 @@ def start_sandbox(
     normalized = validate_sandbox_config(cfg or {})
     command = [
         sys.executable, "-m", "loadforge.sandbox", "--managed", "--port", str(port),
-        "--admin-port", str(admin_port), "--config-json", json.dumps(normalized),
+        "--admin-port", str(admin_port), "--config-json", normalized.to_json(),
     ]
     env = dict(os.environ)
     # The child must import this same loadforge, installed or not.
@@ -201,7 +201,7 @@ class _StdinWatch(asyncio.Protocol):
 
 
 async def _run(
-    cfg: dict[str, Any],
+    cfg: SandboxConfig,
     port: int,
     admin_port: int,
     on_ready: Callable[[int, int], None],
@@ -224,7 +224,7 @@ async def _run(
 
 
 def run_foreground(
-    cfg: dict[str, Any] | None = None,
+    cfg: dict[str, Any] | SandboxConfig | None = None,
     port: int = DEFAULT_PORT,
     admin_port: int | None = None,
     echo: Callable[[str], None] = print,
@@ -241,7 +241,7 @@ def run_foreground(
 
     def on_ready(bound: int, bound_admin: int) -> None:
         urls = _urls(bound, bound_admin)
-        echo(f"sandbox: {normalized['backends']} backends, {normalized['algorithm']}")
+        echo(f"sandbox: {normalized.backends} backends, {normalized.algorithm}")
         echo(f"  target   {urls['url']}")
         echo(f"  admin    {urls['admin_url']}/admin/state")
         echo(f"  metrics  {urls['metrics_url']}")
@@ -255,7 +255,7 @@ def run_foreground(
     echo("sandbox stopped")
 
 
-def _managed(cfg: dict[str, Any], port: int, admin_port: int) -> None:
+def _managed(cfg: SandboxConfig, port: int, admin_port: int) -> None:
     def on_ready(bound: int, bound_admin: int) -> None:
         sys.stdout.write(json.dumps(_urls(bound, bound_admin)) + "\n")
         sys.stdout.flush()
@@ -305,6 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         where = "sandbox"
         cfg: dict[str, Any] = {}
+        if args.managed:
+            # --config-json from start_sandbox: a SandboxConfig the parent validated.
+            _managed(SandboxConfig.from_json(args.config_json or "{}"), args.port or 0,
+                     args.admin_port or 0)
+            return 0
         if args.config:
             cfg = load_config_file(args.config)
             where = f"{args.config}: sandbox"
@@ -313,12 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cfg = json.loads(args.config_json)
             except ValueError as exc:
                 raise InputError(f"--config-json is not valid JSON: {exc}") from exc
-        if args.managed:
-            _managed(SandboxConfig(cfg), args.port or 0, args.admin_port or 0)
-        else:
-            normalized = validate_sandbox_config(cfg, where)
-            port = DEFAULT_PORT if args.port is None else args.port
-            run_foreground(normalized, port, args.admin_port)
+        normalized = validate_sandbox_config(cfg, where)
+        port = DEFAULT_PORT if args.port is None else args.port
+        run_foreground(normalized, port, args.admin_port)
     except LoadforgeError as exc:
         print(f"loadforge sandbox: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,13 +1,16 @@
-"""Validation of a profile's `[sandbox]` table into the normalized form the cluster runs from.
+"""Validation of a profile's `[sandbox]` table into the SandboxConfig the cluster runs from.
 
-The normalized form (a SandboxConfig) has every key present, durations in seconds (floats) and
-one weight per initial backend. start_sandbox hands it to the subprocess as JSON, so the child
-runs exactly what the parent accepted.
+A SandboxConfig (dataclasses below) has every key, durations in seconds (floats) and one
+weight per initial backend. config/profile.py builds it once into the Plan; start_sandbox
+hands it to the subprocess as JSON (`to_json`/`from_json`), so the child runs exactly what the
+parent accepted.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from loadforge.errors import ProfileError
@@ -87,16 +90,85 @@ def _duration(value: object, where: str, positive: bool = False) -> float:
     return parse_duration(value, where, allow_zero=not positive)
 
 
-class SandboxConfig(dict[str, Any]):
-    """A normalized `[sandbox]` table; validating it again returns it unchanged."""
+@dataclass(frozen=True)
+class BackendModel:
+    """What one backend does with a request: a service time drawn from `distribution`, at
+    most `concurrency` in service, at most `queue` waiting."""
+
+    service_time_s: float = 0.0
+    distribution: str = "constant"
+    sigma: float = 0.5                 # lognormal only
+    concurrency: int = 64
+    queue: int = 1024
 
 
-def validate_sandbox_config(cfg: dict[str, Any] | None, where: str = "sandbox") -> SandboxConfig:
+@dataclass(frozen=True)
+class HealthCheck:
+    enabled: bool = True
+    interval_s: float = 1.0
+    timeout_s: float = 0.5
+    unhealthy_threshold: int = 2
+    healthy_threshold: int = 2
+
+
+@dataclass(frozen=True)
+class ScaleIn:
+    enabled: bool
+    threshold: float
+    for_s: float
+    step: int
+
+
+@dataclass(frozen=True)
+class Autoscale:
+    """[sandbox.autoscale]: sandbox/policy.py's AutoscalePolicy is built from it."""
+
+    enabled: bool
+    metric: str
+    threshold: float
+    for_s: float
+    step: int
+    cooldown_s: float
+    min: int
+    max: int
+    startup_delay_s: float
+    evaluation_interval_s: float
+    scale_in: ScaleIn
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """A validated `[sandbox]` table; validating it again returns it unchanged."""
+
+    algorithm: str
+    backends: int
+    weights: tuple[int, ...]
+    backend: BackendModel
+    health: HealthCheck
+    autoscale: Autoscale | None
+    balance: str = "connection"        # how HTTP/2 connections are balanced
+    max_concurrent_streams: int = 100
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SandboxConfig:
+        """The inverse of to_json (a config the parent validated: not checked again)."""
+        d = json.loads(text)
+        a = d["autoscale"]
+        autoscale = None if a is None else Autoscale(**{**a, "scale_in": ScaleIn(**a["scale_in"])})
+        return cls(**{**d, "weights": tuple(d["weights"]), "backend": BackendModel(**d["backend"]),
+                      "health": HealthCheck(**d["health"]), "autoscale": autoscale})
+
+
+def validate_sandbox_config(cfg: dict[str, Any] | SandboxConfig | None,
+                            where: str = "sandbox") -> SandboxConfig:
     """Validate a raw `[sandbox]` table; return it normalized (see the package docstring).
 
     Raises ProfileError naming the field, e.g. `sandbox.autoscale.min must be <= max (got 5 > 3)`.
-    An already normalized table (a SandboxConfig) is returned as it is, so that callers may
-    pass either form on to start_sandbox or run_foreground.
+    A SandboxConfig is returned as it is, so that callers may pass either form on to
+    start_sandbox or run_foreground.
     """
     if isinstance(cfg, SandboxConfig):
         return cfg
@@ -114,13 +186,13 @@ def validate_sandbox_config(cfg: dict[str, Any] | None, where: str = "sandbox") 
 
     if "backends" in top:
         backends = _int(top["backends"], f"{where}.backends", 1, MAX_BACKENDS)
-        if autoscale is not None and not autoscale["min"] <= backends <= autoscale["max"]:
+        if autoscale is not None and not autoscale.min <= backends <= autoscale.max:
             raise ProfileError(
                 f"{where}.backends must be between autoscale.min and autoscale.max "
-                f"(got {backends}, min {autoscale['min']}, max {autoscale['max']})"
+                f"(got {backends}, min {autoscale.min}, max {autoscale.max})"
             )
     elif autoscale is not None:
-        backends = min(max(DEFAULT_BACKENDS, autoscale["min"]), autoscale["max"])
+        backends = min(max(DEFAULT_BACKENDS, autoscale.min), autoscale.max)
     else:
         backends = DEFAULT_BACKENDS
 
@@ -141,15 +213,8 @@ def validate_sandbox_config(cfg: dict[str, Any] | None, where: str = "sandbox") 
             )
         weights = [_int(w, f"{where}.weights[{i}]", 1, MAX_WEIGHT) for i, w in enumerate(raw)]
 
-    return SandboxConfig({
-        "algorithm": algorithm,
-        "backends": backends,
-        "weights": weights,
-        "backend": backend,
-        "health": health,
-        "autoscale": autoscale,
-        **_validate_http2(top, where),
-    })
+    return SandboxConfig(algorithm, backends, tuple(weights), backend, health, autoscale,
+                         **_validate_http2(top, where))
 
 
 def _validate_http2(top: dict[str, Any], where: str) -> dict[str, Any]:
@@ -162,7 +227,7 @@ def _validate_http2(top: dict[str, Any], where: str) -> dict[str, Any]:
     }
 
 
-def _validate_backend(table: dict[str, Any], where: str) -> dict[str, Any]:
+def _validate_backend(table: dict[str, Any], where: str) -> BackendModel:
     _check_keys(table, _BACKEND_KEYS, where)
     distribution = _choice(
         table.get("distribution", "constant"), DISTRIBUTIONS, f"{where}.distribution"
@@ -177,16 +242,16 @@ def _validate_backend(table: dict[str, Any], where: str) -> dict[str, Any]:
         sigma = _number(table["sigma"], f"{where}.sigma")
         if sigma <= 0:
             raise ProfileError(f"{where}.sigma must be > 0, got {table['sigma']!r}")
-    return {
-        "service_time": _duration(table.get("service_time", "0s"), f"{where}.service_time"),
-        "distribution": distribution,
-        "sigma": sigma,
-        "concurrency": _int(table.get("concurrency", 64), f"{where}.concurrency", 1),
-        "queue": _int(table.get("queue", 1024), f"{where}.queue", 0),
-    }
+    return BackendModel(
+        service_time_s=_duration(table.get("service_time", "0s"), f"{where}.service_time"),
+        distribution=distribution,
+        sigma=sigma,
+        concurrency=_int(table.get("concurrency", 64), f"{where}.concurrency", 1),
+        queue=_int(table.get("queue", 1024), f"{where}.queue", 0),
+    )
 
 
-def _validate_health(table: dict[str, Any], where: str) -> dict[str, Any]:
+def _validate_health(table: dict[str, Any], where: str) -> HealthCheck:
     _check_keys(table, _HEALTH_KEYS, where)
     interval = _duration(table.get("interval", "1s"), f"{where}.interval", positive=True)
     timeout = _duration(table.get("timeout", "500ms"), f"{where}.timeout", positive=True)
@@ -195,20 +260,20 @@ def _validate_health(table: dict[str, Any], where: str) -> dict[str, Any]:
             f"{where}.timeout must be <= interval (got {table.get('timeout')!r} > "
             f"{table.get('interval', '1s')!r})"
         )
-    return {
-        "enabled": _bool(table.get("enabled", True), f"{where}.enabled"),
-        "interval": interval,
-        "timeout": timeout,
-        "unhealthy_threshold": _int(
+    return HealthCheck(
+        enabled=_bool(table.get("enabled", True), f"{where}.enabled"),
+        interval_s=interval,
+        timeout_s=timeout,
+        unhealthy_threshold=_int(
             table.get("unhealthy_threshold", 2), f"{where}.unhealthy_threshold", 1
         ),
-        "healthy_threshold": _int(
+        healthy_threshold=_int(
             table.get("healthy_threshold", 2), f"{where}.healthy_threshold", 1
         ),
-    }
+    )
 
 
-def _validate_autoscale(table: dict[str, Any], where: str) -> dict[str, Any]:
+def _validate_autoscale(table: dict[str, Any], where: str) -> Autoscale:
     _check_keys(table, _AUTOSCALE_KEYS, where)
     metric = _choice(table.get("metric", "utilization"), METRICS, f"{where}.metric")
     threshold = _number(table.get("threshold", 0.8), f"{where}.threshold")
@@ -231,24 +296,24 @@ def _validate_autoscale(table: dict[str, Any], where: str) -> dict[str, Any]:
             f"{where}.scale_in.threshold must be >= 0 and < threshold "
             f"(got {in_threshold} with threshold {threshold})"
         )
-    scale_in = {
-        "enabled": _bool(scale_in_raw.get("enabled", True), f"{where}.scale_in.enabled"),
-        "threshold": in_threshold,
-        "for": _duration(scale_in_raw.get("for", "30s"), f"{where}.scale_in.for"),
-        "step": _int(scale_in_raw.get("step", 1), f"{where}.scale_in.step", 1),
-    }
-    return {
-        "enabled": _bool(table.get("enabled", True), f"{where}.enabled"),
-        "metric": metric,
-        "threshold": threshold,
-        "for": _duration(table.get("for", "30s"), f"{where}.for"),
-        "step": _int(table.get("step", 1), f"{where}.step", 1),
-        "cooldown": cooldown,
-        "min": minimum,
-        "max": maximum,
-        "startup_delay": _duration(table.get("startup_delay", "5s"), f"{where}.startup_delay"),
-        "evaluation_interval": _duration(
+    scale_in = ScaleIn(
+        enabled=_bool(scale_in_raw.get("enabled", True), f"{where}.scale_in.enabled"),
+        threshold=in_threshold,
+        for_s=_duration(scale_in_raw.get("for", "30s"), f"{where}.scale_in.for"),
+        step=_int(scale_in_raw.get("step", 1), f"{where}.scale_in.step", 1),
+    )
+    return Autoscale(
+        enabled=_bool(table.get("enabled", True), f"{where}.enabled"),
+        metric=metric,
+        threshold=threshold,
+        for_s=_duration(table.get("for", "30s"), f"{where}.for"),
+        step=_int(table.get("step", 1), f"{where}.step", 1),
+        cooldown_s=cooldown,
+        min=minimum,
+        max=maximum,
+        startup_delay_s=_duration(table.get("startup_delay", "5s"), f"{where}.startup_delay"),
+        evaluation_interval_s=_duration(
             table.get("evaluation_interval", "1s"), f"{where}.evaluation_interval", positive=True
         ),
-        "scale_in": scale_in,
-    }
+        scale_in=scale_in,
+    )

@@ -1,0 +1,142 @@
+"""`loadforge compare` shown: the tables per stage (terminal, markdown), the gates' lines,
+the significance lines (analysis/compare.py computes them all)."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from loadforge.analysis.compare import ALL_STAGES, ALPHA, FIGURES, _fmt, _sureness, significant
+from loadforge.present.text import fits, print_table
+
+
+def noise_lines(data: dict[str, Any], stage: dict[str, Any]) -> list[str]:
+    """Per compared group, the figures whose change is significant, with p and interval;
+    one line saying so when none is."""
+    lines = []
+    for i, judged in enumerate(stage.get("noise") or []):
+        if not judged:
+            continue
+        title = data["runs"][i]["title"]
+        sure = [f"{m} {_sureness(j)}" for m, j in judged.items() if significant(j)]
+        if not sure:
+            lines.append(f"{title}: no significant change (U test p < {ALPHA} and a 95% "
+                         "interval clear of zero, for no figure)")
+        lines += [f"{title}: {line}" for line in sure]
+    return lines
+
+
+def _delta_text(kind: str, d: float | None) -> str:
+    if d is None:
+        return ""
+    if math.isinf(d):
+        return "+inf%" if d > 0 else "-inf%"
+    unit = "pp" if kind == "ratio" else "%"
+    return f"{d:+.3g}{unit}" if abs(d) < 1000 else f"{d:+,.0f}{unit}"
+
+
+def _cells(data: dict[str, Any], stage: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for key, label, kind in FIGURES:
+        row = [label]
+        for i, values in enumerate(stage["values"]):
+            row.append(_fmt(kind, None if values is None else values[key]))
+            if i:
+                deltas = stage["deltas"][i]
+                row.append(_delta_text(kind, None if deltas is None else deltas[key]))
+        rows.append(row)
+    return rows
+
+
+def _headers(data: dict[str, Any]) -> list[str]:
+    headers = ["figure"]
+    for i, run in enumerate(data["runs"]):
+        headers.append(f"{run['title']} (baseline)" if i == 0 else run["title"])
+        if i:
+            headers.append("Δ")
+    return headers
+
+
+def render_table(data: dict[str, Any], console: Console) -> None:
+    tables = [_table(data, stage, _headers(data)) for stage in data["stages"]]
+    if not all(fits(console, t) for t in tables):
+        # Run titles (labels) too long for the terminal: number the runs in a legend above
+        # and head the columns with the numbers, so that no figure is cut short.
+        for i, run in enumerate(data["runs"]):
+            console.print(Text(f"#{i + 1} {run['title']}" + (" (baseline)" if i == 0 else "")),
+                          overflow="fold")
+        headers = ["figure"]
+        for i in range(len(data["runs"])):
+            headers += [f"#{i + 1}"] + ([f"Δ #{i + 1}"] if i else [])
+        tables = [_table(data, stage, headers) for stage in data["stages"]]
+    for stage, table in zip(data["stages"], tables, strict=True):
+        print_table(console, table)
+        for line in noise_lines(data, stage):
+            console.print(Text("  " + line), overflow="fold")
+    if data.get("noise_estimate") is False or (data.get("groups") is None
+                                                and len(data["runs"]) > 1):
+        console.print(Text("one run on a side: no noise estimate; gates judge the change alone "
+                           "(--group-by with several runs a side tests significance)"),
+                      style="dim", overflow="fold")
+
+
+def _table(data: dict[str, Any], stage: dict[str, Any], headers: list[str]) -> Table:
+    # Titles and headers hold stage names and labels: Text, never rich markup.
+    title = "all stages" if stage["stage"] == ALL_STAGES else f"stage {stage['stage']}"
+    table = Table(box=box.SIMPLE_HEAD, title=Text(title), title_justify="left", pad_edge=False)
+    for i, h in enumerate(headers):
+        table.add_column(Text(h), justify="left" if i == 0 else "right", no_wrap=True)
+    for row in _cells(data, stage):
+        table.add_row(*(Text(c) for c in row))
+    return table
+
+
+def markdown_document(data: dict[str, Any], checks: list[dict[str, Any]]) -> str:
+    """`compare --format markdown`: the tables, then the gates, each block apart from the
+    next by a blank line (a line right after a table would be read as one more row)."""
+    blocks = [render_markdown(data).strip("\n"), render_gates_markdown(checks).strip("\n")]
+    return "\n\n".join(b for b in blocks if b) + "\n"
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~#!&])")
+
+
+def markdown_text(text: str) -> str:
+    """A user's string (a label, a stage name) as literal GitHub markdown: every character
+    that could start markup, a table cell's end or an HTML tag is escaped."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    headers = [markdown_text(h) for h in _headers(data)]
+    out = []
+    for stage in data["stages"]:
+        title = ("all stages" if stage["stage"] == ALL_STAGES
+                 else f"stage {markdown_text(stage['stage'])}")
+        out.append(f"#### {title}\n")
+        out.append("| " + " | ".join(headers) + " |")
+        out.append("|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|")
+        for row in _cells(data, stage):
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+        out.append("")
+        lines = noise_lines(data, stage)
+        if lines:
+            out += [f"- {markdown_text(line)}" for line in lines] + [""]
+    return "\n".join(out)
+
+
+def render_gates_markdown(checks: list[dict[str, Any]]) -> str:
+    failed = [c for c in checks if not c["ok"]]
+    if not checks:
+        return ""
+    if not failed:
+        return f"**Regression gates: all {len(checks)} checks passed.**\n"
+    lines = [f"**Regression gates: {len(failed)} of {len(checks)} checks failed.**\n"]
+    lines += [f"- :x: {markdown_text(c['message'])}" for c in failed]
+    return "\n".join(lines) + "\n"

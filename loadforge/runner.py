@@ -1,0 +1,184 @@
+"""A run from its plan to its summary: the `run` command's orchestration.
+
+Above run/ (the coordinator: workers, exact merge, rows), it wires what a run needs around the
+merge: the embedded target (sandbox/), metric pollers and timed actions (observe/), the
+Parquet writer (results/), `abort_after` (analysis/slo.LiveSLO), and at the end the summary
+folded from the rows (analysis/figures.summary_figures) with the verdicts judged from the
+file just written (analysis/slo, analysis/scaling), as `ls` and `compare` judge it later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, Any
+
+from loadforge import _core
+from loadforge.analysis import figures, scaling, slo
+from loadforge.config.plan import Plan
+from loadforge.config.redact import redact_profile, redact_url
+from loadforge.errors import RunError
+from loadforge.observe import pollers
+from loadforge.results.store import ResultWriter, read_result
+from loadforge.run import coordinator
+from loadforge.run.coordinator import RunOptions, RunOutcome, Stop, new_run_id, request_path
+from loadforge.run.progress import LiveProgress
+from loadforge.run.workers import WorkerPool
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from loadforge.run.shards import ShardPool
+
+__all__ = ["RunOptions", "RunOutcome", "execute", "new_run_id", "request_path"]
+
+
+def execute(plan: Plan, opts: RunOptions, console: Console) -> RunOutcome:
+    """One run from its plan to its summary, verdicts and exit code."""
+    target_url = opts.target or plan.target
+    sandbox = None
+    if target_url == "sandbox":
+        from loadforge.sandbox import start_sandbox
+
+        sandbox = start_sandbox(plan.sandbox)
+        target_url = sandbox.url
+    try:
+        return _execute(plan, opts, console, target_url, sandbox)
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+
+
+def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
+             sandbox: Any = None) -> RunOutcome:
+    target = coordinator.parse_target(target_url)
+    workers = opts.workers or plan.workers or os.cpu_count() or 1
+    workers = max(1, min(workers, plan.connections))
+    per_shard = 0
+    if opts.shards:
+        from loadforge.run.shards import shard_workers
+
+        requested = opts.workers or plan.workers
+        if opts.kube is not None and not requested:
+            from loadforge.run.kube import default_workers
+
+            requested = default_workers(opts.kube.cpu)
+        per_shard = shard_workers(requested, opts.shards, plan.connections)
+        workers = opts.shards * per_shard
+    specs = coordinator._worker_specs(plan, target, workers, opts.interval_s,
+                          pollers.backend_header(plan, opts.backend_header, sandbox))
+    coordinator._check_fd_limit(specs, plan)
+    # Metric pollers and timed actions, started at time zero (observe/).
+    watchers = pollers.Watchers(plan, opts.interval_s, sandbox)
+    if opts.preflight:
+        first, judged = coordinator.preflight_request(plan.requests)
+        coordinator.preflight(target, first, plan.timeout_s, judge_status=judged)
+    run_id = new_run_id(plan)
+    path = os.path.join(opts.out_dir, f"{run_id}.parquet")
+    metadata: dict[str, Any] = {
+        # Result files are shared (CI artifacts): no credentials in them (redact.py).
+        "profile": redact_profile(plan.source), "profile_name": plan.name,
+        "profile_path": plan.path, "target": redact_url(target.url), "engine": "cython-epoll", "workers": str(workers),
+        "connections": str(plan.connections),
+        "stages": [{"name": s.name, "duration_s": s.duration_s, "rate_from": s.rate_from,
+                    "rate_to": s.rate_to, "concurrency": s.concurrency, "think_s": s.think_s}
+                   for s in plan.stages],
+        "interval_ms": str(int(opts.interval_s * 1000)),
+    }
+    if opts.slo_flags:
+        metadata["slo_flags"] = opts.slo_flags
+    if opts.shards:
+        metadata["shard_count"] = str(opts.shards)
+    started = time.time()
+    writer = ResultWriter(path, run_id, metadata, opts.labels)
+    pool: WorkerPool | ShardPool | None = None
+    stop = Stop()
+    failure: str | None = None
+    try:
+        with LiveProgress(plan.duration_s, console, opts.quiet) as progress:
+            agg = coordinator.Aggregator(plan, writer, workers, opts.interval_s, progress,
+                                         slo.LiveSLO(plan, opts.interval_s).interval)
+            if opts.shards:
+                from loadforge.run.shards import ShardPool
+
+                agg.shard_of = lambda k: k % opts.shards
+                pool = ShardPool(specs, opts.shards, per_shard, opts.max_clock_offset_s,
+                                 opts.launcher, **_remote_shards(opts, run_id))
+                t0 = pool.start()
+            else:
+                pool = WorkerPool(specs)
+                t0 = coordinator._start(pool)
+            watchers.start(t0)
+            agg.t0_ns = t0
+            try:
+                coordinator._collect(pool, agg, plan, t0, stop)
+            except RunError as exc:
+                # A worker crashed or the disk filled: keep what was merged, marked incomplete.
+                failure = str(exc)
+                stop.at_ns = stop.at_ns or _core.now_ns()
+                pool.kill()
+            finally:
+                watched = watchers.stop()
+            elapsed = (_core.now_ns() - t0) / 1e9
+            agg.drain()
+        pool.join()
+        ran_s = stop.ran_s(t0, elapsed, plan.duration_s)
+        rows, inputs = agg.finish(elapsed, ran_s if stop.at_ns else None)
+        writer.write(rows + watched, last=True)
+        end_meta = _end_metadata(stop, ran_s, failure or writer.failure)
+        if pool is not None and not isinstance(pool, WorkerPool):
+            end_meta["shards"] = json.dumps(pool.metadata(), sort_keys=True)
+        writer.close(end_meta)
+        failure = failure or writer.failure
+        # The summary's figures: the one fold of the rows just written (figures.py).
+        summary = figures.summary_figures(rows, plan.fail_status,
+                                          [r.name for r in plan.requests], inputs)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+        writer.abort()
+        raise
+    state = {"interrupted": bool(stop.signum), "ran_s": round(ran_s, 3),
+             "complete": failure is None, "error": failure}
+    saved = path if writer.published else None
+    verdicts: list[dict[str, Any]] = []
+    if saved:
+        # Judged from the file just written, so the verdicts are those any later reader gets.
+        written = read_result(saved)
+        verdicts = slo.evaluate(plan, written) + scaling.annotate(summary, plan, written)
+    ok = all(v["ok"] for v in verdicts) and agg.abort_reason is None and failure is None
+    result = {"run_id": run_id, "result": saved, "ok": ok, "target": redact_url(target.url),
+              "profile": plan.name, "workers": workers, "connections": plan.connections,
+              "started": started, **summary, "slo": verdicts, "aborted": agg.abort_reason,
+              # The target saw these too: servers' counts reconcile with requests + these.
+              "preflight": {"requests": 1 if opts.preflight else 0}, **state}
+    if pool is not None and not isinstance(pool, WorkerPool):
+        result["shards"] = pool.figures(ran_s)
+    return RunOutcome(result, saved, ok, stop.signum, failure)
+
+
+def _remote_shards(opts: RunOptions, run_id: str) -> dict[str, Any]:
+    """ShardPool's arguments for a launcher other than local (kube.py)."""
+    if opts.launcher != "kubernetes":
+        return {}
+    from loadforge.run.kube import KubeLauncher, bind_address
+
+    kube = opts.kube
+    return {"bind": bind_address(kube.coordinator_host), "port": kube.coordinator_port,
+            "remote": KubeLauncher(kube, run_id, opts.shards),
+            "start_timeout_s": kube.start_timeout_s}
+
+
+def _end_metadata(stop: Stop, ran_s: float, failure: str | None) -> dict[str, str]:
+    """What the Parquet metadata says of how the run ended (known only at its end)."""
+    meta = {"interrupted": "true" if stop.signum else "false", "ran_s": f"{ran_s:.3f}",
+            "complete": "false" if failure else "true"}
+    if stop.signum:
+        meta["interrupted_by"] = signal.Signals(stop.signum).name
+    if failure:
+        meta["incomplete_reason"] = failure
+    return meta
+
+
