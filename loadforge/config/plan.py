@@ -73,6 +73,11 @@ class Plan:
     sandbox: dict[str, Any] = field(default_factory=dict)
     source: str = ""                  # the profile's text, archived with the results
     path: str = ""                    # where it came from, for messages
+    # [[feeders]] and, when a request holds {feeder.column} slots, one feeders.Template or
+    # None per request (config/feeders.py); values taken from the environment (redacted).
+    feeders: tuple[Any, ...] = ()
+    templates: tuple[Any, ...] = ()
+    secrets: tuple[str, ...] = ()
 
     @property
     def duration_s(self) -> float:

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from loadforge import __version__, _core, schedule
 from loadforge.analysis import scaling, slo
+from loadforge.config import feeders
 from loadforge.config.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES, Plan, Request
 from loadforge.config.redact import redact_profile, redact_url
 from loadforge.errors import (
@@ -44,6 +45,7 @@ from loadforge.run.workers import (
     INTERVAL,
     WorkerPool,
     WorkerSpec,
+    decode_done,
     decode_interval,
     fd_limit,
 )
@@ -153,7 +155,8 @@ def encode_request(req: Request, host: str, prefix: str = "") -> bytes:
 _BODY_HEADERS = ("content-type", "content-length", "transfer-encoding", "content-encoding")
 
 
-def preflight_request(requests: tuple[Request, ...]) -> tuple[Request, bool]:
+def preflight_request(requests: tuple[Request, ...],
+                      templates: tuple[Any, ...] = ()) -> tuple[Request, bool]:
     """What the preflight sends, and whether its status is judged (a 404 stops the run).
 
     The first request of the mix that is a GET or HEAD without a body, as it stands; else (every
@@ -161,10 +164,17 @@ def preflight_request(requests: tuple[Request, ...]) -> tuple[Request, bool]:
     headers, whose status says nothing about that path and is not judged. Never a body, never
     a method that changes state: the preflight reaches the target outside the run's counts.
     """
-    for req in requests:
-        if req.method in ("GET", "HEAD") and not req.body:
+    templated = [i < len(templates) and templates[i] is not None for i in range(len(requests))]
+    for req, t in zip(requests, templated, strict=True):
+        if req.method in ("GET", "HEAD") and not req.body and not t:
             return req, True
     first = requests[0]
+    if templated[0]:
+        # Its path holds {feeder.column} slots: the target's root, without the feeder's
+        # values, judged by nothing but being answered.
+        headers = tuple((k, v) for k, v in first.headers
+                        if k.lower() not in _BODY_HEADERS and "{" not in v)
+        return Request(first.name, "GET", "/", headers, b"", first.weight), False
     headers = tuple((k, v) for k, v in first.headers if k.lower() not in _BODY_HEADERS)
     return Request(first.name, "GET", first.path, headers, b"", first.weight), False
 
@@ -255,6 +265,8 @@ class Aggregator:
         # Windowed objectives with abort_after, judged as each interval is merged.
         self.live_slo = slo.LiveSLO(plan, interval_s)
         self.abort_reason: str | None = None
+        # (feeder table, when) of the first `unique` feeder that ran out and ended the run
+        self.exhausted: tuple[int, int] | None = None
         self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
         self.cpu_ns: dict[int, int] = {}      # per worker: CPU time reported so far
         self.write_failed = False
@@ -281,6 +293,17 @@ class Aggregator:
             # collect an interval's as soon as it is merged rather than whenever the cyclic
             # GC gets round to it, so the coordinator's memory stays flat however long the run.
             gc.collect(1)
+
+    def note_done(self, message: bytes, stop: Stop) -> None:
+        """A worker's DONE: a `unique` feeder that ran out ended its part of the run (every
+        worker's, as the rows follow the run-wide arrival sequence); the run ran until then."""
+        exhausted = decode_done(message)
+        if exhausted is None:
+            return
+        if self.exhausted is None or exhausted[1] < self.exhausted[1]:
+            self.exhausted = exhausted
+        if not stop.at_ns or exhausted[1] < stop.at_ns:
+            stop.at_ns = exhausted[1]
 
     def _complete(self, index: int) -> bool:
         # Every worker reports every interval up to its final one, so an interval is whole
@@ -635,10 +658,26 @@ def _ran_in(window: Any, stopped_s: float | None) -> float:
     return min(max(0.0, stopped_s - window.start_s), float(window.stage.duration_s))
 
 
+def compile_feeders(plan: Plan, target: Target, inline: bool = False) -> feeders.Compiled:
+    """The plan's feeder tables and request templates, compiled for the engine (exit 2 naming
+    a missing column, an unreadable file or a value that would break the request framing)."""
+    if not plan.templates:
+        return feeders.Compiled()
+    heads = [(f"{r.method} {target.path.rstrip('/')}",
+              f" HTTP/1.1\r\nHost: {host_header(r, target.host)}\r\nUser-Agent: {USER_AGENT}\r\n",
+              r.method in ("POST", "PUT", "PATCH")) for r in plan.requests]
+    label = "profile" if plan.path in ("", "<profile>") else f"profile {os.path.basename(plan.path)}"
+    return feeders.compile_templates(plan.feeders, list(plan.templates), heads, label,
+                                     inline=inline)
+
+
 def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
-                  backend_header: str | None) -> list[WorkerSpec]:
+                  backend_header: str | None,
+                  compiled: feeders.Compiled | None = None) -> list[WorkerSpec]:
     requests = [(encode_request(r, target.host, target.path), r.method == "HEAD")
                 for r in plan.requests]
+    tables = [t.spec() for t in compiled.tables] if compiled else []
+    templates = list(compiled.templates) if compiled and compiled.templates else []
     mix = schedule.request_mix(plan.requests)
     stages = [(s.open_model, s.rate_from or 0.0, s.rate_to or 0.0, s.duration_s,
                s.concurrency or 0, s.think_s) for s in plan.stages]
@@ -650,7 +689,7 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
         specs.append(WorkerSpec(w, workers, target.address, target.port, requests, mix, stages,
                                 max(share, closed_share, 1), plan.timeout_s, interval_s,
                                 backend_header, plan.timer_resolution_s,
-                                plan.requests_per_connection))
+                                plan.requests_per_connection, tables, templates))
     return specs
 
 
@@ -724,6 +763,7 @@ def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: lis
                 agg.add(decode_interval(msg))
             elif tag == DONE:
                 done[i] = True
+                agg.note_done(msg, stop)
             elif tag == FAILED:
                 last = (msg[1:].decode(errors="replace").strip().splitlines() or ["?"])[-1]
                 raise WorkerCrashed(f"worker {i} failed: {last}")
@@ -803,19 +843,30 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
             requested = default_workers(opts.kube.cpu)
         per_shard = shard_workers(requested, opts.shards, plan.connections)
         workers = opts.shards * per_shard
+    compiled = compile_feeders(plan, target, inline=bool(opts.shards))
+    try:
+        return _execute_compiled(plan, opts, console, target, workers, per_shard, compiled,
+                                 sandbox)
+    finally:
+        compiled.cleanup()
+
+
+def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Target,
+                      workers: int, per_shard: int, compiled: feeders.Compiled,
+                      sandbox: Any) -> RunOutcome:
     specs = _worker_specs(plan, target, workers, opts.interval_s,
-                          observe.backend_header(plan, opts.backend_header, sandbox))
+                          observe.backend_header(plan, opts.backend_header, sandbox), compiled)
     _check_fd_limit(specs, plan)
     # Metric pollers and timed actions, started at time zero (observe/).
     watchers = observe.Watchers(plan, opts.interval_s, sandbox)
     if opts.preflight:
-        first, judged = preflight_request(plan.requests)
+        first, judged = preflight_request(plan.requests, plan.templates)
         preflight(target, first, plan.timeout_s, judge_status=judged)
     run_id = new_run_id(plan)
     path = os.path.join(opts.out_dir, f"{run_id}.parquet")
     metadata: dict[str, Any] = {
         # Result files are shared (CI artifacts): no credentials in them (redact.py).
-        "profile": redact_profile(plan.source), "profile_name": plan.name,
+        "profile": redact_profile(plan.source, plan.secrets), "profile_name": plan.name,
         "profile_path": plan.path, "target": redact_url(target.url), "engine": "cython-epoll", "workers": str(workers),
         "connections": str(plan.connections),
         "stages": [{"name": s.name, "duration_s": s.duration_s, "rate_from": s.rate_from,
@@ -885,10 +936,21 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
               "profile": plan.name, "workers": workers, "connections": plan.connections,
               "started": started, **figures, "slo": verdicts, "aborted": agg.abort_reason,
               # The target saw these too: servers' counts reconcile with requests + these.
-              "preflight": {"requests": 1 if opts.preflight else 0}, **state}
+              "preflight": {"requests": 1 if opts.preflight else 0}, **state,
+              "feeder_exhausted": _exhausted(agg, compiled)}
     if pool is not None and not isinstance(pool, WorkerPool):
         result["shards"] = pool.figures(ran_s)
     return RunOutcome(result, saved, ok, stop.signum, failure)
+
+
+def _exhausted(agg: Aggregator, compiled: feeders.Compiled) -> dict[str, Any] | None:
+    """The summary's `feeder_exhausted`: the `unique` feeder whose rows ran out, ending the
+    run, and how many it had (each sent once); None when none did."""
+    if agg.exhausted is None or not 0 <= agg.exhausted[0] < len(compiled.tables):
+        return None
+    table = compiled.tables[agg.exhausted[0]]
+    return {"feeder": table.feeder.name, "rows": table.rows,
+            "at_s": round(max(0.0, (agg.exhausted[1] - agg.t0_ns) / 1e9), 3)}
 
 
 def _remote_shards(opts: RunOptions, run_id: str) -> dict[str, Any]:
