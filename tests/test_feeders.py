@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -17,6 +18,7 @@ from urllib.parse import quote
 import pytest
 from servers import ROOT, free_port, wait_listening
 
+from loadforge.analysis.slo import plan_of_result
 from loadforge.config.feeders import row_for
 from loadforge.results.store import read_result
 
@@ -228,7 +230,58 @@ headers = { Authorization = "Bearer ${TOKEN}", X-Api = "${TOKEN}" }
     with open(summary["result"], "rb") as f:
         assert TOKEN.encode() not in f.read()
     assert TOKEN not in json.dumps(summary) and TOKEN not in proc.stdout + proc.stderr
-    assert TOKEN not in json.dumps(read_result(summary["result"]).metadata, default=str)
+    result = read_result(summary["result"])
+    assert TOKEN not in json.dumps(result.metadata, default=str)
+    # Read back later, without the environment or the files: its objectives still judged.
+    assert "TOKEN" not in os.environ
+    assert plan_of_result(result) is not None
+
+
+def test_unique_in_the_closed_model_ends_the_run(server, tmp_path):
+    rows = [(str(i), f"t{i}") for i in range(200)]
+    write_rows(str(tmp_path), rows)
+    path = profile(str(tmp_path), server.url, "unique", 1, requests="""
+[[requests]]
+name = "item"
+path = "/items/{users.id}?q={users.term}"
+""")
+    text = open(path).read().replace('rate = 1', 'concurrency = 3')
+    with open(path, "w") as f:
+        f.write(text.replace('duration = "1s"', 'duration = "20s"'))
+    proc, summary = run(path, str(tmp_path / "out"), "--workers", "2", "--no-preflight")
+    assert proc.returncode == 0, proc.stderr
+    logged = server.take()
+    assert sorted(r[0] for r in logged) == sorted(
+        f"GET /items/{i}?q={t} HTTP/1.1" for i, t in rows)
+    assert summary["requests"] == 200 and summary["feeder_exhausted"]["rows"] == 200
+    assert summary["ran_s"] < 20
+
+
+def test_a_large_feeder_is_memory_mapped_and_read_the_same(server, tmp_path):
+    rows = [(str(1_000_000 + i), "x" * 20 + str(i)) for i in range(60_000)]
+    write_rows(str(tmp_path), rows)
+    path = profile(str(tmp_path), server.url, "random", 300, seed=3)
+    from loadforge.config.feeders import MMAP_MIN_BYTES
+    from loadforge.config.profile import load_profile
+    from loadforge.run.coordinator import compile_feeders, parse_target
+
+    os.environ["TOKEN"] = "x"
+    try:
+        compiled = compile_feeders(load_profile(path), parse_target(server.url))
+    finally:
+        del os.environ["TOKEN"]
+    assert compiled.tables[0].file is not None and os.path.getsize(
+        compiled.tables[0].file) >= MMAP_MIN_BYTES
+    compiled.cleanup()
+    proc, summary = run(path, str(tmp_path / "out"), "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    logged = server.take()
+    expected = Counter(f"GET /items/{rows[r][0]}?q={rows[r][1]} HTTP/1.1"
+                       for r in (row_for(k, "random", 3, len(rows)) for k in range(300)))
+    assert Counter(r[0] for r in logged) == expected
+    assert not [d for d in os.listdir(tempfile.gettempdir())
+                if d.startswith("loadforge-feeders-") and
+                os.path.getmtime(os.path.join(tempfile.gettempdir(), d)) > time.time() - 5]
 
 
 BAD = [

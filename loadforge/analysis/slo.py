@@ -421,7 +421,8 @@ def plan_of_result(result: Result) -> Plan | None:
         return _flag_plan_of_result(result, flags) if flags else None
     try:
         plan = plan_from_dict(tomllib.loads(text), source=text,
-                              path=result.metadata.get("profile_path") or "<profile>")
+                              path=result.metadata.get("profile_path") or "<profile>",
+                              archived=True)
     except (tomllib.TOMLDecodeError, ProfileError):
         return None
     return _with_flags(plan, flags)

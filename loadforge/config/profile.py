@@ -110,8 +110,12 @@ def load_profile(path: str) -> Plan:
     return plan_from_dict(data, source=text, path=path)
 
 
-def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile>") -> Plan:
-    """Validate a parsed profile (the dict tomllib returns) into a Plan."""
+def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile>",
+                   archived: bool = False) -> Plan:
+    """Validate a parsed profile (the dict tomllib returns) into a Plan.
+
+    `archived`: the profile of a past run, read back from its results: its ${VAR} and
+    body_file are left as they are (neither the environment nor the file is this run's)."""
     base = os.path.basename(path)
     check = _Checker("profile" if path == "<profile>" else f"profile {base}")
     top = check.table(data, "")
@@ -156,7 +160,7 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
     if "requests" in top:
         raw_requests = check.array_of_tables(top["requests"], "requests", nonempty=True,
                                              maximum=limits.MAX_REQUESTS)
-        pairs = [_request(check, raw, i, feeders, path, secrets)
+        pairs = [_request(check, raw, i, feeders, path, None if archived else secrets)
                  for i, raw in enumerate(raw_requests)]
         requests = tuple(r for r, _ in pairs)
         if any(t is not None for _, t in pairs):
@@ -389,6 +393,7 @@ def _request(check: _Checker, raw: dict[str, Any], i: int,
     slots (feeders.py). ${VAR} from the environment is resolved here, into both."""
     path = f"requests[{i}]"
     check.keys(raw, path, REQUEST_KEYS)
+    archived = secrets is None
     secrets = [] if secrets is None else secrets
     by_name = {f.name: f for f in feeders}
     name = check.name(raw.get("name", f"request{i}"), f"{path}.name")
@@ -398,7 +403,8 @@ def _request(check: _Checker, raw: dict[str, Any], i: int,
                                      f"got {show_value(method)}")
     raw_path = check.string(raw.get("path", "/"), f"{path}.path")
     found: list[str] = []
-    target_path = feeders_module.environment(raw_path, check.where(f"{path}.path"), found)
+    target_path = raw_path if archived else \
+        feeders_module.environment(raw_path, check.where(f"{path}.path"), found)
     if not target_path.startswith("/") or not _PRINTABLE.fullmatch(target_path) \
             or " " in target_path:
         shown = "a value from the environment" if found else show_value(target_path)
@@ -408,7 +414,7 @@ def _request(check: _Checker, raw: dict[str, Any], i: int,
     raw_headers = check.table(raw.get("headers", {}), f"{path}.headers")
     resolved = {}
     for key, value in raw_headers.items():
-        if isinstance(value, str) and feeders_module.ENV.search(value):
+        if isinstance(value, str) and feeders_module.ENV.search(value) and not archived:
             found = []
             value = feeders_module.environment(
                 value, check.where(f"{path}.headers.{show_value(key)}"), found)
@@ -425,8 +431,8 @@ def _request(check: _Checker, raw: dict[str, Any], i: int,
         body_file = check.string(raw["body_file"], f"{path}.body_file")
         base = os.path.dirname(os.path.abspath(profile_path)) \
             if profile_path != "<profile>" else os.getcwd()
-        body = feeders_module.read_body_file(os.path.join(base, body_file),
-                                             check.where(f"{path}.body_file"))
+        body = b"" if archived else feeders_module.read_body_file(
+            os.path.join(base, body_file), check.where(f"{path}.body_file"))
     else:
         body_text = check.string(raw.get("body", ""), f"{path}.body")
         try:
@@ -438,7 +444,9 @@ def _request(check: _Checker, raw: dict[str, Any], i: int,
     # Slots: the body's text (bytes that are not UTF-8 pass through untouched).
     body_text = body.decode("utf-8", "surrogateescape")
     template = None
-    if feeders_module.SLOT.search(target_path) or feeders_module.SLOT.search(body_text) or any(
+    if archived:
+        pass
+    elif feeders_module.SLOT.search(target_path) or feeders_module.SLOT.search(body_text) or any(
             feeders_module.SLOT.search(v) for _, v in headers):
         for key, value in headers:
             if key.lower() == "host" and feeders_module.SLOT.search(value):
