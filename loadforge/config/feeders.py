@@ -36,6 +36,7 @@ import re
 import struct
 import tempfile
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -59,6 +60,7 @@ MAX_TEMPLATE_BYTES = 1 << 20       # the largest request a template can expand t
 # Encodings of a view (a column as a slot in one place of the request).
 RAW, PATH, HEADER = "raw", "path", "header"
 _PRINTABLE = re.compile(rb"[\x20-\x7e\t]*")
+_UNRESERVED = re.compile(rb"[A-Za-z0-9\-._~]*")
 
 
 @dataclass(frozen=True)
@@ -191,8 +193,9 @@ def read_body_file(path: str, where: str) -> bytes:
 
 # -- rows -------------------------------------------------------------------------------------
 
-def load_rows(feeder: Feeder, where: str) -> tuple[list[str], list[list[bytes]]]:
-    """The feeder file's columns and rows (values as UTF-8 bytes)."""
+def load_rows(feeder: Feeder, where: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The feeder file's columns, and its rows with their line numbers, read as they are
+    consumed (a million-row file is never held as Python objects all at once)."""
     try:
         with open(feeder.path, "rb") as f:
             raw = f.read()
@@ -202,65 +205,66 @@ def load_rows(feeder: Feeder, where: str) -> tuple[list[str], list[list[bytes]]]
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ProfileError(f"{where}: {feeder.file} is not UTF-8 (byte {e.start})") from None
+    del raw
     if feeder.path.endswith((".jsonl", ".ndjson", ".json")):
         return _jsonl(text, feeder, where)
     return _csv(text, feeder, where)
 
 
-def _csv(text: str, feeder: Feeder, where: str) -> tuple[list[str], list[list[bytes]]]:
+def _csv(text: str, feeder: Feeder, where: str
+         ) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)
-        if not header or not any(header):
-            raise ProfileError(f"{where}: {feeder.file} has no header row (CSV needs one)")
-        columns = [h.strip() for h in header]
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(columns):
-                raise ProfileError(f"{where}: {feeder.file} line {line} has {len(row)} fields, "
-                                   f"the header has {len(columns)}")
-            rows.append([v.encode() for v in row])
     except csv.Error as e:
         raise ProfileError(f"{where}: {feeder.file} is not valid CSV: {e}") from None
-    if not rows:
-        raise ProfileError(f"{where}: {feeder.file} has no rows")
-    return columns, rows
+    if not header or not any(header):
+        raise ProfileError(f"{where}: {feeder.file} has no header row (CSV needs one)")
+    columns = [h.strip() for h in header]
 
-
-def _jsonl(text: str, feeder: Feeder, where: str) -> tuple[list[str], list[list[bytes]]]:
-    columns: list[str] = []
-    index: dict[str, int] = {}
-    records = []
-    for line, item in enumerate(text.splitlines(), start=1):
-        if not item.strip():
-            continue
+    def rows() -> Iterator[tuple[int, list[str]]]:
         try:
-            obj = json.loads(item)
-        except json.JSONDecodeError as e:
-            raise ProfileError(f"{where}: {feeder.file} line {line} is not JSON: {e.msg}") \
-                from None
-        if not isinstance(obj, dict):
-            raise ProfileError(f"{where}: {feeder.file} line {line} is not a JSON object")
-        for key in obj:
-            if key not in index:
-                index[key] = len(columns)
-                columns.append(key)
-        records.append((line, obj))
-    if not records:
-        raise ProfileError(f"{where}: {feeder.file} has no rows")
-    rows = []
-    for line, obj in records:
-        row = []
-        for key in columns:
-            if key not in obj:
-                raise ProfileError(f"{where}: {feeder.file} line {line} has no {key!r}")
-            v = obj[key]
-            s = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-            row.append(s.encode())
-        rows.append(row)
-    return columns, rows
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(columns):
+                    raise ProfileError(f"{where}: {feeder.file} line {reader.line_num} has "
+                                       f"{len(row)} fields, the header has {len(columns)}")
+                yield reader.line_num, row
+        except csv.Error as e:
+            raise ProfileError(f"{where}: {feeder.file} is not valid CSV: {e}") from None
+    return columns, rows()
+
+
+def _jsonl(text: str, feeder: Feeder, where: str
+           ) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    def objects() -> Iterator[tuple[int, dict[str, Any]]]:
+        for line, item in enumerate(text.splitlines(), start=1):
+            if not item.strip():
+                continue
+            try:
+                obj = json.loads(item)
+            except json.JSONDecodeError as e:
+                raise ProfileError(f"{where}: {feeder.file} line {line} is not JSON: "
+                                   f"{e.msg}") from None
+            if not isinstance(obj, dict):
+                raise ProfileError(f"{where}: {feeder.file} line {line} is not a JSON object")
+            yield line, obj
+
+    columns: list[str] = []
+    for _, obj in objects():           # the columns: every key of every line, in order
+        columns.extend(k for k in obj if k not in columns)
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        for line, obj in objects():
+            row = []
+            for key in columns:
+                if key not in obj:
+                    raise ProfileError(f"{where}: {feeder.file} line {line} has no {key!r}")
+                v = obj[key]
+                row.append(v if isinstance(v, str) else json.dumps(v, separators=(",", ":")))
+            yield line, row
+    return columns, rows()
 
 
 # -- the row an arrival takes -----------------------------------------------------------------
@@ -286,13 +290,13 @@ def row_for(index: int, order: str, seed: int, rows: int) -> int | None:
 
 # -- compiling --------------------------------------------------------------------------------
 
-def _encode(value: bytes, encoding: str, feeder: str, column: str, row: int,
+def _encode(value: bytes, encoding: str, feeder: str, column: str, line: int,
             where: str) -> bytes:
     if encoding == PATH:
-        return quote(value, safe="").encode()
+        return value if _UNRESERVED.fullmatch(value) else quote(value, safe="").encode()
     if encoding == HEADER and not _PRINTABLE.fullmatch(value):
         raise ProfileError(
-            f"{where}: feeder {feeder!r} row {row + 1} column {column!r} has a value with CR, "
+            f"{where}: feeder {feeder!r} line {line} column {column!r} has a value with CR, "
             "LF or another control or non-ASCII character, which cannot go in a header")
     return value
 
@@ -326,22 +330,26 @@ def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | No
                                    f"{{{name}.{column}}}); its columns are {', '.join(columns)}")
         cols = [columns.index(c) for c, _ in views]
         offsets = array("Q", [0])
-        chunks: list[bytes] = []
+        data = bytearray()
         widths = [0] * len(views)
-        total = 0
-        for r, row in enumerate(rows):
+        nrows = 0
+        for line, row in rows:
+            nrows += 1
             for v, (column, enc) in enumerate(views):
-                value = _encode(row[cols[v]], enc, name, column, r, where)
-                chunks.append(value)
-                total += len(value)
-                offsets.append(total)
+                value = _encode(row[cols[v]].encode("utf-8", "surrogateescape"), enc, name,
+                                column, line, where)
+                data += value
+                offsets.append(len(data))
                 if len(value) > widths[v]:
                     widths[v] = len(value)
+        if not nrows:
+            raise ProfileError(f"{where}: {feeder.file} has no rows")
         start = TABLE_HEADER.size
         data_start = start + 8 * len(offsets)
-        blob = b"".join([TABLE_HEADER.pack(TABLE_MAGIC, TABLE_VERSION, len(views), 0, len(rows),
-                                           start, data_start), offsets.tobytes(), *chunks])
-        table = Table(feeder, len(rows), views, widths)
+        blob = b"".join([TABLE_HEADER.pack(TABLE_MAGIC, TABLE_VERSION, len(views), 0, nrows,
+                                           start, data_start), offsets.tobytes(), data])
+        del data, offsets
+        table = Table(feeder, nrows, views, widths)
         if len(blob) >= MMAP_MIN_BYTES and not inline:
             if out.tempdir is None:
                 out.tempdir = tempfile.mkdtemp(prefix="loadforge-feeders-")

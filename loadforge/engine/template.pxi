@@ -37,10 +37,18 @@ cdef inline int64_t feed_index(Engine self, FeedTable* t) noexcept:
     return t.open_rows + local * self.nworkers + self.worker
 
 
-cdef int tpl_prepare(Engine self, int ci, int request, int64_t now) noexcept:
+cdef inline int tpl_prepare(Engine self, int ci, int request, int64_t now) noexcept:
     """Point the connection's outgoing request at request `request` for the arrival
     self.tpl.seq; assembled into the connection's buffer when templated. Returns -1 when a
     `unique` feeder has no row left for it."""
+    if self.tpl.tpl == NULL or self.tpl.tpl[request].first < 0:
+        self.tpl.out[ci] = self.req_data[request]
+        self.tpl.out_len[ci] = self.req_len[request]
+        return 0
+    return tpl_assemble(self, ci, request, now)
+
+
+cdef int tpl_assemble(Engine self, int ci, int request, int64_t now) noexcept:
     cdef Templates* T = &self.tpl
     cdef Tpl* tp
     cdef Seg* sg
@@ -50,10 +58,6 @@ cdef int tpl_prepare(Engine self, int ci, int request, int64_t now) noexcept:
     cdef int i, s, nd
     cdef char digits[24]
     cdef char* out
-    if T.tpl == NULL or T.tpl[request].first < 0:
-        T.out[ci] = self.req_data[request]
-        T.out_len[ci] = self.req_len[request]
-        return 0
     tp = &T.tpl[request]
     for i in range(T.ntables):
         if tp.tables & (<uint64_t>1 << i):
