@@ -9,7 +9,7 @@ nginx on 127.0.0.1 (started here on --port, access log off; or --url), and print
 median user+system CPU microseconds per request of each and their ratio (goal: <= 1.2).
 
   python3 benchmarks/feeders_cpu.py [--rows 1000000] [--duration 5] [--rounds 5]
-      [--connections 50] [--port 24080 | --url http://127.0.0.1:PORT]
+      [--connections 50] [--order sequential|random] [--port 24080 | --url URL]
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--order", default="sequential", choices=("sequential", "random"))
     ap.add_argument("--url", default=None, help="a running target (else nginx is started)")
     ap.add_argument("--port", type=int, default=24080, help="the port of the nginx started")
     args = ap.parse_args()
@@ -87,7 +88,7 @@ def main() -> None:
             f.writelines(f"{100000 + i},term{i % 977}\n" for i in range(args.rows))
         plan = plan_from_dict({
             "target": url,
-            "feeders": [{"name": "users", "file": csv_path, "order": "sequential"}],
+            "feeders": [{"name": "users", "file": csv_path, "order": args.order}],
             "stages": [{"duration": f"{args.duration}s", "concurrency": args.connections}],
             "requests": [{"name": "templated", "path": "/items/{users.id}?q={users.term}",
                           "headers": {"X-Term": "{users.term}"}}],
@@ -124,8 +125,8 @@ def main() -> None:
                 print(f"round {r + 1} {kind:9s} {cpu / n * 1e6:6.2f} us CPU/request "
                       f"({n:,} requests)", flush=True)
         f, t_ = statistics.median(results["fixed"]), statistics.median(results["templated"])
-        print(f"median: fixed {f:.2f} us, templated ({args.rows:,}-row feeder) {t_:.2f} us, "
-              f"ratio {t_ / f:.3f}")
+        print(f"median: fixed {f:.2f} us, templated ({args.rows:,}-row feeder, "
+              f"{args.order}) {t_:.2f} us, ratio {t_ / f:.3f}")
         compiled.cleanup()
     finally:
         if nginx is not None:
