@@ -320,6 +320,8 @@ BAD = [
                               "rows": 'id,term\n1,"a\rb"\n'}, "CR, LF"),
     ("non-ASCII in a header value", {"headers": '{ X-Term = "{users.term}" }',
                                      "rows": 'id,term\n1,caf\u00e9\n'}, "non-ASCII"),
+    ("unused feeder's file missing", {"file": "missing.csv", "path": "/x"},
+     "cannot read missing.csv"),
     ("bad order", {"order": "shuffled"}, "order must be one of"),
     ("body_file missing", {"body_file": "nope.json"}, "cannot read"),
 ]

@@ -661,12 +661,16 @@ def _ran_in(window: Any, stopped_s: float | None) -> float:
 def compile_feeders(plan: Plan, target: Target, inline: bool = False) -> feeders.Compiled:
     """The plan's feeder tables and request templates, compiled for the engine (exit 2 naming
     a missing column, an unreadable file or a value that would break the request framing)."""
+    label = "profile" if plan.path in ("", "<profile>") else f"profile {os.path.basename(plan.path)}"
+    for i, feeder in enumerate(plan.feeders):
+        # A feeder no slot uses is not loaded, but a file that is not there is still an error.
+        if not os.access(feeder.path, os.R_OK) or os.path.isdir(feeder.path):
+            raise InputError(f"{label}: feeders[{i}]: cannot read {feeder.file}")
     if not plan.templates:
         return feeders.Compiled()
     heads = [(f"{r.method} {target.path.rstrip('/')}",
               f" HTTP/1.1\r\nHost: {host_header(r, target.host)}\r\nUser-Agent: {USER_AGENT}\r\n",
               r.method in ("POST", "PUT", "PATCH")) for r in plan.requests]
-    label = "profile" if plan.path in ("", "<profile>") else f"profile {os.path.basename(plan.path)}"
     return feeders.compile_templates(plan.feeders, list(plan.templates), heads, label,
                                      inline=inline)
 
