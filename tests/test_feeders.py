@@ -186,6 +186,20 @@ def test_unique_sends_each_row_once_and_ends_the_run(server, tmp_path, workers):
     assert "ran out of its 30 rows" in proc.stdout + proc.stderr
 
 
+def test_unique_across_shards_sends_each_row_once(server, tmp_path):
+    """A sharded run carries the tables inline in each shard's plan; the shards' workers
+    share the run-wide arrival sequence, and the end is reported through the shards."""
+    rows = [(str(i), f"t{i}") for i in range(40)]
+    write_rows(str(tmp_path), rows)
+    path = profile(str(tmp_path), server.url, "unique", 100)
+    proc, summary = run(path, str(tmp_path / "out"), "--shards", "2", "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    logged = server.take()
+    assert sorted(r[0] for r in logged) == sorted(
+        f"GET /items/{i}?q={t} HTTP/1.1" for i, t in rows)
+    assert summary["feeder_exhausted"]["rows"] == 40
+
+
 def test_templated_body_with_computed_length_and_a_fixed_request_beside(server, tmp_path):
     write_rows(str(tmp_path))
     with open(tmp_path / "order.json", "w") as f:
