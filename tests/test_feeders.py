@@ -373,6 +373,25 @@ rate = 5
     assert message in lines[0], lines[0]
 
 
+def test_connection_buffers_past_the_cap_exit_2(tmp_path):
+    write_rows(str(tmp_path))
+    with open(tmp_path / "big.txt", "w") as f:
+        f.write("x" * 900_000 + "{users.term}")
+    path = profile(str(tmp_path), "http://127.0.0.1:1", "sequential", 10, requests="""
+[[requests]]
+method = "POST"
+path = "/big"
+body_file = "big.txt"
+""")
+    text = open(path).read().replace("connections = 4", "connections = 1000")
+    with open(path, "w") as f:
+        f.write(text)
+    proc, _ = run(path, str(tmp_path / "out"), "--workers", "1")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "MiB per worker" in lines[0], proc.stderr
+
+
 def test_row_for_matches_the_documented_orders():
     assert [row_for(k, "sequential", 0, 3) for k in range(5)] == [0, 1, 2, 0, 1]
     assert [row_for(k, "unique", 0, 3) for k in range(4)] == [0, 1, 2, None]

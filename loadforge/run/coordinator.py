@@ -707,6 +707,21 @@ def _check_fd_limit(specs: list[WorkerSpec], plan: Plan) -> None:
             "or use more workers")
 
 
+# Each connection of a worker holds a buffer for the largest templated request.
+MAX_TEMPLATE_BUFFERS = 512 << 20
+
+
+def _check_template_buffers(specs: list[WorkerSpec], compiled: feeders.Compiled) -> None:
+    largest = max((t[2] for t in compiled.templates if t is not None), default=0)
+    conns = max(s.connections for s in specs)
+    if largest * conns > MAX_TEMPLATE_BUFFERS:
+        raise InputError(
+            f"requests: templated requests expand to up to {largest:,} bytes and each of a "
+            f"worker's {conns:,} connections holds one: {largest * conns / 2**20:,.0f} MiB per "
+            f"worker, more than {MAX_TEMPLATE_BUFFERS >> 20} MiB; use fewer connections, more "
+            "workers or a smaller templated body")
+
+
 @dataclass
 class Stop:
     """How the collection ended early, if it did."""
@@ -861,6 +876,7 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     specs = _worker_specs(plan, target, workers, opts.interval_s,
                           observe.backend_header(plan, opts.backend_header, sandbox), compiled)
     _check_fd_limit(specs, plan)
+    _check_template_buffers(specs, compiled)
     # Metric pollers and timed actions, started at time zero (observe/).
     watchers = observe.Watchers(plan, opts.interval_s, sandbox)
     if opts.preflight:
