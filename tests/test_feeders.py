@@ -392,6 +392,18 @@ body_file = "big.txt"
     assert len(lines) == 1 and "MiB per worker" in lines[0], proc.stderr
 
 
+def test_json_lines_and_json_arrays_read_the_same(tmp_path):
+    from loadforge.config.feeders import Feeder, load_rows
+
+    (tmp_path / "a.jsonl").write_text('{"id": 1, "name": "x"}\n\n{"id": 2, "name": "y"}\n')
+    (tmp_path / "b.json").write_text('[{"id": 1, "name": "x"},\n {"id": 2, "name": "y"}]')
+    out = []
+    for name in ("a.jsonl", "b.json"):
+        columns, rows = load_rows(Feeder("f", name, str(tmp_path / name)), "here")
+        out.append((columns, [row for _, row in rows]))
+    assert out[0] == out[1] == (["id", "name"], [["1", "x"], ["2", "y"]])
+
+
 def test_row_for_matches_the_documented_orders():
     assert [row_for(k, "sequential", 0, 3) for k in range(5)] == [0, 1, 2, 0, 1]
     assert [row_for(k, "unique", 0, 3) for k in range(4)] == [0, 1, 2, None]

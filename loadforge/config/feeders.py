@@ -238,7 +238,23 @@ def _csv(text: str, feeder: Feeder, where: str
 
 def _jsonl(text: str, feeder: Feeder, where: str
            ) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    array = None
+    if text.lstrip().startswith("["):      # a .json file holding one array of objects
+        try:
+            array = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ProfileError(f"{where}: {feeder.file} line {e.lineno} is not JSON: "
+                               f"{e.msg}") from None
+        if not isinstance(array, list):
+            raise ProfileError(f"{where}: {feeder.file} is not an array of JSON objects")
+
     def objects() -> Iterator[tuple[int, dict[str, Any]]]:
+        if array is not None:
+            for i, obj in enumerate(array, start=1):
+                if not isinstance(obj, dict):
+                    raise ProfileError(f"{where}: {feeder.file} item {i} is not a JSON object")
+                yield i, obj
+            return
         for line, item in enumerate(text.splitlines(), start=1):
             if not item.strip():
                 continue
