@@ -11,6 +11,8 @@ cdef class Engine:
     arrival i follows (i mod len(mix)). stages: (open_model, rate_from, rate_to, duration_s,
     concurrency, think_s), rates and concurrency for all workers together. Arrival i of the
     global schedule belongs to worker i mod workers. connections: this worker's pool.
+    feeders, templates: feeder tables and, per request, None or its template segments, as
+    loadforge/config/feeders.py compiles them (engine/template.pxi).
     """
 
     cdef:
@@ -284,8 +286,8 @@ cdef class Engine:
 
     @property
     def exhausted(self):
-        """(feeder table index, when, CLOCK_MONOTONIC ns) once a `unique` feeder had no row
-        left for an arrival, which ended the run; else None."""
+        """(feeder table index, when in CLOCK_MONOTONIC ns) once a `unique` feeder had no
+        row left for an arrival, which ended the run; else None."""
         if not self.tpl.exhausted:
             return None
         return (self.tpl.exhausted - 1, self.tpl.exhausted_at_ns)

@@ -1,7 +1,7 @@
 # Included by loadforge/_core.pyx: the HTTP/1.1 request writer. Requests are pre-encoded bytes,
 # or assembled from a template into the connection's buffer (engine/template.pxi) when the
-# arrival started; one goes out through the transport seam, and a partial write is finished when epoll says the
-# socket is writable again. The response parser is engine/http1.pxi.
+# arrival started; one goes out through the transport seam, and a partial write is finished
+# when epoll says the socket is writable again. The response parser is engine/http1.pxi.
 
 
 cdef void send_request(Engine self, int ci, int64_t now) noexcept:
