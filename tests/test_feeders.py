@@ -327,7 +327,7 @@ BAD = [
     ("missing env", {"headers": '{ Authorization = "Bearer ${LF_NOT_SET_H4}" }'},
      "environment variable LF_NOT_SET_H4 is not set"),
     ("unreadable file", {"file": "missing.csv"}, "cannot read missing.csv"),
-    ("malformed csv", {"rows": "id,term\n1,a,extra\n"}, "line 2 has 3 fields"),
+    ("malformed csv", {"rows": "id,term\n1,a,extra\n"}, "row 1 has 3 fields"),
     ("malformed jsonl", {"file": "users.jsonl", "rows": '{"id": 1}\n{nope\n'},
      "line 2 is not JSON"),
     ("CR in a header value", {"headers": '{ X-Term = "{users.term}" }',
@@ -400,7 +400,7 @@ def test_json_lines_and_json_arrays_read_the_same(tmp_path):
     out = []
     for name in ("a.jsonl", "b.json"):
         columns, rows = load_rows(Feeder("f", name, str(tmp_path / name)), "here")
-        out.append((columns, [row for _, row in rows]))
+        out.append((columns, [row for chunk in rows for row in chunk]))
     assert out[0] == out[1] == (["id", "name"], [["1", "x"], ["2", "y"]])
 
 

@@ -6,8 +6,9 @@ slots, and `${VAR}` references to the environment, resolved once at start.
 
 What the engine gets (`engine/template.pxi`), so that it runs no Python per request:
 
-- each feeder as one table: a header, a uint64 offsets table (row-major, one entry per cell
-  plus one) and one contiguous data buffer holding every cell's bytes. A table larger than
+- each feeder as one table: a header, a uint64 offsets table (column-major: view v of row r
+  is entry v * rows + r; one entry per cell plus one) and one contiguous data buffer holding
+  every cell's bytes. A table larger than
   `MMAP_MIN_BYTES` is written to a file the workers memory-map (read-only, shared in the page
   cache); a small one travels inline in the worker spec.
 - each templated request as segments: literal bytes, a cell (feeder, view), or the body's
@@ -38,6 +39,7 @@ import tempfile
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate, islice
 from typing import Any
 from urllib.parse import quote
 
@@ -59,8 +61,6 @@ MAX_TEMPLATE_BYTES = 1 << 20       # the largest request a template can expand t
 
 # Encodings of a view (a column as a slot in one place of the request).
 RAW, PATH, HEADER = "raw", "path", "header"
-_PRINTABLE = re.compile(rb"[\x20-\x7e\t]*")
-_UNRESERVED = re.compile(rb"[A-Za-z0-9\-._~]*")
 
 
 @dataclass(frozen=True)
@@ -193,9 +193,13 @@ def read_body_file(path: str, where: str) -> bytes:
 
 # -- rows -------------------------------------------------------------------------------------
 
-def load_rows(feeder: Feeder, where: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """The feeder file's columns, and its rows with their line numbers, read as they are
-    consumed (a million-row file is never held as Python objects all at once)."""
+CHUNK_ROWS = 65536
+Chunks = Iterator[list[list[str]]]
+
+
+def load_rows(feeder: Feeder, where: str) -> tuple[list[str], Chunks]:
+    """The feeder file's columns, and its rows in chunks of up to CHUNK_ROWS, read as they
+    are consumed (a million-row file is never held as Python objects all at once)."""
     try:
         with open(feeder.path, "rb") as f:
             raw = f.read()
@@ -211,8 +215,7 @@ def load_rows(feeder: Feeder, where: str) -> tuple[list[str], Iterator[tuple[int
     return _csv(text, feeder, where)
 
 
-def _csv(text: str, feeder: Feeder, where: str
-         ) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+def _csv(text: str, feeder: Feeder, where: str) -> tuple[list[str], Chunks]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)
@@ -221,23 +224,30 @@ def _csv(text: str, feeder: Feeder, where: str
     if not header or not any(header):
         raise ProfileError(f"{where}: {feeder.file} has no header row (CSV needs one)")
     columns = [h.strip() for h in header]
+    width = len(columns)
 
-    def rows() -> Iterator[tuple[int, list[str]]]:
-        try:
-            for row in reader:
-                if not row:
-                    continue
-                if len(row) != len(columns):
-                    raise ProfileError(f"{where}: {feeder.file} line {reader.line_num} has "
-                                       f"{len(row)} fields, the header has {len(columns)}")
-                yield reader.line_num, row
-        except csv.Error as e:
-            raise ProfileError(f"{where}: {feeder.file} is not valid CSV: {e}") from None
-    return columns, rows()
+    def chunks() -> Chunks:
+        done = 0
+        while True:
+            try:
+                chunk = list(islice(reader, CHUNK_ROWS))
+            except csv.Error as e:
+                raise ProfileError(f"{where}: {feeder.file} is not valid CSV (line "
+                                   f"{reader.line_num}): {e}") from None
+            if not chunk:
+                return
+            if [] in chunk:                       # blank lines
+                chunk = [row for row in chunk if row]
+            if set(map(len, chunk)) != {width}:
+                i = next(i for i, row in enumerate(chunk) if len(row) != width)
+                raise ProfileError(f"{where}: {feeder.file} row {done + i + 1} has "
+                                   f"{len(chunk[i])} fields, the header has {width}")
+            done += len(chunk)
+            yield chunk
+    return columns, chunks()
 
 
-def _jsonl(text: str, feeder: Feeder, where: str
-           ) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+def _jsonl(text: str, feeder: Feeder, where: str) -> tuple[list[str], Chunks]:
     array = None
     if text.lstrip().startswith("["):      # a .json file holding one array of objects
         try:
@@ -271,7 +281,7 @@ def _jsonl(text: str, feeder: Feeder, where: str
     for _, obj in objects():           # the columns: every key of every line, in order
         columns.extend(k for k in obj if k not in columns)
 
-    def rows() -> Iterator[tuple[int, list[str]]]:
+    def rows() -> Iterator[list[str]]:
         for line, obj in objects():
             row = []
             for key in columns:
@@ -279,8 +289,13 @@ def _jsonl(text: str, feeder: Feeder, where: str
                     raise ProfileError(f"{where}: {feeder.file} line {line} has no {key!r}")
                 v = obj[key]
                 row.append(v if isinstance(v, str) else json.dumps(v, separators=(",", ":")))
-            yield line, row
-    return columns, rows()
+            yield row
+
+    def chunks() -> Chunks:
+        it = rows()
+        while chunk := list(islice(it, CHUNK_ROWS)):
+            yield chunk
+    return columns, chunks()
 
 
 # -- the row an arrival takes -----------------------------------------------------------------
@@ -306,15 +321,28 @@ def row_for(index: int, order: str, seed: int, rows: int) -> int | None:
 
 # -- compiling --------------------------------------------------------------------------------
 
-def _encode(value: bytes, encoding: str, feeder: str, column: str, line: int,
-            where: str) -> bytes:
-    if encoding == PATH:
-        return value if _UNRESERVED.fullmatch(value) else quote(value, safe="").encode()
-    if encoding == HEADER and not _PRINTABLE.fullmatch(value):
+_UNRESERVED_TEXT = re.compile(r"[A-Za-z0-9\-._~]*")
+_PRINTABLE_TEXT = re.compile(r"[\x20-\x7e\t]*")
+
+
+def _encode_column(values: tuple[str, ...], encoding: str, feeder: str, column: str,
+                   before: int, where: str) -> tuple[bytes, list[int]]:
+    """A chunk of one column in one encoding: its bytes, concatenated, and each value's
+    length. Checked over the whole chunk at once; value by value only when it must be."""
+    joined = "".join(values)
+    if encoding == HEADER and not _PRINTABLE_TEXT.fullmatch(joined):
+        i = next(i for i, v in enumerate(values) if not _PRINTABLE_TEXT.fullmatch(v))
         raise ProfileError(
-            f"{where}: feeder {feeder!r} line {line} column {column!r} has a value with CR, "
-            "LF or another control or non-ASCII character, which cannot go in a header")
-    return value
+            f"{where}: feeder {feeder!r} row {before + i + 1} column {column!r} has a value "
+            "with CR, LF or another control or non-ASCII character, which cannot go in a "
+            "header")
+    if encoding == PATH and not _UNRESERVED_TEXT.fullmatch(joined):
+        encoded = [quote(v.encode("utf-8", "surrogateescape"), safe="") for v in values]
+        return "".join(encoded).encode(), list(map(len, encoded))
+    if joined.isascii():
+        return joined.encode(), list(map(len, values))
+    data = [v.encode("utf-8", "surrogateescape") for v in values]
+    return b"".join(data), list(map(len, data))
 
 
 def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | None],
@@ -344,27 +372,33 @@ def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | No
             if column not in columns:
                 raise ProfileError(f"{where}: {feeder.file} has no column {column!r} (slot "
                                    f"{{{name}.{column}}}); its columns are {', '.join(columns)}")
-        cols = [columns.index(c) for c, _ in views]
-        offsets = array("Q", [0])
-        data = bytearray()
+        src = [columns.index(c) for c, _ in views]
+        # Column-major: view v's cells are rows v*R .. v*R + R-1 of the offsets table.
+        lengths = [array("Q") for _ in views]
+        chunks: list[list[bytes]] = [[] for _ in views]
         widths = [0] * len(views)
         nrows = 0
-        for line, row in rows:
-            nrows += 1
+        for chunk in rows:
+            cols = list(zip(*chunk, strict=True))
             for v, (column, enc) in enumerate(views):
-                value = _encode(row[cols[v]].encode("utf-8", "surrogateescape"), enc, name,
-                                column, line, where)
-                data += value
-                offsets.append(len(data))
-                if len(value) > widths[v]:
-                    widths[v] = len(value)
+                data, lens = _encode_column(cols[src[v]], enc, name, column, nrows, where)
+                chunks[v].append(data)
+                lengths[v].extend(lens)
+                widths[v] = max(widths[v], max(lens))
+            nrows += len(chunk)
         if not nrows:
             raise ProfileError(f"{where}: {feeder.file} has no rows")
+        offsets = array("Q", [0])
+        for v in range(len(views)):
+            running = accumulate(lengths[v], initial=offsets[-1])
+            next(running)
+            offsets.extend(running)
         start = TABLE_HEADER.size
         data_start = start + 8 * len(offsets)
         blob = b"".join([TABLE_HEADER.pack(TABLE_MAGIC, TABLE_VERSION, len(views), 0, nrows,
-                                           start, data_start), offsets.tobytes(), data])
-        del data, offsets
+                                           start, data_start), offsets.tobytes(),
+                         *(d for view_chunks in chunks for d in view_chunks)])
+        del chunks, offsets, lengths
         table = Table(feeder, nrows, views, widths)
         if len(blob) >= MMAP_MIN_BYTES and not inline:
             if out.tempdir is None:

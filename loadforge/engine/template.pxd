@@ -32,7 +32,7 @@ cdef struct Tpl:
 
 cdef struct FeedTable:
     const char* data
-    const uint64_t* offsets   # rows * views + 1, row-major
+    const uint64_t* offsets   # rows * views + 1, column-major (view v, row r: v * rows + r)
     int64_t rows
     int32_t views
     int32_t order

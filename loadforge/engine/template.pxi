@@ -75,7 +75,7 @@ cdef int tpl_assemble(Engine self, int ci, int request, int64_t now) noexcept:
             n += sg.len
         elif sg.kind == SEG_CELL:
             ft = &T.tables[sg.table]
-            k = row[sg.table] * ft.views + sg.view
+            k = sg.view * ft.rows + row[sg.table]
             a = <int64_t>ft.offsets[k]
             memcpy(out + n, ft.data + a, <int64_t>ft.offsets[k + 1] - a)
             n += <int64_t>ft.offsets[k + 1] - a
@@ -86,7 +86,7 @@ cdef int tpl_assemble(Engine self, int ci, int request, int64_t now) noexcept:
                     body += T.segs[i].len
                 else:
                     ft = &T.tables[T.segs[i].table]
-                    k = row[T.segs[i].table] * ft.views + T.segs[i].view
+                    k = T.segs[i].view * ft.rows + row[T.segs[i].table]
                     body += <int64_t>(ft.offsets[k + 1] - ft.offsets[k])
             nd = 0
             v = body
