@@ -82,7 +82,6 @@ def main() -> None:
         if url is None:
             nginx, url = start_nginx(folder, args.port)
         csv_path = os.path.join(folder, "users.csv")
-        t = time.perf_counter()
         with open(csv_path, "w") as f:
             f.write("id,term\n")
             f.writelines(f"{100000 + i},term{i % 977}\n" for i in range(args.rows))
@@ -94,6 +93,7 @@ def main() -> None:
                           "headers": {"X-Term": "{users.term}"}}],
         }, path=os.path.join(folder, "bench.toml"))
         target = parse_target(url)
+        t = time.perf_counter()
         compiled = compile_feeders(plan, target)
         table = compiled.tables[0]
         print(f"{args.rows:,} rows compiled in {time.perf_counter() - t:.1f} s; table "
