@@ -200,6 +200,29 @@ def test_unique_across_shards_sends_each_row_once(server, tmp_path):
     assert summary["feeder_exhausted"]["rows"] == 40
 
 
+def test_unique_running_out_stops_workers_that_take_none_of_its_rows(server, tmp_path):
+    """Two workers, two requests in turn: worker 0 sends every templated one, worker 1 every
+    fixed one; when worker 0 runs out of rows, worker 1 stops too."""
+    write_rows(str(tmp_path), [(str(i), f"t{i}") for i in range(10)])
+    path = profile(str(tmp_path), server.url, "unique", 100, requests="""
+[[requests]]
+name = "item"
+path = "/items/{users.id}?q={users.term}"
+[[requests]]
+name = "fixed"
+path = "/fixed"
+""")
+    text = open(path).read().replace('duration = "1s"', 'duration = "20s"')
+    with open(path, "w") as f:
+        f.write(text)
+    proc, summary = run(path, str(tmp_path / "out"), "--workers", "2", "--no-preflight")
+    assert proc.returncode == 0, proc.stderr
+    logged = server.take()
+    assert sum(1 for r in logged if r[0].startswith("GET /items/")) == 10
+    assert sum(1 for r in logged if r[0] == "GET /fixed HTTP/1.1") < 100
+    assert summary["feeder_exhausted"]["rows"] == 10 and summary["ran_s"] < 5
+
+
 def test_templated_body_with_computed_length_and_a_fixed_request_beside(server, tmp_path):
     write_rows(str(tmp_path))
     with open(tmp_path / "order.json", "w") as f:

@@ -52,6 +52,7 @@ cdef struct Templates:
     int64_t buf_size     # is assembled
     const char** out     # per connection: the request being sent (fixed or assembled)
     int64_t* out_len
+    int unique           # tables of order `unique`
     int exhausted        # table index + 1 of a `unique` feeder that ran out; 0: none
     int64_t exhausted_at_ns
     int64_t rows_used    # that feeder's rows, all workers together

@@ -41,11 +41,32 @@ cdef inline int tpl_prepare(Engine self, int ci, int request, int64_t now) noexc
     """Point the connection's outgoing request at request `request` for the arrival
     self.tpl.seq; assembled into the connection's buffer when templated. Returns -1 when a
     `unique` feeder has no row left for it."""
-    if self.tpl.tpl == NULL or self.tpl.tpl[request].first < 0:
-        self.tpl.out[ci] = self.req_data[request]
-        self.tpl.out_len[ci] = self.req_len[request]
-        return 0
-    return tpl_assemble(self, ci, request, now)
+    if self.tpl.tpl != NULL:
+        if self.tpl.unique and tpl_spent(self, now):
+            return -1
+        if self.tpl.tpl[request].first >= 0:
+            return tpl_assemble(self, ci, request, now)
+    self.tpl.out[ci] = self.req_data[request]
+    self.tpl.out_len[ci] = self.req_len[request]
+    return 0
+
+
+cdef int tpl_spent(Engine self, int64_t now) noexcept:
+    """Whether a `unique` feeder's rows all went to earlier arrivals: then this arrival, and
+    every later one, whichever request it sends, is past the end of the run. Every worker
+    reaches that point at the same run-wide arrival (open model), including a worker whose
+    stripe takes none of the feeder's rows; in the closed model, each at the end of its
+    share (feeder indices interleave by worker)."""
+    cdef Templates* T = &self.tpl
+    cdef int i
+    for i in range(T.ntables):
+        if T.tables[i].order == ORDER_UNIQUE \
+                and feed_index(self, &T.tables[i]) >= T.tables[i].rows:
+            if not T.exhausted:
+                T.exhausted = i + 1
+                T.exhausted_at_ns = now
+            return 1
+    return 0
 
 
 cdef int tpl_assemble(Engine self, int ci, int request, int64_t now) noexcept:
@@ -153,6 +174,8 @@ cdef int tpl_setup(Engine self, list tables, list templates) except -1:
         ft.rows = nrows
         ft.views = <int32_t>nviews
         ft.order = <int32_t>entry[5]
+        if ft.order == ORDER_UNIQUE:
+            T.unique += 1
         ft.seed = <uint64_t>entry[6]
         ft.rank = <int64_t*>calloc(self.mix_len, sizeof(int64_t))
         if ft.rank == NULL:
