@@ -179,10 +179,6 @@ def parts_of(text: str, where: str, feeders: dict[str, Feeder], secrets: list[st
     return tuple(out)
 
 
-def has_template(text: str) -> bool:
-    return bool(SLOT.search(text) or ENV.search(text))
-
-
 def read_body_file(path: str, where: str) -> bytes:
     try:
         with open(path, "rb") as f:
