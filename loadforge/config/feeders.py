@@ -1,6 +1,7 @@
 """Data feeders and request templates, compiled before the run into the engine's tables.
 
-A profile's `[[feeders]]` name files of rows (CSV with a header row, or JSON Lines); a
+A profile's `[[feeders]]` name files of rows (CSV with a header row, JSON Lines, or a JSON
+array of objects); a
 request's path, header values and body (`body` or `body_file`) may hold `{feeder.column}`
 slots, and `${VAR}` references to the environment, resolved once at start.
 
@@ -8,9 +9,9 @@ What the engine gets (`engine/template.pxi`), so that it runs no Python per requ
 
 - each feeder as one table: a header, a uint64 offsets table (column-major: view v of row r
   is entry v * rows + r; one entry per cell plus one) and one contiguous data buffer holding
-  every cell's bytes. A table larger than
-  `MMAP_MIN_BYTES` is written to a file the workers memory-map (read-only, shared in the page
-  cache); a small one travels inline in the worker spec.
+  every cell's bytes. A table of `MMAP_MIN_BYTES` or more is written to a file the workers
+  memory-map (read-only, shared in the page cache); a smaller one, or any in a sharded run,
+  travels inline in the worker spec.
 - each templated request as segments: literal bytes, a cell (feeder, view), or the body's
   Content-Length, computed by the engine when it assembles the request into the connection's
   preallocated buffer. A request without slots stays one pre-encoded bytes object.
@@ -24,7 +25,9 @@ goes in as it is (the engine frames the body by its computed Content-Length).
 Rows follow the run-wide arrival sequence: the n-th arrival (all workers together) of the
 requests that use a feeder takes feeder index n; `sequential` takes row n mod rows, `random`
 a row drawn from (seed, n) by splitmix64 (reproducible across runs and worker counts),
-`unique` row n, and the run ends at the first arrival past the last row.
+`unique` row n, and the run ends at the first arrival (of any request) after the one that
+took the last row. A closed-model stage's feeder indices follow the open-model stages' and
+interleave by worker.
 """
 
 from __future__ import annotations
