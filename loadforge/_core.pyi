@@ -1,6 +1,7 @@
 """Type stubs for the Cython engine (loadforge/_core.pyx and its includes in loadforge/engine/)."""
 
 from collections.abc import Callable
+from typing import Any
 
 HDR_COUNTS: int
 OUTCOME_COUNT: int
@@ -35,9 +36,12 @@ class Engine:
                  connections: int, worker: int = 0, workers: int = 1, timeout_s: float = 5.0,
                  interval_s: float = 1.0, capture_header: str | None = None,
                  control_fd: int = -1, timer_resolution_s: float = 0.0,
-                 requests_per_connection: int = 0) -> None: ...
+                 requests_per_connection: int = 0, feeders: list[Any] | None = None,
+                 templates: list[Any] | None = None) -> None: ...
     @property
     def wakeups(self) -> int: ...
+    @property
+    def exhausted(self) -> tuple[int, int] | None: ...
     @property
     def receive_timestamps(self) -> bool: ...
     @property

@@ -349,6 +349,11 @@ def _print_how_it_ended(outcome: Any, planned_s: float, console: Console) -> Non
     elif outcome.signum:
         console.print(f"[bold yellow]interrupted[/] by {signal.Signals(outcome.signum).name} "
                       f"{ran}; the results cover what ran", highlight=False, soft_wrap=True)
+    elif outcome.summary.get("feeder_exhausted"):
+        spent = outcome.summary["feeder_exhausted"]
+        console.print(f"[bold]ended:[/] feeder {escape(repr(spent['feeder']))} (order unique) ran "
+                      f"out of its {spent['rows']:,} rows, which ended the run ({ran})",
+                      highlight=False, soft_wrap=True)
 
 
 @main.command()

@@ -17,13 +17,21 @@ from typing import TYPE_CHECKING, Any
 
 from loadforge import _core
 from loadforge.analysis import figures, scaling, slo
+from loadforge.config import feeders
 from loadforge.config.plan import Plan
 from loadforge.config.redact import redact_profile, redact_url
 from loadforge.errors import RunError
 from loadforge.observe import pollers
 from loadforge.results.store import ResultWriter, read_result
 from loadforge.run import coordinator
-from loadforge.run.coordinator import RunOptions, RunOutcome, Stop, new_run_id, request_path
+from loadforge.run.coordinator import (
+    RunOptions,
+    RunOutcome,
+    Stop,
+    Target,
+    new_run_id,
+    request_path,
+)
 from loadforge.run.progress import LiveProgress
 from loadforge.run.workers import WorkerPool
 
@@ -67,19 +75,32 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
             requested = default_workers(opts.kube.cpu)
         per_shard = shard_workers(requested, opts.shards, plan.connections)
         workers = opts.shards * per_shard
+    compiled = coordinator.compile_feeders(plan, target, inline=bool(opts.shards))
+    try:
+        return _execute_compiled(plan, opts, console, target, workers, per_shard, compiled,
+                                 sandbox)
+    finally:
+        compiled.cleanup()
+
+
+def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Target,
+                      workers: int, per_shard: int, compiled: feeders.Compiled,
+                      sandbox: Any) -> RunOutcome:
     specs = coordinator._worker_specs(plan, target, workers, opts.interval_s,
-                          pollers.backend_header(plan, opts.backend_header, sandbox))
+                                      pollers.backend_header(plan, opts.backend_header, sandbox),
+                                      compiled)
     coordinator._check_fd_limit(specs, plan)
+    coordinator._check_template_buffers(specs, compiled)
     # Metric pollers and timed actions, started at time zero (observe/).
     watchers = pollers.Watchers(plan, opts.interval_s, sandbox)
     if opts.preflight:
-        first, judged = coordinator.preflight_request(plan.requests)
+        first, judged = coordinator.preflight_request(plan.requests, plan.templates)
         coordinator.preflight(target, first, plan.timeout_s, judge_status=judged)
     run_id = new_run_id(plan)
     path = os.path.join(opts.out_dir, f"{run_id}.parquet")
     metadata: dict[str, Any] = {
         # Result files are shared (CI artifacts): no credentials in them (redact.py).
-        "profile": redact_profile(plan.source), "profile_name": plan.name,
+        "profile": redact_profile(plan.source, plan.secrets), "profile_name": plan.name,
         "profile_path": plan.path, "target": redact_url(target.url), "engine": "cython-epoll", "workers": str(workers),
         "connections": str(plan.connections),
         "stages": [{"name": s.name, "duration_s": s.duration_s, "rate_from": s.rate_from,
@@ -153,10 +174,21 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
               "profile": plan.name, "workers": workers, "connections": plan.connections,
               "started": started, **summary, "slo": verdicts, "aborted": agg.abort_reason,
               # The target saw these too: servers' counts reconcile with requests + these.
-              "preflight": {"requests": 1 if opts.preflight else 0}, **state}
+              "preflight": {"requests": 1 if opts.preflight else 0}, **state,
+              "feeder_exhausted": _exhausted(agg, compiled)}
     if pool is not None and not isinstance(pool, WorkerPool):
         result["shards"] = pool.figures(ran_s)
     return RunOutcome(result, saved, ok, stop.signum, failure)
+
+
+def _exhausted(agg: coordinator.Aggregator, compiled: feeders.Compiled) -> dict[str, Any] | None:
+    """The summary's `feeder_exhausted`: the `unique` feeder whose rows ran out, ending the
+    run, and how many it had (each sent once); None when none did."""
+    if agg.exhausted is None or not 0 <= agg.exhausted[0] < len(compiled.tables):
+        return None
+    table = compiled.tables[agg.exhausted[0]]
+    return {"feeder": table.feeder.name, "rows": table.rows,
+            "at_s": round(max(0.0, (agg.exhausted[1] - agg.t0_ns) / 1e9), 3)}
 
 
 def _remote_shards(opts: RunOptions, run_id: str) -> dict[str, Any]:

@@ -444,7 +444,8 @@ def plan_of_result(result: Result) -> Plan | None:
     if not text.strip():
         return _flag_plan_of_result(result, flags) if flags else None
     try:
-        plan = plan_from_text(text, result.metadata.get("profile_path") or "<profile>")
+        plan = plan_from_text(text, result.metadata.get("profile_path") or "<profile>",
+                              archived=True)
     except ProfileError:
         return None
     return _with_flags(plan, flags)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from loadforge.config.feeders import Feeder, Template
 from loadforge.config.observe import Action, Observe
 from loadforge.config.sandbox import SandboxConfig
 
@@ -121,6 +122,11 @@ class Plan:
     sandbox: SandboxConfig | None = None
     source: str = ""                  # the profile's text, archived with the results
     path: str = ""                    # where it came from, for messages
+    # [[feeders]] and, when a request holds {feeder.column} slots, one feeders.Template or
+    # None per request (config/feeders.py); values taken from the environment (redacted).
+    feeders: tuple[Feeder, ...] = ()
+    templates: tuple[Template | None, ...] = ()
+    secrets: tuple[str, ...] = ()
 
     @property
     def duration_s(self) -> float:

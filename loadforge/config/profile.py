@@ -43,6 +43,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from loadforge import limits
+from loadforge.config import feeders as feeders_module
 from loadforge.config.observe import validate_actions, validate_observe
 from loadforge.config.plan import (
     SLO,
@@ -59,12 +60,13 @@ from loadforge.errors import ProfileError
 from loadforge.limits import MAX_LATENCY_OBJECTIVE_S
 from loadforge.units import parse_duration, parse_percent, show_value
 
-TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox")
+TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox",
+            "feeders")
 LOAD_KEYS = ("connections", "workers", "timeout", "fail_status", "timer_resolution",
              "requests_per_connection")
 STAGE_KEYS = ("name", "duration", "rate", "ramp", "concurrency", "think")
 RAMP_KEYS = ("from", "to")
-REQUEST_KEYS = ("name", "method", "path", "headers", "body", "weight")
+REQUEST_KEYS = ("name", "method", "path", "headers", "body", "body_file", "weight")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 FAIL_STATUS_CLASSES = ("4xx", "5xx")
 # The engine writes these itself (framing and connection reuse depend on them). Host it writes
@@ -108,18 +110,22 @@ def load_profile(path: str) -> Plan:
     return plan_from_text(text, path)
 
 
-def plan_from_text(text: str, path: str = "<profile>") -> Plan:
+def plan_from_text(text: str, path: str = "<profile>", archived: bool = False) -> Plan:
     """Parse and validate a profile's text (a file's, or the one archived with a result)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         # tomllib's message ends with "(at line L, column C)".
         raise ProfileError(f"profile {path}: not valid TOML: {e}") from e
-    return plan_from_dict(data, source=text, path=path)
+    return plan_from_dict(data, source=text, path=path, archived=archived)
 
 
-def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile>") -> Plan:
-    """Validate a parsed profile (the dict tomllib returns) into a Plan."""
+def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile>",
+                   archived: bool = False) -> Plan:
+    """Validate a parsed profile (the dict tomllib returns) into a Plan.
+
+    `archived`: the profile of a past run, read back from its results: its ${VAR} and
+    body_file are left as they are (neither the environment nor the file is this run's)."""
     base = os.path.basename(path)
     check = _Checker("profile" if path == "<profile>" else f"profile {base}")
     top = check.table(data, "")
@@ -158,10 +164,17 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                        f"({stage.concurrency}) must be <= load.connections ({connections}): "
                        "each closed-model user holds a connection; raise load.connections")
 
+    feeders = feeders_module.parse_feeders(check, top.get("feeders", []), path)
+    templates: tuple[feeders_module.Template | None, ...] = ()
+    secrets: list[str] = []
     if "requests" in top:
         raw_requests = check.array_of_tables(top["requests"], "requests", nonempty=True,
                                              maximum=limits.MAX_REQUESTS)
-        requests = tuple(_request(check, raw, i) for i, raw in enumerate(raw_requests))
+        pairs = [_request(check, raw, i, feeders, path, None if archived else secrets)
+                 for i, raw in enumerate(raw_requests)]
+        requests = tuple(r for r, _ in pairs)
+        if any(t is not None for _, t in pairs):
+            templates = tuple(t for _, t in pairs)
         check.unique([r.name for r in requests], "requests", "request")
         _check_weights(check, requests)
         if len(requests) * len(stages) > limits.MAX_STAGE_REQUESTS:
@@ -183,7 +196,8 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                 connections=connections, workers=workers, timeout_s=timeout_s,
                 fail_status=fail_status, timer_resolution_s=timer_resolution_s,
                 requests_per_connection=requests_per_connection, slo=slo, observe=observe, actions=actions,
-                sandbox=sandbox, source=source, path=path)
+                sandbox=sandbox, source=source, path=path, feeders=feeders, templates=templates,
+                secrets=tuple(dict.fromkeys(s for s in secrets if s)))
 
 
 class _Checker:
@@ -377,29 +391,88 @@ def _stage(check: _Checker, raw: dict[str, Any], i: int) -> Stage:
     return Stage(name=name, duration_s=duration_s, concurrency=concurrency, think_s=think_s)
 
 
-def _request(check: _Checker, raw: dict[str, Any], i: int) -> Request:
+def _request(check: _Checker, raw: dict[str, Any], i: int,
+             feeders: tuple[feeders_module.Feeder, ...] = (), profile_path: str = "<profile>",
+             secrets: list[str] | None = None,
+             ) -> tuple[Request, feeders_module.Template | None]:
+    """The request, and its template when its path, headers or body hold {feeder.column}
+    slots (feeders.py). ${VAR} from the environment is resolved here, into both."""
     path = f"requests[{i}]"
     check.keys(raw, path, REQUEST_KEYS)
+    archived = secrets is None
+    secrets = [] if secrets is None else secrets
+    by_name = {f.name: f for f in feeders}
     name = check.name(raw.get("name", f"request{i}"), f"{path}.name")
     method = check.string(raw.get("method", "GET"), f"{path}.method")
     if method.upper() not in METHODS:
         check.fail(f"{path}.method", f"must be one of {', '.join(METHODS)}, "
                                      f"got {show_value(method)}")
-    target_path = check.string(raw.get("path", "/"), f"{path}.path")
+    raw_path = check.string(raw.get("path", "/"), f"{path}.path")
+    found: list[str] = []
+    target_path = raw_path if archived else \
+        feeders_module.environment(raw_path, check.where(f"{path}.path"), found)
     if not target_path.startswith("/") or not _PRINTABLE.fullmatch(target_path) \
             or " " in target_path:
+        shown = "a value from the environment" if found else show_value(target_path)
         check.fail(f"{path}.path", 'must start with "/" and be printable ASCII without spaces '
-                                   f"(percent-encode the rest), got {show_value(target_path)}")
-    headers = _headers(check, raw.get("headers", {}), f"{path}.headers")
-    body_text = check.string(raw.get("body", ""), f"{path}.body")
-    try:
-        body = body_text.encode("utf-8")
-    except UnicodeEncodeError:
-        check.fail(f"{path}.body", "must be text that encodes as UTF-8")
+                                   f"(percent-encode the rest), got {shown}")
+    secrets += found
+    raw_headers = check.table(raw.get("headers", {}), f"{path}.headers")
+    resolved = {}
+    for key, value in raw_headers.items():
+        if isinstance(value, str) and feeders_module.ENV.search(value) and not archived:
+            found = []
+            value = feeders_module.environment(
+                value, check.where(f"{path}.headers.{show_value(key)}"), found)
+            if not _PRINTABLE.fullmatch(value.replace("\t", " ")):
+                check.fail(f"{path}.headers.{show_value(key)}",
+                           "has a value from the environment with CR, LF or another control "
+                           "or non-ASCII character")
+            secrets += found
+        resolved[key] = value
+    headers = _headers(check, resolved, f"{path}.headers")
+    if "body" in raw and "body_file" in raw:
+        check.fail(path, "has both body and body_file; give one")
+    if "body_file" in raw:
+        body_file = check.string(raw["body_file"], f"{path}.body_file")
+        base = os.path.dirname(os.path.abspath(profile_path)) \
+            if profile_path != "<profile>" else os.getcwd()
+        body = b"" if archived else feeders_module.read_body_file(
+            os.path.join(base, body_file), check.where(f"{path}.body_file"))
+    else:
+        body_text = check.string(raw.get("body", ""), f"{path}.body")
+        try:
+            body = body_text.encode("utf-8")
+        except UnicodeEncodeError:
+            check.fail(f"{path}.body", "must be text that encodes as UTF-8")
     weight = check.integer(raw.get("weight", 1), f"{path}.weight", minimum=1,
                            maximum=limits.MAX_TOTAL_WEIGHT)
+    # Slots: the body's text (bytes that are not UTF-8 pass through untouched).
+    body_text = body.decode("utf-8", "surrogateescape")
+    template = None
+    if archived:
+        pass
+    elif feeders_module.SLOT.search(target_path) or feeders_module.SLOT.search(body_text) or any(
+            feeders_module.SLOT.search(v) for _, v in headers):
+        for key, value in headers:
+            if key.lower() == "host" and feeders_module.SLOT.search(value):
+                check.fail(f"{path}.headers.Host", "cannot hold {feeder.column} slots")
+        where = check.where(path)
+        template = feeders_module.Template(
+            path=feeders_module.parts_of(target_path, f"{where}.path", by_name, secrets),
+            headers=tuple((k, feeders_module.parts_of(v, f"{where}.headers.{k}", by_name,
+                                                      secrets))
+                          for k, v in headers if k.lower() != "host"),
+            body=tuple(p.encode("utf-8", "surrogateescape") if isinstance(p, str) else p
+                       for p in feeders_module.parts_of(body_text, f"{where}.body", by_name,
+                                                        secrets)))
+    elif feeders_module.ENV.search(body_text):
+        found = []
+        body = feeders_module.environment(body_text, check.where(f"{path}.body"), found) \
+            .encode("utf-8", "surrogateescape")
+        secrets += found
     return Request(name=name, method=method.upper(), path=target_path, headers=headers,
-                   body=body, weight=weight)
+                   body=body, weight=weight), template
 
 
 def parse_slo_flags(values: Iterable[str]) -> dict[str, float]:

@@ -11,6 +11,8 @@ cdef class Engine:
     arrival i follows (i mod len(mix)). stages: (open_model, rate_from, rate_to, duration_s,
     concurrency, think_s), rates and concurrency for all workers together. Arrival i of the
     global schedule belongs to worker i mod workers. connections: this worker's pool.
+    feeders, templates: feeder tables and, per request, None or its template segments, as
+    loadforge/config/feeders.py compiles them (engine/template.pxi).
     """
 
     cdef:
@@ -95,6 +97,7 @@ cdef class Engine:
         uint64_t connect_failures
         object on_interval
         object _error
+        Templates tpl            # feeders and templated requests (engine/template.pxi)
 
     def __cinit__(self):
         self.epfd = -1
@@ -105,7 +108,8 @@ cdef class Engine:
     def __init__(self, str address, int port, list requests, list mix, list stages,
                  int connections, int worker=0, int workers=1, double timeout_s=5.0,
                  double interval_s=1.0, capture_header=None, int control_fd=-1,
-                 double timer_resolution_s=0.0, int requests_per_connection=0):
+                 double timer_resolution_s=0.0, int requests_per_connection=0,
+                 list feeders=None, list templates=None):
         cdef int i
         cdef sockaddr_in* a4
         cdef sockaddr_in6* a6
@@ -208,6 +212,8 @@ cdef class Engine:
             self.closed_stack[self.n_closed] = i
             self.n_closed += 1
 
+        tpl_setup(self, feeders or [], templates or [])
+
         self._capture_name = capture_header.lower().encode() if capture_header else b""
         names_init(&self.names, self._capture_name)
         self.nslots = MAX_BACKENDS + 1 if capture_header else 1
@@ -265,6 +271,7 @@ cdef class Engine:
         free(self.counters)
         free(self.cells)
         free(self.touched)
+        tpl_free(self)
 
     @property
     def wakeups(self):
@@ -276,6 +283,14 @@ cdef class Engine:
         """Whether responses are timed by the kernel's receive timestamps (SO_TIMESTAMPNS);
         known once connections are open. Without them, by the time they are read."""
         return bool(self.transport.rx_stamps)
+
+    @property
+    def exhausted(self):
+        """(feeder table index, when in CLOCK_MONOTONIC ns) once a `unique` feeder had no
+        row left for an arrival, which ended the run; else None."""
+        if not self.tpl.exhausted:
+            return None
+        return (self.tpl.exhausted - 1, self.tpl.exhausted_at_ns)
 
     @property
     def retries(self):
@@ -294,6 +309,17 @@ cdef class Engine:
     cdef void start_arrival(self, int ci, int stage, int request, int64_t intended,
                             int64_t now) noexcept:
         cdef Conn* c = &self.conns[ci]
+        if tpl_prepare(self, ci, request, now) != 0:
+            # A `unique` feeder has no row left for this arrival: the run ends here, as if
+            # stopped; the arrival is counted unsent (open model) or not at all (closed).
+            if c.state == C_IDLE:
+                push_idle(self, ci)
+            else:
+                push_closed(self, ci)
+            if self.tpl.closed:
+                self.counters[stage].scheduled -= 1
+            self.request_stop(now)
+            return
         c.has_arrival = 1
         c.stage = stage
         c.request = request
@@ -410,7 +436,7 @@ cdef class Engine:
         # the connection half written: never reused.
         c.served += 1
         if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY \
-                or c.written < self.req_len[c.request] \
+                or c.written < self.tpl.out_len[ci] \
                 or c.served == self.requests_per_connection:
             if c.parser.close and outcome < O_CONNECT:
                 c.peer_closed = 1     # the server said so: it closes its end after this
@@ -436,6 +462,14 @@ cdef class Engine:
 
     cdef void closed_arrival(self, int ci, int64_t now) noexcept:
         cdef int request = self.mix[self.closed_seq % self.mix_len]
+        if self.stopping:       # a `unique` feeder ran out while slots were being filled
+            if self.conns[ci].state == C_IDLE:
+                push_idle(self, ci)
+            else:
+                push_closed(self, ci)
+            return
+        self.tpl.seq = self.closed_seq
+        self.tpl.closed = 1
         self.closed_seq += 1
         self.counters[self.cur].scheduled += 1
         self.start_arrival(ci, self.cur, request, now, now)
@@ -486,6 +520,8 @@ cdef class Engine:
                 self.counters[self.cur].waited += 1
             elif now - intended >= LATE_SEND_NS:
                 self.counters[self.cur].late += 1
+            self.tpl.seq = sp.base + self.disp_k
+            self.tpl.closed = 0
             self.start_arrival(ci, self.cur, self.mix[(sp.base + self.disp_k) % self.mix_len],
                                intended, now)
             self.disp_k += self.nworkers

@@ -1,6 +1,7 @@
-# Included by loadforge/_core.pyx: the HTTP/1.1 request writer. Requests are pre-encoded bytes;
-# one goes out through the transport seam, and a partial write is finished when epoll says the
-# socket is writable again. The response parser is engine/http1.pxi.
+# Included by loadforge/_core.pyx: the HTTP/1.1 request writer. Requests are pre-encoded bytes,
+# or assembled from a template into the connection's buffer (engine/template.pxi) when the
+# arrival started; one goes out through the transport seam, and a partial write is finished
+# when epoll says the socket is writable again. The response parser is engine/http1.pxi.
 
 
 cdef void send_request(Engine self, int ci, int64_t now) noexcept:
@@ -16,8 +17,8 @@ cdef void send_request(Engine self, int ci, int64_t now) noexcept:
 
 cdef void write_request(Engine self, int ci, int64_t now) noexcept:
     cdef Conn* c = &self.conns[ci]
-    cdef Py_ssize_t length = self.req_len[c.request]
-    cdef ssize_t n = transport_write(&self.transport, c, self.req_data[c.request] + c.written,
+    cdef Py_ssize_t length = self.tpl.out_len[ci]
+    cdef ssize_t n = transport_write(&self.transport, c, self.tpl.out[ci] + c.written,
                                      length - c.written)
     if n < 0:
         if errno != EAGAIN and errno != EINTR:

@@ -10,6 +10,7 @@ is loadforge/runner.py's, above this.
 from __future__ import annotations
 
 import gc
+import os
 import secrets
 import signal
 import socket
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from loadforge import __version__, _core, schedule
+from loadforge.config import feeders
 from loadforge.config.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES, Plan, Request
 from loadforge.errors import (
     InputError,
@@ -38,6 +40,7 @@ from loadforge.run.workers import (
     INTERVAL,
     WorkerPool,
     WorkerSpec,
+    decode_done,
     decode_interval,
     fd_limit,
 )
@@ -146,7 +149,8 @@ def encode_request(req: Request, host: str, prefix: str = "") -> bytes:
 _BODY_HEADERS = ("content-type", "content-length", "transfer-encoding", "content-encoding")
 
 
-def preflight_request(requests: tuple[Request, ...]) -> tuple[Request, bool]:
+def preflight_request(requests: tuple[Request, ...],
+                      templates: tuple[Any, ...] = ()) -> tuple[Request, bool]:
     """What the preflight sends, and whether its status is judged (a 404 stops the run).
 
     The first request of the mix that is a GET or HEAD without a body, as it stands; else (every
@@ -154,10 +158,17 @@ def preflight_request(requests: tuple[Request, ...]) -> tuple[Request, bool]:
     headers, whose status says nothing about that path and is not judged. Never a body, never
     a method that changes state: the preflight reaches the target outside the run's counts.
     """
-    for req in requests:
-        if req.method in ("GET", "HEAD") and not req.body:
+    templated = [i < len(templates) and templates[i] is not None for i in range(len(requests))]
+    for req, t in zip(requests, templated, strict=True):
+        if req.method in ("GET", "HEAD") and not req.body and not t:
             return req, True
     first = requests[0]
+    if templated[0]:
+        # Its path holds {feeder.column} slots: the target's root, without the feeder's
+        # values, judged by nothing but being answered.
+        headers = tuple((k, v) for k, v in first.headers
+                        if k.lower() not in _BODY_HEADERS and "{" not in v)
+        return Request(first.name, "GET", "/", headers, b"", first.weight), False
     headers = tuple((k, v) for k, v in first.headers if k.lower() not in _BODY_HEADERS)
     return Request(first.name, "GET", first.path, headers, b"", first.weight), False
 
@@ -284,6 +295,8 @@ class Aggregator:
         # Windowed objectives with abort_after, judged as each interval is merged.
         self.judge = judge
         self.abort_reason: str | None = None
+        # (feeder table, when) of the first `unique` feeder that ran out and ended the run
+        self.exhausted: tuple[int, int] | None = None
         self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
         self.cpu_ns: dict[int, int] = {}      # per worker: CPU time reported so far
         self.write_failed = False
@@ -310,6 +323,17 @@ class Aggregator:
             # collect an interval's as soon as it is merged rather than whenever the cyclic
             # GC gets round to it, so the coordinator's memory stays flat however long the run.
             gc.collect(1)
+
+    def note_done(self, message: bytes, stop: Stop) -> None:
+        """A worker's DONE: a `unique` feeder that ran out ended its part of the run (every
+        worker's, as the rows follow the run-wide arrival sequence); the run ran until then."""
+        exhausted = decode_done(message)
+        if exhausted is None:
+            return
+        if self.exhausted is None or exhausted[1] < self.exhausted[1]:
+            self.exhausted = exhausted
+        if not stop.at_ns or exhausted[1] < stop.at_ns:
+            stop.at_ns = exhausted[1]
 
     def _complete(self, index: int) -> bool:
         # Every worker reports every interval up to its final one, so an interval is whole
@@ -622,10 +646,30 @@ def _ran_in(window: Any, stopped_s: float | None) -> float:
     return min(max(0.0, stopped_s - window.start_s), float(window.stage.duration_s))
 
 
+def compile_feeders(plan: Plan, target: Target, inline: bool = False) -> feeders.Compiled:
+    """The plan's feeder tables and request templates, compiled for the engine (exit 2 naming
+    a missing column, an unreadable file or a value that would break the request framing)."""
+    label = "profile" if plan.path in ("", "<profile>") else f"profile {os.path.basename(plan.path)}"
+    for i, feeder in enumerate(plan.feeders):
+        # A feeder no slot uses is not loaded, but a file that is not there is still an error.
+        if not os.access(feeder.path, os.R_OK) or os.path.isdir(feeder.path):
+            raise InputError(f"{label}: feeders[{i}]: cannot read {feeder.file}")
+    if not plan.templates:
+        return feeders.Compiled()
+    heads = [(f"{r.method} {target.path.rstrip('/')}",
+              f" HTTP/1.1\r\nHost: {host_header(r, target.host)}\r\nUser-Agent: {USER_AGENT}\r\n",
+              r.method in ("POST", "PUT", "PATCH")) for r in plan.requests]
+    return feeders.compile_templates(plan.feeders, list(plan.templates), heads, label,
+                                     inline=inline)
+
+
 def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
-                  backend_header: str | None) -> list[WorkerSpec]:
+                  backend_header: str | None,
+                  compiled: feeders.Compiled | None = None) -> list[WorkerSpec]:
     requests = [(encode_request(r, target.host, target.path), r.method == "HEAD")
                 for r in plan.requests]
+    tables = [t.spec() for t in compiled.tables] if compiled else []
+    templates = list(compiled.templates) if compiled and compiled.templates else []
     mix = schedule.request_mix(plan.requests)
     stages = [(s.open_model, s.rate_from or 0.0, s.rate_to or 0.0, s.duration_s,
                s.concurrency or 0, s.think_s) for s in plan.stages]
@@ -637,7 +681,7 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
         specs.append(WorkerSpec(w, workers, target.address, target.port, requests, mix, stages,
                                 max(share, closed_share, 1), plan.timeout_s, interval_s,
                                 backend_header, plan.timer_resolution_s,
-                                plan.requests_per_connection))
+                                plan.requests_per_connection, tables, templates))
     return specs
 
 
@@ -649,6 +693,21 @@ def _check_fd_limit(specs: list[WorkerSpec], plan: Plan) -> None:
             f"connections: {plan.connections} connections over {len(specs)} worker(s) need "
             f"{need} open files per worker, but the limit is {limit}; raise it (ulimit -n) "
             "or use more workers")
+
+
+# Each connection of a worker holds a buffer for the largest templated request.
+MAX_TEMPLATE_BUFFERS = 512 << 20
+
+
+def _check_template_buffers(specs: list[WorkerSpec], compiled: feeders.Compiled) -> None:
+    largest = max((t[2] for t in compiled.templates if t is not None), default=0)
+    conns = max(s.connections for s in specs)
+    if largest * conns > MAX_TEMPLATE_BUFFERS:
+        raise InputError(
+            f"requests: templated requests expand to up to {largest:,} bytes and each of a "
+            f"worker's {conns:,} connections holds one: {largest * conns / 2**20:,.0f} MiB per "
+            f"worker, more than {MAX_TEMPLATE_BUFFERS >> 20} MiB; use fewer connections, more "
+            "workers or a smaller templated body")
 
 
 @dataclass
@@ -711,6 +770,7 @@ def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: lis
                 agg.add(decode_interval(msg))
             elif tag == DONE:
                 done[i] = True
+                agg.note_done(msg, stop)
             elif tag == FAILED:
                 last = (msg[1:].decode(errors="replace").strip().splitlines() or ["?"])[-1]
                 raise WorkerCrashed(f"worker {i} failed: {last}")

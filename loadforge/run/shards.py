@@ -279,6 +279,7 @@ class ShardPool:
         a shard that disconnects, fails or stays silent for STALL_INTERVALS intervals fails
         the run (what was merged is kept)."""
         stopping = False
+        self.stop_state = stop
         stall_ns = int(STALL_INTERVALS * self.interval_s * 1e9)
         heard = [_core.now_ns() + START_DELAY_NS] * self.shards
         while not all(done) and not stop.hard:
@@ -338,6 +339,8 @@ class ShardPool:
             agg.add(report)
         elif tag == FAILED:
             raise WorkerCrashed(f"shard {shard}: a worker failed: {_line(msg[1:])}")
+        elif tag == DONE and getattr(self, "stop_state", None) is not None:
+            agg.note_done(msg, self.stop_state)
 
     def figures(self, ran_s: float) -> list[dict[str, Any]]:
         """The summary's `shards`: per shard what it sent and its clock."""

@@ -20,13 +20,15 @@ import queue
 import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
+from typing import Any
 
 from loadforge.config.plan import OUTCOMES
 from loadforge.errors import WorkerCrashed
@@ -34,6 +36,9 @@ from loadforge.run.wire import BACKEND, CELL, GAUGES, HEADER, HIST, STAGE, TRAIL
 
 # Message tags, first byte of every message a worker sends.
 READY, INTERVAL, DONE, FAILED = b"R", b"I", b"D", b"F"
+# What may follow DONE: the feeder table whose `unique` rows ran out and ended the run, and
+# when (CLOCK_MONOTONIC ns).
+EXHAUSTED = struct.Struct("<iq")
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,23 @@ class WorkerSpec:
     capture_header: str | None
     timer_resolution_s: float
     requests_per_connection: int = 0
+    # Feeder tables (feeders.Table.spec()) and, per request, None or its template segments
+    # (config/feeders.py): empty when no request holds {feeder.column} slots.
+    feeders: list[tuple[Any, ...]] = field(default_factory=list)
+    templates: list[Any] = field(default_factory=list)
+
+
+def done_message(exhausted: tuple[int, int] | None) -> bytes:
+    """DONE, with the `unique` feeder that ran out, if one did."""
+    return DONE if exhausted is None else DONE + EXHAUSTED.pack(*exhausted)
+
+
+def decode_done(message: bytes) -> tuple[int, int] | None:
+    """(feeder table, when) from a DONE message, or None."""
+    if len(message) < 1 + EXHAUSTED.size:
+        return None
+    table, at_ns = EXHAUSTED.unpack_from(message, 1)
+    return int(table), int(at_ns)
 
 
 def fd_limit() -> int:
@@ -220,12 +242,18 @@ def worker_main() -> None:
 
         spec: WorkerSpec = pickle.loads(channel.recv_bytes())
         fd_limit()
+        tables = []
+        if spec.feeders:
+            from loadforge.config.feeders import open_table
+
+            tables = [open_table(t) for t in spec.feeders]
         engine = _core.Engine(
             spec.address, spec.port, spec.requests, spec.mix, spec.stages, spec.connections,
             worker=spec.index, workers=spec.workers, timeout_s=spec.timeout_s,
             interval_s=spec.interval_s, capture_header=spec.capture_header,
             control_fd=channel.fileno(), timer_resolution_s=spec.timer_resolution_s,
-            requests_per_connection=spec.requests_per_connection)
+            requests_per_connection=spec.requests_per_connection, feeders=tables,
+            templates=spec.templates)
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
         # CPU time per interval: a worker that used its whole core is the reason arrivals
@@ -240,7 +268,7 @@ def worker_main() -> None:
 
         engine.run(t0, on_interval)
         sender.close()
-        channel.send_bytes(DONE)
+        channel.send_bytes(done_message(engine.exhausted))
     except BaseException:
         if sender is not None:
             # The sender's thread must be off the channel before the failure goes out on it.

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""CPU per request of a templated request fed by a 1,000,000-row feeder, against a fixed
+request of the same size, in one run of the engine alone (this process, no coordinator).
+
+Compiles a profile with a 1,000,000-row CSV feeder the way `loadforge run` does
+(config/feeders.py: the table memory-mapped from a file), then alternates ROUNDS closed-model
+runs of the engine (50 connections) with the fixed request and with the template, against
+nginx on 127.0.0.1 (started here on --port, access log off; or --url), and prints the
+median user+system CPU microseconds per request of each and their ratio (goal: <= 1.2).
+
+  python3 benchmarks/feeders_cpu.py [--rows 1000000] [--duration 5] [--rounds 5]
+      [--connections 50] [--order sequential|random] [--port 24080 | --url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from urllib.parse import urlsplit
+
+from loadforge import _core
+from loadforge.config.feeders import open_table
+from loadforge.config.profile import plan_from_dict
+from loadforge.run.coordinator import compile_feeders, encode_request, parse_target
+
+NGINX = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
+}}
+"""
+
+
+def start_nginx(folder: str, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    conf = os.path.join(folder, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX.format(dir=folder, port=port))
+    proc = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", conf, "-e",
+                             os.path.join(folder, "error.log")], stdout=subprocess.DEVNULL)
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"http://127.0.0.1:{port}"
+        time.sleep(0.05)
+    proc.kill()
+    sys.exit("nginx did not start")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--order", default="sequential", choices=("sequential", "random"))
+    ap.add_argument("--url", default=None, help="a running target (else nginx is started)")
+    ap.add_argument("--port", type=int, default=24080, help="the port of the nginx started")
+    args = ap.parse_args()
+    folder = tempfile.mkdtemp(prefix="lf-feeders-bench-")
+    nginx = None
+    try:
+        url = args.url
+        if url is None:
+            nginx, url = start_nginx(folder, args.port)
+        csv_path = os.path.join(folder, "users.csv")
+        with open(csv_path, "w") as f:
+            f.write("id,term\n")
+            f.writelines(f"{100000 + i},term{i % 977}\n" for i in range(args.rows))
+        plan = plan_from_dict({
+            "target": url,
+            "feeders": [{"name": "users", "file": csv_path, "order": args.order}],
+            "stages": [{"duration": f"{args.duration}s", "concurrency": args.connections}],
+            "requests": [{"name": "templated", "path": "/items/{users.id}?q={users.term}",
+                          "headers": {"X-Term": "{users.term}"}}],
+        }, path=os.path.join(folder, "bench.toml"))
+        target = parse_target(url)
+        t = time.perf_counter()
+        compiled = compile_feeders(plan, target)
+        table = compiled.tables[0]
+        print(f"{args.rows:,} rows compiled in {time.perf_counter() - t:.1f} s; table "
+              f"{'memory-mapped from ' + str(table.file) if table.file else 'inline'}")
+        fixed_req = plan.requests[0].__class__(
+            name="fixed", path="/items/100000?q=term0", headers=(("X-Term", "term0"),))
+        fixed = [(encode_request(fixed_req, target.host, target.path), False)]
+        stage = (False, 0.0, 0.0, args.duration, args.connections, 0.0)
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        results: dict[str, list[float]] = {"fixed": [], "templated": []}
+        for r in range(args.rounds):
+            for kind in ("fixed", "templated"):
+                if kind == "fixed":
+                    engine = _core.Engine(host, port, fixed, [0], [stage], args.connections)
+                else:
+                    engine = _core.Engine(host, port, fixed, [0], [stage], args.connections,
+                                          feeders=[open_table(t.spec())
+                                                   for t in compiled.tables],
+                                          templates=list(compiled.templates))
+                counts: list[bytes] = []
+                before = resource.getrusage(resource.RUSAGE_SELF)
+                engine.run(_core.now_ns() + 50_000_000,
+                           lambda p, o, i, counts=counts: counts.append(p))
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+                n = _responses(counts)
+                results[kind].append(cpu / n * 1e6)
+                print(f"round {r + 1} {kind:9s} {cpu / n * 1e6:6.2f} us CPU/request "
+                      f"({n:,} requests)", flush=True)
+        f, t_ = statistics.median(results["fixed"]), statistics.median(results["templated"])
+        print(f"median: fixed {f:.2f} us, templated ({args.rows:,}-row feeder, "
+              f"{args.order}) {t_:.2f} us, ratio {t_ / f:.3f}")
+        compiled.cleanup()
+    finally:
+        if nginx is not None:
+            nginx.terminate()
+            nginx.wait(5)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _responses(payloads: list[bytes]) -> int:
+    from loadforge.run.workers import decode_interval, interval_message
+
+    n = 0
+    for p in payloads:
+        report = decode_interval(interval_message(p, 0, 0))
+        n += sum(c.count for c in report.cells if c.outcome == "2xx")
+    return max(n, 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,486 @@
+"""Data feeders and request templates, compiled before the run into the engine's tables.
+
+A profile's `[[feeders]]` name files of rows (CSV with a header row, JSON Lines, or a JSON
+array of objects); a
+request's path, header values and body (`body` or `body_file`) may hold `{feeder.column}`
+slots, and `${VAR}` references to the environment, resolved once at start.
+
+What the engine gets (`engine/template.pxi`), so that it runs no Python per request:
+
+- each feeder as one table: a header, a uint64 offsets table (column-major: view v of row r
+  is entry v * rows + r; one entry per cell plus one) and one contiguous data buffer holding
+  every cell's bytes. A table of `MMAP_MIN_BYTES` or more is written to a file the workers
+  memory-map (read-only, shared in the page cache); a smaller one, or any in a sharded run,
+  travels inline in the worker spec.
+- each templated request as segments: literal bytes, a cell (feeder, view), or the body's
+  Content-Length, computed by the engine when it assembles the request into the connection's
+  preallocated buffer. A request without slots stays one pre-encoded bytes object.
+
+A table column is a *view*: a feeder column in one encoding. A value in the path is
+percent-encoded (every byte but RFC 3986's unreserved `A-Za-z0-9-._~`), so a row can never
+break the request line; a value in a header must be printable ASCII (a CR, LF or other control
+character is refused at load, exit 2, naming the feeder, row and column); a value in the body
+goes in as it is (the engine frames the body by its computed Content-Length).
+
+Rows follow the run-wide arrival sequence: the n-th arrival (all workers together) of the
+requests that use a feeder takes feeder index n; `sequential` takes row n mod rows, `random`
+a row drawn from (seed, n) by splitmix64 (reproducible across runs and worker counts),
+`unique` row n, and the run ends at the first arrival (of any request) after the one that
+took the last row. A closed-model stage's feeder indices follow the open-model stages' and
+interleave by worker.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import struct
+import tempfile
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import accumulate, islice
+from typing import Any
+from urllib.parse import quote
+
+from loadforge.errors import ProfileError
+
+FEEDER_KEYS = ("name", "file", "order", "seed")
+ORDERS = ("sequential", "random", "unique")
+ORDER_CODE = {name: i for i, name in enumerate(ORDERS)}
+# {feeder.column}: a feeder name and a column name (letters, digits, _ and -). Anything else
+# in braces (JSON's {"a": 1}) is literal text.
+SLOT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\.([A-Za-z_][A-Za-z0-9_\-]*)\}")
+ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+MMAP_MIN_BYTES = 1 << 20
+TABLE_MAGIC = b"LFFT"
+TABLE_VERSION = 1
+# magic, version, views, padding, rows, offsets start, data start (the offsets 8-aligned)
+TABLE_HEADER = struct.Struct("<4sIIIQQQ")
+MAX_TEMPLATE_BYTES = 1 << 20       # the largest request a template can expand to
+
+# Encodings of a view (a column as a slot in one place of the request).
+RAW, PATH, HEADER = "raw", "path", "header"
+
+
+@dataclass(frozen=True)
+class Feeder:
+    name: str
+    file: str                  # as the profile gave it
+    path: str                  # resolved against the profile's folder
+    order: str = "sequential"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Slot:
+    feeder: str
+    column: str
+
+
+# A template: literal text and slots, in order.
+Parts = tuple[str | bytes | Slot, ...]
+
+
+@dataclass(frozen=True)
+class Template:
+    """A request whose path, headers or body hold slots (resolved `${VAR}` are literal)."""
+
+    path: Parts
+    headers: tuple[tuple[str, Parts], ...]
+    body: Parts
+
+
+@dataclass
+class Table:
+    """A feeder compiled for the engine: views are (column, encoding) pairs."""
+
+    feeder: Feeder
+    rows: int
+    views: list[tuple[str, str]]
+    widths: list[int]                  # the longest value of each view
+    data: bytes | None = None          # inline table (header included)
+    file: str | None = None            # or a file the workers memory-map
+
+    def spec(self) -> tuple[Any, ...]:
+        """What a worker spec carries: (inline bytes or None, file or None, rows, views,
+        order code, seed)."""
+        return (self.data, self.file, self.rows, len(self.views),
+                ORDER_CODE[self.feeder.order], self.feeder.seed)
+
+
+@dataclass
+class Compiled:
+    """Every feeder table and, per request, None (fixed) or its engine segments."""
+
+    tables: list[Table] = field(default_factory=list)
+    templates: list[tuple[list[tuple[Any, ...]], int, int] | None] = field(default_factory=list)
+    tempdir: str | None = None
+
+    def cleanup(self) -> None:
+        if self.tempdir:
+            for name in os.listdir(self.tempdir):
+                os.unlink(os.path.join(self.tempdir, name))
+            os.rmdir(self.tempdir)
+            self.tempdir = None
+
+
+def parse_feeders(check: Any, value: Any, profile_path: str) -> tuple[Feeder, ...]:
+    """The [[feeders]] array, checked (the files are read later, by `load_rows`)."""
+    feeders = []
+    base = os.path.dirname(os.path.abspath(profile_path)) if profile_path != "<profile>" \
+        else os.getcwd()
+    for i, raw in enumerate(check.array_of_tables(value, "feeders")):
+        where = f"feeders[{i}]"
+        check.keys(raw, where, FEEDER_KEYS)
+        name = check.string(check.require(raw, where, "name", "the name slots use"),
+                            f"{where}.name")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", name):
+            check.fail(f"{where}.name", "must be letters, digits, _ or - (starting with a "
+                                        f"letter or _), got {name!r}")
+        file = check.string(check.require(raw, where, "file", "a CSV or JSONL file"),
+                            f"{where}.file")
+        order = check.string(raw.get("order", "sequential"), f"{where}.order")
+        if order not in ORDERS:
+            check.fail(f"{where}.order", f"must be one of {', '.join(ORDERS)}, got {order!r}")
+        seed = check.integer(raw.get("seed", 0), f"{where}.seed", minimum=0,
+                             maximum=(1 << 63) - 1)
+        feeders.append(Feeder(name, file, os.path.join(base, file), order, seed))
+    check.unique([f.name for f in feeders], "feeders", "feeder")
+    return tuple(feeders)
+
+
+def environment(text: str, where: str, secrets: list[str]) -> str:
+    """`text` with each ${VAR} replaced by the environment's value (noted in `secrets`)."""
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in os.environ:
+            raise ProfileError(f"{where}: environment variable {name} is not set")
+        secrets.append(os.environ[name])
+        return os.environ[name]
+    return ENV.sub(value, text)
+
+
+def parts_of(text: str, where: str, feeders: dict[str, Feeder], secrets: list[str]) -> Parts:
+    """`text` split into literal text and slots, its ${VAR} resolved."""
+    out: list[str | bytes | Slot] = []
+    pos = 0
+    for m in SLOT.finditer(text):
+        if m.group(1) not in feeders:
+            raise ProfileError(f"{where}: {{{m.group(1)}.{m.group(2)}}} names no feeder "
+                               f"{m.group(1)!r}" + (f"; the feeders are {', '.join(feeders)}"
+                                                    if feeders else "; there are no [[feeders]]"))
+        if m.start() > pos:
+            out.append(environment(text[pos:m.start()], where, secrets))
+        out.append(Slot(m.group(1), m.group(2)))
+        pos = m.end()
+    if pos < len(text):
+        out.append(environment(text[pos:], where, secrets))
+    return tuple(out)
+
+
+def read_body_file(path: str, where: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ProfileError(f"{where}: cannot read {path}: {e.strerror or e}") from None
+
+
+# -- rows -------------------------------------------------------------------------------------
+
+CHUNK_ROWS = 65536
+Chunks = Iterator[list[list[str]]]
+
+
+def load_rows(feeder: Feeder, where: str) -> tuple[list[str], Chunks]:
+    """The feeder file's columns, and its rows in chunks of up to CHUNK_ROWS, read as they
+    are consumed (a million-row file is never held as Python objects all at once)."""
+    try:
+        with open(feeder.path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ProfileError(f"{where}: cannot read {feeder.file}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"{where}: {feeder.file} is not UTF-8 (byte {e.start})") from None
+    del raw
+    if feeder.path.endswith((".jsonl", ".ndjson", ".json")):
+        return _jsonl(text, feeder, where)
+    return _csv(text, feeder, where)
+
+
+def _csv(text: str, feeder: Feeder, where: str) -> tuple[list[str], Chunks]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        raise ProfileError(f"{where}: {feeder.file} is not valid CSV: {e}") from None
+    if not header or not any(header):
+        raise ProfileError(f"{where}: {feeder.file} has no header row (CSV needs one)")
+    columns = [h.strip() for h in header]
+    width = len(columns)
+
+    def chunks() -> Chunks:
+        done = 0
+        while True:
+            try:
+                chunk = list(islice(reader, CHUNK_ROWS))
+            except csv.Error as e:
+                raise ProfileError(f"{where}: {feeder.file} is not valid CSV (line "
+                                   f"{reader.line_num}): {e}") from None
+            if not chunk:
+                return
+            if [] in chunk:                       # blank lines
+                chunk = [row for row in chunk if row]
+            if set(map(len, chunk)) != {width}:
+                i = next(i for i, row in enumerate(chunk) if len(row) != width)
+                raise ProfileError(f"{where}: {feeder.file} row {done + i + 1} has "
+                                   f"{len(chunk[i])} fields, the header has {width}")
+            done += len(chunk)
+            yield chunk
+    return columns, chunks()
+
+
+def _jsonl(text: str, feeder: Feeder, where: str) -> tuple[list[str], Chunks]:
+    array = None
+    if text.lstrip().startswith("["):      # a .json file holding one array of objects
+        try:
+            array = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ProfileError(f"{where}: {feeder.file} line {e.lineno} is not JSON: "
+                               f"{e.msg}") from None
+        if not isinstance(array, list):
+            raise ProfileError(f"{where}: {feeder.file} is not an array of JSON objects")
+
+    def objects() -> Iterator[tuple[int, dict[str, Any]]]:
+        if array is not None:
+            for i, obj in enumerate(array, start=1):
+                if not isinstance(obj, dict):
+                    raise ProfileError(f"{where}: {feeder.file} item {i} is not a JSON object")
+                yield i, obj
+            return
+        for line, item in enumerate(text.splitlines(), start=1):
+            if not item.strip():
+                continue
+            try:
+                obj = json.loads(item)
+            except json.JSONDecodeError as e:
+                raise ProfileError(f"{where}: {feeder.file} line {line} is not JSON: "
+                                   f"{e.msg}") from None
+            if not isinstance(obj, dict):
+                raise ProfileError(f"{where}: {feeder.file} line {line} is not a JSON object")
+            yield line, obj
+
+    columns: list[str] = []
+    for _, obj in objects():           # the columns: every key of every line, in order
+        columns.extend(k for k in obj if k not in columns)
+
+    def rows() -> Iterator[list[str]]:
+        for line, obj in objects():
+            row = []
+            for key in columns:
+                if key not in obj:
+                    raise ProfileError(f"{where}: {feeder.file} line {line} has no {key!r}")
+                v = obj[key]
+                row.append(v if isinstance(v, str) else json.dumps(v, separators=(",", ":")))
+            yield row
+
+    def chunks() -> Chunks:
+        it = rows()
+        while chunk := list(islice(it, CHUNK_ROWS)):
+            yield chunk
+    return columns, chunks()
+
+
+# -- the row an arrival takes -----------------------------------------------------------------
+
+_MASK = (1 << 64) - 1
+
+
+def splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+def row_for(index: int, order: str, seed: int, rows: int) -> int | None:
+    """The row feeder index `index` takes (the engine's `feed_row`); None: `unique` is spent."""
+    if order == "unique":
+        return index if index < rows else None
+    if order == "random":
+        return splitmix64((seed * 0x9E3779B97F4A7C15 + index) & _MASK) % rows
+    return index % rows
+
+
+# -- compiling --------------------------------------------------------------------------------
+
+_UNRESERVED_TEXT = re.compile(r"[A-Za-z0-9\-._~]*")
+_PRINTABLE_TEXT = re.compile(r"[\x20-\x7e\t]*")
+
+
+def _encode_column(values: tuple[str, ...], encoding: str, feeder: str, column: str,
+                   before: int, where: str) -> tuple[bytes, list[int]]:
+    """A chunk of one column in one encoding: its bytes, concatenated, and each value's
+    length. Checked over the whole chunk at once; value by value only when it must be."""
+    joined = "".join(values)
+    if encoding == HEADER and not _PRINTABLE_TEXT.fullmatch(joined):
+        i = next(i for i, v in enumerate(values) if not _PRINTABLE_TEXT.fullmatch(v))
+        raise ProfileError(
+            f"{where}: feeder {feeder!r} row {before + i + 1} column {column!r} has a value "
+            "with CR, LF or another control or non-ASCII character, which cannot go in a "
+            "header")
+    if encoding == PATH and not _UNRESERVED_TEXT.fullmatch(joined):
+        encoded = [quote(v.encode("utf-8", "surrogateescape"), safe="") for v in values]
+        return "".join(encoded).encode(), list(map(len, encoded))
+    if joined.isascii():
+        return joined.encode(), list(map(len, values))
+    data = [v.encode("utf-8", "surrogateescape") for v in values]
+    return b"".join(data), list(map(len, data))
+
+
+def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | None],
+                      heads: list[tuple[str, str, bool]], label: str,
+                      inline: bool = False) -> Compiled:
+    """Tables and engine segments for the requests. `heads[i]`: request i's request-line
+    prefix ("GET /api"), the text between the path and its headers (" HTTP/1.1\\r\\nHost:
+    ...\\r\\nUser-Agent: ...\\r\\n") and whether it sends a Content-Length without a body.
+    `inline`: never a memory-mapped file (a sharded run sends the tables over the network)."""
+    by_name = {f.name: f for f in feeders}
+    used: dict[str, list[tuple[str, str]]] = {}
+    for tpl in templates:
+        if tpl is None:
+            continue
+        for parts, enc in [(tpl.path, PATH), (tpl.body, RAW),
+                           *[(p, HEADER) for _, p in tpl.headers]]:
+            for p in parts:
+                if isinstance(p, Slot) and (p.column, enc) not in used.setdefault(p.feeder, []):
+                    used[p.feeder].append((p.column, enc))
+    out = Compiled()
+    view_of: dict[tuple[str, str, str], tuple[int, int]] = {}
+    for name, views in used.items():
+        feeder = by_name[name]
+        where = f"{label}: feeders[{feeders.index(feeder)}]"
+        columns, rows = load_rows(feeder, where)
+        for column, _ in views:
+            if column not in columns:
+                raise ProfileError(f"{where}: {feeder.file} has no column {column!r} (slot "
+                                   f"{{{name}.{column}}}); its columns are {', '.join(columns)}")
+        src = [columns.index(c) for c, _ in views]
+        # Column-major: view v's cells are rows v*R .. v*R + R-1 of the offsets table.
+        lengths = [array("Q") for _ in views]
+        chunks: list[list[bytes]] = [[] for _ in views]
+        widths = [0] * len(views)
+        nrows = 0
+        for chunk in rows:
+            cols = list(zip(*chunk, strict=True))
+            for v, (column, enc) in enumerate(views):
+                data, lens = _encode_column(cols[src[v]], enc, name, column, nrows, where)
+                chunks[v].append(data)
+                lengths[v].extend(lens)
+                widths[v] = max(widths[v], max(lens))
+            nrows += len(chunk)
+        if not nrows:
+            raise ProfileError(f"{where}: {feeder.file} has no rows")
+        offsets = array("Q", [0])
+        for v in range(len(views)):
+            running = accumulate(lengths[v], initial=offsets[-1])
+            next(running)
+            offsets.extend(running)
+        start = TABLE_HEADER.size
+        data_start = start + 8 * len(offsets)
+        blob = b"".join([TABLE_HEADER.pack(TABLE_MAGIC, TABLE_VERSION, len(views), 0, nrows,
+                                           start, data_start), offsets.tobytes(),
+                         *(d for view_chunks in chunks for d in view_chunks)])
+        del chunks, offsets, lengths
+        table = Table(feeder, nrows, views, widths)
+        if len(blob) >= MMAP_MIN_BYTES and not inline:
+            if out.tempdir is None:
+                out.tempdir = tempfile.mkdtemp(prefix="loadforge-feeders-")
+            table.file = os.path.join(out.tempdir, f"{len(out.tables)}.table")
+            with open(table.file, "wb") as f:
+                f.write(blob)
+        else:
+            table.data = blob
+        for v, (column, enc) in enumerate(views):
+            view_of[(name, column, enc)] = (len(out.tables), v)
+        out.tables.append(table)
+
+    for tpl, (start_line, head_rest, needs_length) in zip(templates, heads, strict=True):
+        if tpl is None:
+            out.templates.append(None)
+            continue
+        segs: list[tuple[Any, ...]] = []
+        size = 0
+
+        def emit(parts: Parts, enc: str, segs: list[tuple[Any, ...]] = segs) -> int:
+            return _emit(segs, parts, enc, view_of, out.tables)
+
+        size += emit((start_line,), RAW)
+        size += emit(tpl.path, PATH)
+        size += emit((head_rest,), RAW)
+        for name, parts in tpl.headers:
+            size += emit((f"{name}: ",), RAW)
+            size += emit(parts, HEADER)
+            size += emit(("\r\n",), RAW)
+        body_fixed = all(not isinstance(p, Slot) for p in tpl.body)
+        body_len = sum(len(p) if isinstance(p, bytes) else len(str(p).encode())
+                       for p in tpl.body if not isinstance(p, Slot))
+        if (tpl.body or needs_length) and body_fixed:
+            size += emit((f"Content-Length: {body_len}\r\n\r\n",), RAW)
+        elif tpl.body:
+            size += emit(("Content-Length: ",), RAW)
+            segs.append((2,))
+            size += 20
+            size += emit(("\r\n\r\n",), RAW)
+        else:
+            size += emit(("\r\n",), RAW)
+        body_from = len(segs)
+        body: list[tuple[Any, ...]] = []      # not merged into the head's last literal
+        size += _emit(body, tpl.body, RAW, view_of, out.tables)
+        segs += body
+        if size > MAX_TEMPLATE_BYTES:
+            raise ProfileError(f"{label}: a templated request may expand to {size:,} bytes; "
+                               f"templates expand to at most {MAX_TEMPLATE_BYTES:,}")
+        out.templates.append((segs, body_from, size))
+    return out
+
+
+def _emit(segs: list[tuple[Any, ...]], parts: Parts, enc: str,
+          view_of: dict[tuple[str, str, str], tuple[int, int]], tables: list[Table]) -> int:
+    """Append parts as engine segments (adjacent literals merged); returns their largest
+    size."""
+    size = 0
+    for p in parts:
+        if isinstance(p, Slot):
+            t, v = view_of[(p.feeder, p.column, enc)]
+            segs.append((1, t, v))
+            size += tables[t].widths[v]
+        else:
+            b = p if isinstance(p, bytes) else p.encode("utf-8", "surrogateescape")
+            if segs and segs[-1][0] == 0:
+                segs[-1] = (0, segs[-1][1] + b)
+            else:
+                segs.append((0, b))
+            size += len(b)
+    return size
+
+
+def open_table(spec: tuple[Any, ...]) -> tuple[Any, int, int, int, int, int, int]:
+    """A worker's view of a table spec: (buffer, offsets start, data start, rows, views,
+    order code, seed); a file is memory-mapped read-only."""
+    import mmap
+
+    data, file, rows, views, order, seed = spec
+    if data is None:
+        with open(file, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    magic, version, nviews, _, nrows, start, data_start = TABLE_HEADER.unpack_from(data, 0)
+    if magic != TABLE_MAGIC or version != TABLE_VERSION or nviews != views or nrows != rows:
+        raise ValueError("feeder table of another format")
+    return data, start, data_start, rows, views, order, seed
