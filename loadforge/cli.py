@@ -509,12 +509,16 @@ def shard(coordinator: str, index: int | None) -> None:
 @click.option("--port", type=int, default=8080, show_default=True, help="Load balancer port.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="A TOML file with a [sandbox] table (a profile works).")
-def sandbox(port: int, config_path: str | None) -> None:
+@click.option("--admin-port", type=int, default=None,
+              help="Admin and metrics port.  [default: --port + 1]")
+def sandbox(port: int, config_path: str | None, admin_port: int | None) -> None:
     """Run the embedded target (load balancer, backends, autoscaler) in the foreground."""
     from loadforge.sandbox import run_foreground, validate_sandbox_config
 
     if not 1 <= port <= 65535:
         raise InputError(f"sandbox --port must be from 1 to 65535, got {port}")
+    if admin_port is not None and not 1 <= admin_port <= 65535:
+        raise InputError(f"sandbox --admin-port must be from 1 to 65535, got {admin_port}")
     cfg: dict[str, Any] = {}
     if config_path:
         from loadforge.sandbox.runner import load_config_file
@@ -522,7 +526,7 @@ def sandbox(port: int, config_path: str | None) -> None:
         # A profile's [sandbox] table, or a file that holds only that table.
         cfg = load_config_file(config_path)
     where = f"{config_path}: sandbox" if config_path else "sandbox"
-    run_foreground(validate_sandbox_config(cfg, where), port)
+    run_foreground(validate_sandbox_config(cfg, where), port, admin_port)
 
 
 if __name__ == "__main__":

@@ -475,9 +475,9 @@ def test_foreground_prints_urls_and_stops_on_ctrl_c() -> None:
 def test_sandbox_command_takes_a_file_with_only_a_sandbox_table(tmp_path):
     config = tmp_path / "cluster.toml"
     config.write_text('[sandbox]\nbackends = 3\n[sandbox.backend]\nservice_time = "1ms"\n')
-    port = free_port()
+    port, admin = free_port(), free_port()     # both chosen: port + 1 may be taken
     proc = subprocess.Popen([sys.executable, "-m", "loadforge.cli", "sandbox", "--port",
-                             str(port), "--config", str(config)],
+                             str(port), "--admin-port", str(admin), "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_listening(port)
