@@ -41,6 +41,7 @@ cdef class Engine:
         uint64_t closed_by_us       # ... and those the engine ended (errors, timeouts, stop)
         Arena arena              # histogram chunks, shared by every cell
         Hist connect_time        # TCP connect times (µs) of the connections opened this interval
+        Hist tls_time            # TLS handshake times (µs) of the handshakes ended this interval
         int writing              # connections with a partial write (EPOLLOUT registered)
         uint64_t n_wakeups
 
@@ -101,11 +102,12 @@ cdef class Engine:
         self.wake_epfd = -1
         self.control_fd = -1
         hist_clear(&self.connect_time)
+        hist_clear(&self.tls_time)
 
     def __init__(self, str address, int port, list requests, list mix, list stages,
                  int connections, int worker=0, int workers=1, double timeout_s=5.0,
                  double interval_s=1.0, capture_header=None, int control_fd=-1,
-                 double timer_resolution_s=0.0, int requests_per_connection=0):
+                 double timer_resolution_s=0.0, int requests_per_connection=0, tls=None):
         cdef int i
         cdef sockaddr_in* a4
         cdef sockaddr_in6* a6
@@ -128,6 +130,8 @@ cdef class Engine:
         self.requests_per_connection = requests_per_connection
 
         self.transport.kind = T_TCP
+        if tls is not None:
+            tls_setup(&self.transport, tls)
         memset(&self.transport.addr, 0, sizeof(self.transport.addr))
         baddr = address.encode()
         if ":" in address:
@@ -245,6 +249,10 @@ cdef class Engine:
                 free(self.arena.blocks[i])
             free(self.arena.blocks)
         free(self.arena.free_ids)
+        if self.transport.session != NULL:
+            SSL_SESSION_free(self.transport.session)
+        if self.transport.ctx != NULL:
+            SSL_CTX_free(self.transport.ctx)
         if self.epfd >= 0:
             close(self.epfd)
         if self.wake_epfd >= 0:
@@ -276,6 +284,11 @@ cdef class Engine:
         """Whether responses are timed by the kernel's receive timestamps (SO_TIMESTAMPNS);
         known once connections are open. Without them, by the time they are read."""
         return bool(self.transport.rx_stamps)
+
+    @property
+    def tls_handshakes(self):
+        """TLS handshakes so far: (full, resumed, failed)."""
+        return (self.transport.tls_full, self.transport.tls_resumed, self.transport.tls_failed)
 
     @property
     def retries(self):

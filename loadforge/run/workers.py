@@ -30,7 +30,17 @@ from multiprocessing.connection import Connection, wait
 
 from loadforge.config.plan import OUTCOMES
 from loadforge.errors import WorkerCrashed
-from loadforge.run.wire import BACKEND, CELL, GAUGES, HEADER, HIST, STAGE, TRAILER, check_header
+from loadforge.run.wire import (
+    BACKEND,
+    CELL,
+    GAUGES,
+    HEADER,
+    HIST,
+    STAGE,
+    TLS,
+    TRAILER,
+    check_header,
+)
 
 # Message tags, first byte of every message a worker sends.
 READY, INTERVAL, DONE, FAILED = b"R", b"I", b"D", b"F"
@@ -79,6 +89,9 @@ class IntervalReport:
     closed_by_server: int = 0   # so far: connections the server ended
     closed_by_us: int = 0       # so far: connections the engine ended (errors, timeouts)
     connect_time: HistSlice | None = None   # TCP connect times (µs) of this interval
+    tls_time: HistSlice | None = None       # TLS handshake times (µs) of this interval
+    # so far: TLS handshakes that were full, that resumed a session, that failed
+    tls_handshakes: tuple[int, int, int] = (0, 0, 0)
 
 
 def interval_message(payload: bytes, open_conns: int, in_flight: int, cpu_ns: int = 0) -> bytes:
@@ -130,9 +143,19 @@ def decode_interval(message: bytes) -> IntervalReport:
         lo, n, total, lo_v, hi_v = HIST.unpack_from(view, off)
         off += HIST.size
         connect_time = HistSlice(lo, bytes(view[off:off + 4 * n]), total, lo_v, hi_v)
+        off += 4 * n
+    tls_time = None
+    tls_handshakes = (0, 0, 0)
+    if len(view) >= off + TLS.size + HIST.size:
+        tls_handshakes = TLS.unpack_from(view, off)
+        off += TLS.size
+        lo, n, total, lo_v, hi_v = HIST.unpack_from(view, off)
+        off += HIST.size
+        tls_time = HistSlice(lo, bytes(view[off:off + 4 * n]), total, lo_v, hi_v)
     return IntervalReport(worker, index, bool(final), scheduled, sent, unsent, cells,
                           connects, connect_failures, open_conns, in_flight, waited, late,
-                          cpu_ns, retried, dropped, by_server, by_us, connect_time)
+                          cpu_ns, retried, dropped, by_server, by_us, connect_time, tls_time,
+                          tls_handshakes)
 
 
 @dataclass(frozen=True)
