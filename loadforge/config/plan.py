@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from loadforge.config.tls import TLS
+
 # Outcomes of one arrival, in the order the engine numbers them. Status classes are responses,
 # the rest are transport failures (no response).
 OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "connect", "timeout", "reset", "protocol")
@@ -64,6 +66,7 @@ class Plan:
     # Close each connection after this many responses (1: a new connection per request), so
     # a load balancer sees new connections spread as they would be; 0 reuses without end.
     requests_per_connection: int = 0
+    tls: TLS | None = None            # [tls] of https:// targets (config/tls.py)
     # Raw, validated [slo] table; slo.py gives it meaning.
     slo: dict[str, Any] = field(default_factory=dict)
     # Raw [observe] and [[actions]] tables (scaling validation).

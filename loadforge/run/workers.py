@@ -27,6 +27,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from typing import Any
 
 from loadforge.config.plan import OUTCOMES
 from loadforge.errors import WorkerCrashed
@@ -175,6 +176,7 @@ class WorkerSpec:
     capture_header: str | None
     timer_resolution_s: float
     requests_per_connection: int = 0
+    tls: dict[str, Any] | None = None      # TLS settings (config/tls.py engine_settings)
 
 
 def fd_limit() -> int:
@@ -248,7 +250,7 @@ def worker_main() -> None:
             worker=spec.index, workers=spec.workers, timeout_s=spec.timeout_s,
             interval_s=spec.interval_s, capture_header=spec.capture_header,
             control_fd=channel.fileno(), timer_resolution_s=spec.timer_resolution_s,
-            requests_per_connection=spec.requests_per_connection)
+            requests_per_connection=spec.requests_per_connection, tls=spec.tls)
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
         # CPU time per interval: a worker that used its whole core is the reason arrivals
