@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -192,6 +193,14 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
     if status == 404 and judge_status:
         raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found; "
                                 "check the URL and the request paths (or pass --no-preflight)")
+    if tls is not None and status == 400 and negotiated.get("client_cert_refused"):
+        # nginx completes the handshake without a client certificate and answers 400 to
+        # every request instead; as good as a refused handshake for a load test.
+        raise TargetUnreachable(
+            f"target {target.url}: TLS client certificate refused: {req.method} {url} returned "
+            f"400 \"{negotiated['client_cert_refused']}\"; pass --client-cert and --client-key "
+            "(tls.cert, tls.key) with a certificate the server trusts")
+    negotiated.pop("client_cert_refused", None)
     return negotiated
 
 
@@ -269,7 +278,12 @@ def _preflight_status(target: Target, req: Request, timeout_s: float, tls: TLS |
         headers.update((k, v) for k, v in req.headers if k.lower() != "host")
         conn.request(req.method, request_path(target.path, req.path), headers=headers)
         resp = conn.getresponse()
-        resp.read(1 << 20)
+        body = resp.read(1 << 20)
+        if tls is not None and negotiated is not None and resp.status == 400:
+            # nginx's page for a missing or rejected client certificate
+            match = re.search(rb"<center>([^<]*SSL certificate[^<]*)</center>", body)
+            if match:
+                negotiated["client_cert_refused"] = match.group(1).decode("latin-1")
         return resp.status
     finally:
         conn.close()
