@@ -77,6 +77,7 @@ cdef extern from "openssl/ssl.h" nogil:
     int SSL_read(SSL* ssl, void* buf, int num)
     int SSL_write(SSL* ssl, const void* buf, int num)
     int SSL_pending(const SSL* ssl)
+    int SSL_has_pending(const SSL* ssl)
     int SSL_get_error(const SSL* ssl, int ret)
     long SSL_get_verify_result(const SSL* ssl)
 
@@ -86,6 +87,7 @@ cdef extern from "openssl/ssl.h" nogil:
     int BIO_read(BIO* b, void* data, int dlen)
     long BIO_get_mem_data(BIO* b, char** pp)
     int BIO_reset(BIO* b)
+    size_t BIO_ctrl_pending(BIO* b)
     void BIO_set_mem_eof_return(BIO* b, int v)
 
 
