@@ -52,6 +52,7 @@ cdef extern from "openssl/ssl.h" nogil:
     long SSL_CTX_set_min_proto_version(SSL_CTX* ctx, int version)
     long SSL_CTX_set_max_proto_version(SSL_CTX* ctx, int version)
     int SSL_CTX_set_alpn_protos(SSL_CTX* ctx, const unsigned char* protos, unsigned int len)
+    void SSL_get0_alpn_selected(const SSL* ssl, const unsigned char** data, unsigned int* len)
     long SSL_CTX_set_session_cache_mode(SSL_CTX* ctx, long mode)
     void SSL_CTX_sess_set_new_cb(SSL_CTX* ctx, int (*cb)(SSL*, SSL_SESSION*) noexcept nogil)
     int SSL_CTX_set_app_data(SSL_CTX* ctx, void* arg)

@@ -198,8 +198,18 @@ cdef ssize_t tls_write(Transport* t, Conn* c, const char* data, size_t length) n
 
 
 cdef inline int tls_pending(Transport* t, Conn* c) noexcept nogil:
-    """Decrypted bytes still inside OpenSSL (a read that filled the buffer left them)."""
-    return SSL_pending(c.ssl)
+    """Bytes inside OpenSSL that epoll cannot see: decrypted ones, or ciphertext not yet
+    decrypted (a read that filled the buffer left them). A partial record counts too; the
+    read that follows finds it incomplete and the socket empty (EAGAIN), and waits."""
+    return SSL_pending(c.ssl) > 0 or BIO_ctrl_pending(SSL_get_rbio(c.ssl)) > 0
+
+
+cdef inline int tls_alpn(Conn* c, const unsigned char** protocol,
+                         unsigned int* length) noexcept nogil:
+    """The protocol the server chose by ALPN once the handshake is done (length 0: none),
+    for a protocol layer that offered more than one (HTTP/2's "h2" beside "http/1.1")."""
+    SSL_get0_alpn_selected(c.ssl, protocol, length)
+    return length[0]
 
 
 cdef inline void tls_close(Transport* t, Conn* c) noexcept nogil:
