@@ -13,8 +13,11 @@ Scenarios (all 50 connections, like wrk's default comparison):
   open         HTTPS, open model at --rate (default 20,000/s) vs wrk closed; goal within 1.5x
   open-http    the same over plain HTTP, to tell what TLS adds to the open model
   churn        HTTPS, a new connection per request (requests_per_connection = 1, session
-               resumption on) vs wrk -H 'Connection: close' (wrk resumes no sessions)
-  churn-full   the same with resumption = false: full handshakes on both sides
+               resumption on) vs wrk -H 'Connection: close'. wrk resumes too: it reuses each
+               connection's SSL object through SSL_clear, which keeps the TLS 1.3 ticket
+               session (nginx's $ssl_session_reused says "r" for all but wrk's first 50)
+  churn-full   loadforge with resumption = false, every handshake full; wrk has no such mode,
+               its (resumed) figure is printed for scale only
 
     python3 benchmarks/tls_cpu.py [--rounds 3] [--duration 10s] [--rate 20000]
                                   [--scenarios http,closed,open,churn,churn-full]

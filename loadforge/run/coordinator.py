@@ -201,6 +201,10 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
             f"400 \"{negotiated['client_cert_refused']}\"; pass --client-cert and --client-key "
             "(tls.cert, tls.key) with a certificate the server trusts")
     negotiated.pop("client_cert_refused", None)
+    if negotiated.get("alpn") not in (None, "http/1.1"):
+        raise TargetUnreachable(
+            f"target {target.url}: the server chose {negotiated['alpn']} by ALPN; the engine "
+            "speaks http/1.1 over TLS: leave it alone in tls.alpn")
     return negotiated
 
 
