@@ -97,11 +97,11 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
         c.handshake_ns = now
         handshake = 1
         err = transport_connected(&self.transport, c)
-        if err == EINPROGRESS:
-            ev.events = EPOLLIN
-            ev.data.u64 = ci
-            epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
-    if err == EINPROGRESS:
+    if err == EINPROGRESS or err == EAGAIN:
+        # The handshake waits for the server's bytes (and, EAGAIN, for room to send its own).
+        ev.events = EPOLLIN | EPOLLOUT if err == EAGAIN else EPOLLIN
+        ev.data.u64 = ci
+        epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
         return
     if (err == ECONNRESET or err == EPIPE) and c.has_arrival:
         c.peer_closed = 1

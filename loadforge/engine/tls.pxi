@@ -78,7 +78,8 @@ cdef inline int tls_connect(Transport* t, Conn* c) noexcept nogil:
 
 cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
     """Drive the handshake as far as the socket allows: 0 when it is done, EINPROGRESS while
-    it waits for the server, else an errno (EPROTO for a rejected certificate or an alert)."""
+    it waits for the server, EAGAIN while it also waits to send (a full socket buffer), else
+    an errno (EPROTO for a rejected certificate or an alert)."""
     cdef char buf[16384]
     cdef int r, e, f
     cdef ssize_t n
@@ -87,6 +88,7 @@ cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
         r = SSL_do_handshake(c.ssl)
         f = tls_flush(c)
         if f < 0:
+            t.tls_failed += 1
             return errno
         if r == 1:
             c.handshaking = 0
@@ -107,14 +109,15 @@ cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
             t.tls_failed += 1
             return ECONNRESET
         if errno == EAGAIN or errno == EINTR:
-            return EINPROGRESS
+            return EAGAIN if f else EINPROGRESS
         t.tls_failed += 1
         return errno
 
 
 cdef inline int tls_connected(Transport* t, Conn* c) noexcept nogil:
     """The TCP connect ended, or (handshaking) the socket has handshake bytes: 0 when the
-    connection is ready, EINPROGRESS while the handshake waits, else an errno."""
+    connection is ready, EINPROGRESS (EAGAIN: and to send) while the handshake waits, else
+    an errno."""
     cdef int err
     if not c.handshaking:
         err = tcp_connected(t, c)

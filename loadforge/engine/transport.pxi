@@ -16,7 +16,7 @@ cdef inline int transport_connect(Transport* t, Conn* c) noexcept nogil:
 cdef inline int transport_connected(Transport* t, Conn* c) noexcept nogil:
     """c's connect (or handshake) made progress: 0 when it is ready for requests; EALREADY
     when TCP is connected and a handshake begins (call again); EINPROGRESS while the handshake
-    waits for the server; else an errno."""
+    waits for the server, EAGAIN while it also waits to send; else an errno."""
     if t.kind == T_TCP:
         return tcp_connected(t, c)
     return tls_connected(t, c)
