@@ -362,3 +362,28 @@ def test_haproxy_terminating_tls_shares(certs: Certs, tmp_path: Path) -> None:
     assert set(shares) == {"s0", "s1", "s2"}
     for b in shares.values():
         assert b["share"] == pytest.approx(1 / 3, abs=0.03)
+
+
+@pytest.mark.parametrize("case", ["unknown-issuer", "name-mismatch"])
+def test_engine_verifies_without_the_preflight(server: Nginx, certs: Certs, tmp_path: Path,
+                                               case: str) -> None:
+    # --no-preflight: the engine's own verification fails every handshake; nothing reaches
+    # nginx's access log.
+    flags = ["--server-name", "api.example.com", "--ca-cert", certs.ca_pem] \
+        if case == "name-mismatch" else []
+    before = server.served()
+    s = ok_run(tmp_path, "--target", server.url + "/", *flags, "--no-preflight",
+               "--rate", "20", "--duration", "1s", "--connections", "2")
+    assert s["requests"] == 0 and s["errors"] == s["errors_by_kind"]["connect"] == 20
+    hs = s["connections"]["tls_handshakes"]
+    assert hs["failed"] > 0 and hs["full"] == hs["resumed"] == 0
+    assert s["tls"]["protocol"] is None          # nothing negotiated before the run
+    assert server.served() == before
+
+
+def test_sharded_run_over_tls(server: Nginx, certs: Certs, tmp_path: Path) -> None:
+    before = server.served()
+    out, s = run(tmp_path, "--target", server.url + "/", "--ca-cert", certs.ca_pem,
+                 "--rate", "100", "--duration", "1s", "--shards", "2")
+    assert out.returncode == 0, out.stderr
+    assert s["requests"] == 100 and server.served() - before == 101
