@@ -239,6 +239,9 @@ duration = "1s"
     assert hs["full"] + hs["resumed"] == c["opened"] and hs["failed"] == 0
     # the first connections cannot resume: no ticket had come yet
     assert hs["full"] >= 1 and hs["resumed"] >= 0.9 * c["opened"]
+    # Each request waited for its connection's handshake, and its latency holds it.
+    assert s["latency_us"]["p50"] >= c["tls_handshake_us"]["p50"]
+    assert s["latency_us"]["p50"] >= s["service_time_us"]["p50"]
 
 
 def test_resumption_off_makes_every_handshake_full(server: Nginx, certs: Certs,
