@@ -97,7 +97,7 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
         c.handshake_ns = now
         handshake = 1
         err = transport_connected(&self.transport, c)
-    if err == EINPROGRESS or err == EAGAIN:
+    if handshake and (err == EINPROGRESS or err == EAGAIN):
         # The handshake waits for the server's bytes (and, EAGAIN, for room to send its own).
         ev.events = EPOLLIN | EPOLLOUT if err == EAGAIN else EPOLLIN
         ev.data.u64 = ci
