@@ -390,3 +390,33 @@ def test_sharded_run_over_tls(server: Nginx, certs: Certs, tmp_path: Path) -> No
                  "--rate", "100", "--duration", "1s", "--shards", "2")
     assert out.returncode == 0, out.stderr
     assert s["requests"] == 100 and server.served() - before == 101
+
+
+def test_large_request_bodies(server: Nginx, certs: Certs, tmp_path: Path) -> None:
+    # 1 MiB POST bodies: the ciphertext outgrows the socket buffer, so writes are partial and
+    # finish on EPOLLOUT; every request is answered and logged.
+    profile = tmp_path / "post.toml"
+    profile.write_text(f"""
+target = "{server.url}/"
+[load]
+connections = 2
+[tls]
+ca = "{certs.ca_pem}"
+[[stages]]
+concurrency = 2
+duration = "1s"
+[[requests]]
+name = "get"
+path = "/"
+[[requests]]
+name = "upload"
+method = "POST"
+path = "/"
+body = "{'x' * (1 << 20)}"
+""")
+    before = server.served()
+    s = ok_run(tmp_path, str(profile))
+    assert s["errors"] == 0 and s["requests"] > 10
+    assert s["requests_by_name"]["upload"]["requests"] > 2
+    assert s["status"]["2xx"] == s["requests"]
+    assert server.served() - before == s["requests"] + 1

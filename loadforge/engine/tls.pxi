@@ -27,26 +27,26 @@ cdef inline int tls_flush(Conn* c) noexcept nogil:
     (the socket buffer is full), -1 with errno when send failed."""
     cdef BIO* wbio = SSL_get_wbio(c.ssl)
     cdef char* data
-    cdef char discard[4096]
+    cdef char discard[16384]
     cdef long pending = BIO_get_mem_data(wbio, &data)
-    cdef ssize_t n
+    cdef ssize_t n, left
     cdef int chunk
     if pending <= 0:
         return 0
     n = send(c.fd, data, pending, MSG_NOSIGNAL)
-    if n == pending:
-        BIO_reset(wbio)
-        return 0
     if n < 0:
         if errno == EAGAIN or errno == EINTR:
             return 1
         return -1
-    # Partial: drop what went out, keep the rest for the next EPOLLOUT.
-    while n > 0:
-        chunk = <int>(n if n < <ssize_t>sizeof(discard) else sizeof(discard))
+    # Drop what went out and keep the rest for the next EPOLLOUT. Read out, not BIO_reset:
+    # a reset zeroes the BIO's whole buffer, as large as the largest request ever sent, on
+    # every request after it.
+    left = n
+    while left > 0:
+        chunk = <int>(left if left < <ssize_t>sizeof(discard) else sizeof(discard))
         BIO_read(wbio, discard, chunk)
-        n -= chunk
-    return 1
+        left -= chunk
+    return 0 if n == pending else 1
 
 
 cdef inline int tls_connect(Transport* t, Conn* c) noexcept nogil:
