@@ -185,8 +185,8 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
     try:
         status = _preflight_status(target, req, min(timeout_s, 5.0), tls, negotiated)
     except ssl.SSLError as exc:
-        assert tls is not None
-        raise TargetUnreachable(f"target {target.url}: {tls_failure(exc, tls, target)}") from None
+        raise TargetUnreachable(f"target {target.url}: "
+                                f"{tls_failure(exc, tls or TLS(), target)}") from None
     except (OSError, HTTPException) as exc:
         raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url} "
                                 f"failed ({type(exc).__name__}: {exc})") from None
@@ -203,8 +203,8 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
     negotiated.pop("client_cert_refused", None)
     if negotiated.get("alpn") not in (None, "http/1.1"):
         raise TargetUnreachable(
-            f"target {target.url}: the server chose {negotiated['alpn']} by ALPN; the engine "
-            "speaks http/1.1 over TLS: leave it alone in tls.alpn")
+            f"target {target.url}: the server chose {negotiated['alpn']} by ALPN, and the "
+            "engine speaks http/1.1 over TLS: offer only http/1.1 in tls.alpn")
     return negotiated
 
 
