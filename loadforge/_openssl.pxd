@@ -87,7 +87,6 @@ cdef extern from "openssl/ssl.h" nogil:
     int BIO_write(BIO* b, const void* data, int dlen)
     int BIO_read(BIO* b, void* data, int dlen)
     long BIO_get_mem_data(BIO* b, char** pp)
-    int BIO_reset(BIO* b)
     size_t BIO_ctrl_pending(BIO* b)
     void BIO_set_mem_eof_return(BIO* b, int v)
 
