@@ -21,6 +21,8 @@ setup(
                 "loadforge._core",
                 ["loadforge/_core.pyx"],
                 define_macros=macros,
+                # The system's OpenSSL 3 (libssl-dev), the libssl.so.3 Python's ssl loads too.
+                libraries=["ssl", "crypto"],
                 extra_compile_args=cflags,
             )
         ],

@@ -9,12 +9,15 @@ Python is called once per interval, with that interval's histogram deltas packed
 object (the worker wire format: `loadforge/engine/wire.pxd`, read by `loadforge/run/wire.py`).
 """
 
+import os
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.math cimport ceil, sqrt
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memset
 
+from loadforge._openssl cimport *
 from loadforge._system cimport *
 
 # One extension built from includes, in data-flow order (declarations: loadforge/_core.pxd and
@@ -25,6 +28,7 @@ include "engine/arrivals.pxi"
 include "engine/recorder.pxi"
 include "engine/http1.pxi"
 include "engine/tcp.pxi"
+include "engine/tls.pxi"
 include "engine/transport.pxi"
 include "engine/loop.pxi"
 include "engine/pool.pxi"

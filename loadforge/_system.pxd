@@ -15,6 +15,9 @@ cdef extern from "<errno.h>" nogil:
         ECONNREFUSED
         EPIPE
         ENOSYS
+        EPROTO
+        ECONNABORTED
+        EALREADY
 
 
 cdef extern from "<time.h>" nogil:

@@ -168,6 +168,16 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
 @click.option("--backend-header", help="Attribute requests to backends by this response header "
               "(e.g. X-Served-By).")
 @click.option("--no-preflight", is_flag=True, help="Skip the request sent before the run.")
+@click.option("--ca-cert", type=click.Path(dir_okay=False), help="https: trust this CA bundle "
+              "(PEM) instead of the system store (overrides tls.ca).")
+@click.option("--client-cert", type=click.Path(dir_okay=False), help="https: client "
+              "certificate chain (PEM) for mutual TLS (overrides tls.cert).")
+@click.option("--client-key", type=click.Path(dir_okay=False), help="https: the client "
+              "certificate's private key (PEM), if not in --client-cert.")
+@click.option("--server-name", help="https: SNI and the name the certificate must carry, when "
+              "the target is an address (overrides tls.server_name).")
+@click.option("--insecure", is_flag=True, help="https: do not verify the server's certificate "
+              "(said in the summary).")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress, no summary table.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False),
               help="Write the SLO verdicts as JUnit XML (one test case per objective).")
@@ -204,8 +214,9 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         duration: str | None, connections: int | None, timeout: str | None,
         timer_resolution: str | None, requests_per_connection: int | None, workers: int | None,
         out_dir: str, labels: tuple[str, ...], summary_json: str | None,
-        backend_header: str | None, no_preflight: bool, quiet: bool,
-        junit_path: str | None, repeat: int, slos: tuple[str, ...], shards: int | None = None,
+        backend_header: str | None, no_preflight: bool, ca_cert: str | None,
+        client_cert: str | None, client_key: str | None, server_name: str | None,
+        insecure: bool, quiet: bool, junit_path: str | None, repeat: int, slos: tuple[str, ...], shards: int | None = None,
         launcher: str = "local", max_clock_offset: str = "50ms",
         shard_start_timeout: str | None = None, coordinator_address: str | None = None,
         namespace: str = "default", image: str | None = None, shard_cpu: str = "1",
@@ -216,6 +227,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
 
     from loadforge import runner
     from loadforge.config.profile import load_profile, parse_slo_flags, with_slo_flags
+    from loadforge.config.tls import with_tls_flags
     from loadforge.present import summary
 
     stdout_taken = _one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path))
@@ -232,7 +244,10 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
             plan = replace(plan, timeout_s=_timeout(timeout))
     else:
         plan = _flag_plan(target, rate, concurrency, duration, connections, timeout)
-    plan = replace(plan, slo=with_slo_flags(plan.slo, objectives))
+    plan = replace(plan, slo=with_slo_flags(plan.slo, objectives),
+                   tls=with_tls_flags(plan.tls, ca_cert=ca_cert, client_cert=client_cert,
+                                      client_key=client_key, server_name=server_name,
+                                      insecure=insecure))
     if requests_per_connection is not None:
         if requests_per_connection < 0:
             raise InputError("--requests-per-connection must be >= 0, got "

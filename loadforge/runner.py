@@ -62,6 +62,7 @@ def execute(plan: Plan, opts: RunOptions, console: Console) -> RunOutcome:
 def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
              sandbox: Any = None) -> RunOutcome:
     target = coordinator.parse_target(target_url)
+    plan = coordinator.with_tls(plan, target)
     workers = opts.workers or plan.workers or os.cpu_count() or 1
     workers = max(1, min(workers, plan.connections))
     per_shard = 0
@@ -93,9 +94,13 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     coordinator._check_template_buffers(specs, compiled)
     # Metric pollers and timed actions, started at time zero (observe/).
     watchers = pollers.Watchers(plan, opts.interval_s, sandbox)
+    negotiated: dict[str, Any] = {}
     if opts.preflight:
         first, judged = coordinator.preflight_request(plan.requests, plan.templates)
-        coordinator.preflight(target, first, plan.timeout_s, judge_status=judged)
+        negotiated = coordinator.preflight(target, first, plan.timeout_s, judge_status=judged,
+                                           tls=plan.tls)
+    tls_info = None if plan.tls is None else {**plan.tls.describe(), "protocol": None,
+                                              "cipher": None, "alpn": None, **negotiated}
     run_id = new_run_id(plan)
     path = os.path.join(opts.out_dir, f"{run_id}.parquet")
     metadata: dict[str, Any] = {
@@ -110,6 +115,8 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     }
     if opts.slo_flags:
         metadata["slo_flags"] = opts.slo_flags
+    if tls_info is not None:
+        metadata["tls"] = tls_info
     if opts.shards:
         metadata["shard_count"] = str(opts.shards)
     started = time.time()
@@ -176,6 +183,8 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
               # The target saw these too: servers' counts reconcile with requests + these.
               "preflight": {"requests": 1 if opts.preflight else 0}, **state,
               "feeder_exhausted": _exhausted(agg, compiled)}
+    if tls_info is not None:
+        result["tls"] = tls_info
     if pool is not None and not isinstance(pool, WorkerPool):
         result["shards"] = pool.figures(ran_s)
     return RunOutcome(result, saved, ok, stop.signum, failure)

@@ -58,7 +58,8 @@ http {{
   scgi_temp_path {dir}/scgi;
   keepalive_requests 1000000;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{ssl};
+{tls}
     location / {{ return 200 "ok\\n"; }}
     location /chunked {{ chunked_transfer_encoding on; return 200 "chunk"; }}
     location /missing {{ return 404; }}
@@ -74,19 +75,22 @@ http {{
 
 
 class Nginx:
-    """nginx on a free port with its own access log, so a test can count what it served."""
+    """nginx on a free port with its own access log, so a test can count what it served.
 
-    def __init__(self) -> None:
+    tls: server directives (ssl_certificate, ...) that make it an https:// server."""
+
+    def __init__(self, tls: str = "") -> None:
         self.dir = tempfile.mkdtemp(prefix="lf-nginx-")
         self.port = free_port()
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(dir=self.dir, port=self.port))
+            f.write(NGINX_CONF.format(dir=self.dir, port=self.port, ssl=" ssl" if tls else "",
+                                      tls=tls))
         self.proc = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", conf, "-e",
                                       os.path.join(self.dir, "error.log")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_listening(self.port)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     def served(self) -> int:
         """Requests nginx logged (it logs each one when the response is sent)."""

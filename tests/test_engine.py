@@ -256,7 +256,9 @@ def test_quickstart_profile_runs_against_the_sandbox(tmp_path):
     ("--target", "http://127.0.0.1:1/", "--rate", "-5", "--duration", "1s"),
     ("--target", "http://127.0.0.1:1/", "--rate", "5", "--concurrency", "4", "--duration", "1s"),
     ("--target", "http://127.0.0.1:1/", "--rate", "5"),
-    ("--target", "https://127.0.0.1:1/", "--rate", "5", "--duration", "1s"),
+    ("--target", "https://127.0.0.1:1/", "--rate", "5", "--duration", "1s", "--ca-cert",
+     "no-such-ca.pem"),
+    ("--target", "http://127.0.0.1:1/", "--rate", "5", "--duration", "1s", "--insecure"),
     ("--target", "http://127.0.0.1:1/", "--rate", "5", "--duration", "5"),
     ("no-such-profile.toml",),
 ])

@@ -22,7 +22,7 @@ def test_engine_and_python_agree_on_the_layout():
     assert _core.WIRE_FORMAT == {
         "magic": wire.MAGIC, "version": wire.VERSION, "header": wire.HEADER.size,
         "stage": wire.STAGE.size, "backend": wire.BACKEND.size, "cell": wire.CELL.size,
-        "hist": wire.HIST.size, "trailer": wire.TRAILER.size}
+        "hist": wire.HIST.size, "trailer": wire.TRAILER.size, "tls": wire.TLS.size}
 
 
 def read_hist(payload: bytes, off: int) -> tuple[tuple, list[int], int]:
@@ -78,6 +78,10 @@ def test_flush_output_read_field_by_field():
         off += wire.TRAILER.size
         connect_time, _, off = read_hist(payload, off)
         connect_times += connect_time[2]
+        assert wire.TLS.unpack_from(payload, off) == (0, 0, 0)     # plain TCP: no handshakes
+        off += wire.TLS.size
+        tls_time, _, off = read_hist(payload, off)
+        assert tls_time[2] == 0
         assert off == len(payload)
     assert completed == scheduled == 25
     assert connect_times == connects == 2
@@ -88,7 +92,7 @@ def test_flush_output_read_field_by_field():
 
 def test_decode_refuses_another_version():
     header = wire.HEADER.pack(wire.MAGIC, wire.VERSION + 1, 1, 0, 0, 0, 0, 0, 0, 0)
-    with pytest.raises(wire.WireFormatError, match="wire format version 3; this loadforge"):
+    with pytest.raises(wire.WireFormatError, match="wire format version 4; this loadforge"):
         decode_interval(interval_message(header, 0, 0))
     # version 1 had no version field, only its magic b"LFI1"
     with pytest.raises(wire.WireFormatError, match="version 1;"):

@@ -174,6 +174,7 @@ class ScopeFigures:
     service: HdrHistogram = field(default_factory=histogram.new_histogram)
     error_latency: HdrHistogram = field(default_factory=histogram.new_histogram)
     connect: HdrHistogram = field(default_factory=histogram.new_histogram)
+    tls: HdrHistogram | None = None         # TLS handshake times; None: not an https:// run
     # request name -> [responses, errors, latency of its successful responses]
     by_name: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -204,6 +205,11 @@ class ScopeFigures:
                 connect = reader.connect(row)
                 if connect is not None:
                     histogram.merge(self.connect, connect)
+                tls = reader.tls(row)
+                if tls is not None:
+                    if self.tls is None:
+                        self.tls = histogram.new_histogram()
+                    histogram.merge(self.tls, tls)
             return
         if full and name != "*" and (outcome == OK if reader.has_ok_rows else headline):
             entry = self.by_name.setdefault(name, [0, 0, histogram.new_histogram()])
@@ -252,6 +258,13 @@ class RowReader:
             return row.get("connect")
         return (None if row.get("connect_hdr") is None
                 else self.result.histogram(row, "connect_hdr"))
+
+    def tls(self, row: dict[str, Any]) -> HdrHistogram | None:
+        """TLS handshake times of a "*" row; None over plain TCP."""
+        if self.result is None:
+            return row.get("tls")
+        return (None if row.get("tls_hdr") is None
+                else self.result.histogram(row, "tls_hdr"))
 
 
 def fold_scopes(rows: Iterable[dict[str, Any]], reader: RowReader, full: bool = False
@@ -666,10 +679,13 @@ def summary_figures(rows: Iterable[dict[str, Any]], fail_status: tuple[str, ...]
     folded = fold_scopes(rows, reader, full=True)
     stages_out = []
     run = inputs.run
+    tls = "tls_handshakes" in inputs.connections      # an https:// run
     for st in inputs.stages:
         fig = folded.get(("stage", st.name)) or ScopeFigures(st.name, st.duration_s)
         block = _block(fig, st, fail_status)
         block["connect_time_us"] = connect_block(fig.connect)
+        if tls:
+            block["tls_handshake_us"] = connect_block(fig.tls or histogram.new_histogram())
         stages_out.append({"name": st.name, "model": "open" if st.open_model else "closed",
                            **block})
     whole = folded.get(("run", ALL_STAGES)) or ScopeFigures(ALL_STAGES, run.duration_s)
@@ -678,6 +694,9 @@ def summary_figures(rows: Iterable[dict[str, Any]], fail_status: tuple[str, ...]
         name: name_block(*whole.by_name.get(name, (0, 0, histogram.new_histogram())))
         for name in request_names}
     out["connections"] = {**inputs.connections, "connect_time_us": connect_block(whole.connect)}
+    if tls:
+        out["connections"]["tls_handshake_us"] = connect_block(
+            whole.tls or histogram.new_histogram())
     out["stages"] = stages_out
     out.update(inputs.extra)
     return out

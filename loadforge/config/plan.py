@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from loadforge.config.feeders import Feeder, Template
 from loadforge.config.observe import Action, Observe
 from loadforge.config.sandbox import SandboxConfig
+from loadforge.config.tls import TLS
 
 # Outcomes of one arrival, in the order the engine numbers them. Status classes are responses,
 # the rest are transport failures (no response).
@@ -114,6 +115,7 @@ class Plan:
     # Close each connection after this many responses (1: a new connection per request), so
     # a load balancer sees new connections spread as they would be; 0 reuses without end.
     requests_per_connection: int = 0
+    tls: TLS | None = None            # [tls] of https:// targets (config/tls.py)
     slo: SLO = field(default_factory=SLO)
     # [observe] (metric sources, backend attribution) and [[actions]], in time order.
     observe: Observe = field(default_factory=Observe)

@@ -56,12 +56,13 @@ from loadforge.config.plan import (
 )
 from loadforge.config.redact import SECRET_HEADERS, redact_url
 from loadforge.config.sandbox import SandboxConfig, validate_sandbox_config
+from loadforge.config.tls import check_tls
 from loadforge.errors import ProfileError
 from loadforge.limits import MAX_LATENCY_OBJECTIVE_S
 from loadforge.units import parse_duration, parse_percent, show_value
 
 TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox",
-            "feeders")
+            "feeders", "tls")
 LOAD_KEYS = ("connections", "workers", "timeout", "fail_status", "timer_resolution",
              "requests_per_connection")
 STAGE_KEYS = ("name", "duration", "rate", "ramp", "concurrency", "think")
@@ -191,12 +192,15 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                                                                        "actions")],
                                check.where("actions"), sum(s.duration_s for s in stages))
     sandbox = _sandbox(check, top["sandbox"]) if "sandbox" in top else None
+    tls = check_tls(top["tls"], check.label,
+                    os.path.dirname(os.path.abspath(path)) if path != "<profile>" else "") \
+        if "tls" in top else None
 
     return Plan(name=name, target=target, stages=stages, requests=requests,
                 connections=connections, workers=workers, timeout_s=timeout_s,
                 fail_status=fail_status, timer_resolution_s=timer_resolution_s,
                 requests_per_connection=requests_per_connection, slo=slo, observe=observe, actions=actions,
-                sandbox=sandbox, source=source, path=path, feeders=feeders, templates=templates,
+                sandbox=sandbox, tls=tls, source=source, path=path, feeders=feeders, templates=templates,
                 secrets=tuple(dict.fromkeys(s for s in secrets if s)))
 
 
@@ -306,13 +310,11 @@ def check_target(value: Any, where: str = "--target", *, allow_query: bool = Fal
 def _target(check: _Checker, value: Any, path: str = "target", *,
             allow_query: bool = False) -> str:
     target = check.string(value, path)
-    expected = 'must be "sandbox" or an http:// URL'
+    expected = 'must be "sandbox" or an http:// or https:// URL'
     if target == "sandbox":
         return target
     # Messages show the URL without its user-info: they end up in CI logs.
     shown = show_value(redact_url(target))
-    if target.lower().startswith("https://"):
-        check.fail(path, f"{expected}: https targets are not supported yet, got {shown}")
     if not _PRINTABLE.fullmatch(target) or " " in target:
         check.fail(path, f"{expected} (printable ASCII, no spaces), got {shown}")
     parts = urlsplit(target)
@@ -320,7 +322,7 @@ def _target(check: _Checker, value: Any, path: str = "target", *,
         parts.port  # noqa: B018 -- urlsplit checks the port only when asked
     except ValueError:
         check.fail(path, f"{expected} with a valid port, got {shown}")
-    if parts.scheme != "http" or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         check.fail(path, f"{expected} such as \"http://127.0.0.1:8080\", got {shown}")
     if "@" in parts.netloc:
         check.fail(path, f"{expected} without user:password@, got {shown}; send credentials "

@@ -73,8 +73,11 @@ cdef int flush(Engine self, int final) except -1:
     """Hand the interval's counts to Python as one bytes object (engine/wire.pxd), then clear
     them."""
     cdef Py_ssize_t size = sizeof(WireHeader) + sizeof(WireStage) * self.nstages \
-        + sizeof(WireBackend) * self.nbackends + sizeof(WireTrailer) + sizeof(WireHist)
+        + sizeof(WireBackend) * self.nbackends + sizeof(WireTrailer) + sizeof(WireHist) \
+        + sizeof(WireTls) + sizeof(WireHist)
     cdef Hist* ct = &self.connect_time
+    cdef Hist* ht = &self.tls_time
+    cdef WireTls* tls
     cdef int i, open_conns = 0
     cdef Cell* cell
     cdef char* out
@@ -85,6 +88,8 @@ cdef int flush(Engine self, int final) except -1:
     cdef WireTrailer* trailer
     if ct.lo <= ct.hi:
         size += (ct.hi - ct.lo + 1) * 4
+    if ht.lo <= ht.hi:
+        size += (ht.hi - ht.lo + 1) * 4
     for i in range(self.ntouched):
         cell = self.cells[self.touched[i]]
         size += sizeof(WireCell) + 2 * sizeof(WireHist)
@@ -144,7 +149,12 @@ cdef int flush(Engine self, int final) except -1:
     trailer.dropped = self.dropped
     trailer.closed_by_server = self.closed_by_server
     trailer.closed_by_us = self.closed_by_us
-    wire_hist(self, ct, out + sizeof(WireTrailer))
+    out = wire_hist(self, ct, out + sizeof(WireTrailer))
+    tls = <WireTls*>out
+    tls.full = self.transport.tls_full
+    tls.resumed = self.transport.tls_resumed
+    tls.failed = self.transport.tls_failed
+    wire_hist(self, ht, out + sizeof(WireTls))
     self.ntouched = 0
     self.interval_index += 1
     try:
@@ -165,4 +175,5 @@ WIRE_FORMAT = {
     "cell": sizeof(WireCell),
     "hist": sizeof(WireHist),
     "trailer": sizeof(WireTrailer),
+    "tls": sizeof(WireTls),
 }

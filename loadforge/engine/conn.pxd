@@ -2,10 +2,12 @@
 
 from libc.stdint cimport int32_t, int64_t
 
+from loadforge._openssl cimport SSL
+
 
 cdef enum ConnState:
     C_CLOSED
-    C_CONNECTING
+    C_CONNECTING         # TCP connect, then (TLS) the handshake: Conn.handshaking
     C_IDLE
     C_BUSY               # request being written or response awaited
     C_BACKOFF            # closed: its last connect failed, the next waits until retry_at_ns
@@ -34,4 +36,11 @@ cdef struct Conn:
     int64_t retry_at_ns
     int64_t last_rx_ns   # receive timestamp of the latest bytes of a body that ends at close
     int64_t connect_ns   # when connect() was called: the connect time ends when it completes
+    # TLS (engine/tls.pxi): the connection's SSL, whether its handshake is under way (still
+    # C_CONNECTING, so timeouts and the pool treat it as connecting) and since when, and
+    # plaintext bytes the writer was told are unwritten though already encrypted.
+    SSL* ssl
+    int handshaking
+    int64_t handshake_ns
+    int tls_held
     Parser parser

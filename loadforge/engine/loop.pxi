@@ -43,6 +43,7 @@ cdef class Engine:
         uint64_t closed_by_us       # ... and those the engine ended (errors, timeouts, stop)
         Arena arena              # histogram chunks, shared by every cell
         Hist connect_time        # TCP connect times (µs) of the connections opened this interval
+        Hist tls_time            # TLS handshake times (µs) of the handshakes ended this interval
         int writing              # connections with a partial write (EPOLLOUT registered)
         uint64_t n_wakeups
 
@@ -104,12 +105,13 @@ cdef class Engine:
         self.wake_epfd = -1
         self.control_fd = -1
         hist_clear(&self.connect_time)
+        hist_clear(&self.tls_time)
 
     def __init__(self, str address, int port, list requests, list mix, list stages,
                  int connections, int worker=0, int workers=1, double timeout_s=5.0,
                  double interval_s=1.0, capture_header=None, int control_fd=-1,
                  double timer_resolution_s=0.0, int requests_per_connection=0,
-                 list feeders=None, list templates=None):
+                 list feeders=None, list templates=None, tls=None):
         cdef int i
         cdef sockaddr_in* a4
         cdef sockaddr_in6* a6
@@ -132,6 +134,8 @@ cdef class Engine:
         self.requests_per_connection = requests_per_connection
 
         self.transport.kind = T_TCP
+        if tls is not None:
+            tls_setup(&self.transport, tls)
         memset(&self.transport.addr, 0, sizeof(self.transport.addr))
         baddr = address.encode()
         if ":" in address:
@@ -251,6 +255,10 @@ cdef class Engine:
                 free(self.arena.blocks[i])
             free(self.arena.blocks)
         free(self.arena.free_ids)
+        if self.transport.session != NULL:
+            SSL_SESSION_free(self.transport.session)
+        if self.transport.ctx != NULL:
+            SSL_CTX_free(self.transport.ctx)
         if self.epfd >= 0:
             close(self.epfd)
         if self.wake_epfd >= 0:
@@ -291,6 +299,11 @@ cdef class Engine:
         if not self.tpl.exhausted:
             return None
         return (self.tpl.exhausted - 1, self.tpl.exhausted_at_ns)
+
+    @property
+    def tls_handshakes(self):
+        """TLS handshakes so far: (full, resumed, failed)."""
+        return (self.transport.tls_full, self.transport.tls_resumed, self.transport.tls_failed)
 
     @property
     def retries(self):
@@ -369,9 +382,10 @@ cdef class Engine:
                         and not transport_pending(&self.transport, c):
                     return    # the socket is empty (wrk's test): wait for more
                 reads += 1
-                if reads == MAX_READS_PER_EVENT:
+                if reads >= MAX_READS_PER_EVENT and not transport_pending(&self.transport, c):
                     # A server as fast as the loop (a body without end) must not hold it;
-                    # the socket stays readable, so epoll hands it back at once.
+                    # the socket stays readable, so epoll hands it back at once. Bytes
+                    # inside the TLS layer are read first: epoll would not hand them back.
                     return
                 continue
             if n == 0:

@@ -1,10 +1,14 @@
 # Declarations of the transport seam (engine/transport.pxi): how bytes reach the target.
 
+from libc.stdint cimport uint64_t
+
+from loadforge._openssl cimport SSL_CTX, SSL_SESSION
 from loadforge._system cimport sockaddr_storage, socklen_t
 
 
 cdef enum TransportKind:
-    T_TCP                # plain TCP (engine/tcp.pxi); TLS goes beside it
+    T_TCP                # plain TCP (engine/tcp.pxi)
+    T_TLS                # TLS over TCP, OpenSSL with memory BIOs (engine/tls.pxi)
 
 
 cdef struct Transport:
@@ -13,3 +17,11 @@ cdef struct Transport:
     sockaddr_storage addr
     socklen_t addrlen
     int rx_stamps        # SO_TIMESTAMPNS works: responses are timed by the kernel
+    # TLS: one context per worker; the latest session ticket when resumption is on
+    SSL_CTX* ctx
+    SSL_SESSION* session
+    int resumption
+    char server_name[256]   # SNI, empty for an address
+    uint64_t tls_full    # handshakes completed, so far: full ones ...
+    uint64_t tls_resumed  # ... and those that resumed a session
+    uint64_t tls_failed  # handshakes that failed (certificate rejected, alert, reset)

@@ -11,6 +11,8 @@
 #   per cell, x ncells: WireCell, then WireHist + uint32 counts x2 (latency, service)
 #   WireTrailer
 #   WireHist + uint32 counts            (the interval's connect times)
+#   WireTls                             (TLS handshakes so far; zeros over plain TCP)
+#   WireHist + uint32 counts            (the interval's TLS handshake times)
 # A WireHist is followed by its n uint32 counts, of histogram indices lo, lo+1, ...
 #
 # Change anything here and in loadforge/run/wire.py together, and bump WIRE_VERSION.
@@ -28,7 +30,7 @@ cdef extern from *:
 
 cdef enum:
     WIRE_MAGIC = 0x4957464c       # b"LFWI" read little-endian
-    WIRE_VERSION = 2              # 1: the unversioned layout of magic b"LFI1"
+    WIRE_VERSION = 3              # 1: the unversioned layout of magic b"LFI1"; 3: TLS
 
 
 cdef packed struct WireHeader:
@@ -78,3 +80,9 @@ cdef packed struct WireTrailer:   # so far
     uint64_t dropped
     uint64_t closed_by_server
     uint64_t closed_by_us
+
+
+cdef packed struct WireTls:       # so far
+    uint64_t full        # handshakes that negotiated a new session
+    uint64_t resumed     # ... and that resumed one
+    uint64_t failed      # handshakes that failed

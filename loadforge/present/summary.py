@@ -46,6 +46,25 @@ def _render_connections(c: dict[str, Any], console: Console) -> None:
                   f"at most {int(c.get('open_peak', 0)):,} open", highlight=False, soft_wrap=True)
 
 
+def _render_tls(tls: dict[str, Any] | None, c: dict[str, Any], console: Console) -> None:
+    """One line for an https:// run: what was negotiated, handshakes full and resumed and how
+    long they took; and a warning when verification was off."""
+    if not tls:
+        return
+    hs = c.get("tls_handshakes") or {}
+    ht = c.get("tls_handshake_us") or {}
+    took = (f" (p50 {format_us(ht['p50'])}, p99 {format_us(ht['p99'])})"
+            if ht.get("count") else "")
+    negotiated = ", ".join(str(tls[k]) for k in ("protocol", "cipher") if tls.get(k))
+    alpn = f", ALPN {tls['alpn']}" if tls.get("alpn") else ""
+    console.print(f"tls: {negotiated or 'not negotiated before the run'}{alpn}; handshakes "
+                  f"{int(hs.get('full', 0)):,} full, {int(hs.get('resumed', 0)):,} resumed, "
+                  f"{int(hs.get('failed', 0)):,} failed{took}", highlight=False, soft_wrap=True)
+    if not tls.get("verify", True):
+        console.print("tls: the server's certificate was NOT verified (--insecure)",
+                      style="bold red", highlight=False)
+
+
 def _format_rps(rps: float) -> str:
     return f"{rps:.1f}" if rps < 1000 else f"{rps:,.0f}"
 
@@ -160,6 +179,7 @@ def render_summary(
         )
         console.print(message)
     _render_connections(summary.get("connections") or {}, console)
+    _render_tls(summary.get("tls"), summary.get("connections") or {}, console)
     lag_ms = float(summary.get("report_lag_ms") or 0.0)
     if lag_ms > REPORT_LAG_WARN_MS:
         console.print(f"the coordinator was late: interval reports reached it up to "

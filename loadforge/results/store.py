@@ -70,6 +70,9 @@ _BASE_FIELDS: tuple[tuple[str, str, bool], ...] = (
     # TCP connect times (µs) of the connections opened in the row's time, V2-compressed, on
     # the rows merged over name and outcome (name = outcome = "*"); null elsewhere.
     ("connect_hdr", "binary", True),
+    # TLS handshake times (µs) of the handshakes ended in the row's time, on the same rows;
+    # null over plain TCP.
+    ("tls_hdr", "binary", True),
     # A sharded run's per-shard rows (scope "shard") carry the shard's index; "*" elsewhere.
     ("shard", "string", False),
 )
@@ -303,6 +306,8 @@ class ResultWriter:
             buf["service_hdr"].append(svc_hdr)
             connect: HdrHistogram | None = row.get("connect")
             buf["connect_hdr"].append(None if connect is None else histogram.encode(connect))
+            handshakes: HdrHistogram | None = row.get("tls")
+            buf["tls_hdr"].append(None if handshakes is None else histogram.encode(handshakes))
             self._buffered_bytes += len(lat_hdr) + len(svc_hdr)
             buf["p50_us"].append(lat["p50"])
             buf["p90_us"].append(lat["p90"])

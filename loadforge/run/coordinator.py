@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import secrets
 import signal
 import socket
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from urllib.parse import urlsplit
 from loadforge import __version__, _core, schedule
 from loadforge.config import feeders
 from loadforge.config.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES, Plan, Request
+from loadforge.config.tls import TLS
 from loadforge.errors import (
     InputError,
     ResultsWriteFailed,
@@ -81,6 +84,8 @@ class Target:
     address: str       # what the engine connects to
     port: int
     path: str = ""     # the URL's path: a prefix of every request's path
+    hostname: str = ""  # the URL's host without port: TLS verifies the certificate against it
+    https: bool = False
 
 
 @dataclass
@@ -103,12 +108,11 @@ class RunOutcome:
 
 def parse_target(url: str) -> Target:
     parts = urlsplit(url)
-    if parts.scheme == "https":
-        raise InputError(f"target {url}: https targets are not supported yet, use http://")
-    if parts.scheme != "http" or not parts.hostname:
-        raise InputError(f"target {url}: expected an http:// URL such as http://127.0.0.1:8080/")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"target {url}: expected an http:// or https:// URL such as "
+                         "http://127.0.0.1:8080/")
     try:
-        port = parts.port or 80
+        port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
         raise InputError(f"target {url}: {exc}") from None
     try:
@@ -118,7 +122,8 @@ def parse_target(url: str) -> Target:
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     if parts.port:
         host = f"{host}:{parts.port}"
-    return Target(url, host, str(info[0][4][0]), port, parts.path)
+    return Target(url, host, str(info[0][4][0]), port, parts.path, parts.hostname,
+                  parts.scheme == "https")
 
 
 def request_path(prefix: str, path: str) -> str:
@@ -173,31 +178,120 @@ def preflight_request(requests: tuple[Request, ...],
     return Request(first.name, "GET", first.path, headers, b"", first.weight), False
 
 
-def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool = True) -> None:
-    """One request before the run, so a wrong URL fails in seconds with a clear message."""
-    url = f"http://{target.host}{request_path(target.path, req.path)}"
+def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool = True,
+              tls: TLS | None = None) -> dict[str, Any]:
+    """One request before the run, so a wrong URL fails in seconds with a clear message. Over
+    TLS it verifies the certificate with the run's settings (a rejection is one line that
+    names the reason and the fix) and returns what was negotiated."""
+    scheme = "https" if target.https else "http"
+    url = f"{scheme}://{target.host}{request_path(target.path, req.path)}"
+    negotiated: dict[str, Any] = {}
     try:
-        status = _preflight_status(target, req, min(timeout_s, 5.0))
+        status = _preflight_status(target, req, min(timeout_s, 5.0), tls, negotiated)
+    except ssl.SSLError as exc:
+        raise TargetUnreachable(f"target {target.url}: "
+                                f"{tls_failure(exc, tls or TLS(), target)}") from None
     except (OSError, HTTPException) as exc:
         raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url} "
                                 f"failed ({type(exc).__name__}: {exc})") from None
     if status == 404 and judge_status:
         raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found; "
                                 "check the URL and the request paths (or pass --no-preflight)")
+    if tls is not None and status == 400 and negotiated.get("client_cert_refused"):
+        # nginx completes the handshake without a client certificate and answers 400 to
+        # every request instead; as good as a refused handshake for a load test.
+        raise TargetUnreachable(
+            f"target {target.url}: TLS client certificate refused: {req.method} {url} returned "
+            f"400 \"{negotiated['client_cert_refused']}\"; pass --client-cert and --client-key "
+            "(tls.cert, tls.key) with a certificate the server trusts")
+    negotiated.pop("client_cert_refused", None)
+    if negotiated.get("alpn") not in (None, "http/1.1"):
+        raise TargetUnreachable(
+            f"target {target.url}: the server chose {negotiated['alpn']} by ALPN, and the "
+            "engine speaks http/1.1 over TLS: offer only http/1.1 in tls.alpn")
+    return negotiated
 
 
-def _preflight_status(target: Target, req: Request, timeout_s: float) -> int:
+# OpenSSL's X509_V_ERR_* codes, by the reason a user can act on.
+_EXPIRED = {9: "not yet valid", 10: "expired"}
+_UNKNOWN_ISSUER = (2, 18, 19, 20, 21)
+_NAME_MISMATCH = (62, 64)
+
+
+def tls_failure(exc: ssl.SSLError, tls: TLS, target: Target) -> str:
+    """One line: why the TLS handshake failed, and what to do about it."""
+    name = tls.verify_name(target.hostname)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = exc.verify_code
+        if code in _EXPIRED:
+            return (f"certificate rejected: {_EXPIRED[code]} ({exc.verify_message}); renew the "
+                    "server's certificate (or check this machine's clock)")
+        if code in _UNKNOWN_ISSUER:
+            return ("certificate rejected: unknown issuer (not signed by a trusted CA: "
+                    f"{exc.verify_message}); pass --ca-cert CA.pem (tls.ca) with the CA that "
+                    "signed it, or --insecure to skip verification")
+        if code in _NAME_MISMATCH:
+            return (f"certificate rejected: name mismatch (not valid for {name}); pass "
+                    "--server-name NAME (tls.server_name) with a name the certificate carries")
+        return (f"certificate rejected: {exc.verify_message}; fix the server's certificate, or "
+                "pass --insecure to skip verification")
+    reason = (exc.reason or str(exc)).upper()
+    if "CERTIFICATE_REQUIRED" in reason or ("HANDSHAKE_FAILURE" in reason and not tls.cert):
+        return ("TLS handshake failed: the server requires a client certificate "
+                f"({exc.reason}); pass --client-cert and --client-key (tls.cert, tls.key)")
+    if "PROTOCOL_VERSION" in reason or "UNSUPPORTED_PROTOCOL" in reason \
+            or "NO_PROTOCOLS_AVAILABLE" in reason:
+        return (f"TLS handshake failed: no TLS version in common ({exc.reason}); the server "
+                f"does not accept tls.versions {list(tls.versions)}")
+    if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason:
+        return (f"TLS handshake failed: the server rejected the client certificate "
+                f"({exc.reason}); pass one signed by a CA it trusts (--client-cert)")
+    if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason:
+        return (f"TLS handshake failed ({exc.reason}): the target does not speak TLS on this "
+                "port; use http:// or the server's TLS port")
+    return f"TLS handshake failed ({exc.reason or exc}); check the target's TLS settings"
+
+
+class _TLSConnection(HTTPConnection):
+    """http.client over TLS to the resolved address, verifying the certificate against the
+    name the engine verifies (tls.server_name or the URL's host), not the address."""
+
+    def __init__(self, target: Target, timeout_s: float, tls: TLS,
+                 negotiated: dict[str, Any]) -> None:
+        super().__init__(target.address, target.port, timeout=timeout_s)
+        self.context = tls.ssl_context()
+        self.server_name = tls.verify_name(target.hostname)
+        self.negotiated = negotiated
+
+    def connect(self) -> None:
+        super().connect()
+        sock = self.context.wrap_socket(self.sock, server_hostname=self.server_name)
+        self.sock = sock
+        cipher = sock.cipher()
+        self.negotiated.update({"protocol": sock.version(),
+                                "cipher": cipher[0] if cipher else None,
+                                "alpn": sock.selected_alpn_protocol()})
+
+
+def _preflight_status(target: Target, req: Request, timeout_s: float, tls: TLS | None = None,
+                      negotiated: dict[str, Any] | None = None) -> int:
     """The status of one request sent where the engine sends (the resolved address: no proxy
     from the environment). http.client rather than httpx: importing httpx cost 60 ms of
     start-up CPU, a third of the coordinator's before its first request."""
-    conn = HTTPConnection(target.address, target.port, timeout=timeout_s)
+    conn = (HTTPConnection(target.address, target.port, timeout=timeout_s) if tls is None
+            else _TLSConnection(target, timeout_s, tls, {} if negotiated is None else negotiated))
     try:
         # One Host header: the request's own (a virtual host) or the target's.
         headers = {"Host": host_header(req, target.host), "User-Agent": USER_AGENT}
         headers.update((k, v) for k, v in req.headers if k.lower() != "host")
         conn.request(req.method, request_path(target.path, req.path), headers=headers)
         resp = conn.getresponse()
-        resp.read(1 << 20)
+        body = resp.read(1 << 20)
+        if tls is not None and negotiated is not None and resp.status == 400:
+            # nginx's page for a missing or rejected client certificate
+            match = re.search(rb"<center>([^<]*SSL certificate[^<]*)</center>", body)
+            if match:
+                negotiated["client_cert_refused"] = match.group(1).decode("latin-1")
         return resp.status
     finally:
         conn.close()
@@ -252,7 +346,8 @@ class RunInputs:
 
     stages: list[ScopeRun]
     run: ScopeRun
-    connections: dict[str, int]       # opened, failed, open_peak, closed_by_*, retried
+    connections: dict[str, Any]       # opened, failed, open_peak, closed_by_*, retried,
+                                      # tls_handshakes (https:// runs)
     extra: dict[str, Any]             # dropped_samples, report_lag_ms
 
 
@@ -291,6 +386,10 @@ class Aggregator:
         self.report_lag_ns = 0       # the latest an interval report reached the coordinator
         # per stage: TCP connect times of the connections opened in its intervals
         self.connect_times = [histogram.new_histogram() for _ in plan.stages]
+        # ... and their TLS handshake times; per worker, handshakes so far (full, resumed,
+        # failed)
+        self.tls_times = [histogram.new_histogram() for _ in plan.stages]
+        self.tls_handshakes: dict[int, tuple[int, int, int]] = {}
         self.open_peak = 0
         # Windowed objectives with abort_after, judged as each interval is merged.
         self.judge = judge
@@ -364,11 +463,12 @@ class Aggregator:
         cpu_stage = next((i for i, w in enumerate(self.windows) if w.start_s <= mid_s < w.end_s),
                          len(self.windows) - 1)
         connect_time = histogram.new_histogram()
+        tls_time = histogram.new_histogram()
         for r in reports:
-            ct = r.connect_time
-            if ct is not None:
-                histogram.add_slice(connect_time, ct.lo, ct.counts, ct.total, ct.min_us,
-                                    ct.max_us)
+            for ct, into in ((r.connect_time, connect_time), (r.tls_time, tls_time)):
+                if ct is not None:
+                    histogram.add_slice(into, ct.lo, ct.counts, ct.total, ct.min_us, ct.max_us)
+            self.tls_handshakes[r.worker] = r.tls_handshakes
             self.connects[r.worker] = (r.connects, r.connect_failures)
             self.totals[cpu_stage].cpu_ns += r.cpu_ns - self.cpu_ns.get(r.worker, 0)
             self.totals[cpu_stage].wall_ns += self.interval_ms * 1_000_000
@@ -428,8 +528,11 @@ class Aggregator:
             t.late += late[i]
             self.sent_by_workers += sent[i]
             connects = connect_time if i == cpu_stage else None
+            handshakes = tls_time if i == cpu_stage else None
             if connects is not None:
                 histogram.merge(self.connect_times[i], connects)
+            if handshakes is not None:
+                histogram.merge(self.tls_times[i], handshakes)
             if i in per_stage or scheduled[i] or unsent[i] or (connects and
                                                                 connects.total_count):
                 lat, svc, count = per_stage.get(i) or (histogram.new_histogram(),
@@ -437,6 +540,7 @@ class Aggregator:
                 row = self._row("interval", i, None, "*", "*", start_ms, end_ms, count, lat, svc)
                 row["scheduled"], row["unsent"] = scheduled[i], unsent[i]
                 row["connect"] = connects
+                row["tls"] = handshakes if self.plan.tls is not None else None
                 rows.append(row)
         self.writer.write(rows)
         if self.shard_of is not None:
@@ -573,6 +677,7 @@ class Aggregator:
             row = self._row("stage", i, None, "*", "*", s_ms, e_ms, s_count, s_lat, s_svc)
             row["scheduled"], row["unsent"] = t.scheduled, t.unsent
             row["connect"] = self.connect_times[i]
+            row["tls"] = self.tls_times[i] if self.plan.tls is not None else None
             rows.append(row)
             rows += self._ok_rows("stage", {k: v for k, v in self.cells.items() if k[0] == i},
                                   lambda _, span=(s_ms, e_ms): span)
@@ -602,18 +707,28 @@ class Aggregator:
         for h in self.connect_times:
             histogram.merge(run_connect, h)
         row["connect"] = run_connect
+        run_tls = histogram.new_histogram()
+        for h in self.tls_times:
+            histogram.merge(run_tls, h)
+        row["tls"] = run_tls if self.plan.tls is not None else None
         rows.append(row)
         duration = (min(elapsed_s, self.plan.duration_s) or self.plan.duration_s
                     if stopped_s is None else stopped_s)
         run = ScopeRun("all", duration, self._run_target(stopped_s), True,
                        sum(t.waited for t in self.totals), sum(t.late for t in self.totals),
                        StageTotals.combined_cpu(self.totals))
-        connections = {"opened": sum(c for c, _ in self.connects.values()),
-                       "failed": sum(f for _, f in self.connects.values()),
-                       "open_peak": self.open_peak,
-                       "closed_by_server": sum(c[2] for c in self.engine_counts.values()),
-                       "closed_by_us": sum(c[3] for c in self.engine_counts.values()),
-                       "retried": sum(c[0] for c in self.engine_counts.values())}
+        connections: dict[str, Any] = {
+            "opened": sum(c for c, _ in self.connects.values()),
+            "failed": sum(f for _, f in self.connects.values()),
+            "open_peak": self.open_peak,
+            "closed_by_server": sum(c[2] for c in self.engine_counts.values()),
+            "closed_by_us": sum(c[3] for c in self.engine_counts.values()),
+            "retried": sum(c[0] for c in self.engine_counts.values())}
+        if self.plan.tls is not None:
+            full, resumed, failed = (sum(h[k] for h in self.tls_handshakes.values())
+                                     for k in range(3))
+            connections["tls_handshakes"] = {"full": full, "resumed": resumed,
+                                             "failed": failed}
         dropped = sum(c[1] for c in self.engine_counts.values())
         return rows, RunInputs(stages, run, connections, {
             "dropped_samples": dropped,
@@ -681,7 +796,9 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
         specs.append(WorkerSpec(w, workers, target.address, target.port, requests, mix, stages,
                                 max(share, closed_share, 1), plan.timeout_s, interval_s,
                                 backend_header, plan.timer_resolution_s,
-                                plan.requests_per_connection, tables, templates))
+                                plan.requests_per_connection, tables, templates,
+                                None if plan.tls is None else
+                                plan.tls.engine_settings(target.hostname)))
     return specs
 
 
@@ -817,6 +934,27 @@ def new_run_id(plan: Plan) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     name = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in plan.name)[:40]
     return f"{stamp}-{name}-{secrets.token_hex(3)}"
+
+
+def with_tls(plan: Plan, target: Target) -> Plan:
+    """The plan with the TLS settings its target uses: an https:// target verifies by default;
+    TLS settings for an http:// target are a mistake, said as one. Files that do not load
+    (not PEM, a key that does not match) are bad input too, found before any worker starts."""
+    from dataclasses import replace
+
+    if not target.https:
+        if plan.tls is not None:
+            raise InputError(f"target {target.url}: TLS settings ([tls], --ca-cert, "
+                             "--client-cert, --server-name, --insecure) need an https:// target")
+        return plan
+    tls = plan.tls or TLS()
+    try:
+        tls.ssl_context()
+    except (OSError, ssl.SSLError) as exc:
+        files = ", ".join(f for f in (tls.ca, tls.cert, tls.key) if f)
+        raise InputError(f"tls: cannot load {files}: {getattr(exc, 'reason', None) or exc}"
+                         ) from None
+    return replace(plan, tls=tls)
 
 
 __all__ = ["RunOptions", "RunOutcome", "Aggregator", "parse_target", "encode_request",

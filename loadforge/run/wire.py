@@ -9,14 +9,15 @@ and its workers (or shards) must run the same loadforge.
 
 Payload, in this order: HEADER; STAGE x nstages; BACKEND x nbackends (captured header values,
 slots 1..nbackends); per cell CELL, then HIST + uint32 counts twice (latency, service);
-TRAILER; HIST + uint32 counts (the interval's connect times). A HIST is followed by its n
-uint32 counts of histogram indices lo, lo+1, ...
+TRAILER; HIST + uint32 counts (the interval's connect times); TLS (handshakes so far, zeros
+over plain TCP); HIST + uint32 counts (the interval's TLS handshake times). A HIST is followed
+by its n uint32 counts of histogram indices lo, lo+1, ...
 """
 
 import struct
 
 MAGIC = 0x4957464C           # b"LFWI" read little-endian
-VERSION = 2
+VERSION = 3                  # 3: TLS handshake counts and times after the connect times
 _MAGIC_V1 = 0x3149464C       # b"LFI1": version 1, before the format had a version field
 
 # magic, version, final, worker, stages, interval index, cells, backends, connects so far,
@@ -27,6 +28,7 @@ BACKEND = struct.Struct("<I48s")       # length, name (CAPTURE_MAX bytes)
 CELL = struct.Struct("<IIIIQ")         # stage, request, outcome, backend slot, count
 HIST = struct.Struct("<iiQqq")         # lo, n, total, min, max; then n uint32 counts
 TRAILER = struct.Struct("<QQQQ")       # so far: retried, dropped, closed by server, by us
+TLS = struct.Struct("<QQQ")            # so far: full handshakes, resumed, failed
 
 # The INTERVAL message: its tag byte, GAUGES, then the payload.
 # open connections, in flight, the worker's CPU time since time zero (ns)

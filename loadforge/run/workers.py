@@ -32,7 +32,17 @@ from typing import Any
 
 from loadforge.config.plan import OUTCOMES
 from loadforge.errors import WorkerCrashed
-from loadforge.run.wire import BACKEND, CELL, GAUGES, HEADER, HIST, STAGE, TRAILER, check_header
+from loadforge.run.wire import (
+    BACKEND,
+    CELL,
+    GAUGES,
+    HEADER,
+    HIST,
+    STAGE,
+    TLS,
+    TRAILER,
+    check_header,
+)
 
 # Message tags, first byte of every message a worker sends.
 READY, INTERVAL, DONE, FAILED = b"R", b"I", b"D", b"F"
@@ -84,6 +94,9 @@ class IntervalReport:
     closed_by_server: int = 0   # so far: connections the server ended
     closed_by_us: int = 0       # so far: connections the engine ended (errors, timeouts)
     connect_time: HistSlice | None = None   # TCP connect times (µs) of this interval
+    tls_time: HistSlice | None = None       # TLS handshake times (µs) of this interval
+    # so far: TLS handshakes that were full, that resumed a session, that failed
+    tls_handshakes: tuple[int, int, int] = (0, 0, 0)
 
 
 def interval_message(payload: bytes, open_conns: int, in_flight: int, cpu_ns: int = 0) -> bytes:
@@ -135,9 +148,19 @@ def decode_interval(message: bytes) -> IntervalReport:
         lo, n, total, lo_v, hi_v = HIST.unpack_from(view, off)
         off += HIST.size
         connect_time = HistSlice(lo, bytes(view[off:off + 4 * n]), total, lo_v, hi_v)
+        off += 4 * n
+    tls_time = None
+    tls_handshakes = (0, 0, 0)
+    if len(view) >= off + TLS.size + HIST.size:
+        tls_handshakes = TLS.unpack_from(view, off)
+        off += TLS.size
+        lo, n, total, lo_v, hi_v = HIST.unpack_from(view, off)
+        off += HIST.size
+        tls_time = HistSlice(lo, bytes(view[off:off + 4 * n]), total, lo_v, hi_v)
     return IntervalReport(worker, index, bool(final), scheduled, sent, unsent, cells,
                           connects, connect_failures, open_conns, in_flight, waited, late,
-                          cpu_ns, retried, dropped, by_server, by_us, connect_time)
+                          cpu_ns, retried, dropped, by_server, by_us, connect_time, tls_time,
+                          tls_handshakes)
 
 
 @dataclass(frozen=True)
@@ -161,6 +184,7 @@ class WorkerSpec:
     # (config/feeders.py): empty when no request holds {feeder.column} slots.
     feeders: list[tuple[Any, ...]] = field(default_factory=list)
     templates: list[Any] = field(default_factory=list)
+    tls: dict[str, Any] | None = None      # TLS settings (config/tls.py engine_settings)
 
 
 def done_message(exhausted: tuple[int, int] | None) -> bytes:
@@ -253,7 +277,7 @@ def worker_main() -> None:
             interval_s=spec.interval_s, capture_header=spec.capture_header,
             control_fd=channel.fileno(), timer_resolution_s=spec.timer_resolution_s,
             requests_per_connection=spec.requests_per_connection, feeders=tables,
-            templates=spec.templates)
+            templates=spec.templates, tls=spec.tls)
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
         # CPU time per interval: a worker that used its whole core is the reason arrivals

@@ -1,0 +1,301 @@
+# Included by loadforge/_core.pyx: TLS behind the transport seam (engine/transport.pxi), on
+# OpenSSL with memory BIOs. Ciphertext comes in through the engine's own recvmsg, so responses
+# keep the kernel's receive timestamps (SO_TIMESTAMPNS) exactly as over plain TCP, and goes out
+# through send(). A read decrypts everything the SSL can before it returns: no plaintext stays
+# inside OpenSSL where epoll cannot see it (the open model's quiet sleep trusts epoll), and
+# tls_pending reports what a full buffer left behind.
+#
+# The handshake runs while the connection is still C_CONNECTING (Conn.handshaking), so the
+# pool, timeouts and the quiet sleep treat it as a connect that has not finished; the request
+# that waited for it is sent once it ends, and its latency includes it.
+
+
+cdef int tls_new_session(SSL* ssl, SSL_SESSION* session) noexcept nogil:
+    """OpenSSL's new-session callback: keep the latest ticket for the next connection. TLS 1.3
+    tickets arrive after the handshake, so SSL_get1_session at its end would be too early."""
+    cdef Transport* t = <Transport*>SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl))
+    if t == NULL or not t.resumption:
+        return 0
+    if t.session != NULL:
+        SSL_SESSION_free(t.session)
+    t.session = session
+    return 1        # the reference is ours now
+
+
+cdef inline int tls_flush(Conn* c) noexcept nogil:
+    """Send the ciphertext waiting in the write BIO: 0 when all went out, 1 when some is left
+    (the socket buffer is full), -1 with errno when send failed."""
+    cdef BIO* wbio = SSL_get_wbio(c.ssl)
+    cdef char* data
+    cdef char discard[16384]
+    cdef long pending = BIO_get_mem_data(wbio, &data)
+    cdef ssize_t n, left
+    cdef int chunk
+    if pending <= 0:
+        return 0
+    n = send(c.fd, data, pending, MSG_NOSIGNAL)
+    if n < 0:
+        if errno == EAGAIN or errno == EINTR:
+            return 1
+        return -1
+    # Drop what went out and keep the rest for the next EPOLLOUT. Read out, not BIO_reset:
+    # a reset zeroes the BIO's whole buffer, as large as the largest request ever sent, on
+    # every request after it.
+    left = n
+    while left > 0:
+        chunk = <int>(left if left < <ssize_t>sizeof(discard) else sizeof(discard))
+        BIO_read(wbio, discard, chunk)
+        left -= chunk
+    return 0 if n == pending else 1
+
+
+cdef inline int tls_connect(Transport* t, Conn* c) noexcept nogil:
+    cdef BIO* rbio
+    cdef BIO* wbio
+    if tcp_connect(t, c) != 0:
+        return -1
+    c.ssl = SSL_new(t.ctx)
+    rbio = BIO_new(BIO_s_mem())
+    wbio = BIO_new(BIO_s_mem())
+    if c.ssl == NULL or rbio == NULL or wbio == NULL:
+        if c.ssl != NULL:
+            SSL_free(c.ssl)
+            c.ssl = NULL
+        close(c.fd)
+        c.fd = -1
+        return -1
+    BIO_set_mem_eof_return(rbio, -1)    # an empty read BIO means "wait", not end of stream
+    SSL_set_bio(c.ssl, rbio, wbio)
+    SSL_set_connect_state(c.ssl)
+    if t.server_name[0] != 0:
+        SSL_set_tlsext_host_name(c.ssl, t.server_name)
+    if t.resumption and t.session != NULL:
+        SSL_set_session(c.ssl, t.session)
+    c.handshaking = 0
+    c.tls_held = 0
+    return 0
+
+
+cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
+    """Drive the handshake as far as the socket allows: 0 when it is done, EINPROGRESS while
+    it waits for the server, EAGAIN while it also waits to send (a full socket buffer), else
+    an errno (EPROTO for a rejected certificate or an alert)."""
+    cdef char buf[16384]
+    cdef int r, e, f
+    cdef ssize_t n
+    while True:
+        ERR_clear_error()
+        r = SSL_do_handshake(c.ssl)
+        f = tls_flush(c)
+        if f < 0:
+            t.tls_failed += 1
+            return errno
+        if r == 1:
+            c.handshaking = 0
+            if SSL_session_reused(c.ssl):
+                t.tls_resumed += 1
+            else:
+                t.tls_full += 1
+            return 0
+        e = SSL_get_error(c.ssl, r)
+        if e != SSL_ERROR_WANT_READ:
+            t.tls_failed += 1
+            return EPROTO
+        n = recv(c.fd, buf, sizeof(buf), 0)
+        if n > 0:
+            BIO_write(SSL_get_rbio(c.ssl), buf, <int>n)
+            continue
+        if n == 0:
+            t.tls_failed += 1
+            return ECONNRESET
+        if errno == EAGAIN or errno == EINTR:
+            return EAGAIN if f else EINPROGRESS
+        t.tls_failed += 1
+        return errno
+
+
+cdef inline int tls_connected(Transport* t, Conn* c) noexcept nogil:
+    """The TCP connect ended, or (handshaking) the socket has handshake bytes: 0 when the
+    connection is ready, EINPROGRESS (EAGAIN: and to send) while the handshake waits, else
+    an errno."""
+    cdef int err
+    if not c.handshaking:
+        err = tcp_connected(t, c)
+        if err != 0:
+            return err
+        c.handshaking = 1
+        return EALREADY     # connected: the caller times the connect, then the handshake
+    return tls_handshake(t, c)
+
+
+cdef ssize_t tls_read(Transport* t, Conn* c, msghdr* msg) noexcept nogil:
+    """Plaintext into msg's buffer, up to its size: what the SSL already holds, else one
+    recvmsg of ciphertext (its control data: the receive timestamp) decrypted. Returns the
+    byte count, 0 at the end of the stream, -1 with errno (EAGAIN: nothing more yet)."""
+    cdef char* buf = <char*>msg.msg_iov.iov_base
+    cdef int cap = <int>msg.msg_iov.iov_len
+    cdef int got = 0, n, e
+    cdef ssize_t r
+    cdef BIO* rbio = SSL_get_rbio(c.ssl)
+    # Nothing inside OpenSSL (the usual case, a response per wake-up): straight to the socket,
+    # sparing an SSL_read that could only say WANT_READ.
+    if not SSL_has_pending(c.ssl) and BIO_ctrl_pending(rbio) == 0:
+        r = recvmsg(c.fd, msg, 0)
+        if r <= 0:
+            return r
+        BIO_write(rbio, buf, <int>r)
+    while True:
+        ERR_clear_error()
+        n = SSL_read(c.ssl, buf + got, cap - got)
+        if n > 0:
+            got += n
+            if got == cap or (BIO_ctrl_pending(rbio) == 0 and SSL_pending(c.ssl) == 0):
+                return got      # all that came is decrypted: no need to hear WANT_READ
+            continue
+        e = SSL_get_error(c.ssl, n)
+        if e == SSL_ERROR_WANT_READ:
+            if got:
+                return got
+            # The buffer is free again: read ciphertext into it, then decrypt it in place
+            # (BIO_write copied it into the read BIO).
+            r = recvmsg(c.fd, msg, 0)
+            if r <= 0:
+                return r
+            BIO_write(rbio, buf, <int>r)
+            continue
+        if got:
+            return got
+        if e == SSL_ERROR_ZERO_RETURN:
+            return 0        # close_notify: the server ended the stream
+        # An alert, a bad record, or the socket's own error: the connection is reset.
+        errno = ECONNRESET if e == SSL_ERROR_SYSCALL else EPROTO
+        return -1
+
+
+cdef ssize_t tls_write(Transport* t, Conn* c, const char* data, size_t length) noexcept nogil:
+    """Encrypt and send. While ciphertext of an earlier call is still waiting for the socket,
+    the writer is told one byte is unwritten (Conn.tls_held), so it asks again on EPOLLOUT."""
+    cdef int f, n
+    if c.tls_held:
+        f = tls_flush(c)
+        if f < 0:
+            return -1
+        if f:
+            errno = EAGAIN
+            return -1
+        n = c.tls_held
+        c.tls_held = 0
+        return n
+    ERR_clear_error()
+    n = SSL_write(c.ssl, data, <int>length)
+    if n <= 0:
+        errno = EPROTO
+        return -1
+    f = tls_flush(c)
+    if f < 0:
+        return -1
+    if f:
+        c.tls_held = 1
+        return n - 1
+    return n
+
+
+cdef inline int tls_pending(Transport* t, Conn* c) noexcept nogil:
+    """Bytes inside OpenSSL that epoll cannot see: decrypted ones, or ciphertext not yet
+    decrypted (a read that filled the buffer left them). A partial record counts too; the
+    read that follows finds it incomplete and the socket empty (EAGAIN), and waits."""
+    return SSL_pending(c.ssl) > 0 or BIO_ctrl_pending(SSL_get_rbio(c.ssl)) > 0
+
+
+cdef inline int tls_alpn(Conn* c, const unsigned char** protocol,
+                         unsigned int* length) noexcept nogil:
+    """The protocol the server chose by ALPN once the handshake is done (length 0: none),
+    for a protocol layer that offered more than one (HTTP/2's "h2" beside "http/1.1")."""
+    SSL_get0_alpn_selected(c.ssl, protocol, length)
+    return length[0]
+
+
+cdef inline void tls_close(Transport* t, Conn* c) noexcept nogil:
+    # No close_notify: wrk and browsers close at once too, and the server logs the request
+    # as served either way.
+    if c.ssl != NULL:
+        if not c.handshaking:
+            # Marked as shut down, or SSL_free takes the connection for a broken one and
+            # makes its session (the ticket kept for resumption) not resumable.
+            SSL_set_shutdown(c.ssl, SSL_SENT_SHUTDOWN)
+        SSL_free(c.ssl)      # frees both BIOs
+        c.ssl = NULL
+    c.handshaking = 0
+    tcp_close(t, c)
+
+
+cdef str tls_error(str what):
+    """OpenSSL's reason for the failure just seen, after `what`."""
+    cdef char buf[256]
+    cdef unsigned long e = ERR_get_error()
+    if e == 0:
+        return what
+    ERR_error_string_n(e, buf, sizeof(buf))
+    ERR_clear_error()
+    return f"{what}: {buf.decode('latin-1')}"
+
+
+cdef int tls_setup(Transport* t, dict tls) except -1:
+    """The worker's SSL_CTX from a plan's TLS settings (the dict `loadforge.config.tls.TLS.
+    engine_settings` builds): verification on unless insecure, CA file or the system store,
+    client certificate, versions, ALPN, and session resumption through the new-session
+    callback. Failures raise ValueError with OpenSSL's reason."""
+    cdef SSL_CTX* ctx = SSL_CTX_new(TLS_client_method())
+    cdef X509_VERIFY_PARAM* param
+    cdef bytes b
+    if ctx == NULL:
+        raise MemoryError()
+    t.ctx = ctx
+    t.kind = T_TLS
+    SSL_CTX_set_app_data(ctx, <void*>t)
+    # No SSL_MODE_RELEASE_BUFFERS: it frees and reallocates the record buffers around every
+    # request (two mallocs per request); 34 KiB per open connection is the price of none.
+    if tls.get("min_version"):
+        SSL_CTX_set_min_proto_version(ctx, <int>tls["min_version"])
+    if tls.get("max_version"):
+        SSL_CTX_set_max_proto_version(ctx, <int>tls["max_version"])
+    if tls.get("insecure"):
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL)
+    else:
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL)
+        if tls.get("ca"):
+            b = os.fsencode(tls["ca"])
+            if SSL_CTX_load_verify_locations(ctx, b, NULL) != 1:
+                raise ValueError(tls_error(f"tls ca {tls['ca']}"))
+        elif SSL_CTX_set_default_verify_paths(ctx) != 1:
+            raise ValueError(tls_error("the system trust store"))
+        name = tls.get("verify_name") or ""
+        if name:
+            param = SSL_CTX_get0_param(ctx)
+            b = name.encode("idna" if not tls.get("verify_ip") else "ascii")
+            if tls.get("verify_ip"):
+                if X509_VERIFY_PARAM_set1_ip_asc(param, b) != 1:
+                    raise ValueError(f"tls: {name} is not an IP address")
+            elif X509_VERIFY_PARAM_set1_host(param, b, len(b)) != 1:
+                raise ValueError(f"tls: {name} is not a host name")
+    if tls.get("cert"):
+        b = os.fsencode(tls["cert"])
+        if SSL_CTX_use_certificate_chain_file(ctx, b) != 1:
+            raise ValueError(tls_error(f"tls cert {tls['cert']}"))
+        b = os.fsencode(tls.get("key") or tls["cert"])
+        if SSL_CTX_use_PrivateKey_file(ctx, b, SSL_FILETYPE_PEM) != 1 \
+                or SSL_CTX_check_private_key(ctx) != 1:
+            raise ValueError(tls_error(f"tls key {tls.get('key') or tls['cert']}"))
+    alpn = b"".join(bytes([len(p)]) + p.encode("ascii") for p in tls.get("alpn", ("http/1.1",)))
+    if alpn and SSL_CTX_set_alpn_protos(ctx, alpn, len(alpn)) != 0:
+        raise ValueError("tls: bad ALPN protocol list")
+    sni = (tls.get("sni") or "").encode("idna")
+    if len(sni) >= sizeof(t.server_name):
+        raise ValueError("tls: server name too long")
+    memcpy(t.server_name, <const char*>sni, len(sni))
+    t.server_name[len(sni)] = 0
+    t.resumption = 1 if tls.get("resumption", True) else 0
+    if t.resumption:
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE)
+        SSL_CTX_sess_set_new_cb(ctx, tls_new_session)
+    return 0

@@ -1,0 +1,422 @@
+"""HTTPS end to end: nginx (and HAProxy) with TLS on 127.0.0.1, certificates made here with
+trustme. Counts reconcile with nginx's access log; certificate problems end the run before it
+starts with exit 3 and one line naming the reason; mutual TLS, forced versions, resumption.
+
+Each run is one or two seconds at a few hundred requests per second, or a handful of closed-
+model connections.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from servers import ROOT, Nginx, free_port, loadforge, wait_listening
+
+from loadforge import _core
+from loadforge.results import histogram
+from loadforge.results.store import read_result
+
+pytestmark = pytest.mark.skipif(shutil.which("nginx") is None,
+                                reason="nginx is not installed (apt-get install -y nginx)")
+
+PROTOCOLS = "ssl_protocols TLSv1.2 TLSv1.3;"
+
+
+class Certs:
+    """A CA, a server certificate for 127.0.0.1 and localhost, an expired one, one from a
+    CA nobody trusts, and a client certificate."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="lf-tls-"))
+        self.ca = trustme.CA()
+        self.ca.cert_pem.write_to_path(str(self.dir / "ca.pem"))
+        self.ca_pem = str(self.dir / "ca.pem")
+        self.server = self._leaf("server", self.ca.issue_cert("127.0.0.1", "localhost"))
+        past = datetime.datetime(2020, 1, 1)
+        self.expired = self._leaf("expired", self.ca.issue_cert(
+            "127.0.0.1", not_before=past, not_after=past + datetime.timedelta(days=30)))
+        self.untrusted = self._leaf("untrusted", trustme.CA().issue_cert("127.0.0.1"))
+        self.client_ca = trustme.CA()
+        self.client_ca.cert_pem.write_to_path(str(self.dir / "client-ca.pem"))
+        client = self.client_ca.issue_cert("loadforge-client")
+        client.cert_chain_pems[0].write_to_path(str(self.dir / "client.pem"))
+        client.private_key_pem.write_to_path(str(self.dir / "client.key"))
+        self.client_cert = str(self.dir / "client.pem")
+        self.client_key = str(self.dir / "client.key")
+
+    def _leaf(self, name: str, cert: trustme.LeafCert) -> str:
+        path = self.dir / f"{name}.pem"
+        cert.private_key_and_cert_chain_pem.write_to_path(str(path))
+        return str(path)
+
+    def nginx(self, pem: str | None = None, extra: str = PROTOCOLS) -> Nginx:
+        pem = pem or self.server
+        return Nginx(tls=f"ssl_certificate {pem}; ssl_certificate_key {pem}; {extra}")
+
+
+@pytest.fixture(scope="module")
+def certs() -> Iterator[Certs]:
+    c = Certs()
+    yield c
+    shutil.rmtree(c.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server(certs: Certs) -> Iterator[Nginx]:
+    s = certs.nginx()
+    yield s
+    s.stop()
+
+
+def run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    summary = tmp_path / "summary.json"
+    out = loadforge("run", *args, "--quiet", "--workers", "1", "--out", str(tmp_path / "results"),
+                    "--summary-json", str(summary))
+    return out, (json.loads(summary.read_text()) if summary.exists() else {})
+
+
+def ok_run(tmp_path: Path, *args: str) -> dict[str, Any]:
+    out, s = run(tmp_path, *args)
+    assert out.returncode == 0, out.stderr
+    return s
+
+
+def failed_run(tmp_path: Path, *args: str) -> str:
+    """A run that could not start: exit 3 and one line, no traceback, no result."""
+    out, s = run(tmp_path, *args)
+    assert out.returncode == 3, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert not s and not (tmp_path / "results").exists()
+    return lines[0]
+
+
+def test_closed_model_counts_equal_nginx_log(server: Nginx, certs: Certs, tmp_path: Path) -> None:
+    before = server.served()
+    s = ok_run(tmp_path, "--target", server.url + "/", "--ca-cert", certs.ca_pem,
+               "--concurrency", "4", "--duration", "1s")
+    assert s["errors"] == 0 and s["requests"] > 100
+    assert server.served() - before == s["requests"] + 1      # + the preflight
+    tls = s["tls"]
+    assert tls["protocol"] == "TLSv1.3" and tls["alpn"] == "http/1.1" and tls["cipher"]
+    assert tls["verify"] is True
+    c = s["connections"]
+    assert c["tls_handshakes"]["full"] + c["tls_handshakes"]["resumed"] == c["opened"] == 4
+    assert c["tls_handshake_us"]["count"] == 4
+    result = read_result(s["result"])
+    assert json.loads(result.metadata["tls"])["protocol"] == "TLSv1.3"
+    rows = result.table.to_pylist()
+    run_row = next(r for r in rows if r["scope"] == "run" and r["name"] == "*"
+                   and r["outcome"] == "*")
+    assert histogram.decode(run_row["tls_hdr"]).total_count == 4
+    per_interval = sum(histogram.decode(r["tls_hdr"]).total_count for r in rows
+                       if r["scope"] == "interval" and r["tls_hdr"] is not None)
+    assert per_interval == 4
+
+
+def test_open_model_counts_equal_nginx_log(server: Nginx, certs: Certs, tmp_path: Path) -> None:
+    before = server.served()
+    s = ok_run(tmp_path, "--target", server.url + "/", "--ca-cert", certs.ca_pem,
+               "--rate", "300", "--duration", "2s", "--connections", "8")
+    assert s["errors"] == 0 and s["requests"] == s["scheduled"] == 600
+    assert server.served() - before == 601
+    # An open-model run latency includes the handshake of the requests that waited for it:
+    # the first requests went out on preconnected connections, so no latency is below the
+    # service time.
+    assert s["latency_us"]["max"] >= s["service_time_us"]["p50"]
+
+
+def test_plain_http_has_no_tls_columns(nginx: Nginx, tmp_path: Path) -> None:
+    s = ok_run(tmp_path, "--target", nginx.url + "/", "--concurrency", "2", "--duration", "1s")
+    assert "tls" not in s and "tls_handshakes" not in s["connections"]
+    rows = read_result(s["result"]).table.to_pylist()
+    assert all(r["tls_hdr"] is None for r in rows)
+
+
+def test_unknown_issuer_exit_3(server: Nginx, tmp_path: Path) -> None:
+    # No --ca-cert: the system store does not know the test CA.
+    line = failed_run(tmp_path, "--target", server.url + "/", "--rate", "10", "--duration", "1s")
+    assert "unknown issuer" in line and "--ca-cert" in line
+
+
+def test_untrusted_ca_exit_3(certs: Certs, tmp_path: Path) -> None:
+    s = certs.nginx(certs.untrusted)
+    try:
+        line = failed_run(tmp_path, "--target", s.url + "/", "--ca-cert", certs.ca_pem,
+                          "--rate", "10", "--duration", "1s")
+    finally:
+        s.stop()
+    assert "unknown issuer" in line
+
+
+def test_name_mismatch_exit_3(server: Nginx, certs: Certs, tmp_path: Path) -> None:
+    line = failed_run(tmp_path, "--target", server.url + "/", "--ca-cert", certs.ca_pem,
+                      "--server-name", "api.example.com", "--rate", "10", "--duration", "1s")
+    assert "name mismatch" in line and "api.example.com" in line and "--server-name" in line
+
+
+def test_server_name_by_hostname(server: Nginx, certs: Certs, tmp_path: Path) -> None:
+    # The URL names localhost, the certificate carries it: verified by name, with SNI.
+    s = ok_run(tmp_path, "--target", f"https://localhost:{server.port}/", "--ca-cert",
+               certs.ca_pem, "--rate", "50", "--duration", "1s")
+    assert s["errors"] == 0 and s["requests"] == 50
+
+
+def test_expired_exit_3(certs: Certs, tmp_path: Path) -> None:
+    s = certs.nginx(certs.expired)
+    try:
+        line = failed_run(tmp_path, "--target", s.url + "/", "--ca-cert", certs.ca_pem,
+                          "--rate", "10", "--duration", "1s")
+    finally:
+        s.stop()
+    assert "expired" in line and "renew" in line
+
+
+def test_insecure_skips_verification_loudly(certs: Certs, tmp_path: Path) -> None:
+    s = certs.nginx(certs.expired)
+    try:
+        out = loadforge("run", "--target", s.url + "/", "--insecure", "--rate", "50",
+                        "--duration", "1s", "--workers", "1", "--out", str(tmp_path))
+    finally:
+        s.stop()
+    assert out.returncode == 0, out.stderr
+    assert "NOT verified" in out.stdout + out.stderr
+
+
+def test_mutual_tls(certs: Certs, tmp_path: Path) -> None:
+    s = certs.nginx(extra=f"{PROTOCOLS} ssl_client_certificate {certs.dir / 'client-ca.pem'}; "
+                          "ssl_verify_client on;")
+    try:
+        line = failed_run(tmp_path / "without", "--target", s.url + "/", "--ca-cert",
+                          certs.ca_pem, "--rate", "10", "--duration", "1s")
+        before = s.served()
+        summary = ok_run(tmp_path / "with", "--target", s.url + "/", "--ca-cert", certs.ca_pem,
+                         "--client-cert", certs.client_cert, "--client-key", certs.client_key,
+                         "--concurrency", "2", "--duration", "1s")
+        served = s.served() - before
+    finally:
+        s.stop()
+    assert "client certificate" in line and "--client-cert" in line
+    assert summary["errors"] == 0 and summary["status"]["2xx"] == summary["requests"] > 50
+    assert served == summary["requests"] + 1
+    assert summary["tls"]["client_cert"] is True
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_forced_version_and_resumption(server: Nginx, certs: Certs, tmp_path: Path,
+                                       version: str) -> None:
+    # A new connection per request: after the first full handshake, the rest resume.
+    profile = tmp_path / "churn.toml"
+    profile.write_text(f"""
+target = "{server.url}/"
+[load]
+connections = 2
+requests_per_connection = 1
+[tls]
+ca = "{certs.ca_pem}"
+versions = ["{version}"]
+[[stages]]
+concurrency = 2
+duration = "1s"
+""")
+    before = server.served()
+    s = ok_run(tmp_path, str(profile))
+    assert s["tls"]["protocol"] == f"TLSv{version}"
+    assert s["errors"] == 0 and server.served() - before == s["requests"] + 1
+    c = s["connections"]
+    hs = c["tls_handshakes"]
+    assert c["opened"] == s["requests"] > 20
+    assert hs["full"] + hs["resumed"] == c["opened"] and hs["failed"] == 0
+    # the first connections cannot resume: no ticket had come yet
+    assert hs["full"] >= 1 and hs["resumed"] >= 0.9 * c["opened"]
+    # Each request waited for its connection's handshake, and its latency holds it.
+    assert s["latency_us"]["p50"] >= c["tls_handshake_us"]["p50"]
+    assert s["latency_us"]["p50"] >= s["service_time_us"]["p50"]
+
+
+def test_resumption_off_makes_every_handshake_full(server: Nginx, certs: Certs,
+                                                   tmp_path: Path) -> None:
+    profile = tmp_path / "full.toml"
+    profile.write_text(f"""
+target = "{server.url}/"
+[load]
+connections = 1
+requests_per_connection = 1
+[tls]
+ca = "{certs.ca_pem}"
+resumption = false
+[[stages]]
+rate = 50
+duration = "1s"
+""")
+    s = ok_run(tmp_path, str(profile))
+    hs = s["connections"]["tls_handshakes"]
+    assert hs["resumed"] == 0 and hs["full"] == s["connections"]["opened"] >= 50
+
+
+def test_no_version_in_common_exit_3(certs: Certs, tmp_path: Path) -> None:
+    s = certs.nginx(extra="ssl_protocols TLSv1.3;")
+    profile = tmp_path / "v12.toml"
+    profile.write_text(f"""
+target = "{s.url}/"
+[tls]
+ca = "{certs.ca_pem}"
+versions = ["1.2"]
+[[stages]]
+rate = 10
+duration = "1s"
+""")
+    try:
+        line = failed_run(tmp_path, str(profile))
+    finally:
+        s.stop()
+    assert "no TLS version in common" in line
+
+
+def test_https_without_server_tls_exit_3(nginx: Nginx, tmp_path: Path) -> None:
+    line = failed_run(tmp_path, "--target", nginx.url.replace("http:", "https:") + "/",
+                      "--insecure", "--rate", "10", "--duration", "1s")
+    assert "does not speak TLS" in line
+
+
+def test_engine_reads_big_bodies_whole(certs: Certs) -> None:
+    # 3 MiB bodies: many TLS records per read, more than one read per wake-up.
+    s = certs.nginx()
+    try:
+        files = os.path.join(s.dir, "files")
+        os.makedirs(files, exist_ok=True)
+        with open(os.path.join(files, "big"), "wb") as f:
+            f.write(os.urandom(3 << 20))
+        # nginx's workers run as nobody when the tests run as root
+        for path in (s.dir, files):
+            os.chmod(path, 0o755)
+        os.chmod(os.path.join(files, "big"), 0o644)
+        req = f"GET /files/big HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\n\r\n".encode()
+        tls = {"ca": certs.ca_pem, "verify_name": "127.0.0.1", "verify_ip": True, "sni": ""}
+        engine = _core.Engine("127.0.0.1", s.port, [(req, False)], [0],
+                              [(True, 10.0, 10.0, 1.0, 0, 0.0)], 2, tls=tls)
+        payloads: list[bytes] = []
+        engine.run(_core.now_ns() + 20_000_000, lambda p, o, f: payloads.append(p))
+    finally:
+        s.stop()
+    from loadforge.run.workers import decode_interval, interval_message
+
+    counts: dict[str, int] = {}
+    for p in payloads:
+        for cell in decode_interval(interval_message(p, 0, 0)).cells:
+            counts[cell.outcome] = counts.get(cell.outcome, 0) + cell.count
+    assert counts == {"2xx": 10}
+    assert engine.tls_handshakes == (2, 0, 0)
+
+
+HAPROXY_CONF = """
+global
+  maxconn 4096
+  nbthread 2
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 10s
+  timeout server 10s
+frontend fe
+  bind 127.0.0.1:{port} ssl crt {pem}
+  http-response set-header X-Served-By %s
+  default_backend be
+backend be
+  balance roundrobin
+{servers}
+"""
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None,
+                    reason="haproxy is not installed (apt-get install -y haproxy)")
+def test_haproxy_terminating_tls_shares(certs: Certs, tmp_path: Path) -> None:
+    backends = [Nginx() for _ in range(3)]
+    port = free_port()
+    servers = "\n".join(f"  server s{i} 127.0.0.1:{b.port}" for i, b in enumerate(backends))
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text(HAPROXY_CONF.format(port=port, pem=certs.server, servers=servers))
+    proc = subprocess.Popen(["haproxy", "-db", "-f", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        wait_listening(port)
+        s = ok_run(tmp_path, "--target", f"https://127.0.0.1:{port}/", "--ca-cert",
+                   certs.ca_pem, "--rate", "300", "--duration", "2s", "--connections", "8",
+                   "--backend-header", "X-Served-By")
+        served = [b.served() for b in backends]
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        for b in backends:
+            b.stop()
+    assert s["errors"] == 0 and s["requests"] == 600
+    assert sum(served) == 601          # the preflight went to one of them
+    shares = s["backends"]
+    assert set(shares) == {"s0", "s1", "s2"}
+    for b in shares.values():
+        assert b["share"] == pytest.approx(1 / 3, abs=0.03)
+
+
+@pytest.mark.parametrize("case", ["unknown-issuer", "name-mismatch"])
+def test_engine_verifies_without_the_preflight(server: Nginx, certs: Certs, tmp_path: Path,
+                                               case: str) -> None:
+    # --no-preflight: the engine's own verification fails every handshake; nothing reaches
+    # nginx's access log.
+    flags = ["--server-name", "api.example.com", "--ca-cert", certs.ca_pem] \
+        if case == "name-mismatch" else []
+    before = server.served()
+    s = ok_run(tmp_path, "--target", server.url + "/", *flags, "--no-preflight",
+               "--rate", "20", "--duration", "1s", "--connections", "2")
+    assert s["requests"] == 0 and s["errors"] == s["errors_by_kind"]["connect"] == 20
+    hs = s["connections"]["tls_handshakes"]
+    assert hs["failed"] > 0 and hs["full"] == hs["resumed"] == 0
+    assert s["tls"]["protocol"] is None          # nothing negotiated before the run
+    assert server.served() == before
+
+
+def test_sharded_run_over_tls(server: Nginx, certs: Certs, tmp_path: Path) -> None:
+    before = server.served()
+    out, s = run(tmp_path, "--target", server.url + "/", "--ca-cert", certs.ca_pem,
+                 "--rate", "100", "--duration", "1s", "--shards", "2")
+    assert out.returncode == 0, out.stderr
+    assert s["requests"] == 100 and server.served() - before == 101
+
+
+def test_large_request_bodies(server: Nginx, certs: Certs, tmp_path: Path) -> None:
+    # 1 MiB POST bodies: the ciphertext outgrows the socket buffer, so writes are partial and
+    # finish on EPOLLOUT; every request is answered and logged.
+    profile = tmp_path / "post.toml"
+    profile.write_text(f"""
+target = "{server.url}/"
+[load]
+connections = 2
+[tls]
+ca = "{certs.ca_pem}"
+[[stages]]
+concurrency = 2
+duration = "1s"
+[[requests]]
+name = "get"
+path = "/"
+[[requests]]
+name = "upload"
+method = "POST"
+path = "/"
+body = "{'x' * (1 << 20)}"
+""")
+    before = server.served()
+    s = ok_run(tmp_path, str(profile))
+    assert s["errors"] == 0 and s["requests"] > 10
+    assert s["requests_by_name"]["upload"]["requests"] > 2
+    assert s["status"]["2xx"] == s["requests"]
+    assert server.served() - before == s["requests"] + 1
