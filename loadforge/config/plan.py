@@ -11,7 +11,8 @@ from typing import Any
 
 # Outcomes of one arrival, in the order the engine numbers them. Status classes are responses,
 # the rest are transport failures (no response).
-OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "connect", "timeout", "reset", "protocol")
+OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "connect", "timeout", "reset", "protocol",
+            "stream_reset", "goaway", "flow_control")
 STATUS_OUTCOMES = OUTCOMES[:5]
 ERROR_KINDS = OUTCOMES[5:]
 

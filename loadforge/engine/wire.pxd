@@ -28,7 +28,7 @@ cdef extern from *:
 
 cdef enum:
     WIRE_MAGIC = 0x4957464c       # b"LFWI" read little-endian
-    WIRE_VERSION = 2              # 1: the unversioned layout of magic b"LFI1"
+    WIRE_VERSION = 3              # 3: outcomes 9-11 (HTTP/2 stream errors); 2: b"LFWI"; 1: b"LFI1"
 
 
 cdef packed struct WireHeader:

@@ -16,7 +16,7 @@ uint32 counts of histogram indices lo, lo+1, ...
 import struct
 
 MAGIC = 0x4957464C           # b"LFWI" read little-endian
-VERSION = 2
+VERSION = 3
 _MAGIC_V1 = 0x3149464C       # b"LFI1": version 1, before the format had a version field
 
 # magic, version, final, worker, stages, interval index, cells, backends, connects so far,
