@@ -14,6 +14,7 @@ from typing import Any
 OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "connect", "timeout", "reset", "protocol",
             "stream_reset", "goaway", "flow_control")
 STATUS_OUTCOMES = OUTCOMES[:5]
+DEFAULT_STREAMS = 100             # HTTP/2 streams per connection, as h2load -m 100
 ERROR_KINDS = OUTCOMES[5:]
 
 
@@ -65,6 +66,10 @@ class Plan:
     # Close each connection after this many responses (1: a new connection per request), so
     # a load balancer sees new connections spread as they would be; 0 reuses without end.
     requests_per_connection: int = 0
+    # "1.1", or "2": HTTP/2 by prior knowledge over TCP (h2c); `streams` is the most concurrent
+    # streams per connection, lowered further by the server's SETTINGS_MAX_CONCURRENT_STREAMS.
+    http: str = "1.1"
+    streams: int = DEFAULT_STREAMS
     # Raw, validated [slo] table; slo.py gives it meaning.
     slo: dict[str, Any] = field(default_factory=dict)
     # Raw [observe] and [[actions]] tables (scaling validation).

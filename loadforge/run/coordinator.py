@@ -149,6 +149,29 @@ def encode_request(req: Request, host: str, prefix: str = "") -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + req.body
 
 
+# HTTP/2 forbids connection-specific headers (RFC 9113 8.2.2); Host becomes :authority.
+_H2_DROPPED = ("host", "connection", "keep-alive", "proxy-connection", "transfer-encoding",
+               "upgrade", "content-length")
+
+
+def h2_headers(req: Request, host: str, prefix: str = "") -> list[tuple[str, str]]:
+    """The request's HTTP/2 header list, pseudo-headers first, names in lower case."""
+    headers = [(":method", req.method), (":path", request_path(prefix, req.path) or "/"),
+               (":scheme", "http"), (":authority", host_header(req, host)),
+               ("user-agent", USER_AGENT)]
+    headers += [(name.lower(), value) for name, value in req.headers
+                if name.lower() not in _H2_DROPPED]
+    if req.body or req.method in ("POST", "PUT", "PATCH"):
+        headers.append(("content-length", str(len(req.body))))
+    return headers
+
+
+def encode_h2_request(req: Request, host: str, prefix: str = "") -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """What the engine's HTTP/2 side sends for req: its header list and body, as bytes."""
+    return ([(k.encode("latin-1"), v.encode("latin-1")) for k, v in h2_headers(req, host, prefix)],
+            req.body)
+
+
 # Headers that describe a body: the preflight sends none.
 _BODY_HEADERS = ("content-type", "content-length", "transfer-encoding", "content-encoding")
 
@@ -169,13 +192,22 @@ def preflight_request(requests: tuple[Request, ...]) -> tuple[Request, bool]:
     return Request(first.name, "GET", first.path, headers, b"", first.weight), False
 
 
-def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool = True) -> None:
+def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool = True,
+              http: str = "1.1") -> None:
     """One request before the run, so a wrong URL fails in seconds with a clear message."""
     url = f"http://{target.host}{request_path(target.path, req.path)}"
     try:
-        status = _preflight_status(target, req, min(timeout_s, 5.0))
+        if http == "2":
+            from loadforge.run.h2preflight import h2_status
+
+            status = h2_status(target.address, target.port, h2_headers(req, target.host,
+                                                                       target.path),
+                               min(timeout_s, 5.0))
+        else:
+            status = _preflight_status(target, req, min(timeout_s, 5.0))
     except (OSError, HTTPException) as exc:
-        raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url} "
+        over = " over HTTP/2" if http == "2" else ""
+        raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url}{over} "
                                 f"failed ({type(exc).__name__}: {exc})") from None
     if status == 404 and judge_status:
         raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found; "
@@ -639,6 +671,8 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
                   backend_header: str | None) -> list[WorkerSpec]:
     requests = [(encode_request(r, target.host, target.path), r.method == "HEAD")
                 for r in plan.requests]
+    http2 = ([encode_h2_request(r, target.host, target.path) for r in plan.requests]
+             if plan.http == "2" else None)
     mix = schedule.request_mix(plan.requests)
     stages = [(s.open_model, s.rate_from or 0.0, s.rate_to or 0.0, s.duration_s,
                s.concurrency or 0, s.think_s) for s in plan.stages]
@@ -647,10 +681,13 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
     for w in range(workers):
         share = plan.connections // workers + (1 if w < plan.connections % workers else 0)
         closed_share = closed // workers + (1 if w < closed % workers else 0)
+        if http2 is not None:
+            # a closed-model user holds a stream, not a connection
+            closed_share = -(-closed_share // plan.streams)
         specs.append(WorkerSpec(w, workers, target.address, target.port, requests, mix, stages,
                                 max(share, closed_share, 1), plan.timeout_s, interval_s,
                                 backend_header, plan.timer_resolution_s,
-                                plan.requests_per_connection))
+                                plan.requests_per_connection, http2, plan.streams))
     return specs
 
 
@@ -790,6 +827,9 @@ def execute(plan: Plan, opts: RunOptions, console: Console) -> RunOutcome:
 def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
              sandbox: Any = None) -> RunOutcome:
     target = parse_target(target_url)
+    if plan.http == "2" and (missing := _core.http2_library()):
+        raise RunError(f"--http 2 needs libnghttp2.so.14 (Debian package libnghttp2-14), "
+                       f"which did not load: {missing}")
     workers = opts.workers or plan.workers or os.cpu_count() or 1
     workers = max(1, min(workers, plan.connections))
     per_shard = 0
@@ -810,7 +850,7 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     watchers = observe.Watchers(plan, opts.interval_s, sandbox)
     if opts.preflight:
         first, judged = preflight_request(plan.requests)
-        preflight(target, first, plan.timeout_s, judge_status=judged)
+        preflight(target, first, plan.timeout_s, judge_status=judged, http=plan.http)
     run_id = new_run_id(plan)
     path = os.path.join(opts.out_dir, f"{run_id}.parquet")
     metadata: dict[str, Any] = {
@@ -818,6 +858,8 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
         "profile": redact_profile(plan.source), "profile_name": plan.name,
         "profile_path": plan.path, "target": redact_url(target.url), "engine": "cython-epoll", "workers": str(workers),
         "connections": str(plan.connections),
+        "http": plan.http,
+        **({"streams": str(plan.streams)} if plan.http == "2" else {}),
         "stages": [{"name": s.name, "duration_s": s.duration_s, "rate_from": s.rate_from,
                     "rate_to": s.rate_to, "concurrency": s.concurrency, "think_s": s.think_s}
                    for s in plan.stages],

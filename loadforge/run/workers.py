@@ -152,6 +152,9 @@ class WorkerSpec:
     capture_header: str | None
     timer_resolution_s: float
     requests_per_connection: int = 0
+    # HTTP/2: (header list, body) per request, and streams per connection; None for HTTP/1.1
+    http2: list[tuple[list[tuple[bytes, bytes]], bytes]] | None = None
+    streams: int = 100
 
 
 def fd_limit() -> int:
@@ -225,7 +228,8 @@ def worker_main() -> None:
             worker=spec.index, workers=spec.workers, timeout_s=spec.timeout_s,
             interval_s=spec.interval_s, capture_header=spec.capture_header,
             control_fd=channel.fileno(), timer_resolution_s=spec.timer_resolution_s,
-            requests_per_connection=spec.requests_per_connection)
+            requests_per_connection=spec.requests_per_connection, http2=spec.http2,
+            streams=spec.streams)
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
         # CPU time per interval: a worker that used its whole core is the reason arrivals
