@@ -16,6 +16,8 @@ OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "connect", "timeout", "reset", "p
 STATUS_OUTCOMES = OUTCOMES[:5]
 DEFAULT_STREAMS = 100             # HTTP/2 streams per connection, as h2load -m 100
 ERROR_KINDS = OUTCOMES[5:]
+# Stream-level failures of HTTP/2: shown (summary, report) in HTTP/2 runs or when they happened.
+HTTP2_ERROR_KINDS = OUTCOMES[9:]
 
 
 @dataclass(frozen=True)

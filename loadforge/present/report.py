@@ -24,7 +24,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from loadforge.analysis.compare import RunFigures, fail_status_of, load_runs, stages_of
-from loadforge.config.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES
+from loadforge.config.plan import ERROR_KINDS, HTTP2_ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES
 from loadforge.results import histogram
 from loadforge.results.store import OK, Result, headline_row, outcome_row
 
@@ -143,7 +143,8 @@ def _outcome_counts(result: Result) -> dict[str, int]:
     for row in result.rows("run", name=None, outcome=None):
         if outcome_row(row) and row["outcome"] in counts:
             counts[row["outcome"]] += int(row["count"])
-    return counts
+    # HTTP/2's stream-level kinds are listed when they happened
+    return {k: v for k, v in counts.items() if v or k not in HTTP2_ERROR_KINDS}
 
 
 def requests_by_name(result: Result, error_outcomes: set[str]) -> dict[str, dict[str, Any]]:

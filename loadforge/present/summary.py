@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from loadforge.config.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES
+from loadforge.config.plan import ERROR_KINDS, HTTP2_ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES
 from loadforge.results import histogram
 
 # The status classes the summary reports (1xx is not a final response; it still counts in
@@ -101,6 +101,7 @@ def stats_block(
     waited: int = 0,
     late: int = 0,
     worker_cpu: float | None = None,
+    http2: bool = False,
 ) -> dict[str, Any]:
     """The fields of one scope (the run, or one stage) of `--summary-json`.
 
@@ -127,7 +128,10 @@ def stats_block(
         "achieved_rps": requests / duration_s if duration_s > 0 else 0.0,
         "latency_us": _latency_block(latency),
         "service_time_us": _latency_block(service),
-        "errors_by_kind": {kind: counts[kind] for kind in ERROR_KINDS},
+        # HTTP/2's stream-level kinds only where they can happen: an HTTP/1.1 summary keeps
+        # the four kinds it always had
+        "errors_by_kind": {kind: counts[kind] for kind in ERROR_KINDS
+                           if http2 or counts[kind] or kind not in HTTP2_ERROR_KINDS},
         "status": {cls: counts[cls] for cls in STATUS_CLASSES},
         "unsent": int(unsent),
         "sent": sent,
@@ -234,7 +238,9 @@ def render_summary(
     console.print(latency)
 
     responses = table("responses by status class", ("stage", *STATUS_CLASSES))
-    failures = table("failures (errors: these plus failing statuses)", ("stage", *ERROR_KINDS, "errors"))
+    kinds_shown = [k for k in ERROR_KINDS if k not in HTTP2_ERROR_KINDS
+                   or any(k in block.get("errors_by_kind", {}) for _, block in scopes)]
+    failures = table("failures (errors: these plus failing statuses)", ("stage", *kinds_shown, "errors"))
     for name, block in scopes:
         status = block.get("status", {})
         kinds = block.get("errors_by_kind", {})
@@ -242,7 +248,7 @@ def render_summary(
         responses.add_row(stage_cell(name), *(f"{int(status.get(c, 0)):,}" for c in STATUS_CLASSES))
         failures.add_row(
             stage_cell(name),
-            *(f"{int(kinds.get(k, 0)):,}" for k in ERROR_KINDS),
+            *(f"{int(kinds.get(k, 0)):,}" for k in kinds_shown),
             Text(f"{errors:,}", style="red" if errors else ""),
         )
     console.print(responses)

@@ -580,7 +580,7 @@ class Aggregator:
             block = summary.stats_block(s_ok, s_ok_svc, dict(outcomes), t.scheduled, t.unsent,
                                         ran, target, self.plan.fail_status,
                                         error_latency=s_err, waited=t.waited, late=t.late,
-                                        worker_cpu=t.worker_cpu)
+                                        worker_cpu=t.worker_cpu, http2=self.plan.http == "2")
             block["connect_time_us"] = summary.connect_block(self.connect_times[i])
             stages_out.append({"name": w.stage.name,
                                "model": "open" if w.stage.open_model else "closed", **block})
@@ -607,7 +607,8 @@ class Aggregator:
                                         self.plan.fail_status, error_latency=run_ok[2],
                                         waited=sum(t.waited for t in self.totals),
                                         late=sum(t.late for t in self.totals),
-                                        worker_cpu=StageTotals.combined_cpu(self.totals))
+                                        worker_cpu=StageTotals.combined_cpu(self.totals),
+                                        http2=self.plan.http == "2")
         run_block["requests_by_name"] = self._by_name(run_cells, run_ok_rows)
         connections = {"opened": sum(c for c, _ in self.connects.values()),
                        "failed": sum(f for _, f in self.connects.values()),
