@@ -58,7 +58,7 @@ http {{
   scgi_temp_path {dir}/scgi;
   keepalive_requests 1000000;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{listen_options};
     location / {{ return 200 "ok\\n"; }}
     location /chunked {{ chunked_transfer_encoding on; return 200 "chunk"; }}
     location /missing {{ return 404; }}
@@ -76,12 +76,15 @@ http {{
 class Nginx:
     """nginx on a free port with its own access log, so a test can count what it served."""
 
-    def __init__(self) -> None:
+    def __init__(self, http2: bool = False) -> None:
+        """http2: the port speaks h2c by prior knowledge only (`listen ... http2` without
+        ssl, nginx 1.22)."""
         self.dir = tempfile.mkdtemp(prefix="lf-nginx-")
         self.port = free_port()
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(dir=self.dir, port=self.port))
+            f.write(NGINX_CONF.format(dir=self.dir, port=self.port,
+                                      listen_options=" http2" if http2 else ""))
         self.proc = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", conf, "-e",
                                       os.path.join(self.dir, "error.log")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
