@@ -199,6 +199,39 @@ def test_open_model_waits_for_a_free_stream(tmp_path: Path) -> None:
     assert s["latency_us"]["max"] >= 700_000
 
 
+def test_a_stream_past_its_timeout_is_cancelled(tmp_path: Path) -> None:
+    """Answers after 2 s, timeout 300 ms: each stream times out, goes out as RST_STREAM(CANCEL),
+    and the connection carries the next ones."""
+    with H2Server("normal", delay=2.0) as server:
+        s = _closed(tmp_path, server, "--timeout", "300ms", concurrency=2, connections=1,
+                    duration="1s")
+        counts = server.counts()
+    assert s["requests"] == 0 and s["errors_by_kind"]["timeout"] == s["errors"] > 2
+    assert counts["connections"] == 1
+    assert counts["client_reset"] == counts["opened"] == s["errors"]
+
+
+def test_think_time_between_a_users_requests(tmp_path: Path) -> None:
+    with H2Server("normal") as server:
+        path = profile(tmp_path, server.url, 'duration = "1s"\nconcurrency = 4\nthink = "100ms"',
+                       load="connections = 1")
+        s = run_json(tmp_path, path, "--no-preflight")
+        counts = server.counts()
+    # 4 users, one request every ~100 ms each: about 40, far from a closed loop's thousands
+    assert 8 <= s["requests"] <= 60
+    assert s["requests"] == counts["answered"] and s["errors"] == 0
+
+
+def test_refused_connections_back_off_in_the_closed_model(tmp_path: Path) -> None:
+    from servers import free_port
+
+    s = run_json(tmp_path, "--target", f"http://127.0.0.1:{free_port()}/", "--http", "2",
+                 "--concurrency", "4", "--duration", "1s", "--no-preflight")
+    assert s["requests"] == 0 and s["errors_by_kind"]["connect"] == s["errors"] > 0
+    # 1 ms doubling to 512 ms: about ten attempts in a second, not a spin
+    assert s["connections"]["failed"] < 30
+
+
 # -- the sandbox: balancing multiplexed connections ----------------------------------------------
 
 @pytest.mark.parametrize(("balance", "most", "least"), [("connection", 2, 1), ("request", 4, 4)])

@@ -407,7 +407,8 @@ cdef void h2_connect_failed(Engine self, int ci, int64_t now, int outcome) noexc
     h2_fail_conn(self, ci, outcome, now)
     if self.cur < self.nstages and not self.stopping:
         sp = &self.stages[self.cur]
-        if not sp.open_model:
+        # (before the stage starts nothing would end the backoff: the fill reopens it)
+        if not sp.open_model and now >= self.t0 + sp.start_ns:
             start_backoff(self, ci, now)
 
 
@@ -664,3 +665,4 @@ cdef void h2_scan_timeouts(Engine self, int64_t now) noexcept:
                 lf_ng.submit_rst_stream(h.conns[ci].session, NGHTTP2_FLAG_NONE, s.id,
                                         NGHTTP2_CANCEL)
                 h2_mark(self, ci)
+

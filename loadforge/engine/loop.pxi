@@ -563,6 +563,10 @@ cdef class Engine:
                 self.count_due(now)
                 self.dispatch(now)
             elif now >= self.t0 + sp.start_ns:
+                # Slots whose backoff is over first: an HTTP/2 connection's users come back
+                # through the fill below.
+                if self.n_backoff:
+                    end_backoffs(self, now, 0)
                 # Fill the stage's slots; connections still busy with an earlier stage's
                 # requests join as they come free.
                 while self.closed_active < sp.concurrency:
@@ -576,8 +580,6 @@ cdef class Engine:
                     self.think_head = (self.think_head + 1) % self.nthink
                     self.think_len -= 1
                     self.closed_arrival(ci, now)
-                if self.n_backoff:
-                    end_backoffs(self, now, 0)
         while now >= self.t0 + (self.interval_index + 1) * self.interval_ns:
             flush(self, 0)
         if now >= self.next_scan_ns:
