@@ -232,6 +232,65 @@ def test_refused_connections_back_off_in_the_closed_model(tmp_path: Path) -> Non
     assert s["connections"]["failed"] < 30
 
 
+# -- HAProxy terminating HTTP/2 ---------------------------------------------------------------------
+
+HAPROXY_H2 = """
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 10s
+  timeout server 10s
+frontend fe
+  bind 127.0.0.1:{port} proto h2
+  default_backend be
+backend be
+  balance roundrobin
+{servers}
+"""
+
+
+@pytest.fixture(scope="module")
+def haproxy_h2() -> Iterator[tuple[str, list[Nginx]]]:
+    """HAProxy speaking h2c to the client (`bind ... proto h2`), HTTP/1.1 to three nginx."""
+    if not shutil.which("haproxy") or not shutil.which("nginx"):
+        pytest.skip("haproxy and nginx are needed (apt-get install -y haproxy nginx)")
+    import subprocess
+    import tempfile
+
+    from servers import free_port, wait_listening
+
+    backends = [Nginx() for _ in range(3)]
+    port = free_port()
+    conf = Path(tempfile.mkdtemp(prefix="lf-haproxy-h2-")) / "haproxy.cfg"
+    conf.write_text(HAPROXY_H2.format(port=port, servers="\n".join(
+        f"  server n{i} 127.0.0.1:{b.port}" for i, b in enumerate(backends))))
+    proc = subprocess.Popen(["haproxy", "-f", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_listening(port)
+        yield f"http://127.0.0.1:{port}/", backends
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for b in backends:
+            b.stop()
+
+
+@pytest.mark.parametrize("load", [("--concurrency", "30"), ("--rate", "300")])
+def test_haproxy_balances_streams_of_one_connection(haproxy_h2: tuple[str, list[Nginx]],
+                                                    load: tuple[str, str],
+                                                    tmp_path: Path) -> None:
+    url, backends = haproxy_h2
+    before = [b.served() for b in backends]
+    s = run_json(tmp_path, "--target", url, "--http", "2", *load, "--connections", "1",
+                 "--duration", "1s")
+    served = [b.served() - n for b, n in zip(backends, before, strict=True)]
+    assert s["errors"] == 0 and s["connections"]["opened"] == 1
+    assert sum(served) == s["requests"] + 1      # + the preflight
+    # HAProxy ends HTTP/2 and balances each stream: one connection reaches all three
+    assert min(served) > 0
+
+
 # -- the sandbox: balancing multiplexed connections ----------------------------------------------
 
 @pytest.mark.parametrize(("balance", "most", "least"), [("connection", 2, 1), ("request", 4, 4)])
