@@ -232,6 +232,16 @@ def test_refused_connections_back_off_in_the_closed_model(tmp_path: Path) -> Non
     assert s["connections"]["failed"] < 30
 
 
+def test_requests_per_connection_opens_new_connections(nginx_h2: Nginx, tmp_path: Path) -> None:
+    before = nginx_h2.served()
+    s = run_json(tmp_path, "--target", nginx_h2.url + "/", "--http", "2", "--concurrency", "4",
+                 "--connections", "1", "--requests-per-connection", "10", "--duration", "500ms")
+    assert s["errors"] == 0 and s["requests"] > 20
+    # every connection carried 10 streams, the last one up to 10
+    assert s["connections"]["opened"] == -(-s["requests"] // 10)
+    assert nginx_h2.served() - before == s["requests"] + 1
+
+
 # -- HAProxy terminating HTTP/2 ---------------------------------------------------------------------
 
 HAPROXY_H2 = """

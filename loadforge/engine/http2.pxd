@@ -231,6 +231,7 @@ cdef struct H2Stream:    # one slot of a connection's stream table
     int retried          # already sent again once (GOAWAY or REFUSED_STREAM)
     int status
     int got_response     # response HEADERS seen
+    int peer_reset       # the server sent RST_STREAM (else a reset is nghttp2's own verdict)
     int64_t intended_ns
     int64_t sent_ns
     int64_t deadline_ns
@@ -247,6 +248,7 @@ cdef struct H2Conn:
     int active           # streams in S_OPEN or S_ENDED
     int limit            # min(streams, the server's SETTINGS_MAX_CONCURRENT_STREAMS)
     int goaway           # GOAWAY received: no new streams
+    int draining         # requests_per_connection reached: no new streams, closed when idle
     int32_t goaway_last  # its last stream id
     int dirty            # frames may be waiting in the session: on the dirty list
     int dead             # the session failed: close at the next chance

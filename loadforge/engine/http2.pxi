@@ -147,6 +147,7 @@ cdef void h2_open_session(Engine self, int ci) noexcept:
     hc.limit = h.streams
     hc.goaway = 0
     hc.goaway_last = 0
+    hc.draining = 0
     hc.dead = 0
     hc.out_len = 0
     hc.out_pos = 0
@@ -196,8 +197,8 @@ cdef inline int h2_has_room(Engine self, int ci) noexcept:
         return 1
     if c.state != C_IDLE and c.state != C_CONNECTING:
         return 0
-    return hc.session != NULL and not hc.goaway and not hc.dead and hc.active < hc.limit \
-        and hc.nfree > 0
+    return hc.session != NULL and not hc.goaway and not hc.draining and not hc.dead \
+        and hc.active < hc.limit and hc.nfree > 0
 
 
 cdef int take_slot(Engine self) noexcept:
@@ -275,6 +276,7 @@ cdef int h2_submit(Engine self, int ci, int stage, int request, int64_t intended
     s.retried = retried
     s.status = 0
     s.got_response = 0
+    s.peer_reset = 0
     s.intended_ns = intended
     s.sent_ns = now
     s.deadline_ns = now + self.timeout_ns
@@ -294,6 +296,10 @@ cdef int h2_submit(Engine self, int ci, int stage, int request, int64_t intended
     s.id = sid
     hc.active += 1
     h2_mark(self, ci)
+    self.conns[ci].served += 1
+    if self.conns[ci].served == self.requests_per_connection:
+        # churn: the connection takes no more streams and closes once they are answered
+        hc.draining = 1
     return 0
 
 
@@ -440,9 +446,10 @@ cdef void h2_on_readable(Engine self, int ci, int64_t now) noexcept:
                 h2_fail_conn(self, ci, O_PROTOCOL, now)
                 return
             h2_mark(self, ci)
-            if hc.goaway and hc.active == 0:
-                # GOAWAY and nothing left on it: the server ends it, we do not wait
-                c.peer_closed = 1
+            if (hc.goaway or hc.draining) and hc.active == 0:
+                # GOAWAY (the server ends it) or requests_per_connection reached (we do), and
+                # nothing left on it: closed now
+                c.peer_closed = hc.goaway
                 close_conn(self, ci)
                 return
             if n < RECV_BUFFER_SIZE and not transport_pending(&self.transport, c):
@@ -504,6 +511,10 @@ cdef int h2_on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
         self = <Engine>hc.engine
         limit = lf_ng.get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
         hc.limit = self.h2.streams if limit > <uint32_t>self.h2.streams else <int>limit
+    elif frame.hd.type == NGHTTP2_RST_STREAM:
+        s = <H2Stream*>lf_ng.get_stream_user_data(session, frame.hd.stream_id)
+        if s != NULL:
+            s.peer_reset = 1
     elif frame.hd.type == NGHTTP2_GOAWAY:
         # nghttp2 closes the streams above last_stream_id right after this, REFUSED_STREAM
         hc.goaway = 1
@@ -533,13 +544,15 @@ cdef int h2_on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_
             if end < s.sent_ns:
                 end = s.sent_ns
             h2_stream_done(self, s, status_outcome(s.status), end, now)
-        elif error_code == NGHTTP2_REFUSED_STREAM and not s.got_response:
+        elif error_code == NGHTTP2_REFUSED_STREAM and not s.got_response \
+                and (s.peer_reset or (hc.goaway and stream_id > hc.goaway_last)):
             h2_unprocessed(self, s, O_GOAWAY if hc.goaway and stream_id > hc.goaway_last
                            else O_STREAM_RESET, now)
-        elif error_code == NGHTTP2_NO_ERROR:
-            h2_stream_done(self, s, O_PROTOCOL, now, now)
         elif error_code == NGHTTP2_FLOW_CONTROL_ERROR:
             h2_stream_done(self, s, O_FLOW_CONTROL, now, now)
+        elif error_code == NGHTTP2_NO_ERROR or not s.peer_reset:
+            # no status, or a response nghttp2 found malformed (it reset the stream itself)
+            h2_stream_done(self, s, O_PROTOCOL, now, now)
         else:
             h2_stream_done(self, s, O_STREAM_RESET, now, now)
     h2_release(&self.h2, hc, s)
