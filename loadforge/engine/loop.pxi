@@ -11,6 +11,9 @@ cdef class Engine:
     arrival i follows (i mod len(mix)). stages: (open_model, rate_from, rate_to, duration_s,
     concurrency, think_s), rates and concurrency for all workers together. Arrival i of the
     global schedule belongs to worker i mod workers. connections: this worker's pool.
+    http2: None for HTTP/1.1, else one (header list, body) per request, the header list
+    (name, value) bytes with the pseudo-headers first: every request is then an HTTP/2 stream,
+    at most `streams` at once per connection (engine/http2.pxi).
     """
 
     cdef:
