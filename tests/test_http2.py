@@ -199,6 +199,17 @@ def test_open_model_waits_for_a_free_stream(tmp_path: Path) -> None:
     assert s["latency_us"]["max"] >= 700_000
 
 
+def test_a_malformed_response_is_a_protocol_error(tmp_path: Path) -> None:
+    """A content-length over the body sent: the response is malformed (RFC 9113 8.1.1), the
+    client resets the stream itself: protocol, not stream_reset (which is the server's)."""
+    with H2Server("normal", length_lie=5) as server:
+        s = _closed(tmp_path, server, concurrency=2, connections=1, duration="300ms")
+        counts = server.counts()
+    assert s["requests"] == 0
+    assert s["errors_by_kind"]["protocol"] == s["errors"] == counts["opened"] > 0
+    assert s["errors_by_kind"]["stream_reset"] == 0
+
+
 def test_a_stream_past_its_timeout_is_cancelled(tmp_path: Path) -> None:
     """Answers after 2 s, timeout 300 ms: each stream times out, goes out as RST_STREAM(CANCEL),
     and the connection carries the next ones."""
