@@ -238,9 +238,14 @@ def render_summary(
     console.print(latency)
 
     responses = table("responses by status class", ("stage", *STATUS_CLASSES))
-    kinds_shown = [k for k in ERROR_KINDS if k not in HTTP2_ERROR_KINDS
-                   or any(k in block.get("errors_by_kind", {}) for _, block in scopes)]
-    failures = table("failures (errors: these plus failing statuses)", ("stage", *kinds_shown, "errors"))
+    connection_kinds = [k for k in ERROR_KINDS if k not in HTTP2_ERROR_KINDS]
+    # HTTP/2's stream-level kinds in a table of their own, when the run has them: eight
+    # columns would not fit 80
+    stream_kinds = [k for k in HTTP2_ERROR_KINDS
+                    if any(k in block.get("errors_by_kind", {}) for _, block in scopes)]
+    failures = table("failures (errors: these plus failing statuses)",
+                     ("stage", *connection_kinds, "errors"))
+    streams = table("HTTP/2 stream failures (in errors too)", ("stage", *stream_kinds))
     for name, block in scopes:
         status = block.get("status", {})
         kinds = block.get("errors_by_kind", {})
@@ -248,11 +253,14 @@ def render_summary(
         responses.add_row(stage_cell(name), *(f"{int(status.get(c, 0)):,}" for c in STATUS_CLASSES))
         failures.add_row(
             stage_cell(name),
-            *(f"{int(kinds.get(k, 0)):,}" for k in kinds_shown),
+            *(f"{int(kinds.get(k, 0)):,}" for k in connection_kinds),
             Text(f"{errors:,}", style="red" if errors else ""),
         )
+        streams.add_row(stage_cell(name), *(f"{int(kinds.get(k, 0)):,}" for k in stream_kinds))
     console.print(responses)
     console.print(failures)
+    if stream_kinds:
+        console.print(streams)
     _render_error_latency(summary, console)
     _render_by_name(summary, console, table)
     _render_shards(summary, console, table)
