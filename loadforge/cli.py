@@ -133,6 +133,10 @@ def _with_http(plan: Plan, http_version: str | None, streams: int | None) -> Pla
     plan = replace(plan, http=http_version or plan.http, streams=streams or plan.streams)
     if streams is not None and plan.http != "2":
         raise InputError("--streams applies to HTTP/2 only: add --http 2")
+    if plan.http == "2" and plan.connections * plan.streams > limits.MAX_STREAM_SLOTS:
+        raise InputError(f"--connections x --streams ({plan.connections} x {plan.streams}) must "
+                         f"be at most {limits.MAX_STREAM_SLOTS:,}: each stream is a slot the "
+                         "engine allocates up front")
     for stage in plan.stages:
         if plan.http == "2" and stage.concurrency and \
                 stage.concurrency > plan.connections * plan.streams:

@@ -334,6 +334,8 @@ def test_backend_shares_show_pinning(balance: str, most: int, least: int,
     (("--http", "2", "--streams", "0"), "--streams must be between 1"),
     (("--http", "2", "--streams", "2", "--connections", "1", "--concurrency", "3"),
      "must be <= --connections x --streams"),
+    (("--http", "2", "--streams", "10000", "--connections", "1000"),
+     "must be at most 1,000,000"),
 ])
 def test_bad_flags(args: tuple[str, ...], message: str) -> None:
     base = ("run", "--target", "http://127.0.0.1:9/", "--duration", "1s")
@@ -347,6 +349,7 @@ def test_bad_flags(args: tuple[str, ...], message: str) -> None:
     ('http = "3"', 'load.http must be "1.1" or "2"'),
     ("http = 2", 'load.http must be "1.1" or "2"'),
     ('http = "1.1"\nstreams = 10', "load.streams applies to HTTP/2 only"),
+    ('http = "2"\nstreams = 10000\nconnections = 1000', "must be at most 1,000,000"),
 ])
 def test_bad_profile_keys(load: str, message: str, tmp_path: Path) -> None:
     path = tmp_path / "p.toml"

@@ -139,6 +139,10 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                             maximum=limits.MAX_STREAMS)
     if "streams" in load and http != "2":
         check.fail("load.streams", 'applies to HTTP/2 only: set load.http = "2"')
+    if http == "2" and connections * streams > limits.MAX_STREAM_SLOTS:
+        check.fail("load.streams", f"x load.connections ({streams} x {connections}) must be at "
+                                   f"most {limits.MAX_STREAM_SLOTS:,}: each stream is a slot the "
+                                   "engine allocates up front")
 
     if "stages" not in top:
         check.fail("", "has no [[stages]]; at least one stage is required")
