@@ -56,7 +56,7 @@ http {{
   fastcgi_temp_path {dir}/fastcgi;
   uwsgi_temp_path {dir}/uwsgi;
   scgi_temp_path {dir}/scgi;
-  keepalive_requests 1000000;
+  keepalive_requests {keepalive_requests};
   server {{
     listen 127.0.0.1:{port}{listen_options};
     location / {{ return 200 "ok\\n"; }}
@@ -76,15 +76,17 @@ http {{
 class Nginx:
     """nginx on a free port with its own access log, so a test can count what it served."""
 
-    def __init__(self, http2: bool = False) -> None:
+    def __init__(self, http2: bool = False, keepalive_requests: int = 1_000_000) -> None:
         """http2: the port speaks h2c by prior knowledge only (`listen ... http2` without
-        ssl, nginx 1.22)."""
+        ssl, nginx 1.22). keepalive_requests: requests per connection (HTTP/2 too, where
+        nginx then sends GOAWAY)."""
         self.dir = tempfile.mkdtemp(prefix="lf-nginx-")
         self.port = free_port()
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
             f.write(NGINX_CONF.format(dir=self.dir, port=self.port,
-                                      listen_options=" http2" if http2 else ""))
+                                      listen_options=" http2" if http2 else "",
+                                      keepalive_requests=keepalive_requests))
         self.proc = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", conf, "-e",
                                       os.path.join(self.dir, "error.log")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

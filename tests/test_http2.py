@@ -73,6 +73,25 @@ def test_open_model_counts_match_nginx(nginx_h2: Nginx, tmp_path: Path) -> None:
     assert nginx_h2.served() - before == 601
 
 
+def test_nginx_goaway_after_keepalive_requests(tmp_path: Path) -> None:
+    """nginx ends an HTTP/2 connection after keepalive_requests streams with GOAWAY and refuses
+    the streams in flight past it: those are sent again on a new connection (a stream refused
+    twice is counted as goaway); nginx's log and the counts agree."""
+    if not shutil.which("nginx"):
+        pytest.skip("nginx is not installed (apt-get install -y nginx)")
+    nginx = Nginx(http2=True, keepalive_requests=50)
+    try:
+        s = run_json(tmp_path, "--target", nginx.url + "/", "--http", "2", "--concurrency", "20",
+                     "--connections", "2", "--duration", "1s")
+        served = nginx.served()
+    finally:
+        nginx.stop()
+    kinds = s["errors_by_kind"]
+    assert s["requests"] > 100 and s["errors"] == kinds["goaway"]
+    assert s["connections"]["retried"] > 0 and s["connections"]["closed_by_server"] > 2
+    assert served == s["requests"] + 1
+
+
 def test_status_classes_and_bodies_over_nginx(nginx_h2: Nginx, tmp_path: Path) -> None:
     before = nginx_h2.served()
     path = profile(tmp_path, nginx_h2.url, 'duration = "500ms"\nconcurrency = 4',
