@@ -535,27 +535,35 @@ cdef int h2_on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_
     cdef H2Conn* hc = <H2Conn*>user_data
     cdef Engine self = <Engine>hc.engine
     cdef H2Stream* s = <H2Stream*>lf_ng.get_stream_user_data(session, stream_id)
-    cdef int64_t now = self.h2.now_ns, end
+    cdef int64_t now = self.h2.now_ns, end = now
+    cdef int outcome
     if s == NULL or s.state == S_FREE:
         return 0
-    if s.state == S_OPEN:
-        if error_code == NGHTTP2_NO_ERROR and s.status >= 100:
-            end = self.h2.rx_ns
-            if end < s.sent_ns:
-                end = s.sent_ns
-            h2_stream_done(self, s, status_outcome(s.status), end, now)
-        elif error_code == NGHTTP2_REFUSED_STREAM and not s.got_response \
-                and (s.peer_reset or (hc.goaway and stream_id > hc.goaway_last)):
-            h2_unprocessed(self, s, O_GOAWAY if hc.goaway and stream_id > hc.goaway_last
-                           else O_STREAM_RESET, now)
-        elif error_code == NGHTTP2_FLOW_CONTROL_ERROR:
-            h2_stream_done(self, s, O_FLOW_CONTROL, now, now)
-        elif error_code == NGHTTP2_NO_ERROR or not s.peer_reset:
-            # no status, or a response nghttp2 found malformed (it reset the stream itself)
-            h2_stream_done(self, s, O_PROTOCOL, now, now)
-        else:
-            h2_stream_done(self, s, O_STREAM_RESET, now, now)
+    if s.state != S_OPEN:
+        h2_release(&self.h2, hc, s)
+        return 0
+    if error_code == NGHTTP2_REFUSED_STREAM and not s.got_response \
+            and (s.peer_reset or (hc.goaway and stream_id > hc.goaway_last)):
+        h2_unprocessed(self, s, O_GOAWAY if hc.goaway and stream_id > hc.goaway_last
+                       else O_STREAM_RESET, now)
+        h2_release(&self.h2, hc, s)
+        return 0
+    if error_code == NGHTTP2_NO_ERROR and s.status >= 100:
+        outcome = status_outcome(s.status)
+        end = self.h2.rx_ns if self.h2.rx_ns > s.sent_ns else s.sent_ns
+    elif error_code == NGHTTP2_FLOW_CONTROL_ERROR:
+        outcome = O_FLOW_CONTROL
+    elif error_code == NGHTTP2_NO_ERROR or not s.peer_reset:
+        # no status, or a response nghttp2 found malformed (it reset the stream itself)
+        outcome = O_PROTOCOL
+    else:
+        outcome = O_STREAM_RESET
+    # The slot is free before the outcome is recorded, so that a closed-model user's next
+    # request can take it at once (h2_done records from the slot before anything reuses it).
+    s.state = S_ENDED
     h2_release(&self.h2, hc, s)
+    h2_done(self, s.stage, s.request, s.intended_ns, s.sent_ns, s.capture, s.capture_len,
+            outcome, end, now)
     return 0
 
 
