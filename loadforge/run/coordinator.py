@@ -154,10 +154,12 @@ _H2_DROPPED = ("host", "connection", "keep-alive", "proxy-connection", "transfer
                "upgrade", "content-length")
 
 
-def h2_headers(req: Request, host: str, prefix: str = "") -> list[tuple[str, str]]:
-    """The request's HTTP/2 header list, pseudo-headers first, names in lower case."""
+def h2_headers(req: Request, host: str, prefix: str = "",
+               scheme: str = "http") -> list[tuple[str, str]]:
+    """The request's HTTP/2 header list, pseudo-headers first, names in lower case; scheme is
+    the target URL's (https once TLS carries h2)."""
     headers = [(":method", req.method), (":path", request_path(prefix, req.path) or "/"),
-               (":scheme", "http"), (":authority", host_header(req, host)),
+               (":scheme", scheme), (":authority", host_header(req, host)),
                ("user-agent", USER_AGENT)]
     headers += [(name.lower(), value) for name, value in req.headers
                 if name.lower() not in _H2_DROPPED]
@@ -166,10 +168,11 @@ def h2_headers(req: Request, host: str, prefix: str = "") -> list[tuple[str, str
     return headers
 
 
-def encode_h2_request(req: Request, host: str, prefix: str = "") -> tuple[list[tuple[bytes, bytes]], bytes]:
+def encode_h2_request(req: Request, host: str, prefix: str = "", scheme: str = "http",
+                      ) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """What the engine's HTTP/2 side sends for req: its header list and body, as bytes."""
-    return ([(k.encode("latin-1"), v.encode("latin-1")) for k, v in h2_headers(req, host, prefix)],
-            req.body)
+    return ([(k.encode("latin-1"), v.encode("latin-1"))
+             for k, v in h2_headers(req, host, prefix, scheme)], req.body)
 
 
 # Headers that describe a body: the preflight sends none.
@@ -200,8 +203,9 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
         if http == "2":
             from loadforge.run.h2preflight import h2_status
 
-            status = h2_status(target.address, target.port, h2_headers(req, target.host,
-                                                                       target.path),
+            status = h2_status(target.address, target.port,
+                               h2_headers(req, target.host, target.path,
+                                          urlsplit(target.url).scheme),
                                min(timeout_s, 5.0))
         else:
             status = _preflight_status(target, req, min(timeout_s, 5.0))
@@ -672,7 +676,8 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
                   backend_header: str | None) -> list[WorkerSpec]:
     requests = [(encode_request(r, target.host, target.path), r.method == "HEAD")
                 for r in plan.requests]
-    http2 = ([encode_h2_request(r, target.host, target.path) for r in plan.requests]
+    http2 = ([encode_h2_request(r, target.host, target.path, urlsplit(target.url).scheme)
+              for r in plan.requests]
              if plan.http == "2" else None)
     mix = schedule.request_mix(plan.requests)
     stages = [(s.open_model, s.rate_from or 0.0, s.rate_to or 0.0, s.duration_s,
