@@ -180,8 +180,9 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
 @click.option("--target", help="Target URL (overrides the profile's); 'sandbox' for the "
               "embedded target.")
 @click.option("--rate", type=float, help="Without a profile: requests per second (open model).")
-@click.option("--concurrency", type=int, help="Without a profile: connections each sending "
-              "back to back (closed model, like wrk).")
+@click.option("--concurrency", type=int, help="Without a profile: users each sending back to "
+              "back (closed model, like wrk): one connection each, or one stream each with "
+              "--http 2.")
 @click.option("--duration", help="Without a profile: how long, e.g. 30s.")
 @click.option("--connections", type=int, help="Upper bound on open connections.")
 @click.option("--timeout", help="Per-request timeout (overrides the profile's) [default: 5s].")
