@@ -34,9 +34,9 @@ def nginx_h2() -> Iterator[Nginx]:
     server.stop()
 
 
-def run_json(tmp_path: Path, *args: str, expect: int = 0) -> dict[str, Any]:
+def run_json(tmp_path: Path, *args: str, expect: int = 0, workers: int = 1) -> dict[str, Any]:
     summary = tmp_path / "summary.json"
-    out = loadforge("run", *args, "--quiet", "--workers", "1", "--out",
+    out = loadforge("run", *args, "--quiet", "--workers", str(workers), "--out",
                     str(tmp_path / "results"), "--summary-json", str(summary), timeout=120)
     assert out.returncode == expect, out.stderr
     return json.loads(summary.read_text())
@@ -90,6 +90,18 @@ def test_nginx_goaway_after_keepalive_requests(tmp_path: Path) -> None:
     assert s["requests"] > 100 and s["errors"] == kinds["goaway"]
     assert s["connections"]["retried"] > 0 and s["connections"]["closed_by_server"] > 2
     assert served == s["requests"] + 1
+
+
+@pytest.mark.parametrize("load", [("--concurrency", "60"), ("--rate", "600")])
+def test_two_workers_split_connections_and_arrivals(nginx_h2: Nginx, load: tuple[str, str],
+                                                    tmp_path: Path) -> None:
+    before = nginx_h2.served()
+    s = run_json(tmp_path, "--target", nginx_h2.url + "/", "--http", "2", *load,
+                 "--connections", "4", "--streams", "20", "--duration", "1s", workers=2)
+    assert s["workers"] == 2 and s["errors"] == 0 and s["connections"]["opened"] == 4
+    if load[0] == "--rate":
+        assert s["requests"] == s["scheduled"] == 600
+    assert nginx_h2.served() - before == s["requests"] + 1
 
 
 def test_status_classes_and_bodies_over_nginx(nginx_h2: Nginx, tmp_path: Path) -> None:
