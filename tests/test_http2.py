@@ -343,6 +343,19 @@ def test_haproxy_balances_streams_of_one_connection(haproxy_h2: tuple[str, list[
     assert min(served) > 0
 
 
+@pytest.mark.parametrize("body_size", [16, 300_000])
+def test_open_model_small_and_large_responses(body_size: int, tmp_path: Path) -> None:
+    """Small responses let the loop sleep through them (read at the next wake-up, timed by the
+    kernel); 300 kB ones (over a socket buffer at 10 streams) keep it watching: both arrive
+    whole and counted."""
+    with H2Server("normal", body_size=body_size) as server:
+        s = run_json(tmp_path, "--target", server.url + "/", "--http", "2", "--rate", "100",
+                     "--connections", "1", "--streams", "10", "--duration", "1s",
+                     "--no-preflight")
+        counts = server.counts()
+    assert s["requests"] == s["scheduled"] == counts["answered"] == 100 and s["errors"] == 0
+
+
 # -- the sandbox: balancing multiplexed connections ----------------------------------------------
 
 @pytest.mark.parametrize(("balance", "most", "least"), [("connection", 2, 1), ("request", 4, 4)])

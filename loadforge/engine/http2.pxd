@@ -232,11 +232,12 @@ cdef struct H2Stream:    # one slot of a connection's stream table
     int status
     int got_response     # response HEADERS seen
     int peer_reset       # the server sent RST_STREAM (else a reset is nghttp2's own verdict)
+    int big              # counted in Engine.eventful: the loop must watch its socket
     int64_t intended_ns
     int64_t sent_ns
     int64_t deadline_ns
     int64_t body_sent
-    int64_t received     # response body bytes
+    int64_t received     # response bytes: body, and header names and values
     int capture_len
     char capture[CAPTURE_MAX]
 
@@ -278,6 +279,7 @@ cdef struct H2Engine:
     nghttp2_nv* nva      # every request's header block, one after the other
     int* nv_first
     int* nv_count
+    int64_t* response_max   # per request: most response bytes seen, -1 before the first
     const char** body
     Py_ssize_t* body_len
     int64_t rx_ns        # receive timestamp of the bytes being fed to a session

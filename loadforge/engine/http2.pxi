@@ -52,6 +52,7 @@ cdef int h2_setup(Engine self, list requests, int streams) except -1:
     h.nv_count = <int*>calloc(self.nreq, sizeof(int))
     h.body = <const char**>calloc(self.nreq, sizeof(char*))
     h.body_len = <Py_ssize_t*>calloc(self.nreq, sizeof(Py_ssize_t))
+    h.response_max = <int64_t*>malloc(self.nreq * sizeof(int64_t))
     h.conns = <H2Conn*>calloc(self.nconns, sizeof(H2Conn))
     h.slots = <H2Stream*>calloc(nslots, sizeof(H2Stream))
     h.free_all = <int32_t*>calloc(nslots, sizeof(int32_t))
@@ -60,8 +61,10 @@ cdef int h2_setup(Engine self, list requests, int streams) except -1:
     h.pending = <H2Pending*>calloc(h.pending_cap, sizeof(H2Pending))
     if (h.nva == NULL or h.nv_first == NULL or h.nv_count == NULL or h.body == NULL
             or h.body_len == NULL or h.conns == NULL or h.slots == NULL or h.free_all == NULL
-            or h.dirty_list == NULL or h.pending == NULL):
+            or h.dirty_list == NULL or h.pending == NULL or h.response_max == NULL):
         raise MemoryError()
+    for i in range(self.nreq):
+        h.response_max[i] = -1
     k = 0
     for i, (headers, body) in enumerate(requests):
         h.nv_first[i] = k
@@ -110,6 +113,7 @@ cdef void h2_free(Engine self) noexcept:
     free(h.nv_count)
     free(<void*>h.body)
     free(h.body_len)
+    free(h.response_max)
     free(h.conns)
     free(h.slots)
     free(h.free_all)
@@ -283,12 +287,19 @@ cdef int h2_submit(Engine self, int ci, int stage, int request, int64_t intended
     s.body_sent = 0
     s.received = 0
     s.capture_len = 0
+    # The loop may sleep through responses (sleep_through_responses) only while a whole
+    # connection's worth of them fits a socket buffer and no request body waits for a window.
+    s.big = 1 if (h.body_len[request] > 0 or h.response_max[request] < 0
+                  or h.response_max[request] * h.streams > SMALL_RESPONSE_BYTES) else 0
+    self.eventful += s.big
     dp.source.ptr = <void*>s
     dp.read_callback = h2_read_body
     sid = lf_ng.submit_request(hc.session, NULL, &h.nva[h.nv_first[request]],
                                h.nv_count[request], &dp if h.body_len[request] > 0 else NULL,
                                <void*>s)
     if sid < 0:
+        self.eventful -= s.big
+        s.big = 0
         s.state = S_FREE
         hc.free_slots[hc.nfree] = si
         hc.nfree += 1
@@ -346,11 +357,21 @@ cdef void h2_done(Engine self, int stage, int request, int64_t intended, int64_t
             self.closed_arrival(ci, now)
 
 
+cdef inline void h2_settle(Engine self, H2Stream* s, int outcome) noexcept:
+    """s leaves S_OPEN: it no longer keeps the loop watching sockets, and a response teaches
+    how big its request's responses are."""
+    s.state = S_ENDED
+    self.eventful -= s.big
+    s.big = 0
+    if outcome < O_CONNECT and s.received > self.h2.response_max[s.request]:
+        self.h2.response_max[s.request] = s.received
+
+
 cdef inline void h2_stream_done(Engine self, H2Stream* s, int outcome, int64_t end,
                                 int64_t now) noexcept:
     if s.state != S_OPEN:
         return
-    s.state = S_ENDED
+    h2_settle(self, s, outcome)
     h2_done(self, s.stage, s.request, s.intended_ns, s.sent_ns, s.capture, s.capture_len,
             outcome, end, now)
 
@@ -368,7 +389,7 @@ cdef void h2_unprocessed(Engine self, H2Stream* s, int outcome, int64_t now) noe
     if self.h2.pending_len == self.h2.pending_cap:
         h2_stream_done(self, s, outcome, now, now)
         return
-    s.state = S_ENDED
+    h2_settle(self, s, O_GOAWAY)
     self.retries += 1
     p = &self.h2.pending[(self.h2.pending_head + self.h2.pending_len) % self.h2.pending_cap]
     p.stage = s.stage
@@ -479,6 +500,7 @@ cdef int h2_on_header(nghttp2_session* session, const nghttp2_frame* frame, cons
     s = <H2Stream*>lf_ng.get_stream_user_data(session, frame.hd.stream_id)
     if s == NULL or s.state != S_OPEN:
         return 0
+    s.received += namelen + valuelen
     if namelen == 7 and memcmp(name, b":status", 7) == 0:
         if valuelen == 3:
             status = (value[0] - 48) * 100 + (value[1] - 48) * 10 + (value[2] - 48)
@@ -560,7 +582,7 @@ cdef int h2_on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_
         outcome = O_STREAM_RESET
     # The slot is free before the outcome is recorded, so that a closed-model user's next
     # request can take it at once (h2_done records from the slot before anything reuses it).
-    s.state = S_ENDED
+    h2_settle(self, s, outcome)
     h2_release(&self.h2, hc, s)
     h2_done(self, s.stage, s.request, s.intended_ns, s.sent_ns, s.capture, s.capture_len,
             outcome, end, now)

@@ -627,10 +627,11 @@ cdef class Engine:
         Responses that come meanwhile are read at the next wake-up and timed by their receive
         timestamps, so at high rates one wake-up serves a tick's arrivals and the previous
         tick's responses together. Closes and resets still wake it (EPOLLRDHUP, EPOLLERR)."""
-        # HTTP/2: many responses share one socket buffer, and the server may wait for an
-        # acknowledgement; its sockets are always watched.
+        # HTTP/2: its streams are eventful unless a connection's worth of their responses fits
+        # a socket buffer (engine/http2.pxi h2_submit); frames to write or arrivals waiting
+        # for a stream need the loop too.
         if not self.transport.rx_stamps or self.cur >= self.nstages or self.connecting or self.writing \
-                or self.eventful or self.h2.enabled:
+                or self.eventful or self.h2.ndirty or self.h2.pending_len:
             return 0
         return self.stages[self.cur].open_model and self.disp_k == self.sched_k
 
