@@ -9,6 +9,7 @@ file just written (analysis/slo, analysis/scaling), as `ls` and `compare` judge 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from loadforge import _core
 from loadforge.analysis import figures, scaling, slo
 from loadforge.config import feeders
-from loadforge.config.plan import Plan
+from loadforge.config.plan import Plan, Request
 from loadforge.config.redact import redact_profile, redact_url
 from loadforge.errors import RunError
 from loadforge.observe import pollers
@@ -63,6 +64,12 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
              sandbox: Any = None) -> RunOutcome:
     target = coordinator.parse_target(target_url)
     plan = coordinator.with_tls(plan, target)
+    if plan.flows is not None:
+        # Checked here, once, before any worker starts: a bad module is exit 2 in one line.
+        from loadforge.flows import loader
+
+        module = loader.load(plan.flows)
+        plan = dataclasses.replace(plan, requests=tuple(Request(name=n) for n in module.names))
     workers = opts.workers or plan.workers or os.cpu_count() or 1
     workers = max(1, min(workers, plan.connections))
     per_shard = 0
@@ -97,6 +104,10 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     negotiated: dict[str, Any] = {}
     if opts.preflight:
         first, judged = coordinator.preflight_request(plan.requests, plan.templates)
+        if plan.flows is not None:
+            # A flow's first step may need what an earlier one returned: reach the target,
+            # judge nothing but that it answers.
+            first, judged = Request(name="preflight"), False
         negotiated = coordinator.preflight(target, first, plan.timeout_s, judge_status=judged,
                                            tls=plan.tls)
     tls_info = None if plan.tls is None else {**plan.tls.describe(), "protocol": None,
@@ -156,6 +167,8 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
         rows, inputs = agg.finish(elapsed, ran_s if stop.at_ns else None)
         writer.write(rows + watched, last=True)
         end_meta = _end_metadata(stop, ran_s, failure or writer.failure)
+        if plan.flows is not None:
+            end_meta["flows"] = json.dumps(agg.flow_figures(), sort_keys=True)
         if pool is not None and not isinstance(pool, WorkerPool):
             end_meta["shards"] = json.dumps(pool.metadata(), sort_keys=True)
         writer.close(end_meta)
@@ -185,6 +198,8 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
               "feeder_exhausted": _exhausted(agg, compiled)}
     if tls_info is not None:
         result["tls"] = tls_info
+    if plan.flows is not None:
+        result["flows"] = agg.flow_figures()
     if pool is not None and not isinstance(pool, WorkerPool):
         result["shards"] = pool.figures(ran_s)
     return RunOutcome(result, saved, ok, stop.signum, failure)

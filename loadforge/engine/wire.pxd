@@ -13,6 +13,7 @@
 #   WireHist + uint32 counts            (the interval's connect times)
 #   WireTls                             (TLS handshakes so far; zeros over plain TCP)
 #   WireHist + uint32 counts            (the interval's TLS handshake times)
+#   FLOWS, optional: uint32 length + JSON (appended by loadforge/flows/driver.py; run/wire.py)
 # A WireHist is followed by its n uint32 counts, of histogram indices lo, lo+1, ...
 #
 # Change anything here and in loadforge/run/wire.py together, and bump WIRE_VERSION.
@@ -30,7 +31,8 @@ cdef extern from *:
 
 cdef enum:
     WIRE_MAGIC = 0x4957464c       # b"LFWI" read little-endian
-    WIRE_VERSION = 3              # 1: the unversioned layout of magic b"LFI1"; 3: TLS
+    WIRE_VERSION = 4              # 1: the unversioned layout of magic b"LFI1"; 3: TLS;
+                                  # 4: an optional FLOWS section at the end (flows/driver.py)
 
 
 cdef packed struct WireHeader:
