@@ -22,6 +22,7 @@ cdef class FlowEngine(Engine):
         int64_t* cap_len
         int64_t* cap_size
         list _hold               # per connection: the bytes object being sent
+        int64_t* token           # per connection: the caller's token of the step under way
         list _done               # completions since the last take: (ci, outcome, status)
 
     def __init__(self, str address, int port, list names, list stages, int connections,
@@ -33,7 +34,9 @@ cdef class FlowEngine(Engine):
         self.cap = <char**>calloc(connections, sizeof(char*))
         self.cap_len = <int64_t*>calloc(connections, sizeof(int64_t))
         self.cap_size = <int64_t*>calloc(connections, sizeof(int64_t))
-        if self.cap == NULL or self.cap_len == NULL or self.cap_size == NULL:
+        self.token = <int64_t*>calloc(connections, sizeof(int64_t))
+        if self.cap == NULL or self.cap_len == NULL or self.cap_size == NULL \
+                or self.token == NULL:
             raise MemoryError()
         self._hold = [None] * connections
         self._done = []
@@ -46,6 +49,7 @@ cdef class FlowEngine(Engine):
         free(self.cap)
         free(self.cap_len)
         free(self.cap_size)
+        free(self.token)
 
     # -- the schedule -----------------------------------------------------------------------
 
@@ -64,6 +68,7 @@ cdef class FlowEngine(Engine):
             cev.events = EPOLLIN
             cev.data.u64 = CONTROL_TAG
             epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.control_fd, &cev)
+            epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, self.control_fd, &cev)
         self.rt_offset_ns = realtime_ns() - now
         self.next_scan_ns = now + SCAN_PERIOD_NS
         if preconnect > self.nconns:
@@ -141,9 +146,12 @@ cdef class FlowEngine(Engine):
 
     # -- steps ------------------------------------------------------------------------------
 
-    def submit(self, bytes data, bint head, int step, int stage, int64_t intended, int64_t now):
-        """Send one step's request on a free connection: its index, or -1 when every
-        connection is busy (the caller queues the step; the wait counts in its latency)."""
+    def submit(self, bytes data, bint head, int step, int stage, int64_t intended, int64_t now,
+               int64_t token):
+        """Send one step's request on a free connection: 0, or -1 when every connection is
+        busy (the caller queues the step; the wait counts in its latency). Its completion
+        comes back with `token`: possibly from this very call (a connect refused at once),
+        so the caller files the token before it submits."""
         cdef int ci = take_conn(self)
         cdef Conn* c
         if ci < 0:
@@ -154,6 +162,7 @@ cdef class FlowEngine(Engine):
         self.tpl.out_len[ci] = PyBytes_GET_SIZE(data)
         self.req_head[step] = 1 if head else 0
         self.cap_len[ci] = 0
+        self.token[ci] = token
         c.has_arrival = 1
         c.stage = stage
         c.request = step
@@ -168,20 +177,37 @@ cdef class FlowEngine(Engine):
         else:
             c.sent_ns = now
             open_conn(self, ci, now)
-        return ci
+        return 0
 
-    def poll(self, int64_t timeout_ns):
+    def poll(self, int64_t timeout_ns, int64_t gap_ns=0):
         """Wait up to timeout_ns for socket events and handle them; flush the intervals that
-        are due and scan for timeouts. Returns the completions, [(connection, outcome, status, response
-        bytes as received, end ns)] with each connection's index first, and the time."""
+        are due and scan for timeouts. gap_ns: wake-ups at most this often, as the Engine's
+        timer resolution: until gap_ns after the last one the wait ignores the sockets (a
+        close or reset still wakes it) and responses that came meanwhile are read at once,
+        timed by their kernel receive timestamps; a flow's next step may go out up to gap_ns
+        later, which its flow latency shows. Returns the completions, [(token, outcome, status, response
+        bytes as received, end ns)] with each step's token first, and the time."""
         cdef int i, n, ci
         cdef uint32_t ev
         cdef timespec ts
         cdef int64_t now
         cdef char drain[64]
         cdef list done
+        cdef int64_t quiet
         if timeout_ns < 0:
             timeout_ns = 0
+        if gap_ns > 0 and timeout_ns > 0 and self.epoll_ns and self.transport.rx_stamps:
+            now = monotonic_ns()
+            quiet = self.last_wake_ns + gap_ns - now
+            if quiet > 0:
+                if quiet > timeout_ns:
+                    quiet = timeout_ns
+                ts.tv_sec = quiet // 1000000000
+                ts.tv_nsec = quiet % 1000000000
+                with nogil:
+                    n = epoll_pwait2(self.wake_epfd, self.events, MAX_EVENTS, &ts, NULL)
+                # Woken (a close, the control fd): look at once; else wait on for the rest.
+                timeout_ns = 0 if n > 0 else timeout_ns - quiet
         ts.tv_sec = timeout_ns // 1000000000
         ts.tv_nsec = timeout_ns % 1000000000
         if self.epoll_ns:
@@ -340,7 +366,7 @@ cdef class FlowEngine(Engine):
         c.served += 1
         try:
             self._done.append((
-                ci, outcome, c.parser.status if outcome < O_CONNECT else 0,
+                self.token[ci], outcome, c.parser.status if outcome < O_CONNECT else 0,
                 PyBytes_FromStringAndSize(self.cap[ci], self.cap_len[ci])
                 if outcome < O_CONNECT and self.cap_len[ci] else b"",
                 end))

@@ -89,8 +89,9 @@ class Feeds:
 
 class Driver:
     def __init__(self, engine: Any, module: FlowModule, base: tuple[str, str, str],
-                 feeds: Feeds | None = None) -> None:
+                 feeds: Feeds | None = None, gap_s: float = 0.0) -> None:
         self.engine = engine
+        self.gap_ns = int(gap_s * 1e9)     # wake-ups at most this often (timer resolution)
         self.module = module
         self.base = base
         self.feeds = feeds
@@ -100,7 +101,8 @@ class Driver:
         self.mix = flow_mix([f.weight for f in module.flows])
         self.checks: dict[str, list[int]] = {}
         self.errors: dict[str, int] = {}
-        self.by_conn: dict[int, _Run] = {}
+        self.by_token: dict[int, _Run] = {}       # steps under way, by submit token
+        self.token = 0
         self.waiting: deque[_Run] = deque()       # steps for which no connection was free
         self.timers: list[tuple[int, int, Any]] = []   # (when, seq, run or closed user)
         self.seq = 0
@@ -176,7 +178,8 @@ class Driver:
         if cls is _Step:
             run.step = item
             run.step_at = now
-            self.submit(run, now)
+            if not self.submit(run, now):
+                self.waiting.append(run)
         elif cls is _Think:
             self.seq += 1
             heapq.heappush(self.timers, (now + item.ns, self.seq, run))
@@ -185,14 +188,17 @@ class Driver:
                 f"a flow awaited {cls.__name__}; flows await only user.* calls "
                 "(user.get/post/..., user.think)"), now)
 
-    def submit(self, run: _Run, now: int) -> None:
+    def submit(self, run: _Run, now: int) -> bool:
+        """Hand the run's step to the engine; False (queued) when no connection is free."""
         step = run.step
-        index = self.step_index.get(step.name, self.other)
-        ci = self.engine.submit(step.data, step.head, index, run.stage, run.step_at, now)
-        if ci < 0:
-            self.waiting.append(run)
-        else:
-            self.by_conn[ci] = run
+        self.token += 1
+        token = self.token
+        self.by_token[token] = run      # before: the engine may complete it at once
+        if self.engine.submit(step.data, step.head, self.step_index.get(step.name, self.other),
+                              run.stage, run.step_at, now, token) < 0:
+            del self.by_token[token]
+            return False
+        return True
 
     def end(self, run: _Run, outcome: int, now: int) -> None:
         self.active -= 1
@@ -245,6 +251,7 @@ class Driver:
             on_interval(payload + flows_trailer(section()), open_conns, in_flight)
 
         engine.start(t0, interval, preconnect)
+        gap = self.gap_ns
         now = time.monotonic_ns()
         while True:
             for index, intended, stage in engine.due(now):
@@ -266,23 +273,18 @@ class Driver:
                     self.start_closed(what[0], what[1], now)
             waiting = self.waiting
             while waiting:
-                run = waiting.popleft()
-                ci = engine.submit(run.step.data, run.step.head,
-                                   self.step_index.get(run.step.name, self.other),
-                                   run.stage, run.step_at, now)
-                if ci < 0:
-                    waiting.appendleft(run)
+                if not self.submit(waiting[0], now):
                     break
-                self.by_conn[ci] = run
+                waiting.popleft()
             if st is None and self.active == 0:
                 break
             wake = engine.wake_at(now)
             if timers and timers[0][0] < wake:
                 wake = timers[0][0]
-            done, now = engine.poll(wake - now)
-            by_conn = self.by_conn
-            for ci, outcome, status, raw, end in done:
-                run = by_conn.pop(ci)
+            done, now = engine.poll(wake - now, gap)
+            by_token = self.by_token
+            for token, outcome, status, raw, end in done:
+                run = by_token.pop(token)
                 step = run.step
                 if outcome >= 5:
                     self.resume(run, None, ERRORS[outcome](

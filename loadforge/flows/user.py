@@ -109,6 +109,16 @@ class Response:
     def _split(self) -> None:
         raw = self._raw
         end = raw.find(b"\r\n\r\n")
+        body = raw[end + 4:] if end >= 0 else b""
+        if body and (b"hunked" in raw[:end] or b"HUNKED" in raw[:end]) \
+                and any(k.lower() == "transfer-encoding" and "chunked" in v.lower()
+                        for k, v in self.headers.items()):
+            body = _dechunk(body)
+        self._content = body
+
+    def _parse_headers(self) -> None:
+        raw = self._raw
+        end = raw.find(b"\r\n\r\n")
         head = raw[:end] if end >= 0 else raw
         items = []
         for line in head.split(b"\r\n")[1:]:
@@ -116,15 +126,11 @@ class Response:
             if sep:
                 items.append((k.strip().decode("latin-1"), v.strip().decode("latin-1")))
         self._headers = Headers(items)
-        body = raw[end + 4:] if end >= 0 else b""
-        if any(k.lower() == "transfer-encoding" and "chunked" in v.lower() for k, v in items):
-            body = _dechunk(body)
-        self._content = body
 
     @property
     def headers(self) -> Headers:
         if self._headers is None:
-            self._split()
+            self._parse_headers()
         assert self._headers is not None
         return self._headers
 
@@ -229,7 +235,7 @@ class User:
             path += ("&" if "?" in path else "?") + urlencode(params, doseq=True)
         if name is None:
             name = f"{method} {url.split('?', 1)[0]}"
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"User-Agent: {agent}"]
+        head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\n"
         body = b""
         content_type = None
         if json is not None:
@@ -240,19 +246,18 @@ class User:
             content_type = "application/x-www-form-urlencoded"
         elif content is not None:
             body = content.encode() if isinstance(content, str) else bytes(content)
-        given = set()
+        given: tuple[str, ...] = ()
         if headers:
-            for k, v in headers.items():
-                given.add(k.lower())
-                if k.lower() not in ("host", "content-length"):
-                    lines.append(f"{k}: {v}")
+            given = tuple(k.lower() for k in headers)
+            head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()
+                            if k.lower() not in ("host", "content-length"))
         if content_type and "content-type" not in given:
-            lines.append(f"Content-Type: {content_type}")
+            head += f"Content-Type: {content_type}\r\n"
         if self.cookies and "cookie" not in given:
-            lines.append("Cookie: " + "; ".join(f"{k}={v}" for k, v in self.cookies.items()))
+            head += "Cookie: " + "; ".join(f"{k}={v}" for k, v in self.cookies.items()) + "\r\n"
         if body or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body)}")
-        data_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+            head += f"Content-Length: {len(body)}\r\n"
+        data_bytes = (head + "\r\n").encode("latin-1") + body
         return _Step(data_bytes, method == "HEAD", name)
 
     def get(self, url: str, **kw: Any) -> _Step:
