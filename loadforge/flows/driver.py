@@ -276,6 +276,14 @@ class Driver:
                 if not self.submit(waiting[0], now):
                     break
                 waiting.popleft()
+            if st is None and timers:
+                # The stages are over (or the run was stopped): a flow thinking past the end
+                # is ended there, unrecorded; steps already sent are still awaited.
+                for _, _, what in timers:
+                    if type(what) is _Run:
+                        what.coro.close()
+                        self.active -= 1
+                timers.clear()
             if st is None and self.active == 0:
                 break
             wake = engine.wake_at(now)
