@@ -327,3 +327,26 @@ async def f(user):
     module = load(path)
     assert module.steps == ("GET /a", "bee", OTHER_STEP)
     assert module.names[-1] == "flow:buy" and module.flows[0].weight == 2
+
+
+def test_flows_under_way_at_the_end_run_on(server, tmp_path):
+    """A flow whose think time reaches past the stage's end still sends its last step (k6's
+    graceful stop, bounded by load.timeout)."""
+    folder = str(tmp_path)
+    write(folder, "checkout.py", '''
+from loadforge.flows import flow
+
+@flow
+async def slow(user):
+    await user.get("/cart", name="first")
+    await user.think("400ms")
+    await user.get("/cart", name="second")
+''')
+    path = profile(folder, server.url, OPEN.replace("40", "5"))
+    server.take()
+    proc, summary = run(path, folder)
+    assert proc.returncode == 0, proc.stderr
+    assert len(server.take()) == 10
+    by_name = summary["requests_by_name"]
+    assert by_name["first"]["requests"] == by_name["second"]["requests"] == 5
+    assert by_name["flow:slow"]["requests"] == 5

@@ -89,8 +89,9 @@ class Feeds:
 
 class Driver:
     def __init__(self, engine: Any, module: FlowModule, base: tuple[str, str, str],
-                 feeds: Feeds | None = None, gap_s: float = 0.0) -> None:
+                 feeds: Feeds | None = None, gap_s: float = 0.0, grace_s: float = 5.0) -> None:
         self.engine = engine
+        self.grace_ns = int(grace_s * 1e9)  # flows under way run on this long after the end
         self.gap_ns = int(gap_s * 1e9)     # wake-ups at most this often (timer resolution)
         self.module = module
         self.base = base
@@ -252,6 +253,7 @@ class Driver:
 
         engine.start(t0, interval, preconnect)
         gap = self.gap_ns
+        grace_end = -1
         now = time.monotonic_ns()
         while True:
             for index, intended, stage in engine.due(now):
@@ -276,9 +278,12 @@ class Driver:
                 if not self.submit(waiting[0], now):
                     break
                 waiting.popleft()
-            if st is None and timers:
-                # The stages are over (or the run was stopped): a flow thinking past the end
-                # is ended there, unrecorded; steps already sent are still awaited.
+            if st is None and grace_end < 0:
+                grace_end = now + self.grace_ns
+            if st is None and timers and (now >= grace_end or timers[0][0] > grace_end):
+                # The stages are over (or the run was stopped) and the flows under way had
+                # their grace (load.timeout): one still thinking is ended, unrecorded; steps
+                # already sent are still awaited.
                 for _, _, what in timers:
                     if type(what) is _Run:
                         what.coro.close()
@@ -289,6 +294,8 @@ class Driver:
             wake = engine.wake_at(now)
             if timers and timers[0][0] < wake:
                 wake = timers[0][0]
+            if st is None and timers and grace_end < wake:
+                wake = grace_end
             done, now = engine.poll(wake - now, gap)
             by_token = self.by_token
             for token, outcome, status, raw, end in done:

@@ -294,7 +294,7 @@ def run_flows(spec: WorkerSpec, channel: Connection) -> None:
         spec.address, spec.port, module.names, spec.stages, spec.connections,
         worker=spec.index, workers=spec.workers, timeout_s=spec.timeout_s,
         interval_s=spec.interval_s, control_fd=channel.fileno(), tls=spec.tls)
-    drive = driver.Driver(engine, module, base, feeds, spec.timer_resolution_s)
+    drive = driver.Driver(engine, module, base, feeds, spec.timer_resolution_s, spec.timeout_s)
     channel.send_bytes(READY)
     t0 = int(channel.recv_bytes())
     cpu_ns = time.process_time_ns
