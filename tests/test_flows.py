@@ -350,3 +350,31 @@ async def slow(user):
     by_name = summary["requests_by_name"]
     assert by_name["first"]["requests"] == by_name["second"]["requests"] == 5
     assert by_name["flow:slow"]["requests"] == 5
+
+
+def test_a_unique_feeder_running_out_ends_the_flows(server, tmp_path):
+    folder = str(tmp_path)
+    write(folder, "users.csv", "name\nann\nbob\ncyd\n")
+    write(folder, "checkout.py", '''
+from loadforge.flows import flow
+
+@flow
+async def login(user):
+    await user.post("/login", json={"name": user.row["name"]}, name="login")
+''')
+    path = profile(folder, server.url, """
+[[feeders]]
+name = "users"
+file = "users.csv"
+order = "unique"
+[[stages]]
+duration = "1s"
+rate = 10
+""")
+    server.take()
+    proc, summary = run(path, folder)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(r[4] for r in server.take()) == [
+        '{"name":"ann"}', '{"name":"bob"}', '{"name":"cyd"}']
+    assert summary["feeder_exhausted"]["feeder"] == "users"
+    assert summary["feeder_exhausted"]["rows"] == 3

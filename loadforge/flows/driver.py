@@ -69,6 +69,8 @@ class Feeds:
                  open_rows: int, worker: int, workers: int) -> None:
         self.feeders = feeders          # (name, order, seed, columns, rows)
         self.open_rows = open_rows
+        # (feeder index, when in CLOCK_MONOTONIC ns) once a `unique` feeder ran out
+        self.exhausted: tuple[int, int] | None = None
         self.worker = worker
         self.workers = workers
 
@@ -79,9 +81,11 @@ class Feeds:
         if closed:
             index = self.open_rows + index * self.workers + self.worker
         out = {}
-        for name, order, seed, columns, rows in self.feeders:
+        for i, (name, order, seed, columns, rows) in enumerate(self.feeders):
             r = row_for(index, order, seed, len(rows))
             if r is None:
+                if self.exhausted is None:
+                    self.exhausted = (i, time.monotonic_ns())
                 return None
             out[name] = dict(zip(columns, rows[r], strict=True))
         return out

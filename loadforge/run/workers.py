@@ -309,7 +309,7 @@ def run_flows(spec: WorkerSpec, channel: Connection) -> None:
         drive.run(t0, on_interval, preconnect=min(spec.connections, 64))
     finally:
         sender.close()
-    channel.send_bytes(done_message(None))
+    channel.send_bytes(done_message(feeds.exhausted if feeds is not None else None))
 
 
 def worker_main() -> None:
