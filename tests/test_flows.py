@@ -378,3 +378,38 @@ rate = 10
         '{"name":"ann"}', '{"name":"bob"}', '{"name":"cyd"}']
     assert summary["feeder_exhausted"]["feeder"] == "users"
     assert summary["feeder_exhausted"]["rows"] == 3
+
+
+def test_flows_over_tls(tmp_path):
+    """An https:// target: the steps go through the TLS transport; counts match nginx's log."""
+    trustme = pytest.importorskip("trustme")
+    if not shutil.which("nginx"):
+        pytest.skip("nginx is not installed (apt-get install -y nginx)")
+    from servers import Nginx
+
+    folder = str(tmp_path)
+    ca = trustme.CA()
+    ca_pem = os.path.join(folder, "ca.pem")
+    ca.cert_pem.write_to_path(ca_pem)
+    pem = os.path.join(folder, "server.pem")
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(pem)
+    server = Nginx(tls=f"ssl_certificate {pem}; ssl_certificate_key {pem};")
+    try:
+        write(folder, "checkout.py", '''
+from loadforge.flows import flow
+
+@flow
+async def twice(user):
+    a = await user.get("/", name="first")
+    b = await user.get("/", name="second")
+    user.check(a.status_code == b.status_code == 200 and a.content == b"ok\\n", "both ok")
+''')
+        path = profile(folder, server.url, OPEN.replace("40", "20"))
+        before = server.served()
+        proc, summary = run(path, folder, "--ca-cert", ca_pem)
+        assert proc.returncode == 0, proc.stderr
+        assert summary["requests"] == 40
+        assert server.served() - before == 41          # + the preflight
+        assert summary["flows"]["checks"] == {"both ok": {"passed": 20, "failed": 0}}
+    finally:
+        server.stop()
