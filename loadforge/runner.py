@@ -9,6 +9,7 @@ file just written (analysis/slo, analysis/scaling), as `ls` and `compare` judge 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 from loadforge import _core
 from loadforge.analysis import figures, scaling, slo
 from loadforge.config import feeders
-from loadforge.config.plan import Plan
+from loadforge.config.plan import Plan, Request
 from loadforge.config.redact import redact_profile, redact_url
-from loadforge.errors import RunError
+from loadforge.errors import InputError, RunError
 from loadforge.observe import pollers
 from loadforge.results.store import ResultWriter, read_result
 from loadforge.run import coordinator
@@ -66,6 +67,15 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     if plan.http == "2" and (missing := _core.http2_library()):
         raise RunError(f"--http 2 needs libnghttp2.so.14 (Debian package libnghttp2-14), "
                        f"which did not load: {missing}")
+    if plan.flows is not None:
+        if plan.http == "2":
+            raise InputError("[flows]: scripted flows speak HTTP/1.1 only (for now); drop "
+                             "--http 2 ([load] http)")
+        # Checked here, once, before any worker starts: a bad module is exit 2 in one line.
+        from loadforge.flows import loader
+
+        module = loader.load(plan.flows)
+        plan = dataclasses.replace(plan, requests=tuple(Request(name=n) for n in module.names))
     workers = opts.workers or plan.workers or os.cpu_count() or 1
     workers = max(1, min(workers, plan.connections))
     per_shard = 0
@@ -100,6 +110,10 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     negotiated: dict[str, Any] = {}
     if opts.preflight:
         first, judged = coordinator.preflight_request(plan.requests, plan.templates)
+        if plan.flows is not None:
+            # A flow's first step may need what an earlier one returned: reach the target,
+            # judge nothing but that it answers.
+            first, judged = Request(name="preflight"), False
         negotiated = coordinator.preflight(target, first, plan.timeout_s, judge_status=judged,
                                            tls=plan.tls, http=plan.http)
     tls_info = None if plan.tls is None else {**plan.tls.describe(), "protocol": None,
@@ -161,6 +175,8 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
         rows, inputs = agg.finish(elapsed, ran_s if stop.at_ns else None)
         writer.write(rows + watched, last=True)
         end_meta = _end_metadata(stop, ran_s, failure or writer.failure)
+        if plan.flows is not None:
+            end_meta["flows"] = json.dumps(agg.flow_figures(), sort_keys=True)
         if pool is not None and not isinstance(pool, WorkerPool):
             end_meta["shards"] = json.dumps(pool.metadata(), sort_keys=True)
         writer.close(end_meta)
@@ -187,17 +203,27 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
               "started": started, **summary, "slo": verdicts, "aborted": agg.abort_reason,
               # The target saw these too: servers' counts reconcile with requests + these.
               "preflight": {"requests": 1 if opts.preflight else 0}, **state,
-              "feeder_exhausted": _exhausted(agg, compiled)}
+              "feeder_exhausted": _exhausted(agg, compiled, plan)}
     if tls_info is not None:
         result["tls"] = tls_info
+    if plan.flows is not None:
+        result["flows"] = agg.flow_figures()
     if pool is not None and not isinstance(pool, WorkerPool):
         result["shards"] = pool.figures(ran_s)
     return RunOutcome(result, saved, ok, stop.signum, failure)
 
 
-def _exhausted(agg: coordinator.Aggregator, compiled: feeders.Compiled) -> dict[str, Any] | None:
+def _exhausted(agg: coordinator.Aggregator, compiled: feeders.Compiled,
+               plan: Plan) -> dict[str, Any] | None:
     """The summary's `feeder_exhausted`: the `unique` feeder whose rows ran out, ending the
     run, and how many it had (each sent once); None when none did."""
+    if plan.flows is not None and agg.exhausted is not None \
+            and 0 <= agg.exhausted[0] < len(plan.feeders):
+        # Flows read the rows in their workers: a feeder index of plan.feeders.
+        feeder = plan.feeders[agg.exhausted[0]]
+        _, chunks = feeders.load_rows(feeder, f"feeders {feeder.name}")
+        return {"feeder": feeder.name, "rows": sum(len(c) for c in chunks),
+                "at_s": round(max(0.0, (agg.exhausted[1] - agg.t0_ns) / 1e9), 3)}
     if agg.exhausted is None or not 0 <= agg.exhausted[0] < len(compiled.tables):
         return None
     table = compiled.tables[agg.exhausted[0]]

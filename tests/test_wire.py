@@ -99,3 +99,27 @@ def test_decode_refuses_another_version():
         decode_interval(interval_message(b"LFI1" + bytes(44), 0, 0))
     with pytest.raises(ValueError, match="bad magic"):
         decode_interval(interval_message(bytes(48), 0, 0))
+
+
+def test_flows_section_after_the_tls_times():
+    """Version 4: a flows worker appends the FLOWS section (uint32 length, JSON) to the
+    engine's payload; a payload without it (a requests run) reads as no checks."""
+    from loadforge.flows.driver import flows_trailer
+
+    server = CannedServer(RESPONSE)
+    payloads: list[bytes] = []
+    try:
+        engine = _core.FlowEngine("127.0.0.1", server.server_address[1], ["step", "flow:f"],
+                                  [(True, 10.0, 10.0, 0.1, 0, 0.0)], 1)
+        engine.start(_core.now_ns(), lambda p, o, f: payloads.append(p))
+        engine.record_flow(1, 0, 1, _core.now_ns(), _core.now_ns(), _core.now_ns())
+        engine.finish_run()
+    finally:
+        server.stop()
+    section = b'{"checks":{"ok":[2,1]},"errors":{"f|ValueError":1}}'
+    report = decode_interval(interval_message(payloads[-1] + flows_trailer(section), 0, 0))
+    assert report.checks == {"ok": [2, 1]} and report.flow_errors == {"f|ValueError": 1}
+    assert [(c.request, c.outcome, c.count) for c in report.cells] == [(1, "2xx", 1)]
+    plain = decode_interval(interval_message(payloads[-1] + flows_trailer(b""), 0, 0))
+    assert plain.checks is None and plain.flow_errors is None
+    assert decode_interval(interval_message(payloads[-1], 0, 0)).checks is None

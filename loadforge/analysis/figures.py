@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING, Any
 from hdrh.histogram import HdrHistogram
 
 from loadforge.analysis import noise
-from loadforge.config.plan import ERROR_KINDS, HTTP2_ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES, Plan
+from loadforge.config.plan import (
+    ERROR_KINDS,
+    FLOW_PREFIX,
+    HTTP2_ERROR_KINDS,
+    OUTCOMES,
+    STATUS_OUTCOMES,
+    Plan,
+)
 from loadforge.errors import ProfileError
 from loadforge.results import histogram
 from loadforge.results.store import OK, Result, find_results, headline_row, outcome_row, read_result
@@ -197,6 +204,20 @@ class ScopeFigures:
         an old file, the successful outcome rows), counts from the outcome rows, scheduled
         and unsent from the "*" row."""
         headline = headline_row(row, reader.has_ok_rows, reader.error_outcomes)
+        if row["name"].startswith(FLOW_PREFIX):
+            # A scripted flow's own row (flows/loader.py): its named figures only; the
+            # scope's totals and headline latency are its steps'.
+            if not full:
+                return
+            entry = self.by_name.setdefault(row["name"], [0, 0, histogram.new_histogram()])
+            if row["outcome"] == OK if reader.has_ok_rows else headline:
+                histogram.merge(entry[2], reader.latency(row))
+            if outcome_row(row):
+                if row["outcome"] in STATUS_OUTCOMES:
+                    entry[0] += int(row["count"])
+                if row["outcome"] in reader.error_outcomes:
+                    entry[1] += int(row["count"])
+            return
         if headline:
             histogram.merge(self.latency, reader.latency(row))
             if full:

@@ -32,7 +32,7 @@ from loadforge.results.store import OK, Result, read_result
 FRACTION_OBJECTIVES = ("error_rate", "success_rate", "rate_shortfall")
 OBJECTIVES = LATENCY_OBJECTIVES + FRACTION_OBJECTIVES
 # Objectives that hold when observed >= limit; every other one holds when observed <= limit.
-AT_LEAST = ("success_rate",)
+AT_LEAST = ("success_rate", "checks")
 _LABELS = {"p999": "p99.9"}
 
 __all__ = [
@@ -157,10 +157,12 @@ def evaluate(plan: Plan, result: Result | str) -> list[dict[str, Any]]:
     An objective with no data to judge it by (no responses in its scope) fails.
     """
     slo = plan.slo
-    if not (slo.run or slo.stages or slo.windows):
+    if not (slo.run or slo.stages or slo.windows or slo.checks is not None):
         return []
     if isinstance(result, str):
         result = read_result(result)
+    if not (slo.run or slo.stages or slo.windows):
+        return [_checks_verdict(slo.checks, result)] if slo.checks is not None else []
     interval_ms = _interval_ms(result)
     rows = result.rows("interval", stage=None, name=None, outcome=None)
     # Only the headline rows' histograms are decoded; decoding is the cost.
@@ -168,6 +170,8 @@ def evaluate(plan: Plan, result: Result | str) -> list[dict[str, Any]]:
                              _open_stages(plan))
     interval_s = interval_ms / 1000
     verdicts: list[dict[str, Any]] = []
+    if slo.checks is not None:
+        verdicts.append(_checks_verdict(slo.checks, result))
 
     run_fig = IntervalFigures()
     for fig in figures.values():
@@ -221,6 +225,17 @@ def evaluate(plan: Plan, result: Result | str) -> list[dict[str, Any]]:
                 stage=win.stage, window_s=win.window_s,
                 window_start_s=None if start is None else round(start * interval_s, 3)))
     return verdicts
+
+
+def _checks_verdict(limit: float, result: Result) -> dict[str, Any]:
+    """`checks`: the fraction of scripted flows' checks that passed over the run (the result's
+    `flows` metadata), at least `limit`."""
+    import json
+
+    raw = result.metadata.get("flows")
+    figures = json.loads(raw) if raw else {}
+    observed = figures.get("checks_rate")
+    return _verdict("checks", "checks", observed, limit, "run", stage=None)
 
 
 def _keep_worst(worst: dict[str, tuple[float, int]], objectives: list[tuple[str, float]],

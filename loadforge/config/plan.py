@@ -22,6 +22,9 @@ DEFAULT_STREAMS = 100             # HTTP/2 streams per connection, as h2load -m 
 ERROR_KINDS = OUTCOMES[5:]
 # Stream-level failures of HTTP/2: shown (summary, report) in HTTP/2 runs or when they happened.
 HTTP2_ERROR_KINDS = OUTCOMES[9:]
+# The name prefix of a scripted flow's own rows ("flow:checkout"): named rows only, outside
+# the totals and headline latency (which are the steps'); no [[requests]] name may take it.
+FLOW_PREFIX = "flow:"
 
 
 @dataclass(frozen=True)
@@ -93,9 +96,12 @@ class SLO:
     stages: tuple[StageObjectives, ...] = ()
     windows: tuple[WindowObjectives, ...] = ()
     scaling: tuple[ScalingObjectives, ...] = ()   # the run's (stage None) first, if any
+    # `checks`: the least fraction of scripted flows' checks that pass, over the run
+    checks: float | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.run or self.stages or self.windows or self.scaling)
+        return bool(self.run or self.stages or self.windows or self.scaling
+                    or self.checks is not None)
 
     @property
     def scaling_run(self) -> dict[str, float]:
@@ -137,6 +143,10 @@ class Plan:
     feeders: tuple[Feeder, ...] = ()
     templates: tuple[Template | None, ...] = ()
     secrets: tuple[str, ...] = ()
+    # [flows] module: scripted flows (loadforge/flows), the path resolved against the
+    # profile's folder; None: the [[requests]] run. With flows, `requests` is one Request per
+    # step name and per flow (flows/loader.py FlowModule.names), set when the run starts.
+    flows: str | None = None
 
     @property
     def duration_s(self) -> float:

@@ -47,6 +47,7 @@ from loadforge.config import feeders as feeders_module
 from loadforge.config.observe import validate_actions, validate_observe
 from loadforge.config.plan import (
     DEFAULT_STREAMS,
+    FLOW_PREFIX,
     SLO,
     Plan,
     Request,
@@ -63,7 +64,7 @@ from loadforge.limits import MAX_LATENCY_OBJECTIVE_S
 from loadforge.units import parse_duration, parse_percent, show_value
 
 TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox",
-            "feeders", "tls")
+            "feeders", "tls", "flows")
 LOAD_KEYS = ("connections", "workers", "timeout", "fail_status", "timer_resolution",
              "requests_per_connection", "http", "streams")
 HTTP_VERSIONS = ("1.1", "2")
@@ -80,7 +81,7 @@ FRACTION_OBJECTIVES = ("error_rate", "success_rate", "rate_shortfall")
 OBJECTIVES = LATENCY_OBJECTIVES + FRACTION_OBJECTIVES
 # Judged by scaling.py (durations): kept in Plan.slo.scaling, out of slo.py's objectives.
 SCALING_OBJECTIVES = ("time_to_recover", "failover")
-SLO_KEYS = OBJECTIVES + SCALING_OBJECTIVES + ("stages", "windows")
+SLO_KEYS = OBJECTIVES + SCALING_OBJECTIVES + ("stages", "windows", "checks")
 SLO_STAGE_KEYS = ("stage", "grace") + OBJECTIVES + SCALING_OBJECTIVES
 SLO_WINDOW_KEYS = ("window", "stage", "abort_after") + OBJECTIVES
 
@@ -195,6 +196,10 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
         if any(t is not None for _, t in pairs):
             templates = tuple(t for _, t in pairs)
         check.unique([r.name for r in requests], "requests", "request")
+        for i, r in enumerate(requests):
+            if r.name.startswith(FLOW_PREFIX):
+                check.fail(f"requests[{i}].name", f"may not begin with {FLOW_PREFIX!r}: such "
+                                                  "names are scripted flows' own rows")
         _check_weights(check, requests)
         if len(requests) * len(stages) > limits.MAX_STAGE_REQUESTS:
             check.fail("requests", f"({len(requests)}) times stages ({len(stages)}) must be at "
@@ -202,6 +207,18 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                                    "histograms for each request in each stage")
     else:
         requests = (Request(name="default"),)
+    flows = None
+    if "flows" in top:
+        raw_flows = check.table(top["flows"], "flows")
+        check.keys(raw_flows, "flows", ("module",))
+        module = check.string(check.require(raw_flows, "flows", "module",
+                                            'the flows\' Python file, e.g. "flows/checkout.py"'),
+                              "flows.module")
+        if "requests" in top:
+            check.fail("flows", "and [[requests]] cannot both be given: a run sends either "
+                                "fixed requests or scripted flows")
+        base_dir = os.path.dirname(os.path.abspath(path)) if path != "<profile>" else ""
+        flows = module if archived else os.path.join(base_dir, module)
 
     slo = _slo(check, top.get("slo", {}), stages)
     observe = validate_observe(dict(check.table(top.get("observe", {}), "observe")),
@@ -220,7 +237,7 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                 requests_per_connection=requests_per_connection, http=http, streams=streams,
                 slo=slo, observe=observe, actions=actions, sandbox=sandbox, tls=tls,
                 source=source, path=path, feeders=feeders, templates=templates,
-                secrets=tuple(dict.fromkeys(s for s in secrets if s)))
+                secrets=tuple(dict.fromkeys(s for s in secrets if s)), flows=flows)
 
 
 class _Checker:
@@ -645,8 +662,10 @@ def _slo(check: _Checker, value: Any, stages: tuple[Stage, ...]) -> SLO:
                                                abort_after))
 
     scaling_run = _scaling_objectives(check, slo, "slo")
+    checks = check.percent(slo["checks"], "slo.checks") if "checks" in slo else None
     return SLO(_objectives(check, slo, "slo"), tuple(stage_entries), tuple(window_entries),
-               ((ScalingObjectives(scaling_run),) if scaling_run else ()) + tuple(scaling_stages))
+               ((ScalingObjectives(scaling_run),) if scaling_run else ()) + tuple(scaling_stages),
+               checks)
 
 
 def _scaling_objectives(check: _Checker, table: dict[str, Any], path: str) -> dict[str, float]:

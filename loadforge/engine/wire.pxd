@@ -13,6 +13,7 @@
 #   WireHist + uint32 counts            (the interval's connect times)
 #   WireTls                             (TLS handshakes so far; zeros over plain TCP)
 #   WireHist + uint32 counts            (the interval's TLS handshake times)
+#   FLOWS, optional: uint32 length + JSON (appended by loadforge/flows/driver.py; run/wire.py)
 # A WireHist is followed by its n uint32 counts, of histogram indices lo, lo+1, ...
 #
 # Change anything here and in loadforge/run/wire.py together, and bump WIRE_VERSION.
@@ -30,7 +31,8 @@ cdef extern from *:
 
 cdef enum:
     WIRE_MAGIC = 0x4957464c       # b"LFWI" read little-endian
-    WIRE_VERSION = 4              # 4: TLS and HTTP/2; 3: one of them; 2: b"LFWI"; 1: b"LFI1"
+    WIRE_VERSION = 5              # 5: TLS, HTTP/2 stream kinds and the FLOWS section; 2: b"LFWI";
+                                  # 1: b"LFI1"
 
 
 cdef packed struct WireHeader:

@@ -26,7 +26,14 @@ from urllib.parse import urlsplit
 
 from loadforge import __version__, _core, schedule
 from loadforge.config import feeders
-from loadforge.config.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES, Plan, Request
+from loadforge.config.plan import (
+    ERROR_KINDS,
+    FLOW_PREFIX,
+    OUTCOMES,
+    STATUS_OUTCOMES,
+    Plan,
+    Request,
+)
 from loadforge.config.tls import TLS
 from loadforge.errors import (
     InputError,
@@ -465,6 +472,30 @@ class Aggregator:
         self.write_failed = False
         # A sharded run: the shard of a worker (its engine stripe), for the per-shard rows.
         self.shard_of: Callable[[int], int] | None = None
+        # Scripted flows: checks {name: [passed, failed]} and flow failures
+        # {"flow|ExceptionType": count}, the whole run's so far.
+        self.checks: dict[str, list[int]] = {}
+        self.flow_errors: dict[str, int] = {}
+        # Request indices of flows' own rows ("flow:<name>"): named rows only, never part of
+        # the stage's and the run's totals and headline latency, which are the steps'.
+        self.flow_requests = frozenset(
+            i for i, r in enumerate(plan.requests)
+            if plan.flows is not None and r.name.startswith(FLOW_PREFIX))
+
+    def flow_figures(self) -> dict[str, Any]:
+        """The summary's `flows`: checks passed and failed by name, with the run's total and
+        pass fraction, and failed flows by flow and exception type."""
+        passed = sum(p for p, _ in self.checks.values())
+        failed = sum(f for _, f in self.checks.values())
+        errors: dict[str, dict[str, int]] = {}
+        for key, n in sorted(self.flow_errors.items()):
+            flow, _, kind = key.partition("|")
+            errors.setdefault(flow, {})[kind] = n
+        return {"checks": {name: {"passed": p, "failed": f}
+                           for name, (p, f) in sorted(self.checks.items())},
+                "checks_passed": passed, "checks_failed": failed,
+                "checks_rate": round(passed / (passed + failed), 6) if passed + failed else None,
+                "failed_flows": errors}
 
     def add(self, report: Any) -> None:
         if self.t0_ns and not report.final:
@@ -474,6 +505,14 @@ class Aggregator:
             due = self.t0_ns + (report.index + 1) * self.interval_ms * 1_000_000
             self.report_lag_ns = max(self.report_lag_ns, _core.now_ns() - due)
         self.pending[report.index].append(report)
+        if report.checks:
+            for name, (p, f) in report.checks.items():
+                counts = self.checks.setdefault(name, [0, 0])
+                counts[0] += p
+                counts[1] += f
+        if report.flow_errors:
+            for key, n in report.flow_errors.items():
+                self.flow_errors[key] = self.flow_errors.get(key, 0) + n
         if report.final:
             self.final_index[report.worker] = report.index
         merged = False
@@ -564,6 +603,15 @@ class Aggregator:
             stage, request, outcome, backend = key
             rows.append(self._row("interval", stage, request, outcome, backend, start_ms, end_ms,
                                   count, lat, svc))
+            acc = self.cells.get(key)
+            if acc is None:
+                self.cells[key] = [lat, svc, count]
+            else:
+                histogram.merge(acc[0], lat)
+                histogram.merge(acc[1], svc)
+                acc[2] += count
+            if request in self.flow_requests:
+                continue
             s = per_stage.get(stage)
             if s is None:
                 s = per_stage[stage] = [histogram.new_histogram(), histogram.new_histogram(), 0]
@@ -576,13 +624,6 @@ class Aggregator:
                 interval_all[1] += count
             if outcome in self.error_outcomes:
                 interval_all[2] += count
-            acc = self.cells.get(key)
-            if acc is None:
-                self.cells[key] = [lat, svc, count]
-            else:
-                histogram.merge(acc[0], lat)
-                histogram.merge(acc[1], svc)
-                acc[2] += count
         for i in range(nstages):
             t = self.totals[i]
             t.scheduled += scheduled[i]
@@ -684,6 +725,8 @@ class Aggregator:
         merged: dict[tuple[Any, Any], list[Any]] = {}
         for (stage, request, outcome, _), (lat, svc, count) in cells.items():
             for key in ((stage, request), (stage, None)):
+                if key[1] is None and request in self.flow_requests:
+                    continue
                 acc = merged.get(key)
                 if acc is None:
                     acc = merged[key] = [histogram.new_histogram(), histogram.new_histogram(), 0]
@@ -726,9 +769,10 @@ class Aggregator:
                 _, request, outcome, backend = key
                 rows.append(self._row("stage", i, request, outcome, backend, s_ms, e_ms,
                                       count, lat, svc))
-                histogram.merge(s_lat, lat)
-                histogram.merge(s_svc, svc)
-                s_count += count
+                if request not in self.flow_requests:
+                    histogram.merge(s_lat, lat)
+                    histogram.merge(s_svc, svc)
+                    s_count += count
                 rk = (request, outcome, backend)
                 acc = run_cells.get(rk)
                 if acc is None:
@@ -860,6 +904,11 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
     stages = [(s.open_model, s.rate_from or 0.0, s.rate_to or 0.0, s.duration_s,
                s.concurrency or 0, s.think_s) for s in plan.stages]
     closed = max((s.concurrency or 0 for s in plan.stages), default=0)
+    flows = None
+    if plan.flows is not None:
+        open_rows = sum(schedule.arrivals(s) for s in plan.stages if s.open_model)
+        flows = (plan.flows, (target.host, target.path.rstrip("/"), USER_AGENT),
+                 [(f.name, f.path, f.order, f.seed) for f in plan.feeders], open_rows)
     specs = []
     for w in range(workers):
         share = plan.connections // workers + (1 if w < plan.connections % workers else 0)
@@ -873,7 +922,7 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
                                 plan.requests_per_connection, tables, templates,
                                 None if plan.tls is None else
                                 plan.tls.engine_settings(target.hostname),
-                                http2, plan.streams))
+                                http2, plan.streams, flows))
     return specs
 
 

@@ -10,15 +10,19 @@ and its workers (or shards) must run the same loadforge.
 Payload, in this order: HEADER; STAGE x nstages; BACKEND x nbackends (captured header values,
 slots 1..nbackends); per cell CELL, then HIST + uint32 counts twice (latency, service);
 TRAILER; HIST + uint32 counts (the interval's connect times); TLS (handshakes so far, zeros
-over plain TCP); HIST + uint32 counts (the interval's TLS handshake times). A HIST is followed
-by its n uint32 counts of histogram indices lo, lo+1, ...
+over plain TCP); HIST + uint32 counts (the interval's TLS handshake times); then, from version
+5, an optional FLOWS section (scripted flows' workers only: loadforge/flows/driver.py appends
+it): uint32 length, then that many bytes of UTF-8 JSON {"checks": {name: [passed, failed]},
+"errors": {"flow|ExceptionType": count}}, the interval's counts. A HIST is followed by its n
+uint32 counts of histogram indices lo, lo+1, ...
 """
 
 import struct
 
 MAGIC = 0x4957464C           # b"LFWI" read little-endian
-VERSION = 4                  # 4: TLS handshake counts and times after the connect times,
-                             # outcomes 9-11 (HTTP/2 stream errors)
+VERSION = 5                  # 3: TLS handshake counts and times after the connect times;
+                             # 4: outcomes 9-11 (HTTP/2 stream errors); 5: the optional FLOWS
+                             # section (checks, flow failures) at the end
 _MAGIC_V1 = 0x3149464C       # b"LFI1": version 1, before the format had a version field
 
 # magic, version, final, worker, stages, interval index, cells, backends, connects so far,
@@ -30,6 +34,7 @@ CELL = struct.Struct("<IIIIQ")         # stage, request, outcome, backend slot, 
 HIST = struct.Struct("<iiQqq")         # lo, n, total, min, max; then n uint32 counts
 TRAILER = struct.Struct("<QQQQ")       # so far: retried, dropped, closed by server, by us
 TLS = struct.Struct("<QQQ")            # so far: full handshakes, resumed, failed
+FLOWS = struct.Struct("<I")            # length of the FLOWS section's JSON that follows
 
 # The INTERVAL message: its tag byte, GAUGES, then the payload.
 # open connections, in flight, the worker's CPU time since time zero (ns)

@@ -14,6 +14,7 @@ and starts a resource-tracker process), and not fork (the coordinator has thread
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import queue
@@ -35,6 +36,7 @@ from loadforge.errors import WorkerCrashed
 from loadforge.run.wire import (
     BACKEND,
     CELL,
+    FLOWS,
     GAUGES,
     HEADER,
     HIST,
@@ -97,6 +99,10 @@ class IntervalReport:
     tls_time: HistSlice | None = None       # TLS handshake times (µs) of this interval
     # so far: TLS handshakes that were full, that resumed a session, that failed
     tls_handshakes: tuple[int, int, int] = (0, 0, 0)
+    # scripted flows (the FLOWS section): this interval's checks {name: [passed, failed]} and
+    # flow failures {"flow|ExceptionType": count}
+    checks: dict[str, list[int]] | None = None
+    flow_errors: dict[str, int] | None = None
 
 
 def interval_message(payload: bytes, open_conns: int, in_flight: int, cpu_ns: int = 0) -> bytes:
@@ -157,10 +163,19 @@ def decode_interval(message: bytes) -> IntervalReport:
         lo, n, total, lo_v, hi_v = HIST.unpack_from(view, off)
         off += HIST.size
         tls_time = HistSlice(lo, bytes(view[off:off + 4 * n]), total, lo_v, hi_v)
+        off += 4 * n
+    checks = flow_errors = None
+    if len(view) >= off + FLOWS.size:
+        (length,) = FLOWS.unpack_from(view, off)
+        off += FLOWS.size
+        if length:
+            section = json.loads(bytes(view[off:off + length]))
+            checks = section.get("checks") or None
+            flow_errors = section.get("errors") or None
     return IntervalReport(worker, index, bool(final), scheduled, sent, unsent, cells,
                           connects, connect_failures, open_conns, in_flight, waited, late,
                           cpu_ns, retried, dropped, by_server, by_us, connect_time, tls_time,
-                          tls_handshakes)
+                          tls_handshakes, checks, flow_errors)
 
 
 @dataclass(frozen=True)
@@ -188,6 +203,10 @@ class WorkerSpec:
     # HTTP/2: (header list, body) per request, and streams per connection; None for HTTP/1.1
     http2: list[tuple[list[tuple[bytes, bytes]], bytes]] | None = None
     streams: int = 100
+    # Scripted flows (loadforge/flows): the module's path, (Host header, path prefix,
+    # User-Agent), the feeders flows read rows from ((name, path, order, seed) each) and the
+    # open-model arrivals of the run (where closed-model rows start). None: no flows.
+    flows: tuple[Any, ...] | None = None
 
 
 def done_message(exhausted: tuple[int, int] | None) -> bytes:
@@ -254,6 +273,48 @@ class ReportSender:
             raise self.error
 
 
+def run_flows(spec: WorkerSpec, channel: Connection) -> None:
+    """worker_main for a run of scripted flows: a FlowEngine driven by flows/driver.py."""
+    from loadforge import _core
+    from loadforge.config.feeders import Feeder, load_rows
+    from loadforge.flows import driver, loader
+
+    assert spec.flows is not None
+    path, base, feeder_specs, open_rows = spec.flows
+    module = loader.load(path)
+    feeds = None
+    if feeder_specs:
+        tables = []
+        for name, file, order, seed in feeder_specs:
+            columns, chunks = load_rows(Feeder(name, file, file, order, seed), f"feeders {name}")
+            rows: list[list[str]] = []
+            for chunk in chunks:
+                rows.extend(list(r) for r in chunk)
+            tables.append((name, order, seed, columns, rows))
+        feeds = driver.Feeds(tables, open_rows, spec.index, spec.workers)
+    fd_limit()
+    engine = _core.FlowEngine(
+        spec.address, spec.port, module.names, spec.stages, spec.connections,
+        worker=spec.index, workers=spec.workers, timeout_s=spec.timeout_s,
+        interval_s=spec.interval_s, control_fd=channel.fileno(), tls=spec.tls)
+    drive = driver.Driver(engine, module, base, feeds, spec.timer_resolution_s, spec.timeout_s)
+    channel.send_bytes(READY)
+    t0 = int(channel.recv_bytes())
+    cpu_ns = time.process_time_ns
+    cpu0 = cpu_ns()
+    sender = ReportSender(channel)
+    send = sender.send
+
+    def on_interval(payload: bytes, open_conns: int, in_flight: int) -> None:
+        send(interval_message(payload, open_conns, in_flight, cpu_ns() - cpu0))
+
+    try:
+        drive.run(t0, on_interval, preconnect=min(spec.connections, 64))
+    finally:
+        sender.close()
+    channel.send_bytes(done_message(feeds.exhausted if feeds is not None else None))
+
+
 def worker_main() -> None:
     """A worker process: `python -c "from loadforge.run.workers import worker_main; worker_main()"
     FD`, with FD its end of the socket pair to the coordinator."""
@@ -269,6 +330,9 @@ def worker_main() -> None:
 
         spec: WorkerSpec = pickle.loads(channel.recv_bytes())
         fd_limit()
+        if spec.flows is not None:
+            run_flows(spec, channel)
+            return
         tables = []
         if spec.feeders:
             from loadforge.config.feeders import open_table
