@@ -312,6 +312,16 @@ def test_flows_and_requests_together_is_bad_input(tmp_path):
     assert "cannot both be given" in proc.stderr
 
 
+def test_flows_over_http2_is_bad_input(tmp_path):
+    folder = str(tmp_path)
+    write(folder, "checkout.py", CHECKOUT)
+    path = profile(folder, f"http://127.0.0.1:{free_port()}", OPEN)
+    proc, _ = run(path, folder, "--http", "2")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "HTTP/1.1 only" in lines[0], proc.stderr
+
+
 def test_step_names_are_found_before_the_run(tmp_path):
     from loadforge.flows.loader import OTHER_STEP, load
 
