@@ -99,3 +99,18 @@ def test_decode_refuses_another_version():
         decode_interval(interval_message(b"LFI1" + bytes(44), 0, 0))
     with pytest.raises(ValueError, match="bad magic"):
         decode_interval(interval_message(bytes(48), 0, 0))
+
+
+def test_done_message_round_trip():
+    # DONE carries the `unique` feeder that ran out (if one did) and, over TLS, what the
+    # worker's first handshake negotiated; either may be absent.
+    from loadforge.run.workers import DONE, decode_done, decode_done_tls, done_message
+
+    tls = {"protocol": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384", "alpn": "http/1.1"}
+    for exhausted in (None, (2, 123_456_789)):
+        for negotiated in (None, tls):
+            msg = done_message(exhausted, negotiated)
+            assert msg[:1] == DONE
+            assert decode_done(msg) == exhausted
+            assert decode_done_tls(msg) == negotiated
+    assert decode_done(DONE) is None and decode_done_tls(DONE) is None
