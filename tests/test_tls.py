@@ -397,6 +397,12 @@ def test_sharded_run_over_tls(server: Nginx, certs: Certs, tmp_path: Path) -> No
                  "--rate", "100", "--duration", "1s", "--shards", "2")
     assert out.returncode == 0, out.stderr
     assert s["requests"] == 100 and server.served() - before == 101
+    # Without the preflight, the shards relay their workers' DONE with what they negotiated.
+    out, s = run(tmp_path, "--target", server.url + "/", "--ca-cert", certs.ca_pem,
+                 "--rate", "100", "--duration", "1s", "--shards", "2", "--no-preflight")
+    assert out.returncode == 0, out.stderr
+    assert s["requests"] == 100 and s["tls"]["protocol"] == "TLSv1.3"
+    assert s["tls"]["alpn"] == "http/1.1"
 
 
 def test_large_request_bodies(server: Nginx, certs: Certs, tmp_path: Path) -> None:
