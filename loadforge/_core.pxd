@@ -8,6 +8,7 @@ from loadforge._system cimport epoll_event, sockaddr_storage, socklen_t
 
 
 include "engine/http1.pxd"
+include "engine/http2.pxd"
 include "engine/recorder.pxd"
 include "engine/conn.pxd"
 include "engine/transport.pxd"

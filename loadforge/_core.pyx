@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
-"""The load engine: one epoll loop per worker process, an HTTP/1.1 response state machine and
-HdrHistogram counts in C.
+"""The load engine: one epoll loop per worker process, an HTTP/1.1 response state machine or
+HTTP/2 sessions (libnghttp2, loaded at run time), and HdrHistogram counts in C.
 
 Nothing on the per-request path creates a Python object: requests are pre-encoded bytes, the
 connection table and the receive buffer are allocated once, latencies go into C count arrays.
@@ -31,6 +31,7 @@ include "engine/tcp.pxi"
 include "engine/tls.pxi"
 include "engine/transport.pxi"
 include "engine/loop.pxi"
+include "engine/http2.pxi"
 include "engine/pool.pxi"
 include "engine/writer.pxi"
 include "engine/cells.pxi"

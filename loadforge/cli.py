@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 
 from loadforge import __version__, limits
-from loadforge.config.plan import Plan, Request, Stage
+from loadforge.config.plan import DEFAULT_STREAMS, Plan, Request, Stage
 from loadforge.errors import InputError, Interrupted, LoadforgeError
 from loadforge.present.text import print_error
 from loadforge.units import parse_duration
@@ -83,7 +83,8 @@ def _one_stdout_output(*outputs: tuple[str, str | None]) -> bool:
 
 
 def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
-               duration: str | None, connections: int | None, timeout: str | None) -> Plan:
+               duration: str | None, connections: int | None, timeout: str | None,
+               http_version: str | None = None, streams: int | None = None) -> Plan:
     if not target:
         raise InputError("run: give a PROFILE, or --target URL with --duration")
     if duration is None:
@@ -101,9 +102,15 @@ def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
     # appends a path without a leading "/" to the target's path as it is.
     query = "" if target == "sandbox" else urlsplit(target).query
     path = f"?{query}" if query else ""
+    h2_streams = streams or DEFAULT_STREAMS
     if rate is not None:
         stage = Stage("steady", seconds, rate_from=rate, rate_to=rate)
-        conns = connections or 64
+        # HTTP/2 multiplexes: a few connections, as h2load and browsers open
+        conns = connections or (H2_CONNECTIONS if http_version == "2" else 64)
+    elif http_version == "2":
+        assert concurrency is not None
+        stage = Stage("steady", seconds, concurrency=concurrency)
+        conns = connections or -(-concurrency // h2_streams)
     else:
         assert concurrency is not None
         stage = Stage("steady", seconds, concurrency=concurrency)
@@ -111,6 +118,32 @@ def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
     return Plan(name="adhoc", target=target, stages=(stage,), requests=(Request("default",
                 path=path),), connections=conns,
                 timeout_s=_timeout(timeout or "5s"))
+
+
+# Connections of an HTTP/2 open-model run without --connections.
+H2_CONNECTIONS = 4
+
+
+def _with_http(plan: Plan, http_version: str | None, streams: int | None) -> Plan:
+    """--http and --streams over the profile's [load] http and streams."""
+    from dataclasses import replace
+
+    if streams is not None and not 1 <= streams <= limits.MAX_STREAMS:
+        raise InputError(f"--streams must be between 1 and {limits.MAX_STREAMS:,}, got {streams}")
+    plan = replace(plan, http=http_version or plan.http, streams=streams or plan.streams)
+    if streams is not None and plan.http != "2":
+        raise InputError("--streams applies to HTTP/2 only: add --http 2")
+    if plan.http == "2" and plan.connections * plan.streams > limits.MAX_STREAM_SLOTS:
+        raise InputError(f"--connections x --streams ({plan.connections} x {plan.streams}) must "
+                         f"be at most {limits.MAX_STREAM_SLOTS:,}: each stream is a slot the "
+                         "engine allocates up front")
+    for stage in plan.stages:
+        if plan.http == "2" and stage.concurrency and \
+                stage.concurrency > plan.connections * plan.streams:
+            raise InputError(f"--concurrency ({stage.concurrency}) must be <= --connections x "
+                             f"--streams ({plan.connections} x {plan.streams}): each "
+                             "closed-model user holds a stream")
+    return plan
 
 
 def _check_at_most(value: float, maximum: float, flag: str) -> None:
@@ -147,8 +180,9 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
 @click.option("--target", help="Target URL (overrides the profile's); 'sandbox' for the "
               "embedded target.")
 @click.option("--rate", type=float, help="Without a profile: requests per second (open model).")
-@click.option("--concurrency", type=int, help="Without a profile: connections each sending "
-              "back to back (closed model, like wrk).")
+@click.option("--concurrency", type=int, help="Without a profile: users each sending back to "
+              "back (closed model, like wrk): one connection each, or one stream each with "
+              "--http 2.")
 @click.option("--duration", help="Without a profile: how long, e.g. 30s.")
 @click.option("--connections", type=int, help="Upper bound on open connections.")
 @click.option("--timeout", help="Per-request timeout (overrides the profile's) [default: 5s].")
@@ -158,6 +192,12 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
 @click.option("--requests-per-connection", type=int, help="Close each connection after this "
               "many responses (1: a new connection per request; 0: reuse) [default: the "
               "profile's, else 0].")
+@click.option("--http", "http_version", type=click.Choice(["1.1", "2"]),
+              help="HTTP version: 1.1, or 2 (h2c by prior knowledge over http://) "
+              "[default: the profile's, else 1.1].")
+@click.option("--streams", type=int, help="HTTP/2: most concurrent streams per connection, "
+              "lowered by the server's SETTINGS_MAX_CONCURRENT_STREAMS [default: the "
+              "profile's, else 100].")
 @click.option("--workers", type=int, help="Worker processes (default: the profile's, else one "
               "per core).")
 @click.option("--out", "out_dir", default="results", show_default=True,
@@ -212,11 +252,13 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
               "Service (JSON) and exit, contacting no API.")
 def run(profile: str | None, target: str | None, rate: float | None, concurrency: int | None,
         duration: str | None, connections: int | None, timeout: str | None,
-        timer_resolution: str | None, requests_per_connection: int | None, workers: int | None,
+        timer_resolution: str | None, requests_per_connection: int | None,
+        http_version: str | None, streams: int | None, workers: int | None,
         out_dir: str, labels: tuple[str, ...], summary_json: str | None,
         backend_header: str | None, no_preflight: bool, ca_cert: str | None,
         client_cert: str | None, client_key: str | None, server_name: str | None,
-        insecure: bool, quiet: bool, junit_path: str | None, repeat: int, slos: tuple[str, ...], shards: int | None = None,
+        insecure: bool, quiet: bool, junit_path: str | None, repeat: int,
+        slos: tuple[str, ...], shards: int | None = None,
         launcher: str = "local", max_clock_offset: str = "50ms",
         shard_start_timeout: str | None = None, coordinator_address: str | None = None,
         namespace: str = "default", image: str | None = None, shard_cpu: str = "1",
@@ -243,7 +285,9 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         if timeout is not None:
             plan = replace(plan, timeout_s=_timeout(timeout))
     else:
-        plan = _flag_plan(target, rate, concurrency, duration, connections, timeout)
+        plan = _flag_plan(target, rate, concurrency, duration, connections, timeout,
+                          http_version, streams)
+    plan = _with_http(plan, http_version, streams)
     plan = replace(plan, slo=with_slo_flags(plan.slo, objectives),
                    tls=with_tls_flags(plan.tls, ca_cert=ca_cert, client_cert=client_cert,
                                       client_key=client_key, server_name=server_name,

@@ -28,6 +28,11 @@ MAX_RATE = 10_000_000.0
 # One open connection is one file descriptor and one slot of the engine's connection table;
 # one source address reaches one target over at most ~64k ephemeral ports anyway.
 MAX_CONNECTIONS = 100_000
+# HTTP/2 streams per connection: each is a preallocated slot in the engine; servers allow 100
+# to 1000 (nginx http2_max_concurrent_streams 128, h2load -m).
+MAX_STREAMS = 10_000
+# connections x streams: the stream table (about 150 bytes a slot) stays under ~150 MB
+MAX_STREAM_SLOTS = 1_000_000
 MAX_WORKERS = 256
 # The coordinator keeps two latency histograms (185 KiB each) per stage and per stage x
 # request x outcome for the whole run; these caps bound that to some hundreds of MiB.

@@ -63,6 +63,9 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
              sandbox: Any = None) -> RunOutcome:
     target = coordinator.parse_target(target_url)
     plan = coordinator.with_tls(plan, target)
+    if plan.http == "2" and (missing := _core.http2_library()):
+        raise RunError(f"--http 2 needs libnghttp2.so.14 (Debian package libnghttp2-14), "
+                       f"which did not load: {missing}")
     workers = opts.workers or plan.workers or os.cpu_count() or 1
     workers = max(1, min(workers, plan.connections))
     per_shard = 0
@@ -98,7 +101,7 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     if opts.preflight:
         first, judged = coordinator.preflight_request(plan.requests, plan.templates)
         negotiated = coordinator.preflight(target, first, plan.timeout_s, judge_status=judged,
-                                           tls=plan.tls)
+                                           tls=plan.tls, http=plan.http)
     tls_info = None if plan.tls is None else {**plan.tls.describe(), "protocol": None,
                                               "cipher": None, "alpn": None, **negotiated}
     run_id = new_run_id(plan)
@@ -108,6 +111,8 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
         "profile": redact_profile(plan.source, plan.secrets), "profile_name": plan.name,
         "profile_path": plan.path, "target": redact_url(target.url), "engine": "cython-epoll", "workers": str(workers),
         "connections": str(plan.connections),
+        "http": plan.http,
+        **({"streams": str(plan.streams)} if plan.http == "2" else {}),
         "stages": [{"name": s.name, "duration_s": s.duration_s, "rate_from": s.rate_from,
                     "rate_to": s.rate_to, "concurrency": s.concurrency, "think_s": s.think_s}
                    for s in plan.stages],

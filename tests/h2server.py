@@ -27,7 +27,9 @@ in `Options`):
                   (none, REFUSED_STREAM, INTERNAL_ERROR by default)
     delay         answers after `delay` seconds per stream, cycling (0.2, 0, 0.1): out of order
 
-Every option works in every mode (say `delay` with `reset`). A request's query may ask for
+Every option works in every mode (say `delay` with `reset`). `length_lie=N` announces a
+`content-length` N bytes over the body it sends: a malformed response (RFC 9113 8.1.1) that the
+client must reject. A request's query may ask for
 `size=N` (body bytes) and `delay=MS`. `counts()` says what the server accepted and did, so a test
 can reconcile it with what the client saw: connections, opened (requests received), answered
 (response ended), reset ({code: n}), refused_goaway, over_limit, client_reset, request_bytes,
@@ -82,6 +84,7 @@ class Options:
     settings_after: int = 0
     lowered_streams: int = 1
     reset_codes: Sequence[int | None] = ()
+    length_lie: int = 0                             # content-length this much over the body
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -419,7 +422,8 @@ class _Connection(asyncio.Protocol):
         query = parse_qs(self.paths[sid].partition(b"?")[2].decode("latin-1"))
         size = int(query["size"][0]) if "size" in query else o.body_size
         headers = [(b":status", b"200"), (b"content-type", b"application/octet-stream"),
-                   (b"content-length", str(size).encode()), (b"x-stream-id", str(sid).encode()),
+                   (b"content-length", str(size + o.length_lie).encode()),
+                   (b"x-stream-id", str(sid).encode()),
                    (b"x-mode", self.server.mode.encode())]
         if o.header_bytes:
             # Hex digits barely compress under Huffman coding, so the block stays large.

@@ -56,9 +56,9 @@ http {{
   fastcgi_temp_path {dir}/fastcgi;
   uwsgi_temp_path {dir}/uwsgi;
   scgi_temp_path {dir}/scgi;
-  keepalive_requests 1000000;
+  keepalive_requests {keepalive_requests};
   server {{
-    listen 127.0.0.1:{port}{ssl};
+    listen 127.0.0.1:{port}{listen_options};
 {tls}
     location / {{ return 200 "ok\\n"; }}
     location /chunked {{ chunked_transfer_encoding on; return 200 "chunk"; }}
@@ -77,15 +77,20 @@ http {{
 class Nginx:
     """nginx on a free port with its own access log, so a test can count what it served.
 
-    tls: server directives (ssl_certificate, ...) that make it an https:// server."""
+    tls: server directives (ssl_certificate, ...) that make it an https:// server.
+    http2: the port speaks HTTP/2 only: h2c by prior knowledge without TLS (`listen ... http2`,
+    nginx 1.22), h2 by ALPN with it. keepalive_requests: requests per connection (HTTP/2 too,
+    where nginx then sends GOAWAY)."""
 
-    def __init__(self, tls: str = "") -> None:
+    def __init__(self, tls: str = "", http2: bool = False,
+                 keepalive_requests: int = 1_000_000) -> None:
         self.dir = tempfile.mkdtemp(prefix="lf-nginx-")
         self.port = free_port()
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(dir=self.dir, port=self.port, ssl=" ssl" if tls else "",
-                                      tls=tls))
+            options = (" ssl" if tls else "") + (" http2" if http2 else "")
+            f.write(NGINX_CONF.format(dir=self.dir, port=self.port, listen_options=options,
+                                      tls=tls, keepalive_requests=keepalive_requests))
         self.proc = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", conf, "-e",
                                       os.path.join(self.dir, "error.log")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -434,3 +434,27 @@ def test_row_for_matches_the_documented_orders():
     assert draws == [row_for(k, "random", 42, 1000) for k in range(2000)]
     assert draws != [row_for(k, "random", 43, 1000) for k in range(2000)]
     assert len(set(draws)) > 800
+
+
+def test_templates_with_http2_exit_2(tmp_path):
+    (tmp_path / "users.csv").write_text("id,term\n1,a\n")
+    path = tmp_path / "h2.toml"
+    path.write_text("""
+target = "http://127.0.0.1:1"
+[load]
+http = "2"
+[[feeders]]
+name = "users"
+file = "users.csv"
+[[stages]]
+duration = "1s"
+rate = 5
+[[requests]]
+path = "/items/{users.id}"
+""")
+    proc = subprocess.run([sys.executable, "-m", "loadforge.cli", "run", str(path), "--quiet",
+                           "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "HTTP/1.1 only" in lines[0], proc.stderr

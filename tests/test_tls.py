@@ -521,3 +521,37 @@ def test_failed_handshakes_are_counted(certs: Certs, tmp_path: Path, mode: str) 
     if mode == "silent":
         assert c["failed"] == c["opened"]
     assert s["tls"]["protocol"] is None
+
+
+# -- HTTP/2 over TLS: h2 negotiated by ALPN ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def h2_server(certs: Certs) -> Iterator[Nginx]:
+    pem = certs.server
+    s = Nginx(tls=f"ssl_certificate {pem}; ssl_certificate_key {pem}; {PROTOCOLS}", http2=True)
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize("model", [("--concurrency", "40"), ("--rate", "300")])
+def test_http2_over_tls_counts_equal_nginx_log(h2_server: Nginx, certs: Certs, tmp_path: Path,
+                                               model: tuple[str, str]) -> None:
+    before = h2_server.served()
+    s = ok_run(tmp_path, "--target", h2_server.url + "/", "--ca-cert", certs.ca_pem,
+               "--http", "2", "--connections", "2", "--streams", "20", *model,
+               "--duration", "1s")
+    assert s["errors"] == 0 and s["requests"] > 100
+    assert h2_server.served() - before == s["requests"] + 1      # + the preflight
+    assert s["tls"]["alpn"] == "h2" and s["tls"]["alpn_offered"] == ["h2"]
+    c = s["connections"]
+    assert c["opened"] == 2 and c["tls_handshakes"]["full"] + c["tls_handshakes"]["resumed"] == 2
+    assert read_result(s["result"]).metadata["http"] == "2"
+
+
+def test_http2_over_tls_to_a_server_without_h2_exit_3(server: Nginx, certs: Certs,
+                                                      tmp_path: Path) -> None:
+    line = failed_run(tmp_path, "--target", server.url + "/", "--ca-cert", certs.ca_pem,
+                      "--http", "2", "--concurrency", "4", "--duration", "1s")
+    # nginx ends the handshake (no_application_protocol); a lenient server would pick
+    # http/1.1 and hear the same from the preflight
+    assert "will not speak HTTP/2 over TLS" in line and "drop --http 2" in line

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from hdrh.histogram import HdrHistogram
 
 from loadforge.analysis import noise
-from loadforge.config.plan import ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES, Plan
+from loadforge.config.plan import ERROR_KINDS, HTTP2_ERROR_KINDS, OUTCOMES, STATUS_OUTCOMES, Plan
 from loadforge.errors import ProfileError
 from loadforge.results import histogram
 from loadforge.results.store import OK, Result, find_results, headline_row, outcome_row, read_result
@@ -106,6 +106,7 @@ def stats_block(
     waited: int = 0,
     late: int = 0,
     worker_cpu: float | None = None,
+    http2: bool = False,
 ) -> dict[str, Any]:
     """The fields of one scope (the run, or one stage) of `--summary-json`.
 
@@ -132,7 +133,10 @@ def stats_block(
         "achieved_rps": requests / duration_s if duration_s > 0 else 0.0,
         "latency_us": _latency_block(latency),
         "service_time_us": _latency_block(service),
-        "errors_by_kind": {kind: counts[kind] for kind in ERROR_KINDS},
+        # HTTP/2's stream-level kinds only where they can happen: an HTTP/1.1 summary keeps
+        # the four kinds it always had
+        "errors_by_kind": {kind: counts[kind] for kind in ERROR_KINDS
+                           if http2 or counts[kind] or kind not in HTTP2_ERROR_KINDS},
         "status": {cls: counts[cls] for cls in STATUS_CLASSES},
         "unsent": int(unsent),
         "sent": sent,
@@ -662,11 +666,12 @@ def fold_intervals(rows: Iterable[dict[str, Any]], interval_ms: int, reader: Row
 
 # -- the summary of a run (the terminal summary, --summary-json) -----------------------------
 
-def _block(fig: ScopeFigures, run: ScopeRun, fail_status: tuple[str, ...]) -> dict[str, Any]:
+def _block(fig: ScopeFigures, run: ScopeRun, fail_status: tuple[str, ...],
+           http2: bool = False) -> dict[str, Any]:
     return stats_block(fig.latency, fig.service, fig.outcomes, fig.scheduled, fig.unsent,
                        run.duration_s, run.target_rps, fail_status,
                        error_latency=fig.error_latency, waited=run.waited, late=run.late,
-                       worker_cpu=run.worker_cpu)
+                       worker_cpu=run.worker_cpu, http2=http2)
 
 
 def summary_figures(rows: Iterable[dict[str, Any]], fail_status: tuple[str, ...],
@@ -682,14 +687,14 @@ def summary_figures(rows: Iterable[dict[str, Any]], fail_status: tuple[str, ...]
     tls = "tls_handshakes" in inputs.connections      # an https:// run
     for st in inputs.stages:
         fig = folded.get(("stage", st.name)) or ScopeFigures(st.name, st.duration_s)
-        block = _block(fig, st, fail_status)
+        block = _block(fig, st, fail_status, inputs.http2)
         block["connect_time_us"] = connect_block(fig.connect)
         if tls:
             block["tls_handshake_us"] = connect_block(fig.tls or histogram.new_histogram())
         stages_out.append({"name": st.name, "model": "open" if st.open_model else "closed",
                            **block})
     whole = folded.get(("run", ALL_STAGES)) or ScopeFigures(ALL_STAGES, run.duration_s)
-    out = _block(whole, run, fail_status)
+    out = _block(whole, run, fail_status, inputs.http2)
     out["requests_by_name"] = {
         name: name_block(*whole.by_name.get(name, (0, 0, histogram.new_histogram())))
         for name in request_names}

@@ -15,9 +15,13 @@ from loadforge.config.tls import TLS
 
 # Outcomes of one arrival, in the order the engine numbers them. Status classes are responses,
 # the rest are transport failures (no response).
-OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "connect", "timeout", "reset", "protocol")
+OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "connect", "timeout", "reset", "protocol",
+            "stream_reset", "goaway", "flow_control")
 STATUS_OUTCOMES = OUTCOMES[:5]
+DEFAULT_STREAMS = 100             # HTTP/2 streams per connection, as h2load -m 100
 ERROR_KINDS = OUTCOMES[5:]
+# Stream-level failures of HTTP/2: shown (summary, report) in HTTP/2 runs or when they happened.
+HTTP2_ERROR_KINDS = OUTCOMES[9:]
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,10 @@ class Plan:
     # Close each connection after this many responses (1: a new connection per request), so
     # a load balancer sees new connections spread as they would be; 0 reuses without end.
     requests_per_connection: int = 0
+    # "1.1", or "2": HTTP/2 by prior knowledge over TCP (h2c); `streams` is the most concurrent
+    # streams per connection, lowered further by the server's SETTINGS_MAX_CONCURRENT_STREAMS.
+    http: str = "1.1"
+    streams: int = DEFAULT_STREAMS
     tls: TLS | None = None            # [tls] of https:// targets (config/tls.py)
     slo: SLO = field(default_factory=SLO)
     # [observe] (metric sources, backend attribution) and [[actions]], in time order.

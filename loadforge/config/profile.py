@@ -46,6 +46,7 @@ from loadforge import limits
 from loadforge.config import feeders as feeders_module
 from loadforge.config.observe import validate_actions, validate_observe
 from loadforge.config.plan import (
+    DEFAULT_STREAMS,
     SLO,
     Plan,
     Request,
@@ -64,7 +65,8 @@ from loadforge.units import parse_duration, parse_percent, show_value
 TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox",
             "feeders", "tls")
 LOAD_KEYS = ("connections", "workers", "timeout", "fail_status", "timer_resolution",
-             "requests_per_connection")
+             "requests_per_connection", "http", "streams")
+HTTP_VERSIONS = ("1.1", "2")
 STAGE_KEYS = ("name", "duration", "rate", "ramp", "concurrency", "think")
 RAMP_KEYS = ("from", "to")
 REQUEST_KEYS = ("name", "method", "path", "headers", "body", "body_file", "weight")
@@ -148,6 +150,17 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                           if "timer_resolution" in load else DEFAULT_TIMER_RESOLUTION_S)
     requests_per_connection = check.integer(load.get("requests_per_connection", 0),
                                             "load.requests_per_connection", minimum=0)
+    http = load.get("http", "1.1")
+    if http not in HTTP_VERSIONS:
+        check.fail("load.http", f'must be "1.1" or "2" (a string), got {http!r}')
+    streams = check.integer(load.get("streams", DEFAULT_STREAMS), "load.streams", minimum=1,
+                            maximum=limits.MAX_STREAMS)
+    if "streams" in load and http != "2":
+        check.fail("load.streams", 'applies to HTTP/2 only: set load.http = "2"')
+    if http == "2" and connections * streams > limits.MAX_STREAM_SLOTS:
+        check.fail("load.streams", f"x load.connections ({streams} x {connections}) must be at "
+                                   f"most {limits.MAX_STREAM_SLOTS:,}: each stream is a slot the "
+                                   "engine allocates up front")
 
     if "stages" not in top:
         check.fail("", "has no [[stages]]; at least one stage is required")
@@ -160,7 +173,12 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
         check.fail("stages", f"last {run_s:g}s together; a run may last at most "
                              f"{limits.show_seconds(limits.MAX_RUN_S)}")
     for i, stage in enumerate(stages):
-        if stage.concurrency is not None and stage.concurrency > connections:
+        if http == "2" and stage.concurrency is not None \
+                and stage.concurrency > connections * streams:
+            check.fail(f"stages[{i}].concurrency",
+                       f"({stage.concurrency}) must be <= load.connections x load.streams "
+                       f"({connections} x {streams}): each closed-model user holds a stream")
+        if http != "2" and stage.concurrency is not None and stage.concurrency > connections:
             check.fail(f"stages[{i}].concurrency",
                        f"({stage.concurrency}) must be <= load.connections ({connections}): "
                        "each closed-model user holds a connection; raise load.connections")
@@ -199,8 +217,9 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
     return Plan(name=name, target=target, stages=stages, requests=requests,
                 connections=connections, workers=workers, timeout_s=timeout_s,
                 fail_status=fail_status, timer_resolution_s=timer_resolution_s,
-                requests_per_connection=requests_per_connection, slo=slo, observe=observe, actions=actions,
-                sandbox=sandbox, tls=tls, source=source, path=path, feeders=feeders, templates=templates,
+                requests_per_connection=requests_per_connection, http=http, streams=streams,
+                slo=slo, observe=observe, actions=actions, sandbox=sandbox, tls=tls,
+                source=source, path=path, feeders=feeders, templates=templates,
                 secrets=tuple(dict.fromkeys(s for s in secrets if s)))
 
 

@@ -4,29 +4,37 @@
 # says, and cleared.
 
 
-cdef inline int backend_slot(Engine self, Parser* p) noexcept:
+cdef inline int backend_slot(Engine self, const char* capture, int capture_len) noexcept:
     cdef int i
-    if p.capture_len == 0:
+    if capture_len == 0:
         return 0
     for i in range(1, self.nbackends + 1):
-        if self.backend_len[i] == p.capture_len and \
-                memcmp(self.backend_name[i], p.capture, p.capture_len) == 0:
+        if self.backend_len[i] == capture_len and \
+                memcmp(self.backend_name[i], capture, capture_len) == 0:
             return i
     if self.nbackends == MAX_BACKENDS:
         return 0
     self.nbackends += 1
-    memcpy(self.backend_name[self.nbackends], p.capture, p.capture_len)
-    self.backend_len[self.nbackends] = p.capture_len
+    memcpy(self.backend_name[self.nbackends], capture, capture_len)
+    self.backend_len[self.nbackends] = capture_len
     return self.nbackends
 
 
-cdef void record(Engine self, Conn* c, int outcome, int64_t now) noexcept:
+cdef inline void record(Engine self, Conn* c, int outcome, int64_t now) noexcept:
+    record_arrival(self, c.stage, c.request, c.intended_ns, c.sent_ns, c.parser.capture,
+                   c.parser.capture_len, outcome, now)
+
+
+cdef void record_arrival(Engine self, int stage, int request, int64_t intended_ns,
+                         int64_t sent_ns, const char* capture, int capture_len, int outcome,
+                         int64_t now) noexcept:
+    """Count one arrival's outcome at `now`; HTTP/1.1 connections and HTTP/2 streams alike."""
     cdef int slot = 0
     cdef int index
     cdef Cell* cell
     if self.nslots > 1 and outcome < O_CONNECT:
-        slot = backend_slot(self, &c.parser)
-    index = ((c.stage * self.nreq + c.request) * N_OUTCOMES + outcome) * self.nslots + slot
+        slot = backend_slot(self, capture, capture_len)
+    index = ((stage * self.nreq + request) * N_OUTCOMES + outcome) * self.nslots + slot
     cell = self.cells[index]
     if cell == NULL:
         # First use of this (stage, request, outcome, backend): the only allocation the
@@ -37,8 +45,8 @@ cdef void record(Engine self, Conn* c, int outcome, int64_t now) noexcept:
             return
         hist_clear(&cell.latency)
         hist_clear(&cell.service)
-        cell.stage = c.stage
-        cell.request = c.request
+        cell.stage = stage
+        cell.request = request
         cell.outcome = outcome
         cell.backend = slot
         self.cells[index] = cell
@@ -50,8 +58,8 @@ cdef void record(Engine self, Conn* c, int outcome, int64_t now) noexcept:
     if self.arena.nfree < 2 and not arena_grow(&self.arena):
         self.dropped += 1
         return
-    hist_record(&self.arena, &cell.latency, (now - c.intended_ns) // 1000)
-    hist_record(&self.arena, &cell.service, (now - c.sent_ns) // 1000)
+    hist_record(&self.arena, &cell.latency, (now - intended_ns) // 1000)
+    hist_record(&self.arena, &cell.service, (now - sent_ns) // 1000)
     cell.count += 1
 
 

@@ -13,6 +13,9 @@ cdef class Engine:
     global schedule belongs to worker i mod workers. connections: this worker's pool.
     feeders, templates: feeder tables and, per request, None or its template segments, as
     loadforge/config/feeders.py compiles them (engine/template.pxi).
+    http2: None for HTTP/1.1, else one (header list, body) per request, the header list
+    (name, value) bytes with the pseudo-headers first: every request is then an HTTP/2 stream,
+    at most `streams` at once per connection (engine/http2.pxi).
     """
 
     cdef:
@@ -20,6 +23,7 @@ cdef class Engine:
         int wake_epfd            # the control fd alone: sleeping without socket wake-ups
         int control_fd
         Transport transport      # how bytes reach the target (engine/transport.pxi)
+        H2Engine h2              # HTTP/2 streams and sessions (engine/http2.pxi), if enabled
 
         Conn* conns
         int nconns
@@ -69,6 +73,7 @@ cdef class Engine:
         int epoll_ns             # epoll_pwait2 works (Linux 5.11+)
         int* think_conn          # FIFO: one think time per stage, so FIFO order is time order
         int64_t* think_at
+        int nthink               # its capacity: one per connection, or per stream (HTTP/2)
         int think_head
         int think_len
 
@@ -111,7 +116,8 @@ cdef class Engine:
                  int connections, int worker=0, int workers=1, double timeout_s=5.0,
                  double interval_s=1.0, capture_header=None, int control_fd=-1,
                  double timer_resolution_s=0.0, int requests_per_connection=0,
-                 list feeders=None, list templates=None, tls=None):
+                 list feeders=None, list templates=None, tls=None,
+                 list http2=None, int streams=100):
         cdef int i
         cdef sockaddr_in* a4
         cdef sockaddr_in6* a6
@@ -200,8 +206,9 @@ cdef class Engine:
         self.conns = <Conn*>calloc(connections, sizeof(Conn))
         self.idle_stack = <int*>malloc(connections * sizeof(int))
         self.closed_stack = <int*>malloc(connections * sizeof(int))
-        self.think_conn = <int*>malloc(connections * sizeof(int))
-        self.think_at = <int64_t*>malloc(connections * sizeof(int64_t))
+        self.nthink = connections * (streams if http2 is not None and streams > 0 else 1)
+        self.think_conn = <int*>malloc(self.nthink * sizeof(int))
+        self.think_at = <int64_t*>malloc(self.nthink * sizeof(int64_t))
         self.rbuf = <char*>malloc(RECV_BUFFER_SIZE)
         self.events = <epoll_event*>malloc(MAX_EVENTS * sizeof(epoll_event))
         if (self.conns == NULL or self.idle_stack == NULL or self.closed_stack == NULL
@@ -228,6 +235,9 @@ cdef class Engine:
         if self.cells == NULL or self.touched == NULL:
             raise MemoryError()
 
+        if http2 is not None:
+            h2_setup(self, http2, streams)
+
         self.iov.iov_base = self.rbuf
         self.iov.iov_len = RECV_BUFFER_SIZE
         self.msg.msg_iov = &self.iov
@@ -242,6 +252,7 @@ cdef class Engine:
 
     def __dealloc__(self):
         cdef int i
+        h2_free(self)
         if self.conns != NULL:
             for i in range(self.nconns):
                 if self.conns[i].fd >= 0:
@@ -331,7 +342,11 @@ cdef class Engine:
 
     cdef void start_arrival(self, int ci, int stage, int request, int64_t intended,
                             int64_t now) noexcept:
-        cdef Conn* c = &self.conns[ci]
+        cdef Conn* c
+        if self.h2.enabled:
+            h2_start_arrival(self, ci, stage, request, intended, now)
+            return
+        c = &self.conns[ci]
         if tpl_prepare(self, ci, request, now) != 0:
             # A `unique` feeder has no row left for this arrival: the run ends here, as if
             # stopped; the arrival is counted unsent (open model) or not at all (closed).
@@ -365,6 +380,9 @@ cdef class Engine:
         cdef Py_ssize_t used
         cdef int outcome
         cdef int reads = 0
+        if self.h2.enabled:
+            h2_on_readable(self, ci, now)
+            return
         while True:
             self.msg.msg_controllen = sizeof(self.cmsg_buf)
             n = transport_read(&self.transport, c, &self.msg)
@@ -475,8 +493,8 @@ cdef class Engine:
                     # and, from inside finish, recurse once per failure.
                     start_backoff(self, ci, now)
                 elif sp.think_ns > 0:
-                    self.think_conn[(self.think_head + self.think_len) % self.nconns] = ci
-                    self.think_at[(self.think_head + self.think_len) % self.nconns] = now + sp.think_ns
+                    self.think_conn[(self.think_head + self.think_len) % self.nthink] = ci
+                    self.think_at[(self.think_head + self.think_len) % self.nthink] = now + sp.think_ns
                     self.think_len += 1
                 else:
                     self.closed_arrival(ci, now)
@@ -534,7 +552,7 @@ cdef class Engine:
         cdef int ci
         cdef int64_t intended
         while self.disp_k < self.sched_k:
-            ci = take_conn(self)
+            ci = take_slot(self)
             if ci < 0:
                 # every connection busy: the backlog waits, and its wait is latency
                 self.blocked_k = self.sched_k
@@ -567,9 +585,9 @@ cdef class Engine:
                 end_backoffs(self, now, 1)
             while self.think_len > 0:
                 ci = self.think_conn[self.think_head]
-                self.think_head = (self.think_head + 1) % self.nconns
+                self.think_head = (self.think_head + 1) % self.nthink
                 self.think_len -= 1
-                if self.conns[ci].state == C_IDLE:
+                if ci >= 0 and self.conns[ci].state == C_IDLE:
                     push_idle(self, ci)
         self.cur += 1
         self.begin_stage(now)
@@ -577,6 +595,9 @@ cdef class Engine:
     cdef void scan_timeouts(self, int64_t now) noexcept:
         cdef int i
         cdef Conn* c
+        if self.h2.enabled:
+            h2_scan_timeouts(self, now)
+            return
         for i in range(self.nconns):
             c = &self.conns[i]
             if (c.state == C_BUSY or c.state == C_CONNECTING) and now >= c.deadline_ns:
@@ -594,6 +615,8 @@ cdef class Engine:
         """Everything that is due at `now`; returns 1 once the run is over."""
         cdef StagePlan* sp
         cdef int ci
+        if self.h2.pending_len:
+            h2_pump(self, now)
         while self.cur < self.nstages and now >= self.t0 + self.stages[self.cur].end_ns:
             if self.stages[self.cur].open_model:
                 self.count_due(self.t0 + self.stages[self.cur].end_ns - 1)
@@ -605,26 +628,30 @@ cdef class Engine:
                 self.count_due(now)
                 self.dispatch(now)
             elif now >= self.t0 + sp.start_ns:
+                # Slots whose backoff is over first: an HTTP/2 connection's users come back
+                # through the fill below.
+                if self.n_backoff:
+                    end_backoffs(self, now, 0)
                 # Fill the stage's slots; connections still busy with an earlier stage's
                 # requests join as they come free.
                 while self.closed_active < sp.concurrency:
-                    ci = take_conn(self)
+                    ci = take_slot(self)
                     if ci < 0:
                         break
                     self.closed_active += 1
                     self.closed_arrival(ci, now)
                 while self.think_len > 0 and self.think_at[self.think_head] <= now:
                     ci = self.think_conn[self.think_head]
-                    self.think_head = (self.think_head + 1) % self.nconns
+                    self.think_head = (self.think_head + 1) % self.nthink
                     self.think_len -= 1
                     self.closed_arrival(ci, now)
-                if self.n_backoff:
-                    end_backoffs(self, now, 0)
         while now >= self.t0 + (self.interval_index + 1) * self.interval_ns:
             flush(self, 0)
         if now >= self.next_scan_ns:
             self.scan_timeouts(now)
             self.next_scan_ns = now + SCAN_PERIOD_NS
+        if self.h2.ndirty:
+            h2_flush_dirty(self, now)
         if self._error is not None:
             return 1
         return 1 if self.cur >= self.nstages and self.inflight == 0 else 0
@@ -662,8 +689,11 @@ cdef class Engine:
         Responses that come meanwhile are read at the next wake-up and timed by their receive
         timestamps, so at high rates one wake-up serves a tick's arrivals and the previous
         tick's responses together. Closes and resets still wake it (EPOLLRDHUP, EPOLLERR)."""
+        # HTTP/2: its streams are eventful unless a connection's worth of their responses fits
+        # a socket buffer (engine/http2.pxi h2_submit); frames to write or arrivals waiting
+        # for a stream need the loop too.
         if not self.transport.rx_stamps or self.cur >= self.nstages or self.connecting or self.writing \
-                or self.eventful:
+                or self.eventful or self.h2.ndirty or self.h2.pending_len:
             return 0
         return self.stages[self.cur].open_model and self.disp_k == self.sched_k
 
@@ -766,9 +796,11 @@ cdef class Engine:
                     continue
                 if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
                     self.on_readable(ci, now)
-                if ev & EPOLLOUT and self.conns[ci].fd >= 0 and self.conns[ci].state == C_BUSY \
-                        and self.conns[ci].want_write:
-                    write_request(self, ci, now)
+                if ev & EPOLLOUT and self.conns[ci].fd >= 0 and self.conns[ci].want_write:
+                    if self.h2.enabled:
+                        h2_on_writable(self, ci, now)
+                    elif self.conns[ci].state == C_BUSY:
+                        write_request(self, ci, now)
         flush(self, 1)
         for i in range(self.nconns):
             if self.conns[i].fd >= 0:

@@ -47,6 +47,8 @@ cdef void close_conn(Engine self, int ci) noexcept:
             else:
                 self.closed_by_us += 1
     c.peer_closed = 0
+    if self.h2.enabled:
+        h2_drop(self, ci)
     if c.state == C_CONNECTING:
         self.connecting -= 1
     if c.want_write:
@@ -60,6 +62,8 @@ cdef void open_conn(Engine self, int ci, int64_t now) noexcept:
     cdef Conn* c = &self.conns[ci]
     cdef epoll_event ev
     self.connects += 1
+    if self.h2.enabled:
+        h2_open_session(self, ci)
     if transport_connect(&self.transport, c) != 0:
         connect_failed(self, ci, now)
         return
@@ -79,7 +83,9 @@ cdef void open_conn(Engine self, int ci, int64_t now) noexcept:
 
 cdef void connect_failed(Engine self, int ci, int64_t now) noexcept:
     self.connect_failures += 1
-    if self.conns[ci].has_arrival:
+    if self.h2.enabled:
+        h2_connect_failed(self, ci, now, O_CONNECT)
+    elif self.conns[ci].has_arrival:
         self.finish(ci, O_CONNECT, now, now)
     else:
         close_conn(self, ci)
@@ -129,7 +135,9 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
     ev.events = EPOLLIN
     ev.data.u64 = ci
     epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
-    if c.has_arrival:
+    if self.h2.enabled:
+        h2_connected(self, ci, now)
+    elif c.has_arrival:
         c.fresh = 1
         send_request(self, ci, now)
     else:
@@ -181,7 +189,8 @@ cdef void end_backoffs(Engine self, int64_t now, int release) noexcept:
         c.state = C_CLOSED
         self.n_backoff -= 1
         sp = &self.stages[self.cur] if self.cur < self.nstages else NULL
-        if not release and sp != NULL and not sp.open_model and not self.stopping:
+        if not release and sp != NULL and not sp.open_model and not self.stopping \
+                and not self.h2.enabled:
             self.closed_arrival(i, now)
         else:
             push_closed(self, i)

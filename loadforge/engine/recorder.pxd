@@ -13,6 +13,9 @@ cdef enum Outcome:
     O_TIMEOUT
     O_RESET
     O_PROTOCOL
+    O_STREAM_RESET       # HTTP/2: the server reset the stream (RST_STREAM)
+    O_GOAWAY             # HTTP/2: not processed before a GOAWAY, and already retried once
+    O_FLOW_CONTROL       # HTTP/2: timed out with the request body held by a closed window
     N_OUTCOMES
 
 # HdrHistogram layout for lowest 1, highest 3_600_000_000 (1 h in µs), 3 significant digits.

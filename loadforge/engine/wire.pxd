@@ -30,7 +30,7 @@ cdef extern from *:
 
 cdef enum:
     WIRE_MAGIC = 0x4957464c       # b"LFWI" read little-endian
-    WIRE_VERSION = 3              # 1: the unversioned layout of magic b"LFI1"; 3: TLS
+    WIRE_VERSION = 4              # 4: TLS and HTTP/2; 3: one of them; 2: b"LFWI"; 1: b"LFI1"
 
 
 cdef packed struct WireHeader:

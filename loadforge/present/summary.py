@@ -23,7 +23,7 @@ from loadforge.analysis.figures import (  # noqa: F401  (the figures this module
     stats_block,
     unsent_cause,
 )
-from loadforge.config.plan import ERROR_KINDS
+from loadforge.config.plan import ERROR_KINDS, HTTP2_ERROR_KINDS
 from loadforge.units import format_us
 
 # Reports arrive some milliseconds after their interval ends; past this the run was seen late.
@@ -139,7 +139,14 @@ def render_summary(
     console.print(latency)
 
     responses = table("responses by status class", ("stage", *STATUS_CLASSES))
-    failures = table("failures (errors: these plus failing statuses)", ("stage", *ERROR_KINDS, "errors"))
+    connection_kinds = [k for k in ERROR_KINDS if k not in HTTP2_ERROR_KINDS]
+    # HTTP/2's stream-level kinds in a table of their own, when the run has them: eight
+    # columns would not fit 80
+    stream_kinds = [k for k in HTTP2_ERROR_KINDS
+                    if any(k in block.get("errors_by_kind", {}) for _, block in scopes)]
+    failures = table("failures (errors: these plus failing statuses)",
+                     ("stage", *connection_kinds, "errors"))
+    streams = table("HTTP/2 stream failures (in errors too)", ("stage", *stream_kinds))
     for name, block in scopes:
         status = block.get("status", {})
         kinds = block.get("errors_by_kind", {})
@@ -147,11 +154,14 @@ def render_summary(
         responses.add_row(stage_cell(name), *(f"{int(status.get(c, 0)):,}" for c in STATUS_CLASSES))
         failures.add_row(
             stage_cell(name),
-            *(f"{int(kinds.get(k, 0)):,}" for k in ERROR_KINDS),
+            *(f"{int(kinds.get(k, 0)):,}" for k in connection_kinds),
             Text(f"{errors:,}", style="red" if errors else ""),
         )
+        streams.add_row(stage_cell(name), *(f"{int(kinds.get(k, 0)):,}" for k in stream_kinds))
     console.print(responses)
     console.print(failures)
+    if stream_kinds:
+        console.print(streams)
     _render_error_latency(summary, console)
     _render_by_name(summary, console, table)
     _render_shards(summary, console, table)

@@ -151,6 +151,32 @@ def encode_request(req: Request, host: str, prefix: str = "") -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + req.body
 
 
+# HTTP/2 forbids connection-specific headers (RFC 9113 8.2.2); Host becomes :authority.
+_H2_DROPPED = ("host", "connection", "keep-alive", "proxy-connection", "transfer-encoding",
+               "upgrade", "content-length")
+
+
+def h2_headers(req: Request, host: str, prefix: str = "",
+               scheme: str = "http") -> list[tuple[str, str]]:
+    """The request's HTTP/2 header list, pseudo-headers first, names in lower case; scheme is
+    the target URL's (https once TLS carries h2)."""
+    headers = [(":method", req.method), (":path", request_path(prefix, req.path) or "/"),
+               (":scheme", scheme), (":authority", host_header(req, host)),
+               ("user-agent", USER_AGENT)]
+    headers += [(name.lower(), value) for name, value in req.headers
+                if name.lower() not in _H2_DROPPED]
+    if req.body or req.method in ("POST", "PUT", "PATCH"):
+        headers.append(("content-length", str(len(req.body))))
+    return headers
+
+
+def encode_h2_request(req: Request, host: str, prefix: str = "", scheme: str = "http",
+                      ) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """What the engine's HTTP/2 side sends for req: its header list and body, as bytes."""
+    return ([(k.encode("latin-1"), v.encode("latin-1"))
+             for k, v in h2_headers(req, host, prefix, scheme)], req.body)
+
+
 # Headers that describe a body: the preflight sends none.
 _BODY_HEADERS = ("content-type", "content-length", "transfer-encoding", "content-encoding")
 
@@ -180,20 +206,30 @@ def preflight_request(requests: tuple[Request, ...],
 
 
 def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool = True,
-              tls: TLS | None = None) -> dict[str, Any]:
+              tls: TLS | None = None, http: str = "1.1") -> dict[str, Any]:
     """One request before the run, so a wrong URL fails in seconds with a clear message. Over
     TLS it verifies the certificate with the run's settings (a rejection is one line that
-    names the reason and the fix) and returns what was negotiated."""
+    names the reason and the fix) and returns what was negotiated. With http "2" it speaks
+    HTTP/2: h2c by prior knowledge over TCP, h2 by ALPN over TLS."""
     scheme = "https" if target.https else "http"
     url = f"{scheme}://{target.host}{request_path(target.path, req.path)}"
     negotiated: dict[str, Any] = {}
     try:
-        status = _preflight_status(target, req, min(timeout_s, 5.0), tls, negotiated)
+        if http == "2":
+            from loadforge.run.h2preflight import h2_status
+
+            wrap = None if tls is None else _tls_wrapper(target, tls, negotiated)
+            status = h2_status(target.address, target.port,
+                               h2_headers(req, target.host, target.path, scheme),
+                               min(timeout_s, 5.0), wrap)
+        else:
+            status = _preflight_status(target, req, min(timeout_s, 5.0), tls, negotiated)
     except ssl.SSLError as exc:
         raise TargetUnreachable(f"target {target.url}: "
                                 f"{tls_failure(exc, tls or TLS(), target)}") from None
     except (OSError, HTTPException) as exc:
-        raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url} "
+        over = " over HTTP/2" if http == "2" else ""
+        raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url}{over} "
                                 f"failed ({type(exc).__name__}: {exc})") from None
     if status == 404 and judge_status:
         raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found; "
@@ -206,11 +242,33 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
             f"400 \"{negotiated['client_cert_refused']}\"; pass --client-cert and --client-key "
             "(tls.cert, tls.key) with a certificate the server trusts")
     negotiated.pop("client_cert_refused", None)
-    if negotiated.get("alpn") not in (None, "http/1.1"):
+    if http == "2" and tls is not None and negotiated.get("alpn") != "h2":
+        raise TargetUnreachable(
+            f"target {target.url}: the server will not speak HTTP/2 over TLS (ALPN chose "
+            f"{negotiated.get('alpn') or 'nothing'} when offered h2); drop --http 2, or point "
+            "at a listener with HTTP/2 enabled")
+    if http != "2" and negotiated.get("alpn") not in (None, "http/1.1"):
         raise TargetUnreachable(
             f"target {target.url}: the server chose {negotiated['alpn']} by ALPN, and the "
             "engine speaks http/1.1 over TLS: offer only http/1.1 in tls.alpn")
     return negotiated
+
+
+def _tls_wrapper(target: Target, tls: TLS, negotiated: dict[str, Any]
+                 ) -> Callable[[socket.socket], socket.socket]:
+    """Wraps the HTTP/2 preflight's socket in TLS as the engine will: the run's verification
+    settings and ALPN, and notes what was negotiated."""
+    context = tls.ssl_context()
+    name = tls.verify_name(target.hostname)
+
+    def wrap(sock: socket.socket) -> socket.socket:
+        wrapped = context.wrap_socket(sock, server_hostname=name)
+        cipher = wrapped.cipher()
+        negotiated.update({"protocol": wrapped.version(), "cipher": cipher[0] if cipher else None,
+                           "alpn": wrapped.selected_alpn_protocol()})
+        return wrapped
+
+    return wrap
 
 
 # OpenSSL's X509_V_ERR_* codes, by the reason a user can act on.
@@ -236,7 +294,7 @@ def tls_failure(exc: ssl.SSLError, tls: TLS, target: Target) -> str:
                     "--server-name NAME (tls.server_name) with a name the certificate carries")
         return (f"certificate rejected: {exc.verify_message}; fix the server's certificate, or "
                 "pass --insecure to skip verification")
-    reason = (exc.reason or str(exc)).upper()
+    reason = (exc.reason or str(exc)).upper().replace(" ", "_")
     if "CERTIFICATE_REQUIRED" in reason or ("HANDSHAKE_FAILURE" in reason and not tls.cert):
         return ("TLS handshake failed: the server requires a client certificate "
                 f"({exc.reason}); pass --client-cert and --client-key (tls.cert, tls.key)")
@@ -247,6 +305,11 @@ def tls_failure(exc: ssl.SSLError, tls: TLS, target: Target) -> str:
     if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason:
         return (f"TLS handshake failed: the server rejected the client certificate "
                 f"({exc.reason}); pass one signed by a CA it trusts (--client-cert)")
+    if "NO_APPLICATION_PROTOCOL" in reason:
+        hint = ("the server will not speak HTTP/2 over TLS; drop --http 2, or point at a "
+                "listener with HTTP/2 enabled" if "h2" in tls.alpn else "check tls.alpn")
+        return (f"TLS handshake failed: the server accepts none of the protocols offered by "
+                f"ALPN ({', '.join(tls.alpn)}): {hint}")
     if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason:
         return (f"TLS handshake failed ({exc.reason}): the target does not speak TLS on this "
                 "port; use http:// or the server's TLS port")
@@ -350,6 +413,7 @@ class RunInputs:
     connections: dict[str, Any]       # opened, failed, open_peak, closed_by_*, retried,
                                       # tls_handshakes (https:// runs)
     extra: dict[str, Any]             # dropped_samples, report_lag_ms
+    http2: bool = False               # an HTTP/2 run: its stream error kinds are listed
 
 
 class Aggregator:
@@ -739,7 +803,8 @@ class Aggregator:
         dropped = sum(c[1] for c in self.engine_counts.values())
         return rows, RunInputs(stages, run, connections, {
             "dropped_samples": dropped,
-            "report_lag_ms": round(max(0, self.report_lag_ns) / 1e6, 1)})
+            "report_lag_ms": round(max(0, self.report_lag_ns) / 1e6, 1)},
+            http2=self.plan.http == "2")
 
     def _run_target(self, stopped_s: float | None) -> float | None:
         """The run's target rate: its open-model arrivals over the open-model stages' time
@@ -778,6 +843,9 @@ def compile_feeders(plan: Plan, target: Target, inline: bool = False) -> feeders
             raise InputError(f"{label}: feeders[{i}]: cannot read {feeder.file}")
     if not plan.templates:
         return feeders.Compiled()
+    if plan.http == "2" and any(t is not None for t in plan.templates):
+        raise InputError(f"{label}: requests with {{feeder.column}} or ${{VAR}} slots are sent "
+                         "over HTTP/1.1 only (for now); drop --http 2 or the slots")
     heads = [(f"{r.method} {target.path.rstrip('/')}",
               f" HTTP/1.1\r\nHost: {host_header(r, target.host)}\r\nUser-Agent: {USER_AGENT}\r\n",
               r.method in ("POST", "PUT", "PATCH")) for r in plan.requests]
@@ -792,6 +860,9 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
                 for r in plan.requests]
     tables = [t.spec() for t in compiled.tables] if compiled else []
     templates = list(compiled.templates) if compiled and compiled.templates else []
+    http2 = ([encode_h2_request(r, target.host, target.path, urlsplit(target.url).scheme)
+              for r in plan.requests]
+             if plan.http == "2" else None)
     mix = schedule.request_mix(plan.requests)
     stages = [(s.open_model, s.rate_from or 0.0, s.rate_to or 0.0, s.duration_s,
                s.concurrency or 0, s.think_s) for s in plan.stages]
@@ -800,12 +871,16 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
     for w in range(workers):
         share = plan.connections // workers + (1 if w < plan.connections % workers else 0)
         closed_share = closed // workers + (1 if w < closed % workers else 0)
+        if http2 is not None:
+            # a closed-model user holds a stream, not a connection
+            closed_share = -(-closed_share // plan.streams)
         specs.append(WorkerSpec(w, workers, target.address, target.port, requests, mix, stages,
                                 max(share, closed_share, 1), plan.timeout_s, interval_s,
                                 backend_header, plan.timer_resolution_s,
                                 plan.requests_per_connection, tables, templates,
                                 None if plan.tls is None else
-                                plan.tls.engine_settings(target.hostname)))
+                                plan.tls.engine_settings(target.hostname),
+                                http2, plan.streams))
     return specs
 
 
@@ -955,6 +1030,13 @@ def with_tls(plan: Plan, target: Target) -> Plan:
                              "--client-cert, --server-name, --insecure) need an https:// target")
         return plan
     tls = plan.tls or TLS()
+    if plan.http == "2":
+        # HTTP/2 over TLS is negotiated by ALPN: offer h2 (only h2, unless tls.alpn says more)
+        if tls.alpn == TLS().alpn:
+            tls = replace(tls, alpn=("h2",))
+        elif "h2" not in tls.alpn:
+            raise InputError(f"tls.alpn {list(tls.alpn)} does not offer h2, and --http 2 needs "
+                             "it over TLS: add \"h2\" to tls.alpn")
     try:
         tls.ssl_context()
     except (OSError, ssl.SSLError) as exc:

@@ -17,7 +17,8 @@ by its n uint32 counts of histogram indices lo, lo+1, ...
 import struct
 
 MAGIC = 0x4957464C           # b"LFWI" read little-endian
-VERSION = 3                  # 3: TLS handshake counts and times after the connect times
+VERSION = 4                  # 4: TLS handshake counts and times after the connect times,
+                             # outcomes 9-11 (HTTP/2 stream errors)
 _MAGIC_V1 = 0x3149464C       # b"LFI1": version 1, before the format had a version field
 
 # magic, version, final, worker, stages, interval index, cells, backends, connects so far,

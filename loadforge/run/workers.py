@@ -187,6 +187,9 @@ class WorkerSpec:
     feeders: list[tuple[Any, ...]] = field(default_factory=list)
     templates: list[Any] = field(default_factory=list)
     tls: dict[str, Any] | None = None      # TLS settings (config/tls.py engine_settings)
+    # HTTP/2: (header list, body) per request, and streams per connection; None for HTTP/1.1
+    http2: list[tuple[list[tuple[bytes, bytes]], bytes]] | None = None
+    streams: int = 100
 
 
 def done_message(exhausted: tuple[int, int] | None,
@@ -296,7 +299,8 @@ def worker_main() -> None:
             interval_s=spec.interval_s, capture_header=spec.capture_header,
             control_fd=channel.fileno(), timer_resolution_s=spec.timer_resolution_s,
             requests_per_connection=spec.requests_per_connection, feeders=tables,
-            templates=spec.templates, tls=spec.tls)
+            templates=spec.templates, tls=spec.tls,
+            http2=spec.http2, streams=spec.streams)
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
         # CPU time per interval: a worker that used its whole core is the reason arrivals

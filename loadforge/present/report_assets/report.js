@@ -260,12 +260,17 @@
   }
 
   var STATUS = ["1xx", "2xx", "3xx", "4xx", "5xx"], KINDS = ["connect", "timeout", "reset", "protocol"];
+  // HTTP/2's stream-level kinds: listed in a run's outcomes only when they happened
+  var STREAM_KINDS = ["stream_reset", "goaway", "flow_control"];
   function outcomesTable(runs) {
+    var kinds = KINDS.concat(STREAM_KINDS.filter(function (k) {
+      return runs.some(function (r) { return (r.outcomes || {})[k] !== undefined; });
+    }));
     var rows = runs.map(function (r, i) {
       var o = r.outcomes || {};
-      return [runCell(r, i)].concat(STATUS.concat(KINDS).map(function (k) { return fmtCount(o[k]); }));
+      return [runCell(r, i)].concat(STATUS.concat(kinds).map(function (k) { return fmtCount(o[k]); }));
     });
-    table(["run"].concat(STATUS).concat(KINDS), rows, "outcomes");
+    table(["run"].concat(STATUS).concat(kinds), rows, "outcomes");
   }
 
   function namesTable(runs) {

@@ -1,0 +1,711 @@
+# Included by loadforge/_core.pyx: HTTP/2 (h2c by prior knowledge; h2 once a transport has
+# negotiated it) as a protocol beside HTTP/1.1. Declarations: engine/http2.pxd.
+#
+# One libnghttp2 client session per connection does the framing, HPACK, flow control and the
+# acknowledgements; this file keeps the load generator's side: a stream table of `streams`
+# slots per connection allocated once, arrivals placed on connections with a free stream,
+# each stream timed and recorded like an HTTP/1.1 request, and the stream-level failures
+# (RST_STREAM, GOAWAY, flow-control stalls) counted under their own outcomes. The session
+# reads and writes bytes only through the transport seam (engine/transport.pxi): mem_recv
+# is fed what transport_read returned and mem_send's frames go out through transport_write,
+# so the same code runs over TCP and TLS.
+#
+# In the loop (engine/loop.pxi, engine/pool.pxi) each protocol switch is one line,
+# `if self.h2.enabled: h2_...`. A connection of an HTTP/2 engine is C_CONNECTING, C_IDLE
+# (open: it carries from 0 to `limit` streams), C_CLOSED or C_BACKOFF; never C_BUSY.
+#
+# Per request nothing is allocated here and no Python object is touched: headers are
+# pre-built nghttp2_nv arrays that point into bytes kept by the engine (NO_COPY flags), the
+# stream's state is a preallocated slot, its user data a pointer to it. libnghttp2 keeps its
+# own per-stream bookkeeping, as it does inside h2load.
+
+
+def http2_library():
+    """"" when libnghttp2.so.14 can be loaded, else why not (a one-line message)."""
+    cdef char err[256]
+    if lf_nghttp2_load(err, sizeof(err)) != 0:
+        return err.decode("utf-8", "replace")
+    return ""
+
+
+cdef int h2_setup(Engine self, list requests, int streams) except -1:
+    """Build the HTTP/2 side of a new engine: requests are (headers, body) per request, headers
+    a list of (name, value) bytes, pseudo-headers first."""
+    cdef H2Engine* h = &self.h2
+    cdef char err[256]
+    cdef int i, k, total = 0, nslots
+    cdef nghttp2_nv* nv
+    if lf_nghttp2_load(err, sizeof(err)) != 0:
+        raise RuntimeError("HTTP/2 needs libnghttp2.so.14 (Debian: libnghttp2-14): "
+                           + err.decode("utf-8", "replace"))
+    if streams < 1:
+        raise ValueError("streams must be >= 1")
+    if len(requests) != self.nreq:
+        raise ValueError("http2: one (headers, body) per request is needed")
+    h.enabled = 1
+    h.streams = streams
+    nslots = self.nconns * streams
+    for headers, body in requests:
+        total += len(headers)
+    h.nva = <nghttp2_nv*>calloc(total, sizeof(nghttp2_nv))
+    h.nv_first = <int*>calloc(self.nreq, sizeof(int))
+    h.nv_count = <int*>calloc(self.nreq, sizeof(int))
+    h.body = <const char**>calloc(self.nreq, sizeof(char*))
+    h.body_len = <Py_ssize_t*>calloc(self.nreq, sizeof(Py_ssize_t))
+    h.response_max = <int64_t*>malloc(self.nreq * sizeof(int64_t))
+    h.conns = <H2Conn*>calloc(self.nconns, sizeof(H2Conn))
+    h.slots = <H2Stream*>calloc(nslots, sizeof(H2Stream))
+    h.free_all = <int32_t*>calloc(nslots, sizeof(int32_t))
+    h.dirty_list = <int*>calloc(self.nconns, sizeof(int))
+    h.pending_cap = nslots + self.nconns
+    h.pending = <H2Pending*>calloc(h.pending_cap, sizeof(H2Pending))
+    if (h.nva == NULL or h.nv_first == NULL or h.nv_count == NULL or h.body == NULL
+            or h.body_len == NULL or h.conns == NULL or h.slots == NULL or h.free_all == NULL
+            or h.dirty_list == NULL or h.pending == NULL or h.response_max == NULL):
+        raise MemoryError()
+    for i in range(self.nreq):
+        h.response_max[i] = -1
+    k = 0
+    for i, (headers, body) in enumerate(requests):
+        h.nv_first[i] = k
+        h.nv_count[i] = len(headers)
+        for name, value in headers:
+            name = bytes(name)
+            value = bytes(value)
+            self._keep.append(name)
+            self._keep.append(value)
+            nv = &h.nva[k]
+            nv.name = <uint8_t*>PyBytes_AS_STRING(name)
+            nv.namelen = PyBytes_GET_SIZE(name)
+            nv.value = <uint8_t*>PyBytes_AS_STRING(value)
+            nv.valuelen = PyBytes_GET_SIZE(value)
+            nv.flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE
+            k += 1
+        body = bytes(body)
+        self._keep.append(body)
+        h.body[i] = PyBytes_AS_STRING(body)
+        h.body_len[i] = PyBytes_GET_SIZE(body)
+    for i in range(self.nconns):
+        h.conns[i].ci = i
+        h.conns[i].engine = <void*>self
+        h.conns[i].free_slots = h.free_all + i * streams
+    for i in range(nslots):
+        h.slots[i].conn = i // streams
+    if lf_ng.callbacks_new(&h.callbacks) != 0 or lf_ng.option_new(&h.option) != 0:
+        raise MemoryError()
+    lf_ng.set_on_header(h.callbacks, h2_on_header)
+    lf_ng.set_on_frame_recv(h.callbacks, h2_on_frame_recv)
+    lf_ng.set_on_data_chunk_recv(h.callbacks, h2_on_data_chunk)
+    lf_ng.set_on_stream_close(h.callbacks, h2_on_stream_close)
+    return 0
+
+
+cdef void h2_free(Engine self) noexcept:
+    cdef H2Engine* h = &self.h2
+    cdef int i
+    if h.conns != NULL:
+        for i in range(self.nconns):
+            if h.conns[i].session != NULL:
+                lf_ng.session_del(h.conns[i].session)
+            free(h.conns[i].out)
+    free(h.nva)
+    free(h.nv_first)
+    free(h.nv_count)
+    free(<void*>h.body)
+    free(h.body_len)
+    free(h.response_max)
+    free(h.conns)
+    free(h.slots)
+    free(h.free_all)
+    free(h.dirty_list)
+    free(h.pending)
+    # the callbacks and option objects live as long as the process: a few hundred bytes
+
+
+# -- sessions -------------------------------------------------------------------------------
+
+cdef void h2_open_session(Engine self, int ci) noexcept:
+    """A session for connection ci as its connect starts: streams can be submitted at once,
+    their frames go out once it is connected. On failure the session stays NULL and the
+    connection takes no stream."""
+    cdef H2Engine* h = &self.h2
+    cdef H2Conn* hc = &h.conns[ci]
+    cdef nghttp2_settings_entry iv[2]
+    cdef int i
+    if hc.session != NULL:
+        lf_ng.session_del(hc.session)
+        hc.session = NULL
+    if hc.out == NULL:
+        hc.out = <char*>malloc(H2_OUT_CHUNK * 2)
+        hc.out_cap = H2_OUT_CHUNK * 2 if hc.out != NULL else 0
+    if hc.out == NULL or lf_ng.client_new2(&hc.session, h.callbacks, <void*>hc, h.option) != 0:
+        hc.session = NULL
+        return
+    iv[0].settings_id = NGHTTP2_SETTINGS_ENABLE_PUSH
+    iv[0].value = 0
+    iv[1].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE
+    iv[1].value = H2_WINDOW
+    lf_ng.submit_settings(hc.session, NGHTTP2_FLAG_NONE, iv, 2)
+    lf_ng.set_local_window_size(hc.session, NGHTTP2_FLAG_NONE, 0, H2_WINDOW)
+    hc.active = 0
+    hc.limit = h.streams
+    hc.goaway = 0
+    hc.goaway_last = 0
+    hc.draining = 0
+    hc.dead = 0
+    hc.out_len = 0
+    hc.out_pos = 0
+    hc.nfree = h.streams
+    for i in range(h.streams):
+        hc.free_slots[i] = ci * h.streams + h.streams - 1 - i
+        h.slots[ci * h.streams + i].state = S_FREE
+    self.conns[ci].sent_ns = 0    # received_at clamps to it; streams clamp to their own
+
+
+cdef void h2_drop(Engine self, int ci) noexcept:
+    """Connection ci is being closed (close_conn): end what it still carries and delete its
+    session. Open streams reach here only at the run's end or after a stop."""
+    cdef H2Engine* h = &self.h2
+    cdef H2Conn* hc = &h.conns[ci]
+    cdef H2Stream* s
+    cdef int i
+    cdef int64_t now
+    if hc.session == NULL:
+        return
+    hc.dead = 1
+    for i in range(ci * h.streams, (ci + 1) * h.streams):
+        s = &h.slots[i]
+        if s.state == S_OPEN:
+            now = monotonic_ns()
+            h2_stream_done(self, s, O_RESET, now, now)
+        s.state = S_FREE
+    lf_ng.session_del(hc.session)
+    hc.session = NULL
+    hc.active = 0
+    hc.nfree = 0
+
+
+cdef inline void h2_mark(Engine self, int ci) noexcept:
+    """Frames may be waiting in ci's session: written once per turn of the loop."""
+    cdef H2Conn* hc = &self.h2.conns[ci]
+    if not hc.dirty:
+        hc.dirty = 1
+        self.h2.dirty_list[self.h2.ndirty] = ci
+        self.h2.ndirty += 1
+
+
+cdef inline int h2_has_room(Engine self, int ci) noexcept:
+    cdef Conn* c = &self.conns[ci]
+    cdef H2Conn* hc = &self.h2.conns[ci]
+    if c.state == C_CLOSED:
+        return 1
+    if c.state != C_IDLE and c.state != C_CONNECTING:
+        return 0
+    return hc.session != NULL and not hc.goaway and not hc.draining and not hc.dead \
+        and hc.active < hc.limit and hc.nfree > 0
+
+
+cdef int take_slot(Engine self) noexcept:
+    """A connection that can take an arrival now (take_conn's role for both protocols): for
+    HTTP/2 an open connection with a free stream, round robin so that streams spread over the
+    connections, else a closed one to open; -1 when every stream is busy."""
+    cdef int k, ci, n = self.nconns
+    if not self.h2.enabled:
+        return take_conn(self)
+    for k in range(n):
+        ci = (self.h2.cursor + k) % n
+        if self.conns[ci].state != C_CLOSED and h2_has_room(self, ci):
+            self.h2.cursor = ci + 1
+            return ci
+    for k in range(n):
+        if self.conns[k].state == C_CLOSED:
+            return k
+    return -1
+
+
+# -- arrivals and streams ---------------------------------------------------------------------
+
+cdef void h2_start_arrival(Engine self, int ci, int stage, int request, int64_t intended,
+                           int64_t now) noexcept:
+    """start_arrival for HTTP/2: ci is a hint from take_slot (or -1 after a think time)."""
+    self.inflight += 1
+    self.counters[stage].sent += 1
+    h2_place(self, ci, stage, request, intended, 0, now)
+
+
+cdef void h2_place(Engine self, int ci, int stage, int request, int64_t intended, int retried,
+                   int64_t now) noexcept:
+    cdef Conn* c
+    cdef H2Pending* p
+    if ci < 0 or not h2_has_room(self, ci):
+        ci = take_slot(self)
+    if ci < 0:
+        # every stream busy: it waits, and the wait is part of its latency
+        if self.h2.pending_len == self.h2.pending_cap:
+            h2_done(self, stage, request, intended, now, NULL, 0, O_PROTOCOL, now, now)
+            return
+        p = &self.h2.pending[(self.h2.pending_head + self.h2.pending_len) % self.h2.pending_cap]
+        p.stage = stage
+        p.request = request
+        p.retried = retried
+        p.intended_ns = intended
+        self.h2.pending_len += 1
+        return
+    c = &self.conns[ci]
+    if c.state == C_CLOSED:
+        open_conn(self, ci, now)
+        if c.state != C_CONNECTING or self.h2.conns[ci].session == NULL:
+            if c.state == C_CONNECTING:
+                self.connect_failures += 1
+                close_conn(self, ci)
+            h2_done(self, stage, request, intended, now, NULL, 0, O_CONNECT, now, now)
+            return
+    if h2_submit(self, ci, stage, request, intended, retried, now) != 0:
+        h2_done(self, stage, request, intended, now, NULL, 0, O_PROTOCOL, now, now)
+
+
+cdef int h2_submit(Engine self, int ci, int stage, int request, int64_t intended, int retried,
+                   int64_t now) noexcept:
+    cdef H2Engine* h = &self.h2
+    cdef H2Conn* hc = &h.conns[ci]
+    cdef H2Stream* s
+    cdef nghttp2_data_provider dp
+    cdef int32_t si, sid
+    hc.nfree -= 1
+    si = hc.free_slots[hc.nfree]
+    s = &h.slots[si]
+    s.state = S_OPEN
+    s.stage = stage
+    s.request = request
+    s.retried = retried
+    s.status = 0
+    s.got_response = 0
+    s.peer_reset = 0
+    s.intended_ns = intended
+    s.sent_ns = now
+    s.deadline_ns = now + self.timeout_ns
+    s.body_sent = 0
+    s.received = 0
+    s.capture_len = 0
+    # The loop may sleep through responses (sleep_through_responses) only while a whole
+    # connection's worth of them fits a socket buffer and no request body waits for a window.
+    s.big = 1 if (h.body_len[request] > 0 or h.response_max[request] < 0
+                  or h.response_max[request] * h.streams > SMALL_RESPONSE_BYTES) else 0
+    self.eventful += s.big
+    dp.source.ptr = <void*>s
+    dp.read_callback = h2_read_body
+    sid = lf_ng.submit_request(hc.session, NULL, &h.nva[h.nv_first[request]],
+                               h.nv_count[request], &dp if h.body_len[request] > 0 else NULL,
+                               <void*>s)
+    if sid < 0:
+        self.eventful -= s.big
+        s.big = 0
+        s.state = S_FREE
+        hc.free_slots[hc.nfree] = si
+        hc.nfree += 1
+        return -1
+    s.id = sid
+    hc.active += 1
+    h2_mark(self, ci)
+    self.conns[ci].served += 1
+    if self.conns[ci].served == self.requests_per_connection:
+        # churn: the connection takes no more streams and closes once they are answered
+        hc.draining = 1
+    return 0
+
+
+cdef void h2_pump(Engine self, int64_t now) noexcept:
+    """Arrivals waiting for a stream (retries, closed-model turns) take the free ones first."""
+    cdef H2Pending p
+    cdef int ci
+    while self.h2.pending_len > 0:
+        ci = take_slot(self)
+        if ci < 0:
+            return
+        p = self.h2.pending[self.h2.pending_head]
+        self.h2.pending_head = (self.h2.pending_head + 1) % self.h2.pending_cap
+        self.h2.pending_len -= 1
+        h2_place(self, ci, p.stage, p.request, p.intended_ns, p.retried, now)
+
+
+cdef void h2_done(Engine self, int stage, int request, int64_t intended, int64_t sent,
+                  const char* capture, int capture_len, int outcome, int64_t end,
+                  int64_t now) noexcept:
+    """An arrival ended (finish's role): record it, and in a closed-model stage start the
+    next one of its virtual user on whichever connection has a free stream."""
+    cdef StagePlan* sp
+    cdef int ci
+    record_arrival(self, stage, request, intended, sent, capture, capture_len, outcome, end)
+    self.inflight -= 1
+    if stage != self.cur or self.stopping or self.cur >= self.nstages:
+        return
+    sp = &self.stages[stage]
+    if sp.open_model or now >= self.t0 + sp.end_ns:
+        return
+    if outcome == O_CONNECT:
+        # the connection backs off; the stage's fill (advance) brings the user back
+        self.closed_active -= 1
+    elif sp.think_ns > 0:
+        self.think_conn[(self.think_head + self.think_len) % self.nthink] = -1
+        self.think_at[(self.think_head + self.think_len) % self.nthink] = now + sp.think_ns
+        self.think_len += 1
+    else:
+        ci = take_slot(self)
+        if ci < 0:
+            self.closed_active -= 1
+        else:
+            self.closed_arrival(ci, now)
+
+
+cdef inline void h2_settle(Engine self, H2Stream* s, int outcome) noexcept:
+    """s leaves S_OPEN: it no longer keeps the loop watching sockets, and a response teaches
+    how big its request's responses are."""
+    s.state = S_ENDED
+    self.eventful -= s.big
+    s.big = 0
+    if outcome < O_CONNECT and s.received > self.h2.response_max[s.request]:
+        self.h2.response_max[s.request] = s.received
+
+
+cdef inline void h2_stream_done(Engine self, H2Stream* s, int outcome, int64_t end,
+                                int64_t now) noexcept:
+    if s.state != S_OPEN:
+        return
+    h2_settle(self, s, outcome)
+    h2_done(self, s.stage, s.request, s.intended_ns, s.sent_ns, s.capture, s.capture_len,
+            outcome, end, now)
+
+
+cdef void h2_unprocessed(Engine self, H2Stream* s, int outcome, int64_t now) noexcept:
+    """The server did not process s (above a GOAWAY's last stream, or REFUSED_STREAM): send it
+    once more on a connection that will take it, as h2load and browsers do; a second refusal
+    is counted under `outcome`."""
+    cdef H2Pending* p
+    if s.state != S_OPEN:
+        return
+    if s.retried or self.stopping:
+        h2_stream_done(self, s, outcome, now, now)
+        return
+    if self.h2.pending_len == self.h2.pending_cap:
+        h2_stream_done(self, s, outcome, now, now)
+        return
+    h2_settle(self, s, O_GOAWAY)
+    self.retries += 1
+    p = &self.h2.pending[(self.h2.pending_head + self.h2.pending_len) % self.h2.pending_cap]
+    p.stage = s.stage
+    p.request = s.request
+    p.retried = 1
+    p.intended_ns = s.intended_ns
+    self.h2.pending_len += 1
+
+
+cdef inline void h2_release(H2Engine* h, H2Conn* hc, H2Stream* s) noexcept:
+    """The session closed the stream: its slot is free again."""
+    s.state = S_FREE
+    s.id = 0
+    hc.active -= 1
+    hc.free_slots[hc.nfree] = <int32_t>(s - h.slots)
+    hc.nfree += 1
+
+
+cdef void h2_fail_conn(Engine self, int ci, int outcome, int64_t now) noexcept:
+    """Connection ci ended (reset, closed, a protocol error): its streams above a GOAWAY's
+    last stream id are sent again, the others end with `outcome`; then it is closed."""
+    cdef H2Engine* h = &self.h2
+    cdef H2Conn* hc = &h.conns[ci]
+    cdef H2Stream* s
+    cdef int i
+    hc.dead = 1     # nothing new goes on it while its streams end
+    for i in range(ci * h.streams, (ci + 1) * h.streams):
+        s = &h.slots[i]
+        if s.state != S_OPEN:
+            continue
+        if hc.goaway and s.id > hc.goaway_last:
+            h2_unprocessed(self, s, O_GOAWAY, now)
+        else:
+            h2_stream_done(self, s, outcome, now, now)
+    close_conn(self, ci)
+
+
+cdef void h2_connect_failed(Engine self, int ci, int64_t now, int outcome) noexcept:
+    """connect_failed for HTTP/2 (counted by the caller): every stream queued on it fails; in
+    a closed-model stage the connection backs off, as an HTTP/1.1 one does."""
+    cdef StagePlan* sp
+    h2_fail_conn(self, ci, outcome, now)
+    if self.cur < self.nstages and not self.stopping:
+        sp = &self.stages[self.cur]
+        # (before the stage starts nothing would end the backoff: the fill reopens it)
+        if not sp.open_model and now >= self.t0 + sp.start_ns:
+            start_backoff(self, ci, now)
+
+
+cdef void h2_connected(Engine self, int ci, int64_t now) noexcept:
+    """ci is connected (on_connected did the connect bookkeeping): the preface, SETTINGS and
+    the streams queued meanwhile go out with this turn's writes."""
+    h2_mark(self, ci)
+
+
+# -- reading --------------------------------------------------------------------------------
+
+cdef void h2_on_readable(Engine self, int ci, int64_t now) noexcept:
+    cdef Conn* c = &self.conns[ci]
+    cdef H2Conn* hc = &self.h2.conns[ci]
+    cdef ssize_t n, used
+    cdef int reads = 0
+    while True:
+        self.msg.msg_controllen = sizeof(self.cmsg_buf)
+        n = transport_read(&self.transport, c, &self.msg)
+        if n > 0:
+            if hc.session == NULL:
+                close_conn(self, ci)
+                return
+            # Responses completed by these bytes are timed by their kernel receive timestamp
+            self.h2.rx_ns = self.received_at(c, now)
+            self.h2.now_ns = now
+            used = lf_ng.mem_recv(hc.session, <const uint8_t*>self.rbuf, n)
+            if used < 0 or hc.dead:
+                h2_fail_conn(self, ci, O_PROTOCOL, now)
+                return
+            h2_mark(self, ci)
+            if (hc.goaway or hc.draining) and hc.active == 0:
+                # GOAWAY (the server ends it) or requests_per_connection reached (we do), and
+                # nothing left on it: closed now
+                c.peer_closed = hc.goaway
+                close_conn(self, ci)
+                return
+            if n < RECV_BUFFER_SIZE and not transport_pending(&self.transport, c):
+                return
+            reads += 1
+            if reads == MAX_READS_PER_EVENT:
+                return
+            continue
+        if n < 0 and errno == EINTR:
+            continue
+        if n < 0 and errno == EAGAIN:
+            return
+        c.peer_closed = 1
+        h2_fail_conn(self, ci, O_RESET, now)
+        return
+
+
+cdef int h2_on_header(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t* name,
+                      size_t namelen, const uint8_t* value, size_t valuelen, uint8_t flags,
+                      void* user_data) noexcept:
+    cdef H2Conn* hc = <H2Conn*>user_data
+    cdef Engine self
+    cdef H2Stream* s
+    cdef int status
+    if frame.hd.type != NGHTTP2_HEADERS:
+        return 0
+    s = <H2Stream*>lf_ng.get_stream_user_data(session, frame.hd.stream_id)
+    if s == NULL or s.state != S_OPEN:
+        return 0
+    s.received += namelen + valuelen
+    if namelen == 7 and memcmp(name, b":status", 7) == 0:
+        if valuelen == 3:
+            status = (value[0] - 48) * 100 + (value[1] - 48) * 10 + (value[2] - 48)
+            if 100 <= status <= 999:
+                s.status = status
+        return 0
+    self = <Engine>hc.engine
+    if self.names.length[H_CAPTURE] > 0 and namelen == <size_t>self.names.length[H_CAPTURE] \
+            and memcmp(name, self.names.name[H_CAPTURE], namelen) == 0:
+        if valuelen > CAPTURE_MAX:
+            valuelen = CAPTURE_MAX
+        memcpy(s.capture, value, valuelen)
+        s.capture_len = <int>valuelen
+    return 0
+
+
+cdef int h2_on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
+                          void* user_data) noexcept:
+    cdef H2Conn* hc = <H2Conn*>user_data
+    cdef H2Stream* s
+    cdef Engine self
+    cdef uint32_t limit
+    if frame.hd.type == NGHTTP2_HEADERS:
+        s = <H2Stream*>lf_ng.get_stream_user_data(session, frame.hd.stream_id)
+        if s != NULL:
+            s.got_response = 1
+    elif frame.hd.type == NGHTTP2_SETTINGS and not (frame.hd.flags & NGHTTP2_FLAG_ACK):
+        # A lower SETTINGS_MAX_CONCURRENT_STREAMS, mid-run too: no new stream until the
+        # connection is under it again (nghttp2 acknowledged it already).
+        self = <Engine>hc.engine
+        limit = lf_ng.get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+        hc.limit = self.h2.streams if limit > <uint32_t>self.h2.streams else <int>limit
+    elif frame.hd.type == NGHTTP2_RST_STREAM:
+        s = <H2Stream*>lf_ng.get_stream_user_data(session, frame.hd.stream_id)
+        if s != NULL:
+            s.peer_reset = 1
+    elif frame.hd.type == NGHTTP2_GOAWAY:
+        # nghttp2 closes the streams above last_stream_id right after this, REFUSED_STREAM
+        hc.goaway = 1
+        hc.goaway_last = frame.goaway.last_stream_id
+    return 0
+
+
+cdef int h2_on_data_chunk(nghttp2_session* session, uint8_t flags, int32_t stream_id,
+                          const uint8_t* data, size_t length, void* user_data) noexcept:
+    cdef H2Stream* s = <H2Stream*>lf_ng.get_stream_user_data(session, stream_id)
+    if s != NULL:
+        s.received += length
+    return 0
+
+
+cdef int h2_on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
+                            void* user_data) noexcept:
+    cdef H2Conn* hc = <H2Conn*>user_data
+    cdef Engine self = <Engine>hc.engine
+    cdef H2Stream* s = <H2Stream*>lf_ng.get_stream_user_data(session, stream_id)
+    cdef int64_t now = self.h2.now_ns, end = now
+    cdef int outcome
+    if s == NULL or s.state == S_FREE:
+        return 0
+    if s.state != S_OPEN:
+        h2_release(&self.h2, hc, s)
+        return 0
+    if error_code == NGHTTP2_REFUSED_STREAM and not s.got_response \
+            and (s.peer_reset or (hc.goaway and stream_id > hc.goaway_last)):
+        h2_unprocessed(self, s, O_GOAWAY if hc.goaway and stream_id > hc.goaway_last
+                       else O_STREAM_RESET, now)
+        h2_release(&self.h2, hc, s)
+        return 0
+    if error_code == NGHTTP2_NO_ERROR and s.status >= 100:
+        outcome = status_outcome(s.status)
+        end = self.h2.rx_ns if self.h2.rx_ns > s.sent_ns else s.sent_ns
+    elif error_code == NGHTTP2_FLOW_CONTROL_ERROR:
+        outcome = O_FLOW_CONTROL
+    elif error_code == NGHTTP2_NO_ERROR or not s.peer_reset:
+        # no status, or a response nghttp2 found malformed (it reset the stream itself)
+        outcome = O_PROTOCOL
+    else:
+        outcome = O_STREAM_RESET
+    # The slot is free before the outcome is recorded, so that a closed-model user's next
+    # request can take it at once (h2_done records from the slot before anything reuses it).
+    h2_settle(self, s, outcome)
+    h2_release(&self.h2, hc, s)
+    h2_done(self, s.stage, s.request, s.intended_ns, s.sent_ns, s.capture, s.capture_len,
+            outcome, end, now)
+    return 0
+
+
+cdef ssize_t h2_read_body(nghttp2_session* session, int32_t stream_id, uint8_t* buf,
+                          size_t length, uint32_t* data_flags, nghttp2_data_source* source,
+                          void* user_data) noexcept:
+    """The request body of a stream, as flow control lets it out."""
+    cdef H2Stream* s = <H2Stream*>source.ptr
+    cdef H2Conn* hc = <H2Conn*>user_data
+    cdef Engine self = <Engine>hc.engine
+    cdef Py_ssize_t left = self.h2.body_len[s.request] - s.body_sent
+    if <Py_ssize_t>length > left:
+        length = left
+    memcpy(buf, self.h2.body[s.request] + s.body_sent, length)
+    s.body_sent += length
+    if s.body_sent >= self.h2.body_len[s.request]:
+        data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
+    return length
+
+
+# -- writing --------------------------------------------------------------------------------
+
+cdef void h2_flush(Engine self, int ci, int64_t now) noexcept:
+    """Write what ci's session has to send: frames gathered up to H2_OUT_CHUNK bytes per write;
+    what the socket does not take waits for EPOLLOUT."""
+    cdef Conn* c = &self.conns[ci]
+    cdef H2Conn* hc = &self.h2.conns[ci]
+    cdef const uint8_t* data
+    cdef ssize_t n, w
+    cdef char* grown
+    cdef int more
+    while True:
+        if hc.session == NULL or c.fd < 0 or c.state != C_IDLE or c.want_write:
+            return
+        more = 0
+        self.h2.now_ns = now
+        while hc.out_len < H2_OUT_CHUNK:
+            n = lf_ng.mem_send(hc.session, &data)
+            if n < 0:
+                h2_fail_conn(self, ci, O_PROTOCOL, now)
+                return
+            if n == 0:
+                break
+            if hc.out_len + n > hc.out_cap:
+                # a header block bigger than the buffer: grows once to the largest seen
+                grown = <char*>realloc(hc.out, hc.out_len + n)
+                if grown == NULL:
+                    h2_fail_conn(self, ci, O_PROTOCOL, now)
+                    return
+                hc.out = grown
+                hc.out_cap = hc.out_len + n
+            memcpy(hc.out + hc.out_len, data, n)
+            hc.out_len += n
+        else:
+            more = 1
+        if hc.out_pos == hc.out_len:
+            hc.out_pos = 0
+            hc.out_len = 0
+            return
+        w = transport_write(&self.transport, c, hc.out + hc.out_pos, hc.out_len - hc.out_pos)
+        if w < 0:
+            if errno != EAGAIN and errno != EINTR:
+                c.peer_closed = 1
+                h2_fail_conn(self, ci, O_RESET, now)
+                return
+            w = 0
+        hc.out_pos += w
+        if hc.out_pos < hc.out_len:
+            set_want_write(self, ci, 1)
+            return
+        hc.out_pos = 0
+        hc.out_len = 0
+        if not more:
+            return
+
+
+cdef void h2_on_writable(Engine self, int ci, int64_t now) noexcept:
+    set_want_write(self, ci, 0)
+    h2_flush(self, ci, now)
+
+
+cdef void h2_flush_dirty(Engine self, int64_t now) noexcept:
+    """Once per turn of the loop: every session with frames to send writes them."""
+    cdef int i = 0, ci
+    while i < self.h2.ndirty:
+        ci = self.h2.dirty_list[i]
+        self.h2.conns[ci].dirty = 0
+        h2_flush(self, ci, now)
+        i += 1
+    self.h2.ndirty = 0
+
+
+# -- time -----------------------------------------------------------------------------------
+
+cdef void h2_scan_timeouts(Engine self, int64_t now) noexcept:
+    """scan_timeouts for HTTP/2: a connect that takes too long fails its streams; a stream
+    past its deadline is counted (flow_control when its request body is held by a closed
+    window, else timeout) and cancelled with RST_STREAM(CANCEL)."""
+    cdef H2Engine* h = &self.h2
+    cdef H2Stream* s
+    cdef Conn* c
+    cdef int ci, i, outcome
+    for ci in range(self.nconns):
+        c = &self.conns[ci]
+        if c.state == C_CONNECTING and now >= c.deadline_ns:
+            connect_failed(self, ci, now)
+            continue
+        if c.state != C_IDLE or h.conns[ci].session == NULL or h.conns[ci].active == 0:
+            continue
+        for i in range(ci * h.streams, (ci + 1) * h.streams):
+            s = &h.slots[i]
+            if s.state != S_OPEN or now < s.deadline_ns:
+                continue
+            outcome = O_TIMEOUT
+            if s.body_sent < h.body_len[s.request] and s.id > 0 and \
+                    lf_ng.get_stream_remote_window_size(h.conns[ci].session, s.id) <= 0:
+                outcome = O_FLOW_CONTROL
+            h2_stream_done(self, s, outcome, now, now)
+            if s.id > 0:
+                lf_ng.submit_rst_stream(h.conns[ci].session, NGHTTP2_FLAG_NONE, s.id,
+                                        NGHTTP2_CANCEL)
+                h2_mark(self, ci)
+

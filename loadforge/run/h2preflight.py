@@ -1,0 +1,58 @@
+"""The preflight request over HTTP/2 (h2c by prior knowledge), for `--http 2` runs: a target
+such as nginx's `listen ... http2` without TLS answers nothing else. One blocking socket and
+the `h2` library, once per run, outside the counts; the engine itself uses libnghttp2."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
+
+class H2PreflightError(OSError):
+    """The target did not answer the preflight over HTTP/2."""
+
+
+def h2_status(address: str, port: int, headers: list[tuple[str, str]],
+              timeout_s: float,
+              wrap: Callable[[socket.socket], socket.socket] | None = None) -> int:
+    """The status of one request (headers: pseudo-headers first), read to its end. wrap:
+    turns the connected socket into a TLS one (h2 negotiated by ALPN); None for h2c."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                header_encoding="latin-1"))
+    with socket.create_connection((address, port), timeout=timeout_s) as raw, \
+            (wrap(raw) if wrap is not None else raw) as sock:
+        conn.initiate_connection()
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, headers, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        status = 0
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise H2PreflightError("the connection closed before a response (does the "
+                                       "target speak HTTP/2 without TLS, h2c?)")
+            try:
+                events = conn.receive_data(data)
+            except h2.exceptions.ProtocolError as exc:
+                raise H2PreflightError(f"not an HTTP/2 answer ({exc})") from None
+            for event in events:
+                if isinstance(event, h2.events.ResponseReceived):
+                    for name, value in event.headers or ():
+                        if name in (b":status", ":status"):
+                            status = int(value)
+                elif isinstance(event, h2.events.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == sid:
+                    return status
+                elif isinstance(event, h2.events.StreamReset) and event.stream_id == sid:
+                    raise H2PreflightError(f"the stream was reset ({event.error_code!r})")
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    raise H2PreflightError(f"GOAWAY ({event.error_code!r})")
+            pending = conn.data_to_send()
+            if pending:
+                sock.sendall(pending)
