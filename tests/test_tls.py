@@ -555,3 +555,13 @@ def test_http2_over_tls_to_a_server_without_h2_exit_3(server: Nginx, certs: Cert
     # nginx ends the handshake (no_application_protocol); a lenient server would pick
     # http/1.1 and hear the same from the preflight
     assert "will not speak HTTP/2 over TLS" in line and "drop --http 2" in line
+
+
+def test_http2_over_tls_without_the_preflight_records_h2(h2_server: Nginx, certs: Certs,
+                                                         tmp_path: Path) -> None:
+    # The engine's own record of its first handshake names the protocol ALPN chose.
+    s = ok_run(tmp_path, "--target", h2_server.url + "/", "--ca-cert", certs.ca_pem,
+               "--http", "2", "--connections", "2", "--streams", "10", "--rate", "100",
+               "--duration", "1s", "--no-preflight")
+    assert s["errors"] == 0 and s["requests"] == 100
+    assert s["tls"]["alpn"] == "h2" and s["tls"]["protocol"] == "TLSv1.3"
