@@ -10,7 +10,10 @@ Scenarios (all 50 connections, like wrk's default comparison):
   http         plain HTTP, closed model, keep-alive: the reference, and the check that the
                TLS transport left the TCP path as it was
   closed       HTTPS, closed model, keep-alive                     goal: within 1.3x of wrk
-  open         HTTPS, open model at --rate (default 20,000/s) vs wrk closed; goal within 1.5x
+  open         HTTPS, open model at --rate (default 20,000/s); goal within 1.5x of wrk2, the
+               open-model peer (constant rate, -R), when --wrk2 PATH or WRK2=PATH names a
+               wrk2 binary (not in Debian: build giltene/wrk2 outside this repository);
+               without one, against wrk's closed model, which never sleeps
   open-http    the same over plain HTTP, to tell what TLS adds to the open model
   churn        HTTPS, a new connection per request (requests_per_connection = 1, session
                resumption on) vs wrk -H 'Connection: close'. wrk resumes too: it reuses each
@@ -22,6 +25,12 @@ Scenarios (all 50 connections, like wrk's default comparison):
     python3 benchmarks/tls_cpu.py [--rounds 3] [--duration 10s] [--rate 20000]
                                   [--scenarios http,closed,open,churn,churn-full]
                                   [--tree PATH]   # loadforge from another checkout (built)
+                                  [--wrk2 PATH]   # wrk2 as the open model's peer (or WRK2=PATH)
+                                  [--timer-resolution D]  # loadforge's, in the open scenarios
+
+The open scenarios also print the p50/p99 latency each tool reports at that rate (wrk2's
+corrected for coordinated omission, loadforge's from the intended send time), as a sanity
+check that both kept the rate without queueing.
 
 Loopback only; nginx on ports 21080 (http) and 21443 (https) unless --port says otherwise.
 """
@@ -117,6 +126,14 @@ def wrk(url: str, duration: str, close: bool) -> float:
     return cpu / n * 1e6
 
 
+def wrk2(binary: str, url: str, duration: str, rate: int) -> tuple[float, str]:
+    """CPU µs per request of wrk2 at a constant rate, and the p50/p99 latency it reports."""
+    cpu, out = cpu_of([binary, "-t1", "-c50", f"-d{duration}", f"-R{rate}", "--latency", url])
+    n = int(re.search(r"(\d+) requests in", out).group(1))     # type: ignore[union-attr]
+    lat = {m.group(1): m.group(2) for m in re.finditer(r"^\s*(50|99)\.000%\s+(\S+)", out, re.M)}
+    return cpu / n * 1e6, f"p50 {lat.get('50', '?')} p99 {lat.get('99', '?')}"
+
+
 def loadforge(tree: str, args: list[str], workdir: str) -> tuple[float, dict]:
     summary = os.path.join(workdir, "summary.json")
     cpu, _ = cpu_of([sys.executable, "-m", "loadforge.cli", "run", *args, "--workers", "1",
@@ -146,7 +163,13 @@ def main() -> None:
     ap.add_argument("--tree", default=ROOT, help="loadforge checkout to run (built in place)")
     ap.add_argument("--port", type=int, default=21080)
     ap.add_argument("--tls-port", type=int, default=21443)
+    ap.add_argument("--wrk2", default=os.environ.get("WRK2"),
+                    help="wrk2 binary: the open model's peer (default: $WRK2; else wrk)")
+    ap.add_argument("--timer-resolution", default=None,
+                    help="loadforge's --timer-resolution in the open scenarios (default: its own)")
     opts = ap.parse_args()
+    if opts.wrk2 and not os.access(opts.wrk2, os.X_OK):
+        sys.exit(f"--wrk2 {opts.wrk2}: not an executable")
     if not (shutil.which("nginx") and shutil.which("wrk")):
         sys.exit("needs nginx and wrk: apt-get install -y nginx wrk")
     workdir = tempfile.mkdtemp(prefix="lf-tls-bench-")
@@ -155,14 +178,15 @@ def main() -> None:
     https = f"https://127.0.0.1:{opts.tls_port}/"
     ca = ["--ca-cert", os.path.join(workdir, "ca.pem")]
     d = opts.duration
+    resolution = ["--timer-resolution", opts.timer_resolution] if opts.timer_resolution else []
     scenarios = {
         "http": (http, False, ["--target", http, "--concurrency", "50", "--duration", d]),
         "closed": (https, False, ["--target", https, *ca, "--concurrency", "50",
                                   "--duration", d]),
         "open": (https, False, ["--target", https, *ca, "--rate", str(opts.rate),
-                                "--connections", "50", "--duration", d]),
+                                "--connections", "50", "--duration", d, *resolution]),
         "open-http": (http, False, ["--target", http, "--rate", str(opts.rate),
-                                    "--connections", "50", "--duration", d]),
+                                    "--connections", "50", "--duration", d, *resolution]),
         "churn": (https, True, [profile(workdir, https, d, True)]),
         "churn-full": (https, True, [profile(workdir, https, d, False)]),
     }
@@ -171,19 +195,27 @@ def main() -> None:
             url, close, args = scenarios[name]
             w_us, l_us = [], []
             extra = ""
+            peer = "wrk2" if opts.wrk2 and name.startswith("open") else "wrk"
             for _ in range(opts.rounds):
-                w_us.append(wrk(url, d, close))
+                peer_lat = ""
+                if peer == "wrk2":
+                    us, peer_lat = wrk2(opts.wrk2, url, d, opts.rate)
+                    w_us.append(us)
+                else:
+                    w_us.append(wrk(url, d, close))
                 us, s = loadforge(opts.tree, args, workdir)
                 l_us.append(us)
-                if name == "open":
+                if name.startswith("open"):
+                    lat = s["latency_us"]
                     extra = (f"  achieved {s['achieved_rps']:,.0f}/s of {opts.rate:,}/s, "
-                             f"unsent {s.get('unsent', 0)}")
+                             f"unsent {s.get('unsent', 0)}; loadforge p50 {lat['p50']}us "
+                             f"p99 {lat['p99']}us" + (f", wrk2 {peer_lat}" if peer_lat else ""))
                 hs = s.get("connections", {}).get("tls_handshakes")
                 if hs and name.startswith("churn"):
                     extra = f"  handshakes {hs}"
             w, lf = statistics.median(w_us), statistics.median(l_us)
-            print(f"{name:10s} wrk {w:7.2f} us/req  loadforge {lf:7.2f} us/req  "
-                  f"ratio {lf / w:.2f}  (wrk runs {', '.join(f'{x:.2f}' for x in w_us)}; "
+            print(f"{name:10s} {peer:4s} {w:7.2f} us/req  loadforge {lf:7.2f} us/req  "
+                  f"ratio {lf / w:.2f}  ({peer} runs {', '.join(f'{x:.2f}' for x in w_us)}; "
                   f"loadforge runs {', '.join(f'{x:.2f}' for x in l_us)}){extra}", flush=True)
     finally:
         nginx.terminate()

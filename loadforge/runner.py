@@ -134,7 +134,7 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     }
     if opts.slo_flags:
         metadata["slo_flags"] = opts.slo_flags
-    if tls_info is not None:
+    if tls_info is not None and negotiated:
         metadata["tls"] = tls_info
     if opts.shards:
         metadata["shard_count"] = str(opts.shards)
@@ -179,6 +179,10 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             end_meta["flows"] = json.dumps(agg.flow_figures(), sort_keys=True)
         if pool is not None and not isinstance(pool, WorkerPool):
             end_meta["shards"] = json.dumps(pool.metadata(), sort_keys=True)
+        if tls_info is not None and not negotiated:
+            # No preflight: what the engine's own first handshake negotiated, known now.
+            tls_info.update(agg.negotiated or {})
+            end_meta["tls"] = json.dumps(tls_info)
         writer.close(end_meta)
         failure = failure or writer.failure
         # The summary's figures: the one fold of the rows just written (figures.py).

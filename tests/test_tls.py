@@ -12,8 +12,10 @@ import datetime
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -317,6 +319,11 @@ def test_engine_reads_big_bodies_whole(certs: Certs) -> None:
             counts[cell.outcome] = counts.get(cell.outcome, 0) + cell.count
     assert counts == {"2xx": 10}
     assert engine.tls_handshakes == (2, 0, 0)
+    # The first handshake's terms, named as Python's ssl module (the preflight) names them.
+    assert engine.tls_negotiated is not None
+    assert engine.tls_negotiated["protocol"] == "TLSv1.3"
+    assert engine.tls_negotiated["alpn"] == "http/1.1"
+    assert engine.tls_negotiated["cipher"].startswith("TLS_")
 
 
 HAPROXY_CONF = """
@@ -390,6 +397,12 @@ def test_sharded_run_over_tls(server: Nginx, certs: Certs, tmp_path: Path) -> No
                  "--rate", "100", "--duration", "1s", "--shards", "2")
     assert out.returncode == 0, out.stderr
     assert s["requests"] == 100 and server.served() - before == 101
+    # Without the preflight, the shards relay their workers' DONE with what they negotiated.
+    out, s = run(tmp_path, "--target", server.url + "/", "--ca-cert", certs.ca_pem,
+                 "--rate", "100", "--duration", "1s", "--shards", "2", "--no-preflight")
+    assert out.returncode == 0, out.stderr
+    assert s["requests"] == 100 and s["tls"]["protocol"] == "TLSv1.3"
+    assert s["tls"]["alpn"] == "http/1.1"
 
 
 def test_large_request_bodies(server: Nginx, certs: Certs, tmp_path: Path) -> None:
@@ -420,6 +433,94 @@ body = "{'x' * (1 << 20)}"
     assert s["requests_by_name"]["upload"]["requests"] > 2
     assert s["status"]["2xx"] == s["requests"]
     assert server.served() - before == s["requests"] + 1
+
+
+def test_no_preflight_records_what_the_engine_negotiated(server: Nginx, certs: Certs,
+                                                         tmp_path: Path) -> None:
+    # --no-preflight: the protocol, cipher and ALPN come from the engine's own first
+    # handshake (each worker's, carried in its DONE message), in the summary and the Parquet
+    # metadata alike.
+    profile = tmp_path / "tls12.toml"
+    profile.write_text(f"""
+target = "{server.url}/"
+[load]
+connections = 2
+[tls]
+ca = "{certs.ca_pem}"
+versions = ["1.2"]
+[[stages]]
+rate = 50
+duration = "1s"
+""")
+    for args, protocol in (([], "TLSv1.3"), ([str(profile)], "TLSv1.2")):
+        target = [] if args else ["--target", server.url + "/", "--ca-cert", certs.ca_pem,
+                                  "--rate", "50", "--duration", "1s", "--connections", "2"]
+        s = ok_run(tmp_path, *args, *target, "--no-preflight")
+        tls = s["tls"]
+        assert s["errors"] == 0 and s["requests"] == 50
+        assert tls["protocol"] == protocol and tls["alpn"] == "http/1.1"
+        assert tls["cipher"] and tls["verify"] is True
+        meta = json.loads(read_result(s["result"]).metadata["tls"])
+        assert {k: meta[k] for k in ("protocol", "cipher", "alpn")} == \
+            {k: tls[k] for k in ("protocol", "cipher", "alpn")}
+
+
+class _MuteTLSServer:
+    """Accepts TCP on 127.0.0.1 and never answers the ClientHello ("silent"), or reads it
+    and closes the connection ("close": the handshake fails part way)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.mode == "close":
+                conn.recv(4096)
+                conn.close()
+            else:
+                self.held.append(conn)
+
+    def stop(self) -> None:
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+@pytest.mark.parametrize("mode", ["silent", "close"])
+def test_failed_handshakes_are_counted(certs: Certs, tmp_path: Path, mode: str) -> None:
+    # Every handshake that did not finish is a failed one: one that timed out (the server
+    # never answers the ClientHello), which is also a failed connect whose waiting request
+    # is a `connect` error (arrivals that found no connection ready are unsent); and one the
+    # server ended part way, whose request is a `reset`, as for any accepted-then-closed
+    # connection.
+    server = _MuteTLSServer(mode)
+    try:
+        s = ok_run(tmp_path, "--target", f"https://127.0.0.1:{server.port}/",
+                   "--ca-cert", certs.ca_pem, "--no-preflight", "--timeout", "200ms",
+                   "--rate", "10", "--duration", "1s", "--connections", "2")
+    finally:
+        server.stop()
+    kind = "connect" if mode == "silent" else "reset"
+    assert s["requests"] == 0 and s["errors"] == s["errors_by_kind"][kind]
+    assert s["errors"] + s["unsent"] == s["scheduled"] == 10
+    c = s["connections"]
+    hs = c["tls_handshakes"]
+    assert hs["full"] == hs["resumed"] == 0
+    assert 0 < hs["failed"] == c["opened"] <= server.accepted
+    if mode == "silent":
+        assert c["failed"] == c["opened"]
+    assert s["tls"]["protocol"] is None
 
 
 # -- HTTP/2 over TLS: h2 negotiated by ALPN ------------------------------------------------------
@@ -454,3 +555,13 @@ def test_http2_over_tls_to_a_server_without_h2_exit_3(server: Nginx, certs: Cert
     # nginx ends the handshake (no_application_protocol); a lenient server would pick
     # http/1.1 and hear the same from the preflight
     assert "will not speak HTTP/2 over TLS" in line and "drop --http 2" in line
+
+
+def test_http2_over_tls_without_the_preflight_records_h2(h2_server: Nginx, certs: Certs,
+                                                         tmp_path: Path) -> None:
+    # The engine's own record of its first handshake names the protocol ALPN chose.
+    s = ok_run(tmp_path, "--target", h2_server.url + "/", "--ca-cert", certs.ca_pem,
+               "--http", "2", "--connections", "2", "--streams", "10", "--rate", "100",
+               "--duration", "1s", "--no-preflight")
+    assert s["errors"] == 0 and s["requests"] == 100
+    assert s["tls"]["alpn"] == "h2" and s["tls"]["protocol"] == "TLSv1.3"

@@ -102,7 +102,7 @@ def test_decode_refuses_another_version():
 
 
 def test_flows_section_after_the_tls_times():
-    """Version 4: a flows worker appends the FLOWS section (uint32 length, JSON) to the
+    """Version 5: a flows worker appends the FLOWS section (uint32 length, JSON) to the
     engine's payload; a payload without it (a requests run) reads as no checks."""
     from loadforge.flows.driver import flows_trailer
 
@@ -123,3 +123,18 @@ def test_flows_section_after_the_tls_times():
     plain = decode_interval(interval_message(payloads[-1] + flows_trailer(b""), 0, 0))
     assert plain.checks is None and plain.flow_errors is None
     assert decode_interval(interval_message(payloads[-1], 0, 0)).checks is None
+
+
+def test_done_message_round_trip():
+    # DONE carries the `unique` feeder that ran out (if one did) and, over TLS, what the
+    # worker's first handshake negotiated; either may be absent.
+    from loadforge.run.workers import DONE, decode_done, decode_done_tls, done_message
+
+    tls = {"protocol": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384", "alpn": "http/1.1"}
+    for exhausted in (None, (2, 123_456_789)):
+        for negotiated in (None, tls):
+            msg = done_message(exhausted, negotiated)
+            assert msg[:1] == DONE
+            assert decode_done(msg) == exhausted
+            assert decode_done_tls(msg) == negotiated
+    assert decode_done(DONE) is None and decode_done_tls(DONE) is None

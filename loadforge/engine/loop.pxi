@@ -312,6 +312,16 @@ cdef class Engine:
         return (self.tpl.exhausted - 1, self.tpl.exhausted_at_ns)
 
     @property
+    def tls_negotiated(self):
+        """What this worker's first completed TLS handshake negotiated: {"protocol", "cipher",
+        "alpn"} (alpn None when the server chose none), or None before any completed."""
+        if not self.transport.negotiated:
+            return None
+        return {"protocol": self.transport.tls_protocol.decode("ascii", "replace"),
+                "cipher": self.transport.tls_cipher.decode("ascii", "replace"),
+                "alpn": self.transport.tls_alpn.decode("ascii", "replace") or None}
+
+    @property
     def tls_handshakes(self):
         """TLS handshakes so far: (full, resumed, failed)."""
         return (self.transport.tls_full, self.transport.tls_resumed, self.transport.tls_failed)
@@ -591,6 +601,8 @@ cdef class Engine:
         for i in range(self.nconns):
             c = &self.conns[i]
             if (c.state == C_BUSY or c.state == C_CONNECTING) and now >= c.deadline_ns:
+                if c.handshaking:
+                    self.transport.tls_failed += 1   # a TLS handshake timed out: it failed
                 if c.has_arrival:
                     if c.state == C_CONNECTING:
                         self.connect_failures += 1

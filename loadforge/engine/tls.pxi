@@ -49,6 +49,31 @@ cdef inline int tls_flush(Conn* c) noexcept nogil:
     return 0 if n == pending else 1
 
 
+cdef void tls_copy_name(char* dst, size_t size, const char* src, ssize_t length) noexcept nogil:
+    """src into dst, NUL-terminated and cut to fit; length -1: src is NUL-terminated."""
+    cdef size_t i = 0
+    if src != NULL:
+        while i < size - 1 and (<ssize_t>i < length if length >= 0 else src[i] != 0):
+            dst[i] = src[i]
+            i += 1
+    dst[i] = 0
+
+
+cdef void tls_note_negotiated(Transport* t, Conn* c) noexcept nogil:
+    """Keep what the worker's first completed handshake negotiated (protocol, cipher, ALPN),
+    so a run without the preflight still reports them (Engine.tls_negotiated)."""
+    cdef const char* name = SSL_get_version(c.ssl)
+    cdef const SSL_CIPHER* cipher = SSL_get_current_cipher(c.ssl)
+    cdef const unsigned char* alpn = NULL
+    cdef unsigned int alpn_len = 0
+    tls_copy_name(t.tls_protocol, sizeof(t.tls_protocol), name, -1)
+    name = SSL_CIPHER_get_name(cipher) if cipher != NULL else NULL
+    tls_copy_name(t.tls_cipher, sizeof(t.tls_cipher), name, -1)
+    SSL_get0_alpn_selected(c.ssl, &alpn, &alpn_len)
+    tls_copy_name(t.tls_alpn, sizeof(t.tls_alpn), <const char*>alpn, alpn_len)
+    t.negotiated = 1
+
+
 cdef inline int tls_connect(Transport* t, Conn* c) noexcept nogil:
     cdef BIO* rbio
     cdef BIO* wbio
@@ -92,6 +117,8 @@ cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
             return errno
         if r == 1:
             c.handshaking = 0
+            if not t.negotiated:
+                tls_note_negotiated(t, c)
             if SSL_session_reused(c.ssl):
                 t.tls_resumed += 1
             else:

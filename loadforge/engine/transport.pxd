@@ -24,4 +24,10 @@ cdef struct Transport:
     char server_name[256]   # SNI, empty for an address
     uint64_t tls_full    # handshakes completed, so far: full ones ...
     uint64_t tls_resumed  # ... and those that resumed a session
-    uint64_t tls_failed  # handshakes that failed (certificate rejected, alert, reset)
+    uint64_t tls_failed  # handshakes that failed (certificate rejected, alert, reset, timeout)
+    # What the worker's first completed handshake negotiated (tls_note_negotiated), for the
+    # summary when no preflight did: NUL-terminated, empty until then (alpn: also when none).
+    int negotiated
+    char tls_protocol[16]
+    char tls_cipher[64]
+    char tls_alpn[32]

@@ -57,7 +57,7 @@ def _render_tls(tls: dict[str, Any] | None, c: dict[str, Any], console: Console)
             if ht.get("count") else "")
     negotiated = ", ".join(str(tls[k]) for k in ("protocol", "cipher") if tls.get(k))
     alpn = f", ALPN {tls['alpn']}" if tls.get("alpn") else ""
-    console.print(f"tls: {negotiated or 'not negotiated before the run'}{alpn}; handshakes "
+    console.print(f"tls: {negotiated or 'no handshake completed'}{alpn}; handshakes "
                   f"{int(hs.get('full', 0)):,} full, {int(hs.get('resumed', 0)):,} resumed, "
                   f"{int(hs.get('failed', 0)):,} failed{took}", highlight=False, soft_wrap=True)
     if not tls.get("verify", True):

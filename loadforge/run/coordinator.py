@@ -51,6 +51,7 @@ from loadforge.run.workers import (
     WorkerPool,
     WorkerSpec,
     decode_done,
+    decode_done_tls,
     decode_interval,
     fd_limit,
 )
@@ -467,6 +468,9 @@ class Aggregator:
         self.abort_reason: str | None = None
         # (feeder table, when) of the first `unique` feeder that ran out and ended the run
         self.exhausted: tuple[int, int] | None = None
+        # What the engine's first completed TLS handshake negotiated (a worker's DONE), for
+        # runs without the preflight: {"protocol", "cipher", "alpn"}, None until known.
+        self.negotiated: dict[str, Any] | None = None
         self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
         self.cpu_ns: dict[int, int] = {}      # per worker: CPU time reported so far
         self.write_failed = False
@@ -528,7 +532,10 @@ class Aggregator:
 
     def note_done(self, message: bytes, stop: Stop) -> None:
         """A worker's DONE: a `unique` feeder that ran out ended its part of the run (every
-        worker's, as the rows follow the run-wide arrival sequence); the run ran until then."""
+        worker's, as the rows follow the run-wide arrival sequence); the run ran until then.
+        Over TLS it also says what the worker's handshakes negotiated; the first kept."""
+        if self.negotiated is None:
+            self.negotiated = decode_done_tls(message)
         exhausted = decode_done(message)
         if exhausted is None:
             return

@@ -55,6 +55,7 @@ from loadforge.run.workers import (
     INTERVAL,
     WorkerPool,
     WorkerSpec,
+    decode_done_tls,
     decode_interval,
 )
 
@@ -339,8 +340,11 @@ class ShardPool:
             agg.add(report)
         elif tag == FAILED:
             raise WorkerCrashed(f"shard {shard}: a worker failed: {_line(msg[1:])}")
-        elif tag == DONE and getattr(self, "stop_state", None) is not None:
-            agg.note_done(msg, self.stop_state)
+        elif tag == DONE:
+            if getattr(self, "stop_state", None) is not None:
+                agg.note_done(msg, self.stop_state)
+            elif getattr(agg, "negotiated", None) is None:
+                agg.negotiated = decode_done_tls(msg)
 
     def figures(self, ran_s: float) -> list[dict[str, Any]]:
         """The summary's `shards`: per shard what it sent and its clock."""

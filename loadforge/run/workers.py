@@ -48,8 +48,9 @@ from loadforge.run.wire import (
 
 # Message tags, first byte of every message a worker sends.
 READY, INTERVAL, DONE, FAILED = b"R", b"I", b"D", b"F"
-# What may follow DONE: the feeder table whose `unique` rows ran out and ended the run, and
-# when (CLOCK_MONOTONIC ns).
+# What follows DONE: the feeder table whose `unique` rows ran out and ended the run, and when
+# (CLOCK_MONOTONIC ns), table -1 when none did; then, over TLS, what the worker's first
+# completed handshake negotiated, as JSON ({"protocol", "cipher", "alpn"}).
 EXHAUSTED = struct.Struct("<iq")
 
 
@@ -209,9 +210,13 @@ class WorkerSpec:
     flows: tuple[Any, ...] | None = None
 
 
-def done_message(exhausted: tuple[int, int] | None) -> bytes:
-    """DONE, with the `unique` feeder that ran out, if one did."""
-    return DONE if exhausted is None else DONE + EXHAUSTED.pack(*exhausted)
+def done_message(exhausted: tuple[int, int] | None,
+                 negotiated: dict[str, Any] | None = None) -> bytes:
+    """DONE, with the `unique` feeder that ran out, if one did, and what TLS negotiated."""
+    message = DONE + EXHAUSTED.pack(*(exhausted or (-1, 0)))
+    if negotiated:
+        message += json.dumps(negotiated).encode()
+    return message
 
 
 def decode_done(message: bytes) -> tuple[int, int] | None:
@@ -219,7 +224,20 @@ def decode_done(message: bytes) -> tuple[int, int] | None:
     if len(message) < 1 + EXHAUSTED.size:
         return None
     table, at_ns = EXHAUSTED.unpack_from(message, 1)
-    return int(table), int(at_ns)
+    return None if table < 0 else (int(table), int(at_ns))
+
+
+def decode_done_tls(message: bytes) -> dict[str, Any] | None:
+    """What a worker's TLS handshakes negotiated ({"protocol", "cipher", "alpn"}) from its
+    DONE message, or None (plain TCP, or no handshake completed)."""
+    rest = message[1 + EXHAUSTED.size:]
+    if not rest:
+        return None
+    try:
+        negotiated = json.loads(rest)
+    except ValueError:
+        return None
+    return negotiated if isinstance(negotiated, dict) else None
 
 
 def fd_limit() -> int:
@@ -360,7 +378,7 @@ def worker_main() -> None:
 
         engine.run(t0, on_interval)
         sender.close()
-        channel.send_bytes(done_message(engine.exhausted))
+        channel.send_bytes(done_message(engine.exhausted, engine.tls_negotiated))
     except BaseException:
         if sender is not None:
             # The sender's thread must be off the channel before the failure goes out on it.
