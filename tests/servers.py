@@ -74,6 +74,70 @@ http {{
 """
 
 
+LOGGING_NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  log_format lf escape=none '{log_format}';
+  access_log {dir}/access.log lf;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ return 200 "ok\\n"; }}
+{locations}
+  }}
+}}
+"""
+
+
+class LoggingNginx:
+    """nginx logging chosen fields of each request, '|'-separated (log_format, e.g.
+    '$request|$http_authorization|$request_body'), with the server's own `locations` (nginx
+    directives, `{port}` filled in; braces doubled as in str.format) besides `location /`."""
+
+    def __init__(self, log_format: str, locations: str, prefix: str = "lf-nginx-") -> None:
+        self.fields = log_format.count("|") + 1
+        self.dir = tempfile.mkdtemp(prefix=prefix)
+        self.port = free_port()
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(LOGGING_NGINX_CONF.format(dir=self.dir, port=self.port,
+                                              log_format=log_format,
+                                              locations=locations.format(port=self.port)))
+        self.proc = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", conf, "-e",
+                                      os.path.join(self.dir, "error.log")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_listening(self.port)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def take(self) -> list[list[str]]:
+        """The logged requests since the last call, one list of fields each; the preflight's
+        GET / left out."""
+        path = os.path.join(self.dir, "access.log")
+        with open(path, "rb") as f:
+            lines = f.read().decode().splitlines()
+        open(path, "wb").close()
+        os.kill(self.proc.pid, 10)          # SIGUSR1: reopen the log
+        out = [line.split("|", self.fields - 1) for line in lines]
+        return [r for r in out if not r[0].startswith("GET / ")]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Nginx:
     """nginx on a free port with its own access log, so a test can count what it served.
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
-from servers import ROOT, free_port, wait_listening
+from servers import ROOT, LoggingNginx
 
 from loadforge.analysis.slo import plan_of_result
 from loadforge.config.feeders import row_for
@@ -24,72 +24,21 @@ from loadforge.results.store import read_result
 
 TOKEN = "tok-5e3cr3t-value"
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  log_format lf escape=none '$request|$http_authorization|$http_x_term|$request_body';
-  access_log {dir}/access.log lf;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  keepalive_requests 1000000;
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{ return 200 "ok\\n"; }}
+LOCATIONS = """
     # proxied, so that nginx reads the body and logs it ($request_body)
     location /post {{ proxy_pass http://127.0.0.1:{port}/sink; }}
     location /sink {{ access_log off; return 200 "ok\\n"; }}
     # the body read and discarded, in memory
     location /big {{ client_max_body_size 4m; return 200 "ok\\n"; }}
-  }}
-}}
 """
-
-
-class LoggingNginx:
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="lf-feeders-")
-        self.port = free_port()
-        conf = os.path.join(self.dir, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(dir=self.dir, port=self.port))
-        self.proc = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", conf, "-e",
-                                      os.path.join(self.dir, "error.log")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_listening(self.port)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def take(self) -> list[list[str]]:
-        """The logged requests since the last call, as [request line, authorization,
-        x-term, body]; the preflight's GET / left out."""
-        path = os.path.join(self.dir, "access.log")
-        with open(path, "rb") as f:
-            lines = f.read().decode().splitlines()
-        open(path, "wb").close()
-        os.kill(self.proc.pid, 10)          # SIGUSR1: reopen the log
-        out = [line.split("|", 3) for line in lines]
-        return [r for r in out if not r[0].startswith("GET / ")]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LoggingNginx]:
     if not shutil.which("nginx"):
         pytest.skip("nginx is not installed (apt-get install -y nginx)")
-    s = LoggingNginx()
+    s = LoggingNginx("$request|$http_authorization|$http_x_term|$request_body", LOCATIONS,
+                     prefix="lf-feeders-")
     yield s
     s.stop()
 

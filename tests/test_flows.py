@@ -10,34 +10,16 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from servers import ROOT, free_port, wait_listening
+from servers import ROOT, LoggingNginx, free_port
 
 from loadforge.config.feeders import row_for
 from loadforge.results.store import read_result
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  log_format lf escape=none '$request|$status|$http_authorization|$http_cookie|$request_body';
-  access_log {dir}/access.log lf;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  keepalive_requests 1000000;
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{ return 200 "ok\\n"; }}
+LOCATIONS = """
     # proxied, so that nginx reads the body and logs it ($request_body)
     location = /login {{ proxy_pass http://127.0.0.1:{port}/login_sink; }}
     location = /login_sink {{
@@ -52,49 +34,15 @@ http {{
       return 200 '{{"items":[1,2,3]}}';
     }}
     location = /boom {{ return 503 "down\\n"; }}
-  }}
-}}
 """
 
 
-class ApiNginx:
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="lf-flows-")
-        self.port = free_port()
-        conf = os.path.join(self.dir, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(dir=self.dir, port=self.port))
-        self.proc = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", conf, "-e",
-                                      os.path.join(self.dir, "error.log")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_listening(self.port)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def take(self) -> list[list[str]]:
-        """The logged requests since the last call, as [request line, status, authorization,
-        cookie, body]; the preflight's GET / left out."""
-        path = os.path.join(self.dir, "access.log")
-        with open(path, "rb") as f:
-            lines = f.read().decode().splitlines()
-        open(path, "wb").close()
-        os.kill(self.proc.pid, 10)          # SIGUSR1: reopen the log
-        out = [line.split("|", 4) for line in lines]
-        return [r for r in out if not r[0].startswith("GET / ")]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
-def server() -> Iterator[ApiNginx]:
+def server() -> Iterator[LoggingNginx]:
     if not shutil.which("nginx"):
         pytest.skip("nginx is not installed (apt-get install -y nginx)")
-    s = ApiNginx()
+    s = LoggingNginx("$request|$status|$http_authorization|$http_cookie|$request_body",
+                     LOCATIONS, prefix="lf-flows-")
     yield s
     s.stop()
 
