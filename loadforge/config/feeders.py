@@ -344,6 +344,74 @@ def _encode_column(values: tuple[str, ...], encoding: str, feeder: str, column: 
     return b"".join(data), list(map(len, data))
 
 
+def _compile_table(feeder: Feeder, views: list[tuple[str, str]] | None, where: str,
+                   out: Compiled, inline: bool) -> Table:
+    """One feeder's table: `views` (column, encoding) pairs, or None for every column of the
+    file as it is (RAW), in the file's order. Written to a file in out.tempdir when large."""
+    columns, rows = load_rows(feeder, where)
+    if views is None:
+        views = [(c, RAW) for c in columns]
+        src = list(range(len(columns)))
+    else:
+        for column, _ in views:
+            if column not in columns:
+                raise ProfileError(f"{where}: {feeder.file} has no column {column!r} (slot "
+                                   f"{{{feeder.name}.{column}}}); its columns are "
+                                   f"{', '.join(columns)}")
+        src = [columns.index(c) for c, _ in views]
+    # Column-major: view v's cells are rows v*R .. v*R + R-1 of the offsets table.
+    lengths = [array("Q") for _ in views]
+    chunks: list[list[bytes]] = [[] for _ in views]
+    widths = [0] * len(views)
+    nrows = 0
+    for chunk in rows:
+        cols = list(zip(*chunk, strict=True))
+        for v, (column, enc) in enumerate(views):
+            data, lens = _encode_column(cols[src[v]], enc, feeder.name, column, nrows, where)
+            chunks[v].append(data)
+            lengths[v].extend(lens)
+            widths[v] = max(widths[v], max(lens))
+        nrows += len(chunk)
+    if not nrows:
+        raise ProfileError(f"{where}: {feeder.file} has no rows")
+    offsets = array("Q", [0])
+    for v in range(len(views)):
+        running = accumulate(lengths[v], initial=offsets[-1])
+        next(running)
+        offsets.extend(running)
+    start = TABLE_HEADER.size
+    data_start = start + 8 * len(offsets)
+    blob = b"".join([TABLE_HEADER.pack(TABLE_MAGIC, TABLE_VERSION, len(views), 0, nrows,
+                                       start, data_start), offsets.tobytes(),
+                     *(d for view_chunks in chunks for d in view_chunks)])
+    del chunks, offsets, lengths
+    table = Table(feeder, nrows, views, widths)
+    if len(blob) >= MMAP_MIN_BYTES and not inline:
+        if out.tempdir is None:
+            out.tempdir = tempfile.mkdtemp(prefix="loadforge-feeders-")
+        table.file = os.path.join(out.tempdir, f"{len(out.tables)}.table")
+        with open(table.file, "wb") as f:
+            f.write(blob)
+    else:
+        table.data = blob
+    return table
+
+
+def compile_rows(feeders: tuple[Feeder, ...], label: str, inline: bool = False) -> Compiled:
+    """The tables scripted flows read rows from (user.row): table i is feeders[i], every
+    column as it is in the file (RAW), so that a worker decodes the one row an arrival takes,
+    when it takes it, from the shared (memory-mapped when large) table."""
+    out = Compiled()
+    try:
+        for i, feeder in enumerate(feeders):
+            out.tables.append(_compile_table(feeder, None, f"{label}: feeders[{i}]", out,
+                                             inline))
+    except BaseException:
+        out.cleanup()
+        raise
+    return out
+
+
 def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | None],
                       heads: list[tuple[str, str, bool]], label: str,
                       inline: bool = False) -> Compiled:
@@ -363,53 +431,17 @@ def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | No
                     used[p.feeder].append((p.column, enc))
     out = Compiled()
     view_of: dict[tuple[str, str, str], tuple[int, int]] = {}
-    for name, views in used.items():
-        feeder = by_name[name]
-        where = f"{label}: feeders[{feeders.index(feeder)}]"
-        columns, rows = load_rows(feeder, where)
-        for column, _ in views:
-            if column not in columns:
-                raise ProfileError(f"{where}: {feeder.file} has no column {column!r} (slot "
-                                   f"{{{name}.{column}}}); its columns are {', '.join(columns)}")
-        src = [columns.index(c) for c, _ in views]
-        # Column-major: view v's cells are rows v*R .. v*R + R-1 of the offsets table.
-        lengths = [array("Q") for _ in views]
-        chunks: list[list[bytes]] = [[] for _ in views]
-        widths = [0] * len(views)
-        nrows = 0
-        for chunk in rows:
-            cols = list(zip(*chunk, strict=True))
+    try:
+        for name, views in used.items():
+            feeder = by_name[name]
+            table = _compile_table(feeder, views,
+                                   f"{label}: feeders[{feeders.index(feeder)}]", out, inline)
             for v, (column, enc) in enumerate(views):
-                data, lens = _encode_column(cols[src[v]], enc, name, column, nrows, where)
-                chunks[v].append(data)
-                lengths[v].extend(lens)
-                widths[v] = max(widths[v], max(lens))
-            nrows += len(chunk)
-        if not nrows:
-            raise ProfileError(f"{where}: {feeder.file} has no rows")
-        offsets = array("Q", [0])
-        for v in range(len(views)):
-            running = accumulate(lengths[v], initial=offsets[-1])
-            next(running)
-            offsets.extend(running)
-        start = TABLE_HEADER.size
-        data_start = start + 8 * len(offsets)
-        blob = b"".join([TABLE_HEADER.pack(TABLE_MAGIC, TABLE_VERSION, len(views), 0, nrows,
-                                           start, data_start), offsets.tobytes(),
-                         *(d for view_chunks in chunks for d in view_chunks)])
-        del chunks, offsets, lengths
-        table = Table(feeder, nrows, views, widths)
-        if len(blob) >= MMAP_MIN_BYTES and not inline:
-            if out.tempdir is None:
-                out.tempdir = tempfile.mkdtemp(prefix="loadforge-feeders-")
-            table.file = os.path.join(out.tempdir, f"{len(out.tables)}.table")
-            with open(table.file, "wb") as f:
-                f.write(blob)
-        else:
-            table.data = blob
-        for v, (column, enc) in enumerate(views):
-            view_of[(name, column, enc)] = (len(out.tables), v)
-        out.tables.append(table)
+                view_of[(name, column, enc)] = (len(out.tables), v)
+            out.tables.append(table)
+    except BaseException:
+        out.cleanup()
+        raise
 
     for tpl, (start_line, head_rest, needs_length) in zip(templates, heads, strict=True):
         if tpl is None:
@@ -484,3 +516,40 @@ def open_table(spec: tuple[Any, ...]) -> tuple[Any, int, int, int, int, int, int
     if magic != TABLE_MAGIC or version != TABLE_VERSION or nviews != views or nrows != rows:
         raise ValueError("feeder table of another format")
     return data, start, data_start, rows, views, order, seed
+
+
+class RowReader:
+    """A compiled table read by Python one row at a time (scripted flows' user.row): the
+    offsets and data stay in the table's buffer (memory-mapped when large, shared with every
+    worker), and a row's values are decoded only when an arrival takes that row.
+
+    `columns`: (name, view) pairs, the views to read; compile_rows' tables hold every column
+    once, as it is in the file (RAW), never an encoded view (a path's percent-encoding)."""
+
+    __slots__ = ("rows", "order", "seed", "_names", "_starts", "_offsets", "_data", "_buf")
+
+    def __init__(self, spec: tuple[Any, ...], columns: list[tuple[str, int]]) -> None:
+        buf, start, data_start, rows, views, order, seed = open_table(spec)
+        memory = memoryview(buf)
+        self._buf = buf                     # an mmap stays open while its views are held
+        self._offsets = memory[start:start + 8 * (rows * views + 1)].cast("Q")
+        self._data = memory[data_start:]
+        self.rows = rows
+        self.order = ORDERS[order]
+        self.seed = seed
+        self._names = [name for name, _ in columns]
+        self._starts = [view * rows for _, view in columns]
+
+    def row(self, r: int) -> dict[str, str]:
+        """Row r's values by column name, decoded as load_rows read them."""
+        offsets, data = self._offsets, self._data
+        out = {}
+        for name, k in zip(self._names, self._starts, strict=True):
+            k += r
+            out[name] = str(data[offsets[k]:offsets[k + 1]], "utf-8", "surrogateescape")
+        return out
+
+
+def raw_columns(table: Table) -> list[tuple[str, int]]:
+    """(column, view) of every RAW view of a table: what a RowReader of it reads."""
+    return [(column, v) for v, (column, enc) in enumerate(table.views) if enc == RAW]
