@@ -20,7 +20,8 @@ A table column is a *view*: a feeder column in one encoding. A value in the path
 percent-encoded (every byte but RFC 3986's unreserved `A-Za-z0-9-._~`), so a row can never
 break the request line; a value in a header must be printable ASCII (a CR, LF or other control
 character is refused at load, exit 2, naming the feeder, row and column); a value in the body
-goes in as it is (the engine frames the body by its computed Content-Length).
+goes in as it is (the engine frames the body by its computed Content-Length), except inside a
+string of a JSON body (`is_json_body`, `body_encodings`), where it is JSON-string-escaped.
 
 Rows follow the run-wide arrival sequence: the n-th arrival (all workers together) of the
 requests that use a feeder takes feeder index n; `sequential` takes row n mod rows, `random`
@@ -63,7 +64,7 @@ TABLE_HEADER = struct.Struct("<4sIIIQQQ")
 MAX_TEMPLATE_BYTES = 1 << 20       # the largest request a template can expand to
 
 # Encodings of a view (a column as a slot in one place of the request).
-RAW, PATH, HEADER = "raw", "path", "header"
+RAW, PATH, HEADER, JSON = "raw", "path", "header", "json"
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Template:
     path: Parts
     headers: tuple[tuple[str, Parts], ...]
     body: Parts
+    json_body: bool = False    # the body is JSON (is_json_body): slots in its strings escaped
 
 
 @dataclass
@@ -180,6 +182,49 @@ def parts_of(text: str, where: str, feeders: dict[str, Feeder], secrets: list[st
     if pos < len(text):
         out.append(environment(text[pos:], where, secrets))
     return tuple(out)
+
+
+def is_json_body(content_type: str | None, body_file: str | None) -> bool:
+    """Whether a request's body is JSON, so that slots inside its strings are JSON-escaped:
+    its Content-Type header names a JSON media type (application/json, or any type ending in
+    +json, such as application/merge-patch+json); without a Content-Type header, a body_file
+    whose name ends in .json."""
+    if content_type is not None:
+        media = content_type.split(";", 1)[0].strip().lower()
+        return media == "application/json" or media.endswith("+json")
+    return body_file is not None and body_file.lower().endswith(".json")
+
+
+_JSON_QUOTE = re.compile(rb'["\\]')
+
+
+def body_encodings(body: Parts, json_body: bool) -> list[str]:
+    """Per part of a body, its encoding: in a JSON body, a slot inside a JSON string ("...")
+    takes the value JSON-string-escaped; every other slot (a bare number, or a whole JSON
+    value from a JSON Lines feeder) and any body that is not JSON takes it as it is."""
+    if not json_body:
+        return [RAW] * len(body)
+    encodings = []
+    in_string = False
+    skip = 0                   # bytes of the next literal a backslash escapes
+    for p in body:
+        if isinstance(p, Slot):
+            encodings.append(JSON if in_string else RAW)
+            skip = 0
+            continue
+        encodings.append(RAW)
+        text = p if isinstance(p, bytes) else p.encode("utf-8", "surrogateescape")
+        for m in _JSON_QUOTE.finditer(text, skip):
+            if m.start() < skip:
+                continue
+            if not in_string:
+                in_string = m.group() == b'"'
+            elif m.group() == b"\\":
+                skip = m.start() + 2
+            else:
+                in_string = False
+        skip = max(0, skip - len(text))
+    return encodings
 
 
 def read_body_file(path: str, where: str) -> bytes:
@@ -322,6 +367,18 @@ def row_for(index: int, order: str, seed: int, rows: int) -> int | None:
 
 _UNRESERVED_TEXT = re.compile(r"[A-Za-z0-9\-._~]*")
 _PRINTABLE_TEXT = re.compile(r"[\x20-\x7e\t]*")
+# What a JSON string cannot hold as it is (RFC 8259 section 7), and lone surrogates.
+_JSON_ESCAPED = re.compile(r'["\\\x00-\x1f\ud800-\udfff]')
+
+
+def json_string(value: str) -> bytes:
+    """`value` as the inside of a JSON string, UTF-8: quotes, backslashes and control
+    characters escaped, the rest as it is (a lone surrogate as its \\u escape)."""
+    text = json.dumps(value, ensure_ascii=False)[1:-1]
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value)[1:-1].encode()
 
 
 def _encode_column(values: tuple[str, ...], encoding: str, feeder: str, column: str,
@@ -338,6 +395,9 @@ def _encode_column(values: tuple[str, ...], encoding: str, feeder: str, column: 
     if encoding == PATH and not _UNRESERVED_TEXT.fullmatch(joined):
         encoded = [quote(v.encode("utf-8", "surrogateescape"), safe="") for v in values]
         return "".join(encoded).encode(), list(map(len, encoded))
+    if encoding == JSON and _JSON_ESCAPED.search(joined):
+        escaped = [json_string(v) for v in values]
+        return b"".join(escaped), list(map(len, escaped))
     if joined.isascii():
         return joined.encode(), list(map(len, values))
     data = [v.encode("utf-8", "surrogateescape") for v in values]
@@ -424,9 +484,10 @@ def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | No
     for tpl in templates:
         if tpl is None:
             continue
-        for parts, enc in [(tpl.path, PATH), (tpl.body, RAW),
-                           *[(p, HEADER) for _, p in tpl.headers]]:
-            for p in parts:
+        for parts, encs in [(tpl.path, PATH), (tpl.body, body_encodings(tpl.body, tpl.json_body)),
+                            *[(p, HEADER) for _, p in tpl.headers]]:
+            for i, p in enumerate(parts):
+                enc = encs if isinstance(encs, str) else encs[i]
                 if isinstance(p, Slot) and (p.column, enc) not in used.setdefault(p.feeder, []):
                     used[p.feeder].append((p.column, enc))
     out = Compiled()
@@ -450,7 +511,7 @@ def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | No
         segs: list[tuple[Any, ...]] = []
         size = 0
 
-        def emit(parts: Parts, enc: str, segs: list[tuple[Any, ...]] = segs) -> int:
+        def emit(parts: Parts, enc: str | list[str], segs: list[tuple[Any, ...]] = segs) -> int:
             return _emit(segs, parts, enc, view_of, out.tables)
 
         size += emit((start_line,), RAW)
@@ -474,7 +535,8 @@ def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | No
             size += emit(("\r\n",), RAW)
         body_from = len(segs)
         body: list[tuple[Any, ...]] = []      # not merged into the head's last literal
-        size += _emit(body, tpl.body, RAW, view_of, out.tables)
+        size += _emit(body, tpl.body, body_encodings(tpl.body, tpl.json_body), view_of,
+                      out.tables)
         segs += body
         if size > MAX_TEMPLATE_BYTES:
             raise ProfileError(f"{label}: a templated request may expand to {size:,} bytes; "
@@ -483,14 +545,14 @@ def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | No
     return out
 
 
-def _emit(segs: list[tuple[Any, ...]], parts: Parts, enc: str,
+def _emit(segs: list[tuple[Any, ...]], parts: Parts, enc: str | list[str],
           view_of: dict[tuple[str, str, str], tuple[int, int]], tables: list[Table]) -> int:
     """Append parts as engine segments (adjacent literals merged); returns their largest
-    size."""
+    size. `enc`: the slots' encoding, or each part's."""
     size = 0
-    for p in parts:
+    for i, p in enumerate(parts):
         if isinstance(p, Slot):
-            t, v = view_of[(p.feeder, p.column, enc)]
+            t, v = view_of[(p.feeder, p.column, enc if isinstance(enc, str) else enc[i])]
             segs.append((1, t, v))
             size += tables[t].widths[v]
         else:
