@@ -588,14 +588,14 @@ class RowReader:
     `columns`: (name, view) pairs, the views to read; compile_rows' tables hold every column
     once, as it is in the file (RAW), never an encoded view (a path's percent-encoding)."""
 
-    __slots__ = ("rows", "order", "seed", "_names", "_starts", "_offsets", "_data", "_buf")
+    __slots__ = ("rows", "order", "seed", "_names", "_starts", "_offsets", "_data_start",
+                 "_buf")
 
     def __init__(self, spec: tuple[Any, ...], columns: list[tuple[str, int]]) -> None:
         buf, start, data_start, rows, views, order, seed = open_table(spec)
-        memory = memoryview(buf)
-        self._buf = buf                     # an mmap stays open while its views are held
-        self._offsets = memory[start:start + 8 * (rows * views + 1)].cast("Q")
-        self._data = memory[data_start:]
+        self._buf = buf                     # bytes, or an mmap: slicing either gives bytes
+        self._offsets = memoryview(buf)[start:start + 8 * (rows * views + 1)].cast("Q")
+        self._data_start = data_start
         self.rows = rows
         self.order = ORDERS[order]
         self.seed = seed
@@ -604,11 +604,12 @@ class RowReader:
 
     def row(self, r: int) -> dict[str, str]:
         """Row r's values by column name, decoded as load_rows read them."""
-        offsets, data = self._offsets, self._data
+        offsets, buf, base = self._offsets, self._buf, self._data_start
         out = {}
         for name, k in zip(self._names, self._starts, strict=True):
             k += r
-            out[name] = str(data[offsets[k]:offsets[k + 1]], "utf-8", "surrogateescape")
+            out[name] = buf[base + offsets[k]:base + offsets[k + 1]].decode(
+                "utf-8", "surrogateescape")
         return out
 
 
