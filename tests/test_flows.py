@@ -265,6 +265,28 @@ rate = 30
         assert summary["requests"] == 30
 
 
+@pytest.mark.parametrize("rows,message", [
+    ("name\n", "has no rows"),
+    ("name\nann,extra\n", "row 1 has 2 fields"),
+])
+def test_a_bad_feeder_for_flows_exits_2_before_any_worker_starts(tmp_path, rows, message):
+    folder = str(tmp_path)
+    write(folder, "users.csv", rows)
+    write(folder, "checkout.py", CHECKOUT)
+    path = profile(folder, "http://127.0.0.1:1", """
+[[feeders]]
+name = "users"
+file = "users.csv"
+[[stages]]
+duration = "1s"
+rate = 5
+""")
+    proc, _ = run(path, folder, "--no-preflight")
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
 def test_transport_errors_and_statuses_in_flows(server, tmp_path):
     """A step's 503 is recorded as 5xx under its name; a step to a port nobody listens on
     raises ConnectError in the flow, which is counted as failed with that type."""
