@@ -7,9 +7,12 @@ Compiles a profile with a 1,000,000-row CSV feeder the way `loadforge run` does
 runs of the engine (50 connections) with the fixed request and with the template, against
 nginx on 127.0.0.1 (started here on --port, access log off; or --url), and prints the
 median user+system CPU microseconds per request of each and their ratio (goal: <= 1.2).
+With --json-body, both requests are POSTs with a JSON body (Content-Type application/json),
+the template's body holding the feeder's values inside JSON strings (their JSON-escaped views).
 
   python3 benchmarks/feeders_cpu.py [--rows 1000000] [--duration 5] [--rounds 5]
-      [--connections 50] [--order sequential|random] [--port 24080 | --url URL]
+      [--connections 50] [--order sequential|random] [--json-body]
+      [--port 24080 | --url URL]
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--order", default="sequential", choices=("sequential", "random"))
+    ap.add_argument("--json-body", action="store_true",
+                    help="POST a JSON body holding the values (escaped views)")
     ap.add_argument("--url", default=None, help="a running target (else nginx is started)")
     ap.add_argument("--port", type=int, default=24080, help="the port of the nginx started")
     args = ap.parse_args()
@@ -85,12 +90,21 @@ def main() -> None:
         with open(csv_path, "w") as f:
             f.write("id,term\n")
             f.writelines(f"{100000 + i},term{i % 977}\n" for i in range(args.rows))
+        request = {"name": "templated", "path": "/items/{users.id}?q={users.term}",
+                   "headers": {"X-Term": "{users.term}"}}
+        fixed_headers: tuple[tuple[str, str], ...] = (("X-Term", "term0"),)
+        fixed_body = b""
+        if args.json_body:
+            request["method"] = "POST"
+            request["headers"] = {"X-Term": "{users.term}", "Content-Type": "application/json"}
+            request["body"] = '{"id": "{users.id}", "term": "{users.term}", "n": 1}'
+            fixed_headers += (("Content-Type", "application/json"),)
+            fixed_body = b'{"id": "100000", "term": "term0", "n": 1}'
         plan = plan_from_dict({
             "target": url,
             "feeders": [{"name": "users", "file": csv_path, "order": args.order}],
             "stages": [{"duration": f"{args.duration}s", "concurrency": args.connections}],
-            "requests": [{"name": "templated", "path": "/items/{users.id}?q={users.term}",
-                          "headers": {"X-Term": "{users.term}"}}],
+            "requests": [request],
         }, path=os.path.join(folder, "bench.toml"))
         target = parse_target(url)
         t = time.perf_counter()
@@ -99,7 +113,8 @@ def main() -> None:
         print(f"{args.rows:,} rows compiled in {time.perf_counter() - t:.1f} s; table "
               f"{'memory-mapped from ' + str(table.file) if table.file else 'inline'}")
         fixed_req = plan.requests[0].__class__(
-            name="fixed", path="/items/100000?q=term0", headers=(("X-Term", "term0"),))
+            name="fixed", method=plan.requests[0].method, path="/items/100000?q=term0",
+            headers=fixed_headers, body=fixed_body)
         fixed = [(encode_request(fixed_req, target.host, target.path), False)]
         stage = (False, 0.0, 0.0, args.duration, args.connections, 0.0)
         parts = urlsplit(url)
@@ -126,7 +141,8 @@ def main() -> None:
                       f"({n:,} requests)", flush=True)
         f, t_ = statistics.median(results["fixed"]), statistics.median(results["templated"])
         print(f"median: fixed {f:.2f} us, templated ({args.rows:,}-row feeder, "
-              f"{args.order}) {t_:.2f} us, ratio {t_ / f:.3f}")
+              f"{args.order}{', JSON body' if args.json_body else ''}) {t_:.2f} us, "
+              f"ratio {t_ / f:.3f}")
         compiled.cleanup()
     finally:
         if nginx is not None:

@@ -211,7 +211,7 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
               "started": started, **summary, "slo": verdicts, "aborted": agg.abort_reason,
               # The target saw these too: servers' counts reconcile with requests + these.
               "preflight": {"requests": 1 if opts.preflight else 0}, **state,
-              "feeder_exhausted": _exhausted(agg, compiled, plan)}
+              "feeder_exhausted": _exhausted(agg, compiled)}
     if tls_info is not None:
         result["tls"] = tls_info
     if plan.flows is not None:
@@ -221,17 +221,10 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     return RunOutcome(result, saved, ok, stop.signum, failure)
 
 
-def _exhausted(agg: coordinator.Aggregator, compiled: feeders.Compiled,
-               plan: Plan) -> dict[str, Any] | None:
+def _exhausted(agg: coordinator.Aggregator,
+               compiled: feeders.Compiled) -> dict[str, Any] | None:
     """The summary's `feeder_exhausted`: the `unique` feeder whose rows ran out, ending the
     run, and how many it had (each sent once); None when none did."""
-    if plan.flows is not None and agg.exhausted is not None \
-            and 0 <= agg.exhausted[0] < len(plan.feeders):
-        # Flows read the rows in their workers: a feeder index of plan.feeders.
-        feeder = plan.feeders[agg.exhausted[0]]
-        _, chunks = feeders.load_rows(feeder, f"feeders {feeder.name}")
-        return {"feeder": feeder.name, "rows": sum(len(c) for c in chunks),
-                "at_s": round(max(0.0, (agg.exhausted[1] - agg.t0_ns) / 1e9), 3)}
     if agg.exhausted is None or not 0 <= agg.exhausted[0] < len(compiled.tables):
         return None
     table = compiled.tables[agg.exhausted[0]]

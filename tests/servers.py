@@ -123,7 +123,9 @@ class LoggingNginx:
         GET / left out."""
         path = os.path.join(self.dir, "access.log")
         with open(path, "rb") as f:
-            lines = f.read().decode().splitlines()
+            # nginx ends a line with \n only: a logged body may hold U+2028 or \x85, which
+            # str.splitlines would also split on.
+            lines = f.read().decode().split("\n")[:-1]
         open(path, "wb").close()
         os.kill(self.proc.pid, 10)          # SIGUSR1: reopen the log
         out = [line.split("|", self.fields - 1) for line in lines]

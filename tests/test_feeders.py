@@ -204,6 +204,88 @@ path = "/fixed"
     assert summary["status"]["2xx"] == 20 and summary["errors"] == 0
 
 
+# Values a JSON string must escape (quotes, backslashes, control characters) and values it
+# carries as they are (non-ASCII, U+2028, \x7f, what looks like an escape or a slot).
+JSON_VALUES = ['say "hi"', "back\\slash \\n \\u0041", "two\nlines\r\tand a tab", "\x01\x1f\x7f",
+               "caf\u00e9 \u65e5\u672c \U0001f600 \u2028", "{users.id} {\"a\": [1]}", "plain"]
+
+
+def test_feeder_values_in_json_bodies_are_escaped(server, tmp_path):
+    """A JSON body (Content-Type application/json or +json; a body_file ending in .json
+    without a Content-Type): a slot inside a JSON string takes the value JSON-escaped, a slot
+    outside one (a number) takes it as it is; every body nginx logged parses and carries each
+    value exactly."""
+    with open(tmp_path / "users.jsonl", "w", encoding="utf-8") as f:
+        for i, name in enumerate(JSON_VALUES):
+            f.write(json.dumps({"id": i, "name": name}) + "\n")
+    with open(tmp_path / "order.json", "w") as f:
+        f.write('{"user": {users.id}, "name": "{users.name}", "note": "a \\"{users.name}\\""}')
+    path = profile(str(tmp_path), server.url, "sequential", 28, requests="""
+[[requests]]
+name = "inline"
+method = "POST"
+path = "/post/inline/{users.id}"
+body = '[{"name": "{users.name}"}, "\\\\", {users.id}]'
+headers = { Content-Type = "application/vnd.api+json; charset=utf-8" }
+[[requests]]
+name = "file"
+method = "POST"
+path = "/post/file/{users.id}"
+body_file = "order.json"
+""")
+    text = open(path).read().replace('file = "users.csv"', 'file = "users.jsonl"')
+    with open(path, "w") as f:
+        f.write(text)
+    proc, summary = run(path, str(tmp_path / "out"), "--workers", "2", "--no-preflight")
+    assert proc.returncode == 0, proc.stderr
+    logged = server.take()
+    assert len(logged) == summary["requests"] == 28
+    seen = Counter()
+    for line, _, _, body in logged:
+        kind, i = line.split()[1].split("/")[2:4]
+        name = JSON_VALUES[int(i)]
+        expected = ([{"name": name}, "\\", int(i)] if kind == "inline" else
+                    {"user": int(i), "name": name, "note": f'a "{name}"'})
+        assert json.loads(body) == expected, body
+        seen[kind] += 1
+    assert seen == {"inline": 14, "file": 14}
+    assert summary["status"]["2xx"] == 28
+
+
+@pytest.mark.parametrize("content_type,body_file,expected", [
+    ("application/json", None, True),
+    ("Application/JSON; charset=utf-8", "a.txt", True),
+    ("application/merge-patch+json", None, True),
+    ("text/plain", "order.json", False),        # the header decides when there is one
+    (None, "order.json", True),
+    (None, "order.JSON", True),
+    (None, "order.txt", False),
+    (None, None, False),
+])
+def test_which_bodies_are_json(content_type, body_file, expected):
+    from loadforge.config.feeders import is_json_body
+
+    assert is_json_body(content_type, body_file) is expected
+
+
+def test_slots_inside_json_strings_are_escaped_and_the_others_are_not():
+    from loadforge.config.feeders import JSON, RAW, Slot, body_encodings
+
+    s = Slot("u", "v")
+    cases = [
+        ((b'{"a": "', s, b'"}'), [RAW, JSON, RAW]),
+        ((b'{"a": ', s, b"}"), [RAW, RAW, RAW]),
+        ((b'{"', s, b'": 1}'), [RAW, JSON, RAW]),                   # a key
+        ((b'{"a": "x\\"', s, b'"}'), [RAW, JSON, RAW]),            # after an escaped quote
+        ((b'{"a": "\\\\"', s, b"}"), [RAW, RAW, RAW]),           # after a closed string
+        ((b'["', s, b'", ', s, b', "', s, s, b'"]'), [RAW, JSON, RAW, RAW, RAW, JSON, JSON, RAW]),
+        ((s,), [RAW]),
+    ]
+    for body, expected in cases:
+        assert body_encodings(body, True) == expected, body
+        assert body_encodings(body, False) == [RAW] * len(body)
+
+
 def test_a_large_templated_body_goes_out_whole_over_partial_writes(server, tmp_path):
     """A 900 KB body with a slot at its end: more than a socket buffer takes at once, so the
     engine finishes it on EPOLLOUT; a wrong Content-Length would leave nginx waiting (a

@@ -207,6 +207,86 @@ rate = 12
     assert bodies == expected
 
 
+def test_a_large_feeder_is_read_from_the_memory_mapped_table(server, tmp_path):
+    """A feeder of 1 MiB or more: the flows' workers read their rows from the table the
+    coordinator compiled and wrote to a file (memory-mapped), decoding only the rows the
+    arrivals take; the values are the file's as they are (not the path's percent-encoding),
+    the same rows whatever the worker count, and user.rows holds every feeder's."""
+    import csv
+
+    from loadforge.config.feeders import MMAP_MIN_BYTES
+    from loadforge.config.profile import load_profile
+    from loadforge.run.coordinator import compile_feeders, parse_target
+
+    folder = str(tmp_path)
+    rows = [(str(500_000 + i), f'n{i} caf\u00e9 "q", a/b?c=d&e%20 \u65e5' + "x" * 20)
+            for i in range(40_000)]
+    with open(os.path.join(folder, "users.csv"), "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "name"])
+        writer.writerows(rows)
+    write(folder, "codes.jsonl", '{"code": "A"}\n{"code": 7}\n')
+    write(folder, "checkout.py", '''
+from loadforge.flows import flow
+
+@flow
+async def login(user):
+    await user.post("/login", json={**user.row, "code": user.rows["codes"]["code"]},
+                    name="login")
+''')
+    path = profile(folder, server.url, """
+[[feeders]]
+name = "users"
+file = "users.csv"
+order = "random"
+seed = 5
+[[feeders]]
+name = "codes"
+file = "codes.jsonl"
+[[stages]]
+duration = "1s"
+rate = 30
+""")
+    compiled = compile_feeders(load_profile(path), parse_target(server.url))
+    assert compiled.tables[0].file is not None and os.path.getsize(
+        compiled.tables[0].file) >= MMAP_MIN_BYTES
+    assert compiled.tables[1].file is None          # a small one travels inline
+    compiled.cleanup()
+    expected = Counter(
+        json.dumps({"id": rows[r][0], "name": rows[r][1], "code": ["A", "7"][k % 2]},
+                   sort_keys=True)
+        for k, r in ((k, row_for(k, "random", 5, len(rows))) for k in range(30)))
+    server.take()
+    for workers in ("1", "3"):
+        proc, summary = run(path, os.path.join(folder, workers), "--workers", workers)
+        assert proc.returncode == 0, proc.stderr
+        bodies = Counter(json.dumps(json.loads(r[4]), sort_keys=True) for r in server.take())
+        assert bodies == expected
+        assert summary["requests"] == 30
+
+
+@pytest.mark.parametrize("rows,message", [
+    ("name\n", "has no rows"),
+    ("name\nann,extra\n", "row 1 has 2 fields"),
+])
+def test_a_bad_feeder_for_flows_exits_2_before_any_worker_starts(tmp_path, rows, message):
+    folder = str(tmp_path)
+    write(folder, "users.csv", rows)
+    write(folder, "checkout.py", CHECKOUT)
+    path = profile(folder, "http://127.0.0.1:1", """
+[[feeders]]
+name = "users"
+file = "users.csv"
+[[stages]]
+duration = "1s"
+rate = 5
+""")
+    proc, _ = run(path, folder, "--no-preflight")
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
 def test_transport_errors_and_statuses_in_flows(server, tmp_path):
     """A step's 503 is recorded as 5xx under its name; a step to a port nobody listens on
     raises ConnectError in the flow, which is counted as failed with that type."""

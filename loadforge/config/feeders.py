@@ -20,7 +20,8 @@ A table column is a *view*: a feeder column in one encoding. A value in the path
 percent-encoded (every byte but RFC 3986's unreserved `A-Za-z0-9-._~`), so a row can never
 break the request line; a value in a header must be printable ASCII (a CR, LF or other control
 character is refused at load, exit 2, naming the feeder, row and column); a value in the body
-goes in as it is (the engine frames the body by its computed Content-Length).
+goes in as it is (the engine frames the body by its computed Content-Length), except inside a
+string of a JSON body (`is_json_body`, `body_encodings`), where it is JSON-string-escaped.
 
 Rows follow the run-wide arrival sequence: the n-th arrival (all workers together) of the
 requests that use a feeder takes feeder index n; `sequential` takes row n mod rows, `random`
@@ -63,7 +64,7 @@ TABLE_HEADER = struct.Struct("<4sIIIQQQ")
 MAX_TEMPLATE_BYTES = 1 << 20       # the largest request a template can expand to
 
 # Encodings of a view (a column as a slot in one place of the request).
-RAW, PATH, HEADER = "raw", "path", "header"
+RAW, PATH, HEADER, JSON = "raw", "path", "header", "json"
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Template:
     path: Parts
     headers: tuple[tuple[str, Parts], ...]
     body: Parts
+    json_body: bool = False    # the body is JSON (is_json_body): slots in its strings escaped
 
 
 @dataclass
@@ -180,6 +182,49 @@ def parts_of(text: str, where: str, feeders: dict[str, Feeder], secrets: list[st
     if pos < len(text):
         out.append(environment(text[pos:], where, secrets))
     return tuple(out)
+
+
+def is_json_body(content_type: str | None, body_file: str | None) -> bool:
+    """Whether a request's body is JSON, so that slots inside its strings are JSON-escaped:
+    its Content-Type header names a JSON media type (application/json, or any type ending in
+    +json, such as application/merge-patch+json); without a Content-Type header, a body_file
+    whose name ends in .json."""
+    if content_type is not None:
+        media = content_type.split(";", 1)[0].strip().lower()
+        return media == "application/json" or media.endswith("+json")
+    return body_file is not None and body_file.lower().endswith(".json")
+
+
+_JSON_QUOTE = re.compile(rb'["\\]')
+
+
+def body_encodings(body: Parts, json_body: bool) -> list[str]:
+    """Per part of a body, its encoding: in a JSON body, a slot inside a JSON string ("...")
+    takes the value JSON-string-escaped; every other slot (a bare number, or a whole JSON
+    value from a JSON Lines feeder) and any body that is not JSON takes it as it is."""
+    if not json_body:
+        return [RAW] * len(body)
+    encodings = []
+    in_string = False
+    skip = 0                   # bytes of the next literal a backslash escapes
+    for p in body:
+        if isinstance(p, Slot):
+            encodings.append(JSON if in_string else RAW)
+            skip = 0
+            continue
+        encodings.append(RAW)
+        text = p if isinstance(p, bytes) else p.encode("utf-8", "surrogateescape")
+        for m in _JSON_QUOTE.finditer(text, skip):
+            if m.start() < skip:
+                continue
+            if not in_string:
+                in_string = m.group() == b'"'
+            elif m.group() == b"\\":
+                skip = m.start() + 2
+            else:
+                in_string = False
+        skip = max(0, skip - len(text))
+    return encodings
 
 
 def read_body_file(path: str, where: str) -> bytes:
@@ -322,6 +367,18 @@ def row_for(index: int, order: str, seed: int, rows: int) -> int | None:
 
 _UNRESERVED_TEXT = re.compile(r"[A-Za-z0-9\-._~]*")
 _PRINTABLE_TEXT = re.compile(r"[\x20-\x7e\t]*")
+# What a JSON string cannot hold as it is (RFC 8259 section 7), and lone surrogates.
+_JSON_ESCAPED = re.compile(r'["\\\x00-\x1f\ud800-\udfff]')
+
+
+def json_string(value: str) -> bytes:
+    """`value` as the inside of a JSON string, UTF-8: quotes, backslashes and control
+    characters escaped, the rest as it is (a lone surrogate as its \\u escape)."""
+    text = json.dumps(value, ensure_ascii=False)[1:-1]
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value)[1:-1].encode()
 
 
 def _encode_column(values: tuple[str, ...], encoding: str, feeder: str, column: str,
@@ -338,10 +395,81 @@ def _encode_column(values: tuple[str, ...], encoding: str, feeder: str, column: 
     if encoding == PATH and not _UNRESERVED_TEXT.fullmatch(joined):
         encoded = [quote(v.encode("utf-8", "surrogateescape"), safe="") for v in values]
         return "".join(encoded).encode(), list(map(len, encoded))
+    if encoding == JSON and _JSON_ESCAPED.search(joined):
+        escaped = [json_string(v) for v in values]
+        return b"".join(escaped), list(map(len, escaped))
     if joined.isascii():
         return joined.encode(), list(map(len, values))
     data = [v.encode("utf-8", "surrogateescape") for v in values]
     return b"".join(data), list(map(len, data))
+
+
+def _compile_table(feeder: Feeder, views: list[tuple[str, str]] | None, where: str,
+                   out: Compiled, inline: bool) -> Table:
+    """One feeder's table: `views` (column, encoding) pairs, or None for every column of the
+    file as it is (RAW), in the file's order. Written to a file in out.tempdir when large."""
+    columns, rows = load_rows(feeder, where)
+    if views is None:
+        views = [(c, RAW) for c in columns]
+        src = list(range(len(columns)))
+    else:
+        for column, _ in views:
+            if column not in columns:
+                raise ProfileError(f"{where}: {feeder.file} has no column {column!r} (slot "
+                                   f"{{{feeder.name}.{column}}}); its columns are "
+                                   f"{', '.join(columns)}")
+        src = [columns.index(c) for c, _ in views]
+    # Column-major: view v's cells are rows v*R .. v*R + R-1 of the offsets table.
+    lengths = [array("Q") for _ in views]
+    chunks: list[list[bytes]] = [[] for _ in views]
+    widths = [0] * len(views)
+    nrows = 0
+    for chunk in rows:
+        cols = list(zip(*chunk, strict=True))
+        for v, (column, enc) in enumerate(views):
+            data, lens = _encode_column(cols[src[v]], enc, feeder.name, column, nrows, where)
+            chunks[v].append(data)
+            lengths[v].extend(lens)
+            widths[v] = max(widths[v], max(lens))
+        nrows += len(chunk)
+    if not nrows:
+        raise ProfileError(f"{where}: {feeder.file} has no rows")
+    offsets = array("Q", [0])
+    for v in range(len(views)):
+        running = accumulate(lengths[v], initial=offsets[-1])
+        next(running)
+        offsets.extend(running)
+    start = TABLE_HEADER.size
+    data_start = start + 8 * len(offsets)
+    blob = b"".join([TABLE_HEADER.pack(TABLE_MAGIC, TABLE_VERSION, len(views), 0, nrows,
+                                       start, data_start), offsets.tobytes(),
+                     *(d for view_chunks in chunks for d in view_chunks)])
+    del chunks, offsets, lengths
+    table = Table(feeder, nrows, views, widths)
+    if len(blob) >= MMAP_MIN_BYTES and not inline:
+        if out.tempdir is None:
+            out.tempdir = tempfile.mkdtemp(prefix="loadforge-feeders-")
+        table.file = os.path.join(out.tempdir, f"{len(out.tables)}.table")
+        with open(table.file, "wb") as f:
+            f.write(blob)
+    else:
+        table.data = blob
+    return table
+
+
+def compile_rows(feeders: tuple[Feeder, ...], label: str, inline: bool = False) -> Compiled:
+    """The tables scripted flows read rows from (user.row): table i is feeders[i], every
+    column as it is in the file (RAW), so that a worker decodes the one row an arrival takes,
+    when it takes it, from the shared (memory-mapped when large) table."""
+    out = Compiled()
+    try:
+        for i, feeder in enumerate(feeders):
+            out.tables.append(_compile_table(feeder, None, f"{label}: feeders[{i}]", out,
+                                             inline))
+    except BaseException:
+        out.cleanup()
+        raise
+    return out
 
 
 def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | None],
@@ -356,60 +484,25 @@ def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | No
     for tpl in templates:
         if tpl is None:
             continue
-        for parts, enc in [(tpl.path, PATH), (tpl.body, RAW),
-                           *[(p, HEADER) for _, p in tpl.headers]]:
-            for p in parts:
+        for parts, encs in [(tpl.path, PATH), (tpl.body, body_encodings(tpl.body, tpl.json_body)),
+                            *[(p, HEADER) for _, p in tpl.headers]]:
+            for i, p in enumerate(parts):
+                enc = encs if isinstance(encs, str) else encs[i]
                 if isinstance(p, Slot) and (p.column, enc) not in used.setdefault(p.feeder, []):
                     used[p.feeder].append((p.column, enc))
     out = Compiled()
     view_of: dict[tuple[str, str, str], tuple[int, int]] = {}
-    for name, views in used.items():
-        feeder = by_name[name]
-        where = f"{label}: feeders[{feeders.index(feeder)}]"
-        columns, rows = load_rows(feeder, where)
-        for column, _ in views:
-            if column not in columns:
-                raise ProfileError(f"{where}: {feeder.file} has no column {column!r} (slot "
-                                   f"{{{name}.{column}}}); its columns are {', '.join(columns)}")
-        src = [columns.index(c) for c, _ in views]
-        # Column-major: view v's cells are rows v*R .. v*R + R-1 of the offsets table.
-        lengths = [array("Q") for _ in views]
-        chunks: list[list[bytes]] = [[] for _ in views]
-        widths = [0] * len(views)
-        nrows = 0
-        for chunk in rows:
-            cols = list(zip(*chunk, strict=True))
+    try:
+        for name, views in used.items():
+            feeder = by_name[name]
+            table = _compile_table(feeder, views,
+                                   f"{label}: feeders[{feeders.index(feeder)}]", out, inline)
             for v, (column, enc) in enumerate(views):
-                data, lens = _encode_column(cols[src[v]], enc, name, column, nrows, where)
-                chunks[v].append(data)
-                lengths[v].extend(lens)
-                widths[v] = max(widths[v], max(lens))
-            nrows += len(chunk)
-        if not nrows:
-            raise ProfileError(f"{where}: {feeder.file} has no rows")
-        offsets = array("Q", [0])
-        for v in range(len(views)):
-            running = accumulate(lengths[v], initial=offsets[-1])
-            next(running)
-            offsets.extend(running)
-        start = TABLE_HEADER.size
-        data_start = start + 8 * len(offsets)
-        blob = b"".join([TABLE_HEADER.pack(TABLE_MAGIC, TABLE_VERSION, len(views), 0, nrows,
-                                           start, data_start), offsets.tobytes(),
-                         *(d for view_chunks in chunks for d in view_chunks)])
-        del chunks, offsets, lengths
-        table = Table(feeder, nrows, views, widths)
-        if len(blob) >= MMAP_MIN_BYTES and not inline:
-            if out.tempdir is None:
-                out.tempdir = tempfile.mkdtemp(prefix="loadforge-feeders-")
-            table.file = os.path.join(out.tempdir, f"{len(out.tables)}.table")
-            with open(table.file, "wb") as f:
-                f.write(blob)
-        else:
-            table.data = blob
-        for v, (column, enc) in enumerate(views):
-            view_of[(name, column, enc)] = (len(out.tables), v)
-        out.tables.append(table)
+                view_of[(name, column, enc)] = (len(out.tables), v)
+            out.tables.append(table)
+    except BaseException:
+        out.cleanup()
+        raise
 
     for tpl, (start_line, head_rest, needs_length) in zip(templates, heads, strict=True):
         if tpl is None:
@@ -418,7 +511,7 @@ def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | No
         segs: list[tuple[Any, ...]] = []
         size = 0
 
-        def emit(parts: Parts, enc: str, segs: list[tuple[Any, ...]] = segs) -> int:
+        def emit(parts: Parts, enc: str | list[str], segs: list[tuple[Any, ...]] = segs) -> int:
             return _emit(segs, parts, enc, view_of, out.tables)
 
         size += emit((start_line,), RAW)
@@ -442,7 +535,8 @@ def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | No
             size += emit(("\r\n",), RAW)
         body_from = len(segs)
         body: list[tuple[Any, ...]] = []      # not merged into the head's last literal
-        size += _emit(body, tpl.body, RAW, view_of, out.tables)
+        size += _emit(body, tpl.body, body_encodings(tpl.body, tpl.json_body), view_of,
+                      out.tables)
         segs += body
         if size > MAX_TEMPLATE_BYTES:
             raise ProfileError(f"{label}: a templated request may expand to {size:,} bytes; "
@@ -451,14 +545,14 @@ def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | No
     return out
 
 
-def _emit(segs: list[tuple[Any, ...]], parts: Parts, enc: str,
+def _emit(segs: list[tuple[Any, ...]], parts: Parts, enc: str | list[str],
           view_of: dict[tuple[str, str, str], tuple[int, int]], tables: list[Table]) -> int:
     """Append parts as engine segments (adjacent literals merged); returns their largest
-    size."""
+    size. `enc`: the slots' encoding, or each part's."""
     size = 0
-    for p in parts:
+    for i, p in enumerate(parts):
         if isinstance(p, Slot):
-            t, v = view_of[(p.feeder, p.column, enc)]
+            t, v = view_of[(p.feeder, p.column, enc if isinstance(enc, str) else enc[i])]
             segs.append((1, t, v))
             size += tables[t].widths[v]
         else:
@@ -484,3 +578,41 @@ def open_table(spec: tuple[Any, ...]) -> tuple[Any, int, int, int, int, int, int
     if magic != TABLE_MAGIC or version != TABLE_VERSION or nviews != views or nrows != rows:
         raise ValueError("feeder table of another format")
     return data, start, data_start, rows, views, order, seed
+
+
+class RowReader:
+    """A compiled table read by Python one row at a time (scripted flows' user.row): the
+    offsets and data stay in the table's buffer (memory-mapped when large, shared with every
+    worker), and a row's values are decoded only when an arrival takes that row.
+
+    `columns`: (name, view) pairs, the views to read; compile_rows' tables hold every column
+    once, as it is in the file (RAW), never an encoded view (a path's percent-encoding)."""
+
+    __slots__ = ("rows", "order", "seed", "_names", "_starts", "_offsets", "_data_start",
+                 "_buf")
+
+    def __init__(self, spec: tuple[Any, ...], columns: list[tuple[str, int]]) -> None:
+        buf, start, data_start, rows, views, order, seed = open_table(spec)
+        self._buf = buf                     # bytes, or an mmap: slicing either gives bytes
+        self._offsets = memoryview(buf)[start:start + 8 * (rows * views + 1)].cast("Q")
+        self._data_start = data_start
+        self.rows = rows
+        self.order = ORDERS[order]
+        self.seed = seed
+        self._names = [name for name, _ in columns]
+        self._starts = [view * rows for _, view in columns]
+
+    def row(self, r: int) -> dict[str, str]:
+        """Row r's values by column name, decoded as load_rows read them."""
+        offsets, buf, base = self._offsets, self._buf, self._data_start
+        out = {}
+        for name, k in zip(self._names, self._starts, strict=True):
+            k += r
+            out[name] = buf[base + offsets[k]:base + offsets[k + 1]].decode(
+                "utf-8", "surrogateescape")
+        return out
+
+
+def raw_columns(table: Table) -> list[tuple[str, int]]:
+    """(column, view) of every RAW view of a table: what a RowReader of it reads."""
+    return [(column, v) for v, (column, enc) in enumerate(table.views) if enc == RAW]

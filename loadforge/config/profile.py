@@ -503,7 +503,10 @@ def _request(check: _Checker, raw: dict[str, Any], i: int,
                           for k, v in headers if k.lower() != "host"),
             body=tuple(p.encode("utf-8", "surrogateescape") if isinstance(p, str) else p
                        for p in feeders_module.parts_of(body_text, f"{where}.body", by_name,
-                                                        secrets)))
+                                                        secrets)),
+            json_body=feeders_module.is_json_body(
+                next((v for k, v in headers if k.lower() == "content-type"), None),
+                raw.get("body_file")))
     elif feeders_module.ENV.search(body_text):
         found = []
         body = feeders_module.environment(body_text, check.where(f"{path}.body"), found) \

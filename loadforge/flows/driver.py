@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from loadforge.config.feeders import RowReader, row_for
 from loadforge.flows.loader import OTHER_STEP, FlowModule
 from loadforge.flows.user import ERRORS, FlowUsageError, Response, User, _Step, _Think
 
@@ -63,31 +64,30 @@ def flow_mix(weights: list[int]) -> list[int]:
 
 class Feeds:
     """The feeder rows flows see as user.row / user.rows, chosen by arrival index as the
-    engine chooses them for templates (config/feeders.row_for)."""
+    engine chooses them for templates (config/feeders.row_for), read from the compiled
+    tables one row at a time (config/feeders.RowReader)."""
 
-    def __init__(self, feeders: list[tuple[str, str, int, list[str], list[list[str]]]],
-                 open_rows: int, worker: int, workers: int) -> None:
-        self.feeders = feeders          # (name, order, seed, columns, rows)
+    def __init__(self, feeders: list[tuple[str, RowReader]], open_rows: int, worker: int,
+                 workers: int) -> None:
+        self.feeders = feeders          # (name, reader) per table, in table order
         self.open_rows = open_rows
-        # (feeder index, when in CLOCK_MONOTONIC ns) once a `unique` feeder ran out
+        # (table index, when in CLOCK_MONOTONIC ns) once a `unique` feeder ran out
         self.exhausted: tuple[int, int] | None = None
         self.worker = worker
         self.workers = workers
 
     def rows(self, index: int, closed: bool) -> dict[str, dict[str, str]] | None:
         """Every feeder's row for the arrival; None when a `unique` feeder has none left."""
-        from loadforge.config.feeders import row_for
-
         if closed:
             index = self.open_rows + index * self.workers + self.worker
         out = {}
-        for i, (name, order, seed, columns, rows) in enumerate(self.feeders):
-            r = row_for(index, order, seed, len(rows))
+        for i, (name, reader) in enumerate(self.feeders):
+            r = row_for(index, reader.order, reader.seed, reader.rows)
             if r is None:
                 if self.exhausted is None:
                     self.exhausted = (i, time.monotonic_ns())
                 return None
-            out[name] = dict(zip(columns, rows[r], strict=True))
+            out[name] = reader.row(r)
         return out
 
 

@@ -885,6 +885,10 @@ def compile_feeders(plan: Plan, target: Target, inline: bool = False) -> feeders
         # A feeder no slot uses is not loaded, but a file that is not there is still an error.
         if not os.access(feeder.path, os.R_OK) or os.path.isdir(feeder.path):
             raise InputError(f"{label}: feeders[{i}]: cannot read {feeder.file}")
+    if plan.flows is not None:
+        # Flows read every feeder's rows (user.rows) from tables of their own: table i is
+        # feeder i, its columns as they are in the file.
+        return feeders.compile_rows(plan.feeders, label, inline=inline)
     if not plan.templates:
         return feeders.Compiled()
     if plan.http == "2" and any(t is not None for t in plan.templates):
@@ -915,7 +919,8 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
     if plan.flows is not None:
         open_rows = sum(schedule.arrivals(s) for s in plan.stages if s.open_model)
         flows = (plan.flows, (target.host, target.path.rstrip("/"), USER_AGENT),
-                 [(f.name, f.path, f.order, f.seed) for f in plan.feeders], open_rows)
+                 [(t.feeder.name, feeders.raw_columns(t)) for t in compiled.tables]
+                 if compiled else [], open_rows)
     specs = []
     for w in range(workers):
         share = plan.connections // workers + (1 if w < plan.connections % workers else 0)

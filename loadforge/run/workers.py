@@ -205,8 +205,9 @@ class WorkerSpec:
     http2: list[tuple[list[tuple[bytes, bytes]], bytes]] | None = None
     streams: int = 100
     # Scripted flows (loadforge/flows): the module's path, (Host header, path prefix,
-    # User-Agent), the feeders flows read rows from ((name, path, order, seed) each) and the
-    # open-model arrivals of the run (where closed-model rows start). None: no flows.
+    # User-Agent), per table of `feeders` (feeders.compile_rows: table i is feeder i) its name
+    # and the (column, view) pairs flows read, and the open-model arrivals of the run (where
+    # closed-model rows start). None: no flows.
     flows: tuple[Any, ...] | None = None
 
 
@@ -294,22 +295,19 @@ class ReportSender:
 def run_flows(spec: WorkerSpec, channel: Connection) -> None:
     """worker_main for a run of scripted flows: a FlowEngine driven by flows/driver.py."""
     from loadforge import _core
-    from loadforge.config.feeders import Feeder, load_rows
+    from loadforge.config.feeders import RowReader
     from loadforge.flows import driver, loader
 
     assert spec.flows is not None
-    path, base, feeder_specs, open_rows = spec.flows
+    path, base, feeder_columns, open_rows = spec.flows
     module = loader.load(path)
     feeds = None
-    if feeder_specs:
-        tables = []
-        for name, file, order, seed in feeder_specs:
-            columns, chunks = load_rows(Feeder(name, file, file, order, seed), f"feeders {name}")
-            rows: list[list[str]] = []
-            for chunk in chunks:
-                rows.extend(list(r) for r in chunk)
-            tables.append((name, order, seed, columns, rows))
-        feeds = driver.Feeds(tables, open_rows, spec.index, spec.workers)
+    if feeder_columns:
+        # The compiled tables, memory-mapped when large: a row is decoded when an arrival
+        # takes it, never the whole file into Python objects.
+        feeds = driver.Feeds([(name, RowReader(table, columns)) for (name, columns), table
+                              in zip(feeder_columns, spec.feeders, strict=True)],
+                             open_rows, spec.index, spec.workers)
     fd_limit()
     engine = _core.FlowEngine(
         spec.address, spec.port, module.names, spec.stages, spec.connections,
