@@ -21,51 +21,23 @@ import argparse
 import os
 import resource
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from urllib.parse import urlsplit
+
+import _nginx
 
 from loadforge import _core
 from loadforge.config.feeders import open_table
 from loadforge.config.profile import plan_from_dict
 from loadforge.run.coordinator import compile_feeders, encode_request, parse_target
 
+# Inside nginx's http block (_nginx.py adds the rest).
 NGINX = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
   access_log off;
-  keepalive_requests 10000000;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
   server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
-}}
 """
-
-
-def start_nginx(folder: str, port: int) -> tuple[subprocess.Popen[bytes], str]:
-    conf = os.path.join(folder, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX.format(dir=folder, port=port))
-    proc = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", conf, "-e",
-                             os.path.join(folder, "error.log")], stdout=subprocess.DEVNULL)
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"http://127.0.0.1:{port}"
-        time.sleep(0.05)
-    proc.kill()
-    sys.exit("nginx did not start")
 
 
 def main() -> None:
@@ -85,7 +57,8 @@ def main() -> None:
     try:
         url = args.url
         if url is None:
-            nginx, url = start_nginx(folder, args.port)
+            nginx = _nginx.start(folder, NGINX.format(port=args.port), args.port)
+            url = f"http://127.0.0.1:{args.port}"
         csv_path = os.path.join(folder, "users.csv")
         with open(csv_path, "w") as f:
             f.write("id,term\n")
@@ -146,8 +119,7 @@ def main() -> None:
         compiled.cleanup()
     finally:
         if nginx is not None:
-            nginx.terminate()
-            nginx.wait(5)
+            _nginx.stop(nginx)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -28,27 +28,17 @@ import argparse
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+import _nginx
+
+# Inside nginx's http block (_nginx.py adds the rest).
 NGINX = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
   log_format lf '$request_uri $status';
   access_log {dir}/access.log lf buffer=256k flush=100ms;
-  keepalive_requests 10000000;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
   server {{
     listen 127.0.0.1:{port};
     location / {{ return 200 "ok\\n"; }}
@@ -59,7 +49,6 @@ http {{
       return 200 '{{"items":[1,2,3]}}';
     }}
   }}
-}}
 """
 
 LOADFORGE_FLOW = '''
@@ -122,21 +111,6 @@ class Checkout(FastHttpUser):
 '''
 
 
-def start_nginx(folder: str, port: int) -> subprocess.Popen[bytes]:
-    conf = os.path.join(folder, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX.format(dir=folder, port=port))
-    proc = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", conf, "-e",
-                             os.path.join(folder, "error.log")], stdout=subprocess.DEVNULL)
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.05)
-    proc.kill()
-    sys.exit("nginx did not start")
-
-
 class Log:
     def __init__(self, folder: str, nginx: subprocess.Popen[bytes]) -> None:
         self.path = os.path.join(folder, "access.log")
@@ -184,7 +158,7 @@ def main() -> None:
     args = ap.parse_args()
     closed = args.model == "closed"
     folder = tempfile.mkdtemp(prefix="lf-flows-bench-")
-    nginx = start_nginx(folder, args.port)
+    nginx = _nginx.start(folder, NGINX.format(dir=folder, port=args.port), args.port)
     log = Log(folder, nginx)
     url = f"http://127.0.0.1:{args.port}"
     with open(os.path.join(folder, "flow.py"), "w") as f:
@@ -248,8 +222,7 @@ def main() -> None:
                 if name != "loadforge":
                     print(f"loadforge / {name}: {lf / value:.3f}")
     finally:
-        nginx.terminate()
-        nginx.wait(5)
+        _nginx.stop(nginx)
         shutil.rmtree(folder, ignore_errors=True)
 
 

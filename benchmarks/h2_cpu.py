@@ -24,58 +24,34 @@ import json
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+import _nginx
+
 from loadforge import _core
 from loadforge.run.workers import decode_interval, interval_message
 
+# Inside nginx's http block (_nginx.py adds the rest).
 NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; use epoll; }}
-http {{
   access_log {dir}/access.log;
-  client_body_temp_path {dir}/body;
-  keepalive_requests 10000000;
-  keepalive_timeout 120s;
   server {{
     listen 127.0.0.1:{port} http2;
     http2_max_concurrent_streams 128;
     location / {{ add_header X-Served-By nginx-a; return 200 "ok\\n"; }}
   }}
-}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Nginx:
     def __init__(self) -> None:
-        if not shutil.which("nginx"):
-            sys.exit("nginx is not installed: apt-get install -y nginx nghttp2-client")
         self.dir = tempfile.mkdtemp(prefix="lf-h2bench-")
-        self.port = free_port()
-        conf = os.path.join(self.dir, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(dir=self.dir, port=self.port))
-        self.proc = subprocess.Popen(["nginx", "-c", conf, "-e", os.path.join(self.dir, "e.log")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    break
-            time.sleep(0.05)
+        self.port = _nginx.free_port()
+        self.proc = _nginx.start(self.dir, NGINX_CONF.format(dir=self.dir, port=self.port),
+                                 self.port)
         self.url = f"http://127.0.0.1:{self.port}/"
 
     def served(self) -> int:
@@ -84,8 +60,7 @@ class Nginx:
             return sum(1 for _ in f)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        _nginx.stop(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -26,39 +26,21 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
+import _nginx
+
+# Inside nginx's http block (_nginx.py adds the rest).
 NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
   access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  keepalive_requests 1000000;
   server {{
     listen 127.0.0.1:{port};
     location / {{ root {dir}/files; }}
   }}
-}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_nginx(size: int) -> tuple[subprocess.Popen[bytes], str, str]:
@@ -70,19 +52,9 @@ def start_nginx(size: int) -> tuple[subprocess.Popen[bytes], str, str]:
     for path in (tmp, os.path.join(tmp, "files")):
         os.chmod(path, 0o755)
     os.chmod(os.path.join(tmp, "files", "body.bin"), 0o644)
-    port = free_port()
-    conf = os.path.join(tmp, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(dir=tmp, port=port))
-    proc = subprocess.Popen(["nginx", "-c", conf, "-e", os.path.join(tmp, "error.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"http://127.0.0.1:{port}/body.bin", tmp
-        time.sleep(0.05)
-    proc.kill()
-    sys.exit("nginx did not start")
+    port = _nginx.free_port()
+    proc = _nginx.start(tmp, NGINX_CONF.format(dir=tmp, port=port), port)
+    return proc, f"http://127.0.0.1:{port}/body.bin", tmp
 
 
 def quantiles_ms(values_s: list[float]) -> tuple[float, float, float]:

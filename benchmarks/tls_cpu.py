@@ -43,30 +43,18 @@ import os
 import re
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+import _nginx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Inside nginx's http block (_nginx.py adds the rest).
 NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; use epoll; multi_accept on; }}
-http {{
   access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 120s;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
   ssl_protocols TLSv1.2 TLSv1.3;
   ssl_session_cache shared:SSL:10m;
   server {{
@@ -76,35 +64,18 @@ http {{
     ssl_certificate_key {dir}/server.pem;
     location / {{ return 200 "ok\\n"; }}
   }}
-}}
 """
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def start_nginx(workdir: str, port: int, tls_port: int) -> subprocess.Popen[bytes]:
     import trustme
 
-    if listening(port) or listening(tls_port):
-        sys.exit(f"127.0.0.1:{port} or :{tls_port} is taken: pass free ones (--port, --tls-port)")
     ca = trustme.CA()
     ca.cert_pem.write_to_path(os.path.join(workdir, "ca.pem"))
     ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
         os.path.join(workdir, "server.pem"))
-    conf = os.path.join(workdir, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(dir=workdir, port=port, tls_port=tls_port))
-    proc = subprocess.Popen(["nginx", "-c", conf, "-e", os.path.join(workdir, "error.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        if listening(port) and listening(tls_port):
-            return proc
-        time.sleep(0.05)
-    proc.kill()
-    sys.exit("nginx did not start")
+    return _nginx.start(workdir, NGINX_CONF.format(dir=workdir, port=port, tls_port=tls_port),
+                        port, tls_port)
 
 
 def cpu_of(cmd: list[str], cwd: str | None = None) -> tuple[float, str]:
@@ -218,8 +189,7 @@ def main() -> None:
                   f"ratio {lf / w:.2f}  ({peer} runs {', '.join(f'{x:.2f}' for x in w_us)}; "
                   f"loadforge runs {', '.join(f'{x:.2f}' for x in l_us)}){extra}", flush=True)
     finally:
-        nginx.terminate()
-        nginx.wait(5)
+        _nginx.stop(nginx)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
