@@ -239,3 +239,64 @@ async def f(user):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "@flow asyncio must be True or False" in lines[0], proc.stderr
+
+
+def test_flows_stuck_in_asyncio_are_ended_after_the_grace(server, tmp_path):
+    """A flow awaiting something that never ends (here a long asyncio.sleep) is cancelled
+    two load.timeouts after the stages end, unrecorded, as a flow still thinking is; the
+    engine steps it sent before are recorded and the run ends."""
+    folder = str(tmp_path)
+    write(folder, "checkout.py", '''
+import asyncio
+from loadforge.flows import flow
+
+@flow
+async def stuck(user):
+    await user.get("/cart", name="cart")
+    await asyncio.sleep(3600)
+''')
+    path = write(folder, "p.toml", f"""
+name = "flows"
+target = "{server.url}"
+[load]
+connections = 4
+workers = 1
+timeout = "300ms"
+[flows]
+module = "checkout.py"
+{OPEN.replace("40", "4")}
+""")
+    server.take()
+    proc, summary = run(path, folder)
+    assert proc.returncode == 0, proc.stderr
+    assert len(server.take()) == 4
+    assert summary["requests_by_name"]["cart"]["requests"] == 4
+    stuck = summary["requests_by_name"]["flow:stuck"]
+    assert stuck["requests"] == stuck["errors"] == 0
+
+
+def test_steps_run_concurrently_with_asyncio_gather(server, tmp_path):
+    """In asyncio mode a flow's user.* steps are asyncio awaitables: gathered, they go out
+    together (two connections), beside an httpx request."""
+    write(str(tmp_path), "checkout.py", '''
+import asyncio
+import httpx
+from loadforge.flows import flow
+
+@flow
+async def fan_out(user):
+    async with httpx.AsyncClient(base_url=user.base_url) as client:
+        a, b, c = await asyncio.gather(user.get("/cart", name="one"),
+                                       user.post("/login", name="two"),
+                                       client.get("/cart", extensions={"name": "three"}))
+    user.check((a.status_code, b.status_code, c.status_code) == (401, 200, 401), "all three")
+''')
+    path = profile(str(tmp_path), server.url, OPEN.replace("40", "6"))
+    server.take()
+    proc, summary = run(path, str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert len(server.take()) == summary["requests"] == 18
+    by_name = summary["requests_by_name"]
+    assert by_name["one"]["requests"] == by_name["two"]["requests"] == 6
+    assert by_name["three"]["requests"] == by_name["flow:fan_out"]["requests"] == 6
+    assert summary["flows"]["checks"] == {"all three": {"passed": 6, "failed": 0}}

@@ -2,11 +2,13 @@
 or asyncio) beside its user.* steps; the slower path, taken only by a module that asks for it
 (flows/loader.py: it imports httpx, anyio or asyncio, or marks a flow @flow(asyncio=True)).
 
-A flow's Task runs a bridge (`_drive`, a generator-based coroutine) that drives the flow's
-coroutine: a `_Step` it yields goes to the engine (FlowEngine.submit) and the flow waits on a
-future that the driver resolves with the Response when the engine completes it; a `_Think`
-waits in the driver's timer heap; anything else (an asyncio future, a bare yield) goes up to
-the Task unchanged, so httpx, anyio and sniffio see an ordinary Task.
+The flow's coroutine is its Task's: what it awaits besides user.* calls (an asyncio future, a
+bare yield) goes to the Task as in any asyncio program, so httpx, anyio and sniffio see an
+ordinary Task. The user it is handed is an AioUser, whose steps and think times are asyncio
+awaitables: a step is handed to the engine (FlowEngine.submit) and awaited as a future that
+the driver resolves with the Response when the engine completes it; a think waits in the
+driver's timer heap. So a flow may also run its steps concurrently (asyncio.gather) or from
+Tasks it starts.
 
 The driver's loop is itself a coroutine on the same event loop: it polls the engine with a zero
 timeout and sleeps on the engine's epoll fd (loop.add_reader), a timer for the schedule's
@@ -28,28 +30,82 @@ import asyncio
 import contextvars
 import heapq
 import time
-import types
 from collections.abc import AsyncIterator, Callable, Generator
-from typing import Any, cast
+from typing import Any
 
 from loadforge.flows.driver import O_2XX, O_PROTOCOL, Driver, _Run
-from loadforge.flows.user import ERRORS, Response, User, _Step, _Think
+from loadforge.flows.user import ERRORS, FlowUsageError, Response, User, _duration_ns, _Step
 
 O_CONNECT, O_TIMEOUT, O_RESET = 5, 6, 7
 
+
 class _AioRun(_Run):
-    __slots__ = ("fut", "task", "thinking")
+    __slots__ = ("task", "steps", "driver")
 
-    def __init__(self, *args: Any) -> None:
+    def __init__(self, driver: AsyncDriver, *args: Any) -> None:
         super().__init__(*args)
-        self.fut: asyncio.Future[Any] | None = None
+        self.driver = driver
         self.task: asyncio.Task[None] | None = None
-        self.thinking = False
+        self.steps = 0               # engine steps under way
 
 
-# The flow whose Task (or a Task it started) is running: its httpx requests are its steps.
+class _Call:
+    """One engine step (or think) of a flow under way: what Driver.submit reads of a _Run,
+    and the future its awaiter waits on."""
+
+    __slots__ = ("run", "stage", "step", "step_at", "user", "fut")
+
+    def __init__(self, run: _AioRun, step: Any, fut: asyncio.Future[Any]) -> None:
+        self.run = run
+        self.stage = run.stage
+        self.user = run.user
+        self.step = step
+        self.step_at = 0
+        self.fut = fut
+
+
+# The flow whose Task (or a Task it started) is running: its steps and httpx requests are its.
 CURRENT: contextvars.ContextVar[_AioRun | None] = contextvars.ContextVar("loadforge_flow",
                                                                          default=None)
+
+
+def _current() -> _AioRun:
+    run = CURRENT.get()
+    if run is None:
+        raise FlowUsageError("a user.* call was awaited outside a flow")
+    return run
+
+
+class _AioStep(_Step):
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, Any, Response]:
+        run = _current()
+        return run.driver.step(run, self).__await__()
+
+
+class _AioThink:
+    __slots__ = ("ns",)
+
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        run = _current()
+        return run.driver.think(run, self.ns).__await__()
+
+
+class AioUser(User):
+    """User, with steps and think times awaitable from asyncio Tasks."""
+
+    __slots__ = ()
+
+    def request(self, *args: Any, **kw: Any) -> _AioStep:
+        step = User.request(self, *args, **kw)
+        return _AioStep(step.data, step.head, step.name)
+
+    def think(self, duration: Any) -> _AioThink:  # type: ignore[override]
+        return _AioThink(_duration_ns(duration))
 
 
 def status_outcome(status: int) -> int:
@@ -72,7 +128,7 @@ class AsyncDriver(Driver):
         super().__init__(*args, **kw)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.wake: asyncio.Future[None] | None = None
-        self.runs: set[_AioRun] = set()       # flows under way
+        self.runs: set[_AioRun] = set()       # flows under way (asyncio holds Tasks weakly)
         host, prefix, _ = self.base
         self.prefix = prefix
         self.target = host.lower()
@@ -83,6 +139,14 @@ class AsyncDriver(Driver):
         wake = self.wake
         if wake is not None and not wake.done():
             wake.set_result(None)
+
+    def _user(self, index: int, closed: bool) -> User | None:
+        user = super()._user(index, closed)
+        if user is None:
+            return None
+        aio = AioUser(self.base, self.checks, index, self.base_url)
+        aio.rows, aio.row = user.rows, user.row
+        return aio
 
     def start_flow(self, index: int, intended: int, stage: int, now: int,
                    user: User | None = None, closed: bool = False) -> None:
@@ -99,30 +163,42 @@ class AsyncDriver(Driver):
             self._failed(flow, exc)
             self.engine.record_flow(self.flow_base + flow, stage, O_PROTOCOL, intended, now, now)
             return
-        run = _AioRun(coro, flow, stage, intended, now, user, closed)
+        run = _AioRun(self, coro, flow, stage, intended, now, user, closed)
         self.active += 1
+        self.runs.add(run)
         assert self.loop is not None
-        self.runs.add(run)      # asyncio holds Tasks weakly
         run.task = self.loop.create_task(_flow_task(self, run))
 
-    # -- what the bridge asks for -------------------------------------------------------------
+    # -- what a flow's awaits ask for ---------------------------------------------------------
 
     def step(self, run: _AioRun, step: _Step) -> asyncio.Future[Any]:
         assert self.loop is not None
-        run.fut = fut = self.loop.create_future()
-        run.step = step
-        run.step_at = now = time.monotonic_ns()
-        if not self.submit(run, now):
-            self.waiting.append(run)
+        fut = self.loop.create_future()
+        call = _Call(run, step, fut)
+        call.step_at = now = time.monotonic_ns()
+        run.steps += 1
+        if not self.submit_call(call, now):
+            self.waiting.append(call)  # type: ignore[arg-type]
         self.kick()
         return fut
 
-    def think(self, run: _AioRun, think: _Think) -> asyncio.Future[Any]:
+    def submit_call(self, call: _Call, now: int) -> bool:
+        """Driver.submit, for a _Call."""
+        step = call.step
+        self.token += 1
+        token = self.token
+        self.by_token[token] = call  # type: ignore[assignment]
+        if self.engine.submit(step.data, step.head, self.step_index.get(step.name, self.other),
+                              call.stage, call.step_at, now, token) < 0:
+            del self.by_token[token]
+            return False
+        return True
+
+    def think(self, run: _AioRun, ns: int) -> asyncio.Future[Any]:
         assert self.loop is not None
-        run.fut = fut = self.loop.create_future()
-        run.thinking = True
+        fut = self.loop.create_future()
         self.seq += 1
-        heapq.heappush(self.timers, (time.monotonic_ns() + think.ns, self.seq, run))
+        heapq.heappush(self.timers, (time.monotonic_ns() + ns, self.seq, _Call(run, None, fut)))
         self.kick()
         return fut
 
@@ -171,13 +247,13 @@ class AsyncDriver(Driver):
 
     async def main(self, t0: int, on_interval: Callable[[bytes, int, int], None],
                    preconnect: int) -> None:
+        from loadforge.flows.driver import flows_trailer
+
         engine = self.engine
         section = self.flows_section
         self.loop = loop = asyncio.get_running_loop()
 
         def interval(payload: bytes, open_conns: int, in_flight: int) -> None:
-            from loadforge.flows.driver import flows_trailer
-
             on_interval(payload + flows_trailer(section()), open_conns, in_flight)
 
         engine.start(t0, interval, preconnect)
@@ -190,20 +266,21 @@ class AsyncDriver(Driver):
                 done, now = engine.poll(0, 0)
                 by_token = self.by_token
                 for token, outcome, status, raw, end in done:
-                    run = cast(_AioRun, by_token.pop(token))
-                    step = run.step
-                    fut = run.fut
-                    if fut is None or fut.done():
-                        continue        # its Task was cancelled; the engine recorded the step
+                    call: _Call = by_token.pop(token)  # type: ignore[assignment]
+                    call.run.steps -= 1
+                    fut = call.fut
+                    if fut.done():
+                        continue        # its awaiter was cancelled; the engine recorded it
+                    step = call.step
                     if outcome >= 5:
                         fut.set_exception(ERRORS[outcome](
                             f"step {step.name}: {ERRORS[outcome].__name__}"))
                         continue
-                    response = Response(status, raw, step.name, end - run.step_at)
+                    response = Response(status, raw, step.name, end - call.step_at)
                     if b"et-Cookie:" in raw or b"et-cookie:" in raw:
                         for value in response.headers.get_list("set-cookie"):
                             k, _, v = value.split(";", 1)[0].partition("=")
-                            run.user.cookies[k.strip()] = v.strip()
+                            call.user.cookies[k.strip()] = v.strip()
                     fut.set_result(response)
                 for index, intended, stage in engine.due(now):
                     self.start_flow(index, intended, stage, now)
@@ -218,15 +295,14 @@ class AsyncDriver(Driver):
                 timers = self.timers
                 while timers and timers[0][0] <= now:
                     _, _, what = heapq.heappop(timers)
-                    if type(what) is _AioRun:
-                        what.thinking = False
-                        if what.fut is not None and not what.fut.done():
+                    if type(what) is _Call:
+                        if not what.fut.done():
                             what.fut.set_result(None)
                     else:
                         self.start_closed(what[0], what[1], now)
                 waiting = self.waiting
                 while waiting:
-                    if not self.submit(waiting[0], now):
+                    if not self.submit_call(waiting[0], now):  # type: ignore[arg-type]
                         break
                     waiting.popleft()
                 if st is None and grace_end < 0:
@@ -236,14 +312,14 @@ class AsyncDriver(Driver):
                     hard_end = grace_end + self.grace_ns
                 if st is None and timers and (now >= grace_end or timers[0][0] > grace_end):
                     # As Driver.run: a flow still thinking at the grace's end is ended,
-                    # unrecorded (its Task is cancelled; the bridge counts it off).
+                    # unrecorded (its Task is cancelled; _flow_task counts it off).
                     for _, _, what in timers:
-                        if type(what) is _AioRun and what.task is not None:
-                            what.task.cancel()
+                        if type(what) is _Call and what.run.task is not None:
+                            what.run.task.cancel()
                     timers.clear()
                 if st is None and now >= hard_end:
                     for run in self.runs:
-                        if run.fut is None and run.task is not None:
+                        if run.steps == 0 and run.task is not None:
                             run.task.cancel()
                     hard_end = now + self.grace_ns
                 if st is None and self.active == 0:
@@ -268,55 +344,18 @@ class AsyncDriver(Driver):
 
 
 async def _flow_task(driver: AsyncDriver, run: _AioRun) -> None:
-    """The coroutine of a flow's Task: a native coroutine, as asyncio wants one, over the
-    bridge, whose yields pass through `await` unchanged."""
-    await _drive(driver, run)
-
-
-@types.coroutine
-def _drive(driver: AsyncDriver, run: _AioRun) -> Generator[Any, Any, None]:
+    """A flow's Task: runs its coroutine, records how it ended."""
     CURRENT.set(run)
-    coro = run.coro
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            item = coro.throw(error) if error is not None else coro.send(value)
-        except StopIteration:
-            driver.ended(run, O_2XX)
-            return
-        except asyncio.CancelledError:
-            driver.ended(run, None)
-            return
-        except Exception as exc:  # noqa: BLE001 -- the user's code: the flow failed, the run goes on
-            driver._failed(run.flow, exc)
-            driver.ended(run, O_PROTOCOL)
-            return
-        value = error = None
-        cls = type(item)
-        try:
-            if cls is _Step:
-                fut = driver.step(run, item)
-                try:
-                    value = yield from fut
-                finally:
-                    run.fut = None
-            elif cls is _Think:
-                fut = driver.think(run, item)
-                try:
-                    yield from fut
-                finally:
-                    run.fut = None
-                    run.thinking = False
-            else:
-                # Not ours: an asyncio future (httpx, anyio, asyncio.sleep) or a bare yield,
-                # for the Task; what the Task sends back goes down unchanged.
-                value = yield item
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:  # noqa: BLE001 -- thrown into the flow, as the Task would
-            error = exc
+    try:
+        await run.coro
+    except asyncio.CancelledError:
+        driver.ended(run, None)
+        return
+    except Exception as exc:  # noqa: BLE001 -- the user's code: the flow failed, the run goes on
+        driver._failed(run.flow, exc)
+        driver.ended(run, O_PROTOCOL)
+        return
+    driver.ended(run, O_2XX)
 
 
 # -- httpx ------------------------------------------------------------------------------------
