@@ -23,7 +23,8 @@ def server() -> Iterator[LoggingNginx]:
     if not shutil.which("nginx"):
         pytest.skip("nginx is not installed (apt-get install -y nginx)")
     s = LoggingNginx("$request|$status|$http_authorization|$http_cookie|$request_body",
-                     LOCATIONS, prefix="lf-flows-httpx-")
+                     LOCATIONS + "    location = /moved {{ return 302 /cart; }}\n",
+                     prefix="lf-flows-httpx-")
     yield s
     s.stop()
 
@@ -300,3 +301,34 @@ async def fan_out(user):
     assert by_name["one"]["requests"] == by_name["two"]["requests"] == 6
     assert by_name["three"]["requests"] == by_name["flow:fan_out"]["requests"] == 6
     assert summary["flows"]["checks"] == {"all three": {"passed": 6, "failed": 0}}
+
+
+def test_redirect_hops_and_streamed_responses_are_recorded(server, tmp_path):
+    """Each hop of a followed redirect is a request of its own (nginx logs both); a streamed
+    response is recorded when it is closed."""
+    write(str(tmp_path), "checkout.py", '''
+import httpx
+from loadforge.flows import flow
+
+@flow
+async def hops(user):
+    async with httpx.AsyncClient(base_url=user.base_url, follow_redirects=True) as client:
+        r = await client.get("/moved")
+        user.check(r.status_code == 401 and len(r.history) == 1, "followed")
+        async with client.stream("GET", "/cart", extensions={"name": "streamed"}) as s:
+            body = await s.aread()
+        user.check(b"unauthorized" in body, "streamed body")
+''')
+    path = profile(str(tmp_path), server.url, OPEN.replace("40", "4"))
+    server.take()
+    proc, summary = run(path, str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    logged = Counter((r[0], r[1]) for r in server.take())
+    assert logged == {("GET /moved HTTP/1.1", "302"): 4, ("GET /cart HTTP/1.1", "401"): 8}
+    assert summary["requests"] == 12 and summary["status"]["3xx"] == 4
+    by_name = summary["requests_by_name"]
+    assert by_name["GET /moved"]["requests"] == 4
+    assert by_name["streamed"]["requests"] == 4
+    assert by_name["step:other"]["requests"] == 4        # the hop to /cart: no literal there
+    assert summary["flows"]["checks"] == {"followed": {"passed": 4, "failed": 0},
+                                          "streamed body": {"passed": 4, "failed": 0}}

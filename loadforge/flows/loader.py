@@ -93,6 +93,8 @@ def _step_name(call: ast.Call) -> str | None:
     if not isinstance(func, ast.Attribute):
         return None
     method = func.attr
+    if method == "stream":          # httpx's client.stream(method, url, ...)
+        method = "request"
     if method not in METHODS and method != "request":
         return None
     for kw in call.keywords:
