@@ -228,7 +228,10 @@ class AsyncDriver(Driver):
     def record_response(self, run: _AioRun, response: Any, start: int, end: int) -> None:
         record = self.engine.record_step
         for hop in response.history:
-            hop_ns = int(hop.elapsed.total_seconds() * 1e9)
+            try:
+                hop_ns = int(hop.elapsed.total_seconds() * 1e9)
+            except RuntimeError:     # a hop httpx did not read to its end: untimed
+                hop_ns = 0
             record(self.request_index(hop.request), run.stage,
                    status_outcome(hop.status_code), end - hop_ns, end)
             start += hop_ns
