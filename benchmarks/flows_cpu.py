@@ -5,14 +5,18 @@ run, against nginx on 127.0.0.1 (started here on --port).
 
 Each tool runs the flow at --rate flows per second (k6: constant-arrival-rate; loadforge: an
 open-model stage; Locust: --users users of constant_throughput, its closest to an arrival
-rate) twice, for --short and --long seconds. Its CPU (user + system, the whole process tree,
-from RUSAGE_CHILDREN) is taken for each run and the steps from nginx's access log; the
-figure is the marginal CPU per step, (cpu_long - cpu_short) / (steps_long - steps_short), so
-that start-up costs (Python imports, k6's JS VM, writing loadforge's Parquet) drop out. The
-whole-command CPU per step of the long run is printed beside it.
+rate), or with `--model closed` as fast as --users users looping over it without a pause can
+(k6: constant-vus; loadforge: a closed-model stage of that concurrency; Locust: that many
+users, wait_time constant(0)), twice, for --short and --long seconds. Its CPU (user +
+system, the whole process tree, from RUSAGE_CHILDREN) is taken for each run and the steps
+from nginx's access log; the figure is the marginal CPU per step, (cpu_long - cpu_short) /
+(steps_long - steps_short), so that start-up costs (Python imports, k6's JS VM, writing
+loadforge's Parquet) drop out. The whole-command CPU per step of the long run is printed
+beside it.
 
-  python3 benchmarks/flows_cpu.py [--rate 500] [--short 3] [--long 9] [--port 24180]
-      [--k6 PATH] [--locust PATH] [--workers 1] [--timer-resolution 100us] [--asyncio]
+  python3 benchmarks/flows_cpu.py [--rate 500 | --model closed] [--users 50] [--short 3]
+      [--long 9] [--port 24180] [--k6 PATH] [--locust PATH] [--workers 1]
+      [--timer-resolution D] [--asyncio]
 
 --asyncio adds loadforge's slower path (flows/aio.py): the same flow in asyncio mode
 (`@flow(asyncio=True)`, engine steps), and the same flow with both steps sent through one
@@ -98,20 +102,19 @@ target = "{url}"
 [load]
 connections = 64
 workers = {workers}
-timer_resolution = "{resolution}"
+{resolution}
 [flows]
 module = "{module}"
 [[stages]]
 duration = "{duration}s"
-rate = {rate}
+{load}
 '''
 
 K6_SCRIPT = '''
 import http from 'k6/http';
 import {{ check }} from 'k6';
 export const options = {{
-  scenarios: {{ flow: {{ executor: 'constant-arrival-rate', rate: {rate}, timeUnit: '1s',
-                          duration: '{duration}s', preAllocatedVUs: 64, maxVUs: 256 }} }},
+  scenarios: {{ flow: {scenario} }},
 }};
 export default function () {{
   const r = http.post('{url}/login', JSON.stringify({{ name: 'ann' }}),
@@ -124,12 +127,12 @@ export default function () {{
 '''
 
 LOCUST_FILE = '''
-from locust import constant_throughput, task
+from locust import constant, constant_throughput, task
 from locust.contrib.fasthttp import FastHttpUser
 
 
 class Checkout(FastHttpUser):
-    wait_time = constant_throughput({per_user})
+    wait_time = {wait}
 
     @task
     def checkout(self):
@@ -193,14 +196,18 @@ def main() -> None:
     ap.add_argument("--long", type=float, default=9.0)
     ap.add_argument("--port", type=int, default=24180)
     ap.add_argument("--workers", type=int, default=1, help="loadforge workers")
-    ap.add_argument("--timer-resolution", default="100us",
-                    help="loadforge's load.timer_resolution (its default: 100us)")
-    ap.add_argument("--users", type=int, default=50, help="Locust users")
+    ap.add_argument("--timer-resolution", default=None,
+                    help="loadforge's load.timer_resolution (default: its own)")
+    ap.add_argument("--model", choices=("open", "closed"), default="open",
+                    help="open: --rate flows per second; closed: --users looping users")
+    ap.add_argument("--users", type=int, default=50,
+                    help="Locust users (open model); every tool's users (closed model)")
     ap.add_argument("--k6", default=shutil.which("k6"))
     ap.add_argument("--locust", default=shutil.which("locust"))
     ap.add_argument("--asyncio", action="store_true",
                     help="also loadforge in asyncio mode, engine steps and httpx requests")
     args = ap.parse_args()
+    closed = args.model == "closed"
     folder = tempfile.mkdtemp(prefix="lf-flows-bench-")
     nginx = start_nginx(folder, args.port)
     log = Log(folder, nginx)
@@ -210,14 +217,18 @@ def main() -> None:
         with open(os.path.join(folder, module), "w") as f:
             f.write(text)
     with open(os.path.join(folder, "locustfile.py"), "w") as f:
-        f.write(LOCUST_FILE.format(per_user=args.rate / args.users))
+        f.write(LOCUST_FILE.format(wait="constant(0)" if closed else
+                                   f"constant_throughput({args.rate / args.users})"))
 
     def loadforge(duration: float, module: str = "flow.py") -> list[str]:
         path = os.path.join(folder, "p.toml")
         with open(path, "w") as f:
+            resolution = (f'timer_resolution = "{args.timer_resolution}"'
+                          if args.timer_resolution else "")
+            load = f"concurrency = {args.users}" if closed else f"rate = {args.rate}"
             f.write(LOADFORGE_PROFILE.format(url=url, workers=args.workers,
-                                             resolution=args.timer_resolution,
-                                             duration=duration, rate=args.rate, module=module))
+                                             resolution=resolution, duration=duration,
+                                             load=load, module=module))
         return [sys.executable, "-m", "loadforge.cli", "run", path, "--quiet",
                 "--no-preflight", "--out", os.path.join(folder, "out")]
 
@@ -230,7 +241,12 @@ def main() -> None:
     def k6(duration: float) -> list[str]:
         path = os.path.join(folder, "flow.js")
         with open(path, "w") as f:
-            f.write(K6_SCRIPT.format(url=url, rate=args.rate, duration=int(duration)))
+            scenario = (f"{{ executor: 'constant-vus', vus: {args.users}, "
+                        f"duration: '{int(duration)}s' }}" if closed else
+                        f"{{ executor: 'constant-arrival-rate', rate: {args.rate}, "
+                        f"timeUnit: '1s', duration: '{int(duration)}s', "
+                        "preAllocatedVUs: 64, maxVUs: 256 }")
+            f.write(K6_SCRIPT.format(url=url, scenario=scenario))
         return [args.k6, "run", "--quiet", "--no-summary", path]
 
     def locust(duration: float) -> list[str]:

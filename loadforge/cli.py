@@ -188,7 +188,7 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
 @click.option("--timeout", help="Per-request timeout (overrides the profile's) [default: 5s].")
 @click.option("--timer-resolution", help="Open model: arrivals closer together than this "
               "share a wake-up and may be sent up to this late, counted in latency "
-              "[default: 100us; 0 for exact sends at more CPU].")
+              "[default: 200us; 0 for exact sends at more CPU].")
 @click.option("--requests-per-connection", type=int, help="Close each connection after this "
               "many responses (1: a new connection per request; 0: reuse) [default: the "
               "profile's, else 0].")
@@ -464,6 +464,8 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
         click.echo(shown.markdown_document(data, checks), nl=False, err=junit_on_stdout)
     else:
         shown.render_table(data, Console(stderr=True) if junit_on_stdout else _wide_console())
+    for note in data.get("notes", []):
+        click.echo(f"note: {note}", err=True)
     for check in checks:
         if not check["ok"]:
             print_error(check["message"], "regression")

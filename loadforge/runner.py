@@ -131,6 +131,9 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
                     "rate_to": s.rate_to, "concurrency": s.concurrency, "think_s": s.think_s}
                    for s in plan.stages],
         "interval_ms": str(int(opts.interval_s * 1000)),
+        # Open-model sends may be up to this late (counted in latency): runs measured at
+        # different resolutions differ by up to it in their latency (compare notes it).
+        "timer_resolution_us": f"{plan.timer_resolution_s * 1e6:g}",
     }
     if opts.slo_flags:
         metadata["slo_flags"] = opts.slo_flags
@@ -204,6 +207,7 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     ok = all(v["ok"] for v in verdicts) and agg.abort_reason is None and failure is None
     result = {"run_id": run_id, "result": saved, "ok": ok, "target": redact_url(target.url),
               "profile": plan.name, "workers": workers, "connections": plan.connections,
+              "timer_resolution_us": round(plan.timer_resolution_s * 1e6, 3),
               "started": started, **summary, "slo": verdicts, "aborted": agg.abort_reason,
               # The target saw these too: servers' counts reconcile with requests + these.
               "preflight": {"requests": 1 if opts.preflight else 0}, **state,

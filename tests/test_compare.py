@@ -24,14 +24,32 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Three runs: base and again (same server, 20 ms per request), slow (100 ms per request)."""
     out = tmp_path_factory.mktemp("runs")
     paths = {}
-    for name, delay in (("base", 0.020), ("again", 0.020), ("slow", 0.100)):
+    for name, delay, extra in (("base", 0.020, ()), ("again", 0.020, ()), ("slow", 0.100, ()),
+                               ("coarse", 0.020, ("--timer-resolution", "1ms"))):
         summary = out / f"{name}.json"
         with http_server(delay) as url:
-            proc = loadforge("run", "--target", url, *RUN, "--out", str(out / name),
+            proc = loadforge("run", "--target", url, *RUN, *extra, "--out", str(out / name),
                              "--label", f"build={name}", "--summary-json", str(summary))
         assert proc.returncode == 0, proc.stderr
-        paths[name] = json.loads(summary.read_text())["result"]
+        figures = json.loads(summary.read_text())
+        assert figures["timer_resolution_us"] == (1000 if extra else 200)
+        paths[name] = figures["result"]
     return paths
+
+
+def test_runs_at_different_timer_resolutions_are_noted(runs: dict[str, str]) -> None:
+    """Open-model sends may be up to the timer resolution late, counted in latency: a
+    comparison across resolutions says so (and one within a resolution does not)."""
+    same = loadforge("compare", runs["base"], runs["again"], "--format", "json")
+    assert same.returncode == 0 and "notes" not in json.loads(same.stdout)
+    assert "note:" not in same.stderr
+    mixed = loadforge("compare", runs["base"], runs["coarse"], "--format", "json")
+    assert mixed.returncode == 0, mixed.stderr
+    (note,) = json.loads(mixed.stdout)["notes"]
+    assert "1000 µs" in note and "200 µs" in note
+    assert f"note: {note}" in mixed.stderr
+    md = loadforge("compare", runs["base"], runs["coarse"], "--format", "markdown")
+    assert "Note: the runs used different timer resolutions" in md.stdout
 
 
 def test_same_setup_passes_the_latency_gate(runs: dict[str, str]) -> None:

@@ -100,12 +100,27 @@ def comparison(runs: list[RunFigures], groups: list[Group] | None = None,
         "delta_units": {k: ("pp" if kind == "ratio" else "%") for k, _, kind in FIGURES},
         "stages": stages,
     }
+    notes = condition_notes(runs if groups is None else [r for g in groups for r in g.runs])
+    if notes:
+        data["notes"] = notes
     if groups is not None:
         data["groups"] = [{"title": g.title, "labels": g.labels, "runs": len(g.runs),
                            "paths": [r.result.path for r in g.runs]} for g in groups]
         data["baseline"] = groups[0].title
         data["noise_estimate"] = all(len(g.runs) > 1 for g in groups)
     return data
+
+
+def condition_notes(runs: list[RunFigures]) -> list[str]:
+    """What differs in how the runs measured, not in what they measured: open-model sends are
+    up to the timer resolution late, and that lateness is part of their latency."""
+    seen = {r.result.metadata.get("timer_resolution_us") for r in runs}
+    if len(seen) < 2:
+        return []
+    # Files written before the resolution was recorded used 100 µs unless the profile said.
+    shown = sorted(f"{v} µs" if v is not None else "not recorded" for v in seen)
+    return ["the runs used different timer resolutions (" + ", ".join(shown) + "): their "
+            "open-model latencies differ by up to the larger one for that reason alone"]
 
 
 # -- groups of runs: pooled figures, and how sure each difference is ------------------------

@@ -121,7 +121,7 @@ class Plan:
     fail_status: tuple[str, ...] = ("5xx",)
     # Open model: arrivals closer together than this share one timer wake-up, so each may be
     # sent up to this late (counted in its latency). 0 sends every arrival on its own wake-up.
-    timer_resolution_s: float = 100e-6
+    timer_resolution_s: float = 200e-6
     # Close each connection after this many responses (1: a new connection per request), so
     # a load balancer sees new connections spread as they would be; 0 reuses without end.
     requests_per_connection: int = 0

@@ -100,7 +100,8 @@ def _table(data: dict[str, Any], stage: dict[str, Any], headers: list[str]) -> T
 def markdown_document(data: dict[str, Any], checks: list[dict[str, Any]]) -> str:
     """`compare --format markdown`: the tables, then the gates, each block apart from the
     next by a blank line (a line right after a table would be read as one more row)."""
-    blocks = [render_markdown(data).strip("\n"), render_gates_markdown(checks).strip("\n")]
+    blocks = [render_markdown(data).strip("\n"), render_gates_markdown(checks).strip("\n"),
+              "\n".join(f"Note: {markdown_text(n)}" for n in data.get("notes", []))]
     return "\n\n".join(b for b in blocks if b) + "\n"
 
 
