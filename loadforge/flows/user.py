@@ -43,7 +43,7 @@ class HTTPStatusError(Exception):
 
 class FlowUsageError(Exception):
     """A flow awaited something other than a user.* call (the engine drives flows, not
-    asyncio)."""
+    asyncio, unless the module is in asyncio mode: flows/loader.py)."""
 
 
 ERRORS = {5: ConnectError, 6: TimeoutException, 7: ResetError, 8: ProtocolError}
@@ -203,17 +203,19 @@ class User:
 
     vars: state the flow keeps (kept across a closed-model user's flows); row / rows: the
     arrival's feeder rows (the first feeder's, and every feeder's by name); cookies: set by
-    responses' Set-Cookie, sent back on the user's later steps."""
+    responses' Set-Cookie, sent back on the user's later steps; base_url: the target's URL
+    (scheme, host, path prefix), for an httpx client's base_url."""
 
-    __slots__ = ("vars", "row", "rows", "cookies", "index", "_checks", "_base")
+    __slots__ = ("vars", "row", "rows", "cookies", "index", "base_url", "_checks", "_base")
 
     def __init__(self, base: tuple[str, str, str], checks: dict[str, list[int]],
-                 index: int = 0) -> None:
+                 index: int = 0, base_url: str = "") -> None:
         self.vars: dict[str, Any] = {}
         self.row: dict[str, str] | None = None
         self.rows: dict[str, dict[str, str]] = {}
         self.cookies: dict[str, str] = {}
         self.index = index
+        self.base_url = base_url
         self._checks = checks
         self._base = base      # (Host header, path prefix, User-Agent)
 

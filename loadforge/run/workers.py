@@ -313,7 +313,17 @@ def run_flows(spec: WorkerSpec, channel: Connection) -> None:
         spec.address, spec.port, module.names, spec.stages, spec.connections,
         worker=spec.index, workers=spec.workers, timeout_s=spec.timeout_s,
         interval_s=spec.interval_s, control_fd=channel.fileno(), tls=spec.tls)
-    drive = driver.Driver(engine, module, base, feeds, spec.timer_resolution_s, spec.timeout_s)
+    base_url = ("https" if spec.tls is not None else "http") + f"://{base[0]}{base[1]}"
+    if module.asyncio:
+        # The slower path, for a module that awaits httpx/anyio/asyncio (flows/loader.py)
+        from loadforge.flows import aio
+
+        drive: driver.Driver = aio.AsyncDriver(engine, module, base, feeds,
+                                               spec.timer_resolution_s, spec.timeout_s,
+                                               base_url)
+    else:
+        drive = driver.Driver(engine, module, base, feeds, spec.timer_resolution_s,
+                              spec.timeout_s, base_url)
     channel.send_bytes(READY)
     t0 = int(channel.recv_bytes())
     cpu_ns = time.process_time_ns
