@@ -451,3 +451,34 @@ async def twice(user):
         assert summary["flows"]["checks"] == {"both ok": {"passed": 20, "failed": 0}}
     finally:
         server.stop()
+
+
+def test_sharded_flows_run_the_coordinators_text(server, tmp_path):
+    """The module's text goes with each shard's spec (a Kubernetes pod has no copy of the
+    file): two local shards run the flows, and the counts still match nginx's log."""
+    write(str(tmp_path), "checkout.py", CHECKOUT)
+    path = profile(str(tmp_path), server.url, OPEN)
+    server.take()
+    proc, summary = run(path, str(tmp_path), "--shards", "2", "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    logged = server.take()
+    assert summary["requests"] == len(logged) == 70 and summary["scheduled"] == 40
+    assert summary["flows"]["failed_flows"] == {"anonymous": {"ValueError": 10}}
+
+
+def test_a_worker_without_the_module_file_loads_the_text_it_was_sent(tmp_path, monkeypatch):
+    from loadforge.run.workers import load_flows
+
+    module_path = write(str(tmp_path), "checkout.py", CHECKOUT)
+    with open(module_path, "rb") as f:
+        source = f.read()
+    here = load_flows(module_path, source)
+    assert here.path == module_path          # this machine's own, unchanged file
+    os.remove(module_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    sent = load_flows(module_path, source)   # as on a pod: no such file here
+    assert [f.name for f in sent.flows] == [f.name for f in here.flows]
+    assert sent.steps == here.steps
+    assert list(scratch.iterdir()) == []      # the copy is gone once imported

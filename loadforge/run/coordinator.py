@@ -918,7 +918,11 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
     flows = None
     if plan.flows is not None:
         open_rows = sum(schedule.arrivals(s) for s in plan.stages if s.open_model)
-        flows = (plan.flows, (target.host, target.path.rstrip("/"), USER_AGENT),
+        # The module's text goes with the spec: a shard on another machine (Kubernetes) has
+        # no copy of it, and every worker runs the text the coordinator checked.
+        with open(plan.flows, "rb") as f:
+            source = f.read()
+        flows = ((plan.flows, source), (target.host, target.path.rstrip("/"), USER_AGENT),
                  [(t.feeder.name, feeders.raw_columns(t)) for t in compiled.tables]
                  if compiled else [], open_rows)
     specs = []

@@ -204,7 +204,7 @@ class WorkerSpec:
     # HTTP/2: (header list, body) per request, and streams per connection; None for HTTP/1.1
     http2: list[tuple[list[tuple[bytes, bytes]], bytes]] | None = None
     streams: int = 100
-    # Scripted flows (loadforge/flows): the module's path, (Host header, path prefix,
+    # Scripted flows (loadforge/flows): (the module's path, its text), (Host header, path prefix,
     # User-Agent), per table of `feeders` (feeders.compile_rows: table i is feeder i) its name
     # and the (column, view) pairs flows read, and the open-model arrivals of the run (where
     # closed-model rows start). None: no flows.
@@ -292,15 +292,41 @@ class ReportSender:
             raise self.error
 
 
+def load_flows(path: str, source: bytes) -> Any:
+    """The flows module this worker runs: the coordinator's own file when this machine has it,
+    unchanged (modules beside it import as they would by hand); else (a shard on another
+    machine, or the file edited since the run started) the coordinator's text, loaded from a
+    copy under the same name that is removed once imported."""
+    from loadforge.flows import loader
+
+    try:
+        with open(path, "rb") as f:
+            if f.read() == source:
+                return loader.load(path)
+    except OSError:
+        pass
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="loadforge-flows-")
+    try:
+        copy = os.path.join(folder, os.path.basename(path))
+        with open(copy, "wb") as f:
+            f.write(source)
+        return loader.load(copy)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def run_flows(spec: WorkerSpec, channel: Connection) -> None:
     """worker_main for a run of scripted flows: a FlowEngine driven by flows/driver.py."""
     from loadforge import _core
     from loadforge.config.feeders import RowReader
-    from loadforge.flows import driver, loader
+    from loadforge.flows import driver
 
     assert spec.flows is not None
-    path, base, feeder_columns, open_rows = spec.flows
-    module = loader.load(path)
+    (path, source), base, feeder_columns, open_rows = spec.flows
+    module = load_flows(path, source)
     feeds = None
     if feeder_columns:
         # The compiled tables, memory-mapped when large: a row is decoded when an arrival
