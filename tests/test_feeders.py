@@ -86,7 +86,7 @@ def run(path: str, out: str, *args: str) -> tuple[subprocess.CompletedProcess[st
     proc = subprocess.run([sys.executable, "-m", "loadforge.cli", "run", path, "--quiet",
                            "--out", out, "--summary-json", summary, *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "TOKEN": TOKEN})
+                          env={**os.environ, "TOKEN": TOKEN, "LF_QUOTED": LF_QUOTED})
     data = {}
     if os.path.exists(summary):
         with open(summary) as f:
@@ -250,6 +250,39 @@ body_file = "order.json"
         seen[kind] += 1
     assert seen == {"inline": 14, "file": 14}
     assert summary["status"]["2xx"] == 28
+
+
+LF_QUOTED = 'pa"ss\\word\nline two'
+
+
+def test_environment_values_in_json_strings_are_escaped(server, tmp_path):
+    """${VAR} inside a JSON body's string goes in JSON-escaped, in a templated body and in a
+    fixed one; outside a string (or in a body that is not JSON) as it is."""
+    write_rows(str(tmp_path))
+    path = profile(str(tmp_path), server.url, "sequential", 8, requests="""
+[[requests]]
+name = "templated"
+method = "POST"
+path = "/post/t/{users.id}"
+body = '{"user": "{users.id}", "secret": "${LF_QUOTED}"}'
+headers = { Content-Type = "application/json" }
+[[requests]]
+name = "fixed"
+method = "POST"
+path = "/post/f/0"
+body = '{"secret": "x ${LF_QUOTED}"}'
+headers = { Content-Type = "application/json" }
+""")
+    proc, summary = run(path, str(tmp_path / "out"), "--workers", "1", "--no-preflight")
+    assert proc.returncode == 0, proc.stderr
+    logged = server.take()
+    assert len(logged) == summary["requests"] == 8
+    for line, _, _, body in logged:
+        data = json.loads(body)
+        if "/post/t/" in line:
+            assert data == {"user": line.split()[1].split("/")[3], "secret": LF_QUOTED}
+        else:
+            assert data == {"secret": f"x {LF_QUOTED}"}
 
 
 @pytest.mark.parametrize("content_type,body_file,expected", [

@@ -155,32 +155,74 @@ def parse_feeders(check: Any, value: Any, profile_path: str) -> tuple[Feeder, ..
     return tuple(feeders)
 
 
-def environment(text: str, where: str, secrets: list[str]) -> str:
-    """`text` with each ${VAR} replaced by the environment's value (noted in `secrets`)."""
-    def value(m: re.Match[str]) -> str:
+class JsonText:
+    """Where a walk over a JSON text is: inside a string or not. ${VAR} values are put in as
+    the walk goes (environment), so a value inside a string is escaped as one."""
+
+    __slots__ = ("in_string", "skip")
+
+    def __init__(self) -> None:
+        self.in_string = False
+        self.skip = 0             # characters of the next text a backslash escapes
+
+    def walk(self, text: str) -> None:
+        for m in _JSON_QUOTE_TEXT.finditer(text, self.skip):
+            if m.start() < self.skip:
+                continue
+            if not self.in_string:
+                self.in_string = m.group() == '"'
+            elif m.group() == "\\":
+                self.skip = m.start() + 2
+            else:
+                self.in_string = False
+        self.skip = max(0, self.skip - len(text))
+
+
+_JSON_QUOTE_TEXT = re.compile(r'["\\]')
+
+
+def environment(text: str, where: str, secrets: list[str], json: JsonText | None = None) -> str:
+    """`text` with each ${VAR} replaced by the environment's value (noted in `secrets`). In a
+    JSON body (`json`: the walk so far), a value inside a JSON string goes in JSON-escaped."""
+    out: list[str] = []
+    pos = 0
+    for m in ENV.finditer(text):
         name = m.group(1)
         if name not in os.environ:
             raise ProfileError(f"{where}: environment variable {name} is not set")
-        secrets.append(os.environ[name])
-        return os.environ[name]
-    return ENV.sub(value, text)
+        value = os.environ[name]
+        secrets.append(value)
+        if json is not None:
+            json.walk(text[pos:m.start()])
+            if json.in_string:
+                value = json_string(value).decode("utf-8", "surrogateescape")
+                secrets.append(value)
+        out += (text[pos:m.start()], value)
+        pos = m.end()
+    if json is not None:
+        json.walk(text[pos:])
+    out.append(text[pos:])
+    return "".join(out)
 
 
-def parts_of(text: str, where: str, feeders: dict[str, Feeder], secrets: list[str]) -> Parts:
-    """`text` split into literal text and slots, its ${VAR} resolved."""
+def parts_of(text: str, where: str, feeders: dict[str, Feeder], secrets: list[str],
+             json_body: bool = False) -> Parts:
+    """`text` split into literal text and slots, its ${VAR} resolved (inside a JSON body's
+    strings, JSON-escaped)."""
     out: list[str | bytes | Slot] = []
     pos = 0
+    json = JsonText() if json_body else None
     for m in SLOT.finditer(text):
         if m.group(1) not in feeders:
             raise ProfileError(f"{where}: {{{m.group(1)}.{m.group(2)}}} names no feeder "
                                f"{m.group(1)!r}" + (f"; the feeders are {', '.join(feeders)}"
                                                     if feeders else "; there are no [[feeders]]"))
         if m.start() > pos:
-            out.append(environment(text[pos:m.start()], where, secrets))
+            out.append(environment(text[pos:m.start()], where, secrets, json))
         out.append(Slot(m.group(1), m.group(2)))
         pos = m.end()
     if pos < len(text):
-        out.append(environment(text[pos:], where, secrets))
+        out.append(environment(text[pos:], where, secrets, json))
     return tuple(out)
 
 

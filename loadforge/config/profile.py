@@ -487,6 +487,8 @@ def _request(check: _Checker, raw: dict[str, Any], i: int,
                            maximum=limits.MAX_TOTAL_WEIGHT)
     # Slots: the body's text (bytes that are not UTF-8 pass through untouched).
     body_text = body.decode("utf-8", "surrogateescape")
+    json_body = feeders_module.is_json_body(
+        next((v for k, v in headers if k.lower() == "content-type"), None), raw.get("body_file"))
     template = None
     if archived:
         pass
@@ -503,14 +505,13 @@ def _request(check: _Checker, raw: dict[str, Any], i: int,
                           for k, v in headers if k.lower() != "host"),
             body=tuple(p.encode("utf-8", "surrogateescape") if isinstance(p, str) else p
                        for p in feeders_module.parts_of(body_text, f"{where}.body", by_name,
-                                                        secrets)),
-            json_body=feeders_module.is_json_body(
-                next((v for k, v in headers if k.lower() == "content-type"), None),
-                raw.get("body_file")))
+                                                        secrets, json_body)),
+            json_body=json_body)
     elif feeders_module.ENV.search(body_text):
         found = []
-        body = feeders_module.environment(body_text, check.where(f"{path}.body"), found) \
-            .encode("utf-8", "surrogateescape")
+        body = feeders_module.environment(
+            body_text, check.where(f"{path}.body"), found,
+            feeders_module.JsonText() if json_body else None).encode("utf-8", "surrogateescape")
         secrets += found
     return Request(name=name, method=method.upper(), path=target_path, headers=headers,
                    body=body, weight=weight), template
