@@ -33,7 +33,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
 
-from loadforge.flows.driver import O_2XX, O_PROTOCOL, Driver, _Run
+from loadforge.flows.driver import O_2XX, O_PROTOCOL, Driver, _Run, response_of
 from loadforge.flows.user import ERRORS, FlowUsageError, Response, User, _duration_ns, _Step
 
 O_CONNECT, O_TIMEOUT, O_RESET = 5, 6, 7
@@ -148,23 +148,10 @@ class AsyncDriver(Driver):
         aio.rows, aio.row = user.rows, user.row
         return aio
 
-    def start_flow(self, index: int, intended: int, stage: int, now: int,
-                   user: User | None = None, closed: bool = False) -> None:
-        flow = self.mix[index % len(self.mix)]
-        if user is None:
-            user = self._user(index, closed)
-            if user is None:
-                return
-        else:
-            user._checks = self.checks
-        try:
-            coro = self.module.flows[flow].fn(user)
-        except Exception as exc:  # noqa: BLE001 -- the user's code
-            self._failed(flow, exc)
-            self.engine.record_flow(self.flow_base + flow, stage, O_PROTOCOL, intended, now, now)
-            return
+    def begin(self, coro: Any, flow: int, stage: int, intended: int, now: int, user: User,
+              closed: bool) -> None:
+        """A flow just started becomes a Task of its own."""
         run = _AioRun(self, coro, flow, stage, intended, now, user, closed)
-        self.active += 1
         self.runs.add(run)
         assert self.loop is not None
         run.task = self.loop.create_task(_flow_task(self, run))
@@ -279,22 +266,8 @@ class AsyncDriver(Driver):
                         fut.set_exception(ERRORS[outcome](
                             f"step {step.name}: {ERRORS[outcome].__name__}"))
                         continue
-                    response = Response(status, raw, step.name, end - call.step_at)
-                    if b"et-Cookie:" in raw or b"et-cookie:" in raw:
-                        for value in response.headers.get_list("set-cookie"):
-                            k, _, v = value.split(";", 1)[0].partition("=")
-                            call.user.cookies[k.strip()] = v.strip()
-                    fut.set_result(response)
-                for index, intended, stage in engine.due(now):
-                    self.start_flow(index, intended, stage, now)
-                st = engine.stage()
-                if st is not None and not st[1] and now >= st[4]:
-                    if st[0] != self.closed_stage:
-                        self.closed_stage = st[0]
-                        self.closed_users = 0
-                    while self.closed_users < st[2] and not self.exhausted:
-                        self.closed_users += 1
-                        self.start_closed(None, st[0], now)
+                    fut.set_result(response_of(call, status, raw, end))
+                st = self.admit(now)
                 timers = self.timers
                 while timers and timers[0][0] <= now:
                     _, _, what = heapq.heappop(timers)

@@ -160,9 +160,13 @@ class Driver:
             self._failed(flow, exc)
             self.engine.record_flow(self.flow_base + flow, stage, O_PROTOCOL, intended, now, now)
             return
-        run = _Run(coro, flow, stage, intended, now, user, closed)
         self.active += 1
-        self.resume(run, None, None, now)
+        self.begin(coro, flow, stage, intended, now, user, closed)
+
+    def begin(self, coro: Any, flow: int, stage: int, intended: int, now: int, user: User,
+              closed: bool) -> None:
+        """Run a flow just started to its first step."""
+        self.resume(_Run(coro, flow, stage, intended, now, user, closed), None, None, now)
 
     def _failed(self, flow: int, exc: BaseException) -> None:
         key = f"{self.module.flows[flow].name}|{type(exc).__name__}"
@@ -263,16 +267,7 @@ class Driver:
         grace_end = -1
         now = time.monotonic_ns()
         while True:
-            for index, intended, stage in engine.due(now):
-                self.start_flow(index, intended, stage, now)
-            st = engine.stage()
-            if st is not None and not st[1] and now >= st[4]:
-                if st[0] != self.closed_stage:
-                    self.closed_stage = st[0]
-                    self.closed_users = 0
-                while self.closed_users < st[2] and not self.exhausted:
-                    self.closed_users += 1
-                    self.start_closed(None, st[0], now)
+            st = self.admit(now)
             timers = self.timers
             while timers and timers[0][0] <= now:
                 _, _, what = heapq.heappop(timers)
@@ -312,13 +307,35 @@ class Driver:
                     self.resume(run, None, ERRORS[outcome](
                         f"step {step.name}: {ERRORS[outcome].__name__}"), now)
                     continue
-                response = Response(status, raw, step.name, end - run.step_at)
-                if b"et-Cookie:" in raw or b"et-cookie:" in raw:
-                    for value in response.headers.get_list("set-cookie"):
-                        k, _, v = value.split(";", 1)[0].partition("=")
-                        run.user.cookies[k.strip()] = v.strip()
-                self.resume(run, response, None, now)
+                self.resume(run, response_of(run, status, raw, end), None, now)
         engine.finish_run()
+
+    def admit(self, now: int) -> tuple[Any, ...] | None:
+        """Start the flows the schedule has due and the closed-model users the current stage
+        still lacks; returns the engine's stage (None once the stages are over)."""
+        for index, intended, stage in self.engine.due(now):
+            self.start_flow(index, intended, stage, now)
+        st = self.engine.stage()
+        if st is not None and not st[1] and now >= st[4]:
+            if st[0] != self.closed_stage:
+                self.closed_stage = st[0]
+                self.closed_users = 0
+            while self.closed_users < st[2] and not self.exhausted:
+                self.closed_users += 1
+                self.start_closed(None, st[0], now)
+        return st
+
+
+def response_of(run: Any, status: int, raw: bytes, end: int) -> Response:
+    """The Response of a step the engine completed (`run`: its _Run, or anything with its
+    step, when it was submitted and its user); the cookies it sets go to the user."""
+    step = run.step
+    response = Response(status, raw, step.name, end - run.step_at)
+    if b"et-Cookie:" in raw or b"et-cookie:" in raw:
+        for value in response.headers.get_list("set-cookie"):
+            k, _, v = value.split(";", 1)[0].partition("=")
+            run.user.cookies[k.strip()] = v.strip()
+    return response
 
 
 def flows_trailer(section: bytes) -> bytes:
