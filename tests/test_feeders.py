@@ -544,7 +544,10 @@ def test_unique_over_http2_sends_each_row_once_and_ends_the_run(h2_server, tmp_p
     write_rows(str(tmp_path), rows)
     path = profile(str(tmp_path), h2_server.url, "unique", 100)
     if model == "concurrency":
-        text = open(path).read().replace("rate = 100", "concurrency = 4")
+        # 8 users per worker, all streams of one connection: submitted together, each with
+        # its own values
+        text = open(path).read().replace("rate = 100", "concurrency = 16")
+        text = text.replace("connections = 4", "connections = 16")
         with open(path, "w") as f:
             f.write(text.replace('duration = "1s"', 'duration = "20s"'))
     proc, summary = run(path, str(tmp_path / "out"), "--workers", "2", "--http", "2",

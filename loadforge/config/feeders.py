@@ -14,7 +14,9 @@ What the engine gets (`engine/template.pxi`), so that it runs no Python per requ
   travels inline in the worker spec.
 - each templated request as segments: literal bytes, a cell (feeder, view), or the body's
   Content-Length, computed by the engine when it assembles the request into the connection's
-  preallocated buffer. A request without slots stays one pre-encoded bytes object.
+  preallocated buffer. A request without slots stays one pre-encoded bytes object. Over
+  HTTP/2 (compile_h2_templates) the segments are the templated header values (:path among
+  them) and the body, each a part the engine expands into the stream slot's buffer.
 
 A table column is a *view*: a feeder column in one encoding. A value in the path is
 percent-encoded (every byte but RFC 3986's unreserved `A-Za-z0-9-._~`), so a row can never

@@ -15,8 +15,9 @@
 # (open: it carries from 0 to `limit` streams), C_CLOSED or C_BACKOFF; never C_BUSY.
 #
 # Per request nothing is allocated here and no Python object is touched: headers are
-# pre-built nghttp2_nv arrays that point into bytes kept by the engine (NO_COPY flags), the
-# stream's state is a preallocated slot, its user data a pointer to it. libnghttp2 keeps its
+# pre-built nghttp2_nv arrays that point into bytes kept by the engine (NO_COPY flags) or, for
+# a templated request's values, into the stream slot's buffer (h2_expand, allocated once by
+# tpl_setup), the stream's state is a preallocated slot, its user data a pointer to it. libnghttp2 keeps its
 # own per-stream bookkeeping, as it does inside h2load.
 
 

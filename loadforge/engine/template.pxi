@@ -4,7 +4,8 @@
 # segments. When an arrival starts, its row of each table follows from its index in the
 # run-wide arrival sequence, and the request is assembled into the connection's buffer,
 # allocated once: no Python and no allocation per request. A fixed request is sent from its
-# pre-encoded bytes as before.
+# pre-encoded bytes as before. Over HTTP/2 the same segment walk (tpl_write) fills a stream
+# slot's buffer with the request's templated values (engine/http2.pxi h2_expand).
 
 
 cdef inline uint64_t splitmix64(uint64_t x) noexcept nogil:
