@@ -446,6 +446,35 @@ body_file = "big.txt"
     assert len(lines) == 1 and "MiB per worker" in lines[0], proc.stderr
 
 
+def test_stream_buffers_past_the_cap_exit_2_over_http2(tmp_path):
+    """Over HTTP/2 each stream slot holds a buffer: one connection of 1,000 streams counts as
+    1,000 buffers."""
+    write_rows(str(tmp_path))
+    with open(tmp_path / "big.txt", "w") as f:
+        f.write("x" * 900_000 + "{users.term}")
+    path = profile(str(tmp_path), "http://127.0.0.1:1", "sequential", 10, requests="""
+[[requests]]
+method = "POST"
+path = "/big"
+body_file = "big.txt"
+""")
+    proc, _ = run(path, str(tmp_path / "out"), "--workers", "1", "--http", "2",
+                  "--connections", "1", "--streams", "1000")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "MiB per worker" in lines[0] and "streams" in lines[0], \
+        proc.stderr
+
+
+def test_a_header_value_with_cr_exits_2_over_http2(tmp_path):
+    write_rows(str(tmp_path), [("1", "a\rb")])
+    path = profile(str(tmp_path), "http://127.0.0.1:1", "sequential", 10)
+    proc, _ = run(path, str(tmp_path / "out"), "--http", "2")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "CR, LF" in lines[0], proc.stderr
+
+
 def test_json_lines_and_json_arrays_read_the_same(tmp_path):
     from loadforge.config.feeders import Feeder, load_rows
 

@@ -990,7 +990,8 @@ def _check_template_buffers(specs: list[WorkerSpec], compiled: feeders.Compiled)
         raise InputError(
             f"requests: templated requests expand to up to {largest:,} bytes and each of a "
             f"worker's {conns:,} {what} holds one: {largest * conns / 2**20:,.0f} MiB per "
-            f"worker, more than {MAX_TEMPLATE_BUFFERS >> 20} MiB; use fewer {what.split()[0]}, "
+            f"worker, more than {MAX_TEMPLATE_BUFFERS >> 20} MiB; use fewer "
+            f"{'connections' if specs[0].http2 is None else 'connections or streams'}, "
             "more workers or a smaller templated body")
 
 
