@@ -591,6 +591,19 @@ def test_unique_over_http2_sends_each_row_once_and_ends_the_run(h2_server, tmp_p
     assert summary["ran_s"] < 10
 
 
+def test_unique_over_http2_across_shards_sends_each_row_once(h2_server, tmp_path):
+    rows = [(str(i), f"t{i}") for i in range(40)]
+    write_rows(str(tmp_path), rows)
+    path = profile(str(tmp_path), h2_server.url, "unique", 100)
+    proc, summary = run(path, str(tmp_path / "out"), "--shards", "2", "--workers", "2",
+                        "--http", "2")
+    assert proc.returncode == 0, proc.stderr
+    logged = h2_server.take()
+    assert sorted(r[0] for r in logged) == sorted(
+        f"GET /items/{i}?q={t} HTTP/2.0" for i, t in rows)
+    assert summary["feeder_exhausted"]["rows"] == 40
+
+
 def test_templates_over_h2_by_alpn(tmp_path):
     """Over TLS: h2 negotiated by ALPN, the same rows."""
     if not shutil.which("nginx"):
