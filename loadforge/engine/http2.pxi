@@ -16,9 +16,9 @@
 #
 # Per request nothing is allocated here and no Python object is touched: headers are
 # pre-built nghttp2_nv arrays that point into bytes kept by the engine (NO_COPY flags) or, for
-# a templated request's values, into the stream slot's buffer (h2_expand, allocated once by
-# tpl_setup), the stream's state is a preallocated slot, its user data a pointer to it. libnghttp2 keeps its
-# own per-stream bookkeeping, as it does inside h2load.
+# a templated request's values, into the stream slot's buffer (h2_expand; allocated once by
+# tpl_setup), the stream's state is a preallocated slot, its user data a pointer to it.
+# libnghttp2 keeps its own per-stream bookkeeping, as it does inside h2load.
 
 
 def http2_library():
@@ -34,8 +34,8 @@ cdef int h2_setup(Engine self, list requests, int streams) except -1:
     parts) per request, headers a list of (name, value) bytes, pseudo-headers first. parts:
     a templated request's (header index, or -1 for the body, first segment, end segment)
     triples, the segments relative to its template (tpl_setup, already built); each is
-    expanded per stream into the stream slot's buffer (h2_expand), and the header's value
-    given with the request (b"") or its body is what goes out for a fixed request only."""
+    expanded per stream into the stream slot's buffer (h2_expand), so the values given for
+    those headers (b"") and the body given (b"") are placeholders."""
     cdef H2Engine* h = &self.h2
     cdef Templates* T = &self.tpl
     cdef char err[256]
@@ -70,7 +70,8 @@ cdef int h2_setup(Engine self, list requests, int streams) except -1:
     h.parts = <H2Part*>calloc(max(1, nparts), sizeof(H2Part))
     h.part_first = <int*>calloc(self.nreq, sizeof(int))
     h.part_count = <int*>calloc(self.nreq, sizeof(int))
-    if (h.parts == NULL or h.part_first == NULL or h.part_count == NULL or h.nva == NULL or h.nv_first == NULL or h.nv_count == NULL or h.body == NULL
+    if (h.nva == NULL or h.nv_first == NULL or h.nv_count == NULL or h.body == NULL
+            or h.parts == NULL or h.part_first == NULL or h.part_count == NULL
             or h.body_len == NULL or h.conns == NULL or h.slots == NULL or h.free_all == NULL
             or h.dirty_list == NULL or h.pending == NULL or h.response_max == NULL):
         raise MemoryError()
