@@ -9,10 +9,13 @@ nginx on 127.0.0.1 (started here on --port, access log off; or --url), and print
 median user+system CPU microseconds per request of each and their ratio (goal: <= 1.2).
 With --json-body, both requests are POSTs with a JSON body (Content-Type application/json),
 the template's body holding the feeder's values inside JSON strings (their JSON-escaped views).
+With --http 2, both go over h2c (nginx `listen ... http2`): the 50 closed-model users are
+streams, --streams per connection (10: 5 connections), the template's values expanded per
+stream (engine/http2.pxi h2_expand).
 
   python3 benchmarks/feeders_cpu.py [--rows 1000000] [--duration 5] [--rounds 5]
       [--connections 50] [--order sequential|random] [--json-body]
-      [--port 24080 | --url URL]
+      [--http 1.1|2] [--streams 10] [--port 24080 | --url URL]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import _nginx
@@ -31,12 +35,17 @@ import _nginx
 from loadforge import _core
 from loadforge.config.feeders import open_table
 from loadforge.config.profile import plan_from_dict
-from loadforge.run.coordinator import compile_feeders, encode_request, parse_target
+from loadforge.run.coordinator import (
+    compile_feeders,
+    encode_h2_request,
+    encode_request,
+    parse_target,
+)
 
 # Inside nginx's http block (_nginx.py adds the rest).
 NGINX = """
   access_log off;
-  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
+  server {{ listen 127.0.0.1:{port}{http2}; location / {{ return 200 "ok\\n"; }} }}
 """
 
 
@@ -49,6 +58,9 @@ def main() -> None:
     ap.add_argument("--order", default="sequential", choices=("sequential", "random"))
     ap.add_argument("--json-body", action="store_true",
                     help="POST a JSON body holding the values (escaped views)")
+    ap.add_argument("--http", default="1.1", choices=("1.1", "2"),
+                    help="HTTP/2: h2c by prior knowledge (nginx started with http2)")
+    ap.add_argument("--streams", type=int, default=10, help="streams per connection (--http 2)")
     ap.add_argument("--url", default=None, help="a running target (else nginx is started)")
     ap.add_argument("--port", type=int, default=24080, help="the port of the nginx started")
     args = ap.parse_args()
@@ -57,7 +69,8 @@ def main() -> None:
     try:
         url = args.url
         if url is None:
-            nginx = _nginx.start(folder, NGINX.format(port=args.port), args.port)
+            nginx = _nginx.start(folder, NGINX.format(
+                port=args.port, http2=" http2" if args.http == "2" else ""), args.port)
             url = f"http://127.0.0.1:{args.port}"
         csv_path = os.path.join(folder, "users.csv")
         with open(csv_path, "w") as f:
@@ -78,6 +91,7 @@ def main() -> None:
             "feeders": [{"name": "users", "file": csv_path, "order": args.order}],
             "stages": [{"duration": f"{args.duration}s", "concurrency": args.connections}],
             "requests": [request],
+            "load": {"http": args.http, "connections": args.connections},
         }, path=os.path.join(folder, "bench.toml"))
         target = parse_target(url)
         t = time.perf_counter()
@@ -90,18 +104,26 @@ def main() -> None:
             headers=fixed_headers, body=fixed_body)
         fixed = [(encode_request(fixed_req, target.host, target.path), False)]
         stage = (False, 0.0, 0.0, args.duration, args.connections, 0.0)
+        conns = args.connections
+        h2: dict[str, list[Any] | None] = {"fixed": None, "templated": None}
+        if args.http == "2":
+            conns = -(-args.connections // args.streams)
+            h2 = {"fixed": [encode_h2_request(fixed_req, target.host, target.path)],
+                  "templated": list(compiled.h2)}
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         results: dict[str, list[float]] = {"fixed": [], "templated": []}
         for r in range(args.rounds):
             for kind in ("fixed", "templated"):
                 if kind == "fixed":
-                    engine = _core.Engine(host, port, fixed, [0], [stage], args.connections)
+                    engine = _core.Engine(host, port, fixed, [0], [stage], conns,
+                                          http2=h2[kind], streams=args.streams)
                 else:
-                    engine = _core.Engine(host, port, fixed, [0], [stage], args.connections,
+                    engine = _core.Engine(host, port, fixed, [0], [stage], conns,
                                           feeders=[open_table(t.spec())
                                                    for t in compiled.tables],
-                                          templates=list(compiled.templates))
+                                          templates=list(compiled.templates),
+                                          http2=h2[kind], streams=args.streams)
                 counts: list[bytes] = []
                 before = resource.getrusage(resource.RUSAGE_SELF)
                 engine.run(_core.now_ns() + 50_000_000,
@@ -114,7 +136,8 @@ def main() -> None:
                       f"({n:,} requests)", flush=True)
         f, t_ = statistics.median(results["fixed"]), statistics.median(results["templated"])
         print(f"median: fixed {f:.2f} us, templated ({args.rows:,}-row feeder, "
-              f"{args.order}{', JSON body' if args.json_body else ''}) {t_:.2f} us, "
+              f"{args.order}{', JSON body' if args.json_body else ''}, HTTP/{args.http}) "
+              f"{t_:.2f} us, "
               f"ratio {t_ / f:.3f}")
         compiled.cleanup()
     finally:

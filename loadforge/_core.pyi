@@ -40,7 +40,9 @@ class Engine:
                  requests_per_connection: int = 0, feeders: list[Any] | None = None,
                  templates: list[Any] | None = None,
                  tls: dict[str, Any] | None = None,
-                 http2: list[tuple[list[tuple[bytes, bytes]], bytes]] | None = None,
+                 http2: list[tuple[list[tuple[bytes, bytes]], bytes]
+                             | tuple[list[tuple[bytes, bytes]], bytes,
+                                     list[tuple[int, int, int]]]] | None = None,
                  streams: int = 100) -> None: ...
     @property
     def wakeups(self) -> int: ...

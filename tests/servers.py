@@ -90,7 +90,9 @@ http {{
   scgi_temp_path {dir}/scgi;
   keepalive_requests 1000000;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{listen_options};
+{plain}
+{tls}
     location / {{ return 200 "ok\\n"; }}
 {locations}
   }}
@@ -101,22 +103,28 @@ http {{
 class LoggingNginx:
     """nginx logging chosen fields of each request, '|'-separated (log_format, e.g.
     '$request|$http_authorization|$request_body'), with the server's own `locations` (nginx
-    directives, `{port}` filled in; braces doubled as in str.format) besides `location /`."""
+    directives, `{port}` filled in; braces doubled as in str.format) besides `location /`.
+    tls and http2 as for Nginx; with either, `{port}` in `locations` is a second, plain
+    HTTP/1.1 port of the same server (what proxy_pass speaks to)."""
 
-    def __init__(self, log_format: str, locations: str, prefix: str = "lf-nginx-") -> None:
+    def __init__(self, log_format: str, locations: str, prefix: str = "lf-nginx-",
+                 tls: str = "", http2: bool = False) -> None:
         self.fields = log_format.count("|") + 1
         self.dir = tempfile.mkdtemp(prefix=prefix)
         self.port = free_port()
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(LOGGING_NGINX_CONF.format(dir=self.dir, port=self.port,
-                                              log_format=log_format,
-                                              locations=locations.format(port=self.port)))
+            options = (" ssl" if tls else "") + (" http2" if http2 else "")
+            plain = free_port() if options else self.port
+            f.write(LOGGING_NGINX_CONF.format(
+                dir=self.dir, port=self.port, listen_options=options, tls=tls,
+                plain=f"    listen 127.0.0.1:{plain};" if options else "",
+                log_format=log_format, locations=locations.format(port=plain)))
         self.proc = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", conf, "-e",
                                       os.path.join(self.dir, "error.log")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_listening(self.port)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     def take(self) -> list[list[str]]:
         """The logged requests since the last call, one list of fields each; the preflight's

@@ -479,6 +479,35 @@ body_file = "big.txt"
     assert len(lines) == 1 and "MiB per worker" in lines[0], proc.stderr
 
 
+def test_stream_buffers_past_the_cap_exit_2_over_http2(tmp_path):
+    """Over HTTP/2 each stream slot holds a buffer: one connection of 1,000 streams counts as
+    1,000 buffers."""
+    write_rows(str(tmp_path))
+    with open(tmp_path / "big.txt", "w") as f:
+        f.write("x" * 900_000 + "{users.term}")
+    path = profile(str(tmp_path), "http://127.0.0.1:1", "sequential", 10, requests="""
+[[requests]]
+method = "POST"
+path = "/big"
+body_file = "big.txt"
+""")
+    proc, _ = run(path, str(tmp_path / "out"), "--workers", "1", "--http", "2",
+                  "--connections", "1", "--streams", "1000")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "MiB per worker" in lines[0] and "streams" in lines[0], \
+        proc.stderr
+
+
+def test_a_header_value_with_cr_exits_2_over_http2(tmp_path):
+    write_rows(str(tmp_path), [("1", "a\rb")])
+    path = profile(str(tmp_path), "http://127.0.0.1:1", "sequential", 10)
+    proc, _ = run(path, str(tmp_path / "out"), "--http", "2")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "CR, LF" in lines[0], proc.stderr
+
+
 def test_json_lines_and_json_arrays_read_the_same(tmp_path):
     from loadforge.config.feeders import Feeder, load_rows
 
@@ -500,25 +529,137 @@ def test_row_for_matches_the_documented_orders():
     assert len(set(draws)) > 800
 
 
-def test_templates_with_http2_exit_2(tmp_path):
-    (tmp_path / "users.csv").write_text("id,term\n1,a\n")
-    path = tmp_path / "h2.toml"
-    path.write_text("""
-target = "http://127.0.0.1:1"
-[load]
-http = "2"
-[[feeders]]
-name = "users"
-file = "users.csv"
-[[stages]]
-duration = "1s"
-rate = 5
+# -- over HTTP/2 (h2c by prior knowledge, h2 by ALPN over TLS) ---------------------------------
+
+@pytest.fixture(scope="module")
+def h2_server() -> Iterator[LoggingNginx]:
+    if not shutil.which("nginx"):
+        pytest.skip("nginx is not installed (apt-get install -y nginx)")
+    s = LoggingNginx("$request|$http_authorization|$http_x_term|$request_body", LOCATIONS,
+                     prefix="lf-feeders-h2-", http2=True)
+    yield s
+    s.stop()
+
+
+def as_http1(logged: list[list[str]]) -> Counter:
+    """nginx's log lines of HTTP/2 requests, their protocol written as HTTP/1.1's."""
+    for r in logged:
+        assert r[0].endswith(" HTTP/2.0"), r[0]
+    return Counter((r[0][:-len("HTTP/2.0")] + "HTTP/1.1", *r[1:]) for r in logged)
+
+
+@pytest.mark.parametrize("order", ["sequential", "random"])
+def test_templates_over_http2_send_the_rows_http1_sends(h2_server, tmp_path, order):
+    """Path, header and environment slots over h2c, many streams on few connections: nginx
+    logged the rows the HTTP/1.1 test expects (the same function of the arrival index), with
+    two workers."""
+    write_rows(str(tmp_path))
+    path = profile(str(tmp_path), h2_server.url, order, 60, seed=7)
+    proc, summary = run(path, str(tmp_path / "out"), "--workers", "2", "--http", "2",
+                        "--connections", "2", "--streams", "16")
+    assert proc.returncode == 0, proc.stderr
+    logged = h2_server.take()
+    assert len(logged) == summary["requests"] == 60 and summary["errors"] == 0
+    expected = Counter()
+    for k in range(60):
+        row = row_for(k, order, 7, len(ROWS))
+        expected[(expected_line(row), f"Bearer {TOKEN}", ROWS[row][1], "")] += 1
+    assert as_http1(logged) == expected
+
+
+def test_templated_body_over_http2_with_computed_length(h2_server, tmp_path):
+    write_rows(str(tmp_path))
+    with open(tmp_path / "order.json", "w") as f:
+        f.write('{"user": "{users.id}", "term": "{users.term}"}')
+    path = profile(str(tmp_path), h2_server.url, "sequential", 20, requests="""
 [[requests]]
-path = "/items/{users.id}"
+name = "order"
+method = "POST"
+path = "/post/{users.id}"
+body_file = "order.json"
+headers = { Content-Type = "application/json" }
+[[requests]]
+name = "fixed"
+path = "/fixed"
 """)
-    proc = subprocess.run([sys.executable, "-m", "loadforge.cli", "run", str(path), "--quiet",
-                           "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "HTTP/1.1 only" in lines[0], proc.stderr
+    proc, summary = run(path, str(tmp_path / "out"), "--workers", "2", "--no-preflight",
+                        "--http", "2")
+    assert proc.returncode == 0, proc.stderr
+    logged = h2_server.take()
+    posts = [r for r in logged if r[0].startswith("POST")]
+    assert len(posts) == 10 and len(logged) == 20
+    assert sum(1 for r in logged if r[0] == "GET /fixed HTTP/2.0") == 10
+    expected = Counter()
+    for k in range(10):
+        i, term = ROWS[k % len(ROWS)]
+        expected[(f"POST /post/{i} HTTP/2.0", json.dumps({"user": i, "term": term},
+                                                          ensure_ascii=False))] += 1
+    # nginx checks the body against content-length (400 when they differ)
+    got = Counter((r[0], json.dumps(json.loads(r[3]), ensure_ascii=False)) for r in posts)
+    assert got == expected
+    assert summary["status"]["2xx"] == 20 and summary["errors"] == 0
+
+
+@pytest.mark.parametrize("model", ["rate", "concurrency"])
+def test_unique_over_http2_sends_each_row_once_and_ends_the_run(h2_server, tmp_path, model):
+    rows = [(str(i), f"t{i}") for i in range(40)]
+    write_rows(str(tmp_path), rows)
+    path = profile(str(tmp_path), h2_server.url, "unique", 100)
+    if model == "concurrency":
+        # 8 users per worker, all streams of one connection: submitted together, each with
+        # its own values
+        text = open(path).read().replace("rate = 100", "concurrency = 16")
+        text = text.replace("connections = 4", "connections = 16")
+        with open(path, "w") as f:
+            f.write(text.replace('duration = "1s"', 'duration = "20s"'))
+    proc, summary = run(path, str(tmp_path / "out"), "--workers", "2", "--http", "2",
+                        "--no-preflight")
+    assert proc.returncode == 0, proc.stderr
+    logged = h2_server.take()
+    assert sorted(r[0] for r in logged) == sorted(
+        f"GET /items/{i}?q={t} HTTP/2.0" for i, t in rows)
+    assert summary["requests"] == 40 and summary["errors"] == 0
+    assert summary["feeder_exhausted"]["feeder"] == "users"
+    assert summary["feeder_exhausted"]["rows"] == 40
+    assert summary["ran_s"] < 10
+
+
+def test_unique_over_http2_across_shards_sends_each_row_once(h2_server, tmp_path):
+    rows = [(str(i), f"t{i}") for i in range(40)]
+    write_rows(str(tmp_path), rows)
+    path = profile(str(tmp_path), h2_server.url, "unique", 100)
+    proc, summary = run(path, str(tmp_path / "out"), "--shards", "2", "--workers", "2",
+                        "--http", "2")
+    assert proc.returncode == 0, proc.stderr
+    logged = h2_server.take()
+    assert sorted(r[0] for r in logged) == sorted(
+        f"GET /items/{i}?q={t} HTTP/2.0" for i, t in rows)
+    assert summary["feeder_exhausted"]["rows"] == 40
+
+
+def test_templates_over_h2_by_alpn(tmp_path):
+    """Over TLS: h2 negotiated by ALPN, the same rows."""
+    if not shutil.which("nginx"):
+        pytest.skip("nginx is not installed (apt-get install -y nginx)")
+    import trustme
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    pem = str(tmp_path / "server.pem")
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(pem)
+    server = LoggingNginx("$request|$http_authorization|$http_x_term|$request_body", LOCATIONS,
+                          prefix="lf-feeders-h2tls-", http2=True,
+                          tls=f"ssl_certificate {pem}; ssl_certificate_key {pem};")
+    try:
+        write_rows(str(tmp_path))
+        path = profile(str(tmp_path), server.url, "sequential", 30)
+        proc, summary = run(path, str(tmp_path / "out"), "--http", "2", "--ca-cert",
+                            str(tmp_path / "ca.pem"))
+        assert proc.returncode == 0, proc.stderr
+        assert summary["tls"]["alpn"] == "h2"
+        logged = server.take()
+        expected = Counter((expected_line(k % len(ROWS)), f"Bearer {TOKEN}",
+                            ROWS[k % len(ROWS)][1], "") for k in range(30))
+        assert as_http1(logged) == expected
+    finally:
+        server.stop()

@@ -14,7 +14,9 @@ What the engine gets (`engine/template.pxi`), so that it runs no Python per requ
   travels inline in the worker spec.
 - each templated request as segments: literal bytes, a cell (feeder, view), or the body's
   Content-Length, computed by the engine when it assembles the request into the connection's
-  preallocated buffer. A request without slots stays one pre-encoded bytes object.
+  preallocated buffer. A request without slots stays one pre-encoded bytes object. Over
+  HTTP/2 (compile_h2_templates) the segments are the templated header values (:path among
+  them) and the body, each a part the engine expands into the stream slot's buffer.
 
 A table column is a *view*: a feeder column in one encoding. A value in the path is
 percent-encoded (every byte but RFC 3986's unreserved `A-Za-z0-9-._~`), so a row can never
@@ -121,6 +123,11 @@ class Compiled:
     tables: list[Table] = field(default_factory=list)
     templates: list[tuple[list[tuple[Any, ...]], int, int] | None] = field(default_factory=list)
     tempdir: str | None = None
+    # HTTP/2 (compile_h2_templates): per request None (fixed) or what the engine's h2_setup
+    # takes for it: its header block (a templated value b""), its body (b"") and its parts,
+    # (header index or -1 for the body, first segment, end segment) of its template.
+    h2: list[tuple[list[tuple[bytes, bytes]], bytes, list[tuple[int, int, int]]] | None] = \
+        field(default_factory=list)
 
     def cleanup(self) -> None:
         if self.tempdir:
@@ -514,13 +521,10 @@ def compile_rows(feeders: tuple[Feeder, ...], label: str, inline: bool = False) 
     return out
 
 
-def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | None],
-                      heads: list[tuple[str, str, bool]], label: str,
-                      inline: bool = False) -> Compiled:
-    """Tables and engine segments for the requests. `heads[i]`: request i's request-line
-    prefix ("GET /api"), the text between the path and its headers (" HTTP/1.1\\r\\nHost:
-    ...\\r\\nUser-Agent: ...\\r\\n") and whether it sends a Content-Length without a body.
-    `inline`: never a memory-mapped file (a sharded run sends the tables over the network)."""
+def _compile_views(feeders: tuple[Feeder, ...], templates: list[Template | None], label: str,
+                   inline: bool) -> tuple[Compiled, dict[tuple[str, str, str], tuple[int, int]]]:
+    """The tables the templates' slots read, and each slot's (table, view) by (feeder,
+    column, encoding)."""
     by_name = {f.name: f for f in feeders}
     used: dict[str, list[tuple[str, str]]] = {}
     for tpl in templates:
@@ -545,7 +549,17 @@ def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | No
     except BaseException:
         out.cleanup()
         raise
+    return out, view_of
 
+
+def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | None],
+                      heads: list[tuple[str, str, bool]], label: str,
+                      inline: bool = False) -> Compiled:
+    """Tables and engine segments for the requests. `heads[i]`: request i's request-line
+    prefix ("GET /api"), the text between the path and its headers (" HTTP/1.1\\r\\nHost:
+    ...\\r\\nUser-Agent: ...\\r\\n") and whether it sends a Content-Length without a body.
+    `inline`: never a memory-mapped file (a sharded run sends the tables over the network)."""
+    out, view_of = _compile_views(feeders, templates, label, inline)
     for tpl, (start_line, head_rest, needs_length) in zip(templates, heads, strict=True):
         if tpl is None:
             out.templates.append(None)
@@ -584,6 +598,63 @@ def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | No
             raise ProfileError(f"{label}: a templated request may expand to {size:,} bytes; "
                                f"templates expand to at most {MAX_TEMPLATE_BYTES:,}")
         out.templates.append((segs, body_from, size))
+    return out
+
+
+# In an HTTP/2 header block given to compile_h2_templates: the body's length, computed.
+BODY_LENGTH = None
+
+
+def compile_h2_templates(feeders: tuple[Feeder, ...], templates: list[Template | None],
+                         heads: list[list[tuple[str, Parts | None]] | None], label: str,
+                         inline: bool = False) -> Compiled:
+    """Tables, engine segments and HTTP/2 parts for the requests (out.h2). `heads[i]`:
+    request i's HTTP/2 header block when it is templated, pseudo-headers first, names in
+    lower case; each value literal text and slots (a slot in ":path" percent-encoded, in any
+    other header checked as a header value), or BODY_LENGTH for the body's computed length.
+
+    A templated request's segments are its templated header values, one part each, then its
+    body, last (the length segment counts from body_from to the end): the engine expands
+    them per stream into the stream slot's buffer, where the header block's entries for them
+    and the stream's body point. Values without slots stay in the header block as bytes."""
+    out, view_of = _compile_views(feeders, templates, label, inline)
+    for tpl, head in zip(templates, heads, strict=True):
+        if tpl is None or head is None:
+            out.templates.append(None)
+            out.h2.append(None)
+            continue
+        segs: list[tuple[Any, ...]] = []
+        parts: list[tuple[int, int, int]] = []
+        block: list[tuple[bytes, bytes]] = []
+        size = 0
+        for k, (name, value) in enumerate(head):
+            if value is not None and all(not isinstance(p, Slot) for p in value):
+                block.append((name.encode("latin-1"), b"".join(
+                    p if isinstance(p, bytes) else str(p).encode("utf-8", "surrogateescape")
+                    for p in value)))
+                continue
+            block.append((name.encode("latin-1"), b""))
+            part: list[tuple[Any, ...]] = []      # not merged into the previous part
+            if value is None:             # BODY_LENGTH
+                part.append((2,))
+                size += 20
+            else:
+                size += _emit(part, value, PATH if name == ":path" else HEADER, view_of,
+                              out.tables)
+            parts.append((k, len(segs), len(segs) + len(part)))
+            segs += part
+        body_from = len(segs)
+        if tpl.body:
+            body: list[tuple[Any, ...]] = []
+            size += _emit(body, tpl.body, body_encodings(tpl.body, tpl.json_body), view_of,
+                          out.tables)
+            parts.append((-1, len(segs), len(segs) + len(body)))
+            segs += body
+        if size > MAX_TEMPLATE_BYTES:
+            raise ProfileError(f"{label}: a templated request may expand to {size:,} bytes; "
+                               f"templates expand to at most {MAX_TEMPLATE_BYTES:,}")
+        out.templates.append((segs, body_from, size))
+        out.h2.append((block, b"", parts))
     return out
 
 

@@ -236,6 +236,10 @@ cdef struct H2Stream:    # one slot of a connection's stream table
     int64_t intended_ns
     int64_t sent_ns
     int64_t deadline_ns
+    int64_t seq          # the arrival's index (Templates.seq) and model: its feeder rows
+    int closed
+    const char* body     # the request body: the request's, or expanded in the slot's buffer
+    int64_t body_len
     int64_t body_sent
     int64_t received     # response bytes: body, and header names and values
     int capture_len
@@ -265,7 +269,15 @@ cdef struct H2Pending:   # an arrival waiting for a stream (retry, closed-model 
     int32_t stage
     int32_t request
     int retried
+    int closed
     int64_t intended_ns
+    int64_t seq
+
+
+cdef struct H2Part:      # a templated request's value expanded per stream (engine/template.pxi)
+    int32_t nv           # index in the request's header block; -1: the body
+    int32_t lo           # its segments in Templates.segs (absolute)
+    int32_t hi
 
 
 cdef struct H2Engine:
@@ -282,6 +294,9 @@ cdef struct H2Engine:
     int64_t* response_max   # per request: most response bytes seen, -1 before the first
     const char** body
     Py_ssize_t* body_len
+    H2Part* parts        # every templated request's parts, one after the other
+    int* part_first      # per request; part_count 0: a fixed request
+    int* part_count
     int64_t rx_ns        # receive timestamp of the bytes being fed to a session
     int64_t now_ns
     int cursor           # next connection to offer a stream (round robin)

@@ -15,9 +15,10 @@
 # (open: it carries from 0 to `limit` streams), C_CLOSED or C_BACKOFF; never C_BUSY.
 #
 # Per request nothing is allocated here and no Python object is touched: headers are
-# pre-built nghttp2_nv arrays that point into bytes kept by the engine (NO_COPY flags), the
-# stream's state is a preallocated slot, its user data a pointer to it. libnghttp2 keeps its
-# own per-stream bookkeeping, as it does inside h2load.
+# pre-built nghttp2_nv arrays that point into bytes kept by the engine (NO_COPY flags) or, for
+# a templated request's values, into the stream slot's buffer (h2_expand; allocated once by
+# tpl_setup), the stream's state is a preallocated slot, its user data a pointer to it.
+# libnghttp2 keeps its own per-stream bookkeeping, as it does inside h2load.
 
 
 def http2_library():
@@ -29,11 +30,16 @@ def http2_library():
 
 
 cdef int h2_setup(Engine self, list requests, int streams) except -1:
-    """Build the HTTP/2 side of a new engine: requests are (headers, body) per request, headers
-    a list of (name, value) bytes, pseudo-headers first."""
+    """Build the HTTP/2 side of a new engine: requests are (headers, body) or (headers, body,
+    parts) per request, headers a list of (name, value) bytes, pseudo-headers first. parts:
+    a templated request's (header index, or -1 for the body, first segment, end segment)
+    triples, the segments relative to its template (tpl_setup, already built); each is
+    expanded per stream into the stream slot's buffer (h2_expand), so the values given for
+    those headers (b"") and the body given (b"") are placeholders."""
     cdef H2Engine* h = &self.h2
+    cdef Templates* T = &self.tpl
     cdef char err[256]
-    cdef int i, k, total = 0, nslots
+    cdef int i, k, total = 0, nslots, nparts = 0
     cdef nghttp2_nv* nv
     if lf_nghttp2_load(err, sizeof(err)) != 0:
         raise RuntimeError("HTTP/2 needs libnghttp2.so.14 (Debian: libnghttp2-14): "
@@ -45,8 +51,10 @@ cdef int h2_setup(Engine self, list requests, int streams) except -1:
     h.enabled = 1
     h.streams = streams
     nslots = self.nconns * streams
-    for headers, body in requests:
-        total += len(headers)
+    for entry in requests:
+        total += len(entry[0])
+        if len(entry) > 2 and entry[2]:
+            nparts += len(entry[2])
     h.nva = <nghttp2_nv*>calloc(total, sizeof(nghttp2_nv))
     h.nv_first = <int*>calloc(self.nreq, sizeof(int))
     h.nv_count = <int*>calloc(self.nreq, sizeof(int))
@@ -59,14 +67,33 @@ cdef int h2_setup(Engine self, list requests, int streams) except -1:
     h.dirty_list = <int*>calloc(self.nconns, sizeof(int))
     h.pending_cap = nslots + self.nconns
     h.pending = <H2Pending*>calloc(h.pending_cap, sizeof(H2Pending))
+    h.parts = <H2Part*>calloc(max(1, nparts), sizeof(H2Part))
+    h.part_first = <int*>calloc(self.nreq, sizeof(int))
+    h.part_count = <int*>calloc(self.nreq, sizeof(int))
     if (h.nva == NULL or h.nv_first == NULL or h.nv_count == NULL or h.body == NULL
+            or h.parts == NULL or h.part_first == NULL or h.part_count == NULL
             or h.body_len == NULL or h.conns == NULL or h.slots == NULL or h.free_all == NULL
             or h.dirty_list == NULL or h.pending == NULL or h.response_max == NULL):
         raise MemoryError()
     for i in range(self.nreq):
         h.response_max[i] = -1
     k = 0
-    for i, (headers, body) in enumerate(requests):
+    nparts = 0
+    for i, entry in enumerate(requests):
+        headers, body = entry[0], entry[1]
+        parts = entry[2] if len(entry) > 2 else None
+        if parts:
+            if T.tpl == NULL or T.tpl[i].first < 0:
+                raise ValueError("http2: parts given for a request without a template")
+            h.part_first[i] = nparts
+            h.part_count[i] = len(parts)
+            for nvi, lo, hi in parts:
+                if not -1 <= nvi < len(headers) or not 0 <= lo <= hi <= T.tpl[i].nseg:
+                    raise ValueError("http2: a template part out of range")
+                h.parts[nparts].nv = nvi
+                h.parts[nparts].lo = T.tpl[i].first + lo
+                h.parts[nparts].hi = T.tpl[i].first + hi
+                nparts += 1
         h.nv_first[i] = k
         h.nv_count[i] = len(headers)
         for name, value in headers:
@@ -119,6 +146,9 @@ cdef void h2_free(Engine self) noexcept:
     free(h.free_all)
     free(h.dirty_list)
     free(h.pending)
+    free(h.parts)
+    free(h.part_first)
+    free(h.part_count)
     # the callbacks and option objects live as long as the process: a few hundred bytes
 
 
@@ -228,13 +258,23 @@ cdef int take_slot(Engine self) noexcept:
 cdef void h2_start_arrival(Engine self, int ci, int stage, int request, int64_t intended,
                            int64_t now) noexcept:
     """start_arrival for HTTP/2: ci is a hint from take_slot (or -1 after a think time)."""
+    if self.tpl.unique and tpl_spent(self, now):
+        # A `unique` feeder has no row left for this arrival: the run ends here, as over
+        # HTTP/1.1 (start_arrival).
+        if self.tpl.closed:
+            self.counters[stage].scheduled -= 1
+        self.request_stop(now)
+        return
     self.inflight += 1
     self.counters[stage].sent += 1
-    h2_place(self, ci, stage, request, intended, 0, now)
+    h2_place(self, ci, stage, request, intended, 0, self.tpl.seq, self.tpl.closed, now)
 
 
 cdef void h2_place(Engine self, int ci, int stage, int request, int64_t intended, int retried,
-                   int64_t now) noexcept:
+                   int64_t seq, int closed, int64_t now) noexcept:
+    """Submit the arrival on ci (or another connection with room), or queue it; seq and
+    closed are its place in the arrival sequence (Templates.seq), which fixes its feeder rows
+    whenever, and however often, it is sent."""
     cdef Conn* c
     cdef H2Pending* p
     if ci < 0 or not h2_has_room(self, ci):
@@ -249,6 +289,8 @@ cdef void h2_place(Engine self, int ci, int stage, int request, int64_t intended
         p.request = request
         p.retried = retried
         p.intended_ns = intended
+        p.seq = seq
+        p.closed = closed
         self.h2.pending_len += 1
         return
     c = &self.conns[ci]
@@ -260,12 +302,48 @@ cdef void h2_place(Engine self, int ci, int stage, int request, int64_t intended
                 close_conn(self, ci)
             h2_done(self, stage, request, intended, now, NULL, 0, O_CONNECT, now, now)
             return
-    if h2_submit(self, ci, stage, request, intended, retried, now) != 0:
+    if h2_submit(self, ci, stage, request, intended, retried, seq, closed, now) != 0:
         h2_done(self, stage, request, intended, now, NULL, 0, O_PROTOCOL, now, now)
 
 
+cdef int h2_expand(Engine self, int32_t si, H2Stream* s, int request, int64_t now) noexcept:
+    """A templated request's values for stream slot si, expanded into the slot's buffer (the
+    segment walk of HTTP/1.1's tpl_assemble, part by part): the request's header block
+    entries for them point there, and so does the stream's body. nghttp2_submit_request
+    copies the header block but not the values (NO_COPY), so each stream keeps its own until
+    its slot is released, after the stream closed. -1: no row (cannot follow tpl_spent)."""
+    cdef Templates* T = &self.tpl
+    cdef H2Engine* h = &self.h2
+    cdef Tpl* tp = &T.tpl[request]
+    cdef H2Part* p
+    cdef nghttp2_nv* nv
+    cdef int64_t row[MAX_TABLES]
+    cdef int64_t seq = T.seq, n, off = 0
+    cdef int closed = T.closed, rc, i
+    cdef char* out = T.block + <int64_t>si * T.buf_size
+    T.seq = s.seq
+    T.closed = s.closed
+    rc = tpl_rows(self, tp, row, now)
+    T.seq = seq
+    T.closed = closed
+    if rc != 0:
+        return -1
+    for i in range(h.part_first[request], h.part_first[request] + h.part_count[request]):
+        p = &h.parts[i]
+        n = tpl_write(T, tp, row, p.lo, p.hi, out + off)
+        if p.nv < 0:
+            s.body = out + off
+            s.body_len = n
+        else:
+            nv = &h.nva[h.nv_first[request] + p.nv]
+            nv.value = <uint8_t*>(out + off)
+            nv.valuelen = n
+        off += n
+    return 0
+
+
 cdef int h2_submit(Engine self, int ci, int stage, int request, int64_t intended, int retried,
-                   int64_t now) noexcept:
+                   int64_t seq, int closed, int64_t now) noexcept:
     cdef H2Engine* h = &self.h2
     cdef H2Conn* hc = &h.conns[ci]
     cdef H2Stream* s
@@ -287,15 +365,24 @@ cdef int h2_submit(Engine self, int ci, int stage, int request, int64_t intended
     s.body_sent = 0
     s.received = 0
     s.capture_len = 0
+    s.seq = seq
+    s.closed = closed
+    s.body = h.body[request]
+    s.body_len = h.body_len[request]
+    if h.part_count[request] > 0 and h2_expand(self, si, s, request, now) != 0:
+        s.state = S_FREE
+        hc.free_slots[hc.nfree] = si
+        hc.nfree += 1
+        return -1
     # The loop may sleep through responses (sleep_through_responses) only while a whole
     # connection's worth of them fits a socket buffer and no request body waits for a window.
-    s.big = 1 if (h.body_len[request] > 0 or h.response_max[request] < 0
+    s.big = 1 if (s.body_len > 0 or h.response_max[request] < 0
                   or h.response_max[request] * h.streams > SMALL_RESPONSE_BYTES) else 0
     self.eventful += s.big
     dp.source.ptr = <void*>s
     dp.read_callback = h2_read_body
     sid = lf_ng.submit_request(hc.session, NULL, &h.nva[h.nv_first[request]],
-                               h.nv_count[request], &dp if h.body_len[request] > 0 else NULL,
+                               h.nv_count[request], &dp if s.body_len > 0 else NULL,
                                <void*>s)
     if sid < 0:
         self.eventful -= s.big
@@ -325,7 +412,7 @@ cdef void h2_pump(Engine self, int64_t now) noexcept:
         p = self.h2.pending[self.h2.pending_head]
         self.h2.pending_head = (self.h2.pending_head + 1) % self.h2.pending_cap
         self.h2.pending_len -= 1
-        h2_place(self, ci, p.stage, p.request, p.intended_ns, p.retried, now)
+        h2_place(self, ci, p.stage, p.request, p.intended_ns, p.retried, p.seq, p.closed, now)
 
 
 cdef void h2_done(Engine self, int stage, int request, int64_t intended, int64_t sent,
@@ -396,6 +483,8 @@ cdef void h2_unprocessed(Engine self, H2Stream* s, int outcome, int64_t now) noe
     p.request = s.request
     p.retried = 1
     p.intended_ns = s.intended_ns
+    p.seq = s.seq
+    p.closed = s.closed
     self.h2.pending_len += 1
 
 
@@ -594,14 +683,12 @@ cdef ssize_t h2_read_body(nghttp2_session* session, int32_t stream_id, uint8_t* 
                           void* user_data) noexcept:
     """The request body of a stream, as flow control lets it out."""
     cdef H2Stream* s = <H2Stream*>source.ptr
-    cdef H2Conn* hc = <H2Conn*>user_data
-    cdef Engine self = <Engine>hc.engine
-    cdef Py_ssize_t left = self.h2.body_len[s.request] - s.body_sent
-    if <Py_ssize_t>length > left:
+    cdef int64_t left = s.body_len - s.body_sent
+    if <int64_t>length > left:
         length = left
-    memcpy(buf, self.h2.body[s.request] + s.body_sent, length)
+    memcpy(buf, s.body + s.body_sent, length)
     s.body_sent += length
-    if s.body_sent >= self.h2.body_len[s.request]:
+    if s.body_sent >= s.body_len:
         data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
     return length
 
@@ -700,7 +787,7 @@ cdef void h2_scan_timeouts(Engine self, int64_t now) noexcept:
             if s.state != S_OPEN or now < s.deadline_ns:
                 continue
             outcome = O_TIMEOUT
-            if s.body_sent < h.body_len[s.request] and s.id > 0 and \
+            if s.body_sent < s.body_len and s.id > 0 and \
                     lf_ng.get_stream_remote_window_size(h.conns[ci].session, s.id) <= 0:
                 outcome = O_FLOW_CONTROL
             h2_stream_done(self, s, outcome, now, now)

@@ -223,7 +223,8 @@ cdef class Engine:
             self.closed_stack[self.n_closed] = i
             self.n_closed += 1
 
-        tpl_setup(self, feeders or [], templates or [])
+        tpl_setup(self, feeders or [], templates or [],
+                  connections * (streams if http2 is not None and streams > 0 else 1))
 
         self._capture_name = capture_header.lower().encode() if capture_header else b""
         names_init(&self.names, self._capture_name)
@@ -505,6 +506,8 @@ cdef class Engine:
     cdef void closed_arrival(self, int ci, int64_t now) noexcept:
         cdef int request = self.mix[self.closed_seq % self.mix_len]
         if self.stopping:       # a `unique` feeder ran out while slots were being filled
+            if self.h2.enabled:     # (ci may be -1 after a think time; no pool to go back to)
+                return
             if self.conns[ci].state == C_IDLE:
                 push_idle(self, ci)
             else:

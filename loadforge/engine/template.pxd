@@ -48,8 +48,8 @@ cdef struct Templates:
     Tpl* tpl             # per request
     Seg* segs
     char* pool           # literals
-    char* block          # per connection, buf_size bytes each: where its templated request
-    int64_t buf_size     # is assembled
+    char* block          # per connection (HTTP/1.1) or stream slot (HTTP/2), buf_size bytes
+    int64_t buf_size     # each: where its templated request (or HTTP/2 values) is assembled
     const char** out     # per connection: the request being sent (fixed or assembled)
     int64_t* out_len
     int unique           # tables of order `unique`

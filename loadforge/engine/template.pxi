@@ -4,7 +4,8 @@
 # segments. When an arrival starts, its row of each table follows from its index in the
 # run-wide arrival sequence, and the request is assembled into the connection's buffer,
 # allocated once: no Python and no allocation per request. A fixed request is sent from its
-# pre-encoded bytes as before.
+# pre-encoded bytes as before. Over HTTP/2 the same segment walk (tpl_write) fills a stream
+# slot's buffer with the request's templated values (engine/http2.pxi h2_expand).
 
 
 cdef inline uint64_t splitmix64(uint64_t x) noexcept nogil:
@@ -69,17 +70,11 @@ cdef int tpl_spent(Engine self, int64_t now) noexcept:
     return 0
 
 
-cdef int tpl_assemble(Engine self, int ci, int request, int64_t now) noexcept:
+cdef int tpl_rows(Engine self, Tpl* tp, int64_t* row, int64_t now) noexcept:
+    """The row of each table request template tp takes for the arrival self.tpl.seq, into
+    row[table]; -1 when a `unique` feeder has none left for it."""
     cdef Templates* T = &self.tpl
-    cdef Tpl* tp
-    cdef Seg* sg
-    cdef FeedTable* ft
-    cdef int64_t row[MAX_TABLES]
-    cdef int64_t n = 0, k, a, body, v
-    cdef int i, s, nd
-    cdef char digits[24]
-    cdef char* out
-    tp = &T.tpl[request]
+    cdef int i
     for i in range(T.ntables):
         if tp.tables & (<uint64_t>1 << i):
             row[i] = feed_row(&T.tables[i], feed_index(self, &T.tables[i]))
@@ -88,8 +83,20 @@ cdef int tpl_assemble(Engine self, int ci, int request, int64_t now) noexcept:
                     T.exhausted = i + 1
                     T.exhausted_at_ns = now
                 return -1
-    out = T.block + <int64_t>ci * T.buf_size
-    for s in range(tp.first, tp.first + tp.nseg):
+    return 0
+
+
+cdef int64_t tpl_write(Templates* T, Tpl* tp, const int64_t* row, int lo, int hi,
+                       char* out) noexcept:
+    """Write segments lo..hi-1 (absolute indices into T.segs) of template tp, filled from the
+    rows `row`, at `out`; returns the bytes written. The whole request for HTTP/1.1; one
+    header value, or the body, for HTTP/2 (engine/http2.pxi h2_expand)."""
+    cdef Seg* sg
+    cdef FeedTable* ft
+    cdef int64_t n = 0, k, a, body, v
+    cdef int i, s, nd
+    cdef char digits[24]
+    for s in range(lo, hi):
         sg = &T.segs[s]
         if sg.kind == SEG_LITERAL:
             memcpy(out + n, T.pool + sg.off, sg.len)
@@ -121,14 +128,27 @@ cdef int tpl_assemble(Engine self, int ci, int request, int64_t now) noexcept:
                 nd -= 1
                 out[n] = digits[nd]
                 n += 1
+    return n
+
+
+cdef int tpl_assemble(Engine self, int ci, int request, int64_t now) noexcept:
+    cdef Templates* T = &self.tpl
+    cdef Tpl* tp = &T.tpl[request]
+    cdef int64_t row[MAX_TABLES]
+    cdef char* out
+    if tpl_rows(self, tp, row, now) != 0:
+        return -1
+    out = T.block + <int64_t>ci * T.buf_size
     T.out[ci] = out
-    T.out_len[ci] = n
+    T.out_len[ci] = tpl_write(T, tp, row, tp.first, tp.first + tp.nseg, out)
     return 0
 
 
-cdef int tpl_setup(Engine self, list tables, list templates) except -1:
+cdef int tpl_setup(Engine self, list tables, list templates, int nbufs) except -1:
     """Build the tables (buffer objects: bytes, or read-only mmaps kept alive in self._keep)
-    and the templates' segments; templates[i] is None or (segments, body_from, max_len)."""
+    and the templates' segments; templates[i] is None or (segments, body_from, max_len).
+    nbufs buffers of the largest expansion: one per connection (HTTP/1.1), one per stream
+    slot (HTTP/2)."""
     cdef Templates* T = &self.tpl
     cdef const unsigned char[::1] view
     cdef FeedTable* ft
@@ -198,7 +218,7 @@ cdef int tpl_setup(Engine self, list tables, list templates) except -1:
     T.segs = <Seg*>calloc(max(1, nseg), sizeof(Seg))
     T.pool = <char*>malloc(max(1, pool_len))
     T.buf_size = biggest
-    T.block = <char*>malloc(max(1, biggest * self.nconns))
+    T.block = <char*>malloc(max(1, biggest * nbufs))
     if T.segs == NULL or T.pool == NULL or T.block == NULL:
         raise MemoryError()
     nseg = 0

@@ -177,6 +177,26 @@ def h2_headers(req: Request, host: str, prefix: str = "",
     return headers
 
 
+def h2_template_head(req: Request, tpl: feeders.Template, host: str, prefix: str = "",
+                     scheme: str = "http") -> list[tuple[str, feeders.Parts | None]]:
+    """A templated request's HTTP/2 header block as h2_headers lays it out, its values as
+    template parts (feeders.compile_h2_templates): the path and header values from the
+    template (their ${VAR} resolved), the content-length computed when the body has slots."""
+    head: list[tuple[str, feeders.Parts | None]] = [
+        (":method", (req.method,)), (":path", (prefix.rstrip("/"), *tpl.path)),
+        (":scheme", (scheme,)), (":authority", (host_header(req, host),)),
+        ("user-agent", (USER_AGENT,))]
+    head += [(name.lower(), parts) for name, parts in tpl.headers
+             if name.lower() not in _H2_DROPPED]
+    if any(isinstance(p, feeders.Slot) for p in tpl.body):
+        head.append(("content-length", feeders.BODY_LENGTH))
+    elif tpl.body or req.method in ("POST", "PUT", "PATCH"):
+        length = sum(len(p) if isinstance(p, bytes) else len(p.encode("utf-8", "surrogateescape"))
+                     for p in tpl.body if not isinstance(p, feeders.Slot))
+        head.append(("content-length", (str(length),)))
+    return head
+
+
 def encode_h2_request(req: Request, host: str, prefix: str = "", scheme: str = "http",
                       ) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """What the engine's HTTP/2 side sends for req: its header list and body, as bytes."""
@@ -891,9 +911,12 @@ def compile_feeders(plan: Plan, target: Target, inline: bool = False) -> feeders
         return feeders.compile_rows(plan.feeders, label, inline=inline)
     if not plan.templates:
         return feeders.Compiled()
-    if plan.http == "2" and any(t is not None for t in plan.templates):
-        raise InputError(f"{label}: requests with {{feeder.column}} or ${{VAR}} slots are sent "
-                         "over HTTP/1.1 only (for now); drop --http 2 or the slots")
+    if plan.http == "2":
+        scheme = urlsplit(target.url).scheme
+        h2_heads = [None if t is None else h2_template_head(r, t, target.host, target.path, scheme)
+                    for r, t in zip(plan.requests, plan.templates, strict=True)]
+        return feeders.compile_h2_templates(plan.feeders, list(plan.templates), h2_heads, label,
+                                            inline=inline)
     heads = [(f"{r.method} {target.path.rstrip('/')}",
               f" HTTP/1.1\r\nHost: {host_header(r, target.host)}\r\nUser-Agent: {USER_AGENT}\r\n",
               r.method in ("POST", "PUT", "PATCH")) for r in plan.requests]
@@ -908,8 +931,10 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
                 for r in plan.requests]
     tables = [t.spec() for t in compiled.tables] if compiled else []
     templates = list(compiled.templates) if compiled and compiled.templates else []
-    http2 = ([encode_h2_request(r, target.host, target.path, urlsplit(target.url).scheme)
-              for r in plan.requests]
+    h2_templated = compiled.h2 if compiled and compiled.h2 else [None] * len(plan.requests)
+    http2 = ([t if t is not None else
+              encode_h2_request(r, target.host, target.path, urlsplit(target.url).scheme)
+              for r, t in zip(plan.requests, h2_templated, strict=True)]
              if plan.http == "2" else None)
     mix = schedule.request_mix(plan.requests)
     stages = [(s.open_model, s.rate_from or 0.0, s.rate_to or 0.0, s.duration_s,
@@ -952,19 +977,22 @@ def _check_fd_limit(specs: list[WorkerSpec], plan: Plan) -> None:
             "or use more workers")
 
 
-# Each connection of a worker holds a buffer for the largest templated request.
+# Each connection of a worker (each stream slot over HTTP/2: connections x streams) holds a
+# buffer for the largest templated request.
 MAX_TEMPLATE_BUFFERS = 512 << 20
 
 
 def _check_template_buffers(specs: list[WorkerSpec], compiled: feeders.Compiled) -> None:
     largest = max((t[2] for t in compiled.templates if t is not None), default=0)
-    conns = max(s.connections for s in specs)
+    conns = max(s.connections * (s.streams if s.http2 is not None else 1) for s in specs)
+    what = "connections" if specs[0].http2 is None else "streams (connections x streams)"
     if largest * conns > MAX_TEMPLATE_BUFFERS:
         raise InputError(
             f"requests: templated requests expand to up to {largest:,} bytes and each of a "
-            f"worker's {conns:,} connections holds one: {largest * conns / 2**20:,.0f} MiB per "
-            f"worker, more than {MAX_TEMPLATE_BUFFERS >> 20} MiB; use fewer connections, more "
-            "workers or a smaller templated body")
+            f"worker's {conns:,} {what} holds one: {largest * conns / 2**20:,.0f} MiB per "
+            f"worker, more than {MAX_TEMPLATE_BUFFERS >> 20} MiB; use fewer "
+            f"{'connections' if specs[0].http2 is None else 'connections or streams'}, "
+            "more workers or a smaller templated body")
 
 
 @dataclass
