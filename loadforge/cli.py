@@ -369,9 +369,9 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
             cases += junit.slo_cases(o.summary.get("slo", []), name)
         junit.write_junit(junit_path, f"loadforge run {plan.name}", cases)
     if live is not None and linger_s > 0:
-        if not quiet:
-            console.print(f"serving the final figures for {linger_s:g} s (Ctrl-C to stop)",
-                          highlight=False)
+        # Said even with --quiet: a command that does not return needs a reason on screen.
+        console.print(f"serving the final figures for {linger_s:g} s (Ctrl-C to stop)",
+                      highlight=False)
         live.linger(linger_s)
         live.close()
     # The most serious ending decides: could not run (3), interrupted (128+N), an SLO (1).
