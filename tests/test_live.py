@@ -263,9 +263,9 @@ def test_five_seconds_with_metrics_dashboard_and_stream(nginx, tmp_path: Path) -
     stream, summary = tmp_path / "live.jsonl", tmp_path / "summary.json"
     with prometheus(f"127.0.0.1:{mport}") as prom:
         run = Run("--target", nginx.url + "/", "--rate", "200", "--duration", "5s",
-                         "--out", str(tmp_path), "--quiet", "--metrics", f"127.0.0.1:{mport}",
-                         "--dashboard", f"127.0.0.1:{dport}", "--stream", str(stream),
-                         "--summary-json", str(summary), "--linger", "60s")
+                  "--out", str(tmp_path), "--quiet", "--metrics", f"127.0.0.1:{mport}",
+                  "--dashboard", f"127.0.0.1:{dport}", "--stream", str(stream),
+                  "--summary-json", str(summary), "--slo", "p99=2s", "--linger", "60s")
         try:
             wait_listening(dport)
             status, kind, page = get(f"http://127.0.0.1:{dport}/")
@@ -283,22 +283,33 @@ def test_five_seconds_with_metrics_dashboard_and_stream(nginx, tmp_path: Path) -
             # Prometheus scrapes what the run ended with while it lingers.
             poll(lambda: query(prom, "loadforge_run_finished == 1"), 30,
                  "a scrape of the finished run")
+            # Asked while it lingers: once the target is gone, its series go stale.
+            s = json.loads(summary.read_text())
+            samples = query(prom, 'loadforge_requests_total{outcome="2xx"}[1m]')
+            assert len(samples) == 1, samples          # one stage, one request name
+            values = [float(v) for _, v in samples[0]["values"]]
+            assert len(values) >= 3 and values[-1] == s["requests"]
+            assert any(b > a for a, b in zip(values, values[1:], strict=False)), values
+            buckets = query(prom, "loadforge_latency_seconds_bucket")
+            assert len({b["metric"]["le"] for b in buckets}) == len(LATENCY_BUCKETS_S) + 1
+            top = [b for b in buckets if b["metric"]["le"] == "+Inf"]
+            assert sum(float(b["value"][1]) for b in top) == s["requests"]
+            assert float(query(prom, "histogram_quantile(0.5, sum by (le) "
+                                     "(loadforge_latency_seconds_bucket))")[0]["value"][1]) > 0
+            assert query(prom, "max_over_time(loadforge_target_rps[1m])")[0]["value"][1] == "200"
+            # Every query of the Grafana dashboard in the repository is valid PromQL over these
+            # metrics, and the panels that have something to show here show it.
+            dashboard = json.loads(Path(ROOT, "deploy", "grafana", "loadforge.json").read_text())
+            empty_here = {"Errors by kind", "Responses by backend"}      # nginx: none of either
+            for panel in dashboard["panels"]:
+                for t in panel["targets"]:
+                    expr = (t["expr"].replace("$__rate_interval", "5s").replace("$job", ".*")
+                            .replace("$stage", ".*"))
+                    found = query(prom, expr)
+                    assert found or panel["title"] in empty_here, (panel["title"], expr)
         finally:
             code = run.stop()
         assert code == 0, run.stderr
-        s = json.loads(summary.read_text())
-        samples = query(prom, 'loadforge_requests_total{outcome="2xx"}[1m]')
-        assert len(samples) == 1, samples          # one stage, one request name
-        values = [float(v) for _, v in samples[0]["values"]]
-        assert len(values) >= 3 and values[-1] == s["requests"]
-        assert any(b > a for a, b in zip(values, values[1:], strict=False)), values
-        buckets = query(prom, "loadforge_latency_seconds_bucket")
-        assert len({b["metric"]["le"] for b in buckets}) == len(LATENCY_BUCKETS_S) + 1
-        top = [b for b in buckets if b["metric"]["le"] == "+Inf"]
-        assert sum(float(b["value"][1]) for b in top) == s["requests"]
-        assert float(query(prom, "histogram_quantile(0.5, sum by (le) "
-                                 "(loadforge_latency_seconds_bucket))")[0]["value"][1]) > 0
-        assert query(prom, "max_over_time(loadforge_target_rps[1m])")[0]["value"][1] == "200"
     check_stream_adds_up(stream_lines(stream), s)
 
 

@@ -89,6 +89,7 @@ class LiveRun:
         """Folds one MergedInterval in; returns its point (a `--stream` line's object)."""
         cells: dict[tuple[str, str, str], list[Any]] = {}
         by_name: dict[str, dict[str, Any]] = {}
+        ok_by_name: dict[str, Any] = {}
         ok_all = histogram.new_histogram()
         scheduled = unsent = 0
         backends: dict[str, int] = {}
@@ -102,8 +103,13 @@ class LiveRun:
                     histogram.merge(ok_all, row["latency"])
                 continue
             if outcome == OK:
-                entry = by_name.setdefault(name, {"requests": 0, "errors": 0})
-                entry["latency_us"] = latency_block(row["latency"])
+                ok = ok_by_name.get(name)
+                if ok is None:
+                    ok_by_name[name] = row["latency"]
+                else:
+                    # The name ran in two stages of this interval: merged into a copy.
+                    ok_by_name[name] = histogram.copy(ok)
+                    histogram.merge(ok_by_name[name], row["latency"])
                 acc = self.buckets.setdefault((stage, name),
                                               [0] * (len(LATENCY_BUCKETS_S) + 1) + [0.0])
                 for k, n in enumerate(bucket_counts(row["latency"])):
@@ -141,6 +147,9 @@ class LiveRun:
                     errors_by_kind[outcome] = errors_by_kind.get(outcome, 0) + count
             out_cells.append({"stage": stage, "name": name, "outcome": outcome, "count": count,
                               "latency_us": latency_block(lat)})
+        for name, ok in ok_by_name.items():
+            by_name.setdefault(name, {"requests": 0, "errors": 0})["latency_us"] = \
+                latency_block(ok)
         for backend, n in backends.items():
             self.by_backend[backend] = self.by_backend.get(backend, 0) + n
         self.scheduled += scheduled

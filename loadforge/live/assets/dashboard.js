@@ -75,7 +75,11 @@
     var legend = $(id.replace("chart", "legend"));
     legend.innerHTML = "";
     canvas.setAttribute("data-points", String(ys.length));
-    if (!xs.length) return;
+    if (!xs.length) {
+      ctx.font = "13px system-ui, sans-serif"; ctx.fillStyle = "#5a6478"; ctx.textAlign = "center";
+      ctx.fillText(series.length ? "no data yet" : "none", W / 2, H / 2);
+      return;
+    }
     var x0 = Math.min.apply(null, xs), x1 = Math.max.apply(null, xs);
     var y1 = Math.max.apply(null, ys) * 1.08 || 1;
     if (x1 === x0) x1 = x0 + 1;
@@ -133,7 +137,8 @@
       if (ev.by_name[k].latency_us) n.latency_us = ev.by_name[k].latency_us;
     });
     body.setAttribute("data-intervals", String(run.points.length));
-    $("run-clock").textContent = "· " + ev.end_s.toFixed(0) + " s of " + run.header.duration_s + " s · stage " + ev.stage;
+    $("run-clock").textContent = "· " + Math.min(ev.end_s, run.header.duration_s).toFixed(0) +
+      " s of " + run.header.duration_s + " s · stage " + ev.stage;
     if (!run.summary) {
       set("requests", ev.totals.requests, fmtInt);
       set("errors", ev.totals.errors, fmtInt);
