@@ -318,10 +318,12 @@ def test_metrics_pass_promtool(nginx, tmp_path: Path) -> None:
     port = free_port()
     run = Run("--target", nginx.url + "/", "--rate", "100", "--duration", "2s",
               "--out", str(tmp_path), "--quiet", "--metrics", str(port), "--slo", "p99=1s",
-              "--linger", "60s")
+              "--dashboard", str(port), "--linger", "60s")
     try:
         poll(run.lingering, 60, "the run to end")
         text = get(f"http://127.0.0.1:{port}/metrics")[2]
+        # --dashboard on the same address: one server, both routes
+        assert get(f"http://127.0.0.1:{port}/")[0] == 200
     finally:
         code = run.stop()
     assert code == 0, run.stderr
@@ -368,7 +370,7 @@ def test_dashboard_updates_during_the_run_and_ends_on_the_summary(browser: Any,
         '[[stages]]\nname = "steady"\nrate = 150\nduration = "4s"\n'
         '[[requests]]\nname = "home"\npath = "/"\nweight = 3\n'
         '[[requests]]\nname = "items"\npath = "/items"\nweight = 1\n'
-        '[slo]\np99 = "2s"\nerror_rate = "1%"\n')
+        '[slo]\np99 = "2s"\nerror_rate = "1%"\np50 = "1us"\n')
     port = free_port()
     summary = tmp_path / "summary.json"
     run = Run(str(profile), "--out", str(tmp_path), "--quiet", "--dashboard", str(port),
@@ -386,6 +388,14 @@ def test_dashboard_updates_during_the_run_and_ends_on_the_summary(browser: Any,
              "a first interval on the page")
         during = (body.get_attribute("data-state"), value("requests"), summary.exists())
         assert during[0] == "running" and int(during[1]) > 0 and not during[2], during
+
+        def verdicts() -> dict[str, str]:
+            return {td.get_attribute("data-key"): td.get_attribute("data-value")
+                    for td in browser.find_elements(By.CSS_SELECTOR, "#slo td[data-key]")}
+
+        # An objective turns red while the run goes on: p50 under 1 µs cannot hold.
+        assert verdicts() == {"p99": "1", "error_rate": "1", "p50": "0"}
+        assert body.get_attribute("data-state") == "running"
         assert int(browser.find_element(By.ID, "chart-rate").get_attribute("data-points")) > 0
         poll(lambda: body.get_attribute("data-state") == "finished", 60, "the final figures")
         poll(run.lingering, 30, "the summary JSON and the linger")
@@ -399,9 +409,8 @@ def test_dashboard_updates_during_the_run_and_ends_on_the_summary(browser: Any,
         assert int(value("unsent")) == s["unsent"]
         for key in ("p50", "p90", "p99", "max"):
             assert int(value(f"latency-{key}")) == s["latency_us"][key], key
-        verdicts = {td.get_attribute("data-key"): td.get_attribute("data-value")
-                    for td in browser.find_elements(By.CSS_SELECTOR, "#slo td[data-key]")}
-        assert verdicts == {v["name"]: "1" if v["ok"] else "0" for v in s["slo"]}
+        assert verdicts() == {v["name"]: "1" if v["ok"] else "0" for v in s["slo"]}
+        assert verdicts()["p50"] == "0" and not s["ok"]
         names = {td.get_attribute("data-key"): int(td.get_attribute("data-value"))
                  for td in browser.find_elements(By.CSS_SELECTOR, "#by-name td[data-key]")}
         assert names == {k: v["requests"] for k, v in s["requests_by_name"].items()}
@@ -410,7 +419,7 @@ def test_dashboard_updates_during_the_run_and_ends_on_the_summary(browser: Any,
         assert backends == {k: v["requests"] for k, v in s["backends"].items()}
     finally:
         code = run.stop()
-    assert code == 0, run.stderr
+    assert code == 1, run.stderr          # the p50 objective failed the run
 
 
 def test_dashboard_page_names_no_outside_asset() -> None:
