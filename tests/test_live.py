@@ -104,7 +104,8 @@ def check_stream_adds_up(lines: list[dict[str, Any]], summary: dict[str, Any]) -
                 by_name[c["name"]] = by_name.get(c["name"], 0) + c["count"]
         assert x["requests"] == sum(c["count"] for c in x["cells"] if c["outcome"] in STATUS)
     assert {k: v for k, v in summary["status"].items() if v} == status
-    assert {k: v["requests"] for k, v in summary["requests_by_name"].items()} == by_name
+    assert {k: v["requests"] for k, v in summary["requests_by_name"].items()
+            if v["requests"]} == by_name
 
 
 # -- units -----------------------------------------------------------------------------------
@@ -428,3 +429,33 @@ def test_dashboard_page_names_no_outside_asset() -> None:
     page = dashboard_page()
     assert "src=" not in page and "href=" not in page and "@import" not in page
     assert os.path.basename(ROOT) not in page
+
+
+def test_stream_counts_failures_by_kind_as_the_summary(tmp_path: Path) -> None:
+    # A port nobody listens on, on 127.0.0.1: every arrival is a connect failure.
+    stream, summary = tmp_path / "live.jsonl", tmp_path / "summary.json"
+    out = loadforge("run", "--target", f"http://127.0.0.1:{free_port()}/", "--rate", "50",
+                    "--duration", "2s", "--no-preflight", "--timeout", "1s", "--out",
+                    str(tmp_path), "--quiet", "--stream", str(stream), "--summary-json",
+                    str(summary))
+    assert out.returncode == 0, out.stderr
+    s = json.loads(summary.read_text())
+    lines = stream_lines(stream)
+    check_stream_adds_up(lines, s)
+    intervals = [x for x in lines if x["type"] == "interval"]
+    kinds: dict[str, int] = {}
+    for x in intervals:
+        for kind, n in x["errors_by_kind"].items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    assert kinds == {k: v for k, v in s["errors_by_kind"].items() if v}
+    assert s["errors"] == 100 and s["requests"] == 0
+
+
+def test_closed_model_has_no_target_rate(nginx, tmp_path: Path) -> None:
+    stream = tmp_path / "live.jsonl"
+    out = loadforge("run", "--target", nginx.url + "/", "--concurrency", "2", "--duration",
+                    "2s", "--out", str(tmp_path), "--quiet", "--stream", str(stream))
+    assert out.returncode == 0, out.stderr
+    intervals = [x for x in stream_lines(stream) if x["type"] == "interval"]
+    assert intervals and all(x["target_rps"] is None for x in intervals)
+    assert sum(x["requests"] for x in intervals) == stream_lines(stream)[-1]["requests"] > 0
