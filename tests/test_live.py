@@ -459,3 +459,39 @@ def test_closed_model_has_no_target_rate(nginx, tmp_path: Path) -> None:
     intervals = [x for x in stream_lines(stream) if x["type"] == "interval"]
     assert intervals and all(x["target_rps"] is None for x in intervals)
     assert sum(x["requests"] for x in intervals) == stream_lines(stream)[-1]["requests"] > 0
+
+
+def test_live_verdicts_end_where_the_files_verdicts_are(nginx, tmp_path: Path) -> None:
+    """analysis/slo.LiveVerdicts, fed the interval rows as the coordinator wrote them, ends
+    on evaluate()'s verdicts from the file: run, stage (after a grace) and window objectives."""
+    from loadforge.analysis.slo import LiveVerdicts, evaluate
+    from loadforge.config.profile import load_profile
+    from loadforge.results.store import read_result
+
+    profile = tmp_path / "slo.toml"
+    profile.write_text(
+        f'name = "slo"\ntarget = "{nginx.url}/"\n[load]\nconnections = 4\nworkers = 1\n'
+        '[[stages]]\nname = "a"\nrate = 100\nduration = "2s"\n'
+        '[[stages]]\nname = "b"\nrate = 200\nduration = "2s"\n'
+        '[[requests]]\nname = "home"\npath = "/"\n'
+        '[slo]\np99 = "2s"\nerror_rate = "1%"\np50 = "1us"\n'
+        '[[slo.stages]]\nstage = "b"\ngrace = "1s"\np90 = "2s"\n'
+        '[[slo.windows]]\nwindow = "2s"\np99 = "2s"\nrate_shortfall = "50%"\n')
+    summary = tmp_path / "summary.json"
+    out = loadforge("run", str(profile), "--out", str(tmp_path), "--quiet", "--summary-json",
+                    str(summary))
+    assert out.returncode == 1, out.stderr         # p50 under 1 µs fails
+    s = json.loads(summary.read_text())
+    plan = load_profile(str(profile))
+    result = read_result(s["result"])
+    rows = result.rows("interval", stage=None, name=None, outcome=None)
+    live = LiveVerdicts(plan)
+    verdicts: list[dict[str, Any]] = []
+    for index in sorted({int(r["start_ms"]) // 1000 for r in rows}):
+        mine = [{**r, "latency": result.histogram(r)} for r in rows
+                if int(r["start_ms"]) // 1000 == index]
+        verdicts = live.interval(index, mine)
+    final = evaluate(plan, result)
+    assert len(final) == 6
+    assert [(v["name"], v["ok"], v["observed"]) for v in verdicts] == \
+        [(v["name"], v["ok"], v["observed"]) for v in final]
