@@ -32,7 +32,7 @@ __all__ = ["LiveOutputs", "parse_address"]
 
 def _json(obj: Any) -> str:
     # JSON has no NaN or infinity: a ratio over nothing is null.
-    return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False)
+    return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False, default=str)
 
 
 def _finite(obj: Any) -> Any:
@@ -138,7 +138,11 @@ class LiveOutputs:
         with self.lock:
             if self.run is None:
                 return
-            self._publish(self.run.finish(summary))
+            try:
+                self._publish(self.run.finish(summary))
+            except Exception as exc:    # the run is over and saved: say so, end normally
+                print(f"warning: live outputs could not show the summary: "
+                      f"{type(exc).__name__}: {exc}", file=sys.stderr)
 
     def _publish(self, event: dict[str, Any]) -> None:
         # Under self.lock. The stream is written in the coordinator's thread, as the interval
