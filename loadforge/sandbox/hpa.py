@@ -303,7 +303,7 @@ def parse_hpa(doc: Any, where: str = "hpa", concurrency: int = 64) -> HPASpec:
 
 def load_hpa(path: str, where: str | None = None, concurrency: int = 64) -> HPASpec:
     """Read and validate an HPA manifest file (the first HorizontalPodAutoscaler in it)."""
-    import yaml   # PyYAML: imported here, only profiles naming an HPA need it
+    import yaml  # PyYAML: imported here, only profiles naming an HPA need it
 
     label = where or path
     try:
