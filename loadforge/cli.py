@@ -587,7 +587,8 @@ def sandbox(port: int, config_path: str | None, admin_port: int | None) -> None:
         # A profile's [sandbox] table, or a file that holds only that table.
         cfg = load_config_file(config_path)
     where = f"{config_path}: sandbox" if config_path else "sandbox"
-    run_foreground(validate_sandbox_config(cfg, where), port, admin_port)
+    base = os.path.dirname(os.path.abspath(config_path)) if config_path else None
+    run_foreground(validate_sandbox_config(cfg, where, base_dir=base), port, admin_port)
 
 
 if __name__ == "__main__":

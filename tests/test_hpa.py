@@ -233,3 +233,98 @@ spec:
         load_hpa(str(path))
     with pytest.raises(ProfileError, match="cannot read"):
         load_hpa(str(tmp_path / "none.yaml"))
+
+
+# -- the sandbox with `[sandbox.autoscale] hpa = "hpa.yaml"` ---------------------------------
+
+HPA_YAML = """\
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: web}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
+  minReplicas: 1
+  maxReplicas: 3
+  metrics:
+  - type: Resource
+    resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}
+  behavior:
+    scaleDown: {stabilizationWindowSeconds: 1}
+"""
+
+
+def test_sandbox_config_reads_the_hpa_beside_the_profile(tmp_path):
+    from loadforge.config.profile import load_profile
+    from loadforge.config.sandbox import validate_sandbox_config
+
+    (tmp_path / "hpa.yaml").write_text(HPA_YAML)
+    profile = tmp_path / "p.toml"
+    profile.write_text('[[stages]]\nduration = "1s"\nrate = 1\n'
+                       '[sandbox.autoscale]\nhpa = "hpa.yaml"\nstartup_delay = "0s"\n')
+    plan = load_profile(str(profile))
+    assert plan.sandbox is not None and plan.sandbox.autoscale is not None
+    a = plan.sandbox.autoscale
+    assert (a.min, a.max, a.evaluation_interval_s, a.hpa_path) == (1, 3, 15.0, "hpa.yaml")
+    assert a.hpa is not None and HPASpec.from_dict(a.hpa).max_replicas == 3
+    assert plan.sandbox.backends == 3           # the default 4, clamped to maxReplicas
+    # Through JSON to the subprocess and back, unchanged.
+    from loadforge.config.sandbox import SandboxConfig
+    back = SandboxConfig.from_json(plan.sandbox.to_json()).autoscale
+    assert back is not None and back.hpa is not None
+    assert HPASpec.from_dict(back.hpa) == HPASpec.from_dict(a.hpa)
+    with pytest.raises(ProfileError, match="hpa and sandbox.autoscale.threshold cannot both"):
+        validate_sandbox_config({"autoscale": {"hpa": "hpa.yaml", "threshold": 0.5}},
+                                base_dir=str(tmp_path))
+    with pytest.raises(ProfileError, match="sandbox.autoscale.hpa: cannot read"):
+        validate_sandbox_config({"autoscale": {"hpa": "nope.yaml"}}, base_dir=str(tmp_path))
+    with pytest.raises(ProfileError, match="sync_period is only used with hpa"):
+        validate_sandbox_config({"autoscale": {"sync_period": "5s"}})
+
+
+def test_bad_hpa_in_a_profile_is_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "hpa.yaml").write_text(HPA_YAML.replace("maxReplicas: 3", "maxReplicas: 0"))
+    profile = tmp_path / "p.toml"
+    profile.write_text('[[stages]]\nduration = "1s"\nrate = 1\n'
+                       '[sandbox.autoscale]\nhpa = "hpa.yaml"\n')
+    done = subprocess.run([sys.executable, "-m", "loadforge.cli", "run", str(profile)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "maxReplicas must be an integer >= 1" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_sandbox_scales_with_the_hpa(tmp_path):
+    import threading
+
+    import httpx
+    from test_sandbox import _load, metric, wait_for
+
+    from loadforge.sandbox import start_sandbox, validate_sandbox_config
+
+    (tmp_path / "hpa.yaml").write_text(HPA_YAML)
+    cfg = validate_sandbox_config({
+        "backends": 1,
+        "backend": {"service_time": "20ms", "concurrency": 2, "queue": 64},
+        "health": {"interval": "500ms", "timeout": "500ms"},
+        "autoscale": {"hpa": "hpa.yaml", "sync_period": "300ms", "startup_delay": "100ms"},
+    }, base_dir=str(tmp_path))
+    with start_sandbox(cfg) as sb, httpx.Client(trust_env=False, timeout=5) as client:
+        stop = threading.Event()
+        threads = _load(sb.url + "/", stop, clients=6)     # 6 clients, 2 slots a backend
+        try:
+            wait_for(lambda: metric(client.get(sb.metrics_url).text,
+                                    "sandbox_backends_ready") == 3, 10.0, "3 backends ready")
+            assert metric(client.get(sb.metrics_url).text, "sandbox_backends") == 3  # max
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(5)
+        # Idle: after the 1 s scale-down window, back to minReplicas.
+        wait_for(lambda: metric(client.get(sb.metrics_url).text, "sandbox_backends") == 1,
+                 10.0, "scale in to minReplicas")
+        events = [e["event"] for e in sb.state()["events"]]
+        assert any(e.startswith("scale out: HPA Resource cpu") for e in events), events
+        assert any(e.startswith("scale in: HPA") for e in events), events

@@ -217,7 +217,7 @@ def _metric(raw: Any, where: str, concurrency: int) -> MetricSpec:
         source = _source_by_name(name, f"{where}.{key}.metric.name")
         if source == "utilization" and value > 1:
             value /= 100.0      # "cpu_utilization: 50" reads as percent
-        return MetricSpec(kind, name, ttype, value, source)
+        return MetricSpec(kind, name, str(ttype), value, source)
     if kind == "External" or kind == "ContainerResource":
         raise ProfileError(f"{where}.type {kind} is not modelled: use Resource, Pods or Object "
                            "metrics")

@@ -318,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cfg = json.loads(args.config_json)
             except ValueError as exc:
                 raise InputError(f"--config-json is not valid JSON: {exc}") from exc
-        normalized = validate_sandbox_config(cfg, where)
+        base = os.path.dirname(os.path.abspath(args.config)) if args.config else None
+        normalized = validate_sandbox_config(cfg, where, base_dir=base)
         port = DEFAULT_PORT if args.port is None else args.port
         run_foreground(normalized, port, args.admin_port)
     except LoadforgeError as exc:
