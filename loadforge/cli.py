@@ -591,5 +591,91 @@ def sandbox(port: int, config_path: str | None, admin_port: int | None) -> None:
     run_foreground(validate_sandbox_config(cfg, where, base_dir=base), port, admin_port)
 
 
+@main.command()
+@click.argument("profile", type=click.Path(dir_okay=False))
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False),
+              help="An autoscaling/v2 HorizontalPodAutoscaler manifest (YAML) [default: the "
+              "profile's [sandbox.autoscale] hpa; without either the replicas stay fixed].")
+@click.option("--replica-rps", type=float, help="Requests per second one replica serves at "
+              "100 %% busy [default: the profile's [sandbox.backend] concurrency / service_time].")
+@click.option("--replicas", type=click.IntRange(1, 100_000), help="Replicas at time 0 "
+              "[default: the HPA's minReplicas].")
+@click.option("--startup", help="How long a new replica takes to serve, e.g. 40s [default: the "
+              "profile's [sandbox.autoscale] startup_delay, else 0s].")
+@click.option("--slots", type=click.IntRange(1, 100_000), help="Requests one replica serves at "
+              "once [default: the profile's [sandbox.backend] concurrency, else 1].")
+@click.option("--queue", type=click.IntRange(0, 10_000_000), help="Requests waiting per replica "
+              "beyond its slots; more are answered 503 [default: the profile's, else 1024].")
+@click.option("--out", "out_dir", default="results", show_default=True,
+              help="Directory for the Parquet result.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Label stored with the result (repeatable).")
+@click.option("--slo", "slos", multiple=True, metavar="OBJECTIVE=LIMIT",
+              help="Whole-run objective, as for run (repeatable). A miss exits 1.")
+@click.option("--summary-json", type=click.Path(dir_okay=False), help="Write the summary here.")
+@click.option("--quiet", "-q", is_flag=True, help="No summary table.")
+def simulate(profile: str, policy_path: str | None, replica_rps: float | None,
+             replicas: int | None, startup: str | None, slots: int | None, queue: int | None,
+             out_dir: str, labels: tuple[str, ...], slos: tuple[str, ...],
+             summary_json: str | None, quiet: bool) -> None:
+    """Replay a profile's arrivals against modelled replicas scaled by an HPA, without
+    sending a request; writes a result that compare and report read as a run's."""
+    from dataclasses import replace
+
+    from loadforge.config.profile import load_profile, parse_slo_flags, with_slo_flags
+    from loadforge.present import summary
+    from loadforge.sandbox.hpa import HPASpec, load_hpa
+    from loadforge.simulate import SimOptions
+    from loadforge.simulate import simulate as run_simulation
+
+    plan = load_profile(profile)
+    plan = replace(plan, slo=with_slo_flags(plan.slo, parse_slo_flags(slos)))
+    box = plan.sandbox
+    backend = box.backend if box is not None else None
+    autoscale = box.autoscale if box is not None else None
+    if replica_rps is None:
+        if backend is None or backend.service_time_s <= 0:
+            raise InputError("simulate: give --replica-rps (what one replica serves per "
+                             "second), or a profile whose [sandbox.backend] has a service_time")
+        replica_rps = backend.concurrency / backend.service_time_s
+    if slots is None:
+        slots = backend.concurrency if backend is not None else 1
+    if queue is None:
+        queue = backend.queue if backend is not None else 1024
+    if startup is None:
+        startup_s = autoscale.startup_delay_s if autoscale is not None else 0.0
+    else:
+        startup_s = parse_duration(startup, "--startup", allow_zero=True)
+    policy: HPASpec | None = None
+    if policy_path:
+        policy = load_hpa(policy_path, "--policy", slots)
+    elif autoscale is not None and autoscale.hpa is not None:
+        policy = HPASpec.from_dict(autoscale.hpa)
+    if policy is None and replicas is None:
+        raise InputError("simulate: give --policy HPA.yaml (or a profile with [sandbox.autoscale] "
+                         "hpa), or --replicas N for a fixed count")
+    opts = SimOptions(replica_rps=replica_rps, policy=policy, replicas=replicas, slots=slots,
+                      queue=queue, startup_s=startup_s,
+                      distribution=backend.distribution if backend is not None and
+                      backend.service_time_s > 0 else "exponential",
+                      sigma=backend.sigma if backend is not None else 0.5,
+                      out_dir=out_dir, labels=_labels(labels))
+    stdout_taken = _one_stdout_output(("--summary-json", summary_json))
+    outcome = run_simulation(plan, opts)
+    console = Console(stderr=True) if stdout_taken else Console()
+    if not quiet:
+        summary.render_summary(outcome.summary, console, set())
+        timeline = ", ".join(f"{p['replicas']} at {p['t_s']:g}s"
+                             for p in outcome.summary["replicas"])
+        console.print(f"simulated: {outcome.summary.get('policy') or 'fixed replicas'}; "
+                      f"replicas {timeline}; "
+                      f"{outcome.summary['replica_seconds']:g} replica-seconds",
+                      highlight=False)
+        console.print(f"result: {outcome.path}", highlight=False)
+    if summary_json:
+        summary.write_summary_json(outcome.summary, summary_json)
+    sys.exit(outcome.exit_code)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,140 @@
+"""`loadforge simulate`: the issue's HPA scenario, the queueing model's known values, and the
+result read back by the tools that read runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadforge.results.store import read_result
+from loadforge.simulate import erlang_c
+
+HPA = """\
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: web}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
+  minReplicas: 2
+  maxReplicas: 10
+  metrics:
+  - type: Resource
+    resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}
+"""
+
+STEP = """\
+name = "step"
+[[stages]]
+name = "before"
+duration = "60s"
+rate = 100
+[[stages]]
+name = "step"
+duration = "300s"
+rate = 400
+[[stages]]
+name = "after"
+duration = "420s"
+rate = 100
+"""
+
+
+def simulate(tmp_path: Path, profile: str, *args: str) -> tuple[int, dict[str, Any], str]:
+    (tmp_path / "p.toml").write_text(profile)
+    out = tmp_path / "summary.json"
+    done = subprocess.run([sys.executable, "-m", "loadforge.cli", "simulate",
+                           str(tmp_path / "p.toml"), "--out", str(tmp_path / "results"),
+                           "--summary-json", str(out), "-q", *args],
+                          capture_output=True, text=True, timeout=120)
+    summary = json.loads(out.read_text()) if out.exists() else {}
+    return done.returncode, summary, done.stderr
+
+
+def replicas_at(timeline: list[dict[str, Any]], t: float) -> int:
+    return [p["replicas"] for p in timeline if p["t_s"] <= t][-1]
+
+
+def test_the_issue_scenario(tmp_path):
+    (tmp_path / "hpa.yaml").write_text(HPA)
+    code, s, err = simulate(tmp_path, STEP, "--policy", str(tmp_path / "hpa.yaml"),
+                            "--replica-rps", "100", "--startup", "0s")
+    assert code in (0, 1), err
+    timeline = s["replicas"]
+    assert timeline[0] == {"t_s": 0.0, "replicas": 2}
+    assert all(replicas_at(timeline, t) == 2 for t in range(60))
+    reached = min(p["t_s"] for p in timeline if p["replicas"] >= 8)
+    assert 60 < reached <= 60 + 75
+    assert replicas_at(timeline, 360 + 280) == 8         # the 300 s scale-down window holds
+    assert replicas_at(timeline, 360 + 400) == 2
+    # The cost: replica-seconds are the area under the timeline.
+    area = sum((b["t_s"] - a["t_s"]) * a["replicas"]
+               for a, b in zip(timeline, timeline[1:], strict=False))
+    area += (780 - timeline[-1]["t_s"]) * timeline[-1]["replicas"]
+    assert s["replica_seconds"] == pytest.approx(area)
+    assert s["simulated"] is True and s["scheduled"] == 100 * 60 + 400 * 300 + 100 * 420
+    # Scaling verdicts come from the metric rows, as for a rehearsal in the sandbox.
+    step = next(st for st in s["stages"] if st["name"] == "step")
+    assert step["scale_out"]["backends_source"] == "metric backends_ready"
+    assert step["scale_out"]["backends_start"] == 2
+    result = read_result(s["result"])
+    assert result.metadata["simulated"] == "true"
+
+
+def test_erlang_c_known_values():
+    assert erlang_c(1, 0.5) == pytest.approx(0.5)          # M/M/1: P(wait) = rho
+    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)
+    assert erlang_c(4, 2.0) == pytest.approx(0.17391, abs=1e-5)
+
+
+def test_below_capacity_latency_is_erlang_c(tmp_path):
+    # 4 replicas of 100/s (one slot each) at 200/s: W = C / (c mu - lambda) + 1 / mu.
+    profile = 'name = "flat"\n[[stages]]\nduration = "30s"\nrate = 200\n'
+    code, s, err = simulate(tmp_path, profile, "--replicas", "4", "--replica-rps", "100")
+    assert code == 0, err
+    expected_us = (erlang_c(4, 2.0) / 200 + 0.01) * 1e6
+    assert s["latency_us"]["mean"] == pytest.approx(expected_us, rel=0.1)
+    assert s["errors"] == 0 and s["requests"] == 6000
+    assert s["replicas"] == [{"t_s": 0.0, "replicas": 4}]
+
+
+def test_overload_queues_then_times_out(tmp_path):
+    profile = ('name = "over"\n[load]\ntimeout = "2s"\n'
+               '[[stages]]\nduration = "20s"\nrate = 300\n[slo]\np99 = "1s"\n')
+    code, s, err = simulate(tmp_path, profile, "--replicas", "2", "--replica-rps", "100")
+    assert code == 1, err                                 # the p99 objective fails
+    assert s["errors_by_kind"]["timeout"] > 0
+    assert not s["slo"][0]["ok"]
+
+
+def test_compare_reads_two_simulations(tmp_path):
+    (tmp_path / "hpa.yaml").write_text(HPA)
+    profile = 'name = "short"\n[[stages]]\nduration = "60s"\nrate = 300\n'
+    a = simulate(tmp_path, profile, "--policy", str(tmp_path / "hpa.yaml"),
+                 "--replica-rps", "100")[1]["result"]
+    b = simulate(tmp_path, profile, "--policy", str(tmp_path / "hpa.yaml"),
+                 "--replica-rps", "100", "--startup", "30s")[1]["result"]
+    done = subprocess.run([sys.executable, "-m", "loadforge.cli", "compare", a, b],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode in (0, 1), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("profile, args, message", [
+    ('[[stages]]\nduration = "5s"\nconcurrency = 2\n', ["--replicas", "2", "--replica-rps", "10"],
+     "every stage must be open-model"),
+    ('[[stages]]\nduration = "5s"\nrate = 2\n', ["--replicas", "2"], "give --replica-rps"),
+    ('[[stages]]\nduration = "5s"\nrate = 2\n', ["--replica-rps", "10"], "give --policy"),
+    ('[[stages]]\nduration = "5s"\nrate = 2\n', ["--replica-rps", "0", "--replicas", "1"],
+     "--replica-rps must be > 0"),
+    ('[[stages]]\nduration = "5s"\nrate = 2\n', ["--policy", "/nonexistent/hpa.yaml",
+                                                 "--replica-rps", "10"], "cannot read"),
+])
+def test_bad_input_is_exit_2(tmp_path, profile, args, message):
+    code, _, err = simulate(tmp_path, profile, *args)
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
