@@ -677,5 +677,61 @@ def simulate(profile: str, policy_path: str | None, replica_rps: float | None,
     sys.exit(outcome.exit_code)
 
 
+@main.command()
+@click.option("--target", required=True, help="The URL to load (open model, GET).")
+@click.option("--slo", "slos", multiple=True, required=True, metavar="OBJECTIVE=LIMIT",
+              help="An objective every step must hold, e.g. p99=100ms or error_rate=0.1%% "
+              "(repeatable).")
+@click.option("--start", "start_rps", type=float, default=100.0, show_default=True,
+              help="The first rate tried (requests/s); doubled until a step fails.")
+@click.option("--max", "max_rps", type=float, default=100_000.0, show_default=True,
+              help="The highest rate tried.")
+@click.option("--step", "step", default="10s", show_default=True,
+              help="How long each step runs.")
+@click.option("--precision", type=float, default=0.05, show_default=True,
+              help="Stop bisecting when the bounds are this close (a fraction).")
+@click.option("--connections", type=click.IntRange(1, limits.MAX_CONNECTIONS), default=256,
+              show_default=True, help="Connections the generator may open.")
+@click.option("--timeout", default="5s", show_default=True, help="Request timeout.")
+@click.option("--workers", type=int, help="Worker processes (default: one per core).")
+@click.option("--out", "out_dir", default="results", show_default=True,
+              help="Directory for the Parquet result (one stage per step).")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Label stored with the result (repeatable).")
+@click.option("--summary-json", type=click.Path(dir_okay=False), help="Write the summary here.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines, no curve.")
+def capacity(target: str, slos: tuple[str, ...], start_rps: float, max_rps: float, step: str,
+             precision: float, connections: int, timeout: str, workers: int | None,
+             out_dir: str, labels: tuple[str, ...], summary_json: str | None,
+             quiet: bool) -> None:
+    """Find the highest open-model rate at which every SLO holds: step up, then bisect."""
+    from loadforge.capacity import CapacityOptions, Search
+    from loadforge.config.profile import parse_slo_flags
+    from loadforge.present import summary
+
+    if target != "sandbox":
+        from loadforge.run.coordinator import parse_target
+
+        parse_target(target)
+    stdout_taken = _one_stdout_output(("--summary-json", summary_json))
+    step_s = parse_duration(step, "--step", maximum=limits.MAX_RUN_S)
+    opts = CapacityOptions(target=target, slos=parse_slo_flags(slos), start_rps=start_rps,
+                           max_rps=max_rps, step_s=step_s, precision=precision,
+                           connections=connections, timeout_s=_timeout(timeout),
+                           workers=workers, out_dir=out_dir, labels=_labels(labels))
+    console = Console(stderr=True) if stdout_taken or quiet else Console()
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    if not quiet:
+        console.print(f"capacity of {target}: steps of {step_s:g}s", highlight=False)
+    result = Search(opts, console, quiet).run()
+    if not quiet:
+        from loadforge.present.capacity import render_capacity
+
+        render_capacity(result, console)
+    if summary_json:
+        summary.write_summary_json(result, summary_json)
+    sys.exit(EXIT_OK if result["ok"] else EXIT_FAILED)
+
+
 if __name__ == "__main__":
     main()
