@@ -436,11 +436,13 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     """Compare runs (Parquet files or directories) per stage against the first one, or groups
     of runs (--group-by) against a baseline group."""
     from loadforge.analysis import compare as cmp
+    from loadforge.analysis import scaling_gates as sg
     from loadforge.present import compare as shown
     from loadforge.present import junit
 
     junit_on_stdout = _one_stdout_output(("--junit", junit_path))
-    gates = [cmp.parse_gate(spec) for spec in fail_on]
+    gates = [cmp.parse_gate(spec) for spec in fail_on if not sg.is_scaling_gate(spec)]
+    scaling_gates = [sg.parse_scaling_gate(spec) for spec in fail_on if sg.is_scaling_gate(spec)]
     if baseline and not group_by:
         raise InputError("compare --baseline: needs --group-by (which labels make a group)")
     figures = cmp.load_runs(list(runs))
@@ -449,11 +451,17 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
         groups = cmp.group_runs(figures, list(group_by), _labels(baseline, "--baseline"))
         figures = [g.pooled for g in groups]
         significance = cmp.group_noise(groups, cmp.stage_names(figures))
-    if len(figures) < 2 and gates:
+    if len(figures) < 2 and (gates or scaling_gates):
         what = "groups" if group_by else "runs"
         raise InputError(f"compare --fail-on: needs at least two {what}, got {len(figures)}")
     data = cmp.comparison(figures, groups, significance)
     checks = cmp.check_gates(figures, gates, significance)
+    # Scaling verdicts (time to recover, replicas, ...), per run: not pooled over groups.
+    scaling = (sg.scaling_comparison(figures)
+               if not group_by and (scaling_gates or sg.has_replicas(figures)) else None)
+    if scaling is not None:
+        data["scaling"] = scaling
+        checks += sg.check_scaling_gates(figures, scaling_gates, scaling)
     data["gates"] = checks
     data["ok"] = all(c["ok"] for c in checks)
     if junit_path:
@@ -463,7 +471,10 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     elif fmt == "markdown":
         click.echo(shown.markdown_document(data, checks), nl=False, err=junit_on_stdout)
     else:
-        shown.render_table(data, Console(stderr=True) if junit_on_stdout else _wide_console())
+        table_console = Console(stderr=True) if junit_on_stdout else _wide_console()
+        shown.render_table(data, table_console)
+        if scaling is not None:
+            sg.render_scaling(scaling, table_console)
     for note in data.get("notes", []):
         click.echo(f"note: {note}", err=True)
     for check in checks:

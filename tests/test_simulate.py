@@ -138,3 +138,46 @@ def test_bad_input_is_exit_2(tmp_path, profile, args, message):
     code, _, err = simulate(tmp_path, profile, *args)
     assert code == 2, err
     assert message in err and "Traceback" not in err
+
+
+SHORT_STEP = """\
+name = "short-step"
+[[stages]]
+name = "before"
+duration = "30s"
+rate = 100
+[[stages]]
+name = "step"
+duration = "120s"
+rate = 400
+[slo]
+p99 = "500ms"
+"""
+
+
+def test_compare_gates_on_scaling_verdicts(tmp_path):
+    (tmp_path / "hpa.yaml").write_text(HPA)
+    common = ["--policy", str(tmp_path / "hpa.yaml"), "--replica-rps", "100"]
+    fast = simulate(tmp_path, SHORT_STEP, *common, "--startup", "0s",
+                    "--label", "startup=0s")[1]
+    slow = simulate(tmp_path, SHORT_STEP, *common, "--startup", "40s",
+                    "--label", "startup=40s")[1]
+    assert slow["stages"][1]["time_to_recover_s"] > fast["stages"][1]["time_to_recover_s"] + 20
+
+    def compare(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "loadforge.cli", "compare", *args],
+                              capture_output=True, text=True, timeout=120,
+                              env={**__import__("os").environ, "COLUMNS": "200"})
+
+    worse = compare(fast["result"], slow["result"], "--fail-on", "time_to_recover=+20s")
+    assert worse.returncode == 1, worse.stderr
+    assert "time_to_recover" in worse.stderr and "gate time_to_recover=+20s" in worse.stderr
+    assert "time to recover" in worse.stdout and "replica-seconds" in worse.stdout
+    better = compare(slow["result"], fast["result"], "--fail-on", "time_to_recover=+20s",
+                     "--fail-on", "peak_replicas=+1", "--format", "json")
+    assert better.returncode == 0, better.stderr
+    data = json.loads(better.stdout)
+    assert {c["metric"] for c in data["gates"]} == {"time_to_recover", "peak_replicas"}
+    assert data["scaling"]["runs"][1]["stages"]["step"]["peak_replicas"] >= 8
+    bad = compare(fast["result"], slow["result"], "--fail-on", "peak_replicas=+5s")
+    assert bad.returncode == 2 and "a time applies to" in bad.stderr
