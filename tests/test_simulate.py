@@ -181,3 +181,31 @@ def test_compare_gates_on_scaling_verdicts(tmp_path):
     assert data["scaling"]["runs"][1]["stages"]["step"]["peak_replicas"] >= 8
     bad = compare(fast["result"], slow["result"], "--fail-on", "peak_replicas=+5s")
     assert bad.returncode == 2 and "a time applies to" in bad.stderr
+
+
+def test_report_plots_replicas_beside_latency(tmp_path):
+    import re
+
+    from test_report import CHROMIUM, chromium
+
+    (tmp_path / "hpa.yaml").write_text(HPA)
+    s = simulate(tmp_path, SHORT_STEP, "--policy", str(tmp_path / "hpa.yaml"),
+                 "--replica-rps", "100")[1]
+    out = tmp_path / "report.html"
+    done = subprocess.run([sys.executable, "-m", "loadforge.cli", "report", s["result"],
+                           "--html", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    data = json.loads(re.search(r'id="report-data">(.*?)</script>', text, re.S).group(1))
+    replicas = {m["metric"]: m["points"] for m in data["runs"][0]["replicas"]}
+    assert set(replicas) == {"backends_ready", "replicas"}
+    assert max(v for _, v in replicas["replicas"]) >= 8
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed: the page's data is checked, not its drawing")
+    dom = chromium("--dump-dom", out.resolve().as_uri())
+    attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', re.search(r"<body([^>]*)>", dom.stdout)
+                            .group(1)))
+    assert "data-errors" not in attrs, attrs.get("data-errors")
+    # rate, latency, replicas, errors, one spectrum per stage (2)
+    assert attrs.get("data-charts") == attrs.get("data-ready") == "6"
+    assert "Replicas over time" in dom.stdout
