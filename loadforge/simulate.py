@@ -8,14 +8,16 @@ No socket is opened. Time advances in intervals (1 s); each interval:
 - `ready` replicas serve them, each `replica_rps` per second over `slots` concurrent slots
   (service time = slots / replica_rps, its distribution the sandbox backend's, exponential by
   default);
-- the queue is modelled in two regimes. While the replicas keep up (no backlog, arrival rate
-  under capacity), waiting times are the stationary M/M/c (Erlang-C) distribution at that
-  interval's rate: c = ready x slots servers, FIFO, one queue (a balancer spreading requests
-  over replicas). Past capacity, what is not served waits as a fluid backlog carried from
-  interval to interval, FIFO: a request waits for the backlog ahead of it to drain at the
-  replicas' capacity; beyond `queue` waiting requests per replica, arrivals are answered 503
-  at once (as the sandbox's backends do), and an answer later than the profile's timeout is
-  a timeout;
+- arrivals are spread evenly over the ready replicas (round robin, or a Kubernetes
+  Service's random choice), and each replica queues its own share: a replica that fell
+  behind keeps its backlog while new ones start empty, as in the sandbox and in a cluster;
+- each replica's queue is modelled in two regimes. While it keeps up (no backlog, its share
+  under its capacity), waiting times are the stationary M/M/c (Erlang-C) distribution at that
+  interval's rate, c = its slots. Past capacity, what it does not serve waits as a fluid
+  backlog carried from interval to interval, FIFO: a request waits for the backlog ahead of
+  it to drain at the replica's capacity; beyond `queue` waiting requests, arrivals are
+  answered 503 at once (as the sandbox's backends do), and an answer later than the
+  profile's timeout is a timeout;
 - every sync period (15 s) the HPA sees each replica's utilization (served / capacity), mean
   in-flight and request rate over the period, starting replicas as not ready, and sets the
   replica count; new replicas become ready `startup` later.
@@ -58,8 +60,8 @@ INTERVAL_S = 1.0
 # under a second of histogram work whatever the rate, and p99 within a point of the model's.
 WAIT_POINTS = 16
 SERVICE_POINTS = 16
-MODEL = ("M/M/c Erlang-C per 1 s interval while below capacity; FIFO fluid backlog past it; "
-         "HPA every sync period")
+MODEL = ("per replica: M/M/c Erlang-C per 1 s interval while below capacity, FIFO fluid "
+         "backlog past it; arrivals spread evenly; HPA every sync period")
 
 
 @dataclass(frozen=True)
@@ -101,34 +103,22 @@ def _service_quantiles(mean: float, distribution: str, sigma: float) -> list[flo
     return [-mean * math.log(1 - p) for p in ps]
 
 
-class _Pods:
-    """The replicas: when each was created and when it is ready, newest last."""
+class _Pod:
+    """One replica: when it is ready, its own backlog, and its figures since the last sync."""
 
-    def __init__(self, count: int, startup_s: float) -> None:
-        self.startup_s = startup_s
-        self.ready_at = [0.0] * count
+    __slots__ = ("ready_at", "backlog", "busy_s", "inflight_s", "served", "seen_s")
 
-    def __len__(self) -> int:
-        return len(self.ready_at)
+    def __init__(self, ready_at: float) -> None:
+        self.ready_at = ready_at
+        self.backlog = 0.0
+        self.busy_s = self.inflight_s = self.served = self.seen_s = 0.0
 
-    def ready(self, t: float) -> int:
-        return sum(1 for r in self.ready_at if r <= t)
-
-    def scale(self, t: float, desired: int) -> None:
-        if desired > len(self.ready_at):
-            self.ready_at += [t + self.startup_s] * (desired - len(self.ready_at))
-        else:
-            del self.ready_at[desired:]
-
-
-@dataclass
-class _Cell:
-    """One interval's figures of the modelled service, what the HPA averages over a sync."""
-
-    ready: int
-    utilization: float
-    inflight: float
-    rps: float
+    def sample(self) -> tuple[float, float, float]:
+        """(utilization, mean in-flight, requests/s) since the last sync; starts a new one."""
+        span = self.seen_s or 1.0
+        out = (min(1.0, self.busy_s / span), self.inflight_s / span, self.served / span)
+        self.busy_s = self.inflight_s = self.served = self.seen_s = 0.0
+        return out
 
 
 class Simulation:
@@ -147,82 +137,118 @@ class Simulation:
         policy = opts.policy
         start = opts.replicas if opts.replicas is not None else (
             policy.min_replicas if policy else 1)
-        self.pods = _Pods(start, opts.startup_s)
+        self.pods = [_Pod(0.0) for _ in range(start)]
         self.hpa = HPA(policy) if policy else None
-        self.backlog = 0.0
         self.timeline: list[dict[str, Any]] = [{"t_s": 0.0, "replicas": start}]
         self.replica_seconds = 0.0
         self.decisions: list[dict[str, Any]] = []
 
     # -- one interval -------------------------------------------------------------------------
 
-    def _waits(self, arrivals: int, ready: int) -> tuple[list[float], int, float]:
-        """(waiting time at each of WAIT_POINTS quantiles, rejected arrivals, mean in
-        service and waiting) for the interval's arrivals; updates the backlog."""
-        capacity = ready * self.opts.replica_rps * INTERVAL_S
-        rate = ready * self.opts.replica_rps
-        servers = ready * self.opts.slots
-        if self.backlog <= 0 and arrivals < capacity:
-            lam = arrivals / INTERVAL_S
+    def _pod_interval(self, pod: _Pod, arrivals: float, dt: float
+                      ) -> tuple[list[float], float]:
+        """One ready pod's share of an interval's arrivals: (waiting time at each of
+        WAIT_POINTS quantiles, arrivals turned away). Updates its backlog and figures."""
+        rate = self.opts.replica_rps
+        capacity = rate * dt
+        slots = self.opts.slots
+        start = pod.backlog
+        if start <= 0 and arrivals < capacity:
+            lam = arrivals / dt
             mu = 1.0 / self.service_s
             offered = lam / mu
-            prob = erlang_c(servers, round(offered, 3)) if arrivals else 0.0
-            drain = servers * mu - lam
-            waits = []
-            for j in range(WAIT_POINTS):
-                p = (j + 0.5) / WAIT_POINTS
-                waits.append(0.0 if p <= 1 - prob else -math.log((1 - p) / prob) / drain)
-            queued = prob * lam / drain if drain > 0 else 0.0     # Erlang-C's mean queue
-            return waits, 0, offered + queued
-        limit = ready * self.opts.queue
-        start = self.backlog
+            prob = erlang_c(slots, round(offered, 3)) if arrivals else 0.0
+            drain = slots * mu - lam
+            waits = [0.0 if (p := (j + 0.5) / WAIT_POINTS) <= 1 - prob
+                     else -math.log((1 - p) / prob) / drain for j in range(WAIT_POINTS)]
+            queued = prob * lam / drain if drain > 0 else 0.0      # Erlang-C's mean queue
+            pod.busy_s += offered / slots * dt
+            pod.inflight_s += (offered + queued) * dt
+            pod.served += arrivals
+            pod.seen_s += dt
+            return waits, 0.0
+        limit = float(self.opts.queue)
         grow = arrivals - capacity
         end = start + grow
-        rejected = 0
+        rejected = 0.0
         if end > limit:
-            rejected = int(round(end - limit))
-            end = float(limit)
+            rejected = min(end - limit, arrivals)
+            end = limit
         end = max(0.0, end)
-        waits = []
-        for j in range(WAIT_POINTS):
-            u = (j + 0.5) / WAIT_POINTS
-            ahead = min(max(0.0, start + grow * u), float(limit))
-            waits.append(ahead / rate if rate > 0 else math.inf)
-        self.backlog = end
-        busy = min(1.0, (arrivals + start) / capacity) if capacity else 0.0
-        return waits, min(rejected, arrivals), busy * servers + (start + end) / 2
+        waits = [min(max(0.0, start + grow * (j + 0.5) / WAIT_POINTS), limit) / rate
+                 for j in range(WAIT_POINTS)]
+        served = max(0.0, start + arrivals - rejected - end)
+        pod.backlog = end
+        pod.busy_s += min(1.0, served / capacity) * dt
+        pod.inflight_s += (slots * min(1.0, served / capacity) + (start + end) / 2) * dt
+        pod.served += served
+        pod.seen_s += dt
+        return waits, rejected
 
-    def _record(self, arrivals: int, waits: list[float], rejected: int,
-                cells: dict[str, list[Any]]) -> int:
-        """Fill the outcome histograms of one interval; returns the responses that were
-        successful (neither rejected nor timed out)."""
+    def _record(self, groups: list[tuple[float, list[float]]], rejected: int,
+                cells: dict[str, list[Any]]) -> None:
+        """Fill the outcome histograms of one interval: `groups` are (answered requests,
+        their waiting-time quantiles), one per distinct pod state."""
         timeout_us = self.plan.timeout_s * 1e6
-        answered = arrivals - rejected
-        per = answered / (WAIT_POINTS * SERVICE_POINTS)
         carry = 0.0
-        ok = 0
-        for w in waits:
-            for s in self.service_q:
-                carry += per
-                n = int(carry)
-                if not n:
-                    continue
-                carry -= n
-                us = max(1, int((w + s) * 1e6))
-                outcome = "2xx"
-                if us > timeout_us:
-                    outcome, us = "timeout", int(timeout_us)
-                else:
-                    ok += n
-                cell = cells.get(outcome)
-                if cell is None:
-                    cell = cells[outcome] = [histogram.new_histogram(), 0]
-                cell[0].record_value(min(us, histogram.HIGHEST_US), n)
-                cell[1] += n
+        for answered, waits in groups:
+            per = answered / (WAIT_POINTS * SERVICE_POINTS)
+            for w in waits:
+                for s in self.service_q:
+                    carry += per
+                    n = int(carry + 1e-9)
+                    if not n:
+                        continue
+                    carry -= n
+                    us = max(1, int((w + s) * 1e6))
+                    outcome = "2xx"
+                    if us > timeout_us:
+                        outcome, us = "timeout", int(timeout_us)
+                    cell = cells.get(outcome)
+                    if cell is None:
+                        cell = cells[outcome] = [histogram.new_histogram(), 0]
+                    cell[0].record_value(min(us, histogram.HIGHEST_US), n)
+                    cell[1] += n
         if rejected:
             cells["5xx"] = [histogram.new_histogram(), rejected]
             cells["5xx"][0].record_value(1, rejected)
-        return ok
+
+    def _interval(self, t0: float, t1: float, arrivals: int, cells: dict[str, list[Any]]
+                  ) -> int:
+        """Spread an interval's arrivals evenly over the ready pods (a balancer's round
+        robin; each pod queues its own share, as behind a Kubernetes Service); returns how
+        many pods were ready."""
+        ready = [p for p in self.pods if p.ready_at <= t0]
+        if not ready:
+            if arrivals:
+                cells["5xx"] = [histogram.new_histogram(), arrivals]
+                cells["5xx"][0].record_value(1, arrivals)
+            return 0
+        share = arrivals / len(ready)
+        groups: dict[float, list[Any]] = {}     # pods alike (same backlog) computed once
+        rejected = 0.0
+        for pod in ready:
+            key = round(pod.backlog, 6)
+            g = groups.get(key)
+            if g is None:
+                snapshot = _Pod(pod.ready_at)
+                snapshot.backlog = pod.backlog
+                waits, turned = self._pod_interval(snapshot, share, t1 - t0)
+                g = groups[key] = [waits, turned, snapshot, 0]
+            waits, turned, snapshot, _ = g
+            g[3] += 1
+            pod.backlog = snapshot.backlog
+            pod.busy_s += snapshot.busy_s
+            pod.inflight_s += snapshot.inflight_s
+            pod.served += snapshot.served
+            pod.seen_s += snapshot.seen_s
+            rejected += turned
+        whole = int(round(rejected))
+        answered = arrivals - whole
+        total_share = sum((share - g[1]) * g[3] for g in groups.values()) or 1.0
+        self._record([(answered * (share - g[1]) * g[3] / total_share, g[0])
+                      for g in groups.values()], whole, cells)
+        return len(ready)
 
     def run(self) -> tuple[list[dict[str, Any]], list[tuple[str, float, float]]]:
         """Every interval's rows, and (stage, start, end) of each stage."""
@@ -232,37 +258,19 @@ class Simulation:
         sync = self.hpa.spec.sync_period_s if self.hpa else math.inf
         next_sync = sync
         fresh = min(1.0, sync / 2)
-        window: list[_Cell] = []
         rows: list[dict[str, Any]] = []
         done = 0.0       # arrivals scheduled so far (fractional), to hand out whole ones
         for i in range(intervals):
             t0, t1 = i * INTERVAL_S, min((i + 1) * INTERVAL_S, duration)
             while self.hpa is not None and next_sync <= t0 + 1e-9:
-                self._sync(next_sync, window, fresh)
-                window = []
+                self._sync(next_sync, fresh)
                 next_sync += sync
             due = done + expected_between(self.windows, t0, t1)
             arrivals = int(due) - int(done)
             done = due
-            ready = self.pods.ready(t0)
             self.replica_seconds += len(self.pods) * (t1 - t0)
             cells: dict[str, list[Any]] = {}
-            if ready == 0:
-                rejected, inflight = arrivals, 0.0
-                if arrivals:
-                    cells["5xx"] = [histogram.new_histogram(), arrivals]
-                    cells["5xx"][0].record_value(1, arrivals)
-                served = 0
-            else:
-                waits, rejected, inflight = self._waits(arrivals, ready)
-                self._record(arrivals, waits, rejected, cells)
-                served = arrivals - rejected
-            capacity = ready * self.opts.replica_rps * (t1 - t0)
-            util = min(1.0, served / capacity) if capacity else 0.0
-            if self.backlog > 0:
-                util = 1.0
-            window.append(_Cell(ready, util, inflight / ready if ready else 0.0,
-                                served / (t1 - t0) / ready if ready else 0.0))
+            ready = self._interval(t0, t1, arrivals, cells)
             stage = next(w for w in self.windows if w.start_s <= t0 < w.end_s or
                          w is self.windows[-1]).stage.name
             rows += self._interval_rows(stage, t0, t1, arrivals, cells)
@@ -274,25 +282,27 @@ class Simulation:
         stages = [(w.stage.name, w.start_s, w.end_s) for w in self.windows]
         return rows, stages
 
-    def _sync(self, t: float, window: list[_Cell], fresh: float) -> None:
+    def _sync(self, t: float, fresh: float) -> None:
         assert self.hpa is not None
-        cells = [c for c in window if c.ready] or window[-1:]
-        n = len(cells) or 1
-        util = sum(c.utilization for c in cells) / n
-        inflight = sum(c.inflight for c in cells) / n
-        rps = sum(c.rps for c in cells) / n
         pods = []
-        for ready_at in self.pods.ready_at:
-            if ready_at > t:
+        for pod in self.pods:
+            if pod.ready_at > t:
                 pods.append(PodSample(False))
-            elif ready_at > t - fresh:
+            elif pod.ready_at > t - fresh or not pod.seen_s:
+                pod.sample()
                 pods.append(PodSample(True))
             else:
+                util, inflight, rps = pod.sample()
                 pods.append(PodSample(True, utilization=util, inflight=inflight, rps=rps))
         current = len(self.pods)
         decision = self.hpa.step(t, current, pods)
         if decision.desired != current:
-            self.pods.scale(t, decision.desired)
+            if decision.desired > current:
+                self.pods += [_Pod(t + self.opts.startup_s)
+                              for _ in range(decision.desired - current)]
+            else:
+                # The newest go first (ReplicaSet's choice: not ready, then youngest).
+                del self.pods[decision.desired:]
             self.timeline.append({"t_s": round(t, 3), "replicas": decision.desired})
             self.decisions.append({"t_s": round(t, 3), "from": current,
                                    "to": decision.desired, "reason": decision.reason,
