@@ -178,14 +178,25 @@ class Search:
         return ", ".join(edge.failed)
 
     def _knee(self) -> float | None:
-        passing = sorted((s for s in self.steps if s.ok), key=lambda s: s.rate)
-        if not passing:
+        """The last rate, going up, before the median p50 of a rate's tries passes
+        KNEE_FACTOR x the lowest rate's: where queueing starts."""
+        by_rate: dict[float, list[float]] = {}
+        for st in self.steps:
+            by_rate.setdefault(st.rate, []).append(st.summary.get("latency_us", {}).get("p50", 0))
+        rates = sorted(by_rate)
+        if not rates:
             return None
-        base = max(1, passing[0].summary.get("latency_us", {}).get("p50", 0))
-        knee = passing[0].rate
-        for s in passing:
-            if s.summary.get("latency_us", {}).get("p50", 0) <= KNEE_FACTOR * base:
-                knee = s.rate
+
+        def median(values: list[float]) -> float:
+            ordered = sorted(values)
+            return ordered[len(ordered) // 2]
+
+        base = max(1.0, median(by_rate[rates[0]]))
+        knee = rates[0]
+        for rate in rates:
+            if median(by_rate[rate]) > KNEE_FACTOR * base:
+                break
+            knee = rate
         return knee
 
     def _summary(self, good: float, bad: float | None) -> dict[str, Any]:

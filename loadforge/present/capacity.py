@@ -14,9 +14,12 @@ def render_capacity(result: dict[str, Any], console: Console) -> None:
     for column in ("rate/s", "achieved/s", "p50", "p99", "errors", "unsent", "verdict"):
         table.add_column(column, justify="left" if column == "verdict" else "right")
     knee = result.get("knee_rps")
+    marked = False
     for s in sorted(result["steps"], key=lambda s: s["rate_rps"]):
         lat = s["latency_us"]
-        mark = "  <- knee" if knee is not None and s["rate_rps"] == knee and s["ok"] else ""
+        mark = ""
+        if knee is not None and s["rate_rps"] == knee and not marked:
+            mark, marked = "  <- knee", True
         table.add_row(f"{s['rate_rps']:,.1f}", f"{s['achieved_rps']:,.1f}",
                       f"{lat.get('p50', 0) / 1000:.1f}ms", f"{lat.get('p99', 0) / 1000:.1f}ms",
                       f"{s['error_rate']:.2%}", f"{s['unsent']:,}",
