@@ -220,14 +220,17 @@ class Search:
         names = [f"step{i + 1:02d} {s.rate:g}rps" for i, s in enumerate(steps)]
         metadata: dict[str, Any] = {k: v for k, v in first.metadata.items()
                     if k in ("target", "engine", "workers", "connections", "http",
-                             "interval_ms", "timer_resolution_us", "slo_flags")}
+                             "interval_ms", "timer_resolution_us")}
         metadata.update({
             "profile": "", "profile_name": "capacity",
             "stages": [{"name": n, "duration_s": self.opts.step_s, "rate_from": s.rate,
                         "rate_to": s.rate, "concurrency": None, "think_s": 0.0}
                        for n, s in zip(names, steps, strict=True)],
+            # The objectives are the search's, not the whole file's (which holds the failing
+            # steps by design): kept here, not as slo_flags that `ls` would judge again.
             "capacity": {"capacity_rps": good, "first_failing_rps": bad,
-                         "limited_by": self._limited_by(bad)},
+                         "limited_by": self._limited_by(bad), "slo": dict(self.opts.slos),
+                         "knee_rps": self._knee()},
         })
         run_acc: dict[tuple[str, str, str], list[Any]] = {}
         with ResultWriter(path, run_id, metadata, self.opts.labels) as writer:

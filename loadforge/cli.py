@@ -602,13 +602,44 @@ def sandbox(port: int, config_path: str | None, admin_port: int | None) -> None:
     run_foreground(validate_sandbox_config(cfg, where, base_dir=base), port, admin_port)
 
 
+def _replica_rps(text: str | None) -> float | None:
+    """--replica-rps: a number, or a capacity result (Parquet or summary JSON) to read it from."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if not os.path.isfile(text):
+        raise InputError(f"simulate --replica-rps {text!r}: expected a number of requests per "
+                         "second or a `loadforge capacity` result (.parquet or .json)")
+    if text.endswith(".parquet"):
+        from loadforge.results.store import read_result
+
+        found = json.loads(read_result(text).metadata.get("capacity") or "{}")
+    else:
+        try:
+            with open(text, encoding="utf-8") as f:
+                found = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"simulate --replica-rps {text}: cannot read it as JSON "
+                             f"({exc})") from None
+    value = found.get("capacity_rps") if isinstance(found, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise InputError(f"simulate --replica-rps {text}: not a capacity result with a "
+                         "capacity_rps above 0")
+    return float(value)
+
+
 @main.command()
 @click.argument("profile", type=click.Path(dir_okay=False))
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False),
               help="An autoscaling/v2 HorizontalPodAutoscaler manifest (YAML) [default: the "
               "profile's [sandbox.autoscale] hpa; without either the replicas stay fixed].")
-@click.option("--replica-rps", type=float, help="Requests per second one replica serves at "
-              "100 %% busy [default: the profile's [sandbox.backend] concurrency / service_time].")
+@click.option("--replica-rps", "replica_rps_text", metavar="N|CAPACITY",
+              help="Requests per second one replica serves at 100 %% busy, or a `capacity` "
+              "result (its Parquet file or --summary-json) to take it from [default: the "
+              "profile's [sandbox.backend] concurrency / service_time].")
 @click.option("--replicas", type=click.IntRange(1, 100_000), help="Replicas at time 0 "
               "[default: the HPA's minReplicas].")
 @click.option("--startup", help="How long a new replica takes to serve, e.g. 40s [default: the "
@@ -625,7 +656,7 @@ def sandbox(port: int, config_path: str | None, admin_port: int | None) -> None:
               help="Whole-run objective, as for run (repeatable). A miss exits 1.")
 @click.option("--summary-json", type=click.Path(dir_okay=False), help="Write the summary here.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary table.")
-def simulate(profile: str, policy_path: str | None, replica_rps: float | None,
+def simulate(profile: str, policy_path: str | None, replica_rps_text: str | None,
              replicas: int | None, startup: str | None, slots: int | None, queue: int | None,
              out_dir: str, labels: tuple[str, ...], slos: tuple[str, ...],
              summary_json: str | None, quiet: bool) -> None:
@@ -641,6 +672,7 @@ def simulate(profile: str, policy_path: str | None, replica_rps: float | None,
 
     plan = load_profile(profile)
     plan = replace(plan, slo=with_slo_flags(plan.slo, parse_slo_flags(slos)))
+    replica_rps = _replica_rps(replica_rps_text)
     box = plan.sandbox
     backend = box.backend if box is not None else None
     autoscale = box.autoscale if box is not None else None

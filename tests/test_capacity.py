@@ -32,14 +32,27 @@ def test_finds_the_known_capacity_within_10_percent(tmp_path):
     assert 900 <= s["capacity_rps"] <= 1100, s["steps"]
     assert s["limited_by"] and "p99" in s["limited_by"]
     rates = [st["rate_rps"] for st in s["steps"]]
-    assert rates[:3] == [300, 600, 1200] or rates[:2] == [300, 600]
-    assert all(st["ok"] for st in s["steps"] if st["rate_rps"] <= 600)
+    # Doubling from --start (a step may be tried again: the machine is noisy).
+    assert list(dict.fromkeys(rates))[:2] == [300, 600]
     # One result, one stage per step, as report and compare read runs.
     result = read_result(s["result"])
     stages = json.loads(result.metadata["stages"])
     assert [st["rate_from"] for st in stages] == rates
     assert json.loads(result.metadata["capacity"])["capacity_rps"] == s["capacity_rps"]
     assert "rate-latency curve" in done.stdout and "knee" in done.stdout
+    # The objectives belong to the search, not to the file (which holds the failing steps).
+    assert "slo_flags" not in result.metadata
+    # A capacity result gives simulate its --replica-rps.
+    (tmp_path / "p.toml").write_text('[[stages]]\nduration = "5s"\nrate = 100\n')
+    for source in (s["result"], str(tmp_path / "cap.json")):
+        sim = subprocess.run([sys.executable, "-m", "loadforge.cli", "simulate",
+                              str(tmp_path / "p.toml"), "--replica-rps", source,
+                              "--replicas", "1", "-q", "--out", str(tmp_path / "sim"),
+                              "--summary-json", str(tmp_path / "sim.json")],
+                             capture_output=True, text=True, timeout=120)
+        assert sim.returncode == 0, sim.stderr
+        simulated = read_result(json.loads((tmp_path / "sim.json").read_text())["result"])
+        assert json.loads(simulated.metadata["simulation"])["replica_rps"] == s["capacity_rps"]
 
 
 @pytest.mark.parametrize("args, message", [
