@@ -78,6 +78,16 @@ def test_tolerance_band(utilization, expected):
     assert hpa.step(0, 4, pods(4, utilization)).desired == expected
 
 
+def test_a_direction_may_have_its_own_tolerance():
+    # Kubernetes 1.33's behavior.scaleUp.tolerance: 5 % up, the default 10 % down.
+    hpa = HPA(parse_hpa(manifest(max_r=20, behavior={"scaleUp": {"tolerance": "0.05"},
+                                           "scaleDown": {"stabilizationWindowSeconds": 0}})))
+    assert hpa.step(0, 10, pods(10, 0.53)).desired == 11        # 1.06 > 1.05: up
+    assert hpa.step(15, 10, pods(10, 0.47)).desired == 10       # 0.94 within 10 % down
+    with pytest.raises(ProfileError, match="tolerance must be below 1"):
+        parse_hpa(manifest(behavior={"scaleUp": {"tolerance": 2}}))
+
+
 def test_tolerance_then_scale_down_outside_it():
     hpa = HPA(parse_hpa(manifest(behavior={"scaleDown": {"stabilizationWindowSeconds": 0}})))
     assert hpa.step(0, 10, pods(10, 0.46)).desired == 10

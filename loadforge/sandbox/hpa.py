@@ -66,6 +66,7 @@ class ScalingRules:
     stabilization_s: float
     select: str        # "Max", "Min" or "Disabled"
     policies: tuple[ScalingPolicy, ...]
+    tolerance: float | None = None     # behavior's own (Kubernetes 1.33+); None: the spec's
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ class HPASpec:
     def from_dict(cls, d: Mapping[str, Any]) -> HPASpec:
         def rules(r: Mapping[str, Any]) -> ScalingRules:
             return ScalingRules(r["stabilization_s"], r["select"],
-                                tuple(ScalingPolicy(**p) for p in r["policies"]))
+                                tuple(ScalingPolicy(**p) for p in r["policies"]),
+                                r.get("tolerance"))
         return cls(name=d["name"], min_replicas=d["min_replicas"],
                    max_replicas=d["max_replicas"],
                    metrics=tuple(MetricSpec(**m) for m in d["metrics"]),
@@ -261,7 +263,12 @@ def _rules(raw: Any, where: str, default: ScalingRules) -> ScalingRules:
             out.append(ScalingPolicy(ptype, _int(p.get("value"), f"{pw}.value", 1),
                                      float(period)))
         policies = tuple(out)
-    return ScalingRules(window, select, policies)
+    tolerance = None
+    if "tolerance" in r:
+        tolerance = parse_quantity(r["tolerance"], f"{where}.tolerance")
+        if tolerance >= 1:
+            raise ProfileError(f"{where}.tolerance must be below 1, got {r['tolerance']!r}")
+    return ScalingRules(window, select, policies, tolerance)
 
 
 def parse_hpa(doc: Any, where: str = "hpa", concurrency: int = 64) -> HPASpec:
@@ -356,9 +363,16 @@ def _ceil(x: float) -> int:
 
 
 def replicas_for_metric(spec: MetricSpec, current: int, pods: Sequence[PodSample],
-                        tolerance: float) -> tuple[int, float] | None:
+                        tolerance: float | tuple[float, float]) -> tuple[int, float] | None:
     """(replicas, observed value) for one metric, or None when no pod has a sample (the
-    controller's "did not receive metrics for any ready pods": the metric is invalid)."""
+    controller's "did not receive metrics for any ready pods": the metric is invalid).
+    `tolerance`: one for both directions, or (scale-up, scale-down)."""
+    up_tol, down_tol = (tolerance, tolerance) if isinstance(tolerance, float | int) \
+        else tolerance
+
+    def within(ratio: float) -> bool:
+        return 1.0 - down_tol <= ratio <= 1.0 + up_tol
+
     src = spec.source
     if spec.type == "Object":
         values = [p.value(src) for p in pods if p.ready]
@@ -370,12 +384,12 @@ def replicas_for_metric(spec: MetricSpec, current: int, pods: Sequence[PodSample
             ratio = total / spec.target
             if current == 0:
                 return _ceil(ratio), total
-            if abs(1.0 - ratio) <= tolerance:
+            if within(ratio):
                 return current, total
             ready = sum(1 for p in pods if p.ready)
             return _ceil(ratio * ready), total
         ratio = total / (spec.target * current)
-        if abs(1.0 - ratio) <= tolerance:
+        if within(ratio):
             return current, total
         return _ceil(total / spec.target), total
 
@@ -390,7 +404,7 @@ def replicas_for_metric(spec: MetricSpec, current: int, pods: Sequence[PodSample
     observed = sum(samples) / len(samples)
     rebalance = bool(ignored) and ratio > 1.0
     if not rebalance and not missing:
-        if abs(1.0 - ratio) <= tolerance:
+        if within(ratio):
             return current, observed
         return _ceil(ratio * len(samples)), observed
     filled = list(samples)
@@ -399,7 +413,7 @@ def replicas_for_metric(spec: MetricSpec, current: int, pods: Sequence[PodSample
     if rebalance:
         filled += [0.0] * len(ignored)
     new_ratio = sum(filled) / len(filled) / target
-    if (abs(1.0 - new_ratio) <= tolerance or (ratio < 1.0 < new_ratio)
+    if (within(new_ratio) or (ratio < 1.0 < new_ratio)
             or (ratio > 1.0 > new_ratio)):
         return current, observed
     proposal = _ceil(new_ratio * len(filled))
@@ -439,7 +453,11 @@ class HPA:
         invalid = 0
         why = ""
         for metric in s.metrics:
-            got = replicas_for_metric(metric, current, pods, s.tolerance)
+            tolerance = (s.scale_up.tolerance if s.scale_up.tolerance is not None
+                         else s.tolerance,
+                         s.scale_down.tolerance if s.scale_down.tolerance is not None
+                         else s.tolerance)
+            got = replicas_for_metric(metric, current, pods, tolerance)
             if got is None:
                 invalid += 1
                 continue
