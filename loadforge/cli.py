@@ -646,6 +646,10 @@ def _replica_rps(text: str | None) -> float | None:
               "profile's [sandbox.autoscale] startup_delay, else 0s].")
 @click.option("--slots", type=click.IntRange(1, 100_000), help="Requests one replica serves at "
               "once [default: the profile's [sandbox.backend] concurrency, else 1].")
+@click.option("--service-from", "service_from", type=click.Path(dir_okay=False),
+              help="A run's result: the shape of its measured service times replaces the "
+              "modelled distribution (scaled to --slots / --replica-rps; that is, with no "
+              "--replica-rps, to the run's own mean).")
 @click.option("--queue", type=click.IntRange(0, 10_000_000), help="Requests waiting per replica "
               "beyond its slots; more are answered 503 [default: the profile's, else 1024].")
 @click.option("--out", "out_dir", default="results", show_default=True,
@@ -658,7 +662,7 @@ def _replica_rps(text: str | None) -> float | None:
 @click.option("--quiet", "-q", is_flag=True, help="No summary table.")
 def simulate(profile: str, policy_path: str | None, replica_rps_text: str | None,
              replicas: int | None, startup: str | None, slots: int | None, queue: int | None,
-             out_dir: str, labels: tuple[str, ...], slos: tuple[str, ...],
+             service_from: str | None, out_dir: str, labels: tuple[str, ...], slos: tuple[str, ...],
              summary_json: str | None, quiet: bool) -> None:
     """Replay a profile's arrivals against modelled replicas scaled by an HPA, without
     sending a request; writes a result that compare and report read as a run's."""
@@ -676,13 +680,18 @@ def simulate(profile: str, policy_path: str | None, replica_rps_text: str | None
     box = plan.sandbox
     backend = box.backend if box is not None else None
     autoscale = box.autoscale if box is not None else None
+    from loadforge.simulate import measured_service
+
+    measured = measured_service(service_from) if service_from else None
+    if slots is None:
+        slots = backend.concurrency if backend is not None else 1
+    if replica_rps is None and measured is not None:
+        replica_rps = slots / (sum(measured) / len(measured) / 1e6)
     if replica_rps is None:
         if backend is None or backend.service_time_s <= 0:
             raise InputError("simulate: give --replica-rps (what one replica serves per "
                              "second), or a profile whose [sandbox.backend] has a service_time")
         replica_rps = backend.concurrency / backend.service_time_s
-    if slots is None:
-        slots = backend.concurrency if backend is not None else 1
     if queue is None:
         queue = backend.queue if backend is not None else 1024
     if startup is None:
@@ -702,7 +711,7 @@ def simulate(profile: str, policy_path: str | None, replica_rps_text: str | None
                       distribution=backend.distribution if backend is not None and
                       backend.service_time_s > 0 else "exponential",
                       sigma=backend.sigma if backend is not None else 0.5,
-                      out_dir=out_dir, labels=_labels(labels))
+                      measured_service_us=measured, out_dir=out_dir, labels=_labels(labels))
     stdout_taken = _one_stdout_output(("--summary-json", summary_json))
     outcome = run_simulation(plan, opts)
     console = Console(stderr=True) if stdout_taken else Console()

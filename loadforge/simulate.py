@@ -74,6 +74,9 @@ class SimOptions:
     startup_s: float = 0.0           # a new replica serves this long after it is created
     distribution: str = "exponential"
     sigma: float = 0.5
+    # Service times measured by a run (µs, at SERVICE_POINTS quantiles): their shape replaces
+    # `distribution`, scaled to the model's mean (slots / replica_rps).
+    measured_service_us: tuple[float, ...] | None = None
     out_dir: str = "results"
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -89,6 +92,24 @@ def erlang_c(servers: int, offered: float) -> float:
         b = offered * b / (k + offered * b)
     rho = offered / servers
     return b / (1 - rho * (1 - b))
+
+
+def measured_service(path: str) -> tuple[float, ...]:
+    """A run's service times of its successful responses (µs) at SERVICE_POINTS quantiles:
+    `simulate --service-from RUN`."""
+    from loadforge.errors import ResultsError
+
+    result = read_result(path)
+    rows = [r for r in result.rows("run", stage="*", name="*", outcome="ok")]
+    if not rows:
+        raise ResultsError(f"simulate --service-from {path}: no successful responses to take "
+                           "service times from")
+    h = result.service_histogram(rows[0])
+    if not h.total_count:
+        raise ResultsError(f"simulate --service-from {path}: no successful responses to take "
+                           "service times from")
+    return tuple(float(max(1, h.get_value_at_percentile((k + 0.5) / SERVICE_POINTS * 100)))
+                 for k in range(SERVICE_POINTS))
 
 
 def _service_quantiles(mean: float, distribution: str, sigma: float) -> list[float]:
@@ -133,7 +154,12 @@ class Simulation:
         self.opts = opts
         self.windows = layout(plan)
         self.service_s = opts.slots / opts.replica_rps
-        self.service_q = _service_quantiles(self.service_s, opts.distribution, opts.sigma)
+        if opts.measured_service_us:
+            measured = opts.measured_service_us
+            scale = self.service_s / (sum(measured) / len(measured) / 1e6)
+            self.service_q = [v / 1e6 * scale for v in measured]
+        else:
+            self.service_q = _service_quantiles(self.service_s, opts.distribution, opts.sigma)
         policy = opts.policy
         start = opts.replicas if opts.replicas is not None else (
             policy.min_replicas if policy else 1)
@@ -384,7 +410,8 @@ def simulate(plan: Plan, opts: SimOptions) -> RunOutcome:
         "simulated": "true", "model": MODEL,
         "simulation": {"replica_rps": opts.replica_rps, "slots": opts.slots,
                        "queue": opts.queue, "startup_s": opts.startup_s,
-                       "distribution": opts.distribution,
+                       "distribution": "measured" if opts.measured_service_us
+                       else opts.distribution,
                        "policy": policy.to_dict() if policy else None},
         "workers": "0", "connections": "0", "http": plan.http,
         "stages": [{"name": s.name, "duration_s": s.duration_s, "rate_from": s.rate_from,

@@ -213,3 +213,19 @@ def test_report_plots_replicas_beside_latency(tmp_path):
     # rate, latency, replicas, errors, one spectrum per stage (2)
     assert attrs.get("data-charts") == attrs.get("data-ready") == "6"
     assert "Replicas over time" in dom.stdout
+
+
+def test_service_times_from_a_measured_run(tmp_path):
+    profile = 'name = "flat"\n[[stages]]\nduration = "10s"\nrate = 50\n'
+    first = simulate(tmp_path, profile, "--replicas", "4", "--replica-rps", "100")[1]
+    code, s, err = simulate(tmp_path, profile, "--replicas", "4", "--service-from",
+                            first["result"])
+    assert code == 0, err
+    sim = json.loads(read_result(s["result"]).metadata["simulation"])
+    assert sim["distribution"] == "measured"
+    # No --replica-rps: a replica's one slot serves at the measured mean service time.
+    mean_s = first["service_time_us"]["mean"] / 1e6
+    assert sim["replica_rps"] == pytest.approx(1 / mean_s, rel=0.05)
+    code, _, err = simulate(tmp_path, profile, "--replicas", "4", "--service-from",
+                            str(tmp_path / "none.parquet"))
+    assert code == 2 and "Traceback" not in err
