@@ -338,3 +338,24 @@ def test_sandbox_scales_with_the_hpa(tmp_path):
         events = [e["event"] for e in sb.state()["events"]]
         assert any(e.startswith("scale out: HPA Resource cpu") for e in events), events
         assert any(e.startswith("scale in: HPA") for e in events), events
+
+
+def test_sandbox_command_names_the_hpa(tmp_path):
+    import subprocess
+    import sys
+
+    from servers import free_port
+
+    (tmp_path / "hpa.yaml").write_text(HPA_YAML)
+    (tmp_path / "sb.toml").write_text('[sandbox.autoscale]\nhpa = "hpa.yaml"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "loadforge.cli", "sandbox", "--config",
+                             str(tmp_path / "sb.toml"), "--port", str(free_port()),
+                             "--admin-port", str(free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert "HPA web: 1..3 replicas, Resource cpu Utilization 50%, sync every 15s" in lines[1]

@@ -242,6 +242,12 @@ def run_foreground(
     def on_ready(bound: int, bound_admin: int) -> None:
         urls = _urls(bound, bound_admin)
         echo(f"sandbox: {normalized.backends} backends, {normalized.algorithm}")
+        autoscale = normalized.autoscale
+        if autoscale is not None and autoscale.enabled and autoscale.hpa is not None:
+            from loadforge.sandbox.hpa import HPASpec
+
+            echo(f"  {HPASpec.from_dict(autoscale.hpa).describe()}, "
+                 f"sync every {autoscale.evaluation_interval_s:g}s")
         echo(f"  target   {urls['url']}")
         echo(f"  admin    {urls['admin_url']}/admin/state")
         echo(f"  metrics  {urls['metrics_url']}")
