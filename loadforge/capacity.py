@@ -146,6 +146,25 @@ class Search:
         return sum(votes) * 2 > len(votes)
 
     def run(self) -> dict[str, Any]:
+        """Search, write the steps as one result, and say what was found. Interrupted (a
+        signal), the steps that ran are still written as one result before it goes on up."""
+        import shutil
+
+        from loadforge.errors import Interrupted
+
+        try:
+            return self._search()
+        except (KeyboardInterrupt, Interrupted):
+            if self.steps:
+                path = self._write(0.0, None)
+                if path and not self.quiet:
+                    self.console.print(f"interrupted: the {len(self.steps)} steps that ran are "
+                                       f"in {path}", highlight=False)
+            raise
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _search(self) -> dict[str, Any]:
         o = self.opts
         good, bad = 0.0, None
         rate = o.start_rps
@@ -252,7 +271,6 @@ class Search:
         for s in self.steps:
             if s.path and os.path.exists(s.path):
                 os.remove(s.path)
-        os.rmdir(self.tmp) if not os.listdir(self.tmp) else None
         return path
 
 

@@ -74,3 +74,29 @@ def test_an_unreachable_target_is_exit_3(tmp_path):
                     "--step", "1s", "--out", str(tmp_path), timeout=60)
     assert done.returncode == 3, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_interrupted_keeps_the_steps_that_ran(tmp_path):
+    import signal
+
+    with start_sandbox(KNOWN) as sb:
+        proc = subprocess.Popen([sys.executable, "-m", "loadforge.cli", "capacity",
+                                 "--target", sb.url + "/", "--slo", "p99=100ms",
+                                 "--start", "100", "--step", "2s", "--workers", "1",
+                                 "--out", str(tmp_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:            # the first step's verdict: one step has run
+                if "/s  p99" in line:
+                    break
+            proc.send_signal(signal.SIGINT)
+            rest = proc.stdout.read()
+            assert proc.wait(60) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert "interrupted: the" in rest
+    files = list(tmp_path.glob("*.parquet"))
+    assert len(files) == 1
+    assert json.loads(read_result(str(files[0])).metadata["stages"])
