@@ -107,8 +107,10 @@ def test_simulated_and_rehearsed_agree(tmp_path):
     # The same peak, give or take a replica, and both back to minReplicas by the end.
     assert abs(max(v for _, v in modelled) - max(v for _, v in rehearsed)) <= 1
     assert modelled[-1][1] == rehearsed[-1][1] == 2
-    # Times to recover from the spike within 20 % (or the 1 s resolution they are judged at).
+    # Times to recover from the spike within 20 %, or one sync period: scaling happens only
+    # at syncs, and the sandbox's sync phase against the load step (it starts before the
+    # run) is one the model cannot know.
     model_s = sim["stages"][1]["time_to_recover_s"]
     sandbox_s = run["stages"][1]["time_to_recover_s"]
     assert model_s is not None and sandbox_s is not None
-    assert abs(model_s - sandbox_s) <= max(0.2 * sandbox_s, 1.0), (model_s, sandbox_s)
+    assert abs(model_s - sandbox_s) <= max(0.2 * sandbox_s, SYNC_S), (model_s, sandbox_s)
