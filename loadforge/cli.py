@@ -675,7 +675,8 @@ def simulate(profile: str, policy_path: str | None, replica_rps_text: str | None
     from loadforge.simulate import simulate as run_simulation
 
     plan = load_profile(profile)
-    plan = replace(plan, slo=with_slo_flags(plan.slo, parse_slo_flags(slos)))
+    objectives = parse_slo_flags(slos)
+    plan = replace(plan, slo=with_slo_flags(plan.slo, objectives))
     replica_rps = _replica_rps(replica_rps_text)
     box = plan.sandbox
     backend = box.backend if box is not None else None
@@ -711,7 +712,8 @@ def simulate(profile: str, policy_path: str | None, replica_rps_text: str | None
                       distribution=backend.distribution if backend is not None and
                       backend.service_time_s > 0 else "exponential",
                       sigma=backend.sigma if backend is not None else 0.5,
-                      measured_service_us=measured, out_dir=out_dir, labels=_labels(labels))
+                      measured_service_us=measured, out_dir=out_dir, labels=_labels(labels),
+                      slo_flags=objectives)
     stdout_taken = _one_stdout_output(("--summary-json", summary_json))
     outcome = run_simulation(plan, opts)
     console = Console(stderr=True) if stdout_taken else Console()

@@ -79,6 +79,8 @@ class SimOptions:
     measured_service_us: tuple[float, ...] | None = None
     out_dir: str = "results"
     labels: dict[str, str] = field(default_factory=dict)
+    # --slo objectives, archived apart from the profile so that `ls` judges them again.
+    slo_flags: dict[str, float] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=4096)
@@ -420,6 +422,8 @@ def simulate(plan: Plan, opts: SimOptions) -> RunOutcome:
         "interval_ms": str(int(INTERVAL_S * 1000)),
         "timer_resolution_us": "0",
     }
+    if opts.slo_flags:
+        metadata["slo_flags"] = opts.slo_flags
     with ResultWriter(path, run_id, metadata, opts.labels) as writer:
         writer.write(interval_rows)
         writer.write(final, last=True)

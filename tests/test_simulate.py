@@ -107,10 +107,17 @@ def test_below_capacity_latency_is_erlang_c(tmp_path):
 def test_overload_queues_then_times_out(tmp_path):
     profile = ('name = "over"\n[load]\ntimeout = "2s"\n'
                '[[stages]]\nduration = "20s"\nrate = 300\n[slo]\np99 = "1s"\n')
-    code, s, err = simulate(tmp_path, profile, "--replicas", "2", "--replica-rps", "100")
+    code, s, err = simulate(tmp_path, profile, "--replicas", "2", "--replica-rps", "100",
+                            "--slo", "error_rate=1%")
     assert code == 1, err                                 # the p99 objective fails
     assert s["errors_by_kind"]["timeout"] > 0
-    assert not s["slo"][0]["ok"]
+    assert {v["objective"]: v["ok"] for v in s["slo"]} == {"p99": False, "error_rate": False}
+    # `ls` judges the file again, --slo objectives included.
+    done = subprocess.run([sys.executable, "-m", "loadforge.cli", "ls", s["result"], "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout.splitlines()[0])
+    assert listed["verdict"] == "FAIL 2/2" and set(listed["failed"]) == {"p99", "error_rate"}
 
 
 def test_compare_reads_two_simulations(tmp_path):
