@@ -248,7 +248,7 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
             wrap = None if tls is None else _tls_wrapper(target, tls, negotiated)
             status = h2_status(target.address, target.port,
                                h2_headers(req, target.host, target.path, scheme),
-                               min(timeout_s, 5.0), wrap)
+                               min(timeout_s, 5.0), wrap, reset_answers=not judge_status)
         else:
             status = _preflight_status(target, req, min(timeout_s, 5.0), tls, negotiated)
     except ssl.SSLError as exc:

@@ -1,0 +1,56 @@
+"""A grpcio server of tests/data/greeter.proto for the gRPC tests, run as its own process:
+`python tests/grpc_server.py STUBS_DIR PORT [BACKEND]`. STUBS_DIR holds greeter_pb2*.py, made
+by grpc_tools.protoc in the test's temp dir. It counts the calls it answers by status code
+(the Stats method returns them) and names itself in the `x-backend` trailer when given a name.
+Prints "ready" once it listens on 127.0.0.1:PORT."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from concurrent import futures
+
+import grpc
+
+sys.path.insert(0, sys.argv[1])
+import greeter_pb2  # noqa: E402
+import greeter_pb2_grpc  # noqa: E402
+
+
+class Greeter(greeter_pb2_grpc.GreeterServicer):
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.lock = threading.Lock()
+        self.calls: dict[str, int] = {}
+
+    def _count(self, code: str) -> None:
+        with self.lock:
+            self.calls[code] = self.calls.get(code, 0) + 1
+
+    def SayHello(self, request, context):  # noqa: N802 (the proto's name)
+        if self.backend:
+            context.set_trailing_metadata((("x-backend", self.backend),))
+        if request.name.startswith("missing"):
+            self._count("NOT_FOUND")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no {request.name}")
+        self._count("OK")
+        return greeter_pb2.HelloReply(message=f"hello {request.name}" * max(1, request.times))
+
+    def Stats(self, request, context):  # noqa: N802
+        with self.lock:
+            return greeter_pb2.StatsReply(calls=dict(self.calls))
+
+
+def main() -> None:
+    port = int(sys.argv[2])
+    backend = sys.argv[3] if len(sys.argv) > 3 else ""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    greeter_pb2_grpc.add_GreeterServicer_to_server(Greeter(backend), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print("ready", flush=True)
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    main()
