@@ -1,7 +1,8 @@
 """A grpcio server of tests/data/greeter.proto for the gRPC tests, run as its own process:
 `python tests/grpc_server.py STUBS_DIR PORT [BACKEND]`. STUBS_DIR holds greeter_pb2*.py, made
 by grpc_tools.protoc in the test's temp dir. It counts the calls it answers by status code
-(the Stats method returns them) and names itself in the `x-backend` trailer when given a name.
+(the Stats method returns them, and the calls by their `x-user` metadata as "user:<value>")
+and names itself in the `x-backend` trailer when given a name.
 Prints "ready" once it listens on 127.0.0.1:PORT."""
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class Greeter(greeter_pb2_grpc.GreeterServicer):
     def SayHello(self, request, context):  # noqa: N802 (the proto's name)
         if self.backend:
             context.set_trailing_metadata((("x-backend", self.backend),))
+        user = dict(context.invocation_metadata()).get("x-user")
+        if user is not None:
+            self._count(f"user:{user}")
         if request.name.startswith("missing"):
             self._count("NOT_FOUND")
             context.abort(grpc.StatusCode.NOT_FOUND, f"no {request.name}")

@@ -162,6 +162,21 @@ def test_backend_from_a_trailer(stubs: Path, tmp_path: Path) -> None:
     assert out["unattributed"] == 0
 
 
+def test_feeder_values_in_metadata(server: GrpcServer, tmp_path: Path) -> None:
+    """Feeder slots in metadata are templated per call as headers are; the message is intact."""
+    users = tmp_path / "users.csv"
+    users.write_text("name\nann\nbob\ncyd\n")
+    requests = (f'[[feeders]]\nname = "users"\nfile = "{users}"\n'
+                '[[requests]]\nname = "hello"\ngrpc = "loadtest.Greeter/SayHello"\n'
+                'message = { name = "ann" }\nmetadata = { "x-user" = "{users.name}" }\n')
+    s = run_json(tmp_path, profile(tmp_path, server.url, 'rate = 90\nduration = "1s"',
+                                   requests=requests))
+    assert s["grpc_status"] == {"OK": 90}
+    calls = server.calls()
+    assert {k: v for k, v in calls.items() if k.startswith("user:")} == \
+        {"user:ann": 30, "user:bob": 30, "user:cyd": 30}
+
+
 # -- answers a gRPC server never sends -------------------------------------------------------
 
 @pytest.mark.parametrize("options, outcome", [
