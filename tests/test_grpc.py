@@ -8,8 +8,11 @@ run's in both models; against tests/h2server.py for the answers a gRPC server ne
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,9 +100,10 @@ metadata = { authorization = "Bearer x" }
 
 
 def profile(tmp_path: Path, target: str, stage: str, grpc_table: str = "",
-            requests: str = CALLS, load: str = "") -> str:
+            requests: str = CALLS, load: str = "", connections: int = 2) -> str:
     path = tmp_path / "grpc.toml"
-    path.write_text(f'name = "grpc"\ntarget = "{target}"\n[load]\nconnections = 2\n{load}\n'
+    path.write_text(f'name = "grpc"\ntarget = "{target}"\n[load]\nconnections = {connections}\n'
+                    f'{load}\n'
                     f'[grpc]\nproto = "{PROTO}"\n{grpc_table}\n'
                     f'[[stages]]\nname = "s"\n{stage}\n{requests}')
     return str(path)
@@ -175,6 +179,68 @@ def test_feeder_values_in_metadata(server: GrpcServer, tmp_path: Path) -> None:
     calls = server.calls()
     assert {k: v for k, v in calls.items() if k.startswith("user:")} == \
         {"user:ann": 30, "user:bob": 30, "user:cyd": 30}
+
+
+GRPC_NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  upstream backends {{
+{servers}
+  }}
+  server {{
+    listen 127.0.0.1:{port} http2;
+    location / {{ grpc_pass grpc://backends; }}
+  }}
+}}
+"""
+
+
+def test_nginx_grpc_pass_balances_per_call(stubs: Path, tmp_path: Path) -> None:
+    """nginx's grpc_pass round-robins the calls of one HTTP/2 connection over three grpcio
+    backends: each backend's share (from its x-backend trailer) is a third within 3 points,
+    and equals what that backend counted."""
+    if not shutil.which("nginx"):
+        pytest.skip("nginx is not installed (apt-get install -y nginx)")
+    backends = {name: GrpcServer(stubs, backend=name) for name in ("b1", "b2", "b3")}
+    conf_dir = tempfile.mkdtemp(prefix="lf-grpc-nginx-")
+    port = free_port()
+    conf = os.path.join(conf_dir, "nginx.conf")
+    Path(conf).write_text(GRPC_NGINX_CONF.format(
+        dir=conf_dir, port=port,
+        servers="\n".join(f"    server 127.0.0.1:{b.port};" for b in backends.values())))
+    nginx = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", conf, "-e",
+                              os.path.join(conf_dir, "error.log")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port)
+        s = run_json(tmp_path, profile(tmp_path, f"http://127.0.0.1:{port}",
+                                       'rate = 300\nduration = "2s"', connections=1),
+                     "--backend-header", "x-backend")
+        served = {name: b.calls() for name, b in backends.items()}
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=10)
+        for b in backends.values():
+            b.stop()
+        shutil.rmtree(conf_dir, ignore_errors=True)
+    assert s["connections"]["opened"] == 1 and s["requests"] == 600
+    assert set(s["backends"]) == {"b1", "b2", "b3"} and s["unattributed"] == 0
+    for name, backend in s["backends"].items():
+        assert backend["share"] == pytest.approx(1 / 3, abs=0.03)
+        assert backend["share"] == pytest.approx(sum(served[name].values()) / 600, abs=1e-9)
+    # every call the run counted reached a backend, and the statuses agree
+    assert sum(sum(c.values()) for c in served.values()) == 600
+    assert s["grpc_status"]["NOT_FOUND"] == sum(c.get("NOT_FOUND", 0) for c in served.values())
 
 
 # -- answers a gRPC server never sends -------------------------------------------------------
