@@ -1,9 +1,10 @@
 """A grpcio server of tests/data/greeter.proto for the gRPC tests, run as its own process:
-`python tests/grpc_server.py STUBS_DIR PORT [BACKEND]`. STUBS_DIR holds greeter_pb2*.py, made
+`python tests/grpc_server.py STUBS_DIR PORT [BACKEND [CERT_PEM KEY_PEM]]`. STUBS_DIR holds greeter_pb2*.py, made
 by grpc_tools.protoc in the test's temp dir. It counts the calls it answers by status code
 (the Stats method returns them, and the calls by their `x-user` metadata as "user:<value>")
 and names itself in the `x-backend` trailer when given a name.
-Prints "ready" once it listens on 127.0.0.1:PORT."""
+With CERT_PEM and KEY_PEM it serves TLS (ALPN h2). Prints "ready" once it listens on
+127.0.0.1:PORT."""
 
 from __future__ import annotations
 
@@ -50,7 +51,12 @@ def main() -> None:
     backend = sys.argv[3] if len(sys.argv) > 3 else ""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     greeter_pb2_grpc.add_GreeterServicer_to_server(Greeter(backend), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    if len(sys.argv) > 5:
+        with open(sys.argv[4], "rb") as cert, open(sys.argv[5], "rb") as key:
+            credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+        server.add_secure_port(f"127.0.0.1:{port}", credentials)
+    else:
+        server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     print("ready", flush=True)
     server.wait_for_termination()

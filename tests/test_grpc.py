@@ -36,17 +36,21 @@ PROTO = HERE / "data" / "greeter.proto"
 class GrpcServer:
     """tests/grpc_server.py in its own process on a free port."""
 
-    def __init__(self, stubs: Path, backend: str = "") -> None:
+    def __init__(self, stubs: Path, backend: str = "", tls: tuple[Path, Path, Path] | None = None,
+                 ) -> None:
+        """tls: (CA, certificate chain, key) PEM files: the server speaks TLS."""
         self.port = free_port()
         self.stubs = stubs
+        self.tls = tls
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "grpc_server.py"), str(stubs), str(self.port), backend],
+            [sys.executable, str(HERE / "grpc_server.py"), str(stubs), str(self.port), backend,
+             *(str(p) for p in (tls[1:] if tls else ()))],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_listening(self.port)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def calls(self) -> dict[str, int]:
         """The server's calls by status code name, through its Stats method."""
@@ -56,7 +60,10 @@ class GrpcServer:
             import greeter_pb2_grpc
         finally:
             sys.path.remove(str(self.stubs))
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+        address = f"127.0.0.1:{self.port}"
+        channel = grpc.insecure_channel(address) if self.tls is None else grpc.secure_channel(
+            address, grpc.ssl_channel_credentials(self.tls[0].read_bytes()))
+        with channel:
             reply = greeter_pb2_grpc.GreeterStub(channel).Stats(greeter_pb2.StatsRequest(),
                                                                  timeout=10)
         return dict(reply.calls)
@@ -241,6 +248,27 @@ def test_nginx_grpc_pass_balances_per_call(stubs: Path, tmp_path: Path) -> None:
     # every call the run counted reached a backend, and the statuses agree
     assert sum(sum(c.values()) for c in served.values()) == 600
     assert s["grpc_status"]["NOT_FOUND"] == sum(c.get("NOT_FOUND", 0) for c in served.values())
+
+
+def test_tls_alpn_h2(stubs: Path, tmp_path: Path) -> None:
+    """An https:// target: h2 by ALPN, the certificate verified against [tls] ca."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    files = (tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
+    ca.cert_pem.write_to_path(str(files[0]))
+    leaf.private_key_pem.write_to_path(str(files[2]))
+    files[1].write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    server = GrpcServer(stubs, tls=files)
+    try:
+        path = profile(tmp_path, server.url, 'rate = 100\nduration = "1s"')
+        Path(path).write_text(Path(path).read_text() + f'\n[tls]\nca = "{files[0]}"\n')
+        s = run_json(tmp_path, path)
+        calls = server.calls()
+    finally:
+        server.stop()
+    assert s["grpc_status"] == {"OK": calls["OK"], "NOT_FOUND": calls["NOT_FOUND"]}
+    assert s["requests"] == 100
 
 
 # -- answers a gRPC server never sends -------------------------------------------------------
