@@ -212,22 +212,50 @@ http {{
 """
 
 
-def test_nginx_grpc_pass_balances_per_call(stubs: Path, tmp_path: Path) -> None:
-    """nginx's grpc_pass round-robins the calls of one HTTP/2 connection over three grpcio
-    backends: each backend's share (from its x-backend trailer) is a third within 3 points,
-    and equals what that backend counted."""
-    if not shutil.which("nginx"):
-        pytest.skip("nginx is not installed (apt-get install -y nginx)")
+HAPROXY_CONF = """
+global
+  maxconn 1000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend grpc
+  bind 127.0.0.1:{port} proto h2
+  default_backend backends
+backend backends
+  balance roundrobin
+{servers}
+"""
+
+
+@pytest.mark.parametrize("proxy", ["nginx", "haproxy", "haproxy-tcp"])
+def test_proxy_balances_per_call(proxy: str, stubs: Path, tmp_path: Path) -> None:
+    """nginx's grpc_pass and HAProxy (HTTP mode, h2 on both sides) round-robin the calls of
+    one HTTP/2 connection over three grpcio backends: each backend's share (from its x-backend
+    trailer) is a third within 3 points, and equals what that backend counted. HAProxy in TCP
+    mode (an L4 balancer) pins the connection: one backend takes every call."""
+    proxy, _, mode = proxy.partition("-")
+    if not shutil.which(proxy):
+        pytest.skip(f"{proxy} is not installed (apt-get install -y {proxy})")
     backends = {name: GrpcServer(stubs, backend=name) for name in ("b1", "b2", "b3")}
-    conf_dir = tempfile.mkdtemp(prefix="lf-grpc-nginx-")
+    conf_dir = tempfile.mkdtemp(prefix="lf-grpc-proxy-")
     port = free_port()
-    conf = os.path.join(conf_dir, "nginx.conf")
-    Path(conf).write_text(GRPC_NGINX_CONF.format(
-        dir=conf_dir, port=port,
-        servers="\n".join(f"    server 127.0.0.1:{b.port};" for b in backends.values())))
-    nginx = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", conf, "-e",
-                              os.path.join(conf_dir, "error.log")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conf = os.path.join(conf_dir, f"{proxy}.conf")
+    if proxy == "nginx":
+        Path(conf).write_text(GRPC_NGINX_CONF.format(
+            dir=conf_dir, port=port,
+            servers="\n".join(f"    server 127.0.0.1:{b.port};" for b in backends.values())))
+        cmd = ["nginx", "-c", conf, "-e", os.path.join(conf_dir, "error.log")]
+    else:
+        text = HAPROXY_CONF.format(port=port, servers="\n".join(
+            f"  server {name} 127.0.0.1:{b.port} proto h2" for name, b in backends.items()))
+        if mode == "tcp":
+            # L4: bytes passed through, so no HTTP/2 on either side of HAProxy
+            text = text.replace("mode http", "mode tcp").replace(" proto h2", "")
+        Path(conf).write_text(text)
+        cmd = ["haproxy", "-db", "-f", conf]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(port)
         s = run_json(tmp_path, profile(tmp_path, f"http://127.0.0.1:{port}",
@@ -235,13 +263,17 @@ def test_nginx_grpc_pass_balances_per_call(stubs: Path, tmp_path: Path) -> None:
                      "--backend-header", "x-backend")
         served = {name: b.calls() for name, b in backends.items()}
     finally:
-        nginx.terminate()
-        nginx.wait(timeout=10)
+        proc.terminate()
+        proc.wait(timeout=10)
         for b in backends.values():
             b.stop()
         shutil.rmtree(conf_dir, ignore_errors=True)
     assert s["connections"]["opened"] == 1 and s["requests"] == 600
-    assert set(s["backends"]) == {"b1", "b2", "b3"} and s["unattributed"] == 0
+    assert s["unattributed"] == 0
+    if mode == "tcp":
+        assert len(s["backends"]) == 1 and next(iter(s["backends"].values()))["share"] == 1.0
+        return
+    assert set(s["backends"]) == {"b1", "b2", "b3"}
     for name, backend in s["backends"].items():
         assert backend["share"] == pytest.approx(1 / 3, abs=0.03)
         assert backend["share"] == pytest.approx(sum(served[name].values()) / 600, abs=1e-9)
