@@ -41,6 +41,14 @@ class Greeter(greeter_pb2_grpc.GreeterServicer):
         self._count("OK")
         return greeter_pb2.HelloReply(message=f"hello {request.name}" * max(1, request.times))
 
+    def Repeat(self, request, context):  # noqa: N802
+        for _ in range(max(1, request.times)):
+            yield greeter_pb2.HelloReply(message=f"hello {request.name}")
+        if request.name.startswith("missing"):
+            self._count("NOT_FOUND")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no {request.name}")
+        self._count("OK")
+
     def Stats(self, request, context):  # noqa: N802
         with self.lock:
             return greeter_pb2.StatsReply(calls=dict(self.calls))

@@ -173,6 +173,24 @@ def test_backend_from_a_trailer(stubs: Path, tmp_path: Path) -> None:
     assert out["unattributed"] == 0
 
 
+def test_server_streaming_and_messages_over_several_frames(server: GrpcServer,
+                                                          tmp_path: Path) -> None:
+    """A server-streaming call ends with its trailers after many messages (NOT_FOUND after
+    three too); a 36 kB reply spans DATA frames: the message framing is followed across them."""
+    requests = ('[[requests]]\nname = "stream"\ngrpc = "loadtest.Greeter/Repeat"\n'
+                'message = { name = "ann", times = 50 }\n'
+                '[[requests]]\nname = "stream-missing"\ngrpc = "loadtest.Greeter/Repeat"\n'
+                'message = { name = "missing", times = 3 }\n'
+                '[[requests]]\nname = "big"\ngrpc = "loadtest.Greeter/SayHello"\n'
+                'message = { name = "ann", times = 4000 }\n')
+    s = run_json(tmp_path, profile(tmp_path, server.url, 'rate = 90\nduration = "1s"',
+                                   requests=requests))
+    calls = server.calls()
+    assert s["grpc_status"] == {"OK": calls["OK"], "NOT_FOUND": calls["NOT_FOUND"]}
+    assert calls["NOT_FOUND"] == s["requests_by_name"]["stream-missing"]["requests"] > 0
+    assert s["requests"] == 90 and not any(s["errors_by_kind"].values())
+
+
 def test_feeder_values_in_metadata(server: GrpcServer, tmp_path: Path) -> None:
     """Feeder slots in metadata are templated per call as headers are; the message is intact."""
     users = tmp_path / "users.csv"
@@ -340,7 +358,7 @@ def test_rst_stream_is_a_stream_reset(tmp_path: Path) -> None:
 # -- profile errors ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("grpc_table, requests, message", [
-    ("", CALLS.replace("SayHello", "SayBye"), "has no method SayBye (it has: SayHello, Stats)"),
+    ("", CALLS.replace("SayHello", "SayBye"), "has no method SayBye (it has: Repeat, SayHello, Stats)"),
     ("", CALLS.replace("loadtest.Greeter", "loadtest.Nope"), "the proto has no service"),
     ("", CALLS.replace("times = 2", "age = 2"), "does not fit loadtest.HelloRequest"),
     ("", CALLS.replace("times = 2", 'times = "many"'), "does not fit loadtest.HelloRequest"),
