@@ -159,6 +159,12 @@ def test_parquet_outcome_is_grpc_code(server: GrpcServer, tmp_path: Path) -> Non
     calls = server.calls()
     assert outcomes[("hello", "grpc:OK")] == calls["OK"]
     assert outcomes[("missing", "grpc:NOT_FOUND")] == calls["NOT_FOUND"]
+    # the HTML report lists the codes that happened beside the status classes
+    html = tmp_path / "report.html"
+    out = loadforge("report", str(tmp_path / "results"), "--html", str(html))
+    assert out.returncode == 0, out.stderr
+    assert f'"grpc:NOT_FOUND":{calls["NOT_FOUND"]}' in html.read_text()
+    assert '"grpc:CANCELLED"' not in html.read_text()
 
 
 def test_backend_from_a_trailer(stubs: Path, tmp_path: Path) -> None:
