@@ -1,7 +1,8 @@
 """A grpcio server of tests/data/greeter.proto for the gRPC tests, run as its own process:
 `python tests/grpc_server.py STUBS_DIR PORT [BACKEND [CERT_PEM KEY_PEM]]`. STUBS_DIR holds greeter_pb2*.py, made
 by grpc_tools.protoc in the test's temp dir. It counts the calls it answers by status code
-(the Stats method returns them, and the calls by their `x-user` metadata as "user:<value>")
+(the Stats method returns them, and the calls by their `x-user` metadata as "user:<value>",
+by a name holding "#" as "name:<name>")
 and names itself in the `x-backend` trailer when given a name.
 With CERT_PEM and KEY_PEM it serves TLS (ALPN h2). Prints "ready" once it listens on
 127.0.0.1:PORT."""
@@ -32,6 +33,8 @@ class Greeter(greeter_pb2_grpc.GreeterServicer):
     def SayHello(self, request, context):  # noqa: N802 (the proto's name)
         if self.backend:
             context.set_trailing_metadata((("x-backend", self.backend),))
+        if "#" in request.name:
+            self._count(f"name:{request.name}")
         user = dict(context.invocation_metadata()).get("x-user")
         if user is not None:
             self._count(f"user:{user}")

@@ -197,6 +197,28 @@ def test_server_streaming_and_messages_over_several_frames(server: GrpcServer,
     assert s["requests"] == 90 and not any(s["errors_by_kind"].values())
 
 
+@pytest.mark.parametrize("stage", ['rate = 90\nduration = "1s"', 'concurrency = 4\nduration = "1s"'])
+def test_feeder_values_in_the_message(server: GrpcServer, tmp_path: Path, stage: str) -> None:
+    """A feeder column in a message string: the message is encoded once per row (its length
+    prefixes recomputed), and each row reaches the server as sent, in the feeder's order."""
+    users = tmp_path / "users.csv"
+    users.write_text("name\nann#1\nbobby#22\nmissing#3\n")
+    requests = (f'[[feeders]]\nname = "users"\nfile = "{users}"\n'
+                '[[requests]]\nname = "hello"\ngrpc = "loadtest.Greeter/SayHello"\n'
+                'message = { name = "{users.name}", times = 1 }\n')
+    s = run_json(tmp_path, profile(tmp_path, server.url, stage, requests=requests))
+    calls = server.calls()
+    names = {k: v for k, v in calls.items() if k.startswith("name:")}
+    assert set(names) == {"name:ann#1", "name:bobby#22", "name:missing#3"}
+    # sequential rows: the counts differ by at most one, in the file's order
+    counts = [names["name:ann#1"], names["name:bobby#22"], names["name:missing#3"]]
+    assert counts[0] >= counts[1] >= counts[2] >= counts[0] - 1
+    assert s["grpc_status"] == {"OK": counts[0] + counts[1], "NOT_FOUND": counts[2]}
+    assert s["requests"] == sum(counts) and not any(s["errors_by_kind"].values())
+    if stage.startswith("rate"):
+        assert counts == [30, 30, 30]
+
+
 def test_feeder_values_in_metadata(server: GrpcServer, tmp_path: Path) -> None:
     """Feeder slots in metadata are templated per call as headers are; the message is intact."""
     users = tmp_path / "users.csv"
@@ -372,13 +394,15 @@ def test_rst_stream_is_a_stream_reset(tmp_path: Path) -> None:
     ('expect_status = ["FINE"]', CALLS, "expect_status[0] must be a gRPC code name"),
     ("", CALLS.replace('authorization = "Bearer x"', 'te = "x"'), "metadata.te"),
     ("reflection = true", CALLS, "reflection is not supported yet"),
-    ("", CALLS.replace('name = "ann"', 'name = "{users.name}"'),
-     "feeders are not templated into gRPC messages"),
+    ("", CALLS.replace('name = "ann"', 'name = "{users.name}-{users.id}"'),
+     "a gRPC message may take one feeder column"),
+    ("", CALLS.replace('times = 2', 'times = "{users.name}"'),
+     "does not fit loadtest.HelloRequest"),
 ])
 def test_bad_profiles_exit_2_with_one_line(tmp_path: Path, grpc_table: str, requests: str,
                                            message: str) -> None:
     users = tmp_path / "users.csv"
-    users.write_text("name\nann\n")
+    users.write_text("name,id\nann,1\n")
     path = profile(tmp_path, "http://127.0.0.1:1", 'rate = 1\nduration = "1s"', grpc_table,
                    f'[[feeders]]\nname = "users"\nfile = "{users}"\n' + requests)
     out = loadforge("run", path, "--quiet")

@@ -10,8 +10,14 @@ the outcome (`grpc:<CODE>`, plan.GRPC_OUTCOMES).
 
 The .proto is compiled by grpcio-tools' protoc into a descriptor set (or one is given), read
 into a descriptor pool: protoc's first error line, an unknown method or a field the message has
-not become one-line ProfileErrors (exit 2). Feeder slots in a message are refused: a templated
-protobuf string would need its length prefixes recomputed per call.
+not become one-line ProfileErrors (exit 2).
+
+Feeder slots in a message: a protobuf string is length-prefixed, and so are the messages that
+hold it and the call, so a value cannot be spliced into fixed bytes. Instead the message is
+encoded once per feeder row before the run (MessageEncoding, a view of the feeder table of its
+own, feeders.Template.body_encoder), and the engine sends the row's bytes as the body, as it
+sends any templated body. One column of one feeder per message (in one string field, or
+several); the message is the row's whole body.
 """
 
 from __future__ import annotations
@@ -40,6 +46,31 @@ CONTENT_TYPE = "application/grpc"
 _CALL = re.compile(r"((?:[A-Za-z_][A-Za-z0-9_]*\.)*[A-Za-z_][A-Za-z0-9_]*)/([A-Za-z_][A-Za-z0-9_]*)")
 _METADATA_KEY = re.compile(r"[0-9a-z_.\-]+")
 PROTOC_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, eq=False)
+class MessageEncoding:
+    """A feeder value -> the call's body (prefix and message) with the value in place of the
+    slot in the message's strings; the feeder table's view of the column (feeders.py)."""
+
+    descriptor: Any
+    message: Any               # the message table, its strings holding `slot`
+    slot: str                  # "{feeder.column}"
+    where: str
+
+    def __call__(self, value: str) -> bytes:
+        return encode_message(self.descriptor, _substitute(self.message, self.slot, value),
+                              self.where)
+
+
+def _substitute(value: Any, slot: str, text: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, slot, text) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, slot, text) for v in value]
+    if isinstance(value, str):
+        return value.replace(slot, text)
+    return value
 
 
 @dataclass(frozen=True)
@@ -161,9 +192,11 @@ def descriptor_pool(data: bytes, where: str) -> Any:
 
 def grpc_request(label: str, raw: dict[str, Any], i: int, config: GrpcConfig | None,
                  timeout_s: float, feeders: tuple[Any, ...], secrets: list[str],
-                 ) -> tuple[dict[str, Any], bytes]:
+                 ) -> tuple[dict[str, Any], bytes, tuple[str, str, MessageEncoding] | None]:
     """A `grpc = ...` request as the plain [[requests]] entry profile.py validates (POST to
-    the method's path, the gRPC headers and the metadata), and the call's body."""
+    the method's path, the gRPC headers and the metadata), and the call's body; with a
+    feeder slot in the message, (feeder, column, encoding) of the body's one slot too (the
+    body given is then the message with the slot as it is, for the preflight's sake)."""
     where = f"{label}: requests[{i}]"
     for key in raw:
         if key not in GRPC_REQUEST_KEYS:
@@ -198,10 +231,21 @@ def grpc_request(label: str, raw: dict[str, Any], i: int, config: GrpcConfig | N
         if key in raw:
             entry[key] = raw[key]
     if config.pool is None:
-        return entry, b""
+        return entry, b"", None
     input_type = method_input(config.pool, match.group(1), match.group(2), f"{where}.grpc")
-    resolved = _resolve(message, f"{where}.message", {f.name for f in feeders}, secrets)
-    return entry, encode_message(input_type, resolved, f"{where}.message")
+    slots: set[tuple[str, str]] = set()
+    resolved = _resolve(message, f"{where}.message", {f.name for f in feeders}, secrets, slots)
+    body = encode_message(input_type, resolved, f"{where}.message")
+    if not slots:
+        return entry, body, None
+    if len(slots) > 1:
+        shown = ", ".join(f"{{{f}.{c}}}" for f, c in sorted(slots))
+        raise ProfileError(f"{where}.message holds the slots {shown}: a gRPC message may take "
+                           "one feeder column (the message is encoded once per row of it)")
+    feeder, column = next(iter(slots))
+    return entry, body, (feeder, column, MessageEncoding(input_type, resolved,
+                                                         f"{{{feeder}.{column}}}",
+                                                         f"{where}.message"))
 
 
 def method_input(pool: Any, service_name: str, method_name: str, where: str) -> Any:
@@ -240,17 +284,23 @@ def grpc_timeout(timeout_s: float) -> str:
     return f"{ms}m" if ms < 10**8 else f"{min(round(timeout_s), 10**8 - 1)}S"
 
 
-def _resolve(value: Any, where: str, feeder_names: set[str], secrets: list[str]) -> Any:
-    """The message with ${VAR} resolved in its strings; feeder slots refused."""
+def _resolve(value: Any, where: str, feeder_names: set[str], secrets: list[str],
+             slots: set[tuple[str, str]]) -> Any:
+    """The message with ${VAR} resolved in its strings; the feeder slots found in them are
+    added to `slots`. A slot anywhere but in a string (a key) is refused."""
     if isinstance(value, dict):
-        return {k: _resolve(v, f"{where}.{k}", feeder_names, secrets) for k, v in value.items()}
+        for k in value:
+            if any(s.group(1) in feeder_names for s in feeders_module.SLOT.finditer(k)):
+                raise ProfileError(f"{where}: a field name cannot hold a feeder slot, got {k!r}")
+        return {k: _resolve(v, f"{where}.{k}", feeder_names, secrets, slots)
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve(v, f"{where}[{n}]", feeder_names, secrets) for n, v in enumerate(value)]
+        return [_resolve(v, f"{where}[{n}]", feeder_names, secrets, slots)
+                for n, v in enumerate(value)]
     if isinstance(value, str):
         for slot in feeders_module.SLOT.finditer(value):
             if slot.group(1) in feeder_names:
-                raise ProfileError(f"{where} holds the feeder slot {slot.group(0)}: feeders are "
-                                   "not templated into gRPC messages yet (only into metadata)")
+                slots.add((slot.group(1), slot.group(2)))
         if feeders_module.ENV.search(value):
             return feeders_module.environment(value, where, secrets)
     return value

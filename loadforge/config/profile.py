@@ -541,10 +541,19 @@ def _grpc_request(check: _Checker, raw: dict[str, Any], i: int,
                   ) -> tuple[Request, feeders_module.Template | None]:
     """A gRPC call (config/grpc.py): validated as the POST request it is, its body the
     encoded message; feeder slots in its metadata are templated as a request's headers are."""
-    entry, body = grpc_module.grpc_request(check.label, raw, i, grpc, timeout_s, feeders,
-                                           [] if secrets is None else secrets)
+    entry, body, slot = grpc_module.grpc_request(check.label, raw, i, grpc, timeout_s, feeders,
+                                                 [] if secrets is None else secrets)
     request, template = _request(check, entry, i, feeders, profile_path, secrets)
-    if template is not None:
+    if slot is not None:
+        # the body: the message encoded per row of the slot's feeder column
+        feeder, column, encoding = slot
+        if template is None:
+            template = feeders_module.Template(
+                path=(request.path,), headers=tuple((k, (v,)) for k, v in request.headers
+                                                    if k.lower() != "host"), body=())
+        template = replace(template, body=(feeders_module.Slot(feeder, column),),
+                           body_encoder=encoding)
+    elif template is not None:
         template = replace(template, body=(body,))
     return replace(request, body=body), template
 
