@@ -23,6 +23,9 @@ KNOWN_UPWARD = {
     # Not debt: the exact merge is hdrh's, through the one bridge the store also encodes with;
     # results/histogram.py serves the live merge and the file alike.
     ("loadforge.run.coordinator", "loadforge.results.histogram"),
+    # Debt: validating `[sandbox.autoscale] hpa` reads the manifest with the policy's own parser
+    # (sandbox/hpa.py imports nothing but errors); its HPASpec/load_hpa belong in config/.
+    ("loadforge.config.sandbox", "loadforge.sandbox.hpa"),
 }
 
 
@@ -43,7 +46,8 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1 or parts[1] in ("errors", "units", "limits", "__init__"):
         return "foundation"
-    return {"_core": "engine"}.get(parts[1], parts[1])
+    # capacity and simulate drive runs (or model them) as runner does: the same layer.
+    return {"_core": "engine", "capacity": "runner", "simulate": "runner"}.get(parts[1], parts[1])
 
 
 def imports(mods: dict[str, str]) -> list[tuple[str, str, bool]]:
