@@ -67,7 +67,10 @@ def test_a_real_change_is_significant_and_fails_its_gate(tmp_path):
     assert data["noise_estimate"] is True
     (check,) = data["gates"]
     assert check["significant"] and not check["ok"]
-    assert check["p_value"] == pytest.approx(2 / 252)        # every slow run above every main
+    # Every resample of the hierarchical bootstrap is slower: its smallest p, 2 / 1001; the
+    # runs' U test beside it: every slow run above every main one.
+    assert check["p_value"] == pytest.approx(2 / 1001)
+    assert check["p_runs"] == pytest.approx(2 / 252)
     lo, hi = check["ci"]
     assert 0.1 < lo < check["change"] / 100 < hi < 0.3
     stage = data["stages"][0]
@@ -138,3 +141,41 @@ def test_run_repeat_makes_one_group_that_compare_reads(nginx, tmp_path):
     clash = loadforge("run", "--target", nginx.url + "/", "--rate", "10", "--duration", "1s",
                       "--repeat", "2", "--label", "repeat=x")
     assert clash.returncode == 2 and "--repeat" in clash.stderr
+
+
+def test_three_runs_a_side_can_fail_a_gate_and_says_what_it_can_detect(tmp_path):
+    # Three runs a side: the runs' U test alone cannot go below 0.1, the hierarchical
+    # bootstrap (runs, then intervals within runs) can, so a 50x slower candidate fails.
+    archive(tmp_path, {"main": [1000, 1050, 980], "slow": [50_000, 52_000, 49_000]})
+    code, data = compare_json(str(tmp_path), "--group-by", "build", "--fail-on", "p99=+10%")
+    assert code == 1
+    (check,) = data["gates"]
+    assert check["significant"] and not check["ok"] and check["p_value"] < 0.05
+    assert check["p_runs"] == pytest.approx(0.1)
+    assert "+4," in check["message"] and "e+" not in check["message"]
+    power = data["groups"][1]["power"]
+    assert power["can_decide"] and power["min_p"] < 0.05
+    assert power["min_p_runs"] == pytest.approx(0.1) and "4 runs a side needed" in power["line"]
+    for fmt in ("table", "markdown"):
+        out = loadforge("compare", str(tmp_path), "--group-by", "build", "--format", fmt)
+        assert out.returncode == 0, out.stderr
+        text = " ".join(out.stdout.split())
+        assert "can reach p = 0.002" in text and "p99 p=0.002, 95% CI +" in text, text
+
+
+def test_three_identical_runs_a_side_pass(tmp_path):
+    archive(tmp_path, {"main": [1000, 1010, 990], "same": [1005, 995, 1000]}, seed=3)
+    code, data = compare_json(str(tmp_path), "--group-by", "build", "--fail-on", "p99=+10%",
+                              "--fail-on", "p50=+10%")
+    assert code == 0, [c["message"] for c in data["gates"]]
+    assert all("p_value" in c and "ci" in c for c in data["gates"])
+    table = loadforge("compare", str(tmp_path), "--group-by", "build")
+    assert "no significant change in any figure" in table.stdout
+
+
+def test_one_run_a_side_never_says_no_significant_change(tmp_path):
+    archive(tmp_path, {"main": [1000], "slow": [1001]})
+    out = loadforge("compare", str(tmp_path), "--group-by", "build")
+    text = " ".join(out.stdout.split())
+    assert "no significant change" not in text
+    assert "2 runs a side needed" in text

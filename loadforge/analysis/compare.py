@@ -108,6 +108,8 @@ def comparison(runs: list[RunFigures], groups: list[Group] | None = None,
                            "paths": [r.result.path for r in g.runs]} for g in groups]
         data["baseline"] = groups[0].title
         data["noise_estimate"] = all(len(g.runs) > 1 for g in groups)
+        for g, power in zip(data["groups"], group_power(groups), strict=True):
+            g["power"] = power
     return data
 
 
@@ -196,11 +198,15 @@ def _metric_values(run: RunFigures, stage: str) -> dict[str, float]:
     return {k: float(v or 0.0) for k, v in values.items()}
 
 
-def group_noise(groups: list[Group], stage_names: list[str], resamples: int = 400
+RESAMPLES = 1000              # the hierarchical bootstrap's; its smallest p is 2 / 1001
+
+
+def group_noise(groups: list[Group], stage_names: list[str], resamples: int = RESAMPLES
                 ) -> list[dict[str, dict[str, Any]] | None]:
     """Per group (None for the baseline, and for a side of one run: no noise estimate) and per
-    stage, per metric: the U test's p-value over the runs' figures, and the bootstrap's 95 %
-    interval of the relative change."""
+    stage, per metric: the hierarchical bootstrap's p-value and 95 % interval of the change
+    (relative; absolute for error_rate), which decide, and the U test's p over the runs'
+    figures beside them (p_runs), which alone cannot decide below four runs a side."""
     intervals = {id(r): bootstrap_intervals(r) for g in groups for r in g.runs}
     base = groups[0]
     out: list[dict[str, dict[str, Any]] | None] = [None]
@@ -215,13 +221,46 @@ def group_noise(groups: list[Group], stage_names: list[str], resamples: int = 40
             if not all(sides):
                 continue
             a, b = ([_metric_values(r, name) for r in side] for side in sides)
-            cis = noise.bootstrap_change([intervals[id(r)].get(name, []) for r in sides[0]],
-                                         [intervals[id(r)].get(name, []) for r in sides[1]],
-                                         metrics, resamples=resamples)
-            per_stage[name] = {m: {"p": noise.mann_whitney_p([v[m] for v in a],
-                                                              [v[m] for v in b]),
-                                   "ci": cis[m]} for m in metrics}
+            tested = noise.hierarchical_test(
+                [intervals[id(r)].get(name, []) for r in sides[0]],
+                [intervals[id(r)].get(name, []) for r in sides[1]], metrics,
+                resamples=resamples)
+            per_stage[name] = {m: {**tested[m],
+                                   "p_runs": noise.mann_whitney_p([v[m] for v in a],
+                                                                  [v[m] for v in b])}
+                               for m in metrics}
         out.append(per_stage)
+    return out
+
+
+def group_power(groups: list[Group], resamples: int = RESAMPLES) -> list[dict[str, Any] | None]:
+    """Per compared group (None for the baseline): what the comparison can detect with the
+    runs it has. `min_p` is the smallest p its test can reach, `can_decide` whether that is
+    below ALPHA, `runs_needed` the runs a side it would take otherwise, and `line` says it."""
+    out: list[dict[str, Any] | None] = [None]
+    m = len(groups[0].runs)
+    for group in groups[1:]:
+        n = len(group.runs)
+        u_min = noise.min_p_u(m, n)
+        u_needed = noise.runs_needed_u(ALPHA)
+        if m < 2 or n < 2:
+            line = (f"{m} + {n} runs: no noise estimate, so no test of significance can decide "
+                    f"(one run on a side); 2 runs a side needed for the "
+                    f"hierarchical bootstrap, {u_needed} for a U test alone; gates judge the "
+                    "change alone")
+            out.append({"runs": [m, n], "test": None, "min_p": 1.0, "level": ALPHA,
+                        "can_decide": False, "runs_needed": 2, "line": line})
+            continue
+        min_p = noise.min_p_bootstrap(resamples)
+        can = min_p < ALPHA
+        line = (f"{m} + {n} runs: hierarchical bootstrap (runs, then blocks of intervals within "
+                f"runs, {resamples} resamples) can reach p = {min_p:.2g} "
+                + (f"< {ALPHA}" if can else f">= {ALPHA}: it cannot find a change at this level")
+                + f"; the runs' U test alone could reach {u_min:.2g}"
+                + ("" if u_min < ALPHA else f" ({u_needed} runs a side needed)"))
+        out.append({"runs": [m, n], "test": "hierarchical bootstrap", "min_p": min_p,
+                    "min_p_runs": u_min, "level": ALPHA, "can_decide": can,
+                    "runs_needed": 2 if can else None, "resamples": resamples, "line": line})
     return out
 
 
@@ -326,7 +365,7 @@ def _fmt(kind: str, value: float | None) -> str:
 def _fmt_change(gate: Gate, change: float) -> str:
     if gate.unit == "us":
         return ("+" if change >= 0 else "-") + format_us(abs(change))
-    return f"{change:+.3g}{gate.unit}"
+    return _pct(change, gate.unit)
 
 
 def check_gates(runs: list[RunFigures], gates: list[Gate],
@@ -360,26 +399,49 @@ def check_gates(runs: list[RunFigures], gates: list[Gate],
                          "baseline_value": b, "value": v, "change": change,
                          "unit": gate.unit, "message": message}
                 judged = judgements.get(name, {}).get(gate.metric) if judgements else None
-                if judged is not None:
+                if judgeable(judged):
+                    assert judged is not None
                     sure = significant(judged)
                     check.update(ok=not (bad and sure), p_value=judged["p"],
-                                 ci=judged["ci"], significant=sure)
-                    check["message"] += f"; {_sureness(judged)}"
+                                 ci=judged["ci"], p_runs=judged.get("p_runs"),
+                                 significant=sure)
+                    check["message"] += f"; {_sureness(judged, gate.metric)}"
                 checks.append(check)
     return checks
 
 
 def significant(judged: dict[str, Any]) -> bool:
-    """The U test says the runs differ (p < ALPHA) and the bootstrap interval of the change
-    agrees (it excludes zero): both, so that neither method's blind spot fails a build."""
-    ci = judged["ci"]
-    return judged["p"] < ALPHA and (ci is None or ci[0] > 0 or ci[1] < 0)
+    """The hierarchical bootstrap finds the change (p < ALPHA) and its interval excludes zero
+    (the same resamples; both said, so that a reader sees why)."""
+    ci, p = judged["ci"], judged["p"]
+    return p is not None and p < ALPHA and ci is not None and (ci[0] > 0 or ci[1] < 0)
 
 
-def _sureness(judged: dict[str, Any]) -> str:
-    """"p=0.008, 95% CI +8.1%..+14.9%" (the CI of the relative change), and whether that is
-    significant."""
-    ci = judged["ci"]
-    interval = "" if ci is None else f", 95% CI {ci[0] * 100:+.3g}%..{ci[1] * 100:+.3g}%"
+def judgeable(judged: dict[str, Any] | None) -> bool:
+    return judged is not None and judged.get("p") is not None
+
+
+def _sureness(judged: dict[str, Any], metric: str = "") -> str:
+    """"p=0.008, 95% CI +8.1%..+14.9%" (the CI of the relative change; in pp for a rate), and
+    whether that is significant."""
+    ci, p = judged["ci"], judged["p"]
+    if p is None:
+        return "no p-value (the baseline figure is 0: no relative change to test)"
+    if ci is None:
+        interval = ""
+    elif KIND.get(metric) == "ratio":
+        interval = f", 95% CI {ci[0] * 100:+.3g}pp..{ci[1] * 100:+.3g}pp"
+    else:
+        interval = f", 95% CI {_pct(ci[0] * 100)}..{_pct(ci[1] * 100)}"
+    runs = f", runs' U test p={judged['p_runs']:.2g}" if "p_runs" in judged else ""
     verdict = "significant" if significant(judged) else "not significant"
-    return f"p={judged['p']:.3g}{interval} ({verdict})"
+    return f"p={p:.2g}{interval}{runs} ({verdict})"
+
+
+def _pct(value: float, unit: str = "%") -> str:
+    """A change in % as people read it: +4.5%, +120%, +11,000% (never 1.1e+04)."""
+    if math.isinf(value):
+        return ("+" if value > 0 else "-") + "inf" + unit
+    if abs(value) >= 99.95:       # .3g would print 999.7 as 1e+03
+        return f"{value:+,.0f}{unit}"
+    return f"{value:+.3g}{unit}"

@@ -3,7 +3,6 @@ the significance lines (analysis/compare.py computes them all)."""
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -12,33 +11,45 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from loadforge.analysis.compare import ALL_STAGES, ALPHA, FIGURES, _fmt, _sureness, significant
+from loadforge.analysis.compare import (
+    ALL_STAGES,
+    FIGURES,
+    _fmt,
+    _pct,
+    _sureness,
+    significant,
+)
 from loadforge.present.text import fits, print_table
 
 
+def power_lines(data: dict[str, Any]) -> list[str]:
+    """Per compared group, what its test can detect with the runs it has (one line)."""
+    return [f"{g['title']}: {g['power']['line']}" for g in data.get("groups") or []
+            if g.get("power")]
+
+
 def noise_lines(data: dict[str, Any], stage: dict[str, Any]) -> list[str]:
-    """Per compared group, the figures whose change is significant, with p and interval;
-    one line saying so when none is."""
+    """Per compared group and figure: p and the interval, significant figures first. "No
+    significant change" only where the test could have found one."""
     lines = []
+    powers = [g.get("power") for g in data.get("groups") or []]
     for i, judged in enumerate(stage.get("noise") or []):
         if not judged:
             continue
         title = data["runs"][i]["title"]
-        sure = [f"{m} {_sureness(j)}" for m, j in judged.items() if significant(j)]
-        if not sure:
-            lines.append(f"{title}: no significant change (U test p < {ALPHA} and a 95% "
-                         "interval clear of zero, for no figure)")
-        lines += [f"{title}: {line}" for line in sure]
+        power = powers[i] if i < len(powers) else None
+        order = sorted(judged.items(), key=lambda mj: not significant(mj[1]))
+        if not any(significant(j) for j in judged.values()) and (power is None
+                                                                  or power["can_decide"]):
+            lines.append(f"{title}: no significant change in any figure")
+        lines += [f"{title}: {m} {_sureness(j, m)}" for m, j in order]
     return lines
 
 
 def _delta_text(kind: str, d: float | None) -> str:
     if d is None:
         return ""
-    if math.isinf(d):
-        return "+inf%" if d > 0 else "-inf%"
-    unit = "pp" if kind == "ratio" else "%"
-    return f"{d:+.3g}{unit}" if abs(d) < 1000 else f"{d:+,.0f}{unit}"
+    return _pct(d, "pp" if kind == "ratio" else "%")
 
 
 def _cells(data: dict[str, Any], stage: dict[str, Any]) -> list[list[str]]:
@@ -75,12 +86,13 @@ def render_table(data: dict[str, Any], console: Console) -> None:
         for i in range(len(data["runs"])):
             headers += [f"#{i + 1}"] + ([f"Δ #{i + 1}"] if i else [])
         tables = [_table(data, stage, headers) for stage in data["stages"]]
+    for line in power_lines(data):
+        console.print(Text(line), overflow="fold")
     for stage, table in zip(data["stages"], tables, strict=True):
         print_table(console, table)
         for line in noise_lines(data, stage):
             console.print(Text("  " + line), overflow="fold")
-    if data.get("noise_estimate") is False or (data.get("groups") is None
-                                                and len(data["runs"]) > 1):
+    if data.get("groups") is None and len(data["runs"]) > 1:
         console.print(Text("one run on a side: no noise estimate; gates judge the change alone "
                            "(--group-by with several runs a side tests significance)"),
                       style="dim", overflow="fold")
@@ -116,7 +128,8 @@ def markdown_text(text: str) -> str:
 
 def render_markdown(data: dict[str, Any]) -> str:
     headers = [markdown_text(h) for h in _headers(data)]
-    out = []
+    out = [f"- {markdown_text(line)}" for line in power_lines(data)]
+    out += [""] if out else []
     for stage in data["stages"]:
         title = ("all stages" if stage["stage"] == ALL_STAGES
                  else f"stage {markdown_text(stage['stage'])}")
