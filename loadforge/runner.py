@@ -115,7 +115,14 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             # judge nothing but that it answers.
             first, judged = Request(name="preflight"), False
         negotiated = coordinator.preflight(target, first, plan.timeout_s, judge_status=judged,
-                                           tls=plan.tls, http=plan.http)
+                                           tls=plan.tls, http=plan.http,
+                                           fail_status=plan.fail_status)
+        warning = negotiated.pop("preflight_warning", None)
+        if warning:
+            from rich.text import Text
+
+            console.print(Text.assemble(("warning:", "bold yellow"), " ", warning),
+                          soft_wrap=True)
     tls_info = None if plan.tls is None else {**plan.tls.describe(), "protocol": None,
                                               "cipher": None, "alpn": None, **negotiated}
     run_id = new_run_id(plan)

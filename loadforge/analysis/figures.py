@@ -107,7 +107,7 @@ def stats_block(
     unsent: int,
     duration_s: float,
     target_rps: float | None,
-    fail_status: tuple[str, ...] = ("5xx",),
+    fail_status: tuple[str, ...] = ("4xx", "5xx"),
     *,
     error_latency: HdrHistogram | None = None,
     waited: int = 0,
@@ -316,7 +316,7 @@ class RunFigures:
     title: str
     stages: list[ScopeFigures]
     run: ScopeFigures
-    fail_status: tuple[str, ...] = ("5xx",)     # the status classes counted as errors
+    fail_status: tuple[str, ...] = ("4xx", "5xx")     # the status classes counted as errors
 
     def scope(self, name: str) -> ScopeFigures | None:
         if name == ALL_STAGES:
@@ -325,11 +325,11 @@ class RunFigures:
 
 
 def fail_status_of(result: Result, plan: Plan | None = None) -> tuple[str, ...]:
-    """The status classes the run's profile counted as errors (DESIGN.md default: 5xx): the
+    """The status classes the run's profile counted as errors (default: 4xx and 5xx, as k6 and Locust): the
     Plan of the archived profile (config/ reads it), not the TOML read again here."""
     if plan is None:
         plan = plan_of_result(result)
-    return plan.fail_status if plan is not None else ("5xx",)
+    return plan.fail_status if plan is not None else ("4xx", "5xx")
 
 
 def stages_of(result: Result) -> list[dict[str, Any]]:

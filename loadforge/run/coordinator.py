@@ -233,7 +233,8 @@ def preflight_request(requests: tuple[Request, ...],
 
 
 def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool = True,
-              tls: TLS | None = None, http: str = "1.1") -> dict[str, Any]:
+              tls: TLS | None = None, http: str = "1.1",
+              fail_status: tuple[str, ...] = ("4xx", "5xx")) -> dict[str, Any]:
     """One request before the run, so a wrong URL fails in seconds with a clear message. Over
     TLS it verifies the certificate with the run's settings (a rejection is one line that
     names the reason and the fix) and returns what was negotiated. With http "2" it speaks
@@ -258,9 +259,22 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
         over = " over HTTP/2" if http == "2" else ""
         raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url}{over} "
                                 f"failed ({type(exc).__name__}: {exc})") from None
-    if status == 404 and judge_status:
-        raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found; "
-                                "check the URL and the request paths (or pass --no-preflight)")
+    failing = f"{status // 100}xx" in fail_status
+    if status == 404 and judge_status and failing:
+        raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found, "
+                                "an error by load.fail_status; check the URL and the request "
+                                "paths (if a 404 is what this target answers, pass "
+                                "--no-preflight, and set load.fail_status = [\"5xx\"] to count "
+                                "4xx as successes)")
+    if judge_status and failing:
+        # Judged with the run's rule, but not fatal: a load test of a login wall is legitimate.
+        cls = f"{status // 100}xx"
+        negotiated["preflight_warning"] = (
+            f"{req.method} {url} returned {status}, which the run counts as an error "
+            f"(load.fail_status: {', '.join(fail_status)})" + (
+                f"; if {status} is expected, set load.fail_status = "
+                f"[{', '.join(repr(c).replace(chr(39), chr(34)) for c in fail_status if c != cls)}]"
+                if cls == "4xx" else ""))
     if tls is not None and status == 400 and negotiated.get("client_cert_refused"):
         # nginx completes the handshake without a client certificate and answers 400 to
         # every request instead; as good as a refused handshake for a load test.

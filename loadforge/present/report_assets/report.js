@@ -295,7 +295,13 @@
     if (kind === "ratio") return +(v * 100).toPrecision(3) + "%";
     return kind === "us" ? fmtUs(v) : fmtNum(v);
   }
-  function fmtPct(x) { return (x >= 0 ? "+" : "") + +(x * 100).toPrecision(3) + "%"; }
+  // A change as people read it: +4.5%, +120%, +11,000% (never 1.1e+4), as compare prints it.
+  function fmtChange(v, unit) {
+    if (!isFinite(v)) return (v > 0 ? "+" : "-") + "inf" + unit;
+    var body = Math.abs(v) >= 99.95 ? Math.round(v).toLocaleString("en-US") : +v.toPrecision(3);
+    return (v >= 0 ? "+" : "") + body + unit;
+  }
+  function fmtPct(x) { return fmtChange(x * 100, "%"); }
 
   // compare's JSON (stages with values, deltas and, for groups, noise): one table per stage.
   function comparisonTables(cmp) {
@@ -315,13 +321,14 @@
           row.push(esc(fmtFigure(f[2], v ? v[f[0]] : null)));
           if (!i) return;
           var d = stage.deltas[i] ? stage.deltas[i][f[0]] : null;
-          var cell = d === null || d === undefined ? "" :
-            (d >= 0 ? "+" : "") + +d.toPrecision(3) + (f[2] === "ratio" ? "pp" : "%");
+          var ratio = f[2] === "ratio";
+          var cell = d === null || d === undefined ? "" : esc(fmtChange(d, ratio ? "pp" : "%"));
           var judged = stage.noise && stage.noise[i] ? stage.noise[i][f[0]] : null;
-          if (judged) {
-            var sure = judged.p < 0.05 && (!judged.ci || judged.ci[0] > 0 || judged.ci[1] < 0);
+          if (judged && judged.p !== null && judged.p !== undefined) {
+            var sure = judged.p < 0.05 && judged.ci && (judged.ci[0] > 0 || judged.ci[1] < 0);
+            var ci = function (x) { return ratio ? fmtChange(x * 100, "pp") : fmtPct(x); };
             cell += " <span class=\"" + (sure ? "sig" : "nosig") + "\">" +
-              (judged.ci ? "[" + fmtPct(judged.ci[0]) + ", " + fmtPct(judged.ci[1]) + "] " : "") +
+              (judged.ci ? "[" + ci(judged.ci[0]) + ", " + ci(judged.ci[1]) + "] " : "") +
               "p=" + +judged.p.toPrecision(2) + "</span>";
           }
           row.push(cell);
@@ -332,10 +339,13 @@
     });
     var note = document.createElement("p");
     note.className = "note";
-    note.textContent = cmp.noise_estimate ?
-      "\u0394 against the baseline, with the bootstrap's 95% interval of the change and the U " +
-      "test's p over the runs; bold: significant (p < 0.05 and the interval clear of zero)." :
-      "One run on a side: no noise estimate (compare groups of runs with --group-by).";
+    var power = (cmp.groups || []).filter(function (g) { return g.power; })
+      .map(function (g) { return " " + g.title + ": " + g.power.line + "."; }).join("");
+    note.textContent = (cmp.noise_estimate ?
+      "\u0394 against the baseline, with the 95% interval of the change and p from a " +
+      "hierarchical bootstrap (runs, then intervals within runs); bold: significant (p < 0.05 " +
+      "and the interval clear of zero)." :
+      "One run on a side: no noise estimate (compare groups of runs with --group-by).") + power;
     document.getElementById("report").appendChild(note);
   }
 
