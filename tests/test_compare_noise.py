@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
@@ -179,3 +180,35 @@ def test_one_run_a_side_never_says_no_significant_change(tmp_path):
     text = " ".join(out.stdout.split())
     assert "no significant change" not in text
     assert "2 runs a side needed" in text
+
+
+ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
+
+
+@pytest.mark.skipif(not os.path.exists(ECHO_MODULE), reason="needs libnginx-mod-http-echo")
+def test_three_runs_a_side_on_nginx_identical_pass_and_20ms_slower_fails(tmp_path):
+    """The issue's case: with --repeat 3 a side the runs' U test can reach only p = 0.1; the
+    hierarchical bootstrap fails a candidate 20 ms slower, and passes the same server."""
+    from servers import LoggingNginx
+
+    server = LoggingNginx("$request", "    location /slow {{ echo_sleep 0.02; echo ok; }}",
+                          main=f"load_module {ECHO_MODULE};")
+    try:
+        out = tmp_path / "results"
+        for build, path in (("base", "/"), ("same", "/"), ("slow", "/slow")):
+            done = loadforge("run", "--target", server.url + path, "--rate", "100",
+                             "--duration", "2s", "--repeat", "3", "--workers", "1",
+                             "--label", f"build={build}", "--quiet", "--out", str(out / build))
+            assert done.returncode == 0, done.stderr
+    finally:
+        server.stop()
+    gates = ("--fail-on", "p50=+10%", "--fail-on", "p99=+10%")
+    code, data = compare_json(str(out / "base"), str(out / "same"), "--group-by", "build",
+                              "--baseline", "build=base", *gates)
+    assert code == 0, [c["message"] for c in data["gates"]]
+    code, data = compare_json(str(out / "base"), str(out / "slow"), "--group-by", "build",
+                              "--baseline", "build=base", *gates)
+    assert code == 1
+    for check in data["gates"]:
+        assert not check["ok"] and check["p_value"] < 0.05 and check["p_runs"] >= 0.1
+        assert check["ci"][0] > 0, check["message"]
