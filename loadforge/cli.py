@@ -419,9 +419,13 @@ def _print_how_it_ended(outcome: Any, planned_s: float, console: Console) -> Non
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]),
               default="table", show_default=True, help="Output format.")
-@click.option("--fail-on", "fail_on", multiple=True, metavar="METRIC=±N(%|pp|ms)",
+@click.option("--fail-on", "fail_on", multiple=True,
+              metavar="METRIC[SCOPE]=±N(%|pp|us|ms|s)[,±N…]",
               help="Regression gate against the first (baseline) run, e.g. p99=+10%, "
-              "error_rate=+0.1pp, achieved_rps=-5% (repeatable). A breach exits 1.")
+              "error_rate=+0.1pp, achieved_rps=-5%, p99=+10%,+1ms; of one request name or "
+              "backend: p99[/slow]=+10%, share[b3]=+5pp, share[*]=+5pp (every backend); "
+              "fairness=-0.05 (Jain's index of the backends' shares). Repeatable; a breach "
+              "exits 1.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False),
               help="Write the gate checks as JUnit XML.")
 @click.option("--group-by", "group_by", multiple=True, metavar="LABEL",
@@ -452,8 +456,9 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     if len(figures) < 2 and gates:
         what = "groups" if group_by else "runs"
         raise InputError(f"compare --fail-on: needs at least two {what}, got {len(figures)}")
-    data = cmp.comparison(figures, groups, significance)
-    checks = cmp.check_gates(figures, gates, significance)
+    scoped_figs = cmp.scoped_figures(figures, groups)
+    data = cmp.comparison(figures, groups, significance, scoped_figs)
+    checks = cmp.check_gates(figures, gates, significance, scoped_figs)
     data["gates"] = checks
     data["ok"] = all(c["ok"] for c in checks)
     if junit_path:

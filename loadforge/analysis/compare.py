@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from loadforge.analysis import noise
+from loadforge.analysis import noise, scoped
 from loadforge.analysis.figures import (  # noqa: F401  (compare's figures, folded there)
     ALL_STAGES,
     RowReader,
@@ -71,8 +71,18 @@ def stage_names(runs: list[RunFigures]) -> list[str]:
     return names
 
 
+def scoped_figures(runs: list[RunFigures], groups: list[Group] | None = None
+                   ) -> list[dict[str, dict[str, Any]]]:
+    """Per run (or group: its runs merged), per stage: figures per request name and per
+    backend, and the fairness of the backends' shares (analysis/scoped.py)."""
+    if groups is None:
+        return [scoped.figures(scoped.tallies(r)) for r in runs]
+    return [scoped.figures(scoped.pool([scoped.tallies(r) for r in g.runs])) for g in groups]
+
+
 def comparison(runs: list[RunFigures], groups: list[Group] | None = None,
-               significance: list[dict[str, dict[str, Any]] | None] | None = None
+               significance: list[dict[str, dict[str, Any]] | None] | None = None,
+               scoped_figs: list[dict[str, dict[str, Any]]] | None = None
                ) -> dict[str, Any]:
     """The JSON form: runs (or groups' pooled figures), and per stage each one's figures and
     deltas against the first; with groups, how sure each delta is (group_noise)."""
@@ -90,6 +100,8 @@ def comparison(runs: list[RunFigures], groups: list[Group] | None = None,
         stage: dict[str, Any] = {"stage": name, "values": values, "deltas": deltas}
         if significance is not None:
             stage["noise"] = [None if n is None else n.get(name) for n in significance]
+        if scoped_figs is not None and any(f.get(name) for f in scoped_figs):
+            stage["scoped"] = [f.get(name) for f in scoped_figs]
         stages.append(stage)
     data: dict[str, Any] = {
         "runs": [{"title": r.title, "path": r.result.path, "run_id": r.result.run_id,
@@ -266,16 +278,24 @@ def group_power(groups: list[Group], resamples: int = RESAMPLES) -> list[dict[st
 
 # -- gates -----------------------------------------------------------------------------------
 
-_LIMIT = re.compile(r"^\s*([+-])\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(%|pp|us|µs|ms|s)\s*$")
+_LIMIT = re.compile(r"^\s*([+-])\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(%|pp|us|µs|ms|s)?\s*$")
+_SCOPED = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)\s*(?:\[(.*)\])?$")
+
+# Metrics of one backend or of the backends together (scoped.py), besides FIGURES': a gate
+# names them as `share[b3]`, `share[*]` (every backend), `fairness` (Jain's index, no scope).
+# Kind "ratio": a fraction (limits in pp or %); "index": a bare number (limits without unit).
+SCOPED_KIND = {"share": "ratio", "fairness": "index"}
+# Figures a request name or a backend has (scoped.py's `figures`): `p99[/slow]=+10%`.
+SCOPE_FIGURES = ("p50", "p90", "p99", "error_rate")
 
 
 @dataclass(frozen=True)
 class Limit:
-    """One amount a change must exceed: relative (%), in percentage points (pp) or in time
-    (us)."""
+    """One amount a change must exceed: relative (%), in percentage points (pp), in time
+    (us) or absolute ("": an index such as fairness)."""
 
     amount: float
-    unit: str             # "%", "pp" or "us"
+    unit: str             # "%", "pp", "us" or ""
 
     def change(self, base: float, value: float) -> float:
         if self.unit == "%":
@@ -291,12 +311,14 @@ class Limit:
 class Gate:
     """`metric=+10%`: fail when the metric rises (+) or falls (-) by more than the amount.
     `p99=+10%,+1ms`: by more than every amount listed, so that a relative limit on a tiny
-    baseline (10 % of 200 µs) does not fail on a change nobody would notice."""
+    baseline (10 % of 200 µs) does not fail on a change nobody would notice.
+    `metric[scope]=...`: the metric of one request name or backend (`*`: each backend)."""
 
     spec: str
     metric: str
     direction: int        # +1: an increase beyond the amounts fails; -1: a decrease
     limits: tuple[Limit, ...]
+    scope: str | None = None
 
     @property
     def amount(self) -> float:
@@ -305,6 +327,10 @@ class Gate:
     @property
     def unit(self) -> str:
         return self.limits[0].unit
+
+    @property
+    def kind(self) -> str:
+        return SCOPED_KIND.get(self.metric) or KIND[self.metric]
 
     def breached(self, base: float, value: float) -> tuple[bool, float]:
         """Whether the change exceeds every limit; the change in the first limit's unit."""
@@ -315,30 +341,56 @@ class Gate:
 
 
 def parse_gate(spec: str) -> Gate:
-    expected = ("expected METRIC=+N% or METRIC=-N% (also +Npp for error_rate, +Nms for "
-                "latency, and several limits that must all be exceeded, as in p99=+10%,+1ms), "
-                f"METRIC one of {', '.join(sorted(GATE_METRICS))}, "
-                "e.g. p99=+10%, error_rate=+0.1pp, achieved_rps=-5%")
+    expected = ("expected METRIC=+N% or METRIC=-N% (also +Npp for rates, +Nms for latency, a "
+                "bare number for fairness, and several limits that must all be exceeded, as "
+                "in p99=+10%,+1ms), METRIC one of "
+                f"{', '.join(sorted(GATE_METRICS | set(SCOPED_KIND)))}, optionally scoped to "
+                "a request name or backend in brackets, e.g. p99=+10%, error_rate=+0.1pp, "
+                "p99[/slow]=+10%, share[b3]=+5pp, share[*]=+5pp, fairness=-0.05")
     name, eq, rest = spec.partition("=")
     name = name.strip()
-    if not eq or not name:
+    match = _SCOPED.match(name)
+    if not eq or not name or not match:
         raise InputError(f"--fail-on {spec!r}: {expected}")
-    metric = GATE_ALIASES.get(name, name)
-    if metric not in GATE_METRICS:
-        raise InputError(f"--fail-on {spec!r}: unknown metric {name!r}; {expected}")
-    kind = KIND[metric]
+    bare, scope = match.group(1), match.group(2)
+    metric = GATE_ALIASES.get(bare, bare)
+    if metric not in GATE_METRICS and metric not in SCOPED_KIND:
+        raise InputError(f"--fail-on {spec!r}: unknown metric {bare!r}; {expected}")
+    if scope is not None:
+        scope = scope.strip()
+        if not scope:
+            raise InputError(f"--fail-on {spec!r}: empty scope []: name a request or a "
+                             "backend, or * for every backend")
+        if metric == "fairness":
+            raise InputError(f"--fail-on {spec!r}: fairness is over all backends; write "
+                             "fairness=-0.05 without a scope")
+        if metric not in SCOPE_FIGURES and metric != "share":
+            raise InputError(f"--fail-on {spec!r}: a request name or backend has "
+                             f"{', '.join(SCOPE_FIGURES)} and share, not {bare}")
+    elif metric == "share":
+        raise InputError(f"--fail-on {spec!r}: share needs a backend, as in share[b3]=+5pp, "
+                         "or share[*]=+5pp for every backend")
+    kind = SCOPED_KIND.get(metric) or KIND[metric]
     limits = []
     signs = set()
     for part in rest.split(","):
-        match = _LIMIT.match(part)
-        if not match:
+        limit = _LIMIT.match(part)
+        if not limit:
             raise InputError(f"--fail-on {spec!r}: {expected}")
-        sign, number, unit = match.groups()
+        sign, number, unit = limit.groups()
         signs.add(sign)
         amount = float(number)
+        if unit is None:
+            if kind != "index":
+                raise InputError(f"--fail-on {spec!r}: {part.strip()!r} needs a unit "
+                                 f"({'% or pp' if kind == 'ratio' else '% or ms'}); {expected}")
+            unit = ""
+        elif kind == "index":
+            raise InputError(f"--fail-on {spec!r}: {bare} is an index from 0 to 1; write its "
+                             "change as a bare number, e.g. fairness=-0.05")
         if unit == "pp" and kind != "ratio":
             raise InputError(f"--fail-on {spec!r}: 'pp' (percentage points) applies to "
-                             f"error_rate only; use % for {name}")
+                             f"rates and shares only; use % for {name}")
         if unit in ("us", "µs", "ms", "s"):
             if kind != "us":
                 raise InputError(f"--fail-on {spec!r}: a time ({unit}) applies to latency "
@@ -349,7 +401,7 @@ def parse_gate(spec: str) -> Gate:
     if len(signs) > 1:
         raise InputError(f"--fail-on {spec!r}: every limit of one gate goes the same way "
                          "(all + or all -)")
-    return Gate(spec.strip(), metric, 1 if "+" in signs else -1, tuple(limits))
+    return Gate(spec.strip(), metric, 1 if "+" in signs else -1, tuple(limits), scope)
 
 
 def _fmt(kind: str, value: float | None) -> str:
@@ -365,15 +417,51 @@ def _fmt(kind: str, value: float | None) -> str:
 def _fmt_change(gate: Gate, change: float) -> str:
     if gate.unit == "us":
         return ("+" if change >= 0 else "-") + format_us(abs(change))
+    if gate.unit == "":
+        return f"{change:+.3f}"
     return _pct(change, gate.unit)
 
 
+def _fmt_value(kind: str, value: float) -> str:
+    return f"{value:.3f}" if kind == "index" else _fmt(kind, value)
+
+
+def _scoped_values(gate: Gate, base: dict[str, Any] | None, run: dict[str, Any] | None
+                   ) -> list[tuple[str, float, float]]:
+    """(label, baseline value, value) for a scoped gate or a backends' metric, for each scope
+    it names that both sides have (share: a backend absent on one side has a share of 0)."""
+    if not base or not run:
+        return []
+    if gate.metric == "fairness":
+        b, v = base.get("fairness"), run.get("fairness")
+        return [] if b is None or v is None else [("fairness", b, v)]
+    if gate.metric == "share":
+        keys = (sorted(set(base["backends"]) | set(run["backends"])) if gate.scope == "*"
+                else [gate.scope] if gate.scope in base["backends"] or gate.scope in
+                run["backends"] else [])
+        return [(f"share[{k}]", base["backends"].get(k, {}).get("share", 0.0),
+                 run["backends"].get(k, {}).get("share", 0.0)) for k in keys]
+    out = []
+    for kind in ("names", "backends"):
+        keys = (sorted(set(base[kind]) & set(run[kind])) if gate.scope == "*"
+                else [gate.scope] if gate.scope in base[kind] and gate.scope in run[kind]
+                else [])
+        out += [(f"{gate.metric}[{k}]", float(base[kind][k][gate.metric]),
+                 float(run[kind][k][gate.metric])) for k in keys]
+        if out:
+            break           # a request name before a backend of the same name
+    return out
+
+
 def check_gates(runs: list[RunFigures], gates: list[Gate],
-                significance: list[dict[str, dict[str, Any]] | None] | None = None
+                significance: list[dict[str, dict[str, Any]] | None] | None = None,
+                scoped_figs: list[dict[str, dict[str, Any]]] | None = None
                 ) -> list[dict[str, Any]]:
-    """One check per gate x stage x non-baseline run, on stages the baseline also has. Where
-    `significance` has a comparison's p-values (groups of several runs a side), a gate fails
-    only when the change is beyond its limits *and* significant (p < ALPHA)."""
+    """One check per gate x stage x non-baseline run (x backend for `share[*]`), on stages the
+    baseline also has. Where `significance` has a comparison's p-values (groups of several runs
+    a side), a gate fails only when the change is beyond its limits *and* significant
+    (p < ALPHA). A scoped gate (a request name, a backend) has no significance test: its
+    change alone decides, and its message says so when groups are compared."""
     checks = []
     base = runs[0]
     for i, run in enumerate(runs[1:], 1):
@@ -383,31 +471,60 @@ def check_gates(runs: list[RunFigures], gates: list[Gate],
             if b_scope is None or r_scope is None:
                 continue
             b_values, r_values = b_scope.values(), r_scope.values()
+            where = "all stages" if name == ALL_STAGES else f"stage {name}"
             for gate in gates:
-                b, v = b_values[gate.metric], r_values[gate.metric]
-                if b is None or v is None:     # only target_rps is ever None, never gated
-                    continue
-                bad, change = gate.breached(b, v)
-                kind = KIND[gate.metric]
-                where = "all stages" if name == ALL_STAGES else f"stage {name}"
-                shown = "n/a" if change is None else _fmt_change(gate, change)
-                message = (f"{where}: {gate.metric} {shown} ({_fmt(kind, b)} -> "
-                           f"{_fmt(kind, v)}), {run.title} vs baseline {base.title}; "
-                           f"gate {gate.spec}")
-                check: dict[str, Any] = {"gate": gate.spec, "metric": gate.metric, "stage": name,
-                         "run": run.title, "baseline": base.title, "ok": not bad,
-                         "baseline_value": b, "value": v, "change": change,
-                         "unit": gate.unit, "message": message}
-                judged = judgements.get(name, {}).get(gate.metric) if judgements else None
-                if judgeable(judged):
-                    assert judged is not None
-                    sure = significant(judged)
-                    check.update(ok=not (bad and sure), p_value=judged["p"],
-                                 ci=judged["ci"], p_runs=judged.get("p_runs"),
-                                 significant=sure)
-                    check["message"] += f"; {_sureness(judged, gate.metric)}"
-                checks.append(check)
+                if gate.scope is None and gate.metric in GATE_METRICS:
+                    b, v = b_values[gate.metric], r_values[gate.metric]
+                    if b is None or v is None:     # only target_rps is ever None, never gated
+                        continue
+                    values = [(gate.metric, float(b), float(v))]
+                else:
+                    values = _scoped_values(
+                        gate, None if scoped_figs is None else scoped_figs[0].get(name),
+                        None if scoped_figs is None else scoped_figs[i].get(name))
+                for label, b, v in values:
+                    bad, change = gate.breached(b, v)
+                    shown = _fmt_change(gate, change)
+                    message = (f"{where}: {label} {shown} ({_fmt_value(gate.kind, b)} -> "
+                               f"{_fmt_value(gate.kind, v)}), {run.title} vs baseline "
+                               f"{base.title}; gate {gate.spec}")
+                    check: dict[str, Any] = {
+                        "gate": gate.spec, "metric": gate.metric, "scope": gate.scope,
+                        "figure": label, "stage": name, "run": run.title,
+                        "baseline": base.title, "ok": not bad, "baseline_value": b, "value": v,
+                        "change": change, "unit": gate.unit, "message": message}
+                    judged = (judgements.get(name, {}).get(gate.metric)
+                              if judgements and label == gate.metric else None)
+                    if judgeable(judged):
+                        assert judged is not None
+                        sure = significant(judged)
+                        check.update(ok=not (bad and sure), p_value=judged["p"],
+                                     ci=judged["ci"], p_runs=judged.get("p_runs"),
+                                     significant=sure)
+                        check["message"] += f"; {_sureness(judged, gate.metric)}"
+                    elif judgements:
+                        check["message"] += "; no significance test for this figure"
+                    checks.append(check)
+    for gate in gates:
+        if not any(c["gate"] == gate.spec for c in checks) and len(runs) > 1:
+            raise InputError(f"--fail-on {gate.spec!r}: {_missing(gate, scoped_figs)}")
     return checks
+
+
+def _missing(gate: Gate, scoped_figs: list[dict[str, dict[str, Any]]] | None) -> str:
+    """Why a gate found nothing to judge: the names and backends the runs do have."""
+    names: set[str] = set()
+    backends: set[str] = set()
+    for per_stage in scoped_figs or []:
+        for fig in per_stage.values():
+            names |= set(fig["names"])
+            backends |= set(fig["backends"])
+    if gate.metric in ("share", "fairness") and not backends:
+        return ("no run has backend figures (run with --backend-header NAME, the response "
+                "header that names the backend)")
+    return (f"no request name or backend {gate.scope!r} in both the baseline and a compared "
+            f"run (names: {', '.join(sorted(names)) or 'none'}; backends: "
+            f"{', '.join(sorted(backends)) or 'none'})")
 
 
 def significant(judged: dict[str, Any]) -> bool:

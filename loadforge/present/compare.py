@@ -62,6 +62,70 @@ def _cells(data: dict[str, Any], stage: dict[str, Any]) -> list[list[str]]:
                 deltas = stage["deltas"][i]
                 row.append(_delta_text(kind, None if deltas is None else deltas[key]))
         rows.append(row)
+    return rows + scoped_cells(stage)
+
+
+# (key, label, kind) of a request name's or a backend's figures (analysis/scoped.py).
+SCOPE_FIGURES = (("requests", "requests", "count"), ("error_rate", "error rate", "ratio"),
+                 ("p50", "p50", "us"), ("p99", "p99", "us"))
+
+
+def _scoped_text(kind: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if kind == "count":
+        return f"{value:,.0f}"
+    if kind == "index":
+        return f"{value:.3f}"
+    return _fmt(kind, value)
+
+
+def _scoped_delta(kind: str, base: float | None, value: float | None) -> str:
+    if base is None or value is None:
+        return ""
+    if kind == "index":
+        return f"{value - base:+.3f}"
+    if kind == "ratio":
+        return _pct((value - base) * 100, "pp")
+    if base == 0:
+        return "" if value == 0 else "+inf%"
+    return _pct((value - base) / base * 100)
+
+
+def scoped_cells(stage: dict[str, Any]) -> list[list[str]]:
+    """Rows per backend (share, then its figures), the backends' fairness, and per request
+    name, each with its value per run and Δ against the baseline: "" where none is."""
+    per_run = stage.get("scoped")
+    if not per_run:
+        return []
+    rows: list[list[str]] = []
+
+    def add(label: str, kind: str, get: Any) -> None:
+        values = [None if f is None else get(f) for f in per_run]
+        row = [label]
+        for i, v in enumerate(values):
+            row.append(_scoped_text(kind, v))
+            if i:
+                row.append(_scoped_delta(kind, values[0], v))
+        rows.append(row)
+
+    backends = sorted({b for f in per_run if f for b in f["backends"]})
+    for b in backends:
+        add(f"backend {b} share", "ratio",
+            lambda f, b=b: f["backends"].get(b, {}).get("share", 0.0))
+        for key, label, kind in SCOPE_FIGURES:
+            add(f"backend {b} {label}", kind,
+                lambda f, b=b, key=key: f["backends"].get(b, {}).get(key))
+    if backends:
+        add("fairness (Jain)", "index", lambda f: f.get("fairness"))
+    # A name nothing ran under in any run (an empty step:other) has no row.
+    names = [n for n in dict.fromkeys(n for f in per_run if f for n in f["names"])
+             if any(f and (f["names"].get(n, {}).get("requests") or
+                           f["names"].get(n, {}).get("errors")) for f in per_run)]
+    if len(names) > 1:
+        for n in names:
+            for key, label, kind in SCOPE_FIGURES:
+                add(f"{n} {label}", kind, lambda f, n=n, key=key: f["names"].get(n, {}).get(key))
     return rows
 
 

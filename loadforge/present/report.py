@@ -148,7 +148,8 @@ def report_data(runs: list[RunFigures], group_by: list[str] | None = None,
         figures = [g.pooled for g in groups]
         significance = compare.group_noise(groups, compare.stage_names(figures))
     if len(figures) > 1:
-        data["comparison"] = compare.comparison(figures, groups, significance)
+        data["comparison"] = compare.comparison(figures, groups, significance,
+                                                compare.scoped_figures(figures, groups))
     if len(runs) > 2:
         data["trend"] = _trend(runs)
     return data
