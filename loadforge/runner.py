@@ -133,6 +133,8 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
         "profile_path": plan.path, "target": redact_url(target.url), "engine": "cython-epoll", "workers": str(workers),
         "connections": str(plan.connections),
         "http": plan.http,
+        # What counted as an error, so that a later default never re-judges this run.
+        "fail_status": list(plan.fail_status),
         **({"streams": str(plan.streams)} if plan.http == "2" else {}),
         "stages": [{"name": s.name, "duration_s": s.duration_s, "rate_from": s.rate_from,
                     "rate_to": s.rate_to, "concurrency": s.concurrency, "think_s": s.think_s}

@@ -447,7 +447,9 @@ def _scoped_values(gate: Gate, base: dict[str, Any] | None, run: dict[str, Any] 
                 else [gate.scope] if gate.scope in base[kind] and gate.scope in run[kind]
                 else [])
         out += [(f"{gate.metric}[{k}]", float(base[kind][k][gate.metric]),
-                 float(run[kind][k][gate.metric])) for k in keys]
+                 float(run[kind][k][gate.metric])) for k in keys
+                if base[kind][k][gate.metric] is not None
+                and run[kind][k][gate.metric] is not None]
         if out:
             break           # a request name before a backend of the same name
     return out

@@ -34,11 +34,12 @@ class _Tally:
         self.errors += other.errors
         histogram.merge(self.latency, other.latency)
 
-    def figures(self) -> dict[str, float | int]:
-        stats = histogram.stats(self.latency)
+    def figures(self) -> dict[str, float | int | None]:
+        """Latency None without a successful response (nothing to take a percentile of)."""
+        stats = histogram.stats(self.latency) if self.latency.total_count else {}
         return {"requests": self.responses, "errors": self.errors,
                 "error_rate": self.errors / self.sent if self.sent else 0.0,
-                "p50": stats["p50"], "p90": stats["p90"], "p99": stats["p99"]}
+                "p50": stats.get("p50"), "p90": stats.get("p90"), "p99": stats.get("p99")}
 
 
 # stage -> ("name" | "backend") -> key -> tally
@@ -96,7 +97,7 @@ def figures(t: Tallies) -> dict[str, dict[str, Any]]:
         for k, v in sorted(kinds["backend"].items()):
             backends[k] = {**v.figures(),
                            "share": v.responses / attributed if attributed else 0.0}
-        shares = [b["share"] for b in backends.values()]
+        shares = [float(b["share"] or 0.0) for b in backends.values()]
         out[stage] = {"names": names, "backends": backends,
                       "fairness": jain_index(shares) if backends else None}
     return out
