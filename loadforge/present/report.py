@@ -120,7 +120,28 @@ def _run_series(run: RunFigures) -> dict[str, Any]:
                      if whole.outcomes.get(outcome, 0) or outcome not in HTTP2_ERROR_KINDS},
         "requests_by_name": {name: name_block(*entry) for name, entry in whole.by_name.items()},
         "slo": _verdicts(result),
+        "backends": _backends(run),
+        "flows": _flows(result),
     }
+
+
+def _backends(run: RunFigures) -> dict[str, Any]:
+    """Per stage and for the run ("*"): each backend's share, p50/p99 and error rate, and
+    Jain's fairness of the shares; {} for a run without --backend-header."""
+    from loadforge.analysis import scoped
+
+    per_stage = scoped.figures(scoped.tallies(run))
+    return {stage: {"backends": fig["backends"], "fairness": fig["fairness"]}
+            for stage, fig in per_stage.items() if fig["backends"]}
+
+
+def _flows(result: Result) -> dict[str, Any] | None:
+    """The scripted flows' checks and failures, as the run recorded them (metadata)."""
+    try:
+        flows = json.loads(result.metadata.get("flows") or "null")
+    except ValueError:
+        return None
+    return flows if isinstance(flows, dict) else None
 
 
 def _verdicts(result: Result) -> list[dict[str, Any]]:

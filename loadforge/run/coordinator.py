@@ -514,6 +514,7 @@ class Aggregator:
         # {"flow|ExceptionType": count}, the whole run's so far.
         self.checks: dict[str, list[int]] = {}
         self.flow_errors: dict[str, int] = {}
+        self.flow_samples: dict[str, str] = {}
         # Request indices of flows' own rows ("flow:<name>"): named rows only, never part of
         # the stage's and the run's totals and headline latency, which are the steps'.
         self.flow_requests = frozenset(
@@ -526,14 +527,17 @@ class Aggregator:
         passed = sum(p for p, _ in self.checks.values())
         failed = sum(f for _, f in self.checks.values())
         errors: dict[str, dict[str, int]] = {}
+        samples: dict[str, dict[str, str]] = {}
         for key, n in sorted(self.flow_errors.items()):
             flow, _, kind = key.partition("|")
             errors.setdefault(flow, {})[kind] = n
+            if key in self.flow_samples:
+                samples.setdefault(flow, {})[kind] = self.flow_samples[key]
         return {"checks": {name: {"passed": p, "failed": f}
                            for name, (p, f) in sorted(self.checks.items())},
                 "checks_passed": passed, "checks_failed": failed,
                 "checks_rate": round(passed / (passed + failed), 6) if passed + failed else None,
-                "failed_flows": errors}
+                "failed_flows": errors, "failed_flow_samples": samples}
 
     def add(self, report: Any) -> None:
         if self.t0_ns and not report.final:
@@ -551,6 +555,9 @@ class Aggregator:
         if report.flow_errors:
             for key, n in report.flow_errors.items():
                 self.flow_errors[key] = self.flow_errors.get(key, 0) + n
+        if report.flow_samples:
+            for key, message in report.flow_samples.items():
+                self.flow_samples.setdefault(key, message)
         if report.final:
             self.final_index[report.worker] = report.index
         merged = False

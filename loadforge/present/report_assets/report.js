@@ -286,6 +286,56 @@
     table(["run", "request", "responses", "errors", "p50", "p90", "p99"], rows, "names");
   }
 
+  // Scripted flows: each check's passed / failed, failed flows by exception with a sample.
+  function checksTable(runs) {
+    var rows = [];
+    runs.forEach(function (r, i) {
+      var f = r.flows;
+      if (!f) return;
+      Object.keys(f.checks || {}).forEach(function (name) {
+        var c = f.checks[name], total = c.passed + c.failed;
+        rows.push([runCell(r, i), "check", esc(name),
+                   "<span class=\"" + (c.failed ? "fail" : "pass") + "\">" + fmtCount(c.passed) +
+                   " / " + fmtCount(c.failed) + "</span>",
+                   total ? +(c.passed / total * 100).toPrecision(3) + "% passed" : ""]);
+      });
+      var samples = f.failed_flow_samples || {};
+      Object.keys(f.failed_flows || {}).forEach(function (flow) {
+        Object.keys(f.failed_flows[flow]).forEach(function (kind) {
+          var sample = (samples[flow] || {})[kind];
+          rows.push([runCell(r, i), "failed flow", esc(flow),
+                     "<span class=\"fail\">" + fmtCount(f.failed_flows[flow][kind]) + " " +
+                     esc(kind) + "</span>", sample ? esc(sample) : ""]);
+        });
+      });
+    });
+    if (!rows.length) return false;
+    table(["run", "what", "name", "passed / failed", "rate or sample"], rows, "checks");
+    return true;
+  }
+
+  // Backend attribution (--backend-header): share, latency and errors per backend.
+  function backendsTable(runs) {
+    var rows = [];
+    runs.forEach(function (r, i) {
+      Object.keys(r.backends || {}).forEach(function (stage) {
+        var s = r.backends[stage];
+        Object.keys(s.backends).forEach(function (b) {
+          var x = s.backends[b];
+          rows.push([runCell(r, i), esc(stage === "all" ? "all stages" : stage), esc(b),
+                     +(x.share * 100).toPrecision(3) + "%", fmtCount(x.requests),
+                     +(x.error_rate * 100).toPrecision(3) + "%",
+                     x.p50 ? fmtUs(x.p50) : "-", x.p99 ? fmtUs(x.p99) : "-",
+                     s.fairness === null ? "-" : s.fairness.toFixed(3)]);
+        });
+      });
+    });
+    if (!rows.length) return false;
+    table(["run", "stage", "backend", "share", "responses", "error rate", "p50", "p99",
+           "fairness (Jain)"], rows, "backends");
+    return true;
+  }
+
   var FIGURES = [["target_rps", "target rps", "rps"], ["achieved_rps", "achieved rps", "rps"],
                  ["error_rate", "error rate", "ratio"], ["p50", "p50", "us"], ["p90", "p90", "us"],
                  ["p99", "p99", "us"], ["p999", "p99.9", "us"], ["max", "max", "us"],
@@ -293,6 +343,7 @@
   function fmtFigure(kind, v) {
     if (v === null || v === undefined) return "-";
     if (kind === "ratio") return +(v * 100).toPrecision(3) + "%";
+    if (kind === "index") return v.toFixed(3);
     return kind === "us" ? fmtUs(v) : fmtNum(v);
   }
   // A change as people read it: +4.5%, +120%, +11,000% (never 1.1e+4), as compare prints it.
@@ -302,6 +353,40 @@
     return (v >= 0 ? "+" : "") + body + unit;
   }
   function fmtPct(x) { return fmtChange(x * 100, "%"); }
+
+  // Rows of compare's `scoped` figures: [key, label, kind, get(scoped of one run)].
+  function scopedFigures(stage) {
+    if (!stage.scoped) return [];
+    var out = [], backends = {}, names = {};
+    stage.scoped.forEach(function (f) {
+      if (!f) return;
+      Object.keys(f.backends).forEach(function (b) { backends[b] = 1; });
+      Object.keys(f.names).forEach(function (n) {
+        if (f.names[n].requests || f.names[n].errors) names[n] = 1;
+      });
+    });
+    var per = function (what, key, k) {
+      return function (f) { return (f[what][key] || {})[k]; };
+    };
+    Object.keys(backends).sort().forEach(function (b) {
+      out.push(["", "backend " + b + " share", "ratio",
+                function (f) { return (f.backends[b] || { share: 0 }).share; }]);
+      out.push(["", "backend " + b + " error rate", "ratio", per("backends", b, "error_rate")]);
+      out.push(["", "backend " + b + " p50", "us", per("backends", b, "p50")]);
+      out.push(["", "backend " + b + " p99", "us", per("backends", b, "p99")]);
+    });
+    if (Object.keys(backends).length) {
+      out.push(["", "fairness (Jain)", "index", function (f) { return f.fairness; }]);
+    }
+    if (Object.keys(names).length > 1) {
+      Object.keys(names).forEach(function (n) {
+        out.push(["", n + " error rate", "ratio", per("names", n, "error_rate")]);
+        out.push(["", n + " p50", "us", per("names", n, "p50")]);
+        out.push(["", n + " p99", "us", per("names", n, "p99")]);
+      });
+    }
+    return out;
+  }
 
   // compare's JSON (stages with values, deltas and, for groups, noise): one table per stage.
   function comparisonTables(cmp) {
@@ -315,9 +400,20 @@
       p.className = "note";
       p.textContent = stage.stage === "all" ? "all stages" : "stage " + stage.stage;
       document.getElementById("report").appendChild(p);
-      var rows = FIGURES.map(function (f) {
+      var rows = FIGURES.concat(scopedFigures(stage)).map(function (f) {
         var row = [esc(f[1])];
         stage.values.forEach(function (v, i) {
+          if (f[3]) {           // a backend's or a request name's figure: get(scoped figures)
+            var sv = stage.scoped[i] ? f[3](stage.scoped[i]) : null;
+            row.push(esc(fmtFigure(f[2], sv)));
+            if (!i) return;
+            var sb = stage.scoped[0] ? f[3](stage.scoped[0]) : null;
+            row.push(sv === null || sv === undefined || sb === null || sb === undefined ? "" :
+              esc(f[2] === "ratio" ? fmtChange((sv - sb) * 100, "pp") :
+                  f[2] === "index" ? (sv - sb >= 0 ? "+" : "") + (sv - sb).toFixed(3) :
+                  sb ? fmtPct((sv - sb) / sb) : ""));
+            return;
+          }
           row.push(esc(fmtFigure(f[2], v ? v[f[0]] : null)));
           if (!i) return;
           var d = stage.deltas[i] ? stage.deltas[i][f[0]] : null;
@@ -368,6 +464,14 @@
   outcomesTable(runs);
   section("Requests by name");
   namesTable(runs);
+  if (runs.some(function (r) { return r.flows; })) {
+    section("Flows: checks and failures");
+    checksTable(runs);
+  }
+  if (runs.some(function (r) { return Object.keys(r.backends || {}).length; })) {
+    section("Backends");
+    backendsTable(runs);
+  }
   if (data.comparison) {
     section("Comparison");
     comparisonTables(data.comparison);
