@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -231,3 +232,13 @@ def test_share_gates_pass_round_robin_and_fail_a_weight_change(haproxy: HAProxy,
                               files[2], "--fail-on", "share[b9]=+5pp"],
                              capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert missing.returncode == 2 and "b9" in missing.stderr and "s3" in missing.stderr
+    html = tmp_path / "r.html"
+    report = subprocess.run([sys.executable, "-m", "loadforge.cli", "report", files[0],
+                             files[2], "--html", str(html)], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)
+    assert report.returncode == 0, report.stderr
+    data = json.loads(re.search(r'id="report-data">(.*?)</script>', html.read_text(),
+                                re.S)[1])
+    assert data["runs"][1]["backends"]["all"]["backends"]["s3"]["share"] == pytest.approx(
+        0.6, abs=0.03)
+    assert data["comparison"]["stages"][0]["scoped"][1]["fairness"] < 0.95

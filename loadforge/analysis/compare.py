@@ -408,7 +408,7 @@ def _fmt(kind: str, value: float | None) -> str:
     if value is None:
         return "-"
     if kind == "rps":
-        return f"{value:.1f}" if value < 1000 else f"{value:,.0f}"
+        return f"{value:.1f}" if value < 999.95 else f"{value:,.0f}"
     if kind == "ratio":
         return f"{value * 100:.3g}%"
     return format_us(value)

@@ -115,6 +115,7 @@ def _run_series(run: RunFigures) -> dict[str, Any]:
         "stages": [s.name for s in run.stages],
         "spectra": spectra,
         "summary": summary,
+        "unsent": int(whole.unsent),
         # HTTP/2's stream-level kinds are listed when they happened
         "outcomes": {outcome: whole.outcomes.get(outcome, 0) for outcome in OUTCOMES
                      if whole.outcomes.get(outcome, 0) or outcome not in HTTP2_ERROR_KINDS},

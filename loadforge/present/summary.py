@@ -66,7 +66,7 @@ def _render_tls(tls: dict[str, Any] | None, c: dict[str, Any], console: Console)
 
 
 def _format_rps(rps: float) -> str:
-    return f"{rps:.1f}" if rps < 1000 else f"{rps:,.0f}"
+    return f"{rps:.1f}" if rps < 999.95 else f"{rps:,.0f}"    # never 1000.0 beside 1,000
 
 
 def _format_slo_value(name: str, value: Any, unit: str | None) -> str:

@@ -739,6 +739,10 @@ class Aggregator:
         return rows
 
     def _show(self, index: int, interval_all: list[Any]) -> None:
+        if index * self.interval_s >= self.plan.duration_s - 1e-9 and not interval_all[1]:
+            # An interval after the schedule's end that saw no response (the wait for the
+            # last ones): "rps 0/0 p50 0µs" would be the last frame people see. Keep the last.
+            return
         t = (index + 0.5) * self.interval_s
         window = next((w for w in self.windows if w.start_s <= t < w.end_s), self.windows[-1])
         stage = window.stage.name

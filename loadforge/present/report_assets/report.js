@@ -17,6 +17,15 @@
   var KIND_DASH = [[], [7, 3], [2, 3], [9, 3, 2, 3], [4, 4]];
   var W = 1240, H = 330, PAD = { l: 70, r: 44, t: 14, b: 40 };
 
+  // A run's colour: the palette's eight, then hues a golden angle apart, so that the ninth
+  // run never repeats the first.
+  function runColor(i) {
+    if (i < PALETTE.length) return PALETTE[i];
+    return "hsl(" + Math.round((i * 137.508) % 360) + ", 70%, " + (i % 2 ? 38 : 50) + "%)";
+  }
+  // One run: each percentile its own colour (and dash); several: the run's colour, dashed.
+  var PCT_COLORS = { p50: "#1f77b4", p90: "#2ca02c", p99: "#ff7f0e", max: "#d62728" };
+
   function fmtUs(v) {
     if (v < 1000) return Math.round(v) + "\u00b5s";
     if (v < 1e6) return +(v / 1e3).toPrecision(3) + "ms";
@@ -202,14 +211,16 @@
     var table = document.createElement("table");
     table.className = "runs";
     var head = "<tr><th>run</th><th>started</th><th>target</th><th>target rps</th>" +
-      "<th>achieved rps</th><th>error rate</th><th>p50</th><th>p99</th><th>max</th></tr>";
+      "<th>achieved rps</th><th>unsent</th><th>error rate</th><th>p50</th><th>p99</th>" +
+      "<th>max</th></tr>";
     var rows = runs.map(function (r, i) {
       var s = r.summary.all || {};
       var esc = function (t) { var d = document.createElement("div"); d.textContent = t; return d.innerHTML; };
-      return "<tr><td><i class=\"swatch\" style=\"background:" + PALETTE[i % PALETTE.length] +
+      return "<tr><td><i class=\"swatch\" style=\"background:" + runColor(i) +
         "\"></i>" + esc(r.title) + "</td><td>" + esc(r.start_time) + "</td><td>" + esc(r.target) +
         "</td><td>" + (s.target_rps === null || s.target_rps === undefined ? "-" : fmtNum(s.target_rps)) +
         "</td><td>" + fmtNum(s.achieved_rps || 0) +
+        "</td><td" + (r.unsent ? " class=\"fail\"" : "") + ">" + fmtCount(r.unsent) +
         "</td><td>" + +((s.error_rate || 0) * 100).toPrecision(3) + "%</td><td>" +
         fmtUs(s.p50 || 0) + "</td><td>" + fmtUs(s.p99 || 0) + "</td><td>" + fmtUs(s.max || 0) +
         "</td></tr>";
@@ -233,7 +244,7 @@
     return t;
   }
   function runCell(r, i) {
-    return "<i class=\"swatch\" style=\"background:" + PALETTE[i % PALETTE.length] + "\"></i>" + esc(r.title);
+    return "<i class=\"swatch\" style=\"background:" + runColor(i) + "\"></i>" + esc(r.title);
   }
   function fmtObserved(v, unit) {
     if (v === null || v === undefined) return "no data";
@@ -447,7 +458,7 @@
 
   var data = JSON.parse(document.getElementById("report-data").textContent);
   var runs = data.runs, many = runs.length > 1, ready = 0;
-  var color = function (i) { return PALETTE[i % PALETTE.length]; };
+  var color = runColor;
   var prefix = function (r) { return many ? r.title + " " : ""; };
   var marks = (runs[0].stage_marks || []).map(function (m) { return { x: m.t, name: m.name }; });
 
@@ -509,7 +520,8 @@
   var lat = [];
   runs.forEach(function (r, i) {
     ["p50", "p90", "p99", "max"].forEach(function (k) {
-      lat.push({ name: prefix(r) + k, color: color(i), dash: DASH[k], points: zip(r.t, r.latency_us[k]) });
+      lat.push({ name: prefix(r) + k, color: many ? color(i) : PCT_COLORS[k], dash: DASH[k],
+                 points: zip(r.t, r.latency_us[k]) });
     });
   });
   if (chart({ title: "Latency percentiles over time (successful responses, from intended send time)", xLabel: "time since start",
