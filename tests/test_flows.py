@@ -518,6 +518,12 @@ def test_checks_and_failed_flows_where_people_look(server, tmp_path):
         page = f.read()
     data = json.loads(re.search(r'id="report-data">(.*?)</script>', page, re.S)[1])
     assert data["runs"][0]["flows"]["checks"]["anon cart"] == {"passed": 0, "failed": 10}
+    compared = subprocess.run([sys.executable, "-m", "loadforge.cli", "compare",
+                               summary["result"], summary["result"]], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert compared.returncode == 0, compared.stderr
+    assert "✗ check anon cart:" in compared.stdout and "0 / 10" in compared.stdout
+    assert "✗ flow anonymous failed with ValueError:" in compared.stdout
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium:
         with tempfile.TemporaryDirectory() as profile_dir:

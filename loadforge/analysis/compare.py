@@ -7,6 +7,7 @@ file), never from the stored percentile columns of other scopes or from averagin
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -112,6 +113,10 @@ def comparison(runs: list[RunFigures], groups: list[Group] | None = None,
         "delta_units": {k: ("pp" if kind == "ratio" else "%") for k, _, kind in FIGURES},
         "stages": stages,
     }
+    members = [[r] for r in runs] if groups is None else [g.runs for g in groups]
+    flows = [flow_checks(m) for m in members]
+    if any(flows):
+        data["flows"] = flows
     notes = condition_notes(runs if groups is None else [r for g in groups for r in g.runs])
     if notes:
         data["notes"] = notes
@@ -123,6 +128,30 @@ def comparison(runs: list[RunFigures], groups: list[Group] | None = None,
         for g, power in zip(data["groups"], group_power(groups), strict=True):
             g["power"] = power
     return data
+
+
+def flow_checks(runs: list[RunFigures]) -> dict[str, Any] | None:
+    """The scripted flows' checks {name: {passed, failed}} and failed flows {flow: {type: n}}
+    of these runs together, as they recorded them (metadata `flows`); None without flows."""
+    checks: dict[str, dict[str, int]] = {}
+    failed: dict[str, dict[str, int]] = {}
+    seen = False
+    for run in runs:
+        try:
+            flows = json.loads(run.result.metadata.get("flows") or "null")
+        except ValueError:
+            continue
+        if not isinstance(flows, dict):
+            continue
+        seen = True
+        for name, c in (flows.get("checks") or {}).items():
+            into = checks.setdefault(name, {"passed": 0, "failed": 0})
+            into["passed"] += int(c.get("passed", 0))
+            into["failed"] += int(c.get("failed", 0))
+        for flow, kinds in (flows.get("failed_flows") or {}).items():
+            for kind, n in kinds.items():
+                failed.setdefault(flow, {})[kind] = failed.get(flow, {}).get(kind, 0) + int(n)
+    return {"checks": checks, "failed_flows": failed} if seen else None
 
 
 def condition_notes(runs: list[RunFigures]) -> list[str]:

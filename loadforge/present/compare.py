@@ -22,6 +22,31 @@ from loadforge.analysis.compare import (
 from loadforge.present.text import fits, print_table
 
 
+def flow_lines(data: dict[str, Any]) -> list[str]:
+    """Per check and per failed flow type: passed / failed in each run, baseline first."""
+    flows = data.get("flows")
+    if not flows:
+        return []
+    titles = [r["title"] for r in data["runs"]]
+    lines = []
+    names = list(dict.fromkeys(n for f in flows if f for n in f["checks"]))
+    for name in names:
+        cells = []
+        for title, f in zip(titles, flows, strict=True):
+            c = (f or {}).get("checks", {}).get(name)
+            cells.append(f"{title} " + ("-" if c is None else
+                                        f"{c['passed']:,} / {c['failed']:,}"))
+        failed = any(((f or {}).get("checks", {}).get(name) or {}).get("failed") for f in flows)
+        lines.append(f"{'✗' if failed else '✓'} check {name}: " + "; ".join(cells))
+    kinds = list(dict.fromkeys((flow, kind) for f in flows if f
+                               for flow, ks in f["failed_flows"].items() for kind in ks))
+    for flow, kind in kinds:
+        cells = [f"{title} {((f or {}).get('failed_flows', {}).get(flow) or {}).get(kind, 0):,}"
+                 for title, f in zip(titles, flows, strict=True)]
+        lines.append(f"✗ flow {flow} failed with {kind}: " + "; ".join(cells))
+    return lines
+
+
 def power_lines(data: dict[str, Any]) -> list[str]:
     """Per compared group, what its test can detect with the runs it has (one line)."""
     return [f"{g['title']}: {g['power']['line']}" for g in data.get("groups") or []
@@ -156,6 +181,8 @@ def render_table(data: dict[str, Any], console: Console) -> None:
         print_table(console, table)
         for line in noise_lines(data, stage):
             console.print(Text("  " + line), overflow="fold")
+    for line in flow_lines(data):
+        console.print(Text(line), overflow="fold")
     if data.get("groups") is None and len(data["runs"]) > 1:
         console.print(Text("one run on a side: no noise estimate; gates judge the change alone "
                            "(--group-by with several runs a side tests significance)"),
@@ -206,6 +233,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines = noise_lines(data, stage)
         if lines:
             out += [f"- {markdown_text(line)}" for line in lines] + [""]
+    flows = flow_lines(data)
+    if flows:
+        out += [f"- {markdown_text(line)}" for line in flows] + [""]
     return "\n".join(out)
 
 
