@@ -277,6 +277,8 @@ def test_4xx_fails_by_default_and_a_bare_rate_is_refused(tmp_path: Path) -> None
         assert summary["status"]["4xx"] == summary["errors"] == 200
         assert [v["ok"] for v in summary["slo"]] == [False]
         assert "returned 401" in out.stderr and 'load.fail_status = ["5xx"]' in out.stderr
+        # The wait for late responses after the schedule is no progress frame of its own.
+        assert "rps 0/0" not in out.stdout + out.stderr
         bare = loadforge("run", "--target", server.url + "/private", "--rate", "10",
                          "--duration", "1s", "--slo", "error_rate=1")
         assert bare.returncode == 2
