@@ -195,20 +195,30 @@ def test_three_runs_a_side_on_nginx_identical_pass_and_20ms_slower_fails(tmp_pat
                           main=f"load_module {ECHO_MODULE};")
     try:
         out = tmp_path / "results"
-        for build, path in (("base", "/"), ("same", "/"), ("slow", "/slow")):
-            done = loadforge("run", "--target", server.url + path, "--rate", "100",
-                             "--duration", "2s", "--repeat", "3", "--workers", "1",
-                             "--label", f"build={build}", "--quiet", "--out", str(out / build))
-            assert done.returncode == 0, done.stderr
+        # Interleaved, as benchmarks/nginx_gates.py runs them: a burst of load from elsewhere
+        # on the machine then hits every group alike instead of looking like a change.
+        for i in range(3):
+            for build, path in (("base", "/"), ("same", "/"), ("slow", "/slow")):
+                done = loadforge("run", "--target", server.url + path, "--rate", "100",
+                                 "--duration", "2s", "--workers", "1", "--label",
+                                 f"build={build}", "--label", f"repeat={i}", "--quiet",
+                                 "--out", str(out / build))
+                assert done.returncode == 0, done.stderr
     finally:
         server.stop()
-    gates = ("--fail-on", "p50=+10%", "--fail-on", "p99=+10%")
+    # With absolute guards, as the README advises: a busy machine moves a 150 µs p50 by tens
+    # of percent without anyone noticing; 20 ms is beyond any of them. Not p99: with 200
+    # requests a run it is the second slowest request, and one stall of the shared test
+    # machine in each of a group's runs moves it by milliseconds (a real, if unwanted,
+    # difference between the groups, which the bootstrap rightly finds).
+    gates = ("--fail-on", "p50=+10%,+1ms", "--fail-on", "p90=+10%,+5ms")
     code, data = compare_json(str(out / "base"), str(out / "same"), "--group-by", "build",
                               "--baseline", "build=base", *gates)
     assert code == 0, [c["message"] for c in data["gates"]]
     code, data = compare_json(str(out / "base"), str(out / "slow"), "--group-by", "build",
                               "--baseline", "build=base", *gates)
     assert code == 1
-    for check in data["gates"]:
-        assert not check["ok"] and check["p_value"] < 0.05 and check["p_runs"] >= 0.1
-        assert check["ci"][0] > 0, check["message"]
+    (p50,) = [c for c in data["gates"] if c["metric"] == "p50"]
+    assert not p50["ok"] and p50["p_value"] < 0.05 and p50["p_runs"] >= 0.1
+    assert p50["ci"][0] > 1, p50["message"]                 # more than twice as slow
+    assert all("p_value" in c and "ci" in c for c in data["gates"])
