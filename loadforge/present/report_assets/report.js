@@ -289,6 +289,7 @@
     runs.forEach(function (r, i) {
       Object.keys(r.requests_by_name || {}).forEach(function (name) {
         var n = r.requests_by_name[name], lat = n.latency_us || {};
+        if (!n.requests && !n.errors) return;      // a name nothing ran under (step:other)
         rows.push([runCell(r, i), esc(name), fmtCount(n.requests), fmtCount(n.errors),
                    lat.p50 ? fmtUs(lat.p50) : "-", lat.p90 ? fmtUs(lat.p90) : "-",
                    lat.p99 ? fmtUs(lat.p99) : "-"]);
