@@ -503,7 +503,7 @@ def test_checks_and_failed_flows_where_people_look(server, tmp_path):
     assert re.search(r"✗ anon cart\s+0 / 10", text), text
     assert re.search(r"✓ cart has items\s+30 / 0", text), text
     assert "flow anonymous failed 10× with ValueError: no cart without a token" in text
-    assert "flows: 30 completed, 10 failed" in text
+    assert "flows: 40 scheduled, 30 completed, 10 failed" in text and "70 step" in text
     assert "step:other" not in text
     with open(summary_path) as f:
         summary = json.load(f)

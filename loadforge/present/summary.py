@@ -278,8 +278,10 @@ def _render_checks(summary: dict[str, Any], console: Console) -> None:
         failed = sum(int(e.get("errors", 0)) for e in runs.values())
         steps = sum(int(e.get("requests", 0)) for n, e in by_name.items()
                     if not n.startswith("flow:"))
-        console.print(Text(f"flows: {done:,} completed, {failed:,} failed (their {steps:,} "
-                           "step requests are the requests above)"), soft_wrap=True)
+        scheduled = int(summary.get("scheduled", 0))
+        console.print(Text(f"flows: {scheduled:,} scheduled, {done:,} completed, {failed:,} "
+                           f"failed; completed and achieved/s above count their {steps:,} step "
+                           "requests"), soft_wrap=True)
     checks = flows.get("checks") or {}
     if checks:
         console.print(Text("checks", style="bold"))
