@@ -123,6 +123,7 @@ def _run_series(run: RunFigures) -> dict[str, Any]:
         "slo": _verdicts(result),
         "backends": _backends(run),
         "flows": _flows(result),
+        "replicas": _replicas(result),
     }
 
 
@@ -143,6 +144,21 @@ def _flows(result: Result) -> dict[str, Any] | None:
     except ValueError:
         return None
     return flows if isinstance(flows, dict) else None
+
+
+def _replicas(result: Result) -> list[dict[str, Any]]:
+    """The replica counts over time (a sandbox rehearsal's polled metrics, a simulation's
+    modelled ones: asked for and ready), for the chart beside latency; [] when none."""
+    from loadforge.analysis import backends
+    from loadforge.observe import pollers
+
+    series = backends.metric_series(result)
+    out = []
+    for name in pollers.REPLICA_METRICS:
+        points = [[t / 1000, v] for t, v in series.get(name, []) if v is not None]
+        if points:
+            out.append({"metric": name, "points": points})
+    return out
 
 
 def _verdicts(result: Result) -> list[dict[str, Any]]:
