@@ -124,7 +124,7 @@ def main() -> None:
     n = a.comparisons
     print(f"gate {a.gate}, {a.runs} runs a side, {n} comparisons, "
           f"runs of {a.duration} at {a.rate}/s against 1.0 ms vs 1.1 ms:")
-    print(f"  groups (U test + bootstrap): detected {counts['found']}/{n}, "
+    print(f"  groups (hierarchical bootstrap):detected {counts['found']}/{n}, "
           f"false alarms {counts['false']}/{n}")
     print(f"  one run a side:              detected {counts['found1']}/{n}, "
           f"false alarms {counts['false1']}/{n}")

@@ -462,9 +462,13 @@ def _print_how_it_ended(outcome: Any, planned_s: float, console: Console) -> Non
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]),
               default="table", show_default=True, help="Output format.")
-@click.option("--fail-on", "fail_on", multiple=True, metavar="METRIC=±N(%|pp|ms)",
+@click.option("--fail-on", "fail_on", multiple=True,
+              metavar="METRIC[SCOPE]=±N(%|pp|us|ms|s)[,±N…]",
               help="Regression gate against the first (baseline) run, e.g. p99=+10%, "
-              "error_rate=+0.1pp, achieved_rps=-5% (repeatable). A breach exits 1.")
+              "error_rate=+0.1pp, achieved_rps=-5%, p99=+10%,+1ms; of one request name or "
+              "backend: p99[/slow]=+10%, share[b3]=+5pp, share[*]=+5pp (every backend); "
+              "fairness=-0.05 (Jain's index of the backends' shares); scaling verdicts: "
+              "time_to_recover=+20s, peak_replicas=+1. Repeatable; a breach exits 1.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False),
               help="Write the gate checks as JUnit XML.")
 @click.option("--group-by", "group_by", multiple=True, metavar="LABEL",
@@ -497,8 +501,9 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     if len(figures) < 2 and (gates or scaling_gates):
         what = "groups" if group_by else "runs"
         raise InputError(f"compare --fail-on: needs at least two {what}, got {len(figures)}")
-    data = cmp.comparison(figures, groups, significance)
-    checks = cmp.check_gates(figures, gates, significance)
+    scoped_figs = cmp.scoped_figures(figures, groups)
+    data = cmp.comparison(figures, groups, significance, scoped_figs)
+    checks = cmp.check_gates(figures, gates, significance, scoped_figs)
     # Scaling verdicts (time to recover, replicas, ...), per run: not pooled over groups.
     scaling = (sg.scaling_comparison(figures)
                if not group_by and (scaling_gates or sg.has_replicas(figures)) else None)

@@ -118,7 +118,14 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             # judge nothing but that it answers.
             first, judged = Request(name="preflight"), False
         negotiated = coordinator.preflight(target, first, plan.timeout_s, judge_status=judged,
-                                           tls=plan.tls, http=plan.http)
+                                           tls=plan.tls, http=plan.http,
+                                           fail_status=plan.fail_status)
+        warning = negotiated.pop("preflight_warning", None)
+        if warning:
+            from rich.text import Text
+
+            console.print(Text.assemble(("warning:", "bold yellow"), " ", warning),
+                          soft_wrap=True)
     tls_info = None if plan.tls is None else {**plan.tls.describe(), "protocol": None,
                                               "cipher": None, "alpn": None, **negotiated}
     run_id = new_run_id(plan)
@@ -129,6 +136,8 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
         "profile_path": plan.path, "target": redact_url(target.url), "engine": "cython-epoll", "workers": str(workers),
         "connections": str(plan.connections),
         "http": plan.http,
+        # What counted as an error, so that a later default never re-judges this run.
+        "fail_status": list(plan.fail_status),
         **({"streams": str(plan.streams)} if plan.http == "2" else {}),
         "stages": [{"name": s.name, "duration_s": s.duration_s, "rate_from": s.rate_from,
                     "rate_to": s.rate_to, "concurrency": s.concurrency, "think_s": s.think_s}

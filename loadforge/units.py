@@ -94,6 +94,11 @@ def parse_percent(value: Any, where: str) -> float:
     """A fraction in [0, 1] from "0.1%" (-> 0.001) or from a plain number already in [0, 1]."""
     expected = 'a percentage like "0.1%" or a fraction between 0 and 1'
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if value == 1:
+            # A bare 1 reads as "1 %" to most people and as 100 % (a limit nothing can
+            # breach) to the parser: refused, like a latency without a unit.
+            raise ProfileError(f"{where} must not be a bare 1 (100 %? 1 %?): write 1% or "
+                               "0.01, or 100% if that is what you mean")
         if not (math.isfinite(value) and 0 <= value <= 1):
             hint = f' (write "{value}%" for a percentage)' if math.isfinite(value) and value > 1 else ""
             raise ProfileError(f"{where} must be {expected}, got {show_value(value)}{hint}")

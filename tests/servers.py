@@ -74,7 +74,7 @@ http {{
 """
 
 
-LOGGING_NGINX_CONF = """
+LOGGING_NGINX_CONF = """{main}
 worker_processes 1;
 daemon off;
 pid {dir}/nginx.pid;
@@ -105,10 +105,11 @@ class LoggingNginx:
     '$request|$http_authorization|$request_body'), with the server's own `locations` (nginx
     directives, `{port}` filled in; braces doubled as in str.format) besides `location /`.
     tls and http2 as for Nginx; with either, `{port}` in `locations` is a second, plain
-    HTTP/1.1 port of the same server (what proxy_pass speaks to)."""
+    HTTP/1.1 port of the same server (what proxy_pass speaks to). `main`: directives of the
+    main context (`load_module ...;`)."""
 
     def __init__(self, log_format: str, locations: str, prefix: str = "lf-nginx-",
-                 tls: str = "", http2: bool = False) -> None:
+                 tls: str = "", http2: bool = False, main: str = "") -> None:
         self.fields = log_format.count("|") + 1
         self.dir = tempfile.mkdtemp(prefix=prefix)
         self.port = free_port()
@@ -119,7 +120,7 @@ class LoggingNginx:
             f.write(LOGGING_NGINX_CONF.format(
                 dir=self.dir, port=self.port, listen_options=options, tls=tls,
                 plain=f"    listen 127.0.0.1:{plain};" if options else "",
-                log_format=log_format, locations=locations.format(port=plain)))
+                log_format=log_format, locations=locations.format(port=plain), main=main))
         self.proc = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", conf, "-e",
                                       os.path.join(self.dir, "error.log")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 
@@ -482,3 +484,52 @@ def test_a_worker_without_the_module_file_loads_the_text_it_was_sent(tmp_path, m
     assert [f.name for f in sent.flows] == [f.name for f in here.flows]
     assert sent.steps == here.steps
     assert list(scratch.iterdir()) == []      # the copy is gone once imported
+
+
+def test_checks_and_failed_flows_where_people_look(server, tmp_path):
+    """A failing check is named in the terminal summary (✗ name passed / failed) and in the
+    HTML report; failed flows by exception type carry one sample message; flows are counted
+    apart from their steps; no row for an unused step:other."""
+    write(str(tmp_path), "checkout.py", CHECKOUT)
+    path = profile(str(tmp_path), server.url, OPEN)
+    summary_path = os.path.join(str(tmp_path), "s.json")
+    env = dict(os.environ, COLUMNS="120", NO_COLOR="1", TERM="dumb")
+    proc = subprocess.run([sys.executable, "-m", "loadforge.cli", "run", path, "--out",
+                           str(tmp_path), "--summary-json", summary_path], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    server.take()
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout + proc.stderr
+    assert re.search(r"✗ anon cart\s+0 / 10", text), text
+    assert re.search(r"✓ cart has items\s+30 / 0", text), text
+    assert "flow anonymous failed 10× with ValueError: no cart without a token" in text
+    assert "flows: 40 scheduled, 30 completed, 10 failed" in text and "70 step" in text
+    assert "step:other" not in text
+    with open(summary_path) as f:
+        summary = json.load(f)
+    assert summary["flows"]["failed_flow_samples"] == {
+        "anonymous": {"ValueError": "no cart without a token"}}
+    html = os.path.join(str(tmp_path), "r.html")
+    report = subprocess.run([sys.executable, "-m", "loadforge.cli", "report",
+                             summary["result"], "--html", html], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    with open(html) as f:
+        page = f.read()
+    data = json.loads(re.search(r'id="report-data">(.*?)</script>', page, re.S)[1])
+    assert data["runs"][0]["flows"]["checks"]["anon cart"] == {"passed": 0, "failed": 10}
+    compared = subprocess.run([sys.executable, "-m", "loadforge.cli", "compare",
+                               summary["result"], summary["result"]], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert compared.returncode == 0, compared.stderr
+    assert "✗ check anon cart:" in compared.stdout and "0 / 10" in compared.stdout
+    assert "✗ flow anonymous failed with ValueError:" in compared.stdout
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium:
+        with tempfile.TemporaryDirectory() as profile_dir:
+            dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                                  "--no-first-run", f"--user-data-dir={profile_dir}",
+                                  "--dump-dom", "file://" + html],
+                                 capture_output=True, text=True, timeout=60)
+        assert "Flows: checks and failures" in dom.stdout
+        assert "anon cart" in dom.stdout and "no cart without a token" in dom.stdout

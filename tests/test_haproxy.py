@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -187,3 +188,57 @@ failover = "5s"
     s2 = next(line for line in haproxy.command("show stat").splitlines()
               if line.startswith("be,s2,"))
     assert ",MAINT," in s2
+
+
+def _compare(*args: str) -> tuple[int, dict[str, Any]]:
+    out = subprocess.run([sys.executable, "-m", "loadforge.cli", "compare", *args,
+                          "--format", "json"], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT)
+    assert "Traceback" not in out.stderr, out.stderr
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_share_gates_pass_round_robin_and_fail_a_weight_change(haproxy: HAProxy,
+                                                                tmp_path: Path) -> None:
+    """Two round-robin runs pass `share[*]=+5pp`; with s3 at weight 3 (20/20/60) it fails,
+    and s3's share is in `compare --format json`, as are fairness and per-backend figures."""
+    files = []
+    for i in range(3):
+        if i == 2:
+            assert haproxy.command("set weight be/s3 3").strip() == ""
+        run = tmp_path / f"run{i}"
+        s = loadforge(run, "--target", haproxy.url, "--rate", "600", "--duration", "2s",
+                      "--backend-header", "X-Served-By")
+        files.append(s["result"])
+    gates = ("--fail-on", "share[*]=+5pp", "--fail-on", "fairness=-0.05")
+    code, same = _compare(files[0], files[1], *gates)
+    assert code == 0, [c["message"] for c in same["gates"]]
+    assert {c["figure"] for c in same["gates"]} == {"share[s1]", "share[s2]", "share[s3]",
+                                                    "fairness"}
+    code, weighted = _compare(files[0], files[2], *gates, "--fail-on", "share[s3]=+5pp")
+    assert code == 1
+    failed = {c["figure"] for c in weighted["gates"] if not c["ok"]}
+    assert failed >= {"share[s3]", "fairness"}
+    scoped = weighted["stages"][0]["scoped"]
+    assert scoped[0]["backends"]["s3"]["share"] == pytest.approx(1 / 3, abs=0.03)
+    assert scoped[1]["backends"]["s3"]["share"] == pytest.approx(0.6, abs=0.03)
+    assert scoped[1]["backends"]["s3"]["p99"] > 0 and scoped[1]["backends"]["s3"]["p50"] > 0
+    assert scoped[1]["backends"]["s3"]["error_rate"] == 0
+    assert scoped[1]["fairness"] < scoped[0]["fairness"]
+    table = subprocess.run([sys.executable, "-m", "loadforge.cli", "compare", files[0],
+                            files[2]], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert "backend s3 share" in table.stdout and "fairness (Jain)" in table.stdout
+    missing = subprocess.run([sys.executable, "-m", "loadforge.cli", "compare", files[0],
+                              files[2], "--fail-on", "share[b9]=+5pp"],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert missing.returncode == 2 and "b9" in missing.stderr and "s3" in missing.stderr
+    html = tmp_path / "r.html"
+    report = subprocess.run([sys.executable, "-m", "loadforge.cli", "report", files[0],
+                             files[2], "--html", str(html)], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)
+    assert report.returncode == 0, report.stderr
+    data = json.loads(re.search(r'id="report-data">(.*?)</script>', html.read_text(),
+                                re.S)[1])
+    assert data["runs"][1]["backends"]["all"]["backends"]["s3"]["share"] == pytest.approx(
+        0.6, abs=0.03)
+    assert data["comparison"]["stages"][0]["scoped"][1]["fairness"] < 0.95

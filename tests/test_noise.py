@@ -86,3 +86,29 @@ def test_bootstrap_interval_covers_no_change_and_finds_a_real_one():
     ci = bootstrap_change(base, slower, ("p50",), resamples=100)
     lo, hi = ci["p50"]  # type: ignore[misc]
     assert 0.1 < lo < 0.2 < hi < 0.3
+
+
+def test_hierarchical_test_decides_with_three_runs_a_side():
+    """Where the U test over three runs a side cannot go below 0.1, the two-level bootstrap
+    finds a 20 % shift (p at its floor, 2 / (resamples + 1)) and not a null one."""
+    from loadforge.analysis.noise import hierarchical_test, min_p_bootstrap, min_p_u, runs_needed_u
+
+    assert math.isclose(min_p_u(3, 3), 0.1) and runs_needed_u(0.05) == 4
+    assert math.isclose(min_p_bootstrap(1000), 2 / 1001)
+    rng = random.Random(7)
+    base = [run(rng, 1000) for _ in range(3)]
+    same = [run(rng, 1000) for _ in range(3)]
+    slower = [run(rng, 1200) for _ in range(3)]
+    found = hierarchical_test(base, slower, ("p50", "error_rate"), resamples=200)
+    assert math.isclose(found["p50"]["p"], 2 / 201)
+    lo, hi = found["p50"]["ci"]
+    assert 0.1 < lo < 0.2 < hi < 0.3
+    # error_rate: an absolute change (no errors either side: exactly zero, p = 1)
+    assert found["error_rate"]["ci"] == (0.0, 0.0) and found["error_rate"]["p"] == 1.0
+    # Same level: each run drifts ~2 % as a whole, so two groups of three can truly differ by
+    # a few percent, and with thousands of requests a run the bootstrap may call that
+    # significant (here p50: +1..+7 %). A gate's limit (+10 %) is what keeps it from failing.
+    null = hierarchical_test(base, same, ("p50", "p99"), resamples=200)
+    for judged in null.values():
+        lo, hi = judged["ci"]
+        assert -0.1 < lo < hi < 0.15

@@ -257,3 +257,32 @@ def test_compacted_interval_figures_judge_the_same() -> None:
     frozen.add(plain)          # adding to a frozen figure thaws it
     assert isinstance(frozen.latency, dict)
     assert frozen.latency == {i: 2 * c for i, c in plain.latency.items()}
+
+
+def test_4xx_fails_by_default_and_a_bare_rate_is_refused(tmp_path: Path) -> None:
+    """k6's and Locust's default: a 401 is a failed request. 200 requests that all get 401
+    breach error_rate=1% (exit 1), and the preflight says which setting would count them as
+    successes; `error_rate=1` (100 %? 1 %?) is refused."""
+    from servers import LoggingNginx
+
+    server = LoggingNginx("$request", "    location /private {{ return 401; }}")
+    try:
+        summary_path = tmp_path / "s.json"
+        out = loadforge("run", "--target", server.url + "/private", "--rate", "200",
+                        "--duration", "1s", "--workers", "1", "--slo", "error_rate=1%",
+                        "--out", str(tmp_path / "results"), "--summary-json",
+                        str(summary_path))
+        assert out.returncode == 1, out.stderr
+        summary = json.loads(summary_path.read_text())
+        assert summary["status"]["4xx"] == summary["errors"] == 200
+        assert [v["ok"] for v in summary["slo"]] == [False]
+        assert "returned 401" in out.stderr and 'load.fail_status = ["5xx"]' in out.stderr
+        # The wait for late responses after the schedule is no progress frame of its own.
+        assert "rps 0/0" not in out.stdout + out.stderr
+        bare = loadforge("run", "--target", server.url + "/private", "--rate", "10",
+                         "--duration", "1s", "--slo", "error_rate=1")
+        assert bare.returncode == 2
+        assert "write 1% or 0.01" in bare.stderr and "Traceback" not in bare.stderr
+        assert len(bare.stderr.strip().splitlines()) == 1
+    finally:
+        server.stop()

@@ -109,7 +109,7 @@ def stats_block(
     unsent: int,
     duration_s: float,
     target_rps: float | None,
-    fail_status: tuple[str, ...] = ("5xx",),
+    fail_status: tuple[str, ...] = ("4xx", "5xx"),
     *,
     error_latency: HdrHistogram | None = None,
     waited: int = 0,
@@ -323,7 +323,7 @@ class RunFigures:
     title: str
     stages: list[ScopeFigures]
     run: ScopeFigures
-    fail_status: tuple[str, ...] = ("5xx",)     # the status classes counted as errors
+    fail_status: tuple[str, ...] = ("4xx", "5xx")     # the status classes counted as errors
 
     def scope(self, name: str) -> ScopeFigures | None:
         if name == ALL_STAGES:
@@ -332,11 +332,13 @@ class RunFigures:
 
 
 def fail_status_of(result: Result, plan: Plan | None = None) -> tuple[str, ...]:
-    """The status classes the run's profile counted as errors (DESIGN.md default: 5xx): the
-    Plan of the archived profile (config/ reads it), not the TOML read again here."""
+    """The status classes the run counted as errors: the Plan of the archived profile
+    (config/ reads it, with the recorded or legacy default, see _recorded_fail_status)."""
     if plan is None:
         plan = plan_of_result(result)
-    return plan.fail_status if plan is not None else ("5xx",)
+    if plan is not None:
+        return plan.fail_status
+    return _recorded_fail_status(result) or LEGACY_FAIL_STATUS
 
 
 def stages_of(result: Result) -> list[dict[str, Any]]:
@@ -493,7 +495,37 @@ def plan_of_result(result: Result) -> Plan | None:
                               archived=True)
     except ProfileError:
         return None
+    recorded = _recorded_fail_status(result, text)
+    if recorded is not None and recorded != plan.fail_status:
+        from dataclasses import replace
+
+        plan = replace(plan, fail_status=recorded)
     return _with_flags(plan, flags)
+
+
+LEGACY_FAIL_STATUS = ("5xx",)     # the default before 4xx counted as errors (issue 22)
+
+
+def _recorded_fail_status(result: Result, profile_text: str = "") -> tuple[str, ...] | None:
+    """What the run counted as errors: the `fail_status` metadata that runs record; for files
+    written before it was recorded, the profile's own setting, else the default of that time
+    (5xx only), so that an archived verdict does not change under a newer default. None: the
+    profile's (parsed) value stands."""
+    try:
+        recorded = json.loads(result.metadata.get("fail_status") or "null")
+    except ValueError:
+        recorded = None
+    if isinstance(recorded, list) and all(isinstance(c, str) for c in recorded):
+        return tuple(recorded)
+    if not profile_text.strip():
+        return LEGACY_FAIL_STATUS
+    import tomllib
+
+    try:
+        load = tomllib.loads(profile_text).get("load", {})
+    except tomllib.TOMLDecodeError:
+        return None
+    return None if isinstance(load, dict) and "fail_status" in load else LEGACY_FAIL_STATUS
 
 
 def _slo_flags_of(result: Result) -> dict[str, float]:
@@ -530,7 +562,8 @@ def _flag_plan_of_result(result: Result, flags: dict[str, float]) -> Plan | None
         return None
     plan = Plan(name=result.metadata.get("profile_name") or "adhoc",
                 target=result.metadata.get("target") or "", stages=stages,
-                requests=(Request("default"),))
+                requests=(Request("default"),),
+                fail_status=_recorded_fail_status(result) or LEGACY_FAIL_STATUS)
     return _with_flags(plan, flags)
 
 

@@ -3,15 +3,18 @@
 Two identical back-to-back runs against nginx differed in p99 by +17 % and +32 % on this
 project's VM: a gate on one run a side cries wolf. With several runs a side,
 
-- **significance** comes from the Mann-Whitney U test over the runs' figures (as Go's
-  benchstat and google/benchmark's compare.py do): exact over every split of the runs when
-  there are few, a normal approximation with a tie correction otherwise. It assumes nothing
-  about the distribution; with n runs a side the smallest two-sided p is 2 / C(2n, n), so it
-  takes four runs a side to get below 0.05;
-- **the confidence interval** of the relative change comes from a two-level bootstrap: runs
-  resampled with replacement, and within each run, blocks of consecutive intervals (a moving
-  block bootstrap, which keeps the autocorrelation of a run's seconds), merged exactly into one
-  histogram per side and read with the same percentile walk as every other figure.
+- **significance and the confidence interval** come from a two-level (hierarchical)
+  bootstrap that respects the runs' structure: runs resampled with replacement, and within
+  each run, blocks of consecutive intervals (a moving block bootstrap, which keeps the
+  autocorrelation of a run's seconds), merged exactly into one histogram per side and read
+  with the same percentile walk as every other figure. The interval is the bootstrap
+  distribution's 2.5th..97.5th percentiles of the relative change; the p-value is twice the
+  share of resamples on the far side of zero (the percentile test that inverts that interval),
+  so its smallest value is 2 / (resamples + 1), whatever the number of runs;
+- **the Mann-Whitney U test over the runs' figures** (as Go's benchstat and google/benchmark's
+  compare.py do) is reported beside it: it assumes nothing about the distribution, but with
+  n runs a side its smallest two-sided p is 2 / C(2n, n) (0.1 at three runs a side), so alone
+  it cannot decide anything below four runs a side. That is why the gate uses the bootstrap.
 
 Everything is seeded: the same files give the same answer.
 """
@@ -30,6 +33,7 @@ from loadforge.results import histogram
 # Figures the bootstrap can resample, as in compare.FIGURES.
 LATENCY = ("p50", "p90", "p99", "p999", "max", "mean")
 METRICS = (*LATENCY, "error_rate", "achieved_rps")
+RATIOS = ("error_rate",)       # changed in absolute terms (a fraction), not relative to the base
 EXACT_LIMIT = 20_000          # splits enumerated for an exact U test; beyond, the approximation
 
 
@@ -135,18 +139,69 @@ def _resample(rng: random.Random, runs: Sequence[Sequence[Interval]]) -> dict[st
     return figures(chosen)
 
 
-def bootstrap_change(base: Sequence[Sequence[Interval]], new: Sequence[Sequence[Interval]],
-                     metrics: Sequence[str] = METRICS, resamples: int = 400,
-                     confidence: float = 0.95, seed: int = 0
-                     ) -> dict[str, tuple[float, float] | None]:
-    """Confidence interval of (new − base) / base for each metric; None where the base is 0."""
+def min_p_u(m: int, n: int) -> float:
+    """The smallest two-sided p the exact U test can reach with m and n runs."""
+    return 1.0 if not m or not n else min(1.0, 2 / math.comb(m + n, m))
+
+
+def runs_needed_u(alpha: float) -> int:
+    """Runs a side the U test needs before its smallest p is below alpha."""
+    n = 1
+    while min_p_u(n, n) >= alpha:
+        n += 1
+    return n
+
+
+def min_p_bootstrap(resamples: int) -> float:
+    """The smallest p of hierarchical_test with this many resamples."""
+    return min(1.0, 2 / (resamples + 1))
+
+
+def hierarchical_test(base: Sequence[Sequence[Interval]], new: Sequence[Sequence[Interval]],
+                      metrics: Sequence[str] = METRICS, resamples: int = 1000,
+                      confidence: float = 0.95, seed: int = 0
+                      ) -> dict[str, dict[str, float | tuple[float, float] | None]]:
+    """Per metric, {"p", "ci"}: the two-level bootstrap's p-value of "no change" and the
+    interval of (new - base) / base (of new - base for RATIOS, a fraction). Both None where the baseline figure is 0 in most
+    resamples (a relative change of nothing)."""
+    changes = _bootstrap(base, new, metrics, resamples, seed)
+    tail = (1 - confidence) / 2
+    out: dict[str, dict[str, float | tuple[float, float] | None]] = {}
+    for m, values in changes.items():
+        if len(values) < resamples // 2:
+            out[m] = {"p": None, "ci": None}
+            continue
+        values.sort()
+        lo = values[int(tail * (len(values) - 1))]
+        hi = values[int(math.ceil((1 - tail) * (len(values) - 1)))]
+        below = sum(1 for v in values if v <= 0)
+        above = sum(1 for v in values if v >= 0)
+        p = min(1.0, 2 * (min(below, above) + 1) / (len(values) + 1))
+        out[m] = {"p": p, "ci": (lo, hi)}
+    return out
+
+
+def _bootstrap(base: Sequence[Sequence[Interval]], new: Sequence[Sequence[Interval]],
+               metrics: Sequence[str], resamples: int, seed: int) -> dict[str, list[float]]:
     rng = random.Random(seed)
     changes: dict[str, list[float]] = {m: [] for m in metrics}
     for _ in range(resamples):
         b, n = _resample(rng, base), _resample(rng, new)
         for m in metrics:
-            if b[m]:
+            if m in RATIOS:
+                changes[m].append(n[m] - b[m])
+            elif b[m]:
                 changes[m].append((n[m] - b[m]) / b[m])
+    return changes
+
+
+def bootstrap_change(base: Sequence[Sequence[Interval]], new: Sequence[Sequence[Interval]],
+                     metrics: Sequence[str] = METRICS, resamples: int = 400,
+                     confidence: float = 0.95, seed: int = 0
+                     ) -> dict[str, tuple[float, float] | None]:
+    """Confidence interval of (new − base) / base for each metric (new − base for RATIOS);
+    None where the base is 0."""
+    changes = _bootstrap(base, new, metrics, resamples, seed)
     tail = (1 - confidence) / 2
     out: dict[str, tuple[float, float] | None] = {}
     for m, values in changes.items():

@@ -126,7 +126,7 @@ class Plan:
     workers: int | None = None        # None: one per core
     timeout_s: float = 5.0            # per request
     # Response status classes that count as errors next to transport failures.
-    fail_status: tuple[str, ...] = ("5xx",)
+    fail_status: tuple[str, ...] = ("4xx", "5xx")
     # Open model: arrivals closer together than this share one timer wake-up, so each may be
     # sent up to this late (counted in its latency). 0 sends every arrival on its own wake-up.
     timer_resolution_s: float = 200e-6

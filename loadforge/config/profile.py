@@ -146,7 +146,7 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
     workers = _workers(check, load.get("workers", "auto"))
     timeout_s = (check.duration(load["timeout"], "load.timeout", maximum=limits.MAX_TIMEOUT_S)
                  if "timeout" in load else DEFAULT_TIMEOUT_S)
-    fail_status = _fail_status(check, load.get("fail_status", ["5xx"]))
+    fail_status = _fail_status(check, load.get("fail_status", ["4xx", "5xx"]))
     timer_resolution_s = (check.duration(load["timer_resolution"], "load.timer_resolution",
                                          allow_zero=True, maximum=limits.MAX_TIMER_RESOLUTION_S)
                           if "timer_resolution" in load else DEFAULT_TIMER_RESOLUTION_S)

@@ -108,6 +108,7 @@ class Driver:
         self.mix = flow_mix([f.weight for f in module.flows])
         self.checks: dict[str, list[int]] = {}
         self.errors: dict[str, int] = {}
+        self.samples: dict[str, str] = {}         # one message per flow|ExceptionType
         self.by_token: dict[int, _Run] = {}       # steps under way, by submit token
         self.token = 0
         self.waiting: deque[_Run] = deque()       # steps for which no connection was free
@@ -125,10 +126,13 @@ class Driver:
         """The interval's checks and flow failures (deltas), as the FLOWS section."""
         if not self.checks and not self.errors:
             return b""
-        body = json.dumps({"checks": self.checks, "errors": self.errors},
-                          separators=(",", ":")).encode()
+        section: dict[str, Any] = {"checks": self.checks, "errors": self.errors}
+        if self.samples:
+            section["samples"] = self.samples
+        body = json.dumps(section, separators=(",", ":")).encode()
         self.checks.clear()
         self.errors.clear()
+        self.samples.clear()
         return body
 
     # -- flows --------------------------------------------------------------------------------
@@ -171,6 +175,10 @@ class Driver:
     def _failed(self, flow: int, exc: BaseException) -> None:
         key = f"{self.module.flows[flow].name}|{type(exc).__name__}"
         self.errors[key] = self.errors.get(key, 0) + 1
+        if key not in self.samples:
+            # One line, bounded: a sample to recognise the failure by, not a log.
+            message = " ".join(str(exc).split())
+            self.samples[key] = message[:200] + ("…" if len(message) > 200 else "")
 
     def resume(self, run: _Run, value: Any, error: BaseException | None, now: int) -> None:
         try:

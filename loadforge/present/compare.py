@@ -3,7 +3,6 @@ the significance lines (analysis/compare.py computes them all)."""
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -12,33 +11,70 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from loadforge.analysis.compare import ALL_STAGES, ALPHA, FIGURES, _fmt, _sureness, significant
+from loadforge.analysis.compare import (
+    ALL_STAGES,
+    FIGURES,
+    _fmt,
+    _pct,
+    _sureness,
+    significant,
+)
 from loadforge.present.text import fits, print_table
 
 
-def noise_lines(data: dict[str, Any], stage: dict[str, Any]) -> list[str]:
-    """Per compared group, the figures whose change is significant, with p and interval;
-    one line saying so when none is."""
+def flow_lines(data: dict[str, Any]) -> list[str]:
+    """Per check and per failed flow type: passed / failed in each run, baseline first."""
+    flows = data.get("flows")
+    if not flows:
+        return []
+    titles = [r["title"] for r in data["runs"]]
     lines = []
+    names = list(dict.fromkeys(n for f in flows if f for n in f["checks"]))
+    for name in names:
+        cells = []
+        for title, f in zip(titles, flows, strict=True):
+            c = (f or {}).get("checks", {}).get(name)
+            cells.append(f"{title} " + ("-" if c is None else
+                                        f"{c['passed']:,} / {c['failed']:,}"))
+        failed = any(((f or {}).get("checks", {}).get(name) or {}).get("failed") for f in flows)
+        lines.append(f"{'✗' if failed else '✓'} check {name}: " + "; ".join(cells))
+    kinds = list(dict.fromkeys((flow, kind) for f in flows if f
+                               for flow, ks in f["failed_flows"].items() for kind in ks))
+    for flow, kind in kinds:
+        cells = [f"{title} {((f or {}).get('failed_flows', {}).get(flow) or {}).get(kind, 0):,}"
+                 for title, f in zip(titles, flows, strict=True)]
+        lines.append(f"✗ flow {flow} failed with {kind}: " + "; ".join(cells))
+    return lines
+
+
+def power_lines(data: dict[str, Any]) -> list[str]:
+    """Per compared group, what its test can detect with the runs it has (one line)."""
+    return [f"{g['title']}: {g['power']['line']}" for g in data.get("groups") or []
+            if g.get("power")]
+
+
+def noise_lines(data: dict[str, Any], stage: dict[str, Any]) -> list[str]:
+    """Per compared group and figure: p and the interval, significant figures first. "No
+    significant change" only where the test could have found one."""
+    lines = []
+    powers = [g.get("power") for g in data.get("groups") or []]
     for i, judged in enumerate(stage.get("noise") or []):
         if not judged:
             continue
         title = data["runs"][i]["title"]
-        sure = [f"{m} {_sureness(j)}" for m, j in judged.items() if significant(j)]
-        if not sure:
-            lines.append(f"{title}: no significant change (U test p < {ALPHA} and a 95% "
-                         "interval clear of zero, for no figure)")
-        lines += [f"{title}: {line}" for line in sure]
+        power = powers[i] if i < len(powers) else None
+        order = sorted(judged.items(), key=lambda mj: not significant(mj[1]))
+        if not any(significant(j) for j in judged.values()) and (power is None
+                                                                  or power["can_decide"]):
+            lines.append(f"{title}: no significant change in any figure")
+        lines += [f"{title}: {m} {_sureness(j, m)}" for m, j in order]
     return lines
 
 
 def _delta_text(kind: str, d: float | None) -> str:
     if d is None:
         return ""
-    if math.isinf(d):
-        return "+inf%" if d > 0 else "-inf%"
-    unit = "pp" if kind == "ratio" else "%"
-    return f"{d:+.3g}{unit}" if abs(d) < 1000 else f"{d:+,.0f}{unit}"
+    return _pct(d, "pp" if kind == "ratio" else "%")
 
 
 def _cells(data: dict[str, Any], stage: dict[str, Any]) -> list[list[str]]:
@@ -51,6 +87,70 @@ def _cells(data: dict[str, Any], stage: dict[str, Any]) -> list[list[str]]:
                 deltas = stage["deltas"][i]
                 row.append(_delta_text(kind, None if deltas is None else deltas[key]))
         rows.append(row)
+    return rows + scoped_cells(stage)
+
+
+# (key, label, kind) of a request name's or a backend's figures (analysis/scoped.py).
+SCOPE_FIGURES = (("requests", "requests", "count"), ("error_rate", "error rate", "ratio"),
+                 ("p50", "p50", "us"), ("p99", "p99", "us"))
+
+
+def _scoped_text(kind: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if kind == "count":
+        return f"{value:,.0f}"
+    if kind == "index":
+        return f"{value:.3f}"
+    return _fmt(kind, value)
+
+
+def _scoped_delta(kind: str, base: float | None, value: float | None) -> str:
+    if base is None or value is None:
+        return ""
+    if kind == "index":
+        return f"{value - base:+.3f}"
+    if kind == "ratio":
+        return _pct((value - base) * 100, "pp")
+    if base == 0:
+        return "" if value == 0 else "+inf%"
+    return _pct((value - base) / base * 100)
+
+
+def scoped_cells(stage: dict[str, Any]) -> list[list[str]]:
+    """Rows per backend (share, then its figures), the backends' fairness, and per request
+    name, each with its value per run and Δ against the baseline: "" where none is."""
+    per_run = stage.get("scoped")
+    if not per_run:
+        return []
+    rows: list[list[str]] = []
+
+    def add(label: str, kind: str, get: Any) -> None:
+        values = [None if f is None else get(f) for f in per_run]
+        row = [label]
+        for i, v in enumerate(values):
+            row.append(_scoped_text(kind, v))
+            if i:
+                row.append(_scoped_delta(kind, values[0], v))
+        rows.append(row)
+
+    backends = sorted({b for f in per_run if f for b in f["backends"]})
+    for b in backends:
+        add(f"backend {b} share", "ratio",
+            lambda f, b=b: f["backends"].get(b, {}).get("share", 0.0))
+        for key, label, kind in SCOPE_FIGURES:
+            add(f"backend {b} {label}", kind,
+                lambda f, b=b, key=key: f["backends"].get(b, {}).get(key))
+    if backends:
+        add("fairness (Jain)", "index", lambda f: f.get("fairness"))
+    # A name nothing ran under in any run (an empty step:other) has no row.
+    names = [n for n in dict.fromkeys(n for f in per_run if f for n in f["names"])
+             if any(f and (f["names"].get(n, {}).get("requests") or
+                           f["names"].get(n, {}).get("errors")) for f in per_run)]
+    if len(names) > 1:
+        for n in names:
+            for key, label, kind in SCOPE_FIGURES:
+                add(f"{n} {label}", kind, lambda f, n=n, key=key: f["names"].get(n, {}).get(key))
     return rows
 
 
@@ -75,12 +175,15 @@ def render_table(data: dict[str, Any], console: Console) -> None:
         for i in range(len(data["runs"])):
             headers += [f"#{i + 1}"] + ([f"Δ #{i + 1}"] if i else [])
         tables = [_table(data, stage, headers) for stage in data["stages"]]
+    for line in power_lines(data):
+        console.print(Text(line), overflow="fold")
     for stage, table in zip(data["stages"], tables, strict=True):
         print_table(console, table)
         for line in noise_lines(data, stage):
             console.print(Text("  " + line), overflow="fold")
-    if data.get("noise_estimate") is False or (data.get("groups") is None
-                                                and len(data["runs"]) > 1):
+    for line in flow_lines(data):
+        console.print(Text(line), overflow="fold")
+    if data.get("groups") is None and len(data["runs"]) > 1:
         console.print(Text("one run on a side: no noise estimate; gates judge the change alone "
                            "(--group-by with several runs a side tests significance)"),
                       style="dim", overflow="fold")
@@ -116,7 +219,8 @@ def markdown_text(text: str) -> str:
 
 def render_markdown(data: dict[str, Any]) -> str:
     headers = [markdown_text(h) for h in _headers(data)]
-    out = []
+    out = [f"- {markdown_text(line)}" for line in power_lines(data)]
+    out += [""] if out else []
     for stage in data["stages"]:
         title = ("all stages" if stage["stage"] == ALL_STAGES
                  else f"stage {markdown_text(stage['stage'])}")
@@ -129,6 +233,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines = noise_lines(data, stage)
         if lines:
             out += [f"- {markdown_text(line)}" for line in lines] + [""]
+    flows = flow_lines(data)
+    if flows:
+        out += [f"- {markdown_text(line)}" for line in flows] + [""]
     return "\n".join(out)
 
 

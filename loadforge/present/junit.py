@@ -53,6 +53,9 @@ def write_junit(path: str, suite: str, cases: list[dict[str, Any]]) -> None:
 
 
 def gate_cases(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"name": f"{c['gate']} {c['stage']} {c['run']}", "ok": c["ok"],
+    # `share[*]` checks each backend: the figure (share[b3]) keeps the case names apart.
+    return [{"name": f"{c['gate']} {c['stage']} {c['run']}"
+             + (f" {c['figure']}" if c.get("scope") == "*" else ""),
+             "ok": c["ok"],
              "message": c["message"], "classname": "loadforge.compare",
              "details": json.dumps(c, indent=2)} for c in checks]

@@ -115,14 +115,36 @@ def _run_series(run: RunFigures) -> dict[str, Any]:
         "stages": [s.name for s in run.stages],
         "spectra": spectra,
         "summary": summary,
+        "unsent": int(whole.unsent),
         # HTTP/2's stream-level kinds and gRPC codes are listed when they happened
         "outcomes": {outcome: whole.outcomes.get(outcome, 0) for outcome in OUTCOMES
                      if whole.outcomes.get(outcome, 0)
                      or (outcome not in HTTP2_ERROR_KINDS and outcome not in GRPC_OUTCOMES)},
         "requests_by_name": {name: name_block(*entry) for name, entry in whole.by_name.items()},
         "slo": _verdicts(result),
+        "backends": _backends(run),
+        "flows": _flows(result),
         "replicas": _replicas(result),
     }
+
+
+def _backends(run: RunFigures) -> dict[str, Any]:
+    """Per stage and for the run ("*"): each backend's share, p50/p99 and error rate, and
+    Jain's fairness of the shares; {} for a run without --backend-header."""
+    from loadforge.analysis import scoped
+
+    per_stage = scoped.figures(scoped.tallies(run))
+    return {stage: {"backends": fig["backends"], "fairness": fig["fairness"]}
+            for stage, fig in per_stage.items() if fig["backends"]}
+
+
+def _flows(result: Result) -> dict[str, Any] | None:
+    """The scripted flows' checks and failures, as the run recorded them (metadata)."""
+    try:
+        flows = json.loads(result.metadata.get("flows") or "null")
+    except ValueError:
+        return None
+    return flows if isinstance(flows, dict) else None
 
 
 def _replicas(result: Result) -> list[dict[str, Any]]:
@@ -165,7 +187,8 @@ def report_data(runs: list[RunFigures], group_by: list[str] | None = None,
         figures = [g.pooled for g in groups]
         significance = compare.group_noise(groups, compare.stage_names(figures))
     if len(figures) > 1:
-        data["comparison"] = compare.comparison(figures, groups, significance)
+        data["comparison"] = compare.comparison(figures, groups, significance,
+                                                compare.scoped_figures(figures, groups))
     if len(runs) > 2:
         data["trend"] = _trend(runs)
     return data

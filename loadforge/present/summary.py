@@ -66,7 +66,7 @@ def _render_tls(tls: dict[str, Any] | None, c: dict[str, Any], console: Console)
 
 
 def _format_rps(rps: float) -> str:
-    return f"{rps:.1f}" if rps < 1000 else f"{rps:,.0f}"
+    return f"{rps:.1f}" if rps < 999.95 else f"{rps:,.0f}"    # never 1000.0 beside 1,000
 
 
 def _format_slo_value(name: str, value: Any, unit: str | None) -> str:
@@ -172,6 +172,7 @@ def render_summary(
         console.print(streams)
     _render_error_latency(summary, console)
     _render_by_name(summary, console, table)
+    _render_checks(summary, console)
     _render_shards(summary, console, table)
 
     if closed:
@@ -264,10 +265,52 @@ def _render_by_name(summary: dict[str, Any], console: Console, table: Any) -> No
     for name, entry in by_name.items():
         lat = entry.get("latency_us") or {}
         errors = int(entry.get("errors", 0))
+        if not errors and not int(entry.get("requests", 0)):
+            continue                  # a name nothing ran under (an unused step:other)
         names.add_row(Text(str(name)), f"{int(entry.get('requests', 0)):,}",
                       Text(f"{errors:,}", style="red" if errors else ""),
                       *(format_us(lat.get(k, 0)) for k in NAME_LATENCY_KEYS))
     console.print(names)
+
+
+def _render_checks(summary: dict[str, Any], console: Console) -> None:
+    """Scripted flows: flows apart from their steps, each check's passed / failed, and the
+    failed flows by exception type with one sample message."""
+    flows = summary.get("flows")
+    if not flows:
+        return
+    by_name = summary.get("requests_by_name") or {}
+    runs = {n[len("flow:"):]: e for n, e in by_name.items() if n.startswith("flow:")}
+    if runs:
+        done = sum(int(e.get("requests", 0)) for e in runs.values())
+        failed = sum(int(e.get("errors", 0)) for e in runs.values())
+        steps = sum(int(e.get("requests", 0)) for n, e in by_name.items()
+                    if not n.startswith("flow:"))
+        scheduled = int(summary.get("scheduled", 0))
+        console.print(Text(f"flows: {scheduled:,} scheduled, {done:,} completed, {failed:,} "
+                           f"failed; completed and achieved/s above count their {steps:,} step "
+                           "requests"), soft_wrap=True)
+    checks = flows.get("checks") or {}
+    if checks:
+        console.print(Text("checks", style="bold"))
+        width = max(len(str(n)) for n in checks)
+        for name, counts in checks.items():
+            passed, failed = int(counts.get("passed", 0)), int(counts.get("failed", 0))
+            total = passed + failed
+            line = Text("  ")
+            line.append("✗" if failed else "✓", style="bold red" if failed else "bold green")
+            line.append(f" {str(name):<{width}}  {passed:,} / {failed:,}"
+                        + (f"  ({passed / total * 100:.3g}% passed)" if total else ""))
+            console.print(line, soft_wrap=True)
+    samples = flows.get("failed_flow_samples") or {}
+    for flow, kinds in (flows.get("failed_flows") or {}).items():
+        for kind, n in kinds.items():
+            sample = (samples.get(flow) or {}).get(kind)
+            line = Text("  ")
+            line.append("✗", style="bold red")
+            line.append(f" flow {flow} failed {int(n):,}× with {kind}"
+                        + (f": {sample}" if sample else ""))
+            console.print(line, soft_wrap=True)
 
 
 def _render_shards(summary: dict[str, Any], console: Console, table: Any) -> None:

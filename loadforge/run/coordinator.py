@@ -246,7 +246,8 @@ def preflight_request(requests: tuple[Request, ...],
 
 
 def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool = True,
-              tls: TLS | None = None, http: str = "1.1") -> dict[str, Any]:
+              tls: TLS | None = None, http: str = "1.1",
+              fail_status: tuple[str, ...] = ("4xx", "5xx")) -> dict[str, Any]:
     """One request before the run, so a wrong URL fails in seconds with a clear message. Over
     TLS it verifies the certificate with the run's settings (a rejection is one line that
     names the reason and the fix) and returns what was negotiated. With http "2" it speaks
@@ -271,9 +272,22 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
         over = " over HTTP/2" if http == "2" else ""
         raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url}{over} "
                                 f"failed ({type(exc).__name__}: {exc})") from None
-    if status == 404 and judge_status:
-        raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found; "
-                                "check the URL and the request paths (or pass --no-preflight)")
+    failing = f"{status // 100}xx" in fail_status
+    if status == 404 and judge_status and failing:
+        raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found, "
+                                "an error by load.fail_status; check the URL and the request "
+                                "paths (if a 404 is what this target answers, pass "
+                                "--no-preflight, and set load.fail_status = [\"5xx\"] to count "
+                                "4xx as successes)")
+    if judge_status and failing:
+        # Judged with the run's rule, but not fatal: a load test of a login wall is legitimate.
+        cls = f"{status // 100}xx"
+        negotiated["preflight_warning"] = (
+            f"{req.method} {url} returned {status}, which the run counts as an error "
+            f"(load.fail_status: {', '.join(fail_status)})" + (
+                f"; if {status} is expected, set load.fail_status = "
+                f"[{', '.join(repr(c).replace(chr(39), chr(34)) for c in fail_status if c != cls)}]"
+                if cls == "4xx" else ""))
     if tls is not None and status == 400 and negotiated.get("client_cert_refused"):
         # nginx completes the handshake without a client certificate and answers 400 to
         # every request instead; as good as a refused handshake for a load test.
@@ -530,6 +544,7 @@ class Aggregator:
         # {"flow|ExceptionType": count}, the whole run's so far.
         self.checks: dict[str, list[int]] = {}
         self.flow_errors: dict[str, int] = {}
+        self.flow_samples: dict[str, str] = {}
         # Request indices of flows' own rows ("flow:<name>"): named rows only, never part of
         # the stage's and the run's totals and headline latency, which are the steps'.
         self.flow_requests = frozenset(
@@ -543,14 +558,17 @@ class Aggregator:
         passed = sum(p for p, _ in self.checks.values())
         failed = sum(f for _, f in self.checks.values())
         errors: dict[str, dict[str, int]] = {}
+        samples: dict[str, dict[str, str]] = {}
         for key, n in sorted(self.flow_errors.items()):
             flow, _, kind = key.partition("|")
             errors.setdefault(flow, {})[kind] = n
+            if key in self.flow_samples:
+                samples.setdefault(flow, {})[kind] = self.flow_samples[key]
         return {"checks": {name: {"passed": p, "failed": f}
                            for name, (p, f) in sorted(self.checks.items())},
                 "checks_passed": passed, "checks_failed": failed,
                 "checks_rate": round(passed / (passed + failed), 6) if passed + failed else None,
-                "failed_flows": errors}
+                "failed_flows": errors, "failed_flow_samples": samples}
 
     def add(self, report: Any) -> None:
         if self.t0_ns and not report.final:
@@ -568,6 +586,9 @@ class Aggregator:
         if report.flow_errors:
             for key, n in report.flow_errors.items():
                 self.flow_errors[key] = self.flow_errors.get(key, 0) + n
+        if report.flow_samples:
+            for key, message in report.flow_samples.items():
+                self.flow_samples.setdefault(key, message)
         if report.final:
             self.final_index[report.worker] = report.index
         merged = False
@@ -760,8 +781,13 @@ class Aggregator:
         # A closed-model stage has no target rate to show.
         target = expected / self.interval_s if window.stage.open_model else None
         achieved = interval_all[1] / self.interval_s
-        self.progress.update(stage, min((index + 1) * self.interval_s, self.plan.duration_s),
-                             target, achieved, st["p50"], st["p99"], self.errors, self.requests)
+        # An interval after the schedule's end that saw no response (the wait for the last
+        # ones) is no frame of its own: "rps 0/0 p50 0µs" would be the last one people see.
+        if index * self.interval_s < self.plan.duration_s - 1e-9 or interval_all[1]:
+            self.progress.update(stage, min((index + 1) * self.interval_s,
+                                            self.plan.duration_s),
+                                 target, achieved, st["p50"], st["p99"], self.errors,
+                                 self.requests)
         return stage, target, achieved
 
     def _row(self, scope: str, stage: int | None, request: int | None, outcome: str,

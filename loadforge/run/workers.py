@@ -104,6 +104,7 @@ class IntervalReport:
     # flow failures {"flow|ExceptionType": count}
     checks: dict[str, list[int]] | None = None
     flow_errors: dict[str, int] | None = None
+    flow_samples: dict[str, str] | None = None   # one message per "flow|ExceptionType"
 
 
 def interval_message(payload: bytes, open_conns: int, in_flight: int, cpu_ns: int = 0) -> bytes:
@@ -165,7 +166,7 @@ def decode_interval(message: bytes) -> IntervalReport:
         off += HIST.size
         tls_time = HistSlice(lo, bytes(view[off:off + 4 * n]), total, lo_v, hi_v)
         off += 4 * n
-    checks = flow_errors = None
+    checks = flow_errors = flow_samples = None
     if len(view) >= off + FLOWS.size:
         (length,) = FLOWS.unpack_from(view, off)
         off += FLOWS.size
@@ -173,10 +174,11 @@ def decode_interval(message: bytes) -> IntervalReport:
             section = json.loads(bytes(view[off:off + length]))
             checks = section.get("checks") or None
             flow_errors = section.get("errors") or None
+            flow_samples = section.get("samples") or None
     return IntervalReport(worker, index, bool(final), scheduled, sent, unsent, cells,
                           connects, connect_failures, open_conns, in_flight, waited, late,
                           cpu_ns, retried, dropped, by_server, by_us, connect_time, tls_time,
-                          tls_handshakes, checks, flow_errors)
+                          tls_handshakes, checks, flow_errors, flow_samples)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,15 @@
   var KIND_DASH = [[], [7, 3], [2, 3], [9, 3, 2, 3], [4, 4]];
   var W = 1240, H = 330, PAD = { l: 70, r: 44, t: 14, b: 40 };
 
+  // A run's colour: the palette's eight, then hues a golden angle apart, so that the ninth
+  // run never repeats the first.
+  function runColor(i) {
+    if (i < PALETTE.length) return PALETTE[i];
+    return "hsl(" + Math.round((i * 137.508) % 360) + ", 70%, " + (i % 2 ? 38 : 50) + "%)";
+  }
+  // One run: each percentile its own colour (and dash); several: the run's colour, dashed.
+  var PCT_COLORS = { p50: "#1f77b4", p90: "#2ca02c", p99: "#ff7f0e", max: "#d62728" };
+
   function fmtUs(v) {
     if (v < 1000) return Math.round(v) + "\u00b5s";
     if (v < 1e6) return +(v / 1e3).toPrecision(3) + "ms";
@@ -202,14 +211,16 @@
     var table = document.createElement("table");
     table.className = "runs";
     var head = "<tr><th>run</th><th>started</th><th>target</th><th>target rps</th>" +
-      "<th>achieved rps</th><th>error rate</th><th>p50</th><th>p99</th><th>max</th></tr>";
+      "<th>achieved rps</th><th>unsent</th><th>error rate</th><th>p50</th><th>p99</th>" +
+      "<th>max</th></tr>";
     var rows = runs.map(function (r, i) {
       var s = r.summary.all || {};
       var esc = function (t) { var d = document.createElement("div"); d.textContent = t; return d.innerHTML; };
-      return "<tr><td><i class=\"swatch\" style=\"background:" + PALETTE[i % PALETTE.length] +
+      return "<tr><td><i class=\"swatch\" style=\"background:" + runColor(i) +
         "\"></i>" + esc(r.title) + "</td><td>" + esc(r.start_time) + "</td><td>" + esc(r.target) +
         "</td><td>" + (s.target_rps === null || s.target_rps === undefined ? "-" : fmtNum(s.target_rps)) +
         "</td><td>" + fmtNum(s.achieved_rps || 0) +
+        "</td><td" + (r.unsent ? " class=\"fail\"" : "") + ">" + fmtCount(r.unsent) +
         "</td><td>" + +((s.error_rate || 0) * 100).toPrecision(3) + "%</td><td>" +
         fmtUs(s.p50 || 0) + "</td><td>" + fmtUs(s.p99 || 0) + "</td><td>" + fmtUs(s.max || 0) +
         "</td></tr>";
@@ -233,7 +244,7 @@
     return t;
   }
   function runCell(r, i) {
-    return "<i class=\"swatch\" style=\"background:" + PALETTE[i % PALETTE.length] + "\"></i>" + esc(r.title);
+    return "<i class=\"swatch\" style=\"background:" + runColor(i) + "\"></i>" + esc(r.title);
   }
   function fmtObserved(v, unit) {
     if (v === null || v === undefined) return "no data";
@@ -284,12 +295,63 @@
     runs.forEach(function (r, i) {
       Object.keys(r.requests_by_name || {}).forEach(function (name) {
         var n = r.requests_by_name[name], lat = n.latency_us || {};
+        if (!n.requests && !n.errors) return;      // a name nothing ran under (step:other)
         rows.push([runCell(r, i), esc(name), fmtCount(n.requests), fmtCount(n.errors),
                    lat.p50 ? fmtUs(lat.p50) : "-", lat.p90 ? fmtUs(lat.p90) : "-",
                    lat.p99 ? fmtUs(lat.p99) : "-"]);
       });
     });
     table(["run", "request", "responses", "errors", "p50", "p90", "p99"], rows, "names");
+  }
+
+  // Scripted flows: each check's passed / failed, failed flows by exception with a sample.
+  function checksTable(runs) {
+    var rows = [];
+    runs.forEach(function (r, i) {
+      var f = r.flows;
+      if (!f) return;
+      Object.keys(f.checks || {}).forEach(function (name) {
+        var c = f.checks[name], total = c.passed + c.failed;
+        rows.push([runCell(r, i), "check", esc(name),
+                   "<span class=\"" + (c.failed ? "fail" : "pass") + "\">" + fmtCount(c.passed) +
+                   " / " + fmtCount(c.failed) + "</span>",
+                   total ? +(c.passed / total * 100).toPrecision(3) + "% passed" : ""]);
+      });
+      var samples = f.failed_flow_samples || {};
+      Object.keys(f.failed_flows || {}).forEach(function (flow) {
+        Object.keys(f.failed_flows[flow]).forEach(function (kind) {
+          var sample = (samples[flow] || {})[kind];
+          rows.push([runCell(r, i), "failed flow", esc(flow),
+                     "<span class=\"fail\">" + fmtCount(f.failed_flows[flow][kind]) + " " +
+                     esc(kind) + "</span>", sample ? esc(sample) : ""]);
+        });
+      });
+    });
+    if (!rows.length) return false;
+    table(["run", "what", "name", "passed / failed", "rate or sample"], rows, "checks");
+    return true;
+  }
+
+  // Backend attribution (--backend-header): share, latency and errors per backend.
+  function backendsTable(runs) {
+    var rows = [];
+    runs.forEach(function (r, i) {
+      Object.keys(r.backends || {}).forEach(function (stage) {
+        var s = r.backends[stage];
+        Object.keys(s.backends).forEach(function (b) {
+          var x = s.backends[b];
+          rows.push([runCell(r, i), esc(stage === "all" ? "all stages" : stage), esc(b),
+                     +(x.share * 100).toPrecision(3) + "%", fmtCount(x.requests),
+                     +(x.error_rate * 100).toPrecision(3) + "%",
+                     x.p50 ? fmtUs(x.p50) : "-", x.p99 ? fmtUs(x.p99) : "-",
+                     s.fairness === null ? "-" : s.fairness.toFixed(3)]);
+        });
+      });
+    });
+    if (!rows.length) return false;
+    table(["run", "stage", "backend", "share", "responses", "error rate", "p50", "p99",
+           "fairness (Jain)"], rows, "backends");
+    return true;
   }
 
   var FIGURES = [["target_rps", "target rps", "rps"], ["achieved_rps", "achieved rps", "rps"],
@@ -299,9 +361,50 @@
   function fmtFigure(kind, v) {
     if (v === null || v === undefined) return "-";
     if (kind === "ratio") return +(v * 100).toPrecision(3) + "%";
+    if (kind === "index") return v.toFixed(3);
     return kind === "us" ? fmtUs(v) : fmtNum(v);
   }
-  function fmtPct(x) { return (x >= 0 ? "+" : "") + +(x * 100).toPrecision(3) + "%"; }
+  // A change as people read it: +4.5%, +120%, +11,000% (never 1.1e+4), as compare prints it.
+  function fmtChange(v, unit) {
+    if (!isFinite(v)) return (v > 0 ? "+" : "-") + "inf" + unit;
+    var body = Math.abs(v) >= 99.95 ? Math.round(v).toLocaleString("en-US") : +v.toPrecision(3);
+    return (v >= 0 ? "+" : "") + body + unit;
+  }
+  function fmtPct(x) { return fmtChange(x * 100, "%"); }
+
+  // Rows of compare's `scoped` figures: [key, label, kind, get(scoped of one run)].
+  function scopedFigures(stage) {
+    if (!stage.scoped) return [];
+    var out = [], backends = {}, names = {};
+    stage.scoped.forEach(function (f) {
+      if (!f) return;
+      Object.keys(f.backends).forEach(function (b) { backends[b] = 1; });
+      Object.keys(f.names).forEach(function (n) {
+        if (f.names[n].requests || f.names[n].errors) names[n] = 1;
+      });
+    });
+    var per = function (what, key, k) {
+      return function (f) { return (f[what][key] || {})[k]; };
+    };
+    Object.keys(backends).sort().forEach(function (b) {
+      out.push(["", "backend " + b + " share", "ratio",
+                function (f) { return (f.backends[b] || { share: 0 }).share; }]);
+      out.push(["", "backend " + b + " error rate", "ratio", per("backends", b, "error_rate")]);
+      out.push(["", "backend " + b + " p50", "us", per("backends", b, "p50")]);
+      out.push(["", "backend " + b + " p99", "us", per("backends", b, "p99")]);
+    });
+    if (Object.keys(backends).length) {
+      out.push(["", "fairness (Jain)", "index", function (f) { return f.fairness; }]);
+    }
+    if (Object.keys(names).length > 1) {
+      Object.keys(names).forEach(function (n) {
+        out.push(["", n + " error rate", "ratio", per("names", n, "error_rate")]);
+        out.push(["", n + " p50", "us", per("names", n, "p50")]);
+        out.push(["", n + " p99", "us", per("names", n, "p99")]);
+      });
+    }
+    return out;
+  }
 
   // compare's JSON (stages with values, deltas and, for groups, noise): one table per stage.
   function comparisonTables(cmp) {
@@ -315,19 +418,31 @@
       p.className = "note";
       p.textContent = stage.stage === "all" ? "all stages" : "stage " + stage.stage;
       document.getElementById("report").appendChild(p);
-      var rows = FIGURES.map(function (f) {
+      var rows = FIGURES.concat(scopedFigures(stage)).map(function (f) {
         var row = [esc(f[1])];
         stage.values.forEach(function (v, i) {
+          if (f[3]) {           // a backend's or a request name's figure: get(scoped figures)
+            var sv = stage.scoped[i] ? f[3](stage.scoped[i]) : null;
+            row.push(esc(fmtFigure(f[2], sv)));
+            if (!i) return;
+            var sb = stage.scoped[0] ? f[3](stage.scoped[0]) : null;
+            row.push(sv === null || sv === undefined || sb === null || sb === undefined ? "" :
+              esc(f[2] === "ratio" ? fmtChange((sv - sb) * 100, "pp") :
+                  f[2] === "index" ? (sv - sb >= 0 ? "+" : "") + (sv - sb).toFixed(3) :
+                  sb ? fmtPct((sv - sb) / sb) : ""));
+            return;
+          }
           row.push(esc(fmtFigure(f[2], v ? v[f[0]] : null)));
           if (!i) return;
           var d = stage.deltas[i] ? stage.deltas[i][f[0]] : null;
-          var cell = d === null || d === undefined ? "" :
-            (d >= 0 ? "+" : "") + +d.toPrecision(3) + (f[2] === "ratio" ? "pp" : "%");
+          var ratio = f[2] === "ratio";
+          var cell = d === null || d === undefined ? "" : esc(fmtChange(d, ratio ? "pp" : "%"));
           var judged = stage.noise && stage.noise[i] ? stage.noise[i][f[0]] : null;
-          if (judged) {
-            var sure = judged.p < 0.05 && (!judged.ci || judged.ci[0] > 0 || judged.ci[1] < 0);
+          if (judged && judged.p !== null && judged.p !== undefined) {
+            var sure = judged.p < 0.05 && judged.ci && (judged.ci[0] > 0 || judged.ci[1] < 0);
+            var ci = function (x) { return ratio ? fmtChange(x * 100, "pp") : fmtPct(x); };
             cell += " <span class=\"" + (sure ? "sig" : "nosig") + "\">" +
-              (judged.ci ? "[" + fmtPct(judged.ci[0]) + ", " + fmtPct(judged.ci[1]) + "] " : "") +
+              (judged.ci ? "[" + ci(judged.ci[0]) + ", " + ci(judged.ci[1]) + "] " : "") +
               "p=" + +judged.p.toPrecision(2) + "</span>";
           }
           row.push(cell);
@@ -338,16 +453,19 @@
     });
     var note = document.createElement("p");
     note.className = "note";
-    note.textContent = cmp.noise_estimate ?
-      "\u0394 against the baseline, with the bootstrap's 95% interval of the change and the U " +
-      "test's p over the runs; bold: significant (p < 0.05 and the interval clear of zero)." :
-      "One run on a side: no noise estimate (compare groups of runs with --group-by).";
+    var power = (cmp.groups || []).filter(function (g) { return g.power; })
+      .map(function (g) { return " " + g.title + ": " + g.power.line + "."; }).join("");
+    note.textContent = (cmp.noise_estimate ?
+      "\u0394 against the baseline, with the 95% interval of the change and p from a " +
+      "hierarchical bootstrap (runs, then intervals within runs); bold: significant (p < 0.05 " +
+      "and the interval clear of zero)." :
+      "One run on a side: no noise estimate (compare groups of runs with --group-by).") + power;
     document.getElementById("report").appendChild(note);
   }
 
   var data = JSON.parse(document.getElementById("report-data").textContent);
   var runs = data.runs, many = runs.length > 1, ready = 0;
-  var color = function (i) { return PALETTE[i % PALETTE.length]; };
+  var color = runColor;
   var prefix = function (r) { return many ? r.title + " " : ""; };
   var marks = (runs[0].stage_marks || []).map(function (m) { return { x: m.t, name: m.name }; });
 
@@ -364,6 +482,14 @@
   outcomesTable(runs);
   section("Requests by name");
   namesTable(runs);
+  if (runs.some(function (r) { return r.flows; })) {
+    section("Flows: checks and failures");
+    checksTable(runs);
+  }
+  if (runs.some(function (r) { return Object.keys(r.backends || {}).length; })) {
+    section("Backends");
+    backendsTable(runs);
+  }
   if (data.comparison) {
     section("Comparison");
     comparisonTables(data.comparison);
@@ -401,7 +527,8 @@
   var lat = [];
   runs.forEach(function (r, i) {
     ["p50", "p90", "p99", "max"].forEach(function (k) {
-      lat.push({ name: prefix(r) + k, color: color(i), dash: DASH[k], points: zip(r.t, r.latency_us[k]) });
+      lat.push({ name: prefix(r) + k, color: many ? color(i) : PCT_COLORS[k], dash: DASH[k],
+                 points: zip(r.t, r.latency_us[k]) });
     });
   });
   if (chart({ title: "Latency percentiles over time (successful responses, from intended send time)", xLabel: "time since start",
