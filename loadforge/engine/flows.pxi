@@ -27,10 +27,10 @@ cdef class FlowEngine(Engine):
 
     def __init__(self, str address, int port, list names, list stages, int connections,
                  int worker=0, int workers=1, double timeout_s=5.0, double interval_s=1.0,
-                 int control_fd=-1, tls=None):
+                 int control_fd=-1, tls=None, str retry="idempotent"):
         Engine.__init__(self, address, port, [(b"", False)] * len(names), [0], stages,
                         connections, worker=worker, workers=workers, timeout_s=timeout_s,
-                        interval_s=interval_s, control_fd=control_fd, tls=tls)
+                        interval_s=interval_s, control_fd=control_fd, tls=tls, retry=retry)
         self.cap = <char**>calloc(connections, sizeof(char*))
         self.cap_len = <int64_t*>calloc(connections, sizeof(int64_t))
         self.cap_size = <int64_t*>calloc(connections, sizeof(int64_t))
@@ -160,7 +160,7 @@ cdef class FlowEngine(Engine):
         self._hold[ci] = data
         self.tpl.out[ci] = PyBytes_AS_STRING(data)
         self.tpl.out_len[ci] = PyBytes_GET_SIZE(data)
-        self.req_head[step] = 1 if head else 0
+        self.req_head[step] = request_flags(self.tpl.out[ci], self.tpl.out_len[ci], head)
         self.cap_len[ci] = 0
         self.token[ci] = token
         c.has_arrival = 1
@@ -169,6 +169,9 @@ cdef class FlowEngine(Engine):
         c.intended_ns = intended
         c.fresh = 0
         c.retried = 0
+        # Steps are built by Python, one method each: decided per step, not per name.
+        c.retryable = self.retry_idempotent and request_idempotent(
+            self.tpl.out[ci], self.tpl.out_len[ci])
         c.big = 1
         self.eventful += 1
         self.inflight += 1
@@ -393,7 +396,7 @@ cdef class FlowEngine(Engine):
         if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY \
                 or c.written < self.tpl.out_len[ci] \
                 or c.served == self.requests_per_connection:
-            if c.parser.close and outcome < O_CONNECT:
+            if c.parser.close and not c.parser.drop and outcome < O_CONNECT:
                 c.peer_closed = 1
             close_conn(self, ci)
         else:

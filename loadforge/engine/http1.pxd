@@ -34,6 +34,11 @@ cdef enum:             # header ids, bit positions in Parser.candidates
     H_NONE = 4
 
 
+cdef enum:             # what parser_reset is told of the request (Engine.req_head)
+    REQ_HEAD = 1        # a HEAD request: the response has no body
+    REQ_BODY = 2        # the request carries a body
+
+
 cdef enum:
     N_HEADERS = 4
     CAPTURE_MAX = 48
@@ -50,6 +55,7 @@ cdef struct Parser:
     int vmatch           # progress matching "chunked" / "close" inside a value
     int digits
     int head             # response to HEAD: headers only
+    int sent_body        # the request carried a body
     int minor            # HTTP/1.minor: 1.0 closes unless the server says keep-alive
     int chunked          # Transfer-Encoding's last token so far is "chunked"
     int te_present       # a Transfer-Encoding with at least one token
@@ -58,6 +64,7 @@ cdef struct Parser:
     uint32_t tmask       # tokens the current list element may still be (bit per token)
     int tws              # whitespace seen after the current element's first byte
     int close            # the connection ends with this response (known after the head)
+    int drop             # ... because the client drops it: the server refused the body
     int64_t content_length   # -1 when absent
     int64_t remaining
     int64_t header_bytes

@@ -7,7 +7,8 @@
 # Header names and lines nobody reads are scanned in tight loops when they lie whole in the
 # buffer; a head split across reads goes byte by byte through the same states.
 
-cdef inline void parser_reset(Parser* p, int head) noexcept nogil:
+cdef inline void parser_reset(Parser* p, int request) noexcept nogil:
+    """Ready for the response to a request of flags `request` (REQ_HEAD, REQ_BODY)."""
     p.state = P_STATUS
     p.status = 0
     p.pos = 0
@@ -15,7 +16,8 @@ cdef inline void parser_reset(Parser* p, int head) noexcept nogil:
     p.header = H_NONE
     p.vmatch = 0
     p.digits = 0
-    p.head = head
+    p.head = request & REQ_HEAD
+    p.sent_body = request & REQ_BODY
     p.minor = 1
     p.chunked = 0
     p.te_present = 0
@@ -24,6 +26,7 @@ cdef inline void parser_reset(Parser* p, int head) noexcept nogil:
     p.tmask = 3
     p.tws = 0
     p.close = 0
+    p.drop = 0
     p.content_length = -1
     p.remaining = 0
     p.header_bytes = 0
@@ -55,7 +58,7 @@ cdef inline int after_headers(Parser* p) noexcept nogil:
         # 101 would switch protocols, which no request of ours asks for.
         if p.status == 101 or p.status < 100:
             return P_ERROR
-        head = p.head
+        head = p.head | p.sent_body
         received = p.received
         parser_reset(p, head)
         p.received = received
@@ -64,6 +67,14 @@ cdef inline int after_headers(Parser* p) noexcept nogil:
         return P_ERROR       # RFC 9110 15: status codes are 100-599
     # RFC 9112 9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with "keep-alive".
     p.close = 1 if p.conn_close or (p.minor == 0 and not p.conn_keep) else 0
+    if p.sent_body and (p.status == 413 or p.status == 417):
+        # The server refused the body (RFC 9110 15.5.14, 15.5.18), maybe before reading it,
+        # and nothing says where it will look for the next request: a client cannot tell
+        # whether the body it wrote into the socket buffer was read or will be taken for a
+        # request. The connection is not reused (as curl does after an answer before the
+        # upload's end); the server may also have answered before it was written at all.
+        p.close = 1
+        p.drop = 1
     if p.head or p.status == 204 or p.status == 304:
         return P_DONE
     if p.te_present and not p.chunked:
@@ -432,6 +443,52 @@ cdef inline int parser_eof(Parser* p) noexcept nogil:
     return O_PROTOCOL        # closed part way through
 
 
+cdef const char* IDEMPOTENCY_KEY = "idempotency-key:"
+
+
+cdef int request_idempotent(const char* data, Py_ssize_t n) noexcept nogil:
+    """Whether a request may go out again after a reused connection closed without a byte of
+    answer: its method is idempotent (RFC 9110 9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE)
+    or it carries an Idempotency-Key header (as Go's net/http Transport decides). Read once
+    per request template, never per request."""
+    cdef Py_ssize_t m = 0, i, k
+    while m < n and data[m] != c' ':
+        m += 1
+    if ((m == 3 and (memcmp(data, b"GET", 3) == 0 or memcmp(data, b"PUT", 3) == 0))
+            or (m == 4 and memcmp(data, b"HEAD", 4) == 0)
+            or (m == 5 and memcmp(data, b"TRACE", 5) == 0)
+            or (m == 6 and memcmp(data, b"DELETE", 6) == 0)
+            or (m == 7 and memcmp(data, b"OPTIONS", 7) == 0)):
+        return 1
+    # The head's lines, up to the blank one: does one begin with "Idempotency-Key:"?
+    i = 0
+    while i + 1 < n:
+        if data[i] == c'\n':
+            if data[i + 1] == c'\r' or data[i + 1] == c'\n':
+                return 0
+            k = 0
+            while k < 16 and i + 1 + k < n and lower(data[i + 1 + k]) == IDEMPOTENCY_KEY[k]:
+                k += 1
+            if k == 16:
+                return 1
+        i += 1
+    return 0
+
+
+cdef int request_flags(const char* data, Py_ssize_t n, int head) noexcept nogil:
+    """parser_reset's flags for an encoded request: REQ_HEAD, and REQ_BODY when bytes follow
+    the blank line that ends its head."""
+    cdef Py_ssize_t i
+    cdef int flags = REQ_HEAD if head else 0
+    for i in range(n - 3):
+        if data[i] == c'\r' and data[i + 1] == c'\n' and data[i + 2] == c'\r' \
+                and data[i + 3] == c'\n':
+            if i + 4 < n:
+                flags |= REQ_BODY
+            break
+    return flags
+
+
 cdef inline int status_outcome(int status) noexcept nogil:
     if status < 200:
         return O_1XX
@@ -466,10 +523,10 @@ cdef class ResponseParser:
     cdef HeaderNames names
     cdef bytes _capture_name
 
-    def __init__(self, bint head=False, capture=None):
+    def __init__(self, bint head=False, capture=None, bint body=False):
         self._capture_name = capture.lower().encode() if capture else b""
         names_init(&self.names, self._capture_name)
-        parser_reset(&self.p, head)
+        parser_reset(&self.p, (REQ_HEAD if head else 0) | (REQ_BODY if body else 0))
 
     def feed(self, bytes data):
         """Feed bytes; returns how many were consumed (fewer than given once complete)."""
@@ -499,3 +556,9 @@ cdef class ResponseParser:
     @property
     def captured(self):
         return self.p.capture[:self.p.capture_len]
+
+
+def idempotent_request(bytes request):
+    """Whether the engine may send this encoded request again after a reused connection
+    closed without an answer (`[load] retry = "idempotent"`), for tests and tools."""
+    return bool(request_idempotent(PyBytes_AS_STRING(request), PyBytes_GET_SIZE(request)))

@@ -16,6 +16,9 @@ cdef class Engine:
     http2: None for HTTP/1.1, else one (header list, body) per request, the header list
     (name, value) bytes with the pseudo-headers first: every request is then an HTTP/2 stream,
     at most `streams` at once per connection (engine/http2.pxi).
+    retry: "idempotent" (an HTTP/1.x request of an idempotent method, or carrying
+    Idempotency-Key, goes out once more on a new connection when the reused one it went out
+    on closed without a byte of answer) or "never" (such a request ends as `reset`).
     """
 
     cdef:
@@ -54,7 +57,9 @@ cdef class Engine:
         list _keep
         const char** req_data
         Py_ssize_t* req_len
-        int* req_head
+        int* req_head            # per request: parser_reset's flags (REQ_HEAD, REQ_BODY)
+        int* req_retry           # per request: may be sent again (Conn.retryable)
+        int retry_idempotent     # [load] retry = "idempotent" (else "never")
         int* req_big             # per request: -1 not known yet, 0 small, 1 seen big
         int nreq
         int32_t* mix
@@ -117,7 +122,7 @@ cdef class Engine:
                  double interval_s=1.0, capture_header=None, int control_fd=-1,
                  double timer_resolution_s=0.0, int requests_per_connection=0,
                  list feeders=None, list templates=None, tls=None,
-                 list http2=None, int streams=100):
+                 list http2=None, int streams=100, str retry="idempotent"):
         cdef int i
         cdef sockaddr_in* a4
         cdef sockaddr_in6* a6
@@ -138,6 +143,9 @@ cdef class Engine:
         if requests_per_connection < 0:
             raise ValueError("requests_per_connection must be >= 0")
         self.requests_per_connection = requests_per_connection
+        if retry not in ("idempotent", "never"):
+            raise ValueError(f'retry must be "idempotent" or "never", got {retry!r}')
+        self.retry_idempotent = 1 if retry == "idempotent" else 0
 
         self.transport.kind = T_TCP
         if tls is not None:
@@ -167,13 +175,19 @@ cdef class Engine:
         self.req_len = <Py_ssize_t*>malloc(self.nreq * sizeof(Py_ssize_t))
         self.req_head = <int*>malloc(self.nreq * sizeof(int))
         self.req_big = <int*>malloc(self.nreq * sizeof(int))
+        self.req_retry = <int*>malloc(self.nreq * sizeof(int))
+        if self.req_data == NULL or self.req_len == NULL or self.req_head == NULL \
+                or self.req_big == NULL or self.req_retry == NULL:
+            raise MemoryError()
         for i, (data, head) in enumerate(requests):
             data = bytes(data)
             self._keep.append(data)
             self.req_data[i] = PyBytes_AS_STRING(data)
             self.req_len[i] = PyBytes_GET_SIZE(data)
-            self.req_head[i] = 1 if head else 0
+            self.req_head[i] = request_flags(self.req_data[i], self.req_len[i], head)
             self.req_big[i] = -1
+            self.req_retry[i] = self.retry_idempotent and request_idempotent(
+                self.req_data[i], self.req_len[i])
         self.mix_len = len(mix)
         self.mix = <int32_t*>malloc(self.mix_len * sizeof(int32_t))
         for i in range(self.mix_len):
@@ -286,6 +300,7 @@ cdef class Engine:
         free(self.req_len)
         free(self.req_head)
         free(self.req_big)
+        free(self.req_retry)
         free(self.mix)
         free(self.stages)
         free(self.counters)
@@ -365,6 +380,7 @@ cdef class Engine:
         c.intended_ns = intended
         c.fresh = 0
         c.retried = 0
+        c.retryable = self.req_retry[request]
         c.big = 1 if self.req_big[request] != 0 else 0
         self.eventful += c.big
         self.inflight += 1
@@ -481,7 +497,7 @@ cdef class Engine:
         if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY \
                 or c.written < self.tpl.out_len[ci] \
                 or c.served == self.requests_per_connection:
-            if c.parser.close and outcome < O_CONNECT:
+            if c.parser.close and not c.parser.drop and outcome < O_CONNECT:
                 c.peer_closed = 1     # the server said so: it closes its end after this
             close_conn(self, ci)
         else:

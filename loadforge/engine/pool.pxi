@@ -154,9 +154,11 @@ cdef inline void record_connect_time(Engine self, Conn* c, int64_t now) noexcept
 cdef int retry_arrival(Engine self, int ci, int64_t now) noexcept:
     """A request that went out on a reused connection the server had already closed (idle
     timeout, keepalive_requests) got no byte of answer: send it once more on a new
-    connection, as browsers and wrk do. Returns 1 when it did."""
+    connection, as browsers do, if it is idempotent (RFC 9110 9.2.2, RFC 9112 9.3.1: the
+    server may have processed it; a POST sent twice is an order placed twice). Returns 1 when
+    it did; else the caller ends it as `reset`."""
     cdef Conn* c = &self.conns[ci]
-    if c.fresh or c.retried:
+    if c.fresh or c.retried or not c.retryable:
         return 0
     c.retried = 1
     self.retries += 1

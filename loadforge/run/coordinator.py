@@ -963,7 +963,7 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
                                 plan.requests_per_connection, tables, templates,
                                 None if plan.tls is None else
                                 plan.tls.engine_settings(target.hostname),
-                                http2, plan.streams, flows))
+                                http2, plan.streams, flows, retry=plan.retry))
     return specs
 
 

@@ -211,6 +211,7 @@ class WorkerSpec:
     # and the (column, view) pairs flows read, and the open-model arrivals of the run (where
     # closed-model rows start). None: no flows.
     flows: tuple[Any, ...] | None = None
+    retry: str = "idempotent"              # Plan.retry: "idempotent" or "never"
 
 
 def done_message(exhausted: tuple[int, int] | None,
@@ -340,7 +341,8 @@ def run_flows(spec: WorkerSpec, channel: Connection) -> None:
     engine = _core.FlowEngine(
         spec.address, spec.port, module.names, spec.stages, spec.connections,
         worker=spec.index, workers=spec.workers, timeout_s=spec.timeout_s,
-        interval_s=spec.interval_s, control_fd=channel.fileno(), tls=spec.tls)
+        interval_s=spec.interval_s, control_fd=channel.fileno(), tls=spec.tls,
+        retry=spec.retry)
     base_url = ("https" if spec.tls is not None else "http") + f"://{base[0]}{base[1]}"
     if module.asyncio:
         # The slower path, for a module that awaits httpx/anyio/asyncio (flows/loader.py)
@@ -399,7 +401,7 @@ def worker_main() -> None:
             control_fd=channel.fileno(), timer_resolution_s=spec.timer_resolution_s,
             requests_per_connection=spec.requests_per_connection, feeders=tables,
             templates=spec.templates, tls=spec.tls,
-            http2=spec.http2, streams=spec.streams)
+            http2=spec.http2, streams=spec.streams, retry=spec.retry)
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
         # CPU time per interval: a worker that used its whole core is the reason arrivals
