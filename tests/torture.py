@@ -232,6 +232,15 @@ class _Handler(socketserver.BaseRequestHandler):
             self.send(_head("304 Not Modified", "Content-Length: 5") + b"hello")
         elif mode == "two-responses":
             self.send(OK + OK)
+        elif mode == "space-before-colon":
+            # RFC 9112 5.1: refused at once, not read as a body that runs to the close.
+            self.send(_head("200 OK", "Content-Length : 2") + b"ok")
+        elif mode == "obs-fold":
+            self.send(_head("200 OK", "X-Folded: a,", " b", "Content-Length: 2") + b"ok")
+        elif mode == "cl-list":
+            self.send(_head("200 OK", "Content-Length: 2, 2") + b"ok")
+        elif mode == "chunk-bare-cr":
+            self.send(_head("200 OK", "Transfer-Encoding: chunked") + b"2\r0\r\nok\r\n0\r\n\r\n")
         elif mode == "status-999":
             self.send(_head("999 Odd", "Content-Length: 0"))
         else:

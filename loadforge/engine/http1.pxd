@@ -10,12 +10,14 @@ cdef enum ParseState:
     P_HEADERS_LF        # CR of the blank line seen, LF expected
     P_NAME
     P_VALUE
+    P_VALUE_LF          # CR inside a value read: LF must follow (RFC 9112 2.2: no bare CR)
     P_SKIP_NAME         # the name of a header nobody asked for, up to its colon
     P_SKIP_LINE         # the rest of a header line nobody asked for
     P_BODY_LENGTH
     P_BODY_EOF          # no length, not chunked: the body ends when the server closes
     P_CHUNK_SIZE
     P_CHUNK_EXT
+    P_CHUNK_LF          # CR of a chunk-size line: LF must follow
     P_CHUNK_DATA
     P_CHUNK_DATA_CR
     P_CHUNK_DATA_LF
@@ -32,6 +34,7 @@ cdef enum:             # header ids, bit positions in Parser.candidates
     H_CONNECTION = 2
     H_CAPTURE = 3       # optional header whose value is captured (backend attribution)
     H_NONE = 4
+    H_START = 5         # no header line yet (after the status line): nothing to fold into
 
 
 cdef enum:             # what parser_reset is told of the request (Engine.req_head)

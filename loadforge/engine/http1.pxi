@@ -13,7 +13,7 @@ cdef inline void parser_reset(Parser* p, int request) noexcept nogil:
     p.status = 0
     p.pos = 0
     p.candidates = 0
-    p.header = H_NONE
+    p.header = H_START   # no header line yet: a folded line here has nothing to continue
     p.vmatch = 0
     p.digits = 0
     p.head = request & REQ_HEAD
@@ -32,6 +32,13 @@ cdef inline void parser_reset(Parser* p, int request) noexcept nogil:
     p.header_bytes = 0
     p.received = 0
     p.capture_len = 0
+
+
+# RFC 9110 5.6.2: tchar, the bytes of a header name (1 where allowed).
+cdef unsigned char TCHAR[256]
+memset(TCHAR, 0, sizeof(TCHAR))
+for _c in bytearray(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"):
+    TCHAR[_c] = 1
 
 
 cdef inline char lower(char c) noexcept nogil:
@@ -84,6 +91,7 @@ cdef inline int after_headers(Parser* p) noexcept nogil:
     if p.chunked:
         p.remaining = 0
         p.digits = 0
+        p.vmatch = 0
         return P_CHUNK_SIZE
     if p.content_length >= 0:
         if p.content_length == 0:
@@ -94,16 +102,25 @@ cdef inline int after_headers(Parser* p) noexcept nogil:
     return P_BODY_EOF
 
 
+cdef inline int length_element_end(Parser* p) noexcept nogil:
+    """The end of one Content-Length value (a line may list several, comma-separated:
+    RFC 9110 8.6 lets a recipient take "2, 2" as 2); 0 when it is empty or differs from the
+    others (RFC 9112 6.3: unrecoverable)."""
+    if p.digits == 0:
+        return 0
+    if p.content_length >= 0 and p.content_length != p.remaining:
+        return 0
+    p.content_length = p.remaining
+    p.remaining = 0
+    p.digits = 0
+    p.vmatch = 0
+    return 1
+
+
 cdef inline int end_of_value(Parser* p) noexcept nogil:
     cdef int n
     if p.header == H_CONTENT_LENGTH:
-        if p.digits == 0:
-            return P_ERROR
-        # RFC 9112 6.3: differing Content-Length values are unrecoverable.
-        if p.content_length >= 0 and p.content_length != p.remaining:
-            return P_ERROR
-        p.content_length = p.remaining
-        p.remaining = 0
+        return P_LINE_START if length_element_end(p) else P_ERROR
     elif p.header == H_TRANSFER_ENCODING or p.header == H_CONNECTION:
         token_end(p)
     elif p.header == H_CAPTURE:
@@ -289,8 +306,10 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
         elif st == P_SKIP_NAME:
             if c == c':':
                 p.state = P_SKIP_LINE
-            elif c == c'\n' or c == c'\r':
-                p.state = P_ERROR    # a header line without a colon
+            elif not TCHAR[<unsigned char>c]:
+                # No colon, or a byte no name holds: whitespace before the colon too (RFC
+                # 9112 5.1: it must be refused, "Content-Length : 5" is no Content-Length).
+                p.state = P_ERROR
                 return i
         elif st == P_LINE_START or st == P_NAME:
             if st == P_LINE_START:
@@ -302,13 +321,26 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                     if p.state == P_DONE or p.state == P_ERROR:
                         return i
                     continue
+                if c == c' ' or c == c'\t':
+                    # obs-fold (RFC 9112 5.2): the line continues the previous field's value,
+                    # which a user agent reads as if joined by a space. The continuation of a
+                    # value nobody reads is skipped (a captured value keeps its first line); a
+                    # folded framing header (Content-Length, Transfer-Encoding, Connection) is
+                    # refused, where request smuggling hides, as is a fold with no field before.
+                    if p.header == H_NONE or p.header == H_CAPTURE:
+                        p.state = P_SKIP_LINE
+                        continue
+                    p.state = P_ERROR
+                    return i
                 # The whole name in this buffer: look it up at once.
                 j = i - 1
-                while j < n and buf[j] != c':' and buf[j] != c'\n' and buf[j] != c'\r':
+                while j < n and TCHAR[<unsigned char>buf[j]]:
                     j += 1
                 if j < n:
-                    if buf[j] != c':':
-                        p.state = P_ERROR    # a header line without a colon
+                    if buf[j] != c':' or j == i - 1:
+                        # No colon, an empty name, or a byte no name holds: whitespace
+                        # before the colon too (RFC 9112 5.1).
+                        p.state = P_ERROR
                         return j + 1
                     p.header_bytes += j - i + 1
                     if p.header_bytes > MAX_HEADER_BYTES:
@@ -322,12 +354,16 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                         start_value(p)
                     continue
                 p.state = P_NAME
+                p.header = H_NONE
                 p.pos = 0
                 p.candidates = 0
                 for h in range(N_HEADERS):
                     if names.length[h] > 0:
                         p.candidates |= 1u << h
             if c == c':':
+                if p.pos == 0:
+                    p.state = P_ERROR    # an empty name
+                    return i
                 p.header = H_NONE
                 for h in range(N_HEADERS):
                     if (p.candidates >> h) & 1 and names.length[h] == p.pos:
@@ -336,8 +372,8 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                     p.state = P_SKIP_LINE
                 else:
                     start_value(p)
-            elif c == c'\n' or c == c'\r':
-                p.state = P_ERROR    # a header line without a colon
+            elif not TCHAR[<unsigned char>c]:
+                p.state = P_ERROR    # no colon, or a byte no name holds (RFC 9112 5.1)
                 return i
             else:
                 c = lower(c)
@@ -361,7 +397,7 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                 if p.state == P_ERROR:
                     return i
             elif c == c'\r':
-                pass
+                p.state = P_VALUE_LF
             elif p.header == H_CONTENT_LENGTH:
                 if c >= c'0' and c <= c'9':
                     # vmatch marks whitespace after the digits: "1 2" is not twelve.
@@ -373,6 +409,10 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                 elif c == c' ' or c == c'\t':
                     if p.digits:
                         p.vmatch = 1
+                elif c == c',':
+                    if not length_element_end(p):
+                        p.state = P_ERROR
+                        return i
                 else:
                     p.state = P_ERROR
                     return i
@@ -384,20 +424,39 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                 elif p.capture_len < CAPTURE_MAX:
                     p.capture[p.capture_len] = c
                     p.capture_len += 1
-        elif st == P_CHUNK_SIZE or st == P_CHUNK_EXT:
+        elif st == P_VALUE_LF:
+            if c != c'\n':
+                p.state = P_ERROR    # a bare CR inside a value (RFC 9112 2.2)
+                return i
+            p.state = end_of_value(p)
+            if p.state == P_ERROR:
+                return i
+        elif st == P_CHUNK_SIZE or st == P_CHUNK_EXT or st == P_CHUNK_LF:
             if c == c'\n':
                 if p.digits == 0:
                     p.state = P_ERROR
                     return i
                 p.digits = 0
+                p.vmatch = 0
                 p.state = P_TRAILER_START if p.remaining == 0 else P_CHUNK_DATA
-            elif st == P_CHUNK_EXT or c == c'\r':
+            elif st == P_CHUNK_LF:
+                p.state = P_ERROR    # a bare CR inside a chunk-size line (RFC 9112 7.1)
+                return i
+            elif c == c'\r':
+                p.state = P_CHUNK_LF
+            elif st == P_CHUNK_EXT:
                 pass
-            elif c == c';' or c == c' ' or c == c'\t':
+            elif c == c';':
                 p.state = P_CHUNK_EXT
+            elif c == c' ' or c == c'\t':
+                # Whitespace after the size (BWS before ";", RFC 9112 7.1.1): no more digits.
+                if p.digits == 0:
+                    p.state = P_ERROR
+                    return i
+                p.vmatch = 1
             else:
                 d = hex_value(c)
-                if d < 0 or p.digits >= 15:
+                if d < 0 or p.vmatch or p.digits >= 15:
                     p.state = P_ERROR
                     return i
                 p.remaining = p.remaining * 16 + d
