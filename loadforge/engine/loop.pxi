@@ -627,8 +627,7 @@ cdef class Engine:
                         self.connect_failures += 1
                     self.finish(i, O_TIMEOUT if c.state == C_BUSY else O_CONNECT, now, now)
                 else:
-                    self.connect_failures += 1
-                    close_conn(self, i)
+                    close_conn(self, i)     # a warm-up connect: not counted (counts_at_open)
 
     cdef int advance(self, int64_t now) except -1:
         """Everything that is due at `now`; returns 1 once the run is over."""

@@ -61,7 +61,8 @@ cdef void close_conn(Engine self, int ci) noexcept:
 cdef void open_conn(Engine self, int ci, int64_t now) noexcept:
     cdef Conn* c = &self.conns[ci]
     cdef epoll_event ev
-    self.connects += 1
+    if counts_at_open(self, c):
+        self.connects += 1
     if self.h2.enabled:
         h2_open_session(self, ci)
     if transport_connect(&self.transport, c) != 0:
@@ -81,8 +82,18 @@ cdef void open_conn(Engine self, int ci, int64_t now) noexcept:
     epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, c.fd, &ev)
 
 
+cdef inline int counts_at_open(Engine self, Conn* c) noexcept:
+    """Whether a connect attempt counts (connections.opened) when it starts. One opened ahead
+    of need (the pool's warm-up: no arrival waits on it) counts only once it connects: one
+    that fails is tried again by the first arrival that needs the slot, and that attempt
+    counts, with the arrival's `connect` error, so that connections.failed equals
+    errors_by_kind.connect in both models."""
+    return c.has_arrival or self.h2.enabled
+
+
 cdef void connect_failed(Engine self, int ci, int64_t now) noexcept:
-    self.connect_failures += 1
+    if counts_at_open(self, &self.conns[ci]):
+        self.connect_failures += 1
     if self.h2.enabled:
         h2_connect_failed(self, ci, now, O_CONNECT)
     elif self.conns[ci].has_arrival:
@@ -126,6 +137,8 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
     c.state = C_IDLE
     c.backoff_ns = 0
     self.connecting -= 1
+    if not counts_at_open(self, c):
+        self.connects += 1      # a warm-up connection, counted now that it is open
     if handshake:
         # The handshake's time, as a TLS-terminating load balancer's costs show in it.
         if hist_record(&self.arena, &self.tls_time, (now - c.handshake_ns) // 1000) != 0:
