@@ -114,3 +114,19 @@ def test_a_request_larger_than_the_socket_buffer_is_written_in_parts():
     cells = [c for r in reports for c in r.cells if c.count]
     assert received == [len(request)]
     assert [(c.outcome, c.count) for c in cells] == [("2xx", 1)]
+
+
+def test_latencies_past_the_histogram_range_are_counted(nginx):
+    """Arrivals due over an hour before they could be sent (time zero an hour ago): each is
+    recorded at the top of the histograms' range (1 h) and counted as clamped, so the summary
+    can say so (`clamped_samples`)."""
+    parts = urlsplit(nginx.url)
+    engine = _core.Engine(parts.hostname, parts.port, [(GET, False)], [0],
+                          [(True, 5.0, 5.0, 1.0, 0, 0.0)], 8, interval_s=1000.0)
+    reports: list[IntervalReport] = []
+    engine.run(_core.now_ns() - 3_700 * 1_000_000_000, lambda p, o, f: reports.append(
+        decode_interval(interval_message(p, o, f))), preconnect=0)
+    cells = [c for r in reports for c in r.cells if c.count]
+    assert sum(c.count for c in cells) == 5 and {c.outcome for c in cells} == {"2xx"}
+    assert reports[-1].clamped == 5
+    assert max(c.latency.max_us for c in cells) == 3_600_000_000

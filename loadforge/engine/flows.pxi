@@ -208,19 +208,19 @@ cdef class FlowEngine(Engine):
                 ts.tv_sec = quiet // 1000000000
                 ts.tv_nsec = quiet % 1000000000
                 with nogil:
-                    n = epoll_pwait2(self.wake_epfd, self.events, MAX_EVENTS, &ts, NULL)
+                    n = epoll_pwait2(self.wake_epfd, self.events, self.max_events, &ts, NULL)
                 # Woken (a close, the control fd): look at once; else wait on for the rest.
                 timeout_ns = 0 if n > 0 else timeout_ns - quiet
         ts.tv_sec = timeout_ns // 1000000000
         ts.tv_nsec = timeout_ns % 1000000000
         if self.epoll_ns:
             with nogil:
-                n = epoll_pwait2(self.epfd, self.events, MAX_EVENTS, &ts, NULL)
+                n = epoll_pwait2(self.epfd, self.events, self.max_events, &ts, NULL)
             if n < 0 and errno == ENOSYS:
                 self.epoll_ns = 0
         if not self.epoll_ns:
             with nogil:
-                n = epoll_wait(self.epfd, self.events, MAX_EVENTS,
+                n = epoll_wait(self.epfd, self.events, self.max_events,
                                <int>((timeout_ns + 999999) // 1000000))
         now = monotonic_ns()
         self.rt_offset_ns = realtime_ns() - now

@@ -37,6 +37,7 @@ cdef class Engine:
         int inflight
         char* rbuf
         epoll_event* events
+        int max_events           # its length: at least one per connection, and the control fd
         msghdr msg               # recvmsg over rbuf, with room for a receive timestamp
         iovec iov
         uint64_t cmsg_buf[CMSG_BUFFER_WORDS]   # 8-aligned, as cmsghdr needs
@@ -46,6 +47,7 @@ cdef class Engine:
         int eventful             # arrivals in flight whose responses may be big (Conn.big)
         uint64_t retries         # arrivals sent again after a reused connection closed
         uint64_t dropped         # outcomes not recorded: no memory for their cell
+        uint64_t clamped         # latencies past the histograms' range, recorded as 1 h
         uint64_t closed_by_server   # connected connections the server ended
         uint64_t closed_by_us       # ... and those the engine ended (errors, timeouts, stop)
         Arena arena              # histogram chunks, shared by every cell
@@ -224,7 +226,10 @@ cdef class Engine:
         self.think_conn = <int*>malloc(self.nthink * sizeof(int))
         self.think_at = <int64_t*>malloc(self.nthink * sizeof(int64_t))
         self.rbuf = <char*>malloc(RECV_BUFFER_SIZE)
-        self.events = <epoll_event*>malloc(MAX_EVENTS * sizeof(epoll_event))
+        # Room for every connection and the control fd: one wait hands back all that is ready,
+        # so the wait after a quiet sleep (sleep_through_responses) drains every socket.
+        self.max_events = connections + 1 if connections + 1 > MAX_EVENTS else MAX_EVENTS
+        self.events = <epoll_event*>malloc(self.max_events * sizeof(epoll_event))
         if (self.conns == NULL or self.idle_stack == NULL or self.closed_stack == NULL
                 or self.rbuf == NULL or self.events == NULL or self.think_conn == NULL
                 or self.think_at == NULL or self.stages == NULL or self.counters == NULL):
@@ -777,17 +782,17 @@ cdef class Engine:
             if self.epoll_ns:
                 with nogil:
                     n = epoll_pwait2(self.wake_epfd if quiet else self.epfd, self.events,
-                                     MAX_EVENTS, &ts, NULL)
+                                     self.max_events, &ts, NULL)
                 if n < 0 and errno == ENOSYS:
                     self.epoll_ns = 0
                     quiet = 0
             if not self.epoll_ns:
                 # Millisecond timeouts only: round up, so arrivals are never sent early.
                 with nogil:
-                    n = epoll_wait(self.epfd, self.events, MAX_EVENTS,
+                    n = epoll_wait(self.epfd, self.events, self.max_events,
                                    <int>((wait + 999999) // 1000000))
             if quiet:
-                n = epoll_wait(self.epfd, self.events, MAX_EVENTS, 0)
+                n = epoll_wait(self.epfd, self.events, self.max_events, 0)
             now = monotonic_ns()
             self.rt_offset_ns = realtime_ns() - now
             self.last_wake_ns = now

@@ -82,6 +82,7 @@ cdef packed struct WireTrailer:   # so far
     uint64_t dropped
     uint64_t closed_by_server
     uint64_t closed_by_us
+    uint64_t clamped     # latencies past the histograms' 1 h, recorded as 1 h
 
 
 cdef packed struct WireTls:       # so far

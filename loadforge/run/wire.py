@@ -32,7 +32,8 @@ STAGE = struct.Struct("<QQQQQ")        # scheduled, sent, unsent, waited, late
 BACKEND = struct.Struct("<I48s")       # length, name (CAPTURE_MAX bytes)
 CELL = struct.Struct("<IIIIQ")         # stage, request, outcome, backend slot, count
 HIST = struct.Struct("<iiQqq")         # lo, n, total, min, max; then n uint32 counts
-TRAILER = struct.Struct("<QQQQ")       # so far: retried, dropped, closed by server, by us
+# so far: retried, dropped, closed by server, by us, latencies clamped to 1 h
+TRAILER = struct.Struct("<QQQQQ")
 TLS = struct.Struct("<QQQ")            # so far: full handshakes, resumed, failed
 FLOWS = struct.Struct("<I")            # length of the FLOWS section's JSON that follows
 

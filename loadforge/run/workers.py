@@ -104,6 +104,7 @@ class IntervalReport:
     # flow failures {"flow|ExceptionType": count}
     checks: dict[str, list[int]] | None = None
     flow_errors: dict[str, int] | None = None
+    clamped: int = 0       # so far: latencies past the histograms' 1 h, recorded as 1 h
 
 
 def interval_message(payload: bytes, open_conns: int, in_flight: int, cpu_ns: int = 0) -> bytes:
@@ -146,10 +147,10 @@ def decode_interval(message: bytes) -> IntervalReport:
             off += 4 * n
         cells.append(CellDelta(stage, request, OUTCOMES[outcome], backends[backend], count,
                                hists[0], hists[1]))
-    retried = dropped = by_server = by_us = 0
+    retried = dropped = by_server = by_us = clamped = 0
     connect_time = None
     if len(view) >= off + TRAILER.size:
-        retried, dropped, by_server, by_us = TRAILER.unpack_from(view, off)
+        retried, dropped, by_server, by_us, clamped = TRAILER.unpack_from(view, off)
         off += TRAILER.size
     if len(view) >= off + HIST.size:
         lo, n, total, lo_v, hi_v = HIST.unpack_from(view, off)
@@ -176,7 +177,7 @@ def decode_interval(message: bytes) -> IntervalReport:
     return IntervalReport(worker, index, bool(final), scheduled, sent, unsent, cells,
                           connects, connect_failures, open_conns, in_flight, waited, late,
                           cpu_ns, retried, dropped, by_server, by_us, connect_time, tls_time,
-                          tls_handshakes, checks, flow_errors)
+                          tls_handshakes, checks, flow_errors, clamped)
 
 
 @dataclass(frozen=True)
