@@ -46,7 +46,8 @@ class Engine:
                  http2: list[tuple[list[tuple[bytes, bytes]], bytes]
                              | tuple[list[tuple[bytes, bytes]], bytes,
                                      list[tuple[int, int, int]]]] | None = None,
-                 streams: int = 100, retry: str = "idempotent") -> None: ...
+                 streams: int = 100, retry: str = "idempotent",
+                 fault_epoll: int = 0) -> None: ...
     @property
     def wakeups(self) -> int: ...
     @property

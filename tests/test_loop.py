@@ -10,6 +10,7 @@ import threading
 import time
 from urllib.parse import urlsplit
 
+import pytest
 from servers import http_server
 
 from loadforge import _core
@@ -130,3 +131,23 @@ def test_latencies_past_the_histogram_range_are_counted(nginx):
     assert sum(c.count for c in cells) == 5 and {c.outcome for c in cells} == {"2xx"}
     assert reports[-1].clamped == 5
     assert max(c.latency.max_us for c in cells) == 3_600_000_000
+
+
+@pytest.mark.parametrize("fault", [1, 2, 3], ids=["add", "add-wake", "mod-connected"])
+def test_a_socket_epoll_refuses_is_a_failed_connect(nginx, fault):
+    """The kernel refuses to watch a connection's socket (ENOMEM, or fs.epoll.max_user_watches
+    reached; made to happen here at the first connection's 1st, 2nd or 3rd epoll_ctl): its
+    arrival ends at once as a failed connect, never as a timeout, and the others go on."""
+    parts = urlsplit(nginx.url)
+    engine = _core.Engine(parts.hostname, parts.port, [(GET, False)], [0],
+                          [(True, 50.0, 50.0, 0.1, 0, 0.0)], 8, timeout_s=5.0,
+                          fault_epoll=fault)
+    reports: list[IntervalReport] = []
+    engine.run(_core.now_ns() + 20_000_000, lambda p, o, f: reports.append(
+        decode_interval(interval_message(p, o, f))), preconnect=0)
+    counts: dict[str, int] = {}
+    for c in (c for r in reports for c in r.cells):
+        counts[c.outcome] = counts.get(c.outcome, 0) + c.count
+    assert {k: v for k, v in counts.items() if v} == {"2xx": 4, "connect": 1}
+    # The failed one, and one that carried the other four
+    assert (reports[-1].connects, reports[-1].connect_failures) == (2, 1)

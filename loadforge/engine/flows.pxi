@@ -67,8 +67,9 @@ cdef class FlowEngine(Engine):
         if self.control_fd >= 0:
             cev.events = EPOLLIN
             cev.data.u64 = CONTROL_TAG
-            epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.control_fd, &cev)
-            epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, self.control_fd, &cev)
+            if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.control_fd, &cev) != 0 \
+                    or epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, self.control_fd, &cev) != 0:
+                raise OSError(errno, "epoll_ctl: the coordinator's channel cannot be watched")
         self.rt_offset_ns = realtime_ns() - now
         self.next_scan_ns = now + SCAN_PERIOD_NS
         if preconnect > self.nconns:

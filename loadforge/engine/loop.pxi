@@ -19,6 +19,7 @@ cdef class Engine:
     retry: "idempotent" (an HTTP/1.x request of an idempotent method, or carrying
     Idempotency-Key, goes out once more on a new connection when the reused one it went out
     on closed without a byte of answer) or "never" (such a request ends as `reset`).
+    fault_epoll: for the tests, the n-th epoll_ctl on a connection's socket fails (n > 0).
     """
 
     cdef:
@@ -62,6 +63,7 @@ cdef class Engine:
         int* req_head            # per request: parser_reset's flags (REQ_HEAD, REQ_BODY)
         int* req_retry           # per request: may be sent again (Conn.retryable)
         int retry_idempotent     # [load] retry = "idempotent" (else "never")
+        int fault_epoll          # tests: the n-th epoll_ctl of a connection fails (conn_epoll)
         int* req_big             # per request: -1 not known yet, 0 small, 1 seen big
         int nreq
         int32_t* mix
@@ -124,7 +126,8 @@ cdef class Engine:
                  double interval_s=1.0, capture_header=None, int control_fd=-1,
                  double timer_resolution_s=0.0, int requests_per_connection=0,
                  list feeders=None, list templates=None, tls=None,
-                 list http2=None, int streams=100, str retry="idempotent"):
+                 list http2=None, int streams=100, str retry="idempotent",
+                 int fault_epoll=0):
         cdef int i
         cdef sockaddr_in* a4
         cdef sockaddr_in6* a6
@@ -148,6 +151,7 @@ cdef class Engine:
         if retry not in ("idempotent", "never"):
             raise ValueError(f'retry must be "idempotent" or "never", got {retry!r}')
         self.retry_idempotent = 1 if retry == "idempotent" else 0
+        self.fault_epoll = fault_epoll
 
         self.transport.kind = T_TCP
         if tls is not None:
@@ -753,8 +757,9 @@ cdef class Engine:
         if self.control_fd >= 0:
             cev.events = EPOLLIN
             cev.data.u64 = CONTROL_TAG
-            epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.control_fd, &cev)
-            epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, self.control_fd, &cev)
+            if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.control_fd, &cev) != 0 \
+                    or epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, self.control_fd, &cev) != 0:
+                raise OSError(errno, "epoll_ctl: the coordinator's channel cannot be watched")
         now = monotonic_ns()
         self.rt_offset_ns = realtime_ns() - now
         self.next_scan_ns = now + SCAN_PERIOD_NS

@@ -60,7 +60,6 @@ cdef void close_conn(Engine self, int ci) noexcept:
 
 cdef void open_conn(Engine self, int ci, int64_t now) noexcept:
     cdef Conn* c = &self.conns[ci]
-    cdef epoll_event ev
     if counts_at_open(self, c):
         self.connects += 1
     if self.h2.enabled:
@@ -73,13 +72,26 @@ cdef void open_conn(Engine self, int ci, int64_t now) noexcept:
     c.connect_ns = now
     self.connecting += 1
     c.deadline_ns = now + self.timeout_ns
-    ev.events = EPOLLOUT
-    ev.data.u64 = ci
-    epoll_ctl(self.epfd, EPOLL_CTL_ADD, c.fd, &ev)
     # The quiet sleep (sleep_through_responses) still wakes when the server closes or
     # resets a connection, so that such ends are timed when the kernel saw them.
-    ev.events = EPOLLRDHUP
-    epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, c.fd, &ev)
+    if conn_epoll(self, self.epfd, EPOLL_CTL_ADD, ci, EPOLLOUT) != 0 \
+            or conn_epoll(self, self.wake_epfd, EPOLL_CTL_ADD, ci, EPOLLRDHUP) != 0:
+        connect_failed(self, ci, now)
+
+
+cdef int conn_epoll(Engine self, int epfd, int op, int ci, uint32_t events) noexcept:
+    """epoll_ctl for a connection's socket: 0, or -1 when the kernel refused (ENOMEM, ENOSPC
+    past fs.epoll.max_user_watches). The caller ends the connection as failed (`connect`),
+    as wrk counts a failed aeCreateFileEvent: a socket epoll never reports would end as a
+    misleading timeout. Engine(fault_epoll=n) makes the n-th call fail, for the tests."""
+    cdef epoll_event ev
+    if self.fault_epoll > 0:
+        self.fault_epoll -= 1
+        if self.fault_epoll == 0:
+            return -1
+    ev.events = events
+    ev.data.u64 = ci
+    return epoll_ctl(epfd, op, self.conns[ci].fd, &ev)
 
 
 cdef inline int counts_at_open(Engine self, Conn* c) noexcept:
@@ -106,7 +118,6 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
     cdef Conn* c = &self.conns[ci]
     cdef int handshake = c.handshaking
     cdef int err = transport_connected(&self.transport, c)
-    cdef epoll_event ev
     if err == EALREADY:
         # TCP is up and a TLS handshake begins: the connect time ends here, the handshake's
         # starts; the handshake then waits for the server's bytes.
@@ -116,9 +127,9 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
         err = transport_connected(&self.transport, c)
     if handshake and (err == EINPROGRESS or err == EAGAIN):
         # The handshake waits for the server's bytes (and, EAGAIN, for room to send its own).
-        ev.events = EPOLLIN | EPOLLOUT if err == EAGAIN else EPOLLIN
-        ev.data.u64 = ci
-        epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
+        if conn_epoll(self, self.epfd, EPOLL_CTL_MOD, ci,
+                      EPOLLIN | EPOLLOUT if err == EAGAIN else EPOLLIN) != 0:
+            connect_failed(self, ci, now)
         return
     if (err == ECONNRESET or err == EPIPE) and c.has_arrival:
         c.peer_closed = 1
@@ -131,7 +142,7 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
         c.written = 0
         self.finish(ci, O_RESET, now, now)
         return
-    if err != 0:
+    if err != 0 or conn_epoll(self, self.epfd, EPOLL_CTL_MOD, ci, EPOLLIN) != 0:
         connect_failed(self, ci, now)
         return
     c.state = C_IDLE
@@ -145,9 +156,6 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
             self.dropped += 1
     else:
         record_connect_time(self, c, now)
-    ev.events = EPOLLIN
-    ev.data.u64 = ci
-    epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
     if self.h2.enabled:
         h2_connected(self, ci, now)
     elif c.has_arrival:
