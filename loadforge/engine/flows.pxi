@@ -131,7 +131,7 @@ cdef class FlowEngine(Engine):
             elif not sp.open_model and self.t0 + sp.start_ns > now \
                     and self.t0 + sp.start_ns < t:
                 t = self.t0 + sp.start_ns
-        if self.inflight > 0 and self.next_scan_ns < t:
+        if (self.inflight > 0 or self.connecting > 0) and self.next_scan_ns < t:
             t = self.next_scan_ns
         if self.n_backoff and next_retry(self) < t:
             t = next_retry(self)

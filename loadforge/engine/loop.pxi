@@ -629,8 +629,10 @@ cdef class Engine:
         for i in range(self.nconns):
             c = &self.conns[i]
             if (c.state == C_BUSY or c.state == C_CONNECTING) and now >= c.deadline_ns:
-                if c.handshaking:
-                    self.transport.tls_failed += 1   # a TLS handshake timed out: it failed
+                if c.handshaking and c.has_arrival:
+                    # A TLS handshake timed out: it failed (a warm-up's is not counted, as its
+                    # connect is not: counts_at_open).
+                    self.transport.tls_failed += 1
                 if c.has_arrival:
                     if c.state == C_CONNECTING:
                         self.connect_failures += 1
@@ -644,6 +646,11 @@ cdef class Engine:
         cdef int ci
         if self.h2.pending_len:
             h2_pump(self, now)
+        if now >= self.next_scan_ns:
+            # First: a connection freed by a timeout takes an arrival waiting on the pool now,
+            # not at the next wake-up, which may be the interval's end.
+            self.scan_timeouts(now)
+            self.next_scan_ns = now + SCAN_PERIOD_NS
         while self.cur < self.nstages and now >= self.t0 + self.stages[self.cur].end_ns:
             if self.stages[self.cur].open_model:
                 self.count_due(self.t0 + self.stages[self.cur].end_ns - 1)
@@ -674,9 +681,6 @@ cdef class Engine:
                     self.closed_arrival(ci, now)
         while now >= self.t0 + (self.interval_index + 1) * self.interval_ns:
             flush(self, 0)
-        if now >= self.next_scan_ns:
-            self.scan_timeouts(now)
-            self.next_scan_ns = now + SCAN_PERIOD_NS
         if self.h2.ndirty:
             h2_flush_dirty(self, now)
         if self._error is not None:
@@ -702,7 +706,9 @@ cdef class Engine:
                 t = self.think_at[self.think_head]
             elif self.t0 + sp.start_ns > now and self.t0 + sp.start_ns < t:
                 t = self.t0 + sp.start_ns
-        if self.inflight > 0 and self.next_scan_ns < t:
+        # Connects under way time out too: a warm-up connection that hangs must free its slot
+        # for the arrivals waiting on the pool.
+        if (self.inflight > 0 or self.connecting > 0) and self.next_scan_ns < t:
             t = self.next_scan_ns
         if self.n_backoff and next_retry(self) < t:
             t = next_retry(self)

@@ -106,6 +106,9 @@ cdef inline int counts_at_open(Engine self, Conn* c) noexcept:
 cdef void connect_failed(Engine self, int ci, int64_t now) noexcept:
     if counts_at_open(self, &self.conns[ci]):
         self.connect_failures += 1
+    elif self.conns[ci].handshaking:
+        # Nor does its handshake, which the transport counted as failed (engine/tls.pxi).
+        self.transport.tls_failed -= 1
     if self.h2.enabled:
         h2_connect_failed(self, ci, now, O_CONNECT)
     elif self.conns[ci].has_arrival:
