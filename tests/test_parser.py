@@ -559,3 +559,15 @@ def test_random_bytes_never_crash(raw: bytes, head: bool, capture: str | None,
     assert p.eof() in (None, "reset", "protocol")
     assert p.done or p.error or not raw
     assert isinstance(p.status, int) and isinstance(p.captured, bytes)
+
+
+@pytest.mark.parametrize("status, body, keep_alive", [
+    ("413 Content Too Large", True, False), ("417 Expectation Failed", True, False),
+    ("413 Content Too Large", False, True), ("400 Bad Request", True, True),
+    ("201 Created", True, True)])
+def test_a_refused_body_ends_the_connection(status: str, body: bool, keep_alive: bool) -> None:
+    """After a 413 or 417 to a request with a body the connection is not reused: the server
+    may not have read the body, and may take it for the next request."""
+    p = ResponseParser(body=body)
+    data = response("100 Continue") + response(status, ["Content-Length: 0"])
+    assert p.feed(data) == len(data) and p.done and p.keep_alive is keep_alive
