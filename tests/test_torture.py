@@ -261,7 +261,9 @@ def test_only_idempotent_requests_are_sent_again(torture, tmp_path, stage, metho
     total = sum(counts[k] for k in KINDS)
     assert total > 0 and total == counts["2xx"] + counts["reset"], counts
     if stage == OPEN:
-        assert s["scheduled"] == 40 == total and s["unsent"] == 0, s
+        # (two connections, each retry opening a new one: on a busy machine an arrival may
+        # find both busy until the stage's end, and is counted unsent, never lost)
+        assert s["scheduled"] == 40 == total + s["unsent"], s
     assert server["answered"] == counts["2xx"]
     if method == "POST":
         # Every dropped POST ends as reset: as many POSTs read as loadforge sent.
@@ -278,7 +280,7 @@ def test_retry_never_sends_nothing_twice(torture, tmp_path):
                     "--retry", "never")
     server = delta(torture.stats("close-after"), before)
     assert s["connections"]["retried"] == 0 and s["counts"]["reset"] == server["dropped"] > 0
-    assert server["requests"] == s["scheduled"] == 40
+    assert server["requests"] == s["scheduled"] - s["unsent"] == 40 - s["unsent"]
 
 
 def test_a_post_with_an_idempotency_key_is_sent_again(torture, tmp_path):
@@ -286,8 +288,9 @@ def test_a_post_with_an_idempotency_key_is_sent_again(torture, tmp_path):
     s = run_profile(tmp_path, torture.port, "/close-after?n=1", OPEN, "POST", b"order=1",
                     'headers = { "Idempotency-Key" = "a4f1" }\n')
     server = delta(torture.stats("close-after"), before)
-    assert s["counts"]["reset"] == 0 and s["counts"]["2xx"] == 40
-    assert server["requests"] == 40 + s["connections"]["retried"] > 40
+    sent = 40 - s["unsent"]
+    assert s["counts"]["reset"] == 0 and s["counts"]["2xx"] == sent
+    assert server["requests"] == sent + s["connections"]["retried"] > sent
 
 
 @pytest.mark.parametrize("stage", [OPEN, CLOSED], ids=["open", "closed"])
