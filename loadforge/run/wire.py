@@ -20,9 +20,10 @@ uint32 counts of histogram indices lo, lo+1, ...
 import struct
 
 MAGIC = 0x4957464C           # b"LFWI" read little-endian
-VERSION = 5                  # 3: TLS handshake counts and times after the connect times;
+VERSION = 6                  # 3: TLS handshake counts and times after the connect times;
                              # 4: outcomes 9-11 (HTTP/2 stream errors); 5: the optional FLOWS
-                             # section (checks, flow failures) at the end
+                             # section (checks, flow failures) at the end; 6: the trailer's
+                             # fifth count, latencies clamped to 1 h
 _MAGIC_V1 = 0x3149464C       # b"LFI1": version 1, before the format had a version field
 
 # magic, version, final, worker, stages, interval index, cells, backends, connects so far,
