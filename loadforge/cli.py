@@ -192,6 +192,10 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
 @click.option("--requests-per-connection", type=int, help="Close each connection after this "
               "many responses (1: a new connection per request; 0: reuse) [default: the "
               "profile's, else 0].")
+@click.option("--retry", type=click.Choice(["idempotent", "never"]), help="After a reused "
+              "connection closed without an answer, send the request again on a new one: "
+              "idempotent (GET, HEAD, OPTIONS, TRACE, PUT, DELETE or with Idempotency-Key) or "
+              "never; the rest end as reset [default: the profile's, else idempotent].")
 @click.option("--http", "http_version", type=click.Choice(["1.1", "2"]),
               help="HTTP version: 1.1, or 2 (h2c by prior knowledge over http://) "
               "[default: the profile's, else 1.1].")
@@ -272,7 +276,8 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         namespace: str = "default", image: str | None = None, shard_cpu: str = "1",
         shard_memory: str = "512Mi", keep: bool = False, dry_run: bool = False,
         metrics_at: str | None = None, dashboard_at: str | None = None,
-        stream_to: str | None = None, linger: str | None = None) -> None:
+        stream_to: str | None = None, linger: str | None = None,
+        retry: str | None = None) -> None:
     """Run a load test: `loadforge run PROFILE` or `loadforge run --target URL --rate R
     --duration D`."""
     from dataclasses import replace
@@ -309,6 +314,8 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
             raise InputError("--requests-per-connection must be >= 0, got "
                              f"{requests_per_connection}")
         plan = replace(plan, requests_per_connection=requests_per_connection)
+    if retry is not None:
+        plan = replace(plan, retry=retry)
     if timer_resolution is not None:
         plan = replace(plan, timer_resolution_s=parse_duration(
             timer_resolution, "--timer-resolution", allow_zero=True,

@@ -45,7 +45,17 @@ def test_closed_model_backs_off_from_a_refused_port(tmp_path):
     connect = s["errors_by_kind"]["connect"]
     assert 2 <= connect <= 30, s["errors_by_kind"]
     assert s["errors"] == connect and s["requests"] == 0
-    assert s["connections"]["failed"] >= connect
+    # Each failed connect is one user's arrival's: the pool's warm-up, which failed before
+    # the first arrival, is tried again by it and counted once.
+    assert s["connections"]["failed"] == s["connections"]["opened"] == connect
+
+
+def test_open_model_counts_each_failed_connect_once(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/"
+    s = run_json(tmp_path, "--target", url, "--rate", "20", "--duration", "1s",
+                 "--connections", "8", "--workers", "1", "--no-preflight")
+    assert s["errors_by_kind"]["connect"] == 20 == s["scheduled"]
+    assert s["connections"]["failed"] == s["connections"]["opened"] == 20
 
 
 _FD_EXHAUSTED = r"""

@@ -10,6 +10,7 @@ import threading
 import time
 from urllib.parse import urlsplit
 
+import pytest
 from servers import http_server
 
 from loadforge import _core
@@ -114,3 +115,97 @@ def test_a_request_larger_than_the_socket_buffer_is_written_in_parts():
     cells = [c for r in reports for c in r.cells if c.count]
     assert received == [len(request)]
     assert [(c.outcome, c.count) for c in cells] == [("2xx", 1)]
+
+
+def test_latencies_past_the_histogram_range_are_counted(nginx):
+    """Arrivals due over an hour before they could be sent (time zero an hour ago): each is
+    recorded at the top of the histograms' range (1 h) and counted as clamped, so the summary
+    can say so (`clamped_samples`)."""
+    parts = urlsplit(nginx.url)
+    engine = _core.Engine(parts.hostname, parts.port, [(GET, False)], [0],
+                          [(True, 5.0, 5.0, 1.0, 0, 0.0)], 8, interval_s=1000.0)
+    reports: list[IntervalReport] = []
+    engine.run(_core.now_ns() - 3_700 * 1_000_000_000, lambda p, o, f: reports.append(
+        decode_interval(interval_message(p, o, f))), preconnect=0)
+    cells = [c for r in reports for c in r.cells if c.count]
+    assert sum(c.count for c in cells) == 5 and {c.outcome for c in cells} == {"2xx"}
+    assert reports[-1].clamped == 5
+    assert max(c.latency.max_us for c in cells) == 3_600_000_000
+
+
+@pytest.mark.parametrize("fault", [1, 2, 3], ids=["add", "add-wake", "mod-connected"])
+def test_a_socket_epoll_refuses_is_a_failed_connect(nginx, fault):
+    """The kernel refuses to watch a connection's socket (ENOMEM, or fs.epoll.max_user_watches
+    reached; made to happen here at the first connection's 1st, 2nd or 3rd epoll_ctl): its
+    arrival ends at once as a failed connect, never as a timeout, and the others go on."""
+    parts = urlsplit(nginx.url)
+    engine = _core.Engine(parts.hostname, parts.port, [(GET, False)], [0],
+                          [(True, 50.0, 50.0, 0.1, 0, 0.0)], 8, timeout_s=5.0,
+                          fault_epoll=fault)
+    reports: list[IntervalReport] = []
+    engine.run(_core.now_ns() + 20_000_000, lambda p, o, f: reports.append(
+        decode_interval(interval_message(p, o, f))), preconnect=0)
+    counts: dict[str, int] = {}
+    for c in (c for r in reports for c in r.cells):
+        counts[c.outcome] = counts.get(c.outcome, 0) + c.count
+    assert {k: v for k, v in counts.items() if v} == {"2xx": 4, "connect": 1}
+    # The failed one, and one that carried the other four
+    assert (reports[-1].connects, reports[-1].connect_failures) == (2, 1)
+
+
+class _HoldingServer:
+    """Reads one request on each of `n` connections, answers none until release(), then all
+    at once: more ready sockets than one epoll wait used to hand back (512)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=n)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.released = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for _ in range(self.n):
+            conn, _ = self.sock.accept()
+            conn.settimeout(10)
+            conn.recv(4096)
+            self.conns.append(conn)
+        self.released.wait(10)
+        for conn in self.conns:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            self.sent += 1
+
+    def stop(self) -> None:
+        self.released.set()
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_one_wait_hands_back_every_ready_connection():
+    """600 responses ready at once: a single poll reads them all, so that no answered
+    connection waits for a later wake-up (a quiet sleep would not look at it)."""
+    n = 600
+    server = _HoldingServer(n)
+    engine = _core.FlowEngine("127.0.0.1", server.port, ["step"],
+                              [(True, 10.0, 10.0, 10.0, 0, 0.0)], n, timeout_s=10.0)
+    try:
+        engine.start(_core.now_ns(), lambda p, o, f: None)
+        now = _core.now_ns()
+        for token in range(n):
+            assert engine.submit(GET, False, 0, 0, now, now, token) == 0
+        done: list = []
+        while len(server.conns) < n:    # connects and writes need the loop
+            done += engine.poll(1_000_000)[0]
+        assert done == []
+        server.released.set()
+        while server.sent < n:
+            time.sleep(0.001)
+        done = engine.poll(0)[0]
+        assert len(done) == n and {d[1] for d in done} == {1}    # all 2xx (outcome 1)
+    finally:
+        server.stop()
+        engine.finish_run()

@@ -57,6 +57,21 @@ COMPLETE = [
      response(headers=["Content-Length: 3", "Content-Length: 3"], body=b"abc"),
      False, 200, True),
     ("no-reason", b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok", False, 200, True),
+    # RFC 9110 8.6: a list of identical Content-Length values is that value.
+    ("cl-list-same", response(headers=["Content-Length: 5, 5"], body=b"hello"), False, 200, True),
+    ("cl-list-same-padded", response(headers=["Content-Length: 2 ,2,  2 "], body=b"ok"), False,
+     200, True),
+    ("cl-list-and-line", response(headers=["Content-Length: 2,2", "Content-Length: 2"],
+                                  body=b"ok"), False, 200, True),
+    # RFC 9112 5.2: an obs-fold continues the field before it, read as one space.
+    ("obs-fold-unread", response(headers=["X-Long: a,", " b,", "\tc", "Content-Length: 2"],
+                                 body=b"ok"), False, 200, True),
+    ("chunk-size-trailing-space",
+     response(headers=["Transfer-Encoding: chunked"], body=b"1 \r\nx\r\n0\t\r\n\r\n"),
+     False, 200, True),
+    ("chunk-size-space-before-ext",
+     response(headers=["Transfer-Encoding: chunked"], body=b"1 ;a=b\r\nx\r\n0\r\n\r\n"),
+     False, 200, True),
     # RFC 9112 9.3: an HTTP/1.0 response keeps the connection only with "keep-alive".
     ("http-1.0", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False, 200, False),
     ("http-1.0-keep-alive",
@@ -242,7 +257,40 @@ ERRORS = [
     ("cl-trailing-junk", response(headers=["Content-Length: 12a"]), False),
     ("cl-negative", response(headers=["Content-Length: -1"]), False),
     ("cl-empty", response(headers=["Content-Length: "]), False),
-    ("cl-list", response(headers=["Content-Length: 5, 5"]), False),
+    ("cl-list-differing", response(headers=["Content-Length: 5, 6"]), False),
+    ("cl-list-empty-element", response(headers=["Content-Length: 5,"]), False),
+    ("cl-list-leading-comma", response(headers=["Content-Length: , 5"]), False),
+    ("cl-list-other-line", response(headers=["Content-Length: 5, 5", "Content-Length: 6"]),
+     False),
+    # RFC 9112 5.1: no whitespace between a field name and its colon; a name is a token.
+    ("space-before-colon", response(headers=["Content-Length : 5"], body=b"hello"), False),
+    ("tab-before-colon", response(headers=["Content-Length\t: 5"], body=b"hello"), False),
+    ("space-before-colon-unknown", response(headers=["X-Thing : 5", "Content-Length: 0"]),
+     False),
+    ("space-in-name", response(headers=["Content Length: 5"]), False),
+    ("empty-name", response(headers=[": 5", "Content-Length: 0"]), False),
+    ("non-token-in-name", response(headers=["X(Thing): 5", "Content-Length: 0"]), False),
+    # RFC 9112 5.2: obs-fold continues a field; nothing to continue after the status line, and
+    # a folded framing header is refused (see the README's table).
+    ("fold-first-line", response(headers=[" folded", "Content-Length: 0"]), False),
+    ("fold-content-length", response(headers=["Content-Length: 5", " 5"]), False),
+    ("fold-transfer-encoding", response(headers=["Transfer-Encoding: gzip,", " chunked"]),
+     False),
+    ("fold-connection", response(headers=["Connection: keep-alive", " close"]), False),
+    # RFC 9112 2.2: a bare CR is no line ending.
+    ("cr-inside-cl", response(headers=["Content-Length: 1\r2"]), False),
+    ("cr-inside-connection", response(headers=["Connection: clo\rse", "Content-Length: 0"]),
+     False),
+    ("chunk-size-bare-cr",
+     response(headers=["Transfer-Encoding: chunked"], body=b"1\r1\r\n" + b"x" * 17 + b"\r\n0\r\n\r\n"),
+     False),
+    ("chunk-ext-bare-cr",
+     response(headers=["Transfer-Encoding: chunked"], body=b"1;a\rb\r\nx\r\n0\r\n\r\n"),
+     False),
+    ("chunk-size-space-digits",
+     response(headers=["Transfer-Encoding: chunked"], body=b"1 1\r\nx\r\n0\r\n\r\n"), False),
+    ("chunk-size-leading-space",
+     response(headers=["Transfer-Encoding: chunked"], body=b" 1\r\nx\r\n0\r\n\r\n"), False),
     ("cl-too-many-digits", response(headers=["Content-Length: 1234567890123456"]), False),
     ("cl-conflicting", response(headers=["Content-Length: 3", "Content-Length: 4"], body=b"abcd"),
      False),
@@ -511,3 +559,15 @@ def test_random_bytes_never_crash(raw: bytes, head: bool, capture: str | None,
     assert p.eof() in (None, "reset", "protocol")
     assert p.done or p.error or not raw
     assert isinstance(p.status, int) and isinstance(p.captured, bytes)
+
+
+@pytest.mark.parametrize("status, body, keep_alive", [
+    ("413 Content Too Large", True, False), ("417 Expectation Failed", True, False),
+    ("413 Content Too Large", False, True), ("400 Bad Request", True, True),
+    ("201 Created", True, True)])
+def test_a_refused_body_ends_the_connection(status: str, body: bool, keep_alive: bool) -> None:
+    """After a 413 or 417 to a request with a body the connection is not reused: the server
+    may not have read the body, and may take it for the next request."""
+    p = ResponseParser(body=body)
+    data = response("100 Continue") + response(status, ["Content-Length: 0"])
+    assert p.feed(data) == len(data) and p.done and p.keep_alive is keep_alive

@@ -97,6 +97,7 @@ def test_defaults() -> None:
     assert plan.target == "sandbox"
     assert (plan.connections, plan.workers, plan.timeout_s) == (64, None, 5.0)
     assert plan.fail_status == ("4xx", "5xx")          # as k6 and Locust count them
+    assert plan.retry == "idempotent"
     assert plan.stages[0].name == "stage0"
     assert plan.requests == (Request(name="default", method="GET", path="/"),)
     assert plan.slo == SLO() and not plan.slo
@@ -163,6 +164,9 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("workers-zero", _with("load.workers", 0), "load.workers must be"),
     ("fail-status", _with("load.fail_status", ["500"]), "load.fail_status[0] must be"),
     ("fail-status-type", _with("load.fail_status", "5xx"), "load.fail_status must be an array"),
+    ("retry-value", _with("load.retry", "always"),
+     'load.retry must be "idempotent" or "never" (a string), got \'always\''),
+    ("retry-type", _with("load.retry", False), 'load.retry must be "idempotent" or "never"'),
     ("rate-string", _with("stages.1.rate", "100"), "stages[1].rate must be a number > 0"),
     ("headers-type", _with("requests.1.headers", ["a: b"]), "requests[1].headers must be a table"),
     ("header-value-type", _with("requests.1.headers", {"X-N": 5}),

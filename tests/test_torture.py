@@ -94,6 +94,10 @@ MODES = {
     "304-body": ("/304-body", "protocol", 100),
     "two-responses": ("/two-responses", "protocol", 100),
     "status-999": ("/status-999", "protocol", 100),
+    "space-before-colon": ("/space-before-colon", "protocol", 100),
+    "obs-fold": ("/obs-fold", "2xx", 100),
+    "cl-list": ("/cl-list", "2xx", 100),
+    "chunk-bare-cr": ("/chunk-bare-cr", "protocol", 100),
     "slow": ("/slow?ms=40", "2xx", 100),
     "silent": ("/silent", "timeout", 100),
     "reset": ("/reset", "reset", 100),
@@ -213,3 +217,110 @@ def test_latencies_over_several_decades_in_one_interval(torture, tmp_path):
     for percentile, delay_ms in ((12.5, 0), (37.5, 10), (62.5, 100), (87.5, 500)):
         value = hist.get_value_at_percentile(percentile)
         assert delay_ms * 1000 <= value <= delay_ms * 1000 + TOLERANCE_US, (percentile, value)
+
+
+
+def run_profile(tmp_path, port: int, path: str, stage: str, method: str, body: bytes = b"",
+                extra: str = "", *args: str, timeout: str = "300ms") -> dict[str, Any]:
+    """One request of `method` to path (with `body` and `extra` TOML lines) over 2
+    connections, in one stage of `stage` (TOML keys), against the torture server's port."""
+    profile = tmp_path / "profile.toml"
+    body_line = ""
+    if body:
+        (tmp_path / "body.bin").write_bytes(body)
+        body_line = 'body_file = "body.bin"\n'
+    profile.write_text(f'target = "http://127.0.0.1:{port}"\n'
+                       f'[load]\nconnections = 2\n\n[[stages]]\nname = "s"\n{stage}\n\n'
+                       f'[[requests]]\nname = "r"\nmethod = "{method}"\npath = "{path}"\n'
+                       f'{extra}{body_line}')
+    summary = tmp_path / "summary.json"
+    out = loadforge("run", str(profile), *args, "--workers", "1", "--no-preflight",
+                    "--timeout", timeout, "--quiet", "--out", str(tmp_path / "results"),
+                    "--summary-json", str(summary), timeout=60)
+    assert out.returncode == 0, out.stderr
+    s = json.loads(summary.read_text())
+    s["counts"] = {**s["status"], **s["errors_by_kind"]}
+    return s
+
+
+OPEN = 'rate = 20\nduration = "2s"'
+CLOSED = 'concurrency = 2\nduration = "1s"'
+
+
+@pytest.mark.parametrize("stage", [OPEN, CLOSED], ids=["open", "closed"])
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_only_idempotent_requests_are_sent_again(torture, tmp_path, stage, method):
+    """The server answers the first request of each connection, then reads the next and
+    closes without a byte (a keep-alive timeout crossing the request): a GET goes out once more
+    on a new connection, a POST never (RFC 9110 9.2.2: the server may have processed it); it
+    ends as `reset`. The server read exactly what loadforge counts."""
+    before = torture.stats("close-after")
+    s = run_profile(tmp_path, torture.port, "/close-after?n=1", stage, method, b"order=1")
+    server = delta(torture.stats("close-after"), before)
+    counts, retried = s["counts"], s["connections"]["retried"]
+    total = sum(counts[k] for k in KINDS)
+    assert total > 0 and total == counts["2xx"] + counts["reset"], counts
+    if stage == OPEN:
+        # (two connections, each retry opening a new one: on a busy machine an arrival may
+        # find both busy until the stage's end, and is counted unsent, never lost)
+        assert s["scheduled"] == 40 == total + s["unsent"], s
+    assert server["answered"] == counts["2xx"]
+    if method == "POST":
+        # Every dropped POST ends as reset: as many POSTs read as loadforge sent.
+        assert retried == 0 and server["requests"] == total, (server, counts)
+        assert server["dropped"] == counts["reset"] > 0
+    else:
+        assert counts["reset"] == 0 and retried > 0 and server["dropped"] == retried
+        assert server["requests"] == total + retried
+
+
+def test_retry_never_sends_nothing_twice(torture, tmp_path):
+    before = torture.stats("close-after")
+    s = run_profile(tmp_path, torture.port, "/close-after?n=1", OPEN, "GET", b"", "",
+                    "--retry", "never")
+    server = delta(torture.stats("close-after"), before)
+    assert s["connections"]["retried"] == 0 and s["counts"]["reset"] == server["dropped"] > 0
+    assert server["requests"] == s["scheduled"] - s["unsent"] == 40 - s["unsent"]
+
+
+def test_a_post_with_an_idempotency_key_is_sent_again(torture, tmp_path):
+    before = torture.stats("close-after")
+    s = run_profile(tmp_path, torture.port, "/close-after?n=1", OPEN, "POST", b"order=1",
+                    'headers = { "Idempotency-Key" = "a4f1" }\n')
+    server = delta(torture.stats("close-after"), before)
+    sent = 40 - s["unsent"]
+    assert s["counts"]["reset"] == 0 and s["counts"]["2xx"] == sent
+    assert server["requests"] == sent + s["connections"]["retried"] > sent
+
+
+@pytest.mark.parametrize("stage", [OPEN, CLOSED], ids=["open", "closed"])
+def test_an_early_final_answer_ends_the_request(torture, tmp_path, stage):
+    """The server answers 413 after the head of a 1 MiB POST and keeps reading and
+    discarding: each arrival gets its 413 at once, on a connection of its own (the one it went
+    out on is dropped, as its body was cut short), nothing times out, nothing is left unsent."""
+    before = torture.stats("early-413")
+    s = run_profile(tmp_path, torture.port, "/early-413", stage, "POST", b"x" * (1 << 20),
+                    timeout="2s")
+    server = delta(torture.stats("early-413"), before)
+    counts = s["counts"]
+    total = sum(counts[k] for k in KINDS)
+    assert counts["4xx"] == total > 0 and s["unsent"] == 0, (counts, s["unsent"], s["connections"], server)
+    if stage == OPEN:
+        assert total == s["scheduled"] == 40
+    assert server["requests"] == server["answered"] == server["accepted"] == total, server
+    assert s["connections"]["retried"] == 0
+    # Timed to the answer, not to the end of a body nobody waits for.
+    assert s["error_latency_us"]["p50"] < 1_000_000, s["error_latency_us"]
+
+
+@pytest.mark.parametrize("stage", [OPEN, CLOSED], ids=["open", "closed"])
+def test_an_interim_answer_during_the_body_is_not_final(torture, tmp_path, stage):
+    """100 Continue after the head of a 1 MiB POST, then 200 once the body is read: the
+    request ends at the 200 and its connection is reused."""
+    before = torture.stats("continue")
+    s = run_profile(tmp_path, torture.port, "/continue", stage, "POST", b"x" * (1 << 20),
+                    timeout="2s")
+    server = delta(torture.stats("continue"), before)
+    total = sum(s["counts"][k] for k in KINDS)
+    assert s["counts"]["2xx"] == total == server["answered"] == server["requests"] > 0
+    assert s["unsent"] == 0 and server["accepted"] <= 2

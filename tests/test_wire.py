@@ -73,8 +73,8 @@ def test_flush_output_read_field_by_field():
             service, _, off = read_hist(payload, off)
             assert latency[2] == service[2] == count > 0
             completed += count
-        retried, dropped, by_server, by_us = wire.TRAILER.unpack_from(payload, off)
-        assert (retried, dropped, by_server, by_us) == (0, 0, 0, 0)
+        retried, dropped, by_server, by_us, clamped = wire.TRAILER.unpack_from(payload, off)
+        assert (retried, dropped, by_server, by_us, clamped) == (0, 0, 0, 0, 0)
         off += wire.TRAILER.size
         connect_time, _, off = read_hist(payload, off)
         connect_times += connect_time[2]

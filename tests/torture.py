@@ -73,6 +73,20 @@ class _Handler(socketserver.BaseRequestHandler):
         head, _, self.buf = self.buf.partition(b"\r\n\r\n")
         return head
 
+    def read_body(self, head: bytes) -> None:
+        """Read (and discard) the request's body, by its Content-Length."""
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(self.buf) < length:
+            data = self.sock.recv(65536)
+            if not data:
+                raise Closed
+            self.buf += data
+        self.buf = self.buf[length:]
+
     def send(self, data: bytes) -> None:
         try:
             self.sock.sendall(data)
@@ -103,6 +117,11 @@ class _Handler(socketserver.BaseRequestHandler):
                     self.counted_accept.add(mode)
                     STATS.add(mode, "accepted")
                 STATS.add(mode, "requests")
+                if mode == "continue":
+                    # An interim answer before the body is read: not the final one.
+                    self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+                if mode != "early-413":
+                    self.read_body(head)
                 if not self.answer(mode, params):
                     return
         except (Closed, OSError, IndexError):
@@ -112,6 +131,14 @@ class _Handler(socketserver.BaseRequestHandler):
         """Answer one request; False once the connection is done with."""
         sock = self.sock
         if mode == "silent":
+            self.wait_for_close()
+            return False
+        if mode == "early-413":
+            # A final answer after the head of a request whose body is still coming (a
+            # proxy's body limit): the connection stays open and everything else is read and
+            # thrown away, the next request's bytes too.
+            STATS.add(mode, "answered")
+            self.send(_head("413 Content Too Large", "Content-Length: 0"))
             self.wait_for_close()
             return False
         if mode == "reset":
@@ -126,7 +153,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 return False
         STATS.add(mode, "answered")
         self.served += 1
-        if mode in ("ok", "close-after"):
+        if mode in ("ok", "close-after", "continue"):
             self.send(OK)
         elif mode == "delay":
             time.sleep(int(params.get("ms", "0")) / 1000)
@@ -205,6 +232,15 @@ class _Handler(socketserver.BaseRequestHandler):
             self.send(_head("304 Not Modified", "Content-Length: 5") + b"hello")
         elif mode == "two-responses":
             self.send(OK + OK)
+        elif mode == "space-before-colon":
+            # RFC 9112 5.1: refused at once, not read as a body that runs to the close.
+            self.send(_head("200 OK", "Content-Length : 2") + b"ok")
+        elif mode == "obs-fold":
+            self.send(_head("200 OK", "X-Folded: a,", " b", "Content-Length: 2") + b"ok")
+        elif mode == "cl-list":
+            self.send(_head("200 OK", "Content-Length: 2, 2") + b"ok")
+        elif mode == "chunk-bare-cr":
+            self.send(_head("200 OK", "Transfer-Encoding: chunked") + b"2\r0\r\nok\r\n0\r\n\r\n")
         elif mode == "status-999":
             self.send(_head("999 Odd", "Content-Length: 0"))
         else:

@@ -133,6 +133,10 @@ class Plan:
     # Close each connection after this many responses (1: a new connection per request), so
     # a load balancer sees new connections spread as they would be; 0 reuses without end.
     requests_per_connection: int = 0
+    # After a reused connection closed without a byte of answer, send the request once more on
+    # a new one: "idempotent" (GET, HEAD, OPTIONS, TRACE, PUT, DELETE, or a request carrying
+    # Idempotency-Key, RFC 9110 9.2.2) or "never"; what is not sent again ends as `reset`.
+    retry: str = "idempotent"
     # "1.1", or "2": HTTP/2 by prior knowledge over TCP (h2c); `streams` is the most concurrent
     # streams per connection, lowered further by the server's SETTINGS_MAX_CONCURRENT_STREAMS.
     http: str = "1.1"

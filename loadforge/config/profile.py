@@ -67,8 +67,9 @@ from loadforge.units import parse_duration, parse_percent, show_value
 TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox",
             "feeders", "tls", "flows", "grpc")
 LOAD_KEYS = ("connections", "workers", "timeout", "fail_status", "timer_resolution",
-             "requests_per_connection", "http", "streams")
+             "requests_per_connection", "http", "streams", "retry")
 HTTP_VERSIONS = ("1.1", "2")
+RETRY_POLICIES = ("idempotent", "never")
 STAGE_KEYS = ("name", "duration", "rate", "ramp", "concurrency", "think")
 RAMP_KEYS = ("from", "to")
 REQUEST_KEYS = ("name", "method", "path", "headers", "body", "body_file", "weight")
@@ -152,6 +153,9 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                           if "timer_resolution" in load else DEFAULT_TIMER_RESOLUTION_S)
     requests_per_connection = check.integer(load.get("requests_per_connection", 0),
                                             "load.requests_per_connection", minimum=0)
+    retry = load.get("retry", "idempotent")
+    if retry not in RETRY_POLICIES:
+        check.fail("load.retry", f'must be "idempotent" or "never" (a string), got {retry!r}')
     http = load.get("http", "1.1")
     if http not in HTTP_VERSIONS:
         check.fail("load.http", f'must be "1.1" or "2" (a string), got {http!r}')
@@ -254,6 +258,7 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                 connections=connections, workers=workers, timeout_s=timeout_s,
                 fail_status=fail_status, timer_resolution_s=timer_resolution_s,
                 requests_per_connection=requests_per_connection, http=http, streams=streams,
+                retry=retry,
                 slo=slo, observe=observe, actions=actions, sandbox=sandbox, tls=tls,
                 source=source, path=path, feeders=feeders, templates=templates,
                 secrets=tuple(dict.fromkeys(s for s in secrets if s)), flows=flows)

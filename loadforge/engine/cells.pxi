@@ -58,6 +58,10 @@ cdef void record_arrival(Engine self, int stage, int request, int64_t intended_n
     if self.arena.nfree < 2 and not arena_grow(&self.arena):
         self.dropped += 1
         return
+    if now - intended_ns > HDR_HIGHEST * 1000:
+        # Past the histograms' range (DESIGN.md: 1 h): recorded as 1 h, and counted, so the
+        # summary says how many (an open-model backlog of over an hour).
+        self.clamped += 1
     hist_record(&self.arena, &cell.latency, (now - intended_ns) // 1000)
     hist_record(&self.arena, &cell.service, (now - sent_ns) // 1000)
     cell.count += 1
@@ -157,6 +161,7 @@ cdef int flush(Engine self, int final) except -1:
     trailer.dropped = self.dropped
     trailer.closed_by_server = self.closed_by_server
     trailer.closed_by_us = self.closed_by_us
+    trailer.clamped = self.clamped
     out = wire_hist(self, ct, out + sizeof(WireTrailer))
     tls = <WireTls*>out
     tls.full = self.transport.tls_full

@@ -22,6 +22,7 @@ cdef struct Conn:
     int in_closed        # on the closed stack
     int fresh            # the request went out on a connection opened for it
     int retried          # the arrival was already retried once on a new connection
+    int retryable        # ... and may be: idempotent, or retries are off (engine/pool.pxi)
     int big              # counted in Engine.eventful: its response may not fit a socket buffer
     int write_failed     # send failed: what the server sent before closing is still read
     int peer_closed      # the server ended the connection (close, reset, Connection: close)

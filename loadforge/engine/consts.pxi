@@ -6,7 +6,7 @@ cdef extern from *:
 
 cdef enum:
     RECV_BUFFER_SIZE = 65536
-    MAX_EVENTS = 512
+    MAX_EVENTS = 512                   # the least room for events (Engine.max_events)
     CONTROL_TAG = 0x7fffffff
     CMSG_BUFFER_WORDS = 8              # 64 bytes: one SCM_TIMESTAMPNS takes CMSG_SPACE(16) = 32
     SCAN_PERIOD_NS = 10000000          # timeouts are checked every 10 ms

@@ -27,10 +27,10 @@ cdef class FlowEngine(Engine):
 
     def __init__(self, str address, int port, list names, list stages, int connections,
                  int worker=0, int workers=1, double timeout_s=5.0, double interval_s=1.0,
-                 int control_fd=-1, tls=None):
+                 int control_fd=-1, tls=None, str retry="idempotent"):
         Engine.__init__(self, address, port, [(b"", False)] * len(names), [0], stages,
                         connections, worker=worker, workers=workers, timeout_s=timeout_s,
-                        interval_s=interval_s, control_fd=control_fd, tls=tls)
+                        interval_s=interval_s, control_fd=control_fd, tls=tls, retry=retry)
         self.cap = <char**>calloc(connections, sizeof(char*))
         self.cap_len = <int64_t*>calloc(connections, sizeof(int64_t))
         self.cap_size = <int64_t*>calloc(connections, sizeof(int64_t))
@@ -67,8 +67,9 @@ cdef class FlowEngine(Engine):
         if self.control_fd >= 0:
             cev.events = EPOLLIN
             cev.data.u64 = CONTROL_TAG
-            epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.control_fd, &cev)
-            epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, self.control_fd, &cev)
+            if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.control_fd, &cev) != 0 \
+                    or epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, self.control_fd, &cev) != 0:
+                raise OSError(errno, "epoll_ctl: the coordinator's channel cannot be watched")
         self.rt_offset_ns = realtime_ns() - now
         self.next_scan_ns = now + SCAN_PERIOD_NS
         if preconnect > self.nconns:
@@ -130,7 +131,7 @@ cdef class FlowEngine(Engine):
             elif not sp.open_model and self.t0 + sp.start_ns > now \
                     and self.t0 + sp.start_ns < t:
                 t = self.t0 + sp.start_ns
-        if self.inflight > 0 and self.next_scan_ns < t:
+        if (self.inflight > 0 or self.connecting > 0) and self.next_scan_ns < t:
             t = self.next_scan_ns
         if self.n_backoff and next_retry(self) < t:
             t = next_retry(self)
@@ -160,7 +161,7 @@ cdef class FlowEngine(Engine):
         self._hold[ci] = data
         self.tpl.out[ci] = PyBytes_AS_STRING(data)
         self.tpl.out_len[ci] = PyBytes_GET_SIZE(data)
-        self.req_head[step] = 1 if head else 0
+        self.req_head[step] = request_flags(self.tpl.out[ci], self.tpl.out_len[ci], head)
         self.cap_len[ci] = 0
         self.token[ci] = token
         c.has_arrival = 1
@@ -169,6 +170,9 @@ cdef class FlowEngine(Engine):
         c.intended_ns = intended
         c.fresh = 0
         c.retried = 0
+        # Steps are built by Python, one method each: decided per step, not per name.
+        c.retryable = self.retry_idempotent and request_idempotent(
+            self.tpl.out[ci], self.tpl.out_len[ci])
         c.big = 1
         self.eventful += 1
         self.inflight += 1
@@ -205,19 +209,19 @@ cdef class FlowEngine(Engine):
                 ts.tv_sec = quiet // 1000000000
                 ts.tv_nsec = quiet % 1000000000
                 with nogil:
-                    n = epoll_pwait2(self.wake_epfd, self.events, MAX_EVENTS, &ts, NULL)
+                    n = epoll_pwait2(self.wake_epfd, self.events, self.max_events, &ts, NULL)
                 # Woken (a close, the control fd): look at once; else wait on for the rest.
                 timeout_ns = 0 if n > 0 else timeout_ns - quiet
         ts.tv_sec = timeout_ns // 1000000000
         ts.tv_nsec = timeout_ns % 1000000000
         if self.epoll_ns:
             with nogil:
-                n = epoll_pwait2(self.epfd, self.events, MAX_EVENTS, &ts, NULL)
+                n = epoll_pwait2(self.epfd, self.events, self.max_events, &ts, NULL)
             if n < 0 and errno == ENOSYS:
                 self.epoll_ns = 0
         if not self.epoll_ns:
             with nogil:
-                n = epoll_wait(self.epfd, self.events, MAX_EVENTS,
+                n = epoll_wait(self.epfd, self.events, self.max_events,
                                <int>((timeout_ns + 999999) // 1000000))
         now = monotonic_ns()
         self.rt_offset_ns = realtime_ns() - now
@@ -393,7 +397,7 @@ cdef class FlowEngine(Engine):
         if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY \
                 or c.written < self.tpl.out_len[ci] \
                 or c.served == self.requests_per_connection:
-            if c.parser.close and outcome < O_CONNECT:
+            if c.parser.close and not c.parser.drop and outcome < O_CONNECT:
                 c.peer_closed = 1
             close_conn(self, ci)
         else:

@@ -10,12 +10,14 @@ cdef enum ParseState:
     P_HEADERS_LF        # CR of the blank line seen, LF expected
     P_NAME
     P_VALUE
+    P_VALUE_LF          # CR inside a value read: LF must follow (RFC 9112 2.2: no bare CR)
     P_SKIP_NAME         # the name of a header nobody asked for, up to its colon
     P_SKIP_LINE         # the rest of a header line nobody asked for
     P_BODY_LENGTH
     P_BODY_EOF          # no length, not chunked: the body ends when the server closes
     P_CHUNK_SIZE
     P_CHUNK_EXT
+    P_CHUNK_LF          # CR of a chunk-size line: LF must follow
     P_CHUNK_DATA
     P_CHUNK_DATA_CR
     P_CHUNK_DATA_LF
@@ -32,6 +34,12 @@ cdef enum:             # header ids, bit positions in Parser.candidates
     H_CONNECTION = 2
     H_CAPTURE = 3       # optional header whose value is captured (backend attribution)
     H_NONE = 4
+    H_START = 5         # no header line yet (after the status line): nothing to fold into
+
+
+cdef enum:             # what parser_reset is told of the request (Engine.req_head)
+    REQ_HEAD = 1        # a HEAD request: the response has no body
+    REQ_BODY = 2        # the request carries a body
 
 
 cdef enum:
@@ -50,6 +58,7 @@ cdef struct Parser:
     int vmatch           # progress matching "chunked" / "close" inside a value
     int digits
     int head             # response to HEAD: headers only
+    int sent_body        # the request carried a body
     int minor            # HTTP/1.minor: 1.0 closes unless the server says keep-alive
     int chunked          # Transfer-Encoding's last token so far is "chunked"
     int te_present       # a Transfer-Encoding with at least one token
@@ -58,6 +67,7 @@ cdef struct Parser:
     uint32_t tmask       # tokens the current list element may still be (bit per token)
     int tws              # whitespace seen after the current element's first byte
     int close            # the connection ends with this response (known after the head)
+    int drop             # ... because the client drops it: the server refused the body
     int64_t content_length   # -1 when absent
     int64_t remaining
     int64_t header_bytes

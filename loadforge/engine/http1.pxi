@@ -7,15 +7,17 @@
 # Header names and lines nobody reads are scanned in tight loops when they lie whole in the
 # buffer; a head split across reads goes byte by byte through the same states.
 
-cdef inline void parser_reset(Parser* p, int head) noexcept nogil:
+cdef inline void parser_reset(Parser* p, int request) noexcept nogil:
+    """Ready for the response to a request of flags `request` (REQ_HEAD, REQ_BODY)."""
     p.state = P_STATUS
     p.status = 0
     p.pos = 0
     p.candidates = 0
-    p.header = H_NONE
+    p.header = H_START   # no header line yet: a folded line here has nothing to continue
     p.vmatch = 0
     p.digits = 0
-    p.head = head
+    p.head = request & REQ_HEAD
+    p.sent_body = request & REQ_BODY
     p.minor = 1
     p.chunked = 0
     p.te_present = 0
@@ -24,11 +26,19 @@ cdef inline void parser_reset(Parser* p, int head) noexcept nogil:
     p.tmask = 3
     p.tws = 0
     p.close = 0
+    p.drop = 0
     p.content_length = -1
     p.remaining = 0
     p.header_bytes = 0
     p.received = 0
     p.capture_len = 0
+
+
+# RFC 9110 5.6.2: tchar, the bytes of a header name (1 where allowed).
+cdef unsigned char TCHAR[256]
+memset(TCHAR, 0, sizeof(TCHAR))
+for _c in bytearray(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"):
+    TCHAR[_c] = 1
 
 
 cdef inline char lower(char c) noexcept nogil:
@@ -55,7 +65,7 @@ cdef inline int after_headers(Parser* p) noexcept nogil:
         # 101 would switch protocols, which no request of ours asks for.
         if p.status == 101 or p.status < 100:
             return P_ERROR
-        head = p.head
+        head = p.head | p.sent_body
         received = p.received
         parser_reset(p, head)
         p.received = received
@@ -64,6 +74,14 @@ cdef inline int after_headers(Parser* p) noexcept nogil:
         return P_ERROR       # RFC 9110 15: status codes are 100-599
     # RFC 9112 9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with "keep-alive".
     p.close = 1 if p.conn_close or (p.minor == 0 and not p.conn_keep) else 0
+    if p.sent_body and (p.status == 413 or p.status == 417):
+        # The server refused the body (RFC 9110 15.5.14, 15.5.18), maybe before reading it,
+        # and nothing says where it will look for the next request: a client cannot tell
+        # whether the body it wrote into the socket buffer was read or will be taken for a
+        # request. The connection is not reused (as curl does after an answer before the
+        # upload's end); the server may also have answered before it was written at all.
+        p.close = 1
+        p.drop = 1
     if p.head or p.status == 204 or p.status == 304:
         return P_DONE
     if p.te_present and not p.chunked:
@@ -73,6 +91,7 @@ cdef inline int after_headers(Parser* p) noexcept nogil:
     if p.chunked:
         p.remaining = 0
         p.digits = 0
+        p.vmatch = 0
         return P_CHUNK_SIZE
     if p.content_length >= 0:
         if p.content_length == 0:
@@ -83,16 +102,25 @@ cdef inline int after_headers(Parser* p) noexcept nogil:
     return P_BODY_EOF
 
 
+cdef inline int length_element_end(Parser* p) noexcept nogil:
+    """The end of one Content-Length value (a line may list several, comma-separated:
+    RFC 9110 8.6 lets a recipient take "2, 2" as 2); 0 when it is empty or differs from the
+    others (RFC 9112 6.3: unrecoverable)."""
+    if p.digits == 0:
+        return 0
+    if p.content_length >= 0 and p.content_length != p.remaining:
+        return 0
+    p.content_length = p.remaining
+    p.remaining = 0
+    p.digits = 0
+    p.vmatch = 0
+    return 1
+
+
 cdef inline int end_of_value(Parser* p) noexcept nogil:
     cdef int n
     if p.header == H_CONTENT_LENGTH:
-        if p.digits == 0:
-            return P_ERROR
-        # RFC 9112 6.3: differing Content-Length values are unrecoverable.
-        if p.content_length >= 0 and p.content_length != p.remaining:
-            return P_ERROR
-        p.content_length = p.remaining
-        p.remaining = 0
+        return P_LINE_START if length_element_end(p) else P_ERROR
     elif p.header == H_TRANSFER_ENCODING or p.header == H_CONNECTION:
         token_end(p)
     elif p.header == H_CAPTURE:
@@ -278,8 +306,10 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
         elif st == P_SKIP_NAME:
             if c == c':':
                 p.state = P_SKIP_LINE
-            elif c == c'\n' or c == c'\r':
-                p.state = P_ERROR    # a header line without a colon
+            elif not TCHAR[<unsigned char>c]:
+                # No colon, or a byte no name holds: whitespace before the colon too (RFC
+                # 9112 5.1: it must be refused, "Content-Length : 5" is no Content-Length).
+                p.state = P_ERROR
                 return i
         elif st == P_LINE_START or st == P_NAME:
             if st == P_LINE_START:
@@ -291,13 +321,26 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                     if p.state == P_DONE or p.state == P_ERROR:
                         return i
                     continue
+                if c == c' ' or c == c'\t':
+                    # obs-fold (RFC 9112 5.2): the line continues the previous field's value,
+                    # which a user agent reads as if joined by a space. The continuation of a
+                    # value nobody reads is skipped (a captured value keeps its first line); a
+                    # folded framing header (Content-Length, Transfer-Encoding, Connection) is
+                    # refused, where request smuggling hides, as is a fold with no field before.
+                    if p.header == H_NONE or p.header == H_CAPTURE:
+                        p.state = P_SKIP_LINE
+                        continue
+                    p.state = P_ERROR
+                    return i
                 # The whole name in this buffer: look it up at once.
                 j = i - 1
-                while j < n and buf[j] != c':' and buf[j] != c'\n' and buf[j] != c'\r':
+                while j < n and TCHAR[<unsigned char>buf[j]]:
                     j += 1
                 if j < n:
-                    if buf[j] != c':':
-                        p.state = P_ERROR    # a header line without a colon
+                    if buf[j] != c':' or j == i - 1:
+                        # No colon, an empty name, or a byte no name holds: whitespace
+                        # before the colon too (RFC 9112 5.1).
+                        p.state = P_ERROR
                         return j + 1
                     p.header_bytes += j - i + 1
                     if p.header_bytes > MAX_HEADER_BYTES:
@@ -311,12 +354,16 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                         start_value(p)
                     continue
                 p.state = P_NAME
+                p.header = H_NONE
                 p.pos = 0
                 p.candidates = 0
                 for h in range(N_HEADERS):
                     if names.length[h] > 0:
                         p.candidates |= 1u << h
             if c == c':':
+                if p.pos == 0:
+                    p.state = P_ERROR    # an empty name
+                    return i
                 p.header = H_NONE
                 for h in range(N_HEADERS):
                     if (p.candidates >> h) & 1 and names.length[h] == p.pos:
@@ -325,8 +372,8 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                     p.state = P_SKIP_LINE
                 else:
                     start_value(p)
-            elif c == c'\n' or c == c'\r':
-                p.state = P_ERROR    # a header line without a colon
+            elif not TCHAR[<unsigned char>c]:
+                p.state = P_ERROR    # no colon, or a byte no name holds (RFC 9112 5.1)
                 return i
             else:
                 c = lower(c)
@@ -350,7 +397,7 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                 if p.state == P_ERROR:
                     return i
             elif c == c'\r':
-                pass
+                p.state = P_VALUE_LF
             elif p.header == H_CONTENT_LENGTH:
                 if c >= c'0' and c <= c'9':
                     # vmatch marks whitespace after the digits: "1 2" is not twelve.
@@ -362,6 +409,10 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                 elif c == c' ' or c == c'\t':
                     if p.digits:
                         p.vmatch = 1
+                elif c == c',':
+                    if not length_element_end(p):
+                        p.state = P_ERROR
+                        return i
                 else:
                     p.state = P_ERROR
                     return i
@@ -373,20 +424,39 @@ cdef Py_ssize_t parser_feed(Parser* p, const HeaderNames* names,
                 elif p.capture_len < CAPTURE_MAX:
                     p.capture[p.capture_len] = c
                     p.capture_len += 1
-        elif st == P_CHUNK_SIZE or st == P_CHUNK_EXT:
+        elif st == P_VALUE_LF:
+            if c != c'\n':
+                p.state = P_ERROR    # a bare CR inside a value (RFC 9112 2.2)
+                return i
+            p.state = end_of_value(p)
+            if p.state == P_ERROR:
+                return i
+        elif st == P_CHUNK_SIZE or st == P_CHUNK_EXT or st == P_CHUNK_LF:
             if c == c'\n':
                 if p.digits == 0:
                     p.state = P_ERROR
                     return i
                 p.digits = 0
+                p.vmatch = 0
                 p.state = P_TRAILER_START if p.remaining == 0 else P_CHUNK_DATA
-            elif st == P_CHUNK_EXT or c == c'\r':
+            elif st == P_CHUNK_LF:
+                p.state = P_ERROR    # a bare CR inside a chunk-size line (RFC 9112 7.1)
+                return i
+            elif c == c'\r':
+                p.state = P_CHUNK_LF
+            elif st == P_CHUNK_EXT:
                 pass
-            elif c == c';' or c == c' ' or c == c'\t':
+            elif c == c';':
                 p.state = P_CHUNK_EXT
+            elif c == c' ' or c == c'\t':
+                # Whitespace after the size (BWS before ";", RFC 9112 7.1.1): no more digits.
+                if p.digits == 0:
+                    p.state = P_ERROR
+                    return i
+                p.vmatch = 1
             else:
                 d = hex_value(c)
-                if d < 0 or p.digits >= 15:
+                if d < 0 or p.vmatch or p.digits >= 15:
                     p.state = P_ERROR
                     return i
                 p.remaining = p.remaining * 16 + d
@@ -432,6 +502,52 @@ cdef inline int parser_eof(Parser* p) noexcept nogil:
     return O_PROTOCOL        # closed part way through
 
 
+cdef const char* IDEMPOTENCY_KEY = "idempotency-key:"
+
+
+cdef int request_idempotent(const char* data, Py_ssize_t n) noexcept nogil:
+    """Whether a request may go out again after a reused connection closed without a byte of
+    answer: its method is idempotent (RFC 9110 9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE)
+    or it carries an Idempotency-Key header (as Go's net/http Transport decides). Read once
+    per request template, never per request."""
+    cdef Py_ssize_t m = 0, i, k
+    while m < n and data[m] != c' ':
+        m += 1
+    if ((m == 3 and (memcmp(data, b"GET", 3) == 0 or memcmp(data, b"PUT", 3) == 0))
+            or (m == 4 and memcmp(data, b"HEAD", 4) == 0)
+            or (m == 5 and memcmp(data, b"TRACE", 5) == 0)
+            or (m == 6 and memcmp(data, b"DELETE", 6) == 0)
+            or (m == 7 and memcmp(data, b"OPTIONS", 7) == 0)):
+        return 1
+    # The head's lines, up to the blank one: does one begin with "Idempotency-Key:"?
+    i = 0
+    while i + 1 < n:
+        if data[i] == c'\n':
+            if data[i + 1] == c'\r' or data[i + 1] == c'\n':
+                return 0
+            k = 0
+            while k < 16 and i + 1 + k < n and lower(data[i + 1 + k]) == IDEMPOTENCY_KEY[k]:
+                k += 1
+            if k == 16:
+                return 1
+        i += 1
+    return 0
+
+
+cdef int request_flags(const char* data, Py_ssize_t n, int head) noexcept nogil:
+    """parser_reset's flags for an encoded request: REQ_HEAD, and REQ_BODY when bytes follow
+    the blank line that ends its head."""
+    cdef Py_ssize_t i
+    cdef int flags = REQ_HEAD if head else 0
+    for i in range(n - 3):
+        if data[i] == c'\r' and data[i + 1] == c'\n' and data[i + 2] == c'\r' \
+                and data[i + 3] == c'\n':
+            if i + 4 < n:
+                flags |= REQ_BODY
+            break
+    return flags
+
+
 cdef inline int status_outcome(int status) noexcept nogil:
     if status < 200:
         return O_1XX
@@ -466,10 +582,10 @@ cdef class ResponseParser:
     cdef HeaderNames names
     cdef bytes _capture_name
 
-    def __init__(self, bint head=False, capture=None):
+    def __init__(self, bint head=False, capture=None, bint body=False):
         self._capture_name = capture.lower().encode() if capture else b""
         names_init(&self.names, self._capture_name)
-        parser_reset(&self.p, head)
+        parser_reset(&self.p, (REQ_HEAD if head else 0) | (REQ_BODY if body else 0))
 
     def feed(self, bytes data):
         """Feed bytes; returns how many were consumed (fewer than given once complete)."""
@@ -499,3 +615,9 @@ cdef class ResponseParser:
     @property
     def captured(self):
         return self.p.capture[:self.p.capture_len]
+
+
+def idempotent_request(bytes request):
+    """Whether the engine may send this encoded request again after a reused connection
+    closed without an answer (`[load] retry = "idempotent"`), for tests and tools."""
+    return bool(request_idempotent(PyBytes_AS_STRING(request), PyBytes_GET_SIZE(request)))

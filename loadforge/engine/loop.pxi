@@ -16,6 +16,10 @@ cdef class Engine:
     http2: None for HTTP/1.1, else one (header list, body) per request, the header list
     (name, value) bytes with the pseudo-headers first: every request is then an HTTP/2 stream,
     at most `streams` at once per connection (engine/http2.pxi).
+    retry: "idempotent" (an HTTP/1.x request of an idempotent method, or carrying
+    Idempotency-Key, goes out once more on a new connection when the reused one it went out
+    on closed without a byte of answer) or "never" (such a request ends as `reset`).
+    fault_epoll: for the tests, the n-th epoll_ctl on a connection's socket fails (n > 0).
     """
 
     cdef:
@@ -34,6 +38,7 @@ cdef class Engine:
         int inflight
         char* rbuf
         epoll_event* events
+        int max_events           # its length: at least one per connection, and the control fd
         msghdr msg               # recvmsg over rbuf, with room for a receive timestamp
         iovec iov
         uint64_t cmsg_buf[CMSG_BUFFER_WORDS]   # 8-aligned, as cmsghdr needs
@@ -43,6 +48,7 @@ cdef class Engine:
         int eventful             # arrivals in flight whose responses may be big (Conn.big)
         uint64_t retries         # arrivals sent again after a reused connection closed
         uint64_t dropped         # outcomes not recorded: no memory for their cell
+        uint64_t clamped         # latencies past the histograms' range, recorded as 1 h
         uint64_t closed_by_server   # connected connections the server ended
         uint64_t closed_by_us       # ... and those the engine ended (errors, timeouts, stop)
         Arena arena              # histogram chunks, shared by every cell
@@ -54,7 +60,10 @@ cdef class Engine:
         list _keep
         const char** req_data
         Py_ssize_t* req_len
-        int* req_head
+        int* req_head            # per request: parser_reset's flags (REQ_HEAD, REQ_BODY)
+        int* req_retry           # per request: may be sent again (Conn.retryable)
+        int retry_idempotent     # [load] retry = "idempotent" (else "never")
+        int fault_epoll          # tests: the n-th epoll_ctl of a connection fails (conn_epoll)
         int* req_big             # per request: -1 not known yet, 0 small, 1 seen big
         int nreq
         int32_t* mix
@@ -117,7 +126,8 @@ cdef class Engine:
                  double interval_s=1.0, capture_header=None, int control_fd=-1,
                  double timer_resolution_s=0.0, int requests_per_connection=0,
                  list feeders=None, list templates=None, tls=None,
-                 list http2=None, int streams=100):
+                 list http2=None, int streams=100, str retry="idempotent",
+                 int fault_epoll=0):
         cdef int i
         cdef sockaddr_in* a4
         cdef sockaddr_in6* a6
@@ -138,6 +148,10 @@ cdef class Engine:
         if requests_per_connection < 0:
             raise ValueError("requests_per_connection must be >= 0")
         self.requests_per_connection = requests_per_connection
+        if retry not in ("idempotent", "never"):
+            raise ValueError(f'retry must be "idempotent" or "never", got {retry!r}')
+        self.retry_idempotent = 1 if retry == "idempotent" else 0
+        self.fault_epoll = fault_epoll
 
         self.transport.kind = T_TCP
         if tls is not None:
@@ -167,13 +181,19 @@ cdef class Engine:
         self.req_len = <Py_ssize_t*>malloc(self.nreq * sizeof(Py_ssize_t))
         self.req_head = <int*>malloc(self.nreq * sizeof(int))
         self.req_big = <int*>malloc(self.nreq * sizeof(int))
+        self.req_retry = <int*>malloc(self.nreq * sizeof(int))
+        if self.req_data == NULL or self.req_len == NULL or self.req_head == NULL \
+                or self.req_big == NULL or self.req_retry == NULL:
+            raise MemoryError()
         for i, (data, head) in enumerate(requests):
             data = bytes(data)
             self._keep.append(data)
             self.req_data[i] = PyBytes_AS_STRING(data)
             self.req_len[i] = PyBytes_GET_SIZE(data)
-            self.req_head[i] = 1 if head else 0
+            self.req_head[i] = request_flags(self.req_data[i], self.req_len[i], head)
             self.req_big[i] = -1
+            self.req_retry[i] = self.retry_idempotent and request_idempotent(
+                self.req_data[i], self.req_len[i])
         self.mix_len = len(mix)
         self.mix = <int32_t*>malloc(self.mix_len * sizeof(int32_t))
         for i in range(self.mix_len):
@@ -210,7 +230,10 @@ cdef class Engine:
         self.think_conn = <int*>malloc(self.nthink * sizeof(int))
         self.think_at = <int64_t*>malloc(self.nthink * sizeof(int64_t))
         self.rbuf = <char*>malloc(RECV_BUFFER_SIZE)
-        self.events = <epoll_event*>malloc(MAX_EVENTS * sizeof(epoll_event))
+        # Room for every connection and the control fd: one wait hands back all that is ready,
+        # so the wait after a quiet sleep (sleep_through_responses) drains every socket.
+        self.max_events = connections + 1 if connections + 1 > MAX_EVENTS else MAX_EVENTS
+        self.events = <epoll_event*>malloc(self.max_events * sizeof(epoll_event))
         if (self.conns == NULL or self.idle_stack == NULL or self.closed_stack == NULL
                 or self.rbuf == NULL or self.events == NULL or self.think_conn == NULL
                 or self.think_at == NULL or self.stages == NULL or self.counters == NULL):
@@ -286,6 +309,7 @@ cdef class Engine:
         free(self.req_len)
         free(self.req_head)
         free(self.req_big)
+        free(self.req_retry)
         free(self.mix)
         free(self.stages)
         free(self.counters)
@@ -365,6 +389,7 @@ cdef class Engine:
         c.intended_ns = intended
         c.fresh = 0
         c.retried = 0
+        c.retryable = self.req_retry[request]
         c.big = 1 if self.req_big[request] != 0 else 0
         self.eventful += c.big
         self.inflight += 1
@@ -481,7 +506,7 @@ cdef class Engine:
         if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY \
                 or c.written < self.tpl.out_len[ci] \
                 or c.served == self.requests_per_connection:
-            if c.parser.close and outcome < O_CONNECT:
+            if c.parser.close and not c.parser.drop and outcome < O_CONNECT:
                 c.peer_closed = 1     # the server said so: it closes its end after this
             close_conn(self, ci)
         else:
@@ -604,15 +629,16 @@ cdef class Engine:
         for i in range(self.nconns):
             c = &self.conns[i]
             if (c.state == C_BUSY or c.state == C_CONNECTING) and now >= c.deadline_ns:
-                if c.handshaking:
-                    self.transport.tls_failed += 1   # a TLS handshake timed out: it failed
+                if c.handshaking and c.has_arrival:
+                    # A TLS handshake timed out: it failed (a warm-up's is not counted, as its
+                    # connect is not: counts_at_open).
+                    self.transport.tls_failed += 1
                 if c.has_arrival:
                     if c.state == C_CONNECTING:
                         self.connect_failures += 1
                     self.finish(i, O_TIMEOUT if c.state == C_BUSY else O_CONNECT, now, now)
                 else:
-                    self.connect_failures += 1
-                    close_conn(self, i)
+                    close_conn(self, i)     # a warm-up connect: not counted (counts_at_open)
 
     cdef int advance(self, int64_t now) except -1:
         """Everything that is due at `now`; returns 1 once the run is over."""
@@ -620,6 +646,11 @@ cdef class Engine:
         cdef int ci
         if self.h2.pending_len:
             h2_pump(self, now)
+        if now >= self.next_scan_ns:
+            # First: a connection freed by a timeout takes an arrival waiting on the pool now,
+            # not at the next wake-up, which may be the interval's end.
+            self.scan_timeouts(now)
+            self.next_scan_ns = now + SCAN_PERIOD_NS
         while self.cur < self.nstages and now >= self.t0 + self.stages[self.cur].end_ns:
             if self.stages[self.cur].open_model:
                 self.count_due(self.t0 + self.stages[self.cur].end_ns - 1)
@@ -650,9 +681,6 @@ cdef class Engine:
                     self.closed_arrival(ci, now)
         while now >= self.t0 + (self.interval_index + 1) * self.interval_ns:
             flush(self, 0)
-        if now >= self.next_scan_ns:
-            self.scan_timeouts(now)
-            self.next_scan_ns = now + SCAN_PERIOD_NS
         if self.h2.ndirty:
             h2_flush_dirty(self, now)
         if self._error is not None:
@@ -678,7 +706,9 @@ cdef class Engine:
                 t = self.think_at[self.think_head]
             elif self.t0 + sp.start_ns > now and self.t0 + sp.start_ns < t:
                 t = self.t0 + sp.start_ns
-        if self.inflight > 0 and self.next_scan_ns < t:
+        # Connects under way time out too: a warm-up connection that hangs must free its slot
+        # for the arrivals waiting on the pool.
+        if (self.inflight > 0 or self.connecting > 0) and self.next_scan_ns < t:
             t = self.next_scan_ns
         if self.n_backoff and next_retry(self) < t:
             t = next_retry(self)
@@ -733,8 +763,9 @@ cdef class Engine:
         if self.control_fd >= 0:
             cev.events = EPOLLIN
             cev.data.u64 = CONTROL_TAG
-            epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.control_fd, &cev)
-            epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, self.control_fd, &cev)
+            if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.control_fd, &cev) != 0 \
+                    or epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, self.control_fd, &cev) != 0:
+                raise OSError(errno, "epoll_ctl: the coordinator's channel cannot be watched")
         now = monotonic_ns()
         self.rt_offset_ns = realtime_ns() - now
         self.next_scan_ns = now + SCAN_PERIOD_NS
@@ -762,17 +793,17 @@ cdef class Engine:
             if self.epoll_ns:
                 with nogil:
                     n = epoll_pwait2(self.wake_epfd if quiet else self.epfd, self.events,
-                                     MAX_EVENTS, &ts, NULL)
+                                     self.max_events, &ts, NULL)
                 if n < 0 and errno == ENOSYS:
                     self.epoll_ns = 0
                     quiet = 0
             if not self.epoll_ns:
                 # Millisecond timeouts only: round up, so arrivals are never sent early.
                 with nogil:
-                    n = epoll_wait(self.epfd, self.events, MAX_EVENTS,
+                    n = epoll_wait(self.epfd, self.events, self.max_events,
                                    <int>((wait + 999999) // 1000000))
             if quiet:
-                n = epoll_wait(self.epfd, self.events, MAX_EVENTS, 0)
+                n = epoll_wait(self.epfd, self.events, self.max_events, 0)
             now = monotonic_ns()
             self.rt_offset_ns = realtime_ns() - now
             self.last_wake_ns = now

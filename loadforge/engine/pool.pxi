@@ -60,8 +60,8 @@ cdef void close_conn(Engine self, int ci) noexcept:
 
 cdef void open_conn(Engine self, int ci, int64_t now) noexcept:
     cdef Conn* c = &self.conns[ci]
-    cdef epoll_event ev
-    self.connects += 1
+    if counts_at_open(self, c):
+        self.connects += 1
     if self.h2.enabled:
         h2_open_session(self, ci)
     if transport_connect(&self.transport, c) != 0:
@@ -72,17 +72,43 @@ cdef void open_conn(Engine self, int ci, int64_t now) noexcept:
     c.connect_ns = now
     self.connecting += 1
     c.deadline_ns = now + self.timeout_ns
-    ev.events = EPOLLOUT
-    ev.data.u64 = ci
-    epoll_ctl(self.epfd, EPOLL_CTL_ADD, c.fd, &ev)
     # The quiet sleep (sleep_through_responses) still wakes when the server closes or
     # resets a connection, so that such ends are timed when the kernel saw them.
-    ev.events = EPOLLRDHUP
-    epoll_ctl(self.wake_epfd, EPOLL_CTL_ADD, c.fd, &ev)
+    if conn_epoll(self, self.epfd, EPOLL_CTL_ADD, ci, EPOLLOUT) != 0 \
+            or conn_epoll(self, self.wake_epfd, EPOLL_CTL_ADD, ci, EPOLLRDHUP) != 0:
+        connect_failed(self, ci, now)
+
+
+cdef int conn_epoll(Engine self, int epfd, int op, int ci, uint32_t events) noexcept:
+    """epoll_ctl for a connection's socket: 0, or -1 when the kernel refused (ENOMEM, ENOSPC
+    past fs.epoll.max_user_watches). The caller ends the connection as failed (`connect`),
+    as wrk counts a failed aeCreateFileEvent: a socket epoll never reports would end as a
+    misleading timeout. Engine(fault_epoll=n) makes the n-th call fail, for the tests."""
+    cdef epoll_event ev
+    if self.fault_epoll > 0:
+        self.fault_epoll -= 1
+        if self.fault_epoll == 0:
+            return -1
+    ev.events = events
+    ev.data.u64 = ci
+    return epoll_ctl(epfd, op, self.conns[ci].fd, &ev)
+
+
+cdef inline int counts_at_open(Engine self, Conn* c) noexcept:
+    """Whether a connect attempt counts (connections.opened) when it starts. One opened ahead
+    of need (the pool's warm-up: no arrival waits on it) counts only once it connects: one
+    that fails is tried again by the first arrival that needs the slot, and that attempt
+    counts, with the arrival's `connect` error, so that connections.failed equals
+    errors_by_kind.connect in both models."""
+    return c.has_arrival or self.h2.enabled
 
 
 cdef void connect_failed(Engine self, int ci, int64_t now) noexcept:
-    self.connect_failures += 1
+    if counts_at_open(self, &self.conns[ci]):
+        self.connect_failures += 1
+    elif self.conns[ci].handshaking:
+        # Nor does its handshake, which the transport counted as failed (engine/tls.pxi).
+        self.transport.tls_failed -= 1
     if self.h2.enabled:
         h2_connect_failed(self, ci, now, O_CONNECT)
     elif self.conns[ci].has_arrival:
@@ -95,7 +121,6 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
     cdef Conn* c = &self.conns[ci]
     cdef int handshake = c.handshaking
     cdef int err = transport_connected(&self.transport, c)
-    cdef epoll_event ev
     if err == EALREADY:
         # TCP is up and a TLS handshake begins: the connect time ends here, the handshake's
         # starts; the handshake then waits for the server's bytes.
@@ -105,9 +130,9 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
         err = transport_connected(&self.transport, c)
     if handshake and (err == EINPROGRESS or err == EAGAIN):
         # The handshake waits for the server's bytes (and, EAGAIN, for room to send its own).
-        ev.events = EPOLLIN | EPOLLOUT if err == EAGAIN else EPOLLIN
-        ev.data.u64 = ci
-        epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
+        if conn_epoll(self, self.epfd, EPOLL_CTL_MOD, ci,
+                      EPOLLIN | EPOLLOUT if err == EAGAIN else EPOLLIN) != 0:
+            connect_failed(self, ci, now)
         return
     if (err == ECONNRESET or err == EPIPE) and c.has_arrival:
         c.peer_closed = 1
@@ -120,21 +145,20 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
         c.written = 0
         self.finish(ci, O_RESET, now, now)
         return
-    if err != 0:
+    if err != 0 or conn_epoll(self, self.epfd, EPOLL_CTL_MOD, ci, EPOLLIN) != 0:
         connect_failed(self, ci, now)
         return
     c.state = C_IDLE
     c.backoff_ns = 0
     self.connecting -= 1
+    if not counts_at_open(self, c):
+        self.connects += 1      # a warm-up connection, counted now that it is open
     if handshake:
         # The handshake's time, as a TLS-terminating load balancer's costs show in it.
         if hist_record(&self.arena, &self.tls_time, (now - c.handshake_ns) // 1000) != 0:
             self.dropped += 1
     else:
         record_connect_time(self, c, now)
-    ev.events = EPOLLIN
-    ev.data.u64 = ci
-    epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
     if self.h2.enabled:
         h2_connected(self, ci, now)
     elif c.has_arrival:
@@ -154,9 +178,11 @@ cdef inline void record_connect_time(Engine self, Conn* c, int64_t now) noexcept
 cdef int retry_arrival(Engine self, int ci, int64_t now) noexcept:
     """A request that went out on a reused connection the server had already closed (idle
     timeout, keepalive_requests) got no byte of answer: send it once more on a new
-    connection, as browsers and wrk do. Returns 1 when it did."""
+    connection, as browsers do, if it is idempotent (RFC 9110 9.2.2, RFC 9112 9.3.1: the
+    server may have processed it; a POST sent twice is an order placed twice). Returns 1 when
+    it did; else the caller ends it as `reset`."""
     cdef Conn* c = &self.conns[ci]
-    if c.fresh or c.retried:
+    if c.fresh or c.retried or not c.retryable:
         return 0
     c.retried = 1
     self.retries += 1

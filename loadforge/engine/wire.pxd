@@ -31,8 +31,8 @@ cdef extern from *:
 
 cdef enum:
     WIRE_MAGIC = 0x4957464c       # b"LFWI" read little-endian
-    WIRE_VERSION = 5              # 5: TLS, HTTP/2 stream kinds and the FLOWS section; 2: b"LFWI";
-                                  # 1: b"LFI1"
+    WIRE_VERSION = 6              # 6: clamped latencies in the trailer; 5: TLS, HTTP/2 stream
+                                  # kinds and the FLOWS section; 2: b"LFWI"; 1: b"LFI1"
 
 
 cdef packed struct WireHeader:
@@ -82,6 +82,7 @@ cdef packed struct WireTrailer:   # so far
     uint64_t dropped
     uint64_t closed_by_server
     uint64_t closed_by_us
+    uint64_t clamped     # latencies past the histograms' 1 h, recorded as 1 h
 
 
 cdef packed struct WireTls:       # so far

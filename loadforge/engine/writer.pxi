@@ -25,22 +25,31 @@ cdef void write_request(Engine self, int ci, int64_t now) noexcept:
             # The server closed or reset the connection; it may have answered first
             # (413 before the body), and that answer is still in the receive queue.
             c.write_failed = 1
-            if c.want_write:
-                set_want_write(self, ci, 0)
+            if c.want_write and set_want_write(self, ci, 0) != 0:
+                epoll_failed(self, ci, now)
+                return
             self.on_readable(ci, now)
             return
         n = 0
     c.written += n
-    if (c.written < length) != c.want_write:
-        set_want_write(self, ci, c.written < length)
+    if (c.written < length) != c.want_write \
+            and set_want_write(self, ci, c.written < length) != 0:
+        epoll_failed(self, ci, now)
 
 
-cdef void set_want_write(Engine self, int ci, int on) noexcept:
-    """Watch the connection for EPOLLOUT (a request is half written) or stop watching."""
+cdef int set_want_write(Engine self, int ci, int on) noexcept:
+    """Watch the connection for EPOLLOUT (a request is half written) or stop watching: 0, or
+    -1 when epoll refused (conn_epoll) and nothing changed."""
     cdef Conn* c = &self.conns[ci]
-    cdef epoll_event ev
+    if conn_epoll(self, self.epfd, EPOLL_CTL_MOD, ci, EPOLLIN | EPOLLOUT if on else EPOLLIN) != 0:
+        return -1
     c.want_write = on
     self.writing += 1 if on else -1
-    ev.events = EPOLLIN | EPOLLOUT if on else EPOLLIN
-    ev.data.u64 = ci
-    epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
+    return 0
+
+
+cdef void epoll_failed(Engine self, int ci, int64_t now) noexcept:
+    """An HTTP/1.1 request's connection could not be watched as it needs: the request ends
+    as a failed connection (conn_epoll), counted as one."""
+    self.connect_failures += 1
+    self.finish(ci, O_CONNECT, now, now)

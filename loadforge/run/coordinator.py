@@ -466,7 +466,7 @@ class RunInputs:
     run: ScopeRun
     connections: dict[str, Any]       # opened, failed, open_peak, closed_by_*, retried,
                                       # tls_handshakes (https:// runs)
-    extra: dict[str, Any]             # dropped_samples, report_lag_ms
+    extra: dict[str, Any]             # dropped_samples, clamped_samples, report_lag_ms
     http2: bool = False               # an HTTP/2 run: its stream error kinds are listed
 
 
@@ -516,8 +516,8 @@ class Aggregator:
         # per worker: connects and failed connects so far (cumulative), open connections
         self.connects: dict[int, tuple[int, int]] = {}
         # per worker, cumulative: arrivals retried on a new connection, outcomes dropped,
-        # connections closed by the server, by the engine
-        self.engine_counts: dict[int, tuple[int, int, int, int]] = {}
+        # connections closed by the server, by the engine, latencies clamped to 1 h
+        self.engine_counts: dict[int, tuple[int, int, int, int, int]] = {}
         self.t0_ns = 0               # time zero, once the workers started
         self.report_lag_ns = 0       # the latest an interval report reached the coordinator
         # per stage: TCP connect times of the connections opened in its intervals
@@ -656,7 +656,7 @@ class Aggregator:
             self.totals[cpu_stage].wall_ns += self.interval_ms * 1_000_000
             self.cpu_ns[r.worker] = r.cpu_ns
             self.engine_counts[r.worker] = (r.retried, r.dropped, r.closed_by_server,
-                                            r.closed_by_us)
+                                            r.closed_by_us, r.clamped)
             for i in range(nstages):
                 scheduled[i] += r.scheduled[i]
                 unsent[i] += r.unsent[i]
@@ -927,6 +927,7 @@ class Aggregator:
         dropped = sum(c[1] for c in self.engine_counts.values())
         return rows, RunInputs(stages, run, connections, {
             "dropped_samples": dropped,
+            "clamped_samples": sum(c[4] for c in self.engine_counts.values()),
             "report_lag_ms": round(max(0, self.report_lag_ns) / 1e6, 1)},
             http2=self.plan.http == "2")
 
@@ -1023,7 +1024,7 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
                                 plan.requests_per_connection, tables, templates,
                                 None if plan.tls is None else
                                 plan.tls.engine_settings(target.hostname),
-                                http2, plan.streams, flows))
+                                http2, plan.streams, flows, retry=plan.retry))
     return specs
 
 

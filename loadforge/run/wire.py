@@ -20,9 +20,10 @@ uint32 counts of histogram indices lo, lo+1, ...
 import struct
 
 MAGIC = 0x4957464C           # b"LFWI" read little-endian
-VERSION = 5                  # 3: TLS handshake counts and times after the connect times;
+VERSION = 6                  # 3: TLS handshake counts and times after the connect times;
                              # 4: outcomes 9-11 (HTTP/2 stream errors); 5: the optional FLOWS
-                             # section (checks, flow failures) at the end
+                             # section (checks, flow failures) at the end; 6: the trailer's
+                             # fifth count, latencies clamped to 1 h
 _MAGIC_V1 = 0x3149464C       # b"LFI1": version 1, before the format had a version field
 
 # magic, version, final, worker, stages, interval index, cells, backends, connects so far,
@@ -32,7 +33,8 @@ STAGE = struct.Struct("<QQQQQ")        # scheduled, sent, unsent, waited, late
 BACKEND = struct.Struct("<I48s")       # length, name (CAPTURE_MAX bytes)
 CELL = struct.Struct("<IIIIQ")         # stage, request, outcome, backend slot, count
 HIST = struct.Struct("<iiQqq")         # lo, n, total, min, max; then n uint32 counts
-TRAILER = struct.Struct("<QQQQ")       # so far: retried, dropped, closed by server, by us
+# so far: retried, dropped, closed by server, by us, latencies clamped to 1 h
+TRAILER = struct.Struct("<QQQQQ")
 TLS = struct.Struct("<QQQ")            # so far: full handshakes, resumed, failed
 FLOWS = struct.Struct("<I")            # length of the FLOWS section's JSON that follows
 

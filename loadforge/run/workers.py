@@ -105,6 +105,7 @@ class IntervalReport:
     checks: dict[str, list[int]] | None = None
     flow_errors: dict[str, int] | None = None
     flow_samples: dict[str, str] | None = None   # one message per "flow|ExceptionType"
+    clamped: int = 0       # so far: latencies past the histograms' 1 h, recorded as 1 h
 
 
 def interval_message(payload: bytes, open_conns: int, in_flight: int, cpu_ns: int = 0) -> bytes:
@@ -147,10 +148,10 @@ def decode_interval(message: bytes) -> IntervalReport:
             off += 4 * n
         cells.append(CellDelta(stage, request, OUTCOMES[outcome], backends[backend], count,
                                hists[0], hists[1]))
-    retried = dropped = by_server = by_us = 0
+    retried = dropped = by_server = by_us = clamped = 0
     connect_time = None
     if len(view) >= off + TRAILER.size:
-        retried, dropped, by_server, by_us = TRAILER.unpack_from(view, off)
+        retried, dropped, by_server, by_us, clamped = TRAILER.unpack_from(view, off)
         off += TRAILER.size
     if len(view) >= off + HIST.size:
         lo, n, total, lo_v, hi_v = HIST.unpack_from(view, off)
@@ -178,7 +179,7 @@ def decode_interval(message: bytes) -> IntervalReport:
     return IntervalReport(worker, index, bool(final), scheduled, sent, unsent, cells,
                           connects, connect_failures, open_conns, in_flight, waited, late,
                           cpu_ns, retried, dropped, by_server, by_us, connect_time, tls_time,
-                          tls_handshakes, checks, flow_errors, flow_samples)
+                          tls_handshakes, checks, flow_errors, flow_samples, clamped)
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,7 @@ class WorkerSpec:
     # and the (column, view) pairs flows read, and the open-model arrivals of the run (where
     # closed-model rows start). None: no flows.
     flows: tuple[Any, ...] | None = None
+    retry: str = "idempotent"              # Plan.retry: "idempotent" or "never"
 
 
 def done_message(exhausted: tuple[int, int] | None,
@@ -342,7 +344,8 @@ def run_flows(spec: WorkerSpec, channel: Connection) -> None:
     engine = _core.FlowEngine(
         spec.address, spec.port, module.names, spec.stages, spec.connections,
         worker=spec.index, workers=spec.workers, timeout_s=spec.timeout_s,
-        interval_s=spec.interval_s, control_fd=channel.fileno(), tls=spec.tls)
+        interval_s=spec.interval_s, control_fd=channel.fileno(), tls=spec.tls,
+        retry=spec.retry)
     base_url = ("https" if spec.tls is not None else "http") + f"://{base[0]}{base[1]}"
     if module.asyncio:
         # The slower path, for a module that awaits httpx/anyio/asyncio (flows/loader.py)
@@ -401,7 +404,7 @@ def worker_main() -> None:
             control_fd=channel.fileno(), timer_resolution_s=spec.timer_resolution_s,
             requests_per_connection=spec.requests_per_connection, feeders=tables,
             templates=spec.templates, tls=spec.tls,
-            http2=spec.http2, streams=spec.streams)
+            http2=spec.http2, streams=spec.streams, retry=spec.retry)
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
         # CPU time per interval: a worker that used its whole core is the reason arrivals
