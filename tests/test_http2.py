@@ -401,3 +401,65 @@ def test_bad_profile_keys(load: str, message: str, tmp_path: Path) -> None:
                     '[[stages]]\nname = "s"\nduration = "1s"\nrate = 1\n')
     out = loadforge("run", str(path))
     assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+# -- servers that never let a stream be answered (issue 19) ------------------------------------
+
+def _both(tmp_path: Path, server: H2Server, model: str, *extra: str) -> dict[str, Any]:
+    load = ("--concurrency", "1") if model == "closed" else ("--rate", "20")
+    return run_json(tmp_path, "--target", server.url + "/", "--http", "2", *load,
+                    "--connections", "1", "--duration", "1s", "--timeout", "500ms",
+                    "--no-preflight", *extra)
+
+
+@pytest.mark.parametrize("model", ["closed", "open"])
+def test_a_port_that_answers_http1_ends_in_time_with_protocol_errors(model: str,
+                                                                     tmp_path: Path) -> None:
+    """HTTP/1.1 answers to the preface, the connection kept open: nghttp2 ends the session;
+    every stream sent is a protocol error, the connection closes, and (closed model) the next
+    one waits for a backoff instead of spinning the worker until the watchdog."""
+    with H2Server("http1") as server:
+        s = _both(tmp_path, server, model)
+        counts = server.counts()
+    assert s["requests"] == 0 and s["scheduled"] == s["errors"] > 0
+    assert s["errors_by_kind"]["protocol"] == s["errors"]
+    assert counts["connections"] == s["connections"]["opened"]
+    if model == "closed":
+        # 1 ms doubling: about ten connections in a second, not one per round trip
+        assert s["connections"]["opened"] < 30
+    else:
+        assert s["scheduled"] == 20 and s["unsent"] == 0
+
+
+@pytest.mark.parametrize("keep", [0, 1])
+@pytest.mark.parametrize("model", ["closed", "open"])
+def test_goaway_last_stream_1_while_the_server_reads_on(keep: int, model: str,
+                                                        tmp_path: Path) -> None:
+    """GOAWAY(last_stream_id = 1 or 0) on every connection, which then stays open, read and
+    never answered again: the connection closes once its kept stream is answered, what was
+    above the GOAWAY is sent again once, and everything sent is counted."""
+    with H2Server("goaway", goaway_after=1, goaway_keep=keep, goaway_linger=True,
+                  goaway_connections=1000) as server:
+        s = _both(tmp_path, server, model)
+        counts = server.counts()
+    assert s["requests"] == counts["answered"] >= keep
+    assert s["scheduled"] == s["requests"] + s["errors"] + s["unsent"] > 0
+    assert s["errors"] == s["errors_by_kind"]["goaway"]
+    assert counts["refused_goaway"] == s["connections"]["retried"] + s["errors_by_kind"]["goaway"]
+    assert counts["opened"] == counts["answered"] + counts["refused_goaway"]
+    assert counts["connections"] == s["connections"]["opened"]
+
+
+@pytest.mark.parametrize("model", ["closed", "open"])
+def test_a_server_that_allows_no_stream_is_said(model: str, tmp_path: Path) -> None:
+    """SETTINGS_MAX_CONCURRENT_STREAMS = 0: nothing can be sent; the summary says why."""
+    with H2Server("normal", max_concurrent_streams=0) as server:
+        s = _both(tmp_path, server, model)
+        counts = server.counts()
+        out = loadforge("run", "--target", server.url + "/", "--http", "2", "--concurrency",
+                        "1", "--duration", "300ms", "--no-preflight", "--out", str(tmp_path / "r2"))
+    assert s["connections"]["h2_zero_streams"] >= 1
+    assert s["requests"] == counts["answered"] == 0
+    assert s["scheduled"] == s["errors"] + s["unsent"]
+    assert counts["opened"] <= s["errors"]
+    assert "allowed no stream at all" in out.stdout, out.stdout

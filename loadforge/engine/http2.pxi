@@ -183,6 +183,8 @@ cdef void h2_open_session(Engine self, int ci) noexcept:
     hc.goaway_last = 0
     hc.draining = 0
     hc.dead = 0
+    hc.answered = 0
+    hc.zero_noted = 0
     hc.out_len = 0
     hc.out_pos = 0
     hc.nfree = h.streams
@@ -429,10 +431,13 @@ cdef void h2_done(Engine self, int stage, int request, int64_t intended, int64_t
     sp = &self.stages[stage]
     if sp.open_model or now >= self.t0 + sp.end_ns:
         return
-    if outcome == O_CONNECT:
+    if outcome == O_CONNECT or self.h2.pacing:
         # the connection backs off; the stage's fill (advance) brings the user back
         self.closed_active -= 1
-    elif sp.think_ns > 0:
+    elif sp.think_ns > 0 or outcome >= O_CONNECT:
+        # After a failure the user's next request waits for the next turn of the loop (its
+        # think time, or none): never sent from inside the session that just failed one,
+        # which could fail it again at once, and again, without the loop ever turning.
         self.think_conn[(self.think_head + self.think_len) % self.nthink] = -1
         self.think_at[(self.think_head + self.think_len) % self.nthink] = now + sp.think_ns
         self.think_len += 1
@@ -503,8 +508,16 @@ cdef void h2_fail_conn(Engine self, int ci, int outcome, int64_t now) noexcept:
     cdef H2Engine* h = &self.h2
     cdef H2Conn* hc = &h.conns[ci]
     cdef H2Stream* s
+    cdef StagePlan* sp = &self.stages[self.cur] if self.cur < self.nstages else NULL
     cdef int i
+    # A connection that ended before a single response (a port that speaks HTTP/1.1, a server
+    # that resets every connection) is retried as a failed connect is: its closed-model users
+    # wait for its backoff instead of reconnecting as fast as the server can refuse.
+    cdef int pace = (outcome != O_CONNECT and not hc.answered and sp != NULL
+                     and not sp.open_model and not self.stopping
+                     and now >= self.t0 + sp.start_ns)
     hc.dead = 1     # nothing new goes on it while its streams end
+    h.pacing = pace
     for i in range(ci * h.streams, (ci + 1) * h.streams):
         s = &h.slots[i]
         if s.state != S_OPEN:
@@ -513,7 +526,10 @@ cdef void h2_fail_conn(Engine self, int ci, int outcome, int64_t now) noexcept:
             h2_unprocessed(self, s, O_GOAWAY, now)
         else:
             h2_stream_done(self, s, outcome, now, now)
+    h.pacing = 0
     close_conn(self, ci)
+    if pace and self.conns[ci].state == C_CLOSED:
+        start_backoff(self, ci, now)
 
 
 cdef void h2_connect_failed(Engine self, int ci, int64_t now, int outcome) noexcept:
@@ -530,8 +546,34 @@ cdef void h2_connect_failed(Engine self, int ci, int64_t now, int outcome) noexc
 
 cdef void h2_connected(Engine self, int ci, int64_t now) noexcept:
     """ci is connected (on_connected did the connect bookkeeping): the preface, SETTINGS and
-    the streams queued meanwhile go out with this turn's writes."""
+    the streams queued meanwhile go out with this turn's writes. Over TLS ALPN decides, per
+    connection: one where the server chose anything but h2 (a backend of a mixed set behind
+    a TLS-terminating balancer) gets no preface, its streams end as protocol errors and it
+    closes, backing off in a closed-model stage."""
+    cdef const unsigned char* alpn = NULL
+    cdef unsigned int alpn_len = 0
+    if self.transport.kind == T_TLS:
+        tls_alpn(&self.conns[ci], &alpn, &alpn_len)
+        if alpn_len != 2 or memcmp(alpn, b"h2", 2) != 0:
+            self.protocol_h1 += 1
+            h2_fail_conn(self, ci, O_PROTOCOL, now)
+            return
+    self.protocol_h2 += 1
     h2_mark(self, ci)
+
+
+cdef int h2_ended(Engine self, int ci, int64_t now) noexcept:
+    """Close ci when nothing more can go on it and nothing is left on it: GOAWAY (the server
+    ends it) or requests_per_connection reached (we do) with no stream left, or a session
+    nghttp2 has ended. Returns 1 when it closed."""
+    cdef H2Conn* hc = &self.h2.conns[ci]
+    if hc.session == NULL or self.conns[ci].fd < 0:
+        return 0
+    if (hc.goaway or hc.draining) and hc.active == 0:
+        self.conns[ci].peer_closed = hc.goaway
+        close_conn(self, ci)
+        return 1
+    return 0
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -556,16 +598,21 @@ cdef void h2_on_readable(Engine self, int ci, int64_t now) noexcept:
                 h2_fail_conn(self, ci, O_PROTOCOL, now)
                 return
             h2_mark(self, ci)
-            if (hc.goaway or hc.draining) and hc.active == 0:
-                # GOAWAY (the server ends it) or requests_per_connection reached (we do), and
-                # nothing left on it: closed now
-                c.peer_closed = hc.goaway
-                close_conn(self, ci)
+            if h2_ended(self, ci, now):
+                return
+            if not lf_ng.want_read(hc.session):
+                # nghttp2 ended the session (bytes that are not HTTP/2, a connection error):
+                # its GOAWAY goes out if it can, its streams end as protocol errors, and the
+                # connection closes instead of taking streams that can never be answered.
+                h2_flush(self, ci, now)
+                if c.fd >= 0 and not hc.dead:
+                    h2_fail_conn(self, ci, O_PROTOCOL, now)
                 return
             if n < RECV_BUFFER_SIZE and not transport_pending(&self.transport, c):
                 return
             reads += 1
-            if reads == MAX_READS_PER_EVENT:
+            if reads >= MAX_READS_PER_EVENT and not transport_pending(&self.transport, c):
+                # epoll hands a readable socket back; bytes inside the TLS layer it would not
                 return
             continue
         if n < 0 and errno == EINTR:
@@ -593,7 +640,8 @@ cdef int h2_on_header(nghttp2_session* session, const nghttp2_frame* frame, cons
     if namelen == 7 and memcmp(name, b":status", 7) == 0:
         if valuelen == 3:
             status = (value[0] - 48) * 100 + (value[1] - 48) * 10 + (value[2] - 48)
-            if 100 <= status <= 999:
+            # as over HTTP/1.1, a status past 599 is no status: the stream is a protocol error
+            if 100 <= status <= 599:
                 s.status = status
         return 0
     self = <Engine>hc.engine
@@ -616,12 +664,20 @@ cdef int h2_on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
         s = <H2Stream*>lf_ng.get_stream_user_data(session, frame.hd.stream_id)
         if s != NULL:
             s.got_response = 1
+            if not hc.answered:
+                hc.answered = 1
+                (<Engine>hc.engine).conns[hc.ci].backoff_ns = 0
     elif frame.hd.type == NGHTTP2_SETTINGS and not (frame.hd.flags & NGHTTP2_FLAG_ACK):
         # A lower SETTINGS_MAX_CONCURRENT_STREAMS, mid-run too: no new stream until the
         # connection is under it again (nghttp2 acknowledged it already).
         self = <Engine>hc.engine
         limit = lf_ng.get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
         hc.limit = self.h2.streams if limit > <uint32_t>self.h2.streams else <int>limit
+        if limit == 0 and not hc.zero_noted:
+            # The server takes no stream at all (RFC 9113 allows it): said in the summary,
+            # and what waits on this connection times out.
+            hc.zero_noted = 1
+            self.h2.zero_streams += 1
     elif frame.hd.type == NGHTTP2_RST_STREAM:
         s = <H2Stream*>lf_ng.get_stream_user_data(session, frame.hd.stream_id)
         if s != NULL:
@@ -731,6 +787,11 @@ cdef void h2_flush(Engine self, int ci, int64_t now) noexcept:
         if hc.out_pos == hc.out_len:
             hc.out_pos = 0
             hc.out_len = 0
+            if not h2_ended(self, ci, now) and not lf_ng.want_read(hc.session) \
+                    and not lf_ng.want_write(hc.session):
+                # nghttp2 has nothing left to read or send (it ended the session, its GOAWAY
+                # is out): the connection's streams can never be answered
+                h2_fail_conn(self, ci, O_PROTOCOL, now)
             return
         w = transport_write(&self.transport, c, hc.out + hc.out_pos, hc.out_len - hc.out_pos)
         if w < 0:
@@ -770,29 +831,48 @@ cdef void h2_flush_dirty(Engine self, int64_t now) noexcept:
 cdef void h2_scan_timeouts(Engine self, int64_t now) noexcept:
     """scan_timeouts for HTTP/2: a connect that takes too long fails its streams; a stream
     past its deadline is counted (flow_control when its request body is held by a closed
-    window, else timeout) and cancelled with RST_STREAM(CANCEL)."""
+    window, else timeout) and cancelled with RST_STREAM(CANCEL). A connection whose writes are
+    stuck when a stream times out (the server stopped reading), or whose RST_STREAM has not
+    freed its stream a timeout later, takes no new stream and closes once its open streams
+    have ended: its slots come back on a fresh connection."""
     cdef H2Engine* h = &self.h2
+    cdef H2Conn* hc
     cdef H2Stream* s
     cdef Conn* c
-    cdef int ci, i, outcome
+    cdef int ci, i, outcome, still_open
     for ci in range(self.nconns):
         c = &self.conns[ci]
         if c.state == C_CONNECTING and now >= c.deadline_ns:
             connect_failed(self, ci, now)
             continue
-        if c.state != C_IDLE or h.conns[ci].session == NULL or h.conns[ci].active == 0:
+        hc = &h.conns[ci]
+        if c.state != C_IDLE or hc.session == NULL:
             continue
+        if hc.active == 0:
+            h2_ended(self, ci, now)     # its last stream closed since (a RST_STREAM went out)
+            continue
+        still_open = 0
         for i in range(ci * h.streams, (ci + 1) * h.streams):
             s = &h.slots[i]
-            if s.state != S_OPEN or now < s.deadline_ns:
+            if s.state == S_ENDED and now >= s.deadline_ns:
+                hc.dead = 1     # cancelled a timeout ago and still not closed: wedged
+                continue
+            if s.state != S_OPEN:
+                continue
+            if now < s.deadline_ns:
+                still_open += 1
                 continue
             outcome = O_TIMEOUT
             if s.body_sent < s.body_len and s.id > 0 and \
-                    lf_ng.get_stream_remote_window_size(h.conns[ci].session, s.id) <= 0:
+                    lf_ng.get_stream_remote_window_size(hc.session, s.id) <= 0:
                 outcome = O_FLOW_CONTROL
+            if c.want_write:
+                hc.dead = 1     # nothing goes out: the RST_STREAM would not either
             h2_stream_done(self, s, outcome, now, now)
+            s.deadline_ns = now + self.timeout_ns
             if s.id > 0:
-                lf_ng.submit_rst_stream(h.conns[ci].session, NGHTTP2_FLAG_NONE, s.id,
-                                        NGHTTP2_CANCEL)
+                lf_ng.submit_rst_stream(hc.session, NGHTTP2_FLAG_NONE, s.id, NGHTTP2_CANCEL)
                 h2_mark(self, ci)
+        if hc.dead and still_open == 0 and self.conns[ci].fd >= 0:
+            close_conn(self, ci)
 

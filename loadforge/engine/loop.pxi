@@ -45,6 +45,8 @@ cdef class Engine:
         uint64_t dropped         # outcomes not recorded: no memory for their cell
         uint64_t closed_by_server   # connected connections the server ended
         uint64_t closed_by_us       # ... and those the engine ended (errors, timeouts, stop)
+        uint64_t protocol_h1     # connections that became ready speaking HTTP/1.1 ...
+        uint64_t protocol_h2     # ... and HTTP/2 (over TLS: as ALPN chose for each)
         Arena arena              # histogram chunks, shared by every cell
         Hist connect_time        # TCP connect times (µs) of the connections opened this interval
         Hist tls_time            # TLS handshake times (µs) of the handshakes ended this interval
@@ -326,6 +328,17 @@ cdef class Engine:
     def tls_handshakes(self):
         """TLS handshakes so far: (full, resumed, failed)."""
         return (self.transport.tls_full, self.transport.tls_resumed, self.transport.tls_failed)
+
+    @property
+    def connections_by_protocol(self):
+        """Connections that became ready, by the protocol they spoke: (http/1.1, h2)."""
+        return (self.protocol_h1, self.protocol_h2)
+
+    @property
+    def h2_zero_streams(self):
+        """HTTP/2 connections whose server allowed no stream (SETTINGS_MAX_CONCURRENT_STREAMS
+        = 0): what waited on them timed out."""
+        return self.h2.zero_streams
 
     @property
     def retries(self):

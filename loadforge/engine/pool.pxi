@@ -124,7 +124,8 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
         connect_failed(self, ci, now)
         return
     c.state = C_IDLE
-    c.backoff_ns = 0
+    if not self.h2.enabled:
+        c.backoff_ns = 0    # (HTTP/2: once the connection carried a response, h2_on_frame_recv)
     self.connecting -= 1
     if handshake:
         # The handshake's time, as a TLS-terminating load balancer's costs show in it.
@@ -137,7 +138,9 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
     epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev)
     if self.h2.enabled:
         h2_connected(self, ci, now)
-    elif c.has_arrival:
+        return
+    self.protocol_h1 += 1
+    if c.has_arrival:
         c.fresh = 1
         send_request(self, ci, now)
     else:

@@ -51,6 +51,7 @@ from loadforge.run.workers import (
     WorkerPool,
     WorkerSpec,
     decode_done,
+    decode_done_counts,
     decode_done_tls,
     decode_interval,
     fd_limit,
@@ -491,6 +492,8 @@ class Aggregator:
         # What the engine's first completed TLS handshake negotiated (a worker's DONE), for
         # runs without the preflight: {"protocol", "cipher", "alpn"}, None until known.
         self.negotiated: dict[str, Any] | None = None
+        # The engines' end-of-run counts (workers.ENGINE_COUNTS), summed over the workers
+        self.done_counts: dict[str, int] = {}
         self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
         self.cpu_ns: dict[int, int] = {}      # per worker: CPU time reported so far
         self.write_failed = False
@@ -550,10 +553,16 @@ class Aggregator:
             # GC gets round to it, so the coordinator's memory stays flat however long the run.
             gc.collect(1)
 
+    def note_counts(self, message: bytes) -> None:
+        """Adds a worker's end-of-run engine counts (its DONE message) to the run's."""
+        for key, n in decode_done_counts(message).items():
+            self.done_counts[key] = self.done_counts.get(key, 0) + n
+
     def note_done(self, message: bytes, stop: Stop) -> None:
         """A worker's DONE: a `unique` feeder that ran out ended its part of the run (every
         worker's, as the rows follow the run-wide arrival sequence); the run ran until then.
         Over TLS it also says what the worker's handshakes negotiated; the first kept."""
+        self.note_counts(message)
         if self.negotiated is None:
             self.negotiated = decode_done_tls(message)
         exhausted = decode_done(message)
@@ -859,6 +868,13 @@ class Aggregator:
             "closed_by_server": sum(c[2] for c in self.engine_counts.values()),
             "closed_by_us": sum(c[3] for c in self.engine_counts.values()),
             "retried": sum(c[0] for c in self.engine_counts.values())}
+        if self.done_counts:
+            # Connections by the protocol they spoke: over TLS the one ALPN chose for each.
+            connections["by_protocol"] = {
+                "http/1.1": self.done_counts.get("protocol_h1", 0),
+                "h2": self.done_counts.get("protocol_h2", 0)}
+        if self.plan.http == "2":
+            connections["h2_zero_streams"] = self.done_counts.get("h2_zero_streams", 0)
         if self.plan.tls is not None:
             full, resumed, failed = (sum(h[k] for h in self.tls_handshakes.values())
                                      for k in range(3))
