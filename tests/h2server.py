@@ -30,7 +30,9 @@ in `Options`):
                   200, and the connection stays open (a port that speaks only HTTP/1.1 and
                   keeps its connections); counted as "http1_answers"
 
-`goaway_linger=True` keeps a connection that sent GOAWAY open, reading and discarding, instead
+`status=N` answers N instead of 200 (600 and over included). `stop_reading_after=N` stops
+reading a connection once its N-th request's headers have come, and never answers it: a
+client with a request body to send finds the connection's socket full. `goaway_linger=True` keeps a connection that sent GOAWAY open, reading and discarding, instead
 of closing it once its kept streams are answered. `max_concurrent_streams=0` allows no stream.
 
 Every option works in every mode (say `delay` with `reset`). `length_lie=N` announces a
@@ -92,6 +94,8 @@ class Options:
     reset_codes: Sequence[int | None] = ()
     length_lie: int = 0                             # content-length this much over the body
     goaway_linger: bool = False                     # after GOAWAY: read on, never close
+    status: int = 200                               # the :status of every answer
+    stop_reading_after: int = 0                     # stop reading (and answering) after n requests
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -258,6 +262,9 @@ class _Connection(asyncio.Protocol):
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.o.initial_window,
         })
         conn.initiate_connection()
+        if self.o.initial_window > 65_535:
+            # the connection's window too, which SETTINGS do not change
+            conn.increment_flow_control_window(self.o.initial_window - 65_535)
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -320,6 +327,10 @@ class _Connection(asyncio.Protocol):
             self.ordinal += 1
             server.count("opened")
             self.ordinals[sid] = self.ordinal
+            if self.o.stop_reading_after and self.ordinal >= self.o.stop_reading_after:
+                assert self.transport is not None
+                self.transport.pause_reading()
+                return
             self.paths[sid] = dict(event.headers or ()).get(b":path", b"/")
             if self.limit is not None and len(self.open) >= self.limit:
                 server.count("over_limit")
@@ -437,7 +448,7 @@ class _Connection(asyncio.Protocol):
         o = self.o
         query = parse_qs(self.paths[sid].partition(b"?")[2].decode("latin-1"))
         size = int(query["size"][0]) if "size" in query else o.body_size
-        headers = [(b":status", b"200"), (b"content-type", b"application/octet-stream"),
+        headers = [(b":status", str(o.status).encode()), (b"content-type", b"application/octet-stream"),
                    (b"content-length", str(size + o.length_lie).encode()),
                    (b"x-stream-id", str(sid).encode()),
                    (b"x-mode", self.server.mode.encode())]

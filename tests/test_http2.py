@@ -463,3 +463,34 @@ def test_a_server_that_allows_no_stream_is_said(model: str, tmp_path: Path) -> N
     assert s["scheduled"] == s["errors"] + s["unsent"]
     assert counts["opened"] <= s["errors"]
     assert "allowed no stream at all" in out.stdout, out.stdout
+
+
+def test_a_status_past_599_is_a_protocol_error(tmp_path: Path) -> None:
+    """As over HTTP/1.1: `:status 600` is no status class, the response is a protocol error."""
+    with H2Server("normal", status=600) as server:
+        s = _closed(tmp_path, server, concurrency=2, connections=1, duration="300ms")
+        counts = server.counts()
+    assert s["requests"] == 0 and s["status"]["5xx"] == 0
+    assert s["errors_by_kind"]["protocol"] == s["errors"] == counts["answered"] > 0
+
+
+@pytest.mark.parametrize("model", ["concurrency = 1", "rate = 5"])
+def test_a_stream_timeout_on_a_connection_the_server_stopped_reading(model: str,
+                                                                     tmp_path: Path) -> None:
+    """The server stops reading after a request's headers; its 8 MB body fills the socket, so
+    the RST_STREAM of the stream's timeout cannot go out either. The connection is dropped
+    once its streams have timed out and the next request goes out on a fresh one."""
+    body = tmp_path / "body.bin"
+    body.write_bytes(b"x" * 8_000_000)
+    with H2Server("normal", stop_reading_after=1, initial_window=2**30) as server:
+        path = profile(tmp_path, server.url, f'duration = "2s"\n{model}',
+                       load='connections = 1\ntimeout = "300ms"',
+                       request=f'method = "POST"\nbody_file = "{body}"')
+        s = run_json(tmp_path, path, "--no-preflight")
+        counts = server.counts()
+    kinds = s["errors_by_kind"]
+    # (a stream whose body nghttp2 held back counts as flow_control)
+    assert s["requests"] == 0 and s["errors"] == kinds["timeout"] + kinds["flow_control"] >= 2
+    assert s["scheduled"] == s["errors"] + s["unsent"]
+    assert counts["connections"] == s["connections"]["opened"] >= 2
+    assert counts["opened"] <= s["errors"]
