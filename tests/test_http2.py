@@ -494,3 +494,31 @@ def test_a_stream_timeout_on_a_connection_the_server_stopped_reading(model: str,
     assert s["scheduled"] == s["errors"] + s["unsent"]
     assert counts["connections"] == s["connections"]["opened"] >= 2
     assert counts["opened"] <= s["errors"]
+
+
+def test_a_tls_connection_that_negotiates_http1_gets_no_preface(tmp_path: Path) -> None:
+    """ALPN is read per connection: one where the server chose http/1.1 (a backend of a mixed
+    set) gets no HTTP/2 preface; what waited on it is a protocol error, the connection is
+    counted under http/1.1, and (closed model) the next one waits for a backoff."""
+    with H2Server("normal", tls=True, alpn=("http/1.1",)) as server:
+        assert server.ca_file is not None
+        s = run_json(tmp_path, "--target", server.url + "/", "--http", "2", "--concurrency",
+                     "2", "--connections", "1", "--duration", "1s", "--no-preflight",
+                     "--ca-cert", server.ca_file)
+        counts = server.counts()
+    assert counts["opened"] == 0 and s["requests"] == 0
+    assert s["errors"] == s["errors_by_kind"]["protocol"] == s["scheduled"] > 0
+    c = s["connections"]
+    assert c["by_protocol"] == {"http/1.1": c["opened"], "h2": 0}
+    assert c["opened"] == counts["connections"] < 30
+
+
+def test_connections_are_counted_by_protocol(tmp_path: Path) -> None:
+    with H2Server("normal", tls=True) as server:
+        assert server.ca_file is not None
+        s = run_json(tmp_path, "--target", server.url + "/", "--http", "2", "--rate", "20",
+                     "--connections", "2", "--duration", "500ms", "--no-preflight",
+                     "--ca-cert", server.ca_file)
+        counts = server.counts()
+    assert s["errors"] == 0 and s["requests"] == counts["answered"] == 10
+    assert s["connections"]["by_protocol"] == {"http/1.1": 0, "h2": counts["connections"]}
