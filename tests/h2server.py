@@ -466,7 +466,11 @@ class _Connection(asyncio.Protocol):
                 limit = self.conn.remote_settings.header_table_size
                 encoder.header_table_size = 0         # empties the dynamic table ...
                 encoder.header_table_size = limit     # ... and gives its room back
-        self.conn.send_headers(sid, headers, end_stream=size == 0)
+        try:
+            self.conn.send_headers(sid, headers, end_stream=size == 0)
+        except h2.exceptions.StreamClosedError:
+            self.forget(sid)     # the client gave up on it (its timeout) meanwhile
+            return
         if size == 0:
             self.done(sid)
             return

@@ -408,7 +408,7 @@ def test_bad_profile_keys(load: str, message: str, tmp_path: Path) -> None:
 def _both(tmp_path: Path, server: H2Server, model: str, *extra: str) -> dict[str, Any]:
     load = ("--concurrency", "1") if model == "closed" else ("--rate", "20")
     return run_json(tmp_path, "--target", server.url + "/", "--http", "2", *load,
-                    "--connections", "1", "--duration", "1s", "--timeout", "500ms",
+                    "--connections", "1", "--duration", "1s", "--timeout", "2s",
                     "--no-preflight", *extra)
 
 
@@ -498,8 +498,9 @@ def test_a_stream_timeout_on_a_connection_the_server_stopped_reading(model: str,
 
 def test_a_tls_connection_that_negotiates_http1_gets_no_preface(tmp_path: Path) -> None:
     """ALPN is read per connection: one where the server chose http/1.1 (a backend of a mixed
-    set) gets no HTTP/2 preface; what waited on it is a protocol error, the connection is
-    counted under http/1.1, and (closed model) the next one waits for a backoff."""
+    set) gets no HTTP/2 preface; what waited on it is sent once more elsewhere, here on a
+    connection that chose http/1.1 too: a protocol error. The connections are counted under
+    http/1.1, and (closed model) the next one waits for a backoff."""
     with H2Server("normal", tls=True, alpn=("http/1.1",)) as server:
         assert server.ca_file is not None
         s = run_json(tmp_path, "--target", server.url + "/", "--http", "2", "--concurrency",
@@ -509,6 +510,7 @@ def test_a_tls_connection_that_negotiates_http1_gets_no_preface(tmp_path: Path) 
     assert counts["opened"] == 0 and s["requests"] == 0
     assert s["errors"] == s["errors_by_kind"]["protocol"] == s["scheduled"] > 0
     c = s["connections"]
+    assert c["retried"] == s["errors"]
     assert c["by_protocol"] == {"http/1.1": c["opened"], "h2": 0}
     assert c["opened"] == counts["connections"] < 30
 
@@ -522,3 +524,71 @@ def test_connections_are_counted_by_protocol(tmp_path: Path) -> None:
         counts = server.counts()
     assert s["errors"] == 0 and s["requests"] == counts["answered"] == 10
     assert s["connections"]["by_protocol"] == {"http/1.1": 0, "h2": counts["connections"]}
+
+
+@pytest.mark.parametrize("model", [("--concurrency", "2"), ("--rate", "6")])
+def test_big_responses_over_tls_are_read_whole(model: tuple[str, str], tmp_path: Path) -> None:
+    """3 MB answers over TLS: more than 32 reads of a turn, so decrypted bytes wait inside
+    OpenSSL, where epoll cannot see them; they are read before the loop sleeps (the open
+    model's quiet sleep included), never left until the timeout."""
+    with H2Server("normal", tls=True, body_size=3_000_000) as server:
+        assert server.ca_file is not None
+        s = run_json(tmp_path, "--target", server.url + "/", "--http", "2", *model,
+                     "--connections", "1", "--duration", "1s", "--timeout", "5s",
+                     "--no-preflight", "--ca-cert", server.ca_file)
+        counts = server.counts()
+    assert s["errors"] == 0 and s["requests"] == counts["answered"] > 0
+
+
+HAPROXY_TCP = """
+global
+  maxconn 200
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend f
+  bind 127.0.0.1:{port}
+  default_backend b
+backend b
+  balance roundrobin
+{servers}
+"""
+
+
+@pytest.mark.parametrize("load", [("--concurrency", "4"), ("--rate", "40")])
+def test_mixed_backends_behind_an_l4_balancer(load: tuple[str, str], tmp_path: Path) -> None:
+    """HAProxy in TCP mode, round robin over a TLS backend that chooses h2 and one that
+    chooses http/1.1: each connection speaks what its own ALPN chose. Streams queued on an
+    http/1.1 connection never left; they are sent once more, on the next connection."""
+    if not shutil.which("haproxy"):
+        pytest.skip("haproxy is not installed (apt-get install -y haproxy)")
+    import subprocess
+    import tempfile
+
+    from servers import free_port, wait_listening
+
+    with H2Server("normal", tls=True) as h2, \
+            H2Server("normal", tls=True, alpn=("http/1.1",)) as h1:
+        port = free_port()
+        conf = Path(tempfile.mkdtemp(prefix="lf-haproxy-tcp-")) / "haproxy.cfg"
+        conf.write_text(HAPROXY_TCP.format(port=port, servers=(
+            f"  server h2 127.0.0.1:{h2.port}\n  server h1 127.0.0.1:{h1.port}")))
+        proc = subprocess.Popen(["haproxy", "-f", str(conf)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            wait_listening(port)
+            s = run_json(tmp_path, "--target", f"https://127.0.0.1:{port}/", "--http", "2",
+                         *load, "--connections", "2", "--duration", "1s", "--no-preflight",
+                         "--insecure")
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        c2, c1 = h2.counts(), h1.counts()
+    c = s["connections"]
+    assert c1["opened"] == 0 and s["requests"] == c2["answered"] > 0
+    assert c["by_protocol"] == {"h2": c2["connections"], "http/1.1": c1["connections"]}
+    assert c1["connections"] > 0
+    assert s["errors"] == s["errors_by_kind"]["protocol"]
+    assert s["scheduled"] == s["requests"] + s["errors"] + s["unsent"]

@@ -548,14 +548,21 @@ cdef void h2_connected(Engine self, int ci, int64_t now) noexcept:
     """ci is connected (on_connected did the connect bookkeeping): the preface, SETTINGS and
     the streams queued meanwhile go out with this turn's writes. Over TLS ALPN decides, per
     connection: one where the server chose anything but h2 (a backend of a mixed set behind
-    a TLS-terminating balancer) gets no preface, its streams end as protocol errors and it
-    closes, backing off in a closed-model stage."""
+    an L4 balancer) gets no preface and closes, backing off in a closed-model stage. Its
+    streams never left: each is sent once more on another connection (`retried`), and counted
+    as a protocol error if that one will not speak HTTP/2 either."""
     cdef const unsigned char* alpn = NULL
     cdef unsigned int alpn_len = 0
+    cdef H2Engine* h = &self.h2
+    cdef int i
     if self.transport.kind == T_TLS:
         tls_alpn(&self.conns[ci], &alpn, &alpn_len)
         if alpn_len != 2 or memcmp(alpn, b"h2", 2) != 0:
             self.protocol_h1 += 1
+            h.conns[ci].dead = 1
+            for i in range(ci * h.streams, (ci + 1) * h.streams):
+                if h.slots[i].state == S_OPEN:
+                    h2_unprocessed(self, &h.slots[i], O_PROTOCOL, now)
             h2_fail_conn(self, ci, O_PROTOCOL, now)
             return
     self.protocol_h2 += 1
