@@ -47,4 +47,7 @@ cdef struct Conn:
     int tls_held
     int tls_resumed
     int tls_data
+    # An HTTP/2 engine's connection where ALPN chose http/1.1: it carries HTTP/1.1 requests,
+    # one at a time, through the HTTP/1.1 path (send_request, on_readable, finish).
+    int h1
     Parser parser

@@ -12,7 +12,8 @@
 #
 # In the loop (engine/loop.pxi, engine/pool.pxi) each protocol switch is one line,
 # `if self.h2.enabled: h2_...`. A connection of an HTTP/2 engine is C_CONNECTING, C_IDLE
-# (open: it carries from 0 to `limit` streams), C_CLOSED or C_BACKOFF; never C_BUSY.
+# (open: it carries from 0 to `limit` streams), C_CLOSED or C_BACKOFF; never C_BUSY, unless
+# ALPN chose http/1.1 for it (Conn.h1): then it is an HTTP/1.1 connection (h2_to_h1).
 #
 # Per request nothing is allocated here and no Python object is touched: headers are
 # pre-built nghttp2_nv arrays that point into bytes kept by the engine (NO_COPY flags) or, for
@@ -231,6 +232,8 @@ cdef inline int h2_has_room(Engine self, int ci) noexcept:
     cdef H2Conn* hc = &self.h2.conns[ci]
     if c.state == C_CLOSED:
         return 1
+    if c.h1:
+        return c.state == C_IDLE and not c.has_arrival
     if c.state != C_IDLE and c.state != C_CONNECTING:
         return 0
     return hc.session != NULL and not hc.goaway and not hc.draining and not hc.dead \
@@ -296,6 +299,9 @@ cdef void h2_place(Engine self, int ci, int stage, int request, int64_t intended
         self.h2.pending_len += 1
         return
     c = &self.conns[ci]
+    if c.h1:
+        h2_h1_start(self, ci, stage, request, intended, retried, seq, closed, now)
+        return
     if c.state == C_CLOSED:
         open_conn(self, ci, now)
         if c.state != C_CONNECTING or self.h2.conns[ci].session == NULL:
@@ -547,23 +553,15 @@ cdef void h2_connect_failed(Engine self, int ci, int64_t now, int outcome) noexc
 cdef void h2_connected(Engine self, int ci, int64_t now) noexcept:
     """ci is connected (on_connected did the connect bookkeeping): the preface, SETTINGS and
     the streams queued meanwhile go out with this turn's writes. Over TLS ALPN decides, per
-    connection: one where the server chose anything but h2 (a backend of a mixed set behind
-    an L4 balancer) gets no preface and closes, backing off in a closed-model stage. Its
-    streams never left: each is sent once more on another connection (`retried`), and counted
-    as a protocol error if that one will not speak HTTP/2 either."""
+    connection, as h2load does: one where the server chose anything but h2 (a backend of a
+    mixed set behind an L4 balancer) gets no preface and speaks HTTP/1.1 (h2_to_h1)."""
     cdef const unsigned char* alpn = NULL
     cdef unsigned int alpn_len = 0
-    cdef H2Engine* h = &self.h2
-    cdef int i
     if self.transport.kind == T_TLS:
         tls_alpn(&self.conns[ci], &alpn, &alpn_len)
         if alpn_len != 2 or memcmp(alpn, b"h2", 2) != 0:
             self.protocol_h1 += 1
-            h.conns[ci].dead = 1
-            for i in range(ci * h.streams, (ci + 1) * h.streams):
-                if h.slots[i].state == S_OPEN:
-                    h2_unprocessed(self, &h.slots[i], O_PROTOCOL, now)
-            h2_fail_conn(self, ci, O_PROTOCOL, now)
+            h2_to_h1(self, ci, now)
             return
     self.protocol_h2 += 1
     h2_mark(self, ci)
@@ -581,6 +579,77 @@ cdef int h2_ended(Engine self, int ci, int64_t now) noexcept:
         close_conn(self, ci)
         return 1
     return 0
+
+
+cdef void h2_to_h1(Engine self, int ci, int64_t now) noexcept:
+    """ALPN chose http/1.1 on ci (h2load's per-session choice): its session goes, the streams
+    queued on it (never sent: no preface went out) wait for a connection again, first of all
+    this one, which from now on carries HTTP/1.1 requests one at a time (h2_h1_start)."""
+    cdef H2Engine* h = &self.h2
+    cdef H2Stream* s
+    cdef H2Pending* p
+    cdef int i
+    for i in range(ci * h.streams, (ci + 1) * h.streams):
+        s = &h.slots[i]
+        if s.state != S_OPEN:
+            continue
+        if h.pending_len == h.pending_cap:
+            h2_stream_done(self, s, O_PROTOCOL, now, now)
+            continue
+        h2_settle(self, s, O_GOAWAY)
+        p = &h.pending[(h.pending_head + h.pending_len) % h.pending_cap]
+        p.stage = s.stage
+        p.request = s.request
+        p.retried = s.retried
+        p.intended_ns = s.intended_ns
+        p.seq = s.seq
+        p.closed = s.closed
+        h.pending_len += 1
+    h2_drop(self, ci)
+    self.conns[ci].h1 = 1
+    if h.pending_len:
+        h2_pump(self, now)
+
+
+cdef void h2_h1_start(Engine self, int ci, int stage, int request, int64_t intended,
+                      int retried, int64_t seq, int closed, int64_t now) noexcept:
+    """An arrival on an HTTP/1.1 connection of this HTTP/2 engine (h2_to_h1): the HTTP/1.1
+    request (engine/writer.pxi), read by on_readable and ended by finish as over an
+    HTTP/1.1 engine. A templated one is expanded into the buffer of the connection's first
+    stream slot, which an HTTP/1.1 connection does not use."""
+    cdef Conn* c = &self.conns[ci]
+    cdef Templates* T = &self.tpl
+    cdef Tpl* tp
+    cdef int64_t row[MAX_TABLES]
+    cdef int64_t saved_seq = T.seq
+    cdef int saved_closed = T.closed, rc = 0
+    cdef char* out
+    if T.tpl != NULL and T.tpl[request].first >= 0:
+        tp = &T.tpl[request]
+        T.seq = seq
+        T.closed = closed
+        rc = tpl_rows(self, tp, row, now)
+        T.seq = saved_seq
+        T.closed = saved_closed
+        if rc != 0:
+            h2_done(self, stage, request, intended, now, NULL, 0, O_PROTOCOL, now, now)
+            return
+        out = T.block + <int64_t>ci * self.h2.streams * T.buf_size
+        T.out[ci] = out
+        T.out_len[ci] = tpl_write(T, tp, row, tp.first, tp.first + tp.nseg, out)
+    else:
+        T.out[ci] = self.req_data[request]
+        T.out_len[ci] = self.req_len[request]
+    c.has_arrival = 1
+    c.stage = stage
+    c.request = request
+    c.intended_ns = intended
+    # No retry_arrival on it: that reopens the slot, which may then speak HTTP/2.
+    c.fresh = 1
+    c.retried = retried
+    c.big = 1 if self.req_big[request] != 0 else 0
+    self.eventful += c.big
+    send_request(self, ci, now)
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -851,6 +920,10 @@ cdef void h2_scan_timeouts(Engine self, int64_t now) noexcept:
         c = &self.conns[ci]
         if c.state == C_CONNECTING and now >= c.deadline_ns:
             connect_failed(self, ci, now)
+            continue
+        if c.h1:
+            if c.state == C_BUSY and now >= c.deadline_ns:
+                self.finish(ci, O_TIMEOUT, now, now)
             continue
         hc = &h.conns[ci]
         if c.state != C_IDLE or hc.session == NULL:

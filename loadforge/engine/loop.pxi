@@ -394,7 +394,7 @@ cdef class Engine:
         cdef Py_ssize_t used
         cdef int outcome
         cdef int reads = 0
-        if self.h2.enabled:
+        if self.h2.enabled and not c.h1:
             h2_on_readable(self, ci, now)
             return
         while True:
@@ -813,7 +813,7 @@ cdef class Engine:
                 if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
                     self.on_readable(ci, now)
                 if ev & EPOLLOUT and self.conns[ci].fd >= 0 and self.conns[ci].want_write:
-                    if self.h2.enabled:
+                    if self.h2.enabled and not self.conns[ci].h1:
                         h2_on_writable(self, ci, now)
                     elif self.conns[ci].state == C_BUSY:
                         write_request(self, ci, now)

@@ -49,6 +49,7 @@ cdef void close_conn(Engine self, int ci) noexcept:
     c.peer_closed = 0
     if self.h2.enabled:
         h2_drop(self, ci)
+        c.h1 = 0        # the next connection on this slot reads its own ALPN
     if c.state == C_CONNECTING:
         self.connecting -= 1
     if c.want_write:
