@@ -526,10 +526,12 @@ def test_a_tls_connection_that_negotiates_http1_speaks_http1(nginx_tls_h1: Nginx
     """ALPN is read per connection, as h2load does: where the server chose http/1.1 the
     connection gets no HTTP/2 preface and carries HTTP/1.1 requests instead, one at a time;
     the streams queued on it before the handshake ended go out that way too. Counted under
-    http/1.1 in connections.by_protocol; nginx's log agrees with the counts."""
+    http/1.1 in connections.by_protocol; nginx's log agrees with the counts. The preflight,
+    offered http/1.1 as well, asks in HTTP/1.1 too instead of refusing the run."""
     before = nginx_tls_h1.served()
-    s = run_json(tmp_path, _mixed_profile(tmp_path, nginx_tls_h1.url, load), "--no-preflight")
-    assert s["errors"] == 0 and s["requests"] == nginx_tls_h1.served() - before > 0
+    s = run_json(tmp_path, _mixed_profile(tmp_path, nginx_tls_h1.url, load))
+    assert s["errors"] == 0 and s["requests"] + 1 == nginx_tls_h1.served() - before > 1
+    assert s["tls"]["alpn"] == "http/1.1"
     assert s["scheduled"] == s["requests"] + s["unsent"]
     c = s["connections"]
     assert c["by_protocol"] == {"http/1.1": c["opened"], "h2": 0}

@@ -238,7 +238,11 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
     """One request before the run, so a wrong URL fails in seconds with a clear message. Over
     TLS it verifies the certificate with the run's settings (a rejection is one line that
     names the reason and the fix) and returns what was negotiated. With http "2" it speaks
-    HTTP/2: h2c by prior knowledge over TCP, h2 by ALPN over TLS."""
+    HTTP/2: h2c by prior knowledge over TCP, h2 by ALPN over TLS. When tls.alpn offers
+    http/1.1 too and the server chose it, the request goes out in HTTP/1.1, as the engine
+    sends it on such a connection (one protocol per connection, from its ALPN)."""
+    from dataclasses import replace
+
     scheme = "https" if target.https else "http"
     url = f"{scheme}://{target.host}{request_path(target.path, req.path)}"
     negotiated: dict[str, Any] = {}
@@ -247,9 +251,16 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
             from loadforge.run.h2preflight import h2_status
 
             wrap = None if tls is None else _tls_wrapper(target, tls, negotiated)
-            status = h2_status(target.address, target.port,
-                               h2_headers(req, target.host, target.path, scheme),
-                               min(timeout_s, 5.0), wrap)
+            try:
+                status = h2_status(target.address, target.port,
+                                   h2_headers(req, target.host, target.path, scheme),
+                                   min(timeout_s, 5.0), wrap)
+            except _ChoseHttp1:
+                # the h2 connection is closed unused; a fresh one asks for http/1.1 only,
+                # should a balancer send it to another backend
+                assert tls is not None
+                status = _preflight_status(target, req, min(timeout_s, 5.0),
+                                           replace(tls, alpn=("http/1.1",)), negotiated)
         else:
             status = _preflight_status(target, req, min(timeout_s, 5.0), tls, negotiated)
     except ssl.SSLError as exc:
@@ -270,7 +281,8 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
             f"400 \"{negotiated['client_cert_refused']}\"; pass --client-cert and --client-key "
             "(tls.cert, tls.key) with a certificate the server trusts")
     negotiated.pop("client_cert_refused", None)
-    if http == "2" and tls is not None and negotiated.get("alpn") != "h2":
+    if http == "2" and tls is not None and negotiated.get("alpn") != "h2" and not (
+            negotiated.get("alpn") == "http/1.1" and "http/1.1" in tls.alpn):
         raise TargetUnreachable(
             f"target {target.url}: the server will not speak HTTP/2 over TLS (ALPN chose "
             f"{negotiated.get('alpn') or 'nothing'} when offered h2); drop --http 2, or point "
@@ -282,10 +294,15 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
     return negotiated
 
 
+class _ChoseHttp1(Exception):
+    """The HTTP/2 preflight's server chose http/1.1 by ALPN, which tls.alpn offered."""
+
+
 def _tls_wrapper(target: Target, tls: TLS, negotiated: dict[str, Any]
                  ) -> Callable[[socket.socket], socket.socket]:
     """Wraps the HTTP/2 preflight's socket in TLS as the engine will: the run's verification
-    settings and ALPN, and notes what was negotiated."""
+    settings and ALPN, and notes what was negotiated; raises _ChoseHttp1 when the server
+    chose http/1.1 and tls.alpn offered it."""
     context = tls.ssl_context()
     name = tls.verify_name(target.hostname)
 
@@ -294,6 +311,9 @@ def _tls_wrapper(target: Target, tls: TLS, negotiated: dict[str, Any]
         cipher = wrapped.cipher()
         negotiated.update({"protocol": wrapped.version(), "cipher": cipher[0] if cipher else None,
                            "alpn": wrapped.selected_alpn_protocol()})
+        if negotiated["alpn"] == "http/1.1" and "http/1.1" in tls.alpn:
+            wrapped.close()
+            raise _ChoseHttp1()
         return wrapped
 
     return wrap
