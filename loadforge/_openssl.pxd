@@ -76,6 +76,7 @@ cdef extern from "openssl/ssl.h" nogil:
     int SSL_set_session(SSL* ssl, SSL_SESSION* session)
     int SSL_session_reused(const SSL* ssl)
     void SSL_set_shutdown(SSL* ssl, int mode)
+    int SSL_shutdown(SSL* ssl)
     void SSL_SESSION_free(SSL_SESSION* session)
     int SSL_do_handshake(SSL* ssl)
     int SSL_read(SSL* ssl, void* buf, int num)

@@ -26,6 +26,14 @@ in `Options`):
     reset         RST_STREAM by arrival order, cycling through `reset_codes`
                   (none, REFUSED_STREAM, INTERNAL_ERROR by default)
     delay         answers after `delay` seconds per stream, cycling (0.2, 0, 0.1): out of order
+    http1         not HTTP/2 at all: whatever arrives is answered once per read with an HTTP/1.1
+                  200, and the connection stays open (a port that speaks only HTTP/1.1 and
+                  keeps its connections); counted as "http1_answers"
+
+`status=N` answers N instead of 200 (600 and over included). `stop_reading_after=N` stops
+reading a connection once its N-th request's headers have come, and never answers it: a
+client with a request body to send finds the connection's socket full. `goaway_linger=True` keeps a connection that sent GOAWAY open, reading and discarding, instead
+of closing it once its kept streams are answered. `max_concurrent_streams=0` allows no stream.
 
 Every option works in every mode (say `delay` with `reset`). `length_lie=N` announces a
 `content-length` N bytes over the body it sends: a malformed response (RFC 9113 8.1.1) that the
@@ -61,7 +69,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 MODES = ("normal", "continuation", "hpack", "window", "ping", "goaway", "settings", "reset",
-         "delay")
+         "delay", "http1")
 
 FRAME_NAMES = {0: "DATA", 1: "HEADERS", 2: "PRIORITY", 3: "RST_STREAM", 4: "SETTINGS",
                5: "PUSH_PROMISE", 6: "PING", 7: "GOAWAY", 8: "WINDOW_UPDATE",
@@ -87,6 +95,9 @@ class Options:
     reset_codes: Sequence[int | None] = ()
     length_lie: int = 0                             # content-length this much over the body
     grpc_status: str = ""                           # trailers with this grpc-status end streams
+    goaway_linger: bool = False                     # after GOAWAY: read on, never close
+    status: int = 200                               # the :status of every answer
+    stop_reading_after: int = 0                     # stop reading (and answering) after n requests
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -99,6 +110,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "settings": {"settings_after": 2, "lowered_streams": 1},
     "reset": {"reset_codes": (None, ErrorCodes.REFUSED_STREAM, ErrorCodes.INTERNAL_ERROR)},
     "delay": {"delay": (0.2, 0.0, 0.1)},
+    "http1": {},
 }
 
 
@@ -117,7 +129,7 @@ class H2Server:
             "connections": 0, "opened": 0, "answered": 0, "reset": collections.Counter(),
             "refused_goaway": 0, "over_limit": 0, "client_reset": 0, "request_bytes": 0,
             "pings_sent": 0, "ping_acks": 0, "goaways_sent": 0, "settings_sent": 0,
-            "protocol_errors": 0, "frames_sent": collections.Counter(),
+            "protocol_errors": 0, "frames_sent": collections.Counter(), "http1_answers": 0,
         }
         self._tmp = tempfile.TemporaryDirectory(prefix="h2server-")
         self.ca_file: str | None = None
@@ -243,6 +255,8 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         self.server._conns.add(self)
         self.server.count("connections")
+        if self.server.mode == "http1":
+            return
         conn = self.conn
         conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.o.max_concurrent_streams,
@@ -250,6 +264,9 @@ class _Connection(asyncio.Protocol):
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.o.initial_window,
         })
         conn.initiate_connection()
+        if self.o.initial_window > 65_535:
+            # the connection's window too, which SETTINGS do not change
+            conn.increment_flow_control_window(self.o.initial_window - 65_535)
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -264,7 +281,7 @@ class _Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if not data or self.closed or self.transport is None:
             return
-        i = 0
+        i = len(data) if self.server.mode == "http1" else 0
         while i + 9 <= len(data):
             length = int.from_bytes(data[i:i + 3], "big")
             self.server.count("frames_sent", sub=FRAME_NAMES.get(data[i + 3], str(data[i + 3])))
@@ -287,6 +304,12 @@ class _Connection(asyncio.Protocol):
     # -- events -----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.server.mode == "http1":
+            self.server.count("http1_answers")
+            self.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            return
+        if self.last_stream_id is not None and self.o.goaway_linger and not self.kept:
+            return      # GOAWAY sent, nothing kept: read on and discard
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError:
@@ -306,6 +329,10 @@ class _Connection(asyncio.Protocol):
             self.ordinal += 1
             server.count("opened")
             self.ordinals[sid] = self.ordinal
+            if self.o.stop_reading_after and self.ordinal >= self.o.stop_reading_after:
+                assert self.transport is not None
+                self.transport.pause_reading()
+                return
             self.paths[sid] = dict(event.headers or ()).get(b":path", b"/")
             if self.limit is not None and len(self.open) >= self.limit:
                 server.count("over_limit")
@@ -391,7 +418,7 @@ class _Connection(asyncio.Protocol):
                     server.count("refused_goaway")
                     self.forget(held)
             kept, self.held = sorted(self.kept), []
-            if not kept:
+            if not kept and not o.goaway_linger:
                 self.close()
             for held in kept:
                 self.schedule(held)
@@ -423,7 +450,7 @@ class _Connection(asyncio.Protocol):
         o = self.o
         query = parse_qs(self.paths[sid].partition(b"?")[2].decode("latin-1"))
         size = int(query["size"][0]) if "size" in query else o.body_size
-        headers = [(b":status", b"200"), (b"content-type", b"application/octet-stream"),
+        headers = [(b":status", str(o.status).encode()), (b"content-type", b"application/octet-stream"),
                    (b"content-length", str(size + o.length_lie).encode()),
                    (b"x-stream-id", str(sid).encode()),
                    (b"x-mode", self.server.mode.encode())]
@@ -442,7 +469,11 @@ class _Connection(asyncio.Protocol):
                 encoder.header_table_size = 0         # empties the dynamic table ...
                 encoder.header_table_size = limit     # ... and gives its room back
         trailers = [(b"grpc-status", o.grpc_status.encode())] if o.grpc_status else None
-        self.conn.send_headers(sid, headers, end_stream=size == 0 and trailers is None)
+        try:
+            self.conn.send_headers(sid, headers, end_stream=size == 0 and trailers is None)
+        except h2.exceptions.StreamClosedError:
+            self.forget(sid)     # the client gave up on it (its timeout) meanwhile
+            return
         if size == 0:
             if trailers is not None:
                 self.conn.send_headers(sid, trailers, end_stream=True)
@@ -479,4 +510,5 @@ class _Connection(asyncio.Protocol):
             self.kept.discard(sid)
             if not self.kept:
                 self.flush()
-                self.close()
+                if not self.o.goaway_linger:
+                    self.close()

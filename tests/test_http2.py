@@ -401,3 +401,217 @@ def test_bad_profile_keys(load: str, message: str, tmp_path: Path) -> None:
                     '[[stages]]\nname = "s"\nduration = "1s"\nrate = 1\n')
     out = loadforge("run", str(path))
     assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+# -- servers that never let a stream be answered (issue 19) ------------------------------------
+
+def _both(tmp_path: Path, server: H2Server, model: str, *extra: str) -> dict[str, Any]:
+    load = ("--concurrency", "1") if model == "closed" else ("--rate", "20")
+    return run_json(tmp_path, "--target", server.url + "/", "--http", "2", *load,
+                    "--connections", "1", "--duration", "1s", "--timeout", "2s",
+                    "--no-preflight", *extra)
+
+
+@pytest.mark.parametrize("model", ["closed", "open"])
+def test_a_port_that_answers_http1_ends_in_time_with_protocol_errors(model: str,
+                                                                     tmp_path: Path) -> None:
+    """HTTP/1.1 answers to the preface, the connection kept open: nghttp2 ends the session;
+    every stream sent is a protocol error, the connection closes, and (closed model) the next
+    one waits for a backoff instead of spinning the worker until the watchdog."""
+    with H2Server("http1") as server:
+        s = _both(tmp_path, server, model)
+        counts = server.counts()
+    assert s["requests"] == 0 and s["scheduled"] == s["errors"] > 0
+    assert s["errors_by_kind"]["protocol"] == s["errors"]
+    assert counts["connections"] == s["connections"]["opened"]
+    if model == "closed":
+        # 1 ms doubling: about ten connections in a second, not one per round trip
+        assert s["connections"]["opened"] < 30
+    else:
+        assert s["scheduled"] == 20 and s["unsent"] == 0
+
+
+@pytest.mark.parametrize("keep", [0, 1])
+@pytest.mark.parametrize("model", ["closed", "open"])
+def test_goaway_last_stream_1_while_the_server_reads_on(keep: int, model: str,
+                                                        tmp_path: Path) -> None:
+    """GOAWAY(last_stream_id = 1 or 0) on every connection, which then stays open, read and
+    never answered again: the connection closes once its kept stream is answered, what was
+    above the GOAWAY is sent again once, and everything sent is counted."""
+    with H2Server("goaway", goaway_after=1, goaway_keep=keep, goaway_linger=True,
+                  goaway_connections=1000) as server:
+        s = _both(tmp_path, server, model)
+        counts = server.counts()
+    assert s["requests"] == counts["answered"] >= keep
+    assert s["scheduled"] == s["requests"] + s["errors"] + s["unsent"] > 0
+    assert s["errors"] == s["errors_by_kind"]["goaway"]
+    assert counts["refused_goaway"] == s["connections"]["retried"] + s["errors_by_kind"]["goaway"]
+    assert counts["opened"] == counts["answered"] + counts["refused_goaway"]
+    assert counts["connections"] == s["connections"]["opened"]
+
+
+@pytest.mark.parametrize("model", ["closed", "open"])
+def test_a_server_that_allows_no_stream_is_said(model: str, tmp_path: Path) -> None:
+    """SETTINGS_MAX_CONCURRENT_STREAMS = 0: nothing can be sent; the summary says why."""
+    with H2Server("normal", max_concurrent_streams=0) as server:
+        s = _both(tmp_path, server, model)
+        counts = server.counts()
+        out = loadforge("run", "--target", server.url + "/", "--http", "2", "--concurrency",
+                        "1", "--duration", "300ms", "--no-preflight", "--out", str(tmp_path / "r2"))
+    assert s["connections"]["h2_zero_streams"] >= 1
+    assert s["requests"] == counts["answered"] == 0
+    assert s["scheduled"] == s["errors"] + s["unsent"]
+    assert counts["opened"] <= s["errors"]
+    assert "allowed no stream at all" in out.stdout, out.stdout
+
+
+def test_a_status_past_599_is_a_protocol_error(tmp_path: Path) -> None:
+    """As over HTTP/1.1: `:status 600` is no status class, the response is a protocol error."""
+    with H2Server("normal", status=600) as server:
+        s = _closed(tmp_path, server, concurrency=2, connections=1, duration="300ms")
+        counts = server.counts()
+    assert s["requests"] == 0 and s["status"]["5xx"] == 0
+    assert s["errors_by_kind"]["protocol"] == s["errors"] == counts["answered"] > 0
+
+
+@pytest.mark.parametrize("model", ["concurrency = 1", "rate = 5"])
+def test_a_stream_timeout_on_a_connection_the_server_stopped_reading(model: str,
+                                                                     tmp_path: Path) -> None:
+    """The server stops reading after a request's headers; its 8 MB body fills the socket, so
+    the RST_STREAM of the stream's timeout cannot go out either. The connection is dropped
+    once its streams have timed out and the next request goes out on a fresh one."""
+    body = tmp_path / "body.bin"
+    body.write_bytes(b"x" * 8_000_000)
+    with H2Server("normal", stop_reading_after=1, initial_window=2**30) as server:
+        path = profile(tmp_path, server.url, f'duration = "2s"\n{model}',
+                       load='connections = 1\ntimeout = "300ms"',
+                       request=f'method = "POST"\nbody_file = "{body}"')
+        s = run_json(tmp_path, path, "--no-preflight")
+        counts = server.counts()
+    kinds = s["errors_by_kind"]
+    # (a stream whose body nghttp2 held back counts as flow_control)
+    assert s["requests"] == 0 and s["errors"] == kinds["timeout"] + kinds["flow_control"] >= 2
+    assert s["scheduled"] == s["errors"] + s["unsent"]
+    assert counts["connections"] == s["connections"]["opened"] >= 2
+    assert counts["opened"] <= s["errors"]
+
+
+@pytest.fixture(scope="module")
+def nginx_tls_h1() -> Iterator[Nginx]:
+    """nginx over TLS without HTTP/2: ALPN chooses http/1.1 when offered h2."""
+    if not shutil.which("nginx"):
+        pytest.skip("nginx is not installed (apt-get install -y nginx)")
+    import tempfile
+
+    import trustme
+
+    pem = Path(tempfile.mkdtemp(prefix="lf-h1-tls-")) / "server.pem"
+    trustme.CA().issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    server = Nginx(tls=f"ssl_certificate {pem}; ssl_certificate_key {pem};")
+    yield server
+    server.stop()
+
+
+def _mixed_profile(tmp_path: Path, target: str, load: tuple[str, str]) -> str:
+    """--http 2 offering h2 and http/1.1 by ALPN (verification off: two test CAs)."""
+    stage = f'duration = "1s"\n{load[0].lstrip("-")} = {load[1]}'
+    return profile(tmp_path, target, stage, load='connections = 2\n[tls]\n'
+                   'alpn = ["h2", "http/1.1"]\ninsecure = true')
+
+
+@pytest.mark.parametrize("load", [("--concurrency", "3"), ("--rate", "50")])
+def test_a_tls_connection_that_negotiates_http1_speaks_http1(nginx_tls_h1: Nginx,
+                                                             load: tuple[str, str],
+                                                             tmp_path: Path) -> None:
+    """ALPN is read per connection, as h2load does: where the server chose http/1.1 the
+    connection gets no HTTP/2 preface and carries HTTP/1.1 requests instead, one at a time;
+    the streams queued on it before the handshake ended go out that way too. Counted under
+    http/1.1 in connections.by_protocol; nginx's log agrees with the counts. The preflight,
+    offered http/1.1 as well, asks in HTTP/1.1 too instead of refusing the run."""
+    before = nginx_tls_h1.served()
+    s = run_json(tmp_path, _mixed_profile(tmp_path, nginx_tls_h1.url, load))
+    assert s["errors"] == 0 and s["requests"] + 1 == nginx_tls_h1.served() - before > 1
+    assert s["tls"]["alpn"] == "http/1.1"
+    assert s["scheduled"] == s["requests"] + s["unsent"]
+    c = s["connections"]
+    assert c["by_protocol"] == {"http/1.1": c["opened"], "h2": 0}
+    assert c["retried"] == 0
+
+
+def test_connections_are_counted_by_protocol(tmp_path: Path) -> None:
+    with H2Server("normal", tls=True) as server:
+        assert server.ca_file is not None
+        s = run_json(tmp_path, "--target", server.url + "/", "--http", "2", "--rate", "20",
+                     "--connections", "2", "--duration", "500ms", "--no-preflight",
+                     "--ca-cert", server.ca_file)
+        counts = server.counts()
+    assert s["errors"] == 0 and s["requests"] == counts["answered"] == 10
+    assert s["connections"]["by_protocol"] == {"http/1.1": 0, "h2": counts["connections"]}
+
+
+@pytest.mark.parametrize("model", [("--concurrency", "2"), ("--rate", "6")])
+def test_big_responses_over_tls_are_read_whole(model: tuple[str, str], tmp_path: Path) -> None:
+    """3 MB answers over TLS: more than 32 reads of a turn, so decrypted bytes wait inside
+    OpenSSL, where epoll cannot see them; they are read before the loop sleeps (the open
+    model's quiet sleep included), never left until the timeout."""
+    with H2Server("normal", tls=True, body_size=3_000_000) as server:
+        assert server.ca_file is not None
+        s = run_json(tmp_path, "--target", server.url + "/", "--http", "2", *model,
+                     "--connections", "1", "--duration", "1s", "--timeout", "5s",
+                     "--no-preflight", "--ca-cert", server.ca_file)
+        counts = server.counts()
+    assert s["errors"] == 0 and s["requests"] == counts["answered"] > 0
+
+
+HAPROXY_TCP = """
+global
+  maxconn 200
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend f
+  bind 127.0.0.1:{port}
+  default_backend b
+backend b
+  balance roundrobin
+{servers}
+"""
+
+
+@pytest.mark.parametrize("load", [("--concurrency", "4"), ("--rate", "40")])
+def test_mixed_backends_behind_an_l4_balancer(nginx_tls_h1: Nginx, load: tuple[str, str],
+                                              tmp_path: Path) -> None:
+    """HAProxy in TCP mode, round robin over a TLS backend that chooses h2 (the h2 test
+    server) and one that chooses http/1.1 (nginx without HTTP/2): each connection speaks what
+    its own ALPN chose, and each backend's count is what loadforge counted on it."""
+    if not shutil.which("haproxy"):
+        pytest.skip("haproxy is not installed (apt-get install -y haproxy)")
+    import subprocess
+    import tempfile
+
+    from servers import free_port, wait_listening
+
+    before = nginx_tls_h1.served()
+    with H2Server("normal", tls=True) as h2:
+        port = free_port()
+        conf = Path(tempfile.mkdtemp(prefix="lf-haproxy-tcp-")) / "haproxy.cfg"
+        conf.write_text(HAPROXY_TCP.format(port=port, servers=(
+            f"  server h2 127.0.0.1:{h2.port}\n  server h1 127.0.0.1:{nginx_tls_h1.port}")))
+        proc = subprocess.Popen(["haproxy", "-f", str(conf)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            wait_listening(port)
+            s = run_json(tmp_path, _mixed_profile(tmp_path, f"https://127.0.0.1:{port}", load),
+                         "--no-preflight")
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        c2 = h2.counts()
+    h1_served = nginx_tls_h1.served() - before
+    c = s["connections"]
+    assert s["errors"] == 0 and s["requests"] == c2["answered"] + h1_served
+    assert c2["answered"] > 0 and h1_served > 0
+    assert c["by_protocol"]["h2"] == c2["connections"] > 0
+    assert c["by_protocol"]["http/1.1"] == c["opened"] - c2["connections"] > 0

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -565,3 +566,109 @@ def test_http2_over_tls_without_the_preflight_records_h2(h2_server: Nginx, certs
                "--duration", "1s", "--no-preflight")
     assert s["errors"] == 0 and s["requests"] == 100
     assert s["tls"]["alpn"] == "h2" and s["tls"]["protocol"] == "TLSv1.3"
+
+
+# -- the TLS write side: close_notify, a certificate refused after the handshake (issue 19) ------
+
+class _PyTLSServer:
+    """HTTP/1.1 over Python's ssl, a thread per connection: answers every request `200 ok`
+    and notes how each connection ended: with the client's close_notify (`clean`) or without
+    (`truncated`). require_cert: TLS 1.3 only, a client certificate required; a client without
+    one completes its side of the handshake and hears the refusal on its first read."""
+
+    def __init__(self, certs: Certs, require_cert: bool = False) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(certs.server)
+        if require_cert:
+            self.context.minimum_version = ssl.TLSVersion.TLSv1_3
+            self.context.verify_mode = ssl.CERT_REQUIRED
+            self.context.load_verify_locations(str(certs.dir / "client-ca.pem"))
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.counts = {"accepted": 0, "handshakes": 0, "refused": 0, "answered": 0,
+                       "clean": 0, "truncated": 0}
+        self.threads: list[threading.Thread] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _count(self, key: str) -> None:
+        with self.lock:
+            self.counts[key] += 1
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self._count("accepted")
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        try:
+            tls = self.context.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False)
+        except (ssl.SSLError, OSError):
+            self._count("refused")
+            conn.close()
+            return
+        self._count("handshakes")
+        buf = b""
+        try:
+            while True:
+                data = tls.recv(65536)
+                if not data:
+                    self._count("clean")         # close_notify
+                    return
+                buf += data
+                while b"\r\n\r\n" in buf:
+                    _, _, buf = buf.partition(b"\r\n\r\n")
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    self._count("answered")
+        except ssl.SSLEOFError:
+            self._count("truncated")
+        except (ssl.SSLError, OSError):
+            self._count("refused")
+        finally:
+            tls.close()
+
+    def stop(self) -> dict[str, int]:
+        self.sock.close()
+        for t in self.threads:
+            t.join(10)
+        return dict(self.counts)
+
+
+def test_connections_end_with_close_notify(certs: Certs, tmp_path: Path) -> None:
+    server = _PyTLSServer(certs)
+    try:
+        s = ok_run(tmp_path, "--target", f"https://127.0.0.1:{server.port}/",
+                   "--ca-cert", certs.ca_pem, "--no-preflight", "--concurrency", "3",
+                   "--duration", "500ms")
+    finally:
+        counts = server.stop()
+    assert s["errors"] == 0 and s["requests"] == counts["answered"] > 0
+    assert counts["handshakes"] == s["connections"]["opened"] == 3
+    assert counts["clean"] == 3 and counts["truncated"] == 0
+
+
+@pytest.mark.parametrize("model", [("--concurrency", "2"), ("--rate", "20")])
+def test_a_client_certificate_refused_after_the_handshake_is_a_failed_one(
+        certs: Certs, tmp_path: Path, model: tuple[str, str]) -> None:
+    """TLS 1.3: the client finishes its side before the server checks its (missing)
+    certificate; the refusal comes as an alert on the first read. Those handshakes failed:
+    none counts as full, every request sent is an error."""
+    server = _PyTLSServer(certs, require_cert=True)
+    try:
+        s = ok_run(tmp_path, "--target", f"https://127.0.0.1:{server.port}/",
+                   "--ca-cert", certs.ca_pem, "--no-preflight", *model, "--duration", "1s",
+                   "--connections", "2", "--timeout", "1s")
+    finally:
+        counts = server.stop()
+    hs = s["connections"]["tls_handshakes"]
+    assert counts["answered"] == 0 and counts["refused"] == counts["accepted"] > 0
+    assert hs["full"] == hs["resumed"] == 0
+    assert hs["failed"] == s["connections"]["opened"] == counts["accepted"]
+    assert s["requests"] == 0 and s["errors"] + s["unsent"] == s["scheduled"] > 0

@@ -138,3 +138,22 @@ def test_done_message_round_trip():
             assert decode_done(msg) == exhausted
             assert decode_done_tls(msg) == negotiated
     assert decode_done(DONE) is None and decode_done_tls(DONE) is None
+
+
+def test_done_message_carries_the_engine_counts():
+    from loadforge.run.workers import (
+        ENGINE_COUNTS,
+        decode_done,
+        decode_done_counts,
+        decode_done_tls,
+        done_message,
+    )
+
+    counts = {key: i + 1 for i, key in enumerate(ENGINE_COUNTS)}
+    tls = {"protocol": "TLSv1.3", "cipher": "TLS_AES_128_GCM_SHA256", "alpn": "h2"}
+    for negotiated in (None, tls):
+        msg = done_message((1, 5), negotiated, counts)
+        assert decode_done(msg) == (1, 5)
+        assert decode_done_tls(msg) == negotiated
+        assert decode_done_counts(msg) == counts
+    assert decode_done_counts(done_message(None, tls)) == {}

@@ -39,9 +39,16 @@ cdef struct Conn:
     int64_t connect_ns   # when connect() was called: the connect time ends when it completes
     # TLS (engine/tls.pxi): the connection's SSL, whether its handshake is under way (still
     # C_CONNECTING, so timeouts and the pool treat it as connecting) and since when, and
-    # plaintext bytes the writer was told are unwritten though already encrypted.
+    # plaintext bytes the writer was told are unwritten though already encrypted; whether
+    # its handshake resumed a session, and whether any plaintext has come from the server yet
+    # (a TLS 1.3 server that refuses the client's certificate says so after the handshake).
     SSL* ssl
     int handshaking
     int64_t handshake_ns
     int tls_held
+    int tls_resumed
+    int tls_data
+    # An HTTP/2 engine's connection where ALPN chose http/1.1: it carries HTTP/1.1 requests,
+    # one at a time, through the HTTP/1.1 path (send_request, on_readable, finish).
+    int h1
     Parser parser

@@ -7,7 +7,7 @@
 # nghttp2.h (1.52, the ABI of .so.14) and the library is dlopen'ed when an HTTP/2 engine is
 # built: `pip install .` needs nothing more, and HTTP/1.1 runs never touch it.
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 
 cdef extern from *:
@@ -266,6 +266,8 @@ cdef struct H2Conn:
     int32_t goaway_last  # its last stream id
     int dirty            # frames may be waiting in the session: on the dirty list
     int dead             # the session failed: close at the next chance
+    int answered         # a response (HEADERS) came on it: the server speaks HTTP/2 here
+    int zero_noted       # its server allowed 0 concurrent streams, counted once
     int32_t* free_slots  # stack of free slot indices into H2Engine.slots
     int nfree
     char* out            # bytes from the session not yet written
@@ -315,4 +317,7 @@ cdef struct H2Engine:
     H2Pending* pending   # FIFO ring
     int pending_head
     int pending_len
+    int pacing           # h2_fail_conn is ending an unanswered connection's streams: their
+                         # closed-model users come back after its backoff, not at once
+    uint64_t zero_streams   # connections whose server allowed 0 concurrent streams
     int pending_cap

@@ -12,7 +12,8 @@
 #
 # In the loop (engine/loop.pxi, engine/pool.pxi) each protocol switch is one line,
 # `if self.h2.enabled: h2_...`. A connection of an HTTP/2 engine is C_CONNECTING, C_IDLE
-# (open: it carries from 0 to `limit` streams), C_CLOSED or C_BACKOFF; never C_BUSY.
+# (open: it carries from 0 to `limit` streams), C_CLOSED or C_BACKOFF; never C_BUSY, unless
+# ALPN chose http/1.1 for it (Conn.h1): then it is an HTTP/1.1 connection (h2_to_h1).
 #
 # Per request nothing is allocated here and no Python object is touched: headers are
 # pre-built nghttp2_nv arrays that point into bytes kept by the engine (NO_COPY flags) or, for
@@ -190,6 +191,8 @@ cdef void h2_open_session(Engine self, int ci) noexcept:
     hc.goaway_last = 0
     hc.draining = 0
     hc.dead = 0
+    hc.answered = 0
+    hc.zero_noted = 0
     hc.out_len = 0
     hc.out_pos = 0
     hc.nfree = h.streams
@@ -236,6 +239,8 @@ cdef inline int h2_has_room(Engine self, int ci) noexcept:
     cdef H2Conn* hc = &self.h2.conns[ci]
     if c.state == C_CLOSED:
         return 1
+    if c.h1:
+        return c.state == C_IDLE and not c.has_arrival
     if c.state != C_IDLE and c.state != C_CONNECTING:
         return 0
     return hc.session != NULL and not hc.goaway and not hc.draining and not hc.dead \
@@ -301,6 +306,9 @@ cdef void h2_place(Engine self, int ci, int stage, int request, int64_t intended
         self.h2.pending_len += 1
         return
     c = &self.conns[ci]
+    if c.h1:
+        h2_h1_start(self, ci, stage, request, intended, retried, seq, closed, now)
+        return
     if c.state == C_CLOSED:
         open_conn(self, ci, now)
         if c.state != C_CONNECTING or self.h2.conns[ci].session == NULL:
@@ -440,10 +448,13 @@ cdef void h2_done(Engine self, int stage, int request, int64_t intended, int64_t
     sp = &self.stages[stage]
     if sp.open_model or now >= self.t0 + sp.end_ns:
         return
-    if outcome == O_CONNECT:
+    if outcome == O_CONNECT or self.h2.pacing:
         # the connection backs off; the stage's fill (advance) brings the user back
         self.closed_active -= 1
-    elif sp.think_ns > 0:
+    elif sp.think_ns > 0 or outcome >= O_CONNECT:
+        # After a failure the user's next request waits for the next turn of the loop (its
+        # think time, or none): never sent from inside the session that just failed one,
+        # which could fail it again at once, and again, without the loop ever turning.
         self.think_conn[(self.think_head + self.think_len) % self.nthink] = -1
         self.think_at[(self.think_head + self.think_len) % self.nthink] = now + sp.think_ns
         self.think_len += 1
@@ -515,8 +526,16 @@ cdef void h2_fail_conn(Engine self, int ci, int outcome, int64_t now) noexcept:
     cdef H2Engine* h = &self.h2
     cdef H2Conn* hc = &h.conns[ci]
     cdef H2Stream* s
+    cdef StagePlan* sp = &self.stages[self.cur] if self.cur < self.nstages else NULL
     cdef int i
+    # A connection that ended before a single response (a port that speaks HTTP/1.1, a server
+    # that resets every connection) is retried as a failed connect is: its closed-model users
+    # wait for its backoff instead of reconnecting as fast as the server can refuse.
+    cdef int pace = (outcome != O_CONNECT and not hc.answered and sp != NULL
+                     and not sp.open_model and not self.stopping
+                     and now >= self.t0 + sp.start_ns)
     hc.dead = 1     # nothing new goes on it while its streams end
+    h.pacing = pace
     for i in range(ci * h.streams, (ci + 1) * h.streams):
         s = &h.slots[i]
         if s.state != S_OPEN:
@@ -525,7 +544,10 @@ cdef void h2_fail_conn(Engine self, int ci, int outcome, int64_t now) noexcept:
             h2_unprocessed(self, s, O_GOAWAY, now)
         else:
             h2_stream_done(self, s, outcome, now, now)
+    h.pacing = 0
     close_conn(self, ci)
+    if pace and self.conns[ci].state == C_CLOSED:
+        start_backoff(self, ci, now)
 
 
 cdef void h2_connect_failed(Engine self, int ci, int64_t now, int outcome) noexcept:
@@ -542,8 +564,104 @@ cdef void h2_connect_failed(Engine self, int ci, int64_t now, int outcome) noexc
 
 cdef void h2_connected(Engine self, int ci, int64_t now) noexcept:
     """ci is connected (on_connected did the connect bookkeeping): the preface, SETTINGS and
-    the streams queued meanwhile go out with this turn's writes."""
+    the streams queued meanwhile go out with this turn's writes. Over TLS ALPN decides, per
+    connection, as h2load does: one where the server chose anything but h2 (a backend of a
+    mixed set behind an L4 balancer) gets no preface and speaks HTTP/1.1 (h2_to_h1)."""
+    cdef const unsigned char* alpn = NULL
+    cdef unsigned int alpn_len = 0
+    if self.transport.kind == T_TLS:
+        tls_alpn(&self.conns[ci], &alpn, &alpn_len)
+        if alpn_len != 2 or memcmp(alpn, b"h2", 2) != 0:
+            self.protocol_h1 += 1
+            h2_to_h1(self, ci, now)
+            return
+    self.protocol_h2 += 1
     h2_mark(self, ci)
+
+
+cdef int h2_ended(Engine self, int ci, int64_t now) noexcept:
+    """Close ci when nothing more can go on it and nothing is left on it: GOAWAY (the server
+    ends it) or requests_per_connection reached (we do) with no stream left, or a session
+    nghttp2 has ended. Returns 1 when it closed."""
+    cdef H2Conn* hc = &self.h2.conns[ci]
+    if hc.session == NULL or self.conns[ci].fd < 0:
+        return 0
+    if (hc.goaway or hc.draining) and hc.active == 0:
+        self.conns[ci].peer_closed = hc.goaway
+        close_conn(self, ci)
+        return 1
+    return 0
+
+
+cdef void h2_to_h1(Engine self, int ci, int64_t now) noexcept:
+    """ALPN chose http/1.1 on ci (h2load's per-session choice): its session goes, the streams
+    queued on it (never sent: no preface went out) wait for a connection again, first of all
+    this one, which from now on carries HTTP/1.1 requests one at a time (h2_h1_start)."""
+    cdef H2Engine* h = &self.h2
+    cdef H2Stream* s
+    cdef H2Pending* p
+    cdef int i
+    for i in range(ci * h.streams, (ci + 1) * h.streams):
+        s = &h.slots[i]
+        if s.state != S_OPEN:
+            continue
+        if h.pending_len == h.pending_cap:
+            h2_stream_done(self, s, O_PROTOCOL, now, now)
+            continue
+        h2_settle(self, s, O_GOAWAY)
+        p = &h.pending[(h.pending_head + h.pending_len) % h.pending_cap]
+        p.stage = s.stage
+        p.request = s.request
+        p.retried = s.retried
+        p.intended_ns = s.intended_ns
+        p.seq = s.seq
+        p.closed = s.closed
+        h.pending_len += 1
+    h2_drop(self, ci)
+    self.conns[ci].h1 = 1
+    if h.pending_len:
+        h2_pump(self, now)
+
+
+cdef void h2_h1_start(Engine self, int ci, int stage, int request, int64_t intended,
+                      int retried, int64_t seq, int closed, int64_t now) noexcept:
+    """An arrival on an HTTP/1.1 connection of this HTTP/2 engine (h2_to_h1): the HTTP/1.1
+    request (engine/writer.pxi), read by on_readable and ended by finish as over an
+    HTTP/1.1 engine. A templated one is expanded into the buffer of the connection's first
+    stream slot, which an HTTP/1.1 connection does not use."""
+    cdef Conn* c = &self.conns[ci]
+    cdef Templates* T = &self.tpl
+    cdef Tpl* tp
+    cdef int64_t row[MAX_TABLES]
+    cdef int64_t saved_seq = T.seq
+    cdef int saved_closed = T.closed, rc = 0
+    cdef char* out
+    if T.tpl != NULL and T.tpl[request].first >= 0:
+        tp = &T.tpl[request]
+        T.seq = seq
+        T.closed = closed
+        rc = tpl_rows(self, tp, row, now)
+        T.seq = saved_seq
+        T.closed = saved_closed
+        if rc != 0:
+            h2_done(self, stage, request, intended, now, NULL, 0, O_PROTOCOL, now, now)
+            return
+        out = T.block + <int64_t>ci * self.h2.streams * T.buf_size
+        T.out[ci] = out
+        T.out_len[ci] = tpl_write(T, tp, row, tp.first, tp.first + tp.nseg, out)
+    else:
+        T.out[ci] = self.req_data[request]
+        T.out_len[ci] = self.req_len[request]
+    c.has_arrival = 1
+    c.stage = stage
+    c.request = request
+    c.intended_ns = intended
+    # No retry_arrival on it: that reopens the slot, which may then speak HTTP/2.
+    c.fresh = 1
+    c.retried = retried
+    c.big = 1 if self.req_big[request] != 0 else 0
+    self.eventful += c.big
+    send_request(self, ci, now)
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -568,16 +686,21 @@ cdef void h2_on_readable(Engine self, int ci, int64_t now) noexcept:
                 h2_fail_conn(self, ci, O_PROTOCOL, now)
                 return
             h2_mark(self, ci)
-            if (hc.goaway or hc.draining) and hc.active == 0:
-                # GOAWAY (the server ends it) or requests_per_connection reached (we do), and
-                # nothing left on it: closed now
-                c.peer_closed = hc.goaway
-                close_conn(self, ci)
+            if h2_ended(self, ci, now):
+                return
+            if not lf_ng.want_read(hc.session):
+                # nghttp2 ended the session (bytes that are not HTTP/2, a connection error):
+                # its GOAWAY goes out if it can, its streams end as protocol errors, and the
+                # connection closes instead of taking streams that can never be answered.
+                h2_flush(self, ci, now)
+                if c.fd >= 0 and not hc.dead:
+                    h2_fail_conn(self, ci, O_PROTOCOL, now)
                 return
             if n < RECV_BUFFER_SIZE and not transport_pending(&self.transport, c):
                 return
             reads += 1
-            if reads == MAX_READS_PER_EVENT:
+            if reads >= MAX_READS_PER_EVENT and not transport_pending(&self.transport, c):
+                # epoll hands a readable socket back; bytes inside the TLS layer it would not
                 return
             continue
         if n < 0 and errno == EINTR:
@@ -605,7 +728,8 @@ cdef int h2_on_header(nghttp2_session* session, const nghttp2_frame* frame, cons
     if namelen == 7 and memcmp(name, b":status", 7) == 0:
         if valuelen == 3:
             status = (value[0] - 48) * 100 + (value[1] - 48) * 10 + (value[2] - 48)
-            if 100 <= status <= 999:
+            # as over HTTP/1.1, a status past 599 is no status: the stream is a protocol error
+            if 100 <= status <= 599:
                 s.status = status
         return 0
     self = <Engine>hc.engine
@@ -631,12 +755,20 @@ cdef int h2_on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
         s = <H2Stream*>lf_ng.get_stream_user_data(session, frame.hd.stream_id)
         if s != NULL:
             s.got_response = 1
+            if not hc.answered:
+                hc.answered = 1
+                (<Engine>hc.engine).conns[hc.ci].backoff_ns = 0
     elif frame.hd.type == NGHTTP2_SETTINGS and not (frame.hd.flags & NGHTTP2_FLAG_ACK):
         # A lower SETTINGS_MAX_CONCURRENT_STREAMS, mid-run too: no new stream until the
         # connection is under it again (nghttp2 acknowledged it already).
         self = <Engine>hc.engine
         limit = lf_ng.get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
         hc.limit = self.h2.streams if limit > <uint32_t>self.h2.streams else <int>limit
+        if limit == 0 and not hc.zero_noted:
+            # The server takes no stream at all (RFC 9113 allows it): said in the summary,
+            # and what waits on this connection times out.
+            hc.zero_noted = 1
+            self.h2.zero_streams += 1
     elif frame.hd.type == NGHTTP2_RST_STREAM:
         s = <H2Stream*>lf_ng.get_stream_user_data(session, frame.hd.stream_id)
         if s != NULL:
@@ -803,6 +935,11 @@ cdef void h2_flush(Engine self, int ci, int64_t now) noexcept:
         if hc.out_pos == hc.out_len:
             hc.out_pos = 0
             hc.out_len = 0
+            if not h2_ended(self, ci, now) and not lf_ng.want_read(hc.session) \
+                    and not lf_ng.want_write(hc.session):
+                # nghttp2 has nothing left to read or send (it ended the session, its GOAWAY
+                # is out): the connection's streams can never be answered
+                h2_fail_conn(self, ci, O_PROTOCOL, now)
             return
         w = transport_write(&self.transport, c, hc.out + hc.out_pos, hc.out_len - hc.out_pos)
         if w < 0:
@@ -842,29 +979,52 @@ cdef void h2_flush_dirty(Engine self, int64_t now) noexcept:
 cdef void h2_scan_timeouts(Engine self, int64_t now) noexcept:
     """scan_timeouts for HTTP/2: a connect that takes too long fails its streams; a stream
     past its deadline is counted (flow_control when its request body is held by a closed
-    window, else timeout) and cancelled with RST_STREAM(CANCEL)."""
+    window, else timeout) and cancelled with RST_STREAM(CANCEL). A connection whose writes are
+    stuck when a stream times out (the server stopped reading), or whose RST_STREAM has not
+    freed its stream a timeout later, takes no new stream and closes once its open streams
+    have ended: its slots come back on a fresh connection."""
     cdef H2Engine* h = &self.h2
+    cdef H2Conn* hc
     cdef H2Stream* s
     cdef Conn* c
-    cdef int ci, i, outcome
+    cdef int ci, i, outcome, still_open
     for ci in range(self.nconns):
         c = &self.conns[ci]
         if c.state == C_CONNECTING and now >= c.deadline_ns:
             connect_failed(self, ci, now)
             continue
-        if c.state != C_IDLE or h.conns[ci].session == NULL or h.conns[ci].active == 0:
+        if c.h1:
+            if c.state == C_BUSY and now >= c.deadline_ns:
+                self.finish(ci, O_TIMEOUT, now, now)
             continue
+        hc = &h.conns[ci]
+        if c.state != C_IDLE or hc.session == NULL:
+            continue
+        if hc.active == 0:
+            h2_ended(self, ci, now)     # its last stream closed since (a RST_STREAM went out)
+            continue
+        still_open = 0
         for i in range(ci * h.streams, (ci + 1) * h.streams):
             s = &h.slots[i]
-            if s.state != S_OPEN or now < s.deadline_ns:
+            if s.state == S_ENDED and now >= s.deadline_ns:
+                hc.dead = 1     # cancelled a timeout ago and still not closed: wedged
+                continue
+            if s.state != S_OPEN:
+                continue
+            if now < s.deadline_ns:
+                still_open += 1
                 continue
             outcome = O_TIMEOUT
             if s.body_sent < s.body_len and s.id > 0 and \
-                    lf_ng.get_stream_remote_window_size(h.conns[ci].session, s.id) <= 0:
+                    lf_ng.get_stream_remote_window_size(hc.session, s.id) <= 0:
                 outcome = O_FLOW_CONTROL
+            if c.want_write:
+                hc.dead = 1     # nothing goes out: the RST_STREAM would not either
             h2_stream_done(self, s, outcome, now, now)
+            s.deadline_ns = now + self.timeout_ns
             if s.id > 0:
-                lf_ng.submit_rst_stream(h.conns[ci].session, NGHTTP2_FLAG_NONE, s.id,
-                                        NGHTTP2_CANCEL)
+                lf_ng.submit_rst_stream(hc.session, NGHTTP2_FLAG_NONE, s.id, NGHTTP2_CANCEL)
                 h2_mark(self, ci)
+        if hc.dead and still_open == 0 and self.conns[ci].fd >= 0:
+            close_conn(self, ci)
 

@@ -51,6 +51,8 @@ cdef class Engine:
         uint64_t clamped         # latencies past the histograms' range, recorded as 1 h
         uint64_t closed_by_server   # connected connections the server ended
         uint64_t closed_by_us       # ... and those the engine ended (errors, timeouts, stop)
+        uint64_t protocol_h1     # connections that became ready speaking HTTP/1.1 ...
+        uint64_t protocol_h2     # ... and HTTP/2 (over TLS: as ALPN chose for each)
         Arena arena              # histogram chunks, shared by every cell
         Hist connect_time        # TCP connect times (µs) of the connections opened this interval
         Hist tls_time            # TLS handshake times (µs) of the handshakes ended this interval
@@ -352,6 +354,17 @@ cdef class Engine:
         return (self.transport.tls_full, self.transport.tls_resumed, self.transport.tls_failed)
 
     @property
+    def connections_by_protocol(self):
+        """Connections that became ready, by the protocol they spoke: (http/1.1, h2)."""
+        return (self.protocol_h1, self.protocol_h2)
+
+    @property
+    def h2_zero_streams(self):
+        """HTTP/2 connections whose server allowed no stream (SETTINGS_MAX_CONCURRENT_STREAMS
+        = 0): what waited on them timed out."""
+        return self.h2.zero_streams
+
+    @property
     def retries(self):
         """Arrivals sent a second time, on a new connection, because the reused connection
         they went out on was closed by the server before a byte of their response."""
@@ -406,7 +419,7 @@ cdef class Engine:
         cdef Py_ssize_t used
         cdef int outcome
         cdef int reads = 0
-        if self.h2.enabled:
+        if self.h2.enabled and not c.h1:
             h2_on_readable(self, ci, now)
             return
         while True:
@@ -831,7 +844,7 @@ cdef class Engine:
                 if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
                     self.on_readable(ci, now)
                 if ev & EPOLLOUT and self.conns[ci].fd >= 0 and self.conns[ci].want_write:
-                    if self.h2.enabled:
+                    if self.h2.enabled and not self.conns[ci].h1:
                         h2_on_writable(self, ci, now)
                     elif self.conns[ci].state == C_BUSY:
                         write_request(self, ci, now)

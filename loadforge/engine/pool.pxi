@@ -49,6 +49,7 @@ cdef void close_conn(Engine self, int ci) noexcept:
     c.peer_closed = 0
     if self.h2.enabled:
         h2_drop(self, ci)
+        c.h1 = 0        # the next connection on this slot reads its own ALPN
     if c.state == C_CONNECTING:
         self.connecting -= 1
     if c.want_write:
@@ -149,7 +150,8 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
         connect_failed(self, ci, now)
         return
     c.state = C_IDLE
-    c.backoff_ns = 0
+    if not self.h2.enabled:
+        c.backoff_ns = 0    # (HTTP/2: once the connection carried a response, h2_on_frame_recv)
     self.connecting -= 1
     if not counts_at_open(self, c):
         self.connects += 1      # a warm-up connection, counted now that it is open
@@ -161,7 +163,9 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
         record_connect_time(self, c, now)
     if self.h2.enabled:
         h2_connected(self, ci, now)
-    elif c.has_arrival:
+        return
+    self.protocol_h1 += 1
+    if c.has_arrival:
         c.fresh = 1
         send_request(self, ci, now)
     else:

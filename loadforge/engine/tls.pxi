@@ -98,6 +98,8 @@ cdef inline int tls_connect(Transport* t, Conn* c) noexcept nogil:
         SSL_set_session(c.ssl, t.session)
     c.handshaking = 0
     c.tls_held = 0
+    c.tls_resumed = 0
+    c.tls_data = 0
     return 0
 
 
@@ -121,6 +123,7 @@ cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
                 tls_note_negotiated(t, c)
             if SSL_session_reused(c.ssl):
                 t.tls_resumed += 1
+                c.tls_resumed = 1
             else:
                 t.tls_full += 1
             return 0
@@ -158,7 +161,11 @@ cdef inline int tls_connected(Transport* t, Conn* c) noexcept nogil:
 cdef ssize_t tls_read(Transport* t, Conn* c, msghdr* msg) noexcept nogil:
     """Plaintext into msg's buffer, up to its size: what the SSL already holds, else one
     recvmsg of ciphertext (its control data: the receive timestamp) decrypted. Returns the
-    byte count, 0 at the end of the stream, -1 with errno (EAGAIN: nothing more yet)."""
+    byte count, 0 at the end of the stream, -1 with errno (EAGAIN: nothing more yet). When no
+    recvmsg ran, msg carries no control data: the bytes were held from an earlier read (of
+    this connection or, the buffer being shared, another), whose timestamp is not theirs.
+    What OpenSSL wrote while reading (a KeyUpdate or renegotiation answer, an alert) is
+    sent at once: a client that writes only after the response would otherwise stall it."""
     cdef char* buf = <char*>msg.msg_iov.iov_base
     cdef int cap = <int>msg.msg_iov.iov_len
     cdef int got = 0, n, e
@@ -171,32 +178,52 @@ cdef ssize_t tls_read(Transport* t, Conn* c, msghdr* msg) noexcept nogil:
         if r <= 0:
             return r
         BIO_write(rbio, buf, <int>r)
+    else:
+        msg.msg_controllen = 0
     while True:
         ERR_clear_error()
         n = SSL_read(c.ssl, buf + got, cap - got)
         if n > 0:
             got += n
             if got == cap or (BIO_ctrl_pending(rbio) == 0 and SSL_pending(c.ssl) == 0):
-                return got      # all that came is decrypted: no need to hear WANT_READ
+                break       # all that came is decrypted: no need to hear WANT_READ
             continue
         e = SSL_get_error(c.ssl, n)
         if e == SSL_ERROR_WANT_READ:
             if got:
-                return got
+                break
             # The buffer is free again: read ciphertext into it, then decrypt it in place
             # (BIO_write copied it into the read BIO).
+            if BIO_ctrl_pending(SSL_get_wbio(c.ssl)) > 0 and tls_flush(c) < 0:
+                return -1
+            msg.msg_controllen = sizeof(uint64_t) * CMSG_BUFFER_WORDS
             r = recvmsg(c.fd, msg, 0)
             if r <= 0:
                 return r
             BIO_write(rbio, buf, <int>r)
             continue
         if got:
-            return got
+            break
         if e == SSL_ERROR_ZERO_RETURN:
             return 0        # close_notify: the server ended the stream
+        if e == SSL_ERROR_SSL and not c.tls_data:
+            # An alert before any plaintext: a TLS 1.3 server that refused the client's
+            # certificate (or any other part of the handshake) says so only now, after the
+            # client finished its side. The handshake failed; it was counted as completed.
+            tls_flush(c)
+            if c.tls_resumed:
+                t.tls_resumed -= 1
+            else:
+                t.tls_full -= 1
+            t.tls_failed += 1
+            c.tls_data = 1
         # An alert, a bad record, or the socket's own error: the connection is reset.
         errno = ECONNRESET if e == SSL_ERROR_SYSCALL else EPROTO
         return -1
+    c.tls_data = 1
+    if BIO_ctrl_pending(SSL_get_wbio(c.ssl)) > 0 and tls_flush(c) < 0:
+        return -1
+    return got
 
 
 cdef ssize_t tls_write(Transport* t, Conn* c, const char* data, size_t length) noexcept nogil:
@@ -243,13 +270,17 @@ cdef inline int tls_alpn(Conn* c, const unsigned char** protocol,
 
 
 cdef inline void tls_close(Transport* t, Conn* c) noexcept nogil:
-    # No close_notify: wrk and browsers close at once too, and the server logs the request
-    # as served either way.
+    # close_notify, as wrk's ssl_close sends it: the server sees a clean end (RFC 8446 6.1),
+    # not a truncation. One non-blocking send; whatever the socket does not take is dropped.
     if c.ssl != NULL:
         if not c.handshaking:
-            # Marked as shut down, or SSL_free takes the connection for a broken one and
-            # makes its session (the ticket kept for resumption) not resumable.
-            SSL_set_shutdown(c.ssl, SSL_SENT_SHUTDOWN)
+            # SSL_shutdown also marks the SSL as shut down; without that SSL_free takes the
+            # connection for a broken one and makes its session (the ticket kept for
+            # resumption) not resumable.
+            ERR_clear_error()
+            if SSL_shutdown(c.ssl) < 0:
+                SSL_set_shutdown(c.ssl, SSL_SENT_SHUTDOWN)
+            tls_flush(c)
         SSL_free(c.ssl)      # frees both BIOs
         c.ssl = NULL
     c.handshaking = 0

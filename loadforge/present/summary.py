@@ -44,6 +44,11 @@ def _render_connections(c: dict[str, Any], console: Console) -> None:
                   f"{int(c.get('closed_by_us', 0)):,} by loadforge, "
                   f"{int(c.get('retried', 0)):,} requests retried, "
                   f"at most {int(c.get('open_peak', 0)):,} open", highlight=False, soft_wrap=True)
+    zero = int(c.get("h2_zero_streams") or 0)
+    if zero:
+        console.print(f"HTTP/2: the server allowed no stream at all (SETTINGS_MAX_CONCURRENT_STREAMS"
+                      f" = 0) on {zero:,} connection{'s' if zero != 1 else ''}: nothing could be "
+                      "sent on them", style="bold red", highlight=False, soft_wrap=True)
 
 
 def _render_tls(tls: dict[str, Any] | None, c: dict[str, Any], console: Console) -> None:

@@ -51,6 +51,7 @@ from loadforge.run.workers import (
     WorkerPool,
     WorkerSpec,
     decode_done,
+    decode_done_counts,
     decode_done_tls,
     decode_interval,
     fd_limit,
@@ -251,7 +252,11 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
     """One request before the run, so a wrong URL fails in seconds with a clear message. Over
     TLS it verifies the certificate with the run's settings (a rejection is one line that
     names the reason and the fix) and returns what was negotiated. With http "2" it speaks
-    HTTP/2: h2c by prior knowledge over TCP, h2 by ALPN over TLS."""
+    HTTP/2: h2c by prior knowledge over TCP, h2 by ALPN over TLS. When tls.alpn offers
+    http/1.1 too and the server chose it, the request goes out in HTTP/1.1, as the engine
+    sends it on such a connection (one protocol per connection, from its ALPN)."""
+    from dataclasses import replace
+
     scheme = "https" if target.https else "http"
     url = f"{scheme}://{target.host}{request_path(target.path, req.path)}"
     negotiated: dict[str, Any] = {}
@@ -260,9 +265,17 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
             from loadforge.run.h2preflight import h2_status
 
             wrap = None if tls is None else _tls_wrapper(target, tls, negotiated)
-            status = h2_status(target.address, target.port,
-                               h2_headers(req, target.host, target.path, scheme),
-                               min(timeout_s, 5.0), wrap, reset_answers=not judge_status)
+            try:
+                status = h2_status(target.address, target.port,
+                                   h2_headers(req, target.host, target.path, scheme),
+                                   min(timeout_s, 5.0), wrap,
+                                   reset_answers=not judge_status)
+            except _ChoseHttp1:
+                # the h2 connection is closed unused; a fresh one asks for http/1.1 only,
+                # should a balancer send it to another backend
+                assert tls is not None
+                status = _preflight_status(target, req, min(timeout_s, 5.0),
+                                           replace(tls, alpn=("http/1.1",)), negotiated)
         else:
             status = _preflight_status(target, req, min(timeout_s, 5.0), tls, negotiated)
     except ssl.SSLError as exc:
@@ -296,7 +309,8 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
             f"400 \"{negotiated['client_cert_refused']}\"; pass --client-cert and --client-key "
             "(tls.cert, tls.key) with a certificate the server trusts")
     negotiated.pop("client_cert_refused", None)
-    if http == "2" and tls is not None and negotiated.get("alpn") != "h2":
+    if http == "2" and tls is not None and negotiated.get("alpn") != "h2" and not (
+            negotiated.get("alpn") == "http/1.1" and "http/1.1" in tls.alpn):
         raise TargetUnreachable(
             f"target {target.url}: the server will not speak HTTP/2 over TLS (ALPN chose "
             f"{negotiated.get('alpn') or 'nothing'} when offered h2); drop --http 2, or point "
@@ -308,10 +322,15 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
     return negotiated
 
 
+class _ChoseHttp1(Exception):
+    """The HTTP/2 preflight's server chose http/1.1 by ALPN, which tls.alpn offered."""
+
+
 def _tls_wrapper(target: Target, tls: TLS, negotiated: dict[str, Any]
                  ) -> Callable[[socket.socket], socket.socket]:
     """Wraps the HTTP/2 preflight's socket in TLS as the engine will: the run's verification
-    settings and ALPN, and notes what was negotiated."""
+    settings and ALPN, and notes what was negotiated; raises _ChoseHttp1 when the server
+    chose http/1.1 and tls.alpn offered it."""
     context = tls.ssl_context()
     name = tls.verify_name(target.hostname)
 
@@ -320,6 +339,9 @@ def _tls_wrapper(target: Target, tls: TLS, negotiated: dict[str, Any]
         cipher = wrapped.cipher()
         negotiated.update({"protocol": wrapped.version(), "cipher": cipher[0] if cipher else None,
                            "alpn": wrapped.selected_alpn_protocol()})
+        if negotiated["alpn"] == "http/1.1" and "http/1.1" in tls.alpn:
+            wrapped.close()
+            raise _ChoseHttp1()
         return wrapped
 
     return wrap
@@ -535,6 +557,8 @@ class Aggregator:
         # What the engine's first completed TLS handshake negotiated (a worker's DONE), for
         # runs without the preflight: {"protocol", "cipher", "alpn"}, None until known.
         self.negotiated: dict[str, Any] | None = None
+        # The engines' end-of-run counts (workers.ENGINE_COUNTS), summed over the workers
+        self.done_counts: dict[str, int] = {}
         self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
         self.cpu_ns: dict[int, int] = {}      # per worker: CPU time reported so far
         self.write_failed = False
@@ -602,10 +626,16 @@ class Aggregator:
             # GC gets round to it, so the coordinator's memory stays flat however long the run.
             gc.collect(1)
 
+    def note_counts(self, message: bytes) -> None:
+        """Adds a worker's end-of-run engine counts (its DONE message) to the run's."""
+        for key, n in decode_done_counts(message).items():
+            self.done_counts[key] = self.done_counts.get(key, 0) + n
+
     def note_done(self, message: bytes, stop: Stop) -> None:
         """A worker's DONE: a `unique` feeder that ran out ended its part of the run (every
         worker's, as the rows follow the run-wide arrival sequence); the run ran until then.
         Over TLS it also says what the worker's handshakes negotiated; the first kept."""
+        self.note_counts(message)
         if self.negotiated is None:
             self.negotiated = decode_done_tls(message)
         exhausted = decode_done(message)
@@ -919,6 +949,13 @@ class Aggregator:
             "closed_by_server": sum(c[2] for c in self.engine_counts.values()),
             "closed_by_us": sum(c[3] for c in self.engine_counts.values()),
             "retried": sum(c[0] for c in self.engine_counts.values())}
+        if self.done_counts:
+            # Connections by the protocol they spoke: over TLS the one ALPN chose for each.
+            connections["by_protocol"] = {
+                "http/1.1": self.done_counts.get("protocol_h1", 0),
+                "h2": self.done_counts.get("protocol_h2", 0)}
+        if self.plan.http == "2":
+            connections["h2_zero_streams"] = self.done_counts.get("h2_zero_streams", 0)
         if self.plan.tls is not None:
             full, resumed, failed = (sum(h[k] for h in self.tls_handshakes.values())
                                      for k in range(3))

@@ -343,8 +343,10 @@ class ShardPool:
         elif tag == DONE:
             if getattr(self, "stop_state", None) is not None:
                 agg.note_done(msg, self.stop_state)
-            elif getattr(agg, "negotiated", None) is None:
-                agg.negotiated = decode_done_tls(msg)
+            else:
+                agg.note_counts(msg)
+                if getattr(agg, "negotiated", None) is None:
+                    agg.negotiated = decode_done_tls(msg)
 
     def figures(self, ran_s: float) -> list[dict[str, Any]]:
         """The summary's `shards`: per shard what it sent and its clock."""

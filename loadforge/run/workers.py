@@ -49,8 +49,9 @@ from loadforge.run.wire import (
 # Message tags, first byte of every message a worker sends.
 READY, INTERVAL, DONE, FAILED = b"R", b"I", b"D", b"F"
 # What follows DONE: the feeder table whose `unique` rows ran out and ended the run, and when
-# (CLOCK_MONOTONIC ns), table -1 when none did; then, over TLS, what the worker's first
-# completed handshake negotiated, as JSON ({"protocol", "cipher", "alpn"}).
+# (CLOCK_MONOTONIC ns), table -1 when none did; then, as JSON, over TLS what the worker's
+# first completed handshake negotiated ({"protocol", "cipher", "alpn"}), and under "engine"
+# the engine's end-of-run counts (ENGINE_COUNTS).
 EXHAUSTED = struct.Struct("<iq")
 
 
@@ -217,12 +218,29 @@ class WorkerSpec:
     retry: str = "idempotent"              # Plan.retry: "idempotent" or "never"
 
 
+# Counts an engine reports once, at its end, in its DONE message (summed over workers).
+ENGINE_COUNTS = ("h2_zero_streams", "protocol_h1", "protocol_h2")
+
+
+def engine_counts(engine: Any) -> dict[str, int]:
+    """ENGINE_COUNTS of a finished engine: HTTP/2 connections whose server allowed no stream,
+    and connections by the protocol they spoke (http/1.1, h2)."""
+    h1, h2 = engine.connections_by_protocol
+    return {"h2_zero_streams": int(engine.h2_zero_streams), "protocol_h1": int(h1),
+            "protocol_h2": int(h2)}
+
+
 def done_message(exhausted: tuple[int, int] | None,
-                 negotiated: dict[str, Any] | None = None) -> bytes:
-    """DONE, with the `unique` feeder that ran out, if one did, and what TLS negotiated."""
+                 negotiated: dict[str, Any] | None = None,
+                 counts: dict[str, int] | None = None) -> bytes:
+    """DONE, with the `unique` feeder that ran out, if one did, what TLS negotiated and the
+    engine's end-of-run counts."""
     message = DONE + EXHAUSTED.pack(*(exhausted or (-1, 0)))
-    if negotiated:
-        message += json.dumps(negotiated).encode()
+    payload: dict[str, Any] = dict(negotiated or {})
+    if counts:
+        payload["engine"] = counts
+    if payload:
+        message += json.dumps(payload).encode()
     return message
 
 
@@ -237,14 +255,28 @@ def decode_done(message: bytes) -> tuple[int, int] | None:
 def decode_done_tls(message: bytes) -> dict[str, Any] | None:
     """What a worker's TLS handshakes negotiated ({"protocol", "cipher", "alpn"}) from its
     DONE message, or None (plain TCP, or no handshake completed)."""
+    negotiated = _done_json(message)
+    negotiated.pop("engine", None)
+    return negotiated or None
+
+
+def decode_done_counts(message: bytes) -> dict[str, int]:
+    """The engine's end-of-run counts (ENGINE_COUNTS) from a DONE message; {} when absent."""
+    counts = _done_json(message).get("engine")
+    if not isinstance(counts, dict):
+        return {}
+    return {k: int(counts[k]) for k in ENGINE_COUNTS if isinstance(counts.get(k), int)}
+
+
+def _done_json(message: bytes) -> dict[str, Any]:
     rest = message[1 + EXHAUSTED.size:]
     if not rest:
-        return None
+        return {}
     try:
-        negotiated = json.loads(rest)
+        payload = json.loads(rest)
     except ValueError:
-        return None
-    return negotiated if isinstance(negotiated, dict) else None
+        return {}
+    return payload if isinstance(payload, dict) else {}
 
 
 def fd_limit() -> int:
@@ -419,7 +451,8 @@ def worker_main() -> None:
 
         engine.run(t0, on_interval)
         sender.close()
-        channel.send_bytes(done_message(engine.exhausted, engine.tls_negotiated))
+        channel.send_bytes(done_message(engine.exhausted, engine.tls_negotiated,
+                                        engine_counts(engine)))
     except BaseException:
         if sender is not None:
             # The sender's thread must be off the channel before the failure goes out on it.
