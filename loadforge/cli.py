@@ -312,7 +312,10 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     if repeat > 1 and "repeat" in run_labels:
         raise InputError("--label repeat=...: --repeat sets the repeat label of each run itself")
     console = Console(stderr=True)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    # Before the run begins (and while its results are written), SIGTERM and SIGHUP end the
+    # command as Ctrl-C does: 128 + N, nothing half-written left behind.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_interrupted)
     # With an output on stdout ("-"), stdout holds that alone: the tables go to stderr.
     tables = console if stdout_taken else Console()
     outcomes = []
@@ -332,12 +335,17 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
                            kube=kube_opts)
         outcome = runner.execute(plan, opts, console)
         outcomes.append(outcome)
-        if not quiet:
-            summary.render_summary(outcome.summary, tables,
-                                   {s.name for s in plan.stages if not s.open_model})
-        if outcome.summary.get("aborted"):
-            print_error(str(outcome.summary["aborted"]), "aborted", console)
-        _print_how_it_ended(outcome, plan.duration_s, console)
+        try:
+            if not quiet:
+                summary.render_summary(outcome.summary, tables,
+                                       {s.name for s in plan.stages if not s.open_model})
+            if outcome.summary.get("aborted"):
+                print_error(str(outcome.summary["aborted"]), "aborted", console)
+            _print_how_it_ended(outcome, plan.duration_s, console)
+        except OSError:
+            # The terminal is gone (SIGHUP: a closed SSH session): the files below still are
+            # what the run is for.
+            pass
         if outcome.failure or outcome.signum:
             break        # a crash, a full disk or a signal ends the series too
     if summary_json:
@@ -519,7 +527,8 @@ def ls_runs(paths: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         for entry in entries:
             click.echo(json.dumps(entry.as_json()))
-    else:
+    elif entries or not problems:
+        # Nothing readable: the errors alone, no empty table above them.
         render_ls(entries, _wide_console())
     for problem in problems:
         print_error(problem)

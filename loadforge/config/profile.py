@@ -58,6 +58,7 @@ from loadforge.config.plan import (
 )
 from loadforge.config.redact import SECRET_HEADERS, redact_url
 from loadforge.config.sandbox import SandboxConfig, validate_sandbox_config
+from loadforge.config.files import read_regular
 from loadforge.config.tls import check_tls
 from loadforge.errors import ProfileError
 from loadforge.limits import MAX_LATENCY_OBJECTIVE_S
@@ -101,11 +102,7 @@ _PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
 def load_profile(path: str) -> Plan:
     """Read, parse and validate the profile at `path`."""
-    try:
-        with open(path, "rb") as file:
-            raw = file.read()
-    except OSError as e:
-        raise ProfileError(f"profile {path}: cannot read it: {e.strerror or e}") from e
+    raw = read_regular(path, "profile")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -121,6 +118,9 @@ def plan_from_text(text: str, path: str = "<profile>", archived: bool = False) -
     except tomllib.TOMLDecodeError as e:
         # tomllib's message ends with "(at line L, column C)".
         raise ProfileError(f"profile {path}: not valid TOML: {e}") from e
+    except RecursionError:
+        # tomllib recurses once per level of nested arrays and inline tables.
+        raise ProfileError(f"profile {path}: arrays or tables nested too deeply") from None
     return plan_from_dict(data, source=text, path=path, archived=archived)
 
 

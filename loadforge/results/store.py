@@ -16,6 +16,7 @@ import json
 import os
 import re
 import socket
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -143,7 +144,8 @@ class _SpareSpaceFile(io.RawIOBase):
         self.spare_path = path + ".spare"
         self.disk_full = False
         self._pos = 0
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        # Read too: copy_to() recovers what was written when the folder is removed mid-run.
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         fs = os.fstatvfs(self._fd)
         # A nearly full disk: set aside three quarters of what it has, or nothing.
         size = min(SPARE_BYTES, fs.f_bavail * fs.f_frsize * 3 // 4)
@@ -184,6 +186,37 @@ class _SpareSpaceFile(io.RawIOBase):
 
     def tell(self) -> int:
         return self._pos
+
+    def unlinked(self) -> bool:
+        """Whether the file was removed (its folder deleted) while open: writes still land,
+        in a file no name reaches."""
+        try:
+            return os.fstat(self._fd).st_nlink == 0
+        except OSError:
+            return True
+
+    def free_bytes(self) -> int:
+        try:
+            fs = os.fstatvfs(self._fd)
+        except OSError:
+            return 0
+        return fs.f_bavail * fs.f_frsize
+
+    def copy_to(self, path: str) -> None:
+        """Copy what was written into a new file at `path` (flushed to disk)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            offset = 0
+            while offset < self._pos:
+                chunk = os.pread(self._fd, min(1 << 20, self._pos - offset), offset)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+                offset += len(chunk)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         if not self.closed:
@@ -278,6 +311,8 @@ class ResultWriter:
             raise ValueError(f"results {self.path}: writer already closed")
         if self._broken or (self.failure and not last):
             return
+        if not last:
+            self._check_disk()
         buf = self._buffer
         for row in rows:
             scope = row["scope"]
@@ -325,6 +360,18 @@ class ResultWriter:
             if self._buffered >= ROW_GROUP_ROWS or self._buffered_bytes >= ROW_GROUP_BYTES:
                 self._flush()
 
+    def _check_disk(self) -> None:
+        """Once per interval: a disk filled by others, or the result's folder removed, stops
+        the run now (`failure`), not when the rows buffered meet it at the end. What the run
+        measured still goes into the space set aside (or, for a removed folder, into the
+        folder made again at close)."""
+        if self._file.unlinked():
+            self.failure = (f"results {self.path}: its folder was removed during the run "
+                            f"after {self.rows_written + self._buffered} rows")
+        elif self._file.free_bytes() < SPARE_MIN_BYTES:
+            self.failure = (f"results {self.path}: disk full after "
+                            f"{self.rows_written + self._buffered} rows")
+
     def _flush(self) -> None:
         if not self._buffered or self._closed:
             return
@@ -359,6 +406,14 @@ class ResultWriter:
             return self.path
         self._flush()
         self._closed = True
+        if self._file.unlinked() and not self.failure:
+            self.failure = f"results {self.path}: its folder was removed during the run"
+        end_metadata = dict(end_metadata or {})
+        if self.failure:
+            # A write that failed only now (the last rows met a full disk) makes the file
+            # incomplete too: its metadata says so, whatever the caller knew before.
+            end_metadata["complete"] = "false"
+            end_metadata.setdefault("incomplete_reason", self.failure)
         try:
             if self._broken:
                 raise OSError(errno.EIO, "a write failed")
@@ -372,8 +427,21 @@ class ResultWriter:
             self._file.close()
             self._remove_partial()
             return self.path
-        self._file.close()
-        os.replace(self.partial_path, self.path)
+        try:
+            if self._file.unlinked():
+                # The folder went away under the run: make it again and save what was written.
+                parent = os.path.dirname(self.path)
+                if parent:
+                    os.makedirs(parent, exist_ok=True)
+                self._file.copy_to(self.partial_path)
+            self._file.close()
+            os.replace(self.partial_path, self.path)
+        except OSError as exc:
+            self._file.close()
+            self._remove_partial()
+            self.failure = (f"{self.failure or f'results {self.path}: cannot write'}; "
+                            f"the result could not be saved ({_why(exc)})")
+            return self.path
         self.published = True
         return self.path
 
@@ -489,13 +557,29 @@ def headline_row(row: dict[str, Any], has_ok_rows: bool, error_outcomes: set[str
     return outcome_row(row) and row["outcome"] not in error_outcomes
 
 
+def check_regular_file(path: str, what: str = "results") -> None:
+    """A ResultsError unless `path` is a regular file (through symlinks): a FIFO or a device
+    would block the reader, or never end."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ResultsError(f"{what} {path}: a loop of symbolic links; point it at a "
+                               "file") from None
+        if exc.errno == errno.ENOENT:
+            raise ResultsError(f"{what} {path}: no such file") from None
+        raise ResultsError(f"{what} {path}: cannot read ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ResultsError(f"{what} {path}: is a directory, expected a .parquet file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ResultsError(f"{what} {path}: not a regular file (a FIFO, socket or device); "
+                           "expected a .parquet file")
+
+
 def _read_metadata(path: str) -> dict[str, str]:
     """The loadforge.* footer metadata of `path` (prefix removed), validated."""
     pa, pq = _arrow()
-    if not os.path.exists(path):
-        raise ResultsError(f"results {path}: no such file")
-    if os.path.isdir(path):
-        raise ResultsError(f"results {path}: is a directory, expected a .parquet file")
+    check_regular_file(path)
     try:
         footer = pq.read_metadata(path)
     except PermissionError as exc:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from loadforge import __version__, _core, schedule
 from loadforge.config import feeders
+from loadforge.config.files import RELATIVE_HINT, check_regular
 from loadforge.config.plan import (
     ERROR_KINDS,
     FLOW_PREFIX,
@@ -37,7 +38,6 @@ from loadforge.config.plan import (
 from loadforge.config.tls import TLS
 from loadforge.errors import (
     InputError,
-    ResultsWriteFailed,
     RunError,
     TargetUnreachable,
     WorkerCrashed,
@@ -677,15 +677,21 @@ class Aggregator:
         self.writer.write(rows)
         if self.shard_of is not None:
             self.writer.write(self._shard_rows(reports, start_ms, end_ms))
-        if self.writer.failure and not self.write_failed:
-            self.write_failed = True        # raised once, to stop the run; later rows drop
-            raise ResultsWriteFailed(self.writer.failure)
+        if self.writer.failure:
+            # A full disk or a removed folder stops the run as an abort does: workers stop
+            # scheduling and report what is in flight, so the counts kept are whole.
+            self.write_failed = True
         reason = self.judge(index, rows) if self.judge is not None else None
         if reason and self.abort_reason is None:
             self.abort_reason = reason
         self.requests += interval_all[1]
         self.errors += interval_all[2]
         self._show(index, interval_all)
+
+    def stop_asked(self) -> bool:
+        """Whether the run should stop scheduling now: an objective's abort_after, or the
+        result file could no longer be written."""
+        return self.abort_reason is not None or self.write_failed
 
     def _shard_rows(self, reports: list[Any], start_ms: int, end_ms: int
                     ) -> list[dict[str, Any]]:
@@ -903,8 +909,11 @@ def compile_feeders(plan: Plan, target: Target, inline: bool = False) -> feeders
     label = "profile" if plan.path in ("", "<profile>") else f"profile {os.path.basename(plan.path)}"
     for i, feeder in enumerate(plan.feeders):
         # A feeder no slot uses is not loaded, but a file that is not there is still an error.
-        if not os.access(feeder.path, os.R_OK) or os.path.isdir(feeder.path):
-            raise InputError(f"{label}: feeders[{i}]: cannot read {feeder.file}")
+        # Regular files only: a FIFO would block the read below for ever.
+        check_regular(feeder.path, f"{label}: feeders[{i}]", RELATIVE_HINT)
+        if not os.access(feeder.path, os.R_OK):
+            raise InputError(f"{label}: feeders[{i}]: cannot read {feeder.path} (permission "
+                             "denied)")
     if plan.flows is not None:
         # Flows read every feeder's rows (user.rows) from tables of their own: table i is
         # feeder i, its columns as they are in the file.
@@ -995,6 +1004,11 @@ def _check_template_buffers(specs: list[WorkerSpec], compiled: feeders.Compiled)
             "more workers or a smaller templated body")
 
 
+# The signals that end a run early and keep its results (exit 128 + N): Ctrl-C, a service
+# manager's stop, and the hang-up of a closed terminal or SSH session.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @dataclass
 class Stop:
     """How the collection ended early, if it did."""
@@ -1016,9 +1030,10 @@ def _collect(pool: WorkerPool | ShardPool, agg: Aggregator, plan: Plan, t0: int,
     deadline = t0 + int((plan.duration_s + plan.timeout_s + 10.0) * 1e9)
 
     def on_signal(signum: int, frame: Any) -> None:
-        # Ctrl-C or SIGTERM ends the run early but keeps it: workers stop scheduling, report
-        # what is in flight, and the results are written as usual. A second one kills the
-        # workers at once; what they reported is still written.
+        # Ctrl-C, SIGTERM or SIGHUP (a closed terminal or SSH session) ends the run early but
+        # keeps it: workers stop scheduling, report what is in flight, and the results are
+        # written as usual. A second one kills the workers at once; what they reported is
+        # still written.
         if stop.signum:
             stop.hard = True
             pool.kill()
@@ -1026,7 +1041,7 @@ def _collect(pool: WorkerPool | ShardPool, agg: Aggregator, plan: Plan, t0: int,
         stop.signum, stop.at_ns = signum, _core.now_ns()
         pool.stop()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
         if isinstance(pool, WorkerPool):
             _collect_until_done(pool, agg, plan, done, deadline, stop)
@@ -1063,7 +1078,7 @@ def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: lis
             if not done[i] and pool.exitcode(i) is not None and not ready and not stop.hard:
                 raise WorkerCrashed(f"worker {i} exited unexpectedly "
                                     f"(exit code {pool.exitcode(i)})")
-        if agg.abort_reason and not stopping:
+        if agg.stop_asked() and not stopping:
             pool.stop()
             stopping = True
             stop.at_ns = stop.at_ns or _core.now_ns()

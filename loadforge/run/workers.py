@@ -375,8 +375,9 @@ def worker_main() -> None:
     # Ctrl-C reaches the whole process group, and so may a SIGTERM (a service manager, a
     # container stop); the coordinator alone decides how to stop, and a worker whose
     # coordinator is gone stops by itself when its socket closes.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A closed terminal hangs up its whole process group, workers included.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     channel = Connection(int(sys.argv[1]))
     sender: ReportSender | None = None
     try:
