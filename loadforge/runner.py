@@ -74,7 +74,7 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
         # Checked here, once, before any worker starts: a bad module is exit 2 in one line.
         from loadforge.flows import loader
 
-        module = loader.load(plan.flows)
+        module = loader.load_checked(plan.flows)
         plan = dataclasses.replace(plan, requests=tuple(Request(name=n) for n in module.names))
     workers = opts.workers or plan.workers or os.cpu_count() or 1
     workers = max(1, min(workers, plan.connections))

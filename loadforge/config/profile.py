@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 
 from loadforge import limits
 from loadforge.config import feeders as feeders_module
+from loadforge.config.files import read_regular
 from loadforge.config.observe import validate_actions, validate_observe
 from loadforge.config.plan import (
     DEFAULT_STREAMS,
@@ -58,7 +59,6 @@ from loadforge.config.plan import (
 )
 from loadforge.config.redact import SECRET_HEADERS, redact_url
 from loadforge.config.sandbox import SandboxConfig, validate_sandbox_config
-from loadforge.config.files import read_regular
 from loadforge.config.tls import check_tls
 from loadforge.errors import ProfileError
 from loadforge.limits import MAX_LATENCY_OBJECTIVE_S

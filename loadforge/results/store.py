@@ -624,12 +624,9 @@ def read_result(path: str) -> Result:
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise ResultsError(f"results {path}: missing required columns {', '.join(missing)}")
-    try:
-        labels = json.loads(meta.get("labels", "{}"))
-        if not isinstance(labels, dict):
-            raise ValueError("not an object")
-    except ValueError as exc:
-        raise ResultsError(f"results {path}: metadata loadforge.labels is not JSON ({exc})") from exc
+    _check_column_types(path, table.schema)
+    _check_json_metadata(path, meta)
+    labels = json.loads(meta.get("labels", "{}"))
     run_id = meta.get("run_id", "")
     if not run_id and table.num_rows:
         run_id = str(table["run_id"][0])
@@ -640,6 +637,54 @@ def read_result(path: str) -> Result:
         labels={str(k): str(v) for k, v in labels.items()},
         table=table,
     )
+
+
+def _check_column_types(path: str, schema: pa.Schema) -> None:
+    """The columns every reader folds have the types the writer gives them: a `count` of
+    strings is a file this loadforge did not write, said once here, not as a ValueError deep
+    in a fold."""
+    pa, _ = _arrow()
+    expected = {name: dtype for name, dtype, _ in _BASE_FIELDS}
+    for name in REQUIRED_COLUMNS + ("scheduled", "unsent", "value", "connect_hdr", "tls_hdr",
+                                    "backend", "shard"):
+        if name not in schema.names:
+            continue
+        got = schema.field(name).type
+        want = getattr(pa, expected[name])()
+        fits = (got == want or (want == pa.string() and pa.types.is_large_string(got))
+                or (want == pa.binary() and pa.types.is_large_binary(got))
+                or (pa.types.is_integer(want) and pa.types.is_integer(got))
+                or (pa.types.is_floating(want) and (pa.types.is_floating(got)
+                                                     or pa.types.is_integer(got))))
+        if not fits:
+            raise ResultsError(f"results {path}: column {name} holds {got}, expected "
+                               f"{expected[name]}: not a result this loadforge wrote")
+
+
+# Metadata values that hold JSON, and the type each must have: parsed once here, so that a
+# value nested too deeply (RecursionError) or of the wrong shape is one error naming the file.
+_JSON_METADATA = {"labels": dict, "stages": list, "slo_flags": dict, "flows": dict,
+                  "tls": dict, "shards": (dict, list)}
+
+
+def _check_json_metadata(path: str, meta: dict[str, str]) -> None:
+    for key, kind in _JSON_METADATA.items():
+        if key not in meta:
+            continue
+        try:
+            value = json.loads(meta[key])
+        except ValueError as exc:
+            raise ResultsError(f"results {path}: metadata loadforge.{key} is not JSON "
+                               f"({exc})") from None
+        except RecursionError:
+            raise ResultsError(f"results {path}: metadata loadforge.{key} is nested too "
+                               "deeply") from None
+        if not isinstance(value, kind):
+            raise ResultsError(f"results {path}: metadata loadforge.{key} is not a JSON "
+                               f"{'object' if kind is dict else 'array'}")
+        if key == "stages" and not all(isinstance(v, dict) for v in value):
+            raise ResultsError(f"results {path}: metadata loadforge.stages is not an array of "
+                               "objects")
 
 
 def start_key(path: str, meta: dict[str, str]) -> tuple[float, str]:
