@@ -269,6 +269,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
 
     from loadforge import runner
     from loadforge.config.profile import load_profile, parse_slo_flags, with_slo_flags
+    from loadforge.config.redact import hide_in_messages, profile_secrets
     from loadforge.config.tls import with_tls_flags
     from loadforge.present import summary
 
@@ -292,6 +293,9 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
                    tls=with_tls_flags(plan.tls, ca_cert=ca_cert, client_cert=client_cert,
                                       client_key=client_key, server_name=server_name,
                                       insecure=insecure))
+    # From here on, every message this process prints hides the profile's secrets (values
+    # from the environment, credential headers): error lines land in CI logs.
+    hide_in_messages(profile_secrets(plan.source, plan.secrets))
     if requests_per_connection is not None:
         if requests_per_connection < 0:
             raise InputError("--requests-per-connection must be >= 0, got "
@@ -407,11 +411,14 @@ def _print_how_it_ended(outcome: Any, planned_s: float, console: Console) -> Non
     """One line for a run that stopped early: after how long, and what became of it."""
     from rich.markup import escape
 
+    from loadforge.config.redact import redact_message
+
     ran = f"after {outcome.summary.get('ran_s', 0.0):.1f} s of {planned_s:g} s"
     if outcome.failure:
         kept = (f"what ran is in {outcome.path}, marked incomplete" if outcome.path
                 else "no results could be saved")
-        console.print(f"[bold red]error:[/] {escape(outcome.failure)} ({ran}); {escape(kept)}",
+        console.print(f"[bold red]error:[/] {escape(redact_message(outcome.failure))} ({ran}); "
+                      f"{escape(kept)}",
                       highlight=False, soft_wrap=True)
     elif outcome.signum:
         console.print(f"[bold yellow]interrupted[/] by {signal.Signals(outcome.signum).name} "

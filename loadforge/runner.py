@@ -20,7 +20,7 @@ from loadforge import _core
 from loadforge.analysis import figures, scaling, slo
 from loadforge.config import feeders
 from loadforge.config.plan import Plan, Request
-from loadforge.config.redact import redact_profile, redact_url
+from loadforge.config.redact import redact_message, redact_profile, redact_url
 from loadforge.errors import InputError, RunError
 from loadforge.observe import pollers
 from loadforge.results.store import ResultWriter, read_result
@@ -197,7 +197,8 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
         writer.abort()
         raise
     state = {"interrupted": bool(stop.signum), "ran_s": round(ran_s, 3),
-             "complete": failure is None, "error": failure}
+             "complete": failure is None,
+             "error": None if failure is None else redact_message(failure)}
     saved = path if writer.published else None
     verdicts: list[dict[str, Any]] = []
     if saved:
@@ -251,7 +252,7 @@ def _end_metadata(stop: Stop, ran_s: float, failure: str | None) -> dict[str, st
     if stop.signum:
         meta["interrupted_by"] = signal.Signals(stop.signum).name
     if failure:
-        meta["incomplete_reason"] = failure
+        meta["incomplete_reason"] = redact_message(failure)
     return meta
 
 

@@ -57,7 +57,7 @@ from loadforge.config.plan import (
     StageObjectives,
     WindowObjectives,
 )
-from loadforge.config.redact import SECRET_HEADERS, redact_url
+from loadforge.config.redact import is_secret_header, redact_url
 from loadforge.config.sandbox import SandboxConfig, validate_sandbox_config
 from loadforge.config.tls import check_tls
 from loadforge.errors import ProfileError
@@ -65,7 +65,7 @@ from loadforge.limits import MAX_LATENCY_OBJECTIVE_S
 from loadforge.units import parse_duration, parse_percent, show_value
 
 TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox",
-            "feeders", "tls", "flows")
+            "feeders", "tls", "flows", "redact")
 LOAD_KEYS = ("connections", "workers", "timeout", "fail_status", "timer_resolution",
              "requests_per_connection", "http", "streams")
 HTTP_VERSIONS = ("1.1", "2")
@@ -134,6 +134,17 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
     check = _Checker("profile" if path == "<profile>" else f"profile {base}")
     top = check.table(data, "")
     check.keys(top, "", TOP_KEYS)
+    if "redact" in top:
+        # More secret header names, beyond those redact.py knows (values kept out of results
+        # and messages).
+        raw_redact = check.table(top["redact"], "redact")
+        check.keys(raw_redact, "redact", ("headers",))
+        names = raw_redact.get("headers", [])
+        if not isinstance(names, list):
+            check.fail("redact.headers", f"must be an array of header names, got "
+                                         f"{show_value(names)}")
+        for i, header in enumerate(names):
+            check.string(header, f"redact.headers[{i}]")
 
     default_name = "profile" if path == "<profile>" else os.path.splitext(base)[0]
     name = check.name(top.get("name", default_name), "name")
@@ -575,7 +586,7 @@ def _headers(check: _Checker, value: Any, path: str) -> tuple[tuple[str, str], .
         text = check.string(header_value, where)
         if not _PRINTABLE.fullmatch(text.replace("\t", " ")):
             # A credential stays out of the message too (it ends up in CI logs).
-            shown = "a value" if key.lower() in SECRET_HEADERS else show_value(text)
+            shown = "a value" if is_secret_header(key) else show_value(text)
             check.fail(where, "must be printable ASCII without CR, LF or other control "
                               f"characters, got {shown}")
         if key.lower() == "host" and (not text or not _PRINTABLE.fullmatch(text)

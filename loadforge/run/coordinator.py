@@ -257,7 +257,8 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
     except (OSError, HTTPException) as exc:
         over = " over HTTP/2" if http == "2" else ""
         raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url}{over} "
-                                f"failed ({type(exc).__name__}: {exc})") from None
+                                f"failed: {unreachable_reason(exc, target, timeout_s)}"
+                                ) from None
     if status == 404 and judge_status:
         raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found; "
                                 "check the URL and the request paths (or pass --no-preflight)")
@@ -279,6 +280,28 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
             f"target {target.url}: the server chose {negotiated['alpn']} by ALPN, and the "
             "engine speaks http/1.1 over TLS: offer only http/1.1 in tls.alpn")
     return negotiated
+
+
+def unreachable_reason(exc: BaseException, target: Target, timeout_s: float) -> str:
+    """Why the preflight got no answer, and what to do, in words (no exception names)."""
+    where = f"{target.address}:{target.port}"
+    if isinstance(exc, ConnectionRefusedError):
+        return (f"nothing listens on {where} (connection refused): check the port or start "
+                "the server")
+    if isinstance(exc, socket.gaierror):
+        return (f"cannot resolve {target.hostname} ({exc.strerror}): check the host name")
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return (f"no answer from {where} within {min(timeout_s, 5.0):g} s: is it up, and "
+                "is a firewall dropping packets?")
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return (f"{where} closed the connection (reset) before answering: does it speak "
+                f"{'https' if target.https else 'plain http'} on this port?")
+    if isinstance(exc, HTTPException):
+        return (f"not an HTTP/1.1 answer from {where} ({exc.__class__.__name__.lower()}): "
+                "does the port speak HTTP?")
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror.lower()} ({where})"
+    return str(exc) or exc.__class__.__name__
 
 
 def _tls_wrapper(target: Target, tls: TLS, negotiated: dict[str, Any]

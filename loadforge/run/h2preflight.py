@@ -38,8 +38,13 @@ def h2_status(address: str, port: int, headers: list[tuple[str, str]],
                                        "target speak HTTP/2 without TLS, h2c?)")
             try:
                 events = conn.receive_data(data)
-            except h2.exceptions.ProtocolError as exc:
-                raise H2PreflightError(f"not an HTTP/2 answer ({exc})") from None
+            except h2.exceptions.ProtocolError:
+                # h2's message quotes the frame bytes received: noise in a one-line error.
+                what = ("an HTTP/1.x answer" if data.startswith(b"HTTP/") else
+                        "not an HTTP/2 answer")
+                raise H2PreflightError(f"{what} to an HTTP/2 request: the port does not speak "
+                                       "HTTP/2 (drop --http 2, or enable HTTP/2 on it)"
+                                       ) from None
             for event in events:
                 if isinstance(event, h2.events.ResponseReceived):
                     for name, value in event.headers or ():
