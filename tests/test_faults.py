@@ -138,3 +138,43 @@ def test_a_disk_filled_by_others_stops_the_run_and_the_file_says_incomplete(
     assert "disk full" in result.metadata["incomplete_reason"]
     (run_row,) = result.rows("run")
     assert run_row["count"] == s["requests"] == served_during(own_nginx, before)
+
+
+EXITING_FLOW = '''
+import os
+from loadforge.flows import flow
+
+done = 0
+
+@flow
+async def home(user):
+    global done
+    await user.get("/", name="home")
+    done += 1
+    if done == 500:
+        os._exit(7)
+'''
+
+
+def test_a_flow_that_exits_the_worker_names_the_exit_code_and_keeps_its_reports(
+        own_nginx, tmp_path):
+    (tmp_path / "flows.py").write_text(EXITING_FLOW)
+    profile = tmp_path / "exit.toml"
+    profile.write_text(f'name = "exit"\ntarget = "{own_nginx.url}"\n[load]\nworkers = 1\n'
+                       'connections = 8\n[[stages]]\nname = "s"\nrate = 200\n'
+                       'duration = "30s"\n[flows]\nmodule = "flows.py"\n')
+    before = own_nginx.served()
+    summary = tmp_path / "s.json"
+    proc = start(str(profile), "--quiet", "--out", str(tmp_path), "--summary-json",
+                 str(summary))
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 3, err
+    one_line(err, "worker 0 exited unexpectedly (exit code 7)", "marked incomplete")
+    s = json.loads(summary.read_text())
+    assert s["complete"] is False and "exit code 7" in s["error"]
+    # What the worker reported before it died is kept (its last interval's requests, sent
+    # but not yet reported, are what is lost).
+    served = served_during(own_nginx, before)
+    assert 0 < s["requests"] <= served == 500
+    (run_row,) = read_result(s["result"]).rows("run")
+    assert run_row["count"] >= s["requests"]

@@ -1087,7 +1087,7 @@ def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: lis
                 if stop.hard:
                     return
                 raise WorkerCrashed(f"worker {i} exited unexpectedly "
-                                    f"(exit code {pool.exitcode(i)})") from None
+                                    f"({exit_words(pool.exitcode(i, wait_s=2.0))})") from None
             tag = msg[:1]
             if tag == INTERVAL:
                 agg.add(decode_interval(msg))
@@ -1100,7 +1100,7 @@ def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: lis
         for i in range(len(done)):
             if not done[i] and pool.exitcode(i) is not None and not ready and not stop.hard:
                 raise WorkerCrashed(f"worker {i} exited unexpectedly "
-                                    f"(exit code {pool.exitcode(i)})")
+                                    f"({exit_words(pool.exitcode(i))})")
         if agg.stop_asked() and not stopping:
             pool.stop()
             stopping = True
@@ -1114,6 +1114,18 @@ def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: lis
             raise WorkerCrashed("workers did not finish within the run's time plus its timeout")
     if stop.hard:
         _read_what_was_sent(pool, agg)
+
+
+def exit_words(code: int | None) -> str:
+    """A worker's exit status in words: "exit code 7", "killed by SIGKILL"."""
+    if code is None:
+        return "still running, its socket closed"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _read_what_was_sent(pool: WorkerPool, agg: Aggregator) -> None:

@@ -458,8 +458,14 @@ class WorkerPool:
             self.terminate()
             raise
 
-    def exitcode(self, i: int) -> int | None:
-        """Worker i's exit status, None while it runs."""
+    def exitcode(self, i: int, wait_s: float = 0.0) -> int | None:
+        """Worker i's exit status, None while it runs. wait_s: how long to wait for it to
+        end (its socket closes a moment before the kernel reports its exit)."""
+        if wait_s > 0:
+            try:
+                return self.processes[i].wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                return None
         return self.processes[i].poll()
 
     def wait_ready(self, timeout_s: float) -> None:
