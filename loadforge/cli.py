@@ -214,6 +214,9 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
               "certificate chain (PEM) for mutual TLS (overrides tls.cert).")
 @click.option("--client-key", type=click.Path(dir_okay=False), help="https: the client "
               "certificate's private key (PEM), if not in --client-cert.")
+@click.option("--client-key-password-env", metavar="NAME", help="https: the environment "
+              "variable holding the client key's passphrase, if it is encrypted (overrides "
+              "tls.key_password_env).")
 @click.option("--server-name", help="https: SNI and the name the certificate must carry, when "
               "the target is an address (overrides tls.server_name).")
 @click.option("--insecure", is_flag=True, help="https: do not verify the server's certificate "
@@ -256,8 +259,8 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         http_version: str | None, streams: int | None, workers: int | None,
         out_dir: str, labels: tuple[str, ...], summary_json: str | None,
         backend_header: str | None, no_preflight: bool, ca_cert: str | None,
-        client_cert: str | None, client_key: str | None, server_name: str | None,
-        insecure: bool, quiet: bool, junit_path: str | None, repeat: int,
+        client_cert: str | None, client_key: str | None, client_key_password_env: str | None,
+        server_name: str | None, insecure: bool, quiet: bool, junit_path: str | None, repeat: int,
         slos: tuple[str, ...], shards: int | None = None,
         launcher: str = "local", max_clock_offset: str = "50ms",
         shard_start_timeout: str | None = None, coordinator_address: str | None = None,
@@ -292,10 +295,13 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     plan = replace(plan, slo=with_slo_flags(plan.slo, objectives),
                    tls=with_tls_flags(plan.tls, ca_cert=ca_cert, client_cert=client_cert,
                                       client_key=client_key, server_name=server_name,
-                                      insecure=insecure))
+                                      insecure=insecure,
+                                      client_key_password_env=client_key_password_env))
     # From here on, every message this process prints hides the profile's secrets (values
     # from the environment, credential headers): error lines land in CI logs.
     hide_in_messages(profile_secrets(plan.source, plan.secrets))
+    if plan.tls is not None and plan.tls.key_password():
+        hide_in_messages([plan.tls.key_password() or ""])
     if requests_per_connection is not None:
         if requests_per_connection < 0:
             raise InputError("--requests-per-connection must be >= 0, got "

@@ -14,12 +14,14 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 import trustme
 from servers import ROOT, Nginx, free_port, loadforge, wait_listening
@@ -565,3 +567,46 @@ def test_http2_over_tls_without_the_preflight_records_h2(h2_server: Nginx, certs
                "--duration", "1s", "--no-preflight")
     assert s["errors"] == 0 and s["requests"] == 100
     assert s["tls"]["alpn"] == "h2" and s["tls"]["protocol"] == "TLSv1.3"
+
+
+def test_an_encrypted_client_key_takes_its_passphrase_from_the_environment(
+        certs: Certs, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(Path(certs.client_key).read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pass-2121-phrase")))
+    s = certs.nginx(extra=f"{PROTOCOLS} ssl_client_certificate {certs.dir / 'client-ca.pem'}; "
+                          "ssl_verify_client on;")
+    args = ["run", "--target", s.url + "/", "--ca-cert", certs.ca_pem, "--client-cert",
+            certs.client_cert, "--client-key", str(encrypted), "--concurrency", "2",
+            "--duration", "1s", "--workers", "1", "--quiet", "--out", str(tmp_path / "results")]
+
+    def cli(*more: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        # A session of its own: no terminal OpenSSL could prompt on; the timeout is the check
+        # that nothing waits for a passphrase.
+        return subprocess.run([sys.executable, "-m", "loadforge.cli", *args, *more], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                              start_new_session=True, env={**os.environ, **(env or {})})
+    try:
+        without = cli()
+        wrong = cli("--client-key-password-env", "LF_KEY_PW", env={"LF_KEY_PW": "nope-nope"})
+        before = s.served()
+        summary = tmp_path / "s.json"
+        ok = cli("--client-key-password-env", "LF_KEY_PW", "--summary-json", str(summary),
+                 env={"LF_KEY_PW": "pass-2121-phrase"})
+        served = s.served() - before
+    finally:
+        s.stop()
+    for out, words in ((without, "is encrypted: set tls.key_password_env"),
+                       (wrong, "does not decrypt with the passphrase in $LF_KEY_PW")):
+        assert out.returncode == 2, out.stderr
+        (line,) = out.stderr.strip().splitlines()
+        assert words in line and "Traceback" not in out.stderr
+    assert ok.returncode == 0, ok.stderr
+    result = json.loads(summary.read_text())
+    assert result["errors"] == 0 and served == result["requests"] + 1 > 1
+    metadata = pq.read_metadata(result["result"]).metadata
+    assert b"pass-2121" not in b"".join(metadata.values()) + summary.read_bytes()

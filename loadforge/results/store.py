@@ -663,7 +663,7 @@ def _check_column_types(path: str, schema: pa.Schema) -> None:
 
 # Metadata values that hold JSON, and the type each must have: parsed once here, so that a
 # value nested too deeply (RecursionError) or of the wrong shape is one error naming the file.
-_JSON_METADATA = {"labels": dict, "stages": list, "slo_flags": dict, "flows": dict,
+_JSON_METADATA: dict[str, type | tuple[type, ...]] = {"labels": dict, "stages": list, "slo_flags": dict, "flows": dict,
                   "tls": dict, "shards": (dict, list)}
 
 
@@ -672,7 +672,7 @@ def _check_json_metadata(path: str, meta: dict[str, str]) -> None:
         if key not in meta:
             continue
         try:
-            value = json.loads(meta[key])
+            value: Any = json.loads(meta[key])
         except ValueError as exc:
             raise ResultsError(f"results {path}: metadata loadforge.{key} is not JSON "
                                f"({exc})") from None
