@@ -43,6 +43,16 @@ class Group(click.Group):
             where = exc.ctx.command_path if exc.ctx else "loadforge"
             print_error(f"{where}: {exc.format_message()} (see {where} --help)")
             sys.exit(EXIT_INPUT)
+        except RecursionError:
+            # Each parser that can meet deep nesting says so naming its file; this is the net
+            # under them, so that no input ends in a traceback.
+            print_error("the input is nested too deeply to read (arrays or tables within "
+                        "each other thousands deep)")
+            sys.exit(EXIT_INPUT)
+        except MemoryError:
+            print_error("out of memory: lower --connections, the number of requests or "
+                        "feeder rows, or give the machine more memory")
+            sys.exit(EXIT_RUN)
         except (KeyboardInterrupt, Interrupted) as exc:
             # Before a run began (or while its results were being written): nothing to keep.
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT

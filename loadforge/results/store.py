@@ -664,7 +664,7 @@ def _check_column_types(path: str, schema: pa.Schema) -> None:
 # Metadata values that hold JSON, and the type each must have: parsed once here, so that a
 # value nested too deeply (RecursionError) or of the wrong shape is one error naming the file.
 _JSON_METADATA: dict[str, type | tuple[type, ...]] = {"labels": dict, "stages": list, "slo_flags": dict, "flows": dict,
-                  "tls": dict, "shards": (dict, list)}
+                  "tls": dict, "shards": dict}
 
 
 def _check_json_metadata(path: str, meta: dict[str, str]) -> None:
@@ -672,7 +672,7 @@ def _check_json_metadata(path: str, meta: dict[str, str]) -> None:
         if key not in meta:
             continue
         try:
-            value: Any = json.loads(meta[key])
+            value = json.loads(meta[key])
         except ValueError as exc:
             raise ResultsError(f"results {path}: metadata loadforge.{key} is not JSON "
                                f"({exc})") from None
@@ -682,7 +682,7 @@ def _check_json_metadata(path: str, meta: dict[str, str]) -> None:
         if not isinstance(value, kind):
             raise ResultsError(f"results {path}: metadata loadforge.{key} is not a JSON "
                                f"{'object' if kind is dict else 'array'}")
-        if key == "stages" and not all(isinstance(v, dict) for v in value):
+        if isinstance(value, list) and not all(isinstance(v, dict) for v in value):
             raise ResultsError(f"results {path}: metadata loadforge.stages is not an array of "
                                "objects")
 

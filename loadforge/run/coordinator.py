@@ -53,6 +53,7 @@ from loadforge.run.workers import (
     decode_done,
     decode_done_tls,
     decode_interval,
+    failure_words,
     fd_limit,
 )
 
@@ -1095,8 +1096,7 @@ def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: lis
                 done[i] = True
                 agg.note_done(msg, stop)
             elif tag == FAILED:
-                last = (msg[1:].decode(errors="replace").strip().splitlines() or ["?"])[-1]
-                raise WorkerCrashed(f"worker {i} failed: {last}")
+                raise WorkerCrashed(f"worker {i} failed: {failure_words(msg[1:])}")
         for i in range(len(done)):
             if not done[i] and pool.exitcode(i) is not None and not ready and not stop.hard:
                 raise WorkerCrashed(f"worker {i} exited unexpectedly "

@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import queue
+import re
 import resource
 import signal
 import socket
@@ -369,6 +370,21 @@ def run_flows(spec: WorkerSpec, channel: Connection) -> None:
     channel.send_bytes(done_message(feeds.exhausted if feeds is not None else None))
 
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit): (.+)$")
+
+
+def failure_words(report: bytes) -> str:
+    """A failed worker's traceback (its FAILED message) as one line a user can act on: the
+    last line's message, without the exception's class name; an allocation that failed said
+    as what to change."""
+    last = (report.decode(errors="replace").strip().splitlines() or ["?"])[-1].strip()
+    if last.split(":", 1)[0].endswith("MemoryError"):
+        return ("out of memory: the engine's connection, stream and buffer tables did not fit; "
+                "lower --connections (or --streams, or the body size), or use more workers")
+    match = _EXCEPTION_LINE.match(last)
+    return match.group(1) if match else last
+
+
 def worker_main() -> None:
     """A worker process: `python -c "from loadforge.run.workers import worker_main; worker_main()"
     FD`, with FD its end of the socket pair to the coordinator."""
@@ -480,8 +496,8 @@ class WorkerPool:
                 except (EOFError, OSError):
                     raise WorkerCrashed(f"worker {i} exited while starting") from None
                 if msg[:1] == FAILED:
-                    last = msg[1:].decode(errors="replace").strip().splitlines() or ["?"]
-                    raise WorkerCrashed(f"worker {i} failed to start: {last[-1]}")
+                    raise WorkerCrashed(f"worker {i} failed to start: "
+                                        f"{failure_words(msg[1:])}")
                 if msg[:1] == READY:
                     pending.discard(i)
             if time.monotonic() > limit:
