@@ -16,6 +16,8 @@ RELATIVE_HINT = "paths are relative to the profile's folder"
 
 def check_regular(path: str, where: str, hint: str = "") -> None:
     """A ProfileError naming `path` unless it is a regular file (symbolic links followed)."""
+    if "\0" in path:
+        raise ProfileError(f"{where}: the path {path!r} holds a NUL byte")
     try:
         st = os.stat(path)
     except OSError as e:

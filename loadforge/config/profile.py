@@ -364,9 +364,11 @@ def _target(check: _Checker, value: Any, path: str = "target", *,
     shown = show_value(redact_url(target))
     if not _PRINTABLE.fullmatch(target) or " " in target:
         check.fail(path, f"{expected} (printable ASCII, no spaces), got {shown}")
-    parts = urlsplit(target)
     try:
-        parts.port  # noqa: B018 -- urlsplit checks the port only when asked
+        # urlsplit itself refuses an unbalanced "[" (an IPv6 literal); the port it checks
+        # only when asked.
+        parts = urlsplit(target)
+        parts.port  # noqa: B018
     except ValueError:
         check.fail(path, f"{expected} with a valid port, got {shown}")
     if parts.scheme not in ("http", "https") or not parts.hostname:

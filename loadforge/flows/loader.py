@@ -182,7 +182,7 @@ except InputError as exc:
 """
 
 
-def load_checked(path: str, timeout_s: float = IMPORT_TIMEOUT_S) -> FlowModule:
+def load_checked(path: str, timeout_s: float | None = None) -> FlowModule:
     """load(), after importing the module once in a child process with a deadline: a module
     that never finishes importing (`while True: pass`), blocks on input or ends the process
     (`os._exit`) is exit 2 naming the file, and the coordinator is never stuck in it."""
@@ -190,6 +190,7 @@ def load_checked(path: str, timeout_s: float = IMPORT_TIMEOUT_S) -> FlowModule:
 
     label = _label(path)
     check_regular(path, label)
+    timeout_s = IMPORT_TIMEOUT_S if timeout_s is None else timeout_s
     try:
         done = subprocess.run([sys.executable, "-c", _CHECK_CODE, path],
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s,

@@ -560,6 +560,8 @@ def headline_row(row: dict[str, Any], has_ok_rows: bool, error_outcomes: set[str
 def check_regular_file(path: str, what: str = "results") -> None:
     """A ResultsError unless `path` is a regular file (through symlinks): a FIFO or a device
     would block the reader, or never end."""
+    if "\0" in path:
+        raise ResultsError(f"{what} {path!r}: the path holds a NUL byte")
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -584,7 +586,8 @@ def _read_metadata(path: str) -> dict[str, str]:
         footer = pq.read_metadata(path)
     except PermissionError as exc:
         raise ResultsError(f"results {path}: cannot read ({exc.strerror})") from exc
-    except (pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        # A damaged footer can fail in decoding too (UnicodeDecodeError is a ValueError).
         raise ResultsError(f"results {path}: not a Parquet file ({exc})") from exc
     raw = footer.metadata or {}
     meta: dict[str, str] = {}
@@ -619,12 +622,17 @@ def read_result(path: str) -> Result:
         # One file: ParquetFile reads it without pyarrow.dataset (and pyarrow.compute).
         with pq.ParquetFile(path) as pf:
             table = pf.read()
-    except (pa.ArrowException, OSError) as exc:
-        raise ResultsError(f"results {path}: unreadable Parquet data ({exc})") from exc
+        # Strings that are not UTF-8, offsets out of range: found once here, not as a
+        # UnicodeDecodeError in whichever fold converts the column first.
+        table.validate(full=True)
+    except (pa.ArrowException, OSError, ValueError, MemoryError) as exc:
+        # A damaged page may claim any size: MemoryError is a damaged file too.
+        raise ResultsError(f"results {path}: unreadable Parquet data "
+                           f"({exc or type(exc).__name__})") from exc
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise ResultsError(f"results {path}: missing required columns {', '.join(missing)}")
-    _check_column_types(path, table.schema)
+    _check_column_types(path, table)
     _check_json_metadata(path, meta)
     labels = json.loads(meta.get("labels", "{}"))
     run_id = meta.get("run_id", "")
@@ -639,12 +647,14 @@ def read_result(path: str) -> Result:
     )
 
 
-def _check_column_types(path: str, schema: pa.Schema) -> None:
+def _check_column_types(path: str, table: pa.Table) -> None:
     """The columns every reader folds have the types the writer gives them: a `count` of
     strings is a file this loadforge did not write, said once here, not as a ValueError deep
     in a fold."""
     pa, _ = _arrow()
+    schema = table.schema
     expected = {name: dtype for name, dtype, _ in _BASE_FIELDS}
+    nullable = {name: can for name, _, can in _BASE_FIELDS}
     for name in REQUIRED_COLUMNS + ("scheduled", "unsent", "value", "connect_hdr", "tls_hdr",
                                     "backend", "shard"):
         if name not in schema.names:
@@ -659,6 +669,9 @@ def _check_column_types(path: str, schema: pa.Schema) -> None:
         if not fits:
             raise ResultsError(f"results {path}: column {name} holds {got}, expected "
                                f"{expected[name]}: not a result this loadforge wrote")
+        if not nullable[name] and table.column(name).null_count:
+            raise ResultsError(f"results {path}: column {name} has empty (null) values: not a "
+                               "result this loadforge wrote")
 
 
 # Metadata values that hold JSON, and the type each must have: parsed once here, so that a

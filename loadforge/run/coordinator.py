@@ -116,7 +116,10 @@ class RunOutcome:
 
 
 def parse_target(url: str) -> Target:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:          # an unbalanced "[" (an IPv6 literal)
+        parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InputError(f"target {url}: expected an http:// or https:// URL such as "
                          "http://127.0.0.1:8080/")
