@@ -148,3 +148,10 @@ def test_a_good_result_still_lists(tmp_path):
     out = loadforge("ls", "--json", str(tmp_path), timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[0])["run_id"]
+
+
+def test_http2_to_an_http1_port_is_said_in_words(nginx, tmp_path):
+    out = loadforge("run", "--target", nginx.url + "/", "--http", "2", "--rate", "5",
+                    "--duration", "1s", "--quiet", "--out", str(tmp_path), timeout=60)
+    line = one_line(out, "the port does not speak HTTP/2", code=3)
+    assert "\\x" not in line and "Error" not in line          # no frame bytes, no class names
