@@ -263,6 +263,14 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
               "Service in place after the run.")
 @click.option("--dry-run", is_flag=True, help="With --launcher kubernetes: print the Job and "
               "Service (JSON) and exit, contacting no API.")
+@click.option("--metrics", "metrics_at", metavar="[HOST:]PORT", help="Serve Prometheus metrics "
+              "of the run at http://HOST:PORT/metrics while it runs [host: 127.0.0.1].")
+@click.option("--dashboard", "dashboard_at", metavar="[HOST:]PORT", help="Serve a live page of "
+              "the run at http://HOST:PORT/ (updated each interval) [host: 127.0.0.1].")
+@click.option("--stream", "stream_to", metavar="FILE|-", help="Write one JSON line per interval "
+              "as the run goes (and the summary as the last line); - for stdout.")
+@click.option("--linger", help="With --dashboard or --metrics: keep serving this long after "
+              "the run (e.g. 30s; Ctrl-C ends it sooner).")
 def run(profile: str | None, target: str | None, rate: float | None, concurrency: int | None,
         duration: str | None, connections: int | None, timeout: str | None,
         timer_resolution: str | None, requests_per_connection: int | None,
@@ -275,7 +283,9 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         launcher: str = "local", max_clock_offset: str = "50ms",
         shard_start_timeout: str | None = None, coordinator_address: str | None = None,
         namespace: str = "default", image: str | None = None, shard_cpu: str = "1",
-        shard_memory: str = "512Mi", keep: bool = False, dry_run: bool = False) -> None:
+        shard_memory: str = "512Mi", keep: bool = False, dry_run: bool = False,
+        metrics_at: str | None = None, dashboard_at: str | None = None,
+        stream_to: str | None = None, linger: str | None = None) -> None:
     """Run a load test: `loadforge run PROFILE` or `loadforge run --target URL --rate R
     --duration D`."""
     from dataclasses import replace
@@ -286,8 +296,10 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     from loadforge.config.tls import with_tls_flags
     from loadforge.present import summary
 
-    stdout_taken = _one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path))
+    stdout_taken = _one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path),
+                                      ("--stream", stream_to))
     _check_flags(target, rate, concurrency, connections, workers, bool(profile))
+    linger_s = _linger(linger, metrics_at, dashboard_at)
     objectives = parse_slo_flags(slos)
     if profile:
         if rate is not None or concurrency is not None or duration is not None:
@@ -336,6 +348,9 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     # command as Ctrl-C does: 128 + N, nothing half-written left behind.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupted)
+    # The live outputs' servers are daemon threads and the stream is flushed line by line:
+    # however the command ends, nothing of theirs is left to close.
+    live = _live_outputs(metrics_at, dashboard_at, stream_to, quiet, console)
     # With an output on stdout ("-"), stdout holds that alone: the tables go to stderr.
     tables = console if stdout_taken else Console()
     outcomes = []
@@ -353,7 +368,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
                            max_clock_offset_s=parse_duration(max_clock_offset,
                                                              "--max-clock-offset"),
                            kube=kube_opts)
-        outcome = runner.execute(plan, opts, console)
+        outcome = runner.execute(plan, opts, console, live)
         outcomes.append(outcome)
         try:
             if not quiet:
@@ -381,9 +396,37 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
             name = plan.name if repeat == 1 else f"{plan.name} repeat={i}"
             cases += junit.slo_cases(o.summary.get("slo", []), name)
         junit.write_junit(junit_path, f"loadforge run {plan.name}", cases)
+    if live is not None and linger_s > 0:
+        # Said even with --quiet: a command that does not return needs a reason on screen.
+        console.print(f"serving the final figures for {linger_s:g} s (Ctrl-C to stop)",
+                      highlight=False)
+        live.linger(linger_s)
+        live.close()
     # The most serious ending decides: could not run (3), interrupted (128+N), an SLO (1).
     codes = [o.exit_code for o in outcomes]
     sys.exit(next((c for c in codes if c not in (0, 1)), max(codes)))
+
+
+def _live_outputs(metrics_at: str | None, dashboard_at: str | None, stream_to: str | None,
+                  quiet: bool, console: Console) -> Any:
+    """--metrics, --dashboard and --stream (live/), listening before any load is sent."""
+    if metrics_at is None and dashboard_at is None and stream_to is None:
+        return None
+    from loadforge.live import LiveOutputs
+
+    live = LiveOutputs(metrics_at, dashboard_at, stream_to)
+    if not quiet:
+        for line in live.describe():
+            console.print(line, highlight=False, soft_wrap=True)
+    return live
+
+
+def _linger(linger: str | None, metrics_at: str | None, dashboard_at: str | None) -> float:
+    if linger is None:
+        return 0.0
+    if metrics_at is None and dashboard_at is None:
+        raise InputError("--linger applies only with --dashboard or --metrics")
+    return parse_duration(linger, "--linger", allow_zero=True, maximum=limits.MAX_RUN_S)
 
 
 def _kube_options(shards: int | None, launcher: str, start_timeout: str | None,
