@@ -610,3 +610,20 @@ def test_an_encrypted_client_key_takes_its_passphrase_from_the_environment(
     assert result["errors"] == 0 and served == result["requests"] + 1 > 1
     metadata = pq.read_metadata(result["result"]).metadata
     assert b"pass-2121" not in b"".join(metadata.values()) + summary.read_bytes()
+
+
+def test_key_password_env_names_a_set_variable(certs: Certs, monkeypatch) -> None:
+    from loadforge.config.tls import check_tls
+    from loadforge.errors import ProfileError
+
+    table = {"cert": certs.client_cert, "key": certs.client_key}
+    monkeypatch.delenv("LF_T21_UNSET", raising=False)
+    with pytest.raises(ProfileError, match="LF_T21_UNSET, which is not set"):
+        check_tls({**table, "key_password_env": "LF_T21_UNSET"}, "profile p.toml")
+    # The passphrase itself written in the profile is refused, and not repeated.
+    with pytest.raises(ProfileError, match="must be the name of an environment variable") as e:
+        check_tls({**table, "key_password_env": "hunter2 secret"}, "profile p.toml")
+    assert "hunter2" not in str(e.value)
+    monkeypatch.setenv("LF_T21_SET", "pw")
+    tls = check_tls({**table, "key_password_env": "LF_T21_SET"}, "profile p.toml")
+    assert tls.key_password() == "pw" and "pw" not in json.dumps(tls.describe())
