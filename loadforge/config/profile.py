@@ -239,8 +239,8 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                                check.where("actions"), sum(s.duration_s for s in stages))
     sandbox = _sandbox(check, top["sandbox"]) if "sandbox" in top else None
     tls = check_tls(top["tls"], check.label,
-                    os.path.dirname(os.path.abspath(path)) if path != "<profile>" else "") \
-        if "tls" in top else None
+                    os.path.dirname(os.path.abspath(path)) if path != "<profile>" else "",
+                    archived=archived) if "tls" in top else None
 
     return Plan(name=name, target=target, stages=stages, requests=requests,
                 connections=connections, workers=workers, timeout_s=timeout_s,

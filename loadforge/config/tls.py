@@ -134,13 +134,13 @@ def _file(where: str, value: Any, base: str) -> str:
     return os.path.abspath(path)
 
 
-def _password_env(where: str, value: Any) -> str:
+def _password_env(where: str, value: Any, must_be_set: bool = True) -> str:
     """The name of the environment variable with the key's passphrase: set, and a name (the
     passphrase itself written here would end up in the archived profile)."""
     if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
         raise _fail(where, "must be the name of an environment variable such as "
                            f"\"CLIENT_KEY_PASSWORD\", got {'a value' if isinstance(value, str) else repr(value)}")
-    if value not in os.environ:
+    if must_be_set and value not in os.environ:
         raise _fail(where, f"names the environment variable {value}, which is not set")
     return value
 
@@ -153,7 +153,7 @@ def _server_name(where: str, value: Any) -> str:
                        f"got {value!r}")
 
 
-def check_tls(table: Any, label: str, base: str = "") -> TLS:
+def check_tls(table: Any, label: str, base: str = "", archived: bool = False) -> TLS:
     """A profile's [tls] table -> TLS; `label` starts messages ("profile spike.toml:"), `base`
     is the directory relative file paths are read from (the profile's)."""
     if not isinstance(table, dict):
@@ -167,8 +167,10 @@ def check_tls(table: Any, label: str, base: str = "") -> TLS:
     if tls.key and not tls.cert:
         raise _fail(f"{label}: tls.key", "needs tls.cert, the certificate it belongs to")
     if "key_password_env" in table:
+        # An archived profile is read where its environment is not: the name alone is checked.
         tls = replace(tls, key_password_env=_password_env(f"{label}: tls.key_password_env",
-                                                          table["key_password_env"]))
+                                                          table["key_password_env"],
+                                                          must_be_set=not archived))
     if "server_name" in table:
         tls = replace(tls, server_name=_server_name(f"{label}: tls.server_name",
                                                     table["server_name"]))
