@@ -30,7 +30,8 @@ in `Options`):
 Every option works in every mode (say `delay` with `reset`). `length_lie=N` announces a
 `content-length` N bytes over the body it sends: a malformed response (RFC 9113 8.1.1) that the
 client must reject. A request's query may ask for
-`size=N` (body bytes) and `delay=MS`. `counts()` says what the server accepted and did, so a test
+`size=N` (body bytes) and `delay=MS`. `grpc_status="5"` ends every stream with trailers holding
+that grpc-status after the body (`x` bytes: no valid gRPC message framing unless empty). `counts()` says what the server accepted and did, so a test
 can reconcile it with what the client saw: connections, opened (requests received), answered
 (response ended), reset ({code: n}), refused_goaway, over_limit, client_reset, request_bytes,
 pings_sent, ping_acks, goaways_sent, settings_sent, protocol_errors and frames_sent ({frame
@@ -85,6 +86,7 @@ class Options:
     lowered_streams: int = 1
     reset_codes: Sequence[int | None] = ()
     length_lie: int = 0                             # content-length this much over the body
+    grpc_status: str = ""                           # trailers with this grpc-status end streams
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -439,15 +441,18 @@ class _Connection(asyncio.Protocol):
                 limit = self.conn.remote_settings.header_table_size
                 encoder.header_table_size = 0         # empties the dynamic table ...
                 encoder.header_table_size = limit     # ... and gives its room back
-        self.conn.send_headers(sid, headers, end_stream=size == 0)
+        trailers = [(b"grpc-status", o.grpc_status.encode())] if o.grpc_status else None
+        self.conn.send_headers(sid, headers, end_stream=size == 0 and trailers is None)
         if size == 0:
+            if trailers is not None:
+                self.conn.send_headers(sid, trailers, end_stream=True)
             self.done(sid)
             return
         self.unsent[sid] = b"x" * size
         self.send_body(sid)
 
     def send_body(self, sid: int) -> None:
-        conn = self.conn
+        conn, o = self.conn, self.o
         body = self.unsent[sid]
         try:
             while body:
@@ -456,8 +461,11 @@ class _Connection(asyncio.Protocol):
                 if n <= 0:
                     self.unsent[sid] = body
                     return
-                conn.send_data(sid, body[:n], end_stream=n == len(body))
+                conn.send_data(sid, body[:n], end_stream=n == len(body) and not o.grpc_status)
                 body = body[n:]
+            if o.grpc_status:
+                conn.send_headers(sid, [(b"grpc-status", o.grpc_status.encode())],
+                                  end_stream=True)
         except h2.exceptions.ProtocolError:
             self.forget(sid)
             return

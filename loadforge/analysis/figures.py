@@ -33,6 +33,8 @@ from loadforge.analysis import noise
 from loadforge.config.plan import (
     ERROR_KINDS,
     FLOW_PREFIX,
+    GRPC_OUTCOMES,
+    GRPC_PREFIX,
     HTTP2_ERROR_KINDS,
     OUTCOMES,
     STATUS_OUTCOMES,
@@ -132,7 +134,7 @@ def stats_block(
     failures = sum(counts[o] for o in ERROR_KINDS)
     errors = failures + sum(counts[o] for o in fail_status if o in STATUS_OUTCOMES)
     sent = requests + failures
-    return {
+    block = {
         "scheduled": int(scheduled),
         "requests": requests,
         "errors": errors,
@@ -157,6 +159,11 @@ def stats_block(
         # The share of its core each worker used (None where not measured).
         "worker_cpu": None if worker_cpu is None else round(worker_cpu, 3),
     }
+    if any(counts[o] for o in GRPC_OUTCOMES):
+        # gRPC calls by grpc-status (DESIGN.md): OK and every code that was seen
+        block["grpc_status"] = {o[len(GRPC_PREFIX):]: counts[o] for o in GRPC_OUTCOMES
+                                if counts[o] or o == GRPC_OUTCOMES[0]}
+    return block
 
 
 # -- the fold of a scope's rows ------------------------------------------------------------------

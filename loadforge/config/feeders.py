@@ -43,7 +43,7 @@ import re
 import struct
 import tempfile
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate, islice
 from typing import Any
@@ -97,6 +97,9 @@ class Template:
     headers: tuple[tuple[str, Parts], ...]
     body: Parts
     json_body: bool = False    # the body is JSON (is_json_body): slots in its strings escaped
+    # A body whose one slot is encoded by this callable (value -> bytes) instead, as a view
+    # of its own: a gRPC call's whole message per row (config/grpc.py MessageEncoding).
+    body_encoder: Callable[[str], bytes] | None = None
 
 
 @dataclass
@@ -246,6 +249,13 @@ def is_json_body(content_type: str | None, body_file: str | None) -> bool:
 
 
 _JSON_QUOTE = re.compile(rb'["\\]')
+
+
+def template_body_encodings(tpl: Template) -> list[Any]:
+    """body_encodings of a template's body; with a body_encoder, that for every part."""
+    if tpl.body_encoder is not None:
+        return [tpl.body_encoder] * len(tpl.body)
+    return body_encodings(tpl.body, tpl.json_body)
 
 
 def body_encodings(body: Parts, json_body: bool) -> list[str]:
@@ -429,10 +439,14 @@ def json_string(value: str) -> bytes:
         return json.dumps(value)[1:-1].encode()
 
 
-def _encode_column(values: tuple[str, ...], encoding: str, feeder: str, column: str,
+def _encode_column(values: tuple[str, ...], encoding: Any, feeder: str, column: str,
                    before: int, where: str) -> tuple[bytes, list[int]]:
     """A chunk of one column in one encoding: its bytes, concatenated, and each value's
-    length. Checked over the whole chunk at once; value by value only when it must be."""
+    length. Checked over the whole chunk at once; value by value only when it must be.
+    An encoding that is a callable (Template.body_encoder) makes each value's bytes."""
+    if callable(encoding):
+        made = [encoding(v) for v in values]
+        return b"".join(made), list(map(len, made))
     joined = "".join(values)
     if encoding == HEADER and not _PRINTABLE_TEXT.fullmatch(joined):
         i = next(i for i, v in enumerate(values) if not _PRINTABLE_TEXT.fullmatch(v))
@@ -529,7 +543,7 @@ def _compile_views(feeders: tuple[Feeder, ...], templates: list[Template | None]
     for tpl in templates:
         if tpl is None:
             continue
-        for parts, encs in [(tpl.path, PATH), (tpl.body, body_encodings(tpl.body, tpl.json_body)),
+        for parts, encs in [(tpl.path, PATH), (tpl.body, template_body_encodings(tpl)),
                             *[(p, HEADER) for _, p in tpl.headers]]:
             for i, p in enumerate(parts):
                 enc = encs if isinstance(encs, str) else encs[i]
@@ -590,7 +604,7 @@ def compile_templates(feeders: tuple[Feeder, ...], templates: list[Template | No
             size += emit(("\r\n",), RAW)
         body_from = len(segs)
         body: list[tuple[Any, ...]] = []      # not merged into the head's last literal
-        size += _emit(body, tpl.body, body_encodings(tpl.body, tpl.json_body), view_of,
+        size += _emit(body, tpl.body, template_body_encodings(tpl), view_of,
                       out.tables)
         segs += body
         if size > MAX_TEMPLATE_BYTES:
@@ -645,7 +659,7 @@ def compile_h2_templates(feeders: tuple[Feeder, ...], templates: list[Template |
         body_from = len(segs)
         if tpl.body:
             body: list[tuple[Any, ...]] = []
-            size += _emit(body, tpl.body, body_encodings(tpl.body, tpl.json_body), view_of,
+            size += _emit(body, tpl.body, template_body_encodings(tpl), view_of,
                           out.tables)
             parts.append((-1, len(segs), len(segs) + len(body)))
             segs += body
@@ -657,7 +671,7 @@ def compile_h2_templates(feeders: tuple[Feeder, ...], templates: list[Template |
     return out
 
 
-def _emit(segs: list[tuple[Any, ...]], parts: Parts, enc: str | list[str],
+def _emit(segs: list[tuple[Any, ...]], parts: Parts, enc: Any,
           view_of: dict[tuple[str, str, str], tuple[int, int]], tables: list[Table]) -> int:
     """Append parts as engine segments (adjacent literals merged); returns their largest
     size. `enc`: the slots' encoding, or each part's."""

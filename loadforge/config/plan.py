@@ -15,13 +15,21 @@ from loadforge.config.tls import TLS
 
 # Outcomes of one arrival, in the order the engine numbers them. Status classes are responses,
 # the rest are transport failures (no response).
+# gRPC status codes by number (grpc/doc/statuscodes.md): a gRPC call's outcome is
+# "grpc:<CODE>" of its grpc-status, a response like the status classes.
+GRPC_CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+              "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+              "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+              "UNAUTHENTICATED")
+GRPC_PREFIX = "grpc:"
+GRPC_OUTCOMES = tuple(GRPC_PREFIX + code for code in GRPC_CODES)
 OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "connect", "timeout", "reset", "protocol",
-            "stream_reset", "goaway", "flow_control")
-STATUS_OUTCOMES = OUTCOMES[:5]
+            "stream_reset", "goaway", "flow_control") + GRPC_OUTCOMES
+STATUS_OUTCOMES = OUTCOMES[:5] + GRPC_OUTCOMES
 DEFAULT_STREAMS = 100             # HTTP/2 streams per connection, as h2load -m 100
-ERROR_KINDS = OUTCOMES[5:]
+ERROR_KINDS = OUTCOMES[5:12]
 # Stream-level failures of HTTP/2: shown (summary, report) in HTTP/2 runs or when they happened.
-HTTP2_ERROR_KINDS = OUTCOMES[9:]
+HTTP2_ERROR_KINDS = OUTCOMES[9:12]
 # The name prefix of a scripted flow's own rows ("flow:checkout"): named rows only, outside
 # the totals and headline latency (which are the steps'); no [[requests]] name may take it.
 FLOW_PREFIX = "flow:"

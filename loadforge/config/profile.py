@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 
 from loadforge import limits
 from loadforge.config import feeders as feeders_module
+from loadforge.config import grpc as grpc_module
 from loadforge.config.files import read_regular
 from loadforge.config.observe import validate_actions, validate_observe
 from loadforge.config.plan import (
@@ -65,7 +66,7 @@ from loadforge.limits import MAX_LATENCY_OBJECTIVE_S
 from loadforge.units import parse_duration, parse_percent, show_value
 
 TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox",
-            "feeders", "tls", "flows", "redact")
+            "feeders", "tls", "flows", "grpc", "redact")
 LOAD_KEYS = ("connections", "workers", "timeout", "fail_status", "timer_resolution",
              "requests_per_connection", "http", "streams")
 HTTP_VERSIONS = ("1.1", "2")
@@ -165,6 +166,15 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
     http = load.get("http", "1.1")
     if http not in HTTP_VERSIONS:
         check.fail("load.http", f'must be "1.1" or "2" (a string), got {http!r}')
+    grpc_calls = [i for i, r in enumerate(top.get("requests", []))
+                  if isinstance(r, dict) and "grpc" in r] \
+        if isinstance(top.get("requests", []), list) else []
+    if grpc_calls:
+        # gRPC runs over HTTP/2 only: h2c by prior knowledge, or h2 by ALPN over TLS
+        if load.get("http", "2") != "2":
+            check.fail(f"requests[{grpc_calls[0]}].grpc", 'is a gRPC call, which needs HTTP/2: '
+                                                         'remove load.http or set it to "2"')
+        http = "2"
     streams = check.integer(load.get("streams", DEFAULT_STREAMS), "load.streams", minimum=1,
                             maximum=limits.MAX_STREAMS)
     if "streams" in load and http != "2":
@@ -196,12 +206,17 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                        "each closed-model user holds a connection; raise load.connections")
 
     feeders = feeders_module.parse_feeders(check, top.get("feeders", []), path)
+    grpc = grpc_module.parse_grpc(check.label, top["grpc"], path, archived) \
+        if "grpc" in top else None
     templates: tuple[feeders_module.Template | None, ...] = ()
     secrets: list[str] = []
     if "requests" in top:
         raw_requests = check.array_of_tables(top["requests"], "requests", nonempty=True,
                                              maximum=limits.MAX_REQUESTS)
         pairs = [_request(check, raw, i, feeders, path, None if archived else secrets)
+                 if "grpc" not in raw else
+                 _grpc_request(check, raw, i, grpc, timeout_s, feeders, path,
+                               None if archived else secrets)
                  for i, raw in enumerate(raw_requests)]
         requests = tuple(r for r, _ in pairs)
         if any(t is not None for _, t in pairs):
@@ -244,6 +259,8 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                     os.path.dirname(os.path.abspath(path)) if path != "<profile>" else "",
                     archived=archived) if "tls" in top else None
 
+    if grpc is not None and grpc_calls:
+        fail_status = fail_status + grpc.fail_status
     return Plan(name=name, target=target, stages=stages, requests=requests,
                 connections=connections, workers=workers, timeout_s=timeout_s,
                 fail_status=fail_status, timer_resolution_s=timer_resolution_s,
@@ -530,6 +547,30 @@ def _request(check: _Checker, raw: dict[str, Any], i: int,
         secrets += found
     return Request(name=name, method=method.upper(), path=target_path, headers=headers,
                    body=body, weight=weight), template
+
+
+def _grpc_request(check: _Checker, raw: dict[str, Any], i: int,
+                  grpc: grpc_module.GrpcConfig | None, timeout_s: float,
+                  feeders: tuple[feeders_module.Feeder, ...], profile_path: str,
+                  secrets: list[str] | None,
+                  ) -> tuple[Request, feeders_module.Template | None]:
+    """A gRPC call (config/grpc.py): validated as the POST request it is, its body the
+    encoded message; feeder slots in its metadata are templated as a request's headers are."""
+    entry, body, slot = grpc_module.grpc_request(check.label, raw, i, grpc, timeout_s, feeders,
+                                                 [] if secrets is None else secrets)
+    request, template = _request(check, entry, i, feeders, profile_path, secrets)
+    if slot is not None:
+        # the body: the message encoded per row of the slot's feeder column
+        feeder, column, encoding = slot
+        if template is None:
+            template = feeders_module.Template(
+                path=(request.path,), headers=tuple((k, (v,)) for k, v in request.headers
+                                                    if k.lower() != "host"), body=())
+        template = replace(template, body=(feeders_module.Slot(feeder, column),),
+                           body_encoder=encoding)
+    elif template is not None:
+        template = replace(template, body=(body,))
+    return replace(request, body=body), template
 
 
 def parse_slo_flags(values: Iterable[str]) -> dict[str, float]:

@@ -32,7 +32,7 @@ cdef void record_arrival(Engine self, int stage, int request, int64_t intended_n
     cdef int slot = 0
     cdef int index
     cdef Cell* cell
-    if self.nslots > 1 and outcome < O_CONNECT:
+    if self.nslots > 1 and (outcome < O_CONNECT or outcome >= O_GRPC):
         slot = backend_slot(self, capture, capture_len)
     index = ((stage * self.nreq + request) * N_OUTCOMES + outcome) * self.nslots + slot
     cell = self.cells[index]

@@ -242,6 +242,15 @@ cdef struct H2Stream:    # one slot of a connection's stream table
     int64_t body_len
     int64_t body_sent
     int64_t received     # response bytes: body, and header names and values
+    # gRPC (H2Engine.grpc): the grpc-status seen (-1 none, -2 not a number), and the walk
+    # over the response's length-prefixed messages: bytes of the 5-byte prefix read so far,
+    # the message length it gives, the message bytes still to come; grpc_bad: a prefix
+    # whose compressed flag is neither 0 nor 1
+    int grpc_status
+    int grpc_prefix
+    uint32_t grpc_len
+    uint32_t grpc_left
+    int grpc_bad
     int capture_len
     char capture[CAPTURE_MAX]
 
@@ -292,6 +301,7 @@ cdef struct H2Engine:
     int* nv_first
     int* nv_count
     int64_t* response_max   # per request: most response bytes seen, -1 before the first
+    int* grpc            # per request: 1 for a gRPC call (content-type application/grpc)
     const char** body
     Py_ssize_t* body_len
     H2Part* parts        # every templated request's parts, one after the other

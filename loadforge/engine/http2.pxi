@@ -61,6 +61,7 @@ cdef int h2_setup(Engine self, list requests, int streams) except -1:
     h.body = <const char**>calloc(self.nreq, sizeof(char*))
     h.body_len = <Py_ssize_t*>calloc(self.nreq, sizeof(Py_ssize_t))
     h.response_max = <int64_t*>malloc(self.nreq * sizeof(int64_t))
+    h.grpc = <int*>calloc(self.nreq, sizeof(int))
     h.conns = <H2Conn*>calloc(self.nconns, sizeof(H2Conn))
     h.slots = <H2Stream*>calloc(nslots, sizeof(H2Stream))
     h.free_all = <int32_t*>calloc(nslots, sizeof(int32_t))
@@ -73,7 +74,8 @@ cdef int h2_setup(Engine self, list requests, int streams) except -1:
     if (h.nva == NULL or h.nv_first == NULL or h.nv_count == NULL or h.body == NULL
             or h.parts == NULL or h.part_first == NULL or h.part_count == NULL
             or h.body_len == NULL or h.conns == NULL or h.slots == NULL or h.free_all == NULL
-            or h.dirty_list == NULL or h.pending == NULL or h.response_max == NULL):
+            or h.dirty_list == NULL or h.pending == NULL or h.response_max == NULL
+            or h.grpc == NULL):
         raise MemoryError()
     for i in range(self.nreq):
         h.response_max[i] = -1
@@ -108,6 +110,10 @@ cdef int h2_setup(Engine self, list requests, int streams) except -1:
             nv.valuelen = PyBytes_GET_SIZE(value)
             nv.flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE
             k += 1
+            # A gRPC call is an HTTP/2 request of this content type (config/grpc.py); its
+            # outcome is its grpc-status rather than its HTTP status class.
+            if name == b"content-type" and value.startswith(b"application/grpc"):
+                h.grpc[i] = 1
         body = bytes(body)
         self._keep.append(body)
         h.body[i] = PyBytes_AS_STRING(body)
@@ -141,6 +147,7 @@ cdef void h2_free(Engine self) noexcept:
     free(<void*>h.body)
     free(h.body_len)
     free(h.response_max)
+    free(h.grpc)
     free(h.conns)
     free(h.slots)
     free(h.free_all)
@@ -365,6 +372,10 @@ cdef int h2_submit(Engine self, int ci, int stage, int request, int64_t intended
     s.body_sent = 0
     s.received = 0
     s.capture_len = 0
+    s.grpc_status = -1
+    s.grpc_prefix = 0
+    s.grpc_left = 0
+    s.grpc_bad = 0
     s.seq = seq
     s.closed = closed
     s.body = h.body[request]
@@ -450,7 +461,8 @@ cdef inline void h2_settle(Engine self, H2Stream* s, int outcome) noexcept:
     s.state = S_ENDED
     self.eventful -= s.big
     s.big = 0
-    if outcome < O_CONNECT and s.received > self.h2.response_max[s.request]:
+    if (outcome < O_CONNECT or outcome >= O_GRPC) \
+            and s.received > self.h2.response_max[s.request]:
         self.h2.response_max[s.request] = s.received
 
 
@@ -597,6 +609,9 @@ cdef int h2_on_header(nghttp2_session* session, const nghttp2_frame* frame, cons
                 s.status = status
         return 0
     self = <Engine>hc.engine
+    if namelen == 11 and self.h2.grpc[s.request] and memcmp(name, b"grpc-status", 11) == 0:
+        s.grpc_status = grpc_code(value, valuelen)
+        return 0
     if self.names.length[H_CAPTURE] > 0 and namelen == <size_t>self.names.length[H_CAPTURE] \
             and memcmp(name, self.names.name[H_CAPTURE], namelen) == 0:
         if valuelen > CAPTURE_MAX:
@@ -635,10 +650,53 @@ cdef int h2_on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
 
 cdef int h2_on_data_chunk(nghttp2_session* session, uint8_t flags, int32_t stream_id,
                           const uint8_t* data, size_t length, void* user_data) noexcept:
+    cdef H2Conn* hc = <H2Conn*>user_data
     cdef H2Stream* s = <H2Stream*>lf_ng.get_stream_user_data(session, stream_id)
     if s != NULL:
         s.received += length
+        if s.state == S_OPEN and (<Engine>hc.engine).h2.grpc[s.request]:
+            grpc_walk(s, data, length)
     return 0
+
+
+cdef inline int grpc_code(const uint8_t* value, size_t n) noexcept:
+    """grpc-status as a code: a decimal number; one above 16 is UNKNOWN (2), as gRPC's own
+    clients read it; -2 when it is not a number."""
+    cdef size_t i
+    cdef int code = 0
+    if n == 0 or n > 3:
+        return -2 if n == 0 or value[0] < 48 or value[0] > 57 else 2
+    for i in range(n):
+        if value[i] < 48 or value[i] > 57:
+            return -2
+        code = code * 10 + (value[i] - 48)
+    return code if code < GRPC_CODES else 2
+
+
+cdef inline void grpc_walk(H2Stream* s, const uint8_t* data, size_t length) noexcept:
+    """Follow a gRPC response body through its length-prefixed messages (a compressed flag
+    byte, a 4-byte big-endian length, the message), without keeping any of it: the stream
+    must end on a message boundary, each flag 0 or 1."""
+    cdef size_t i = 0, take
+    while i < length:
+        if s.grpc_left > 0:
+            take = length - i
+            if take > s.grpc_left:
+                take = s.grpc_left
+            s.grpc_left -= <uint32_t>take
+            i += take
+            continue
+        if s.grpc_prefix == 0:
+            if data[i] > 1:
+                s.grpc_bad = 1
+            s.grpc_len = 0
+        else:
+            s.grpc_len = (s.grpc_len << 8) | data[i]
+        s.grpc_prefix += 1
+        i += 1
+        if s.grpc_prefix == 5:
+            s.grpc_prefix = 0
+            s.grpc_left = s.grpc_len
 
 
 cdef int h2_on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
@@ -662,6 +720,8 @@ cdef int h2_on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_
     if error_code == NGHTTP2_NO_ERROR and s.status >= 100:
         outcome = status_outcome(s.status)
         end = self.h2.rx_ns if self.h2.rx_ns > s.sent_ns else s.sent_ns
+        if self.h2.grpc[s.request]:
+            outcome = grpc_outcome(s, outcome)
     elif error_code == NGHTTP2_FLOW_CONTROL_ERROR:
         outcome = O_FLOW_CONTROL
     elif error_code == NGHTTP2_NO_ERROR or not s.peer_reset:
@@ -676,6 +736,18 @@ cdef int h2_on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_
     h2_done(self, s.stage, s.request, s.intended_ns, s.sent_ns, s.capture, s.capture_len,
             outcome, end, now)
     return 0
+
+
+cdef inline int grpc_outcome(H2Stream* s, int http_outcome) noexcept:
+    """A gRPC call's outcome once its stream ended cleanly: its grpc-status (trailers, or the
+    headers of a trailers-only response); without one, a non-200 answer keeps its status
+    class (a proxy's 502) and a 200 is a protocol error (no trailers), as is a status that is
+    not a number or a body that does not end on a message boundary."""
+    if s.grpc_status == -1:
+        return O_PROTOCOL if s.status == 200 else http_outcome
+    if s.grpc_status < 0 or s.grpc_bad or s.grpc_prefix != 0 or s.grpc_left != 0:
+        return O_PROTOCOL
+    return O_GRPC + s.grpc_status
 
 
 cdef ssize_t h2_read_body(nghttp2_session* session, int32_t stream_id, uint8_t* buf,

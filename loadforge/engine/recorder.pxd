@@ -16,7 +16,29 @@ cdef enum Outcome:
     O_STREAM_RESET       # HTTP/2: the server reset the stream (RST_STREAM)
     O_GOAWAY             # HTTP/2: not processed before a GOAWAY, and already retried once
     O_FLOW_CONTROL       # HTTP/2: timed out with the request body held by a closed window
+    # gRPC calls (HTTP/2 streams of content-type application/grpc): the call's grpc-status,
+    # O_GRPC + code for codes 0 (OK) to 16 (UNAUTHENTICATED); responses, like the status classes
+    O_GRPC
+    O_GRPC_1             # CANCELLED
+    O_GRPC_2             # UNKNOWN
+    O_GRPC_3             # INVALID_ARGUMENT
+    O_GRPC_4             # DEADLINE_EXCEEDED
+    O_GRPC_5             # NOT_FOUND
+    O_GRPC_6             # ALREADY_EXISTS
+    O_GRPC_7             # PERMISSION_DENIED
+    O_GRPC_8             # RESOURCE_EXHAUSTED
+    O_GRPC_9             # FAILED_PRECONDITION
+    O_GRPC_10            # ABORTED
+    O_GRPC_11            # OUT_OF_RANGE
+    O_GRPC_12            # UNIMPLEMENTED
+    O_GRPC_13            # INTERNAL
+    O_GRPC_14            # UNAVAILABLE
+    O_GRPC_15            # DATA_LOSS
+    O_GRPC_16            # UNAUTHENTICATED
     N_OUTCOMES
+
+cdef enum:
+    GRPC_CODES = 17
 
 # HdrHistogram layout for lowest 1, highest 3_600_000_000 (1 h in µs), 3 significant digits.
 cdef enum:

@@ -31,7 +31,7 @@ from loadforge.analysis.figures import (
     run_figures,
     stages_of,
 )
-from loadforge.config.plan import HTTP2_ERROR_KINDS, OUTCOMES
+from loadforge.config.plan import GRPC_OUTCOMES, HTTP2_ERROR_KINDS, OUTCOMES
 from loadforge.results import histogram
 from loadforge.results.store import Result
 
@@ -115,9 +115,10 @@ def _run_series(run: RunFigures) -> dict[str, Any]:
         "stages": [s.name for s in run.stages],
         "spectra": spectra,
         "summary": summary,
-        # HTTP/2's stream-level kinds are listed when they happened
+        # HTTP/2's stream-level kinds and gRPC codes are listed when they happened
         "outcomes": {outcome: whole.outcomes.get(outcome, 0) for outcome in OUTCOMES
-                     if whole.outcomes.get(outcome, 0) or outcome not in HTTP2_ERROR_KINDS},
+                     if whole.outcomes.get(outcome, 0)
+                     or (outcome not in HTTP2_ERROR_KINDS and outcome not in GRPC_OUTCOMES)},
         "requests_by_name": {name: name_block(*entry) for name, entry in whole.by_name.items()},
         "slo": _verdicts(result),
         "replicas": _replicas(result),

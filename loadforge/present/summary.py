@@ -23,7 +23,7 @@ from loadforge.analysis.figures import (  # noqa: F401  (the figures this module
     stats_block,
     unsent_cause,
 )
-from loadforge.config.plan import ERROR_KINDS, HTTP2_ERROR_KINDS
+from loadforge.config.plan import ERROR_KINDS, GRPC_CODES, HTTP2_ERROR_KINDS
 from loadforge.units import format_us
 
 # Reports arrive some milliseconds after their interval ends; past this the run was seen late.
@@ -159,6 +159,14 @@ def render_summary(
         )
         streams.add_row(stage_cell(name), *(f"{int(kinds.get(k, 0)):,}" for k in stream_kinds))
     console.print(responses)
+    # gRPC calls by grpc-status (their HTTP status is no status class): the codes seen
+    codes = [c for c in GRPC_CODES if any(c in block.get("grpc_status", {}) for _, block in scopes)]
+    if codes:
+        calls = table("gRPC calls by status", ("stage", *codes))
+        for name, block in scopes:
+            seen = block.get("grpc_status", {})
+            calls.add_row(stage_cell(name), *(f"{int(seen.get(c, 0)):,}" for c in codes))
+        console.print(calls)
     console.print(failures)
     if stream_kinds:
         console.print(streams)

@@ -212,6 +212,10 @@ def encode_h2_request(req: Request, host: str, prefix: str = "", scheme: str = "
 _BODY_HEADERS = ("content-type", "content-length", "transfer-encoding", "content-encoding")
 
 
+GRPC_CONTENT_TYPE = "application/grpc"
+GRPC_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
 def preflight_request(requests: tuple[Request, ...],
                       templates: tuple[Any, ...] = ()) -> tuple[Request, bool]:
     """What the preflight sends, and whether its status is judged (a 404 stops the run).
@@ -220,12 +224,21 @@ def preflight_request(requests: tuple[Request, ...],
     request sends a body or changes state) a GET of the first request's path without its body
     headers, whose status says nothing about that path and is not judged. Never a body, never
     a method that changes state: the preflight reaches the target outside the run's counts.
+    A gRPC run's (its first request a gRPC call) is the standard health check,
+    `grpc.health.v1.Health/Check` without a message, not judged: a gRPC server answers it
+    (UNIMPLEMENTED where it has no health service) where it resets a GET, which a proxy such
+    as nginx's grpc_pass would count against the backend and take it out of rotation.
     """
+    first = requests[0]
+    if any(k.lower() == "content-type" and v.startswith(GRPC_CONTENT_TYPE)
+           for k, v in first.headers):
+        return Request(first.name, "POST", GRPC_HEALTH_CHECK,
+                       (("content-type", GRPC_CONTENT_TYPE), ("te", "trailers")), b"",
+                       first.weight), False
     templated = [i < len(templates) and templates[i] is not None for i in range(len(requests))]
     for req, t in zip(requests, templated, strict=True):
         if req.method in ("GET", "HEAD") and not req.body and not t:
             return req, True
-    first = requests[0]
     if templated[0]:
         # Its path holds {feeder.column} slots: the target's root, without the feeder's
         # values, judged by nothing but being answered.
@@ -252,7 +265,7 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
             wrap = None if tls is None else _tls_wrapper(target, tls, negotiated)
             status = h2_status(target.address, target.port,
                                h2_headers(req, target.host, target.path, scheme),
-                               min(timeout_s, 5.0), wrap)
+                               min(timeout_s, 5.0), wrap, reset_answers=not judge_status)
         else:
             status = _preflight_status(target, req, min(timeout_s, 5.0), tls, negotiated)
     except ssl.SSLError as exc:

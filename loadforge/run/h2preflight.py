@@ -19,9 +19,12 @@ class H2PreflightError(OSError):
 
 def h2_status(address: str, port: int, headers: list[tuple[str, str]],
               timeout_s: float,
-              wrap: Callable[[socket.socket], socket.socket] | None = None) -> int:
+              wrap: Callable[[socket.socket], socket.socket] | None = None,
+              reset_answers: bool = False) -> int:
     """The status of one request (headers: pseudo-headers first), read to its end. wrap:
-    turns the connected socket into a TLS one (h2 negotiated by ALPN); None for h2c."""
+    turns the connected socket into a TLS one (h2 negotiated by ALPN); None for h2c.
+    reset_answers: a stream reset before any status is an answer too (status 0), as grpcio
+    resets the GET a gRPC run's unjudged preflight sends."""
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
                                                                 header_encoding="latin-1"))
     with socket.create_connection((address, port), timeout=timeout_s) as raw, \
@@ -60,6 +63,8 @@ def h2_status(address: str, port: int, headers: list[tuple[str, str]],
                 elif isinstance(event, h2.events.StreamEnded) and event.stream_id == sid:
                     return status
                 elif isinstance(event, h2.events.StreamReset) and event.stream_id == sid:
+                    if reset_answers:
+                        return status
                     raise H2PreflightError(f"the stream was reset ({event.error_code!r})")
                 elif isinstance(event, h2.events.ConnectionTerminated):
                     raise H2PreflightError(f"GOAWAY ({event.error_code!r})")

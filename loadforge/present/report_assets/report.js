@@ -266,6 +266,12 @@
     var kinds = KINDS.concat(STREAM_KINDS.filter(function (k) {
       return runs.some(function (r) { return (r.outcomes || {})[k] !== undefined; });
     }));
+    // gRPC calls' codes ("grpc:NOT_FOUND"), those any run had, in the order they were seen
+    runs.forEach(function (r) {
+      Object.keys(r.outcomes || {}).forEach(function (k) {
+        if (k.indexOf("grpc:") === 0 && kinds.indexOf(k) < 0) { kinds.push(k); }
+      });
+    });
     var rows = runs.map(function (r, i) {
       var o = r.outcomes || {};
       return [runCell(r, i)].concat(STATUS.concat(kinds).map(function (k) { return fmtCount(o[k]); }));
