@@ -48,6 +48,7 @@ cdef extern from "openssl/ssl.h" nogil:
     int SSL_CTX_set_default_verify_paths(SSL_CTX* ctx)
     int SSL_CTX_use_certificate_chain_file(SSL_CTX* ctx, const char* file)
     int SSL_CTX_use_PrivateKey_file(SSL_CTX* ctx, const char* file, int type)
+    void SSL_CTX_set_default_passwd_cb_userdata(SSL_CTX* ctx, void* u)
     int SSL_CTX_check_private_key(const SSL_CTX* ctx)
     long SSL_CTX_set_min_proto_version(SSL_CTX* ctx, int version)
     long SSL_CTX_set_max_proto_version(SSL_CTX* ctx, int version)

@@ -43,6 +43,16 @@ class Group(click.Group):
             where = exc.ctx.command_path if exc.ctx else "loadforge"
             print_error(f"{where}: {exc.format_message()} (see {where} --help)")
             sys.exit(EXIT_INPUT)
+        except RecursionError:
+            # Each parser that can meet deep nesting says so naming its file; this is the net
+            # under them, so that no input ends in a traceback.
+            print_error("the input is nested too deeply to read (arrays or tables within "
+                        "each other thousands deep)")
+            sys.exit(EXIT_INPUT)
+        except MemoryError:
+            print_error("out of memory: lower --connections, the number of requests or "
+                        "feeder rows, or give the machine more memory")
+            sys.exit(EXIT_RUN)
         except (KeyboardInterrupt, Interrupted) as exc:
             # Before a run began (or while its results were being written): nothing to keep.
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
@@ -218,6 +228,9 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
               "certificate chain (PEM) for mutual TLS (overrides tls.cert).")
 @click.option("--client-key", type=click.Path(dir_okay=False), help="https: the client "
               "certificate's private key (PEM), if not in --client-cert.")
+@click.option("--client-key-password-env", metavar="NAME", help="https: the environment "
+              "variable holding the client key's passphrase, if it is encrypted (overrides "
+              "tls.key_password_env).")
 @click.option("--server-name", help="https: SNI and the name the certificate must carry, when "
               "the target is an address (overrides tls.server_name).")
 @click.option("--insecure", is_flag=True, help="https: do not verify the server's certificate "
@@ -268,8 +281,8 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         http_version: str | None, streams: int | None, workers: int | None,
         out_dir: str, labels: tuple[str, ...], summary_json: str | None,
         backend_header: str | None, no_preflight: bool, ca_cert: str | None,
-        client_cert: str | None, client_key: str | None, server_name: str | None,
-        insecure: bool, quiet: bool, junit_path: str | None, repeat: int,
+        client_cert: str | None, client_key: str | None, client_key_password_env: str | None,
+        server_name: str | None, insecure: bool, quiet: bool, junit_path: str | None, repeat: int,
         slos: tuple[str, ...], shards: int | None = None,
         launcher: str = "local", max_clock_offset: str = "50ms",
         shard_start_timeout: str | None = None, coordinator_address: str | None = None,
@@ -284,6 +297,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
 
     from loadforge import runner
     from loadforge.config.profile import load_profile, parse_slo_flags, with_slo_flags
+    from loadforge.config.redact import hide_in_messages, profile_secrets
     from loadforge.config.tls import with_tls_flags
     from loadforge.present import summary
 
@@ -308,7 +322,13 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     plan = replace(plan, slo=with_slo_flags(plan.slo, objectives),
                    tls=with_tls_flags(plan.tls, ca_cert=ca_cert, client_cert=client_cert,
                                       client_key=client_key, server_name=server_name,
-                                      insecure=insecure))
+                                      insecure=insecure,
+                                      client_key_password_env=client_key_password_env))
+    # From here on, every message this process prints hides the profile's secrets (values
+    # from the environment, credential headers): error lines land in CI logs.
+    hide_in_messages(profile_secrets(plan.source, plan.secrets))
+    if plan.tls is not None and plan.tls.key_password():
+        hide_in_messages([plan.tls.key_password() or ""])
     if requests_per_connection is not None:
         if requests_per_connection < 0:
             raise InputError("--requests-per-connection must be >= 0, got "
@@ -331,7 +351,10 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     if repeat > 1 and "repeat" in run_labels:
         raise InputError("--label repeat=...: --repeat sets the repeat label of each run itself")
     console = Console(stderr=True)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    # Before the run begins (and while its results are written), SIGTERM and SIGHUP end the
+    # command as Ctrl-C does: 128 + N, nothing half-written left behind.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_interrupted)
     # The live outputs' servers are daemon threads and the stream is flushed line by line:
     # however the command ends, nothing of theirs is left to close.
     live = _live_outputs(metrics_at, dashboard_at, stream_to, quiet, console)
@@ -354,12 +377,17 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
                            kube=kube_opts)
         outcome = runner.execute(plan, opts, console, live)
         outcomes.append(outcome)
-        if not quiet:
-            summary.render_summary(outcome.summary, tables,
-                                   {s.name for s in plan.stages if not s.open_model})
-        if outcome.summary.get("aborted"):
-            print_error(str(outcome.summary["aborted"]), "aborted", console)
-        _print_how_it_ended(outcome, plan.duration_s, console)
+        try:
+            if not quiet:
+                summary.render_summary(outcome.summary, tables,
+                                       {s.name for s in plan.stages if not s.open_model})
+            if outcome.summary.get("aborted"):
+                print_error(str(outcome.summary["aborted"]), "aborted", console)
+            _print_how_it_ended(outcome, plan.duration_s, console)
+        except OSError:
+            # The terminal is gone (SIGHUP: a closed SSH session): the files below still are
+            # what the run is for.
+            pass
         if outcome.failure or outcome.signum:
             break        # a crash, a full disk or a signal ends the series too
     if summary_json:
@@ -449,11 +477,14 @@ def _print_how_it_ended(outcome: Any, planned_s: float, console: Console) -> Non
     """One line for a run that stopped early: after how long, and what became of it."""
     from rich.markup import escape
 
+    from loadforge.config.redact import redact_message
+
     ran = f"after {outcome.summary.get('ran_s', 0.0):.1f} s of {planned_s:g} s"
     if outcome.failure:
         kept = (f"what ran is in {outcome.path}, marked incomplete" if outcome.path
                 else "no results could be saved")
-        console.print(f"[bold red]error:[/] {escape(outcome.failure)} ({ran}); {escape(kept)}",
+        console.print(f"[bold red]error:[/] {escape(redact_message(outcome.failure))} ({ran}); "
+                      f"{escape(kept)}",
                       highlight=False, soft_wrap=True)
     elif outcome.signum:
         console.print(f"[bold yellow]interrupted[/] by {signal.Signals(outcome.signum).name} "
@@ -585,7 +616,8 @@ def ls_runs(paths: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         for entry in entries:
             click.echo(json.dumps(entry.as_json()))
-    else:
+    elif entries or not problems:
+        # Nothing readable: the errors alone, no empty table above them.
         render_ls(entries, _wide_console())
     for problem in problems:
         print_error(problem)

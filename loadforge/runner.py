@@ -20,7 +20,7 @@ from loadforge import _core
 from loadforge.analysis import figures, scaling, slo
 from loadforge.config import feeders
 from loadforge.config.plan import Plan, Request
-from loadforge.config.redact import redact_profile, redact_url
+from loadforge.config.redact import redact_message, redact_profile, redact_url
 from loadforge.errors import InputError, RunError
 from loadforge.observe import pollers
 from loadforge.results.store import ResultWriter, read_result
@@ -77,7 +77,7 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
         # Checked here, once, before any worker starts: a bad module is exit 2 in one line.
         from loadforge.flows import loader
 
-        module = loader.load(plan.flows)
+        module = loader.load_checked(plan.flows)
         plan = dataclasses.replace(plan, requests=tuple(Request(name=n) for n in module.names))
     workers = opts.workers or plan.workers or os.cpu_count() or 1
     workers = max(1, min(workers, plan.connections))
@@ -212,7 +212,8 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
         writer.abort()
         raise
     state = {"interrupted": bool(stop.signum), "ran_s": round(ran_s, 3),
-             "complete": failure is None, "error": failure}
+             "complete": failure is None,
+             "error": None if failure is None else redact_message(failure)}
     saved = path if writer.published else None
     verdicts: list[dict[str, Any]] = []
     if saved:
@@ -268,7 +269,7 @@ def _end_metadata(stop: Stop, ran_s: float, failure: str | None) -> dict[str, st
     if stop.signum:
         meta["interrupted_by"] = signal.Signals(stop.signum).name
     if failure:
-        meta["incomplete_reason"] = failure
+        meta["incomplete_reason"] = redact_message(failure)
     return meta
 
 

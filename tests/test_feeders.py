@@ -418,7 +418,8 @@ BAD = [
     ("unknown feeder", {"path": "/items/{people.id}"}, "names no feeder 'people'"),
     ("missing env", {"headers": '{ Authorization = "Bearer ${LF_NOT_SET_H4}" }'},
      "environment variable LF_NOT_SET_H4 is not set"),
-    ("unreadable file", {"file": "missing.csv"}, "cannot read missing.csv"),
+    ("unreadable file", {"file": "missing.csv"},
+     "/missing.csv (paths are relative to the profile's folder)"),
     ("malformed csv", {"rows": "id,term\n1,a,extra\n"}, "row 1 has 3 fields"),
     ("malformed jsonl", {"file": "users.jsonl", "rows": '{"id": 1}\n{nope\n'},
      "line 2 is not JSON"),
@@ -427,9 +428,9 @@ BAD = [
     ("non-ASCII in a header value", {"headers": '{ X-Term = "{users.term}" }',
                                      "rows": 'id,term\n1,caf\u00e9\n'}, "non-ASCII"),
     ("unused feeder's file missing", {"file": "missing.csv", "path": "/x"},
-     "cannot read missing.csv"),
+     "not found: "),
     ("bad order", {"order": "shuffled"}, "order must be one of"),
-    ("body_file missing", {"body_file": "nope.json"}, "cannot read"),
+    ("body_file missing", {"body_file": "nope.json"}, "not found: "),
 ]
 
 

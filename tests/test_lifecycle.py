@@ -50,9 +50,28 @@ def workers_of(proc: subprocess.Popen[str], count: int) -> list[int]:
     return found
 
 
+def sockets_of(pid: int) -> int:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    count = 0
+    for fd in fds:
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return count
+
+
 def wait_for_intervals(proc: subprocess.Popen[str]) -> None:
-    """Until the run is under way: its workers started and 2 s passed (rates to measure)."""
-    workers_of(proc, 1)
+    """Until the run is under way: a worker holds connections to the target (it connects as
+    the run starts; a loaded machine may take seconds to get there), then 2.5 s more."""
+    (worker, *_) = workers_of(proc, 1)
+    limit = time.monotonic() + 30
+    # Its channel to the coordinator, and at least two connections.
+    while sockets_of(worker) < 3 and time.monotonic() < limit and proc.poll() is None:
+        time.sleep(0.05)
     time.sleep(2.5)
 
 

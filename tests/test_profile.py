@@ -311,12 +311,12 @@ def test_not_a_table() -> None:
 
 def test_missing_file(tmp_path: pathlib.Path) -> None:
     missing = tmp_path / "nope.toml"
-    with pytest.raises(ProfileError, match=f"profile {missing}: cannot read it"):
+    with pytest.raises(ProfileError, match=f"profile: not found: {missing}"):
         load_profile(str(missing))
 
 
 def test_directory(tmp_path: pathlib.Path) -> None:
-    with pytest.raises(ProfileError, match="cannot read it"):
+    with pytest.raises(ProfileError, match="is a directory"):
         load_profile(str(tmp_path))
 
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import socket
+import subprocess
+import sys
 import tomllib
 
 import pyarrow.parquet as pq
 from hypothesis import given
 from hypothesis import strategies as st
-from servers import RecordingServer, loadforge
+from servers import ROOT, RecordingServer, loadforge
 
 from loadforge.config.redact import REDACTED, dump_toml, redact_profile, redact_url
 
@@ -122,3 +126,58 @@ toml_values = st.recursive(toml_scalars, lambda inner: st.lists(inner, max_size=
 @given(st.dictionaries(st.text(max_size=8), toml_values, max_size=5))
 def test_dump_toml_reads_back_as_what_it_wrote(data):
     assert tomllib.loads(dump_toml(data)) == data
+
+
+NAMED_SECRETS = {"X-Api-Key": "ak-5150aa", "X-Auth-Token": "at-6160bb",
+                 "X-Session-Id": "si-7170cc", "X-Custom-Cred": "cc-8180dd"}
+
+
+def test_headers_named_like_credentials_and_those_listed_are_redacted(tmp_path):
+    headers = ", ".join(f'"{k}" = "{v}"' for k, v in NAMED_SECRETS.items())
+    with RecordingServer() as server:
+        profile = tmp_path / "named.toml"
+        profile.write_text(f'name = "named"\ntarget = "{server.url}"\n[load]\nworkers = 1\n'
+                           'connections = 2\n[[stages]]\nname = "s"\nrate = 10\n'
+                           'duration = "1s"\n[[requests]]\nname = "api"\npath = "/me"\n'
+                           f'headers = {{ {headers}, "X-Keep" = "shown-1" }}\n'
+                           '[redact]\nheaders = ["x-custom-cred"]\n')
+        summary = tmp_path / "s.json"
+        out = loadforge("run", str(profile), "--quiet", "--out", str(tmp_path / "results"),
+                        "--summary-json", str(summary))
+        assert out.returncode == 0, out.stderr
+        sent = [h for _, p, h in server.seen if p == "/me"]
+    assert sent and all(sent[0][k] == v for k, v in NAMED_SECRETS.items())
+    archived = pq.read_metadata(json.loads(summary.read_text())["result"]).metadata[
+        b"loadforge.profile"].decode()
+    for value in NAMED_SECRETS.values():
+        assert value not in archived
+    parsed = tomllib.loads(archived)["requests"][0]["headers"]
+    assert parsed == {**dict.fromkeys(NAMED_SECRETS, REDACTED), "X-Keep": "shown-1"}
+
+
+def test_a_redact_list_must_be_header_names(tmp_path):
+    profile = tmp_path / "bad.toml"
+    profile.write_text('name = "bad"\n[[stages]]\nrate = 1\nduration = "1s"\n'
+                       '[redact]\nheaders = "X-One"\n')
+    out = loadforge("run", str(profile), "--quiet")
+    assert out.returncode == 2 and "redact.headers must be an array" in out.stderr
+
+
+def test_a_secret_from_the_environment_never_reaches_an_error_line(tmp_path):
+    # The target is down: the preflight's error names the URL, whose path holds the secret.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]          # bound, never listening: connection refused
+        profile = tmp_path / "env.toml"
+        profile.write_text(f'name = "env"\ntarget = "http://127.0.0.1:{port}"\n'
+                           '[[stages]]\nrate = 1\nduration = "1s"\n[[requests]]\nname = "r"\n'
+                           'path = "/x?key=${LF_T21_SECRET}"\n')
+        out = subprocess.run([sys.executable, "-m", "loadforge.cli", "run", str(profile),
+                              "--quiet", "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60,
+                             env={**os.environ, "LF_T21_SECRET": "s3cr3t/v@lue"})
+    assert out.returncode == 3, out.stderr
+    assert "s3cr3t" not in out.stderr + out.stdout
+    (line,) = out.stderr.strip().splitlines()
+    assert f"nothing listens on 127.0.0.1:{port} (connection refused)" in line
+    assert f"key={REDACTED}" in line and "Error" not in line       # no exception class names

@@ -15,12 +15,14 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 import trustme
 from servers import ROOT, Nginx, free_port, loadforge, wait_listening
@@ -672,3 +674,63 @@ def test_a_client_certificate_refused_after_the_handshake_is_a_failed_one(
     assert hs["full"] == hs["resumed"] == 0
     assert hs["failed"] == s["connections"]["opened"] == counts["accepted"]
     assert s["requests"] == 0 and s["errors"] + s["unsent"] == s["scheduled"] > 0
+
+
+def test_an_encrypted_client_key_takes_its_passphrase_from_the_environment(
+        certs: Certs, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(Path(certs.client_key).read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pass-2121-phrase")))
+    s = certs.nginx(extra=f"{PROTOCOLS} ssl_client_certificate {certs.dir / 'client-ca.pem'}; "
+                          "ssl_verify_client on;")
+    args = ["run", "--target", s.url + "/", "--ca-cert", certs.ca_pem, "--client-cert",
+            certs.client_cert, "--client-key", str(encrypted), "--concurrency", "2",
+            "--duration", "1s", "--workers", "1", "--quiet", "--out", str(tmp_path / "results")]
+
+    def cli(*more: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        # A session of its own: no terminal OpenSSL could prompt on; the timeout is the check
+        # that nothing waits for a passphrase.
+        return subprocess.run([sys.executable, "-m", "loadforge.cli", *args, *more], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                              start_new_session=True, env={**os.environ, **(env or {})})
+    try:
+        without = cli()
+        wrong = cli("--client-key-password-env", "LF_KEY_PW", env={"LF_KEY_PW": "nope-nope"})
+        before = s.served()
+        summary = tmp_path / "s.json"
+        ok = cli("--client-key-password-env", "LF_KEY_PW", "--summary-json", str(summary),
+                 env={"LF_KEY_PW": "pass-2121-phrase"})
+        served = s.served() - before
+    finally:
+        s.stop()
+    for out, words in ((without, "is encrypted: set tls.key_password_env"),
+                       (wrong, "does not decrypt with the passphrase in $LF_KEY_PW")):
+        assert out.returncode == 2, out.stderr
+        (line,) = out.stderr.strip().splitlines()
+        assert words in line and "Traceback" not in out.stderr
+    assert ok.returncode == 0, ok.stderr
+    result = json.loads(summary.read_text())
+    assert result["errors"] == 0 and served == result["requests"] + 1 > 1
+    metadata = pq.read_metadata(result["result"]).metadata
+    assert b"pass-2121" not in b"".join(metadata.values()) + summary.read_bytes()
+
+
+def test_key_password_env_names_a_set_variable(certs: Certs, monkeypatch) -> None:
+    from loadforge.config.tls import check_tls
+    from loadforge.errors import ProfileError
+
+    table = {"cert": certs.client_cert, "key": certs.client_key}
+    monkeypatch.delenv("LF_T21_UNSET", raising=False)
+    with pytest.raises(ProfileError, match="LF_T21_UNSET, which is not set"):
+        check_tls({**table, "key_password_env": "LF_T21_UNSET"}, "profile p.toml")
+    # The passphrase itself written in the profile is refused, and not repeated.
+    with pytest.raises(ProfileError, match="must be the name of an environment variable") as e:
+        check_tls({**table, "key_password_env": "hunter2 secret"}, "profile p.toml")
+    assert "hunter2" not in str(e.value)
+    monkeypatch.setenv("LF_T21_SET", "pw")
+    tls = check_tls({**table, "key_password_env": "LF_T21_SET"}, "profile p.toml")
+    assert tls.key_password() == "pw" and "pw" not in json.dumps(tls.describe())

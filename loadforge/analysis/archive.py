@@ -16,7 +16,7 @@ from typing import Any
 from loadforge.analysis import scaling, slo
 from loadforge.analysis.figures import run_figures, run_title
 from loadforge.errors import ResultsError
-from loadforge.results.store import read_result
+from loadforge.results.store import check_regular_file, read_result
 
 
 @dataclass
@@ -47,10 +47,13 @@ def _files(paths: list[str]) -> tuple[list[str], list[str]]:
             if not found:
                 problems.append(f"results {given}: directory holds no .parquet files")
             files += found
-        elif os.path.exists(given):
-            files.append(given)
         else:
-            problems.append(f"results {given}: no such file or directory")
+            try:
+                check_regular_file(given)
+            except ResultsError as exc:
+                problems.append(str(exc))
+                continue
+            files.append(given)
     return files, problems
 
 

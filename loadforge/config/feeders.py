@@ -49,6 +49,7 @@ from itertools import accumulate, islice
 from typing import Any
 from urllib.parse import quote
 
+from loadforge.config.files import RELATIVE_HINT, read_regular
 from loadforge.errors import ProfileError
 
 FEEDER_KEYS = ("name", "file", "order", "seed")
@@ -287,11 +288,7 @@ def body_encodings(body: Parts, json_body: bool) -> list[str]:
 
 
 def read_body_file(path: str, where: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ProfileError(f"{where}: cannot read {path}: {e.strerror or e}") from None
+    return read_regular(path, where, RELATIVE_HINT)
 
 
 # -- rows -------------------------------------------------------------------------------------
@@ -303,11 +300,7 @@ Chunks = Iterator[list[list[str]]]
 def load_rows(feeder: Feeder, where: str) -> tuple[list[str], Chunks]:
     """The feeder file's columns, and its rows in chunks of up to CHUNK_ROWS, read as they
     are consumed (a million-row file is never held as Python objects all at once)."""
-    try:
-        with open(feeder.path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ProfileError(f"{where}: cannot read {feeder.file}: {e.strerror or e}") from None
+    raw = read_regular(feeder.path, where, RELATIVE_HINT)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -358,6 +351,9 @@ def _jsonl(text: str, feeder: Feeder, where: str) -> tuple[list[str], Chunks]:
         except json.JSONDecodeError as e:
             raise ProfileError(f"{where}: {feeder.file} line {e.lineno} is not JSON: "
                                f"{e.msg}") from None
+        except RecursionError:
+            raise ProfileError(f"{where}: {feeder.file} is nested too deeply (a row is one "
+                               "flat JSON object)") from None
         if not isinstance(array, list):
             raise ProfileError(f"{where}: {feeder.file} is not an array of JSON objects")
 
@@ -376,6 +372,9 @@ def _jsonl(text: str, feeder: Feeder, where: str) -> tuple[list[str], Chunks]:
             except json.JSONDecodeError as e:
                 raise ProfileError(f"{where}: {feeder.file} line {line} is not JSON: "
                                    f"{e.msg}") from None
+            except RecursionError:
+                raise ProfileError(f"{where}: {feeder.file} line {line} is nested too deeply "
+                                   "(a row is one flat JSON object)") from None
             if not isinstance(obj, dict):
                 raise ProfileError(f"{where}: {feeder.file} line {line} is not a JSON object")
             yield line, obj

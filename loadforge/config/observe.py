@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from loadforge.config.redact import redact_url
 from loadforge.errors import ProfileError
@@ -108,10 +108,18 @@ def _string(value: Any, where: str) -> str:
     return value
 
 
+def _split(url: str) -> SplitResult | None:
+    """urlsplit(url), None for what it refuses (an unbalanced "[" of an IPv6 literal)."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None
+
+
 def _url(value: Any, where: str) -> str:
     url = _string(value, where)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    parts = _split(url)
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise _fail(where, f"must be an http:// or https:// URL, got "
                            f"{show_value(redact_url(url))}")
     return url
@@ -270,7 +278,7 @@ def _http(value: Any, where: str) -> HttpAction:
         raise _fail(f"{where}.method", f"must be one of {', '.join(HTTP_METHODS)}, "
                                        f"got {show_value(method)}")
     url = value.get("url")
-    parts = urlsplit(url) if isinstance(url, str) else None
+    parts = _split(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         shown = show_value(redact_url(url) if isinstance(url, str) else url)
         raise _fail(f"{where}.url", f"must be an http:// or https:// URL, got {shown}")

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 from loadforge import limits
 from loadforge.config import feeders as feeders_module
 from loadforge.config import grpc as grpc_module
+from loadforge.config.files import read_regular
 from loadforge.config.observe import validate_actions, validate_observe
 from loadforge.config.plan import (
     DEFAULT_STREAMS,
@@ -57,7 +58,7 @@ from loadforge.config.plan import (
     StageObjectives,
     WindowObjectives,
 )
-from loadforge.config.redact import SECRET_HEADERS, redact_url
+from loadforge.config.redact import is_secret_header, redact_url
 from loadforge.config.sandbox import SandboxConfig, validate_sandbox_config
 from loadforge.config.tls import check_tls
 from loadforge.errors import ProfileError
@@ -65,7 +66,7 @@ from loadforge.limits import MAX_LATENCY_OBJECTIVE_S
 from loadforge.units import parse_duration, parse_percent, show_value
 
 TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox",
-            "feeders", "tls", "flows", "grpc")
+            "feeders", "tls", "flows", "grpc", "redact")
 LOAD_KEYS = ("connections", "workers", "timeout", "fail_status", "timer_resolution",
              "requests_per_connection", "http", "streams", "retry")
 HTTP_VERSIONS = ("1.1", "2")
@@ -103,11 +104,7 @@ _PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
 def load_profile(path: str) -> Plan:
     """Read, parse and validate the profile at `path`."""
-    try:
-        with open(path, "rb") as file:
-            raw = file.read()
-    except OSError as e:
-        raise ProfileError(f"profile {path}: cannot read it: {e.strerror or e}") from e
+    raw = read_regular(path, "profile")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -123,6 +120,9 @@ def plan_from_text(text: str, path: str = "<profile>", archived: bool = False) -
     except tomllib.TOMLDecodeError as e:
         # tomllib's message ends with "(at line L, column C)".
         raise ProfileError(f"profile {path}: not valid TOML: {e}") from e
+    except RecursionError:
+        # tomllib recurses once per level of nested arrays and inline tables.
+        raise ProfileError(f"profile {path}: arrays or tables nested too deeply") from None
     return plan_from_dict(data, source=text, path=path, archived=archived)
 
 
@@ -136,6 +136,17 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
     check = _Checker("profile" if path == "<profile>" else f"profile {base}")
     top = check.table(data, "")
     check.keys(top, "", TOP_KEYS)
+    if "redact" in top:
+        # More secret header names, beyond those redact.py knows (values kept out of results
+        # and messages).
+        raw_redact = check.table(top["redact"], "redact")
+        check.keys(raw_redact, "redact", ("headers",))
+        names = raw_redact.get("headers", [])
+        if not isinstance(names, list):
+            check.fail("redact.headers", f"must be an array of header names, got "
+                                         f"{show_value(names)}")
+        for i, header in enumerate(names):
+            check.string(header, f"redact.headers[{i}]")
 
     default_name = "profile" if path == "<profile>" else os.path.splitext(base)[0]
     name = check.name(top.get("name", default_name), "name")
@@ -249,8 +260,8 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                        os.path.dirname(os.path.abspath(path)) if path != "<profile>" else None,
                        archived) if "sandbox" in top else None
     tls = check_tls(top["tls"], check.label,
-                    os.path.dirname(os.path.abspath(path)) if path != "<profile>" else "") \
-        if "tls" in top else None
+                    os.path.dirname(os.path.abspath(path)) if path != "<profile>" else "",
+                    archived=archived) if "tls" in top else None
 
     if grpc is not None and grpc_calls:
         fail_status = fail_status + grpc.fail_status
@@ -377,9 +388,11 @@ def _target(check: _Checker, value: Any, path: str = "target", *,
     shown = show_value(redact_url(target))
     if not _PRINTABLE.fullmatch(target) or " " in target:
         check.fail(path, f"{expected} (printable ASCII, no spaces), got {shown}")
-    parts = urlsplit(target)
     try:
-        parts.port  # noqa: B018 -- urlsplit checks the port only when asked
+        # urlsplit itself refuses an unbalanced "[" (an IPv6 literal); the port it checks
+        # only when asked.
+        parts = urlsplit(target)
+        parts.port  # noqa: B018
     except ValueError:
         check.fail(path, f"{expected} with a valid port, got {shown}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -623,7 +636,7 @@ def _headers(check: _Checker, value: Any, path: str) -> tuple[tuple[str, str], .
         text = check.string(header_value, where)
         if not _PRINTABLE.fullmatch(text.replace("\t", " ")):
             # A credential stays out of the message too (it ends up in CI logs).
-            shown = "a value" if key.lower() in SECRET_HEADERS else show_value(text)
+            shown = "a value" if is_secret_header(key) else show_value(text)
             check.fail(where, "must be printable ASCII without CR, LF or other control "
                               f"characters, got {shown}")
         if key.lower() == "host" and (not text or not _PRINTABLE.fullmatch(text)

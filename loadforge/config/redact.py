@@ -1,7 +1,8 @@
 """Secrets kept out of what a run archives: result files travel as CI artifacts.
 
 The profile text stored in the Parquet metadata keeps its comments and layout, with the values
-of credential headers (Authorization, Proxy-Authorization, Cookie, any letter case), URL
+of credential headers (Authorization, Proxy-Authorization, Cookie, any header whose name holds
+key, token, secret, auth, password or session, and those named in `[redact] headers`), URL
 user-info (`http://user:pass@host`) and any other secret string the caller names (values
 taken from the environment) replaced by `<redacted>`, wherever they occur in the text. The
 result must still parse to the profile it was, less those values (`ls` judges the archived
@@ -21,6 +22,14 @@ from typing import Any
 
 REDACTED = "<redacted>"
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+# A header whose name holds one of these (any case) carries a credential: X-Api-Key,
+# X-Auth-Token, X-Session-Id, ... A profile names more in `[redact] headers = [...]`.
+SECRET_WORDS = ("key", "token", "secret", "auth", "password", "session")
+# Tables whose keys are header names: [[requests]] headers, gRPC metadata.
+_HEADER_TABLES = frozenset({"headers", "metadata"})
+# Secrets shorter than this are not replaced in messages: they would blank out common words.
+MESSAGE_SECRET_MIN = 4
+_message_secrets: set[str] = set()
 # scheme://userinfo@ : RFC 3986 section 3.2.1 user-info ends at the first "@" of the
 # authority, which ends at "/", "?" or "#". "<" and ">" are not URL characters, so a redacted
 # URL never matches again.
@@ -35,33 +44,75 @@ def redact_url(text: str) -> str:
     return _USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
 
 
-def secrets_of(data: Any, secrets: Iterable[str] = ()) -> set[str]:
-    """The secret strings of a parsed profile: credential header values, URL user-info, and
-    `secrets` (e.g. values expanded from the environment)."""
-    found = {s for s in secrets if s}
+def is_secret_header(name: str, extra: Iterable[str] = ()) -> bool:
+    """Whether a header of this name carries a credential (module docstring)."""
+    low = name.lower()
+    return (low in SECRET_HEADERS or any(word in low for word in SECRET_WORDS)
+            or low in {e.lower() for e in extra})
 
-    def walk(value: Any, key: str | None) -> None:
+
+def redact_headers_of(data: Any) -> list[str]:
+    """The profile's `[redact] headers` list (names of more secret headers), [] if none."""
+    table = data.get("redact") if isinstance(data, dict) else None
+    names = table.get("headers") if isinstance(table, dict) else None
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def secrets_of(data: Any, secrets: Iterable[str] = ()) -> set[str]:
+    """The secret strings of a parsed profile: credential header values (by name, in any
+    headers table; Authorization, Proxy-Authorization and Cookie anywhere), URL user-info,
+    and `secrets` (e.g. values expanded from the environment)."""
+    found = {s for s in secrets if s}
+    extra = redact_headers_of(data)
+
+    def walk(value: Any, key: str | None, in_headers: bool) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
-                walk(k, None)
-                walk(v, k)
+                walk(k, None, False)
+                walk(v, k, key in _HEADER_TABLES)
         elif isinstance(value, list):
             for item in value:
-                walk(item, None)
+                walk(item, None, False)
         elif isinstance(value, str):
-            if key is not None and key.lower() in SECRET_HEADERS and value:
+            if key is not None and value and (key.lower() in SECRET_HEADERS or (
+                    in_headers and is_secret_header(key, extra))):
                 found.add(value)
             found.update(m.group("userinfo") for m in _USERINFO.finditer(value))
 
-    walk(data, None)
+    walk(data, None, False)
     return found
+
+
+def hide_in_messages(values: Iterable[str]) -> None:
+    """Secrets (environment values, credential headers) that every message this process
+    prints replaces with <redacted> (redact_message): an error line lands in CI logs."""
+    _message_secrets.update(v for v in values if len(v) >= MESSAGE_SECRET_MIN)
+
+
+def profile_secrets(text: str, secrets: Iterable[str] = ()) -> set[str]:
+    """secrets_of() a profile's text (only `secrets` when it does not parse)."""
+    try:
+        return secrets_of(tomllib.loads(text), secrets) if text else set(secrets)
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return set(secrets)
+
+
+def redact_message(text: str) -> str:
+    """`text` with the secrets given to hide_in_messages, as they are and percent-encoded (as
+    they appear in a URL), and URL user-info replaced."""
+    from urllib.parse import quote
+
+    for secret in sorted(_message_secrets, key=len, reverse=True):
+        for form in dict.fromkeys((secret, quote(secret, safe=""), quote(secret))):
+            text = text.replace(form, REDACTED)
+    return redact_url(text)
 
 
 def redact_profile(text: str, secrets: Iterable[str] = ()) -> str:
     """The profile `text` as results archive it (module docstring)."""
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         # Not a profile this version reads (it was validated before the run, so this is a
         # caller's text): replace what can be seen.
         found = {s for s in secrets if s}

@@ -18,7 +18,9 @@ from typing import Any
 
 from loadforge.errors import ProfileError
 
-TLS_KEYS = ("ca", "cert", "key", "server_name", "insecure", "versions", "resumption", "alpn")
+TLS_KEYS = ("ca", "cert", "key", "key_password_env", "server_name", "insecure", "versions",
+            "resumption", "alpn")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 # OpenSSL's version numbers (TLS1_2_VERSION, TLS1_3_VERSION), for the engine's context.
 _OPENSSL_VERSIONS = {"1.2": 0x0303, "1.3": 0x0304}
@@ -36,6 +38,15 @@ class TLS:
     versions: tuple[str, ...] = ("1.2", "1.3")
     resumption: bool = True          # reuse session tickets / IDs across reconnects
     alpn: tuple[str, ...] = ("http/1.1",)   # offered in order; HTTP/2 offers "h2"
+    # The environment variable holding an encrypted key's passphrase: the name is kept (and
+    # archived), the value read when the key is loaded, never stored or shown.
+    key_password_env: str | None = None
+
+    def key_password(self) -> str | None:
+        """The key's passphrase from the environment; None without key_password_env."""
+        if self.key_password_env is None:
+            return None
+        return os.environ.get(self.key_password_env)
 
     def verify_name(self, host: str) -> str:
         """The name the certificate must carry: server_name, else the target URL's host."""
@@ -51,7 +62,8 @@ class TLS:
                 "sni": "" if ip else name,
                 "min_version": _OPENSSL_VERSIONS[min(self.versions)],
                 "max_version": _OPENSSL_VERSIONS[max(self.versions)],
-                "resumption": self.resumption, "alpn": list(self.alpn)}
+                "resumption": self.resumption, "alpn": list(self.alpn),
+                "key_password": self.key_password() or ""}
 
     def ssl_context(self) -> ssl.SSLContext:
         """The preflight's context, with the engine's settings. Raises OSError/ssl.SSLError
@@ -67,7 +79,28 @@ class TLS:
         else:
             ctx.load_default_certs()
         if self.cert:
-            ctx.load_cert_chain(self.cert, self.key)
+            asked = []
+
+            def password() -> str:
+                # Called only for an encrypted key; without it OpenSSL would prompt on the
+                # terminal (Python passes no callback when none is given).
+                asked.append(True)
+                return self.key_password() or ""
+
+            try:
+                ctx.load_cert_chain(self.cert, self.key, password=password)
+            except ssl.SSLError:
+                if asked and self.key_password() is None:
+                    where = self.key or self.cert
+                    raise ProfileError(f"tls: the key {where} is encrypted: set "
+                                       "tls.key_password_env (or --client-key-password-env) "
+                                       "to the name of an environment variable holding its "
+                                       "passphrase") from None
+                if asked:
+                    raise ProfileError(f"tls: the key {self.key or self.cert} does not decrypt "
+                                       f"with the passphrase in ${self.key_password_env}"
+                                       ) from None
+                raise
         ctx.set_alpn_protocols(list(self.alpn))
         return ctx
 
@@ -101,6 +134,17 @@ def _file(where: str, value: Any, base: str) -> str:
     return os.path.abspath(path)
 
 
+def _password_env(where: str, value: Any, must_be_set: bool = True) -> str:
+    """The name of the environment variable with the key's passphrase: set, and a name (the
+    passphrase itself written here would end up in the archived profile)."""
+    if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+        raise _fail(where, "must be the name of an environment variable such as "
+                           f"\"CLIENT_KEY_PASSWORD\", got {'a value' if isinstance(value, str) else repr(value)}")
+    if must_be_set and value not in os.environ:
+        raise _fail(where, f"names the environment variable {value}, which is not set")
+    return value
+
+
 def _server_name(where: str, value: Any) -> str:
     if isinstance(value, str) and (_is_ip(value) or (
             len(value) <= 253 and all(_HOST_LABEL.fullmatch(p) for p in value.rstrip(".").split(".")))):
@@ -109,7 +153,7 @@ def _server_name(where: str, value: Any) -> str:
                        f"got {value!r}")
 
 
-def check_tls(table: Any, label: str, base: str = "") -> TLS:
+def check_tls(table: Any, label: str, base: str = "", archived: bool = False) -> TLS:
     """A profile's [tls] table -> TLS; `label` starts messages ("profile spike.toml:"), `base`
     is the directory relative file paths are read from (the profile's)."""
     if not isinstance(table, dict):
@@ -122,6 +166,11 @@ def check_tls(table: Any, label: str, base: str = "") -> TLS:
     tls = TLS(ca=files.get("ca"), cert=files.get("cert"), key=files.get("key"))
     if tls.key and not tls.cert:
         raise _fail(f"{label}: tls.key", "needs tls.cert, the certificate it belongs to")
+    if "key_password_env" in table:
+        # An archived profile is read where its environment is not: the name alone is checked.
+        tls = replace(tls, key_password_env=_password_env(f"{label}: tls.key_password_env",
+                                                          table["key_password_env"],
+                                                          must_be_set=not archived))
     if "server_name" in table:
         tls = replace(tls, server_name=_server_name(f"{label}: tls.server_name",
                                                     table["server_name"]))
@@ -150,10 +199,12 @@ def check_tls(table: Any, label: str, base: str = "") -> TLS:
 
 def with_tls_flags(tls: TLS | None, *, ca_cert: str | None = None,
                    client_cert: str | None = None, client_key: str | None = None,
-                   server_name: str | None = None, insecure: bool = False) -> TLS | None:
+                   server_name: str | None = None, insecure: bool = False,
+                   client_key_password_env: str | None = None) -> TLS | None:
     """The plan's TLS settings with the command line's flags over them (paths relative to the
     working directory). None when neither set anything."""
-    if tls is None and not (ca_cert or client_cert or client_key or server_name or insecure):
+    if tls is None and not (ca_cert or client_cert or client_key or server_name or insecure
+                            or client_key_password_env):
         return None
     tls = tls or TLS()
     if ca_cert is not None:
@@ -164,6 +215,9 @@ def with_tls_flags(tls: TLS | None, *, ca_cert: str | None = None,
         tls = replace(tls, key=_file("--client-key", client_key, ""))
     if tls.key and not tls.cert:
         raise ProfileError("--client-key needs --client-cert (or tls.cert in the profile)")
+    if client_key_password_env is not None:
+        tls = replace(tls, key_password_env=_password_env("--client-key-password-env",
+                                                          client_key_password_env))
     if server_name is not None:
         tls = replace(tls, server_name=_server_name("--server-name", server_name))
     if insecure:

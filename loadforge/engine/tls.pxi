@@ -337,13 +337,22 @@ cdef int tls_setup(Transport* t, dict tls) except -1:
             elif X509_VERIFY_PARAM_set1_host(param, b, len(b)) != 1:
                 raise ValueError(f"tls: {name} is not a host name")
     if tls.get("cert"):
-        b = os.fsencode(tls["cert"])
-        if SSL_CTX_use_certificate_chain_file(ctx, b) != 1:
-            raise ValueError(tls_error(f"tls cert {tls['cert']}"))
-        b = os.fsencode(tls.get("key") or tls["cert"])
-        if SSL_CTX_use_PrivateKey_file(ctx, b, SSL_FILETYPE_PEM) != 1 \
-                or SSL_CTX_check_private_key(ctx) != 1:
-            raise ValueError(tls_error(f"tls key {tls.get('key') or tls['cert']}"))
+        # An encrypted key's passphrase (tls.key_password_env), else "": OpenSSL's default
+        # password callback answers with the callback's userdata when there is one, and
+        # prompts on the terminal only when there is none.
+        password = (tls.get("key_password") or "").encode()
+        SSL_CTX_set_default_passwd_cb_userdata(ctx, <void*><const char*>password)
+        try:
+            b = os.fsencode(tls["cert"])
+            if SSL_CTX_use_certificate_chain_file(ctx, b) != 1:
+                raise ValueError(tls_error(f"tls cert {tls['cert']}"))
+            b = os.fsencode(tls.get("key") or tls["cert"])
+            if SSL_CTX_use_PrivateKey_file(ctx, b, SSL_FILETYPE_PEM) != 1 \
+                    or SSL_CTX_check_private_key(ctx) != 1:
+                raise ValueError(tls_error(f"tls key {tls.get('key') or tls['cert']}"))
+        finally:
+            # An interned constant, alive as long as the module: no prompt later either.
+            SSL_CTX_set_default_passwd_cb_userdata(ctx, <void*><const char*>b"")
     alpn = b"".join(bytes([len(p)]) + p.encode("ascii") for p in tls.get("alpn", ("http/1.1",)))
     if alpn and SSL_CTX_set_alpn_protos(ctx, alpn, len(alpn)) != 0:
         raise ValueError("tls: bad ALPN protocol list")

@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
+from loadforge.config.files import check_regular, read_regular
 from loadforge.config.plan import FLOW_PREFIX
 from loadforge.errors import InputError
 from loadforge.flows import FLOW_ATTR
@@ -60,11 +61,7 @@ def _label(path: str) -> str:
 
 def import_module(path: str) -> ModuleType:
     label = _label(path)
-    try:
-        with open(path, "rb") as f:
-            source = f.read()
-    except OSError as exc:
-        raise InputError(f"{label}: cannot read {path}: {exc.strerror or exc}") from None
+    source = read_regular(path, label)
     try:
         compile(source, path, "exec")
     except SyntaxError as exc:
@@ -167,6 +164,47 @@ def _dedent(source: str) -> str:
     lines = source.splitlines()
     indent = min((len(line) - len(line.lstrip()) for line in lines if line.strip()), default=0)
     return "\n".join(line[indent:] for line in lines)
+
+
+# How long the coordinator's check of a module may take to import it: a module that loops or
+# blocks at import time is bad input, said in one line, not a run that never starts.
+IMPORT_TIMEOUT_S = 15.0
+
+_CHECK_CODE = """
+import sys
+from loadforge.errors import InputError
+from loadforge.flows import loader
+try:
+    loader.load(sys.argv[1])
+except InputError as exc:
+    sys.stdout.write(str(exc))
+    sys.exit(2)
+"""
+
+
+def load_checked(path: str, timeout_s: float | None = None) -> FlowModule:
+    """load(), after importing the module once in a child process with a deadline: a module
+    that never finishes importing (`while True: pass`), blocks on input or ends the process
+    (`os._exit`) is exit 2 naming the file, and the coordinator is never stuck in it."""
+    import subprocess
+
+    label = _label(path)
+    check_regular(path, label)
+    timeout_s = IMPORT_TIMEOUT_S if timeout_s is None else timeout_s
+    try:
+        done = subprocess.run([sys.executable, "-c", _CHECK_CODE, path],
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s,
+                              cwd=os.getcwd())
+    except subprocess.TimeoutExpired:
+        raise InputError(f"{label}: importing {path} did not finish within {timeout_s:g} s (a "
+                         "loop or a blocking call at import time?)") from None
+    if done.returncode == 2 and done.stdout:
+        raise InputError(done.stdout.decode(errors="replace").strip())
+    if done.returncode != 0:
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
+        raise InputError(f"{label}: importing {path} ended the process (exit code "
+                         f"{done.returncode}){f': {last}' if last else ''}")
+    return load(path)
 
 
 def load(path: str) -> FlowModule:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.text import Text
 
+from loadforge.config.redact import redact_message
+
 if TYPE_CHECKING:      # the CLI imports this module for errors: tables load when drawn
     from rich.measure import Measurement
     from rich.table import Table
@@ -24,7 +26,8 @@ def print_error(message: str, label: str = "error", console: Console | None = No
     does not break it)."""
     console = console or Console(stderr=True)
     # A message with line breaks of its own (a worker's last words) is joined up as well.
-    line = " / ".join(part.strip() for part in message.splitlines() if part.strip())
+    line = " / ".join(part.strip() for part in redact_message(message).splitlines()
+                      if part.strip())
     console.print(Text.assemble((f"{label}:", "bold red"), " ", line), soft_wrap=True,
                   highlight=False)
 

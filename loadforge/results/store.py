@@ -16,6 +16,7 @@ import json
 import os
 import re
 import socket
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -143,7 +144,8 @@ class _SpareSpaceFile(io.RawIOBase):
         self.spare_path = path + ".spare"
         self.disk_full = False
         self._pos = 0
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        # Read too: copy_to() recovers what was written when the folder is removed mid-run.
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         fs = os.fstatvfs(self._fd)
         # A nearly full disk: set aside three quarters of what it has, or nothing.
         size = min(SPARE_BYTES, fs.f_bavail * fs.f_frsize * 3 // 4)
@@ -184,6 +186,37 @@ class _SpareSpaceFile(io.RawIOBase):
 
     def tell(self) -> int:
         return self._pos
+
+    def unlinked(self) -> bool:
+        """Whether the file was removed (its folder deleted) while open: writes still land,
+        in a file no name reaches."""
+        try:
+            return os.fstat(self._fd).st_nlink == 0
+        except OSError:
+            return True
+
+    def free_bytes(self) -> int:
+        try:
+            fs = os.fstatvfs(self._fd)
+        except OSError:
+            return 0
+        return fs.f_bavail * fs.f_frsize
+
+    def copy_to(self, path: str) -> None:
+        """Copy what was written into a new file at `path` (flushed to disk)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            offset = 0
+            while offset < self._pos:
+                chunk = os.pread(self._fd, min(1 << 20, self._pos - offset), offset)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+                offset += len(chunk)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         if not self.closed:
@@ -278,6 +311,8 @@ class ResultWriter:
             raise ValueError(f"results {self.path}: writer already closed")
         if self._broken or (self.failure and not last):
             return
+        if not last:
+            self._check_disk()
         buf = self._buffer
         for row in rows:
             scope = row["scope"]
@@ -325,6 +360,18 @@ class ResultWriter:
             if self._buffered >= ROW_GROUP_ROWS or self._buffered_bytes >= ROW_GROUP_BYTES:
                 self._flush()
 
+    def _check_disk(self) -> None:
+        """Once per interval: a disk filled by others, or the result's folder removed, stops
+        the run now (`failure`), not when the rows buffered meet it at the end. What the run
+        measured still goes into the space set aside (or, for a removed folder, into the
+        folder made again at close)."""
+        if self._file.unlinked():
+            self.failure = (f"results {self.path}: its folder was removed during the run "
+                            f"after {self.rows_written + self._buffered} rows")
+        elif self._file.free_bytes() < SPARE_MIN_BYTES:
+            self.failure = (f"results {self.path}: disk full after "
+                            f"{self.rows_written + self._buffered} rows")
+
     def _flush(self) -> None:
         if not self._buffered or self._closed:
             return
@@ -359,6 +406,14 @@ class ResultWriter:
             return self.path
         self._flush()
         self._closed = True
+        if self._file.unlinked() and not self.failure:
+            self.failure = f"results {self.path}: its folder was removed during the run"
+        end_metadata = dict(end_metadata or {})
+        if self.failure:
+            # A write that failed only now (the last rows met a full disk) makes the file
+            # incomplete too: its metadata says so, whatever the caller knew before.
+            end_metadata["complete"] = "false"
+            end_metadata.setdefault("incomplete_reason", self.failure)
         try:
             if self._broken:
                 raise OSError(errno.EIO, "a write failed")
@@ -372,8 +427,21 @@ class ResultWriter:
             self._file.close()
             self._remove_partial()
             return self.path
-        self._file.close()
-        os.replace(self.partial_path, self.path)
+        try:
+            if self._file.unlinked():
+                # The folder went away under the run: make it again and save what was written.
+                parent = os.path.dirname(self.path)
+                if parent:
+                    os.makedirs(parent, exist_ok=True)
+                self._file.copy_to(self.partial_path)
+            self._file.close()
+            os.replace(self.partial_path, self.path)
+        except OSError as exc:
+            self._file.close()
+            self._remove_partial()
+            self.failure = (f"{self.failure or f'results {self.path}: cannot write'}; "
+                            f"the result could not be saved ({_why(exc)})")
+            return self.path
         self.published = True
         return self.path
 
@@ -489,18 +557,37 @@ def headline_row(row: dict[str, Any], has_ok_rows: bool, error_outcomes: set[str
     return outcome_row(row) and row["outcome"] not in error_outcomes
 
 
+def check_regular_file(path: str, what: str = "results") -> None:
+    """A ResultsError unless `path` is a regular file (through symlinks): a FIFO or a device
+    would block the reader, or never end."""
+    if "\0" in path:
+        raise ResultsError(f"{what} {path!r}: the path holds a NUL byte")
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ResultsError(f"{what} {path}: a loop of symbolic links; point it at a "
+                               "file") from None
+        if exc.errno == errno.ENOENT:
+            raise ResultsError(f"{what} {path}: no such file") from None
+        raise ResultsError(f"{what} {path}: cannot read ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ResultsError(f"{what} {path}: is a directory, expected a .parquet file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ResultsError(f"{what} {path}: not a regular file (a FIFO, socket or device); "
+                           "expected a .parquet file")
+
+
 def _read_metadata(path: str) -> dict[str, str]:
     """The loadforge.* footer metadata of `path` (prefix removed), validated."""
     pa, pq = _arrow()
-    if not os.path.exists(path):
-        raise ResultsError(f"results {path}: no such file")
-    if os.path.isdir(path):
-        raise ResultsError(f"results {path}: is a directory, expected a .parquet file")
+    check_regular_file(path)
     try:
         footer = pq.read_metadata(path)
     except PermissionError as exc:
         raise ResultsError(f"results {path}: cannot read ({exc.strerror})") from exc
-    except (pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        # A damaged footer can fail in decoding too (UnicodeDecodeError is a ValueError).
         raise ResultsError(f"results {path}: not a Parquet file ({exc})") from exc
     raw = footer.metadata or {}
     meta: dict[str, str] = {}
@@ -535,17 +622,19 @@ def read_result(path: str) -> Result:
         # One file: ParquetFile reads it without pyarrow.dataset (and pyarrow.compute).
         with pq.ParquetFile(path) as pf:
             table = pf.read()
-    except (pa.ArrowException, OSError) as exc:
-        raise ResultsError(f"results {path}: unreadable Parquet data ({exc})") from exc
+        # Strings that are not UTF-8, offsets out of range: found once here, not as a
+        # UnicodeDecodeError in whichever fold converts the column first.
+        table.validate(full=True)
+    except (pa.ArrowException, OSError, ValueError, MemoryError) as exc:
+        # A damaged page may claim any size: MemoryError is a damaged file too.
+        raise ResultsError(f"results {path}: unreadable Parquet data "
+                           f"({exc or type(exc).__name__})") from exc
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise ResultsError(f"results {path}: missing required columns {', '.join(missing)}")
-    try:
-        labels = json.loads(meta.get("labels", "{}"))
-        if not isinstance(labels, dict):
-            raise ValueError("not an object")
-    except ValueError as exc:
-        raise ResultsError(f"results {path}: metadata loadforge.labels is not JSON ({exc})") from exc
+    _check_column_types(path, table)
+    _check_json_metadata(path, meta)
+    labels = json.loads(meta.get("labels", "{}"))
     run_id = meta.get("run_id", "")
     if not run_id and table.num_rows:
         run_id = str(table["run_id"][0])
@@ -556,6 +645,59 @@ def read_result(path: str) -> Result:
         labels={str(k): str(v) for k, v in labels.items()},
         table=table,
     )
+
+
+def _check_column_types(path: str, table: pa.Table) -> None:
+    """The columns every reader folds have the types the writer gives them: a `count` of
+    strings is a file this loadforge did not write, said once here, not as a ValueError deep
+    in a fold."""
+    pa, _ = _arrow()
+    schema = table.schema
+    expected = {name: dtype for name, dtype, _ in _BASE_FIELDS}
+    nullable = {name: can for name, _, can in _BASE_FIELDS}
+    for name in REQUIRED_COLUMNS + ("scheduled", "unsent", "value", "connect_hdr", "tls_hdr",
+                                    "backend", "shard"):
+        if name not in schema.names:
+            continue
+        got = schema.field(name).type
+        want = getattr(pa, expected[name])()
+        fits = (got == want or (want == pa.string() and pa.types.is_large_string(got))
+                or (want == pa.binary() and pa.types.is_large_binary(got))
+                or (pa.types.is_integer(want) and pa.types.is_integer(got))
+                or (pa.types.is_floating(want) and (pa.types.is_floating(got)
+                                                     or pa.types.is_integer(got))))
+        if not fits:
+            raise ResultsError(f"results {path}: column {name} holds {got}, expected "
+                               f"{expected[name]}: not a result this loadforge wrote")
+        if not nullable[name] and table.column(name).null_count:
+            raise ResultsError(f"results {path}: column {name} has empty (null) values: not a "
+                               "result this loadforge wrote")
+
+
+# Metadata values that hold JSON, and the type each must have: parsed once here, so that a
+# value nested too deeply (RecursionError) or of the wrong shape is one error naming the file.
+_JSON_METADATA: dict[str, type | tuple[type, ...]] = {"labels": dict, "stages": list, "slo_flags": dict, "flows": dict,
+                  "tls": dict, "shards": dict}
+
+
+def _check_json_metadata(path: str, meta: dict[str, str]) -> None:
+    for key, kind in _JSON_METADATA.items():
+        if key not in meta:
+            continue
+        try:
+            value = json.loads(meta[key])
+        except ValueError as exc:
+            raise ResultsError(f"results {path}: metadata loadforge.{key} is not JSON "
+                               f"({exc})") from None
+        except RecursionError:
+            raise ResultsError(f"results {path}: metadata loadforge.{key} is nested too "
+                               "deeply") from None
+        if not isinstance(value, kind):
+            raise ResultsError(f"results {path}: metadata loadforge.{key} is not a JSON "
+                               f"{'object' if kind is dict else 'array'}")
+        if isinstance(value, list) and not all(isinstance(v, dict) for v in value):
+            raise ResultsError(f"results {path}: metadata loadforge.stages is not an array of "
+                               "objects")
 
 
 def start_key(path: str, meta: dict[str, str]) -> tuple[float, str]:

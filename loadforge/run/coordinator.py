@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from loadforge import __version__, _core, schedule
 from loadforge.config import feeders
+from loadforge.config.files import RELATIVE_HINT, check_regular
 from loadforge.config.plan import (
     ERROR_KINDS,
     FLOW_PREFIX,
@@ -37,7 +38,6 @@ from loadforge.config.plan import (
 from loadforge.config.tls import TLS
 from loadforge.errors import (
     InputError,
-    ResultsWriteFailed,
     RunError,
     TargetUnreachable,
     WorkerCrashed,
@@ -54,6 +54,7 @@ from loadforge.run.workers import (
     decode_done_counts,
     decode_done_tls,
     decode_interval,
+    failure_words,
     fd_limit,
 )
 
@@ -116,7 +117,10 @@ class RunOutcome:
 
 
 def parse_target(url: str) -> Target:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:          # an unbalanced "[" (an IPv6 literal)
+        parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InputError(f"target {url}: expected an http:// or https:// URL such as "
                          "http://127.0.0.1:8080/")
@@ -284,7 +288,8 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
     except (OSError, HTTPException) as exc:
         over = " over HTTP/2" if http == "2" else ""
         raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url}{over} "
-                                f"failed ({type(exc).__name__}: {exc})") from None
+                                f"failed: {unreachable_reason(exc, target, timeout_s)}"
+                                ) from None
     failing = f"{status // 100}xx" in fail_status
     if status == 404 and judge_status and failing:
         raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found, "
@@ -324,6 +329,28 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
 
 class _ChoseHttp1(Exception):
     """The HTTP/2 preflight's server chose http/1.1 by ALPN, which tls.alpn offered."""
+
+
+def unreachable_reason(exc: BaseException, target: Target, timeout_s: float) -> str:
+    """Why the preflight got no answer, and what to do, in words (no exception names)."""
+    where = f"{target.address}:{target.port}"
+    if isinstance(exc, ConnectionRefusedError):
+        return (f"nothing listens on {where} (connection refused): check the port or start "
+                "the server")
+    if isinstance(exc, socket.gaierror):
+        return (f"cannot resolve {target.hostname} ({exc.strerror}): check the host name")
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return (f"no answer from {where} within {min(timeout_s, 5.0):g} s: is it up, and "
+                "is a firewall dropping packets?")
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return (f"{where} closed the connection (reset) before answering: does it speak "
+                f"{'https' if target.https else 'plain http'} on this port?")
+    if isinstance(exc, HTTPException):
+        return (f"not an HTTP/1.1 answer from {where} ({exc.__class__.__name__.lower()}): "
+                "does the port speak HTTP?")
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror.lower()} ({where})"
+    return str(exc) or exc.__class__.__name__
 
 
 def _tls_wrapper(target: Target, tls: TLS, negotiated: dict[str, Any]
@@ -759,9 +786,10 @@ class Aggregator:
         self.writer.write(rows)
         if self.shard_of is not None:
             self.writer.write(self._shard_rows(reports, start_ms, end_ms))
-        if self.writer.failure and not self.write_failed:
-            self.write_failed = True        # raised once, to stop the run; later rows drop
-            raise ResultsWriteFailed(self.writer.failure)
+        if self.writer.failure:
+            # A full disk or a removed folder stops the run as an abort does: workers stop
+            # scheduling and report what is in flight, so the counts kept are whole.
+            self.write_failed = True
         reason = self.judge(index, rows) if self.judge is not None else None
         if reason and self.abort_reason is None:
             self.abort_reason = reason
@@ -770,6 +798,11 @@ class Aggregator:
         shown = self._show(index, interval_all)
         for observe in self.observers:
             observe(MergedInterval(index, start_ms / 1000, end_ms / 1000, *shown, rows))
+
+    def stop_asked(self) -> bool:
+        """Whether the run should stop scheduling now: an objective's abort_after, or the
+        result file could no longer be written."""
+        return self.abort_reason is not None or self.write_failed
 
     def _shard_rows(self, reports: list[Any], start_ms: int, end_ms: int
                     ) -> list[dict[str, Any]]:
@@ -1001,8 +1034,11 @@ def compile_feeders(plan: Plan, target: Target, inline: bool = False) -> feeders
     label = "profile" if plan.path in ("", "<profile>") else f"profile {os.path.basename(plan.path)}"
     for i, feeder in enumerate(plan.feeders):
         # A feeder no slot uses is not loaded, but a file that is not there is still an error.
-        if not os.access(feeder.path, os.R_OK) or os.path.isdir(feeder.path):
-            raise InputError(f"{label}: feeders[{i}]: cannot read {feeder.file}")
+        # Regular files only: a FIFO would block the read below for ever.
+        check_regular(feeder.path, f"{label}: feeders[{i}]", RELATIVE_HINT)
+        if not os.access(feeder.path, os.R_OK):
+            raise InputError(f"{label}: feeders[{i}]: cannot read {feeder.path} (permission "
+                             "denied)")
     if plan.flows is not None:
         # Flows read every feeder's rows (user.rows) from tables of their own: table i is
         # feeder i, its columns as they are in the file.
@@ -1093,6 +1129,11 @@ def _check_template_buffers(specs: list[WorkerSpec], compiled: feeders.Compiled)
             "more workers or a smaller templated body")
 
 
+# The signals that end a run early and keep its results (exit 128 + N): Ctrl-C, a service
+# manager's stop, and the hang-up of a closed terminal or SSH session.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @dataclass
 class Stop:
     """How the collection ended early, if it did."""
@@ -1114,9 +1155,10 @@ def _collect(pool: WorkerPool | ShardPool, agg: Aggregator, plan: Plan, t0: int,
     deadline = t0 + int((plan.duration_s + plan.timeout_s + 10.0) * 1e9)
 
     def on_signal(signum: int, frame: Any) -> None:
-        # Ctrl-C or SIGTERM ends the run early but keeps it: workers stop scheduling, report
-        # what is in flight, and the results are written as usual. A second one kills the
-        # workers at once; what they reported is still written.
+        # Ctrl-C, SIGTERM or SIGHUP (a closed terminal or SSH session) ends the run early but
+        # keeps it: workers stop scheduling, report what is in flight, and the results are
+        # written as usual. A second one kills the workers at once; what they reported is
+        # still written.
         if stop.signum:
             stop.hard = True
             pool.kill()
@@ -1124,7 +1166,7 @@ def _collect(pool: WorkerPool | ShardPool, agg: Aggregator, plan: Plan, t0: int,
         stop.signum, stop.at_ns = signum, _core.now_ns()
         pool.stop()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
         if isinstance(pool, WorkerPool):
             _collect_until_done(pool, agg, plan, done, deadline, stop)
@@ -1147,7 +1189,7 @@ def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: lis
                 if stop.hard:
                     return
                 raise WorkerCrashed(f"worker {i} exited unexpectedly "
-                                    f"(exit code {pool.exitcode(i)})") from None
+                                    f"({exit_words(pool.exitcode(i, wait_s=2.0))})") from None
             tag = msg[:1]
             if tag == INTERVAL:
                 agg.add(decode_interval(msg))
@@ -1155,13 +1197,12 @@ def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: lis
                 done[i] = True
                 agg.note_done(msg, stop)
             elif tag == FAILED:
-                last = (msg[1:].decode(errors="replace").strip().splitlines() or ["?"])[-1]
-                raise WorkerCrashed(f"worker {i} failed: {last}")
+                raise WorkerCrashed(f"worker {i} failed: {failure_words(msg[1:])}")
         for i in range(len(done)):
             if not done[i] and pool.exitcode(i) is not None and not ready and not stop.hard:
                 raise WorkerCrashed(f"worker {i} exited unexpectedly "
-                                    f"(exit code {pool.exitcode(i)})")
-        if agg.abort_reason and not stopping:
+                                    f"({exit_words(pool.exitcode(i))})")
+        if agg.stop_asked() and not stopping:
             pool.stop()
             stopping = True
             stop.at_ns = stop.at_ns or _core.now_ns()
@@ -1174,6 +1215,18 @@ def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: lis
             raise WorkerCrashed("workers did not finish within the run's time plus its timeout")
     if stop.hard:
         _read_what_was_sent(pool, agg)
+
+
+def exit_words(code: int | None) -> str:
+    """A worker's exit status in words: "exit code 7", "killed by SIGKILL"."""
+    if code is None:
+        return "still running, its socket closed"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _read_what_was_sent(pool: WorkerPool, agg: Aggregator) -> None:

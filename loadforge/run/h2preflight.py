@@ -34,15 +34,25 @@ def h2_status(address: str, port: int, headers: list[tuple[str, str]],
         conn.send_headers(sid, headers, end_stream=True)
         sock.sendall(conn.data_to_send())
         status = 0
+        first = True
         while True:
             data = sock.recv(65536)
             if not data:
                 raise H2PreflightError("the connection closed before a response (does the "
                                        "target speak HTTP/2 without TLS, h2c?)")
+            if first and data.startswith(b"HTTP/"):
+                # h2 would read "HTTP/1.1 ..." as a frame header of megabytes and wait for it.
+                raise H2PreflightError("an HTTP/1.x answer to an HTTP/2 request: the port does "
+                                       "not speak HTTP/2 (drop --http 2, or enable HTTP/2 on "
+                                       "it)")
+            first = False
             try:
                 events = conn.receive_data(data)
-            except h2.exceptions.ProtocolError as exc:
-                raise H2PreflightError(f"not an HTTP/2 answer ({exc})") from None
+            except h2.exceptions.ProtocolError:
+                # h2's message quotes the frame bytes received: noise in a one-line error.
+                raise H2PreflightError("not an HTTP/2 answer to an HTTP/2 request: the port "
+                                       "does not speak HTTP/2 (drop --http 2, or enable "
+                                       "HTTP/2 on it)") from None
             for event in events:
                 if isinstance(event, h2.events.ResponseReceived):
                     for name, value in event.headers or ():

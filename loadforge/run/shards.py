@@ -308,7 +308,7 @@ class ShardPool:
                 if not done[s] and now - heard[s] > stall_ns:
                     raise WorkerCrashed(f"shard {s} sent nothing for {(now - heard[s]) / 1e9:.1f} "
                                         f"s ({STALL_INTERVALS} intervals): it stalled")
-            if agg.abort_reason and not stopping:
+            if agg.stop_asked() and not stopping:
                 self.stop()
                 stopping = True
                 stop.at_ns = stop.at_ns or now

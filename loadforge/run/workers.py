@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import queue
+import re
 import resource
 import signal
 import socket
@@ -406,14 +407,30 @@ def run_flows(spec: WorkerSpec, channel: Connection) -> None:
     channel.send_bytes(done_message(feeds.exhausted if feeds is not None else None))
 
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit): (.+)$")
+
+
+def failure_words(report: bytes) -> str:
+    """A failed worker's traceback (its FAILED message) as one line a user can act on: the
+    last line's message, without the exception's class name; an allocation that failed said
+    as what to change."""
+    last = (report.decode(errors="replace").strip().splitlines() or ["?"])[-1].strip()
+    if last.split(":", 1)[0].endswith("MemoryError"):
+        return ("out of memory: the engine's connection, stream and buffer tables did not fit; "
+                "lower --connections (or --streams, or the body size), or use more workers")
+    match = _EXCEPTION_LINE.match(last)
+    return match.group(1) if match else last
+
+
 def worker_main() -> None:
     """A worker process: `python -c "from loadforge.run.workers import worker_main; worker_main()"
     FD`, with FD its end of the socket pair to the coordinator."""
     # Ctrl-C reaches the whole process group, and so may a SIGTERM (a service manager, a
     # container stop); the coordinator alone decides how to stop, and a worker whose
     # coordinator is gone stops by itself when its socket closes.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A closed terminal hangs up its whole process group, workers included.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     channel = Connection(int(sys.argv[1]))
     sender: ReportSender | None = None
     try:
@@ -495,8 +512,14 @@ class WorkerPool:
             self.terminate()
             raise
 
-    def exitcode(self, i: int) -> int | None:
-        """Worker i's exit status, None while it runs."""
+    def exitcode(self, i: int, wait_s: float = 0.0) -> int | None:
+        """Worker i's exit status, None while it runs. wait_s: how long to wait for it to
+        end (its socket closes a moment before the kernel reports its exit)."""
+        if wait_s > 0:
+            try:
+                return self.processes[i].wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                return None
         return self.processes[i].poll()
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -511,8 +534,8 @@ class WorkerPool:
                 except (EOFError, OSError):
                     raise WorkerCrashed(f"worker {i} exited while starting") from None
                 if msg[:1] == FAILED:
-                    last = msg[1:].decode(errors="replace").strip().splitlines() or ["?"]
-                    raise WorkerCrashed(f"worker {i} failed to start: {last[-1]}")
+                    raise WorkerCrashed(f"worker {i} failed to start: "
+                                        f"{failure_words(msg[1:])}")
                 if msg[:1] == READY:
                     pending.discard(i)
             if time.monotonic() > limit:
