@@ -229,15 +229,22 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
               "replaces the profile's objective of the same name). A miss exits 1.")
 @click.option("--shards", type=click.IntRange(1, limits.MAX_WORKERS), help="Split the run over "
               "this many shard processes (each with --workers workers), one merged result.")
-@click.option("--launcher", type=click.Choice(["local", "kubernetes"]), default="local",
-              show_default=True, help="Who starts the shards: local runs them as processes of "
-              "this machine; kubernetes as the pods of an Indexed Job.")
+@click.option("--launcher", type=click.Choice(["local", "kubernetes", "external"]),
+              default="local", show_default=True, help="Who starts the shards: local runs them "
+              "as processes of this machine; kubernetes as the pods of an Indexed Job; "
+              "external waits for N `loadforge shard` started by anyone.")
 @click.option("--max-clock-offset", default="50ms", show_default=True,
               help="With --shards: a shard whose clock is further off than this fails the start.")
-@click.option("--shard-start-timeout", help="With --launcher kubernetes: how long every shard "
-              "has to dial in and be ready (pods scheduled, images pulled) [default: 300s].")
-@click.option("--coordinator-address", metavar="HOST[:PORT]", help="With --launcher "
-              "kubernetes: what the pods dial [default: this host's name resolved, port 7070].")
+@click.option("--shard-start-timeout", help="With --launcher kubernetes or external: how long "
+              "every shard has to dial in and be ready (pods scheduled, images pulled) "
+              "[default: 300s].")
+@click.option("--coordinator-address", metavar="HOST[:PORT]", help="With --shards: where the "
+              "coordinator listens (local: 127.0.0.1, a free port; external: required), and "
+              "with --launcher kubernetes what the pods dial [default: this host's name "
+              "resolved, port 7070].")
+@click.option("--shard-token-file", type=click.Path(dir_okay=False), help="With --launcher "
+              "external: write the run's shard token to this file (mode 0600) for the shards' "
+              "--token-file [default: the token in $LOADFORGE_SHARD_TOKEN].")
 @click.option("--namespace", default="default", show_default=True,
               help="With --launcher kubernetes: the namespace of the Job and Service.")
 @click.option("--image", help="With --launcher kubernetes: the shards' container image "
@@ -248,8 +255,17 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
               help="With --launcher kubernetes: each pod's memory request and limit.")
 @click.option("--keep", is_flag=True, help="With --launcher kubernetes: leave the Job and "
               "Service in place after the run.")
-@click.option("--dry-run", is_flag=True, help="With --launcher kubernetes: print the Job and "
-              "Service (JSON) and exit, contacting no API.")
+@click.option("--node-selector", "node_selectors", multiple=True, metavar="KEY=VALUE",
+              help="With --launcher kubernetes: the pods' nodeSelector (repeatable).")
+@click.option("--toleration", "tolerations", multiple=True, metavar="KEY[=VALUE][:EFFECT]",
+              help="With --launcher kubernetes: a toleration of the pods (repeatable).")
+@click.option("--service-account", help="With --launcher kubernetes: the pods' service account "
+              "(its API token is not mounted).")
+@click.option("--image-pull-secret", "image_pull_secrets", multiple=True, metavar="NAME",
+              help="With --launcher kubernetes: a Secret to pull the image with (repeatable).")
+@click.option("--dry-run", is_flag=True, help="With --launcher kubernetes: print the Secret, "
+              "Service and Job, and the coordinator's Role and RoleBinding (JSON), and exit, "
+              "contacting no API.")
 def run(profile: str | None, target: str | None, rate: float | None, concurrency: int | None,
         duration: str | None, connections: int | None, timeout: str | None,
         timer_resolution: str | None, requests_per_connection: int | None,
@@ -262,7 +278,10 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         launcher: str = "local", max_clock_offset: str = "50ms",
         shard_start_timeout: str | None = None, coordinator_address: str | None = None,
         namespace: str = "default", image: str | None = None, shard_cpu: str = "1",
-        shard_memory: str = "512Mi", keep: bool = False, dry_run: bool = False) -> None:
+        shard_memory: str = "512Mi", keep: bool = False, dry_run: bool = False,
+        shard_token_file: str | None = None, node_selectors: tuple[str, ...] = (),
+        tolerations: tuple[str, ...] = (), service_account: str | None = None,
+        image_pull_secrets: tuple[str, ...] = ()) -> None:
     """Run a load test: `loadforge run PROFILE` or `loadforge run --target URL --rate R
     --duration D`."""
     from dataclasses import replace
@@ -301,8 +320,14 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         plan = replace(plan, timer_resolution_s=parse_duration(
             timer_resolution, "--timer-resolution", allow_zero=True,
             maximum=limits.MAX_TIMER_RESOLUTION_S))
+    kube_flags = {"--node-selector": node_selectors, "--toleration": tolerations,
+                  "--service-account": service_account,
+                  "--image-pull-secret": image_pull_secrets}
     kube_opts = _kube_options(shards, launcher, shard_start_timeout, coordinator_address,
-                              namespace, image, shard_cpu, shard_memory, keep, dry_run)
+                              namespace, image, shard_cpu, shard_memory, keep, dry_run,
+                              kube_flags, plan.duration_s + plan.timeout_s)
+    shard_opts = _shard_options(shards, launcher, coordinator_address, shard_start_timeout,
+                                shard_token_file)
     if dry_run:
         from loadforge.run.kube import dry_run_text
 
@@ -329,7 +354,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
             opts = replace(opts, shards=shards, launcher=launcher,
                            max_clock_offset_s=parse_duration(max_clock_offset,
                                                              "--max-clock-offset"),
-                           kube=kube_opts)
+                           kube=kube_opts, **shard_opts)
         outcome = runner.execute(plan, opts, console)
         outcomes.append(outcome)
         if not quiet:
@@ -358,17 +383,55 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     sys.exit(next((c for c in codes if c not in (0, 1)), max(codes)))
 
 
+def _shard_options(shards: int | None, launcher: str, address: str | None,
+                   start_timeout: str | None, token_file: str | None) -> dict[str, Any]:
+    """RunOptions' fields for the local and external launchers: where the coordinator listens,
+    how long the shards have, where the token goes (shards.py)."""
+    if address is not None and not shards:
+        raise InputError("--coordinator-address applies only with --shards N")
+    if token_file is not None and launcher != "external":
+        raise InputError("--shard-token-file applies only with --launcher external")
+    if launcher == "kubernetes":
+        return {}
+    if launcher == "local":
+        if start_timeout is not None:
+            raise InputError("--shard-start-timeout applies only with --launcher kubernetes "
+                             "or external")
+        if address is None:
+            return {}
+    from loadforge.run.kube import DEFAULT_START_TIMEOUT_S, parse_coordinator_address
+    from loadforge.run.shards import TOKEN_ENV
+
+    if launcher == "external":
+        if not shards:
+            raise InputError("--launcher external needs --shards N")
+        if address is None:
+            raise InputError("--launcher external needs --coordinator-address HOST:PORT: where "
+                             "the coordinator listens for the shards (0.0.0.0:7070 for every "
+                             "interface)")
+        if token_file is None and not os.environ.get(TOKEN_ENV, "").strip():
+            raise InputError(f"--launcher external: the shards need the run's token: give "
+                             f"--shard-token-file PATH (the shards' --token-file), or set "
+                             f"{TOKEN_ENV} for the coordinator and the shards alike")
+    host, port = parse_coordinator_address(address)
+    out: dict[str, Any] = {"coordinator_address": (host, port), "shard_token_file": token_file}
+    if launcher == "external":
+        out["shard_start_timeout_s"] = (parse_duration(start_timeout, "--shard-start-timeout")
+                                        if start_timeout else DEFAULT_START_TIMEOUT_S)
+    return out
+
+
 def _kube_options(shards: int | None, launcher: str, start_timeout: str | None,
                   address: str | None, namespace: str, image: str | None, cpu: str,
-                  memory: str, keep: bool, dry_run: bool) -> Any:
+                  memory: str, keep: bool, dry_run: bool, more: dict[str, Any],
+                  run_s: float) -> Any:
     """--launcher kubernetes and its flags, checked before anything runs (kube.py). None for
-    the local launcher, whose flags these are not."""
-    given = [flag for flag, on in (("--coordinator-address", address is not None),
-                                   ("--shard-start-timeout", start_timeout is not None),
-                                   ("--namespace", namespace != "default"),
+    the other launchers, whose flags these are not."""
+    given = [flag for flag, on in (("--namespace", namespace != "default"),
                                    ("--image", image is not None), ("--shard-cpu", cpu != "1"),
                                    ("--shard-memory", memory != "512Mi"), ("--keep", keep),
-                                   ("--dry-run", dry_run)) if on]
+                                   ("--dry-run", dry_run),
+                                   *((flag, bool(v)) for flag, v in more.items())) if on]
     if launcher != "kubernetes":
         if given:
             raise InputError(f"{given[0]} applies only with --launcher kubernetes")
@@ -378,13 +441,23 @@ def _kube_options(shards: int | None, launcher: str, start_timeout: str | None,
     if not shards:
         raise InputError("--launcher kubernetes needs --shards N")
     host, port = kube.parse_coordinator_address(address)
+    trouble = kube.loopback_trouble(host, address is not None)
+    if trouble:
+        raise InputError(trouble)
     opts = kube.KubeOptions(
         namespace=kube.check_namespace(namespace), image=image or kube.KubeOptions.image,
         cpu=kube.check_quantity(cpu, "--shard-cpu"),
         memory=kube.check_quantity(memory, "--shard-memory"), keep=keep,
         coordinator_host=host, coordinator_port=port,
         start_timeout_s=parse_duration(start_timeout, "--shard-start-timeout")
-        if start_timeout else kube.DEFAULT_START_TIMEOUT_S)
+        if start_timeout else kube.DEFAULT_START_TIMEOUT_S,
+        node_selector=kube.parse_node_selector(more["--node-selector"]),
+        tolerations=[kube.parse_toleration(t) for t in more["--toleration"]],
+        service_account=kube.check_name(more["--service-account"], "--service-account")
+        if more["--service-account"] else "",
+        image_pull_secrets=[kube.check_name(n, "--image-pull-secret")
+                            for n in more["--image-pull-secret"]],
+        run_s=run_s)
     if not dry_run:
         kube.require_client()
         opts.configuration = kube.load_configuration()
@@ -559,11 +632,14 @@ def trend(runs: tuple[str, ...], metrics: tuple[str, ...], by: tuple[str, ...], 
               help="Where the coordinator (`loadforge run --shards N`) listens.")
 @click.option("--index", type=click.IntRange(0, None), help="This shard's index (default: "
               "$JOB_COMPLETION_INDEX, else the coordinator assigns the next free one).")
-def shard(coordinator: str, index: int | None) -> None:
+@click.option("--token-file", type=click.Path(dir_okay=False), help="A file holding the run's "
+              "shard token (the coordinator's --shard-token-file) [default: the token in "
+              "$LOADFORGE_SHARD_TOKEN].")
+def shard(coordinator: str, index: int | None, token_file: str | None) -> None:
     """Run one shard of a sharded run: dial in, run a stripe of the schedule, stream results."""
     from loadforge.run.shards import shard_main
 
-    shard_main(coordinator, index)
+    shard_main(coordinator, index, token_file)
 
 
 @main.command()

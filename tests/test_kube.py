@@ -25,8 +25,8 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 
 class FakeKubeAPI:
-    """Just the endpoints the launcher calls: POST/DELETE of batch/v1 Jobs and v1 Services in
-    a namespace, GET of its pods (`pods`, whatever the label selector). `refuse` maps (method, kind) to a status to answer with instead; `on_job` is
+    """Just the endpoints the launcher calls: POST/DELETE of batch/v1 Jobs, v1 Services and
+    Secrets in a namespace, GET of its pods (`pods`, whatever the label selector). `refuse` maps (method, kind) to a status to answer with instead; `on_job` is
     called with each Job accepted (to play the Job controller)."""
 
     def __init__(self, refuse: dict[tuple[str, str], int] | None = None, on_job: Any = None,
@@ -46,7 +46,8 @@ class FakeKubeAPI:
                 body = json.loads(self.rfile.read(length)) if length else None
                 api.requests.append((method, self.path, body))
                 kind = ("jobs" if "/jobs" in self.path else
-                        "pods" if "/pods" in self.path else "services")
+                        "pods" if "/pods" in self.path else
+                        "secrets" if "/secrets" in self.path else "services")
                 status = api.refuse.get((method, kind))
                 if kind == "pods" and not status:
                     status, reply = 200, {"kind": "PodList", "apiVersion": "v1",
@@ -103,18 +104,28 @@ class FakeKubeAPI:
 
 class Pods:
     """Plays the Job controller: one local `loadforge shard` per completion index, with the
-    Job's own command and JOB_COMPLETION_INDEX, as a pod would run it."""
+    Job's own command, JOB_COMPLETION_INDEX and the environment it names (the token, from the
+    Secret posted before it), as a pod would run it."""
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.api: FakeKubeAPI | None = None
 
     def __call__(self, job: dict[str, Any]) -> None:
-        command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        command = container["command"]
         assert command[0] == "loadforge" and "--index" not in command
+        assert self.api is not None
+        secret = self.api.posted("secrets")
+        env = {}
+        for var in container["env"]:
+            ref = var["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == secret["metadata"]["name"]
+            env[var["name"]] = secret["stringData"][ref["key"]]
         for index in range(job["spec"]["completions"]):
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "loadforge.cli", *command[1:]], cwd=ROOT,
-                env={**os.environ, "JOB_COMPLETION_INDEX": str(index)},
+                env={**os.environ, **env, "JOB_COMPLETION_INDEX": str(index)},
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def wait(self) -> list[int | None]:
@@ -144,16 +155,22 @@ duration = "1s"
 
 def loadforge(*args: str, env: dict[str, str] | None = None,
               timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """The CLI, its pods on this machine's loopback (the fake API's pods are processes of this
+    machine): a loopback coordinator address is taken, unless `env` says otherwise."""
     return subprocess.run([sys.executable, "-m", "loadforge.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, kube.LOOPBACK_ENV: "1", **(env or {})})
 
 
-def dry_run(prof: str, *args: str, shards: str = "3") -> list[dict[str, Any]]:
+def dry_run(prof: str, *args: str, shards: str = "3") -> dict[str, dict[str, Any]]:
+    """What --dry-run prints, by kind."""
     out = loadforge("run", prof, "--shards", shards, "--launcher", "kubernetes", "--dry-run",
                     *args)
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)["items"]
+    items = json.loads(out.stdout)["items"]
+    by_kind = {item["kind"]: item for item in items}
+    assert len(by_kind) == len(items)
+    return by_kind
 
 
 def without_run_id(obj: Any, run_id: str, name: str) -> Any:
@@ -166,11 +183,14 @@ def without_run_id(obj: Any, run_id: str, name: str) -> Any:
 
 def test_dry_run_manifests_validate_against_the_kubernetes_schema(tmp_path):
     prof = write_profile(tmp_path, "http://127.0.0.1:9")
-    job, service = dry_run(prof, "--coordinator-address", "10.1.2.3:7100", "--namespace",
-                           "loadtest", "--image", "registry.example/loadforge:0.1.0",
-                           "--shard-cpu", "1500m", "--shard-memory", "1Gi")
+    items = dry_run(prof, "--coordinator-address", "10.1.2.3:7100", "--namespace",
+                    "loadtest", "--image", "registry.example/loadforge:0.1.0",
+                    "--shard-cpu", "1500m", "--shard-memory", "1Gi")
+    assert sorted(items) == ["Job", "Role", "RoleBinding", "Secret", "Service",
+                             "ServiceAccount"]
+    job, service = items["Job"], items["Service"]
     version = kubernetes_validate.latest_version()
-    for manifest in (job, service):
+    for manifest in items.values():
         kubernetes_validate.validate(manifest, version, strict=True)
     # The client's own models take them too, with every field they name.
     client = kubernetes.client.ApiClient()
@@ -248,19 +268,23 @@ def test_launcher_takes_an_injected_configuration_and_cleans_up():
         opts = kube.KubeOptions(namespace="loadtest", coordinator_host="127.0.0.1",
                                 coordinator_port=7100, configuration=configuration)
         launcher = kube.KubeLauncher(opts, "20261126T034400-kube-abc123", 2)
+        launcher.token = "t0ken"
         launcher.launch(7100)
         launcher.cleanup()
         launcher.cleanup()           # once only
         calls = [(m, p.split("?")[0]) for m, p, _ in api.requests]
         name = launcher.name
-        assert calls == [("POST", "/api/v1/namespaces/loadtest/services"),
+        assert calls == [("POST", "/api/v1/namespaces/loadtest/secrets"),
+                         ("POST", "/api/v1/namespaces/loadtest/services"),
                          ("POST", "/apis/batch/v1/namespaces/loadtest/jobs"),
                          ("DELETE", f"/apis/batch/v1/namespaces/loadtest/jobs/{name}"),
-                         ("DELETE", f"/api/v1/namespaces/loadtest/services/{name}")]
-        job_delete = api.requests[2]
+                         ("DELETE", f"/api/v1/namespaces/loadtest/services/{name}"),
+                         ("DELETE", f"/api/v1/namespaces/loadtest/secrets/{name}")]
+        job_delete = api.requests[3]
         assert ("propagationPolicy=Foreground" in job_delete[1]
                 or (job_delete[2] or {}).get("propagationPolicy") == "Foreground")
         assert api.posted("jobs") == launcher.job and api.posted("services") == launcher.service
+        assert api.posted("secrets")["stringData"] == {"token": "t0ken"}
     finally:
         api.close()
 
@@ -269,6 +293,7 @@ def test_launcher_takes_an_injected_configuration_and_cleans_up():
 def test_a_kubernetes_run_completes_with_shards_started_as_pods_would(nginx, tmp_path, keep):
     pods = Pods()
     api = FakeKubeAPI(on_job=pods)
+    pods.api = api
     try:
         prof = write_profile(tmp_path, nginx.url)
         address = f"127.0.0.1:{free_port()}"
@@ -287,19 +312,26 @@ def test_a_kubernetes_run_completes_with_shards_started_as_pods_would(nginx, tmp
         assert [s["scheduled"] for s in result["shards"]] == [100, 100]
         # What was posted is what --dry-run prints (but for the run id).
         job, service = api.posted("jobs"), api.posted("services")
+        secret = api.posted("secrets")
         name = job["metadata"]["name"]
         printed = dry_run(prof, *flags[4:8], shards="2")
-        printed_name = printed[0]["metadata"]["name"]
-        printed_id = printed[0]["metadata"]["labels"][kube.RUN_ID_LABEL]
+        printed_name = printed["Job"]["metadata"]["name"]
+        printed_id = printed["Job"]["metadata"]["labels"][kube.RUN_ID_LABEL]
         assert job["metadata"]["labels"][kube.RUN_ID_LABEL] == result["run_id"]
-        assert without_run_id([job, service], result["run_id"], name) == without_run_id(
-            printed, printed_id, printed_name)
+        # Each run (and each dry run) has a token of its own.
+        token = secret["stringData"]["token"]
+        assert len(token) >= 40 and token != printed["Secret"]["stringData"]["token"]
+        assert token not in json.dumps(job) and token not in out.stderr
+        printed["Secret"]["stringData"]["token"] = token
+        assert without_run_id([job, service, secret], result["run_id"], name) == without_run_id(
+            [printed["Job"], printed["Service"], printed["Secret"]], printed_id, printed_name)
         deletes = [p.split("?")[0] for m, p, _ in api.requests if m == "DELETE"]
         if keep:
-            assert deletes == [] and f"kept Job and Service {name}" in out.stderr
+            assert deletes == [] and f"kept Job, Service and Secret {name}" in out.stderr
         else:
             assert deletes == [f"/apis/batch/v1/namespaces/loadtest/jobs/{name}",
-                               f"/api/v1/namespaces/loadtest/services/{name}"]
+                               f"/api/v1/namespaces/loadtest/services/{name}",
+                               f"/api/v1/namespaces/loadtest/secrets/{name}"]
     finally:
         pods.wait()
         api.close()
@@ -318,9 +350,9 @@ def test_an_api_refusal_exits_3_with_one_line(nginx, tmp_path):
         assert len(lines) == 1 and "Traceback" not in out.stderr
         assert "creating Job loadforge-" in lines[0] and "in namespace loadtest" in lines[0]
         assert "403" in lines[0] and 'cannot post resource "jobs"' in lines[0]
-        # The Service created before the refusal is deleted again.
-        assert [m for m, _, _ in api.requests] == ["POST", "POST", "DELETE"]
-        assert "/services/" in api.requests[2][1]
+        # The Secret and Service created before the refusal are deleted again.
+        assert [m for m, _, _ in api.requests] == ["POST", "POST", "POST", "DELETE", "DELETE"]
+        assert "/services/" in api.requests[3][1] and "/secrets/" in api.requests[4][1]
     finally:
         api.close()
 
@@ -336,8 +368,7 @@ def test_shards_that_never_dial_in_fail_the_start_naming_them(nginx, tmp_path):
         assert out.returncode == 3, out.stderr
         assert "shards [0, 1] never dialled in within 1 s" in out.stderr
         assert "--shard-start-timeout" in out.stderr and "Traceback" not in out.stderr
-        assert [m for m, _, _ in api.requests if m != "GET"] == ["POST", "POST", "DELETE",
-                                                                 "DELETE"]
+        assert [m for m, _, _ in api.requests if m != "GET"] == ["POST"] * 3 + ["DELETE"] * 3
     finally:
         api.close()
 
@@ -368,7 +399,7 @@ def test_a_pod_whose_image_does_not_pull_fails_the_start_early_naming_its_shard(
         gets = [p for m, p, _ in api.requests if m == "GET"]
         assert gets and all(p.startswith("/api/v1/namespaces/default/pods?labelSelector=")
                             for p in gets)
-        assert [m for m, _, _ in api.requests][-2:] == ["DELETE", "DELETE"]
+        assert [m for m, _, _ in api.requests][-3:] == ["DELETE"] * 3
     finally:
         api.close()
 

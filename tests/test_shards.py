@@ -261,7 +261,8 @@ def test_the_coordinator_refuses_a_shard_of_another_version():
         host, port = pool.address.rsplit(":", 1)
         conn = Connection(socket.create_connection((host, int(port))).detach())
         conn.send_bytes(shards.HELLO + json.dumps({"protocol": shards.PROTOCOL,
-                                                   "version": "0.0.1", "index": 0}).encode())
+                                                   "version": "0.0.1", "index": 0,
+                                                   "token": pool.token}).encode())
         said.append(conn.recv_bytes())
         conn.close()
 
