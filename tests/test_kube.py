@@ -426,3 +426,210 @@ def test_without_the_kubernetes_package_it_says_how_to_install_it(tmp_path):
     # --dry-run needs no client.
     assert loadforge("run", prof, "--shards", "2", "--launcher", "kubernetes", "--dry-run",
                      env={"PYTHONPATH": str(tmp_path)}).returncode == 0
+
+
+# -- what a restricted namespace accepts ------------------------------------------------------
+
+ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                   "persistentVolumeClaim", "projected", "secret"}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """The restricted Pod Security Standard's rules (baseline's included), checked on a pod
+    spec as the admission controller does: what it would refuse, one line per rule broken."""
+    out = []
+    pod_sc = pod.get("securityContext") or {}
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            out.append(f"{flag}")
+    for volume in pod.get("volumes") or []:
+        kind = next(k for k in volume if k != "name")
+        if kind not in ALLOWED_VOLUMES:
+            out.append(f"volume {volume['name']} is {kind}")
+    if any(s.get("name") not in ("kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range",
+                                 "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range",
+                                 "net.ipv4.ip_unprivileged_port_start")
+           for s in pod_sc.get("sysctls") or []):
+        out.append("unsafe sysctls")
+    if pod_sc.get("runAsUser") == 0:
+        out.append("pod runAsUser 0")
+    containers = [*(pod.get("containers") or []), *(pod.get("initContainers") or [])]
+    for c in containers:
+        sc = c.get("securityContext") or {}
+        name = c["name"]
+        if sc.get("privileged"):
+            out.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name}: allowPrivilegeEscalation != false")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            out.append(f"{name}: capabilities.drop lacks ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name}: adds capabilities")
+        if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+            out.append(f"{name}: runAsNonRoot != true")
+        if sc.get("runAsUser") == 0:
+            out.append(f"{name}: runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{name}: seccompProfile {seccomp}")
+        if sc.get("procMount", "Default") != "Default":
+            out.append(f"{name}: procMount")
+        if any(p.get("hostPort") for p in c.get("ports") or []):
+            out.append(f"{name}: hostPort")
+        se_type = (sc.get("seLinuxOptions") or {}).get("type")
+        if se_type not in (None, "", "container_t", "container_init_t", "container_kvm_t"):
+            out.append(f"{name}: seLinux type {se_type}")
+    return out
+
+
+def test_the_rule_checks_catch_what_a_restricted_namespace_refuses():
+    # The Job's pods as they were before (no securityContext): refused, for these reasons.
+    bare = {"containers": [{"name": "shard", "image": "x"}],
+            "volumes": [{"name": "h", "hostPath": {"path": "/"}}], "hostNetwork": True}
+    assert restricted_violations(bare) == [
+        "hostNetwork", "volume h is hostPath", "shard: allowPrivilegeEscalation != false",
+        "shard: capabilities.drop lacks ALL", "shard: runAsNonRoot != true",
+        "shard: seccompProfile None"]
+
+
+def test_the_pods_pass_the_restricted_standard_and_clean_up_after_themselves(tmp_path):
+    prof = write_profile(tmp_path, "http://127.0.0.1:9")          # 1 s of load
+    items = dry_run(prof, "--coordinator-address", "10.1.2.3:7100", "--namespace", "loadtest",
+                    "--shard-start-timeout", "120s", "--node-selector", "pool=load",
+                    "--node-selector", "kubernetes.io/arch=amd64", "--toleration",
+                    "dedicated=loadtest:NoSchedule", "--toleration", "spot",
+                    "--service-account", "shards", "--image-pull-secret", "regcred",
+                    "--image-pull-secret", "mirror.cred")
+    version = kubernetes_validate.latest_version()
+    for manifest in items.values():
+        kubernetes_validate.validate(manifest, version, strict=True)
+    job = items["Job"]
+    pod = job["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001      # the Dockerfile's USER
+    assert pod["automountServiceAccountToken"] is False
+    # The Job ends by itself should the coordinator die: the plan (1 s) and its request
+    # timeout (5 s), the start timeout, the slack; then the TTL deletes it.
+    assert job["spec"]["activeDeadlineSeconds"] == 1 + 5 + 120 + kube.DEADLINE_SLACK_S
+    assert job["spec"]["ttlSecondsAfterFinished"] == kube.TTL_AFTER_FINISHED_S
+    assert pod["nodeSelector"] == {"pool": "load", "kubernetes.io/arch": "amd64"}
+    assert pod["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "loadtest", "effect": "NoSchedule"},
+        {"key": "spot", "operator": "Exists"}]
+    assert pod["serviceAccountName"] == "shards"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror.cred"}]
+    # The token: from the Secret, never on the command line.
+    secret = items["Secret"]
+    assert container["env"] == [{"name": "LOADFORGE_SHARD_TOKEN", "valueFrom": {
+        "secretKeyRef": {"name": secret["metadata"]["name"], "key": "token"}}}]
+    assert secret["stringData"]["token"] not in json.dumps(container["command"])
+    # The coordinator's Role, bound to its ServiceAccount, in the run's namespace.
+    role, binding = items["Role"], items["RoleBinding"]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "loadtest"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "namespace": "loadtest",
+                                    "name": items["ServiceAccount"]["metadata"]["name"]}]
+
+
+def allowed(role: dict[str, Any], method: str, path: str) -> bool:
+    """Whether the Role lets the coordinator make this API call (namespaced resources)."""
+    parts = path.split("?")[0].strip("/").split("/")
+    group = "" if parts[0] == "api" else parts[1]
+    resource = parts[parts.index("namespaces") + 2]
+    named = len(parts) > parts.index("namespaces") + 3
+    verb = {"POST": "create", "DELETE": "delete", "GET": "get" if named else "list"}[method]
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+               for r in role["rules"])
+
+
+def test_the_role_allows_every_call_the_launcher_makes(nginx, tmp_path):
+    pods = Pods()
+    api = FakeKubeAPI(on_job=pods)
+    pods.api = api
+    try:
+        prof = write_profile(tmp_path, nginx.url)
+        out = loadforge("run", prof, "--shards", "2", "--launcher", "kubernetes",
+                        "--coordinator-address", f"127.0.0.1:{free_port()}", "--workers", "1",
+                        "--quiet", "--out", str(tmp_path / "results"),
+                        env={"KUBECONFIG": api.kubeconfig(tmp_path)})
+        assert out.returncode == 0, out.stderr
+        assert pods.wait() == [0, 0]
+    finally:
+        pods.wait()
+        api.close()
+    role = dry_run(prof, "--coordinator-address", "10.1.2.3")["Role"]
+    calls = {(m, p.split("?")[0]) for m, p, _ in api.requests}
+    assert {m for m, _ in calls} >= {"POST", "DELETE"}
+    assert [c for c in calls if not allowed(role, *c)] == []
+    # and the check itself refuses what the Role does not grant
+    assert not allowed(role, "DELETE", "/api/v1/namespaces/default/pods/x")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:7070", "[::1]:7070", "localhost:7070"])
+def test_a_loopback_coordinator_address_is_exit_2_with_the_fix(tmp_path, address):
+    prof = write_profile(tmp_path, "http://127.0.0.1:9")
+    out = loadforge("run", prof, "--shards", "2", "--launcher", "kubernetes",
+                    "--coordinator-address", address, "--dry-run",
+                    env={kube.LOOPBACK_ENV: ""})
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr and out.stdout == ""
+    assert "is a loopback address: the pods would dial their own loopback" in lines[0]
+    assert "give --coordinator-address with an address of this machine" in lines[0]
+
+
+def test_a_host_name_that_resolves_to_loopback_is_exit_2_too(tmp_path):
+    import socket
+
+    try:
+        resolved = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        pytest.skip("this host's name does not resolve")
+    prof = write_profile(tmp_path, "http://127.0.0.1:9")
+    out = loadforge("run", prof, "--shards", "2", "--launcher", "kubernetes", "--dry-run",
+                    env={kube.LOOPBACK_ENV: ""})
+    if not resolved.startswith("127."):
+        assert out.returncode == 0, out.stderr
+        return
+    assert out.returncode == 2, out.stderr
+    assert (f"this host's name ({socket.gethostname()}) resolves to {resolved}, which is a "
+            "loopback address") in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--launcher", "kubernetes", "--toleration", "gpu:Sometimes", "--dry-run"],
+     "--toleration gpu:Sometimes: expected KEY[=VALUE][:EFFECT]"),
+    (["--launcher", "kubernetes", "--node-selector", "pool", "--dry-run"],
+     "--node-selector pool: expected KEY=VALUE"),
+    (["--launcher", "kubernetes", "--image-pull-secret", "Reg_Cred", "--dry-run"],
+     "--image-pull-secret Reg_Cred: expected a Kubernetes object name"),
+    (["--launcher", "kubernetes", "--service-account", "-x", "--dry-run"],
+     "--service-account -x: expected a Kubernetes object name"),
+    (["--node-selector", "pool=load"], "--node-selector applies only with --launcher kubernetes"),
+    (["--launcher", "external"], "--launcher external needs --coordinator-address HOST:PORT"),
+    (["--launcher", "external", "--coordinator-address", "127.0.0.1:27001"],
+     "--launcher external: the shards need the run's token"),
+    (["--shard-token-file", "t"], "--shard-token-file applies only with --launcher external"),
+    (["--shard-start-timeout", "5s"], "--shard-start-timeout applies only with --launcher "
+     "kubernetes or external"),
+])
+def test_bad_scheduling_and_launcher_flags_exit_2_with_one_line(tmp_path, args, message):
+    prof = write_profile(tmp_path, "http://127.0.0.1:9")
+    out = loadforge("run", prof, "--shards", "2", *args, env={"LOADFORGE_SHARD_TOKEN": ""})
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_shard_without_a_token_is_exit_2_with_the_fix(tmp_path):
+    out = loadforge("shard", "--coordinator", "127.0.0.1:9", env={"LOADFORGE_SHARD_TOKEN": ""})
+    assert out.returncode == 2, out.stderr
+    assert "no shard token: set LOADFORGE_SHARD_TOKEN" in out.stderr
+    (tmp_path / "empty").write_text("\n")
+    out = loadforge("shard", "--coordinator", "127.0.0.1:9", "--token-file",
+                    str(tmp_path / "empty"))
+    assert out.returncode == 2 and "the file is empty" in out.stderr

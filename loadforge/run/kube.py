@@ -158,7 +158,7 @@ def loopback_trouble(host: str, given: bool) -> str:
         return ""
     what = (f"--coordinator-address {host}" if given else
             f"this host's name ({socket.gethostname()})")
-    resolved = "" if loop == host else f" resolves to {loop}, which"
+    resolved = "" if loop == host and given else f" resolves to {loop}, which"
     return (f"{what}{resolved} is a loopback address: the pods would dial their own loopback, "
             "not this machine; give --coordinator-address with an address of this machine "
             "the pods can reach (e.g. its node-network IP: --coordinator-address 10.0.0.5:7070)")
