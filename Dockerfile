@@ -37,7 +37,9 @@ ENV PATH=/opt/loadforge/bin:$PATH
 # Numeric, so that Kubernetes can verify runAsNonRoot without a runAsUser.
 USER 10001:10001
 WORKDIR /home/loadforge
-# The smoke test: the image is not built unless loadforge (and its engine) loads.
-RUN loadforge --version && python3 -c 'import loadforge._core'
+# The smoke test: the image is not built unless loadforge, its engine and the engine's
+# HTTP/2 library (libnghttp2.so.14, loaded at run time) load.
+RUN loadforge --version \
+    && python3 -c 'import sys; from loadforge import _core; sys.exit(_core.http2_library() or 0)'
 ENTRYPOINT ["loadforge"]
 CMD ["--help"]

@@ -241,6 +241,14 @@ def test_external_shards_as_containers_from_the_image(nginx, tmp_path):
         for p in procs:
             said, _ = p.communicate(timeout=120)
             assert p.returncode == 0, said
+        # The image runs as a non-root user and can speak HTTP/2 (its libnghttp2 loads).
+        probe = subprocess.run(
+            [*pm, "run", "--rm", "--network", "host", "--entrypoint", "python3", IMAGE, "-c",
+             "import os; from loadforge import _core; "
+             "print(os.getuid(), repr(_core.http2_library()))"],
+            capture_output=True, text=True, timeout=120)
+        assert probe.returncode == 0, probe.stderr
+        assert probe.stdout.split() == ["10001", "''"]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -252,3 +260,25 @@ def test_external_shards_as_containers_from_the_image(nginx, tmp_path):
         if coord.poll() is None:
             coord.kill()
             coord.wait()
+
+
+def test_local_shards_take_the_coordinator_address_too(nginx, tmp_path):
+    prof = write_profile(tmp_path, nginx.url)
+    # A port someone else holds: the coordinator says it cannot listen there (exit 3).
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        busy = taken.getsockname()[1]
+        out = subprocess.run(
+            cli("run", prof, "--shards", "2", "--coordinator-address", f"127.0.0.1:{busy}",
+                "--quiet", "--out", str(tmp_path / "results")),
+            cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert out.returncode == 3, out.stderr
+    assert f"the coordinator cannot listen on 127.0.0.1:{busy}" in out.stderr
+    before = nginx.served()
+    out = subprocess.run(
+        cli("run", prof, "--shards", "2", "--coordinator-address", f"127.0.0.1:{free_port()}",
+            "--workers", "1", "--quiet", "--out", str(tmp_path / "results"),
+            "--summary-json", str(tmp_path / "s.json")),
+        cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["requests"] == 200
+    assert nginx.served() - before - 1 == 200
