@@ -31,7 +31,8 @@ FROM ${BASE}
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libssl3 libnghttp2-14 ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 10001 --user-group loadforge
+    && groupadd --gid 10001 loadforge \
+    && useradd --create-home --uid 10001 --gid 10001 loadforge
 COPY --from=build /opt/loadforge /opt/loadforge
 ENV PATH=/opt/loadforge/bin:$PATH
 # Numeric, so that Kubernetes can verify runAsNonRoot without a runAsUser.

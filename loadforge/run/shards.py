@@ -517,9 +517,14 @@ def write_token(path: str, token: str) -> None:
                          f"({exc.strerror or exc})") from None
 
 
-def _read_exactly(sock: socket.socket, n: int) -> bytes:
+def _read_exactly(sock: socket.socket, n: int, limit: float) -> bytes:
+    """n bytes, by time.monotonic() `limit` (else TimeoutError), however slowly they come."""
     data = b""
     while len(data) < n:
+        left = limit - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("too slow")
+        sock.settimeout(left)
         chunk = sock.recv(n - len(data))
         if not chunk:
             raise EOFError("closed")
@@ -528,12 +533,14 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
 
 
 def _read_hello(sock: socket.socket) -> bytes:
-    """One message in multiprocessing's framing, read with the socket's timeout and at most
-    HELLO_MAX bytes: a connection that says nothing, or too much, cannot hold up the start."""
-    (size,) = _FRAME.unpack(_read_exactly(sock, _FRAME.size))
+    """One message in multiprocessing's framing, whole within HELLO_TIMEOUT_S and at most
+    HELLO_MAX bytes: a connection that says too little, too slowly or too much cannot hold up
+    the start for longer."""
+    limit = time.monotonic() + HELLO_TIMEOUT_S
+    (size,) = _FRAME.unpack(_read_exactly(sock, _FRAME.size, limit))
     if not 0 < size <= HELLO_MAX:
         raise ValueError(f"a message of {size} bytes")
-    return _read_exactly(sock, size)
+    return _read_exactly(sock, size, limit)
 
 
 def _line(raw: bytes) -> str:
