@@ -263,6 +263,13 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
               "(its API token is not mounted).")
 @click.option("--image-pull-secret", "image_pull_secrets", multiple=True, metavar="NAME",
               help="With --launcher kubernetes: a Secret to pull the image with (repeatable).")
+@click.option("--coordinator-in-cluster", is_flag=True, help="With --launcher kubernetes and "
+              "a PROFILE: print what runs the coordinator itself as a pod (its Job, the "
+              "profile as a ConfigMap, its Role) for `kubectl apply -f -`, and exit, "
+              "contacting no API.")
+@click.option("--results-claim", metavar="PVC", help="With --coordinator-in-cluster: the "
+              "PersistentVolumeClaim the coordinator writes its results to [default: an "
+              "emptyDir, gone with the pod].")
 @click.option("--dry-run", is_flag=True, help="With --launcher kubernetes: print the Secret, "
               "Service and Job, and the coordinator's Role and RoleBinding (JSON), and exit, "
               "contacting no API.")
@@ -281,7 +288,8 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         shard_memory: str = "512Mi", keep: bool = False, dry_run: bool = False,
         shard_token_file: str | None = None, node_selectors: tuple[str, ...] = (),
         tolerations: tuple[str, ...] = (), service_account: str | None = None,
-        image_pull_secrets: tuple[str, ...] = ()) -> None:
+        image_pull_secrets: tuple[str, ...] = (), coordinator_in_cluster: bool = False,
+        results_claim: str | None = None) -> None:
     """Run a load test: `loadforge run PROFILE` or `loadforge run --target URL --rate R
     --duration D`."""
     from dataclasses import replace
@@ -322,10 +330,17 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
             maximum=limits.MAX_TIMER_RESOLUTION_S))
     kube_flags = {"--node-selector": node_selectors, "--toleration": tolerations,
                   "--service-account": service_account,
-                  "--image-pull-secret": image_pull_secrets}
+                  "--image-pull-secret": image_pull_secrets,
+                  "--coordinator-in-cluster": coordinator_in_cluster,
+                  "--results-claim": results_claim}
+    if results_claim is not None and not coordinator_in_cluster:
+        raise InputError("--results-claim applies only with --coordinator-in-cluster")
     kube_opts = _kube_options(shards, launcher, shard_start_timeout, coordinator_address,
                               namespace, image, shard_cpu, shard_memory, keep, dry_run,
                               kube_flags, plan.duration_s + plan.timeout_s)
+    if coordinator_in_cluster:
+        click.echo(_in_cluster_text(plan, profile, shards or 1, kube_opts, results_claim))
+        return
     shard_opts = _shard_options(shards, launcher, coordinator_address, shard_start_timeout,
                                 shard_token_file)
     if dry_run:
@@ -440,8 +455,13 @@ def _kube_options(shards: int | None, launcher: str, start_timeout: str | None,
 
     if not shards:
         raise InputError("--launcher kubernetes needs --shards N")
-    host, port = kube.parse_coordinator_address(address)
-    trouble = kube.loopback_trouble(host, address is not None)
+    in_cluster = bool(more["--coordinator-in-cluster"])
+    if in_cluster and address is not None:
+        raise InputError("--coordinator-in-cluster: the shards dial the coordinator's pod IP; "
+                         "drop --coordinator-address")
+    host, port = kube.parse_coordinator_address(address or (kube.POD_IP if in_cluster
+                                                            else None))
+    trouble = "" if in_cluster else kube.loopback_trouble(host, address is not None)
     if trouble:
         raise InputError(trouble)
     opts = kube.KubeOptions(
@@ -458,10 +478,66 @@ def _kube_options(shards: int | None, launcher: str, start_timeout: str | None,
         image_pull_secrets=[kube.check_name(n, "--image-pull-secret")
                             for n in more["--image-pull-secret"]],
         run_s=run_s)
-    if not dry_run:
+    if not dry_run and not in_cluster:
         kube.require_client()
         opts.configuration = kube.load_configuration()
     return opts
+
+
+# What --coordinator-in-cluster does not pass on to the coordinator's pod: flags it sets
+# itself, and what names files of this machine.
+_NOT_IN_CLUSTER = {"profile", "shards", "launcher", "coordinator_address", "out_dir",
+                   "summary_json", "junit_path", "dry_run", "coordinator_in_cluster",
+                   "results_claim", "keep"}
+_FILES = {"ca_cert": "--ca-cert", "client_cert": "--client-cert", "client_key": "--client-key"}
+
+
+def _in_cluster_text(plan: Any, profile: str | None, shards: int, kube_opts: Any,
+                     results_claim: str | None) -> str:
+    """--coordinator-in-cluster: the manifests, with this command line's other flags."""
+    from click.core import ParameterSource
+
+    from loadforge.run import kube
+
+    if not profile:
+        raise InputError("--coordinator-in-cluster needs a PROFILE: it goes to the pod as a "
+                         "ConfigMap")
+    if plan.feeders or plan.flows or (plan.tls is not None and (plan.tls.ca or plan.tls.cert
+                                                                or plan.tls.key)):
+        raise InputError("--coordinator-in-cluster takes a self-contained profile: this one "
+                         "names files (feeders, a flows module or TLS files) the pod would not "
+                         "have; build them into the image and run the coordinator there")
+    if results_claim is not None:
+        kube.check_name(results_claim, "--results-claim")
+    ctx = click.get_current_context()
+    args: list[str] = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        if (not isinstance(param, click.Option) or name in _NOT_IN_CLUSTER
+                or ctx.get_parameter_source(name) not in (ParameterSource.COMMANDLINE,
+                                                          ParameterSource.ENVIRONMENT)):
+            continue
+        if name in _FILES:
+            raise InputError(f"--coordinator-in-cluster: {_FILES[name]} names a file of this "
+                             "machine the pod would not have")
+        flag = next(o for o in param.opts if o.startswith("--"))
+        value = ctx.params[name]
+        if param.is_flag:
+            args += [flag] if value else []
+        elif param.multiple:
+            for v in value:
+                args += [flag, str(v)]
+        else:
+            args += [flag, str(value)]
+    try:
+        with open(profile, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{profile}: cannot read it ({exc})") from None
+    from loadforge import runner
+
+    return kube.in_cluster_text(runner.new_run_id(plan), shards, kube_opts,
+                                "profile.toml", text, args, results_claim)
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:

@@ -633,3 +633,63 @@ def test_a_shard_without_a_token_is_exit_2_with_the_fix(tmp_path):
     out = loadforge("shard", "--coordinator", "127.0.0.1:9", "--token-file",
                     str(tmp_path / "empty"))
     assert out.returncode == 2 and "the file is empty" in out.stderr
+
+
+# -- the coordinator in the cluster ------------------------------------------------------------
+
+def test_the_coordinator_in_the_cluster_is_what_kubectl_apply_needs(tmp_path):
+    prof = write_profile(tmp_path, "http://10.0.0.9:8080")
+    out = loadforge("run", prof, "--shards", "3", "--launcher", "kubernetes",
+                    "--coordinator-in-cluster", "--namespace", "loadtest", "--image",
+                    "registry.example/loadforge:0.1.0", "--workers", "1", "--toleration",
+                    "spot", "--no-preflight", "--results-claim", "loadtest-results",
+                    env={kube.LOOPBACK_ENV: ""})
+    assert out.returncode == 0, out.stderr
+    items = {i["kind"]: i for i in json.loads(out.stdout)["items"]}
+    assert sorted(items) == ["ConfigMap", "Job", "Role", "RoleBinding", "ServiceAccount"]
+    version = kubernetes_validate.latest_version()
+    for manifest in items.values():
+        kubernetes_validate.validate(manifest, version, strict=True)
+    job = items["Job"]
+    pod = job["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    assert pod["serviceAccountName"] == items["RoleBinding"]["subjects"][0]["name"]
+    assert pod["tolerations"] == [{"key": "spot", "operator": "Exists"}]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["results"]["persistentVolumeClaim"] == {"claimName": "loadtest-results"}
+    assert volumes["profile"]["configMap"]["name"] == items["ConfigMap"]["metadata"]["name"]
+    assert items["ConfigMap"]["data"] == {"profile.toml": open(prof).read()}
+    container = pod["containers"][0]
+    assert container["env"] == [{"name": "POD_IP", "valueFrom": {
+        "fieldRef": {"fieldPath": "status.podIP"}}}]
+    command = container["command"]
+    assert command[:3] == ["loadforge", "run", "/etc/loadforge/profile.toml"]
+    # The pod's command line is one the CLI takes: run here, as the kubelet would expand it,
+    # with --dry-run, it prints shards that dial the pod's address with the same flags.
+    local = [prof if a == "/etc/loadforge/profile.toml" else
+             "10.0.0.9" if a == "$(POD_IP)" else a for a in command[1:]]
+    inner = loadforge(*local, "--dry-run")
+    assert inner.returncode == 0, inner.stderr
+    shard_job = next(i for i in json.loads(inner.stdout)["items"] if i["kind"] == "Job")
+    shard_pod = shard_job["spec"]["template"]["spec"]
+    assert shard_pod["containers"][0]["command"][-1] == "10.0.0.9:7070"
+    assert shard_pod["containers"][0]["image"] == "registry.example/loadforge:0.1.0"
+    assert shard_job["metadata"]["namespace"] == "loadtest"
+    assert shard_pod["tolerations"] == pod["tolerations"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target", "http://10.0.0.9/", "--rate", "10", "--duration", "1s"],
+     "--coordinator-in-cluster needs a PROFILE"),
+    (["PROFILE", "--coordinator-address", "10.0.0.1"],
+     "--coordinator-in-cluster: the shards dial the coordinator's pod IP"),
+])
+def test_bad_in_cluster_flags_exit_2_with_one_line(tmp_path, args, message):
+    prof = write_profile(tmp_path, "http://10.0.0.9:8080")
+    args = [prof if a == "PROFILE" else a for a in args]
+    out = loadforge("run", *args, "--shards", "2", "--launcher", "kubernetes",
+                    "--coordinator-in-cluster")
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = loadforge("run", prof, "--shards", "2", "--results-claim", "r")
+    assert out.returncode == 2 and "--results-claim applies only with" in out.stderr

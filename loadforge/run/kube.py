@@ -344,6 +344,83 @@ def rbac(namespace: str) -> list[dict[str, Any]]:
     ]
 
 
+IN_CLUSTER_PROFILE_DIR = "/etc/loadforge"
+IN_CLUSTER_RESULTS = "/results"
+POD_IP = "$(POD_IP)"           # the kubelet expands it from the env var of that name
+
+
+def coordinator_manifests(run_id: str, shards: int, opts: KubeOptions, profile_name: str,
+                          profile_text: str, args: list[str],
+                          results_claim: str | None) -> list[dict[str, Any]]:
+    """--coordinator-in-cluster: the coordinator itself as the pod of a Job, from the same
+    image: its profile in a ConfigMap, its results in /results (a PersistentVolumeClaim, else
+    an emptyDir), the address the shards dial its own pod IP, its API access the
+    loadforge-coordinator ServiceAccount (rbac()). `args` are the run's other flags."""
+    name = f"{resource_names(run_id)}-coordinator"
+    labels = {NAME_LABEL: "loadforge", RUN_ID_LABEL: run_label(run_id),
+              "app.kubernetes.io/component": "coordinator"}
+    pod_security, container_security = restricted_security()
+    pod_security["fsGroup"] = IMAGE_UID          # the results volume is writable by the user
+    command = ["loadforge", "run", f"{IN_CLUSTER_PROFILE_DIR}/{profile_name}", *args,
+               "--shards", str(shards), "--launcher", "kubernetes",
+               "--coordinator-address", POD_IP, "--out", IN_CLUSTER_RESULTS]
+    results: dict[str, Any] = ({"persistentVolumeClaim": {"claimName": results_claim}}
+                               if results_claim else {"emptyDir": {}})
+    config_map = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": opts.namespace, "labels": dict(labels)},
+        "data": {profile_name: profile_text},
+    }
+    job = {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": opts.namespace, "labels": dict(labels)},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": deadline_s(opts) + DEADLINE_SLACK_S,
+            "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
+            "template": {"metadata": {"labels": dict(labels)}, "spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": COORDINATOR_ROLE,
+                "securityContext": pod_security,
+                **({"nodeSelector": dict(opts.node_selector)} if opts.node_selector else {}),
+                **({"tolerations": [dict(t) for t in opts.tolerations]}
+                   if opts.tolerations else {}),
+                **({"imagePullSecrets": [{"name": n} for n in opts.image_pull_secrets]}
+                   if opts.image_pull_secrets else {}),
+                "containers": [{
+                    "name": "coordinator",
+                    "image": opts.image,
+                    "command": command,
+                    "env": [{"name": "POD_IP", "valueFrom": {
+                        "fieldRef": {"fieldPath": "status.podIP"}}}],
+                    "ports": [{"name": "shards", "containerPort": opts.coordinator_port}],
+                    "resources": {"requests": {"cpu": "1", "memory": "512Mi"},
+                                  "limits": {"cpu": "1", "memory": "512Mi"}},
+                    "securityContext": container_security,
+                    "volumeMounts": [
+                        {"name": "profile", "mountPath": IN_CLUSTER_PROFILE_DIR,
+                         "readOnly": True},
+                        {"name": "results", "mountPath": IN_CLUSTER_RESULTS},
+                        {"name": "tmp", "mountPath": "/tmp"}],
+                }],
+                "volumes": [{"name": "profile", "configMap": {"name": name}},
+                            {"name": "results", **results},
+                            {"name": "tmp", "emptyDir": {}}],
+            }},
+        },
+    }
+    return [config_map, job]
+
+
+def in_cluster_text(run_id: str, shards: int, opts: KubeOptions, profile_name: str,
+                    profile_text: str, args: list[str], results_claim: str | None) -> str:
+    """--coordinator-in-cluster: what `kubectl apply -f -` takes to run the whole test in the
+    cluster: the coordinator's RBAC, its profile and its Job."""
+    items = [*rbac(opts.namespace), *coordinator_manifests(
+        run_id, shards, opts, profile_name, profile_text, args, results_claim)]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=2)
+
+
 def dry_run_text(run_id: str, shards: int, opts: KubeOptions) -> str:
     """What a run would create (with a token of its own, which no coordinator holds), then the
     coordinator's RBAC: a List `kubectl apply -f -` takes."""
