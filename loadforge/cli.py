@@ -253,8 +253,8 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
               help="With --launcher kubernetes: each pod's CPU request and limit.")
 @click.option("--shard-memory", default="512Mi", show_default=True,
               help="With --launcher kubernetes: each pod's memory request and limit.")
-@click.option("--keep", is_flag=True, help="With --launcher kubernetes: leave the Job and "
-              "Service in place after the run.")
+@click.option("--keep", is_flag=True, help="With --launcher kubernetes: leave the Job, "
+              "Service and Secret in place after the run.")
 @click.option("--node-selector", "node_selectors", multiple=True, metavar="KEY=VALUE",
               help="With --launcher kubernetes: the pods' nodeSelector (repeatable).")
 @click.option("--toleration", "tolerations", multiple=True, metavar="KEY[=VALUE][:EFFECT]",
