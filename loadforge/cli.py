@@ -273,6 +273,14 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
 @click.option("--dry-run", is_flag=True, help="With --launcher kubernetes: print the Secret, "
               "Service and Job, and the coordinator's Role and RoleBinding (JSON), and exit, "
               "contacting no API.")
+@click.option("--metrics", "metrics_at", metavar="[HOST:]PORT", help="Serve Prometheus metrics "
+              "of the run at http://HOST:PORT/metrics while it runs [host: 127.0.0.1].")
+@click.option("--dashboard", "dashboard_at", metavar="[HOST:]PORT", help="Serve a live page of "
+              "the run at http://HOST:PORT/ (updated each interval) [host: 127.0.0.1].")
+@click.option("--stream", "stream_to", metavar="FILE|-", help="Write one JSON line per interval "
+              "as the run goes (and the summary as the last line); - for stdout.")
+@click.option("--linger", help="With --dashboard or --metrics: keep serving this long after "
+              "the run (e.g. 30s; Ctrl-C ends it sooner).")
 def run(profile: str | None, target: str | None, rate: float | None, concurrency: int | None,
         duration: str | None, connections: int | None, timeout: str | None,
         timer_resolution: str | None, requests_per_connection: int | None,
@@ -289,7 +297,9 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         shard_token_file: str | None = None, node_selectors: tuple[str, ...] = (),
         tolerations: tuple[str, ...] = (), service_account: str | None = None,
         image_pull_secrets: tuple[str, ...] = (), coordinator_in_cluster: bool = False,
-        results_claim: str | None = None) -> None:
+        results_claim: str | None = None,
+        metrics_at: str | None = None, dashboard_at: str | None = None,
+        stream_to: str | None = None, linger: str | None = None) -> None:
     """Run a load test: `loadforge run PROFILE` or `loadforge run --target URL --rate R
     --duration D`."""
     from dataclasses import replace
@@ -299,8 +309,10 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     from loadforge.config.tls import with_tls_flags
     from loadforge.present import summary
 
-    stdout_taken = _one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path))
+    stdout_taken = _one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path),
+                                      ("--stream", stream_to))
     _check_flags(target, rate, concurrency, connections, workers, bool(profile))
+    linger_s = _linger(linger, metrics_at, dashboard_at)
     objectives = parse_slo_flags(slos)
     if profile:
         if rate is not None or concurrency is not None or duration is not None:
@@ -353,6 +365,9 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         raise InputError("--label repeat=...: --repeat sets the repeat label of each run itself")
     console = Console(stderr=True)
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    # The live outputs' servers are daemon threads and the stream is flushed line by line:
+    # however the command ends, nothing of theirs is left to close.
+    live = _live_outputs(metrics_at, dashboard_at, stream_to, quiet, console)
     # With an output on stdout ("-"), stdout holds that alone: the tables go to stderr.
     tables = console if stdout_taken else Console()
     outcomes = []
@@ -370,7 +385,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
                            max_clock_offset_s=parse_duration(max_clock_offset,
                                                              "--max-clock-offset"),
                            kube=kube_opts, **shard_opts)
-        outcome = runner.execute(plan, opts, console)
+        outcome = runner.execute(plan, opts, console, live)
         outcomes.append(outcome)
         if not quiet:
             summary.render_summary(outcome.summary, tables,
@@ -393,6 +408,12 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
             name = plan.name if repeat == 1 else f"{plan.name} repeat={i}"
             cases += junit.slo_cases(o.summary.get("slo", []), name)
         junit.write_junit(junit_path, f"loadforge run {plan.name}", cases)
+    if live is not None and linger_s > 0:
+        # Said even with --quiet: a command that does not return needs a reason on screen.
+        console.print(f"serving the final figures for {linger_s:g} s (Ctrl-C to stop)",
+                      highlight=False)
+        live.linger(linger_s)
+        live.close()
     # The most serious ending decides: could not run (3), interrupted (128+N), an SLO (1).
     codes = [o.exit_code for o in outcomes]
     sys.exit(next((c for c in codes if c not in (0, 1)), max(codes)))
@@ -434,6 +455,28 @@ def _shard_options(shards: int | None, launcher: str, address: str | None,
         out["shard_start_timeout_s"] = (parse_duration(start_timeout, "--shard-start-timeout")
                                         if start_timeout else DEFAULT_START_TIMEOUT_S)
     return out
+
+
+def _live_outputs(metrics_at: str | None, dashboard_at: str | None, stream_to: str | None,
+                  quiet: bool, console: Console) -> Any:
+    """--metrics, --dashboard and --stream (live/), listening before any load is sent."""
+    if metrics_at is None and dashboard_at is None and stream_to is None:
+        return None
+    from loadforge.live import LiveOutputs
+
+    live = LiveOutputs(metrics_at, dashboard_at, stream_to)
+    if not quiet:
+        for line in live.describe():
+            console.print(line, highlight=False, soft_wrap=True)
+    return live
+
+
+def _linger(linger: str | None, metrics_at: str | None, dashboard_at: str | None) -> float:
+    if linger is None:
+        return 0.0
+    if metrics_at is None and dashboard_at is None:
+        raise InputError("--linger applies only with --dashboard or --metrics")
+    return parse_duration(linger, "--linger", allow_zero=True, maximum=limits.MAX_RUN_S)
 
 
 def _kube_options(shards: int | None, launcher: str, start_timeout: str | None,
@@ -585,11 +628,13 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     """Compare runs (Parquet files or directories) per stage against the first one, or groups
     of runs (--group-by) against a baseline group."""
     from loadforge.analysis import compare as cmp
+    from loadforge.analysis import scaling_gates as sg
     from loadforge.present import compare as shown
     from loadforge.present import junit
 
     junit_on_stdout = _one_stdout_output(("--junit", junit_path))
-    gates = [cmp.parse_gate(spec) for spec in fail_on]
+    gates = [cmp.parse_gate(spec) for spec in fail_on if not sg.is_scaling_gate(spec)]
+    scaling_gates = [sg.parse_scaling_gate(spec) for spec in fail_on if sg.is_scaling_gate(spec)]
     if baseline and not group_by:
         raise InputError("compare --baseline: needs --group-by (which labels make a group)")
     figures = cmp.load_runs(list(runs))
@@ -598,11 +643,17 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
         groups = cmp.group_runs(figures, list(group_by), _labels(baseline, "--baseline"))
         figures = [g.pooled for g in groups]
         significance = cmp.group_noise(groups, cmp.stage_names(figures))
-    if len(figures) < 2 and gates:
+    if len(figures) < 2 and (gates or scaling_gates):
         what = "groups" if group_by else "runs"
         raise InputError(f"compare --fail-on: needs at least two {what}, got {len(figures)}")
     data = cmp.comparison(figures, groups, significance)
     checks = cmp.check_gates(figures, gates, significance)
+    # Scaling verdicts (time to recover, replicas, ...), per run: not pooled over groups.
+    scaling = (sg.scaling_comparison(figures)
+               if not group_by and (scaling_gates or sg.has_replicas(figures)) else None)
+    if scaling is not None:
+        data["scaling"] = scaling
+        checks += sg.check_scaling_gates(figures, scaling_gates, scaling)
     data["gates"] = checks
     data["ok"] = all(c["ok"] for c in checks)
     if junit_path:
@@ -612,7 +663,10 @@ def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
     elif fmt == "markdown":
         click.echo(shown.markdown_document(data, checks), nl=False, err=junit_on_stdout)
     else:
-        shown.render_table(data, Console(stderr=True) if junit_on_stdout else _wide_console())
+        table_console = Console(stderr=True) if junit_on_stdout else _wide_console()
+        shown.render_table(data, table_console)
+        if scaling is not None:
+            sg.render_scaling(scaling, table_console)
     for note in data.get("notes", []):
         click.echo(f"note: {note}", err=True)
     for check in checks:
@@ -739,7 +793,193 @@ def sandbox(port: int, config_path: str | None, admin_port: int | None) -> None:
         # A profile's [sandbox] table, or a file that holds only that table.
         cfg = load_config_file(config_path)
     where = f"{config_path}: sandbox" if config_path else "sandbox"
-    run_foreground(validate_sandbox_config(cfg, where), port, admin_port)
+    base = os.path.dirname(os.path.abspath(config_path)) if config_path else None
+    run_foreground(validate_sandbox_config(cfg, where, base_dir=base), port, admin_port)
+
+
+def _replica_rps(text: str | None) -> float | None:
+    """--replica-rps: a number, or a capacity result (Parquet or summary JSON) to read it from."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if not os.path.isfile(text):
+        raise InputError(f"simulate --replica-rps {text!r}: expected a number of requests per "
+                         "second or a `loadforge capacity` result (.parquet or .json)")
+    if text.endswith(".parquet"):
+        from loadforge.results.store import read_result
+
+        found = json.loads(read_result(text).metadata.get("capacity") or "{}")
+    else:
+        try:
+            with open(text, encoding="utf-8") as f:
+                found = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"simulate --replica-rps {text}: cannot read it as JSON "
+                             f"({exc})") from None
+    value = found.get("capacity_rps") if isinstance(found, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise InputError(f"simulate --replica-rps {text}: not a capacity result with a "
+                         "capacity_rps above 0")
+    return float(value)
+
+
+@main.command()
+@click.argument("profile", type=click.Path(dir_okay=False))
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False),
+              help="An autoscaling/v2 HorizontalPodAutoscaler manifest (YAML) [default: the "
+              "profile's [sandbox.autoscale] hpa; without either the replicas stay fixed].")
+@click.option("--replica-rps", "replica_rps_text", metavar="N|CAPACITY",
+              help="Requests per second one replica serves at 100 %% busy, or a `capacity` "
+              "result (its Parquet file or --summary-json) to take it from [default: the "
+              "profile's [sandbox.backend] concurrency / service_time].")
+@click.option("--replicas", type=click.IntRange(1, 100_000), help="Replicas at time 0 "
+              "[default: the HPA's minReplicas].")
+@click.option("--startup", help="How long a new replica takes to serve, e.g. 40s [default: the "
+              "profile's [sandbox.autoscale] startup_delay, else 0s].")
+@click.option("--slots", type=click.IntRange(1, 100_000), help="Requests one replica serves at "
+              "once [default: the profile's [sandbox.backend] concurrency, else 1].")
+@click.option("--service-from", "service_from", type=click.Path(dir_okay=False),
+              help="A run's result: the shape of its measured service times replaces the "
+              "modelled distribution (scaled to --slots / --replica-rps; that is, with no "
+              "--replica-rps, to the run's own mean).")
+@click.option("--queue", type=click.IntRange(0, 10_000_000), help="Requests waiting per replica "
+              "beyond its slots; more are answered 503 [default: the profile's, else 1024].")
+@click.option("--out", "out_dir", default="results", show_default=True,
+              help="Directory for the Parquet result.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Label stored with the result (repeatable).")
+@click.option("--slo", "slos", multiple=True, metavar="OBJECTIVE=LIMIT",
+              help="Whole-run objective, as for run (repeatable). A miss exits 1.")
+@click.option("--summary-json", type=click.Path(dir_okay=False), help="Write the summary here.")
+@click.option("--quiet", "-q", is_flag=True, help="No summary table.")
+def simulate(profile: str, policy_path: str | None, replica_rps_text: str | None,
+             replicas: int | None, startup: str | None, slots: int | None, queue: int | None,
+             service_from: str | None, out_dir: str, labels: tuple[str, ...], slos: tuple[str, ...],
+             summary_json: str | None, quiet: bool) -> None:
+    """Replay a profile's arrivals against modelled replicas scaled by an HPA, without
+    sending a request; writes a result that compare and report read as a run's."""
+    from dataclasses import replace
+
+    from loadforge.config.profile import load_profile, parse_slo_flags, with_slo_flags
+    from loadforge.present import summary
+    from loadforge.sandbox.hpa import HPASpec, load_hpa
+    from loadforge.simulate import SimOptions
+    from loadforge.simulate import simulate as run_simulation
+
+    plan = load_profile(profile)
+    objectives = parse_slo_flags(slos)
+    plan = replace(plan, slo=with_slo_flags(plan.slo, objectives))
+    replica_rps = _replica_rps(replica_rps_text)
+    box = plan.sandbox
+    backend = box.backend if box is not None else None
+    autoscale = box.autoscale if box is not None else None
+    from loadforge.simulate import measured_service
+
+    measured = measured_service(service_from) if service_from else None
+    if slots is None:
+        slots = backend.concurrency if backend is not None else 1
+    if replica_rps is None and measured is not None:
+        replica_rps = slots / (sum(measured) / len(measured) / 1e6)
+    if replica_rps is None:
+        if backend is None or backend.service_time_s <= 0:
+            raise InputError("simulate: give --replica-rps (what one replica serves per "
+                             "second), or a profile whose [sandbox.backend] has a service_time")
+        replica_rps = backend.concurrency / backend.service_time_s
+    if queue is None:
+        queue = backend.queue if backend is not None else 1024
+    if startup is None:
+        startup_s = autoscale.startup_delay_s if autoscale is not None else 0.0
+    else:
+        startup_s = parse_duration(startup, "--startup", allow_zero=True)
+    policy: HPASpec | None = None
+    if policy_path:
+        policy = load_hpa(policy_path, "--policy", slots)
+    elif autoscale is not None and autoscale.hpa is not None:
+        policy = HPASpec.from_dict(autoscale.hpa)
+    if policy is None and replicas is None:
+        raise InputError("simulate: give --policy HPA.yaml (or a profile with [sandbox.autoscale] "
+                         "hpa), or --replicas N for a fixed count")
+    opts = SimOptions(replica_rps=replica_rps, policy=policy, replicas=replicas, slots=slots,
+                      queue=queue, startup_s=startup_s,
+                      distribution=backend.distribution if backend is not None and
+                      backend.service_time_s > 0 else "exponential",
+                      sigma=backend.sigma if backend is not None else 0.5,
+                      measured_service_us=measured, out_dir=out_dir, labels=_labels(labels),
+                      slo_flags=objectives)
+    stdout_taken = _one_stdout_output(("--summary-json", summary_json))
+    outcome = run_simulation(plan, opts)
+    console = Console(stderr=True) if stdout_taken else Console()
+    if not quiet:
+        summary.render_summary(outcome.summary, console, set())
+        timeline = ", ".join(f"{p['replicas']} at {p['t_s']:g}s"
+                             for p in outcome.summary["replicas"])
+        console.print(f"simulated: {outcome.summary.get('policy') or 'fixed replicas'}; "
+                      f"replicas {timeline}; "
+                      f"{outcome.summary['replica_seconds']:g} replica-seconds",
+                      highlight=False)
+        console.print(f"result: {outcome.path}", highlight=False)
+    if summary_json:
+        summary.write_summary_json(outcome.summary, summary_json)
+    sys.exit(outcome.exit_code)
+
+
+@main.command()
+@click.option("--target", required=True, help="The URL to load (open model, GET).")
+@click.option("--slo", "slos", multiple=True, required=True, metavar="OBJECTIVE=LIMIT",
+              help="An objective every step must hold, e.g. p99=100ms or error_rate=0.1%% "
+              "(repeatable).")
+@click.option("--start", "start_rps", type=float, default=100.0, show_default=True,
+              help="The first rate tried (requests/s); doubled until a step fails.")
+@click.option("--max", "max_rps", type=float, default=100_000.0, show_default=True,
+              help="The highest rate tried.")
+@click.option("--step", "step", default="10s", show_default=True,
+              help="How long each step runs.")
+@click.option("--precision", type=float, default=0.05, show_default=True,
+              help="Stop bisecting when the bounds are this close (a fraction).")
+@click.option("--connections", type=click.IntRange(1, limits.MAX_CONNECTIONS), default=256,
+              show_default=True, help="Connections the generator may open.")
+@click.option("--timeout", default="5s", show_default=True, help="Request timeout.")
+@click.option("--workers", type=int, help="Worker processes (default: one per core).")
+@click.option("--out", "out_dir", default="results", show_default=True,
+              help="Directory for the Parquet result (one stage per step).")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Label stored with the result (repeatable).")
+@click.option("--summary-json", type=click.Path(dir_okay=False), help="Write the summary here.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines, no curve.")
+def capacity(target: str, slos: tuple[str, ...], start_rps: float, max_rps: float, step: str,
+             precision: float, connections: int, timeout: str, workers: int | None,
+             out_dir: str, labels: tuple[str, ...], summary_json: str | None,
+             quiet: bool) -> None:
+    """Find the highest open-model rate at which every SLO holds: step up, then bisect."""
+    from loadforge.capacity import CapacityOptions, Search
+    from loadforge.config.profile import parse_slo_flags
+    from loadforge.present import summary
+
+    if target != "sandbox":
+        from loadforge.run.coordinator import parse_target
+
+        parse_target(target)
+    stdout_taken = _one_stdout_output(("--summary-json", summary_json))
+    step_s = parse_duration(step, "--step", maximum=limits.MAX_RUN_S)
+    opts = CapacityOptions(target=target, slos=parse_slo_flags(slos), start_rps=start_rps,
+                           max_rps=max_rps, step_s=step_s, precision=precision,
+                           connections=connections, timeout_s=_timeout(timeout),
+                           workers=workers, out_dir=out_dir, labels=_labels(labels))
+    console = Console(stderr=True) if stdout_taken or quiet else Console()
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    if not quiet:
+        console.print(f"capacity of {target}: steps of {step_s:g}s", highlight=False)
+    result = Search(opts, console, quiet).run()
+    if not quiet:
+        from loadforge.present.capacity import render_capacity
+
+        render_capacity(result, console)
+    if summary_json:
+        summary.write_summary_json(result, summary_json)
+    sys.exit(EXIT_OK if result["ok"] else EXIT_FAILED)
 
 
 if __name__ == "__main__":

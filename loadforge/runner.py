@@ -39,13 +39,16 @@ from loadforge.run.workers import WorkerPool
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from loadforge.live import LiveOutputs
     from loadforge.run.shards import ShardPool
 
 __all__ = ["RunOptions", "RunOutcome", "execute", "new_run_id", "request_path"]
 
 
-def execute(plan: Plan, opts: RunOptions, console: Console) -> RunOutcome:
-    """One run from its plan to its summary, verdicts and exit code."""
+def execute(plan: Plan, opts: RunOptions, console: Console,
+            live: LiveOutputs | None = None) -> RunOutcome:
+    """One run from its plan to its summary, verdicts and exit code; `live` (--metrics,
+    --dashboard, --stream) sees each merged interval and the summary."""
     target_url = opts.target or plan.target
     sandbox = None
     if target_url == "sandbox":
@@ -54,14 +57,14 @@ def execute(plan: Plan, opts: RunOptions, console: Console) -> RunOutcome:
         sandbox = start_sandbox(plan.sandbox)
         target_url = sandbox.url
     try:
-        return _execute(plan, opts, console, target_url, sandbox)
+        return _execute(plan, opts, console, target_url, sandbox, live)
     finally:
         if sandbox is not None:
             sandbox.stop()
 
 
 def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
-             sandbox: Any = None) -> RunOutcome:
+             sandbox: Any = None, live: LiveOutputs | None = None) -> RunOutcome:
     target = coordinator.parse_target(target_url)
     plan = coordinator.with_tls(plan, target)
     if plan.http == "2" and (missing := _core.http2_library()):
@@ -92,14 +95,14 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
     compiled = coordinator.compile_feeders(plan, target, inline=bool(opts.shards))
     try:
         return _execute_compiled(plan, opts, console, target, workers, per_shard, compiled,
-                                 sandbox)
+                                 sandbox, live)
     finally:
         compiled.cleanup()
 
 
 def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Target,
                       workers: int, per_shard: int, compiled: feeders.Compiled,
-                      sandbox: Any) -> RunOutcome:
+                      sandbox: Any, live: LiveOutputs | None = None) -> RunOutcome:
     specs = coordinator._worker_specs(plan, target, workers, opts.interval_s,
                                       pollers.backend_header(plan, opts.backend_header, sandbox),
                                       compiled)
@@ -150,6 +153,9 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
         with LiveProgress(plan.duration_s, console, opts.quiet) as progress:
             agg = coordinator.Aggregator(plan, writer, workers, opts.interval_s, progress,
                                          slo.LiveSLO(plan, opts.interval_s).interval)
+            if live is not None:
+                live.start(plan, run_id, redact_url(target.url), opts.interval_s)
+                agg.observers.append(live.interval)
             if opts.shards:
                 from loadforge.run.shards import ShardPool
 
@@ -218,6 +224,8 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
         result["flows"] = agg.flow_figures()
     if pool is not None and not isinstance(pool, WorkerPool):
         result["shards"] = pool.figures(ran_s)
+    if live is not None:
+        live.finish(result)
     return RunOutcome(result, saved, ok, stop.signum, failure)
 
 

@@ -1,6 +1,6 @@
 """The package's folders follow the data flow, and imports follow the folders.
 
-config -> schedule -> engine -> flows -> run -> observe -> results -> analysis -> present -> sandbox ->
+config -> schedule -> engine -> flows -> run -> observe -> results -> analysis -> present -> live -> sandbox ->
 runner -> cli: a module imports from its own folder and from folders before it. The imports that still go the other
 way are listed below, each with what it is waiting for; a new one fails this test, and so does
 any import cycle between modules' top-level imports.
@@ -13,7 +13,7 @@ import os
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "loadforge")
 LAYERS = ("foundation", "config", "schedule", "engine", "flows", "run", "observe", "results", "analysis",
-          "present", "sandbox", "runner", "cli")
+          "present", "live", "sandbox", "runner", "cli")
 
 # (importer, imported): imports that still go against the flow, each with what it waits for.
 KNOWN_UPWARD = {

@@ -38,6 +38,7 @@ _LABELS = {"p999": "p99.9"}
 __all__ = [
     "IntervalFigures",
     "LiveSLO",
+    "LiveVerdicts",
     "evaluate",
     "plan_of_result",
 ]
@@ -332,3 +333,75 @@ def _show(value: float, unit: str) -> str:
     if value >= 1000:
         return f"{value / 1000:.4g}ms"
     return f"{value:.0f}µs"
+
+
+# -- during the run: every objective on what ran so far (the live outputs) -------------------
+
+class LiveVerdicts:
+    """The objectives of `plan.slo` judged on the run so far, once per merged interval, for
+    the live outputs (`--metrics`' loadforge_slo_ok, `--dashboard`): the run's objectives over
+    every interval merged yet, a stage's over its intervals after the grace, a window's over
+    the worst window yet. Named as `evaluate` names them; once the run is over, `evaluate`'s
+    verdicts from the file are the ones that count (a stage whose grace ends inside its last
+    interval, and `checks`, are judged only there). Memory is bounded by the windows' lengths.
+    """
+
+    def __init__(self, plan: Plan, interval_s: float = 1.0):
+        self.interval_ms = int(round(interval_s * 1000))
+        self.open_stages = _open_stages(plan)
+        self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
+        self.slo = plan.slo
+        self.starts = _stage_starts(plan)
+        self.run = IntervalFigures()
+        self.stages = [IntervalFigures() for _ in plan.slo.stages]
+        # per window objective: the sliding window, the worst of its full positions so far
+        self.windows = [(_Window(max(1, round(w.window_s * 1000 / self.interval_ms))),
+                         dict[str, tuple[float, int]]()) for w in plan.slo.windows]
+        self.filled = [False] * len(plan.slo.windows)
+
+    def interval(self, index: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The verdicts once the interval `index` (its rows as the coordinator wrote them)
+        is added: {"name", "ok", "observed", "limit", "unit", "objective", "scope"}."""
+        slo = self.slo
+        if not (slo.run or slo.stages or slo.windows):
+            return []
+        reader = RowReader(self.error_outcomes, any(row["outcome"] == OK for row in rows))
+        figures = fold_intervals(rows, self.interval_ms, reader, self.open_stages)
+        for fig in figures.values():
+            self.run.add(fig)
+        verdicts: list[dict[str, Any]] = []
+        cache: dict[str, Any] = {}
+        for objective, limit in slo.run.items():
+            verdicts.append(_verdict(_label(objective), objective,
+                                     self.run.observe(objective, cache), limit, "run"))
+        for entry, acc in zip(slo.stages, self.stages, strict=True):
+            from_ms = (self.starts.get(entry.stage, 0.0) + entry.grace_s) * 1000
+            for (i, name), fig in figures.items():
+                if name == entry.stage and i * self.interval_ms >= from_ms - 0.5:
+                    acc.add(fig)
+            cache = {}
+            suffix = f" (after {_seconds(entry.grace_s)} grace)" if entry.grace_s > 0 else ""
+            for objective, limit in entry.limits.items():
+                verdicts.append(_verdict(f"stage {entry.stage} {_label(objective)}{suffix}",
+                                         objective, acc.observe(objective, cache), limit,
+                                         "stage"))
+        for k, (win, (window, worst)) in enumerate(zip(slo.windows, self.windows,
+                                                        strict=True)):
+            objectives = list(win.limits.items())
+            for i, fig in _series(figures, win.stage):
+                window.push(i, fig)
+                if window.full:
+                    if not self.filled[k]:
+                        worst.clear()
+                        self.filled[k] = True
+                    _keep_worst(worst, objectives, window.start_index, window.sum)
+                elif not self.filled[k]:
+                    # Until a first window is whole, what ran of it is judged (as evaluate
+                    # judges a run shorter than the window).
+                    worst.clear()
+                    _keep_worst(worst, objectives, 0, window.sum)
+            for objective, limit in objectives:
+                observed = worst.get(objective, (None, 0))[0]
+                verdicts.append(_verdict(_window_name(win, objective), objective, observed,
+                                         limit, "window"))
+        return verdicts

@@ -226,7 +226,9 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
     actions = validate_actions([dict(a) for a in check.array_of_tables(top.get("actions", []),
                                                                        "actions")],
                                check.where("actions"), sum(s.duration_s for s in stages))
-    sandbox = _sandbox(check, top["sandbox"]) if "sandbox" in top else None
+    sandbox = _sandbox(check, top["sandbox"],
+                       os.path.dirname(os.path.abspath(path)) if path != "<profile>" else None,
+                       archived) if "sandbox" in top else None
     tls = check_tls(top["tls"], check.label,
                     os.path.dirname(os.path.abspath(path)) if path != "<profile>" else "") \
         if "tls" in top else None
@@ -678,7 +680,9 @@ def _scaling_objectives(check: _Checker, table: dict[str, Any], path: str) -> di
             for key in SCALING_OBJECTIVES if key in table}
 
 
-def _sandbox(check: _Checker, value: Any) -> SandboxConfig:
+def _sandbox(check: _Checker, value: Any, base_dir: str | None = None,
+             archived: bool = False) -> SandboxConfig:
     """The [sandbox] table validated (config/sandbox.py) into its normalized form, which
     start_sandbox hands to the sandbox process as it is: validated once, here."""
-    return validate_sandbox_config(dict(check.table(value, "sandbox")), where=check.where("sandbox"))
+    return validate_sandbox_config(dict(check.table(value, "sandbox")), where=check.where("sandbox"),
+                                   base_dir=base_dir, read_files=not archived)

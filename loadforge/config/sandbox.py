@@ -35,8 +35,11 @@ _BACKEND_KEYS = ("service_time", "distribution", "sigma", "concurrency", "queue"
 _HEALTH_KEYS = ("enabled", "interval", "timeout", "unhealthy_threshold", "healthy_threshold")
 _AUTOSCALE_KEYS = (
     "enabled", "metric", "threshold", "for", "step", "cooldown", "min", "max",
-    "startup_delay", "evaluation_interval", "scale_in",
+    "startup_delay", "evaluation_interval", "scale_in", "hpa", "sync_period",
 )
+# With `hpa`, the HorizontalPodAutoscaler decides; the step rule's keys would be ignored.
+_STEP_RULE_KEYS = ("metric", "threshold", "for", "step", "cooldown", "min", "max", "scale_in",
+                   "evaluation_interval")
 _SCALE_IN_KEYS = ("enabled", "threshold", "for", "step")
 
 DEFAULT_BACKENDS = 4
@@ -134,6 +137,10 @@ class Autoscale:
     startup_delay_s: float
     evaluation_interval_s: float
     scale_in: ScaleIn
+    # `hpa = "hpa.yaml"`: the manifest validated (sandbox/hpa.py's HPASpec.to_dict()), and the
+    # path as written; None where the file was not read (a past run's profile).
+    hpa: dict[str, Any] | None = None
+    hpa_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -163,10 +170,13 @@ class SandboxConfig:
 
 
 def validate_sandbox_config(cfg: dict[str, Any] | SandboxConfig | None,
-                            where: str = "sandbox") -> SandboxConfig:
+                            where: str = "sandbox", base_dir: str | None = None,
+                            read_files: bool = True) -> SandboxConfig:
     """Validate a raw `[sandbox]` table; return it normalized (see the package docstring).
 
     Raises ProfileError naming the field, e.g. `sandbox.autoscale.min must be <= max (got 5 > 3)`.
+    `autoscale.hpa` is read relative to `base_dir` (the profile's folder; default the current
+    one), unless `read_files` is false (a past run's profile, whose files may be gone).
     A SandboxConfig is returned as it is, so that callers may pass either form on to
     start_sandbox or run_foreground.
     """
@@ -180,9 +190,12 @@ def validate_sandbox_config(cfg: dict[str, Any] | SandboxConfig | None,
     health = _validate_health(_table(top.get("health"), f"{where}.health"), f"{where}.health")
     autoscale = None
     if "autoscale" in top:
-        autoscale = _validate_autoscale(
-            _table(top["autoscale"], f"{where}.autoscale"), f"{where}.autoscale"
-        )
+        raw = _table(top["autoscale"], f"{where}.autoscale")
+        if "hpa" in raw:
+            autoscale = _validate_hpa(raw, f"{where}.autoscale", base_dir, read_files,
+                                      backend.concurrency)
+        else:
+            autoscale = _validate_autoscale(raw, f"{where}.autoscale")
 
     if "backends" in top:
         backends = _int(top["backends"], f"{where}.backends", 1, MAX_BACKENDS)
@@ -273,8 +286,51 @@ def _validate_health(table: dict[str, Any], where: str) -> HealthCheck:
     )
 
 
+def _validate_hpa(table: dict[str, Any], where: str, base_dir: str | None, read_files: bool,
+                  concurrency: int) -> Autoscale:
+    """`hpa = "hpa.yaml"`: a Kubernetes HorizontalPodAutoscaler decides, every `sync_period`
+    (15 s, the controller's default); min and max are the manifest's."""
+    import os
+
+    from loadforge.sandbox.hpa import load_hpa
+
+    _check_keys(table, _AUTOSCALE_KEYS, where)
+    both = [k for k in _STEP_RULE_KEYS if k in table]
+    if both:
+        raise ProfileError(f"{where}.hpa and {where}.{both[0]} cannot both be given: the "
+                           "HorizontalPodAutoscaler's manifest sets its own targets and limits")
+    path = table["hpa"]
+    if not isinstance(path, str) or not path:
+        raise ProfileError(f"{where}.hpa must be the path of an autoscaling/v2 "
+                           f"HorizontalPodAutoscaler manifest (YAML), got {path!r}")
+    sync = _duration(table.get("sync_period", "15s"), f"{where}.sync_period", positive=True)
+    spec = None
+    minimum, maximum = 1, MAX_BACKENDS
+    if read_files:
+        full = os.path.join(base_dir if base_dir is not None else os.getcwd(), path)
+        hpa = load_hpa(full, f"{where}.hpa", concurrency)
+        if hpa.max_replicas > MAX_BACKENDS:
+            raise ProfileError(f"{where}.hpa: maxReplicas must be <= {MAX_BACKENDS} in the "
+                               f"sandbox, got {hpa.max_replicas}")
+        from dataclasses import replace
+        spec = replace(hpa, sync_period_s=sync).to_dict()
+        minimum, maximum = hpa.min_replicas, hpa.max_replicas
+    return Autoscale(
+        enabled=_bool(table.get("enabled", True), f"{where}.enabled"),
+        metric="hpa", threshold=0.0, for_s=0.0, step=1, cooldown_s=0.0,
+        min=minimum, max=maximum,
+        startup_delay_s=_duration(table.get("startup_delay", "5s"), f"{where}.startup_delay"),
+        evaluation_interval_s=sync,
+        scale_in=ScaleIn(False, 0.0, 0.0, 1),
+        hpa=spec, hpa_path=path,
+    )
+
+
 def _validate_autoscale(table: dict[str, Any], where: str) -> Autoscale:
     _check_keys(table, _AUTOSCALE_KEYS, where)
+    if "sync_period" in table:
+        raise ProfileError(f"{where}.sync_period is only used with hpa (the step rule has "
+                           "evaluation_interval)")
     metric = _choice(table.get("metric", "utilization"), METRICS, f"{where}.metric")
     threshold = _number(table.get("threshold", 0.8), f"{where}.threshold")
     if threshold <= 0 or (metric == "utilization" and threshold > 1):

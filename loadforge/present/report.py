@@ -120,7 +120,23 @@ def _run_series(run: RunFigures) -> dict[str, Any]:
                      if whole.outcomes.get(outcome, 0) or outcome not in HTTP2_ERROR_KINDS},
         "requests_by_name": {name: name_block(*entry) for name, entry in whole.by_name.items()},
         "slo": _verdicts(result),
+        "replicas": _replicas(result),
     }
+
+
+def _replicas(result: Result) -> list[dict[str, Any]]:
+    """The replica counts over time (a sandbox rehearsal's polled metrics, a simulation's
+    modelled ones: asked for and ready), for the chart beside latency; [] when none."""
+    from loadforge.analysis import backends
+    from loadforge.observe import pollers
+
+    series = backends.metric_series(result)
+    out = []
+    for name in pollers.REPLICA_METRICS:
+        points = [[t / 1000, v] for t, v in series.get(name, []) if v is not None]
+        if points:
+            out.append({"metric": name, "points": points})
+    return out
 
 
 def _verdicts(result: Result) -> list[dict[str, Any]]:

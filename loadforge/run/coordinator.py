@@ -447,11 +447,28 @@ class RunInputs:
     http2: bool = False               # an HTTP/2 run: its stream error kinds are listed
 
 
+@dataclass
+class MergedInterval:
+    """One interval once every worker's report of it is merged: what Aggregator.observers
+    receive. `rows` are the interval rows just written; their histograms are also the
+    coordinator's accumulators, so an observer reads them during the call and keeps none."""
+
+    index: int
+    start_s: float
+    end_s: float
+    stage: str                    # the stage running at the interval's middle
+    target_rps: float | None      # None in a closed-model stage
+    achieved_rps: float
+    rows: list[dict[str, Any]]
+
+
 class Aggregator:
     """Merges interval reports from all workers, exactly, in interval order.
 
     judge: called with each merged interval's index and rows, returns a reason to stop the
-    run or None (the runner passes analysis/slo.LiveSLO's, for `abort_after`)."""
+    run or None (the runner passes analysis/slo.LiveSLO's, for `abort_after`).
+    observers: called with each MergedInterval in the coordinator's thread, after the rows
+    are written (the live outputs, live/); nothing of theirs reaches the workers."""
 
     def __init__(self, plan: Plan, writer: RowSink, workers: int, interval_s: float,
                  progress: LiveProgress,
@@ -509,6 +526,7 @@ class Aggregator:
         self.flow_requests = frozenset(
             i for i, r in enumerate(plan.requests)
             if plan.flows is not None and r.name.startswith(FLOW_PREFIX))
+        self.observers: list[Callable[[MergedInterval], None]] = []
 
     def flow_figures(self) -> dict[str, Any]:
         """The summary's `flows`: checks passed and failed by name, with the run's total and
@@ -689,7 +707,9 @@ class Aggregator:
             self.abort_reason = reason
         self.requests += interval_all[1]
         self.errors += interval_all[2]
-        self._show(index, interval_all)
+        shown = self._show(index, interval_all)
+        for observe in self.observers:
+            observe(MergedInterval(index, start_ms / 1000, end_ms / 1000, *shown, rows))
 
     def _shard_rows(self, reports: list[Any], start_ms: int, end_ms: int
                     ) -> list[dict[str, Any]]:
@@ -721,7 +741,7 @@ class Aggregator:
             rows.append(row)
         return rows
 
-    def _show(self, index: int, interval_all: list[Any]) -> None:
+    def _show(self, index: int, interval_all: list[Any]) -> tuple[str, float | None, float]:
         t = (index + 0.5) * self.interval_s
         window = next((w for w in self.windows if w.start_s <= t < w.end_s), self.windows[-1])
         stage = window.stage.name
@@ -730,9 +750,10 @@ class Aggregator:
         st = histogram.stats(interval_all[0])
         # A closed-model stage has no target rate to show.
         target = expected / self.interval_s if window.stage.open_model else None
+        achieved = interval_all[1] / self.interval_s
         self.progress.update(stage, min((index + 1) * self.interval_s, self.plan.duration_s),
-                             target, interval_all[1] / self.interval_s,
-                             st["p50"], st["p99"], self.errors, self.requests)
+                             target, achieved, st["p50"], st["p99"], self.errors, self.requests)
+        return stage, target, achieved
 
     def _row(self, scope: str, stage: int | None, request: int | None, outcome: str,
              backend: str, start_ms: int, end_ms: int, count: int, lat: HdrHistogram,

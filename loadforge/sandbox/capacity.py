@@ -78,6 +78,10 @@ class Backend:
         self._window_start = now
         self._busy_area = 0.0
         self._inflight_area = 0.0
+        self._window_requests = 0
+        # Requests per second over the last window (take_window), for an HPA's Pods metrics.
+        self.window_rps = 0.0
+        self.ready_since = now
 
     @property
     def inflight(self) -> int:
@@ -99,6 +103,8 @@ class Backend:
             result = (self.busy / self.concurrency, float(self.inflight))
         else:
             result = (self._busy_area / elapsed / self.concurrency, self._inflight_area / elapsed)
+        self.window_rps = (self.requests - self._window_requests) / elapsed if elapsed > 0 else 0.0
+        self._window_requests = self.requests
         self._busy_area = self._inflight_area = 0.0
         self._window_start = self._t
         return result

@@ -23,6 +23,7 @@ from typing import Any
 from loadforge.config.sandbox import SandboxConfig
 from loadforge.sandbox import admin
 from loadforge.sandbox.capacity import Backend
+from loadforge.sandbox.hpa import HPA, HPASpec, PodSample
 from loadforge.sandbox.http import (
     LB_HEALTHY,
     NO_BACKEND,
@@ -33,6 +34,11 @@ from loadforge.sandbox.http import (
 )
 from loadforge.sandbox.http2 import FirstBytes, H2Server
 from loadforge.sandbox.policy import AutoscalePolicy, Autoscaler
+
+# A backend ready for less than this (or half the sync period, if shorter) at a sync has no
+# metric sample yet (the metrics pipeline has not scraped it): the HPA counts it as a pod with
+# a missing metric.
+HPA_MIN_SAMPLE_S = 1.0
 
 
 class _Probe:
@@ -107,8 +113,11 @@ class Cluster:
         self.events: deque[dict[str, Any]] = deque(maxlen=100)
         self._started = loop.time()
         autoscale = cfg.autoscale
+        self.hpa = (HPA(HPASpec.from_dict(autoscale.hpa))
+                    if autoscale and autoscale.enabled and autoscale.hpa else None)
         self.autoscaler = (Autoscaler(AutoscalePolicy.from_config(autoscale))
-                           if autoscale and autoscale.enabled else None)
+                           if autoscale and autoscale.enabled and not autoscale.hpa_path
+                           else None)
         self._tasks: list[asyncio.Task[None]] = []
         # The initial pool is recorded in `events` but not announced: the caller prints a
         # summary once the ports are bound.
@@ -141,6 +150,7 @@ class Cluster:
         if backend.state != "starting" or backend not in self.backends:
             return
         backend.state = "ready"
+        backend.ready_since = self.loop.time()
         backend.take_window()
         self.rebuild_rotation()
         self.event(f"{backend.name} ready")
@@ -302,6 +312,9 @@ class Cluster:
             return
         self.utilization = sum(windows[b][0] for b in self.rotation) / len(self.rotation)
         self.inflight_mean = sum(windows[b][1] for b in self.rotation) / len(self.rotation)
+        if self.hpa is not None:
+            self._step_hpa(now, windows)
+            return
         if self.autoscaler is None:
             return
         metric = (self.utilization if self.autoscaler.policy.metric == "utilization"
@@ -318,6 +331,39 @@ class Cluster:
             self.scale_events["in"] += 1
             self.event(f"scale in: {decision.reason}, removing "
                        + ", ".join(b.name for b in victims))
+            for backend in victims:
+                self.drain(backend)
+
+    def _step_hpa(self, now: float, windows: dict[Backend, tuple[float, float]]) -> None:
+        """One sync of the HorizontalPodAutoscaler: starting or unhealthy backends are pods not
+        ready, a backend ready for less than HPA_MIN_SAMPLE_S one without a metric."""
+        assert self.hpa is not None
+        fresh = min(HPA_MIN_SAMPLE_S, self.hpa.spec.sync_period_s / 2)
+        pods = []
+        for b in self.backends:
+            if b.state == "draining":
+                continue
+            if b.state != "ready" or not b.healthy or b.dead:
+                pods.append(PodSample(False))
+            elif now - b.ready_since < fresh:
+                pods.append(PodSample(True))
+            else:
+                util, inflight = windows[b]
+                pods.append(PodSample(True, utilization=min(util, 1.0), inflight=inflight,
+                                      rps=b.window_rps))
+        current = self.active_count
+        decision = self.hpa.step(now, current, pods)
+        if decision.desired > current:
+            added = [self.add_backend() for _ in range(decision.desired - current)]
+            self.scale_events["out"] += 1
+            self.event(f"scale out: HPA {decision.reason}, {current} -> {decision.desired}, "
+                       "adding " + ", ".join(b.name for b in added))
+        elif decision.desired < current:
+            victims = [b for b in self.backends if b.state != "draining"][::-1]
+            victims = victims[:current - decision.desired]
+            self.scale_events["in"] += 1
+            self.event(f"scale in: HPA {decision.reason}, {current} -> {decision.desired}, "
+                       "removing " + ", ".join(b.name for b in victims))
             for backend in victims:
                 self.drain(backend)
 

@@ -242,6 +242,12 @@ def run_foreground(
     def on_ready(bound: int, bound_admin: int) -> None:
         urls = _urls(bound, bound_admin)
         echo(f"sandbox: {normalized.backends} backends, {normalized.algorithm}")
+        autoscale = normalized.autoscale
+        if autoscale is not None and autoscale.enabled and autoscale.hpa is not None:
+            from loadforge.sandbox.hpa import HPASpec
+
+            echo(f"  {HPASpec.from_dict(autoscale.hpa).describe()}, "
+                 f"sync every {autoscale.evaluation_interval_s:g}s")
         echo(f"  target   {urls['url']}")
         echo(f"  admin    {urls['admin_url']}/admin/state")
         echo(f"  metrics  {urls['metrics_url']}")
@@ -318,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cfg = json.loads(args.config_json)
             except ValueError as exc:
                 raise InputError(f"--config-json is not valid JSON: {exc}") from exc
-        normalized = validate_sandbox_config(cfg, where)
+        base = os.path.dirname(os.path.abspath(args.config)) if args.config else None
+        normalized = validate_sandbox_config(cfg, where, base_dir=base)
         port = DEFAULT_PORT if args.port is None else args.port
         run_foreground(normalized, port, args.admin_port)
     except LoadforgeError as exc:

@@ -401,6 +401,17 @@
   if (chart({ title: "Latency percentiles over time (successful responses, from intended send time)", xLabel: "time since start",
               yLabel: "latency", yLog: true, xFormat: fmtSeconds, yFormat: fmtUs, series: lat, marks: marks })) ready++;
 
+  var reps = [];
+  runs.forEach(function (r, i) {
+    (r.replicas || []).forEach(function (m, j) {
+      reps.push({ name: prefix(r) + m.metric, color: color(i), dash: KIND_DASH[j % KIND_DASH.length],
+                  points: m.points });
+    });
+  });
+  if (reps.length && chart({ title: "Replicas over time (scaling beside the latency above)",
+                             xLabel: "time since start", yLabel: "replicas", xFormat: fmtSeconds,
+                             yFormat: fmtNum, series: reps, marks: marks })) ready++;
+
   var errs = [];
   runs.forEach(function (r, i) {
     var kinds = Object.keys(r.errors_per_s);
