@@ -246,15 +246,22 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
               "replaces the profile's objective of the same name). A miss exits 1.")
 @click.option("--shards", type=click.IntRange(1, limits.MAX_WORKERS), help="Split the run over "
               "this many shard processes (each with --workers workers), one merged result.")
-@click.option("--launcher", type=click.Choice(["local", "kubernetes"]), default="local",
-              show_default=True, help="Who starts the shards: local runs them as processes of "
-              "this machine; kubernetes as the pods of an Indexed Job.")
+@click.option("--launcher", type=click.Choice(["local", "kubernetes", "external"]),
+              default="local", show_default=True, help="Who starts the shards: local runs them "
+              "as processes of this machine; kubernetes as the pods of an Indexed Job; "
+              "external waits for N `loadforge shard` started by anyone.")
 @click.option("--max-clock-offset", default="50ms", show_default=True,
               help="With --shards: a shard whose clock is further off than this fails the start.")
-@click.option("--shard-start-timeout", help="With --launcher kubernetes: how long every shard "
-              "has to dial in and be ready (pods scheduled, images pulled) [default: 300s].")
-@click.option("--coordinator-address", metavar="HOST[:PORT]", help="With --launcher "
-              "kubernetes: what the pods dial [default: this host's name resolved, port 7070].")
+@click.option("--shard-start-timeout", help="With --launcher kubernetes or external: how long "
+              "every shard has to dial in and be ready (pods scheduled, images pulled) "
+              "[default: 300s].")
+@click.option("--coordinator-address", metavar="HOST[:PORT]", help="With --shards: where the "
+              "coordinator listens (local: 127.0.0.1, a free port; external: required), and "
+              "with --launcher kubernetes what the pods dial [default: this host's name "
+              "resolved, port 7070].")
+@click.option("--shard-token-file", type=click.Path(dir_okay=False), help="With --launcher "
+              "external: write the run's shard token to this file (mode 0600) for the shards' "
+              "--token-file [default: the token in $LOADFORGE_SHARD_TOKEN].")
 @click.option("--namespace", default="default", show_default=True,
               help="With --launcher kubernetes: the namespace of the Job and Service.")
 @click.option("--image", help="With --launcher kubernetes: the shards' container image "
@@ -263,10 +270,26 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
               help="With --launcher kubernetes: each pod's CPU request and limit.")
 @click.option("--shard-memory", default="512Mi", show_default=True,
               help="With --launcher kubernetes: each pod's memory request and limit.")
-@click.option("--keep", is_flag=True, help="With --launcher kubernetes: leave the Job and "
-              "Service in place after the run.")
-@click.option("--dry-run", is_flag=True, help="With --launcher kubernetes: print the Job and "
-              "Service (JSON) and exit, contacting no API.")
+@click.option("--keep", is_flag=True, help="With --launcher kubernetes: leave the Job, "
+              "Service and Secret in place after the run.")
+@click.option("--node-selector", "node_selectors", multiple=True, metavar="KEY=VALUE",
+              help="With --launcher kubernetes: the pods' nodeSelector (repeatable).")
+@click.option("--toleration", "tolerations", multiple=True, metavar="KEY[=VALUE][:EFFECT]",
+              help="With --launcher kubernetes: a toleration of the pods (repeatable).")
+@click.option("--service-account", help="With --launcher kubernetes: the pods' service account "
+              "(its API token is not mounted).")
+@click.option("--image-pull-secret", "image_pull_secrets", multiple=True, metavar="NAME",
+              help="With --launcher kubernetes: a Secret to pull the image with (repeatable).")
+@click.option("--coordinator-in-cluster", is_flag=True, help="With --launcher kubernetes and "
+              "a PROFILE: print what runs the coordinator itself as a pod (its Job, the "
+              "profile as a ConfigMap, its Role) for `kubectl apply -f -`, and exit, "
+              "contacting no API.")
+@click.option("--results-claim", metavar="PVC", help="With --coordinator-in-cluster: the "
+              "PersistentVolumeClaim the coordinator writes its results to [default: an "
+              "emptyDir, gone with the pod].")
+@click.option("--dry-run", is_flag=True, help="With --launcher kubernetes: print the Secret, "
+              "Service and Job, and the coordinator's Role and RoleBinding (JSON), and exit, "
+              "contacting no API.")
 @click.option("--metrics", "metrics_at", metavar="[HOST:]PORT", help="Serve Prometheus metrics "
               "of the run at http://HOST:PORT/metrics while it runs [host: 127.0.0.1].")
 @click.option("--dashboard", "dashboard_at", metavar="[HOST:]PORT", help="Serve a live page of "
@@ -288,6 +311,10 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         shard_start_timeout: str | None = None, coordinator_address: str | None = None,
         namespace: str = "default", image: str | None = None, shard_cpu: str = "1",
         shard_memory: str = "512Mi", keep: bool = False, dry_run: bool = False,
+        shard_token_file: str | None = None, node_selectors: tuple[str, ...] = (),
+        tolerations: tuple[str, ...] = (), service_account: str | None = None,
+        image_pull_secrets: tuple[str, ...] = (), coordinator_in_cluster: bool = False,
+        results_claim: str | None = None,
         metrics_at: str | None = None, dashboard_at: str | None = None,
         stream_to: str | None = None, linger: str | None = None,
         retry: str | None = None) -> None:
@@ -340,8 +367,21 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         plan = replace(plan, timer_resolution_s=parse_duration(
             timer_resolution, "--timer-resolution", allow_zero=True,
             maximum=limits.MAX_TIMER_RESOLUTION_S))
+    kube_flags = {"--node-selector": node_selectors, "--toleration": tolerations,
+                  "--service-account": service_account,
+                  "--image-pull-secret": image_pull_secrets,
+                  "--coordinator-in-cluster": coordinator_in_cluster,
+                  "--results-claim": results_claim}
+    if results_claim is not None and not coordinator_in_cluster:
+        raise InputError("--results-claim applies only with --coordinator-in-cluster")
     kube_opts = _kube_options(shards, launcher, shard_start_timeout, coordinator_address,
-                              namespace, image, shard_cpu, shard_memory, keep, dry_run)
+                              namespace, image, shard_cpu, shard_memory, keep, dry_run,
+                              kube_flags, plan.duration_s + plan.timeout_s)
+    if coordinator_in_cluster:
+        click.echo(_in_cluster_text(plan, profile, shards or 1, kube_opts, results_claim))
+        return
+    shard_opts = _shard_options(shards, launcher, coordinator_address, shard_start_timeout,
+                                shard_token_file)
     if dry_run:
         from loadforge.run.kube import dry_run_text
 
@@ -374,7 +414,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
             opts = replace(opts, shards=shards, launcher=launcher,
                            max_clock_offset_s=parse_duration(max_clock_offset,
                                                              "--max-clock-offset"),
-                           kube=kube_opts)
+                           kube=kube_opts, **shard_opts)
         outcome = runner.execute(plan, opts, console, live)
         outcomes.append(outcome)
         try:
@@ -414,6 +454,44 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     sys.exit(next((c for c in codes if c not in (0, 1)), max(codes)))
 
 
+def _shard_options(shards: int | None, launcher: str, address: str | None,
+                   start_timeout: str | None, token_file: str | None) -> dict[str, Any]:
+    """RunOptions' fields for the local and external launchers: where the coordinator listens,
+    how long the shards have, where the token goes (shards.py)."""
+    if address is not None and not shards:
+        raise InputError("--coordinator-address applies only with --shards N")
+    if token_file is not None and launcher != "external":
+        raise InputError("--shard-token-file applies only with --launcher external")
+    if launcher == "kubernetes":
+        return {}
+    if launcher == "local":
+        if start_timeout is not None:
+            raise InputError("--shard-start-timeout applies only with --launcher kubernetes "
+                             "or external")
+        if address is None:
+            return {}
+    from loadforge.run.kube import DEFAULT_START_TIMEOUT_S, parse_coordinator_address
+    from loadforge.run.shards import TOKEN_ENV
+
+    if launcher == "external":
+        if not shards:
+            raise InputError("--launcher external needs --shards N")
+        if address is None:
+            raise InputError("--launcher external needs --coordinator-address HOST:PORT: where "
+                             "the coordinator listens for the shards (0.0.0.0:7070 for every "
+                             "interface)")
+        if token_file is None and not os.environ.get(TOKEN_ENV, "").strip():
+            raise InputError(f"--launcher external: the shards need the run's token: give "
+                             f"--shard-token-file PATH (the shards' --token-file), or set "
+                             f"{TOKEN_ENV} for the coordinator and the shards alike")
+    host, port = parse_coordinator_address(address)
+    out: dict[str, Any] = {"coordinator_address": (host, port), "shard_token_file": token_file}
+    if launcher == "external":
+        out["shard_start_timeout_s"] = (parse_duration(start_timeout, "--shard-start-timeout")
+                                        if start_timeout else DEFAULT_START_TIMEOUT_S)
+    return out
+
+
 def _live_outputs(metrics_at: str | None, dashboard_at: str | None, stream_to: str | None,
                   quiet: bool, console: Console) -> Any:
     """--metrics, --dashboard and --stream (live/), listening before any load is sent."""
@@ -438,15 +516,15 @@ def _linger(linger: str | None, metrics_at: str | None, dashboard_at: str | None
 
 def _kube_options(shards: int | None, launcher: str, start_timeout: str | None,
                   address: str | None, namespace: str, image: str | None, cpu: str,
-                  memory: str, keep: bool, dry_run: bool) -> Any:
+                  memory: str, keep: bool, dry_run: bool, more: dict[str, Any],
+                  run_s: float) -> Any:
     """--launcher kubernetes and its flags, checked before anything runs (kube.py). None for
-    the local launcher, whose flags these are not."""
-    given = [flag for flag, on in (("--coordinator-address", address is not None),
-                                   ("--shard-start-timeout", start_timeout is not None),
-                                   ("--namespace", namespace != "default"),
+    the other launchers, whose flags these are not."""
+    given = [flag for flag, on in (("--namespace", namespace != "default"),
                                    ("--image", image is not None), ("--shard-cpu", cpu != "1"),
                                    ("--shard-memory", memory != "512Mi"), ("--keep", keep),
-                                   ("--dry-run", dry_run)) if on]
+                                   ("--dry-run", dry_run),
+                                   *((flag, bool(v)) for flag, v in more.items())) if on]
     if launcher != "kubernetes":
         if given:
             raise InputError(f"{given[0]} applies only with --launcher kubernetes")
@@ -455,18 +533,89 @@ def _kube_options(shards: int | None, launcher: str, start_timeout: str | None,
 
     if not shards:
         raise InputError("--launcher kubernetes needs --shards N")
-    host, port = kube.parse_coordinator_address(address)
+    in_cluster = bool(more["--coordinator-in-cluster"])
+    if in_cluster and address is not None:
+        raise InputError("--coordinator-in-cluster: the shards dial the coordinator's pod IP; "
+                         "drop --coordinator-address")
+    host, port = kube.parse_coordinator_address(address or (kube.POD_IP if in_cluster
+                                                            else None))
+    trouble = "" if in_cluster else kube.loopback_trouble(host, address is not None)
+    if trouble:
+        raise InputError(trouble)
     opts = kube.KubeOptions(
         namespace=kube.check_namespace(namespace), image=image or kube.KubeOptions.image,
         cpu=kube.check_quantity(cpu, "--shard-cpu"),
         memory=kube.check_quantity(memory, "--shard-memory"), keep=keep,
         coordinator_host=host, coordinator_port=port,
         start_timeout_s=parse_duration(start_timeout, "--shard-start-timeout")
-        if start_timeout else kube.DEFAULT_START_TIMEOUT_S)
-    if not dry_run:
+        if start_timeout else kube.DEFAULT_START_TIMEOUT_S,
+        node_selector=kube.parse_node_selector(more["--node-selector"]),
+        tolerations=[kube.parse_toleration(t) for t in more["--toleration"]],
+        service_account=kube.check_name(more["--service-account"], "--service-account")
+        if more["--service-account"] else "",
+        image_pull_secrets=[kube.check_name(n, "--image-pull-secret")
+                            for n in more["--image-pull-secret"]],
+        run_s=run_s)
+    if not dry_run and not in_cluster:
         kube.require_client()
         opts.configuration = kube.load_configuration()
     return opts
+
+
+# What --coordinator-in-cluster does not pass on to the coordinator's pod: flags it sets
+# itself, and what names files of this machine.
+_NOT_IN_CLUSTER = {"profile", "shards", "launcher", "coordinator_address", "out_dir",
+                   "summary_json", "junit_path", "dry_run", "coordinator_in_cluster",
+                   "results_claim", "keep"}
+_FILES = {"ca_cert": "--ca-cert", "client_cert": "--client-cert", "client_key": "--client-key"}
+
+
+def _in_cluster_text(plan: Any, profile: str | None, shards: int, kube_opts: Any,
+                     results_claim: str | None) -> str:
+    """--coordinator-in-cluster: the manifests, with this command line's other flags."""
+    from click.core import ParameterSource
+
+    from loadforge.run import kube
+
+    if not profile:
+        raise InputError("--coordinator-in-cluster needs a PROFILE: it goes to the pod as a "
+                         "ConfigMap")
+    if plan.feeders or plan.flows or (plan.tls is not None and (plan.tls.ca or plan.tls.cert
+                                                                or plan.tls.key)):
+        raise InputError("--coordinator-in-cluster takes a self-contained profile: this one "
+                         "names files (feeders, a flows module or TLS files) the pod would not "
+                         "have; build them into the image and run the coordinator there")
+    if results_claim is not None:
+        kube.check_name(results_claim, "--results-claim")
+    ctx = click.get_current_context()
+    args: list[str] = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        if (not isinstance(param, click.Option) or name in _NOT_IN_CLUSTER
+                or ctx.get_parameter_source(name) not in (ParameterSource.COMMANDLINE,
+                                                          ParameterSource.ENVIRONMENT)):
+            continue
+        if name in _FILES:
+            raise InputError(f"--coordinator-in-cluster: {_FILES[name]} names a file of this "
+                             "machine the pod would not have")
+        flag = next(o for o in param.opts if o.startswith("--"))
+        value = ctx.params[name]
+        if param.is_flag:
+            args += [flag] if value else []
+        elif param.multiple:
+            for v in value:
+                args += [flag, str(v)]
+        else:
+            args += [flag, str(value)]
+    try:
+        with open(profile, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{profile}: cannot read it ({exc})") from None
+    from loadforge import runner
+
+    return kube.in_cluster_text(runner.new_run_id(plan), shards, kube_opts,
+                                "profile.toml", text, args, results_claim)
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
@@ -657,11 +806,14 @@ def trend(runs: tuple[str, ...], metrics: tuple[str, ...], by: tuple[str, ...], 
               help="Where the coordinator (`loadforge run --shards N`) listens.")
 @click.option("--index", type=click.IntRange(0, None), help="This shard's index (default: "
               "$JOB_COMPLETION_INDEX, else the coordinator assigns the next free one).")
-def shard(coordinator: str, index: int | None) -> None:
+@click.option("--token-file", type=click.Path(dir_okay=False), help="A file holding the run's "
+              "shard token (the coordinator's --shard-token-file) [default: the token in "
+              "$LOADFORGE_SHARD_TOKEN].")
+def shard(coordinator: str, index: int | None, token_file: str | None) -> None:
     """Run one shard of a sharded run: dial in, run a stripe of the schedule, stream results."""
     from loadforge.run.shards import shard_main
 
-    shard_main(coordinator, index)
+    shard_main(coordinator, index, token_file)
 
 
 @main.command()

@@ -251,15 +251,30 @@ def _exhausted(agg: coordinator.Aggregator,
 
 
 def _remote_shards(opts: RunOptions, run_id: str) -> dict[str, Any]:
-    """ShardPool's arguments for a launcher other than local (kube.py)."""
-    if opts.launcher != "kubernetes":
-        return {}
-    from loadforge.run.kube import KubeLauncher, bind_address
+    """ShardPool's arguments beyond the local launcher's defaults: where it listens, who
+    launches the shards (kube.py), how long they have, the run's token (shards.py)."""
+    from loadforge.run.shards import TOKEN_ENV, new_token, write_token
 
-    kube = opts.kube
-    return {"bind": bind_address(kube.coordinator_host), "port": kube.coordinator_port,
-            "remote": KubeLauncher(kube, run_id, opts.shards),
-            "start_timeout_s": kube.start_timeout_s}
+    if opts.launcher == "kubernetes":
+        from loadforge.run.kube import KubeLauncher, bind_address
+
+        kube = opts.kube
+        return {"bind": bind_address(kube.coordinator_host), "port": kube.coordinator_port,
+                "remote": KubeLauncher(kube, run_id, opts.shards),
+                "start_timeout_s": kube.start_timeout_s}
+    out: dict[str, Any] = {}
+    if opts.coordinator_address is not None:
+        out["bind"], out["port"] = opts.coordinator_address
+    if opts.launcher == "external":
+        # Shards started by someone else: the token they were given, or a fresh one in the file
+        # they read.
+        token = os.environ.get(TOKEN_ENV, "").strip()
+        if opts.shard_token_file:
+            token = new_token()
+            write_token(opts.shard_token_file, token)
+        out["token"] = token
+        out["start_timeout_s"] = opts.shard_start_timeout_s
+    return out
 
 
 def _end_metadata(stop: Stop, ran_s: float, failure: str | None) -> dict[str, str]:

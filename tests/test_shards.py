@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -261,7 +262,8 @@ def test_the_coordinator_refuses_a_shard_of_another_version():
         host, port = pool.address.rsplit(":", 1)
         conn = Connection(socket.create_connection((host, int(port))).detach())
         conn.send_bytes(shards.HELLO + json.dumps({"protocol": shards.PROTOCOL,
-                                                   "version": "0.0.1", "index": 0}).encode())
+                                                   "version": "0.0.1", "index": 0,
+                                                   "token": pool.token}).encode())
         said.append(conn.recv_bytes())
         conn.close()
 
@@ -274,6 +276,48 @@ def test_the_coordinator_refuses_a_shard_of_another_version():
         thread.join(10)
         pool.terminate()
     assert said and said[0][:1] == shards.REFUSE and b"same version" in said[0]
+
+
+def test_clients_that_say_too_much_or_too_slowly_are_refused_and_take_no_slot(monkeypatch):
+    """A HELLO must come whole, within HELLO_TIMEOUT_S and HELLO_MAX bytes: a client that
+    announces a huge message, or dribbles one, is refused in bounded time; the coordinator
+    keeps waiting for its shards (here none come: the start times out, saying which)."""
+    monkeypatch.setattr(shards, "HELLO_TIMEOUT_S", 0.5)
+    plan = Plan("p", "http://127.0.0.1:9/", (Stage("s", 1.0, 10.0, 10.0),), (Request("r"),),
+                connections=2)
+    specs = _worker_specs(plan, parse_target(plan.target), 2, 1.0, None)
+    pool = shards.ShardPool(specs, 2, 1, 0.05, launcher="none", start_timeout_s=3.0)
+    host, port = pool.address.rsplit(":", 1)
+    said: list[bytes] = []
+
+    def huge() -> None:
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(struct.pack("!i", 2**31 - 1) + b"H")
+            said.append(sock.recv(4096))
+
+    def dribbling() -> None:
+        with socket.create_connection((host, int(port))) as sock:
+            hello = shards.HELLO + json.dumps({"protocol": shards.PROTOCOL}).encode()
+            try:
+                for byte in struct.pack("!i", len(hello)) + hello:
+                    sock.sendall(bytes([byte]))
+                    time.sleep(0.1)
+            except OSError:
+                pass
+            said.append(sock.recv(4096))
+
+    threads = [threading.Thread(target=f) for f in (huge, dribbling)]
+    for t in threads:
+        t.start()
+    try:
+        with pytest.raises(WorkerCrashed, match=r"shards \[0, 1\] were not ready within 3 s"):
+            pool.start()
+    finally:
+        for t in threads:
+            t.join(10)
+        pool.terminate()
+    assert pool.refused == 2
+    assert len(said) == 2 and all(m[4:5] == shards.REFUSE for m in said), said
 
 
 def test_the_stripes_of_shards_and_workers_partition_the_schedule():

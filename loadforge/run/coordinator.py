@@ -85,6 +85,10 @@ class RunOptions:
     launcher: str = "local"
     max_clock_offset_s: float = 0.05
     kube: Any = None                  # kube.KubeOptions, with --launcher kubernetes
+    # --coordinator-address (local, external), --shard-token-file and --shard-start-timeout
+    coordinator_address: tuple[str, int] | None = None
+    shard_token_file: str | None = None
+    shard_start_timeout_s: float | None = None
 
 
 @dataclass

@@ -10,7 +10,8 @@ The protocol, over one TCP connection per shard (multiprocessing's length-prefix
 the first byte of each message its tag):
 
     shard -> coordinator                      coordinator -> shard
-    H  HELLO {protocol, version, index} JSON
+    H  HELLO {protocol, version, index,
+              token} JSON
                                               A  the shard's plan (pickled), or
                                               X  refused: one line saying why
     P  ping: t0 (shard clock)                 p  pong: t0, t1 (received), t2 (sent)
@@ -26,7 +27,16 @@ delay = (t3 - t0) - (t2 - t1) the round trip; the shard converts the start time 
 monotonic clock. A shard whose |offset| exceeds the tolerance fails the start. Offsets are
 recorded as the shard's clock minus the coordinator's. Pickle is used between processes of the
 same loadforge version only: the HELLO is JSON, and a version mismatch is refused before any
-pickle is exchanged. Trusted networks only (the coordinator listens on 127.0.0.1 by default).
+pickle is exchanged.
+
+Only the run's shards join: each run has a random token (secrets.token_urlsafe) that its shards
+present in their HELLO. The local launcher hands it to its processes in LOADFORGE_SHARD_TOKEN,
+the Kubernetes launcher through a Secret the pods read into that variable, and external shards
+take it from that variable or from a file (--token-file). A connection whose HELLO lacks the
+token (or is not the protocol, or says nothing within HELLO_TIMEOUT_S) is refused, said on
+stderr, and takes no slot: the start goes on. Once every shard is in, the coordinator stops
+listening. The token authenticates the shards to the coordinator, not the other way round, and
+nothing is encrypted: run shards on networks you trust with the plan and the results.
 
 LOADFORGE_TEST_CLOCK_SKEW_MS (test-only): a shard reads its clock this far ahead ("20" for
 every shard, "0,200" per shard index), so that the tests can see a skew measured and refused.
@@ -34,9 +44,11 @@ every shard, "0,200" per shard index), so that the tests can see a skew measured
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import pickle
+import secrets
 import socket
 import struct
 import subprocess
@@ -69,6 +81,10 @@ START_TIMEOUT_S = 30.0         # every shard dialled in, built its workers and i
 START_DELAY_NS = 300_000_000   # time zero lies this far after the last shard is ready
 STALL_INTERVALS = 5            # a shard silent this many intervals has stalled
 SKEW_ENV = "LOADFORGE_TEST_CLOCK_SKEW_MS"
+TOKEN_ENV = "LOADFORGE_SHARD_TOKEN"
+HELLO_TIMEOUT_S = 5.0          # a connection has this long to send its whole HELLO
+HELLO_MAX = 64 * 1024          # the most a HELLO may weigh
+_FRAME = struct.Struct("!i")   # multiprocessing.connection's length prefix
 
 _TS = struct.Struct("<q")
 _PONG = struct.Struct("<qqq")
@@ -102,9 +118,11 @@ class ShardPool:
 
     def __init__(self, specs: list[WorkerSpec], shards: int, workers: int,
                  max_offset_s: float, launcher: str = "local", bind: str = "127.0.0.1",
-                 port: int = 0, remote: Any = None, start_timeout_s: float = START_TIMEOUT_S):
+                 port: int = 0, remote: Any = None, start_timeout_s: float = START_TIMEOUT_S,
+                 token: str | None = None):
         self.shards = shards
         self.workers = workers
+        self.launcher = launcher
         self.max_offset_s = max_offset_s
         self.plans = [[specs[k] for k in stripes(s, shards, workers)] for s in range(shards)]
         self.interval_s = specs[0].interval_s
@@ -119,6 +137,11 @@ class ShardPool:
         # the shards not dialled in yet while starting (raises if they cannot start), cleanup().
         self.remote = remote
         self.start_timeout_s = start_timeout_s
+        # What the run's shards present; anything else that dials in is refused.
+        self.token = token or new_token()
+        self.refused = 0
+        if remote is not None and hasattr(remote, "token"):
+            remote.token = self.token
         try:
             self.listener = socket.create_server(
                 (bind, port), family=socket.AF_INET6 if ":" in bind else socket.AF_INET)
@@ -131,10 +154,16 @@ class ShardPool:
             try:
                 for s in range(shards):
                     self.logs[s] = tempfile.TemporaryFile()
-                    self.processes[s] = _launch_local(self.address, s, self.logs[s])
+                    self.processes[s] = _launch_local(self.address, s, self.logs[s],
+                                                      self.token)
             except BaseException:
                 self.terminate()
                 raise
+        elif launcher == "external":
+            print(f"waiting up to {self.start_timeout_s:g} s for {shards} shard(s) on "
+                  f"{self.address}: loadforge shard --coordinator HOST:{port} --index I "
+                  f"(I from 0 to {shards - 1}), with the run's token in {TOKEN_ENV} or "
+                  "--token-file", file=sys.stderr, flush=True)
         elif remote is not None:
             try:
                 remote.launch(port)
@@ -149,14 +178,15 @@ class ShardPool:
         absolute start time. Returns time zero on this process's monotonic clock."""
         limit = time.monotonic() + self.start_timeout_s
         conns: dict[int, Connection] = {}      # by shard index, once it said hello
-        pending: list[Connection] = []         # dialled in, no hello yet
+        pending: list[socket.socket] = []      # dialled in, no hello yet
         ready: set[int] = set()
         next_free = 0
         while len(ready) < self.shards:
             if time.monotonic() > limit:
                 missing = sorted(set(range(self.shards)) - ready)
                 silent = sorted(set(range(self.shards)) - set(conns))
-                if self.remote is not None and silent and not pending:
+                if (self.remote is not None or self.launcher == "external") and silent \
+                        and not pending:
                     raise WorkerCrashed(f"shards {silent} never dialled in within "
                                         f"{self.start_timeout_s:g} s (coordinator "
                                         f"{self.address}); see --shard-start-timeout")
@@ -168,25 +198,30 @@ class ShardPool:
             waiting: list[Any] = [self.listener, *pending, *conns.values()]
             for ch in wait(waiting, timeout=0.5):
                 if ch is self.listener:
-                    sock, _ = self.listener.accept()
+                    try:
+                        sock, _ = self.listener.accept()
+                    except OSError:
+                        continue
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    pending.append(Connection(sock.detach()))
+                    sock.settimeout(HELLO_TIMEOUT_S)
+                    pending.append(sock)
+                    continue
+                if isinstance(ch, socket.socket):
+                    pending.remove(ch)
+                    joined = self._hello(ch, conns, next_free)
+                    if joined is not None:
+                        conns[joined[0]] = joined[1]
+                        while next_free in conns:
+                            next_free += 1
                     continue
                 assert isinstance(ch, Connection)
-                index = next((s for s, c in conns.items() if c is ch), None)
+                index = next(s for s, c in conns.items() if c is ch)
                 try:
                     msg = ch.recv_bytes()
                 except (EOFError, OSError):
-                    name = "a shard" if index is None else f"shard {index}"
-                    raise WorkerCrashed(f"{name} disconnected while starting"
+                    raise WorkerCrashed(f"shard {index} disconnected while starting"
                                         f"{self._exit_note(index)}") from None
-                if index is None:
-                    pending.remove(ch)
-                    index = self._hello(ch, msg, conns, next_free)
-                    conns[index] = ch
-                    while next_free in conns:
-                        next_free += 1
-                elif msg[:1] == PING:
+                if msg[:1] == PING:
                     t1 = time.time_ns()
                     (t0,) = _TS.unpack(msg[1:])
                     ch.send_bytes(PONG + _PONG.pack(t0, t1, time.time_ns()))
@@ -198,8 +233,8 @@ class ShardPool:
                     raise WorkerCrashed(f"shard {index} failed to start: {_line(msg[1:])}")
         # A shard that dials in from now on (a restarted pod) is refused: no resuming mid-run.
         self.listener.close()
-        for conn in pending:
-            conn.close()
+        for sock in pending:
+            sock.close()
         self.channels = [conns[s] for s in range(self.shards)]
         self._check_offsets()
         start_real = time.time_ns() + START_DELAY_NS
@@ -208,8 +243,34 @@ class ShardPool:
             ch.send_bytes(START + str(start_real).encode())
         return t0
 
-    def _hello(self, ch: Connection, msg: bytes, conns: dict[int, Connection],
-               next_free: int) -> int:
+    def _hello(self, sock: socket.socket, conns: dict[int, Connection],
+               next_free: int) -> tuple[int, Connection] | None:
+        """A new connection's HELLO. The run's shard (it has the token): its index and its
+        channel, or the run fails when it cannot take part (another version, an index out of
+        range or taken). Anything else is refused and said on stderr; the start goes on."""
+        try:
+            host, port = sock.getpeername()[:2]
+            peer = f"{host}:{port}"
+        except OSError:
+            peer = "?"
+        try:
+            msg = _read_hello(sock)
+            hello = json.loads(msg[1:]) if msg[:1] == HELLO else None
+            if not isinstance(hello, dict):
+                raise ValueError("not a HELLO")
+            token = hello.get("token")
+            protocol, version, index = hello["protocol"], hello["version"], hello.get("index")
+        except (OSError, EOFError, ValueError, KeyError, TypeError):
+            self._refuse_foreign(sock, peer, "it did not speak the loadforge shard protocol")
+            return None
+        if not isinstance(token, str) or not hmac.compare_digest(token.encode(),
+                                                                 self.token.encode()):
+            self._refuse_foreign(sock, peer, "it has not this run's shard token" if token else
+                                 "it presented no shard token")
+            return None
+        sock.settimeout(None)
+        ch = Connection(sock.detach())
+
         def refuse(reason: str) -> WorkerCrashed:
             try:
                 ch.send_bytes(REFUSE + reason.encode())
@@ -217,14 +278,6 @@ class ShardPool:
                 pass
             return WorkerCrashed(reason)
 
-        try:
-            if msg[:1] != HELLO:
-                raise ValueError("not a HELLO")
-            hello = json.loads(msg[1:])
-            protocol, version, index = hello["protocol"], hello["version"], hello.get("index")
-        except (ValueError, KeyError, TypeError):
-            raise refuse("a shard spoke something other than the loadforge shard protocol"
-                         ) from None
         if protocol != PROTOCOL or version != __version__:
             raise refuse(f"shard {index if index is not None else '?'} runs loadforge {version} "
                          f"(shard protocol {protocol}), the coordinator {__version__} (protocol "
@@ -237,7 +290,23 @@ class ShardPool:
             raise refuse(f"shard {index} dialled in twice")
         ch.send_bytes(ACCEPT + pickle.dumps({"index": index, "shards": self.shards,
                                              "specs": self.plans[index]}))
-        return index
+        return index, ch
+
+    def _refuse_foreign(self, sock: socket.socket, peer: str, why: str) -> None:
+        """Not one of this run's shards: say so to it (if it listens) and on stderr, once per
+        connection; it takes no slot and sends nothing into the result."""
+        self.refused += 1
+        try:
+            sock.settimeout(1.0)
+            reason = (f"refused: {why}; this coordinator takes only its run's shards "
+                      f"(their token in {TOKEN_ENV} or --token-file)").encode()
+            sock.sendall(_FRAME.pack(1 + len(reason)) + REFUSE + reason)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+        print(f"warning: the coordinator refused a connection from {peer}: {why}",
+              file=sys.stderr, flush=True)
 
     def _check_offsets(self) -> None:
         limit_ns = self.max_offset_s * 1e9
@@ -422,13 +491,58 @@ _SHARD_CODE = ("import sys; sys.path.insert(0, sys.argv[1]); del sys.argv[1]; "
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _launch_local(address: str, index: int, log: Any) -> subprocess.Popen[bytes]:
+def _launch_local(address: str, index: int, log: Any, token: str) -> subprocess.Popen[bytes]:
     """The local launcher: `loadforge shard` as a process of this machine, in a session of its
-    own (Ctrl-C is the coordinator's to handle; a shard whose coordinator is gone stops)."""
+    own (Ctrl-C is the coordinator's to handle; a shard whose coordinator is gone stops). The
+    token goes in its environment, never on its command line (which `ps` shows)."""
     return subprocess.Popen([sys.executable, "-P", "-c", _SHARD_CODE, _PACKAGE_ROOT, "shard",
                              "--coordinator", address, "--index", str(index)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, TOKEN_ENV: token})
+
+
+def new_token() -> str:
+    """A run's shard token: 256 random bits, URL-safe (it goes in a Secret, a file, a
+    variable)."""
+    return secrets.token_urlsafe(32)
+
+
+def write_token(path: str, token: str) -> None:
+    """--shard-token-file: the run's token, readable by its owner only."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(token + "\n")
+    except OSError as exc:
+        raise InputError(f"--shard-token-file {path}: cannot write it "
+                         f"({exc.strerror or exc})") from None
+
+
+def _read_exactly(sock: socket.socket, n: int, limit: float) -> bytes:
+    """n bytes, by time.monotonic() `limit` (else TimeoutError), however slowly they come."""
+    data = b""
+    while len(data) < n:
+        left = limit - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("too slow")
+        sock.settimeout(left)
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError("closed")
+        data += chunk
+    return data
+
+
+def _read_hello(sock: socket.socket) -> bytes:
+    """One message in multiprocessing's framing, whole within HELLO_TIMEOUT_S and at most
+    HELLO_MAX bytes: a connection that says too little, too slowly or too much cannot hold up
+    the start for longer."""
+    limit = time.monotonic() + HELLO_TIMEOUT_S
+    (size,) = _FRAME.unpack(_read_exactly(sock, _FRAME.size, limit))
+    if not 0 < size <= HELLO_MAX:
+        raise ValueError(f"a message of {size} bytes")
+    return _read_exactly(sock, size, limit)
 
 
 def _line(raw: bytes) -> str:
@@ -482,9 +596,29 @@ def test_skew_ns(value: str, index: int) -> int:
         raise InputError(f"{SKEW_ENV}={value}: expected milliseconds, e.g. 20 or 0,200") from None
 
 
-def shard_main(coordinator: str, index: int | None) -> None:
+def read_token(token_file: str | None) -> str:
+    """The shard's token: from --token-file, else from LOADFORGE_SHARD_TOKEN."""
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--token-file {token_file}: cannot read it "
+                             f"({getattr(exc, 'strerror', None) or exc})") from None
+        if not token:
+            raise InputError(f"--token-file {token_file}: the file is empty")
+        return token
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise InputError(f"shard: no shard token: set {TOKEN_ENV} to the run's token, or give "
+                         "--token-file PATH (the coordinator's --shard-token-file)")
+    return token
+
+
+def shard_main(coordinator: str, index: int | None, token_file: str | None = None) -> None:
     """`loadforge shard`: dial in, take a stripe of the plan, run it, stream the reports."""
     host, port = parse_coordinator(coordinator)
+    token = read_token(token_file)
     if index is None and os.environ.get("JOB_COMPLETION_INDEX", "").isdigit():
         index = int(os.environ["JOB_COMPLETION_INDEX"])
     skew_ns = 0
@@ -494,7 +628,7 @@ def shard_main(coordinator: str, index: int | None) -> None:
 
     conn = Connection(_dial(host, port, START_TIMEOUT_S).detach())
     conn.send_bytes(HELLO + json.dumps({"protocol": PROTOCOL, "version": __version__,
-                                        "index": index}).encode())
+                                        "index": index, "token": token}).encode())
     msg = _recv(conn, START_TIMEOUT_S, "plan")
     if msg[:1] == REFUSE:
         raise RunError(f"shard: the coordinator refused it: {_line(msg[1:])}")
