@@ -27,6 +27,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations, compress
+from typing import cast
 
 from loadforge.results import histogram
 
@@ -200,16 +201,6 @@ def bootstrap_change(base: Sequence[Sequence[Interval]], new: Sequence[Sequence[
                      confidence: float = 0.95, seed: int = 0
                      ) -> dict[str, tuple[float, float] | None]:
     """Confidence interval of (new − base) / base for each metric (new − base for RATIOS);
-    None where the base is 0."""
-    changes = _bootstrap(base, new, metrics, resamples, seed)
-    tail = (1 - confidence) / 2
-    out: dict[str, tuple[float, float] | None] = {}
-    for m, values in changes.items():
-        if len(values) < resamples // 2:
-            out[m] = None
-            continue
-        values.sort()
-        lo = values[int(tail * (len(values) - 1))]
-        hi = values[int(math.ceil((1 - tail) * (len(values) - 1)))]
-        out[m] = (lo, hi)
-    return out
+    None where the base is 0. The interval of hierarchical_test, without its p."""
+    tested = hierarchical_test(base, new, metrics, resamples, confidence, seed)
+    return {m: cast("tuple[float, float] | None", t["ci"]) for m, t in tested.items()}
