@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -142,3 +143,32 @@ def test_the_rules_of_this_test_are_seen() -> None:
     assert shorten(found[2].argv, "http://127.0.0.1:1") == [
         "loadforge", "run", "--target", "http://127.0.0.1:1/", "--rate", "1", "--duration", "2s",
         "--repeat", "2"]
+
+
+def mkdocs_build(site: Path, extra_pages: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`mkdocs build --strict` (as .ci/run runs it) on a copy of the site with pages added."""
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed (pip install -e '.[docs]')")
+    shutil.copy(ROOT / "mkdocs.yml", site / "mkdocs.yml")
+    shutil.copytree(ROOT / "docs", site / "docs")
+    for name, text in extra_pages.items():
+        (site / "docs" / name).write_text(text)
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
+                           str(site / "out")], cwd=site, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
+
+
+def test_the_site_builds_strict_with_a_new_guide_in_the_nav(tmp_path: Path) -> None:
+    """A guide that mkdocs.yml does not list yet is added to "Guides" by docs/hooks.py, so the
+    strict build (which fails on a page left out of the nav) passes and the page is linked."""
+    out = mkdocs_build(tmp_path, {"guides/zz-a-new-topic.md": "# A new topic\n\nText.\n"})
+    assert out.returncode == 0, out.stderr
+    home = (tmp_path / "out" / "index.html").read_text()
+    assert "guides/zz-a-new-topic/" in home and "A new topic" in home
+    cli = (tmp_path / "out" / "reference" / "cli" / "index.html").read_text()
+    assert "loadforge run" in cli and "--summary-json" in cli    # generated from click
+
+
+def test_the_strict_build_fails_on_a_broken_link(tmp_path: Path) -> None:
+    out = mkdocs_build(tmp_path, {"guides/broken.md": "# Broken\n\n[gone](no-such-page.md)\n"})
+    assert out.returncode != 0
+    assert "no-such-page.md" in out.stderr
