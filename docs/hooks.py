@@ -1,13 +1,17 @@
-"""MkDocs hooks (mkdocs.yml `hooks:`): guides that the nav does not list yet are appended to
-"Guides", so a helper or contributor adding `docs/guides/<topic>.md` needs no nav edit for the
-page to appear (and `mkdocs build --strict` does not fail on an omitted file)."""
+"""MkDocs hooks (mkdocs.yml `hooks:`): pages that the nav does not list yet are appended to the
+section of their folder (`docs/guides/x.md` to "Guides", `docs/reference/x.md` to
+"Reference", ...; a page in a folder without a section, or at the top, to the end of the nav),
+so whoever adds a page needs no nav edit for it to appear, and `mkdocs build --strict` does not
+fail on an omitted file. List a page in mkdocs.yml to place it."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-GUIDES = "Guides"
+# docs/ folder -> the nav section its unlisted pages join
+SECTIONS = {"getting-started": "Getting started", "guides": "Guides", "reference": "Reference",
+            "how-it-works": "How it works"}
 
 
 def _listed(nav: Any) -> set[str]:
@@ -32,18 +36,24 @@ def _title(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0].replace("-", " ").capitalize()
 
 
+def _section(nav: list[Any], title: str) -> list[Any] | None:
+    for item in nav:
+        if isinstance(item, dict) and isinstance(item.get(title), list):
+            return item[title]
+    return None
+
+
 def on_config(config: Any, **kwargs: Any) -> Any:
     nav = config.get("nav")
     if not nav:
         return config
-    guides = next((item[GUIDES] for item in nav if isinstance(item, dict) and GUIDES in item),
-                  None)
-    if guides is None:
-        return config
     listed = _listed(nav)
-    folder = os.path.join(config["docs_dir"], "guides")
-    for name in sorted(os.listdir(folder)):
-        rel = f"guides/{name}"
-        if name.endswith(".md") and rel not in listed:
-            guides.append({_title(os.path.join(folder, name)): rel})
+    docs = config["docs_dir"]
+    for folder, _dirs, files in sorted(os.walk(docs)):
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(folder, name), docs).replace(os.sep, "/")
+            if not name.endswith(".md") or rel in listed:
+                continue
+            section = _section(nav, SECTIONS.get(rel.split("/")[0], ""))
+            (nav if section is None else section).append({_title(os.path.join(folder, name)): rel})
     return config
