@@ -179,3 +179,52 @@ def test_the_strict_build_fails_on_a_broken_link(tmp_path: Path) -> None:
     out = mkdocs_build(tmp_path, {"guides/broken.md": "# Broken\n\n[gone](no-such-page.md)\n"})
     assert out.returncode != 0
     assert "no-such-page.md" in out.stderr
+
+
+ALL_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def loadforge_lines(text: str) -> Iterator[list[str]]:
+    """Every `loadforge ...` command of a page's sh blocks and YAML `run:` steps, with its
+    continuation lines (a trailing backslash, or a usage line that goes on with `[--...`)."""
+    for lang, body in FENCE.findall(text):
+        if lang not in ("sh", "bash", "shell", "yaml", ""):
+            continue
+        joined: list[str] = []
+        for line in re.sub(r"\\\n", " ", body).splitlines():
+            stripped = line.strip()
+            if stripped.startswith("run: "):
+                stripped = stripped[5:]
+            if stripped.startswith("loadforge "):
+                joined.append(stripped)
+            elif joined and stripped.startswith(("[--", "--")):
+                joined[-1] += " " + stripped
+        for command in joined:
+            words = shlex.split(command, comments=True)
+            for i, word in enumerate(words):
+                if word in ("|", ">", "&&", ";", "2>&1"):
+                    words = words[:i]
+                    break
+            yield words
+
+
+def test_every_documented_flag_exists() -> None:
+    """The README's and every docs page's `loadforge` commands (usage lines too) name real
+    subcommands and options, so a renamed flag cannot live on in the documentation."""
+    from loadforge.cli import main
+    seen = 0
+    for page in ALL_PAGES:
+        for words in loadforge_lines(page.read_text()):
+            if len(words) < 2 or words[1].startswith("-"):
+                continue
+            command = main.commands.get(words[1])
+            where = f"{page.relative_to(ROOT)}: `{' '.join(words)}`"
+            assert command is not None, f"{where}: no command {words[1]!r}"
+            known = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+            known |= {"-h", "--help"}
+            for word in words[2:]:
+                option = word.strip("[]").split("=")[0]
+                if option.startswith("-") and option not in ("-", "--"):
+                    assert option in known, f"{where}: {command.name} has no option {option}"
+            seen += 1
+    assert seen > 50, seen
