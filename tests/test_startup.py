@@ -1,6 +1,6 @@
 """Start-up stays cheap: the command line, profile loading and the coordinator up to its
 first request import neither pyarrow nor httpx (together over 0.1 s of CPU). The CPU figures
-themselves are measured, not asserted (README "Performance")."""
+themselves are measured, not asserted (docs/performance.md)."""
 
 from __future__ import annotations
 

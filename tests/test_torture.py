@@ -3,7 +3,7 @@
 For every mode, what loadforge reports reconciles exactly with what the server read and
 answered, every failure lands in its documented kind, and the latency of what it timed matches
 the delay the server applied. Each run is short (1 s or less, at most a few hundred requests).
-The matrix is documented in the README ("What loadforge reports when the server misbehaves").
+The matrix is documented in docs/reference/outcomes.md.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ chosen by weight. `user.get/post/put/patch/delete/head/request` send one step th
 engine (loadforge/engine/flows.pxi) and return an httpx-shaped Response; `user.think` waits
 without holding the schedule; `user.check` counts a named check. A module that imports httpx,
 anyio or asyncio (or marks a flow `@flow(asyncio=True)`) runs its flows as asyncio Tasks, so
-they may also send requests with `httpx.AsyncClient`, recorded as steps (flows/aio.py). See the
-README's "Scripted flows".
+they may also send requests with `httpx.AsyncClient`, recorded as steps (flows/aio.py). See
+docs/guides/flows.md.
 """
 
 from __future__ import annotations
