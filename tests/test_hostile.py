@@ -161,3 +161,54 @@ def test_http2_to_an_http1_port_is_said_in_words(tmp_path):
     line = one_line(out, "an HTTP/1.x answer to an HTTP/2 request", "does not speak HTTP/2",
                     code=3)
     assert "\\x" not in line and "Error" not in line          # no frame bytes, no class names
+
+
+class Trickler:
+    """Accepts, reads what comes, then answers one byte every 0.2 s for at most 60 s: every
+    read gets its byte well inside any read timeout, so only a deadline on the whole exchange
+    ends it. Loopback only; the thread ends when stopped or after its 60 s."""
+
+    def __init__(self, answer: bytes) -> None:
+        import socket
+        import threading
+
+        self.answer = answer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(1)
+            try:
+                conn.recv(65536)
+                for i in range(300):
+                    if self.stopped.wait(0.2):
+                        return
+                    conn.sendall(self.answer[i % len(self.answer):][:1])
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("http", ["1.1", "2"])
+def test_a_trickling_server_fails_the_preflight_within_the_timeout(http: str) -> None:
+    # HTTP/1.1: a status line that never ends; HTTP/2: a SETTINGS frame that never ends.
+    answer = (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 4096 if http == "1.1"
+              else b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" * 1000)
+    server = Trickler(answer)
+    try:
+        out = loadforge("run", "--target", f"http://127.0.0.1:{server.port}/", "--http", http,
+                        "--rate", "5", "--duration", "1s", "--timeout", "1s", "--workers", "1",
+                        timeout=30)
+    finally:
+        server.stop()
+    one_line(out, "no complete answer", f"127.0.0.1:{server.port}", code=3)

@@ -343,6 +343,9 @@ def unreachable_reason(exc: BaseException, target: Target, timeout_s: float) -> 
                 "the server")
     if isinstance(exc, socket.gaierror):
         return (f"cannot resolve {target.hostname} ({exc.strerror}): check the host name")
+    if isinstance(exc, TimeoutError) and "whole exchange" in str(exc):
+        return (f"no complete answer from {where} within {min(timeout_s, 5.0):g} s (it "
+                "answered, too slowly): is the server overloaded, or trickling its answer?")
     if isinstance(exc, TimeoutError | socket.timeout):
         return (f"no answer from {where} within {min(timeout_s, 5.0):g} s: is it up, and "
                 "is a firewall dropping packets?")
@@ -451,13 +454,21 @@ def _preflight_status(target: Target, req: Request, timeout_s: float, tls: TLS |
     start-up CPU, a third of the coordinator's before its first request."""
     conn = (HTTPConnection(target.address, target.port, timeout=timeout_s) if tls is None
             else _TLSConnection(target, timeout_s, tls, {} if negotiated is None else negotiated))
+    deadline = ExchangeDeadline(timeout_s)
     try:
+        conn.connect()
+        deadline.watch(conn.sock)
         # One Host header: the request's own (a virtual host) or the target's.
         headers = {"Host": host_header(req, target.host), "User-Agent": USER_AGENT}
         headers.update((k, v) for k, v in req.headers if k.lower() != "host")
-        conn.request(req.method, request_path(target.path, req.path), headers=headers)
-        resp = conn.getresponse()
-        body = resp.read(1 << 20)
+        try:
+            conn.request(req.method, request_path(target.path, req.path), headers=headers)
+            resp = conn.getresponse()
+            body = resp.read(1 << 20)
+        except (OSError, HTTPException):
+            if deadline.expired:
+                raise TimeoutError("the whole exchange took longer than the timeout") from None
+            raise
         if tls is not None and negotiated is not None and resp.status == 400:
             # nginx's page for a missing or rejected client certificate
             match = re.search(rb"<center>([^<]*SSL certificate[^<]*)</center>", body)
@@ -465,7 +476,40 @@ def _preflight_status(target: Target, req: Request, timeout_s: float, tls: TLS |
                 negotiated["client_cert_refused"] = match.group(1).decode("latin-1")
         return resp.status
     finally:
+        deadline.cancel()
         conn.close()
+
+
+class ExchangeDeadline:
+    """The preflight's whole exchange within its timeout, not each read: a server that
+    trickles a byte a second keeps every read under the socket's timeout and would hold the
+    preflight forever. A timer shuts the socket down when the time is up; the reader then
+    fails, and `expired` says why."""
+
+    def __init__(self, timeout_s: float) -> None:
+        import threading
+
+        self.expired = False
+        self._sock: socket.socket | None = None
+        self._timer = threading.Timer(timeout_s, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        self._sock = sock
+        if self.expired:
+            self._expire()
+
+    def _expire(self) -> None:
+        self.expired = True
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 class StageTotals:

@@ -5,6 +5,7 @@ the `h2` library, once per run, outside the counts; the engine itself uses libng
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 
 import h2.config
@@ -35,7 +36,14 @@ def h2_status(address: str, port: int, headers: list[tuple[str, str]],
         sock.sendall(conn.data_to_send())
         status = 0
         first = True
+        # The whole exchange within timeout_s, not each read (a server that trickles a byte a
+        # second would otherwise hold the preflight forever).
+        deadline = time.monotonic() + timeout_s
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the whole exchange took longer than the timeout")
+            sock.settimeout(left)
             data = sock.recv(65536)
             if not data:
                 raise H2PreflightError("the connection closed before a response (does the "
