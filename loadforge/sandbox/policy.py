@@ -12,16 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from loadforge.config.sandbox import ScaleIn
+
 if TYPE_CHECKING:
     from loadforge.config.sandbox import Autoscale
-
-
-@dataclass(frozen=True)
-class ScaleIn:
-    enabled: bool
-    threshold: float
-    for_s: float
-    step: int
 
 
 @dataclass(frozen=True)
