@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -31,6 +31,42 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """Polls `predicate` until it returns something true and returns that; an AssertionError
+    naming `what` after `timeout` seconds. What the tests use instead of a fixed sleep."""
+    limit = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > limit:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.01)
+
+
+# /proc/net/tcp states in which the server's side of a connection may still have a request to
+# log: ESTABLISHED (01) and CLOSE_WAIT (08, the client closed, the server has not yet seen it).
+_OPEN_STATES = {"01", "08"}
+
+
+def connections_to(port: int) -> int:
+    """Connections whose server side on 127.0.0.1/::1:`port` is open (ESTABLISHED or
+    CLOSE_WAIT), from /proc/net/tcp and tcp6."""
+    suffix = f":{port:04X}"
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[1].endswith(suffix) and fields[3] in _OPEN_STATES:
+                        count += 1
+        except FileNotFoundError:
+            continue
+    return count
 
 
 def wait_listening(port: int, timeout: float = 10.0) -> None:
@@ -172,11 +208,21 @@ class Nginx:
         wait_listening(self.port)
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
-    def served(self) -> int:
-        """Requests nginx logged (it logs each one when the response is sent)."""
-        time.sleep(0.2)
+    def logged(self) -> int:
+        """Lines in the access log now (for polling while a run is under way)."""
         with open(os.path.join(self.dir, "access.log"), "rb") as f:
             return sum(1 for _ in f)
+
+    def served(self, timeout: float = 10.0) -> int:
+        """Requests nginx logged, once it has logged them all. nginx logs a request right after
+        sending its response, before it handles anything else on that connection, so once no
+        connection to it is open (established, or closed by the client and not yet by nginx)
+        every request it answered is in the log. A test that holds a connection open gets the
+        count after `timeout` seconds."""
+        limit = time.monotonic() + timeout
+        while connections_to(self.port) and time.monotonic() < limit:
+            time.sleep(0.01)
+        return self.logged()
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from servers import OK, ROOT, CannedServer, loadforge
+from servers import OK, ROOT, CannedServer, loadforge, wait_for
 
 from loadforge.results.store import read_result
 
@@ -211,11 +211,14 @@ def test_results_parquet_holds_every_request(nginx, tmp_path):
 
 def test_sigint_stops_the_run_and_keeps_the_results(nginx, tmp_path):
     summary = tmp_path / "s.json"
+    before = nginx.served()
     proc = subprocess.Popen(
         [sys.executable, "-m", "loadforge.cli", "run", "--target", nginx.url + "/", "--rate",
          "500", "--duration", "30s", "--quiet", "--out", str(tmp_path), "--summary-json",
          str(summary)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+    # The preflight and over a second of the run answered.
+    wait_for(lambda: nginx.logged() > before + 600 or proc.poll() is not None, 60,
+             "a second of load")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err          # 128 + SIGINT, results kept
@@ -225,6 +228,7 @@ def test_sigint_stops_the_run_and_keeps_the_results(nginx, tmp_path):
 
 
 def test_crashed_worker_exits_3(nginx, tmp_path):
+    before = nginx.served()
     proc = subprocess.Popen(
         [sys.executable, "-m", "loadforge.cli", "run", "--target", nginx.url + "/", "--rate",
          "200", "--duration", "30s", "--workers", "2", "--quiet", "--out", str(tmp_path)],
@@ -237,7 +241,9 @@ def test_crashed_worker_exits_3(nginx, tmp_path):
             children = [int(p) for p in f.read().split()]
         children = [p for p in children
                     if b"loadforge.run.workers" in open(f"/proc/{p}/cmdline", "rb").read()]
-    time.sleep(1.5)
+    # The run under way: the preflight and a second of requests answered.
+    wait_for(lambda: nginx.logged() > before + 200 or proc.poll() is not None, 60,
+             "a second of load")
     os.kill(children[-1], signal.SIGKILL)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err

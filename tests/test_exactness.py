@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from servers import OK, ROOT, CannedServer, free_port, loadforge
+from servers import OK, ROOT, CannedServer, free_port, loadforge, wait_for
 
 from loadforge.results.store import read_result
 
@@ -439,13 +439,17 @@ def test_a_late_coordinator_is_visible_and_costs_no_request(nginx, tmp_path):
     import signal as sig
 
     summary = tmp_path / "s.json"
+    before = nginx.served()
     proc = subprocess.Popen([sys.executable, "-m", "loadforge.cli", "run", "--target",
                              nginx.url + "/", "--rate", "200", "--duration", "5s",
                              "--workers", "1", "--no-preflight", "--out", str(tmp_path / "r"),
                              "--summary-json", str(summary)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)
+        # A second of the run answered, then the coordinator stopped for 2.5 s (the
+        # behaviour under test, hence a sleep).
+        wait_for(lambda: nginx.logged() >= before + 200 or proc.poll() is not None, 60,
+                 "a second of load")
         proc.send_signal(sig.SIGSTOP)
         time.sleep(2.5)
         proc.send_signal(sig.SIGCONT)

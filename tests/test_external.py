@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from servers import ROOT, free_port
+from servers import wait_for as wait_until
 
 from loadforge.run import shards
 
@@ -153,7 +154,9 @@ def test_external_shards_as_processes_with_a_token_file(nginx, tmp_path):
         wait_for(token_file, coord)
         assert token_file.stat().st_mode & 0o777 == 0o600
         intruder = Intruder(port, coord)
-        time.sleep(0.3)          # let it be refused a few times before the shards come
+        # Let it be refused a few times before the shards come.
+        wait_until(lambda: len(intruder.outcomes) >= 3 or coord.poll() is not None, 30,
+                   "the intruder's first attempts")
         # The token is not in the shards' environment: only in the file they are given.
         env = {k: v for k, v in os.environ.items() if k != shards.TOKEN_ENV}
         for index in (1, 0):

@@ -37,7 +37,7 @@ def wait_for_load(proc: subprocess.Popen[str], server: Nginx, before: int) -> No
     """Until nginx has served the run's requests for a while (not just its preflight)."""
     workers_of(proc, 1)
     limit = time.monotonic() + 60
-    while server.served() < before + 400 and time.monotonic() < limit and proc.poll() is None:
+    while server.logged() < before + 400 and time.monotonic() < limit and proc.poll() is None:
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()[1]
 

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from servers import OK, ROOT, CannedServer, loadforge
+from servers import OK, ROOT, CannedServer, loadforge, wait_for
 
 from loadforge.results.store import read_result
 
@@ -170,11 +170,14 @@ def test_a_signal_before_the_run_starts_exits_128_plus_n(tmp_path, signum, code)
 
 def test_a_crashed_worker_keeps_what_was_merged_and_exits_3(nginx, tmp_path):
     summary = tmp_path / "s.json"
+    before = nginx.served()
     proc = start("--target", nginx.url + "/", "--rate", "200", "--duration", "30s",
                  "--workers", "2", "--quiet", "--out", str(tmp_path), "--summary-json",
                  str(summary))
     victims = workers_of(proc, 2)
-    time.sleep(2.5)
+    # 2.5 s of the run answered: intervals merged before the crash.
+    wait_for(lambda: nginx.logged() >= before + 500 or proc.poll() is not None, 60,
+             "2.5 s of load")
     os.kill(victims[-1], signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
-from servers import ROOT
+from servers import ROOT, wait_for
 
 from loadforge import __version__
 from loadforge.config.plan import Plan, Request, Stage
@@ -196,6 +196,7 @@ def shard_processes(proc: subprocess.Popen[str], count: int) -> list[int]:
 
 def test_a_killed_shard_fails_the_run_and_keeps_what_was_merged(nginx, tmp_path):
     summary = tmp_path / "s.json"
+    before = nginx.served()
     proc = subprocess.Popen([sys.executable, "-m", "loadforge.cli", "run", "--target",
                              nginx.url + "/", "--rate", "200", "--duration", "30s", "--shards",
                              "2", "--workers", "1", "--quiet", "--out", str(tmp_path),
@@ -203,7 +204,9 @@ def test_a_killed_shard_fails_the_run_and_keeps_what_was_merged(nginx, tmp_path)
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         pids = shard_processes(proc, 2)
-        time.sleep(2.5)                 # two intervals merged
+        # 2.5 s of the run answered: two intervals merged.
+        wait_for(lambda: nginx.logged() >= before + 500 or proc.poll() is not None, 60,
+                 "2.5 s of load")
         os.kill(pids[1], signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -222,6 +225,7 @@ def test_a_killed_shard_fails_the_run_and_keeps_what_was_merged(nginx, tmp_path)
 
 def test_a_stalled_shard_fails_the_run(nginx, tmp_path):
     summary = tmp_path / "s.json"
+    before = nginx.served()
     proc = subprocess.Popen([sys.executable, "-m", "loadforge.cli", "run", "--target",
                              nginx.url + "/", "--rate", "100", "--duration", "30s", "--shards",
                              "2", "--workers", "1", "--quiet", "--out", str(tmp_path),
@@ -230,7 +234,8 @@ def test_a_stalled_shard_fails_the_run(nginx, tmp_path):
     pids: list[int] = []
     try:
         pids = shard_processes(proc, 2)
-        time.sleep(1.5)
+        wait_for(lambda: nginx.logged() >= before + 150 or proc.poll() is not None, 60,
+                 "1.5 s of load")
         os.kill(pids[0], signal.SIGSTOP)        # alive, connected, silent
         _, err = proc.communicate(timeout=60)
     finally:

@@ -52,3 +52,14 @@ def test_help_and_profiles_do_not_import_pyarrow_or_httpx():
 def test_the_coordinator_reaches_its_first_request_without_pyarrow_or_httpx(nginx, tmp_path):
     out = python(BEFORE_FIRST_REQUEST.format(url=nginx.url + "/", out=str(tmp_path)))
     assert out == "exit 0 imported"
+
+
+def test_a_worker_imports_its_module_and_the_engine_only():
+    # Each worker is a fresh interpreter: the plan (feeders, TLS, observe, sandbox) costs it
+    # about 60 ms of CPU at start, for one tuple of names (config/outcomes.py).
+    code = ("import sys; import loadforge.run.workers, loadforge._core; "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('loadforge'))))")
+    assert python(code).split() == ["loadforge", "loadforge._core", "loadforge.config",
+                                    "loadforge.config.outcomes", "loadforge.errors",
+                                    "loadforge.run", "loadforge.run.wire",
+                                    "loadforge.run.workers"]

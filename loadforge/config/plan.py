@@ -10,21 +10,15 @@ from dataclasses import dataclass, field
 
 from loadforge.config.feeders import Feeder, Template
 from loadforge.config.observe import Action, Observe
+from loadforge.config.outcomes import GRPC_CODES as GRPC_CODES
+from loadforge.config.outcomes import GRPC_OUTCOMES as GRPC_OUTCOMES
+from loadforge.config.outcomes import GRPC_PREFIX as GRPC_PREFIX
+from loadforge.config.outcomes import OUTCOMES as OUTCOMES
 from loadforge.config.sandbox import SandboxConfig
 from loadforge.config.tls import TLS
 
-# Outcomes of one arrival, in the order the engine numbers them. Status classes are responses,
-# the rest are transport failures (no response).
-# gRPC status codes by number (grpc/doc/statuscodes.md): a gRPC call's outcome is
-# "grpc:<CODE>" of its grpc-status, a response like the status classes.
-GRPC_CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-              "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-              "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-              "UNAUTHENTICATED")
-GRPC_PREFIX = "grpc:"
-GRPC_OUTCOMES = tuple(GRPC_PREFIX + code for code in GRPC_CODES)
-OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "connect", "timeout", "reset", "protocol",
-            "stream_reset", "goaway", "flow_control") + GRPC_OUTCOMES
+# Outcomes of one arrival, in the order the engine numbers them (config/outcomes.py, where a
+# worker imports them from without the rest of the plan).
 STATUS_OUTCOMES = OUTCOMES[:5] + GRPC_OUTCOMES
 DEFAULT_STREAMS = 100             # HTTP/2 streams per connection, as h2load -m 100
 ERROR_KINDS = OUTCOMES[5:12]

