@@ -344,8 +344,8 @@ def unreachable_reason(exc: BaseException, target: Target, timeout_s: float) -> 
     if isinstance(exc, socket.gaierror):
         return (f"cannot resolve {target.hostname} ({exc.strerror}): check the host name")
     if isinstance(exc, TimeoutError) and "whole exchange" in str(exc):
-        return (f"no complete answer from {where} within {min(timeout_s, 5.0):g} s (it "
-                "answered, too slowly): is the server overloaded, or trickling its answer?")
+        return (f"no complete answer from {where} within {min(timeout_s, 5.0):g} s: is the "
+                "server up, overloaded, or trickling its answer?")
     if isinstance(exc, TimeoutError | socket.timeout):
         return (f"no answer from {where} within {min(timeout_s, 5.0):g} s: is it up, and "
                 "is a firewall dropping packets?")

@@ -44,7 +44,12 @@ def h2_status(address: str, port: int, headers: list[tuple[str, str]],
             if left <= 0:
                 raise TimeoutError("the whole exchange took longer than the timeout")
             sock.settimeout(left)
-            data = sock.recv(65536)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                if first:
+                    raise                   # not a byte: no answer at all
+                raise TimeoutError("the whole exchange took longer than the timeout") from None
             if not data:
                 raise H2PreflightError("the connection closed before a response (does the "
                                        "target speak HTTP/2 without TLS, h2c?)")
