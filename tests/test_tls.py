@@ -676,6 +676,37 @@ def test_a_client_certificate_refused_after_the_handshake_is_a_failed_one(
     assert s["requests"] == 0 and s["errors"] + s["unsent"] == s["scheduled"] > 0
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("stdbuf") is None,
+                    reason="the openssl CLI (s_server) is not installed")
+def test_a_server_that_renegotiates_mid_request_is_answered(certs: Certs, tmp_path: Path) -> None:
+    """What OpenSSL queues while reading (here the ClientHello answering a TLS 1.2
+    HelloRequest) goes out at once. `openssl s_server -www` answers `GET /reneg` only after a
+    renegotiation: it sends the HelloRequest once it has read the request line and waits for
+    the ClientHello. An HTTP/1.1 client writes again only after the answer, so one that kept
+    the ClientHello in its write BIO stalled every request until the timeout (0 requests, 1
+    timeout a second before issue 19's flush in tls_read). s_server serves one connection at
+    a time and closes each after its status page. (A TLS 1.3 KeyUpdate, even one requesting an
+    update, does not make the server wait, so it cannot stall a request this way.)"""
+    port = free_port()
+    server = subprocess.Popen(
+        ["stdbuf", "-oL", "openssl", "s_server", "-tls1_2", "-www", "-accept", f"127.0.0.1:{port}",
+         "-cert", certs.server, "-key", certs.server],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        wait_listening(port)
+        s = ok_run(tmp_path, "--target", f"https://127.0.0.1:{port}/reneg", "--ca-cert",
+                   certs.ca_pem, "--no-preflight", "--concurrency", "1", "--duration", "1s",
+                   "--timeout", "5s")
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=10)
+    renegotiated = out.count("SSL_renegotiate -> 1")
+    assert s["errors"] == s["errors_by_kind"]["timeout"] == 0
+    assert s["tls"]["protocol"] == "TLSv1.2"
+    assert 0 < s["requests"] <= renegotiated <= s["requests"] + 1    # + one cut by the end
+    assert s["connections"]["opened"] >= s["requests"]
+
+
 def test_an_encrypted_client_key_takes_its_passphrase_from_the_environment(
         certs: Certs, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
