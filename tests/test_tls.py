@@ -713,6 +713,60 @@ def test_a_server_that_renegotiates_mid_request_is_answered(certs: Certs, tmp_pa
     assert s["connections"]["opened"] >= s["requests"]
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("stdbuf") is None,
+                    reason="the openssl CLI (s_server) is not installed")
+def test_a_server_that_waits_for_the_key_update_it_requested_is_answered(
+        certs: Certs, tmp_path: Path) -> None:
+    """TLS 1.3: `openssl s_server` driven through its console sends, on each request, a
+    KeyUpdate requesting ours (its `K` command) and answers only once ours has come back.
+    OpenSSL keeps that answer for the client's next write, which an HTTP/1.1 client makes
+    only after the response: tls_read sends it as soon as it reads the request. Counts from
+    the server's side (its -msg trace): every response followed a KeyUpdate of ours."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["stdbuf", "-oL", "openssl", "s_server", "-tls1_3", "-msg", "-accept",
+         f"127.0.0.1:{port}", "-cert", certs.server, "-key", certs.server],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        bufsize=1)
+    assert server.stdin is not None and server.stdout is not None
+    counts = {"requested": 0, "updated": 0, "answered": 0}
+
+    def console() -> None:
+        assert server.stdin is not None and server.stdout is not None
+        waiting = False
+        try:
+            for line in server.stdout:
+                if line.startswith("GET /"):
+                    server.stdin.write("K\n")
+                    server.stdin.flush()
+                    counts["requested"] += 1
+                    waiting = True
+                elif line.startswith("<<<") and "KeyUpdate" in line:
+                    counts["updated"] += 1
+                    if waiting:
+                        server.stdin.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        server.stdin.flush()
+                        counts["answered"] += 1
+                        waiting = False
+        except (BrokenPipeError, ValueError):
+            return
+
+    reader = threading.Thread(target=console, daemon=True)
+    reader.start()
+    try:
+        wait_listening(port)
+        s = ok_run(tmp_path, "--target", f"https://127.0.0.1:{port}/", "--ca-cert",
+                   certs.ca_pem, "--no-preflight", "--concurrency", "1", "--duration", "1s",
+                   "--timeout", "5s")
+    finally:
+        server.terminate()
+        reader.join(10)
+        server.wait(10)
+    assert s["errors"] == s["errors_by_kind"]["timeout"] == 0
+    assert s["tls"]["protocol"] == "TLSv1.3"
+    assert 0 < s["requests"] <= counts["answered"] <= counts["updated"] <= counts["requested"]
+
+
 def test_an_encrypted_client_key_takes_its_passphrase_from_the_environment(
         certs: Certs, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization

@@ -196,6 +196,13 @@ cdef ssize_t tls_read(Transport* t, Conn* c, msghdr* msg) noexcept nogil:
         if e == SSL_ERROR_WANT_READ:
             if got:
                 break
+            # A TLS 1.3 KeyUpdate that asked for ours (update_requested): OpenSSL keeps the
+            # answer for the next write, which an HTTP/1.1 client makes only after the
+            # response; a server that waits for it would stall. Send it now (SSL_key_update(3):
+            # SSL_do_handshake sends a pending update at once).
+            if SSL_get_key_update_type(c.ssl) != SSL_KEY_UPDATE_NONE \
+                    and SSL_key_update(c.ssl, SSL_KEY_UPDATE_NOT_REQUESTED) == 1:
+                SSL_do_handshake(c.ssl)
             # The buffer is free again: read ciphertext into it, then decrypt it in place
             # (BIO_write copied it into the read BIO).
             if BIO_ctrl_pending(SSL_get_wbio(c.ssl)) > 0 and tls_flush(c) < 0:
