@@ -656,30 +656,37 @@ def test_connections_end_with_close_notify(certs: Certs, tmp_path: Path) -> None
     assert counts["clean"] == 3 and counts["truncated"] == 0
 
 
+@pytest.mark.parametrize("http", ["1.1", "2"])
 @pytest.mark.parametrize("model", [("--concurrency", "2"), ("--rate", "20")])
 def test_a_client_certificate_refused_after_the_handshake_is_a_failed_one(
-        certs: Certs, tmp_path: Path, model: tuple[str, str]) -> None:
+        certs: Certs, tmp_path: Path, model: tuple[str, str], http: str) -> None:
     """TLS 1.3: the client finishes its side before the server checks its (missing)
     certificate; the refusal comes as an alert on the first read. Those handshakes failed:
     none counts as full, each is a failed connection and its request a `connect` error (as a
     TLS 1.2 server's refusal during the handshake counts, test_engine_verifies_without_the_
-    preflight), not a `reset`, and never retried."""
+    preflight), not a `reset`, and never retried. With --http 2 the server (no ALPN) gets
+    HTTP/1.1 on each connection; a closed-model user goes on after each failure."""
     server = _PyTLSServer(certs, require_cert=True)
     try:
         s = ok_run(tmp_path, "--target", f"https://127.0.0.1:{server.port}/",
                    "--ca-cert", certs.ca_pem, "--no-preflight", *model, "--duration", "1s",
-                   "--connections", "2", "--timeout", "1s")
+                   "--connections", "2", "--timeout", "1s", "--http", http)
     finally:
         counts = server.stop()
     hs = s["connections"]["tls_handshakes"]
     assert counts["answered"] == 0 and counts["refused"] == counts["accepted"] > 0
     assert hs["full"] == hs["resumed"] == 0
     # (a warm-up connection refused before any arrival needed it is not counted, as a warm-up
-    # connect that fails is not: the server accepted it, loadforge did not open it for a request)
+    # connect that fails is not: the server accepted it, loadforge did not open it for a
+    # request; HTTP/2 counts every connect as it starts, so there it is a failed one)
     assert 0 < hs["failed"] == s["connections"]["opened"] <= counts["accepted"]
     assert s["requests"] == 0 and s["errors"] + s["unsent"] == s["scheduled"] > 0
-    assert s["errors"] == s["errors_by_kind"]["connect"] == s["connections"]["failed"] \
-        == s["connections"]["opened"]
+    assert s["errors"] == s["errors_by_kind"]["connect"] > 0
+    assert s["connections"]["failed"] == s["connections"]["opened"]
+    if http == "1.1":
+        assert s["errors"] == s["connections"]["failed"]
+    if model[0] == "--concurrency":
+        assert s["errors"] > 4       # users go on after each failure (none lost in a backoff)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("stdbuf") is None,

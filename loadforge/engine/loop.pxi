@@ -532,9 +532,11 @@ cdef class Engine:
         if stage == self.cur and not self.stopping and self.cur < self.nstages:
             sp = &self.stages[stage]
             if not sp.open_model and now < self.t0 + sp.end_ns:
-                if outcome == O_CONNECT:
+                if outcome == O_CONNECT and not self.h2.enabled:
                     # Retrying at once would spin (a refused port answers in microseconds)
-                    # and, from inside finish, recurse once per failure.
+                    # and, from inside finish, recurse once per failure. (HTTP/2's backoffs
+                    # end without a new arrival, end_backoffs: an HTTP/1.1 connection of an
+                    # HTTP/2 run, ALPN having chosen http/1.1, would lose its user there.)
                     start_backoff(self, ci, now)
                 elif sp.think_ns > 0:
                     self.think_conn[(self.think_head + self.think_len) % self.nthink] = ci
