@@ -36,6 +36,8 @@ cdef extern from "openssl/ssl.h" nogil:
         SSL_SESS_CACHE_NO_INTERNAL_STORE
         SSL_MODE_RELEASE_BUFFERS
         SSL_SENT_SHUTDOWN
+        SSL_KEY_UPDATE_NONE
+        SSL_KEY_UPDATE_NOT_REQUESTED
         TLS1_2_VERSION
         TLS1_3_VERSION
         X509_V_OK
@@ -84,6 +86,8 @@ cdef extern from "openssl/ssl.h" nogil:
     int SSL_write(SSL* ssl, const void* buf, int num)
     int SSL_pending(const SSL* ssl)
     int SSL_has_pending(const SSL* ssl)
+    int SSL_key_update(SSL* ssl, int updatetype)
+    int SSL_get_key_update_type(const SSL* ssl)
     int SSL_get_error(const SSL* ssl, int ret)
     long SSL_get_verify_result(const SSL* ssl)
 

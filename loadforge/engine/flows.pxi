@@ -332,6 +332,8 @@ cdef class FlowEngine(Engine):
             n = transport_read(&self.transport, c, &self.msg)
             if c.state != C_BUSY or not c.has_arrival:
                 if n >= 0 or (errno != EAGAIN and errno != EINTR):
+                    if n < 0 and errno == ECONNABORTED and self.transport.kind == T_TLS:
+                        tls_refused_idle(self)
                     c.peer_closed = n <= 0
                     close_conn(self, ci)
                 return
@@ -371,6 +373,9 @@ cdef class FlowEngine(Engine):
             if errno == EAGAIN and not c.write_failed:
                 return
             c.peer_closed = 1
+            if errno == ECONNABORTED and self.transport.kind == T_TLS:
+                tls_refused(self, ci, now)
+                return
             if c.parser.received == 0 and retry_arrival(self, ci, now):
                 return
             self.finish(ci, O_RESET, now, now)

@@ -708,6 +708,9 @@ cdef void h2_on_readable(Engine self, int ci, int64_t now) noexcept:
         if n < 0 and errno == EAGAIN:
             return
         c.peer_closed = 1
+        if n < 0 and errno == ECONNABORTED and self.transport.kind == T_TLS:
+            tls_refused(self, ci, now)      # (h2 connections: connect_failed's HTTP/2 branch)
+            return
         h2_fail_conn(self, ci, O_RESET, now)
         return
 

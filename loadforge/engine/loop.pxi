@@ -429,6 +429,8 @@ cdef class Engine:
                 # An idle keep-alive connection: the server closed it, or sent what nobody
                 # asked for. Either way it is not reusable.
                 if n >= 0 or (errno != EAGAIN and errno != EINTR):
+                    if n < 0 and errno == ECONNABORTED and self.transport.kind == T_TLS:
+                        tls_refused_idle(self)
                     c.peer_closed = n <= 0
                     close_conn(self, ci)
                 return
@@ -470,6 +472,9 @@ cdef class Engine:
             if errno == EAGAIN and not c.write_failed:
                 return
             c.peer_closed = 1
+            if errno == ECONNABORTED and self.transport.kind == T_TLS:
+                tls_refused(self, ci, now)
+                return
             if c.parser.received == 0 and retry_arrival(self, ci, now):
                 return
             self.finish(ci, O_RESET, now, now)
@@ -527,9 +532,11 @@ cdef class Engine:
         if stage == self.cur and not self.stopping and self.cur < self.nstages:
             sp = &self.stages[stage]
             if not sp.open_model and now < self.t0 + sp.end_ns:
-                if outcome == O_CONNECT:
+                if outcome == O_CONNECT and not self.h2.enabled:
                     # Retrying at once would spin (a refused port answers in microseconds)
-                    # and, from inside finish, recurse once per failure.
+                    # and, from inside finish, recurse once per failure. (HTTP/2's backoffs
+                    # end without a new arrival, end_backoffs: an HTTP/1.1 connection of an
+                    # HTTP/2 run, ALPN having chosen http/1.1, would lose its user there.)
                     start_backoff(self, ci, now)
                 elif sp.think_ns > 0:
                     self.think_conn[(self.think_head + self.think_len) % self.nthink] = ci

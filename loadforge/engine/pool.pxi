@@ -118,6 +118,31 @@ cdef void connect_failed(Engine self, int ci, int64_t now) noexcept:
         close_conn(self, ci)
 
 
+cdef void tls_refused(Engine self, int ci, int64_t now) noexcept:
+    """A TLS 1.3 server refused the handshake only after the client finished its side (a
+    client certificate missing or refused: the alert comes on the first read, tls_read). The
+    handshake failed, so the connection is a failed connect and its request a `connect`
+    error, as when a TLS 1.2 server refuses during the handshake; never retried."""
+    self.connect_failures += 1
+    if self.h2.enabled and not self.conns[ci].h1:
+        h2_connect_failed(self, ci, now, O_CONNECT)
+    else:
+        self.finish(ci, O_CONNECT, now, now)
+
+
+cdef void tls_refused_idle(Engine self) noexcept:
+    """tls_refused for a warm-up connection (no arrival on it yet, HTTP/1.1): as a warm-up
+    connect that fails is not counted (counts_at_open), neither is this one, nor its
+    handshake; the arrival that next needs the slot tries again, and that attempt counts.
+    (HTTP/2 counts every connect as it starts: there it is a failed one.)"""
+    if self.h2.enabled:
+        self.connect_failures += 1
+        return
+    self.connects -= 1
+    self.protocol_h1 -= 1
+    self.transport.tls_failed -= 1
+
+
 cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
     cdef Conn* c = &self.conns[ci]
     cdef int handshake = c.handshaking

@@ -161,11 +161,15 @@ cdef inline int tls_connected(Transport* t, Conn* c) noexcept nogil:
 cdef ssize_t tls_read(Transport* t, Conn* c, msghdr* msg) noexcept nogil:
     """Plaintext into msg's buffer, up to its size: what the SSL already holds, else one
     recvmsg of ciphertext (its control data: the receive timestamp) decrypted. Returns the
-    byte count, 0 at the end of the stream, -1 with errno (EAGAIN: nothing more yet). When no
+    byte count, 0 at the end of the stream, -1 with errno (EAGAIN: nothing more yet;
+    ECONNABORTED: the handshake was refused after all, see below). When no
     recvmsg ran, msg carries no control data: the bytes were held from an earlier read (of
     this connection or, the buffer being shared, another), whose timestamp is not theirs.
     What OpenSSL wrote while reading (a KeyUpdate or renegotiation answer, an alert) is
     sent at once: a client that writes only after the response would otherwise stall it."""
+    # errno is the C library's: without `global`, Cython makes the assignments below a local
+    # variable of that name and the caller reads whatever errno the last failed call left.
+    global errno
     cdef char* buf = <char*>msg.msg_iov.iov_base
     cdef int cap = <int>msg.msg_iov.iov_len
     cdef int got = 0, n, e
@@ -192,6 +196,13 @@ cdef ssize_t tls_read(Transport* t, Conn* c, msghdr* msg) noexcept nogil:
         if e == SSL_ERROR_WANT_READ:
             if got:
                 break
+            # A TLS 1.3 KeyUpdate that asked for ours (update_requested): OpenSSL keeps the
+            # answer for the next write, which an HTTP/1.1 client makes only after the
+            # response; a server that waits for it would stall. Send it now (SSL_key_update(3):
+            # SSL_do_handshake sends a pending update at once).
+            if SSL_get_key_update_type(c.ssl) != SSL_KEY_UPDATE_NONE \
+                    and SSL_key_update(c.ssl, SSL_KEY_UPDATE_NOT_REQUESTED) == 1:
+                SSL_do_handshake(c.ssl)
             # The buffer is free again: read ciphertext into it, then decrypt it in place
             # (BIO_write copied it into the read BIO).
             if BIO_ctrl_pending(SSL_get_wbio(c.ssl)) > 0 and tls_flush(c) < 0:
@@ -217,6 +228,10 @@ cdef ssize_t tls_read(Transport* t, Conn* c, msghdr* msg) noexcept nogil:
                 t.tls_full -= 1
             t.tls_failed += 1
             c.tls_data = 1
+            # The caller ends its request as a failed connect (`connect`, connections.failed),
+            # as a TLS 1.2 server's refusal during the handshake ends (pool.pxi connect_failed).
+            errno = ECONNABORTED
+            return -1
         # An alert, a bad record, or the socket's own error: the connection is reset.
         errno = ECONNRESET if e == SSL_ERROR_SYSCALL else EPROTO
         return -1
@@ -229,6 +244,7 @@ cdef ssize_t tls_read(Transport* t, Conn* c, msghdr* msg) noexcept nogil:
 cdef ssize_t tls_write(Transport* t, Conn* c, const char* data, size_t length) noexcept nogil:
     """Encrypt and send. While ciphertext of an earlier call is still waiting for the socket,
     the writer is told one byte is unwritten (Conn.tls_held), so it asks again on EPOLLOUT."""
+    global errno        # (as in tls_read)
     cdef int f, n
     if c.tls_held:
         f = tls_flush(c)
