@@ -22,6 +22,10 @@ SLOW_FILES = frozenset({
     "test_lifecycle.py", "test_loop.py", "test_observe.py", "test_outputs.py",
     "test_report.py", "test_sandbox.py", "test_sandbox_h2.py", "test_scaling.py",
     "test_shards.py", "test_startup.py", "test_tls.py", "test_torture.py",
+    # added with live outputs, gRPC, capacity/simulate, faults and the external launcher
+    "test_capacity.py", "test_external.py", "test_faults.py", "test_fuzz.py", "test_grpc.py",
+    "test_hostile.py", "test_live.py", "test_parser_differential.py", "test_rehearse.py",
+    "test_simulate.py",
 })
 
 
