@@ -907,9 +907,9 @@ def simulate(profile: str, policy_path: str | None, replica_rps_text: str | None
     sending a request; writes a result that compare and report read as a run's."""
     from dataclasses import replace
 
+    from loadforge.config.hpa import HPASpec, load_hpa
     from loadforge.config.profile import load_profile, parse_slo_flags, with_slo_flags
     from loadforge.present import summary
-    from loadforge.sandbox.hpa import HPASpec, load_hpa
     from loadforge.simulate import SimOptions
     from loadforge.simulate import simulate as run_simulation
 

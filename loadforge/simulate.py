@@ -46,13 +46,14 @@ from typing import Any
 
 from loadforge import limits
 from loadforge.analysis import figures, scaling, slo
+from loadforge.config.hpa import HPASpec
 from loadforge.config.plan import Plan
 from loadforge.config.redact import redact_profile
 from loadforge.errors import InputError
 from loadforge.results import histogram
 from loadforge.results.store import ResultWriter, read_result
 from loadforge.run.coordinator import RunInputs, RunOutcome, ScopeRun, new_run_id, run_target_rps
-from loadforge.sandbox.hpa import HPA, HPASpec, PodSample
+from loadforge.sandbox.hpa import HPA, PodSample
 from loadforge.schedule import expected_between, layout
 
 INTERVAL_S = 1.0

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from loadforge.config.hpa import HPASpec, load_hpa, parse_hpa, parse_quantity
 from loadforge.errors import ProfileError
-from loadforge.sandbox.hpa import HPA, HPASpec, PodSample, load_hpa, parse_hpa, parse_quantity
+from loadforge.sandbox.hpa import HPA, PodSample
 
 
 def manifest(target: int = 50, min_r: int = 1, max_r: int = 10,

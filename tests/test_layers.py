@@ -23,9 +23,6 @@ KNOWN_UPWARD = {
     # Not debt: the exact merge is hdrh's, through the one bridge the store also encodes with;
     # results/histogram.py serves the live merge and the file alike.
     ("loadforge.run.coordinator", "loadforge.results.histogram"),
-    # Debt: validating `[sandbox.autoscale] hpa` reads the manifest with the policy's own parser
-    # (sandbox/hpa.py imports nothing but errors); its HPASpec/load_hpa belong in config/.
-    ("loadforge.config.sandbox", "loadforge.sandbox.hpa"),
 }
 
 

@@ -292,7 +292,7 @@ def _validate_hpa(table: dict[str, Any], where: str, base_dir: str | None, read_
     (15 s, the controller's default); min and max are the manifest's."""
     import os
 
-    from loadforge.sandbox.hpa import load_hpa
+    from loadforge.config.hpa import load_hpa
 
     _check_keys(table, _AUTOSCALE_KEYS, where)
     both = [k for k in _STEP_RULE_KEYS if k in table]

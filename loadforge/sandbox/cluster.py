@@ -20,10 +20,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from loadforge.config.hpa import HPASpec
 from loadforge.config.sandbox import SandboxConfig
 from loadforge.sandbox import admin
 from loadforge.sandbox.capacity import Backend
-from loadforge.sandbox.hpa import HPA, HPASpec, PodSample
+from loadforge.sandbox.hpa import HPA, PodSample
 from loadforge.sandbox.http import (
     LB_HEALTHY,
     NO_BACKEND,

@@ -244,7 +244,7 @@ def run_foreground(
         echo(f"sandbox: {normalized.backends} backends, {normalized.algorithm}")
         autoscale = normalized.autoscale
         if autoscale is not None and autoscale.enabled and autoscale.hpa is not None:
-            from loadforge.sandbox.hpa import HPASpec
+            from loadforge.config.hpa import HPASpec
 
             echo(f"  {HPASpec.from_dict(autoscale.hpa).describe()}, "
                  f"sync every {autoscale.evaluation_interval_s:g}s")
