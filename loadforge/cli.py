@@ -876,7 +876,7 @@ def _replica_rps(text: str | None) -> float | None:
               help="An autoscaling/v2 HorizontalPodAutoscaler manifest (YAML) [default: the "
               "profile's [sandbox.autoscale] hpa; without either the replicas stay fixed].")
 @click.option("--replica-rps", "replica_rps_text", metavar="N|CAPACITY",
-              help="Requests per second one replica serves at 100 %% busy, or a `capacity` "
+              help="Requests per second one replica serves at 100 % busy, or a `capacity` "
               "result (its Parquet file or --summary-json) to take it from [default: the "
               "profile's [sandbox.backend] concurrency / service_time].")
 @click.option("--replicas", type=click.IntRange(1, 100_000), help="Replicas at time 0 "
@@ -973,7 +973,7 @@ def simulate(profile: str, policy_path: str | None, replica_rps_text: str | None
 @main.command()
 @click.option("--target", required=True, help="The URL to load (open model, GET).")
 @click.option("--slo", "slos", multiple=True, required=True, metavar="OBJECTIVE=LIMIT",
-              help="An objective every step must hold, e.g. p99=100ms or error_rate=0.1%% "
+              help="An objective every step must hold, e.g. p99=100ms or error_rate=0.1% "
               "(repeatable).")
 @click.option("--start", "start_rps", type=float, default=100.0, show_default=True,
               help="The first rate tried (requests/s); doubled until a step fails.")
