@@ -24,7 +24,7 @@ from loadforge.config.redact import redact_message, redact_profile, redact_url
 from loadforge.errors import InputError, RunError
 from loadforge.observe import pollers
 from loadforge.results.store import ResultWriter, read_result
-from loadforge.run import coordinator
+from loadforge.run import coordinator, preflight
 from loadforge.run.coordinator import (
     RunOptions,
     RunOutcome,
@@ -112,14 +112,14 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     watchers = pollers.Watchers(plan, opts.interval_s, sandbox)
     negotiated: dict[str, Any] = {}
     if opts.preflight:
-        first, judged = coordinator.preflight_request(plan.requests, plan.templates)
+        first, judged = preflight.preflight_request(plan.requests, plan.templates)
         if plan.flows is not None:
             # A flow's first step may need what an earlier one returned: reach the target,
             # judge nothing but that it answers.
             first, judged = Request(name="preflight"), False
-        negotiated = coordinator.preflight(target, first, plan.timeout_s, judge_status=judged,
-                                           tls=plan.tls, http=plan.http,
-                                           fail_status=plan.fail_status)
+        negotiated = preflight.preflight(target, first, plan.timeout_s, judge_status=judged,
+                                         tls=plan.tls, http=plan.http,
+                                         fail_status=plan.fail_status)
         warning = negotiated.pop("preflight_warning", None)
         if warning:
             from rich.text import Text
