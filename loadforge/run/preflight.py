@@ -1,23 +1,29 @@
 """The preflight: one request before the run, so that a wrong URL, a rejected certificate or a
 server that does not speak the run's protocol fails in seconds with one line and exit 3.
 
-HTTP/1.1 through http.client, HTTP/2 (h2c by prior knowledge, h2 by ALPN) through the `h2`
-library: once per run, outside the counts."""
+It goes through the engine: the run's own `_core.Engine`, in the coordinator process, on a plan
+of one arrival and one connection, with the run's transport (TCP or TLS with the run's
+settings and ALPN), protocol (HTTP/1.1, or HTTP/2 with ALPN's http/1.1 fallback per connection)
+and parser, and the run's timeout on the exchange. What it accepts is what the run accepts;
+its figures are thrown away (the target sees it: summary `preflight.requests`). The engine
+reports the outcome as the run counts it, and `_core.engine_probe` the rest a diagnosis needs:
+the status, the connect's errno, the TLS verification result and OpenSSL's reason.
+"""
 
 from __future__ import annotations
 
+import errno as errnos
+import os
 import re
-import socket
-import ssl
-import time
-from collections.abc import Callable
-from http.client import HTTPConnection, HTTPException
+from dataclasses import dataclass, field
 from typing import Any
 
+from loadforge import _core
 from loadforge.config.plan import Request
 from loadforge.config.tls import TLS
 from loadforge.errors import TargetUnreachable
-from loadforge.run.coordinator import USER_AGENT, Target, h2_headers, host_header, request_path
+from loadforge.run.coordinator import Target, encode_h2_request, encode_request, request_path
+from loadforge.run.workers import decode_interval, interval_message
 
 # Headers that describe a body: the preflight sends none.
 _BODY_HEADERS = ("content-type", "content-length", "transfer-encoding", "content-encoding")
@@ -66,64 +72,16 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
     """One request before the run, so a wrong URL fails in seconds with a clear message. Over
     TLS it verifies the certificate with the run's settings (a rejection is one line that
     names the reason and the fix) and returns what was negotiated. With http "2" it speaks
-    HTTP/2: h2c by prior knowledge over TCP, h2 by ALPN over TLS. When tls.alpn offers
+    HTTP/2: h2c by prior knowledge over TCP, h2 by ALPN over TLS; when tls.alpn offers
     http/1.1 too and the server chose it, the request goes out in HTTP/1.1, as the engine
     sends it on such a connection (one protocol per connection, from its ALPN)."""
-    from dataclasses import replace
-
     scheme = "https" if target.https else "http"
     url = f"{scheme}://{target.host}{request_path(target.path, req.path)}"
-    negotiated: dict[str, Any] = {}
-    try:
-        if http == "2":
-            wrap = None if tls is None else _tls_wrapper(target, tls, negotiated)
-            try:
-                status = h2_status(target.address, target.port,
-                                   h2_headers(req, target.host, target.path, scheme),
-                                   min(timeout_s, 5.0), wrap,
-                                   reset_answers=not judge_status)
-            except _ChoseHttp1:
-                # the h2 connection is closed unused; a fresh one asks for http/1.1 only,
-                # should a balancer send it to another backend
-                assert tls is not None
-                status = _preflight_status(target, req, min(timeout_s, 5.0),
-                                           replace(tls, alpn=("http/1.1",)), negotiated)
-        else:
-            status = _preflight_status(target, req, min(timeout_s, 5.0), tls, negotiated)
-    except ssl.SSLError as exc:
-        raise TargetUnreachable(f"target {target.url}: "
-                                f"{tls_failure(exc, tls or TLS(), target)}") from None
-    except (OSError, HTTPException) as exc:
-        over = " over HTTP/2" if http == "2" else ""
-        raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url}{over} "
-                                f"failed: {unreachable_reason(exc, target, timeout_s)}"
-                                ) from None
-    failing = f"{status // 100}xx" in fail_status
-    if status == 404 and judge_status and failing:
-        raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found, "
-                                "an error by load.fail_status; check the URL and the request "
-                                "paths (if a 404 is what this target answers, pass "
-                                "--no-preflight, and set load.fail_status = [\"5xx\"] to count "
-                                "4xx as successes)")
-    if judge_status and failing:
-        # Judged with the run's rule, but not fatal: a load test of a login wall is legitimate.
-        cls = f"{status // 100}xx"
-        negotiated["preflight_warning"] = (
-            f"{req.method} {url} returned {status}, which the run counts as an error "
-            f"(load.fail_status: {', '.join(fail_status)})" + (
-                f"; if {status} is expected, set load.fail_status = "
-                f"[{', '.join(repr(c).replace(chr(39), chr(34)) for c in fail_status if c != cls)}]"
-                if cls == "4xx" else ""))
-    if tls is not None and status == 400 and negotiated.get("client_cert_refused"):
-        # nginx completes the handshake without a client certificate and answers 400 to
-        # every request instead; as good as a refused handshake for a load test.
-        raise TargetUnreachable(
-            f"target {target.url}: TLS client certificate refused: {req.method} {url} returned "
-            f"400 \"{negotiated['client_cert_refused']}\"; pass --client-cert and --client-key "
-            "(tls.cert, tls.key) with a certificate the server trusts")
-    negotiated.pop("client_cert_refused", None)
-    if http == "2" and tls is not None and negotiated.get("alpn") != "h2" and not (
-            negotiated.get("alpn") == "http/1.1" and "http/1.1" in tls.alpn):
+    answer = exchange(target, req, min(timeout_s, 5.0), tls, http)
+    negotiated: dict[str, Any] = dict(answer.negotiated or {})
+    if http == "2" and tls is not None and answer.negotiated is not None \
+            and negotiated.get("alpn") != "h2" and not (
+                negotiated.get("alpn") == "http/1.1" and "http/1.1" in tls.alpn):
         raise TargetUnreachable(
             f"target {target.url}: the server will not speak HTTP/2 over TLS (ALPN chose "
             f"{negotiated.get('alpn') or 'nothing'} when offered h2); drop --http 2, or point "
@@ -132,57 +90,151 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
         raise TargetUnreachable(
             f"target {target.url}: the server chose {negotiated['alpn']} by ALPN, and the "
             "engine speaks http/1.1 over TLS: offer only http/1.1 in tls.alpn")
+    if answer.outcome == "stream_reset" and not judge_status:
+        # a reset before any status answers too: grpcio resets the GET of a gRPC run's
+        # unjudged preflight
+        return negotiated
+    if not answer.answered:
+        if answer.outcome == "connect" and answer.tls_reason(tls):
+            raise TargetUnreachable(f"target {target.url}: "
+                                    f"{tls_failure(answer, tls or TLS(), target)}")
+        over = " over HTTP/2" if http == "2" else ""
+        raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url}{over} "
+                                f"failed: {unreachable_reason(answer, target, timeout_s, http)}")
+    status = answer.status
+    if status and judge_status and is_error_status(status, fail_status, req):
+        if status == 404:
+            raise TargetUnreachable(
+                f"target {target.url}: {req.method} {url} returned 404 Not Found, an error by "
+                "load.fail_status; check the URL and the request paths (if a 404 is what this "
+                "target answers, pass --no-preflight, and set load.fail_status = [\"5xx\"] to "
+                "count 4xx as successes)")
+        # Judged with the run's rule, but not fatal: a load test of a login wall is legitimate.
+        cls = f"{status // 100}xx"
+        negotiated["preflight_warning"] = (
+            f"{req.method} {url} returned {status}, which the run counts as an error "
+            f"(load.fail_status: {', '.join(fail_status)})" + (
+                f"; if {status} is expected, set load.fail_status = "
+                f"[{', '.join(repr(c).replace(chr(39), chr(34)) for c in fail_status if c != cls)}]"
+                if cls == "4xx" else ""))
+    refused = answer.client_cert_refused() if tls is not None and status == 400 else None
+    if refused:
+        # nginx completes the handshake without a client certificate and answers 400 to
+        # every request instead; as good as a refused handshake for a load test.
+        raise TargetUnreachable(
+            f"target {target.url}: TLS client certificate refused: {req.method} {url} returned "
+            f"400 \"{refused}\"; pass --client-cert and --client-key (tls.cert, tls.key) with "
+            "a certificate the server trusts")
     return negotiated
 
 
-class _ChoseHttp1(Exception):
-    """The HTTP/2 preflight's server chose http/1.1 by ALPN, which tls.alpn offered."""
+def is_error_status(status: int, fail_status: tuple[str, ...], req: Request | None = None
+                    ) -> bool:
+    """Whether the run counts this response status as an error for this request: the one
+    rule the preflight judges by (load.fail_status by class, as the engine records it). req:
+    for a per-request expectation, such as an expected status list, to refine it."""
+    return f"{status // 100}xx" in fail_status
 
 
-def unreachable_reason(exc: BaseException, target: Target, timeout_s: float) -> str:
+@dataclass
+class Answer:
+    """What the engine made of the preflight's one request: the outcome as the run counts it
+    (config/outcomes.py; "" when none was recorded), what TLS negotiated (None: no handshake
+    completed) and _core.engine_probe's diagnosis."""
+
+    outcome: str
+    negotiated: dict[str, Any] | None
+    probe: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def answered(self) -> bool:
+        """A response: a status class, or a gRPC call's status."""
+        return self.outcome[:1].isdigit() or self.outcome.startswith("grpc:")
+
+    @property
+    def status(self) -> int:
+        status = int(self.probe.get("status") or 0)
+        if not status and self.outcome[:1].isdigit():
+            status = int(self.outcome[0]) * 100     # the class, should the code be unknown
+        return status
+
+    def tls_reason(self, tls: TLS | None) -> str:
+        """OpenSSL's reason for a failed handshake, as Python's ssl module spells it
+        (CERTIFICATE_VERIFY_FAILED); "" when the connect failed before or outside TLS."""
+        if tls is None:
+            return ""
+        return str(self.probe.get("reason") or "").upper().replace(" ", "_")
+
+    def client_cert_refused(self) -> str | None:
+        """nginx's error page for a missing or rejected client certificate, if that is what
+        the last read brought."""
+        match = re.search(rb"<center>([^<]*SSL certificate[^<]*)</center>",
+                          self.probe.get("tail") or b"")
+        return match.group(1).decode("latin-1") if match else None
+
+
+def exchange(target: Target, req: Request, timeout_s: float, tls: TLS | None,
+             http: str) -> Answer:
+    """req sent once by the engine as the run sends it: one open-model arrival at time zero,
+    one connection opened for it, timeout_s on the connect and on the exchange (the whole
+    response, however it trickles in), as on every request of the run."""
+    scheme = "https" if target.https else "http"
+    http2: list[Any] | None = ([encode_h2_request(req, target.host, target.path, scheme)]
+                               if http == "2" else None)
+    engine = _core.Engine(
+        target.address, target.port,
+        [(encode_request(req, target.host, target.path), req.method == "HEAD")], [0],
+        [(True, 1000.0, 1000.0, 0.001, 0, 0.0)], 1, timeout_s=timeout_s,
+        tls=None if tls is None else tls.engine_settings(target.hostname),
+        http2=http2, streams=1)
+    outcomes: list[str] = []
+
+    def on_interval(payload: bytes, open_conns: int, in_flight: int) -> None:
+        for cell in decode_interval(interval_message(payload, 0, 0)).cells:
+            outcomes.extend([cell.outcome] * cell.count)
+
+    engine.run(_core.now_ns(), on_interval, preconnect=0)
+    return Answer(outcomes[0] if outcomes else "", engine.tls_negotiated,
+                  _core.engine_probe(engine))
+
+
+def unreachable_reason(answer: Answer, target: Target, timeout_s: float,
+                       http: str = "1.1") -> str:
     """Why the preflight got no answer, and what to do, in words (no exception names)."""
     where = f"{target.address}:{target.port}"
-    if isinstance(exc, ConnectionRefusedError):
-        return (f"nothing listens on {where} (connection refused): check the port or start "
-                "the server")
-    if isinstance(exc, socket.gaierror):
-        return (f"cannot resolve {target.hostname} ({exc.strerror}): check the host name")
-    if isinstance(exc, TimeoutError) and "whole exchange" in str(exc):
-        return (f"no complete answer from {where} within {min(timeout_s, 5.0):g} s: is the "
-                "server up, overloaded, or trickling its answer?")
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return (f"no answer from {where} within {min(timeout_s, 5.0):g} s: is it up, and "
-                "is a firewall dropping packets?")
-    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+    limit = f"{min(timeout_s, 5.0):g} s"
+    err = int(answer.probe.get("errno") or 0)
+    outcome = answer.outcome
+    if outcome == "connect":
+        if err == errnos.ECONNREFUSED:
+            return (f"nothing listens on {where} (connection refused): check the port or "
+                    "start the server")
+        if err in (0, errnos.ETIMEDOUT):
+            return (f"no answer from {where} within {limit}: is it up, and is a firewall "
+                    "dropping packets?")
+    if outcome == "reset" or (outcome == "connect" and err in (errnos.ECONNRESET,
+                                                               errnos.EPIPE)):
         return (f"{where} closed the connection (reset) before answering: does it speak "
                 f"{'https' if target.https else 'plain http'} on this port?")
-    if isinstance(exc, HTTPException):
-        return (f"not an HTTP/1.1 answer from {where} ({exc.__class__.__name__.lower()}): "
-                "does the port speak HTTP?")
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror.lower()} ({where})"
-    return str(exc) or exc.__class__.__name__
-
-
-def _tls_wrapper(target: Target, tls: TLS, negotiated: dict[str, Any]
-                 ) -> Callable[[socket.socket], socket.socket]:
-    """Wraps the HTTP/2 preflight's socket in TLS as the engine will: the run's verification
-    settings and ALPN, and notes what was negotiated; raises _ChoseHttp1 when the server
-    chose http/1.1 and tls.alpn offered it."""
-    context = tls.ssl_context()
-    name = tls.verify_name(target.hostname)
-
-    def wrap(sock: socket.socket) -> socket.socket:
-        wrapped = context.wrap_socket(sock, server_hostname=name)
-        cipher = wrapped.cipher()
-        negotiated.update({"protocol": wrapped.version(), "cipher": cipher[0] if cipher else None,
-                           "alpn": wrapped.selected_alpn_protocol()})
-        if negotiated["alpn"] == "http/1.1" and "http/1.1" in tls.alpn:
-            wrapped.close()
-            raise _ChoseHttp1()
-        return wrapped
-
-    return wrap
+    if outcome == "connect":
+        return f"{os.strerror(err).lower()} ({where})"
+    if outcome == "timeout":
+        return (f"no complete answer from {where} within {limit}: is the server up, "
+                "overloaded, or trickling its answer?")
+    if outcome == "protocol" and http == "2":
+        if (answer.probe.get("tail") or b"").startswith(b"HTTP/"):
+            return ("an HTTP/1.x answer to an HTTP/2 request: the port does not speak HTTP/2 "
+                    "(drop --http 2, or enable HTTP/2 on it)")
+        return ("not an HTTP/2 answer to an HTTP/2 request (the run would count `protocol` "
+                "errors): the port does not speak HTTP/2 (drop --http 2, or enable HTTP/2 on "
+                "it)")
+    if outcome == "protocol":
+        return (f"not an HTTP/1.1 answer the engine can read from {where} (the run would count "
+                "`protocol` errors): does the port speak HTTP?")
+    if outcome in ("stream_reset", "goaway", "flow_control"):
+        return (f"{where} ended the HTTP/2 stream without an answer ({outcome.replace('_', ' ')})"
+                ": is the server overloaded, or refusing this request?")
+    return f"no answer from {where} (the engine recorded {outcome or 'nothing'})"
 
 
 # OpenSSL's X509_V_ERR_* codes, by the reason a user can act on.
@@ -191,203 +243,42 @@ _UNKNOWN_ISSUER = (2, 18, 19, 20, 21)
 _NAME_MISMATCH = (62, 64)
 
 
-def tls_failure(exc: ssl.SSLError, tls: TLS, target: Target) -> str:
-    """One line: why the TLS handshake failed, and what to do about it."""
+def tls_failure(answer: Answer, tls: TLS, target: Target) -> str:
+    """One line: why the engine's TLS handshake failed, and what to do about it."""
     name = tls.verify_name(target.hostname)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        code = exc.verify_code
+    reason = answer.tls_reason(tls)
+    code = int(answer.probe.get("verify") or 0)
+    if code and "CERTIFICATE_VERIFY_FAILED" in reason:
+        message = answer.probe.get("verify_message") or f"error {code}"
         if code in _EXPIRED:
-            return (f"certificate rejected: {_EXPIRED[code]} ({exc.verify_message}); renew the "
+            return (f"certificate rejected: {_EXPIRED[code]} ({message}); renew the "
                     "server's certificate (or check this machine's clock)")
         if code in _UNKNOWN_ISSUER:
             return ("certificate rejected: unknown issuer (not signed by a trusted CA: "
-                    f"{exc.verify_message}); pass --ca-cert CA.pem (tls.ca) with the CA that "
+                    f"{message}); pass --ca-cert CA.pem (tls.ca) with the CA that "
                     "signed it, or --insecure to skip verification")
         if code in _NAME_MISMATCH:
             return (f"certificate rejected: name mismatch (not valid for {name}); pass "
                     "--server-name NAME (tls.server_name) with a name the certificate carries")
-        return (f"certificate rejected: {exc.verify_message}; fix the server's certificate, or "
+        return (f"certificate rejected: {message}; fix the server's certificate, or "
                 "pass --insecure to skip verification")
-    reason = (exc.reason or str(exc)).upper().replace(" ", "_")
     if "CERTIFICATE_REQUIRED" in reason or ("HANDSHAKE_FAILURE" in reason and not tls.cert):
         return ("TLS handshake failed: the server requires a client certificate "
-                f"({exc.reason}); pass --client-cert and --client-key (tls.cert, tls.key)")
+                f"({reason}); pass --client-cert and --client-key (tls.cert, tls.key)")
     if "PROTOCOL_VERSION" in reason or "UNSUPPORTED_PROTOCOL" in reason \
             or "NO_PROTOCOLS_AVAILABLE" in reason:
-        return (f"TLS handshake failed: no TLS version in common ({exc.reason}); the server "
+        return (f"TLS handshake failed: no TLS version in common ({reason}); the server "
                 f"does not accept tls.versions {list(tls.versions)}")
     if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason:
         return (f"TLS handshake failed: the server rejected the client certificate "
-                f"({exc.reason}); pass one signed by a CA it trusts (--client-cert)")
+                f"({reason}); pass one signed by a CA it trusts (--client-cert)")
     if "NO_APPLICATION_PROTOCOL" in reason:
         hint = ("the server will not speak HTTP/2 over TLS; drop --http 2, or point at a "
                 "listener with HTTP/2 enabled" if "h2" in tls.alpn else "check tls.alpn")
         return (f"TLS handshake failed: the server accepts none of the protocols offered by "
                 f"ALPN ({', '.join(tls.alpn)}): {hint}")
-    if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason:
-        return (f"TLS handshake failed ({exc.reason}): the target does not speak TLS on this "
+    if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason \
+            or "PACKET_LENGTH_TOO_LONG" in reason or "HTTP_REQUEST" in reason:
+        return (f"TLS handshake failed ({reason}): the target does not speak TLS on this "
                 "port; use http:// or the server's TLS port")
-    return f"TLS handshake failed ({exc.reason or exc}); check the target's TLS settings"
-
-
-class _TLSConnection(HTTPConnection):
-    """http.client over TLS to the resolved address, verifying the certificate against the
-    name the engine verifies (tls.server_name or the URL's host), not the address."""
-
-    def __init__(self, target: Target, timeout_s: float, tls: TLS,
-                 negotiated: dict[str, Any]) -> None:
-        super().__init__(target.address, target.port, timeout=timeout_s)
-        self.context = tls.ssl_context()
-        self.server_name = tls.verify_name(target.hostname)
-        self.negotiated = negotiated
-
-    def connect(self) -> None:
-        super().connect()
-        sock = self.context.wrap_socket(self.sock, server_hostname=self.server_name)
-        self.sock = sock
-        cipher = sock.cipher()
-        self.negotiated.update({"protocol": sock.version(),
-                                "cipher": cipher[0] if cipher else None,
-                                "alpn": sock.selected_alpn_protocol()})
-
-
-def _preflight_status(target: Target, req: Request, timeout_s: float, tls: TLS | None = None,
-                      negotiated: dict[str, Any] | None = None) -> int:
-    """The status of one request sent where the engine sends (the resolved address: no proxy
-    from the environment). http.client rather than httpx: importing httpx cost 60 ms of
-    start-up CPU, a third of the coordinator's before its first request."""
-    conn = (HTTPConnection(target.address, target.port, timeout=timeout_s) if tls is None
-            else _TLSConnection(target, timeout_s, tls, {} if negotiated is None else negotiated))
-    deadline = ExchangeDeadline(timeout_s)
-    try:
-        conn.connect()
-        deadline.watch(conn.sock)
-        # One Host header: the request's own (a virtual host) or the target's.
-        headers = {"Host": host_header(req, target.host), "User-Agent": USER_AGENT}
-        headers.update((k, v) for k, v in req.headers if k.lower() != "host")
-        try:
-            conn.request(req.method, request_path(target.path, req.path), headers=headers)
-            resp = conn.getresponse()
-            body = resp.read(1 << 20)
-        except (OSError, HTTPException):
-            if deadline.expired:
-                raise TimeoutError("the whole exchange took longer than the timeout") from None
-            raise
-        if tls is not None and negotiated is not None and resp.status == 400:
-            # nginx's page for a missing or rejected client certificate
-            match = re.search(rb"<center>([^<]*SSL certificate[^<]*)</center>", body)
-            if match:
-                negotiated["client_cert_refused"] = match.group(1).decode("latin-1")
-        return resp.status
-    finally:
-        deadline.cancel()
-        conn.close()
-
-
-class ExchangeDeadline:
-    """The preflight's whole exchange within its timeout, not each read: a server that
-    trickles a byte a second keeps every read under the socket's timeout and would hold the
-    preflight forever. A timer shuts the socket down when the time is up; the reader then
-    fails, and `expired` says why."""
-
-    def __init__(self, timeout_s: float) -> None:
-        import threading
-
-        self.expired = False
-        self._sock: socket.socket | None = None
-        self._timer = threading.Timer(timeout_s, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def watch(self, sock: socket.socket | None) -> None:
-        self._sock = sock
-        if self.expired:
-            self._expire()
-
-    def _expire(self) -> None:
-        self.expired = True
-        if self._sock is not None:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-
-class H2PreflightError(OSError):
-    """The target did not answer the preflight over HTTP/2."""
-
-
-def h2_status(address: str, port: int, headers: list[tuple[str, str]],
-              timeout_s: float,
-              wrap: Callable[[socket.socket], socket.socket] | None = None,
-              reset_answers: bool = False) -> int:
-    """The status of one request (headers: pseudo-headers first), read to its end. wrap:
-    turns the connected socket into a TLS one (h2 negotiated by ALPN); None for h2c.
-    reset_answers: a stream reset before any status is an answer too (status 0), as grpcio
-    resets the GET a gRPC run's unjudged preflight sends."""
-    import h2.config
-    import h2.connection
-    import h2.events
-    import h2.exceptions
-
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
-                                                                header_encoding="latin-1"))
-    with socket.create_connection((address, port), timeout=timeout_s) as raw, \
-            (wrap(raw) if wrap is not None else raw) as sock:
-        conn.initiate_connection()
-        sid = conn.get_next_available_stream_id()
-        conn.send_headers(sid, headers, end_stream=True)
-        sock.sendall(conn.data_to_send())
-        status = 0
-        first = True
-        # The whole exchange within timeout_s, not each read (a server that trickles a byte a
-        # second would otherwise hold the preflight forever).
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the whole exchange took longer than the timeout")
-            sock.settimeout(left)
-            try:
-                data = sock.recv(65536)
-            except TimeoutError:
-                if first:
-                    raise                   # not a byte: no answer at all
-                raise TimeoutError("the whole exchange took longer than the timeout") from None
-            if not data:
-                raise H2PreflightError("the connection closed before a response (does the "
-                                       "target speak HTTP/2 without TLS, h2c?)")
-            if first and data.startswith(b"HTTP/"):
-                # h2 would read "HTTP/1.1 ..." as a frame header of megabytes and wait for it.
-                raise H2PreflightError("an HTTP/1.x answer to an HTTP/2 request: the port does "
-                                       "not speak HTTP/2 (drop --http 2, or enable HTTP/2 on "
-                                       "it)")
-            first = False
-            try:
-                events = conn.receive_data(data)
-            except h2.exceptions.ProtocolError:
-                # h2's message quotes the frame bytes received: noise in a one-line error.
-                raise H2PreflightError("not an HTTP/2 answer to an HTTP/2 request: the port "
-                                       "does not speak HTTP/2 (drop --http 2, or enable "
-                                       "HTTP/2 on it)") from None
-            for event in events:
-                if isinstance(event, h2.events.ResponseReceived):
-                    for name, value in event.headers or ():
-                        if name in (b":status", ":status"):
-                            status = int(value)
-                elif isinstance(event, h2.events.DataReceived):
-                    conn.acknowledge_received_data(event.flow_controlled_length, sid)
-                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == sid:
-                    return status
-                elif isinstance(event, h2.events.StreamReset) and event.stream_id == sid:
-                    if reset_answers:
-                        return status
-                    raise H2PreflightError(f"the stream was reset ({event.error_code!r})")
-                elif isinstance(event, h2.events.ConnectionTerminated):
-                    raise H2PreflightError(f"GOAWAY ({event.error_code!r})")
-            pending = conn.data_to_send()
-            if pending:
-                sock.sendall(pending)
+    return f"TLS handshake failed ({reason}); check the target's TLS settings"
