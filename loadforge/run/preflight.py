@@ -175,7 +175,7 @@ class Answer:
 
 def exchange(target: Target, req: Request, timeout_s: float, tls: TLS | None,
              http: str) -> Answer:
-    """req sent once by the engine as the run sends it: one open-model arrival at time zero,
+    """req sent once by the engine as the run sends it: one open-model arrival at time zero (a stage of 1 µs, so the run ends with the answer),
     one connection opened for it, timeout_s on the connect and on the exchange (the whole
     response, however it trickles in), as on every request of the run."""
     scheme = "https" if target.https else "http"
@@ -184,7 +184,7 @@ def exchange(target: Target, req: Request, timeout_s: float, tls: TLS | None,
     engine = _core.Engine(
         target.address, target.port,
         [(encode_request(req, target.host, target.path), req.method == "HEAD")], [0],
-        [(True, 1000.0, 1000.0, 0.001, 0, 0.0)], 1, timeout_s=timeout_s,
+        [(True, 1e6, 1e6, 1e-6, 0, 0.0)], 1, timeout_s=timeout_s,
         tls=None if tls is None else tls.engine_settings(target.hostname),
         http2=http2, streams=1)
     outcomes: list[str] = []
