@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import CannedServer, free_port, loadforge
+from servers import CannedServer, Nginx, free_port, loadforge
 
 from loadforge.config.plan import Request
 from loadforge.errors import TargetUnreachable
@@ -105,3 +105,19 @@ def test_a_refused_connect_is_named_from_the_engines_errno() -> None:
     with pytest.raises(TargetUnreachable) as caught:
         preflight.preflight(parse_target(f"http://127.0.0.1:{port}/"), Request(name="x"), 2.0)
     assert f"nothing listens on 127.0.0.1:{port} (connection refused)" in str(caught.value)
+
+
+@pytest.mark.parametrize("http", ["1.1", "2"])
+def test_the_status_is_exact_over_both_protocols(http: str) -> None:
+    # The engine records classes; engine_probe gives the preflight the code itself (HTTP/2:
+    # the stream's :status), so a 404 stops the run and a 503 warns with its number.
+    server = Nginx(http2=http == "2")
+    try:
+        target = parse_target(server.url + "/")
+        with pytest.raises(TargetUnreachable, match="returned 404 Not Found"):
+            preflight.preflight(target, Request(name="m", path="/missing"), 2.0, http=http)
+        negotiated = preflight.preflight(target, Request(name="f", path="/fail"), 2.0, http=http)
+        assert preflight.preflight(target, Request(name="ok"), 2.0, http=http) == {}
+    finally:
+        server.stop()
+    assert "returned 503" in negotiated["preflight_warning"]
