@@ -90,9 +90,12 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
         raise TargetUnreachable(
             f"target {target.url}: the server chose {negotiated['alpn']} by ALPN, and the "
             "engine speaks http/1.1 over TLS: offer only http/1.1 in tls.alpn")
-    if answer.outcome == "stream_reset" and not judge_status:
-        # a reset before any status answers too: grpcio resets the GET of a gRPC run's
-        # unjudged preflight
+    if not judge_status and (answer.outcome == "stream_reset" or (
+            answer.outcome == "protocol" and answer.status)):
+        # An unjudged request (not one the run sends as it is) is judged by nothing but being
+        # answered: a reset before any status answers too (grpcio resets a gRPC run's GET),
+        # and so does a status followed by what the engine cannot read (a gRPC health check
+        # answered without its grpc-status: the run counts its own calls' outcomes).
         return negotiated
     if not answer.answered:
         if answer.outcome == "connect" and answer.tls_reason(tls):
@@ -221,10 +224,17 @@ def unreachable_reason(answer: Answer, target: Target, timeout_s: float,
     if outcome == "timeout":
         return (f"no complete answer from {where} within {limit}: is the server up, "
                 "overloaded, or trickling its answer?")
+    if outcome == "protocol" and http == "2" \
+            and (answer.probe.get("tail") or b"").startswith(b"HTTP/"):
+        return ("an HTTP/1.x answer to an HTTP/2 request: the port does not speak HTTP/2 "
+                "(drop --http 2, or enable HTTP/2 on it)")
+    if outcome == "protocol" and answer.status:
+        # A status came, then something the engine cannot read (a bad chunk, a gRPC
+        # response without its grpc-status): every request of the run would end the same.
+        return (f"{where} answered {answer.status}, but not in a form the engine reads (the "
+                "run would count every request as a `protocol` error): check the response's "
+                "framing (Content-Length, chunks) or, for gRPC, its grpc-status")
     if outcome == "protocol" and http == "2":
-        if (answer.probe.get("tail") or b"").startswith(b"HTTP/"):
-            return ("an HTTP/1.x answer to an HTTP/2 request: the port does not speak HTTP/2 "
-                    "(drop --http 2, or enable HTTP/2 on it)")
         return ("not an HTTP/2 answer to an HTTP/2 request (the run would count `protocol` "
                 "errors): the port does not speak HTTP/2 (drop --http 2, or enable HTTP/2 on "
                 "it)")
