@@ -121,3 +121,18 @@ def test_the_status_is_exact_over_both_protocols(http: str) -> None:
     finally:
         server.stop()
     assert "returned 503" in negotiated["preflight_warning"]
+
+
+def test_an_http1_answer_to_the_http2_preface_is_a_protocol_error_not_a_wait() -> None:
+    # The server answers the preface ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": two requests to it)
+    # with two HTTP/1.1 responses, often in one read. nghttp2 took "HTTP/1.1 200" for the
+    # header of a frame of megabytes and waited: the preflight (and the run's streams) ended
+    # as `timeout` after the whole timeout. The engine now tells the first bytes apart.
+    server = CannedServer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    try:
+        target = parse_target(server.url + "/")
+        outcomes = [preflight.exchange(target, Request(name="x"), 5.0, None, "2").outcome
+                    for _ in range(5)]
+    finally:
+        server.stop()
+    assert outcomes == ["protocol"] * 5
