@@ -23,6 +23,7 @@ from loadforge.analysis.figures import (  # noqa: F401  (the figures this module
     stats_block,
     unsent_cause,
 )
+from loadforge.config.outcomes import EXPECTED, UNEXPECTED
 from loadforge.config.plan import ERROR_KINDS, GRPC_CODES, HTTP2_ERROR_KINDS
 from loadforge.units import format_us
 
@@ -143,8 +144,13 @@ def render_summary(
         )
     console.print(latency)
 
-    responses = table("responses by status class", ("stage", *STATUS_CLASSES))
-    connection_kinds = [k for k in ERROR_KINDS if k not in HTTP2_ERROR_KINDS]
+    # a request's expect_status verdicts (config/outcomes.py) where the run has them
+    classes = [*STATUS_CLASSES] + ([EXPECTED] if any(EXPECTED in block.get("status", {})
+                                                     for _, block in scopes) else [])
+    responses = table("responses by status class", ("stage", *classes))
+    connection_kinds = [k for k in ERROR_KINDS if k not in HTTP2_ERROR_KINDS] + (
+        [UNEXPECTED] if any(UNEXPECTED in block.get("errors_by_kind", {}) for _, block in scopes)
+        else [])
     # HTTP/2's stream-level kinds in a table of their own, when the run has them: eight
     # columns would not fit 80
     stream_kinds = [k for k in HTTP2_ERROR_KINDS
@@ -156,7 +162,7 @@ def render_summary(
         status = block.get("status", {})
         kinds = block.get("errors_by_kind", {})
         errors = int(block.get("errors", 0))
-        responses.add_row(stage_cell(name), *(f"{int(status.get(c, 0)):,}" for c in STATUS_CLASSES))
+        responses.add_row(stage_cell(name), *(f"{int(status.get(c, 0)):,}" for c in classes))
         failures.add_row(
             stage_cell(name),
             *(f"{int(kinds.get(k, 0)):,}" for k in connection_kinds),
