@@ -437,7 +437,8 @@ def _expect_status(check: _Checker, value: Any, path: str) -> tuple[int, ...]:
         check.fail(path, f"{expected}, got {show_value(value)}")
     for i, item in enumerate(value):
         if isinstance(item, bool) or not isinstance(item, int) or not 100 <= item <= 599:
-            check.fail(f"{path}[{i}]", f"{expected}, got {show_value(item)}")
+            check.fail(f"{path}[{i}]", "must be an HTTP status (an integer 100-599), "
+                                       f"got {show_value(item)}")
         if item in value[:i]:
             check.fail(f"{path}[{i}]", f"repeats {item}")
     return tuple(sorted(value))
