@@ -736,10 +736,22 @@ def fold_intervals(rows: Iterable[dict[str, Any]], interval_ms: int, reader: Row
 
 def _block(fig: ScopeFigures, run: ScopeRun, fail_status: tuple[str, ...],
            http2: bool = False) -> dict[str, Any]:
-    return stats_block(fig.latency, fig.service, fig.outcomes, fig.scheduled, fig.unsent,
-                       run.duration_s, run.target_rps, fail_status,
-                       error_latency=fig.error_latency, waited=run.waited, late=run.late,
-                       worker_cpu=run.worker_cpu, http2=http2)
+    block = stats_block(fig.latency, fig.service, fig.outcomes, fig.scheduled, fig.unsent,
+                        run.duration_s, run.target_rps, fail_status,
+                        error_latency=fig.error_latency, waited=run.waited, late=run.late,
+                        worker_cpu=run.worker_cpu, http2=http2)
+    flows = [entry for name, entry in fig.by_name.items() if name.startswith(FLOW_PREFIX)]
+    if flows:
+        # A scripted-flow run: its arrivals are flows, whose requests are steps; `scheduled`
+        # and `target_rps` count flows, `requests` and `achieved_rps` the steps. The flows'
+        # own counts, so that the headline compares flows with flows.
+        completed = sum(int(e[0]) for e in flows)
+        failed = sum(int(e[1]) for e in flows)
+        block["flow_totals"] = {
+            "completed": completed, "failed": failed,
+            "achieved_rps": completed / run.duration_s if run.duration_s > 0 else 0.0,
+            "failure_rate": failed / (completed + failed) if completed + failed else 0.0}
+    return block
 
 
 def summary_figures(rows: Iterable[dict[str, Any]], fail_status: tuple[str, ...],
