@@ -8,6 +8,7 @@ reconciled with what the server answered.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,8 @@ def test_expect_status_over_http1(tmp_path: Path) -> None:
         assert s["errors"] == 0 and s["status"]["expected"] == seen["404"] - 1 > 0
         assert s["status"]["2xx"] == seen["200"] > 0 and "unexpected" not in s["errors_by_kind"]
         assert s["requests_by_name"]["missing"]["errors"] == 0
+        # a verdict is a response: its keep-alive connection is reused, never closed by us
+        assert s["connections"]["closed_by_us"] == 0
         assert "expected" in stdout
         results = sorted((tmp_path / "results").glob("*.parquet"))
         # compare folds the file as the run did
@@ -129,6 +132,7 @@ def test_expect_status_over_http1(tmp_path: Path) -> None:
         assert s["errors_by_kind"]["unexpected"] == s["errors"] == seen["404"] > 0
         assert s["status"]["4xx"] == 0 and s["status"]["2xx"] == seen["200"]
         assert s["requests_by_name"]["home"]["errors"] == 0
+        assert s["connections"]["closed_by_us"] == 0
         assert "unexpected" in stdout
         # "unexpected" is a response: it has a latency
         assert s["error_latency_us"]["max"] > 0
@@ -137,22 +141,32 @@ def test_expect_status_over_http1(tmp_path: Path) -> None:
         values = json.loads(compare.stdout)["stages"][0]["values"]
         assert values[0]["error_rate"] == 0.0 and values[1]["error_rate"] == pytest.approx(
             s["error_rate"])
+        # ... and so does the report
+        html = tmp_path / "r.html"
+        report = loadforge("report", str(results[-1]), "--html", str(html))
+        assert report.returncode == 0, report.stderr
+        data = json.loads(re.search(r'id="report-data">(.*?)</script>', html.read_text(),
+                                    re.S)[1])
+        assert data["runs"][0]["outcomes"]["unexpected"] == s["errors"]
     finally:
         server.stop()
 
 
-@pytest.mark.parametrize("expect, errors", [("expect_status = [404]", False),
-                                            ("expect_status = [200]", True)])
-def test_expect_status_over_h2c(tmp_path: Path, expect: str, errors: bool) -> None:
+@pytest.mark.parametrize("expect, fail_status, outcome", [
+    ("expect_status = [404]", '["4xx", "5xx"]', "expected"),
+    ("expect_status = [404]", '["5xx"]', "4xx"),        # a success anyway: keeps its class
+    ("expect_status = [200]", '["4xx", "5xx"]', "unexpected")])
+def test_expect_status_over_h2c(tmp_path: Path, expect: str, fail_status: str,
+                                outcome: str) -> None:
     """HTTP/2 streams take the same per-request verdict (engine/http2.pxi)."""
     with H2Server(status=404) as server:
-        rc, s, _, stderr = _run(tmp_path, server.url, expect, "--no-preflight",
-                                load='http = "2"', home=False)
+        rc, s, _, stderr = _run(tmp_path, server.url, expect, "--no-preflight", home=False,
+                                load=f'http = "2"\nfail_status = {fail_status}')
         answered = server.counts()["answered"]
     assert answered > 0 and s["requests"] == answered
-    if errors:
+    if outcome == "unexpected":
         assert rc == 1, stderr
         assert s["errors_by_kind"]["unexpected"] == s["errors"] == answered
     else:
         assert rc == 0, stderr
-        assert s["errors"] == 0 and s["status"]["expected"] == answered
+        assert s["errors"] == 0 and s["status"][outcome] == answered

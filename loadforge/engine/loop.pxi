@@ -530,7 +530,7 @@ cdef class Engine:
         self.inflight -= 1
         self.eventful -= c.big
         c.big = 0
-        if outcome < O_CONNECT:
+        if is_response(outcome):
             if c.parser.received > SMALL_RESPONSE_BYTES:
                 self.req_big[c.request] = 1
             elif self.req_big[c.request] < 0:
@@ -538,10 +538,10 @@ cdef class Engine:
         # An early answer (413 before the body was sent) ends the request too, but leaves
         # the connection half written: never reused.
         c.served += 1
-        if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY \
+        if not is_response(outcome) or c.parser.close or c.state != C_BUSY \
                 or c.written < self.tpl.out_len[ci] \
                 or c.served == self.requests_per_connection:
-            if c.parser.close and not c.parser.drop and outcome < O_CONNECT:
+            if c.parser.close and not c.parser.drop and is_response(outcome):
                 c.peer_closed = 1     # the server said so: it closes its end after this
             close_conn(self, ci)
         else:
