@@ -294,16 +294,19 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
         raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url}{over} "
                                 f"failed: {unreachable_reason(exc, target, timeout_s)}"
                                 ) from None
+    # The run's rule (config/outcomes.py): the request's expect_status, else fail_status.
     fix = status_fix(status, fail_status, req.expect_status, f"request {req.name!r}")
+    rule = (f"expect_status: {', '.join(str(s) for s in req.expect_status)}"
+            if req.expect_status else f"load.fail_status: {', '.join(fail_status)}")
     if status == 404 and judge_status and fix:
         raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found, "
-                                "an error by load.fail_status; check the URL and the request "
-                                f"paths ({fix}; then pass --no-preflight)")
+                                f"an error by the run's rule ({rule}); check the URL and the "
+                                f"request paths ({fix}; --no-preflight runs without this check)")
     if judge_status and fix:
         # Judged with the run's rule, but not fatal: a load test of a login wall is legitimate.
         negotiated["preflight_warning"] = (
             f"{req.method} {url} returned {status}, which the run counts as an error "
-            f"(load.fail_status: {', '.join(fail_status)}); {fix}")
+            f"({rule}); {fix}")
     if tls is not None and status == 400 and negotiated.get("client_cert_refused"):
         # nginx completes the handshake without a client certificate and answers 400 to
         # every request instead; as good as a refused handshake for a load test.
