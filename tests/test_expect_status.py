@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +151,15 @@ def test_expect_status_over_http1(tmp_path: Path) -> None:
         data = json.loads(re.search(r'id="report-data">(.*?)</script>', html.read_text(),
                                     re.S)[1])
         assert data["runs"][0]["outcomes"]["unexpected"] == s["errors"]
+        browser = shutil.which("chromium") or shutil.which("chromium-browser")
+        if browser:
+            with tempfile.TemporaryDirectory() as profile_dir:
+                dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                                      "--no-first-run", f"--user-data-dir={profile_dir}",
+                                      "--dump-dom", "file://" + str(html)],
+                                     capture_output=True, text=True, timeout=60).stdout
+            table = re.search(r'<table class="runs outcomes">.*?</table>', dom, re.S)
+            assert table is not None and "<th>unexpected</th>" in table[0], dom[-2000:]
     finally:
         server.stop()
 
