@@ -138,6 +138,11 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
         "http": plan.http,
         # What counted as an error, so that a later default never re-judges this run.
         "fail_status": list(plan.fail_status),
+        # ... and per request name its expect_status, where it has one: the engine recorded
+        # its responses as "unexpected" / "expected" by it (config/outcomes.py)
+        **({"expect_status": {r.name: list(r.expect_status) for r in plan.requests
+                              if r.expect_status}}
+           if any(r.expect_status for r in plan.requests) else {}),
         **({"streams": str(plan.streams)} if plan.http == "2" else {}),
         "stages": [{"name": s.name, "duration_s": s.duration_s, "rate_from": s.rate_from,
                     "rate_to": s.rate_to, "concurrency": s.concurrency, "think_s": s.think_s}

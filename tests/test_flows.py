@@ -505,8 +505,16 @@ def test_checks_and_failed_flows_where_people_look(server, tmp_path):
     assert "flow anonymous failed 10× with ValueError: no cart without a token" in text
     assert "flows: 40 scheduled, 30 completed, 10 failed" in text and "70 step" in text
     assert "step:other" not in text
+    # The headline counts flows (40 scheduled, 30 completed at 30/s against 40/s, 25 % failed)
+    # and the steps on a table of their own (70 requests, 10 of them errors).
+    assert re.search(r"all\s+40\s+30\s+0\s+40\.0\s+30\.0\s+25\s", text), text
+    assert re.search(r"steps \(the requests of the flows\)", text), text
+    assert re.search(r"all\s+70\s+70\.0\s+10\s+14\.3\s", text), text
     with open(summary_path) as f:
         summary = json.load(f)
+    assert summary["flow_totals"] == {"completed": 30, "failed": 10, "achieved_rps": 30.0,
+                                      "failure_rate": 0.25}
+    assert summary["requests"] == 70 and summary["stages"][0]["flow_totals"]["completed"] == 30
     assert summary["flows"]["failed_flow_samples"] == {
         "anonymous": {"ValueError": "no cart without a token"}}
     html = os.path.join(str(tmp_path), "r.html")

@@ -25,7 +25,8 @@ from loadforge.analysis.figures import (  # noqa: F401  (their home is the one f
     fold_intervals,
     plan_of_result,
 )
-from loadforge.config.plan import ERROR_KINDS, Plan, WindowObjectives
+from loadforge.config.outcomes import error_outcomes
+from loadforge.config.plan import Plan, WindowObjectives
 from loadforge.errors import ResultsError
 from loadforge.results.store import OK, Result, read_result
 
@@ -275,7 +276,7 @@ class LiveSLO:
     def __init__(self, plan: Plan, interval_s: float = 1.0):
         self.interval_ms = int(round(interval_s * 1000))
         self.open_stages = _open_stages(plan)
-        self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
+        self.error_outcomes = set(error_outcomes(plan.fail_status))
         self.entries: list[tuple[WindowObjectives, _Window, list[int | None]]] = []
         for entry in plan.slo.windows:
             if entry.abort_after_s is None:
@@ -349,7 +350,7 @@ class LiveVerdicts:
     def __init__(self, plan: Plan, interval_s: float = 1.0):
         self.interval_ms = int(round(interval_s * 1000))
         self.open_stages = _open_stages(plan)
-        self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
+        self.error_outcomes = set(error_outcomes(plan.fail_status))
         self.slo = plan.slo
         self.starts = _stage_starts(plan)
         self.run = IntervalFigures()

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from loadforge.analysis.slo import LiveVerdicts
-from loadforge.config.plan import ERROR_KINDS, FLOW_PREFIX, STATUS_OUTCOMES, Plan
+from loadforge.config.outcomes import error_outcomes
+from loadforge.config.plan import FLOW_PREFIX, STATUS_OUTCOMES, Plan
 from loadforge.results import histogram
 from loadforge.results.store import OK
 
@@ -60,7 +61,7 @@ class LiveRun:
         self.plan = plan
         self.run_id = run_id
         self.interval_s = interval_s
-        self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
+        self.error_outcomes = set(error_outcomes(plan.fail_status))
         self.flows = plan.flows is not None
         self.verdicts_live = LiveVerdicts(plan, interval_s)
         self.header: dict[str, Any] = {

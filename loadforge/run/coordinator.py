@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 from loadforge import __version__, _core, schedule
 from loadforge.config import feeders
 from loadforge.config.files import RELATIVE_HINT, check_regular
+from loadforge.config.outcomes import error_outcomes, expect_words, status_fix
 from loadforge.config.plan import (
-    ERROR_KINDS,
     FLOW_PREFIX,
     OUTCOMES,
     STATUS_OUTCOMES,
@@ -294,22 +294,19 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
         raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url}{over} "
                                 f"failed: {unreachable_reason(exc, target, timeout_s)}"
                                 ) from None
-    failing = f"{status // 100}xx" in fail_status
-    if status == 404 and judge_status and failing:
+    # The run's rule (config/outcomes.py): the request's expect_status, else fail_status.
+    fix = status_fix(status, fail_status, req.expect_status, f"request {req.name!r}")
+    rule = (f"expect_status: {', '.join(str(s) for s in req.expect_status)}"
+            if req.expect_status else f"load.fail_status: {', '.join(fail_status)}")
+    if status == 404 and judge_status and fix:
         raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found, "
-                                "an error by load.fail_status; check the URL and the request "
-                                "paths (if a 404 is what this target answers, pass "
-                                "--no-preflight, and set load.fail_status = [\"5xx\"] to count "
-                                "4xx as successes)")
-    if judge_status and failing:
+                                f"an error by the run's rule ({rule}); check the URL and the "
+                                f"request paths ({fix}; --no-preflight runs without this check)")
+    if judge_status and fix:
         # Judged with the run's rule, but not fatal: a load test of a login wall is legitimate.
-        cls = f"{status // 100}xx"
         negotiated["preflight_warning"] = (
             f"{req.method} {url} returned {status}, which the run counts as an error "
-            f"(load.fail_status: {', '.join(fail_status)})" + (
-                f"; if {status} is expected, set load.fail_status = "
-                f"[{', '.join(repr(c).replace(chr(39), chr(34)) for c in fail_status if c != cls)}]"
-                if cls == "4xx" else ""))
+            f"({rule}); {fix}")
     if tls is not None and status == 400 and negotiated.get("client_cert_refused"):
         # nginx completes the handshake without a client certificate and answers 400 to
         # every request instead; as good as a refused handshake for a load test.
@@ -634,7 +631,7 @@ class Aggregator:
         self.negotiated: dict[str, Any] | None = None
         # The engines' end-of-run counts (workers.ENGINE_COUNTS), summed over the workers
         self.done_counts: dict[str, int] = {}
-        self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
+        self.error_outcomes = set(error_outcomes(plan.fail_status))
         self.cpu_ns: dict[int, int] = {}      # per worker: CPU time reported so far
         self.write_failed = False
         # A sharded run: the shard of a worker (its engine stripe), for the per-shard rows.
@@ -1145,7 +1142,9 @@ def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
                                 plan.requests_per_connection, tables, templates,
                                 None if plan.tls is None else
                                 plan.tls.engine_settings(target.hostname),
-                                http2, plan.streams, flows, retry=plan.retry))
+                                http2, plan.streams, flows, retry=plan.retry,
+                                expect=[expect_words(r.expect_status, plan.fail_status)
+                                        for r in plan.requests]))
     return specs
 
 

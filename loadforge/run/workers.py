@@ -217,6 +217,8 @@ class WorkerSpec:
     # closed-model rows start). None: no flows.
     flows: tuple[Any, ...] | None = None
     retry: str = "idempotent"              # Plan.retry: "idempotent" or "never"
+    # Per request, its expect_status as engine words (config/outcomes.py expect_words), or ()
+    expect: list[tuple[int, ...]] = field(default_factory=list)
 
 
 # Counts an engine reports once, at its end, in its DONE message (summed over workers).
@@ -453,7 +455,7 @@ def worker_main() -> None:
             control_fd=channel.fileno(), timer_resolution_s=spec.timer_resolution_s,
             requests_per_connection=spec.requests_per_connection, feeders=tables,
             templates=spec.templates, tls=spec.tls,
-            http2=spec.http2, streams=spec.streams, retry=spec.retry)
+            http2=spec.http2, streams=spec.streams, retry=spec.retry, expect=spec.expect)
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
         # CPU time per interval: a worker that used its whole core is the reason arrivals
