@@ -22,7 +22,7 @@ KNOWN_UPWARD = {
     ("loadforge.schedule", "loadforge._core"),
     # Not debt: the exact merge is hdrh's, through the one bridge the store also encodes with;
     # results/histogram.py serves the live merge and the file alike.
-    ("loadforge.run.coordinator", "loadforge.results.histogram"),
+    ("loadforge.run.merge", "loadforge.results.histogram"),
 }
 
 

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from loadforge.config.feeders import RowReader, row_for
+from loadforge.engine.tables import RowReader, row_for
 from loadforge.flows.loader import OTHER_STEP, FlowModule
 from loadforge.flows.user import ERRORS, FlowUsageError, Response, User, _Step, _Think
 
@@ -64,8 +64,8 @@ def flow_mix(weights: list[int]) -> list[int]:
 
 class Feeds:
     """The feeder rows flows see as user.row / user.rows, chosen by arrival index as the
-    engine chooses them for templates (config/feeders.row_for), read from the compiled
-    tables one row at a time (config/feeders.RowReader)."""
+    engine chooses them for templates (engine/tables.row_for), read from the compiled
+    tables one row at a time (engine/tables.RowReader)."""
 
     def __init__(self, feeders: list[tuple[str, RowReader]], open_rows: int, worker: int,
                  workers: int) -> None:
