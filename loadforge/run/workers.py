@@ -207,12 +207,12 @@ class WorkerSpec:
     templates: list[Any] = field(default_factory=list)
     tls: dict[str, Any] | None = None      # TLS settings (config/tls.py engine_settings)
     # HTTP/2: (header list, body) per request, and streams per connection; None for HTTP/1.1.
-    # A templated request's adds its parts (feeders.compile_h2_templates; engine h2_setup).
+    # A templated request's adds its parts (tables.compile_h2_templates; engine h2_setup).
     http2: list[tuple[list[tuple[bytes, bytes]], bytes]
                 | tuple[list[tuple[bytes, bytes]], bytes, list[tuple[int, int, int]]]] | None = None
     streams: int = 100
     # Scripted flows (loadforge/flows): (the module's path, its text), (Host header, path prefix,
-    # User-Agent), per table of `feeders` (feeders.compile_rows: table i is feeder i) its name
+    # User-Agent), per table of `feeders` (engine/tables.compile_rows: table i is feeder i) its name
     # and the (column, view) pairs flows read, and the open-model arrivals of the run (where
     # closed-model rows start). None: no flows.
     flows: tuple[Any, ...] | None = None
