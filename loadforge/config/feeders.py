@@ -1,9 +1,8 @@
-"""Data feeders and request templates, compiled before the run into the engine's tables.
+"""Data feeders and request templates as the profile gives them.
 
 A profile's `[[feeders]]` name files of rows (CSV with a header row, JSON Lines, or a JSON
-array of objects); a
-request's path, header values and body (`body` or `body_file`) may hold `{feeder.column}`
-slots, and `${VAR}` references to the environment, resolved once at start.
+array of objects); a request's path, header values and body (`body` or `body_file`) may hold
+`{feeder.column}` slots, and `${VAR}` references to the environment, resolved once at start.
 
 This module is the config and loading half: the `[[feeders]]` entries, slots and `${VAR}`,
 which encoding each slot takes (`body_encodings`), and the rows of a file (`load_rows`). The
