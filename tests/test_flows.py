@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 from servers import ROOT, LoggingNginx, free_port
 
-from loadforge.config.feeders import row_for
+from loadforge.engine.tables import row_for
 from loadforge.results.store import read_result
 
 LOCATIONS = """
@@ -216,9 +216,10 @@ def test_a_large_feeder_is_read_from_the_memory_mapped_table(server, tmp_path):
     the same rows whatever the worker count, and user.rows holds every feeder's."""
     import csv
 
-    from loadforge.config.feeders import MMAP_MIN_BYTES
     from loadforge.config.profile import load_profile
-    from loadforge.run.coordinator import compile_feeders, parse_target
+    from loadforge.engine.tables import MMAP_MIN_BYTES
+    from loadforge.run.session import compile_feeders
+    from loadforge.run.target import parse_target
 
     folder = str(tmp_path)
     rows = [(str(500_000 + i), f'n{i} caf\u00e9 "q", a/b?c=d&e%20 \u65e5' + "x" * 20)

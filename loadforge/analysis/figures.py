@@ -47,7 +47,7 @@ from loadforge.results import histogram
 from loadforge.results.store import OK, Result, find_results, headline_row, outcome_row, read_result
 
 if TYPE_CHECKING:
-    from loadforge.run.coordinator import RunInputs, ScopeRun
+    from loadforge.run.merge import RunInputs, ScopeRun
 
 LATENCY_OBJECTIVES = ("p50", "p90", "p99", "p999", "max", "mean")
 ALL_STAGES = "all"

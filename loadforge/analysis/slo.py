@@ -65,7 +65,7 @@ def _label(objective: str) -> str:
     return _LABELS.get(objective, objective)
 
 
-def _seconds(value: float) -> str:
+def fmt_seconds(value: float) -> str:
     return f"{value:g}s"
 
 
@@ -127,7 +127,7 @@ class _Window:
 
 def _window_name(entry: WindowObjectives, objective: str) -> str:
     where = f"stage {entry.stage} " if entry.stage else ""
-    return f"{where}{_label(objective)} over any {_seconds(entry.window_s)} window"
+    return f"{where}{_label(objective)} over any {fmt_seconds(entry.window_s)} window"
 
 
 # -- evaluation from a result file -----------------------------------------------------------
@@ -196,7 +196,7 @@ def evaluate(plan: Plan, result: Result | str) -> list[dict[str, Any]]:
         for _, f in mine:
             fig.add(f)
         cache = {}
-        suffix = f" (after {_seconds(grace)} grace)" if grace > 0 else ""
+        suffix = f" (after {fmt_seconds(grace)} grace)" if grace > 0 else ""
         for objective, limit in entry.limits.items():
             verdicts.append(_verdict(f"stage {stage} {_label(objective)}{suffix}", objective,
                                      fig.observe(objective, cache), limit, "stage",
@@ -316,17 +316,17 @@ class LiveSLO:
                 objective, observed, limit = failed[0]
                 shown, unit = _limit(objective, limit)
                 reason = (f"{_window_name(entry, objective)}: observed "
-                          f"{_show(observed, unit)} > limit {_show(shown, unit)}"
+                          f"{show_limit(observed, unit)} > limit {show_limit(shown, unit)}"
                           if objective not in AT_LEAST else
                           f"{_window_name(entry, objective)}: observed "
-                          f"{_show(observed, unit)} < limit {_show(shown, unit)}")
-                reason += (f", failing for {_seconds(failing_s)} (abort_after "
-                           f"{_seconds(abort_after)}) at "
-                           f"{_seconds((index + 1) * self.interval_ms / 1000)}")
+                          f"{show_limit(observed, unit)} < limit {show_limit(shown, unit)}")
+                reason += (f", failing for {fmt_seconds(failing_s)} (abort_after "
+                           f"{fmt_seconds(abort_after)}) at "
+                           f"{fmt_seconds((index + 1) * self.interval_ms / 1000)}")
         return reason
 
 
-def _show(value: float, unit: str) -> str:
+def show_limit(value: float, unit: str) -> str:
     if unit == "ratio":
         return f"{value * 100:.4g}%"
     if value >= 1_000_000:
@@ -381,7 +381,7 @@ class LiveVerdicts:
                 if name == entry.stage and i * self.interval_ms >= from_ms - 0.5:
                     acc.add(fig)
             cache = {}
-            suffix = f" (after {_seconds(entry.grace_s)} grace)" if entry.grace_s > 0 else ""
+            suffix = f" (after {fmt_seconds(entry.grace_s)} grace)" if entry.grace_s > 0 else ""
             for objective, limit in entry.limits.items():
                 verdicts.append(_verdict(f"stage {entry.stage} {_label(objective)}{suffix}",
                                          objective, acc.observe(objective, cache), limit,

@@ -1,6 +1,6 @@
 """The live figures of one run, folded from each interval the coordinator merges.
 
-`LiveRun.add` reads a `MergedInterval` (run/coordinator.py) once, in the coordinator's thread,
+`LiveRun.add` reads a `MergedInterval` (run/merge.py) once, in the coordinator's thread,
 and keeps only numbers: the interval's point (what `--stream` writes and `--dashboard` draws)
 and running totals (what `--metrics` exposes). The rows' histograms are the coordinator's
 accumulators: they are read here and never kept. Everything is per interval, never per
