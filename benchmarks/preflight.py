@@ -36,7 +36,7 @@ SERVER = """
 def main() -> None:
     from loadforge.config.plan import Request
     from loadforge.run import preflight
-    from loadforge.run.coordinator import parse_target
+    from loadforge.run.target import parse_target
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=200)

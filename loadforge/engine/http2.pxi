@@ -862,7 +862,7 @@ cdef int h2_on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_
         return 0
     if error_code == NGHTTP2_NO_ERROR and s.status >= 100:
         self.probe_status = s.status
-        outcome = status_outcome(s.status)
+        outcome = response_outcome(self.req_expect[s.request], s.status)
         end = self.h2.rx_ns if self.h2.rx_ns > s.sent_ns else s.sent_ns
         if self.h2.grpc[s.request]:
             outcome = grpc_outcome(s, outcome)

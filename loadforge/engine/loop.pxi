@@ -67,6 +67,7 @@ cdef class Engine:
         int retry_idempotent     # [load] retry = "idempotent" (else "never")
         int fault_epoll          # tests: the n-th epoll_ctl of a connection fails (conn_epoll)
         int* req_big             # per request: -1 not known yet, 0 small, 1 seen big
+        uint64_t** req_expect    # per request: its expect_status words, or NULL (http1.pxi)
         int nreq
         int32_t* mix
         int64_t mix_len
@@ -130,8 +131,8 @@ cdef class Engine:
                  double timer_resolution_s=0.0, int requests_per_connection=0,
                  list feeders=None, list templates=None, tls=None,
                  list http2=None, int streams=100, str retry="idempotent",
-                 int fault_epoll=0):
-        cdef int i
+                 int fault_epoll=0, list expect=None):
+        cdef int i, j
         cdef sockaddr_in* a4
         cdef sockaddr_in6* a6
         cdef StagePlan* sp
@@ -185,9 +186,19 @@ cdef class Engine:
         self.req_head = <int*>malloc(self.nreq * sizeof(int))
         self.req_big = <int*>malloc(self.nreq * sizeof(int))
         self.req_retry = <int*>malloc(self.nreq * sizeof(int))
+        self.req_expect = <uint64_t**>calloc(self.nreq, sizeof(uint64_t*))
         if self.req_data == NULL or self.req_len == NULL or self.req_head == NULL \
-                or self.req_big == NULL or self.req_retry == NULL:
+                or self.req_big == NULL or self.req_retry == NULL or self.req_expect == NULL:
             raise MemoryError()
+        for i, words in enumerate(expect or []):
+            if words:
+                if len(words) != EXPECT_WORDS or i >= self.nreq:
+                    raise ValueError("expect: EXPECT_WORDS words per request")
+                self.req_expect[i] = <uint64_t*>malloc(EXPECT_WORDS * sizeof(uint64_t))
+                if self.req_expect[i] == NULL:
+                    raise MemoryError()
+                for j in range(EXPECT_WORDS):
+                    self.req_expect[i][j] = words[j]
         for i, (data, head) in enumerate(requests):
             data = bytes(data)
             self._keep.append(data)
@@ -313,6 +324,10 @@ cdef class Engine:
         free(self.req_head)
         free(self.req_big)
         free(self.req_retry)
+        if self.req_expect != NULL:
+            for i in range(self.nreq):
+                free(self.req_expect[i])
+            free(self.req_expect)
         free(self.mix)
         free(self.stages)
         free(self.counters)
@@ -439,7 +454,8 @@ cdef class Engine:
                 used = parser_feed(&c.parser, &self.names, self.rbuf, n)
                 if c.parser.state == P_DONE:
                     # Bytes past the response answer no request of ours (we do not pipeline).
-                    self.finish(ci, status_outcome(c.parser.status) if used == n else O_PROTOCOL,
+                    self.finish(ci, response_outcome(self.req_expect[c.request], c.parser.status)
+                                if used == n else O_PROTOCOL,
                                 now, self.received_at(c, now))
                     return
                 if c.parser.state == P_ERROR:
@@ -464,7 +480,8 @@ cdef class Engine:
                     return
                 outcome = parser_eof(&c.parser)
                 if outcome < 0:
-                    self.finish(ci, status_outcome(c.parser.status), now, c.last_rx_ns)
+                    self.finish(ci, response_outcome(self.req_expect[c.request], c.parser.status),
+                                now, c.last_rx_ns)
                 else:
                     self.finish(ci, outcome, now, now)
                 return
@@ -514,7 +531,7 @@ cdef class Engine:
         self.inflight -= 1
         self.eventful -= c.big
         c.big = 0
-        if outcome < O_CONNECT:
+        if is_response(outcome):
             if c.parser.received > SMALL_RESPONSE_BYTES:
                 self.req_big[c.request] = 1
             elif self.req_big[c.request] < 0:
@@ -522,10 +539,10 @@ cdef class Engine:
         # An early answer (413 before the body was sent) ends the request too, but leaves
         # the connection half written: never reused.
         c.served += 1
-        if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY \
+        if not is_response(outcome) or c.parser.close or c.state != C_BUSY \
                 or c.written < self.tpl.out_len[ci] \
                 or c.served == self.requests_per_connection:
-            if c.parser.close and not c.parser.drop and outcome < O_CONNECT:
+            if c.parser.close and not c.parser.drop and is_response(outcome):
                 c.peer_closed = 1     # the server said so: it closes its end after this
             close_conn(self, ci)
         else:

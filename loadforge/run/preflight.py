@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadforge import _core
+from loadforge.config.outcomes import EXPECTED, UNEXPECTED, status_fix
 from loadforge.config.plan import Request
 from loadforge.config.tls import TLS
+from loadforge.engine.requests import encode_h2_request, encode_request, request_path
 from loadforge.errors import TargetUnreachable
-from loadforge.run.coordinator import Target, encode_h2_request, encode_request, request_path
+from loadforge.run.target import Target
 from loadforge.run.workers import decode_interval, interval_message
 
 # Headers that describe a body: the preflight sends none.
@@ -105,21 +107,20 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
         raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url}{over} "
                                 f"failed: {unreachable_reason(answer, target, timeout_s, http)}")
     status = answer.status
-    if status and judge_status and is_error_status(status, fail_status, req):
-        if status == 404:
-            raise TargetUnreachable(
-                f"target {target.url}: {req.method} {url} returned 404 Not Found, an error by "
-                "load.fail_status; check the URL and the request paths (if a 404 is what this "
-                "target answers, pass --no-preflight, and set load.fail_status = [\"5xx\"] to "
-                "count 4xx as successes)")
+    # The run's rule (config/outcomes.py): the request's expect_status, else fail_status.
+    fix = status_fix(status, fail_status, req.expect_status, f"request {req.name!r}") \
+        if status and judge_status else None
+    rule = (f"expect_status: {', '.join(str(s) for s in req.expect_status)}"
+            if req.expect_status else f"load.fail_status: {', '.join(fail_status)}")
+    if status == 404 and fix:
+        raise TargetUnreachable(f"target {target.url}: {req.method} {url} returned 404 Not Found, "
+                                f"an error by the run's rule ({rule}); check the URL and the "
+                                f"request paths ({fix}; --no-preflight runs without this check)")
+    if fix:
         # Judged with the run's rule, but not fatal: a load test of a login wall is legitimate.
-        cls = f"{status // 100}xx"
         negotiated["preflight_warning"] = (
             f"{req.method} {url} returned {status}, which the run counts as an error "
-            f"(load.fail_status: {', '.join(fail_status)})" + (
-                f"; if {status} is expected, set load.fail_status = "
-                f"[{', '.join(repr(c).replace(chr(39), chr(34)) for c in fail_status if c != cls)}]"
-                if cls == "4xx" else ""))
+            f"({rule}); {fix}")
     refused = answer.client_cert_refused() if tls is not None and status == 400 else None
     if refused:
         # nginx completes the handshake without a client certificate and answers 400 to
@@ -129,14 +130,6 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
             f"400 \"{refused}\"; pass --client-cert and --client-key (tls.cert, tls.key) with "
             "a certificate the server trusts")
     return negotiated
-
-
-def is_error_status(status: int, fail_status: tuple[str, ...], req: Request | None = None
-                    ) -> bool:
-    """Whether the run counts this response status as an error for this request: the one
-    rule the preflight judges by (load.fail_status by class, as the engine records it). req:
-    for a per-request expectation, such as an expected status list, to refine it."""
-    return f"{status // 100}xx" in fail_status
 
 
 @dataclass
@@ -152,7 +145,8 @@ class Answer:
     @property
     def answered(self) -> bool:
         """A response: a status class, or a gRPC call's status."""
-        return self.outcome[:1].isdigit() or self.outcome.startswith("grpc:")
+        return (self.outcome[:1].isdigit() or self.outcome.startswith("grpc:")
+                or self.outcome in (EXPECTED, UNEXPECTED))
 
     @property
     def status(self) -> int:

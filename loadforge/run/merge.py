@@ -1,214 +1,32 @@
-"""The coordinator of one run: target, preflight, workers, the exact merge, the rows.
+"""The exact merge of a run: the workers' interval reports into rows, in interval order.
 
 Workers report each 1 s interval; once every worker has reported an interval, its cells are
-merged with hdrh into interval rows and streamed to the Parquet file, and folded into the
-per-stage histograms. Only those per-stage histograms stay in memory, so memory does not grow
-with the length of a run. What a run is from plan to summary (sandbox, observers, verdicts)
-is loadforge/runner.py's, above this.
+merged with hdrh into interval rows and streamed to the row sink (the Parquet writer), and
+folded into the per-stage histograms. Only those per-stage histograms stay in memory, so
+memory does not grow with the length of a run. `Aggregator.finish` adds the stage and run
+rows and what the summary takes besides them (`RunInputs`).
+
+Pure: it reads decoded reports (run/workers.IntervalReport) and writes rows, with no process,
+socket or signal of its own (tests/test_merge.py drives it with synthetic reports).
 """
 
 from __future__ import annotations
 
 import gc
-import os
-import secrets
-import signal
-import socket
-import ssl
-import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
 
-from loadforge import __version__, _core, schedule
-from loadforge.config import feeders
-from loadforge.config.files import RELATIVE_HINT, check_regular
-from loadforge.config.plan import (
-    ERROR_KINDS,
-    FLOW_PREFIX,
-    OUTCOMES,
-    STATUS_OUTCOMES,
-    Plan,
-    Request,
-)
-from loadforge.config.tls import TLS
-from loadforge.errors import (
-    InputError,
-    RunError,
-    TargetUnreachable,
-    WorkerCrashed,
-)
+from loadforge import _core, schedule
+from loadforge.config.outcomes import error_outcomes
+from loadforge.config.plan import FLOW_PREFIX, STATUS_OUTCOMES, Plan
 from loadforge.results import histogram
 from loadforge.run.progress import LiveProgress
-from loadforge.run.workers import (
-    DONE,
-    FAILED,
-    INTERVAL,
-    WorkerPool,
-    WorkerSpec,
-    decode_done,
-    decode_done_counts,
-    decode_done_tls,
-    decode_interval,
-    failure_words,
-    fd_limit,
-)
+from loadforge.run.workers import decode_done, decode_done_counts, decode_done_tls
 
 if TYPE_CHECKING:
     from hdrh.histogram import HdrHistogram
-
-    from loadforge.run.shards import ShardPool
-
-USER_AGENT = f"loadforge/{__version__}"
-READY_TIMEOUT_S = 30.0
-START_DELAY_NS = 100_000_000      # time zero lies this far after the last worker is ready
-
-
-@dataclass
-class RunOptions:
-    target: str | None = None         # overrides the profile's target
-    workers: int | None = None
-    out_dir: str = "results"
-    labels: dict[str, str] = field(default_factory=dict)
-    quiet: bool = False
-    preflight: bool = True
-    interval_s: float = 1.0
-    backend_header: str | None = None
-    # --slo objectives, archived apart from the profile so that `ls` judges them again.
-    slo_flags: dict[str, float] = field(default_factory=dict)
-    # Sharded runs (shards.py): how many shard processes, who starts them, the clock tolerance.
-    shards: int = 0
-    launcher: str = "local"
-    max_clock_offset_s: float = 0.05
-    kube: Any = None                  # kube.KubeOptions, with --launcher kubernetes
-    # --coordinator-address (local, external), --shard-token-file and --shard-start-timeout
-    coordinator_address: tuple[str, int] | None = None
-    shard_token_file: str | None = None
-    shard_start_timeout_s: float | None = None
-
-
-@dataclass
-class Target:
-    url: str
-    host: str          # for the Host header
-    address: str       # what the engine connects to
-    port: int
-    path: str = ""     # the URL's path: a prefix of every request's path
-    hostname: str = ""  # the URL's host without port: TLS verifies the certificate against it
-    https: bool = False
-
-
-@dataclass
-class RunOutcome:
-    summary: dict[str, Any]
-    path: str | None          # None when not even a partial result could be saved
-    ok: bool
-    signum: int = 0           # the signal that interrupted the run, 0 if none
-    failure: str | None = None    # why the run could not go on (results kept, incomplete)
-
-    @property
-    def exit_code(self) -> int:
-        """DESIGN.md's: 3 could not go on, 128 + N interrupted, 1 an SLO failed, else 0."""
-        if self.failure:
-            return 3
-        if self.signum:
-            return 128 + self.signum
-        return 0 if self.ok else 1
-
-
-def parse_target(url: str) -> Target:
-    try:
-        parts = urlsplit(url)
-    except ValueError:          # an unbalanced "[" (an IPv6 literal)
-        parts = urlsplit("")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"target {url}: expected an http:// or https:// URL such as "
-                         "http://127.0.0.1:8080/")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        raise InputError(f"target {url}: {exc}") from None
-    try:
-        info = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise TargetUnreachable(f"target {url}: cannot resolve {parts.hostname} ({exc.strerror})") from None
-    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return Target(url, host, str(info[0][4][0]), port, parts.path, parts.hostname,
-                  parts.scheme == "https")
-
-
-def request_path(prefix: str, path: str) -> str:
-    """The request target sent for `path` under the target URL's path `prefix`:
-    http://h/api + /users -> /api/users (one slash between them). A path that does not start
-    with "/" (the flags-only run's "" or "?query") is appended to the prefix as it is."""
-    if not path.startswith("/"):
-        return (prefix or "/") + path
-    return prefix.rstrip("/") + path
-
-
-def host_header(req: Request, host: str) -> str:
-    """The request's own Host header (a virtual host on a load balancer reached by address),
-    else the target's."""
-    return next((value for name, value in req.headers if name.lower() == "host"), host)
-
-
-def encode_request(req: Request, host: str, prefix: str = "") -> bytes:
-    lines = [f"{req.method} {request_path(prefix, req.path)} HTTP/1.1",
-             f"Host: {host_header(req, host)}", f"User-Agent: {USER_AGENT}"]
-    lines += [f"{name}: {value}" for name, value in req.headers if name.lower() != "host"]
-    if req.body or req.method in ("POST", "PUT", "PATCH"):
-        lines.append(f"Content-Length: {len(req.body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + req.body
-
-
-# HTTP/2 forbids connection-specific headers (RFC 9113 8.2.2); Host becomes :authority.
-_H2_DROPPED = ("host", "connection", "keep-alive", "proxy-connection", "transfer-encoding",
-               "upgrade", "content-length")
-
-
-def h2_headers(req: Request, host: str, prefix: str = "",
-               scheme: str = "http") -> list[tuple[str, str]]:
-    """The request's HTTP/2 header list, pseudo-headers first, names in lower case; scheme is
-    the target URL's (https once TLS carries h2)."""
-    headers = [(":method", req.method), (":path", request_path(prefix, req.path) or "/"),
-               (":scheme", scheme), (":authority", host_header(req, host)),
-               ("user-agent", USER_AGENT)]
-    headers += [(name.lower(), value) for name, value in req.headers
-                if name.lower() not in _H2_DROPPED]
-    if req.body or req.method in ("POST", "PUT", "PATCH"):
-        headers.append(("content-length", str(len(req.body))))
-    return headers
-
-
-def h2_template_head(req: Request, tpl: feeders.Template, host: str, prefix: str = "",
-                     scheme: str = "http") -> list[tuple[str, feeders.Parts | None]]:
-    """A templated request's HTTP/2 header block as h2_headers lays it out, its values as
-    template parts (feeders.compile_h2_templates): the path and header values from the
-    template (their ${VAR} resolved), the content-length computed when the body has slots."""
-    head: list[tuple[str, feeders.Parts | None]] = [
-        (":method", (req.method,)), (":path", (prefix.rstrip("/"), *tpl.path)),
-        (":scheme", (scheme,)), (":authority", (host_header(req, host),)),
-        ("user-agent", (USER_AGENT,))]
-    head += [(name.lower(), parts) for name, parts in tpl.headers
-             if name.lower() not in _H2_DROPPED]
-    if any(isinstance(p, feeders.Slot) for p in tpl.body):
-        head.append(("content-length", feeders.BODY_LENGTH))
-    elif tpl.body or req.method in ("POST", "PUT", "PATCH"):
-        length = sum(len(p) if isinstance(p, bytes) else len(p.encode("utf-8", "surrogateescape"))
-                     for p in tpl.body if not isinstance(p, feeders.Slot))
-        head.append(("content-length", (str(length),)))
-    return head
-
-
-def encode_h2_request(req: Request, host: str, prefix: str = "", scheme: str = "http",
-                      ) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """What the engine's HTTP/2 side sends for req: its header list and body, as bytes."""
-    return ([(k.encode("latin-1"), v.encode("latin-1"))
-             for k, v in h2_headers(req, host, prefix, scheme)], req.body)
 
 
 class StageTotals:
@@ -333,7 +151,7 @@ class Aggregator:
         self.negotiated: dict[str, Any] | None = None
         # The engines' end-of-run counts (workers.ENGINE_COUNTS), summed over the workers
         self.done_counts: dict[str, int] = {}
-        self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
+        self.error_outcomes = set(error_outcomes(plan.fail_status))
         self.cpu_ns: dict[int, int] = {}      # per worker: CPU time reported so far
         self.write_failed = False
         # A sharded run: the shard of a worker (its engine stripe), for the per-shard rows.
@@ -405,20 +223,20 @@ class Aggregator:
         for key, n in decode_done_counts(message).items():
             self.done_counts[key] = self.done_counts.get(key, 0) + n
 
-    def note_done(self, message: bytes, stop: Stop) -> None:
+    def note_done(self, message: bytes) -> int | None:
         """A worker's DONE: a `unique` feeder that ran out ended its part of the run (every
-        worker's, as the rows follow the run-wide arrival sequence); the run ran until then.
-        Over TLS it also says what the worker's handshakes negotiated; the first kept."""
+        worker's, as the rows follow the run-wide arrival sequence); returns when (the run
+        ran until then; session.Stop.ran_out), else None. Over TLS it also says what the
+        worker's handshakes negotiated; the first kept."""
         self.note_counts(message)
         if self.negotiated is None:
             self.negotiated = decode_done_tls(message)
         exhausted = decode_done(message)
         if exhausted is None:
-            return
+            return None
         if self.exhausted is None or exhausted[1] < self.exhausted[1]:
             self.exhausted = exhausted
-        if not stop.at_ns or exhausted[1] < stop.at_ns:
-            stop.at_ns = exhausted[1]
+        return exhausted[1]
 
     def _complete(self, index: int) -> bool:
         # Every worker reports every interval up to its final one, so an interval is whole
@@ -773,262 +591,3 @@ def _ran_in(window: Any, stopped_s: float | None) -> float:
     if stopped_s is None:
         return float(window.stage.duration_s)
     return min(max(0.0, stopped_s - window.start_s), float(window.stage.duration_s))
-
-
-def compile_feeders(plan: Plan, target: Target, inline: bool = False) -> feeders.Compiled:
-    """The plan's feeder tables and request templates, compiled for the engine (exit 2 naming
-    a missing column, an unreadable file or a value that would break the request framing)."""
-    label = "profile" if plan.path in ("", "<profile>") else f"profile {os.path.basename(plan.path)}"
-    for i, feeder in enumerate(plan.feeders):
-        # A feeder no slot uses is not loaded, but a file that is not there is still an error.
-        # Regular files only: a FIFO would block the read below for ever.
-        check_regular(feeder.path, f"{label}: feeders[{i}]", RELATIVE_HINT)
-        if not os.access(feeder.path, os.R_OK):
-            raise InputError(f"{label}: feeders[{i}]: cannot read {feeder.path} (permission "
-                             "denied)")
-    if plan.flows is not None:
-        # Flows read every feeder's rows (user.rows) from tables of their own: table i is
-        # feeder i, its columns as they are in the file.
-        return feeders.compile_rows(plan.feeders, label, inline=inline)
-    if not plan.templates:
-        return feeders.Compiled()
-    if plan.http == "2":
-        scheme = urlsplit(target.url).scheme
-        h2_heads = [None if t is None else h2_template_head(r, t, target.host, target.path, scheme)
-                    for r, t in zip(plan.requests, plan.templates, strict=True)]
-        return feeders.compile_h2_templates(plan.feeders, list(plan.templates), h2_heads, label,
-                                            inline=inline)
-    heads = [(f"{r.method} {target.path.rstrip('/')}",
-              f" HTTP/1.1\r\nHost: {host_header(r, target.host)}\r\nUser-Agent: {USER_AGENT}\r\n",
-              r.method in ("POST", "PUT", "PATCH")) for r in plan.requests]
-    return feeders.compile_templates(plan.feeders, list(plan.templates), heads, label,
-                                     inline=inline)
-
-
-def _worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
-                  backend_header: str | None,
-                  compiled: feeders.Compiled | None = None) -> list[WorkerSpec]:
-    requests = [(encode_request(r, target.host, target.path), r.method == "HEAD")
-                for r in plan.requests]
-    tables = [t.spec() for t in compiled.tables] if compiled else []
-    templates = list(compiled.templates) if compiled and compiled.templates else []
-    h2_templated = compiled.h2 if compiled and compiled.h2 else [None] * len(plan.requests)
-    http2 = ([t if t is not None else
-              encode_h2_request(r, target.host, target.path, urlsplit(target.url).scheme)
-              for r, t in zip(plan.requests, h2_templated, strict=True)]
-             if plan.http == "2" else None)
-    mix = schedule.request_mix(plan.requests)
-    stages = [(s.open_model, s.rate_from or 0.0, s.rate_to or 0.0, s.duration_s,
-               s.concurrency or 0, s.think_s) for s in plan.stages]
-    closed = max((s.concurrency or 0 for s in plan.stages), default=0)
-    flows = None
-    if plan.flows is not None:
-        open_rows = sum(schedule.arrivals(s) for s in plan.stages if s.open_model)
-        # The module's text goes with the spec: a shard on another machine (Kubernetes) has
-        # no copy of it, and every worker runs the text the coordinator checked.
-        with open(plan.flows, "rb") as f:
-            source = f.read()
-        flows = ((plan.flows, source), (target.host, target.path.rstrip("/"), USER_AGENT),
-                 [(t.feeder.name, feeders.raw_columns(t)) for t in compiled.tables]
-                 if compiled else [], open_rows)
-    specs = []
-    for w in range(workers):
-        share = plan.connections // workers + (1 if w < plan.connections % workers else 0)
-        closed_share = closed // workers + (1 if w < closed % workers else 0)
-        if http2 is not None:
-            # a closed-model user holds a stream, not a connection
-            closed_share = -(-closed_share // plan.streams)
-        specs.append(WorkerSpec(w, workers, target.address, target.port, requests, mix, stages,
-                                max(share, closed_share, 1), plan.timeout_s, interval_s,
-                                backend_header, plan.timer_resolution_s,
-                                plan.requests_per_connection, tables, templates,
-                                None if plan.tls is None else
-                                plan.tls.engine_settings(target.hostname),
-                                http2, plan.streams, flows, retry=plan.retry))
-    return specs
-
-
-def _check_fd_limit(specs: list[WorkerSpec], plan: Plan) -> None:
-    limit = fd_limit()
-    need = max(s.connections for s in specs) + 64
-    if need > limit:
-        raise InputError(
-            f"connections: {plan.connections} connections over {len(specs)} worker(s) need "
-            f"{need} open files per worker, but the limit is {limit}; raise it (ulimit -n) "
-            "or use more workers")
-
-
-# Each connection of a worker (each stream slot over HTTP/2: connections x streams) holds a
-# buffer for the largest templated request.
-MAX_TEMPLATE_BUFFERS = 512 << 20
-
-
-def _check_template_buffers(specs: list[WorkerSpec], compiled: feeders.Compiled) -> None:
-    largest = max((t[2] for t in compiled.templates if t is not None), default=0)
-    conns = max(s.connections * (s.streams if s.http2 is not None else 1) for s in specs)
-    what = "connections" if specs[0].http2 is None else "streams (connections x streams)"
-    if largest * conns > MAX_TEMPLATE_BUFFERS:
-        raise InputError(
-            f"requests: templated requests expand to up to {largest:,} bytes and each of a "
-            f"worker's {conns:,} {what} holds one: {largest * conns / 2**20:,.0f} MiB per "
-            f"worker, more than {MAX_TEMPLATE_BUFFERS >> 20} MiB; use fewer "
-            f"{'connections' if specs[0].http2 is None else 'connections or streams'}, "
-            "more workers or a smaller templated body")
-
-
-# The signals that end a run early and keep its results (exit 128 + N): Ctrl-C, a service
-# manager's stop, and the hang-up of a closed terminal or SSH session.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@dataclass
-class Stop:
-    """How the collection ended early, if it did."""
-
-    signum: int = 0       # the signal that interrupted the run (SIGINT, SIGTERM), 0 if none
-    at_ns: int = 0        # when scheduling was asked to stop (a signal, an SLO abort)
-    hard: bool = False    # a second signal: workers killed, in-flight requests not awaited
-
-    def ran_s(self, t0: int, elapsed_s: float, planned_s: float) -> float:
-        """How long the run ran: to the stop, else to its planned end."""
-        if self.at_ns:
-            return min(max(0.0, (self.at_ns - t0) / 1e9), planned_s)
-        return min(elapsed_s, planned_s)
-
-
-def _collect(pool: WorkerPool | ShardPool, agg: Aggregator, plan: Plan, t0: int,
-             stop: Stop) -> None:
-    done = [False] * len(pool.channels)
-    deadline = t0 + int((plan.duration_s + plan.timeout_s + 10.0) * 1e9)
-
-    def on_signal(signum: int, frame: Any) -> None:
-        # Ctrl-C, SIGTERM or SIGHUP (a closed terminal or SSH session) ends the run early but
-        # keeps it: workers stop scheduling, report what is in flight, and the results are
-        # written as usual. A second one kills the workers at once; what they reported is
-        # still written.
-        if stop.signum:
-            stop.hard = True
-            pool.kill()
-            return
-        stop.signum, stop.at_ns = signum, _core.now_ns()
-        pool.stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
-    try:
-        if isinstance(pool, WorkerPool):
-            _collect_until_done(pool, agg, plan, done, deadline, stop)
-        else:
-            pool.collect_until_done(agg, plan, done, deadline, stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _collect_until_done(pool: WorkerPool, agg: Aggregator, plan: Plan, done: list[bool],
-                        deadline: int, stop: Stop) -> None:
-    stopping = False
-    while not all(done) and not stop.hard:
-        ready = pool.ready([i for i in range(len(done)) if not done[i]], timeout=0.5)
-        for i in ready:
-            try:
-                msg = pool.channels[i].recv_bytes()
-            except (EOFError, OSError):
-                if stop.hard:
-                    return
-                raise WorkerCrashed(f"worker {i} exited unexpectedly "
-                                    f"({exit_words(pool.exitcode(i, wait_s=2.0))})") from None
-            tag = msg[:1]
-            if tag == INTERVAL:
-                agg.add(decode_interval(msg))
-            elif tag == DONE:
-                done[i] = True
-                agg.note_done(msg, stop)
-            elif tag == FAILED:
-                raise WorkerCrashed(f"worker {i} failed: {failure_words(msg[1:])}")
-        for i in range(len(done)):
-            if not done[i] and pool.exitcode(i) is not None and not ready and not stop.hard:
-                raise WorkerCrashed(f"worker {i} exited unexpectedly "
-                                    f"({exit_words(pool.exitcode(i))})")
-        if agg.stop_asked() and not stopping:
-            pool.stop()
-            stopping = True
-            stop.at_ns = stop.at_ns or _core.now_ns()
-        now = _core.now_ns()
-        if now > deadline and not stopping:
-            pool.stop()
-            stopping = True
-            deadline = now + int((plan.timeout_s + 5.0) * 1e9)
-        elif now > deadline:
-            raise WorkerCrashed("workers did not finish within the run's time plus its timeout")
-    if stop.hard:
-        _read_what_was_sent(pool, agg)
-
-
-def exit_words(code: int | None) -> str:
-    """A worker's exit status in words: "exit code 7", "killed by SIGKILL"."""
-    if code is None:
-        return "still running, its socket closed"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-def _read_what_was_sent(pool: WorkerPool, agg: Aggregator) -> None:
-    """The intervals killed workers had already sent (bounded: their sockets only drain)."""
-    for channel in pool.channels:
-        try:
-            while channel.poll(0):
-                msg = channel.recv_bytes()
-                if msg[:1] == INTERVAL:
-                    agg.add(decode_interval(msg))
-        except (EOFError, OSError):
-            continue
-
-
-def _start(pool: WorkerPool) -> int:
-    pool.wait_ready(READY_TIMEOUT_S)
-    t0 = _core.now_ns() + START_DELAY_NS
-    for ch in pool.channels:
-        ch.send_bytes(str(t0).encode())
-    return t0
-
-
-def new_run_id(plan: Plan) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    name = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in plan.name)[:40]
-    return f"{stamp}-{name}-{secrets.token_hex(3)}"
-
-
-def with_tls(plan: Plan, target: Target) -> Plan:
-    """The plan with the TLS settings its target uses: an https:// target verifies by default;
-    TLS settings for an http:// target are a mistake, said as one. Files that do not load
-    (not PEM, a key that does not match) are bad input too, found before any worker starts."""
-    from dataclasses import replace
-
-    if not target.https:
-        if plan.tls is not None:
-            raise InputError(f"target {target.url}: TLS settings ([tls], --ca-cert, "
-                             "--client-cert, --server-name, --insecure) need an https:// target")
-        return plan
-    tls = plan.tls or TLS()
-    if plan.http == "2":
-        # HTTP/2 over TLS is negotiated by ALPN: offer h2 (only h2, unless tls.alpn says more)
-        if tls.alpn == TLS().alpn:
-            tls = replace(tls, alpn=("h2",))
-        elif "h2" not in tls.alpn:
-            raise InputError(f"tls.alpn {list(tls.alpn)} does not offer h2, and --http 2 needs "
-                             "it over TLS: add \"h2\" to tls.alpn")
-    try:
-        tls.ssl_context()
-    except (OSError, ssl.SSLError) as exc:
-        files = ", ".join(f for f in (tls.ca, tls.cert, tls.key) if f)
-        raise InputError(f"tls: cannot load {files}: {getattr(exc, 'reason', None) or exc}"
-                         ) from None
-    return replace(plan, tls=tls)
-
-
-__all__ = ["RunOptions", "RunOutcome", "Aggregator", "parse_target", "encode_request",
-           "RunError", "OUTCOMES"]
