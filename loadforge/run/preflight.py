@@ -7,7 +7,9 @@ settings and ALPN), protocol (HTTP/1.1, or HTTP/2 with ALPN's http/1.1 fallback 
 and parser, and the run's timeout on the exchange. What it accepts is what the run accepts;
 its figures are thrown away (the target sees it: summary `preflight.requests`). The engine
 reports the outcome as the run counts it, and `_core.engine_probe` the rest a diagnosis needs:
-the status, the connect's errno, the TLS verification result and OpenSSL's reason.
+the status, the connect's errno, the TLS verification result and OpenSSL's reason, and the
+bytes of the last read (nginx's page for a refused client certificate is found there). The
+status is judged by the run's one rule, `config.outcomes.status_fix`.
 """
 
 from __future__ import annotations
@@ -172,9 +174,10 @@ class Answer:
 
 def exchange(target: Target, req: Request, timeout_s: float, tls: TLS | None,
              http: str) -> Answer:
-    """req sent once by the engine as the run sends it: one open-model arrival at time zero (a stage of 1 µs, so the run ends with the answer),
-    one connection opened for it, timeout_s on the connect and on the exchange (the whole
-    response, however it trickles in), as on every request of the run."""
+    """req sent once by the engine as the run sends it: one open-model arrival at time zero
+    (a stage of 1 µs, so that the engine's run ends with the answer), one connection opened
+    for it, timeout_s on the connect and on the exchange (the whole response, however it
+    trickles in), as on every request of the run."""
     scheme = "https" if target.https else "http"
     http2: list[Any] | None = ([encode_h2_request(req, target.host, target.path, scheme)]
                                if http == "2" else None)
