@@ -94,7 +94,7 @@ def import_time() -> None:
 
 
 PHASES = [
-    ("preflight", "coordinator.py", "preflight"),
+    ("preflight", "preflight.py", "preflight"),
     ("workers spawned to ready", "session.py", "start"),
     ("collect (the run)", "session.py", "collect"),
     ("Parquet write", "store.py", "write"),

@@ -18,6 +18,10 @@ def hdr_walk(counts: memoryview, limit: int, targets: list[int], unit_magnitude:
 
 def idempotent_request(request: bytes) -> bool: ...
 
+PROBE_SNIFF_BYTES: int
+
+def engine_probe(engine: Engine) -> dict[str, Any]: ...
+
 class ResponseParser:
     def __init__(self, head: bool = False, capture: str | None = None,
                  body: bool = False) -> None: ...

@@ -25,7 +25,7 @@ from loadforge.engine.tables import Compiled
 from loadforge.errors import InputError, RunError
 from loadforge.observe import pollers
 from loadforge.results.store import ResultWriter, read_result
-from loadforge.run import coordinator, session
+from loadforge.run import preflight, session
 from loadforge.run.merge import Aggregator
 from loadforge.run.progress import LiveProgress
 from loadforge.run.session import RunOptions, RunOutcome, Stop, new_run_id
@@ -108,14 +108,14 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     watchers = pollers.Watchers(plan, opts.interval_s, sandbox)
     negotiated: dict[str, Any] = {}
     if opts.preflight:
-        first, judged = coordinator.preflight_request(plan.requests, plan.templates)
+        first, judged = preflight.preflight_request(plan.requests, plan.templates)
         if plan.flows is not None:
             # A flow's first step may need what an earlier one returned: reach the target,
             # judge nothing but that it answers.
             first, judged = Request(name="preflight"), False
-        negotiated = coordinator.preflight(target, first, plan.timeout_s, judge_status=judged,
-                                           tls=plan.tls, http=plan.http,
-                                           fail_status=plan.fail_status)
+        negotiated = preflight.preflight(target, first, plan.timeout_s, judge_status=judged,
+                                         tls=plan.tls, http=plan.http,
+                                         fail_status=plan.fail_status)
         warning = negotiated.pop("preflight_warning", None)
         if warning:
             from rich.text import Text

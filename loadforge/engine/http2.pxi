@@ -193,6 +193,7 @@ cdef void h2_open_session(Engine self, int ci) noexcept:
     hc.dead = 0
     hc.answered = 0
     hc.zero_noted = 0
+    hc.heard = 0
     hc.out_len = 0
     hc.out_pos = 0
     hc.nfree = h.streams
@@ -681,6 +682,13 @@ cdef void h2_on_readable(Engine self, int ci, int64_t now) noexcept:
             # Responses completed by these bytes are timed by their kernel receive timestamp
             self.h2.rx_ns = self.received_at(c, now)
             self.h2.now_ns = now
+            if not hc.heard:
+                # An HTTP/1.x answer to the preface: nghttp2 would read "HTTP/1.1 200" as the
+                # header of a frame of megabytes and wait for it until the streams time out.
+                hc.heard = 1
+                if n >= 5 and memcmp(self.rbuf, b"HTTP/", 5) == 0:
+                    h2_fail_conn(self, ci, O_PROTOCOL, now)
+                    return
             used = lf_ng.mem_recv(hc.session, <const uint8_t*>self.rbuf, n)
             if used < 0 or hc.dead:
                 h2_fail_conn(self, ci, O_PROTOCOL, now)
@@ -853,6 +861,7 @@ cdef int h2_on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_
         h2_release(&self.h2, hc, s)
         return 0
     if error_code == NGHTTP2_NO_ERROR and s.status >= 100:
+        self.probe_status = s.status
         outcome = response_outcome(self.req_expect[s.request], s.status)
         end = self.h2.rx_ns if self.h2.rx_ns > s.sent_ns else s.sent_ns
         if self.h2.grpc[s.request]:

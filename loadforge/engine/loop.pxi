@@ -115,6 +115,7 @@ cdef class Engine:
         uint64_t connect_failures
         object on_interval
         object _error
+        int probe_status         # the latest HTTP/2 response's status (engine/probe.pxi)
         Templates tpl            # feeders and templated requests (engine/template.pxi)
 
     def __cinit__(self):

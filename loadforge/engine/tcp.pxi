@@ -10,6 +10,7 @@ cdef inline int tcp_connect(Transport* t, Conn* c) noexcept nogil:
     if t.rx_stamps and setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) != 0:
         t.rx_stamps = 0
     if connect(fd, <sockaddr*>&t.addr, t.addrlen) != 0 and errno != EINPROGRESS:
+        t.fail_errno = errno
         close(fd)
         return -1
     c.fd = fd
@@ -21,6 +22,8 @@ cdef inline int tcp_connected(Transport* t, Conn* c) noexcept nogil:
     cdef int err = 0
     cdef socklen_t len = sizeof(err)
     getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len)
+    if err != 0:
+        t.fail_errno = err
     return err
 
 

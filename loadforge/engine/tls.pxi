@@ -74,6 +74,16 @@ cdef void tls_note_negotiated(Transport* t, Conn* c) noexcept nogil:
     t.negotiated = 1
 
 
+cdef void tls_note_failure(Transport* t, Conn* c, int err) noexcept nogil:
+    """Keep why this handshake failed (errno, verification result, OpenSSL's reason), for the
+    preflight's one-line diagnosis (engine/probe.pxi). Called on failures only."""
+    cdef unsigned long e = ERR_peek_last_error()
+    cdef const char* reason = ERR_reason_error_string(e) if e != 0 else NULL
+    t.fail_errno = err
+    t.fail_verify = SSL_get_verify_result(c.ssl)
+    tls_copy_name(t.fail_reason, sizeof(t.fail_reason), reason, -1)
+
+
 cdef inline int tls_connect(Transport* t, Conn* c) noexcept nogil:
     cdef BIO* rbio
     cdef BIO* wbio
@@ -116,6 +126,7 @@ cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
         f = tls_flush(c)
         if f < 0:
             t.tls_failed += 1
+            tls_note_failure(t, c, errno)
             return errno
         if r == 1:
             c.handshaking = 0
@@ -130,6 +141,7 @@ cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
         e = SSL_get_error(c.ssl, r)
         if e != SSL_ERROR_WANT_READ:
             t.tls_failed += 1
+            tls_note_failure(t, c, EPROTO)
             return EPROTO
         n = recv(c.fd, buf, sizeof(buf), 0)
         if n > 0:
@@ -137,10 +149,12 @@ cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
             continue
         if n == 0:
             t.tls_failed += 1
+            tls_note_failure(t, c, ECONNRESET)
             return ECONNRESET
         if errno == EAGAIN or errno == EINTR:
             return EAGAIN if f else EINPROGRESS
         t.tls_failed += 1
+        tls_note_failure(t, c, errno)
         return errno
 
 
@@ -227,6 +241,7 @@ cdef ssize_t tls_read(Transport* t, Conn* c, msghdr* msg) noexcept nogil:
             else:
                 t.tls_full -= 1
             t.tls_failed += 1
+            tls_note_failure(t, c, ECONNABORTED)
             c.tls_data = 1
             # The caller ends its request as a failed connect (`connect`, connections.failed),
             # as a TLS 1.2 server's refusal during the handshake ends (pool.pxi connect_failed).
