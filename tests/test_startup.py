@@ -54,6 +54,27 @@ def test_the_coordinator_reaches_its_first_request_without_pyarrow_or_httpx(ngin
     assert out == "exit 0 imported"
 
 
+HELP = """
+import sys
+from loadforge.cli import main
+try:
+    main({args!r})
+except SystemExit:
+    pass
+print(" ".join(sorted(m for m in sys.modules if m.startswith(("loadforge", "rich", "pyarrow",
+                                                               "httpx", "hdrh", "h2")))))
+"""
+
+
+def test_the_command_line_and_its_help_import_click_alone():
+    # Each command imports what it runs inside the command (cli/): `--help` costs click.
+    cli = ["loadforge", "loadforge.cli", "loadforge.cli.app", "loadforge.cli.load",
+           "loadforge.cli.model", "loadforge.cli.results", "loadforge.errors",
+           "loadforge.limits", "loadforge.units"]
+    for args in ([], ["--help"], ["run", "--help"], ["compare", "--help"]):
+        assert python(HELP.format(args=args)).splitlines()[-1].split() == cli, args
+
+
 def test_a_worker_imports_its_module_and_the_engine_only():
     # Each worker is a fresh interpreter: the plan (feeders, TLS, observe, sandbox) costs it
     # about 60 ms of CPU at start, for one tuple of names (config/outcomes.py).
