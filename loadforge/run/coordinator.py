@@ -65,7 +65,10 @@ if TYPE_CHECKING:
 
 USER_AGENT = f"loadforge/{__version__}"
 READY_TIMEOUT_S = 30.0
-START_DELAY_NS = 100_000_000      # time zero lies this far after the last worker is ready
+# Time zero lies this far after the last worker is ready. Each worker then waits in recv()
+# for it, woken within microseconds; the margin covers a busy machine's scheduling delay (a
+# worker woken later sends its first arrivals late, timed from when they were due).
+START_DELAY_NS = 20_000_000
 
 
 @dataclass
