@@ -263,7 +263,6 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     from loadforge.config.profile import load_profile, parse_slo_flags, with_slo_flags
     from loadforge.config.redact import hide_in_messages, profile_secrets
     from loadforge.config.tls import with_tls_flags
-    from loadforge.present import summary
     from loadforge.present.text import print_error
 
     stdout_taken = one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path),
@@ -357,6 +356,8 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         outcomes.append(outcome)
         try:
             if not quiet:
+                from loadforge.present import summary  # rich's tables: loaded when drawn
+
                 summary.render_summary(outcome.summary, tables,
                                        {s.name for s in plan.stages if not s.open_model})
             if outcome.summary.get("aborted"):
@@ -369,6 +370,8 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         if outcome.failure or outcome.signum:
             break        # a crash, a full disk or a signal ends the series too
     if summary_json:
+        from loadforge.present import summary
+
         summary.write_summary_json(
             outcomes[0].summary if repeat == 1 else
             {"ok": all(o.ok for o in outcomes), "repeat": repeat, "ran": len(outcomes),
