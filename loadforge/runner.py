@@ -23,7 +23,7 @@ from loadforge.config.plan import Plan, Request
 from loadforge.config.redact import redact_message, redact_profile, redact_url
 from loadforge.errors import InputError, RunError
 from loadforge.observe import pollers
-from loadforge.results.store import ResultWriter, read_result
+from loadforge.results.store import ResultWriter, import_arrow_meanwhile, read_result
 from loadforge.run import coordinator
 from loadforge.run.coordinator import (
     RunOptions,
@@ -165,6 +165,7 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             if live is not None:
                 live.start(plan, run_id, redact_url(target.url), opts.interval_s)
                 agg.observers.append(live.interval)
+            import_arrow_meanwhile()    # while the workers start, not while they measure
             if opts.shards:
                 from loadforge.run.shards import ShardPool
 

@@ -21,7 +21,11 @@ print(" ".join(sorted(m for m in ("pyarrow", "httpx") if m in sys.modules)))
 
 BEFORE_FIRST_REQUEST = """
 import sys
+from loadforge import runner as execute
 from loadforge.run import coordinator as runner
+# pyarrow is imported on purpose while the workers start, in a thread of its own: nothing else
+# on the way to the first request may import it.
+execute.import_arrow_meanwhile = lambda: None
 seen = []
 start = runner._start
 def recording_start(pool):
