@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from loadforge.config.plan import Plan
 
 
-
 def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
                duration: str | None, connections: int | None, timeout: str | None,
                http_version: str | None = None, streams: int | None = None) -> Plan:

@@ -1,4 +1,7 @@
-"""The [slo] table becomes `Plan.slo`, an `SLO` (plan.py), the contract analysis/slo.py and
+"""Objectives: a profile's [slo] table and the --slo flags, checked as profile.py checks the
+rest (checker.py), into `Plan.slo`.
+
+The [slo] table becomes `Plan.slo`, an `SLO` (plan.py), the contract analysis/slo.py and
 analysis/scaling.py judge, never re-validated downstream::
 
     SLO(run={OBJECTIVE: limit, ...},                                  # whole run; may be empty
