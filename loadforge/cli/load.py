@@ -331,6 +331,11 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     # command as Ctrl-C does: 128 + N, nothing half-written left behind.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, raise_interrupted)
+    if not shards:
+        # Workers fork from a server started here, before the first thread (forkserver.py).
+        from loadforge.run.workers import use_fork_server
+
+        use_fork_server()
     # The live outputs' servers are daemon threads and the stream is flushed line by line:
     # however the command ends, nothing of theirs is left to close.
     live = _live_outputs(metrics_at, dashboard_at, stream_to, quiet, console)
@@ -643,6 +648,9 @@ def capacity(target: str, slos: tuple[str, ...], start_rps: float, max_rps: floa
                            workers=workers, out_dir=out_dir, labels=parse_labels(labels))
     console = Console(stderr=True) if stdout_taken or quiet else Console()
     signal.signal(signal.SIGTERM, raise_interrupted)
+    from loadforge.run.workers import use_fork_server
+
+    use_fork_server()           # each step's workers fork from it (forkserver.py)
     if not quiet:
         console.print(f"capacity of {target}: steps of {step_s:g}s", highlight=False)
     result = Search(opts, console, quiet).run()
