@@ -165,7 +165,7 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             if live is not None:
                 live.start(plan, run_id, redact_url(target.url), opts.interval_s)
                 agg.observers.append(live.interval)
-            import_arrow_meanwhile()    # while the workers start, not while they measure
+            import_arrow_meanwhile()    # at nice 19, while the workers start and run
             if opts.shards:
                 from loadforge.run.shards import ShardPool
 
