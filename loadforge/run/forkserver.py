@@ -184,10 +184,15 @@ def _serve(sock: socket.socket) -> None:
     from loadforge import _core  # noqa: F401  (imported once here, inherited by each worker)
     from loadforge.run.workers import worker_main
 
-    # What the command had open when it forked this process is not the workers' business.
+    # What the command had open when it forked this process is not the workers' business,
+    # nor is its terminal's input (fresh-interpreter workers get /dev/null too).
     keep = sock.fileno()
     os.closerange(3, keep)
     os.closerange(keep + 1, 1 << 16)
+    if keep != 0:               # (a command started with its stdin closed got it as 0)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
     # Objects inherited from the command are never collected here: their finalizers could
     # close a descriptor number that a worker's socket has taken since.
     gc.freeze()

@@ -515,6 +515,8 @@ def use_fork_server() -> None:
     global _fork_server
     from loadforge.run.forkserver import ForkServer
 
+    if _fork_server is not None and _fork_server.usable():
+        return                  # one per process: `main` called again in the same one
     try:
         _fork_server = ForkServer.start()
     except OSError:
