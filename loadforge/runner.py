@@ -24,7 +24,7 @@ from loadforge.engine.requests import request_path
 from loadforge.engine.tables import Compiled
 from loadforge.errors import InputError, RunError
 from loadforge.observe import pollers
-from loadforge.results.store import ResultWriter, read_result
+from loadforge.results.store import ResultWriter, import_arrow_meanwhile, read_result
 from loadforge.run import preflight, session
 from loadforge.run.merge import Aggregator
 from loadforge.run.progress import LiveProgress
@@ -166,6 +166,7 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             if live is not None:
                 live.start(plan, run_id, redact_url(target.url), opts.interval_s)
                 agg.observers.append(live.interval)
+            import_arrow_meanwhile()    # at nice 19, while the workers start and run
             if opts.shards:
                 from loadforge.run.shards import ShardPool
 

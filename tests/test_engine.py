@@ -233,14 +233,9 @@ def test_crashed_worker_exits_3(nginx, tmp_path):
         [sys.executable, "-m", "loadforge.cli", "run", "--target", nginx.url + "/", "--rate",
          "200", "--duration", "30s", "--workers", "2", "--quiet", "--out", str(tmp_path)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    children: list[int] = []
-    limit = time.monotonic() + 20
-    while len(children) < 2 and time.monotonic() < limit:
-        time.sleep(0.5)
-        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
-            children = [int(p) for p in f.read().split()]
-        children = [p for p in children
-                    if b"loadforge.run.workers" in open(f"/proc/{p}/cmdline", "rb").read()]
+    from test_lifecycle import workers_of
+
+    children = workers_of(proc, 2)
     # The run under way: the preflight and a second of requests answered.
     wait_for(lambda: nginx.logged() > before + 200 or proc.poll() is not None, 60,
              "a second of load")

@@ -30,22 +30,33 @@ def start(*args: str) -> subprocess.Popen[str]:
                             preexec_fn=_default_sigint)
 
 
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
 def workers_of(proc: subprocess.Popen[str], count: int) -> list[int]:
-    """The worker processes of a running CLI (its children running loadforge.run.workers)."""
+    """The worker processes of a running CLI: the children of its fork server (its child
+    running the CLI's own command line, loadforge/run/forkserver.py), or its children running
+    loadforge.run.workers where it started them as fresh interpreters."""
     found: list[int] = []
     limit = time.monotonic() + 30
     while len(found) < count and time.monotonic() < limit and proc.poll() is None:
         time.sleep(0.2)
-        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
-            children = [int(p) for p in f.read().split()]
         found = []
-        for pid in children:
+        for pid in children_of(proc.pid):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"loadforge.run.workers" in f.read():
-                        found.append(pid)
+                    cmdline = f.read()
             except FileNotFoundError:
-                pass
+                continue
+            if b"loadforge.run.workers" in cmdline:
+                found.append(pid)
+            elif b"loadforge.cli" in cmdline:
+                found.extend(children_of(pid))
     assert len(found) >= count, "the workers did not start"
     return found
 

@@ -4,11 +4,14 @@ themselves are measured, not asserted (docs/performance.md)."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 
-from servers import ROOT
+from servers import ROOT, wait_for
+from test_lifecycle import children_of, workers_of
 
 PROBE = """
 import sys
@@ -21,7 +24,11 @@ print(" ".join(sorted(m for m in ("pyarrow", "httpx") if m in sys.modules)))
 
 BEFORE_FIRST_REQUEST = """
 import sys
+from loadforge import runner as execute
 from loadforge.run import session
+# pyarrow is imported on purpose while the workers start, in a thread of its own: nothing else
+# on the way to the first request may import it.
+execute.import_arrow_meanwhile = lambda: None
 seen = []
 start = session.start
 def recording_start(pool):
@@ -54,6 +61,27 @@ def test_the_coordinator_reaches_its_first_request_without_pyarrow_or_httpx(ngin
     assert out == "exit 0 imported"
 
 
+HELP = """
+import sys
+from loadforge.cli import main
+try:
+    main({args!r})
+except SystemExit:
+    pass
+print(" ".join(sorted(m for m in sys.modules if m.startswith(("loadforge", "rich", "pyarrow",
+                                                               "httpx", "hdrh", "h2")))))
+"""
+
+
+def test_the_command_line_and_its_help_import_click_alone():
+    # Each command imports what it runs inside the command (cli/): `--help` costs click.
+    cli = ["loadforge", "loadforge.cli", "loadforge.cli.app", "loadforge.cli.load",
+           "loadforge.cli.model", "loadforge.cli.results", "loadforge.errors",
+           "loadforge.limits", "loadforge.units"]
+    for args in ([], ["--help"], ["run", "--help"], ["compare", "--help"]):
+        assert python(HELP.format(args=args)).splitlines()[-1].split() == cli, args
+
+
 def test_a_worker_imports_its_module_and_the_engine_only():
     # Each worker is a fresh interpreter: the plan (feeders, TLS, observe, sandbox) costs it
     # about 60 ms of CPU at start, for one tuple of names (config/outcomes.py).
@@ -63,3 +91,45 @@ def test_a_worker_imports_its_module_and_the_engine_only():
                                     "loadforge.config.outcomes", "loadforge.errors",
                                     "loadforge.run", "loadforge.run.wire",
                                     "loadforge.run.workers"]
+
+
+FORK_SERVER = """
+import socket, subprocess
+from loadforge.run.forkserver import ForkServer
+server = ForkServer.start()
+ours, theirs = socket.socketpair()
+failing = server.spawn(theirs.fileno())     # its coordinator hangs up before sending a spec
+theirs.close()
+ours.close()
+ours, theirs = socket.socketpair()
+waiting = server.spawn(theirs.fileno())     # waits for its spec until killed
+theirs.close()
+try:
+    waiting.wait(0.2)
+except subprocess.TimeoutExpired:
+    print("running", waiting.poll())
+waiting.kill()
+print("exits", failing.wait(10), waiting.wait(10))
+"""
+
+
+def test_the_fork_server_reports_each_workers_exit_as_popen_does():
+    # Workers forked by the command's fork server (run/forkserver.py) are its grandchildren:
+    # their exit statuses reach the coordinator through the server, as Popen's would.
+    assert python(FORK_SERVER).splitlines() == ["running None", f"exits 1 {-signal.SIGKILL}"]
+
+
+def test_a_run_forks_its_workers_from_the_fork_server(nginx, tmp_path):
+    summary = tmp_path / "s.json"
+    proc = subprocess.Popen([sys.executable, "-m", "loadforge.cli", "run", "--target",
+                             nginx.url + "/", "--rate", "50", "--duration", "3s", "--workers",
+                             "2", "--quiet", "--out", str(tmp_path), "--summary-json",
+                             str(summary)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    (server, *others) = wait_for(lambda: children_of(proc.pid), 30, "the fork server")
+    assert others == [] and len(workers_of(proc, 2)) == 2
+    assert set(workers_of(proc, 2)) == set(children_of(server))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    s = json.loads(summary.read_text())
+    assert s["requests"] == s["scheduled"] == 150

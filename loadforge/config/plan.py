@@ -1,6 +1,6 @@
 """The validated form of a profile: what the engine, the schedule and the reports work from.
 
-`profile.py` builds a Plan from TOML, `cli.py` builds one from flags; nothing downstream reads
+`profile.py` builds a Plan from TOML, `cli/load.py` builds one from flags; nothing downstream reads
 TOML. Times are in seconds (floats) here and turned into nanoseconds only at the engine's edge.
 """
 

@@ -2,68 +2,41 @@
 
 Messages read `profile spike.toml: stages[2].rate must be > 0, got -5`: the file's basename,
 then the field's path (arrays indexed from 0, as the default names `stage0`, `request0` are).
-
-The [slo] table becomes `Plan.slo`, an `SLO` (plan.py), the contract analysis/slo.py and
-analysis/scaling.py judge, never re-validated downstream::
-
-    SLO(run={OBJECTIVE: limit, ...},                                  # whole run; may be empty
-        stages=(StageObjectives("spike", {OBJECTIVE: limit}, grace_s=15.0), ...),
-        windows=(WindowObjectives(10.0, {OBJECTIVE: limit}, "spike" | None,
-                                  abort_after_s=30.0 | None), ...),
-        scaling=(ScalingObjectives({"time_to_recover": 30.0}, stage=None | "spike"), ...))
-
-OBJECTIVE keys, only those the profile sets (each stage or window entry has at least one):
-
-- latency, limit in seconds (float), holds when observed <= limit, observed from the merged
-  latency histogram: "p50", "p90", "p99", "p999", "max", "mean";
-- fractions in [0, 1] (float), over arrivals that ended (a response or a transport failure);
-  errors are as in DESIGN.md: transport failures plus responses in `Plan.fail_status`:
-  "error_rate"     holds when errors / ended <= limit,
-  "success_rate"   holds when (ended - errors) / ended >= limit,
-  "rate_shortfall" holds when (target_rps - achieved_rps) / target_rps <= limit, over the
-                   open-model stages only (a closed-model stage has no target rate).
-
-"grace" (seconds, >= 0, < the stage's duration): the first `grace` seconds of the stage are
-left out of its evaluation. "window" (seconds, a whole number of 1 s intervals, no longer than
-the stage or run it covers): objectives are evaluated over every sliding window of that length,
-within "stage" when given, else over the whole run. "abort_after" (seconds, >= 0, or None): the
-run is stopped once a window's objectives have failed continuously for that long.
+The checks themselves are checker.py's; the [slo] table and --slo are read by objectives.py.
 """
 
 from __future__ import annotations
 
-import difflib
-import math
 import os
 import re
 import tomllib
-from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 
 from loadforge import limits
 from loadforge.config import feeders as feeders_module
 from loadforge.config import grpc as grpc_module
+from loadforge.config.checker import Checker as _Checker
 from loadforge.config.files import read_regular
+
+# --slo's reader, and the objectives they add, where the command line and analysis found them.
+from loadforge.config.objectives import parse_slo_flags as parse_slo_flags
+from loadforge.config.objectives import slo_table
+from loadforge.config.objectives import with_slo_flags as with_slo_flags
 from loadforge.config.observe import validate_actions, validate_observe
 from loadforge.config.plan import (
     DEFAULT_STREAMS,
     FLOW_PREFIX,
-    SLO,
     Plan,
     Request,
-    ScalingObjectives,
     Stage,
-    StageObjectives,
-    WindowObjectives,
 )
 from loadforge.config.redact import is_secret_header, redact_url
 from loadforge.config.sandbox import SandboxConfig, validate_sandbox_config
 from loadforge.config.tls import check_tls
 from loadforge.errors import ProfileError
-from loadforge.limits import MAX_LATENCY_OBJECTIVE_S
-from loadforge.units import parse_duration, parse_percent, show_value
+from loadforge.units import show_value
 
 TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox",
             "feeders", "tls", "flows", "grpc", "redact")
@@ -80,21 +53,11 @@ FAIL_STATUS_CLASSES = ("4xx", "5xx")
 # The engine writes these itself (framing and connection reuse depend on them). Host it writes
 # from the target unless a request sets its own (a virtual host behind an address).
 ENGINE_HEADERS = ("Content-Length", "Transfer-Encoding", "Connection")
-LATENCY_OBJECTIVES = ("p50", "p90", "p99", "p999", "max", "mean")
-FRACTION_OBJECTIVES = ("error_rate", "success_rate", "rate_shortfall")
-OBJECTIVES = LATENCY_OBJECTIVES + FRACTION_OBJECTIVES
-# Judged by scaling.py (durations): kept in Plan.slo.scaling, out of slo.py's objectives.
-SCALING_OBJECTIVES = ("time_to_recover", "failover")
-SLO_KEYS = OBJECTIVES + SCALING_OBJECTIVES + ("stages", "windows", "checks")
-SLO_STAGE_KEYS = ("stage", "grace") + OBJECTIVES + SCALING_OBJECTIVES
-SLO_WINDOW_KEYS = ("window", "stage", "abort_after") + OBJECTIVES
 
 DEFAULT_TARGET = "sandbox"
 DEFAULT_CONNECTIONS = 64
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_TIMER_RESOLUTION_S = 200e-6
-# Workers report every second (DESIGN.md), so SLO windows are made of whole intervals.
-INTERVAL_S = 1.0
 
 # RFC 9110 section 5.6.2: token = 1*tchar.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -251,7 +214,7 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
         base_dir = os.path.dirname(os.path.abspath(path)) if path != "<profile>" else ""
         flows = module if archived else os.path.join(base_dir, module)
 
-    slo = _slo(check, top.get("slo", {}), stages)
+    slo = slo_table(check, top.get("slo", {}), stages)
     observe = validate_observe(dict(check.table(top.get("observe", {}), "observe")),
                                check.where("observe"))
     actions = validate_actions([dict(a) for a in check.array_of_tables(top.get("actions", []),
@@ -274,101 +237,6 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                 slo=slo, observe=observe, actions=actions, sandbox=sandbox, tls=tls,
                 source=source, path=path, feeders=feeders, templates=templates,
                 secrets=tuple(dict.fromkeys(s for s in secrets if s)), flows=flows)
-
-
-class _Checker:
-    """Type and range checks that raise ProfileError naming the field."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-
-    def where(self, path: str) -> str:
-        return f"{self.label}: {path}"
-
-    def fail(self, path: str, message: str) -> NoReturn:
-        raise ProfileError(f"{self.label}: {path} {message}" if path
-                           else f"{self.label}: {message}")
-
-    def table(self, value: Any, path: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            self.fail(path or "the profile", f"must be a table, got {show_value(value)}")
-        return value
-
-    def array_of_tables(self, value: Any, path: str, *, nonempty: bool = False,
-                        maximum: int | None = None) -> list[dict[str, Any]]:
-        if not isinstance(value, list):
-            self.fail(path, f"must be an array of tables ([[{path}]]), got {show_value(value)}")
-        if nonempty and not value:
-            self.fail(path, f"must have at least one [[{path}]] entry, got an empty array")
-        if maximum is not None and len(value) > maximum:
-            self.fail(path, f"may have at most {maximum:,} [[{path}]] entries, got {len(value):,}")
-        for i, item in enumerate(value):
-            self.table(item, f"{path}[{i}]")
-        return value
-
-    def keys(self, table: dict[str, Any], path: str, allowed: Iterable[str]) -> None:
-        allowed = tuple(allowed)
-        for key in table:
-            if key in allowed:
-                continue
-            close = difflib.get_close_matches(key, allowed, n=1) if isinstance(key, str) else []
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            self.fail(path, f"has unknown key '{key}'{hint}; allowed: {', '.join(allowed)}"
-                      if path else
-                      f"unknown top-level key '{key}'{hint}; allowed: {', '.join(allowed)}")
-
-    def require(self, table: dict[str, Any], path: str, key: str, what: str) -> Any:
-        if key not in table:
-            self.fail(path, f"is missing '{key}' ({what})")
-        return table[key]
-
-    def string(self, value: Any, path: str) -> str:
-        if not isinstance(value, str):
-            self.fail(path, f"must be a string, got {show_value(value)}")
-        return value
-
-    def name(self, value: Any, path: str) -> str:
-        name = self.string(value, path)
-        # "*" marks merged-over rows in the results (DESIGN.md, Parquet results).
-        if not name.strip() or name == "*" or not name.isprintable():
-            self.fail(path, f"must be a non-empty printable name other than \"*\", "
-                            f"got {show_value(value)}")
-        return name
-
-    def integer(self, value: Any, path: str, *, minimum: int,
-                maximum: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(path, f"must be an integer >= {minimum}, got {show_value(value)}")
-        if maximum is not None and value > maximum:
-            self.fail(path, f"must be at most {maximum:,}, got {show_value(value)}")
-        return value
-
-    def number(self, value: Any, path: str, *, minimum: float, inclusive: bool,
-               maximum: float | None = None) -> float:
-        relation = ">=" if inclusive else ">"
-        if (isinstance(value, bool) or not isinstance(value, int | float)
-                or not math.isfinite(value)):
-            self.fail(path, f"must be a number {relation} {minimum:g}, got {show_value(value)}")
-        if value < minimum or (value == minimum and not inclusive):
-            self.fail(path, f"must be {relation} {minimum:g}, got {show_value(value)}")
-        if maximum is not None and value > maximum:
-            self.fail(path, f"must be at most {maximum:,.0f}, got {show_value(value)}")
-        return float(value)
-
-    def duration(self, value: Any, path: str, *, allow_zero: bool = False,
-                 maximum: float = limits.MAX_DURATION_S) -> float:
-        return parse_duration(value, self.where(path), allow_zero=allow_zero, maximum=maximum)
-
-    def percent(self, value: Any, path: str) -> float:
-        return parse_percent(value, self.where(path))
-
-    def unique(self, names: list[str], path: str, kind: str) -> None:
-        seen: dict[str, int] = {}
-        for i, name in enumerate(names):
-            if name in seen:
-                self.fail(f"{path}[{i}].name", f"{show_value(name)} is already the name of "
-                                               f"{path}[{seen[name]}]; {kind} names must be unique")
-            seen[name] = i
 
 
 def check_target(value: Any, where: str = "--target", *, allow_query: bool = False) -> str:
@@ -595,36 +463,6 @@ def _grpc_request(check: _Checker, raw: dict[str, Any], i: int,
     return replace(request, body=body), template
 
 
-def parse_slo_flags(values: Iterable[str]) -> dict[str, float]:
-    """`--slo p99=250ms --slo error_rate=1%`: whole-run objectives, checked as [slo]'s are."""
-    check = _Checker("--slo")
-    table: dict[str, Any] = {}
-    for item in values:
-        key, sep, value = (part.strip() for part in item.partition("="))
-        if not sep or not key or not value:
-            raise ProfileError(f"--slo {show_value(item)}: expected OBJECTIVE=LIMIT, "
-                               "e.g. p99=250ms or error_rate=1%")
-        if key not in OBJECTIVES:
-            close = difflib.get_close_matches(key, OBJECTIVES, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ProfileError(f"--slo {show_value(item)}: unknown objective '{key}'{hint}; "
-                               f"one of {', '.join(OBJECTIVES)}")
-        if key in table:
-            raise ProfileError(f"--slo {show_value(item)}: {key} is given twice")
-        try:
-            table[key] = float(value) if key in FRACTION_OBJECTIVES else value
-        except ValueError:
-            table[key] = value
-    return _objectives(check, table, "")
-
-
-def with_slo_flags(slo: SLO, objectives: dict[str, float]) -> SLO:
-    """A Plan's `slo` with these whole-run objectives added, replacing any of the same name."""
-    if not objectives:
-        return slo
-    return replace(slo, run={**slo.run, **objectives})
-
-
 def _check_weights(check: _Checker, requests: tuple[Request, ...]) -> None:
     total = sum(r.weight for r in requests)
     if total > limits.MAX_TOTAL_WEIGHT:
@@ -662,98 +500,6 @@ def _headers(check: _Checker, value: Any, path: str) -> tuple[tuple[str, str], .
                               f"{show_value(text)}")
         headers.append((key, text))
     return tuple(headers)
-
-
-def _objectives(check: _Checker, table: dict[str, Any], path: str) -> dict[str, float]:
-    limits: dict[str, float] = {}
-    for key in OBJECTIVES:
-        if key not in table:
-            continue
-        where = f"{path}.{key}" if path else key
-        if key in LATENCY_OBJECTIVES:
-            limits[key] = check.duration(table[key], where,
-                                         maximum=MAX_LATENCY_OBJECTIVE_S)
-        else:
-            limits[key] = check.percent(table[key], where)
-    return limits
-
-
-def _slo(check: _Checker, value: Any, stages: tuple[Stage, ...]) -> SLO:
-    slo = check.table(value, "slo")
-    check.keys(slo, "slo", SLO_KEYS)
-    by_name = {s.name: s for s in stages}
-    run_s = sum(s.duration_s for s in stages)
-    required = f"an objective: one of {', '.join(OBJECTIVES + SCALING_OBJECTIVES)}"
-    scaling_stages = []
-
-    def stage_named(entry: dict[str, Any], path: str, *, required_key: bool) -> Stage | None:
-        if "stage" not in entry and not required_key:
-            return None
-        name = check.string(check.require(entry, path, "stage", "the stage's name"),
-                            f"{path}.stage")
-        if name not in by_name:
-            close = difflib.get_close_matches(name, list(by_name), n=1)
-            hint = f" (did you mean {show_value(close[0])}?)" if close else ""
-            check.fail(f"{path}.stage", f"names no stage: got {show_value(name)}{hint}; "
-                                        f"the stages are {', '.join(by_name)}")
-        return by_name[name]
-
-    stage_entries = []
-    for i, entry in enumerate(check.array_of_tables(slo.get("stages", []), "slo.stages")):
-        path = f"slo.stages[{i}]"
-        check.keys(entry, path, SLO_STAGE_KEYS)
-        stage = stage_named(entry, path, required_key=True)
-        assert stage is not None
-        grace = (check.duration(entry["grace"], f"{path}.grace", allow_zero=True)
-                 if "grace" in entry else 0.0)
-        if grace >= stage.duration_s:
-            check.fail(f"{path}.grace", f"({grace:g}s) must be shorter than stage "
-                                        f"{show_value(stage.name)} ({stage.duration_s:g}s)")
-        limits = _objectives(check, entry, path)
-        scaling = _scaling_objectives(check, entry, path)
-        if not limits and not scaling:
-            check.fail(path, f"needs {required}")
-        if scaling:
-            scaling_stages.append(ScalingObjectives(scaling, stage.name))
-        if limits:
-            stage_entries.append(StageObjectives(stage.name, limits, grace))
-
-    window_entries = []
-    for i, entry in enumerate(check.array_of_tables(slo.get("windows", []), "slo.windows")):
-        path = f"slo.windows[{i}]"
-        check.keys(entry, path, SLO_WINDOW_KEYS)
-        stage = stage_named(entry, path, required_key=False)
-        window = check.duration(check.require(entry, path, "window", 'e.g. "10s"'),
-                                f"{path}.window")
-        intervals = window / INTERVAL_S
-        if intervals < 1 or abs(intervals - round(intervals)) > 1e-9:
-            check.fail(f"{path}.window", f"must be a whole number of {INTERVAL_S:g}s intervals "
-                                         f"(results are kept per interval), got "
-                                         f"{show_value(entry['window'])}")
-        span_s, span = ((stage.duration_s, f"stage {show_value(stage.name)}") if stage
-                        else (run_s, "the run"))
-        if window > span_s + 1e-9:
-            check.fail(f"{path}.window", f"({window:g}s) is longer than {span} ({span_s:g}s)")
-        abort_after = (check.duration(entry["abort_after"], f"{path}.abort_after",
-                                      allow_zero=True)
-                       if "abort_after" in entry else None)
-        limits = _objectives(check, entry, path)
-        if not limits:
-            check.fail(path, f"needs {required}")
-        window_entries.append(WindowObjectives(window, limits, stage.name if stage else None,
-                                               abort_after))
-
-    scaling_run = _scaling_objectives(check, slo, "slo")
-    checks = check.percent(slo["checks"], "slo.checks") if "checks" in slo else None
-    return SLO(_objectives(check, slo, "slo"), tuple(stage_entries), tuple(window_entries),
-               ((ScalingObjectives(scaling_run),) if scaling_run else ()) + tuple(scaling_stages),
-               checks)
-
-
-def _scaling_objectives(check: _Checker, table: dict[str, Any], path: str) -> dict[str, float]:
-    """time_to_recover and failover limits, in seconds (scaling.py judges them)."""
-    return {key: check.duration(table[key], f"{path}.{key}", allow_zero=True)
-            for key in SCALING_OBJECTIVES if key in table}
 
 
 def _sandbox(check: _Checker, value: Any, base_dir: str | None = None,

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from loadforge.units import format_us
+
+# rich's Live and Table load where a live line is drawn: not in a quiet run, nor in a CI log.
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
 
 # Non-terminal output: minimum wall-clock gap between lines. A little under a second so that
 # intervals delivered on a 1 s tick with jitter each get their line; a burst of late
@@ -54,6 +57,8 @@ class LiveProgress:
             return self
         try:
             if self.console.is_terminal:
+                from rich.live import Live
+
                 self._live = Live(
                     Text("starting…"),
                     console=self.console,
@@ -126,6 +131,8 @@ class LiveProgress:
         errors: int,
         requests: int,
     ) -> Table:
+        from rich.table import Table
+
         grid = Table.grid(padding=(0, 2))
         for _ in range(6):
             grid.add_column()

@@ -36,7 +36,10 @@ from loadforge.run.target import Target
 from loadforge.run.workers import WorkerPool, WorkerSpec, fd_limit
 
 READY_TIMEOUT_S = 30.0
-START_DELAY_NS = 100_000_000      # time zero lies this far after the last worker is ready
+# Time zero lies this far after the last worker is ready. Each worker then waits in recv()
+# for it, woken within microseconds; the margin covers a busy machine's scheduling delay (a
+# worker woken later sends its first arrivals late, timed from when they were due).
+START_DELAY_NS = 20_000_000
 
 
 @dataclass

@@ -7,9 +7,12 @@ then sends one `INTERVAL` message a second and `DONE` at the end. The coordinato
 worker early by writing a byte to the socket; the engine watches it in its epoll set, so a
 worker whose coordinator dies sees the socket close and stops by itself.
 
-A worker is a fresh interpreter that imports this module and the engine, nothing else: not
-multiprocessing's spawn (which re-imports the command line, click and rich, as `__mp_main__`,
-and starts a resource-tracker process), and not fork (the coordinator has threads).
+A worker is forked by the command's fork server (forkserver.py: forked from the command
+before its first thread, single-threaded, the engine imported), or, where none runs (a thread
+ran already, the library used without the command line), a fresh interpreter that imports
+this module and the engine, nothing else: not multiprocessing's spawn (which re-imports the
+command line, click and rich, as `__mp_main__`, and starts a resource-tracker process), and
+not a fork of the coordinator itself (it has threads by the time its workers start).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadforge.config.outcomes import OUTCOMES
 from loadforge.errors import WorkerCrashed
@@ -46,6 +49,9 @@ from loadforge.run.wire import (
     TRAILER,
     check_header,
 )
+
+if TYPE_CHECKING:
+    from loadforge.run.forkserver import ForkedWorker, ForkServer
 
 # Message tags, first byte of every message a worker sends.
 READY, INTERVAL, DONE, FAILED = b"R", b"I", b"D", b"F"
@@ -424,16 +430,17 @@ def failure_words(report: bytes) -> str:
     return match.group(1) if match else last
 
 
-def worker_main() -> None:
+def worker_main(fd: int | None = None) -> None:
     """A worker process: `python -c "from loadforge.run.workers import worker_main; worker_main()"
-    FD`, with FD its end of the socket pair to the coordinator."""
+    FD`, with FD its end of the socket pair to the coordinator; or forked by the fork server
+    (forkserver.py) with that descriptor as `fd`."""
     # Ctrl-C reaches the whole process group, and so may a SIGTERM (a service manager, a
     # container stop); the coordinator alone decides how to stop, and a worker whose
     # coordinator is gone stops by itself when its socket closes.
     # A closed terminal hangs up its whole process group, workers included.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    channel = Connection(int(sys.argv[1]))
+    channel = Connection(int(sys.argv[1]) if fd is None else fd)
     sender: ReportSender | None = None
     try:
         from loadforge import _core
@@ -472,6 +479,13 @@ def worker_main() -> None:
         sender.close()
         channel.send_bytes(done_message(engine.exhausted, engine.tls_negotiated,
                                         engine_counts(engine)))
+        # The engine's end closes its connections (TLS close_notify, HTTP/2 GOAWAY), as the
+        # return did; the interpreter's own teardown, which the coordinator's join would wait
+        # for, has nothing left to do.
+        del engine
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     except BaseException:
         if sender is not None:
             # The sender's thread must be off the channel before the failure goes out on it.
@@ -489,7 +503,26 @@ def worker_main() -> None:
 # instead, so a worker imports exactly the loadforge its coordinator imported.
 _WORKER_CODE = ("import sys; sys.path.insert(0, sys.argv[2]); "
                 "from loadforge.run.workers import worker_main; worker_main()")
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The folder that holds the package (loadforge/run/workers.py is three levels down).
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# The fork server workers start from (forkserver.py), once the command has started one.
+_fork_server: ForkServer | None = None
+
+
+def use_fork_server() -> None:
+    """Fork the workers of the runs to come from a fork server, started now: call it before
+    any thread starts (where one runs already, workers start as fresh interpreters)."""
+    global _fork_server
+    from loadforge.run.forkserver import ForkServer
+
+    if _fork_server is not None and _fork_server.usable():
+        return                  # one per process: `main` called again in the same one
+    try:
+        _fork_server = ForkServer.start()
+    except OSError:
+        _fork_server = None
 
 
 def exit_words(code: int | None) -> str:
@@ -511,14 +544,26 @@ class WorkerPool:
 
     def __init__(self, specs: list[WorkerSpec]):
         self.channels: list[Connection] = []
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: list[subprocess.Popen[bytes] | ForkedWorker] = []
+        server = _fork_server if _fork_server is not None and _fork_server.usable() else None
         try:
             for spec in specs:
                 ours, theirs = socket.socketpair()
-                proc = subprocess.Popen([sys.executable, "-P", "-c", _WORKER_CODE,
-                                         str(theirs.fileno()), _PACKAGE_ROOT],
-                                        pass_fds=(theirs.fileno(),),
-                                        stdin=subprocess.DEVNULL)
+                proc: subprocess.Popen[bytes] | ForkedWorker | None = None
+                if server is not None:
+                    try:
+                        proc = server.spawn(theirs.fileno())
+                    except OSError:
+                        server = None
+                if proc is None:
+                    # -S: no site, whose .pth files (an editable install's finder) cost a
+                    # worker 10-20 ms of CPU; the package root on sys.path is all it imports
+                    # from. A flows worker keeps site: its module may import installed packages.
+                    site = ("-S",) if spec.flows is None else ()
+                    proc = subprocess.Popen([sys.executable, "-P", *site, "-c", _WORKER_CODE,
+                                             str(theirs.fileno()), _PACKAGE_ROOT],
+                                            pass_fds=(theirs.fileno(),),
+                                            stdin=subprocess.DEVNULL)
                 theirs.close()
                 channel = Connection(ours.detach())
                 self.channels.append(channel)

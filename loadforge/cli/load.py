@@ -1,95 +1,34 @@
-"""The command line: parses options and calls the library. Exit codes are DESIGN.md's:
-0 ran and every SLO held, 1 an SLO or regression gate failed, 2 invalid input, 3 could not run.
-"""
+"""The commands that send load: `run` (with its shard, Kubernetes and live-output flags),
+`capacity` (a search over short runs) and `shard` (one stripe of a sharded run)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
 import sys
-from typing import Any
-
-# Result tables are small (thousands of rows); pyarrow's default mimalloc pool kept 13-22 MB
-# resident after reading one back, more the longer the run. The system allocator gives it back.
-# Set before pyarrow is first imported, and only where the user has not chosen a pool.
-os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
 from loadforge import __version__, limits
-from loadforge.config.plan import DEFAULT_STREAMS, Plan, Request, Stage
-from loadforge.errors import InputError, Interrupted, LoadforgeError
-from loadforge.present.text import print_error
+from loadforge.cli.app import (
+    EXIT_FAILED,
+    EXIT_OK,
+    check_at_most,
+    main,
+    one_stdout_output,
+    parse_labels,
+    parse_timeout,
+    raise_interrupted,
+)
+from loadforge.errors import InputError
 from loadforge.units import parse_duration
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_RUN = 0, 1, 2, 3
+if TYPE_CHECKING:
+    from rich.console import Console
 
-
-class Group(click.Group):
-    """Turns the library's errors into a message and the documented exit code, and click's
-    usage errors into exit 2 (click's own code for them as well)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except LoadforgeError as exc:
-            print_error(str(exc))
-            sys.exit(exc.exit_code)
-        except click.UsageError as exc:
-            # One line, as every other error: click's own form spreads it over four.
-            where = exc.ctx.command_path if exc.ctx else "loadforge"
-            print_error(f"{where}: {exc.format_message()} (see {where} --help)")
-            sys.exit(EXIT_INPUT)
-        except RecursionError:
-            # Each parser that can meet deep nesting says so naming its file; this is the net
-            # under them, so that no input ends in a traceback.
-            print_error("the input is nested too deeply to read (arrays or tables within "
-                        "each other thousands deep)")
-            sys.exit(EXIT_INPUT)
-        except MemoryError:
-            print_error("out of memory: lower --connections, the number of requests or "
-                        "feeder rows, or give the machine more memory")
-            sys.exit(EXIT_RUN)
-        except (KeyboardInterrupt, Interrupted) as exc:
-            # Before a run began (or while its results were being written): nothing to keep.
-            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-            Console(stderr=True).print(f"[bold red]interrupted[/] by "
-                                       f"{signal.Signals(signum).name}", highlight=False)
-            sys.exit(128 + signum)
-
-
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="loadforge")
-def main() -> None:
-    """Load tester and benchmark harness for HTTP services behind load balancers."""
-
-
-def _wide_console() -> Console:
-    """stdout for tables: a CI log or a pipe is no 80-column terminal, so don't wrap there."""
-    console = Console()
-    # COLUMNS set by hand is a width asked for: rich honours it (text.py keeps numbers whole).
-    return console if console.is_terminal or "COLUMNS" in os.environ else Console(width=200)
-
-
-def _labels(values: tuple[str, ...], option: str = "--label") -> dict[str, str]:
-    out = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"{option} {item!r}: expected KEY=VALUE")
-        out[key] = value
-    return out
-
-
-def _one_stdout_output(*outputs: tuple[str, str | None]) -> bool:
-    """Whether an output path is "-" (stdout); at most one may be."""
-    on_stdout = [option for option, path in outputs if path == "-"]
-    if len(on_stdout) > 1:
-        raise InputError(f"{' and '.join(on_stdout)}: only one output can be '-' (stdout)")
-    return bool(on_stdout)
+    from loadforge.config.plan import Plan
 
 
 def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
@@ -107,6 +46,8 @@ def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
                          "second) or --concurrency C (closed model, C connections back to back)")
     seconds = parse_duration(duration, "--duration", maximum=limits.MAX_RUN_S)
     from urllib.parse import urlsplit
+
+    from loadforge.config.plan import DEFAULT_STREAMS, Plan, Request, Stage
 
     # The one request goes to the target URL's own path and query: runner.request_path()
     # appends a path without a leading "/" to the target's path as it is.
@@ -127,7 +68,7 @@ def _flag_plan(target: str | None, rate: float | None, concurrency: int | None,
         conns = max(concurrency, connections or 0)
     return Plan(name="adhoc", target=target, stages=(stage,), requests=(Request("default",
                 path=path),), connections=conns,
-                timeout_s=_timeout(timeout or "5s"))
+                timeout_s=parse_timeout(timeout or "5s"))
 
 
 # Connections of an HTTP/2 open-model run without --connections.
@@ -156,14 +97,6 @@ def _with_http(plan: Plan, http_version: str | None, streams: int | None) -> Pla
     return plan
 
 
-def _check_at_most(value: float, maximum: float, flag: str) -> None:
-    if value > maximum:
-        raise InputError(f"{flag} must be at most {maximum:,.0f}, got {value:,.0f}")
-
-
-def _timeout(value: str) -> float:
-    return parse_duration(value, "--timeout", maximum=limits.MAX_TIMEOUT_S)
-
 
 def _check_flags(target: str | None, rate: float | None, concurrency: int | None,
                  connections: int | None, workers: int | None, has_profile: bool) -> None:
@@ -171,18 +104,19 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
     if rate is not None and not (math.isfinite(rate) and rate > 0):
         raise InputError(f"--rate must be a number > 0, got {rate:g}")
     if rate is not None:
-        _check_at_most(rate, limits.MAX_RATE, "--rate")
+        check_at_most(rate, limits.MAX_RATE, "--rate")
     for value, option, maximum in ((concurrency, "--concurrency", limits.MAX_CONNECTIONS),
                                    (workers, "--workers", limits.MAX_WORKERS),
                                    (connections, "--connections", limits.MAX_CONNECTIONS)):
         if value is not None and value < 1:
             raise InputError(f"{option} must be >= 1, got {value}")
         if value is not None:
-            _check_at_most(value, maximum, option)
+            check_at_most(value, maximum, option)
     if target is not None:
         from loadforge.config.profile import check_target
 
         check_target(target, "--target", allow_query=not has_profile)
+
 
 
 @main.command()
@@ -322,13 +256,15 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     --duration D`."""
     from dataclasses import replace
 
+    from rich.console import Console
+
     from loadforge import runner
     from loadforge.config.profile import load_profile, parse_slo_flags, with_slo_flags
     from loadforge.config.redact import hide_in_messages, profile_secrets
     from loadforge.config.tls import with_tls_flags
-    from loadforge.present import summary
+    from loadforge.present.text import print_error
 
-    stdout_taken = _one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path),
+    stdout_taken = one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path),
                                       ("--stream", stream_to))
     _check_flags(target, rate, concurrency, connections, workers, bool(profile))
     linger_s = _linger(linger, metrics_at, dashboard_at)
@@ -341,7 +277,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         if connections is not None:
             plan = replace(plan, connections=connections)
         if timeout is not None:
-            plan = replace(plan, timeout_s=_timeout(timeout))
+            plan = replace(plan, timeout_s=parse_timeout(timeout))
     else:
         plan = _flag_plan(target, rate, concurrency, duration, connections, timeout,
                           http_version, streams)
@@ -387,14 +323,19 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
 
         click.echo(dry_run_text(runner.new_run_id(plan), shards or 1, kube_opts))
         return
-    run_labels = _labels(labels)
+    run_labels = parse_labels(labels)
     if repeat > 1 and "repeat" in run_labels:
         raise InputError("--label repeat=...: --repeat sets the repeat label of each run itself")
     console = Console(stderr=True)
     # Before the run begins (and while its results are written), SIGTERM and SIGHUP end the
     # command as Ctrl-C does: 128 + N, nothing half-written left behind.
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_interrupted)
+        signal.signal(signum, raise_interrupted)
+    if not shards:
+        # Workers fork from a server started here, before the first thread (forkserver.py).
+        from loadforge.run.workers import use_fork_server
+
+        use_fork_server()
     # The live outputs' servers are daemon threads and the stream is flushed line by line:
     # however the command ends, nothing of theirs is left to close.
     live = _live_outputs(metrics_at, dashboard_at, stream_to, quiet, console)
@@ -419,6 +360,8 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         outcomes.append(outcome)
         try:
             if not quiet:
+                from loadforge.present import summary  # rich's tables: loaded when drawn
+
                 summary.render_summary(outcome.summary, tables,
                                        {s.name for s in plan.stages if not s.open_model})
             if outcome.summary.get("aborted"):
@@ -431,6 +374,8 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         if outcome.failure or outcome.signum:
             break        # a crash, a full disk or a signal ends the series too
     if summary_json:
+        from loadforge.present import summary
+
         summary.write_summary_json(
             outcomes[0].summary if repeat == 1 else
             {"ok": all(o.ok for o in outcomes), "repeat": repeat, "ran": len(outcomes),
@@ -618,10 +563,6 @@ def _in_cluster_text(plan: Any, profile: str | None, shards: int, kube_opts: Any
                                 "profile.toml", text, args, results_claim)
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise Interrupted(signum)
-
-
 def _print_how_it_ended(outcome: Any, planned_s: float, console: Console) -> None:
     """One line for a run that stopped early: after how long, and what became of it."""
     from rich.markup import escape
@@ -645,161 +586,6 @@ def _print_how_it_ended(outcome: Any, planned_s: float, console: Console) -> Non
                       highlight=False, soft_wrap=True)
 
 
-@main.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]),
-              default="table", show_default=True, help="Output format.")
-@click.option("--fail-on", "fail_on", multiple=True,
-              metavar="METRIC[SCOPE]=±N(%|pp|us|ms|s)[,±N…]",
-              help="Regression gate against the first (baseline) run, e.g. p99=+10%, "
-              "error_rate=+0.1pp, achieved_rps=-5%, p99=+10%,+1ms; of one request name or "
-              "backend: p99[/slow]=+10%, share[b3]=+5pp, share[*]=+5pp (every backend); "
-              "fairness=-0.05 (Jain's index of the backends' shares); scaling verdicts: "
-              "time_to_recover=+20s, peak_replicas=+1. Repeatable; a breach exits 1.")
-@click.option("--junit", "junit_path", type=click.Path(dir_okay=False),
-              help="Write the gate checks as JUnit XML.")
-@click.option("--group-by", "group_by", multiple=True, metavar="LABEL",
-              help="Compare groups of runs that share this label's value (repeatable): "
-              "pooled figures, a U test's p-value and a bootstrap interval per change; a gate "
-              "fails only on a significant change.")
-@click.option("--baseline", "baseline", multiple=True, metavar="LABEL=VALUE",
-              help="With --group-by: the baseline group (default: the first run's).")
-def compare(runs: tuple[str, ...], fmt: str, fail_on: tuple[str, ...],
-            junit_path: str | None, group_by: tuple[str, ...], baseline: tuple[str, ...]
-            ) -> None:
-    """Compare runs (Parquet files or directories) per stage against the first one, or groups
-    of runs (--group-by) against a baseline group."""
-    from loadforge.analysis import compare as cmp
-    from loadforge.analysis import scaling_gates as sg
-    from loadforge.present import compare as shown
-    from loadforge.present import junit
-
-    junit_on_stdout = _one_stdout_output(("--junit", junit_path))
-    gates = [cmp.parse_gate(spec) for spec in fail_on if not sg.is_scaling_gate(spec)]
-    scaling_gates = [sg.parse_scaling_gate(spec) for spec in fail_on if sg.is_scaling_gate(spec)]
-    if baseline and not group_by:
-        raise InputError("compare --baseline: needs --group-by (which labels make a group)")
-    figures = cmp.load_runs(list(runs))
-    groups = significance = None
-    if group_by:
-        groups = cmp.group_runs(figures, list(group_by), _labels(baseline, "--baseline"))
-        figures = [g.pooled for g in groups]
-        significance = cmp.group_noise(groups, cmp.stage_names(figures))
-    if len(figures) < 2 and (gates or scaling_gates):
-        what = "groups" if group_by else "runs"
-        raise InputError(f"compare --fail-on: needs at least two {what}, got {len(figures)}")
-    scoped_figs = cmp.scoped_figures(figures, groups)
-    data = cmp.comparison(figures, groups, significance, scoped_figs)
-    checks = cmp.check_gates(figures, gates, significance, scoped_figs)
-    # Scaling verdicts (time to recover, replicas, ...), per run: not pooled over groups.
-    scaling = (sg.scaling_comparison(figures)
-               if not group_by and (scaling_gates or sg.has_replicas(figures)) else None)
-    if scaling is not None:
-        data["scaling"] = scaling
-        checks += sg.check_scaling_gates(figures, scaling_gates, scaling)
-    data["gates"] = checks
-    data["ok"] = all(c["ok"] for c in checks)
-    if junit_path:
-        junit.write_junit(junit_path, "loadforge compare", junit.gate_cases(checks))
-    if fmt == "json":
-        click.echo(json.dumps(data, indent=2), err=junit_on_stdout)
-    elif fmt == "markdown":
-        click.echo(shown.markdown_document(data, checks), nl=False, err=junit_on_stdout)
-    else:
-        table_console = Console(stderr=True) if junit_on_stdout else _wide_console()
-        shown.render_table(data, table_console)
-        if scaling is not None:
-            sg.render_scaling(scaling, table_console)
-    for note in data.get("notes", []):
-        click.echo(f"note: {note}", err=True)
-    for check in checks:
-        if not check["ok"]:
-            print_error(check["message"], "regression")
-    sys.exit(EXIT_OK if data["ok"] else EXIT_FAILED)
-
-
-@main.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path())
-@click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the self-contained HTML report.")
-@click.option("--group-by", "group_by", multiple=True, metavar="LABEL",
-              help="Compare groups of runs as `compare --group-by` does (repeatable).")
-@click.option("--baseline", "baseline", multiple=True, metavar="LABEL=VALUE",
-              help="With --group-by: the baseline group.")
-def report(runs: tuple[str, ...], html_path: str, group_by: tuple[str, ...],
-           baseline: tuple[str, ...]) -> None:
-    """Plot runs (Parquet files or directories) into one offline HTML file; several runs are
-    overlaid, compared (with intervals, by groups) and, from three on, followed as a trend."""
-    from loadforge.present.report import write_report
-
-    if baseline and not group_by:
-        raise InputError("report --baseline: needs --group-by (which labels make a group)")
-    count = write_report(list(runs), html_path, list(group_by),
-                         _labels(baseline, "--baseline"))
-    click.echo(f"report of {count} run{'s' if count != 1 else ''}: {html_path}",
-               err=html_path == "-")
-
-
-@main.command()
-@click.argument("run_path", metavar="RUN", type=click.Path())
-@click.option("--hlog", "hlog_path", required=True, type=click.Path(dir_okay=False),
-              help="Write an HdrHistogram interval log here (one tag per stage).")
-def export(run_path: str, hlog_path: str) -> None:
-    """Export a run's interval histograms (one Parquet file)."""
-    from loadforge.present.export import write_hlog
-
-    lines = write_hlog(run_path, hlog_path)
-    click.echo(f"{lines} interval histograms: {hlog_path}", err=hlog_path == "-")
-
-
-@main.command(name="ls")
-@click.argument("paths", nargs=-1, type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per run instead.")
-def ls_runs(paths: tuple[str, ...], as_json: bool) -> None:
-    """List archived runs: time, profile, labels, achieved rate, p99, SLO verdict (the
-    objectives of the archived profile, judged again from the file)."""
-    from loadforge.analysis.archive import list_runs
-    from loadforge.present.archive import render_ls
-
-    entries, problems = list_runs(list(paths) or ["results"])
-    if as_json:
-        for entry in entries:
-            click.echo(json.dumps(entry.as_json()))
-    elif entries or not problems:
-        # Nothing readable: the errors alone, no empty table above them.
-        render_ls(entries, _wide_console())
-    for problem in problems:
-        print_error(problem)
-    sys.exit(EXIT_INPUT if problems else EXIT_OK)
-
-
-@main.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path())
-@click.option("--metric", "metrics", multiple=True, default=("p99",), show_default=True,
-              help="Figure to follow: p50 p90 p99 p999 max mean error_rate achieved_rps "
-              "(repeatable).")
-@click.option("--by", "by", multiple=True, metavar="LABEL",
-              help="Follow each value of this label on its own (repeatable).")
-@click.option("--stage", default="all", show_default=True,
-              help="A stage's figures instead of the whole run's.")
-@click.option("--min-runs", "min_size", type=click.IntRange(1, 1000), default=3,
-              show_default=True, help="Fewest runs between two shifts.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True, help="csv: one row per run, as Apache Otava reads it.")
-def trend(runs: tuple[str, ...], metrics: tuple[str, ...], by: tuple[str, ...], stage: str,
-          min_size: int, fmt: str) -> None:
-    """Find where a metric shifted over an archive of runs (E-divisive change points)."""
-    from loadforge.analysis import trend as tr
-    from loadforge.present import trend as trend_shown
-
-    figures, series = tr.trend(list(runs), list(metrics), list(by), stage, min_size)
-    if fmt == "csv":
-        click.echo(trend_shown.render_csv(figures, stage), nl=False)
-    elif fmt == "json":
-        click.echo(json.dumps([s.as_json() for s in series], indent=2))
-    else:
-        click.echo(trend_shown.render_text(series))
-
 
 @main.command()
 @click.option("--coordinator", required=True, metavar="HOST:PORT",
@@ -814,160 +600,6 @@ def shard(coordinator: str, index: int | None, token_file: str | None) -> None:
     from loadforge.run.shards import shard_main
 
     shard_main(coordinator, index, token_file)
-
-
-@main.command()
-@click.option("--port", type=int, default=8080, show_default=True, help="Load balancer port.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="A TOML file with a [sandbox] table (a profile works).")
-@click.option("--admin-port", type=int, default=None,
-              help="Admin and metrics port.  [default: --port + 1]")
-def sandbox(port: int, config_path: str | None, admin_port: int | None) -> None:
-    """Run the embedded target (load balancer, backends, autoscaler) in the foreground."""
-    from loadforge.sandbox import run_foreground, validate_sandbox_config
-
-    if not 1 <= port <= 65535:
-        raise InputError(f"sandbox --port must be from 1 to 65535, got {port}")
-    if admin_port is not None and not 1 <= admin_port <= 65535:
-        raise InputError(f"sandbox --admin-port must be from 1 to 65535, got {admin_port}")
-    cfg: dict[str, Any] = {}
-    if config_path:
-        from loadforge.sandbox.runner import load_config_file
-
-        # A profile's [sandbox] table, or a file that holds only that table.
-        cfg = load_config_file(config_path)
-    where = f"{config_path}: sandbox" if config_path else "sandbox"
-    base = os.path.dirname(os.path.abspath(config_path)) if config_path else None
-    run_foreground(validate_sandbox_config(cfg, where, base_dir=base), port, admin_port)
-
-
-def _replica_rps(text: str | None) -> float | None:
-    """--replica-rps: a number, or a capacity result (Parquet or summary JSON) to read it from."""
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    if not os.path.isfile(text):
-        raise InputError(f"simulate --replica-rps {text!r}: expected a number of requests per "
-                         "second or a `loadforge capacity` result (.parquet or .json)")
-    if text.endswith(".parquet"):
-        from loadforge.results.store import read_result
-
-        found = json.loads(read_result(text).metadata.get("capacity") or "{}")
-    else:
-        try:
-            with open(text, encoding="utf-8") as f:
-                found = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"simulate --replica-rps {text}: cannot read it as JSON "
-                             f"({exc})") from None
-    value = found.get("capacity_rps") if isinstance(found, dict) else None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise InputError(f"simulate --replica-rps {text}: not a capacity result with a "
-                         "capacity_rps above 0")
-    return float(value)
-
-
-@main.command()
-@click.argument("profile", type=click.Path(dir_okay=False))
-@click.option("--policy", "policy_path", type=click.Path(dir_okay=False),
-              help="An autoscaling/v2 HorizontalPodAutoscaler manifest (YAML) [default: the "
-              "profile's [sandbox.autoscale] hpa; without either the replicas stay fixed].")
-@click.option("--replica-rps", "replica_rps_text", metavar="N|CAPACITY",
-              help="Requests per second one replica serves at 100 % busy, or a `capacity` "
-              "result (its Parquet file or --summary-json) to take it from [default: the "
-              "profile's [sandbox.backend] concurrency / service_time].")
-@click.option("--replicas", type=click.IntRange(1, 100_000), help="Replicas at time 0 "
-              "[default: the HPA's minReplicas].")
-@click.option("--startup", help="How long a new replica takes to serve, e.g. 40s [default: the "
-              "profile's [sandbox.autoscale] startup_delay, else 0s].")
-@click.option("--slots", type=click.IntRange(1, 100_000), help="Requests one replica serves at "
-              "once [default: the profile's [sandbox.backend] concurrency, else 1].")
-@click.option("--service-from", "service_from", type=click.Path(dir_okay=False),
-              help="A run's result: the shape of its measured service times replaces the "
-              "modelled distribution (scaled to --slots / --replica-rps; that is, with no "
-              "--replica-rps, to the run's own mean).")
-@click.option("--queue", type=click.IntRange(0, 10_000_000), help="Requests waiting per replica "
-              "beyond its slots; more are answered 503 [default: the profile's, else 1024].")
-@click.option("--out", "out_dir", default="results", show_default=True,
-              help="Directory for the Parquet result.")
-@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
-              help="Label stored with the result (repeatable).")
-@click.option("--slo", "slos", multiple=True, metavar="OBJECTIVE=LIMIT",
-              help="Whole-run objective, as for run (repeatable). A miss exits 1.")
-@click.option("--summary-json", type=click.Path(dir_okay=False), help="Write the summary here.")
-@click.option("--quiet", "-q", is_flag=True, help="No summary table.")
-def simulate(profile: str, policy_path: str | None, replica_rps_text: str | None,
-             replicas: int | None, startup: str | None, slots: int | None, queue: int | None,
-             service_from: str | None, out_dir: str, labels: tuple[str, ...], slos: tuple[str, ...],
-             summary_json: str | None, quiet: bool) -> None:
-    """Replay a profile's arrivals against modelled replicas scaled by an HPA, without
-    sending a request; writes a result that compare and report read as a run's."""
-    from dataclasses import replace
-
-    from loadforge.config.hpa import HPASpec, load_hpa
-    from loadforge.config.profile import load_profile, parse_slo_flags, with_slo_flags
-    from loadforge.present import summary
-    from loadforge.simulate import SimOptions
-    from loadforge.simulate import simulate as run_simulation
-
-    plan = load_profile(profile)
-    objectives = parse_slo_flags(slos)
-    plan = replace(plan, slo=with_slo_flags(plan.slo, objectives))
-    replica_rps = _replica_rps(replica_rps_text)
-    box = plan.sandbox
-    backend = box.backend if box is not None else None
-    autoscale = box.autoscale if box is not None else None
-    from loadforge.simulate import measured_service
-
-    measured = measured_service(service_from) if service_from else None
-    if slots is None:
-        slots = backend.concurrency if backend is not None else 1
-    if replica_rps is None and measured is not None:
-        replica_rps = slots / (sum(measured) / len(measured) / 1e6)
-    if replica_rps is None:
-        if backend is None or backend.service_time_s <= 0:
-            raise InputError("simulate: give --replica-rps (what one replica serves per "
-                             "second), or a profile whose [sandbox.backend] has a service_time")
-        replica_rps = backend.concurrency / backend.service_time_s
-    if queue is None:
-        queue = backend.queue if backend is not None else 1024
-    if startup is None:
-        startup_s = autoscale.startup_delay_s if autoscale is not None else 0.0
-    else:
-        startup_s = parse_duration(startup, "--startup", allow_zero=True)
-    policy: HPASpec | None = None
-    if policy_path:
-        policy = load_hpa(policy_path, "--policy", slots)
-    elif autoscale is not None and autoscale.hpa is not None:
-        policy = HPASpec.from_dict(autoscale.hpa)
-    if policy is None and replicas is None:
-        raise InputError("simulate: give --policy HPA.yaml (or a profile with [sandbox.autoscale] "
-                         "hpa), or --replicas N for a fixed count")
-    opts = SimOptions(replica_rps=replica_rps, policy=policy, replicas=replicas, slots=slots,
-                      queue=queue, startup_s=startup_s,
-                      distribution=backend.distribution if backend is not None and
-                      backend.service_time_s > 0 else "exponential",
-                      sigma=backend.sigma if backend is not None else 0.5,
-                      measured_service_us=measured, out_dir=out_dir, labels=_labels(labels),
-                      slo_flags=objectives)
-    stdout_taken = _one_stdout_output(("--summary-json", summary_json))
-    outcome = run_simulation(plan, opts)
-    console = Console(stderr=True) if stdout_taken else Console()
-    if not quiet:
-        summary.render_summary(outcome.summary, console, set())
-        timeline = ", ".join(f"{p['replicas']} at {p['t_s']:g}s"
-                             for p in outcome.summary["replicas"])
-        console.print(f"simulated: {outcome.summary.get('policy') or 'fixed replicas'}; "
-                      f"replicas {timeline}; "
-                      f"{outcome.summary['replica_seconds']:g} replica-seconds",
-                      highlight=False)
-        console.print(f"result: {outcome.path}", highlight=False)
-    if summary_json:
-        summary.write_summary_json(outcome.summary, summary_json)
-    sys.exit(outcome.exit_code)
 
 
 @main.command()
@@ -998,6 +630,8 @@ def capacity(target: str, slos: tuple[str, ...], start_rps: float, max_rps: floa
              out_dir: str, labels: tuple[str, ...], summary_json: str | None,
              quiet: bool) -> None:
     """Find the highest open-model rate at which every SLO holds: step up, then bisect."""
+    from rich.console import Console
+
     from loadforge.capacity import CapacityOptions, Search
     from loadforge.config.profile import parse_slo_flags
     from loadforge.present import summary
@@ -1006,14 +640,17 @@ def capacity(target: str, slos: tuple[str, ...], start_rps: float, max_rps: floa
         from loadforge.run.target import parse_target
 
         parse_target(target)
-    stdout_taken = _one_stdout_output(("--summary-json", summary_json))
+    stdout_taken = one_stdout_output(("--summary-json", summary_json))
     step_s = parse_duration(step, "--step", maximum=limits.MAX_RUN_S)
     opts = CapacityOptions(target=target, slos=parse_slo_flags(slos), start_rps=start_rps,
                            max_rps=max_rps, step_s=step_s, precision=precision,
-                           connections=connections, timeout_s=_timeout(timeout),
-                           workers=workers, out_dir=out_dir, labels=_labels(labels))
+                           connections=connections, timeout_s=parse_timeout(timeout),
+                           workers=workers, out_dir=out_dir, labels=parse_labels(labels))
     console = Console(stderr=True) if stdout_taken or quiet else Console()
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGTERM, raise_interrupted)
+    from loadforge.run.workers import use_fork_server
+
+    use_fork_server()           # each step's workers fork from it (forkserver.py)
     if not quiet:
         console.print(f"capacity of {target}: steps of {step_s:g}s", highlight=False)
     result = Search(opts, console, quiet).run()
@@ -1025,6 +662,3 @@ def capacity(target: str, slos: tuple[str, ...], start_rps: float, max_rps: floa
         summary.write_summary_json(result, summary_json)
     sys.exit(EXIT_OK if result["ok"] else EXIT_FAILED)
 
-
-if __name__ == "__main__":
-    main()

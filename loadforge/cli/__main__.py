@@ -1,0 +1,5 @@
+"""`python -m loadforge.cli`, as the `loadforge` command."""
+
+from loadforge.cli import main
+
+main()

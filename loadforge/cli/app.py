@@ -1,0 +1,120 @@
+"""The command group: turns the library's errors into a message and DESIGN.md's exit codes
+(0 ran and every SLO held, 1 an SLO or regression gate failed, 2 invalid input, 3 could not
+run), and the few helpers every command shares. Each command's module imports what it runs
+inside the command, so `loadforge --help` and `loadforge run --help` load click alone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+# Result tables are small (thousands of rows); pyarrow's default mimalloc pool kept 13-22 MB
+# resident after reading one back, more the longer the run. The system allocator gives it back.
+# Set before pyarrow is first imported, and only where the user has not chosen a pool.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+
+import click
+
+from loadforge import __version__, limits
+from loadforge.errors import InputError, Interrupted, LoadforgeError
+from loadforge.units import parse_duration
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_RUN = 0, 1, 2, 3
+
+
+class Group(click.Group):
+    """Turns the library's errors into a message and the documented exit code, and click's
+    usage errors into exit 2 (click's own code for them as well)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LoadforgeError as exc:
+            print_error(str(exc))
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            # One line, as every other error: click's own form spreads it over four.
+            where = exc.ctx.command_path if exc.ctx else "loadforge"
+            print_error(f"{where}: {exc.format_message()} (see {where} --help)")
+            sys.exit(EXIT_INPUT)
+        except RecursionError:
+            # Each parser that can meet deep nesting says so naming its file; this is the net
+            # under them, so that no input ends in a traceback.
+            print_error("the input is nested too deeply to read (arrays or tables within "
+                        "each other thousands deep)")
+            sys.exit(EXIT_INPUT)
+        except MemoryError:
+            print_error("out of memory: lower --connections, the number of requests or "
+                        "feeder rows, or give the machine more memory")
+            sys.exit(EXIT_RUN)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            # Before a run began (or while its results were being written): nothing to keep.
+            from rich.console import Console
+
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            Console(stderr=True).print(f"[bold red]interrupted[/] by "
+                                       f"{signal.Signals(signum).name}", highlight=False)
+            sys.exit(128 + signum)
+
+
+def print_error(message: str) -> None:
+    """present.text's one error line. rich loads here, not for `--help`; `run` and `compare`,
+    which read the large inputs, load it first, so a MemoryError finds it in memory."""
+    from loadforge.present.text import print_error as say
+
+    say(message)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="loadforge")
+def main() -> None:
+    """Load tester and benchmark harness for HTTP services behind load balancers."""
+
+
+def wide_console() -> Console:
+    """stdout for tables: a CI log or a pipe is no 80-column terminal, so don't wrap there."""
+    from rich.console import Console
+
+    console = Console()
+    # COLUMNS set by hand is a width asked for: rich honours it (text.py keeps numbers whole).
+    return console if console.is_terminal or "COLUMNS" in os.environ else Console(width=200)
+
+
+def parse_labels(values: tuple[str, ...], option: str = "--label") -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"{option} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def one_stdout_output(*outputs: tuple[str, str | None]) -> bool:
+    """Whether an output path is "-" (stdout); at most one may be."""
+    on_stdout = [option for option, path in outputs if path == "-"]
+    if len(on_stdout) > 1:
+        raise InputError(f"{' and '.join(on_stdout)}: only one output can be '-' (stdout)")
+    return bool(on_stdout)
+
+
+
+def check_at_most(value: float, maximum: float, flag: str) -> None:
+    if value > maximum:
+        raise InputError(f"{flag} must be at most {maximum:,.0f}, got {value:,.0f}")
+
+
+def parse_timeout(value: str) -> float:
+    return parse_duration(value, "--timeout", maximum=limits.MAX_TIMEOUT_S)
+
+
+
+def raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
