@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadforge.analysis.backends import jain_index
-from loadforge.analysis.figures import ALL_STAGES, RunFigures
+from loadforge.analysis.figures import ALL_STAGES
+from loadforge.analysis.readback import RunFigures
 from loadforge.config.plan import ERROR_KINDS, STATUS_OUTCOMES
 from loadforge.results import histogram
 from loadforge.results.store import outcome_row

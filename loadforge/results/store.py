@@ -301,16 +301,17 @@ class ResultWriter:
             self._writer = parquet.ParquetWriter(self._file, self.schema, compression="zstd")
         return self._writer
 
-    def write(self, rows: list[dict[str, Any]], last: bool = False) -> None:
+    def write(self, rows: list[dict[str, Any]], last: bool = False) -> bool:
         """Append rows. Each row: scope, stage, name, outcome, start_ms, end_ms, count,
-        latency and service (HdrHistogram), optional scheduled, unsent, backend.
+        latency and service (HdrHistogram), optional scheduled, unsent, backend. Returns
+        whether the rows were taken.
 
         Once the disk has filled (`failure`), rows are dropped, except the run's `last` ones
         (its stage and run rows), which go into the space set aside for them."""
         if self._closed:
             raise ValueError(f"results {self.path}: writer already closed")
         if self._broken or (self.failure and not last):
-            return
+            return False
         if not last:
             self._check_disk()
         buf = self._buffer
@@ -359,6 +360,7 @@ class ResultWriter:
             # the rows per interval.
             if self._buffered >= ROW_GROUP_ROWS or self._buffered_bytes >= ROW_GROUP_BYTES:
                 self._flush()
+        return True
 
     def _check_disk(self) -> None:
         """Once per interval: a disk filled by others, or the result's folder removed, stops
