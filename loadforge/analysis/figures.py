@@ -41,11 +41,35 @@ from loadforge.config.plan import (
     STATUS_OUTCOMES,
 )
 from loadforge.results import histogram
-from loadforge.results.store import OK, outcome_row
+from loadforge.results.schema import OK, outcome_row
 
 if TYPE_CHECKING:
-    from loadforge.results.store import Result
+    from loadforge.results.reader import Result
     from loadforge.run.coordinator import RunInputs, ScopeRun
+
+__all__ = [
+    "ALL_STAGES",
+    "BUSY_CPU",
+    "ERROR_LATENCY_KEYS",
+    "LATENCY_KEYS",
+    "LATENCY_OBJECTIVES",
+    "LATE_SHARE_CPU",
+    "NAME_LATENCY_KEYS",
+    "STATUS_CLASSES",
+    "IntervalFigures",
+    "RowSource",
+    "RunFold",
+    "ScopeFigures",
+    "SparseBuckets",
+    "connect_block",
+    "error_outcomes",
+    "fold_intervals",
+    "fold_scopes",
+    "name_block",
+    "stats_block",
+    "summary_figures",
+    "unsent_cause",
+]
 
 LATENCY_OBJECTIVES = ("p50", "p90", "p99", "p999", "max", "mean")
 ALL_STAGES = "all"

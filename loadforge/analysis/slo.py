@@ -344,7 +344,7 @@ class LiveVerdicts:
     the live outputs (`--metrics`' loadforge_slo_ok, `--dashboard`): the run's objectives over
     every interval merged yet, a stage's over its intervals after the grace, a window's over
     the worst window yet. Named as `evaluate` names them; once the run is over, `evaluate`'s
-    verdicts from the file are the ones that count (a stage whose grace ends inside its last
+    verdicts of the whole run's fold are the ones that count (a stage whose grace ends inside its last
     interval, and `checks`, are judged only there). Memory is bounded by the windows' lengths.
     """
 
