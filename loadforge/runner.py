@@ -4,7 +4,9 @@ Above run/ (the coordinator: workers, exact merge, rows), it wires what a run ne
 merge: the embedded target (sandbox/), metric pollers and timed actions (observe/), the
 Parquet writer (results/), `abort_after` (analysis/slo.LiveSLO), and at the end the summary
 folded from the rows (analysis/figures.summary_figures) with the verdicts judged from the
-file just written (analysis/slo, analysis/scaling), as `ls` and `compare` judge it later.
+rows the writer took, folded as it took them (analysis/figures.RunFold, judged by
+analysis/slo and analysis/scaling): what `ls` and `report` judge of the file later, without
+reading it back.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from loadforge.engine.requests import request_path
 from loadforge.engine.tables import Compiled
 from loadforge.errors import InputError, RunError
 from loadforge.observe import pollers
-from loadforge.results.store import ResultWriter, import_arrow_meanwhile, read_result
+from loadforge.results.store import ResultWriter, import_arrow_meanwhile
 from loadforge.run import preflight, session
 from loadforge.run.merge import Aggregator
 from loadforge.run.progress import LiveProgress
@@ -156,12 +158,17 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
         metadata["shard_count"] = str(opts.shards)
     started = time.time()
     writer = ResultWriter(path, run_id, metadata, opts.labels)
+    # What the verdicts judge, folded from the rows as the writer takes them.
+    fold = figures.RunFold(figures.RowSource.live(plan.fail_status),
+                           int(opts.interval_s * 1000),
+                           latency=slo.needs_latency(plan) or scaling.needs_latency(plan))
+    sink = _FoldingWriter(writer, fold)
     pool: WorkerPool | ShardPool | None = None
     stop = Stop()
     failure: str | None = None
     try:
         with LiveProgress(plan.duration_s, console, opts.quiet) as progress:
-            agg = Aggregator(plan, writer, workers, opts.interval_s, progress,
+            agg = Aggregator(plan, sink, workers, opts.interval_s, progress,
                              slo.LiveSLO(plan, opts.interval_s).interval)
             if live is not None:
                 live.start(plan, run_id, redact_url(target.url), opts.interval_s)
@@ -193,10 +200,11 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
         pool.join()
         ran_s = stop.ran_s(t0, elapsed, plan.duration_s)
         rows, inputs = agg.finish(elapsed, ran_s if stop.at_ns else None)
-        writer.write(rows + watched, last=True)
+        sink.write(rows + watched, last=True)
         end_meta = _end_metadata(stop, ran_s, failure or writer.failure)
         if plan.flows is not None:
-            end_meta["flows"] = json.dumps(agg.flow_figures(), sort_keys=True)
+            fold.flows = agg.flow_figures()
+            end_meta["flows"] = json.dumps(fold.flows, sort_keys=True)
         if pool is not None and not isinstance(pool, WorkerPool):
             end_meta["shards"] = json.dumps(pool.metadata(), sort_keys=True)
         if tls_info is not None and not negotiated:
@@ -219,9 +227,9 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     saved = path if writer.published else None
     verdicts: list[dict[str, Any]] = []
     if saved:
-        # Judged from the file just written, so the verdicts are those any later reader gets.
-        written = read_result(saved)
-        verdicts = slo.evaluate(plan, written) + scaling.annotate(summary, plan, written)
+        # Judged from the rows the file holds, folded as they were written: the verdicts any
+        # later reader of the file gets (readback.run_fold; tests/test_figures.py).
+        verdicts = slo.evaluate(plan, fold) + scaling.annotate(summary, plan, fold)
     ok = all(v["ok"] for v in verdicts) and agg.abort_reason is None and failure is None
     result = {"run_id": run_id, "result": saved, "ok": ok, "target": redact_url(target.url),
               "profile": plan.name, "workers": workers, "connections": plan.connections,
@@ -239,6 +247,27 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     if live is not None:
         live.finish(result)
     return RunOutcome(result, saved, ok, stop.signum, failure)
+
+
+class _FoldingWriter:
+    """The Aggregator's row sink: rows go to the result file and, as the file takes them, into
+    the fold the verdicts judge (so the verdicts judge exactly the rows the file holds)."""
+
+    def __init__(self, writer: ResultWriter, fold: figures.RunFold) -> None:
+        self.writer = writer
+        self.fold = fold
+
+    @property
+    def failure(self) -> str | None:
+        return self.writer.failure
+
+    @failure.setter
+    def failure(self, value: str | None) -> None:
+        self.writer.failure = value
+
+    def write(self, rows: list[dict[str, Any]], last: bool = False) -> None:
+        if self.writer.write(rows, last):
+            self.fold.add(rows)
 
 
 def _exhausted(agg: Aggregator,

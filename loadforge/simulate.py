@@ -426,9 +426,13 @@ def simulate(plan: Plan, opts: SimOptions) -> RunOutcome:
     }
     if opts.slo_flags:
         metadata["slo_flags"] = opts.slo_flags
+    fold = figures.RunFold(figures.RowSource.live(plan.fail_status), int(INTERVAL_S * 1000),
+                           latency=slo.needs_latency(plan) or scaling.needs_latency(plan))
     with ResultWriter(path, run_id, metadata, opts.labels) as writer:
         writer.write(interval_rows)
         writer.write(final, last=True)
+        fold.add(interval_rows)
+        fold.add(final)
         writer.close({"interrupted": "false", "ran_s": f"{plan.duration_s:.3f}",
                       "complete": "true"})
     inputs = RunInputs(
@@ -438,8 +442,8 @@ def simulate(plan: Plan, opts: SimOptions) -> RunOutcome:
          "retried": 0}, {})
     summary = figures.summary_figures(final, plan.fail_status,
                                       [r.name for r in plan.requests[:1]], inputs)
-    written = read_result(path)
-    verdicts = slo.evaluate(plan, written) + scaling.annotate(summary, plan, written)
+    # Judged from the rows just written, as `ls` and `report` judge the file (no read-back).
+    verdicts = slo.evaluate(plan, fold) + scaling.annotate(summary, plan, fold)
     ok = all(v["ok"] for v in verdicts)
     result = {"run_id": run_id, "result": path, "ok": ok, "target": "simulate",
               "simulated": True, "model": MODEL, "profile": plan.name, "started": started,

@@ -140,6 +140,26 @@ def test_stats_of_an_empty_histogram_is_zero() -> None:
     }
 
 
+def _built(buckets: dict[int, int]) -> HdrHistogram:
+    """The HdrHistogram whose nonzero buckets are `buckets`, min and max at the outer ones."""
+    h = hist.new_histogram()
+    for index, count in buckets.items():
+        h.counts[index] = count
+    if buckets:
+        h.total_count = sum(buckets.values())
+        h.min_value = h.get_value_from_index(min(buckets))
+        h.max_value = h.get_value_from_index(max(buckets))
+    return h
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.integers(0, hist.COUNTS_LEN - 1), st.integers(1, 10**9), max_size=60))
+def test_stats_of_buckets_equals_stats_of_the_histogram(buckets: dict[int, int]) -> None:
+    assert hist.stats_of_buckets(buckets.items()) == hist.stats(_built(buckets))
+    # The scratch array is left zeroed: a second call sees nothing of the first.
+    assert hist.stats_of_buckets([]) == hist.stats(hist.new_histogram())
+
+
 def test_encode_is_the_standard_v2_compressed_form() -> None:
     h = recorded([1, 42, 1_000_000])
     blob = hist.encode(h)

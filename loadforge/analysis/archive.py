@@ -1,7 +1,8 @@
 """`loadforge ls DIR`: the runs of an archive directory, one line each.
 
 The verdict is recomputed from the file itself: the profile archived in the metadata gives the
-objectives, the interval rows give the figures (slo.evaluate, the very code `run` uses). So a
+objectives, the interval rows give the figures (readback.run_fold, then slo.evaluate and scaling.analyze: the
+fold and the verdicts `run` makes of the same rows in memory). So a
 result file never needs rewriting after it is closed, and a directory of results carries its
 verdicts with it whatever tool copied it around. The price is a full read per file, which `ls`
 pays for tens of runs in well under a second each.
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadforge.analysis import scaling, slo
-from loadforge.analysis.figures import run_figures, run_title
+from loadforge.analysis.readback import run_figures, run_fold, run_title
+from loadforge.config.plan import Plan
 from loadforge.errors import ResultsError
-from loadforge.results.store import check_regular_file, read_result
+from loadforge.results.store import Result, check_regular_file, read_result
 
 
 @dataclass
@@ -57,6 +59,15 @@ def _files(paths: list[str]) -> tuple[list[str], list[str]]:
     return files, problems
 
 
+def verdicts_of(plan: Plan, result: Result) -> list[dict[str, Any]]:
+    """The verdicts of `plan`'s objectives judged again from a result file: its rows folded
+    once (readback.run_fold), judged by slo.evaluate and scaling.analyze as `run` judged
+    them from memory."""
+    fold = run_fold(result, plan.fail_status,
+                    latency=slo.needs_latency(plan) or scaling.needs_latency(plan))
+    return slo.evaluate(plan, fold) + scaling.analyze(plan, fold)["slo"]
+
+
 def list_runs(paths: list[str]) -> tuple[list[RunEntry], list[str]]:
     """Entries of the readable runs (oldest first) and a message per unreadable file."""
     files, problems = _files(paths)
@@ -67,8 +78,7 @@ def list_runs(paths: list[str]) -> tuple[list[RunEntry], list[str]]:
             figures = run_figures(result, run_title(result))
             values = figures.run.values()
             plan = slo.plan_of_result(result)
-            verdicts = (slo.evaluate(plan, result) + scaling.analyze(plan, result)["slo"]
-                        if plan is not None else [])
+            verdicts = verdicts_of(plan, result) if plan is not None else []
         except ResultsError as exc:
             problems.append(str(exc))
             continue

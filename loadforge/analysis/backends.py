@@ -1,22 +1,34 @@
-"""Read back from a result file: the polled metric series, and backend attribution (each
-backend's responses, share and p99, the fairness of the shares), per stage and for the run."""
+"""The polled metric series, and backend attribution (each backend's responses, share and
+p99, the fairness of the shares), per stage and for the run: folded from a run's metric and
+stage rows (`metric_series_of`, `backend_figures_of`: in memory at the end of a run, or read
+back from its file by `metric_series`, `backend_figures`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from loadforge.analysis.figures import RowSource
 from loadforge.config.plan import STATUS_OUTCOMES
 from loadforge.results import histogram
 from loadforge.results.store import Result, outcome_row
 
 
 def metric_series(result: Result) -> dict[str, list[tuple[int, float | None]]]:
-    """name -> [(start_ms, value or None)], in time order."""
-    out: dict[str, list[tuple[int, float | None]]] = {}
+    """name -> [(start_ms, value or None)], in time order, of a result file."""
     if "value" not in result.table.column_names:
-        return out
-    for row in result.rows("metric", name=None, outcome=None):
-        out.setdefault(row["name"], []).append((int(row["start_ms"]), row["value"]))
+        return {}
+    return metric_series_of(result.rows("metric", name=None, outcome=None))
+
+
+def metric_series_of(rows: Iterable[dict[str, Any]]
+                     ) -> dict[str, list[tuple[int, float | None]]]:
+    """name -> [(start_ms, value or None)], in time order, of metric rows."""
+    out: dict[str, list[tuple[int, float | None]]] = {}
+    for row in rows:
+        value = row.get("value")
+        out.setdefault(row["name"], []).append((int(row["start_ms"]),
+                                                None if value is None else float(value)))
     for series in out.values():
         series.sort(key=lambda p: p[0])
     return out
@@ -46,9 +58,17 @@ def _block(counts: dict[str, int], hists: dict[str, Any]) -> dict[str, Any]:
 
 
 def backend_figures(result: Result) -> dict[str, Any]:
+    """backend_figures_of a result file's stage rows."""
+    if "backend" not in result.table.column_names:
+        return {"run": {}, "stages": {}}
+    return backend_figures_of(result.rows("stage", name=None, outcome=None),
+                              RowSource.of_file(result, ()))
+
+
+def backend_figures_of(rows: Iterable[dict[str, Any]], source: RowSource) -> dict[str, Any]:
     """Per-backend responses, share and p99 over the run and per stage, from the stage rows
-    (merged histograms, per backend). Responses without the header (and transport failures)
-    are counted as `unattributed`, outside the shares.
+    (merged histograms, per backend; `source` reads them). Responses without the header (and
+    transport failures) are counted as `unattributed`, outside the shares.
 
     {"run": {"backends": {name: {requests, share, p99_us}}, "fairness": {jain, max_min_ratio},
              "unattributed": n},
@@ -57,12 +77,10 @@ def backend_figures(result: Result) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = {}
     hists: dict[str, dict[str, Any]] = {}
     unattributed: dict[str, int] = {}
-    if "backend" not in result.table.column_names:
-        return {"run": {}, "stages": {}}
-    for row in result.rows("stage", name=None, outcome=None):
-        if not outcome_row(row):
+    for row in rows:
+        if row["scope"] != "stage" or not outcome_row(row):
             continue
-        stage, backend = row["stage"], row["backend"]
+        stage, backend = row["stage"], row.get("backend") or "*"
         if backend == "*" or row["outcome"] not in STATUS_OUTCOMES:
             unattributed[stage] = unattributed.get(stage, 0) + int(row["count"])
             continue
@@ -72,7 +90,7 @@ def backend_figures(result: Result) -> dict[str, Any]:
             h = hists.setdefault(scope, {})
             if backend not in h:
                 h[backend] = histogram.new_histogram()
-            histogram.merge(h[backend], result.histogram(row))
+            histogram.merge(h[backend], source.latency(row))
     if "*" not in counts:
         return {"run": {}, "stages": {}}
     out: dict[str, Any] = {"run": {**_block(counts["*"], hists["*"]),

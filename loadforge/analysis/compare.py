@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadforge.analysis import noise, scoped
-from loadforge.analysis.figures import (  # noqa: F401  (compare's figures, folded there)
-    ALL_STAGES,
-    RowReader,
+from loadforge.analysis.figures import ALL_STAGES, ScopeFigures
+from loadforge.analysis.readback import (  # noqa: F401  (compare's figures, read back there)
     RunFigures,
-    ScopeFigures,
     bootstrap_intervals,
     fail_status_of,
     load_runs,

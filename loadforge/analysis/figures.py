@@ -1,25 +1,27 @@
-"""The one fold: every figure loadforge reports comes from rows folded here.
+"""The one fold: every figure loadforge reports comes from rows folded here (rows -> figures).
 
 Rows are the interval, stage and run rows a run writes (DESIGN.md "Parquet results"): the
-coordinator's row dicts as it writes them (HdrHistogram objects under "latency"), or the same
-rows read back from the Parquet file (histograms decoded on demand). Folded here into:
+coordinator's row dicts as it hands them to the writer (HdrHistogram objects under
+"latency"), or the same rows read back from the Parquet file (histograms decoded on demand;
+analysis/readback.py finds them). A `RowSource` says which of the two it is and holds the one
+rule of what counts as an error (`RowSource.is_error`). Folded here into:
 
 - `ScopeFigures`, per stage and for the whole run: counts by outcome, the headline latency
   (successful responses), and for the summary service time, failures' latency, connect times
   and per-name figures. `summary_figures` makes the terminal summary and `--summary-json` of
-  them, `run_figures` makes `compare`, `ls`, `trend` and the report's of them: the same fold of
-  the same rows, so the summary of a run and `compare`/`ls` of its file agree to the µs.
+  them from the rows in memory, readback.run_figures makes `compare`, `ls`, `trend` and the
+  report's of the file: the same fold of the same rows, so they agree to the µs.
 - `IntervalFigures`, per interval and stage (`fold_intervals`): what SLO windows, `abort_after`
-  and the scaling verdicts judge.
+  and the scaling verdicts judge; `RunFold` gathers them with the rest the verdicts read
+  (backend attribution, polled metrics, timed actions, checks), fed the rows as the writer is
+  fed them (runner.py) or read back (readback.run_fold).
 
 Every latency figure comes from a merged histogram (histogram.stats), never from averaging
-percentiles. Nothing here renders: present/ does.
+percentiles. Nothing here reads a file or renders: readback.py reads, present/ renders.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
@@ -29,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 from hdrh.histogram import HdrHistogram
 
-from loadforge.analysis import noise
 from loadforge.config.outcomes import EXPECTED, UNEXPECTED, error_outcomes
 from loadforge.config.plan import (
     ERROR_KIND_NAMES,
@@ -40,14 +41,37 @@ from loadforge.config.plan import (
     HTTP2_ERROR_KINDS,
     OUTCOMES,
     STATUS_OUTCOMES,
-    Plan,
 )
-from loadforge.errors import ProfileError
 from loadforge.results import histogram
-from loadforge.results.store import OK, Result, find_results, headline_row, outcome_row, read_result
+from loadforge.results.schema import OK, outcome_row
 
 if TYPE_CHECKING:
+    from loadforge.results.reader import Result
     from loadforge.run.merge import RunInputs, ScopeRun
+
+__all__ = [
+    "ALL_STAGES",
+    "BUSY_CPU",
+    "ERROR_LATENCY_KEYS",
+    "LATENCY_KEYS",
+    "LATENCY_OBJECTIVES",
+    "LATE_SHARE_CPU",
+    "NAME_LATENCY_KEYS",
+    "STATUS_CLASSES",
+    "IntervalFigures",
+    "RowSource",
+    "RunFold",
+    "ScopeFigures",
+    "SparseBuckets",
+    "connect_block",
+    "error_outcomes",
+    "fold_intervals",
+    "fold_scopes",
+    "name_block",
+    "stats_block",
+    "summary_figures",
+    "unsent_cause",
+]
 
 LATENCY_OBJECTIVES = ("p50", "p90", "p99", "p999", "max", "mean")
 ALL_STAGES = "all"
@@ -213,53 +237,53 @@ class ScopeFigures:
         out.update({k: float(stats[k]) for k in ("p50", "p90", "p99", "p999", "max", "mean")})
         return out
 
-    def add_row(self, row: dict[str, Any], reader: RowReader, full: bool = False) -> None:
+    def add_row(self, row: dict[str, Any], source: RowSource, full: bool = False) -> None:
         """Fold one row of this scope: headline latency from the merged "ok" row (else, in
         an old file, the successful outcome rows), counts from the outcome rows, scheduled
         and unsent from the "*" row."""
-        headline = headline_row(row, reader.has_ok_rows, reader.error_outcomes)
+        headline = source.headline(row)
         if row["name"].startswith(FLOW_PREFIX):
             # A scripted flow's own row (flows/loader.py): its named figures only; the
             # scope's totals and headline latency are its steps'.
             if not full:
                 return
             entry = self.by_name.setdefault(row["name"], [0, 0, histogram.new_histogram()])
-            if row["outcome"] == OK if reader.has_ok_rows else headline:
-                histogram.merge(entry[2], reader.latency(row))
+            if row["outcome"] == OK if source.has_ok_rows else headline:
+                histogram.merge(entry[2], source.latency(row))
             if outcome_row(row):
                 if row["outcome"] in STATUS_OUTCOMES:
                     entry[0] += int(row["count"])
-                if row["outcome"] in reader.error_outcomes:
+                if source.is_error(row):
                     entry[1] += int(row["count"])
             return
         if headline:
-            histogram.merge(self.latency, reader.latency(row))
+            histogram.merge(self.latency, source.latency(row))
             if full:
-                histogram.merge(self.service, reader.service(row))
+                histogram.merge(self.service, source.service(row))
         name, outcome = row["name"], row["outcome"]
         if name == "*" and outcome == "*":
             self.scheduled += int(row.get("scheduled") or 0)
             if full:
                 self.unsent += int(row.get("unsent") or 0)
-                connect = reader.connect(row)
+                connect = source.connect(row)
                 if connect is not None:
                     histogram.merge(self.connect, connect)
-                tls = reader.tls(row)
+                tls = source.tls(row)
                 if tls is not None:
                     if self.tls is None:
                         self.tls = histogram.new_histogram()
                     histogram.merge(self.tls, tls)
             return
-        if full and name != "*" and (outcome == OK if reader.has_ok_rows else headline):
+        if full and name != "*" and (outcome == OK if source.has_ok_rows else headline):
             entry = self.by_name.setdefault(name, [0, 0, histogram.new_histogram()])
-            histogram.merge(entry[2], reader.latency(row))
+            histogram.merge(entry[2], source.latency(row))
         if not outcome_row(row):
             return
         count = int(row["count"])
         self.sent += count
         if outcome in STATUS_OUTCOMES:
             self.requests += count
-        if outcome in reader.error_outcomes:
+        if source.is_error(row):
             self.errors += count
             self.errors_by_kind[outcome] = self.errors_by_kind.get(outcome, 0) + count
         if full:
@@ -267,24 +291,42 @@ class ScopeFigures:
             entry = self.by_name.setdefault(name, [0, 0, histogram.new_histogram()])
             if outcome in STATUS_OUTCOMES:
                 entry[0] += count
-            if outcome in reader.error_outcomes:
+            if source.is_error(row):
                 entry[1] += count
-                histogram.merge(self.error_latency, reader.latency(row))
+                histogram.merge(self.error_latency, source.latency(row))
 
 
 @dataclass
-class RowReader:
-    """How to read a run's rows: which outcomes are errors (transport failures plus the
-    profile's `fail_status`), whether the rows carry merged "ok" rows, and where a row's
-    histograms are: objects in the coordinator's rows, encoded in a file's."""
+class RowSource:
+    """Where a run's rows come from, and the rules they are folded by: which outcome rows
+    are errors (`is_error`, the one test every fold makes), whether the rows carry merged "ok"
+    rows, and where a row's histograms are: HdrHistogram objects in the coordinator's rows
+    (`live`), V2-encoded bytes in a file's (`of_file`, decoded on demand)."""
 
-    error_outcomes: set[str]
+    error_outcomes: frozenset[str]
     has_ok_rows: bool = True
     result: Result | None = None      # None: the coordinator's own rows
 
     @classmethod
-    def of(cls, result: Result, fail_status: tuple[str, ...]) -> RowReader:
-        return cls(set(error_outcomes(fail_status)), result.has_ok_rows, result)
+    def live(cls, fail_status: Iterable[str], has_ok_rows: bool = True) -> RowSource:
+        return cls(error_outcomes(fail_status), has_ok_rows)
+
+    @classmethod
+    def of_file(cls, result: Result, fail_status: Iterable[str]) -> RowSource:
+        return cls(error_outcomes(fail_status), result.has_ok_rows, result)
+
+    def is_error(self, row: dict[str, Any]) -> bool:
+        """Whether an outcome row's arrivals count as errors (transport failures and failing
+        statuses)."""
+        return row["outcome"] in self.error_outcomes
+
+    def headline(self, row: dict[str, Any]) -> bool:
+        """Whether `row`'s latency is part of its scope's headline latency (successful
+        responses, all request names): the merged "ok" row with name "*"; in a file without
+        "ok" rows, each outcome row that is not an error. Either way the same buckets."""
+        if self.has_ok_rows:
+            return row["name"] == "*" and row["outcome"] == OK
+        return outcome_row(row) and not self.is_error(row)
 
     def latency(self, row: dict[str, Any]) -> HdrHistogram:
         return row["latency"] if self.result is None else self.result.histogram(row)
@@ -306,7 +348,7 @@ class RowReader:
                 else self.result.histogram(row, "tls_hdr"))
 
 
-def fold_scopes(rows: Iterable[dict[str, Any]], reader: RowReader, full: bool = False
+def fold_scopes(rows: Iterable[dict[str, Any]], source: RowSource, full: bool = False
                 ) -> dict[tuple[str, str], ScopeFigures]:
     """(scope, stage) -> ScopeFigures of the stage and run rows; each scope's duration is
     the span of its first row."""
@@ -320,258 +362,8 @@ def fold_scopes(rows: Iterable[dict[str, Any]], reader: RowReader, full: bool = 
         if fig is None:
             duration = (int(row["end_ms"]) - int(row["start_ms"])) / 1000
             fig = out[key] = ScopeFigures(key[1], duration)
-        fig.add_row(row, reader, full)
+        fig.add_row(row, source, full)
     return out
-
-
-@dataclass
-class RunFigures:
-    result: Result
-    title: str
-    stages: list[ScopeFigures]
-    run: ScopeFigures
-    fail_status: tuple[str, ...] = ("4xx", "5xx")     # the status classes counted as errors
-
-    def scope(self, name: str) -> ScopeFigures | None:
-        if name == ALL_STAGES:
-            return self.run
-        return next((s for s in self.stages if s.name == name), None)
-
-
-def fail_status_of(result: Result, plan: Plan | None = None) -> tuple[str, ...]:
-    """The status classes the run counted as errors: the Plan of the archived profile
-    (config/ reads it, with the recorded or legacy default, see _recorded_fail_status)."""
-    if plan is None:
-        plan = plan_of_result(result)
-    if plan is not None:
-        return plan.fail_status
-    return _recorded_fail_status(result) or LEGACY_FAIL_STATUS
-
-
-def stages_of(result: Result) -> list[dict[str, Any]]:
-    """The `stages` metadata: name, duration_s, rate_from, rate_to, concurrency."""
-    try:
-        stages = json.loads(result.metadata.get("stages", "[]"))
-        return [s for s in stages if isinstance(s, dict) and "name" in s]
-    except ValueError:
-        return []
-
-
-def _target_rps(stage: dict[str, Any]) -> float | None:
-    if stage.get("concurrency") or stage.get("rate_from") is None:
-        return None     # closed model: no arrival schedule, no target
-    # A linear ramp's mean rate; a steady stage has from == to.
-    return (float(stage["rate_from"]) + float(stage.get("rate_to") or stage["rate_from"])) / 2
-
-
-def _stopped_early(result: Result, planned: dict[str, dict[str, Any]]) -> bool:
-    """Whether the run ended before its planned end (a signal, an SLO abort, a crash): its
-    stage rows then span the time each stage ran, which rates are over."""
-    try:
-        ran_s = float(result.metadata["ran_s"])
-    except (KeyError, ValueError):
-        return False
-    return ran_s < sum(float(s.get("duration_s") or 0) for s in planned.values()) - 0.001
-
-
-def run_figures(result: Result, title: str = "", plan: Plan | None = None,
-                full: bool = False) -> RunFigures:
-    """A result file's figures per stage and for the run: its stage and run rows folded
-    (`fold_scopes`; `full`: all the summary shows), rates over the planned stage times (the
-    `stages` metadata)."""
-    fail_status = fail_status_of(result, plan)
-    reader = RowReader.of(result, fail_status)
-    planned = {s["name"]: s for s in stages_of(result)}
-    stopped_early = _stopped_early(result, planned)
-    rows = (result.rows("stage", stage=None, name=None, outcome=None)
-            + result.rows("run", stage=None, name=None, outcome=None))
-    folded = fold_scopes(rows, reader, full)
-    scopes = {stage: fig for (scope, stage), fig in folded.items() if scope == "stage"}
-    for name, fig in scopes.items():
-        if name in planned:
-            if not stopped_early:       # else the stage row spans the time it ran
-                fig.duration_s = float(planned[name].get("duration_s") or fig.duration_s)
-            fig.target_rps = _target_rps(planned[name])
-    stage_list = [scopes[name] for name in planned if name in scopes]
-    stage_list += [f for name, f in scopes.items() if name not in planned]
-    run_scope = folded.get(("run", ALL_STAGES)) or ScopeFigures(ALL_STAGES, 0.0)
-    planned_s = sum(float(s.get("duration_s") or 0) for s in planned.values())
-    if planned_s:
-        run_scope.duration_s = min(run_scope.duration_s, planned_s) or planned_s
-        # Closed-model stages have no target and stay out of the run's.
-        open_stages = [(rps, float(s.get("duration_s") or 0)) for s in planned.values()
-                       if (rps := _target_rps(s)) is not None]
-        open_s = sum(d for _, d in open_stages)
-        run_scope.target_rps = (sum(rps * d for rps, d in open_stages) / open_s
-                                if open_s else None)
-    return RunFigures(result, title or run_title(result), stage_list, run_scope,
-                      fail_status)
-
-
-def run_title(result: Result) -> str:
-    if result.labels:
-        return ",".join(f"{k}={v}" for k, v in sorted(result.labels.items()))
-    return result.run_id or os.path.basename(result.path).removesuffix(".parquet")
-
-
-def load_runs(paths: list[str]) -> list[RunFigures]:
-    """Read RUN arguments (files, or directories of them, oldest first) into figures."""
-    files = find_results(list(paths))
-    results = [read_result(f) for f in files]
-    titles = [run_title(r) for r in results]
-    for i, t in enumerate(titles):
-        if titles.count(t) > 1:
-            titles[i] = f"{t} #{i + 1}"
-    return [run_figures(r, t) for r, t in zip(results, titles, strict=True)]
-
-
-def interval_cells(result: Result, interval_ms: int, fail_status: tuple[str, ...]
-                   ) -> dict[int, dict[str, Any]]:
-    """Per interval index, every stage's together: arrivals due ("scheduled"), responses,
-    errors by kind and the headline latency (None when there is none): the report's series."""
-    reader = RowReader.of(result, fail_status)
-    per: dict[int, dict[str, Any]] = {}
-    for row in result.rows("interval", stage=None, name=None, outcome=None):
-        index = int(row["start_ms"]) // interval_ms
-        cell = per.get(index)
-        if cell is None:
-            cell = per[index] = {"scheduled": 0, "responses": 0, "errors": {},
-                                 "latency": None}
-        if headline_row(row, reader.has_ok_rows, reader.error_outcomes):
-            h = reader.latency(row)
-            if cell["latency"] is None:
-                cell["latency"] = h
-            else:
-                histogram.merge(cell["latency"], h)
-        if row["name"] == "*" and row["outcome"] == "*":
-            cell["scheduled"] += int(row.get("scheduled") or 0)
-            continue
-        if not outcome_row(row):
-            continue
-        outcome, count = row["outcome"], int(row["count"])
-        if outcome in STATUS_OUTCOMES:
-            cell["responses"] += count
-        if outcome in reader.error_outcomes:
-            cell["errors"][outcome] = cell["errors"].get(outcome, 0) + count
-    return per
-
-
-def bootstrap_intervals(fig: RunFigures) -> dict[str, list[noise.Interval]]:
-    """Each stage's intervals (and ALL_STAGES: the run's), for `compare`'s bootstrap: the
-    interval rows read with run_figures' rules (headline latency of successful responses;
-    counts from outcome rows)."""
-    result = fig.result
-    reader = RowReader.of(result, fig.fail_status)
-    stages: dict[str, dict[int, noise.Interval]] = {}
-    whole: dict[int, noise.Interval] = {}
-    for row in result.rows("interval", stage=None, name=None, outcome=None):
-        start = int(row["start_ms"])
-        seconds = (int(row["end_ms"]) - start) / 1000
-        # An interval that spans a stage boundary is one interval of the run.
-        targets = [stages.setdefault(row["stage"], {}).setdefault(
-            start, noise.Interval(seconds)), whole.setdefault(start, noise.Interval(seconds))]
-        if headline_row(row, reader.has_ok_rows, reader.error_outcomes):
-            h = reader.latency(row)
-            for iv in targets:
-                iv.add_latency(h)
-        if not outcome_row(row):
-            continue
-        count, outcome = int(row["count"]), row["outcome"]
-        for iv in targets:
-            iv.sent += count
-            iv.requests += count if outcome in STATUS_OUTCOMES else 0
-            iv.errors += count if outcome in reader.error_outcomes else 0
-    out = {name: [ivs[k] for k in sorted(ivs)] for name, ivs in stages.items()}
-    out[ALL_STAGES] = [whole[k] for k in sorted(whole)]
-    return out
-
-
-# -- the plan a result was run with ------------------------------------------------------
-
-def plan_of_result(result: Result) -> Plan | None:
-    """The Plan of the profile archived in a result's metadata; None for a run started from
-    flags (no profile, hence no objectives) or a profile this version no longer accepts."""
-    from loadforge.config.profile import plan_from_text
-
-    text = result.metadata.get("profile", "")
-    flags = _slo_flags_of(result)
-    if not text.strip():
-        return _flag_plan_of_result(result, flags) if flags else None
-    try:
-        plan = plan_from_text(text, result.metadata.get("profile_path") or "<profile>",
-                              archived=True)
-    except ProfileError:
-        return None
-    recorded = _recorded_fail_status(result, text)
-    if recorded is not None and recorded != plan.fail_status:
-        from dataclasses import replace
-
-        plan = replace(plan, fail_status=recorded)
-    return _with_flags(plan, flags)
-
-
-LEGACY_FAIL_STATUS = ("5xx",)     # the default before 4xx counted as errors (issue 22)
-
-
-def _recorded_fail_status(result: Result, profile_text: str = "") -> tuple[str, ...] | None:
-    """What the run counted as errors: the `fail_status` metadata that runs record; for files
-    written before it was recorded, the profile's own setting, else the default of that time
-    (5xx only), so that an archived verdict does not change under a newer default. None: the
-    profile's (parsed) value stands."""
-    try:
-        recorded = json.loads(result.metadata.get("fail_status") or "null")
-    except ValueError:
-        recorded = None
-    if isinstance(recorded, list) and all(isinstance(c, str) for c in recorded):
-        return tuple(recorded)
-    if not profile_text.strip():
-        return LEGACY_FAIL_STATUS
-    import tomllib
-
-    try:
-        load = tomllib.loads(profile_text).get("load", {})
-    except tomllib.TOMLDecodeError:
-        return None
-    return None if isinstance(load, dict) and "fail_status" in load else LEGACY_FAIL_STATUS
-
-
-def _slo_flags_of(result: Result) -> dict[str, float]:
-    """The run's `--slo` objectives (metadata `slo_flags`), which the profile does not hold."""
-    try:
-        flags = json.loads(result.metadata.get("slo_flags") or "{}")
-    except ValueError:
-        return {}
-    if not isinstance(flags, dict):
-        return {}
-    return {k: float(v) for k, v in flags.items()
-            if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)}
-
-
-def _with_flags(plan: Plan, flags: dict[str, float]) -> Plan:
-    from dataclasses import replace
-
-    from loadforge.config.profile import with_slo_flags
-
-    return replace(plan, slo=with_slo_flags(plan.slo, flags)) if flags else plan
-
-
-def _flag_plan_of_result(result: Result, flags: dict[str, float]) -> Plan | None:
-    """A run started from flags, with `--slo`: its one stage from the `stages` metadata."""
-    from loadforge.config.plan import Request, Stage
-
-    try:
-        stages = tuple(Stage(str(s["name"]), float(s["duration_s"]), s.get("rate_from"),
-                             s.get("rate_to"), s.get("concurrency"), float(s.get("think_s") or 0))
-                       for s in json.loads(result.metadata.get("stages") or "[]"))
-    except (ValueError, KeyError, TypeError):
-        return None
-    if not stages:
-        return None
-    plan = Plan(name=result.metadata.get("profile_name") or "adhoc",
-                target=result.metadata.get("target") or "", stages=stages,
-                requests=(Request("default"),),
-                fail_status=_recorded_fail_status(result) or LEGACY_FAIL_STATUS)
-    return _with_flags(plan, flags)
 
 
 # -- the fold of interval rows: figures of one interval, or of a merge of intervals ---------
@@ -602,11 +394,14 @@ class SparseBuckets(Mapping[int, int]):
         return zip(self._index, self._count, strict=True)
 
 
+_NO_BUCKETS = SparseBuckets({})
+
+
 def _pairs(buckets: Mapping[int, int]) -> Iterable[tuple[int, int]]:
     return buckets.pairs() if isinstance(buckets, SparseBuckets) else buckets.items()
 
 
-@dataclass
+@dataclass(slots=True)
 class IntervalFigures:
     """What the objectives need from a span of time: latency bucket counts (sparse, hdrh
     index -> count) and outcome counts. A running sum holds them in a dict; `compact()`
@@ -626,7 +421,8 @@ class IntervalFigures:
     def compact(self) -> None:
         """Keep the latency buckets in arrays: for figures held until the end of a run."""
         if isinstance(self.latency, dict):
-            self.latency = SparseBuckets(self.latency)
+            # No latency (counts only, or no successful response): one shared, read-only empty.
+            self.latency = SparseBuckets(self.latency) if self.latency else _NO_BUCKETS
 
     def add(self, other: IntervalFigures, sign: int = 1) -> None:
         lat = self._buckets()
@@ -651,16 +447,9 @@ class IntervalFigures:
             lat[index] = lat.get(index, 0) + counts[index]
 
     def latency_stats(self) -> dict[str, Any]:
-        """histogram.stats() of the merged latency (same percentile definitions)."""
-        h = histogram.new_histogram()
-        if self.latency:
-            hc = h.counts
-            for index, count in _pairs(self.latency):
-                hc[index] = count
-            h.total_count = sum(count for _, count in _pairs(self.latency))
-            h.min_value = h.get_value_from_index(min(self.latency))
-            h.max_value = h.get_value_from_index(max(self.latency))
-        return histogram.stats(h)
+        """histogram.stats() of the merged latency (same percentile definitions), without
+        building an HdrHistogram (the windows of the verdicts ask for one per position)."""
+        return histogram.stats_of_buckets(_pairs(self.latency))
 
     def observe(self, objective: str, cache: dict[str, Any] | None = None) -> float | None:
         """The observed value of `objective` (µs for latency, a fraction otherwise); None when
@@ -684,9 +473,10 @@ class IntervalFigures:
             return max(0.0, (self.scheduled - self.open_responses) / self.scheduled)
         raise ValueError(f"unknown SLO objective {objective!r}")
 
-def fold_intervals(rows: Iterable[dict[str, Any]], interval_ms: int, reader: RowReader,
+def fold_intervals(rows: Iterable[dict[str, Any]], interval_ms: int, source: RowSource,
                    open_stages: Mapping[str, bool] | None = None, latency: bool = True,
-                   served: dict[int, dict[str, int]] | None = None
+                   served: dict[int, dict[str, int]] | None = None,
+                   into: dict[tuple[int, str], IntervalFigures] | None = None
                    ) -> dict[tuple[int, str], IntervalFigures]:
     """(interval index, stage) -> IntervalFigures of the interval rows (of a file, or the
     coordinator's as it writes them): what SLO windows, `abort_after` and the scaling
@@ -696,8 +486,10 @@ def fold_intervals(rows: Iterable[dict[str, Any]], interval_ms: int, reader: Row
     open_stages: stage -> open model; arrivals due and responses count towards the rate
     shortfall in open-model stages only (a stage not named counts); None: every stage's.
     latency: False skips decoding histograms (a judge of counts only).
-    served: filled with interval index -> backend -> responses (backend attribution)."""
-    out: dict[tuple[int, str], IntervalFigures] = {}
+    served: filled with interval index -> backend -> responses (backend attribution).
+    into: the figures to add to (a fold fed interval by interval); a new dict by default."""
+    out: dict[tuple[int, str], IntervalFigures] = {} if into is None else into
+    touched: list[IntervalFigures] = []
     for row in rows:
         if row["scope"] != "interval" or row["stage"] == "*":
             continue
@@ -706,8 +498,9 @@ def fold_intervals(rows: Iterable[dict[str, Any]], interval_ms: int, reader: Row
         fig = out.get((index, stage))
         if fig is None:
             fig = out[(index, stage)] = IntervalFigures()
-        if latency and headline_row(row, reader.has_ok_rows, reader.error_outcomes):
-            fig.add_histogram(reader.latency(row))
+        touched.append(fig)
+        if latency and source.headline(row):
+            fig.add_histogram(source.latency(row))
         counted = open_stages is None or open_stages.get(stage, True)
         if row["name"] == "*" and row["outcome"] == "*":
             if counted:
@@ -718,7 +511,7 @@ def fold_intervals(rows: Iterable[dict[str, Any]], interval_ms: int, reader: Row
         count = int(row["count"])
         outcome = row["outcome"]
         fig.sent += count
-        if outcome in reader.error_outcomes:
+        if source.is_error(row):
             fig.errors += count
         if outcome in STATUS_OUTCOMES and counted:
             fig.open_responses += count
@@ -727,9 +520,50 @@ def fold_intervals(rows: Iterable[dict[str, Any]], interval_ms: int, reader: Row
             if backend != "*" and outcome in STATUS_OUTCOMES and count:
                 by_backend = served.setdefault(index, {})
                 by_backend[backend] = by_backend.get(backend, 0) + count
-    for fig in out.values():
+    for fig in touched:
         fig.compact()
     return out
+
+
+class RunFold:
+    """What the verdicts judge of one run (analysis/slo.evaluate, analysis/scaling.analyze),
+    folded from its rows as they are written: per interval and stage `IntervalFigures`
+    (arrivals due counted in every stage: slo.py leaves closed-model stages' out), responses
+    per backend per interval, and the few rows kept as they are (stage rows for backend
+    attribution, metric and action rows), with the scripted flows' figures (`checks`).
+
+    `run` and `simulate` feed it the rows they hand the writer, so a run's verdicts need no
+    read-back of its file; readback.run_fold feeds it a file's rows (`ls`, `report`):
+    the same fold of the same rows. Interval rows' histograms are read during `add` and never
+    kept (in a run they are the coordinator's accumulators). latency: False keeps counts
+    only, for verdicts that judge no latency. Held for the whole run, it grows with it: about
+    200 bytes per interval and stage for counts (17 MB a day at 1 s intervals), plus the
+    nonzero latency buckets when an objective judges latency (what reading the file back
+    held at the end of a run before)."""
+
+    def __init__(self, source: RowSource, interval_ms: int, latency: bool = True) -> None:
+        self.source = source
+        self.interval_ms = interval_ms
+        self.latency = latency
+        self.intervals: dict[tuple[int, str], IntervalFigures] = {}
+        self.served: dict[int, dict[str, int]] = {}       # index -> backend -> responses
+        self.stage_rows: list[dict[str, Any]] = []
+        self.metric_rows: list[dict[str, Any]] = []
+        self.action_rows: list[dict[str, Any]] = []
+        self.flows: dict[str, Any] = {}     # the scripted flows' figures (flows/), if any
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        """Fold rows of any scope, in the order they are written."""
+        fold_intervals(rows, self.interval_ms, self.source, latency=self.latency,
+                       served=self.served, into=self.intervals)
+        for row in rows:
+            scope = row["scope"]
+            if scope == "stage":
+                self.stage_rows.append(row)
+            elif scope == "metric":
+                self.metric_rows.append(row)
+            elif scope == "action":
+                self.action_rows.append(row)
 
 
 # -- the summary of a run (the terminal summary, --summary-json) -----------------------------
@@ -760,8 +594,7 @@ def summary_figures(rows: Iterable[dict[str, Any]], fail_status: tuple[str, ...]
     coordinator writes them, and what the rows do not hold (`inputs`: durations, targets,
     the generator's own figures): the fold `run_figures` makes of the same rows in the file.
     """
-    reader = RowReader(set(error_outcomes(fail_status)))
-    folded = fold_scopes(rows, reader, full=True)
+    folded = fold_scopes(rows, RowSource.live(fail_status), full=True)
     stages_out = []
     run = inputs.run
     tls = "tls_handshakes" in inputs.connections      # an https:// run

@@ -1,5 +1,6 @@
 """Scaling verdicts: how a stage recovers, how long it is out of its SLO, what scaling out
-looked like, and what each timed action cost; all read back from a run's result file.
+looked like, and what each timed action cost; all from a run's rows (figures.RunFold: fed
+as the run wrote them, or read back from its result file).
 
 Per stage (the stage's own `[[slo.stages]]` latency and error objectives, else the run's
 `[slo]`, judged over trailing windows of `[observe] window`, 1 s by default, clipped to the
@@ -29,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadforge.analysis import backends
-from loadforge.analysis.figures import IntervalFigures, RowReader, fold_intervals
+from loadforge.analysis.figures import IntervalFigures, RunFold
+from loadforge.analysis.readback import run_fold
 from loadforge.config.plan import Plan
 from loadforge.observe import pollers as observe
 from loadforge.results.store import Result
@@ -47,23 +49,22 @@ class _Interval:
     errors: int = 0
 
 
-def _fold(plan: Plan, result: Result, interval_ms: int) -> dict[int, _Interval]:
-    """Per interval, each stage's figures (figures.fold_intervals, arrivals due counted in
-    every stage), the errors and the responses per backend."""
-    # Each interval's latency buckets are decoded and kept only when a recovery objective
-    # judges latency: they are the one part of the analysis that grows with the run.
-    need_latency = any(objective in LATENCY for stage in plan.stages
-                       for objective in _thresholds(plan, stage.name))
-    served: dict[int, dict[str, int]] = {}
-    figures = fold_intervals(result.rows("interval", stage=None, name=None, outcome=None),
-                             interval_ms, RowReader.of(result, plan.fail_status),
-                             latency=need_latency, served=served)
+def needs_latency(plan: Plan) -> bool:
+    """Whether a recovery objective judges latency: each interval's latency buckets are then
+    kept, the one part of the analysis that grows with the run."""
+    return any(objective in LATENCY for stage in plan.stages
+               for objective in _thresholds(plan, stage.name))
+
+
+def _intervals(fold: RunFold) -> dict[int, _Interval]:
+    """Per interval, each stage's figures (arrivals due counted in every stage), the errors
+    and the responses per backend."""
     out: dict[int, _Interval] = {}
-    for (index, stage), fig in figures.items():
+    for (index, stage), fig in fold.intervals.items():
         iv = out.setdefault(index, _Interval())
         iv.by_stage[stage] = fig
         iv.errors += fig.errors
-    for index, by_backend in served.items():
+    for index, by_backend in fold.served.items():
         out[index].served = by_backend
     return out
 
@@ -206,14 +207,11 @@ def _scale_out(intervals: dict[int, _Interval], first: int, last: int, start_ms:
     return out
 
 
-def _actions(result: Result) -> list[dict[str, Any]]:
-    if "value" not in result.table.column_names:
-        return []
-    rows = result.rows("action", name=None, outcome=None)
+def _actions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"name": r["name"], "ok": r["outcome"] == "ok",
              "backend": None if r["backend"] == "*" else r["backend"],
              "started_s": int(r["start_ms"]) / 1000, "ended_s": int(r["end_ms"]) / 1000,
-             "stage": r["stage"], "value": r["value"]}
+             "stage": r["stage"], "value": None if r.get("value") is None else float(r["value"])}
             for r in sorted(rows, key=lambda r: int(r["start_ms"]))]
 
 
@@ -260,25 +258,21 @@ def _metrics_summary(series: dict[str, list[tuple[int, float | None]]]) -> dict[
     return out
 
 
-def _interval_ms(result: Result) -> int:
-    try:
-        return max(1, int(result.metadata.get("interval_ms", "1000")))
-    except ValueError:
-        return 1000
-
-
-def analyze(plan: Plan, result: Result) -> dict[str, Any]:
-    """Everything of the module docstring, from a result file:
+def analyze(plan: Plan, source: RunFold | Result) -> dict[str, Any]:
+    """Everything of the module docstring, from a run's rows (folded as written, or read back
+    from its result file):
     {"backends", "fairness", "unattributed", "metrics", "actions": [...],
      "stages": {name: {"backends", "fairness", "time_to_recover_s", "violation_s", "recovered",
                        "first_violation_s", "error_budget_burn", "scale_out"}},
      "slo": [verdicts of time_to_recover / failover objectives]}"""
-    interval_ms = _interval_ms(result)
+    fold = (source if isinstance(source, RunFold)
+            else run_fold(source, plan.fail_status, latency=needs_latency(plan)))
+    interval_ms = fold.interval_ms
     interval_s = interval_ms / 1000
     window = max(1, round(plan.observe.window_s / interval_s))
-    intervals = _fold(plan, result, interval_ms)
-    attribution = backends.backend_figures(result)
-    series = backends.metric_series(result)
+    intervals = _intervals(fold)
+    attribution = backends.backend_figures_of(fold.stage_rows, fold.source)
+    series = backends.metric_series_of(fold.metric_rows)
     metric, replicas = _replicas_series(plan, series)
     last_index = max(intervals, default=0)
 
@@ -297,7 +291,7 @@ def analyze(plan: Plan, result: Result) -> dict[str, Any]:
                                         interval_s, metric, replicas)
         stages[name] = block
 
-    actions = _actions(result)
+    actions = _actions(fold.action_rows)
     run_end_ms = (last_index + 1) * interval_ms
     for k, action in enumerate(actions):
         until = actions[k + 1]["started_s"] * 1000 if k + 1 < len(actions) else run_end_ms
@@ -376,10 +370,11 @@ def verdicts(plan: Plan, stages: dict[str, Any], actions: list[dict[str, Any]]
     return out
 
 
-def annotate(summary: dict[str, Any], plan: Plan, result: Result) -> list[dict[str, Any]]:
+def annotate(summary: dict[str, Any], plan: Plan, source: RunFold | Result
+             ) -> list[dict[str, Any]]:
     """Add the analysis to a run's summary (top level and each stage's block); return the
     verdicts of the scaling objectives."""
-    analysis = analyze(plan, result)
+    analysis = analyze(plan, source)
     for key in ("backends", "fairness", "unattributed", "metrics", "actions"):
         summary[key] = analysis[key]
     for block in summary.get("stages", []):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadforge.analysis import backends, scaling
-from loadforge.analysis.figures import RunFigures, plan_of_result
+from loadforge.analysis.readback import RunFigures, plan_of_result
 from loadforge.errors import InputError
 from loadforge.observe import pollers
 from loadforge.units import parse_duration

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadforge.analysis.backends import jain_index
-from loadforge.analysis.figures import ALL_STAGES, RunFigures
+from loadforge.analysis.figures import ALL_STAGES
+from loadforge.analysis.readback import RunFigures
 from loadforge.config.outcomes import error_outcomes
 from loadforge.config.plan import STATUS_OUTCOMES
 from loadforge.results import histogram

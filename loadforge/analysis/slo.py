@@ -1,11 +1,11 @@
 """SLO verdicts: the objectives of `Plan.slo` (config/plan.py's SLO, their meaning in
 config/profile.py's docstring) judged from merged histograms.
 
-Everything is computed from the interval rows a run writes: at the end of a run from the
-Parquet file read back (`evaluate`), during the run from the same rows as the coordinator
-writes them (`LiveSLO`, for `abort_after`). Both fold them with figures.fold_intervals into
-`IntervalFigures`, so a window that aborted a run is judged by exactly the numbers the
-archived file holds.
+Everything is computed from the interval rows a run writes, folded by figures.fold_intervals
+into `IntervalFigures`: at the end of a run from the `RunFold` the runner fed as it wrote the
+rows (`evaluate`; `ls` and `report` fold the file's rows into the same, readback.run_fold),
+during the run from the same rows one interval at a time (`LiveSLO`, for `abort_after`). So
+a window that aborted a run is judged by exactly the numbers the archived file holds.
 
 Sliding windows keep a sparse running sum of histogram buckets (add the interval that enters,
 subtract the one that leaves): re-merging N histograms per step would cost N x 23552 bucket
@@ -20,14 +20,13 @@ from typing import Any
 from loadforge.analysis.figures import (  # noqa: F401  (their home is the one fold)
     LATENCY_OBJECTIVES,
     IntervalFigures,
-    RowReader,
+    RowSource,
+    RunFold,
     SparseBuckets,
     fold_intervals,
-    plan_of_result,
 )
-from loadforge.config.outcomes import error_outcomes
+from loadforge.analysis.readback import flows_of, plan_of_result, run_fold
 from loadforge.config.plan import Plan, WindowObjectives
-from loadforge.errors import ResultsError
 from loadforge.results.store import OK, Result, read_result
 
 FRACTION_OBJECTIVES = ("error_rate", "success_rate", "rate_shortfall")
@@ -41,6 +40,7 @@ __all__ = [
     "LiveSLO",
     "LiveVerdicts",
     "evaluate",
+    "needs_latency",
     "plan_of_result",
 ]
 
@@ -130,7 +130,7 @@ def _window_name(entry: WindowObjectives, objective: str) -> str:
     return f"{where}{_label(objective)} over any {fmt_seconds(entry.window_s)} window"
 
 
-# -- evaluation from a result file -----------------------------------------------------------
+# -- evaluation at the end of a run ----------------------------------------------------------
 
 def _verdict(name: str, objective: str, observed: float | None, limit_value: float,
              scope: str, **extra: Any) -> dict[str, Any]:
@@ -150,8 +150,25 @@ def _verdict(name: str, objective: str, observed: float | None, limit_value: flo
     return verdict
 
 
-def evaluate(plan: Plan, result: Result | str) -> list[dict[str, Any]]:
-    """Every objective of `plan.slo`, judged from the interval rows of `result`.
+def needs_latency(plan: Plan) -> bool:
+    """Whether any objective of `plan.slo` judges latency (else counts are enough)."""
+    slo = plan.slo
+    limits = [slo.run, *(e.limits for e in slo.stages), *(w.limits for w in slo.windows)]
+    return any(objective in LATENCY_OBJECTIVES for entry in limits for objective in entry)
+
+
+def _judged(plan: Plan, fold: RunFold) -> dict[tuple[int, str], IntervalFigures]:
+    """The fold's interval figures as the objectives judge them: arrivals due and responses
+    of closed-model stages stay out of the rate shortfall."""
+    open_stages = _open_stages(plan)
+    return {key: fig if open_stages.get(key[1], True)
+            else IntervalFigures(fig.latency, fig.sent, fig.errors)
+            for key, fig in fold.intervals.items()}
+
+
+def evaluate(plan: Plan, source: RunFold | Result | str) -> list[dict[str, Any]]:
+    """Every objective of `plan.slo`, judged from the interval rows of a run: folded as they
+    were written (a RunFold), or read back from its result file (a Result, or its path).
 
     Verdict: {"name", "ok", "observed", "limit", "unit" ("us" | "ratio"), "objective",
     "scope" ("run" | "stage" | "window"), "stage", and for windows "window_s" and
@@ -161,19 +178,19 @@ def evaluate(plan: Plan, result: Result | str) -> list[dict[str, Any]]:
     slo = plan.slo
     if not (slo.run or slo.stages or slo.windows or slo.checks is not None):
         return []
-    if isinstance(result, str):
-        result = read_result(result)
+    if isinstance(source, str):
+        source = read_result(source)
     if not (slo.run or slo.stages or slo.windows):
-        return [_checks_verdict(slo.checks, result)] if slo.checks is not None else []
-    interval_ms = _interval_ms(result)
-    rows = result.rows("interval", stage=None, name=None, outcome=None)
-    # Only the headline rows' histograms are decoded; decoding is the cost.
-    figures = fold_intervals(rows, interval_ms, RowReader.of(result, plan.fail_status),
-                             _open_stages(plan))
+        assert slo.checks is not None
+        flows = source.flows if isinstance(source, RunFold) else flows_of(source)
+        return [_checks_verdict(slo.checks, flows)]
+    fold = source if isinstance(source, RunFold) else run_fold(source, plan.fail_status)
+    interval_ms = fold.interval_ms
+    figures = _judged(plan, fold)
     interval_s = interval_ms / 1000
     verdicts: list[dict[str, Any]] = []
     if slo.checks is not None:
-        verdicts.append(_checks_verdict(slo.checks, result))
+        verdicts.append(_checks_verdict(slo.checks, fold.flows))
 
     run_fig = IntervalFigures()
     for fig in figures.values():
@@ -229,14 +246,10 @@ def evaluate(plan: Plan, result: Result | str) -> list[dict[str, Any]]:
     return verdicts
 
 
-def _checks_verdict(limit: float, result: Result) -> dict[str, Any]:
-    """`checks`: the fraction of scripted flows' checks that passed over the run (the result's
-    `flows` metadata), at least `limit`."""
-    import json
-
-    raw = result.metadata.get("flows")
-    figures = json.loads(raw) if raw else {}
-    observed = figures.get("checks_rate")
+def _checks_verdict(limit: float, flows: dict[str, Any]) -> dict[str, Any]:
+    """`checks`: the fraction of scripted flows' checks that passed over the run (its flows'
+    figures, recorded in the result's `flows` metadata), at least `limit`."""
+    observed = flows.get("checks_rate")
     return _verdict("checks", "checks", observed, limit, "run", stage=None)
 
 
@@ -249,18 +262,6 @@ def _keep_worst(worst: dict[str, tuple[float, int]], objectives: list[tuple[str,
             continue
         if objective not in worst or _worse(objective, observed, worst[objective][0]):
             worst[objective] = (observed, start_index)
-
-
-def _interval_ms(result: Result) -> int:
-    raw = result.metadata.get("interval_ms", "1000")
-    try:
-        value = int(raw)
-        if value <= 0:
-            raise ValueError
-    except ValueError:
-        raise ResultsError(f"results {result.path}: metadata loadforge.interval_ms is "
-                           f"{raw!r}, expected a positive integer") from None
-    return value
 
 
 # -- during the run: abort_after -------------------------------------------------------------
@@ -276,7 +277,7 @@ class LiveSLO:
     def __init__(self, plan: Plan, interval_s: float = 1.0):
         self.interval_ms = int(round(interval_s * 1000))
         self.open_stages = _open_stages(plan)
-        self.error_outcomes = set(error_outcomes(plan.fail_status))
+        self.fail_status = plan.fail_status
         self.entries: list[tuple[WindowObjectives, _Window, list[int | None]]] = []
         for entry in plan.slo.windows:
             if entry.abort_after_s is None:
@@ -289,8 +290,8 @@ class LiveSLO:
         if not self.entries:
             return None
         # The rows' histograms are also the coordinator's accumulators: read, never keep.
-        reader = RowReader(self.error_outcomes, any(row["outcome"] == OK for row in rows))
-        figures = fold_intervals(rows, self.interval_ms, reader, self.open_stages)
+        source = RowSource.live(self.fail_status, any(row["outcome"] == OK for row in rows))
+        figures = fold_intervals(rows, self.interval_ms, source, self.open_stages)
         reason = None
         for entry, window, streak in self.entries:
             series = _series(figures, entry.stage)
@@ -343,14 +344,14 @@ class LiveVerdicts:
     the live outputs (`--metrics`' loadforge_slo_ok, `--dashboard`): the run's objectives over
     every interval merged yet, a stage's over its intervals after the grace, a window's over
     the worst window yet. Named as `evaluate` names them; once the run is over, `evaluate`'s
-    verdicts from the file are the ones that count (a stage whose grace ends inside its last
+    verdicts of the whole run's fold are the ones that count (a stage whose grace ends inside its last
     interval, and `checks`, are judged only there). Memory is bounded by the windows' lengths.
     """
 
     def __init__(self, plan: Plan, interval_s: float = 1.0):
         self.interval_ms = int(round(interval_s * 1000))
         self.open_stages = _open_stages(plan)
-        self.error_outcomes = set(error_outcomes(plan.fail_status))
+        self.fail_status = plan.fail_status
         self.slo = plan.slo
         self.starts = _stage_starts(plan)
         self.run = IntervalFigures()
@@ -366,8 +367,8 @@ class LiveVerdicts:
         slo = self.slo
         if not (slo.run or slo.stages or slo.windows):
             return []
-        reader = RowReader(self.error_outcomes, any(row["outcome"] == OK for row in rows))
-        figures = fold_intervals(rows, self.interval_ms, reader, self.open_stages)
+        source = RowSource.live(self.fail_status, any(row["outcome"] == OK for row in rows))
+        figures = fold_intervals(rows, self.interval_ms, source, self.open_stages)
         for fig in figures.values():
             self.run.add(fig)
         verdicts: list[dict[str, Any]] = []

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadforge.analysis.changepoint import change_points
-from loadforge.analysis.figures import ALL_STAGES, RunFigures, load_runs
+from loadforge.analysis.figures import ALL_STAGES
+from loadforge.analysis.readback import RunFigures, load_runs
 from loadforge.errors import InputError
 from loadforge.results.store import start_key
 

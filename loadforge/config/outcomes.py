@@ -7,6 +7,8 @@ of CPU per worker at start-up). config/plan.py re-exports them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 # gRPC status codes by number (grpc/doc/statuscodes.md): a gRPC call's outcome is
 # "grpc:<CODE>" of its grpc-status, a response like the status classes.
 GRPC_CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
@@ -33,7 +35,7 @@ FAILURE_KINDS = OUTCOMES[5:12]
 STATUS_CLASSES = OUTCOMES[:5]
 
 
-def error_outcomes(fail_status: tuple[str, ...] | list[str]) -> frozenset[str]:
+def error_outcomes(fail_status: Iterable[str]) -> frozenset[str]:
     """The outcomes a run counts as errors: transport failures, responses outside a request's
     expect_status, and the status classes (and gRPC codes) of `fail_status`. The one rule
     every fold (aggregator, live view, figures, SLOs, compare, report) reads."""

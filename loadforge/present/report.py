@@ -23,11 +23,11 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from loadforge.analysis.figures import (
+from loadforge.analysis.figures import name_block
+from loadforge.analysis.readback import (
     RunFigures,
     interval_cells,
     load_runs,
-    name_block,
     run_figures,
     stages_of,
 )
@@ -166,12 +166,13 @@ def _replicas(result: Result) -> list[dict[str, Any]]:
 
 def _verdicts(result: Result) -> list[dict[str, Any]]:
     """The SLO verdicts of the archived profile, judged again from the file (as `ls`)."""
-    from loadforge.analysis import scaling, slo
+    from loadforge.analysis import slo
+    from loadforge.analysis.archive import verdicts_of
 
     plan = slo.plan_of_result(result)
     if plan is None:
         return []
-    verdicts = slo.evaluate(plan, result) + scaling.analyze(plan, result)["slo"]
+    verdicts = verdicts_of(plan, result)
     return [{"name": v["name"], "ok": bool(v["ok"]), "observed": v.get("observed"),
              "limit": v.get("limit"), "unit": v.get("unit")} for v in verdicts]
 

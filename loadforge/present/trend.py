@@ -8,7 +8,8 @@ import io
 import os
 
 from loadforge.analysis.compare import KIND
-from loadforge.analysis.figures import ALL_STAGES, RunFigures
+from loadforge.analysis.figures import ALL_STAGES
+from loadforge.analysis.readback import RunFigures
 from loadforge.analysis.trend import METRICS, Series, scope_values
 from loadforge.units import format_us
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import base64
 import sys
+from collections.abc import Iterable
 from itertools import compress
 from typing import Any
 
@@ -46,6 +47,7 @@ __all__ = [
     "merge",
     "new_histogram",
     "stats",
+    "stats_of_buckets",
     "stats_of_counts",
 ]
 
@@ -157,6 +159,35 @@ def stats_of_counts(counts: Any) -> dict[str, Any]:
     if total:
         # The value at the last count is the highest equivalent value of the top bucket: max.
         out["max"] = _walk(out, counts, len(counts), total, extra=total)
+    return out
+
+
+# A zeroed counts array in the engine's layout, for stats_of_buckets: filled, walked, zeroed.
+_SCRATCH = array.array("Q", bytes(8 * COUNTS_LEN))
+
+
+def stats_of_buckets(pairs: Iterable[tuple[int, int]]) -> dict[str, Any]:
+    """stats() of the histogram whose only nonzero buckets are `pairs` (hdrh index, count):
+    the same figures as building that HdrHistogram (its min and max tracked at the lowest
+    and highest bucket) and calling stats(), without allocating one."""
+    pairs = [(index, count) for index, count in pairs if count]
+    out: dict[str, Any] = {key: 0 for key, _ in PERCENTILES}
+    out.update(max=0, mean=0.0, count=0)
+    if not pairs:
+        return out
+    scratch = _SCRATCH
+    try:
+        for index, count in pairs:
+            scratch[index] = count
+        top = max(index for index, _ in pairs)
+        total = sum(count for _, count in pairs)
+        out["count"] = total
+        _walk(out, scratch, top + 1, total)
+    finally:
+        for index, _ in pairs:
+            scratch[index] = 0
+    top_value = _LAYOUT.get_value_from_index(top)
+    out["max"] = int(_LAYOUT.get_highest_equivalent_value(top_value)) if top_value else 0
     return out
 
 

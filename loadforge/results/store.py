@@ -1,4 +1,4 @@
-"""The Parquet archive of a run: schema, streaming writer, reader.
+"""The Parquet archive of a run: the streaming writer, and the archive's public face.
 
 One file per run. Rows at three scopes (interval, stage, run), each with the encoded latency
 and service-time histograms and the percentiles computed from them; at each scope, rows with
@@ -6,6 +6,9 @@ outcome "ok" merge the successful responses again, and are where headline latenc
 `label_<key>` string columns so that a directory of runs reads as one dataset in pyarrow or
 DuckDB; everything else about the run goes into the Parquet key-value metadata under
 `loadforge.`. The column names of DESIGN.md "Parquet results" are a contract with other tools.
+
+The schema is results/schema.py's, the reader results/reader.py's; both are re-exported here,
+where the rest of loadforge imports them from.
 """
 
 from __future__ import annotations
@@ -14,88 +17,68 @@ import errno
 import io
 import json
 import os
-import re
 import socket
-import stat
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from hdrh.histogram import HdrHistogram
 
 import loadforge
-from loadforge.errors import InputError, ResultsError, RunError
+from loadforge.errors import InputError, RunError
 from loadforge.results import histogram
+from loadforge.results.reader import (
+    Result,
+    check_regular_file,
+    find_results,
+    read_result,
+    start_key,
+)
+from loadforge.results.schema import (
+    BASE_COLUMNS,
+    BASE_FIELDS,
+    METADATA_PREFIX,
+    OK,
+    REQUIRED_COLUMNS,
+    SCHEMA_VERSION,
+    SCOPES,
+    arrow,
+    check_label_key,
+    label_column,
+    outcome_row,
+    result_schema,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
-METADATA_PREFIX = "loadforge."
-# metric: one observed value (observe/pollers.py); action: one timed action's outcome (observe/actions.py).
-SCOPES = ("interval", "stage", "run", "metric", "action", "shard")
+__all__ = [
+    "BASE_COLUMNS",
+    "BASE_FIELDS",
+    "METADATA_PREFIX",
+    "OK",
+    "REQUIRED_COLUMNS",
+    "ROW_GROUP_BYTES",
+    "ROW_GROUP_ROWS",
+    "SCHEMA_VERSION",
+    "SCOPES",
+    "Result",
+    "ResultWriter",
+    "check_label_key",
+    "check_regular_file",
+    "find_results",
+    "label_column",
+    "outcome_row",
+    "read_result",
+    "result_schema",
+    "start_key",
+]
+
 # Rows buffered before a row group is written: bounds the writer's memory whatever the run's
 # length, and keeps row groups large enough for column statistics to be useful.
 ROW_GROUP_ROWS = 1024
 ROW_GROUP_BYTES = 1 << 20
-
-# Arrow types by name: pyarrow is imported when a file is first written or read, not at
-# start-up (it costs more CPU than a run's first second).
-_BASE_FIELDS: tuple[tuple[str, str, bool], ...] = (
-    ("run_id", "string", False),
-    ("scope", "string", False),
-    ("stage", "string", False),
-    ("name", "string", False),
-    ("outcome", "string", False),
-    ("backend", "string", False),
-    ("start_ms", "int64", False),
-    ("end_ms", "int64", False),
-    ("count", "int64", False),
-    # Only on rows merged over name and outcome (name = outcome = "*"), null elsewhere.
-    ("scheduled", "int64", True),
-    ("unsent", "int64", True),
-    # Only on metric rows (the observed value, null when a poll failed) and action rows.
-    ("value", "float64", True),
-    ("latency_hdr", "binary", False),
-    ("service_hdr", "binary", False),
-    ("p50_us", "int64", False),
-    ("p90_us", "int64", False),
-    ("p99_us", "int64", False),
-    ("p999_us", "int64", False),
-    ("max_us", "int64", False),
-    ("mean_us", "float64", False),
-    ("service_p50_us", "int64", False),
-    ("service_p99_us", "int64", False),
-    # TCP connect times (µs) of the connections opened in the row's time, V2-compressed, on
-    # the rows merged over name and outcome (name = outcome = "*"); null elsewhere.
-    ("connect_hdr", "binary", True),
-    # TLS handshake times (µs) of the handshakes ended in the row's time, on the same rows;
-    # null over plain TCP.
-    ("tls_hdr", "binary", True),
-    # A sharded run's per-shard rows (scope "shard") carry the shard's index; "*" elsewhere.
-    ("shard", "string", False),
-)
-BASE_COLUMNS = tuple(name for name, _, _ in _BASE_FIELDS)
-# What a reader needs from any file, whatever later schema versions add.
-REQUIRED_COLUMNS = (
-    "run_id", "scope", "stage", "name", "outcome", "start_ms", "end_ms", "count",
-    "latency_hdr", "service_hdr", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us",
-)
-# The outcome of the rows merged over the successful responses (status classes not in the
-# profile's fail_status), at every scope, per request name and with name "*": the headline
-# latency's source (DESIGN.md "Parquet results").
-OK = "ok"
 _EMPTY = histogram.new_histogram()
-
-
-def _arrow() -> tuple[Any, Any]:
-    """pyarrow and pyarrow.parquet, imported on first use."""
-    import pyarrow
-    import pyarrow.parquet
-
-    return pyarrow, pyarrow.parquet
 
 
 def import_arrow_meanwhile() -> None:
@@ -112,35 +95,9 @@ def import_arrow_meanwhile() -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         except OSError:
             pass
-        _arrow()
+        arrow()
 
     threading.Thread(target=low_priority_import, name="import-pyarrow", daemon=True).start()
-
-
-_LABEL_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def label_column(key: str) -> str:
-    return f"label_{key}"
-
-
-def check_label_key(key: str) -> None:
-    # Label keys become column names; keep them to what SQL engines accept unquoted.
-    if not _LABEL_KEY.match(key):
-        raise InputError(
-            f"label {key!r}: keys must be letters, digits and '_', not starting with a digit"
-        )
-
-
-def result_schema(label_keys: Iterable[str] = ()) -> pa.Schema:
-    """The Arrow schema of a result file with these label keys (in sorted order)."""
-    pa, _ = _arrow()
-    fields = [pa.field(name, getattr(pa, dtype)(), nullable=nullable)
-              for name, dtype, nullable in _BASE_FIELDS]
-    for key in sorted(label_keys):
-        check_label_key(key)
-        fields.append(pa.field(label_column(key), pa.string(), nullable=False))
-    return pa.schema(fields)
 
 
 def _why(exc: OSError) -> str:
@@ -316,22 +273,23 @@ class ResultWriter:
     def _open(self) -> pq.ParquetWriter:
         """The Parquet writer, made with the first row group (or at close)."""
         if self._writer is None:
-            _, parquet = _arrow()
+            _, parquet = arrow()
             self.schema = result_schema(self.labels).with_metadata(
                 {METADATA_PREFIX + k: v for k, v in self.metadata.items()})
             self._writer = parquet.ParquetWriter(self._file, self.schema, compression="zstd")
         return self._writer
 
-    def write(self, rows: list[dict[str, Any]], last: bool = False) -> None:
+    def write(self, rows: list[dict[str, Any]], last: bool = False) -> bool:
         """Append rows. Each row: scope, stage, name, outcome, start_ms, end_ms, count,
-        latency and service (HdrHistogram), optional scheduled, unsent, backend.
+        latency and service (HdrHistogram), optional scheduled, unsent, backend. Returns
+        whether the rows were taken.
 
         Once the disk has filled (`failure`), rows are dropped, except the run's `last` ones
         (its stage and run rows), which go into the space set aside for them."""
         if self._closed:
             raise ValueError(f"results {self.path}: writer already closed")
         if self._broken or (self.failure and not last):
-            return
+            return False
         if not last:
             self._check_disk()
         buf = self._buffer
@@ -380,6 +338,7 @@ class ResultWriter:
             # the rows per interval.
             if self._buffered >= ROW_GROUP_ROWS or self._buffered_bytes >= ROW_GROUP_BYTES:
                 self._flush()
+        return True
 
     def _check_disk(self) -> None:
         """Once per interval: a disk filled by others, or the result's folder removed, stops
@@ -396,7 +355,7 @@ class ResultWriter:
     def _flush(self) -> None:
         if not self._buffered or self._closed:
             return
-        pa, _ = _arrow()
+        pa, _ = arrow()
         try:
             writer = self._open()
             table = pa.table(self._buffer, schema=self.schema)
@@ -494,264 +453,3 @@ class ResultWriter:
             self.close()
         else:
             self.abort()
-
-
-@dataclass
-class Result:
-    """One run read back: metadata without the `loadforge.` prefix, labels, the whole table."""
-
-    path: str
-    run_id: str
-    metadata: dict[str, str]
-    labels: dict[str, str]
-    table: pa.Table
-    _keys: list[tuple[str, str, str, str]] | None = field(default=None, init=False, repr=False)
-    _has_ok: bool | None = field(default=None, init=False, repr=False)
-
-    @property
-    def has_ok_rows(self) -> bool:
-        """Whether the file carries the merged "ok" rows; files written before them do not,
-        and their readers merge the successful outcome rows themselves (`headline_row`)."""
-        if self._has_ok is None:
-            self.rows("run", name=None, outcome=None)   # builds the key list
-            self._has_ok = any(oc == OK and sc in ("interval", "stage", "run")
-                               for sc, _, _, oc in self._keys or [])
-        return self._has_ok
-
-    def rows(
-        self,
-        scope: str,
-        stage: str | None = None,
-        name: str | None = "*",
-        outcome: str | None = "*",
-    ) -> list[dict[str, Any]]:
-        """Rows of a scope, in file order; None for stage/name/outcome means any value."""
-        # Matched in Python on the four key columns, then only the matching runs of rows are
-        # converted: pyarrow.compute alone takes longer to import than a run's file to scan.
-        if self._keys is None:
-            self._keys = list(zip(*(self.table.column(c).to_pylist()
-                                    for c in ("scope", "stage", "name", "outcome")),
-                                  strict=True))
-        keys = self._keys
-
-        def matches(key: tuple[str, str, str, str]) -> bool:
-            sc, st, nm, oc = key
-            return (sc == scope and (stage is None or st == stage)
-                    and (name is None or nm == name) and (outcome is None or oc == outcome))
-
-        rows: list[dict[str, Any]] = []
-        i = 0
-        while i < len(keys):
-            if not matches(keys[i]):
-                i += 1
-                continue
-            j = i + 1
-            while j < len(keys) and matches(keys[j]):
-                j += 1
-            rows += self.table.slice(i, j - i).to_pylist()
-            i = j
-        return rows
-
-    def histogram(self, row: dict[str, Any], column: str = "latency_hdr") -> HdrHistogram:
-        what = (
-            f"results {self.path}: {column} of {row.get('scope')} row "
-            f"stage={row.get('stage')!r} name={row.get('name')!r} "
-            f"outcome={row.get('outcome')!r} start_ms={row.get('start_ms')}"
-        )
-        return histogram.decode(row[column], what=what)
-
-    def service_histogram(self, row: dict[str, Any]) -> HdrHistogram:
-        return self.histogram(row, "service_hdr")
-
-
-def outcome_row(row: dict[str, Any]) -> bool:
-    """A row that counts one outcome of one request name (not a merged "*" or "ok" row)."""
-    return row["name"] != "*" and row["outcome"] not in ("*", OK)
-
-
-def headline_row(row: dict[str, Any], has_ok_rows: bool, error_outcomes: set[str]) -> bool:
-    """Whether `row`'s latency is part of its scope's headline latency (successful responses,
-    all request names): the merged "ok" row with name "*"; in a file without "ok" rows, each
-    outcome row of a successful status. Either way the same buckets, merged."""
-    if has_ok_rows:
-        return row["name"] == "*" and row["outcome"] == OK
-    return outcome_row(row) and row["outcome"] not in error_outcomes
-
-
-def check_regular_file(path: str, what: str = "results") -> None:
-    """A ResultsError unless `path` is a regular file (through symlinks): a FIFO or a device
-    would block the reader, or never end."""
-    if "\0" in path:
-        raise ResultsError(f"{what} {path!r}: the path holds a NUL byte")
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ResultsError(f"{what} {path}: a loop of symbolic links; point it at a "
-                               "file") from None
-        if exc.errno == errno.ENOENT:
-            raise ResultsError(f"{what} {path}: no such file") from None
-        raise ResultsError(f"{what} {path}: cannot read ({exc.strerror})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ResultsError(f"{what} {path}: is a directory, expected a .parquet file")
-    if not stat.S_ISREG(st.st_mode):
-        raise ResultsError(f"{what} {path}: not a regular file (a FIFO, socket or device); "
-                           "expected a .parquet file")
-
-
-def _read_metadata(path: str) -> dict[str, str]:
-    """The loadforge.* footer metadata of `path` (prefix removed), validated."""
-    pa, pq = _arrow()
-    check_regular_file(path)
-    try:
-        footer = pq.read_metadata(path)
-    except PermissionError as exc:
-        raise ResultsError(f"results {path}: cannot read ({exc.strerror})") from exc
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        # A damaged footer can fail in decoding too (UnicodeDecodeError is a ValueError).
-        raise ResultsError(f"results {path}: not a Parquet file ({exc})") from exc
-    raw = footer.metadata or {}
-    meta: dict[str, str] = {}
-    for key, value in raw.items():
-        k = key.decode("utf-8", "replace")
-        if k.startswith(METADATA_PREFIX):
-            meta[k.removeprefix(METADATA_PREFIX)] = value.decode("utf-8", "replace")
-    if "schema_version" not in meta:
-        raise ResultsError(
-            f"results {path}: a Parquet file but not a loadforge result (no loadforge metadata)"
-        )
-    try:
-        version = int(meta["schema_version"])
-    except ValueError:
-        raise ResultsError(
-            f"results {path}: schema version {meta['schema_version']!r} is not a number"
-        ) from None
-    if version > SCHEMA_VERSION:
-        raise ResultsError(
-            f"results {path}: written with result schema {version} by loadforge "
-            f"{meta.get('version', '?')}; this loadforge reads up to schema {SCHEMA_VERSION}"
-        )
-    return meta
-
-
-def read_result(path: str) -> Result:
-    """Read a whole result file. Every problem is a ResultsError naming the file."""
-    path = os.fspath(path)
-    meta = _read_metadata(path)
-    pa, pq = _arrow()
-    try:
-        # One file: ParquetFile reads it without pyarrow.dataset (and pyarrow.compute).
-        with pq.ParquetFile(path) as pf:
-            table = pf.read()
-        # Strings that are not UTF-8, offsets out of range: found once here, not as a
-        # UnicodeDecodeError in whichever fold converts the column first.
-        table.validate(full=True)
-    except (pa.ArrowException, OSError, ValueError, MemoryError) as exc:
-        # A damaged page may claim any size: MemoryError is a damaged file too.
-        raise ResultsError(f"results {path}: unreadable Parquet data "
-                           f"({exc or type(exc).__name__})") from exc
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-    if missing:
-        raise ResultsError(f"results {path}: missing required columns {', '.join(missing)}")
-    _check_column_types(path, table)
-    _check_json_metadata(path, meta)
-    labels = json.loads(meta.get("labels", "{}"))
-    run_id = meta.get("run_id", "")
-    if not run_id and table.num_rows:
-        run_id = str(table["run_id"][0])
-    return Result(
-        path=path,
-        run_id=run_id,
-        metadata=meta,
-        labels={str(k): str(v) for k, v in labels.items()},
-        table=table,
-    )
-
-
-def _check_column_types(path: str, table: pa.Table) -> None:
-    """The columns every reader folds have the types the writer gives them: a `count` of
-    strings is a file this loadforge did not write, said once here, not as a ValueError deep
-    in a fold."""
-    pa, _ = _arrow()
-    schema = table.schema
-    expected = {name: dtype for name, dtype, _ in _BASE_FIELDS}
-    nullable = {name: can for name, _, can in _BASE_FIELDS}
-    for name in REQUIRED_COLUMNS + ("scheduled", "unsent", "value", "connect_hdr", "tls_hdr",
-                                    "backend", "shard"):
-        if name not in schema.names:
-            continue
-        got = schema.field(name).type
-        want = getattr(pa, expected[name])()
-        fits = (got == want or (want == pa.string() and pa.types.is_large_string(got))
-                or (want == pa.binary() and pa.types.is_large_binary(got))
-                or (pa.types.is_integer(want) and pa.types.is_integer(got))
-                or (pa.types.is_floating(want) and (pa.types.is_floating(got)
-                                                     or pa.types.is_integer(got))))
-        if not fits:
-            raise ResultsError(f"results {path}: column {name} holds {got}, expected "
-                               f"{expected[name]}: not a result this loadforge wrote")
-        if not nullable[name] and table.column(name).null_count:
-            raise ResultsError(f"results {path}: column {name} has empty (null) values: not a "
-                               "result this loadforge wrote")
-
-
-# Metadata values that hold JSON, and the type each must have: parsed once here, so that a
-# value nested too deeply (RecursionError) or of the wrong shape is one error naming the file.
-_JSON_METADATA: dict[str, type | tuple[type, ...]] = {"labels": dict, "stages": list, "slo_flags": dict, "flows": dict,
-                  "tls": dict, "shards": dict}
-
-
-def _check_json_metadata(path: str, meta: dict[str, str]) -> None:
-    for key, kind in _JSON_METADATA.items():
-        if key not in meta:
-            continue
-        try:
-            value = json.loads(meta[key])
-        except ValueError as exc:
-            raise ResultsError(f"results {path}: metadata loadforge.{key} is not JSON "
-                               f"({exc})") from None
-        except RecursionError:
-            raise ResultsError(f"results {path}: metadata loadforge.{key} is nested too "
-                               "deeply") from None
-        if not isinstance(value, kind):
-            raise ResultsError(f"results {path}: metadata loadforge.{key} is not a JSON "
-                               f"{'object' if kind is dict else 'array'}")
-        if isinstance(value, list) and not all(isinstance(v, dict) for v in value):
-            raise ResultsError(f"results {path}: metadata loadforge.stages is not an array of "
-                               "objects")
-
-
-def start_key(path: str, meta: dict[str, str]) -> tuple[float, str]:
-    """Orders runs by start time (unreadable times last), then by path."""
-    start = meta.get("start_time", "")
-    try:
-        moment = datetime.fromisoformat(start)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return (moment.timestamp(), path)
-    except ValueError:
-        return (float("inf"), path)
-
-
-def find_results(paths: list[str]) -> list[str]:
-    """Expand directories to their *.parquet results, oldest run first; files stay as given.
-
-    Every file is checked to be a loadforge result (footer only, cheap).
-    """
-    found: list[str] = []
-    for given in paths:
-        given = os.fspath(given)
-        if os.path.isdir(given):
-            files = [
-                os.path.join(given, entry)
-                for entry in os.listdir(given)
-                if entry.endswith(".parquet") and os.path.isfile(os.path.join(given, entry))
-            ]
-            if not files:
-                raise ResultsError(f"results {given}: directory holds no .parquet files")
-            files.sort(key=lambda f: start_key(f, _read_metadata(f)))
-            found.extend(files)
-        else:
-            _read_metadata(given)
-            found.append(given)
-    return found
