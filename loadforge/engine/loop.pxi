@@ -28,7 +28,7 @@ cdef class Engine:
         int wake_epfd            # the control fd alone: sleeping without socket wake-ups
         int control_fd
         Transport transport      # how bytes reach the target (engine/transport.pxi)
-        H2Engine h2              # HTTP/2 streams and sessions (engine/http2.pxi), if enabled
+        H2Engine h2              # HTTP/2 streams and sessions (engine/http2.pxi): an HTTP/2 run
         int proto                # the run's protocol (PROTOCOLS, engine/protocol.pxi): arrivals
                                  # start through it, connections speak it until ALPN says else
 
