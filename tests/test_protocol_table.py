@@ -32,7 +32,7 @@ def test_the_loop_never_asks_which_protocol_runs() -> None:
 
 def test_every_protocol_fills_every_entry() -> None:
     table = source("protocol.pxi")
-    entries = re.findall(r"PROTOCOLS\[<int>(PROTO_\w+)\] = Protocol\((.*?)\)\n", table, re.S)
+    entries = re.findall(r"PROTOCOLS\[<int>(PROTO_\w+)\] = protocol\((.*?)\)\n", table, re.S)
     assert [e[0] for e in entries] == ["PROTO_H1", "PROTO_H2", "PROTO_FLOW"]
     for name, body in entries:
         filled = dict(re.findall(r"(\w+)=(\w+)", body))

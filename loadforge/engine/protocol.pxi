@@ -31,16 +31,38 @@ cdef struct Protocol:
 
 cdef Protocol PROTOCOLS[N_PROTOCOLS]
 
-PROTOCOLS[<int>PROTO_H1] = Protocol(
+
+cdef Protocol protocol(const char* name, int multiplexed, conn_open_fn on_open,
+                       conn_event_fn on_connected, conn_event_fn on_readable,
+                       conn_event_fn on_writable, conn_start_fn start,
+                       conn_event_fn scan_timeouts, conn_event_fn connect_failed,
+                       conn_open_fn drop) noexcept:
+    """One entry, every field named (a struct literal would make Cython write Python
+    converters for each function pointer type, unused)."""
+    cdef Protocol p
+    p.name = name
+    p.multiplexed = multiplexed
+    p.on_open = on_open
+    p.on_connected = on_connected
+    p.on_readable = on_readable
+    p.on_writable = on_writable
+    p.start = start
+    p.scan_timeouts = scan_timeouts
+    p.connect_failed = connect_failed
+    p.drop = drop
+    return p
+
+
+PROTOCOLS[<int>PROTO_H1] = protocol(
     name=b"http/1.1", multiplexed=0, on_open=h1_on_open, on_connected=h1_on_connected,
     on_readable=h1_on_readable, on_writable=h1_on_writable, start=h1_start,
     scan_timeouts=h1_scan_timeouts, connect_failed=h1_connect_failed, drop=h1_drop)
-PROTOCOLS[<int>PROTO_H2] = Protocol(
+PROTOCOLS[<int>PROTO_H2] = protocol(
     name=b"h2", multiplexed=1, on_open=h2_open_session, on_connected=h2_connected,
     on_readable=h2_on_readable, on_writable=h2_on_writable, start=h2_start_arrival,
     scan_timeouts=h2_scan_timeouts, connect_failed=h2_connect_failed, drop=h2_drop)
 # A FlowEngine's steps start from Python (FlowEngine.submit), never through `start`.
-PROTOCOLS[<int>PROTO_FLOW] = Protocol(
+PROTOCOLS[<int>PROTO_FLOW] = protocol(
     name=b"http/1.1", multiplexed=0, on_open=h1_on_open, on_connected=h1_on_connected,
     on_readable=flow_on_readable, on_writable=h1_on_writable, start=h1_start,
     scan_timeouts=h1_scan_timeouts, connect_failed=h1_connect_failed, drop=h1_drop)
