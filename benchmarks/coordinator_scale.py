@@ -34,27 +34,30 @@ from rich.console import Console  # noqa: E402
 
 from loadforge.config.plan import STATUS_OUTCOMES, Plan, Request, Stage  # noqa: E402
 from loadforge.results.store import ResultWriter  # noqa: E402
-from loadforge.run import workers  # noqa: E402
-from loadforge.run.coordinator import Aggregator, _start, _worker_specs, parse_target  # noqa: E402
+from loadforge.run import wire, workers  # noqa: E402
+from loadforge.run.merge import Aggregator  # noqa: E402
 from loadforge.run.progress import LiveProgress  # noqa: E402
+from loadforge.run.session import start, worker_specs  # noqa: E402
+from loadforge.run.target import parse_target  # noqa: E402
 
 REQUESTS = (Request("home", path="/", weight=6), Request("item", path="/item", weight=3),
             Request("missing", path="/missing", weight=1))
-_AT = 1 + workers._GAUGES.size          # the header, after the tag and the gauges
+_AT = 1 + wire.GAUGES.size              # the header, after the tag and the gauges
+# run/wire.HEADER: magic I, version H, final H, worker I, stages I, interval index q, ...
+_FINAL = struct.Struct("<H")
 _WORKER = struct.Struct("<I")
 _INDEX = struct.Struct("<q")
-_FINAL = struct.Struct("<I")
 
 
 def capture(url: str, rate: float, seconds: int) -> list[bytes]:
     """One worker's INTERVAL messages for a short real run."""
     plan = Plan("capture", url, (Stage("s", float(seconds), rate, rate),), REQUESTS,
                 connections=16)
-    specs = _worker_specs(plan, parse_target(url), 1, 1.0, None)
+    specs = worker_specs(plan, parse_target(url), 1, 1.0, None)
     pool = workers.WorkerPool(specs)
     messages: list[bytes] = []
     try:
-        _start(pool)
+        start(pool)
         while True:
             msg = pool.channels[0].recv_bytes()
             if msg[:1] == workers.INTERVAL:
@@ -69,9 +72,9 @@ def capture(url: str, rate: float, seconds: int) -> list[bytes]:
 
 def as_from(template: bytes, worker: int, index: int, final: bool) -> bytes:
     msg = bytearray(template)
-    _WORKER.pack_into(msg, _AT + 4, worker)
-    _INDEX.pack_into(msg, _AT + 8, index)
-    _FINAL.pack_into(msg, _AT + 16, 1 if final else 0)
+    _FINAL.pack_into(msg, _AT + 6, 1 if final else 0)
+    _WORKER.pack_into(msg, _AT + 8, worker)
+    _INDEX.pack_into(msg, _AT + 16, index)
     return bytes(msg)
 
 

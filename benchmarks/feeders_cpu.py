@@ -3,7 +3,7 @@
 request of the same size, in one run of the engine alone (this process, no coordinator).
 
 Compiles a profile with a 1,000,000-row CSV feeder the way `loadforge run` does
-(config/feeders.py: the table memory-mapped from a file), then alternates ROUNDS closed-model
+(engine/tables.py: the table memory-mapped from a file), then alternates ROUNDS closed-model
 runs of the engine (50 connections) with the fixed request and with the template, against
 nginx on 127.0.0.1 (started here on --port, access log off; or --url), and prints the
 median user+system CPU microseconds per request of each and their ratio (goal: <= 1.2).
@@ -33,14 +33,11 @@ from urllib.parse import urlsplit
 import _nginx
 
 from loadforge import _core
-from loadforge.config.feeders import open_table
 from loadforge.config.profile import plan_from_dict
-from loadforge.run.coordinator import (
-    compile_feeders,
-    encode_h2_request,
-    encode_request,
-    parse_target,
-)
+from loadforge.engine.requests import encode_h2_request, encode_request
+from loadforge.engine.tables import open_table
+from loadforge.run.session import compile_feeders
+from loadforge.run.target import parse_target
 
 # Inside nginx's http block (_nginx.py adds the rest).
 NGINX = """

@@ -2,7 +2,7 @@
 """Start-up time and memory of a scripted-flows worker that reads a large feeder.
 
 Writes a CSV feeder of --rows rows (three columns), a one-flow module that reads user.row,
-and prepares the run as `loadforge run` does (coordinator.compile_feeders, the worker specs),
+and prepares the run as `loadforge run` does (session.compile_feeders, the worker specs),
 then starts --workers worker processes and times them from their start to READY (the engine
 built, the rows ready to read). Prints the coordinator's compile time, each worker's time to
 READY and its peak resident memory (VmHWM). No request is sent: the workers are killed at
@@ -25,7 +25,8 @@ import time
 from loadforge.config.plan import Request
 from loadforge.config.profile import plan_from_dict
 from loadforge.flows import loader
-from loadforge.run import coordinator
+from loadforge.run import session
+from loadforge.run import target as targets
 from loadforge.run.workers import WorkerPool
 
 FLOW = '''
@@ -71,12 +72,12 @@ def main() -> None:
         }, path=os.path.join(folder, "bench.toml"))
         flows = loader.load(plan.flows)
         plan = dataclasses.replace(plan, requests=tuple(Request(name=n) for n in flows.names))
-        target = coordinator.parse_target(plan.target)
+        target = targets.parse_target(plan.target)
         t = time.perf_counter()
-        compiled = coordinator.compile_feeders(plan, target)
+        compiled = session.compile_feeders(plan, target)
         compile_s = time.perf_counter() - t
         try:
-            specs = coordinator._worker_specs(plan, target, args.workers, 1.0, None, compiled)
+            specs = session.worker_specs(plan, target, args.workers, 1.0, None, compiled)
             t = time.perf_counter()
             pool = WorkerPool(specs)
             try:

@@ -94,9 +94,9 @@ def import_time() -> None:
 
 
 PHASES = [
-    ("preflight", "coordinator.py", "preflight"),
-    ("workers spawned to ready", "coordinator.py", "_start"),
-    ("collect (the run)", "coordinator.py", "_collect"),
+    ("preflight", "preflight.py", "preflight"),
+    ("workers spawned to ready", "session.py", "start"),
+    ("collect (the run)", "session.py", "collect"),
     ("Parquet write", "store.py", "write"),
     ("Parquet close", "store.py", "close"),
     ("fold (summary figures)", "figures.py", "summary_figures"),

@@ -18,6 +18,10 @@ def hdr_walk(counts: memoryview, limit: int, targets: list[int], unit_magnitude:
 
 def idempotent_request(request: bytes) -> bool: ...
 
+PROBE_SNIFF_BYTES: int
+
+def engine_probe(engine: Engine) -> dict[str, Any]: ...
+
 class ResponseParser:
     def __init__(self, head: bool = False, capture: str | None = None,
                  body: bool = False) -> None: ...
@@ -47,7 +51,7 @@ class Engine:
                              | tuple[list[tuple[bytes, bytes]], bytes,
                                      list[tuple[int, int, int]]]] | None = None,
                  streams: int = 100, retry: str = "idempotent",
-                 fault_epoll: int = 0) -> None: ...
+                 fault_epoll: int = 0, expect: list[tuple[int, ...]] | None = None) -> None: ...
     @property
     def wakeups(self) -> int: ...
     @property

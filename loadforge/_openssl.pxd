@@ -90,6 +90,7 @@ cdef extern from "openssl/ssl.h" nogil:
     int SSL_get_key_update_type(const SSL* ssl)
     int SSL_get_error(const SSL* ssl, int ret)
     long SSL_get_verify_result(const SSL* ssl)
+    const char* X509_verify_cert_error_string(long n)
 
     const BIO_METHOD* BIO_s_mem()
     BIO* BIO_new(const BIO_METHOD* type)
@@ -102,5 +103,7 @@ cdef extern from "openssl/ssl.h" nogil:
 
 cdef extern from "openssl/err.h" nogil:
     unsigned long ERR_get_error()
+    unsigned long ERR_peek_last_error()
+    const char* ERR_reason_error_string(unsigned long e)
     void ERR_clear_error()
     void ERR_error_string_n(unsigned long e, char* buf, size_t len)

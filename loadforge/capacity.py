@@ -29,7 +29,7 @@ from loadforge.config.profile import with_slo_flags
 from loadforge.errors import InputError
 from loadforge.results import histogram
 from loadforge.results.store import ResultWriter, read_result
-from loadforge.run.coordinator import RunOptions, new_run_id
+from loadforge.run.session import RunOptions, new_run_id
 
 UNSENT_SHARE = 0.01          # more unsent than this: the client could not keep up
 ACHIEVED_SHARE = 0.95        # less achieved than this share of the target: same

@@ -1003,7 +1003,7 @@ def capacity(target: str, slos: tuple[str, ...], start_rps: float, max_rps: floa
     from loadforge.present import summary
 
     if target != "sandbox":
-        from loadforge.run.coordinator import parse_target
+        from loadforge.run.target import parse_target
 
         parse_target(target)
     stdout_taken = _one_stdout_output(("--summary-json", summary_json))

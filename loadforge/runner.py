@@ -18,22 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 from loadforge import _core
 from loadforge.analysis import figures, scaling, slo
-from loadforge.config import feeders
 from loadforge.config.plan import Plan, Request
 from loadforge.config.redact import redact_message, redact_profile, redact_url
+from loadforge.engine.requests import request_path
+from loadforge.engine.tables import Compiled
 from loadforge.errors import InputError, RunError
 from loadforge.observe import pollers
 from loadforge.results.store import ResultWriter, read_result
-from loadforge.run import coordinator
-from loadforge.run.coordinator import (
-    RunOptions,
-    RunOutcome,
-    Stop,
-    Target,
-    new_run_id,
-    request_path,
-)
+from loadforge.run import preflight, session
+from loadforge.run.merge import Aggregator
 from loadforge.run.progress import LiveProgress
+from loadforge.run.session import RunOptions, RunOutcome, Stop, new_run_id
+from loadforge.run.target import Target, parse_target, with_tls
 from loadforge.run.workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -65,8 +61,8 @@ def execute(plan: Plan, opts: RunOptions, console: Console,
 
 def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
              sandbox: Any = None, live: LiveOutputs | None = None) -> RunOutcome:
-    target = coordinator.parse_target(target_url)
-    plan = coordinator.with_tls(plan, target)
+    target = parse_target(target_url)
+    plan = with_tls(plan, target)
     if plan.http == "2" and (missing := _core.http2_library()):
         raise RunError(f"--http 2 needs libnghttp2.so.14 (Debian package libnghttp2-14), "
                        f"which did not load: {missing}")
@@ -92,7 +88,7 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
             requested = default_workers(opts.kube.cpu)
         per_shard = shard_workers(requested, opts.shards, plan.connections)
         workers = opts.shards * per_shard
-    compiled = coordinator.compile_feeders(plan, target, inline=bool(opts.shards))
+    compiled = session.compile_feeders(plan, target, inline=bool(opts.shards))
     try:
         return _execute_compiled(plan, opts, console, target, workers, per_shard, compiled,
                                  sandbox, live)
@@ -101,25 +97,25 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
 
 
 def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Target,
-                      workers: int, per_shard: int, compiled: feeders.Compiled,
+                      workers: int, per_shard: int, compiled: Compiled,
                       sandbox: Any, live: LiveOutputs | None = None) -> RunOutcome:
-    specs = coordinator._worker_specs(plan, target, workers, opts.interval_s,
-                                      pollers.backend_header(plan, opts.backend_header, sandbox),
-                                      compiled)
-    coordinator._check_fd_limit(specs, plan)
-    coordinator._check_template_buffers(specs, compiled)
+    specs = session.worker_specs(plan, target, workers, opts.interval_s,
+                                 pollers.backend_header(plan, opts.backend_header, sandbox),
+                                 compiled)
+    session.check_fd_limit(specs, plan)
+    session.check_template_buffers(specs, compiled)
     # Metric pollers and timed actions, started at time zero (observe/).
     watchers = pollers.Watchers(plan, opts.interval_s, sandbox)
     negotiated: dict[str, Any] = {}
     if opts.preflight:
-        first, judged = coordinator.preflight_request(plan.requests, plan.templates)
+        first, judged = preflight.preflight_request(plan.requests, plan.templates)
         if plan.flows is not None:
             # A flow's first step may need what an earlier one returned: reach the target,
             # judge nothing but that it answers.
             first, judged = Request(name="preflight"), False
-        negotiated = coordinator.preflight(target, first, plan.timeout_s, judge_status=judged,
-                                           tls=plan.tls, http=plan.http,
-                                           fail_status=plan.fail_status)
+        negotiated = preflight.preflight(target, first, plan.timeout_s, judge_status=judged,
+                                         tls=plan.tls, http=plan.http,
+                                         fail_status=plan.fail_status)
         warning = negotiated.pop("preflight_warning", None)
         if warning:
             from rich.text import Text
@@ -138,6 +134,11 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
         "http": plan.http,
         # What counted as an error, so that a later default never re-judges this run.
         "fail_status": list(plan.fail_status),
+        # ... and per request name its expect_status, where it has one: the engine recorded
+        # its responses as "unexpected" / "expected" by it (config/outcomes.py)
+        **({"expect_status": {r.name: list(r.expect_status) for r in plan.requests
+                              if r.expect_status}}
+           if any(r.expect_status for r in plan.requests) else {}),
         **({"streams": str(plan.streams)} if plan.http == "2" else {}),
         "stages": [{"name": s.name, "duration_s": s.duration_s, "rate_from": s.rate_from,
                     "rate_to": s.rate_to, "concurrency": s.concurrency, "think_s": s.think_s}
@@ -160,8 +161,8 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     failure: str | None = None
     try:
         with LiveProgress(plan.duration_s, console, opts.quiet) as progress:
-            agg = coordinator.Aggregator(plan, writer, workers, opts.interval_s, progress,
-                                         slo.LiveSLO(plan, opts.interval_s).interval)
+            agg = Aggregator(plan, writer, workers, opts.interval_s, progress,
+                             slo.LiveSLO(plan, opts.interval_s).interval)
             if live is not None:
                 live.start(plan, run_id, redact_url(target.url), opts.interval_s)
                 agg.observers.append(live.interval)
@@ -174,11 +175,11 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
                 t0 = pool.start()
             else:
                 pool = WorkerPool(specs)
-                t0 = coordinator._start(pool)
+                t0 = session.start(pool)
             watchers.start(t0)
             agg.t0_ns = t0
             try:
-                coordinator._collect(pool, agg, plan, t0, stop)
+                session.collect(pool, agg, plan, t0, stop)
             except RunError as exc:
                 # A worker crashed or the disk filled: keep what was merged, marked incomplete.
                 failure = str(exc)
@@ -239,8 +240,8 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     return RunOutcome(result, saved, ok, stop.signum, failure)
 
 
-def _exhausted(agg: coordinator.Aggregator,
-               compiled: feeders.Compiled) -> dict[str, Any] | None:
+def _exhausted(agg: Aggregator,
+               compiled: Compiled) -> dict[str, Any] | None:
     """The summary's `feeder_exhausted`: the `unique` feeder whose rows ran out, ending the
     run, and how many it had (each sent once); None when none did."""
     if agg.exhausted is None or not 0 <= agg.exhausted[0] < len(compiled.tables):

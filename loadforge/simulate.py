@@ -52,7 +52,8 @@ from loadforge.config.redact import redact_profile
 from loadforge.errors import InputError
 from loadforge.results import histogram
 from loadforge.results.store import ResultWriter, read_result
-from loadforge.run.coordinator import RunInputs, RunOutcome, ScopeRun, new_run_id, run_target_rps
+from loadforge.run.merge import RunInputs, ScopeRun, run_target_rps
+from loadforge.run.session import RunOutcome, new_run_id
 from loadforge.sandbox.hpa import HPA, PodSample
 from loadforge.schedule import expected_between, layout
 

@@ -19,7 +19,7 @@ import pytest
 from servers import ROOT, LoggingNginx
 
 from loadforge.analysis.slo import plan_of_result
-from loadforge.config.feeders import row_for
+from loadforge.engine.tables import row_for
 from loadforge.results.store import read_result
 
 TOKEN = "tok-5e3cr3t-value"
@@ -390,9 +390,10 @@ def test_a_large_feeder_is_memory_mapped_and_read_the_same(server, tmp_path):
     rows = [(str(1_000_000 + i), "x" * 20 + str(i)) for i in range(60_000)]
     write_rows(str(tmp_path), rows)
     path = profile(str(tmp_path), server.url, "random", 300, seed=3)
-    from loadforge.config.feeders import MMAP_MIN_BYTES
     from loadforge.config.profile import load_profile
-    from loadforge.run.coordinator import compile_feeders, parse_target
+    from loadforge.engine.tables import MMAP_MIN_BYTES
+    from loadforge.run.session import compile_feeders
+    from loadforge.run.target import parse_target
 
     os.environ["TOKEN"] = "x"
     try:

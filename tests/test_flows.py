@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 from servers import ROOT, LoggingNginx, free_port
 
-from loadforge.config.feeders import row_for
+from loadforge.engine.tables import row_for
 from loadforge.results.store import read_result
 
 LOCATIONS = """
@@ -216,9 +216,10 @@ def test_a_large_feeder_is_read_from_the_memory_mapped_table(server, tmp_path):
     the same rows whatever the worker count, and user.rows holds every feeder's."""
     import csv
 
-    from loadforge.config.feeders import MMAP_MIN_BYTES
     from loadforge.config.profile import load_profile
-    from loadforge.run.coordinator import compile_feeders, parse_target
+    from loadforge.engine.tables import MMAP_MIN_BYTES
+    from loadforge.run.session import compile_feeders
+    from loadforge.run.target import parse_target
 
     folder = str(tmp_path)
     rows = [(str(500_000 + i), f'n{i} caf\u00e9 "q", a/b?c=d&e%20 \u65e5' + "x" * 20)
@@ -505,8 +506,16 @@ def test_checks_and_failed_flows_where_people_look(server, tmp_path):
     assert "flow anonymous failed 10× with ValueError: no cart without a token" in text
     assert "flows: 40 scheduled, 30 completed, 10 failed" in text and "70 step" in text
     assert "step:other" not in text
+    # The headline counts flows (40 scheduled, 30 completed at 30/s against 40/s, 25 % failed)
+    # and the steps on a table of their own (70 requests, 10 of them errors).
+    assert re.search(r"all\s+40\s+30\s+0\s+40\.0\s+30\.0\s+25\s", text), text
+    assert re.search(r"steps \(the requests of the flows\)", text), text
+    assert re.search(r"all\s+70\s+70\.0\s+10\s+14\.3\s", text), text
     with open(summary_path) as f:
         summary = json.load(f)
+    assert summary["flow_totals"] == {"completed": 30, "failed": 10, "achieved_rps": 30.0,
+                                      "failure_rate": 0.25}
+    assert summary["requests"] == 70 and summary["stages"][0]["flow_totals"]["completed"] == 30
     assert summary["flows"]["failed_flow_samples"] == {
         "anonymous": {"ValueError": "no cart without a token"}}
     html = os.path.join(str(tmp_path), "r.html")

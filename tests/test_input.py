@@ -17,8 +17,8 @@ from servers import RecordingServer, loadforge
 
 from loadforge import limits
 from loadforge.config.profile import check_target, parse_slo_flags, plan_from_dict
+from loadforge.engine.requests import request_path
 from loadforge.errors import ProfileError
-from loadforge.run.coordinator import request_path
 
 PROFILE = """
 name = "input"

@@ -22,7 +22,7 @@ KNOWN_UPWARD = {
     ("loadforge.schedule", "loadforge._core"),
     # Not debt: the exact merge is hdrh's, through the one bridge the store also encodes with;
     # results/histogram.py serves the live merge and the file alike.
-    ("loadforge.run.coordinator", "loadforge.results.histogram"),
+    ("loadforge.run.merge", "loadforge.results.histogram"),
 }
 
 
@@ -91,3 +91,51 @@ def test_no_import_cycle_at_module_level():
     for m in graph:
         if m not in state:
             visit(m, [])
+
+
+def private_uses(mods: dict[str, str]) -> list[str]:
+    """Every use of another module's `_private` name in the package: `from loadforge.x import
+    _y` (a name, not a module) and `m._y` where `m` is a loadforge module imported by name."""
+    found = []
+    for name, path in mods.items():
+        if not path:
+            continue
+        tree = ast.parse(open(path).read())
+        aliases: dict[str, str] = {}      # local name -> the loadforge module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("loadforge"):
+                for a in node.names:
+                    full = f"{node.module}.{a.name}"
+                    if full in mods:
+                        aliases[a.asname or a.name] = full
+                    elif a.name.startswith("_") and not a.name.startswith("__"):
+                        found.append(f"{name}:{node.lineno} imports {node.module}.{a.name}")
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name in mods and a.asname:
+                        aliases[a.asname] = a.name
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and node.attr.startswith("_")
+                    and not node.attr.startswith("__")
+                    and f"{aliases[node.value.id]}.{node.attr}" not in mods):
+                found.append(f"{name}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names():
+    # A module's `_name` is its own: another module that needs it calls a public face instead
+    # (STYLE.md "A coordinator coordinates"). The tests may reach into privates.
+    assert private_uses(modules()) == []
+
+
+def test_the_private_name_check_finds_an_import_and_a_call(tmp_path):
+    pkg = tmp_path / "loadforge"
+    (pkg / "run").mkdir(parents=True)
+    (pkg / "run" / "a.py").write_text("def _helper():\n    pass\n")
+    (pkg / "run" / "b.py").write_text("from loadforge.run.a import _helper\n")
+    (pkg / "run" / "c.py").write_text("from loadforge.run import a\n\na._helper()\n")
+    (pkg / "run" / "d.py").write_text("from loadforge.run import a\n\na.helper()\n")
+    mods = {f"loadforge.run.{m}": str(pkg / "run" / f"{m}.py") for m in "abcd"}
+    assert private_uses(mods) == ["loadforge.run.b:1 imports loadforge.run.a._helper",
+                                  "loadforge.run.c:3 uses loadforge.run.a._helper"]

@@ -33,8 +33,10 @@ from loadforge.present import summary
 from loadforge.results import histogram
 from loadforge.results.store import read_result
 from loadforge.run import shards
-from loadforge.run.coordinator import Aggregator, _worker_specs, parse_target
+from loadforge.run.merge import Aggregator
 from loadforge.run.progress import LiveProgress
+from loadforge.run.session import worker_specs
+from loadforge.run.target import parse_target
 from loadforge.run.workers import CellDelta, HistSlice, IntervalReport
 
 
@@ -259,7 +261,7 @@ def test_a_stalled_shard_fails_the_run(nginx, tmp_path):
 def test_the_coordinator_refuses_a_shard_of_another_version():
     plan = Plan("p", "http://127.0.0.1:9/", (Stage("s", 1.0, 10.0, 10.0),), (Request("r"),),
                 connections=2)
-    specs = _worker_specs(plan, parse_target(plan.target), 2, 1.0, None)
+    specs = worker_specs(plan, parse_target(plan.target), 2, 1.0, None)
     pool = shards.ShardPool(specs, 2, 1, 0.05, launcher="none")
     said: list[bytes] = []
 
@@ -290,7 +292,7 @@ def test_clients_that_say_too_much_or_too_slowly_are_refused_and_take_no_slot(mo
     monkeypatch.setattr(shards, "HELLO_TIMEOUT_S", 0.5)
     plan = Plan("p", "http://127.0.0.1:9/", (Stage("s", 1.0, 10.0, 10.0),), (Request("r"),),
                 connections=2)
-    specs = _worker_specs(plan, parse_target(plan.target), 2, 1.0, None)
+    specs = worker_specs(plan, parse_target(plan.target), 2, 1.0, None)
     pool = shards.ShardPool(specs, 2, 1, 0.05, launcher="none", start_timeout_s=3.0)
     host, port = pool.address.rsplit(":", 1)
     said: list[bytes] = []

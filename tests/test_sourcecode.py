@@ -22,3 +22,51 @@ def test_mypy():
     out = subprocess.run([sys.executable, "-m", "mypy", "loadforge"], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+MAX_LINES = 700
+SOURCE_SUFFIXES = (".py", ".pyx", ".pxd", ".pxi")
+# Modules other work is changing right now, over the limit for the reason given; the header
+# line ("Over 700 lines because ...") is theirs to write, or the split theirs to make.
+OVER_LIMIT_ALLOWED = {
+    "loadforge/cli.py": "every command's options and their checks, being reshaped by the start-up work",
+    "loadforge/config/profile.py": "the one reader of profile TOML, every table's checks",
+    "loadforge/analysis/figures.py": "the fold and the read-back, split apart by the one-fold work",
+    "loadforge/results/store.py": "the Parquet writer and reader, reshaped by the one-fold work",
+    "loadforge/engine/http2.pxi": "the HTTP/2 session, being reworked with the engine's transports",
+    "loadforge/engine/loop.pxi": "the event loop, being reworked with the engine's transports",
+}
+
+
+def oversized(root: str, allowed: dict[str, str]) -> list[str]:
+    """Source files of the package over MAX_LINES lines whose first 40 lines do not say why
+    ("Over 700 lines because ..."), and that are not in `allowed`."""
+    found = []
+    for dirpath, _, files in os.walk(os.path.join(root, "loadforge")):
+        for f in sorted(files):
+            if not f.endswith(SOURCE_SUFFIXES):
+                continue
+            path = os.path.join(dirpath, f)
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            with open(path, encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+            if len(lines) <= MAX_LINES or rel in allowed:
+                continue
+            if not any(f"Over {MAX_LINES} lines because " in line for line in lines[:40]):
+                found.append(f"{rel}: {len(lines)} lines")
+    return found
+
+
+def test_no_module_over_700_lines_without_a_reason():
+    assert oversized(ROOT, OVER_LIMIT_ALLOWED) == []
+
+
+def test_the_size_check_finds_a_long_module_and_accepts_a_stated_reason(tmp_path):
+    (tmp_path / "loadforge").mkdir()
+    long = "x = 1\n" * (MAX_LINES + 1)
+    (tmp_path / "loadforge" / "long.py").write_text(long)
+    (tmp_path / "loadforge" / "said.py").write_text(
+        f'"""Over {MAX_LINES} lines because a test says so."""\n' + long)
+    (tmp_path / "loadforge" / "short.py").write_text("x = 1\n" * MAX_LINES)
+    assert oversized(str(tmp_path), {}) == [f"loadforge/long.py: {MAX_LINES + 1} lines"]
+    assert oversized(str(tmp_path), {"loadforge/long.py": "allowed"}) == []

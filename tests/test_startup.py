@@ -14,20 +14,20 @@ PROBE = """
 import sys
 from loadforge.cli import main
 from loadforge.config.profile import load_profile
-from loadforge.run import coordinator as runner
+from loadforge.run import session
 load_profile({profile!r})
 print(" ".join(sorted(m for m in ("pyarrow", "httpx") if m in sys.modules)))
 """
 
 BEFORE_FIRST_REQUEST = """
 import sys
-from loadforge.run import coordinator as runner
+from loadforge.run import session
 seen = []
-start = runner._start
+start = session.start
 def recording_start(pool):
     seen.extend(m for m in ("pyarrow", "httpx") if m in sys.modules)
     return start(pool)
-runner._start = recording_start
+session.start = recording_start
 from loadforge.cli import main
 try:
     main(["run", "--target", {url!r}, "--rate", "20", "--duration", "1s", "--quiet",

@@ -433,7 +433,7 @@ def parse_gate(spec: str) -> Gate:
     return Gate(spec.strip(), metric, 1 if "+" in signs else -1, tuple(limits), scope)
 
 
-def _fmt(kind: str, value: float | None) -> str:
+def fmt_figure(kind: str, value: float | None) -> str:
     if value is None:
         return "-"
     if kind == "rps":
@@ -448,11 +448,11 @@ def _fmt_change(gate: Gate, change: float) -> str:
         return ("+" if change >= 0 else "-") + format_us(abs(change))
     if gate.unit == "":
         return f"{change:+.3f}"
-    return _pct(change, gate.unit)
+    return fmt_pct(change, gate.unit)
 
 
 def _fmt_value(kind: str, value: float) -> str:
-    return f"{value:.3f}" if kind == "index" else _fmt(kind, value)
+    return f"{value:.3f}" if kind == "index" else fmt_figure(kind, value)
 
 
 def _scoped_values(gate: Gate, base: dict[str, Any] | None, run: dict[str, Any] | None
@@ -532,7 +532,7 @@ def check_gates(runs: list[RunFigures], gates: list[Gate],
                         check.update(ok=not (bad and sure), p_value=judged["p"],
                                      ci=judged["ci"], p_runs=judged.get("p_runs"),
                                      significant=sure)
-                        check["message"] += f"; {_sureness(judged, gate.metric)}"
+                        check["message"] += f"; {sureness(judged, gate.metric)}"
                     elif judgements:
                         check["message"] += "; no significance test for this figure"
                     checks.append(check)
@@ -569,7 +569,7 @@ def judgeable(judged: dict[str, Any] | None) -> bool:
     return judged is not None and judged.get("p") is not None
 
 
-def _sureness(judged: dict[str, Any], metric: str = "") -> str:
+def sureness(judged: dict[str, Any], metric: str = "") -> str:
     """"p=0.008, 95% CI +8.1%..+14.9%" (the CI of the relative change; in pp for a rate), and
     whether that is significant."""
     ci, p = judged["ci"], judged["p"]
@@ -580,13 +580,13 @@ def _sureness(judged: dict[str, Any], metric: str = "") -> str:
     elif KIND.get(metric) == "ratio":
         interval = f", 95% CI {ci[0] * 100:+.3g}pp..{ci[1] * 100:+.3g}pp"
     else:
-        interval = f", 95% CI {_pct(ci[0] * 100)}..{_pct(ci[1] * 100)}"
+        interval = f", 95% CI {fmt_pct(ci[0] * 100)}..{fmt_pct(ci[1] * 100)}"
     runs = f", runs' U test p={judged['p_runs']:.2g}" if "p_runs" in judged else ""
     verdict = "significant" if significant(judged) else "not significant"
     return f"p={p:.2g}{interval}{runs} ({verdict})"
 
 
-def _pct(value: float, unit: str = "%") -> str:
+def fmt_pct(value: float, unit: str = "%") -> str:
     """A change in % as people read it: +4.5%, +120%, +11,000% (never 1.1e+04)."""
     if math.isinf(value):
         return ("+" if value > 0 else "-") + "inf" + unit

@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 from hdrh.histogram import HdrHistogram
 
 from loadforge.analysis import noise
+from loadforge.config.outcomes import EXPECTED, UNEXPECTED, error_outcomes
 from loadforge.config.plan import (
+    ERROR_KIND_NAMES,
     ERROR_KINDS,
     FLOW_PREFIX,
     GRPC_OUTCOMES,
@@ -45,7 +47,7 @@ from loadforge.results import histogram
 from loadforge.results.store import OK, Result, find_results, headline_row, outcome_row, read_result
 
 if TYPE_CHECKING:
-    from loadforge.run.coordinator import RunInputs, ScopeRun
+    from loadforge.run.merge import RunInputs, ScopeRun
 
 LATENCY_OBJECTIVES = ("p50", "p90", "p99", "p999", "max", "mean")
 ALL_STAGES = "all"
@@ -132,7 +134,7 @@ def stats_block(
     counts = {outcome: int(outcome_counts.get(outcome, 0)) for outcome in OUTCOMES}
     requests = sum(counts[o] for o in STATUS_OUTCOMES)
     failures = sum(counts[o] for o in ERROR_KINDS)
-    errors = failures + sum(counts[o] for o in fail_status if o in STATUS_OUTCOMES)
+    errors = sum(counts[o] for o in error_outcomes(fail_status) if o in counts)
     sent = requests + failures
     block = {
         "scheduled": int(scheduled),
@@ -144,9 +146,14 @@ def stats_block(
         "service_time_us": _latency_block(service),
         # HTTP/2's stream-level kinds only where they can happen: an HTTP/1.1 summary keeps
         # the four kinds it always had
-        "errors_by_kind": {kind: counts[kind] for kind in ERROR_KINDS
-                           if http2 or counts[kind] or kind not in HTTP2_ERROR_KINDS},
-        "status": {cls: counts[cls] for cls in STATUS_CLASSES},
+        # ... and responses outside a request's expect_status where there were some
+        "errors_by_kind": {kind: counts[kind] for kind in ERROR_KIND_NAMES
+                           if counts[kind] or kind not in HTTP2_ERROR_KINDS + (UNEXPECTED,)
+                           or (http2 and kind in HTTP2_ERROR_KINDS)},
+        # ... and `expected`: responses a request's expect_status accepted whose class
+        # fail_status counts (a 404 the request expects), where there were some
+        "status": {cls: counts[cls] for cls in STATUS_CLASSES
+                   + ((EXPECTED,) if counts[EXPECTED] else ())},
         "unsent": int(unsent),
         "sent": sent,
         "error_rate": errors / sent if sent else 0.0,
@@ -277,7 +284,7 @@ class RowReader:
 
     @classmethod
     def of(cls, result: Result, fail_status: tuple[str, ...]) -> RowReader:
-        return cls(set(ERROR_KINDS) | set(fail_status), result.has_ok_rows, result)
+        return cls(set(error_outcomes(fail_status)), result.has_ok_rows, result)
 
     def latency(self, row: dict[str, Any]) -> HdrHistogram:
         return row["latency"] if self.result is None else self.result.histogram(row)
@@ -729,10 +736,22 @@ def fold_intervals(rows: Iterable[dict[str, Any]], interval_ms: int, reader: Row
 
 def _block(fig: ScopeFigures, run: ScopeRun, fail_status: tuple[str, ...],
            http2: bool = False) -> dict[str, Any]:
-    return stats_block(fig.latency, fig.service, fig.outcomes, fig.scheduled, fig.unsent,
-                       run.duration_s, run.target_rps, fail_status,
-                       error_latency=fig.error_latency, waited=run.waited, late=run.late,
-                       worker_cpu=run.worker_cpu, http2=http2)
+    block = stats_block(fig.latency, fig.service, fig.outcomes, fig.scheduled, fig.unsent,
+                        run.duration_s, run.target_rps, fail_status,
+                        error_latency=fig.error_latency, waited=run.waited, late=run.late,
+                        worker_cpu=run.worker_cpu, http2=http2)
+    flows = [entry for name, entry in fig.by_name.items() if name.startswith(FLOW_PREFIX)]
+    if flows:
+        # A scripted-flow run: its arrivals are flows, whose requests are steps; `scheduled`
+        # and `target_rps` count flows, `requests` and `achieved_rps` the steps. The flows'
+        # own counts, so that the headline compares flows with flows.
+        completed = sum(int(e[0]) for e in flows)
+        failed = sum(int(e[1]) for e in flows)
+        block["flow_totals"] = {
+            "completed": completed, "failed": failed,
+            "achieved_rps": completed / run.duration_s if run.duration_s > 0 else 0.0,
+            "failure_rate": failed / (completed + failed) if completed + failed else 0.0}
+    return block
 
 
 def summary_figures(rows: Iterable[dict[str, Any]], fail_status: tuple[str, ...],
@@ -741,7 +760,7 @@ def summary_figures(rows: Iterable[dict[str, Any]], fail_status: tuple[str, ...]
     coordinator writes them, and what the rows do not hold (`inputs`: durations, targets,
     the generator's own figures): the fold `run_figures` makes of the same rows in the file.
     """
-    reader = RowReader(set(ERROR_KINDS) | set(fail_status))
+    reader = RowReader(set(error_outcomes(fail_status)))
     folded = fold_scopes(rows, reader, full=True)
     stages_out = []
     run = inputs.run

@@ -14,7 +14,8 @@ from typing import Any
 
 from loadforge.analysis.backends import jain_index
 from loadforge.analysis.figures import ALL_STAGES, RunFigures
-from loadforge.config.plan import ERROR_KINDS, STATUS_OUTCOMES
+from loadforge.config.outcomes import error_outcomes
+from loadforge.config.plan import STATUS_OUTCOMES
 from loadforge.results import histogram
 from loadforge.results.store import outcome_row
 
@@ -49,7 +50,7 @@ Tallies = dict[str, dict[str, dict[str, _Tally]]]
 def tallies(run: RunFigures) -> Tallies:
     """Per stage and for the run (ALL_STAGES), per request name and per backend."""
     result = run.result
-    errors = set(ERROR_KINDS) | set(run.fail_status)
+    errors = set(error_outcomes(run.fail_status))
     has_backend = "backend" in result.table.column_names
     out: Tallies = {}
     for row in result.rows("stage", name=None, outcome=None):

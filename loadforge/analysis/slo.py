@@ -25,7 +25,8 @@ from loadforge.analysis.figures import (  # noqa: F401  (their home is the one f
     fold_intervals,
     plan_of_result,
 )
-from loadforge.config.plan import ERROR_KINDS, Plan, WindowObjectives
+from loadforge.config.outcomes import error_outcomes
+from loadforge.config.plan import Plan, WindowObjectives
 from loadforge.errors import ResultsError
 from loadforge.results.store import OK, Result, read_result
 
@@ -64,7 +65,7 @@ def _label(objective: str) -> str:
     return _LABELS.get(objective, objective)
 
 
-def _seconds(value: float) -> str:
+def fmt_seconds(value: float) -> str:
     return f"{value:g}s"
 
 
@@ -126,7 +127,7 @@ class _Window:
 
 def _window_name(entry: WindowObjectives, objective: str) -> str:
     where = f"stage {entry.stage} " if entry.stage else ""
-    return f"{where}{_label(objective)} over any {_seconds(entry.window_s)} window"
+    return f"{where}{_label(objective)} over any {fmt_seconds(entry.window_s)} window"
 
 
 # -- evaluation from a result file -----------------------------------------------------------
@@ -195,7 +196,7 @@ def evaluate(plan: Plan, result: Result | str) -> list[dict[str, Any]]:
         for _, f in mine:
             fig.add(f)
         cache = {}
-        suffix = f" (after {_seconds(grace)} grace)" if grace > 0 else ""
+        suffix = f" (after {fmt_seconds(grace)} grace)" if grace > 0 else ""
         for objective, limit in entry.limits.items():
             verdicts.append(_verdict(f"stage {stage} {_label(objective)}{suffix}", objective,
                                      fig.observe(objective, cache), limit, "stage",
@@ -275,7 +276,7 @@ class LiveSLO:
     def __init__(self, plan: Plan, interval_s: float = 1.0):
         self.interval_ms = int(round(interval_s * 1000))
         self.open_stages = _open_stages(plan)
-        self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
+        self.error_outcomes = set(error_outcomes(plan.fail_status))
         self.entries: list[tuple[WindowObjectives, _Window, list[int | None]]] = []
         for entry in plan.slo.windows:
             if entry.abort_after_s is None:
@@ -315,17 +316,17 @@ class LiveSLO:
                 objective, observed, limit = failed[0]
                 shown, unit = _limit(objective, limit)
                 reason = (f"{_window_name(entry, objective)}: observed "
-                          f"{_show(observed, unit)} > limit {_show(shown, unit)}"
+                          f"{show_limit(observed, unit)} > limit {show_limit(shown, unit)}"
                           if objective not in AT_LEAST else
                           f"{_window_name(entry, objective)}: observed "
-                          f"{_show(observed, unit)} < limit {_show(shown, unit)}")
-                reason += (f", failing for {_seconds(failing_s)} (abort_after "
-                           f"{_seconds(abort_after)}) at "
-                           f"{_seconds((index + 1) * self.interval_ms / 1000)}")
+                          f"{show_limit(observed, unit)} < limit {show_limit(shown, unit)}")
+                reason += (f", failing for {fmt_seconds(failing_s)} (abort_after "
+                           f"{fmt_seconds(abort_after)}) at "
+                           f"{fmt_seconds((index + 1) * self.interval_ms / 1000)}")
         return reason
 
 
-def _show(value: float, unit: str) -> str:
+def show_limit(value: float, unit: str) -> str:
     if unit == "ratio":
         return f"{value * 100:.4g}%"
     if value >= 1_000_000:
@@ -349,7 +350,7 @@ class LiveVerdicts:
     def __init__(self, plan: Plan, interval_s: float = 1.0):
         self.interval_ms = int(round(interval_s * 1000))
         self.open_stages = _open_stages(plan)
-        self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
+        self.error_outcomes = set(error_outcomes(plan.fail_status))
         self.slo = plan.slo
         self.starts = _stage_starts(plan)
         self.run = IntervalFigures()
@@ -380,7 +381,7 @@ class LiveVerdicts:
                 if name == entry.stage and i * self.interval_ms >= from_ms - 0.5:
                     acc.add(fig)
             cache = {}
-            suffix = f" (after {_seconds(entry.grace_s)} grace)" if entry.grace_s > 0 else ""
+            suffix = f" (after {fmt_seconds(entry.grace_s)} grace)" if entry.grace_s > 0 else ""
             for objective, limit in entry.limits.items():
                 verdicts.append(_verdict(f"stage {entry.stage} {_label(objective)}{suffix}",
                                          objective, acc.observe(objective, cache), limit,

@@ -72,7 +72,7 @@ def trend(paths: list[str], metrics: list[str], by: list[str], stage: str = ALL_
     for key, members in groups.items():
         for metric in metrics:
             series = Series(dict(zip(by, key, strict=True)), metric, members,
-                            [_scope_values(r, stage)[metric] for r in members])
+                            [scope_values(r, stage)[metric] for r in members])
             points = change_points(series.values, min_size)
             bounds = [0] + [c.index for c in points] + [len(members)]
             for i, cp in enumerate(points):
@@ -87,7 +87,7 @@ def trend(paths: list[str], metrics: list[str], by: list[str], stage: str = ALL_
     return runs, out
 
 
-def _scope_values(run: RunFigures, stage: str) -> dict[str, float]:
+def scope_values(run: RunFigures, stage: str) -> dict[str, float]:
     """The METRICS of a run (or one stage of it); target_rps, the one figure that may be
     missing (closed-model stages have none), is not among them."""
     scope = run.scope(stage)

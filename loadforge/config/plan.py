@@ -14,14 +14,20 @@ from loadforge.config.outcomes import GRPC_CODES as GRPC_CODES
 from loadforge.config.outcomes import GRPC_OUTCOMES as GRPC_OUTCOMES
 from loadforge.config.outcomes import GRPC_PREFIX as GRPC_PREFIX
 from loadforge.config.outcomes import OUTCOMES as OUTCOMES
+from loadforge.config.outcomes import UNEXPECTED
 from loadforge.config.sandbox import SandboxConfig
 from loadforge.config.tls import TLS
 
 # Outcomes of one arrival, in the order the engine numbers them (config/outcomes.py, where a
 # worker imports them from without the rest of the plan).
-STATUS_OUTCOMES = OUTCOMES[:5] + GRPC_OUTCOMES
+# Responses (they have a latency): status classes, gRPC codes, and a request's expect_status
+# verdicts (config/outcomes.py: "unexpected" is an error, "expected" a success).
+STATUS_OUTCOMES = OUTCOMES[:5] + GRPC_OUTCOMES + OUTCOMES[-2:]
 DEFAULT_STREAMS = 100             # HTTP/2 streams per connection, as h2load -m 100
 ERROR_KINDS = OUTCOMES[5:12]
+# The kinds a summary's errors_by_kind lists: the transport failures, and responses outside a
+# request's expect_status.
+ERROR_KIND_NAMES = ERROR_KINDS + (UNEXPECTED,)
 # Stream-level failures of HTTP/2: shown (summary, report) in HTTP/2 runs or when they happened.
 HTTP2_ERROR_KINDS = OUTCOMES[9:12]
 # The name prefix of a scripted flow's own rows ("flow:checkout"): named rows only, outside
@@ -37,6 +43,9 @@ class Request:
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     weight: int = 1
+    # The statuses that are successes for this request, whatever fail_status says; any other
+    # status is the error outcome "unexpected" (config/outcomes.py). Empty: fail_status rules.
+    expect_status: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,8 @@ HTTP_VERSIONS = ("1.1", "2")
 RETRY_POLICIES = ("idempotent", "never")
 STAGE_KEYS = ("name", "duration", "rate", "ramp", "concurrency", "think")
 RAMP_KEYS = ("from", "to")
-REQUEST_KEYS = ("name", "method", "path", "headers", "body", "body_file", "weight")
+REQUEST_KEYS = ("name", "method", "path", "headers", "body", "body_file", "weight",
+                "expect_status")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 FAIL_STATUS_CLASSES = ("4xx", "5xx")
 # The engine writes these itself (framing and connection reuse depend on them). Host it writes
@@ -429,6 +430,20 @@ def _fail_status(check: _Checker, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _expect_status(check: _Checker, value: Any, path: str) -> tuple[int, ...]:
+    """[[requests]] expect_status: the statuses that are successes for this request."""
+    expected = "must be a non-empty array of HTTP statuses (integers 100-599), such as [200, 404]"
+    if not isinstance(value, list) or not value:
+        check.fail(path, f"{expected}, got {show_value(value)}")
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int) or not 100 <= item <= 599:
+            check.fail(f"{path}[{i}]", "must be an HTTP status (an integer 100-599), "
+                                       f"got {show_value(item)}")
+        if item in value[:i]:
+            check.fail(f"{path}[{i}]", f"repeats {item}")
+    return tuple(sorted(value))
+
+
 def _stage(check: _Checker, raw: dict[str, Any], i: int) -> Stage:
     path = f"stages[{i}]"
     check.keys(raw, path, STAGE_KEYS)
@@ -522,6 +537,8 @@ def _request(check: _Checker, raw: dict[str, Any], i: int,
             check.fail(f"{path}.body", "must be text that encodes as UTF-8")
     weight = check.integer(raw.get("weight", 1), f"{path}.weight", minimum=1,
                            maximum=limits.MAX_TOTAL_WEIGHT)
+    expect_status = (_expect_status(check, raw["expect_status"], f"{path}.expect_status")
+                     if "expect_status" in raw else ())
     # Slots: the body's text (bytes that are not UTF-8 pass through untouched).
     body_text = body.decode("utf-8", "surrogateescape")
     json_body = feeders_module.is_json_body(
@@ -551,7 +568,7 @@ def _request(check: _Checker, raw: dict[str, Any], i: int,
             feeders_module.JsonText() if json_body else None).encode("utf-8", "surrogateescape")
         secrets += found
     return Request(name=name, method=method.upper(), path=target_path, headers=headers,
-                   body=body, weight=weight), template
+                   body=body, weight=weight, expect_status=expect_status), template
 
 
 def _grpc_request(check: _Checker, raw: dict[str, Any], i: int,

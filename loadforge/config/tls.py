@@ -1,10 +1,11 @@
 """TLS settings of a plan: the profile's `[tls]` table and the `--ca-cert`, `--client-cert`,
 `--client-key`, `--server-name`, `--insecure` flags, validated once here.
 
-The same settings build two things: the engine's SSL_CTX (`engine_settings`, read by
-`engine/tls.pxi` `tls_setup`) and the preflight's `ssl.SSLContext` (`ssl_context`). Both sit
-on the one libssl.so.3 of the process, so a certificate the preflight accepts is one the engine
-accepts. Verification is on unless `insecure`.
+The settings build the engine's SSL_CTX (`engine_settings`, read by `engine/tls.pxi`
+`tls_setup`), which the preflight uses too (it goes through the engine: run/preflight.py), so
+a certificate the preflight accepts is one the run accepts. `ssl_context` builds Python's
+`ssl.SSLContext` from them, to find files that do not load before any worker starts.
+Verification is on unless `insecure`.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class TLS:
                 "key_password": self.key_password() or ""}
 
     def ssl_context(self) -> ssl.SSLContext:
-        """The preflight's context, with the engine's settings. Raises OSError/ssl.SSLError
+        """Python's context, with the engine's settings (with_tls checks the files with it). Raises OSError/ssl.SSLError
         when a file cannot be loaded."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = VERSIONS[min(self.versions)]

@@ -90,7 +90,8 @@ cdef inline void h1_read(Engine self, int ci, int64_t now, int capture) noexcept
                 used = parser_feed(&c.parser, &self.names, self.rbuf, n)
             if c.parser.state == P_DONE:
                 # Bytes past the response answer no request of ours (we do not pipeline).
-                self.finish(ci, status_outcome(c.parser.status) if used == n else O_PROTOCOL,
+                self.finish(ci, response_outcome(self.req_expect[c.request], c.parser.status)
+                            if used == n else O_PROTOCOL,
                             now, self.received_at(c, now))
                 return
             if c.parser.state == P_ERROR:
@@ -115,7 +116,8 @@ cdef inline void h1_read(Engine self, int ci, int64_t now, int capture) noexcept
                 return
             outcome = parser_eof(&c.parser)
             if outcome < 0:
-                self.finish(ci, status_outcome(c.parser.status), now, c.last_rx_ns)
+                self.finish(ci, response_outcome(self.req_expect[c.request], c.parser.status),
+                            now, c.last_rx_ns)
             else:
                 self.finish(ci, outcome, now, now)
             return

@@ -38,6 +38,7 @@ cdef void h2_open_session(Engine self, int ci) noexcept:
     hc.dead = 0
     hc.answered = 0
     hc.zero_noted = 0
+    hc.heard = 0
     hc.out_len = 0
     hc.out_pos = 0
     hc.nfree = h.streams
@@ -271,6 +272,13 @@ cdef void h2_on_readable(Engine self, int ci, int64_t now) noexcept:
             # Responses completed by these bytes are timed by their kernel receive timestamp
             self.h2.rx_ns = self.received_at(c, now)
             self.h2.now_ns = now
+            if not hc.heard:
+                # An HTTP/1.x answer to the preface: nghttp2 would read "HTTP/1.1 200" as the
+                # header of a frame of megabytes and wait for it until the streams time out.
+                hc.heard = 1
+                if n >= 5 and memcmp(self.rbuf, b"HTTP/", 5) == 0:
+                    h2_fail_conn(self, ci, O_PROTOCOL, now)
+                    return
             used = lf_ng.mem_recv(hc.session, <const uint8_t*>self.rbuf, n)
             if used < 0 or hc.dead:
                 h2_fail_conn(self, ci, O_PROTOCOL, now)

@@ -560,6 +560,26 @@ cdef inline int status_outcome(int status) noexcept nogil:
     return O_5XX
 
 
+cdef inline bint is_response(int outcome) noexcept nogil:
+    """A response (status class, gRPC code, expect_status verdict), not a transport failure:
+    the verdicts come after the gRPC codes, so `outcome < O_CONNECT` alone misses them."""
+    return outcome < O_CONNECT or outcome >= O_GRPC
+
+
+cdef inline int response_outcome(const uint64_t* expect, int status) noexcept nogil:
+    """A response's outcome: its status class, or for a request with expect_status (`expect`,
+    EXPECT_WORDS words from config/outcomes.py expect_words; NULL: none) O_UNEXPECTED outside
+    the set, and inside it O_EXPECTED where fail_status (word 10) counts the class."""
+    cdef int outcome = status_outcome(status)
+    if expect == NULL:
+        return outcome
+    if status < 0 or status >= 640 or not (expect[status >> 6] >> (status & 63)) & 1:
+        return O_UNEXPECTED
+    if (expect[10] >> (outcome - O_1XX)) & 1:
+        return O_EXPECTED
+    return outcome
+
+
 cdef void names_init(HeaderNames* names, bytes capture):
     names.name[H_CONTENT_LENGTH] = "content-length"
     names.length[H_CONTENT_LENGTH] = 14

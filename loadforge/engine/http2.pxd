@@ -268,6 +268,7 @@ cdef struct H2Conn:
     int dead             # the session failed: close at the next chance
     int answered         # a response (HEADERS) came on it: the server speaks HTTP/2 here
     int zero_noted       # its server allowed 0 concurrent streams, counted once
+    int heard            # bytes came on it: the first are a SETTINGS frame, not "HTTP/"
     int32_t* free_slots  # stack of free slot indices into H2Engine.slots
     int nfree
     char* out            # bytes from the session not yet written

@@ -556,7 +556,8 @@ cdef int h2_on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_
         h2_release(&self.h2, hc, s)
         return 0
     if error_code == NGHTTP2_NO_ERROR and s.status >= 100:
-        outcome = status_outcome(s.status)
+        self.probe_status = s.status
+        outcome = response_outcome(self.req_expect[s.request], s.status)
         end = self.h2.rx_ns if self.h2.rx_ns > s.sent_ns else s.sent_ns
         if self.h2.grpc[s.request]:
             outcome = grpc_outcome(s, outcome)

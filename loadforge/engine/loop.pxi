@@ -70,6 +70,7 @@ cdef class Engine:
         int retry_idempotent     # [load] retry = "idempotent" (else "never")
         int fault_epoll          # tests: the n-th epoll_ctl of a connection fails (conn_epoll)
         int* req_big             # per request: -1 not known yet, 0 small, 1 seen big
+        uint64_t** req_expect    # per request: its expect_status words, or NULL (http1.pxi)
         int nreq
         int32_t* mix
         int64_t mix_len
@@ -117,6 +118,7 @@ cdef class Engine:
         uint64_t connect_failures
         object on_interval
         object _error
+        int probe_status         # the latest HTTP/2 response's status (engine/probe.pxi)
         Templates tpl            # feeders and templated requests (engine/template.pxi)
 
     def __cinit__(self):
@@ -132,8 +134,8 @@ cdef class Engine:
                  double timer_resolution_s=0.0, int requests_per_connection=0,
                  list feeders=None, list templates=None, tls=None,
                  list http2=None, int streams=100, str retry="idempotent",
-                 int fault_epoll=0):
-        cdef int i
+                 int fault_epoll=0, list expect=None):
+        cdef int i, j
         cdef sockaddr_in* a4
         cdef sockaddr_in6* a6
         cdef StagePlan* sp
@@ -187,9 +189,19 @@ cdef class Engine:
         self.req_head = <int*>malloc(self.nreq * sizeof(int))
         self.req_big = <int*>malloc(self.nreq * sizeof(int))
         self.req_retry = <int*>malloc(self.nreq * sizeof(int))
+        self.req_expect = <uint64_t**>calloc(self.nreq, sizeof(uint64_t*))
         if self.req_data == NULL or self.req_len == NULL or self.req_head == NULL \
-                or self.req_big == NULL or self.req_retry == NULL:
+                or self.req_big == NULL or self.req_retry == NULL or self.req_expect == NULL:
             raise MemoryError()
+        for i, words in enumerate(expect or []):
+            if words:
+                if len(words) != EXPECT_WORDS or i >= self.nreq:
+                    raise ValueError("expect: EXPECT_WORDS words per request")
+                self.req_expect[i] = <uint64_t*>malloc(EXPECT_WORDS * sizeof(uint64_t))
+                if self.req_expect[i] == NULL:
+                    raise MemoryError()
+                for j in range(EXPECT_WORDS):
+                    self.req_expect[i][j] = words[j]
         for i, (data, head) in enumerate(requests):
             data = bytes(data)
             self._keep.append(data)
@@ -318,6 +330,10 @@ cdef class Engine:
         free(self.req_head)
         free(self.req_big)
         free(self.req_retry)
+        if self.req_expect != NULL:
+            for i in range(self.nreq):
+                free(self.req_expect[i])
+            free(self.req_expect)
         free(self.mix)
         free(self.stages)
         free(self.counters)
@@ -417,7 +433,7 @@ cdef class Engine:
         self.inflight -= 1
         self.eventful -= c.big
         c.big = 0
-        if outcome < O_CONNECT:
+        if is_response(outcome):
             if c.parser.received > SMALL_RESPONSE_BYTES:
                 self.req_big[c.request] = 1
             elif self.req_big[c.request] < 0:
@@ -425,10 +441,10 @@ cdef class Engine:
         # An early answer (413 before the body was sent) ends the request too, but leaves
         # the connection half written: never reused.
         c.served += 1
-        if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY \
+        if not is_response(outcome) or c.parser.close or c.state != C_BUSY \
                 or c.written < self.tpl.out_len[ci] or c.want_write \
                 or c.served == self.requests_per_connection:
-            if c.parser.close and not c.parser.drop and outcome < O_CONNECT:
+            if c.parser.close and not c.parser.drop and is_response(outcome):
                 c.peer_closed = 1     # the server said so: it closes its end after this
             close_conn(self, ci)
         else:

@@ -35,10 +35,15 @@ cdef enum Outcome:
     O_GRPC_14            # UNAVAILABLE
     O_GRPC_15            # DATA_LOSS
     O_GRPC_16            # UNAUTHENTICATED
+    # A request with expect_status (config/outcomes.py): a status outside its set; a status in
+    # its set whose class fail_status counts as errors. Responses, like the status classes.
+    O_UNEXPECTED
+    O_EXPECTED
     N_OUTCOMES
 
 cdef enum:
     GRPC_CODES = 17
+    EXPECT_WORDS = 11    # per request with expect_status: bits of statuses 0-639, fail classes
 
 # HdrHistogram layout for lowest 1, highest 3_600_000_000 (1 h in µs), 3 significant digits.
 cdef enum:

@@ -13,6 +13,7 @@ cdef inline int tcp_connect(Transport* t, Conn* c) noexcept nogil:
         t.rx_stamps = 0
     if connect(fd, <sockaddr*>&t.addr, t.addrlen) != 0 and errno != EINPROGRESS:
         c.err = errno
+        t.fail_errno = errno
         close(fd)
         return IO_ERROR
     c.fd = fd
@@ -27,6 +28,7 @@ cdef inline int tcp_connected(Transport* t, Conn* c) noexcept nogil:
     getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len)
     if err != 0:
         c.err = err
+        t.fail_errno = err
         return IO_ERROR
     return IO_OK
 

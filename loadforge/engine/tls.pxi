@@ -86,6 +86,16 @@ cdef void tls_note_negotiated(Transport* t, Conn* c) noexcept nogil:
     t.negotiated = 1
 
 
+cdef void tls_note_failure(Transport* t, Conn* c, int err) noexcept nogil:
+    """Keep why this handshake failed (errno, verification result, OpenSSL's reason), for the
+    preflight's one-line diagnosis (engine/probe.pxi). Called on failures only."""
+    cdef unsigned long e = ERR_peek_last_error()
+    cdef const char* reason = ERR_reason_error_string(e) if e != 0 else NULL
+    t.fail_errno = err
+    t.fail_verify = SSL_get_verify_result(c.ssl)
+    tls_copy_name(t.fail_reason, sizeof(t.fail_reason), reason, -1)
+
+
 cdef inline int tls_connect(Transport* t, Conn* c) noexcept nogil:
     cdef BIO* rbio
     cdef BIO* wbio
@@ -128,6 +138,7 @@ cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
         f = tls_flush(c)
         if f < 0:
             t.tls_failed += 1
+            tls_note_failure(t, c, c.err)
             return IO_ERROR
         if r == 1:
             c.handshaking = 0
@@ -143,6 +154,7 @@ cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
         if e != SSL_ERROR_WANT_READ:
             t.tls_failed += 1
             c.err = EPROTO
+            tls_note_failure(t, c, EPROTO)
             return IO_ERROR
         n = recv(c.fd, buf, sizeof(buf), 0)
         if n > 0:
@@ -151,6 +163,7 @@ cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
         if n == 0:
             t.tls_failed += 1
             c.err = ECONNRESET
+            tls_note_failure(t, c, ECONNRESET)
             return IO_ERROR
         if errno == EINTR:
             continue
@@ -158,6 +171,7 @@ cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
             return IO_RETRY
         t.tls_failed += 1
         c.err = errno
+        tls_note_failure(t, c, c.err)
         return IO_ERROR
 
 
@@ -256,6 +270,7 @@ cdef int tls_read(Transport* t, Conn* c, msghdr* msg, ssize_t* n) noexcept nogil
             else:
                 t.tls_full -= 1
             t.tls_failed += 1
+            tls_note_failure(t, c, ECONNABORTED)
             c.tls_data = 1
             # The caller ends its request as a failed connect (`connect`, connections.failed),
             # as a TLS 1.2 server's refusal during the handshake ends (pool.pxi connect_failed).

@@ -39,3 +39,9 @@ cdef struct Transport:
     char tls_protocol[16]
     char tls_cipher[64]
     char tls_alpn[32]
+    # The latest connect that failed, for the preflight (engine/probe.pxi): its errno (0: it
+    # timed out), and of a failed TLS handshake the certificate verification result
+    # (X509_V_OK: not a verification failure) and OpenSSL's reason, NUL-terminated.
+    int fail_errno
+    long fail_verify
+    char fail_reason[128]

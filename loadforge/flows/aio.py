@@ -33,13 +33,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
 
-from loadforge.flows.driver import O_2XX, O_PROTOCOL, Driver, _Run, response_of
-from loadforge.flows.user import ERRORS, FlowUsageError, Response, User, _duration_ns, _Step
+from loadforge.flows.driver import O_2XX, O_PROTOCOL, Driver, FlowRun, response_of
+from loadforge.flows.user import ERRORS, FlowUsageError, Response, Step, User, duration_ns
 
 O_CONNECT, O_TIMEOUT, O_RESET = 5, 6, 7
 
 
-class _AioRun(_Run):
+class _AioRun(FlowRun):
     __slots__ = ("task", "steps", "driver")
 
     def __init__(self, driver: AsyncDriver, *args: Any) -> None:
@@ -50,7 +50,7 @@ class _AioRun(_Run):
 
 
 class _Call:
-    """One engine step (or think) of a flow under way: what Driver.submit reads of a _Run,
+    """One engine step (or think) of a flow under way: what Driver.submit reads of a FlowRun,
     and the future its awaiter waits on."""
 
     __slots__ = ("run", "stage", "step", "step_at", "user", "fut")
@@ -76,7 +76,7 @@ def _current() -> _AioRun:
     return run
 
 
-class _AioStep(_Step):
+class _AioStep(Step):
     __slots__ = ()
 
     def __await__(self) -> Generator[Any, Any, Response]:
@@ -105,7 +105,7 @@ class AioUser(User):
         return _AioStep(step.data, step.head, step.name)
 
     def think(self, duration: Any) -> _AioThink:  # type: ignore[override]
-        return _AioThink(_duration_ns(duration))
+        return _AioThink(duration_ns(duration))
 
 
 def status_outcome(status: int) -> int:
@@ -158,7 +158,7 @@ class AsyncDriver(Driver):
 
     # -- what a flow's awaits ask for ---------------------------------------------------------
 
-    def step(self, run: _AioRun, step: _Step) -> asyncio.Future[Any]:
+    def step(self, run: _AioRun, step: Step) -> asyncio.Future[Any]:
         assert self.loop is not None
         fut = self.loop.create_future()
         call = _Call(run, step, fut)

@@ -21,15 +21,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from loadforge.config.feeders import RowReader, row_for
+from loadforge.engine.tables import RowReader, row_for
 from loadforge.flows.loader import OTHER_STEP, FlowModule
-from loadforge.flows.user import ERRORS, FlowUsageError, Response, User, _Step, _Think
+from loadforge.flows.user import ERRORS, FlowUsageError, Response, Step, Think, User
 
 O_2XX = 1
 O_PROTOCOL = 8
 
 
-class _Run:
+class FlowRun:
     """One flow under way."""
 
     __slots__ = ("coro", "flow", "stage", "intended", "start", "user", "step", "step_at",
@@ -43,7 +43,7 @@ class _Run:
         self.intended = intended
         self.start = start
         self.user = user
-        self.step: Any = None          # the _Step under way
+        self.step: Any = None          # the Step under way
         self.step_at = 0
         self.closed = closed
 
@@ -64,8 +64,8 @@ def flow_mix(weights: list[int]) -> list[int]:
 
 class Feeds:
     """The feeder rows flows see as user.row / user.rows, chosen by arrival index as the
-    engine chooses them for templates (config/feeders.row_for), read from the compiled
-    tables one row at a time (config/feeders.RowReader)."""
+    engine chooses them for templates (engine/tables.row_for), read from the compiled
+    tables one row at a time (engine/tables.RowReader)."""
 
     def __init__(self, feeders: list[tuple[str, RowReader]], open_rows: int, worker: int,
                  workers: int) -> None:
@@ -109,9 +109,9 @@ class Driver:
         self.checks: dict[str, list[int]] = {}
         self.errors: dict[str, int] = {}
         self.samples: dict[str, str] = {}         # one message per flow|ExceptionType
-        self.by_token: dict[int, _Run] = {}       # steps under way, by submit token
+        self.by_token: dict[int, FlowRun] = {}       # steps under way, by submit token
         self.token = 0
-        self.waiting: deque[_Run] = deque()       # steps for which no connection was free
+        self.waiting: deque[FlowRun] = deque()       # steps for which no connection was free
         self.timers: list[tuple[int, int, Any]] = []   # (when, seq, run or closed user)
         self.seq = 0
         self.active = 0                              # flows under way
@@ -170,7 +170,7 @@ class Driver:
     def begin(self, coro: Any, flow: int, stage: int, intended: int, now: int, user: User,
               closed: bool) -> None:
         """Run a flow just started to its first step."""
-        self.resume(_Run(coro, flow, stage, intended, now, user, closed), None, None, now)
+        self.resume(FlowRun(coro, flow, stage, intended, now, user, closed), None, None, now)
 
     def _failed(self, flow: int, exc: BaseException) -> None:
         key = f"{self.module.flows[flow].name}|{type(exc).__name__}"
@@ -180,7 +180,7 @@ class Driver:
             message = " ".join(str(exc).split())
             self.samples[key] = message[:200] + ("…" if len(message) > 200 else "")
 
-    def resume(self, run: _Run, value: Any, error: BaseException | None, now: int) -> None:
+    def resume(self, run: FlowRun, value: Any, error: BaseException | None, now: int) -> None:
         try:
             if error is not None:
                 item = run.coro.throw(error)
@@ -194,12 +194,12 @@ class Driver:
             self.end(run, O_PROTOCOL, time.monotonic_ns())
             return
         cls = type(item)
-        if cls is _Step:
+        if cls is Step:
             run.step = item
             run.step_at = now
             if not self.submit(run, now):
                 self.waiting.append(run)
-        elif cls is _Think:
+        elif cls is Think:
             self.seq += 1
             heapq.heappush(self.timers, (now + item.ns, self.seq, run))
         else:
@@ -208,7 +208,7 @@ class Driver:
                 "(user.get/post/..., user.think) unless their module imports httpx, anyio or "
                 "asyncio or marks a flow @flow(asyncio=True)"), now)
 
-    def submit(self, run: _Run, now: int) -> bool:
+    def submit(self, run: FlowRun, now: int) -> bool:
         """Hand the run's step to the engine; False (queued) when no connection is free."""
         step = run.step
         self.token += 1
@@ -220,7 +220,7 @@ class Driver:
             return False
         return True
 
-    def end(self, run: _Run, outcome: int, now: int) -> None:
+    def end(self, run: FlowRun, outcome: int, now: int) -> None:
         self.active -= 1
         self.engine.record_flow(self.flow_base + run.flow, run.stage, outcome, run.intended,
                                 run.start, now)
@@ -279,7 +279,7 @@ class Driver:
             timers = self.timers
             while timers and timers[0][0] <= now:
                 _, _, what = heapq.heappop(timers)
-                if type(what) is _Run:
+                if type(what) is FlowRun:
                     self.resume(what, None, None, now)
                 else:
                     self.start_closed(what[0], what[1], now)
@@ -295,7 +295,7 @@ class Driver:
                 # their grace (load.timeout): one still thinking is ended, unrecorded; steps
                 # already sent are still awaited.
                 for _, _, what in timers:
-                    if type(what) is _Run:
+                    if type(what) is FlowRun:
                         what.coro.close()
                         self.active -= 1
                 timers.clear()
@@ -335,7 +335,7 @@ class Driver:
 
 
 def response_of(run: Any, status: int, raw: bytes, end: int) -> Response:
-    """The Response of a step the engine completed (`run`: its _Run, or anything with its
+    """The Response of a step the engine completed (`run`: its FlowRun, or anything with its
     step, when it was submitted and its user); the cookies it sets go to the user."""
     step = run.step
     response = Response(status, raw, step.name, end - run.step_at)

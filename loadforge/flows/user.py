@@ -1,6 +1,6 @@
 """What a flow sees: the User it is handed and the httpx-shaped Response of each step.
 
-A step is an awaitable (`_Step`) that yields itself to the driver (loadforge/flows/driver.py):
+A step is an awaitable (`Step`) that yields itself to the driver (loadforge/flows/driver.py):
 the driver submits its bytes to the engine and resumes the flow with the Response once the
 engine has sent, timed and parsed it. Nothing here touches a socket.
 """
@@ -165,7 +165,7 @@ class Response:
         return f"<Response [{self.status_code}] {self.name}>"
 
 
-class _Step:
+class Step:
     """An awaitable step: yields itself to the driver, returns the Response it is sent."""
 
     __slots__ = ("data", "head", "name")
@@ -180,7 +180,7 @@ class _Step:
         return response   # type: ignore[no-any-return]
 
 
-class _Think:
+class Think:
     __slots__ = ("ns",)
 
     def __init__(self, ns: int) -> None:
@@ -190,7 +190,7 @@ class _Think:
         yield self
 
 
-def _duration_ns(value: Any) -> int:
+def duration_ns(value: Any) -> int:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value < 0:
             raise ValueError(f"think time must be >= 0, got {value!r}")
@@ -222,7 +222,7 @@ class User:
     def request(self, method: str, url: str, *, params: Any = None,
                 headers: Mapping[str, str] | None = None, json: Any = None,
                 content: bytes | str | None = None, data: Mapping[str, Any] | None = None,
-                name: str | None = None) -> _Step:
+                name: str | None = None) -> Step:
         method = method.upper()
         host, prefix, agent = self._base
         if "://" in url:
@@ -260,32 +260,32 @@ class User:
         if body or method in ("POST", "PUT", "PATCH"):
             head += f"Content-Length: {len(body)}\r\n"
         data_bytes = (head + "\r\n").encode("latin-1") + body
-        return _Step(data_bytes, method == "HEAD", name)
+        return Step(data_bytes, method == "HEAD", name)
 
-    def get(self, url: str, **kw: Any) -> _Step:
+    def get(self, url: str, **kw: Any) -> Step:
         return self.request("GET", url, **kw)
 
-    def post(self, url: str, **kw: Any) -> _Step:
+    def post(self, url: str, **kw: Any) -> Step:
         return self.request("POST", url, **kw)
 
-    def put(self, url: str, **kw: Any) -> _Step:
+    def put(self, url: str, **kw: Any) -> Step:
         return self.request("PUT", url, **kw)
 
-    def patch(self, url: str, **kw: Any) -> _Step:
+    def patch(self, url: str, **kw: Any) -> Step:
         return self.request("PATCH", url, **kw)
 
-    def delete(self, url: str, **kw: Any) -> _Step:
+    def delete(self, url: str, **kw: Any) -> Step:
         return self.request("DELETE", url, **kw)
 
-    def head(self, url: str, **kw: Any) -> _Step:
+    def head(self, url: str, **kw: Any) -> Step:
         return self.request("HEAD", url, **kw)
 
-    def options(self, url: str, **kw: Any) -> _Step:
+    def options(self, url: str, **kw: Any) -> Step:
         return self.request("OPTIONS", url, **kw)
 
-    def think(self, duration: Any) -> _Think:
+    def think(self, duration: Any) -> Think:
         """Wait `duration` ("200ms", or seconds): stretches the flow, never the schedule."""
-        return _Think(_duration_ns(duration))
+        return Think(duration_ns(duration))
 
     def check(self, condition: Any, name: str) -> bool:
         """Count a named check, passed when `condition` is true; returns it as a bool."""

@@ -1,6 +1,6 @@
 """The live figures of one run, folded from each interval the coordinator merges.
 
-`LiveRun.add` reads a `MergedInterval` (run/coordinator.py) once, in the coordinator's thread,
+`LiveRun.add` reads a `MergedInterval` (run/merge.py) once, in the coordinator's thread,
 and keeps only numbers: the interval's point (what `--stream` writes and `--dashboard` draws)
 and running totals (what `--metrics` exposes). The rows' histograms are the coordinator's
 accumulators: they are read here and never kept. Everything is per interval, never per
@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from loadforge.analysis.slo import LiveVerdicts
-from loadforge.config.plan import ERROR_KINDS, FLOW_PREFIX, STATUS_OUTCOMES, Plan
+from loadforge.config.outcomes import error_outcomes
+from loadforge.config.plan import FLOW_PREFIX, STATUS_OUTCOMES, Plan
 from loadforge.results import histogram
 from loadforge.results.store import OK
 
@@ -60,7 +61,7 @@ class LiveRun:
         self.plan = plan
         self.run_id = run_id
         self.interval_s = interval_s
-        self.error_outcomes = set(ERROR_KINDS) | set(plan.fail_status)
+        self.error_outcomes = set(error_outcomes(plan.fail_status))
         self.flows = plan.flows is not None
         self.verdicts_live = LiveVerdicts(plan, interval_s)
         self.header: dict[str, Any] = {

@@ -14,10 +14,10 @@ from rich.text import Text
 from loadforge.analysis.compare import (
     ALL_STAGES,
     FIGURES,
-    _fmt,
-    _pct,
-    _sureness,
+    fmt_figure,
+    fmt_pct,
     significant,
+    sureness,
 )
 from loadforge.present.text import fits, print_table
 
@@ -67,14 +67,14 @@ def noise_lines(data: dict[str, Any], stage: dict[str, Any]) -> list[str]:
         if not any(significant(j) for j in judged.values()) and (power is None
                                                                   or power["can_decide"]):
             lines.append(f"{title}: no significant change in any figure")
-        lines += [f"{title}: {m} {_sureness(j, m)}" for m, j in order]
+        lines += [f"{title}: {m} {sureness(j, m)}" for m, j in order]
     return lines
 
 
 def _delta_text(kind: str, d: float | None) -> str:
     if d is None:
         return ""
-    return _pct(d, "pp" if kind == "ratio" else "%")
+    return fmt_pct(d, "pp" if kind == "ratio" else "%")
 
 
 def _cells(data: dict[str, Any], stage: dict[str, Any]) -> list[list[str]]:
@@ -82,7 +82,7 @@ def _cells(data: dict[str, Any], stage: dict[str, Any]) -> list[list[str]]:
     for key, label, kind in FIGURES:
         row = [label]
         for i, values in enumerate(stage["values"]):
-            row.append(_fmt(kind, None if values is None else values[key]))
+            row.append(fmt_figure(kind, None if values is None else values[key]))
             if i:
                 deltas = stage["deltas"][i]
                 row.append(_delta_text(kind, None if deltas is None else deltas[key]))
@@ -102,7 +102,7 @@ def _scoped_text(kind: str, value: float | None) -> str:
         return f"{value:,.0f}"
     if kind == "index":
         return f"{value:.3f}"
-    return _fmt(kind, value)
+    return fmt_figure(kind, value)
 
 
 def _scoped_delta(kind: str, base: float | None, value: float | None) -> str:
@@ -111,10 +111,10 @@ def _scoped_delta(kind: str, base: float | None, value: float | None) -> str:
     if kind == "index":
         return f"{value - base:+.3f}"
     if kind == "ratio":
-        return _pct((value - base) * 100, "pp")
+        return fmt_pct((value - base) * 100, "pp")
     if base == 0:
         return "" if value == 0 else "+inf%"
-    return _pct((value - base) / base * 100)
+    return fmt_pct((value - base) / base * 100)
 
 
 def scoped_cells(stage: dict[str, Any]) -> list[list[str]]:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 from xml.etree import ElementTree
 
-from loadforge.analysis.slo import AT_LEAST, _seconds, _show
+from loadforge.analysis.slo import AT_LEAST, fmt_seconds, show_limit
 from loadforge.present.outputs import write_output
 
 
@@ -37,11 +37,11 @@ def slo_cases(verdicts: list[dict[str, Any]], run: str = "") -> list[dict[str, A
     cases = []
     for v in verdicts:
         unit = v.get("unit", "us")
-        observed = "no data" if v.get("observed") is None else _show(v["observed"], unit)
+        observed = "no data" if v.get("observed") is None else show_limit(v["observed"], unit)
         relation = ">=" if v.get("objective") in AT_LEAST else "<="
-        message = f"{v['name']}: observed {observed}, limit {relation} {_show(v['limit'], unit)}"
+        message = f"{v['name']}: observed {observed}, limit {relation} {show_limit(v['limit'], unit)}"
         if v.get("window_start_s") is not None:
-            message += f" (worst window from {_seconds(v['window_start_s'])})"
+            message += f" (worst window from {fmt_seconds(v['window_start_s'])})"
         cases.append({"name": v["name"], "ok": bool(v["ok"]), "message": message,
                       "classname": f"loadforge.slo.{run}" if run else "loadforge.slo",
                       "details": json.dumps(v, indent=2)})

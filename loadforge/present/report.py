@@ -31,6 +31,7 @@ from loadforge.analysis.figures import (
     run_figures,
     stages_of,
 )
+from loadforge.config.outcomes import EXPECTED, UNEXPECTED
 from loadforge.config.plan import GRPC_OUTCOMES, HTTP2_ERROR_KINDS, OUTCOMES
 from loadforge.results import histogram
 from loadforge.results.store import Result
@@ -119,7 +120,8 @@ def _run_series(run: RunFigures) -> dict[str, Any]:
         # HTTP/2's stream-level kinds and gRPC codes are listed when they happened
         "outcomes": {outcome: whole.outcomes.get(outcome, 0) for outcome in OUTCOMES
                      if whole.outcomes.get(outcome, 0)
-                     or (outcome not in HTTP2_ERROR_KINDS and outcome not in GRPC_OUTCOMES)},
+                     or (outcome not in HTTP2_ERROR_KINDS and outcome not in GRPC_OUTCOMES
+                         and outcome not in (UNEXPECTED, EXPECTED))},
         "requests_by_name": {name: name_block(*entry) for name, entry in whole.by_name.items()},
         "slo": _verdicts(result),
         "backends": _backends(run),

@@ -23,6 +23,7 @@ from loadforge.analysis.figures import (  # noqa: F401  (the figures this module
     stats_block,
     unsent_cause,
 )
+from loadforge.config.outcomes import EXPECTED, UNEXPECTED
 from loadforge.config.plan import ERROR_KINDS, GRPC_CODES, HTTP2_ERROR_KINDS
 from loadforge.units import format_us
 
@@ -113,23 +114,45 @@ def render_summary(
     def stage_cell(name: str) -> Text:
         return Text(name + (" *" if name in closed else ""), style="bold" if name == "all" else "")
 
+    # A scripted-flow run counts flows in the headline (scheduled, completed and achieved
+    # against the target are all flows; err %: failed flows) and its steps apart.
+    flow_run = any("flow_totals" in block for _, block in scopes)
     rates = table(
-        "loadforge run " + str(summary.get("run_id", "")),
+        "loadforge run " + str(summary.get("run_id", "")) + (" (flows)" if flow_run else ""),
         ("stage", "scheduled", "completed", "unsent", "target/s", "achieved/s", "err %"),
     )
+    steps = table("steps (the requests of the flows)",
+                  ("stage", "requests", "achieved/s", "errors", "err %"))
     for name, block in scopes:
         unsent = int(block.get("unsent", 0))
         error_rate = float(block.get("error_rate", 0.0))
+        flows = block.get("flow_totals") or {}
+        completed = int(flows.get("completed", 0) if flow_run else block.get("requests", 0))
+        scheduled = int(block.get("scheduled", 0))
+        if flow_run:
+            failure_rate = float(flows.get("failure_rate", 0.0))
+            if int(block.get("requests", 0)) or int(block.get("errors", 0)):
+                steps.add_row(stage_cell(name), f"{int(block.get('requests', 0)):,}",
+                              _format_rps(float(block.get("achieved_rps", 0.0))),
+                              f"{int(block.get('errors', 0)):,}",
+                              Text(f"{error_rate * 100:.3g}", style="red" if error_rate else ""))
+            error_rate = failure_rate
+        if not (scheduled or completed or unsent or int(flows.get("failed", 0))
+                or int(block.get("sent", 0))):
+            continue                      # no empty rows: a stage nothing ran in
         rates.add_row(
             stage_cell(name),
-            f"{int(block.get('scheduled', 0)):,}",
-            f"{int(block.get('requests', 0)):,}",
+            f"{scheduled:,}",
+            f"{completed:,}",
             Text(f"{unsent:,}", style="bold red" if unsent else ""),
             "-" if block.get("target_rps") is None else _format_rps(float(block["target_rps"])),
-            _format_rps(float(block.get("achieved_rps", 0.0))),
+            _format_rps(float(flows.get("achieved_rps", 0.0)) if flow_run
+                        else float(block.get("achieved_rps", 0.0))),
             Text(f"{error_rate * 100:.3g}", style="red" if error_rate else ""),
         )
     console.print(rates)
+    if flow_run:
+        console.print(steps)
 
     latency = table(
         "latency of successful responses, from intended send time",
@@ -143,8 +166,13 @@ def render_summary(
         )
     console.print(latency)
 
-    responses = table("responses by status class", ("stage", *STATUS_CLASSES))
-    connection_kinds = [k for k in ERROR_KINDS if k not in HTTP2_ERROR_KINDS]
+    # a request's expect_status verdicts (config/outcomes.py) where the run has them
+    classes = [*STATUS_CLASSES] + ([EXPECTED] if any(EXPECTED in block.get("status", {})
+                                                     for _, block in scopes) else [])
+    responses = table("responses by status class", ("stage", *classes))
+    connection_kinds = [k for k in ERROR_KINDS if k not in HTTP2_ERROR_KINDS] + (
+        [UNEXPECTED] if any(UNEXPECTED in block.get("errors_by_kind", {}) for _, block in scopes)
+        else [])
     # HTTP/2's stream-level kinds in a table of their own, when the run has them: eight
     # columns would not fit 80
     stream_kinds = [k for k in HTTP2_ERROR_KINDS
@@ -156,7 +184,7 @@ def render_summary(
         status = block.get("status", {})
         kinds = block.get("errors_by_kind", {})
         errors = int(block.get("errors", 0))
-        responses.add_row(stage_cell(name), *(f"{int(status.get(c, 0)):,}" for c in STATUS_CLASSES))
+        responses.add_row(stage_cell(name), *(f"{int(status.get(c, 0)):,}" for c in classes))
         failures.add_row(
             stage_cell(name),
             *(f"{int(kinds.get(k, 0)):,}" for k in connection_kinds),
@@ -293,8 +321,8 @@ def _render_checks(summary: dict[str, Any], console: Console) -> None:
                     if not n.startswith("flow:"))
         scheduled = int(summary.get("scheduled", 0))
         console.print(Text(f"flows: {scheduled:,} scheduled, {done:,} completed, {failed:,} "
-                           f"failed; completed and achieved/s above count their {steps:,} step "
-                           "requests"), soft_wrap=True)
+                           f"failed; their {steps:,} step requests are counted apart (steps)"),
+                      soft_wrap=True)
     checks = flows.get("checks") or {}
     if checks:
         console.print(Text("checks", style="bold"))

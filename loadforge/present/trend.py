@@ -9,7 +9,7 @@ import os
 
 from loadforge.analysis.compare import KIND
 from loadforge.analysis.figures import ALL_STAGES, RunFigures
-from loadforge.analysis.trend import METRICS, Series, _scope_values
+from loadforge.analysis.trend import METRICS, Series, scope_values
 from loadforge.units import format_us
 
 
@@ -19,7 +19,7 @@ def render_csv(runs: list[RunFigures], stage: str = ALL_STAGES) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["time", "run_id", "file", *(f"label_{k}" for k in keys), *METRICS])
     for run in runs:
-        values = _scope_values(run, stage)
+        values = scope_values(run, stage)
         writer.writerow([run.result.metadata.get("start_time", ""), run.result.run_id,
                          os.path.basename(run.result.path),
                          *(run.result.labels.get(k, "") for k in keys),

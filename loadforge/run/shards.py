@@ -67,7 +67,6 @@ from loadforge.run.workers import (
     INTERVAL,
     WorkerPool,
     WorkerSpec,
-    decode_done_tls,
     decode_interval,
 )
 
@@ -114,7 +113,10 @@ def offset_from(t0: int, t1: int, t2: int, t3: int) -> tuple[int, int]:
 # -- the coordinator's side -------------------------------------------------------------------
 
 class ShardPool:
-    """The shards of one run, as the runner sees them: the stand-in for its WorkerPool."""
+    """The shards of one run, as the runner sees them: the stand-in for its WorkerPool (a
+    run/session.Pool: its members are the shards)."""
+
+    noun = "shards"
 
     def __init__(self, specs: list[WorkerSpec], shards: int, workers: int,
                  max_offset_s: float, launcher: str = "local", bind: str = "127.0.0.1",
@@ -130,6 +132,7 @@ class ShardPool:
         self.offsets: dict[int, tuple[int, int]] = {}
         # per shard: responses, sent, unsent, scheduled
         self.counts = [[0, 0, 0, 0] for _ in range(shards)]
+        self.heard: list[int] = []   # per shard: when it was last heard from (collect)
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         # A local shard's stderr: the coordinator says it, once, in its own error line.
         self.logs: dict[int, Any] = {}
@@ -239,6 +242,7 @@ class ShardPool:
         self._check_offsets()
         start_real = time.time_ns() + START_DELAY_NS
         t0 = _core.now_ns() + START_DELAY_NS
+        self.heard = [t0] * self.shards
         for ch in self.channels:
             ch.send_bytes(START + str(start_real).encode())
         return t0
@@ -343,61 +347,48 @@ class ShardPool:
 
     # -- the run
 
-    def collect_until_done(self, agg: Any, plan: Any, done: list[bool], deadline: int,
-                           stop: Any) -> None:
-        """The runner's collection loop for shards: merge their workers' reports as they come;
-        a shard that disconnects, fails or stays silent for STALL_INTERVALS intervals fails
-        the run (what was merged is kept)."""
-        stopping = False
-        self.stop_state = stop
-        stall_ns = int(STALL_INTERVALS * self.interval_s * 1e9)
-        heard = [_core.now_ns() + START_DELAY_NS] * self.shards
-        while not all(done) and not stop.hard:
-            live = [self.channels[s] for s in range(self.shards) if not done[s]]
-            for ch in wait(live, timeout=0.5):
-                assert isinstance(ch, Connection)
-                s = self.channels.index(ch)
-                try:
-                    msg = ch.recv_bytes()
-                except (EOFError, OSError):
-                    if stop.hard:
-                        return
-                    raise WorkerCrashed(f"shard {s} disconnected"
-                                        f"{self._exit_note(s)}") from None
-                heard[s] = _core.now_ns()
-                tag = msg[:1]
-                if tag == WORKER:
-                    self._worker_message(s, msg[1 + _SHARD.size:], agg)
-                elif tag == SHARD_DONE:
-                    done[s] = True
-                elif tag == SHARD_FAILED:
-                    raise WorkerCrashed(f"shard {s} failed: {_line(msg[1:])}")
-            now = _core.now_ns()
-            for s in range(self.shards):
-                if not done[s] and now - heard[s] > stall_ns:
-                    raise WorkerCrashed(f"shard {s} sent nothing for {(now - heard[s]) / 1e9:.1f} "
-                                        f"s ({STALL_INTERVALS} intervals): it stalled")
-            if agg.stop_asked() and not stopping:
-                self.stop()
-                stopping = True
-                stop.at_ns = stop.at_ns or now
-            if now > deadline and not stopping:
-                self.stop()
-                stopping = True
-                deadline = now + int((plan.timeout_s + 5.0) * 1e9)
-            elif now > deadline:
-                raise WorkerCrashed("shards did not finish within the run's time plus its timeout")
-        if stop.hard:
-            for s, ch in enumerate(self.channels):
-                try:
-                    while ch.poll(0):
-                        msg = ch.recv_bytes()
-                        if msg[:1] == WORKER:
-                            self._worker_message(s, msg[1 + _SHARD.size:], agg)
-                except (EOFError, OSError, WorkerCrashed):
-                    continue
+    def ready(self, shards: list[int], timeout: float) -> list[int]:
+        """Which of these shards have a message waiting, within timeout seconds."""
+        channels = {id(self.channels[s]): s for s in shards}
+        return [channels[id(ch)] for ch in wait([self.channels[s] for s in shards], timeout)]
 
-    def _worker_message(self, shard: int, msg: bytes, agg: Any) -> None:
+    def receive(self, s: int, msg: bytes, agg: Any, stop: Any) -> bool:
+        """Shard s's message (run/session.collect): its workers' reports to the merge; True
+        once the shard is done."""
+        self.heard[s] = _core.now_ns()
+        tag = msg[:1]
+        if tag == WORKER:
+            self._worker_message(s, msg[1 + _SHARD.size:], agg, stop)
+        elif tag == SHARD_DONE:
+            return True
+        elif tag == SHARD_FAILED:
+            raise WorkerCrashed(f"shard {s} failed: {_line(msg[1:])}")
+        return False
+
+    def lost(self, s: int) -> str:
+        return f"shard {s} disconnected{self._exit_note(s)}"
+
+    def check(self, done: list[bool], heard: bool, stop: Any) -> None:
+        """A shard silent for STALL_INTERVALS intervals has stalled: the run fails."""
+        now = _core.now_ns()
+        stall_ns = int(STALL_INTERVALS * self.interval_s * 1e9)
+        for s in range(self.shards):
+            if not done[s] and now - self.heard[s] > stall_ns:
+                raise WorkerCrashed(f"shard {s} sent nothing for {(now - self.heard[s]) / 1e9:.1f} "
+                                    f"s ({STALL_INTERVALS} intervals): it stalled")
+
+    def drain(self, agg: Any, stop: Any) -> None:
+        """After a hard stop: what the shards had already sent."""
+        for s, ch in enumerate(self.channels):
+            try:
+                while ch.poll(0):
+                    msg = ch.recv_bytes()
+                    if msg[:1] == WORKER:
+                        self._worker_message(s, msg[1 + _SHARD.size:], agg, stop)
+            except (EOFError, OSError, WorkerCrashed):
+                continue
+
+    def _worker_message(self, shard: int, msg: bytes, agg: Any, stop: Any) -> None:
         tag = msg[:1]
         if tag == INTERVAL:
             report = decode_interval(msg)
@@ -410,12 +401,7 @@ class ShardPool:
         elif tag == FAILED:
             raise WorkerCrashed(f"shard {shard}: a worker failed: {_line(msg[1:])}")
         elif tag == DONE:
-            if getattr(self, "stop_state", None) is not None:
-                agg.note_done(msg, self.stop_state)
-            else:
-                agg.note_counts(msg)
-                if getattr(agg, "negotiated", None) is None:
-                    agg.negotiated = decode_done_tls(msg)
+            stop.ran_out(agg.note_done(msg))
 
     def figures(self, ran_s: float) -> list[dict[str, Any]]:
         """The summary's `shards`: per shard what it sent and its clock."""

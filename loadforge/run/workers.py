@@ -202,21 +202,23 @@ class WorkerSpec:
     timer_resolution_s: float
     requests_per_connection: int = 0
     # Feeder tables (feeders.Table.spec()) and, per request, None or its template segments
-    # (config/feeders.py): empty when no request holds {feeder.column} slots.
+    # (engine/tables.py): empty when no request holds {feeder.column} slots.
     feeders: list[tuple[Any, ...]] = field(default_factory=list)
     templates: list[Any] = field(default_factory=list)
     tls: dict[str, Any] | None = None      # TLS settings (config/tls.py engine_settings)
     # HTTP/2: (header list, body) per request, and streams per connection; None for HTTP/1.1.
-    # A templated request's adds its parts (feeders.compile_h2_templates; engine h2_setup).
+    # A templated request's adds its parts (tables.compile_h2_templates; engine h2_setup).
     http2: list[tuple[list[tuple[bytes, bytes]], bytes]
                 | tuple[list[tuple[bytes, bytes]], bytes, list[tuple[int, int, int]]]] | None = None
     streams: int = 100
     # Scripted flows (loadforge/flows): (the module's path, its text), (Host header, path prefix,
-    # User-Agent), per table of `feeders` (feeders.compile_rows: table i is feeder i) its name
+    # User-Agent), per table of `feeders` (engine/tables.compile_rows: table i is feeder i) its name
     # and the (column, view) pairs flows read, and the open-model arrivals of the run (where
     # closed-model rows start). None: no flows.
     flows: tuple[Any, ...] | None = None
     retry: str = "idempotent"              # Plan.retry: "idempotent" or "never"
+    # Per request, its expect_status as engine words (config/outcomes.py expect_words), or ()
+    expect: list[tuple[int, ...]] = field(default_factory=list)
 
 
 # Counts an engine reports once, at its end, in its DONE message (summed over workers).
@@ -360,7 +362,7 @@ def load_flows(path: str, source: bytes) -> Any:
 def run_flows(spec: WorkerSpec, channel: Connection) -> None:
     """worker_main for a run of scripted flows: a FlowEngine driven by flows/driver.py."""
     from loadforge import _core
-    from loadforge.config.feeders import RowReader
+    from loadforge.engine.tables import RowReader
     from loadforge.flows import driver
 
     assert spec.flows is not None
@@ -443,7 +445,7 @@ def worker_main() -> None:
             return
         tables = []
         if spec.feeders:
-            from loadforge.config.feeders import open_table
+            from loadforge.engine.tables import open_table
 
             tables = [open_table(t) for t in spec.feeders]
         engine = _core.Engine(
@@ -453,7 +455,7 @@ def worker_main() -> None:
             control_fd=channel.fileno(), timer_resolution_s=spec.timer_resolution_s,
             requests_per_connection=spec.requests_per_connection, feeders=tables,
             templates=spec.templates, tls=spec.tls,
-            http2=spec.http2, streams=spec.streams, retry=spec.retry)
+            http2=spec.http2, streams=spec.streams, retry=spec.retry, expect=spec.expect)
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
         # CPU time per interval: a worker that used its whole core is the reason arrivals
@@ -490,8 +492,22 @@ _WORKER_CODE = ("import sys; sys.path.insert(0, sys.argv[2]); "
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def exit_words(code: int | None) -> str:
+    """A worker's exit status in words: "exit code 7", "killed by SIGKILL"."""
+    if code is None:
+        return "still running, its socket closed"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
 class WorkerPool:
-    """The worker processes of one run."""
+    """The worker processes of one run (a run/session.Pool: its members are the workers)."""
+
+    noun = "workers"
 
     def __init__(self, specs: list[WorkerSpec]):
         self.channels: list[Connection] = []
@@ -546,6 +562,41 @@ class WorkerPool:
         """Which of these workers have a message waiting, within timeout seconds."""
         channels = {id(self.channels[i]): i for i in workers}
         return [channels[id(ch)] for ch in wait([self.channels[i] for i in workers], timeout)]
+
+    # -- what run/session.collect asks of a pool (agg: run/merge.Aggregator, stop: session.Stop)
+
+    def receive(self, i: int, msg: bytes, agg: Any, stop: Any) -> bool:
+        """Worker i's message to the merge; True once it is done."""
+        tag = msg[:1]
+        if tag == INTERVAL:
+            agg.add(decode_interval(msg))
+        elif tag == DONE:
+            stop.ran_out(agg.note_done(msg))
+            return True
+        elif tag == FAILED:
+            raise WorkerCrashed(f"worker {i} failed: {failure_words(msg[1:])}")
+        return False
+
+    def lost(self, i: int) -> str:
+        return f"worker {i} exited unexpectedly ({exit_words(self.exitcode(i, wait_s=2.0))})"
+
+    def check(self, done: list[bool], heard: bool, stop: Any) -> None:
+        """A worker that exited before it was done (and sent nothing this round)."""
+        for i in range(len(done)):
+            if not done[i] and self.exitcode(i) is not None and not heard:
+                raise WorkerCrashed(f"worker {i} exited unexpectedly "
+                                    f"({exit_words(self.exitcode(i))})")
+
+    def drain(self, agg: Any, stop: Any) -> None:
+        """The intervals killed workers had already sent (bounded: their sockets only drain)."""
+        for channel in self.channels:
+            try:
+                while channel.poll(0):
+                    msg = channel.recv_bytes()
+                    if msg[:1] == INTERVAL:
+                        agg.add(decode_interval(msg))
+            except (EOFError, OSError):
+                continue
 
     def stop(self) -> None:
         """Ask every worker to stop scheduling; they still report what is in flight."""

@@ -272,7 +272,8 @@
 
   var STATUS = ["1xx", "2xx", "3xx", "4xx", "5xx"], KINDS = ["connect", "timeout", "reset", "protocol"];
   // HTTP/2's stream-level kinds: listed in a run's outcomes only when they happened
-  var STREAM_KINDS = ["stream_reset", "goaway", "flow_control"];
+  // ... and so are a request's expect_status verdicts (a success, an error)
+  var STREAM_KINDS = ["stream_reset", "goaway", "flow_control", "expected", "unexpected"];
   function outcomesTable(runs) {
     var kinds = KINDS.concat(STREAM_KINDS.filter(function (k) {
       return runs.some(function (r) { return (r.outcomes || {})[k] !== undefined; });

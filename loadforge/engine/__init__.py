@@ -1,0 +1,1 @@
+"""The engine's Python side: what it is fed (requests.py, tables.py) beside its .pxd/.pxi."""
