@@ -18,6 +18,7 @@ cdef extern from "<errno.h>" nogil:
         EPROTO
         ECONNABORTED
         EALREADY
+        ENOMEM
 
 
 cdef extern from "<time.h>" nogil:

@@ -615,3 +615,23 @@ def test_mixed_backends_behind_an_l4_balancer(nginx_tls_h1: Nginx, load: tuple[s
     assert c2["answered"] > 0 and h1_served > 0
     assert c["by_protocol"]["h2"] == c2["connections"] > 0
     assert c["by_protocol"]["http/1.1"] == c["opened"] - c2["connections"] > 0
+
+
+@pytest.mark.parametrize("model", ["concurrency = 2", "rate = 4"])
+def test_large_request_bodies_over_tls(model: str, tmp_path: Path) -> None:
+    """4 MB POST bodies over HTTP/2 and TLS, with a window that lets them go out at once: the
+    ciphertext outgrows the socket buffer, so the transport answers RETRY with ciphertext
+    still to send, and what it holds goes out on EPOLLOUT before any new frame. Every byte
+    arrives and every stream is answered."""
+    body = tmp_path / "body.bin"
+    body.write_bytes(b"x" * 4_000_000)
+    with H2Server("normal", tls=True, initial_window=2**30) as server:
+        assert server.ca_file is not None
+        path = profile(tmp_path, server.url + "/", f'duration = "1s"\n{model}',
+                       load=f'connections = 1\ntimeout = "10s"\n[tls]\nca = "{server.ca_file}"',
+                       request=f'method = "POST"\nbody_file = "{body}"')
+        s = run_json(tmp_path, path, "--no-preflight")
+        counts = server.counts()
+    assert s["errors"] == 0 and s["requests"] > 0
+    assert s["requests"] == counts["answered"] == counts["opened"]
+    assert counts["request_bytes"] == 4_000_000 * s["requests"]

@@ -13,6 +13,14 @@ cdef enum ConnState:
     C_BACKOFF            # closed: its last connect failed, the next waits until retry_at_ns
 
 
+cdef enum ProtocolId:
+    # A connection's protocol: its entry in PROTOCOLS (engine/protocol.pxi).
+    PROTO_H1             # HTTP/1.1, one request at a time (engine/h1conn.pxi)
+    PROTO_H2             # HTTP/2 streams (and gRPC on them), engine/h2conn.pxi
+    PROTO_FLOW           # HTTP/1.1 steps of a FlowEngine, each response captured (flows.pxi)
+    N_PROTOCOLS
+
+
 cdef struct Conn:
     int fd
     int state
@@ -37,18 +45,20 @@ cdef struct Conn:
     int64_t retry_at_ns
     int64_t last_rx_ns   # receive timestamp of the latest bytes of a body that ends at close
     int64_t connect_ns   # when connect() was called: the connect time ends when it completes
+    # The protocol the connection speaks: an index into PROTOCOLS (engine/protocol.pxi), the
+    # run's (Engine.proto) until ALPN chooses another for it.
+    int proto
+    # The transport (engine/transport.pxi): the errno behind its latest IO_ERROR, and whether
+    # that error is a TLS handshake the server refused after the client finished its side.
+    int err
+    int refused
     # TLS (engine/tls.pxi): the connection's SSL, whether its handshake is under way (still
-    # C_CONNECTING, so timeouts and the pool treat it as connecting) and since when, and
-    # plaintext bytes the writer was told are unwritten though already encrypted; whether
+    # C_CONNECTING, so timeouts and the pool treat it as connecting) and since when; whether
     # its handshake resumed a session, and whether any plaintext has come from the server yet
     # (a TLS 1.3 server that refuses the client's certificate says so after the handshake).
     SSL* ssl
     int handshaking
     int64_t handshake_ns
-    int tls_held
     int tls_resumed
     int tls_data
-    # An HTTP/2 engine's connection where ALPN chose http/1.1: it carries HTTP/1.1 requests,
-    # one at a time, through the HTTP/1.1 path (send_request, on_readable, finish).
-    int h1
     Parser parser

@@ -40,6 +40,10 @@ cdef class FlowEngine(Engine):
             raise MemoryError()
         self._hold = [None] * connections
         self._done = []
+        # HTTP/1.1 with each response captured (flow_on_readable); steps start from submit.
+        self.proto = PROTO_FLOW
+        for ci in range(connections):
+            self.conns[ci].proto = PROTO_FLOW
 
     def __dealloc__(self):
         cdef int i
@@ -243,10 +247,9 @@ cdef class FlowEngine(Engine):
                 on_connected(self, ci, now)
                 continue
             if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
-                self.on_readable(ci, now)
-            if ev & EPOLLOUT and self.conns[ci].fd >= 0 and self.conns[ci].state == C_BUSY \
-                    and self.conns[ci].want_write:
-                write_request(self, ci, now)
+                PROTOCOLS[self.conns[ci].proto].on_readable(self, ci, now)
+            if ev & EPOLLOUT and self.conns[ci].fd >= 0 and self.conns[ci].want_write:
+                PROTOCOLS[self.conns[ci].proto].on_writable(self, ci, now)
         while now >= self.t0 + (self.interval_index + 1) * self.interval_ns:
             flush(self, 0)
         if now >= self.next_scan_ns:
@@ -320,67 +323,6 @@ cdef class FlowEngine(Engine):
         memcpy(self.cap[ci] + self.cap_len[ci], data, n)
         self.cap_len[ci] += n
 
-    cdef void on_readable(self, int ci, int64_t now) noexcept:
-        # Engine.on_readable, with each response's bytes captured for the flow.
-        cdef Conn* c = &self.conns[ci]
-        cdef ssize_t n
-        cdef Py_ssize_t used
-        cdef int outcome
-        cdef int reads = 0
-        while True:
-            self.msg.msg_controllen = sizeof(self.cmsg_buf)
-            n = transport_read(&self.transport, c, &self.msg)
-            if c.state != C_BUSY or not c.has_arrival:
-                if n >= 0 or (errno != EAGAIN and errno != EINTR):
-                    if n < 0 and errno == ECONNABORTED and self.transport.kind == T_TLS:
-                        tls_refused_idle(self)
-                    c.peer_closed = n <= 0
-                    close_conn(self, ci)
-                return
-            if n > 0:
-                if c.parser.received == 0:
-                    self.cap_len[ci] = 0
-                used = parser_feed(&c.parser, &self.names, self.rbuf, n)
-                self.capture(ci, self.rbuf, used)
-                if c.parser.state == P_DONE:
-                    self.finish(ci, status_outcome(c.parser.status) if used == n else O_PROTOCOL,
-                                now, self.received_at(c, now))
-                    return
-                if c.parser.state == P_ERROR:
-                    self.finish(ci, O_PROTOCOL, now, now)
-                    return
-                if c.parser.state == P_BODY_EOF:
-                    c.last_rx_ns = self.received_at(c, now)
-                elif n < RECV_BUFFER_SIZE and not c.write_failed \
-                        and not transport_pending(&self.transport, c):
-                    return
-                reads += 1
-                if reads >= MAX_READS_PER_EVENT and not transport_pending(&self.transport, c):
-                    return
-                continue
-            if n == 0:
-                c.peer_closed = 1
-                if c.parser.received == 0 and retry_arrival(self, ci, now):
-                    return
-                outcome = parser_eof(&c.parser)
-                if outcome < 0:
-                    self.finish(ci, status_outcome(c.parser.status), now, c.last_rx_ns)
-                else:
-                    self.finish(ci, outcome, now, now)
-                return
-            if errno == EINTR:
-                continue
-            if errno == EAGAIN and not c.write_failed:
-                return
-            c.peer_closed = 1
-            if errno == ECONNABORTED and self.transport.kind == T_TLS:
-                tls_refused(self, ci, now)
-                return
-            if c.parser.received == 0 and retry_arrival(self, ci, now):
-                return
-            self.finish(ci, O_RESET, now, now)
-            return
-
     cdef void finish(self, int ci, int outcome, int64_t now, int64_t end) noexcept:
         # A step ended: record it, free or close its connection, hand it to Python.
         cdef Conn* c = &self.conns[ci]
@@ -400,7 +342,7 @@ cdef class FlowEngine(Engine):
             self._error = exc
         self._hold[ci] = None
         if outcome >= O_CONNECT or c.parser.close or c.state != C_BUSY \
-                or c.written < self.tpl.out_len[ci] \
+                or c.written < self.tpl.out_len[ci] or c.want_write \
                 or c.served == self.requests_per_connection:
             if c.parser.close and not c.parser.drop and outcome < O_CONNECT:
                 c.peer_closed = 1
@@ -408,3 +350,9 @@ cdef class FlowEngine(Engine):
         else:
             c.state = C_IDLE
             push_idle(self, ci)
+
+
+cdef void flow_on_readable(Engine self, int ci, int64_t now) noexcept:
+    """The FlowEngine's on_readable (PROTO_FLOW): HTTP/1.1's, each response's bytes captured
+    for the flow."""
+    h1_read(self, ci, now, 1)

@@ -293,7 +293,6 @@ cdef struct H2Part:      # a templated request's value expanded per stream (engi
 
 
 cdef struct H2Engine:
-    int enabled
     int streams          # most concurrent streams per connection (ours)
     H2Conn* conns
     H2Stream* slots      # nconns x streams

@@ -1,4 +1,5 @@
-# Included by loadforge/_core.pyx: the engine: one worker's event loop.
+# Included by loadforge/_core.pyx: the engine: one worker's event loop. (Over the ~700-line aim:
+# it is one cdef class, fields to run loop; the protocols it calls are h1conn.pxi/h2conn.pxi.)
 
 # ---------------------------------------------------------------------------------------------
 # The engine.
@@ -27,7 +28,9 @@ cdef class Engine:
         int wake_epfd            # the control fd alone: sleeping without socket wake-ups
         int control_fd
         Transport transport      # how bytes reach the target (engine/transport.pxi)
-        H2Engine h2              # HTTP/2 streams and sessions (engine/http2.pxi), if enabled
+        H2Engine h2              # HTTP/2 streams and sessions (engine/http2.pxi): an HTTP/2 run
+        int proto                # the run's protocol (PROTOCOLS, engine/protocol.pxi): arrivals
+                                 # start through it, connections speak it until ALPN says else
 
         Conn* conns
         int nconns
@@ -273,8 +276,11 @@ cdef class Engine:
         if self.cells == NULL or self.touched == NULL:
             raise MemoryError()
 
+        self.proto = PROTO_H1
         if http2 is not None:
-            h2_setup(self, http2, streams)
+            h2_setup(self, http2, streams)      # (sets self.proto)
+        for i in range(connections):
+            self.conns[i].proto = self.proto
 
         self.iov.iov_base = self.rbuf
         self.iov.iov_len = RECV_BUFFER_SIZE
@@ -394,110 +400,6 @@ cdef class Engine:
 
     # -- requests ---------------------------------------------------------------------------
 
-    cdef void start_arrival(self, int ci, int stage, int request, int64_t intended,
-                            int64_t now) noexcept:
-        cdef Conn* c
-        if self.h2.enabled:
-            h2_start_arrival(self, ci, stage, request, intended, now)
-            return
-        c = &self.conns[ci]
-        if tpl_prepare(self, ci, request, now) != 0:
-            # A `unique` feeder has no row left for this arrival: the run ends here, as if
-            # stopped; the arrival is counted unsent (open model) or not at all (closed).
-            if c.state == C_IDLE:
-                push_idle(self, ci)
-            else:
-                push_closed(self, ci)
-            if self.tpl.closed:
-                self.counters[stage].scheduled -= 1
-            self.request_stop(now)
-            return
-        c.has_arrival = 1
-        c.stage = stage
-        c.request = request
-        c.intended_ns = intended
-        c.fresh = 0
-        c.retried = 0
-        c.retryable = self.req_retry[request]
-        c.big = 1 if self.req_big[request] != 0 else 0
-        self.eventful += c.big
-        self.inflight += 1
-        self.counters[stage].sent += 1
-        if c.state == C_IDLE:
-            send_request(self, ci, now)
-        else:
-            c.sent_ns = now     # a failed connect is timed from the attempt
-            open_conn(self, ci, now)
-
-    cdef void on_readable(self, int ci, int64_t now) noexcept:
-        cdef Conn* c = &self.conns[ci]
-        cdef ssize_t n
-        cdef Py_ssize_t used
-        cdef int outcome
-        cdef int reads = 0
-        if self.h2.enabled and not c.h1:
-            h2_on_readable(self, ci, now)
-            return
-        while True:
-            self.msg.msg_controllen = sizeof(self.cmsg_buf)
-            n = transport_read(&self.transport, c, &self.msg)
-            if c.state != C_BUSY or not c.has_arrival:
-                # An idle keep-alive connection: the server closed it, or sent what nobody
-                # asked for. Either way it is not reusable.
-                if n >= 0 or (errno != EAGAIN and errno != EINTR):
-                    if n < 0 and errno == ECONNABORTED and self.transport.kind == T_TLS:
-                        tls_refused_idle(self)
-                    c.peer_closed = n <= 0
-                    close_conn(self, ci)
-                return
-            if n > 0:
-                used = parser_feed(&c.parser, &self.names, self.rbuf, n)
-                if c.parser.state == P_DONE:
-                    # Bytes past the response answer no request of ours (we do not pipeline).
-                    self.finish(ci, response_outcome(self.req_expect[c.request], c.parser.status)
-                                if used == n else O_PROTOCOL,
-                                now, self.received_at(c, now))
-                    return
-                if c.parser.state == P_ERROR:
-                    self.finish(ci, O_PROTOCOL, now, now)
-                    return
-                if c.parser.state == P_BODY_EOF:
-                    # Read on to the close: its time is the last bytes' receive timestamp.
-                    c.last_rx_ns = self.received_at(c, now)
-                elif n < RECV_BUFFER_SIZE and not c.write_failed \
-                        and not transport_pending(&self.transport, c):
-                    return    # the socket is empty (wrk's test): wait for more
-                reads += 1
-                if reads >= MAX_READS_PER_EVENT and not transport_pending(&self.transport, c):
-                    # A server as fast as the loop (a body without end) must not hold it;
-                    # the socket stays readable, so epoll hands it back at once. Bytes
-                    # inside the TLS layer are read first: epoll would not hand them back.
-                    return
-                continue
-            if n == 0:
-                c.peer_closed = 1
-                if c.parser.received == 0 and retry_arrival(self, ci, now):
-                    return
-                outcome = parser_eof(&c.parser)
-                if outcome < 0:
-                    self.finish(ci, response_outcome(self.req_expect[c.request], c.parser.status),
-                                now, c.last_rx_ns)
-                else:
-                    self.finish(ci, outcome, now, now)
-                return
-            if errno == EINTR:
-                continue
-            if errno == EAGAIN and not c.write_failed:
-                return
-            c.peer_closed = 1
-            if errno == ECONNABORTED and self.transport.kind == T_TLS:
-                tls_refused(self, ci, now)
-                return
-            if c.parser.received == 0 and retry_arrival(self, ci, now):
-                return
-            self.finish(ci, O_RESET, now, now)
-            return
-
     cdef inline int64_t received_at(self, Conn* c, int64_t now) noexcept:
         """When the last segment read by the latest recvmsg reached the socket: the kernel's
         receive timestamp moved onto CLOCK_MONOTONIC, kept within [sent, now]. A response is
@@ -540,7 +442,7 @@ cdef class Engine:
         # the connection half written: never reused.
         c.served += 1
         if not is_response(outcome) or c.parser.close or c.state != C_BUSY \
-                or c.written < self.tpl.out_len[ci] \
+                or c.written < self.tpl.out_len[ci] or c.want_write \
                 or c.served == self.requests_per_connection:
             if c.parser.close and not c.parser.drop and is_response(outcome):
                 c.peer_closed = 1     # the server said so: it closes its end after this
@@ -550,7 +452,7 @@ cdef class Engine:
         if stage == self.cur and not self.stopping and self.cur < self.nstages:
             sp = &self.stages[stage]
             if not sp.open_model and now < self.t0 + sp.end_ns:
-                if outcome == O_CONNECT and not self.h2.enabled:
+                if outcome == O_CONNECT and not PROTOCOLS[self.proto].multiplexed:
                     # Retrying at once would spin (a refused port answers in microseconds)
                     # and, from inside finish, recurse once per failure. (HTTP/2's backoffs
                     # end without a new arrival, end_backoffs: an HTTP/1.1 connection of an
@@ -569,7 +471,7 @@ cdef class Engine:
     cdef void closed_arrival(self, int ci, int64_t now) noexcept:
         cdef int request = self.mix[self.closed_seq % self.mix_len]
         if self.stopping:       # a `unique` feeder ran out while slots were being filled
-            if self.h2.enabled:     # (ci may be -1 after a think time; no pool to go back to)
+            if PROTOCOLS[self.proto].multiplexed:   # (ci may be -1 after a think time: no pool)
                 return
             if self.conns[ci].state == C_IDLE:
                 push_idle(self, ci)
@@ -580,7 +482,7 @@ cdef class Engine:
         self.tpl.closed = 1
         self.closed_seq += 1
         self.counters[self.cur].scheduled += 1
-        self.start_arrival(ci, self.cur, request, now, now)
+        PROTOCOLS[self.proto].start(self, ci, self.cur, request, now, now)
 
     # -- schedule ---------------------------------------------------------------------------
 
@@ -630,8 +532,9 @@ cdef class Engine:
                 self.counters[self.cur].late += 1
             self.tpl.seq = sp.base + self.disp_k
             self.tpl.closed = 0
-            self.start_arrival(ci, self.cur, self.mix[(sp.base + self.disp_k) % self.mix_len],
-                               intended, now)
+            PROTOCOLS[self.proto].start(self, ci, self.cur,
+                                        self.mix[(sp.base + self.disp_k) % self.mix_len],
+                                        intended, now)
             self.disp_k += self.nworkers
 
     cdef void end_stage(self, int64_t now) noexcept:
@@ -659,24 +562,12 @@ cdef class Engine:
         self.begin_stage(now)
 
     cdef void scan_timeouts(self, int64_t now) noexcept:
+        """Requests, streams and connects past their deadlines, each connection by its own
+        protocol."""
         cdef int i
-        cdef Conn* c
-        if self.h2.enabled:
-            h2_scan_timeouts(self, now)
-            return
         for i in range(self.nconns):
-            c = &self.conns[i]
-            if (c.state == C_BUSY or c.state == C_CONNECTING) and now >= c.deadline_ns:
-                if c.handshaking and c.has_arrival:
-                    # A TLS handshake timed out: it failed (a warm-up's is not counted, as its
-                    # connect is not: counts_at_open).
-                    self.transport.tls_failed += 1
-                if c.has_arrival:
-                    if c.state == C_CONNECTING:
-                        self.connect_failures += 1
-                    self.finish(i, O_TIMEOUT if c.state == C_BUSY else O_CONNECT, now, now)
-                else:
-                    close_conn(self, i)     # a warm-up connect: not counted (counts_at_open)
+            if self.conns[i].state != C_CLOSED:
+                PROTOCOLS[self.conns[i].proto].scan_timeouts(self, i, now)
 
     cdef int advance(self, int64_t now) except -1:
         """Everything that is due at `now`; returns 1 once the run is over."""
@@ -867,12 +758,9 @@ cdef class Engine:
                     on_connected(self, ci, now)
                     continue
                 if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
-                    self.on_readable(ci, now)
+                    PROTOCOLS[self.conns[ci].proto].on_readable(self, ci, now)
                 if ev & EPOLLOUT and self.conns[ci].fd >= 0 and self.conns[ci].want_write:
-                    if self.h2.enabled and not self.conns[ci].h1:
-                        h2_on_writable(self, ci, now)
-                    elif self.conns[ci].state == C_BUSY:
-                        write_request(self, ci, now)
+                    PROTOCOLS[self.conns[ci].proto].on_writable(self, ci, now)
         flush(self, 1)
         for i in range(self.nconns):
             if self.conns[i].fd >= 0:

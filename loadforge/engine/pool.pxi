@@ -47,9 +47,8 @@ cdef void close_conn(Engine self, int ci) noexcept:
             else:
                 self.closed_by_us += 1
     c.peer_closed = 0
-    if self.h2.enabled:
-        h2_drop(self, ci)
-        c.h1 = 0        # the next connection on this slot reads its own ALPN
+    PROTOCOLS[c.proto].drop(self, ci)
+    c.proto = self.proto    # the next connection on this slot reads its own ALPN
     if c.state == C_CONNECTING:
         self.connecting -= 1
     if c.want_write:
@@ -63,9 +62,8 @@ cdef void open_conn(Engine self, int ci, int64_t now) noexcept:
     cdef Conn* c = &self.conns[ci]
     if counts_at_open(self, c):
         self.connects += 1
-    if self.h2.enabled:
-        h2_open_session(self, ci)
-    if transport_connect(&self.transport, c) != 0:
+    PROTOCOLS[c.proto].on_open(self, ci)
+    if transport_connect(&self.transport, c) != IO_OK:
         connect_failed(self, ci, now)
         return
     c.state = C_CONNECTING
@@ -100,8 +98,9 @@ cdef inline int counts_at_open(Engine self, Conn* c) noexcept:
     of need (the pool's warm-up: no arrival waits on it) counts only once it connects: one
     that fails is tried again by the first arrival that needs the slot, and that attempt
     counts, with the arrival's `connect` error, so that connections.failed equals
-    errors_by_kind.connect in both models."""
-    return c.has_arrival or self.h2.enabled
+    errors_by_kind.connect in both models. A multiplexed protocol's connections (HTTP/2)
+    count as they start: streams queue on them at once."""
+    return c.has_arrival or PROTOCOLS[self.proto].multiplexed
 
 
 cdef void connect_failed(Engine self, int ci, int64_t now) noexcept:
@@ -110,12 +109,7 @@ cdef void connect_failed(Engine self, int ci, int64_t now) noexcept:
     elif self.conns[ci].handshaking:
         # Nor does its handshake, which the transport counted as failed (engine/tls.pxi).
         self.transport.tls_failed -= 1
-    if self.h2.enabled:
-        h2_connect_failed(self, ci, now, O_CONNECT)
-    elif self.conns[ci].has_arrival:
-        self.finish(ci, O_CONNECT, now, now)
-    else:
-        close_conn(self, ci)
+    PROTOCOLS[self.conns[ci].proto].connect_failed(self, ci, now)
 
 
 cdef void tls_refused(Engine self, int ci, int64_t now) noexcept:
@@ -124,10 +118,7 @@ cdef void tls_refused(Engine self, int ci, int64_t now) noexcept:
     handshake failed, so the connection is a failed connect and its request a `connect`
     error, as when a TLS 1.2 server refuses during the handshake; never retried."""
     self.connect_failures += 1
-    if self.h2.enabled and not self.conns[ci].h1:
-        h2_connect_failed(self, ci, now, O_CONNECT)
-    else:
-        self.finish(ci, O_CONNECT, now, now)
+    PROTOCOLS[self.conns[ci].proto].connect_failed(self, ci, now)
 
 
 cdef void tls_refused_idle(Engine self) noexcept:
@@ -135,7 +126,7 @@ cdef void tls_refused_idle(Engine self) noexcept:
     connect that fails is not counted (counts_at_open), neither is this one, nor its
     handshake; the arrival that next needs the slot tries again, and that attempt counts.
     (HTTP/2 counts every connect as it starts: there it is a failed one.)"""
-    if self.h2.enabled:
+    if PROTOCOLS[self.proto].multiplexed:
         self.connect_failures += 1
         return
     self.connects -= 1
@@ -144,23 +135,24 @@ cdef void tls_refused_idle(Engine self) noexcept:
 
 
 cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
+    """c's connect or handshake made progress; once it is ready, its protocol takes over."""
     cdef Conn* c = &self.conns[ci]
     cdef int handshake = c.handshaking
-    cdef int err = transport_connected(&self.transport, c)
-    if err == EALREADY:
+    cdef int st = transport_connected(&self.transport, c)
+    if st == IO_RETRY and c.handshaking and not handshake:
         # TCP is up and a TLS handshake begins: the connect time ends here, the handshake's
         # starts; the handshake then waits for the server's bytes.
         record_connect_time(self, c, now)
         c.handshake_ns = now
         handshake = 1
-        err = transport_connected(&self.transport, c)
-    if handshake and (err == EINPROGRESS or err == EAGAIN):
-        # The handshake waits for the server's bytes (and, EAGAIN, for room to send its own).
-        if conn_epoll(self, self.epfd, EPOLL_CTL_MOD, ci,
-                      EPOLLIN | EPOLLOUT if err == EAGAIN else EPOLLIN) != 0:
+        st = transport_connected(&self.transport, c)
+    if st == IO_RETRY:
+        # The handshake waits for the server's bytes (and for room to send its own).
+        if conn_epoll(self, self.epfd, EPOLL_CTL_MOD, ci, EPOLLIN | EPOLLOUT
+                      if transport_unsent(&self.transport, c) else EPOLLIN) != 0:
             connect_failed(self, ci, now)
         return
-    if (err == ECONNRESET or err == EPIPE) and c.has_arrival:
+    if st == IO_ERROR and (c.err == ECONNRESET or c.err == EPIPE) and c.has_arrival:
         c.peer_closed = 1
         # Accepted, then closed or reset before the loop saw it connected: a reset, not a
         # failed connect (which is refused, unreachable or timed out).
@@ -171,12 +163,10 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
         c.written = 0
         self.finish(ci, O_RESET, now, now)
         return
-    if err != 0 or conn_epoll(self, self.epfd, EPOLL_CTL_MOD, ci, EPOLLIN) != 0:
+    if st != IO_OK or conn_epoll(self, self.epfd, EPOLL_CTL_MOD, ci, EPOLLIN) != 0:
         connect_failed(self, ci, now)
         return
     c.state = C_IDLE
-    if not self.h2.enabled:
-        c.backoff_ns = 0    # (HTTP/2: once the connection carried a response, h2_on_frame_recv)
     self.connecting -= 1
     if not counts_at_open(self, c):
         self.connects += 1      # a warm-up connection, counted now that it is open
@@ -186,15 +176,7 @@ cdef void on_connected(Engine self, int ci, int64_t now) noexcept:
             self.dropped += 1
     else:
         record_connect_time(self, c, now)
-    if self.h2.enabled:
-        h2_connected(self, ci, now)
-        return
-    self.protocol_h1 += 1
-    if c.has_arrival:
-        c.fresh = 1
-        send_request(self, ci, now)
-    else:
-        push_idle(self, ci)
+    PROTOCOLS[c.proto].on_connected(self, ci, now)
 
 
 cdef inline void record_connect_time(Engine self, Conn* c, int64_t now) noexcept:
@@ -245,7 +227,7 @@ cdef void end_backoffs(Engine self, int64_t now, int release) noexcept:
         self.n_backoff -= 1
         sp = &self.stages[self.cur] if self.cur < self.nstages else NULL
         if not release and sp != NULL and not sp.open_model and not self.stopping \
-                and not self.h2.enabled:
+                and not PROTOCOLS[self.proto].multiplexed:
             self.closed_arrival(i, now)
         else:
             push_closed(self, i)

@@ -24,7 +24,7 @@ cdef int tls_new_session(SSL* ssl, SSL_SESSION* session) noexcept nogil:
 
 cdef inline int tls_flush(Conn* c) noexcept nogil:
     """Send the ciphertext waiting in the write BIO: 0 when all went out, 1 when some is left
-    (the socket buffer is full), -1 with errno when send failed."""
+    (the socket buffer is full), -1 when send failed (its errno in Conn.err)."""
     cdef BIO* wbio = SSL_get_wbio(c.ssl)
     cdef char* data
     cdef char discard[16384]
@@ -37,6 +37,7 @@ cdef inline int tls_flush(Conn* c) noexcept nogil:
     if n < 0:
         if errno == EAGAIN or errno == EINTR:
             return 1
+        c.err = errno
         return -1
     # Drop what went out and keep the rest for the next EPOLLOUT. Read out, not BIO_reset:
     # a reset zeroes the BIO's whole buffer, as large as the largest request ever sent, on
@@ -47,6 +48,17 @@ cdef inline int tls_flush(Conn* c) noexcept nogil:
         BIO_read(wbio, discard, chunk)
         left -= chunk
     return 0 if n == pending else 1
+
+
+cdef inline int tls_flush_status(Conn* c) noexcept nogil:
+    """tls_flush as a transport status (transport_flush)."""
+    cdef int f = tls_flush(c)
+    return IO_OK if f == 0 else (IO_RETRY if f > 0 else IO_ERROR)
+
+
+cdef inline int tls_unsent(Conn* c) noexcept nogil:
+    """Ciphertext the socket has not taken yet."""
+    return c.ssl != NULL and BIO_ctrl_pending(SSL_get_wbio(c.ssl)) > 0
 
 
 cdef void tls_copy_name(char* dst, size_t size, const char* src, ssize_t length) noexcept nogil:
@@ -87,8 +99,8 @@ cdef void tls_note_failure(Transport* t, Conn* c, int err) noexcept nogil:
 cdef inline int tls_connect(Transport* t, Conn* c) noexcept nogil:
     cdef BIO* rbio
     cdef BIO* wbio
-    if tcp_connect(t, c) != 0:
-        return -1
+    if tcp_connect(t, c) != IO_OK:
+        return IO_ERROR
     c.ssl = SSL_new(t.ctx)
     rbio = BIO_new(BIO_s_mem())
     wbio = BIO_new(BIO_s_mem())
@@ -98,7 +110,8 @@ cdef inline int tls_connect(Transport* t, Conn* c) noexcept nogil:
             c.ssl = NULL
         close(c.fd)
         c.fd = -1
-        return -1
+        c.err = ENOMEM
+        return IO_ERROR
     BIO_set_mem_eof_return(rbio, -1)    # an empty read BIO means "wait", not end of stream
     SSL_set_bio(c.ssl, rbio, wbio)
     SSL_set_connect_state(c.ssl)
@@ -107,16 +120,15 @@ cdef inline int tls_connect(Transport* t, Conn* c) noexcept nogil:
     if t.resumption and t.session != NULL:
         SSL_set_session(c.ssl, t.session)
     c.handshaking = 0
-    c.tls_held = 0
     c.tls_resumed = 0
     c.tls_data = 0
-    return 0
+    return IO_OK
 
 
 cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
-    """Drive the handshake as far as the socket allows: 0 when it is done, EINPROGRESS while
-    it waits for the server, EAGAIN while it also waits to send (a full socket buffer), else
-    an errno (EPROTO for a rejected certificate or an alert)."""
+    """Drive the handshake as far as the socket allows: IO_OK when it is done, IO_RETRY while
+    it waits for the server (and, tls_unsent, to send: a full socket buffer), else IO_ERROR
+    (Conn.err: EPROTO for a rejected certificate or an alert)."""
     cdef char buf[16384]
     cdef int r, e, f
     cdef ssize_t n
@@ -126,8 +138,8 @@ cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
         f = tls_flush(c)
         if f < 0:
             t.tls_failed += 1
-            tls_note_failure(t, c, errno)
-            return errno
+            tls_note_failure(t, c, c.err)
+            return IO_ERROR
         if r == 1:
             c.handshaking = 0
             if not t.negotiated:
@@ -137,76 +149,93 @@ cdef int tls_handshake(Transport* t, Conn* c) noexcept nogil:
                 c.tls_resumed = 1
             else:
                 t.tls_full += 1
-            return 0
+            return IO_OK
         e = SSL_get_error(c.ssl, r)
         if e != SSL_ERROR_WANT_READ:
             t.tls_failed += 1
+            c.err = EPROTO
             tls_note_failure(t, c, EPROTO)
-            return EPROTO
+            return IO_ERROR
         n = recv(c.fd, buf, sizeof(buf), 0)
         if n > 0:
             BIO_write(SSL_get_rbio(c.ssl), buf, <int>n)
             continue
         if n == 0:
             t.tls_failed += 1
+            c.err = ECONNRESET
             tls_note_failure(t, c, ECONNRESET)
-            return ECONNRESET
-        if errno == EAGAIN or errno == EINTR:
-            return EAGAIN if f else EINPROGRESS
+            return IO_ERROR
+        if errno == EINTR:
+            continue
+        if errno == EAGAIN:
+            return IO_RETRY
         t.tls_failed += 1
-        tls_note_failure(t, c, errno)
-        return errno
+        c.err = errno
+        tls_note_failure(t, c, c.err)
+        return IO_ERROR
 
 
 cdef inline int tls_connected(Transport* t, Conn* c) noexcept nogil:
-    """The TCP connect ended, or (handshaking) the socket has handshake bytes: 0 when the
-    connection is ready, EINPROGRESS (EAGAIN: and to send) while the handshake waits, else
-    an errno."""
-    cdef int err
+    """The TCP connect ended, or (handshaking) the socket has handshake bytes: IO_OK when the
+    connection is ready, IO_RETRY while the handshake waits, else IO_ERROR. When TCP is up
+    the handshake begins (Conn.handshaking) and the answer is IO_RETRY: the caller times the
+    connect, then calls again to start the handshake."""
     if not c.handshaking:
-        err = tcp_connected(t, c)
-        if err != 0:
-            return err
+        if tcp_connected(t, c) != IO_OK:
+            return IO_ERROR
         c.handshaking = 1
-        return EALREADY     # connected: the caller times the connect, then the handshake
+        return IO_RETRY
     return tls_handshake(t, c)
 
 
-cdef ssize_t tls_read(Transport* t, Conn* c, msghdr* msg) noexcept nogil:
+cdef inline int tls_recv(Conn* c, msghdr* msg, ssize_t* r) noexcept nogil:
+    """One recvmsg of ciphertext (tls_read's): IO_OK with r > 0, or r == 0 at the end of
+    the stream; IO_RETRY (EAGAIN) or IO_ERROR (Conn.err)."""
+    while True:
+        r[0] = recvmsg(c.fd, msg, 0)
+        if r[0] >= 0:
+            return IO_OK
+        if errno == EINTR:
+            continue
+        if errno == EAGAIN:
+            return IO_RETRY
+        c.err = errno
+        return IO_ERROR
+
+
+cdef int tls_read(Transport* t, Conn* c, msghdr* msg, ssize_t* n) noexcept nogil:
     """Plaintext into msg's buffer, up to its size: what the SSL already holds, else one
-    recvmsg of ciphertext (its control data: the receive timestamp) decrypted. Returns the
-    byte count, 0 at the end of the stream, -1 with errno (EAGAIN: nothing more yet;
-    ECONNABORTED: the handshake was refused after all, see below). When no
-    recvmsg ran, msg carries no control data: the bytes were held from an earlier read (of
-    this connection or, the buffer being shared, another), whose timestamp is not theirs.
-    What OpenSSL wrote while reading (a KeyUpdate or renegotiation answer, an alert) is
-    sent at once: a client that writes only after the response would otherwise stall it."""
-    # errno is the C library's: without `global`, Cython makes the assignments below a local
-    # variable of that name and the caller reads whatever errno the last failed call left.
-    global errno
+    recvmsg of ciphertext (its control data: the receive timestamp) decrypted. IO_OK with n
+    bytes (0: the end of the stream), IO_RETRY (nothing more yet), or IO_ERROR (Conn.err;
+    Conn.refused: the handshake was refused after all, see below). When no recvmsg ran, msg
+    carries no control data: the bytes were held from an earlier read (of this connection or,
+    the buffer being shared, another), whose timestamp is not theirs. What OpenSSL wrote
+    while reading (a KeyUpdate or renegotiation answer, an alert) is sent at once: a client
+    that writes only after the response would otherwise stall it."""
     cdef char* buf = <char*>msg.msg_iov.iov_base
     cdef int cap = <int>msg.msg_iov.iov_len
-    cdef int got = 0, n, e
+    cdef int got = 0, k, e, st
     cdef ssize_t r
     cdef BIO* rbio = SSL_get_rbio(c.ssl)
+    n[0] = 0
     # Nothing inside OpenSSL (the usual case, a response per wake-up): straight to the socket,
     # sparing an SSL_read that could only say WANT_READ.
     if not SSL_has_pending(c.ssl) and BIO_ctrl_pending(rbio) == 0:
-        r = recvmsg(c.fd, msg, 0)
-        if r <= 0:
-            return r
+        st = tls_recv(c, msg, &r)
+        if st != IO_OK or r == 0:
+            return st
         BIO_write(rbio, buf, <int>r)
     else:
         msg.msg_controllen = 0
     while True:
         ERR_clear_error()
-        n = SSL_read(c.ssl, buf + got, cap - got)
-        if n > 0:
-            got += n
+        k = SSL_read(c.ssl, buf + got, cap - got)
+        if k > 0:
+            got += k
             if got == cap or (BIO_ctrl_pending(rbio) == 0 and SSL_pending(c.ssl) == 0):
                 break       # all that came is decrypted: no need to hear WANT_READ
             continue
-        e = SSL_get_error(c.ssl, n)
+        e = SSL_get_error(c.ssl, k)
         if e == SSL_ERROR_WANT_READ:
             if got:
                 break
@@ -220,17 +249,17 @@ cdef ssize_t tls_read(Transport* t, Conn* c, msghdr* msg) noexcept nogil:
             # The buffer is free again: read ciphertext into it, then decrypt it in place
             # (BIO_write copied it into the read BIO).
             if BIO_ctrl_pending(SSL_get_wbio(c.ssl)) > 0 and tls_flush(c) < 0:
-                return -1
+                return IO_ERROR
             msg.msg_controllen = sizeof(uint64_t) * CMSG_BUFFER_WORDS
-            r = recvmsg(c.fd, msg, 0)
-            if r <= 0:
-                return r
+            st = tls_recv(c, msg, &r)
+            if st != IO_OK or r == 0:
+                return st
             BIO_write(rbio, buf, <int>r)
             continue
         if got:
             break
         if e == SSL_ERROR_ZERO_RETURN:
-            return 0        # close_notify: the server ended the stream
+            return IO_OK        # close_notify: the server ended the stream (n = 0)
         if e == SSL_ERROR_SSL and not c.tls_data:
             # An alert before any plaintext: a TLS 1.3 server that refused the client's
             # certificate (or any other part of the handshake) says so only now, after the
@@ -245,44 +274,45 @@ cdef ssize_t tls_read(Transport* t, Conn* c, msghdr* msg) noexcept nogil:
             c.tls_data = 1
             # The caller ends its request as a failed connect (`connect`, connections.failed),
             # as a TLS 1.2 server's refusal during the handshake ends (pool.pxi connect_failed).
-            errno = ECONNABORTED
-            return -1
+            c.err = EPROTO
+            c.refused = 1
+            return IO_ERROR
         # An alert, a bad record, or the socket's own error: the connection is reset.
-        errno = ECONNRESET if e == SSL_ERROR_SYSCALL else EPROTO
-        return -1
+        c.err = ECONNRESET if e == SSL_ERROR_SYSCALL else EPROTO
+        return IO_ERROR
     c.tls_data = 1
     if BIO_ctrl_pending(SSL_get_wbio(c.ssl)) > 0 and tls_flush(c) < 0:
-        return -1
-    return got
+        return IO_ERROR
+    n[0] = got
+    return IO_OK
 
 
-cdef ssize_t tls_write(Transport* t, Conn* c, const char* data, size_t length) noexcept nogil:
-    """Encrypt and send. While ciphertext of an earlier call is still waiting for the socket,
-    the writer is told one byte is unwritten (Conn.tls_held), so it asks again on EPOLLOUT."""
-    global errno        # (as in tls_read)
-    cdef int f, n
-    if c.tls_held:
-        f = tls_flush(c)
-        if f < 0:
-            return -1
-        if f:
-            errno = EAGAIN
-            return -1
-        n = c.tls_held
-        c.tls_held = 0
-        return n
-    ERR_clear_error()
-    n = SSL_write(c.ssl, data, <int>length)
-    if n <= 0:
-        errno = EPROTO
-        return -1
+cdef int tls_write(Transport* t, Conn* c, const char* data, size_t length,
+                   ssize_t* n) noexcept nogil:
+    """Encrypt and send. Ciphertext of an earlier call that the socket did not take goes
+    first; while some is left, nothing new is taken and the answer is IO_RETRY. The bytes
+    of this call are taken whole (n = length) once encrypted: IO_RETRY when part of their
+    ciphertext still waits, so the writer asks again on EPOLLOUT (with nothing left to
+    give, which flushes)."""
+    cdef int f, k
+    n[0] = 0
     f = tls_flush(c)
     if f < 0:
-        return -1
+        return IO_ERROR
     if f:
-        c.tls_held = 1
-        return n - 1
-    return n
+        return IO_RETRY
+    if length == 0:
+        return IO_OK
+    ERR_clear_error()
+    k = SSL_write(c.ssl, data, <int>length)
+    if k <= 0:
+        c.err = EPROTO
+        return IO_ERROR
+    n[0] = k
+    f = tls_flush(c)
+    if f < 0:
+        return IO_ERROR
+    return IO_RETRY if f else IO_OK
 
 
 cdef inline int tls_pending(Transport* t, Conn* c) noexcept nogil:

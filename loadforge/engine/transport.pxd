@@ -11,6 +11,14 @@ cdef enum TransportKind:
     T_TLS                # TLS over TCP, OpenSSL with memory BIOs (engine/tls.pxi)
 
 
+cdef enum IOStatus:
+    # What every transport call answers (wrk's `status` in net.h). The errno behind an
+    # IO_ERROR, for classifying it (connect, reset, ...), is in Conn.err.
+    IO_OK                # done: connected, or bytes moved (a count of 0 from a read: the end)
+    IO_ERROR             # failed for good: Conn.err says why
+    IO_RETRY             # would block: call again once epoll says the socket is ready
+
+
 cdef struct Transport:
     int kind             # TransportKind
     int family           # AF_INET or AF_INET6

@@ -16,24 +16,26 @@ cdef void send_request(Engine self, int ci, int64_t now) noexcept:
 
 
 cdef void write_request(Engine self, int ci, int64_t now) noexcept:
+    """Write what the socket takes of the request; the rest (or, TLS, ciphertext the socket
+    did not take) when epoll says it is writable: Conn.want_write while anything is left."""
     cdef Conn* c = &self.conns[ci]
     cdef Py_ssize_t length = self.tpl.out_len[ci]
-    cdef ssize_t n = transport_write(&self.transport, c, self.tpl.out[ci] + c.written,
-                                     length - c.written)
-    if n < 0:
-        if errno != EAGAIN and errno != EINTR:
-            # The server closed or reset the connection; it may have answered first
-            # (413 before the body), and that answer is still in the receive queue.
-            c.write_failed = 1
-            if c.want_write and set_want_write(self, ci, 0) != 0:
-                epoll_failed(self, ci, now)
-                return
-            self.on_readable(ci, now)
+    cdef ssize_t n
+    cdef int st = transport_write(&self.transport, c, self.tpl.out[ci] + c.written,
+                                  length - c.written, &n)
+    cdef int more
+    if st == IO_ERROR:
+        # The server closed or reset the connection; it may have answered first
+        # (413 before the body), and that answer is still in the receive queue.
+        c.write_failed = 1
+        if c.want_write and set_want_write(self, ci, 0) != 0:
+            epoll_failed(self, ci, now)
             return
-        n = 0
+        PROTOCOLS[c.proto].on_readable(self, ci, now)
+        return
     c.written += n
-    if (c.written < length) != c.want_write \
-            and set_want_write(self, ci, c.written < length) != 0:
+    more = c.written < length or st == IO_RETRY
+    if more != c.want_write and set_want_write(self, ci, more) != 0:
         epoll_failed(self, ci, now)
 
 
