@@ -1,5 +1,6 @@
-# Included by loadforge/_core.pyx: the engine: one worker's event loop. (Over the ~700-line aim:
-# it is one cdef class, fields to run loop; the protocols it calls are h1conn.pxi/h2conn.pxi.)
+# Included by loadforge/_core.pyx: the engine: one worker's event loop.
+# Over 700 lines because it is one cdef class, from its fields to its run loop (Cython keeps a
+# cdef class's methods in one block); the protocols it calls live in h1conn.pxi and h2conn.pxi.
 
 # ---------------------------------------------------------------------------------------------
 # The engine.
