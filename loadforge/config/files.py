@@ -14,25 +14,45 @@ from loadforge.errors import ProfileError
 RELATIVE_HINT = "paths are relative to the profile's folder"
 
 
-def check_regular(path: str, where: str, hint: str = "") -> None:
-    """A ProfileError naming `path` unless it is a regular file (symbolic links followed)."""
+# What `file_problem` finds wrong with a path; each reader words it for its own users.
+NUL, MISSING, LOOP, UNREADABLE, DIRECTORY, SPECIAL = range(6)
+
+
+def file_problem(path: str) -> tuple[int, str] | None:
+    """What keeps `path` from being read as a regular file (symbolic links followed), as
+    (NUL | MISSING | LOOP | UNREADABLE | DIRECTORY | SPECIAL, the OS's words where it gave
+    some); None for a regular file. A FIFO or a device would block a reader, or never end."""
     if "\0" in path:
-        raise ProfileError(f"{where}: the path {path!r} holds a NUL byte")
+        return NUL, ""
     try:
         st = os.stat(path)
     except OSError as e:
         if e.errno == errno.ENOENT:
-            raise ProfileError(f"{where}: not found: {path}{f' ({hint})' if hint else ''}"
-                               ) from None
+            return MISSING, ""
         if e.errno == errno.ELOOP:
-            raise ProfileError(f"{where}: {path} is a loop of symbolic links; point it at a "
-                               "file") from None
-        raise ProfileError(f"{where}: cannot read {path}: {e.strerror or e}") from None
+            return LOOP, ""
+        return UNREADABLE, str(e.strerror or e)
     if stat.S_ISDIR(st.st_mode):
-        raise ProfileError(f"{where}: {path} is a directory, expected a file")
+        return DIRECTORY, ""
     if not stat.S_ISREG(st.st_mode):
-        raise ProfileError(f"{where}: {path} is not a regular file (a FIFO, socket or "
-                           "device); give a file")
+        return SPECIAL, ""
+    return None
+
+
+def check_regular(path: str, where: str, hint: str = "") -> None:
+    """A ProfileError naming `path` unless it is a regular file (symbolic links followed)."""
+    problem = file_problem(path)
+    if problem is None:
+        return
+    kind, why = problem
+    raise ProfileError(f"{where}: " + {
+        NUL: f"the path {path!r} holds a NUL byte",
+        MISSING: f"not found: {path}{f' ({hint})' if hint else ''}",
+        LOOP: f"{path} is a loop of symbolic links; point it at a file",
+        UNREADABLE: f"cannot read {path}: {why}",
+        DIRECTORY: f"{path} is a directory, expected a file",
+        SPECIAL: f"{path} is not a regular file (a FIFO, socket or device); give a file",
+    }[kind])
 
 
 def read_regular(path: str, where: str, hint: str = "") -> bytes:

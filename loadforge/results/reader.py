@@ -5,16 +5,15 @@ naming the file: a damaged or foreign file is exit 2 in one line, never a traceb
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from hdrh.histogram import HdrHistogram
 
+from loadforge.config.files import DIRECTORY, LOOP, MISSING, NUL, SPECIAL, UNREADABLE, file_problem
 from loadforge.errors import ResultsError
 from loadforge.results import histogram
 from loadforge.results.schema import (
@@ -101,22 +100,19 @@ class Result:
 def check_regular_file(path: str, what: str = "results") -> None:
     """A ResultsError unless `path` is a regular file (through symlinks): a FIFO or a device
     would block the reader, or never end."""
-    if "\0" in path:
+    problem = file_problem(path)
+    if problem is None:
+        return
+    kind, why = problem
+    if kind == NUL:
         raise ResultsError(f"{what} {path!r}: the path holds a NUL byte")
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ResultsError(f"{what} {path}: a loop of symbolic links; point it at a "
-                               "file") from None
-        if exc.errno == errno.ENOENT:
-            raise ResultsError(f"{what} {path}: no such file") from None
-        raise ResultsError(f"{what} {path}: cannot read ({exc.strerror})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ResultsError(f"{what} {path}: is a directory, expected a .parquet file")
-    if not stat.S_ISREG(st.st_mode):
-        raise ResultsError(f"{what} {path}: not a regular file (a FIFO, socket or device); "
-                           "expected a .parquet file")
+    raise ResultsError(f"{what} {path}: " + {
+        MISSING: "no such file",
+        LOOP: "a loop of symbolic links; point it at a file",
+        UNREADABLE: f"cannot read ({why})",
+        DIRECTORY: "is a directory, expected a .parquet file",
+        SPECIAL: "not a regular file (a FIFO, socket or device); expected a .parquet file",
+    }[kind])
 
 
 def _read_metadata(path: str) -> dict[str, str]:
