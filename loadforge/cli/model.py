@@ -166,7 +166,6 @@ def simulate(profile: str, policy_path: str | None, replica_rps_text: str | None
                       f"replicas {timeline}; "
                       f"{outcome.summary['replica_seconds']:g} replica-seconds",
                       highlight=False)
-        console.print(f"result: {outcome.path}", highlight=False)
     if summary_json:
         summary.write_summary_json(outcome.summary, summary_json)
     sys.exit(outcome.exit_code)

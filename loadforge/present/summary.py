@@ -230,7 +230,9 @@ def render_summary(
             style="bold red",
         )
         console.print(message)
-    _render_connections(summary.get("connections") or {}, console)
+    if not summary.get("simulated"):
+        # a simulation (loadforge simulate) opens no connection: no line of zeros
+        _render_connections(summary.get("connections") or {}, console)
     _render_tls(summary.get("tls"), summary.get("connections") or {}, console)
     lag_ms = float(summary.get("report_lag_ms") or 0.0)
     if lag_ms > REPORT_LAG_WARN_MS:
@@ -265,6 +267,10 @@ def render_summary(
                 f" {name}: observed {_format_slo_value(name, slo.get('observed'), unit)}, "
                 f"limit {_format_slo_value(name, slo.get('limit'), unit)}"
             )
+            if slo.get("note"):
+                # why the observation reads as it does: a stage that never recovered (observed
+                # as its whole length), a scope with no data
+                line.append(f" ({slo['note']})", style="dim")
             console.print(line)
 
 
