@@ -26,6 +26,8 @@ SLOW_FILES = frozenset({
     "test_capacity.py", "test_external.py", "test_faults.py", "test_fuzz.py", "test_grpc.py",
     "test_hostile.py", "test_live.py", "test_parser_differential.py", "test_rehearse.py",
     "test_simulate.py",
+    # added with expected statuses, the preflight through the engine, the protocol table
+    "test_allocations.py", "test_expect_status.py", "test_preflight.py", "test_protocol_table.py",
 })
 
 
