@@ -1,5 +1,5 @@
 """`python -m loadforge.cli`, as the `loadforge` command."""
 
-from loadforge.cli import main
+from loadforge.cli import entry
 
-main()
+entry()

@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -15,7 +14,9 @@ from loadforge import __version__, limits
 from loadforge.cli.app import (
     EXIT_FAILED,
     EXIT_OK,
+    LazyConsole,
     check_at_most,
+    end,
     main,
     one_stdout_output,
     parse_labels,
@@ -256,13 +257,10 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     --duration D`."""
     from dataclasses import replace
 
-    from rich.console import Console
-
     from loadforge import runner
     from loadforge.config.profile import load_profile, parse_slo_flags, with_slo_flags
     from loadforge.config.redact import hide_in_messages, profile_secrets
     from loadforge.config.tls import with_tls_flags
-    from loadforge.present.text import print_error
 
     stdout_taken = one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path),
                                       ("--stream", stream_to))
@@ -326,7 +324,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     run_labels = parse_labels(labels)
     if repeat > 1 and "repeat" in run_labels:
         raise InputError("--label repeat=...: --repeat sets the repeat label of each run itself")
-    console = Console(stderr=True)
+    console = cast("Console", LazyConsole(stderr=True))
     # Before the run begins (and while its results are written), SIGTERM and SIGHUP end the
     # command as Ctrl-C does: 128 + N, nothing half-written left behind.
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -340,7 +338,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     # however the command ends, nothing of theirs is left to close.
     live = _live_outputs(metrics_at, dashboard_at, stream_to, quiet, console)
     # With an output on stdout ("-"), stdout holds that alone: the tables go to stderr.
-    tables = console if stdout_taken else Console()
+    tables = console if stdout_taken else cast("Console", LazyConsole())
     outcomes = []
     for i in range(1, repeat + 1):
         if repeat > 1:
@@ -365,6 +363,8 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
                 summary.render_summary(outcome.summary, tables,
                                        {s.name for s in plan.stages if not s.open_model})
             if outcome.summary.get("aborted"):
+                from loadforge.present.text import print_error
+
                 print_error(str(outcome.summary["aborted"]), "aborted", console)
             _print_how_it_ended(outcome, plan.duration_s, console)
         except OSError:
@@ -396,7 +396,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         live.close()
     # The most serious ending decides: could not run (3), interrupted (128+N), an SLO (1).
     codes = [o.exit_code for o in outcomes]
-    sys.exit(next((c for c in codes if c not in (0, 1)), max(codes)))
+    end(next((c for c in codes if c not in (0, 1)), max(codes)))
 
 
 def _shard_options(shards: int | None, launcher: str, address: str | None,
@@ -565,6 +565,8 @@ def _in_cluster_text(plan: Any, profile: str | None, shards: int, kube_opts: Any
 
 def _print_how_it_ended(outcome: Any, planned_s: float, console: Console) -> None:
     """One line for a run that stopped early: after how long, and what became of it."""
+    if not (outcome.failure or outcome.signum or outcome.summary.get("feeder_exhausted")):
+        return
     from rich.markup import escape
 
     from loadforge.config.redact import redact_message
@@ -660,5 +662,5 @@ def capacity(target: str, slos: tuple[str, ...], start_rps: float, max_rps: floa
         render_capacity(result, console)
     if summary_json:
         summary.write_summary_json(result, summary_json)
-    sys.exit(EXIT_OK if result["ok"] else EXIT_FAILED)
+    end(EXIT_OK if result["ok"] else EXIT_FAILED)
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+# Observe (what [observe] validates into) lives with the plan, which holds it.
+from loadforge.config.plan import DEFAULT_WINDOW_S, Observe
 from loadforge.config.redact import redact_url
 from loadforge.errors import ProfileError
 from loadforge.units import parse_duration, show_value
@@ -20,7 +22,6 @@ OBSERVE_KEYS = ("backend_header", "window", "replicas", "prometheus", "metrics",
 PROMETHEUS_KEYS = ("name", "url", "query", "timeout")
 METRIC_KEYS = ("name", "url", "metric", "labels", "timeout")
 COMMAND_KEYS = ("name", "run", "timeout")
-DEFAULT_WINDOW_S = 1.0
 DEFAULT_HTTP_TIMEOUT_S = 0.8
 DEFAULT_COMMAND_TIMEOUT_S = 2.0
 ACTION_KINDS = ("run", "sandbox", "http")
@@ -48,17 +49,6 @@ class Source:
     metric: str = ""              # metrics
     labels: dict[str, str] = field(default_factory=dict)     # metrics
     run: str = ""                 # command
-
-
-@dataclass(frozen=True)
-class Observe:
-    """[observe]: how responses are attributed to backends, the scaling verdicts' window, the
-    metric that counts backends, the sources polled."""
-
-    backend_header: str | None = None
-    window_s: float = DEFAULT_WINDOW_S
-    replicas: str | None = None
-    sources: tuple[Source, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,21 @@ TOML. Times are in seconds (floats) here and turned into nanoseconds only at the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from loadforge.config.feeders import Feeder, Template
-from loadforge.config.observe import Action, Observe
 from loadforge.config.outcomes import GRPC_CODES as GRPC_CODES
 from loadforge.config.outcomes import GRPC_OUTCOMES as GRPC_OUTCOMES
 from loadforge.config.outcomes import GRPC_PREFIX as GRPC_PREFIX
 from loadforge.config.outcomes import OUTCOMES as OUTCOMES
 from loadforge.config.outcomes import UNEXPECTED
-from loadforge.config.sandbox import SandboxConfig
-from loadforge.config.tls import TLS
+
+# A plan's optional parts are read where they are written (profile.py) and used (observe/,
+# sandbox/, the TLS transport): a run that has none does without their modules.
+if TYPE_CHECKING:
+    from loadforge.config.feeders import Feeder, Template
+    from loadforge.config.observe import Action, Source
+    from loadforge.config.sandbox import SandboxConfig
+    from loadforge.config.tls import TLS
 
 # Outcomes of one arrival, in the order the engine numbers them (config/outcomes.py, where a
 # worker imports them from without the rest of the plan).
@@ -33,6 +38,18 @@ HTTP2_ERROR_KINDS = OUTCOMES[9:12]
 # The name prefix of a scripted flow's own rows ("flow:checkout"): named rows only, outside
 # the totals and headline latency (which are the steps'); no [[requests]] name may take it.
 FLOW_PREFIX = "flow:"
+DEFAULT_WINDOW_S = 1.0            # [observe] window
+
+
+@dataclass(frozen=True)
+class Observe:
+    """[observe] (validated by config/observe.py): how responses are attributed to backends,
+    the scaling verdicts' window, the metric that counts backends, the sources polled."""
+
+    backend_header: str | None = None
+    window_s: float = DEFAULT_WINDOW_S
+    replicas: str | None = None
+    sources: tuple[Source, ...] = ()
 
 
 @dataclass(frozen=True)

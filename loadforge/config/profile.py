@@ -11,12 +11,11 @@ import os
 import re
 import tomllib
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from loadforge import limits
 from loadforge.config import feeders as feeders_module
-from loadforge.config import grpc as grpc_module
 from loadforge.config.checker import Checker as _Checker
 from loadforge.config.files import read_regular
 
@@ -24,19 +23,23 @@ from loadforge.config.files import read_regular
 from loadforge.config.objectives import parse_slo_flags as parse_slo_flags
 from loadforge.config.objectives import slo_table
 from loadforge.config.objectives import with_slo_flags as with_slo_flags
-from loadforge.config.observe import validate_actions, validate_observe
 from loadforge.config.plan import (
     DEFAULT_STREAMS,
     FLOW_PREFIX,
+    Observe,
     Plan,
     Request,
     Stage,
 )
 from loadforge.config.redact import is_secret_header, redact_url
-from loadforge.config.sandbox import SandboxConfig, validate_sandbox_config
-from loadforge.config.tls import check_tls
 from loadforge.errors import ProfileError
 from loadforge.units import show_value
+
+# The optional tables' readers load where a profile has the table ([grpc], [observe],
+# [[actions]], [sandbox], [tls]): a plain profile, and a run from flags, do without them.
+if TYPE_CHECKING:
+    from loadforge.config import grpc as grpc_module
+    from loadforge.config.sandbox import SandboxConfig
 
 TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox",
             "feeders", "tls", "flows", "grpc", "redact")
@@ -174,8 +177,11 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                        "each closed-model user holds a connection; raise load.connections")
 
     feeders = feeders_module.parse_feeders(check, top.get("feeders", []), path)
-    grpc = grpc_module.parse_grpc(check.label, top["grpc"], path, archived) \
-        if "grpc" in top else None
+    grpc = None
+    if "grpc" in top:
+        from loadforge.config import grpc as grpc_module
+
+        grpc = grpc_module.parse_grpc(check.label, top["grpc"], path, archived)
     templates: tuple[feeders_module.Template | None, ...] = ()
     secrets: list[str] = []
     if "requests" in top:
@@ -215,17 +221,25 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
         flows = module if archived else os.path.join(base_dir, module)
 
     slo = slo_table(check, top.get("slo", {}), stages)
-    observe = validate_observe(dict(check.table(top.get("observe", {}), "observe")),
-                               check.where("observe"))
-    actions = validate_actions([dict(a) for a in check.array_of_tables(top.get("actions", []),
-                                                                       "actions")],
-                               check.where("actions"), sum(s.duration_s for s in stages))
+    observe, actions = Observe(), ()
+    if "observe" in top or "actions" in top:
+        from loadforge.config.observe import validate_actions, validate_observe
+
+        observe = validate_observe(dict(check.table(top.get("observe", {}), "observe")),
+                                   check.where("observe"))
+        actions = validate_actions([dict(a) for a in
+                                    check.array_of_tables(top.get("actions", []), "actions")],
+                                   check.where("actions"), sum(s.duration_s for s in stages))
     sandbox = _sandbox(check, top["sandbox"],
                        os.path.dirname(os.path.abspath(path)) if path != "<profile>" else None,
                        archived) if "sandbox" in top else None
-    tls = check_tls(top["tls"], check.label,
-                    os.path.dirname(os.path.abspath(path)) if path != "<profile>" else "",
-                    archived=archived) if "tls" in top else None
+    tls = None
+    if "tls" in top:
+        from loadforge.config.tls import check_tls
+
+        tls = check_tls(top["tls"], check.label,
+                        os.path.dirname(os.path.abspath(path)) if path != "<profile>" else "",
+                        archived=archived)
 
     if grpc is not None and grpc_calls:
         fail_status = fail_status + grpc.fail_status
@@ -446,6 +460,8 @@ def _grpc_request(check: _Checker, raw: dict[str, Any], i: int,
                   ) -> tuple[Request, feeders_module.Template | None]:
     """A gRPC call (config/grpc.py): validated as the POST request it is, its body the
     encoded message; feeder slots in its metadata are templated as a request's headers are."""
+    from loadforge.config import grpc as grpc_module
+
     entry, body, slot = grpc_module.grpc_request(check.label, raw, i, grpc, timeout_s, feeders,
                                                  [] if secrets is None else secrets)
     request, template = _request(check, entry, i, feeders, profile_path, secrets)
@@ -506,5 +522,7 @@ def _sandbox(check: _Checker, value: Any, base_dir: str | None = None,
              archived: bool = False) -> SandboxConfig:
     """The [sandbox] table validated (config/sandbox.py) into its normalized form, which
     start_sandbox hands to the sandbox process as it is: validated once, here."""
+    from loadforge.config.sandbox import validate_sandbox_config
+
     return validate_sandbox_config(dict(check.table(value, "sandbox")), where=check.where("sandbox"),
                                    base_dir=base_dir, read_files=not archived)

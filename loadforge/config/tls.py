@@ -13,16 +13,19 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import ssl
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadforge.errors import ProfileError
 
 TLS_KEYS = ("ca", "cert", "key", "key_password_env", "server_name", "insecure", "versions",
             "resumption", "alpn")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+if TYPE_CHECKING:
+    import ssl
+
+# Python's ssl loads where a context is made (https:// targets): a plain run does without it.
+VERSIONS = ("1.2", "1.3")
 # OpenSSL's version numbers (TLS1_2_VERSION, TLS1_3_VERSION), for the engine's context.
 _OPENSSL_VERSIONS = {"1.2": 0x0303, "1.3": 0x0304}
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -69,9 +72,12 @@ class TLS:
     def ssl_context(self) -> ssl.SSLContext:
         """Python's context, with the engine's settings (with_tls checks the files with it). Raises OSError/ssl.SSLError
         when a file cannot be loaded."""
+        import ssl
+
+        versions = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = VERSIONS[min(self.versions)]
-        ctx.maximum_version = VERSIONS[max(self.versions)]
+        ctx.minimum_version = versions[min(self.versions)]
+        ctx.maximum_version = versions[max(self.versions)]
         if self.insecure:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE

@@ -11,11 +11,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rich.text import Text
-
 from loadforge.units import format_us
 
-# rich's Live and Table load where a live line is drawn: not in a quiet run, nor in a CI log.
+# rich loads where a live line is drawn: not in a quiet run, nor in a CI log.
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.live import Live
@@ -58,6 +56,7 @@ class LiveProgress:
         try:
             if self.console.is_terminal:
                 from rich.live import Live
+                from rich.text import Text
 
                 self._live = Live(
                     Text("starting…"),
@@ -132,6 +131,7 @@ class LiveProgress:
         requests: int,
     ) -> Table:
         from rich.table import Table
+        from rich.text import Text
 
         grid = Table.grid(padding=(0, 2))
         for _ in range(6):
