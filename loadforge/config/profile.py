@@ -39,6 +39,7 @@ from loadforge.units import show_value
 # [[actions]], [sandbox], [tls]): a plain profile, and a run from flags, do without them.
 if TYPE_CHECKING:
     from loadforge.config import grpc as grpc_module
+    from loadforge.config.observe import Action
     from loadforge.config.sandbox import SandboxConfig
 
 TOP_KEYS = ("name", "target", "load", "stages", "requests", "slo", "observe", "actions", "sandbox",
@@ -221,7 +222,8 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
         flows = module if archived else os.path.join(base_dir, module)
 
     slo = slo_table(check, top.get("slo", {}), stages)
-    observe, actions = Observe(), ()
+    observe = Observe()
+    actions: tuple[Action, ...] = ()
     if "observe" in top or "actions" in top:
         from loadforge.config.observe import validate_actions, validate_observe
 
