@@ -832,3 +832,65 @@ def test_key_password_env_names_a_set_variable(certs: Certs, monkeypatch) -> Non
     monkeypatch.setenv("LF_T21_SET", "pw")
     tls = check_tls({**table, "key_password_env": "LF_T21_SET"}, "profile p.toml")
     assert tls.key_password() == "pw" and "pw" not in json.dumps(tls.describe())
+
+
+class _SlowTLSServer:
+    """Serves one connection: waits `gap` seconds before the TLS handshake and as long again
+    after the request before its answer."""
+
+    def __init__(self, pem: str, gap: float) -> None:
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(pem)
+        self.gap = gap
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        try:
+            conn.settimeout(10)
+            if self.stopped.wait(self.gap):
+                return
+            with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(65536)
+                if self.stopped.wait(self.gap):
+                    return
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                tls.recv(1)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("gap", [0.1, 0.7])
+def test_the_preflight_has_one_deadline_for_the_handshake_and_the_answer(
+        certs: Certs, gap: float) -> None:
+    # A handshake and an answer each within --timeout 1s, but not both: the preflight's one
+    # deadline covers them together (the run's requests each have their own).
+    from loadforge.config.plan import Request
+    from loadforge.config.tls import TLS
+    from loadforge.errors import TargetUnreachable
+    from loadforge.run import preflight
+    from loadforge.run.target import parse_target
+
+    server = _SlowTLSServer(certs.server, gap)
+    try:
+        target = parse_target(f"https://127.0.0.1:{server.port}/")
+        tls = TLS(ca=certs.ca_pem)
+        if gap < 0.5:
+            preflight.preflight(target, Request(name="home"), 1.0, tls=tls)
+        else:
+            with pytest.raises(TargetUnreachable, match="within 1 s"):
+                preflight.preflight(target, Request(name="home"), 1.0, tls=tls)
+    finally:
+        server.stop()

@@ -272,7 +272,7 @@ cdef int h2_submit(Engine self, int ci, int stage, int request, int64_t intended
     s.peer_reset = 0
     s.intended_ns = intended
     s.sent_ns = now
-    s.deadline_ns = now + self.timeout_ns
+    s.deadline_ns = deadline_after(self, now)
     s.body_sent = 0
     s.received = 0
     s.capture_len = 0

@@ -22,6 +22,8 @@ cdef class Engine:
     Idempotency-Key, goes out once more on a new connection when the reused one it went out
     on closed without a byte of answer) or "never" (such a request ends as `reset`).
     fault_epoll: for the tests, the n-th epoll_ctl on a connection's socket fails (n > 0).
+    within_s: every connect and request ends by t0 + within_s, timeout_s or not (the
+    preflight's one deadline for its connect and exchange together); 0: no such limit.
     """
 
     cdef:
@@ -106,6 +108,8 @@ cdef class Engine:
 
         int64_t t0
         int64_t timeout_ns
+        int64_t within_ns        # the whole run's deadline after t0 (0: none; the preflight)
+        int64_t end_by_ns        # ... as a time: no connect or request deadline lies past it
         int64_t interval_ns
         int64_t interval_index
         int64_t next_scan_ns
@@ -135,7 +139,7 @@ cdef class Engine:
                  double timer_resolution_s=0.0, int requests_per_connection=0,
                  list feeders=None, list templates=None, tls=None,
                  list http2=None, int streams=100, str retry="idempotent",
-                 int fault_epoll=0, list expect=None):
+                 int fault_epoll=0, list expect=None, double within_s=0.0):
         cdef int i, j
         cdef sockaddr_in* a4
         cdef sockaddr_in6* a6
@@ -160,6 +164,7 @@ cdef class Engine:
             raise ValueError(f'retry must be "idempotent" or "never", got {retry!r}')
         self.retry_idempotent = 1 if retry == "idempotent" else 0
         self.fault_epoll = fault_epoll
+        self.within_ns = <int64_t>(within_s * 1e9)
 
         self.transport.kind = T_TCP
         if tls is not None:
@@ -684,6 +689,7 @@ cdef class Engine:
         cdef epoll_event cev
         cdef char drain[64]
         self.t0 = t0_ns
+        self.end_by_ns = t0_ns + self.within_ns if self.within_ns > 0 else 0x7fffffffffffffff
         self.epoll_ns = 1
         self.on_interval = on_interval
         self._error = None

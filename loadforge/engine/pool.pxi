@@ -4,6 +4,12 @@
 # through the transport seam (engine/transport.pxi).
 
 
+cdef inline int64_t deadline_after(Engine self, int64_t now) noexcept:
+    """A connect's or request's deadline from now: the timeout, within the run's end_by_ns."""
+    cdef int64_t at = now + self.timeout_ns
+    return at if at < self.end_by_ns else self.end_by_ns
+
+
 cdef inline void push_idle(Engine self, int ci) noexcept:
     if not self.conns[ci].in_idle:
         self.conns[ci].in_idle = 1
@@ -70,7 +76,7 @@ cdef void open_conn(Engine self, int ci, int64_t now) noexcept:
     c.served = 0
     c.connect_ns = now
     self.connecting += 1
-    c.deadline_ns = now + self.timeout_ns
+    c.deadline_ns = deadline_after(self, now)
     # The quiet sleep (sleep_through_responses) still wakes when the server closes or
     # resets a connection, so that such ends are timed when the kernel saw them.
     if conn_epoll(self, self.epfd, EPOLL_CTL_ADD, ci, EPOLLOUT) != 0 \

@@ -11,7 +11,7 @@ cdef void send_request(Engine self, int ci, int64_t now) noexcept:
     c.written = 0
     c.write_failed = 0
     c.sent_ns = now
-    c.deadline_ns = now + self.timeout_ns
+    c.deadline_ns = deadline_after(self, now)
     write_request(self, ci, now)
 
 

@@ -4,7 +4,8 @@ server that does not speak the run's protocol fails in seconds with one line and
 It goes through the engine: the run's own `_core.Engine`, in the coordinator process, on a plan
 of one arrival and one connection, with the run's transport (TCP or TLS with the run's
 settings and ALPN), protocol (HTTP/1.1, or HTTP/2 with ALPN's http/1.1 fallback per connection)
-and parser, and the run's timeout on the exchange. What it accepts is what the run accepts;
+and parser, and the run's timeout (at most 5 s) as one deadline for the connect, handshake
+and exchange together. What it accepts is what the run accepts;
 its figures are thrown away (the target sees it: summary `preflight.requests`). The engine
 reports the outcome as the run counts it, and `_core.engine_probe` the rest a diagnosis needs:
 the status, the connect's errno, the TLS verification result and OpenSSL's reason, and the
@@ -176,15 +177,15 @@ def exchange(target: Target, req: Request, timeout_s: float, tls: TLS | None,
              http: str) -> Answer:
     """req sent once by the engine as the run sends it: one open-model arrival at time zero
     (a stage of 1 µs, so that the engine's run ends with the answer), one connection opened
-    for it, timeout_s on the connect and on the exchange (the whole response, however it
-    trickles in), as on every request of the run."""
+    for it, timeout_s for the connect and the exchange together (the whole response, however
+    it trickles in): the engine's `within_s`."""
     scheme = "https" if target.https else "http"
     http2: list[Any] | None = ([encode_h2_request(req, target.host, target.path, scheme)]
                                if http == "2" else None)
     engine = _core.Engine(
         target.address, target.port,
         [(encode_request(req, target.host, target.path), req.method == "HEAD")], [0],
-        [(True, 1e6, 1e6, 1e-6, 0, 0.0)], 1, timeout_s=timeout_s,
+        [(True, 1e6, 1e6, 1e-6, 0, 0.0)], 1, timeout_s=timeout_s, within_s=timeout_s,
         tls=None if tls is None else tls.engine_settings(target.hostname),
         http2=http2, streams=1)
     outcomes: list[str] = []
