@@ -173,7 +173,6 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             if live is not None:
                 live.start(plan, run_id, redact_url(target.url), opts.interval_s)
                 agg.observers.append(live.interval)
-            import_arrow_meanwhile()    # at nice 19, while the workers start and run
             if opts.shards:
                 from loadforge.run.shards import ShardPool
 
@@ -184,6 +183,9 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             else:
                 pool = WorkerPool(specs)
                 t0 = session.start(pool)
+            # pyarrow (0.03 s) imports at nice 19 while the run goes on; started before time
+            # zero, its thread held the GIL the workers' start needed (up to 20 ms later).
+            import_arrow_meanwhile()
             watchers.start(t0)
             agg.t0_ns = t0
             try:

@@ -61,6 +61,37 @@ def test_the_coordinator_reaches_its_first_request_without_pyarrow_or_httpx(ngin
     assert out == "exit 0 imported"
 
 
+QUIET_RUN = """
+import sys
+from loadforge.run import session
+OPTIONAL = {optional!r}
+seen = []
+start = session.start
+def recording_start(pool):
+    seen.extend(sorted(m for m in sys.modules if m in OPTIONAL))
+    return start(pool)
+session.start = recording_start
+from loadforge.cli import main
+try:
+    main(["run", "--target", {url!r}, "--rate", "20", "--duration", "1s", "--quiet",
+          "--out", {out!r}])
+except SystemExit as exc:
+    print("exit", exc.code)
+print("before the first request:", " ".join(seen))
+print("in all:", " ".join(sorted(m for m in sys.modules if m.split(".")[0] == "rich")))
+"""
+
+# What a plain run has no use for: TLS (Python's ssl), the optional profile tables' readers.
+# pyarrow imports ssl itself (pyarrow.fs), during the run.
+OPTIONAL = ("ssl", "loadforge.config.sandbox",
+            "loadforge.config.grpc", "loadforge.sandbox", "loadforge.flows")
+
+
+def test_a_quiet_plain_run_imports_neither_rich_nor_what_it_does_not_use(nginx, tmp_path):
+    out = python(QUIET_RUN.format(url=nginx.url + "/", out=str(tmp_path), optional=OPTIONAL))
+    assert out.splitlines() == ["exit 0", "before the first request:", "in all:"]
+
+
 HELP = """
 import sys
 from loadforge.cli import main
