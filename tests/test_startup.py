@@ -77,8 +77,8 @@ try:
           "--out", {out!r}])
 except SystemExit as exc:
     print("exit", exc.code)
-print("before the first request:", " ".join(seen))
-print("in all:", " ".join(sorted(m for m in sys.modules if m.split(".")[0] == "rich")))
+print("before the first request:", *seen)
+print("in all:", *sorted(m for m in sys.modules if m.split(".")[0] == "rich"))
 """
 
 # What a plain run has no use for: TLS (Python's ssl), the optional profile tables' readers.
