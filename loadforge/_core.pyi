@@ -51,7 +51,8 @@ class Engine:
                              | tuple[list[tuple[bytes, bytes]], bytes,
                                      list[tuple[int, int, int]]]] | None = None,
                  streams: int = 100, retry: str = "idempotent",
-                 fault_epoll: int = 0, expect: list[tuple[int, ...]] | None = None) -> None: ...
+                 fault_epoll: int = 0, expect: list[tuple[int, ...]] | None = None,
+                 within_s: float = 0.0) -> None: ...
     @property
     def wakeups(self) -> int: ...
     @property

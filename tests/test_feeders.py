@@ -18,7 +18,7 @@ from urllib.parse import quote
 import pytest
 from servers import ROOT, LoggingNginx
 
-from loadforge.analysis.slo import plan_of_result
+from loadforge.analysis.readback import plan_of_result
 from loadforge.engine.tables import row_for
 from loadforge.results.store import read_result
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadforge.analysis import scaling, slo
-from loadforge.analysis.readback import run_figures, run_fold, run_title
+from loadforge.analysis.readback import plan_of_result, run_figures, run_fold, run_title
 from loadforge.config.plan import Plan
 from loadforge.errors import ResultsError
 from loadforge.results.store import Result, check_regular_file, read_result
@@ -77,7 +77,7 @@ def list_runs(paths: list[str]) -> tuple[list[RunEntry], list[str]]:
             result = read_result(path)
             figures = run_figures(result, run_title(result))
             values = figures.run.values()
-            plan = slo.plan_of_result(result)
+            plan = plan_of_result(result)
             verdicts = verdicts_of(plan, result) if plan is not None else []
         except ResultsError as exc:
             problems.append(str(exc))

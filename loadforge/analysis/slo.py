@@ -15,7 +15,7 @@ additions per window position on an hour-long run.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadforge.analysis.figures import (  # noqa: F401  (their home is the one fold)
     LATENCY_OBJECTIVES,
@@ -25,9 +25,13 @@ from loadforge.analysis.figures import (  # noqa: F401  (their home is the one f
     SparseBuckets,
     fold_intervals,
 )
-from loadforge.analysis.readback import flows_of, plan_of_result, run_fold
 from loadforge.config.plan import Plan, WindowObjectives
-from loadforge.results.store import OK, Result, read_result
+from loadforge.results.schema import OK
+
+# What reads a result file back (readback.py, with the noise model and the file reader) loads
+# where a file is judged (`ls`, `report`, `compare`): a run judges the fold it wrote.
+if TYPE_CHECKING:
+    from loadforge.results.reader import Result
 
 FRACTION_OBJECTIVES = ("error_rate", "success_rate", "rate_shortfall")
 OBJECTIVES = LATENCY_OBJECTIVES + FRACTION_OBJECTIVES
@@ -41,7 +45,6 @@ __all__ = [
     "LiveVerdicts",
     "evaluate",
     "needs_latency",
-    "plan_of_result",
 ]
 
 
@@ -178,13 +181,19 @@ def evaluate(plan: Plan, source: RunFold | Result | str) -> list[dict[str, Any]]
     slo = plan.slo
     if not (slo.run or slo.stages or slo.windows or slo.checks is not None):
         return []
-    if isinstance(source, str):
-        source = read_result(source)
+    if not isinstance(source, RunFold):
+        from loadforge.analysis.readback import flows_of, run_fold
+        from loadforge.results.store import read_result
+
+        result = read_result(source) if isinstance(source, str) else source
+        if not (slo.run or slo.stages or slo.windows):
+            assert slo.checks is not None
+            return [_checks_verdict(slo.checks, flows_of(result))]
+        source = run_fold(result, plan.fail_status)
     if not (slo.run or slo.stages or slo.windows):
         assert slo.checks is not None
-        flows = source.flows if isinstance(source, RunFold) else flows_of(source)
-        return [_checks_verdict(slo.checks, flows)]
-    fold = source if isinstance(source, RunFold) else run_fold(source, plan.fail_status)
+        return [_checks_verdict(slo.checks, source.flows)]
+    fold = source
     interval_ms = fold.interval_ms
     figures = _judged(plan, fold)
     interval_s = interval_ms / 1000

@@ -166,10 +166,10 @@ def _replicas(result: Result) -> list[dict[str, Any]]:
 
 def _verdicts(result: Result) -> list[dict[str, Any]]:
     """The SLO verdicts of the archived profile, judged again from the file (as `ls`)."""
-    from loadforge.analysis import slo
+    from loadforge.analysis import readback
     from loadforge.analysis.archive import verdicts_of
 
-    plan = slo.plan_of_result(result)
+    plan = readback.plan_of_result(result)
     if plan is None:
         return []
     verdicts = verdicts_of(plan, result)
