@@ -37,7 +37,6 @@ from __future__ import annotations
 import os
 import re
 import struct
-import tempfile
 from array import array
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -207,6 +206,9 @@ def _compile_table(feeder: Feeder, views: list[tuple[str, str]] | None, where: s
     table = Table(feeder, nrows, views, widths)
     if len(blob) >= MMAP_MIN_BYTES and not inline:
         if out.tempdir is None:
+            # tempfile (and shutil with it: 2 ms) loads where a table goes to a file
+            import tempfile
+
             out.tempdir = tempfile.mkdtemp(prefix="loadforge-feeders-")
         table.file = os.path.join(out.tempdir, f"{len(out.tables)}.table")
         with open(table.file, "wb") as f:

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
@@ -492,6 +491,8 @@ def worker_main(fd: int | None = None) -> None:
             sender.queue.put(None)
             sender.thread.join(5)
         try:
+            import traceback
+
             channel.send_bytes(FAILED + traceback.format_exc().encode())
         except OSError:
             pass
