@@ -129,6 +129,7 @@ cdef class Engine:
     def __cinit__(self):
         self.epfd = -1
         self.wake_epfd = -1
+        self.end_by_ns = 0x7fffffffffffffff      # run() sets it; a FlowEngine's start() keeps it
         self.control_fd = -1
         hist_clear(&self.connect_time)
         hist_clear(&self.tls_time)
