@@ -11,6 +11,7 @@ reading it back.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,13 +29,15 @@ from loadforge.errors import InputError, RunError
 from loadforge.observe import pollers
 from loadforge.results.store import ResultWriter, import_arrow_meanwhile
 from loadforge.run import preflight, session
-from loadforge.run.merge import Aggregator
+from loadforge.run.merge import Aggregator, MergedInterval
 from loadforge.run.progress import LiveProgress
 from loadforge.run.session import RunOptions, RunOutcome, Stop, new_run_id
 from loadforge.run.target import Target, parse_target, with_tls
 from loadforge.run.workers import WorkerPool
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.console import Console
 
     from loadforge.live import LiveOutputs
@@ -162,17 +165,16 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     fold = figures.RunFold(figures.RowSource.live(plan.fail_status),
                            int(opts.interval_s * 1000),
                            latency=slo.needs_latency(plan) or scaling.needs_latency(plan))
-    sink = _FoldingWriter(writer, fold)
     pool: WorkerPool | ShardPool | None = None
     stop = Stop()
     failure: str | None = None
     try:
         with LiveProgress(plan.duration_s, console, opts.quiet) as progress:
-            agg = Aggregator(plan, sink, workers, opts.interval_s, progress,
-                             slo.LiveSLO(plan, opts.interval_s).interval)
+            agg = Aggregator(plan, workers, opts.interval_s)
+            feed = IntervalFeed(writer, fold, slo.LiveSLO(plan, opts.interval_s).interval,
+                                progress, live)
             if live is not None:
                 live.start(plan, run_id, redact_url(target.url), opts.interval_s)
-                agg.observers.append(live.interval)
             if opts.shards:
                 from loadforge.run.shards import ShardPool
 
@@ -189,7 +191,9 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             watchers.start(t0)
             agg.t0_ns = t0
             try:
-                session.collect(pool, agg, plan, t0, stop)
+                with contextlib.closing(session.collect(pool, agg, plan, t0, stop)) as merged:
+                    for interval in merged:
+                        feed.interval(interval, stop)
             except RunError as exc:
                 # A worker crashed or the disk filled: keep what was merged, marked incomplete.
                 failure = str(exc)
@@ -198,11 +202,12 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             finally:
                 watched = watchers.stop()
             elapsed = (_core.now_ns() - t0) / 1e9
-            agg.drain()
+            for interval in agg.drain():
+                feed.interval(interval, stop)
         pool.join()
         ran_s = stop.ran_s(t0, elapsed, plan.duration_s)
         rows, inputs = agg.finish(elapsed, ran_s if stop.at_ns else None)
-        sink.write(rows + watched, last=True)
+        feed.write(rows + watched, last=True)
         end_meta = _end_metadata(stop, ran_s, failure or writer.failure)
         if plan.flows is not None:
             fold.flows = agg.flow_figures()
@@ -232,11 +237,11 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
         # Judged from the rows the file holds, folded as they were written: the verdicts any
         # later reader of the file gets (readback.run_fold; tests/test_figures.py).
         verdicts = slo.evaluate(plan, fold) + scaling.annotate(summary, plan, fold)
-    ok = all(v["ok"] for v in verdicts) and agg.abort_reason is None and failure is None
+    ok = all(v["ok"] for v in verdicts) and feed.abort_reason is None and failure is None
     result = {"run_id": run_id, "result": saved, "ok": ok, "target": redact_url(target.url),
               "profile": plan.name, "workers": workers, "connections": plan.connections,
               "timer_resolution_us": round(plan.timer_resolution_s * 1e6, 3),
-              "started": started, **summary, "slo": verdicts, "aborted": agg.abort_reason,
+              "started": started, **summary, "slo": verdicts, "aborted": feed.abort_reason,
               # The target saw these too: servers' counts reconcile with requests + these.
               "preflight": {"requests": 1 if opts.preflight else 0}, **state,
               "feeder_exhausted": _exhausted(agg, compiled)}
@@ -251,25 +256,44 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     return RunOutcome(result, saved, ok, stop.signum, failure)
 
 
-class _FoldingWriter:
-    """The Aggregator's row sink: rows go to the result file and, as the file takes them, into
-    the fold the verdicts judge (so the verdicts judge exactly the rows the file holds)."""
+class IntervalFeed:
+    """What the runner does with each interval the collect loop yields (session.collect), in
+    interval order: its rows to the result file and, as the file takes them, into the fold the
+    verdicts judge (so the verdicts judge exactly the rows the file holds); the objectives
+    with abort_after judged (analysis/slo.LiveSLO); the progress line and the live outputs
+    (--metrics, --dashboard, --stream) shown. It asks the loop to stop (Stop.ask) when an
+    objective is breached or the file can no longer be written."""
 
-    def __init__(self, writer: ResultWriter, fold: figures.RunFold) -> None:
+    def __init__(self, writer: ResultWriter, fold: figures.RunFold,
+                 judge: Callable[[int, list[dict[str, Any]]], str | None] | None = None,
+                 progress: LiveProgress | None = None, live: LiveOutputs | None = None):
         self.writer = writer
         self.fold = fold
-
-    @property
-    def failure(self) -> str | None:
-        return self.writer.failure
-
-    @failure.setter
-    def failure(self, value: str | None) -> None:
-        self.writer.failure = value
+        self.judge = judge
+        self.progress = progress
+        self.live = live
+        self.abort_reason: str | None = None   # the first objective that stopped the run
 
     def write(self, rows: list[dict[str, Any]], last: bool = False) -> None:
         if self.writer.write(rows, last):
             self.fold.add(rows)
+
+    def interval(self, merged: MergedInterval, stop: Stop) -> None:
+        self.write(merged.rows)
+        if merged.shard_rows:
+            self.write(merged.shard_rows)
+        if self.writer.failure:
+            # A full disk or a removed folder stops the run as an abort does: workers stop
+            # scheduling and report what is in flight, so the counts kept are whole.
+            stop.ask()
+        reason = self.judge(merged.index, merged.rows) if self.judge is not None else None
+        if reason and self.abort_reason is None:
+            self.abort_reason = reason
+            stop.ask()
+        if self.progress is not None:
+            self.progress.show(merged)
+        if self.live is not None:
+            self.live.interval(merged)
 
 
 def _exhausted(agg: Aggregator,

@@ -23,6 +23,7 @@ KNOWN_UPWARD = {
     # Not debt: the exact merge is hdrh's, through the one bridge the store also encodes with;
     # results/histogram.py serves the live merge and the file alike.
     ("loadforge.run.merge", "loadforge.results.histogram"),
+    ("loadforge.run.progress", "loadforge.results.histogram"),
 }
 
 
