@@ -12,7 +12,7 @@ from typing import Any
 
 from loadforge.analysis import figures
 from loadforge.config.plan import Plan, Request, Stage
-from loadforge.results import histogram
+from loadforge.engine import histogram
 from loadforge.run.merge import Aggregator
 from loadforge.run.session import Stop
 from loadforge.run.workers import CellDelta, HistSlice, IntervalReport, done_message

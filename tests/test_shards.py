@@ -28,9 +28,9 @@ from servers import ROOT, wait_for
 
 from loadforge import __version__
 from loadforge.config.plan import Plan, Request, Stage
+from loadforge.engine import histogram
 from loadforge.errors import InputError, WorkerCrashed
 from loadforge.present import summary
-from loadforge.results import histogram
 from loadforge.results.store import read_result
 from loadforge.run import shards
 from loadforge.run.merge import Aggregator

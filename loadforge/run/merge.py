@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from loadforge import _core, schedule
 from loadforge.config.outcomes import error_outcomes
 from loadforge.config.plan import FLOW_PREFIX, STATUS_OUTCOMES, Plan
-from loadforge.results import histogram
+from loadforge.engine import histogram
 from loadforge.run.workers import decode_done, decode_done_counts, decode_done_tls
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from loadforge.results import histogram
+from loadforge.engine import histogram
 from loadforge.units import format_us
 
 # rich loads where a live line is drawn: not in a quiet run, nor in a CI log.
