@@ -7,11 +7,17 @@ folded from the rows (analysis/figures.summary_figures) with the verdicts judged
 rows the writer took, folded as it took them (analysis/figures.RunFold, judged by
 analysis/slo and analysis/scaling): what `ls` and `report` judge of the file later, without
 reading it back.
+
+What a run does not use it neither imports nor calls (a plain run starts sooner): observe/
+only with metric sources, actions or the sandbox; analysis/slo only with objectives;
+analysis/scaling and analysis/backends only with something to analyse (`_analysed`); the
+progress display only without --quiet.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -20,17 +26,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from loadforge import _core
-from loadforge.analysis import figures, scaling, slo
+from loadforge.analysis import figures
 from loadforge.config.plan import Plan, Request
 from loadforge.config.redact import redact_message, redact_profile, redact_url
 from loadforge.engine.requests import request_path
 from loadforge.engine.tables import Compiled
 from loadforge.errors import InputError, RunError
-from loadforge.observe import pollers
 from loadforge.results.store import ResultWriter, import_arrow_meanwhile
 from loadforge.run import preflight, session
 from loadforge.run.merge import Aggregator, MergedInterval
-from loadforge.run.progress import LiveProgress
 from loadforge.run.session import RunOptions, RunOutcome, Stop, new_run_id
 from loadforge.run.target import Target, parse_target, with_tls
 from loadforge.run.workers import WorkerPool
@@ -41,6 +45,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from loadforge.live import LiveOutputs
+    from loadforge.observe.pollers import Watchers
+    from loadforge.run.progress import LiveProgress
     from loadforge.run.shards import ShardPool
 
 __all__ = ["RunOptions", "RunOutcome", "execute", "new_run_id", "request_path"]
@@ -104,13 +110,20 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
 def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Target,
                       workers: int, per_shard: int, compiled: Compiled,
                       sandbox: Any, live: LiveOutputs | None = None) -> RunOutcome:
-    specs = session.worker_specs(plan, target, workers, opts.interval_s,
-                                 pollers.backend_header(plan, opts.backend_header, sandbox),
+    observing = sandbox is not None or bool(plan.observe.sources or plan.actions)
+    backend_header = opts.backend_header or plan.observe.backend_header
+    if observing:
+        from loadforge.observe import pollers
+
+        backend_header = pollers.backend_header(plan, opts.backend_header, sandbox)
+    specs = session.worker_specs(plan, target, workers, opts.interval_s, backend_header,
                                  compiled)
     session.check_fd_limit(specs, plan)
     session.check_template_buffers(specs, compiled)
     # Metric pollers and timed actions, started at time zero (observe/).
-    watchers = pollers.Watchers(plan, opts.interval_s, sandbox)
+    watchers: Watchers | None = None
+    if observing:
+        watchers = pollers.Watchers(plan, opts.interval_s, sandbox)
     negotiated: dict[str, Any] = {}
     if opts.preflight:
         first, judged = preflight.preflight_request(plan.requests, plan.templates)
@@ -162,17 +175,24 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     started = time.time()
     writer = ResultWriter(path, run_id, metadata, opts.labels)
     # What the verdicts judge, folded from the rows as the writer takes them.
+    analysed = _analysed(plan, backend_header, observing)
+    judge = None
+    latency = False
+    if plan.slo:
+        from loadforge.analysis import scaling, slo
+
+        latency = slo.needs_latency(plan) or scaling.needs_latency(plan)
+        if any(w.abort_after_s is not None for w in plan.slo.windows):
+            judge = slo.LiveSLO(plan, opts.interval_s).interval
     fold = figures.RunFold(figures.RowSource.live(plan.fail_status),
-                           int(opts.interval_s * 1000),
-                           latency=slo.needs_latency(plan) or scaling.needs_latency(plan))
+                           int(opts.interval_s * 1000), latency=latency)
     pool: WorkerPool | ShardPool | None = None
     stop = Stop()
     failure: str | None = None
     try:
-        with LiveProgress(plan.duration_s, console, opts.quiet) as progress:
+        with _progress(plan.duration_s, console, opts.quiet) as progress:
             agg = Aggregator(plan, workers, opts.interval_s)
-            feed = IntervalFeed(writer, fold, slo.LiveSLO(plan, opts.interval_s).interval,
-                                progress, live)
+            feed = IntervalFeed(writer, fold, judge, progress, live)
             if live is not None:
                 live.start(plan, run_id, redact_url(target.url), opts.interval_s)
             if opts.shards:
@@ -188,7 +208,8 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             # pyarrow (0.03 s) imports at nice 19 while the run goes on; started before time
             # zero, its thread held the GIL the workers' start needed (up to 20 ms later).
             import_arrow_meanwhile()
-            watchers.start(t0)
+            if watchers is not None:
+                watchers.start(t0)
             agg.t0_ns = t0
             try:
                 with contextlib.closing(session.collect(pool, agg, plan, t0, stop)) as merged:
@@ -200,7 +221,7 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
                 stop.at_ns = stop.at_ns or _core.now_ns()
                 pool.kill()
             finally:
-                watched = watchers.stop()
+                watched = watchers.stop() if watchers is not None else []
             elapsed = (_core.now_ns() - t0) / 1e9
             for interval in agg.drain():
                 feed.interval(interval, stop)
@@ -236,7 +257,16 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     if saved:
         # Judged from the rows the file holds, folded as they were written: the verdicts any
         # later reader of the file gets (readback.run_fold; tests/test_figures.py).
-        verdicts = slo.evaluate(plan, fold) + scaling.annotate(summary, plan, fold)
+        if plan.slo:
+            from loadforge.analysis import slo
+
+            verdicts = slo.evaluate(plan, fold)
+        if analysed:
+            from loadforge.analysis import scaling
+
+            verdicts += scaling.annotate(summary, plan, fold)
+        else:
+            nothing_to_analyse(summary)
     ok = all(v["ok"] for v in verdicts) and feed.abort_reason is None and failure is None
     result = {"run_id": run_id, "result": saved, "ok": ok, "target": redact_url(target.url),
               "profile": plan.name, "workers": workers, "connections": plan.connections,
@@ -294,6 +324,44 @@ class IntervalFeed:
             self.progress.show(merged)
         if self.live is not None:
             self.live.interval(merged)
+
+
+def _progress(total_s: float, console: Console, quiet: bool
+              ) -> contextlib.AbstractContextManager[LiveProgress | None]:
+    """The progress display, built only where it shows (not with --quiet)."""
+    if quiet:
+        return contextlib.nullcontext()
+    from loadforge.run.progress import LiveProgress
+
+    return LiveProgress(total_s, console)
+
+
+def _analysed(plan: Plan, backend_header: str | None, observing: bool) -> bool:
+    """Whether analysis/scaling has anything to analyse: objectives (recovery is judged by
+    the run's latency and error objectives), responses attributed to backends, metric rows
+    or actions (observing: sources, actions, the sandbox's metrics)."""
+    return bool(plan.slo or backend_header or observing)
+
+
+# What analysis/scaling.annotate adds to a run with nothing to analyse (`_analysed` false):
+# the summary keeps its shape without the module (tests/test_merge.py checks the two agree).
+NO_BACKENDS: dict[str, Any] = {"backends": {}, "fairness": None, "unattributed": 0, "metrics": {},
+               "actions": []}
+NO_RECOVERY: dict[str, Any] = {"time_to_recover_s": None, "violation_s": None, "recovered": None,
+               "first_violation_s": None,
+               "recovery_note": "no latency or error objective to judge by",
+               "error_budget_burn": None}
+NO_SCALE_OUT: dict[str, Any] = {"first_new_backend_s": None, "new_backends": [],
+                "backends_source": "backends serving", "backends_start": None,
+                "backends_end": None, "backends_max": None, "settle_s": None}
+
+
+def nothing_to_analyse(summary: dict[str, Any]) -> None:
+    """The scaling analysis of a run with nothing to analyse, as scaling.annotate gives it."""
+    summary.update(copy.deepcopy(NO_BACKENDS))
+    for block in summary.get("stages", []):
+        block.update(NO_RECOVERY)
+        block["scale_out"] = copy.deepcopy(NO_SCALE_OUT)
 
 
 def _exhausted(agg: Aggregator,

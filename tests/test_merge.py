@@ -16,7 +16,7 @@ from loadforge.engine import histogram
 from loadforge.run.merge import Aggregator
 from loadforge.run.session import Stop
 from loadforge.run.workers import CellDelta, HistSlice, IntervalReport, done_message
-from loadforge.runner import IntervalFeed
+from loadforge.runner import IntervalFeed, nothing_to_analyse
 
 PLAN = Plan("p", "http://127.0.0.1:9/", (Stage("warm", 2.0, 10.0, 10.0),
                                          Stage("hot", 2.0, 20.0, 20.0)),
@@ -201,3 +201,24 @@ def test_merged_intervals_carry_what_the_progress_line_shows():
     assert (merged.index, merged.stage, merged.target_rps) == (0, "warm", 10.0)
     assert (merged.responses, merged.requests, merged.errors) == (4, 4, 1)
     assert merged.achieved_rps == 4.0 and merged.ok_latency.total_count == 3
+
+
+def test_a_run_with_nothing_to_analyse_has_the_summary_scaling_would_give():
+    # No objectives, no backend header, no metrics, no actions: the runner neither imports
+    # nor calls analysis/scaling, and fills in what scaling.annotate would have said.
+    from loadforge.analysis import scaling
+
+    reports = [report(w, i, {(0 if i < 2 else 1, w, "2xx"): [100 + i] * (i + 1)},
+                      final=i == 3) for i in range(4) for w in range(2)]
+    agg, sink = merge(reports)
+    rows, inputs = agg.finish(4.0)
+    fold = figures.RunFold(figures.RowSource.live(PLAN.fail_status), 1000)
+    fold.add(sink.rows)
+    fold.add(rows)
+    analysed = figures.summary_figures(rows, PLAN.fail_status, ["home", "search"], inputs)
+    plain = figures.summary_figures(rows, PLAN.fail_status, ["home", "search"], inputs)
+    assert scaling.annotate(analysed, PLAN, fold) == []
+    nothing_to_analyse(plain)
+    assert plain == analysed
+    assert list(plain) == list(analysed)
+    assert [list(b) for b in plain["stages"]] == [list(b) for b in analysed["stages"]]
