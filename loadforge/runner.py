@@ -345,15 +345,15 @@ def _analysed(plan: Plan, backend_header: str | None, observing: bool) -> bool:
 
 # What analysis/scaling.annotate adds to a run with nothing to analyse (`_analysed` false):
 # the summary keeps its shape without the module (tests/test_merge.py checks the two agree).
-NO_BACKENDS: dict[str, Any] = {"backends": {}, "fairness": None, "unattributed": 0, "metrics": {},
-               "actions": []}
-NO_RECOVERY: dict[str, Any] = {"time_to_recover_s": None, "violation_s": None, "recovered": None,
-               "first_violation_s": None,
-               "recovery_note": "no latency or error objective to judge by",
-               "error_budget_burn": None}
-NO_SCALE_OUT: dict[str, Any] = {"first_new_backend_s": None, "new_backends": [],
-                "backends_source": "backends serving", "backends_start": None,
-                "backends_end": None, "backends_max": None, "settle_s": None}
+NO_BACKENDS: dict[str, Any] = {
+    "backends": {}, "fairness": None, "unattributed": 0, "metrics": {}, "actions": []}
+NO_RECOVERY: dict[str, Any] = {
+    "time_to_recover_s": None, "violation_s": None, "recovered": None,
+    "first_violation_s": None, "recovery_note": "no latency or error objective to judge by",
+    "error_budget_burn": None}
+NO_SCALE_OUT: dict[str, Any] = {
+    "first_new_backend_s": None, "new_backends": [], "backends_source": "backends serving",
+    "backends_start": None, "backends_end": None, "backends_max": None, "settle_s": None}
 
 
 def nothing_to_analyse(summary: dict[str, Any]) -> None:
