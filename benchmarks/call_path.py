@@ -6,7 +6,11 @@ another: the distinct modules entered, and the calls that go up the layers (a mo
 one of a later folder in tests/test_layers.py's order: a callback, or a lower module reaching
 up). Issue 20 asks for fewer of both; this measures them, before and after, on one tree:
 
-    PYTHONPATH=TREE python3 benchmarks/call_path.py [--show]
+    PYTHONPATH=TREE python3 benchmarks/call_path.py [--show] [--plan]
+
+--plan adds the second measure, the plan's own path: the modules whose functions receive a
+`Plan` (config/plan.Plan) as an argument (its own methods included), and the upward calls
+that leave or enter the path (of the first measure's, those whose caller or callee is on it).
 """
 
 from __future__ import annotations
@@ -46,16 +50,27 @@ class Quiet(http.server.BaseHTTPRequestHandler):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--show", action="store_true", help="list the upward calls")
+    ap.add_argument("--plan", action="store_true",
+                    help="also measure the plan's path: the modules whose functions receive "
+                         "the Plan as an argument, and their upward calls")
     args = ap.parse_args()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
     port = server.server_address[1]
 
     from loadforge import runner
     from loadforge.cli import main as cli_main
+    from loadforge.config.plan import Plan
 
     entered: set[str] = set()
     upward: dict[tuple[str, str], int] = {}
+    plan_entered: set[str] = set()
     active = [False]
+
+    def takes_plan(frame) -> bool:  # type: ignore[no-untyped-def]
+        code = frame.f_code
+        nargs = code.co_argcount + code.co_kwonlyargcount
+        local = frame.f_locals
+        return any(isinstance(local.get(name), Plan) for name in code.co_varnames[:nargs])
 
     def module_of(frame) -> str | None:  # type: ignore[no-untyped-def]
         name = frame.f_globals.get("__name__", "")
@@ -66,7 +81,11 @@ def main() -> None:
             return
         callee = module_of(frame)
         caller = module_of(frame.f_back) if frame.f_back is not None else None
-        if callee is None or caller is None or callee == caller:
+        if callee is None:
+            return
+        if args.plan and takes_plan(frame):
+            plan_entered.add(callee)
+        if caller is None or callee == caller:
             return
         entered.add(callee)
         if layer(callee) > layer(caller):
@@ -97,10 +116,20 @@ def main() -> None:
         finally:
             sys.setprofile(None)
     server.shutdown()
-    print(f"modules crossed: {len(entered)} in {len({layer(m) for m in entered})} folders")
-    print(f"upward calls: {len(upward)} distinct (caller, callee) pairs, "
+    report("call path", entered, upward, args.show)
+    if args.plan:
+        report("plan path", plan_entered,
+               {k: n for k, n in upward.items() if k[0] in plan_entered or k[1] in plan_entered},
+               args.show)
+
+
+def report(what: str, entered: set[str], upward: dict[tuple[str, str], int],
+           show: bool) -> None:
+    print(f"{what}: modules crossed: {len(entered)} in {len({layer(m) for m in entered})} "
+          "folders")
+    print(f"{what}: upward calls: {len(upward)} distinct (caller, callee) pairs, "
           f"{sum(upward.values())} calls")
-    if args.show:
+    if show:
         for (a, b), n in sorted(upward.items()):
             print(f"  {a} -> {b}  ×{n}")
         for m in sorted(entered):

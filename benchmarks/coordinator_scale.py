@@ -7,7 +7,7 @@ are what a shard's worker sends (workers.interval_message: gauges, header, stage
 one cell per request name and outcome, two histogram slices each). Then those bytes are
 replayed as if from SHARDS shards (their worker and interval numbers rewritten), every
 interval, through what the coordinator does with them: decode, count per shard, merge exactly
-(runner.Aggregator), write the Parquet rows. No network between coordinator and shards: this
+(run/merge.Aggregator), write the Parquet rows. No network between coordinator and shards: this
 measures the coordinator's own work, the part that does not scale out.
 
   python3 benchmarks/coordinator_scale.py http://127.0.0.1:18080/ --shards 100 --intervals 60
@@ -30,13 +30,10 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rich.console import Console  # noqa: E402
-
 from loadforge.config.plan import STATUS_OUTCOMES, Plan, Request, Stage  # noqa: E402
 from loadforge.results.store import ResultWriter  # noqa: E402
 from loadforge.run import wire, workers  # noqa: E402
 from loadforge.run.merge import Aggregator  # noqa: E402
-from loadforge.run.progress import LiveProgress  # noqa: E402
 from loadforge.run.session import start, worker_specs  # noqa: E402
 from loadforge.run.target import parse_target  # noqa: E402
 
@@ -85,33 +82,37 @@ def replay(template: bytes, shards: int, intervals: int, out_dir: str) -> dict[s
     cpu_ms: list[float] = []
     rss_mb: dict[int, float] = {}         # after interval N: resident memory now
     counts = [[0, 0, 0, 0] for _ in range(shards)]
-    with LiveProgress(float(intervals), Console(file=open(os.devnull, "w")), quiet=True) as p:
-        agg = Aggregator(plan, writer, shards, 1.0, p)
-        agg.shard_of = lambda k: k % shards
-        for i in range(intervals):
-            # The shards' messages of this interval, built before its clock starts (as they
-            # would sit in the sockets' buffers), and dropped after it.
-            batch = [as_from(template, s, i, i == intervals - 1) for s in range(shards)]
-            started = time.process_time()
-            for s, msg in enumerate(batch):           # as ShardPool._worker_message does
-                report = workers.decode_interval(msg)
-                c = counts[s]
-                c[0] += sum(cell.count for cell in report.cells
-                            if cell.outcome in STATUS_OUTCOMES)
-                c[1] += sum(report.sent)
-                c[2] += sum(report.unsent)
-                c[3] += sum(report.scheduled)
-                agg.add(report)
-            cpu_ms.append((time.process_time() - started) * 1000)
-            del batch
-            if (i + 1) % 10 == 0:
-                rss_mb[i + 1] = round(_rss_kb() / 1024, 1)
+    agg = Aggregator(plan, shards, 1.0)
+    agg.shard_of = lambda k: k % shards
+    for i in range(intervals):
+        # The shards' messages of this interval, built before its clock starts (as they
+        # would sit in the sockets' buffers), and dropped after it.
+        batch = [as_from(template, s, i, i == intervals - 1) for s in range(shards)]
         started = time.process_time()
-        agg.drain()
-        rows, _ = agg.finish(float(intervals))
-        writer.write(rows, last=True)
-        writer.close({})
-        finish_ms = (time.process_time() - started) * 1000
+        for s, msg in enumerate(batch):           # as ShardPool._worker_message does
+            report = workers.decode_interval(msg)
+            c = counts[s]
+            c[0] += sum(cell.count for cell in report.cells
+                        if cell.outcome in STATUS_OUTCOMES)
+            c[1] += sum(report.sent)
+            c[2] += sum(report.unsent)
+            c[3] += sum(report.scheduled)
+            agg.add(report)
+            for merged in agg.take():             # as the runner's IntervalFeed does
+                writer.write(merged.rows)
+                writer.write(merged.shard_rows)
+        cpu_ms.append((time.process_time() - started) * 1000)
+        del batch
+        if (i + 1) % 10 == 0:
+            rss_mb[i + 1] = round(_rss_kb() / 1024, 1)
+    started = time.process_time()
+    for merged in agg.drain():
+        writer.write(merged.rows)
+        writer.write(merged.shard_rows)
+    rows, _ = agg.finish(float(intervals))
+    writer.write(rows, last=True)
+    writer.close({})
+    finish_ms = (time.process_time() - started) * 1000
     steady = sorted(cpu_ms[:-1]) or cpu_ms
     return {"cpu_ms_per_interval": {"median": round(statistics.median(steady), 2),
                                     "p90": round(steady[int(0.9 * (len(steady) - 1))], 2),

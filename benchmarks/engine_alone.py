@@ -19,7 +19,7 @@ import sys
 from urllib.parse import urlsplit
 
 from loadforge import _core
-from loadforge.results import histogram
+from loadforge.engine import histogram
 from loadforge.run.workers import decode_interval, interval_message
 
 

@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 
 from loadforge.config.plan import Plan, Request, Stage
 from loadforge.config.profile import with_slo_flags
+from loadforge.engine import histogram
 from loadforge.errors import InputError
-from loadforge.results import histogram
 from loadforge.results.store import ResultWriter, read_result
 from loadforge.run.session import RunOptions, new_run_id
 

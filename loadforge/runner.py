@@ -7,10 +7,17 @@ folded from the rows (analysis/figures.summary_figures) with the verdicts judged
 rows the writer took, folded as it took them (analysis/figures.RunFold, judged by
 analysis/slo and analysis/scaling): what `ls` and `report` judge of the file later, without
 reading it back.
+
+What a run does not use it neither imports nor calls (a plain run starts sooner): observe/
+only with metric sources, actions or the sandbox; analysis/slo only with objectives;
+analysis/scaling and analysis/backends only with something to analyse (`_analysed`); the
+progress display only without --quiet.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -19,25 +26,27 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from loadforge import _core
-from loadforge.analysis import figures, scaling, slo
+from loadforge.analysis import figures
 from loadforge.config.plan import Plan, Request
 from loadforge.config.redact import redact_message, redact_profile, redact_url
 from loadforge.engine.requests import request_path
 from loadforge.engine.tables import Compiled
 from loadforge.errors import InputError, RunError
-from loadforge.observe import pollers
 from loadforge.results.store import ResultWriter, import_arrow_meanwhile
 from loadforge.run import preflight, session
-from loadforge.run.merge import Aggregator
-from loadforge.run.progress import LiveProgress
+from loadforge.run.merge import Aggregator, MergedInterval
 from loadforge.run.session import RunOptions, RunOutcome, Stop, new_run_id
 from loadforge.run.target import Target, parse_target, with_tls
 from loadforge.run.workers import WorkerPool
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.console import Console
 
     from loadforge.live import LiveOutputs
+    from loadforge.observe.pollers import Watchers
+    from loadforge.run.progress import LiveProgress
     from loadforge.run.shards import ShardPool
 
 __all__ = ["RunOptions", "RunOutcome", "execute", "new_run_id", "request_path"]
@@ -101,13 +110,20 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
 def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Target,
                       workers: int, per_shard: int, compiled: Compiled,
                       sandbox: Any, live: LiveOutputs | None = None) -> RunOutcome:
-    specs = session.worker_specs(plan, target, workers, opts.interval_s,
-                                 pollers.backend_header(plan, opts.backend_header, sandbox),
+    observing = sandbox is not None or bool(plan.observe.sources or plan.actions)
+    backend_header = opts.backend_header or plan.observe.backend_header
+    if observing:
+        from loadforge.observe import pollers
+
+        backend_header = pollers.backend_header(plan, opts.backend_header, sandbox)
+    specs = session.worker_specs(plan, target, workers, opts.interval_s, backend_header,
                                  compiled)
     session.check_fd_limit(specs, plan)
     session.check_template_buffers(specs, compiled)
     # Metric pollers and timed actions, started at time zero (observe/).
-    watchers = pollers.Watchers(plan, opts.interval_s, sandbox)
+    watchers: Watchers | None = None
+    if observing:
+        watchers = pollers.Watchers(plan, opts.interval_s, sandbox)
     negotiated: dict[str, Any] = {}
     if opts.preflight:
         first, judged = preflight.preflight_request(plan.requests, plan.templates)
@@ -159,20 +175,26 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     started = time.time()
     writer = ResultWriter(path, run_id, metadata, opts.labels)
     # What the verdicts judge, folded from the rows as the writer takes them.
+    analysed = _analysed(plan, backend_header, observing)
+    judge = None
+    latency = False
+    if plan.slo:
+        from loadforge.analysis import scaling, slo
+
+        latency = slo.needs_latency(plan) or scaling.needs_latency(plan)
+        if any(w.abort_after_s is not None for w in plan.slo.windows):
+            judge = slo.LiveSLO(plan, opts.interval_s).interval
     fold = figures.RunFold(figures.RowSource.live(plan.fail_status),
-                           int(opts.interval_s * 1000),
-                           latency=slo.needs_latency(plan) or scaling.needs_latency(plan))
-    sink = _FoldingWriter(writer, fold)
+                           int(opts.interval_s * 1000), latency=latency)
     pool: WorkerPool | ShardPool | None = None
     stop = Stop()
     failure: str | None = None
     try:
-        with LiveProgress(plan.duration_s, console, opts.quiet) as progress:
-            agg = Aggregator(plan, sink, workers, opts.interval_s, progress,
-                             slo.LiveSLO(plan, opts.interval_s).interval)
+        with _progress(plan.duration_s, console, opts.quiet) as progress:
+            agg = Aggregator(plan, workers, opts.interval_s)
+            feed = IntervalFeed(writer, fold, judge, progress, live)
             if live is not None:
                 live.start(plan, run_id, redact_url(target.url), opts.interval_s)
-                agg.observers.append(live.interval)
             if opts.shards:
                 from loadforge.run.shards import ShardPool
 
@@ -186,23 +208,27 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             # pyarrow (0.03 s) imports at nice 19 while the run goes on; started before time
             # zero, its thread held the GIL the workers' start needed (up to 20 ms later).
             import_arrow_meanwhile()
-            watchers.start(t0)
+            if watchers is not None:
+                watchers.start(t0)
             agg.t0_ns = t0
             try:
-                session.collect(pool, agg, plan, t0, stop)
+                with contextlib.closing(session.collect(pool, agg, plan, t0, stop)) as merged:
+                    for interval in merged:
+                        feed.interval(interval, stop)
             except RunError as exc:
                 # A worker crashed or the disk filled: keep what was merged, marked incomplete.
                 failure = str(exc)
                 stop.at_ns = stop.at_ns or _core.now_ns()
                 pool.kill()
             finally:
-                watched = watchers.stop()
+                watched = watchers.stop() if watchers is not None else []
             elapsed = (_core.now_ns() - t0) / 1e9
-            agg.drain()
+            for interval in agg.drain():
+                feed.interval(interval, stop)
         pool.join()
         ran_s = stop.ran_s(t0, elapsed, plan.duration_s)
         rows, inputs = agg.finish(elapsed, ran_s if stop.at_ns else None)
-        sink.write(rows + watched, last=True)
+        feed.write(rows + watched, last=True)
         end_meta = _end_metadata(stop, ran_s, failure or writer.failure)
         if plan.flows is not None:
             fold.flows = agg.flow_figures()
@@ -231,12 +257,21 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     if saved:
         # Judged from the rows the file holds, folded as they were written: the verdicts any
         # later reader of the file gets (readback.run_fold; tests/test_figures.py).
-        verdicts = slo.evaluate(plan, fold) + scaling.annotate(summary, plan, fold)
-    ok = all(v["ok"] for v in verdicts) and agg.abort_reason is None and failure is None
+        if plan.slo:
+            from loadforge.analysis import slo
+
+            verdicts = slo.evaluate(plan, fold)
+        if analysed:
+            from loadforge.analysis import scaling
+
+            verdicts += scaling.annotate(summary, plan, fold)
+        else:
+            nothing_to_analyse(summary)
+    ok = all(v["ok"] for v in verdicts) and feed.abort_reason is None and failure is None
     result = {"run_id": run_id, "result": saved, "ok": ok, "target": redact_url(target.url),
               "profile": plan.name, "workers": workers, "connections": plan.connections,
               "timer_resolution_us": round(plan.timer_resolution_s * 1e6, 3),
-              "started": started, **summary, "slo": verdicts, "aborted": agg.abort_reason,
+              "started": started, **summary, "slo": verdicts, "aborted": feed.abort_reason,
               # The target saw these too: servers' counts reconcile with requests + these.
               "preflight": {"requests": 1 if opts.preflight else 0}, **state,
               "feeder_exhausted": _exhausted(agg, compiled)}
@@ -251,25 +286,82 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     return RunOutcome(result, saved, ok, stop.signum, failure)
 
 
-class _FoldingWriter:
-    """The Aggregator's row sink: rows go to the result file and, as the file takes them, into
-    the fold the verdicts judge (so the verdicts judge exactly the rows the file holds)."""
+class IntervalFeed:
+    """What the runner does with each interval the collect loop yields (session.collect), in
+    interval order: its rows to the result file and, as the file takes them, into the fold the
+    verdicts judge (so the verdicts judge exactly the rows the file holds); the objectives
+    with abort_after judged (analysis/slo.LiveSLO); the progress line and the live outputs
+    (--metrics, --dashboard, --stream) shown. It asks the loop to stop (Stop.ask) when an
+    objective is breached or the file can no longer be written."""
 
-    def __init__(self, writer: ResultWriter, fold: figures.RunFold) -> None:
+    def __init__(self, writer: ResultWriter, fold: figures.RunFold,
+                 judge: Callable[[int, list[dict[str, Any]]], str | None] | None = None,
+                 progress: LiveProgress | None = None, live: LiveOutputs | None = None):
         self.writer = writer
         self.fold = fold
-
-    @property
-    def failure(self) -> str | None:
-        return self.writer.failure
-
-    @failure.setter
-    def failure(self, value: str | None) -> None:
-        self.writer.failure = value
+        self.judge = judge
+        self.progress = progress
+        self.live = live
+        self.abort_reason: str | None = None   # the first objective that stopped the run
 
     def write(self, rows: list[dict[str, Any]], last: bool = False) -> None:
         if self.writer.write(rows, last):
             self.fold.add(rows)
+
+    def interval(self, merged: MergedInterval, stop: Stop) -> None:
+        self.write(merged.rows)
+        if merged.shard_rows:
+            self.write(merged.shard_rows)
+        if self.writer.failure:
+            # A full disk or a removed folder stops the run as an abort does: workers stop
+            # scheduling and report what is in flight, so the counts kept are whole.
+            stop.ask()
+        reason = self.judge(merged.index, merged.rows) if self.judge is not None else None
+        if reason and self.abort_reason is None:
+            self.abort_reason = reason
+            stop.ask()
+        if self.progress is not None:
+            self.progress.show(merged)
+        if self.live is not None:
+            self.live.interval(merged)
+
+
+def _progress(total_s: float, console: Console, quiet: bool
+              ) -> contextlib.AbstractContextManager[LiveProgress | None]:
+    """The progress display, built only where it shows (not with --quiet)."""
+    if quiet:
+        return contextlib.nullcontext()
+    from loadforge.run.progress import LiveProgress
+
+    return LiveProgress(total_s, console)
+
+
+def _analysed(plan: Plan, backend_header: str | None, observing: bool) -> bool:
+    """Whether analysis/scaling has anything to analyse: objectives (recovery is judged by
+    the run's latency and error objectives), responses attributed to backends, metric rows
+    or actions (observing: sources, actions, the sandbox's metrics)."""
+    return bool(plan.slo or backend_header or observing)
+
+
+# What analysis/scaling.annotate adds to a run with nothing to analyse (`_analysed` false):
+# the summary keeps its shape without the module (tests/test_merge.py checks the two agree).
+NO_BACKENDS: dict[str, Any] = {
+    "backends": {}, "fairness": None, "unattributed": 0, "metrics": {}, "actions": []}
+NO_RECOVERY: dict[str, Any] = {
+    "time_to_recover_s": None, "violation_s": None, "recovered": None,
+    "first_violation_s": None, "recovery_note": "no latency or error objective to judge by",
+    "error_budget_burn": None}
+NO_SCALE_OUT: dict[str, Any] = {
+    "first_new_backend_s": None, "new_backends": [], "backends_source": "backends serving",
+    "backends_start": None, "backends_end": None, "backends_max": None, "settle_s": None}
+
+
+def nothing_to_analyse(summary: dict[str, Any]) -> None:
+    """The scaling analysis of a run with nothing to analyse, as scaling.annotate gives it."""
+    summary.update(copy.deepcopy(NO_BACKENDS))
+    for block in summary.get("stages", []):
+        block.update(NO_RECOVERY)
+        block["scale_out"] = copy.deepcopy(NO_SCALE_OUT)
 
 
 def _exhausted(agg: Aggregator,

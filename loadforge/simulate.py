@@ -49,8 +49,8 @@ from loadforge.analysis import figures, scaling, slo
 from loadforge.config.hpa import HPASpec
 from loadforge.config.plan import Plan
 from loadforge.config.redact import redact_profile
+from loadforge.engine import histogram
 from loadforge.errors import InputError
-from loadforge.results import histogram
 from loadforge.results.store import ResultWriter, read_result
 from loadforge.run.merge import RunInputs, ScopeRun, run_target_rps
 from loadforge.run.session import RunOutcome, new_run_id

@@ -10,7 +10,7 @@ import pytest
 from servers import loadforge
 
 from loadforge.analysis import compare
-from loadforge.results import histogram
+from loadforge.engine import histogram
 from loadforge.results.store import ResultWriter
 
 

@@ -415,7 +415,7 @@ duration = "1s"
 def test_connect_times_are_recorded_per_interval(nginx, tmp_path):
     # A new connection per request: every request pays a connect, and each connect's time is
     # counted once, in the interval it completed, on the stage's and the run's rows too.
-    from loadforge.results import histogram
+    from loadforge.engine import histogram
 
     s = run_json(tmp_path, "--target", nginx.url + "/", "--rate", "100", "--duration", "2s",
                  "--connections", "8", "--requests-per-connection", "1", "--no-preflight")

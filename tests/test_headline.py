@@ -170,7 +170,7 @@ def test_a_target_refusing_part_of_the_time_leaves_the_headline_to_successes(
     (ok_2xx,) = result.rows("run", name="default", outcome="2xx")
     assert s["latency_us"]["p50"] == ok_2xx["p50_us"] and s["latency_us"]["p99"] == ok_2xx["p99_us"]
     # Failures: the refusals, and any connection the dying server reset.
-    from loadforge.results import histogram as hist
+    from loadforge.engine import histogram as hist
 
     failed = hist.new_histogram()
     for row in result.rows("run", name="default", outcome=None):
@@ -339,7 +339,7 @@ def test_files_without_ok_rows_read_the_same_headline(tmp_path: Path) -> None:
     """A file written before the "ok" rows: every reader merges its successful outcome rows
     instead, so fast 5xx stay out of its headline there too."""
     from loadforge.analysis import compare
-    from loadforge.results import histogram as hist
+    from loadforge.engine import histogram as hist
 
     def recorded(value_us: int, n: int) -> Any:
         h = hist.new_histogram()

@@ -12,8 +12,8 @@ from hdrh.histogram import HdrHistogram
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loadforge.engine import histogram as hist
 from loadforge.errors import ResultsError
-from loadforge.results import histogram as hist
 
 values_us = st.integers(min_value=1, max_value=hist.HIGHEST_US)
 

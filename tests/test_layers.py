@@ -20,9 +20,6 @@ KNOWN_UPWARD = {
     # Not debt: the arrival count comes from the engine's own C function, so that Python and
     # the engine can never lay different schedules.
     ("loadforge.schedule", "loadforge._core"),
-    # Not debt: the exact merge is hdrh's, through the one bridge the store also encodes with;
-    # results/histogram.py serves the live merge and the file alike.
-    ("loadforge.run.merge", "loadforge.results.histogram"),
 }
 
 

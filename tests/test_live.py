@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 from servers import ROOT, free_port, loadforge, wait_listening
 
+from loadforge.engine import histogram
 from loadforge.live import metrics, parse_address
 from loadforge.live.state import LATENCY_BUCKETS_S, bucket_counts
-from loadforge.results import histogram
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")

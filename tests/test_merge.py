@@ -1,23 +1,22 @@
 """The exact merge (run/merge.py) driven with synthetic worker reports: no process, no
 socket. Intervals merge in order once every worker has reported them, the rows' histograms are
 those of the union of the workers' samples, errors stay out of the "ok" rows, the stage and
-run rows add up, and the merge says when the run must stop."""
+run rows add up; the runner's feed of the merged intervals (runner.IntervalFeed) says when
+the run must stop."""
 
 from __future__ import annotations
 
 import array
-import os
 import sys
 from typing import Any
 
-from rich.console import Console
-
 from loadforge.analysis import figures
 from loadforge.config.plan import Plan, Request, Stage
-from loadforge.results import histogram
+from loadforge.engine import histogram
 from loadforge.run.merge import Aggregator
-from loadforge.run.progress import LiveProgress
+from loadforge.run.session import Stop
 from loadforge.run.workers import CellDelta, HistSlice, IntervalReport, done_message
+from loadforge.runner import IntervalFeed, nothing_to_analyse
 
 PLAN = Plan("p", "http://127.0.0.1:9/", (Stage("warm", 2.0, 10.0, 10.0),
                                          Stage("hot", 2.0, 20.0, 20.0)),
@@ -25,16 +24,27 @@ PLAN = Plan("p", "http://127.0.0.1:9/", (Stage("warm", 2.0, 10.0, 10.0),
 
 
 class Rows:
-    """The row sink: keeps what the merge writes, fails when told to."""
+    """What the merge hands back (Aggregator.take), kept; as a writer (IntervalFeed's), it
+    fails when told to."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
         self.batches = 0
         self.failure: str | None = None
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
+    def write(self, rows: list[dict[str, Any]], last: bool = False) -> bool:
         self.rows += rows
         self.batches += 1
+        return self.failure is None
+
+    def take(self, agg: Aggregator) -> None:
+        for merged in agg.take():
+            self.write(merged.rows)
+
+
+class Fold:
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        pass
 
 
 def hist_slice(values: list[int]) -> HistSlice:
@@ -67,13 +77,12 @@ def report(worker: int, index: int, cells: dict[tuple[int, int, str], list[int]]
                           [0, 0], [0, 0])
 
 
-def merge(reports: list[IntervalReport], sink: Rows | None = None,
-          judge: Any = None) -> tuple[Aggregator, Rows]:
-    sink = sink or Rows()
-    with LiveProgress(PLAN.duration_s, Console(file=open(os.devnull, "w")), quiet=True) as p:
-        agg = Aggregator(PLAN, sink, 2, 1.0, p, judge)
-        for r in reports:
-            agg.add(r)
+def merge(reports: list[IntervalReport]) -> tuple[Aggregator, Rows]:
+    sink = Rows()
+    agg = Aggregator(PLAN, 2, 1.0)
+    for r in reports:
+        agg.add(r)
+        sink.take(agg)
     return agg, sink
 
 
@@ -89,6 +98,7 @@ def test_an_interval_is_merged_once_every_worker_reported_it_and_in_order():
     agg, sink = merge(reports)
     assert sink.rows == []                  # interval 0 waits for worker 1
     agg.add(report(1, 0, {(0, 0, "2xx"): [500]}))
+    sink.take(agg)
     starts = [r["start_ms"] for r in rows_of(sink.rows, "interval", name="*", outcome="*")]
     assert starts == [0, 1000]
     counts = [r["count"] for r in rows_of(sink.rows, "interval", name="*", outcome="*")]
@@ -131,7 +141,7 @@ def test_finish_adds_stage_and_run_rows_that_add_up():
                       final=i == 3, unsent=w)
                for i in range(4) for w in range(2)]
     agg, sink = merge(reports)
-    agg.drain()
+    assert agg.drain() == []
     rows, inputs = agg.finish(4.0)
     stage_totals = rows_of(rows, "stage", name="*", outcome="*")
     assert [r["stage"] for r in stage_totals] == ["warm", "hot"]
@@ -155,12 +165,60 @@ def test_a_unique_feeder_that_ran_out_is_the_earliest_time_any_worker_said():
     assert agg.exhausted == (0, 3_000)
 
 
+def feed(reports: list[IntervalReport], writer: Rows, judge: Any = None
+         ) -> tuple[IntervalFeed, Stop]:
+    """The merged intervals as the runner takes them: written, folded, judged."""
+    agg = Aggregator(PLAN, 2, 1.0)
+    fed, stop = IntervalFeed(writer, Fold(), judge), Stop()  # type: ignore[arg-type]
+    for r in reports:
+        agg.add(r)
+        for merged in agg.take():
+            fed.interval(merged, stop)
+    return fed, stop
+
+
 def test_a_failed_write_and_an_objective_ask_the_run_to_stop():
     sink = Rows()
     sink.failure = "disk full"
-    agg, _ = merge([report(0, 0, {(0, 0, "2xx"): [1]}), report(1, 0, {(0, 0, "2xx"): [1]})],
-                   sink)
-    assert agg.stop_asked() and agg.abort_reason is None
-    agg, _ = merge([report(0, 0, {(0, 0, "5xx"): [1]}), report(1, 0, {(0, 0, "5xx"): [1]})],
-                   judge=lambda index, rows: f"errors in interval {index}")
-    assert agg.stop_asked() and agg.abort_reason == "errors in interval 0"
+    fed, stop = feed([report(0, 0, {(0, 0, "2xx"): [1]}), report(1, 0, {(0, 0, "2xx"): [1]})],
+                     sink)
+    assert stop.asked and fed.abort_reason is None
+    fed, stop = feed([report(0, 0, {(0, 0, "5xx"): [1]}), report(1, 0, {(0, 0, "5xx"): [1]})],
+                     Rows(), judge=lambda index, rows: f"errors in interval {index}")
+    assert stop.asked and fed.abort_reason == "errors in interval 0"
+    fed, stop = feed([report(0, 0, {(0, 0, "2xx"): [1]}), report(1, 0, {(0, 0, "2xx"): [1]})],
+                     Rows(), judge=lambda index, rows: None)
+    assert not stop.asked and fed.abort_reason is None
+
+
+def test_merged_intervals_carry_what_the_progress_line_shows():
+    agg = Aggregator(PLAN, 2, 1.0)
+    for r in [report(0, 0, {(0, 0, "2xx"): [100, 300], (0, 0, "5xx"): [9]}),
+              report(1, 0, {(0, 0, "2xx"): [200]})]:
+        agg.add(r)
+    (merged,) = agg.take()
+    assert agg.take() == []
+    assert (merged.index, merged.stage, merged.target_rps) == (0, "warm", 10.0)
+    assert (merged.responses, merged.requests, merged.errors) == (4, 4, 1)
+    assert merged.achieved_rps == 4.0 and merged.ok_latency.total_count == 3
+
+
+def test_a_run_with_nothing_to_analyse_has_the_summary_scaling_would_give():
+    # No objectives, no backend header, no metrics, no actions: the runner neither imports
+    # nor calls analysis/scaling, and fills in what scaling.annotate would have said.
+    from loadforge.analysis import scaling
+
+    reports = [report(w, i, {(0 if i < 2 else 1, w, "2xx"): [100 + i] * (i + 1)},
+                      final=i == 3) for i in range(4) for w in range(2)]
+    agg, sink = merge(reports)
+    rows, inputs = agg.finish(4.0)
+    fold = figures.RunFold(figures.RowSource.live(PLAN.fail_status), 1000)
+    fold.add(sink.rows)
+    fold.add(rows)
+    analysed = figures.summary_figures(rows, PLAN.fail_status, ["home", "search"], inputs)
+    plain = figures.summary_figures(rows, PLAN.fail_status, ["home", "search"], inputs)
+    assert scaling.annotate(analysed, PLAN, fold) == []
+    nothing_to_analyse(plain)
+    assert plain == analysed
+    assert list(plain) == list(analysed)
+    assert [list(b) for b in plain["stages"]] == [list(b) for b in analysed["stages"]]

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadforge.analysis.noise import Interval, bootstrap_change, figures, mann_whitney_p
-from loadforge.results import histogram
+from loadforge.engine import histogram
 
 
 def test_u_test_exact_values():

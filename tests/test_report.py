@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from servers import http_server, loadforge
 
+from loadforge.engine import histogram as hist
 from loadforge.present import report
-from loadforge.results import histogram as hist
 
 RUN = ("--rate", "200", "--duration", "2s", "--connections", "16", "--workers", "1", "--quiet")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -14,8 +14,8 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 import loadforge
+from loadforge.engine import histogram as hist
 from loadforge.errors import InputError, ResultsError
-from loadforge.results import histogram as hist
 from loadforge.results import store as results
 
 

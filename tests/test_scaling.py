@@ -20,7 +20,7 @@ from hdrh.histogram import HdrHistogram
 from loadforge.analysis import scaling
 from loadforge.config.plan import Plan
 from loadforge.config.profile import plan_from_dict
-from loadforge.results import histogram
+from loadforge.engine import histogram
 from loadforge.results.store import ResultWriter, read_result
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -28,13 +28,12 @@ from servers import ROOT, wait_for
 
 from loadforge import __version__
 from loadforge.config.plan import Plan, Request, Stage
+from loadforge.engine import histogram
 from loadforge.errors import InputError, WorkerCrashed
 from loadforge.present import summary
-from loadforge.results import histogram
 from loadforge.results.store import read_result
 from loadforge.run import shards
 from loadforge.run.merge import Aggregator
-from loadforge.run.progress import LiveProgress
 from loadforge.run.session import worker_specs
 from loadforge.run.target import parse_target
 from loadforge.run.workers import CellDelta, HistSlice, IntervalReport
@@ -366,17 +365,6 @@ def test_the_test_skew_variable_takes_one_value_or_one_per_shard():
 
 # -- merging: many shards' stripes merge to the histogram of the union --------------------------
 
-class _Rows:
-    """The Aggregator's sink: keeps the rows it writes."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-        self.failure = None
-
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        self.rows += rows
-
-
 def _slice(values: list[int]) -> HistSlice:
     h = histogram.new_histogram()
     for v in values:
@@ -401,14 +389,13 @@ def _report(worker: int, index: int, values: list[int], final: bool) -> Interval
 def _aggregate(parts: list[list[list[int]]]) -> list[dict[str, Any]]:
     """parts[worker][interval] -> the rows an Aggregator writes for them, workers interleaved."""
     plan = Plan("p", "http://127.0.0.1:9/", (Stage("s", 3.0, 10.0, 10.0),), (Request("r"),))
-    sink = _Rows()
-    with LiveProgress(3.0, Console(file=open(os.devnull, "w")), quiet=True) as progress:
-        agg = Aggregator(plan, sink, len(parts), 1.0, progress)  # type: ignore[arg-type]
-        for index in range(3):
-            for worker, intervals in enumerate(parts):
-                agg.add(_report(worker, index, intervals[index], index == 2))
-        agg.drain()
-    return sink.rows
+    agg = Aggregator(plan, len(parts), 1.0)
+    rows: list[dict[str, Any]] = []
+    for index in range(3):
+        for worker, intervals in enumerate(parts):
+            agg.add(_report(worker, index, intervals[index], index == 2))
+            rows += [row for merged in agg.take() for row in merged.rows]
+    return rows + [row for merged in agg.drain() for row in merged.rows]
 
 
 @settings(max_examples=30, deadline=None)

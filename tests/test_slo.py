@@ -17,8 +17,8 @@ from servers import STEADY_PROFILE, http_server, loadforge
 from loadforge.analysis import slo
 from loadforge.config.plan import Plan, Request, Stage
 from loadforge.config.profile import plan_from_dict
+from loadforge.engine import histogram as hist
 from loadforge.present import junit
-from loadforge.results import histogram as hist
 from loadforge.results import store as results
 
 REPO = Path(__file__).resolve().parent.parent

@@ -92,6 +92,38 @@ def test_a_quiet_plain_run_imports_neither_rich_nor_what_it_does_not_use(nginx, 
     assert out.splitlines() == ["exit 0", "before the first request:", "in all:"]
 
 
+PLAIN_RUN = """
+import sys
+from loadforge.cli import main
+try:
+    main(["run", "--target", {url!r}, "--rate", "20", "--duration", "1s", "--quiet",
+          "--workers", "1", "--out", {out!r}])
+except SystemExit as exc:
+    print("exit", exc.code)
+print(" ".join(sorted(m for m in sys.modules if m.startswith((
+    "loadforge.observe", "loadforge.analysis.slo", "loadforge.analysis.scaling",
+    "loadforge.analysis.backends", "loadforge.run.progress")))))
+"""
+
+
+def test_a_plain_run_imports_none_of_the_features_it_does_not_use(nginx, tmp_path):
+    # No metric sources, actions, objectives or backend header, and --quiet: no observe/, no
+    # slo/scaling/backends analysis, no progress display (runner.py imports them where used).
+    assert python(PLAIN_RUN.format(url=nginx.url + "/", out=str(tmp_path))) == "exit 0"
+
+
+def test_a_plain_runs_calls_never_turn_back_up_the_layers():
+    # benchmarks/call_path.py traces every call between loadforge modules in the coordinator
+    # during a 1 s run against a local server: the runner drives, nothing below calls up.
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "call_path.py"),
+                          "--plan", "--show"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+    assert out.returncode == 0, out.stderr
+    assert "call path: upward calls: 0 distinct" in out.stdout, out.stdout
+    assert "plan path: upward calls: 0 distinct" in out.stdout, out.stdout
+    assert "entered loadforge.observe" not in out.stdout, out.stdout
+
+
 HELP = """
 import sys
 from loadforge.cli import main

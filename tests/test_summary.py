@@ -11,9 +11,9 @@ import pytest
 from hdrh.histogram import HdrHistogram
 from rich.console import Console
 
+from loadforge.engine import histogram as hist
 from loadforge.errors import InputError
 from loadforge.present.summary import format_us, render_summary, stats_block, write_summary_json
-from loadforge.results import histogram as hist
 from loadforge.run.progress import LiveProgress
 
 SCOPE_KEYS = {

@@ -28,7 +28,7 @@ import trustme
 from servers import ROOT, Nginx, free_port, loadforge, wait_listening
 
 from loadforge import _core
-from loadforge.results import histogram
+from loadforge.engine import histogram
 from loadforge.results.store import read_result
 
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None,

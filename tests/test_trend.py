@@ -12,7 +12,7 @@ import pytest
 from servers import loadforge
 
 from loadforge.analysis.changepoint import change_points
-from loadforge.results import histogram
+from loadforge.engine import histogram
 from loadforge.results.store import ResultWriter
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from loadforge.analysis.figures import RowSource
 from loadforge.config.plan import STATUS_OUTCOMES
-from loadforge.results import histogram
+from loadforge.engine import histogram
 from loadforge.results.store import Result, outcome_row
 
 

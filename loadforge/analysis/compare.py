@@ -24,8 +24,8 @@ from loadforge.analysis.readback import (  # noqa: F401  (compare's figures, rea
     run_title,
     stages_of,
 )
+from loadforge.engine import histogram
 from loadforge.errors import InputError
-from loadforge.results import histogram
 from loadforge.units import format_us, parse_duration
 
 # (key, label, kind): kind "rps" | "ratio" | "us" decides formatting and delta units.

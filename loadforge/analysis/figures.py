@@ -42,7 +42,7 @@ from loadforge.config.plan import (
     OUTCOMES,
     STATUS_OUTCOMES,
 )
-from loadforge.results import histogram
+from loadforge.engine import histogram
 from loadforge.results.schema import OK, outcome_row
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from itertools import combinations, compress
 from typing import cast
 
-from loadforge.results import histogram
+from loadforge.engine import histogram
 
 # Figures the bootstrap can resample, as in compare.FIGURES.
 LATENCY = ("p50", "p90", "p99", "p999", "max", "mean")

@@ -31,8 +31,8 @@ from loadforge.analysis.figures import (
     fold_scopes,
 )
 from loadforge.config.plan import STATUS_OUTCOMES, Plan
+from loadforge.engine import histogram
 from loadforge.errors import ProfileError, ResultsError
-from loadforge.results import histogram
 from loadforge.results.store import Result, find_results, outcome_row, read_result
 
 __all__ = [

@@ -17,7 +17,7 @@ from loadforge.analysis.figures import ALL_STAGES
 from loadforge.analysis.readback import RunFigures
 from loadforge.config.outcomes import error_outcomes
 from loadforge.config.plan import STATUS_OUTCOMES
-from loadforge.results import histogram
+from loadforge.engine import histogram
 from loadforge.results.store import outcome_row
 
 

@@ -1,8 +1,8 @@
 """Live outputs of a run: `--metrics` (Prometheus text at /metrics), `--dashboard` (a page at
 / fed by server-sent events) and `--stream` (a JSON line per interval).
 
-They hang off the coordinator's one observer hook (Aggregator.observers): once per merged
-interval, in the coordinator's thread, `LiveOutputs.interval` folds the interval's rows into
+The runner hands them each merged interval (runner.IntervalFeed, as the collect loop yields
+it): once per merged interval, in the coordinator's thread, `LiveOutputs.interval` folds the interval's rows into
 numbers (state.LiveRun) and hands them on; scrapes and pages are answered from those numbers
 by threads of their own. Nothing here runs per request or reaches the workers, and nothing
 here may stop a run: a stream that cannot be written is switched off with one warning.
@@ -121,7 +121,7 @@ class LiveOutputs:
             self._publish(run.header)
 
     def interval(self, merged: Any) -> None:
-        """Aggregator's observer: one merged interval."""
+        """One merged interval (run/merge.MergedInterval), from the runner's feed."""
         with self.lock:
             if self.run is None:
                 return

@@ -14,7 +14,7 @@ from typing import Any
 from loadforge.analysis.slo import LiveVerdicts
 from loadforge.config.outcomes import error_outcomes
 from loadforge.config.plan import FLOW_PREFIX, STATUS_OUTCOMES, Plan
-from loadforge.results import histogram
+from loadforge.engine import histogram
 from loadforge.results.store import OK
 
 # loadforge_latency_seconds' bucket bounds (le), seconds: Prometheus' defaults from 0.5 ms

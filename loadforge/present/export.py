@@ -15,8 +15,8 @@ import base64
 import re
 from datetime import UTC, datetime
 
+from loadforge.engine import histogram
 from loadforge.present.outputs import write_output
-from loadforge.results import histogram
 from loadforge.results.store import OK, Result, read_result
 
 LOG_FORMAT_VERSION = "1.3"

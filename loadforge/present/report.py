@@ -33,7 +33,7 @@ from loadforge.analysis.readback import (
 )
 from loadforge.config.outcomes import EXPECTED, UNEXPECTED
 from loadforge.config.plan import GRPC_OUTCOMES, HTTP2_ERROR_KINDS, OUTCOMES
-from loadforge.results import histogram
+from loadforge.engine import histogram
 from loadforge.results.store import Result
 
 # Percentile levels of the spectrum: 1 - 10^(-k/20), k = 0..100, i.e. 0% .. 99.999% with

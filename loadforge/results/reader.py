@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from hdrh.histogram import HdrHistogram
 
 from loadforge.config.files import DIRECTORY, LOOP, MISSING, NUL, SPECIAL, UNREADABLE, file_problem
+from loadforge.engine import histogram
 from loadforge.errors import ResultsError
-from loadforge.results import histogram
 from loadforge.results.schema import (
     BASE_FIELDS,
     METADATA_PREFIX,

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from hdrh.histogram import HdrHistogram
 
 import loadforge
+from loadforge.engine import histogram
 from loadforge.errors import InputError, RunError
-from loadforge.results import histogram
 from loadforge.results.reader import (
     Result,
     check_regular_file,

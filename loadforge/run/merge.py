@@ -1,13 +1,15 @@
 """The exact merge of a run: the workers' interval reports into rows, in interval order.
 
 Workers report each 1 s interval; once every worker has reported an interval, its cells are
-merged with hdrh into interval rows and streamed to the row sink (the Parquet writer), and
+merged with hdrh into interval rows (a `MergedInterval`, queued until its caller `take`s it:
+run/session.collect hands them to the runner, which writes, folds and judges them) and
 folded into the per-stage histograms. Only those per-stage histograms stay in memory, so
 memory does not grow with the length of a run. `Aggregator.finish` adds the stage and run
 rows and what the summary takes besides them (`RunInputs`).
 
-Pure: it reads decoded reports (run/workers.IntervalReport) and writes rows, with no process,
-socket or signal of its own (tests/test_merge.py drives it with synthetic reports).
+Pure: it reads decoded reports (run/workers.IntervalReport) and returns rows, with no process,
+socket, signal, writer or callback of its own (tests/test_merge.py drives it with synthetic
+reports).
 """
 
 from __future__ import annotations
@@ -15,14 +17,13 @@ from __future__ import annotations
 import gc
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from loadforge import _core, schedule
 from loadforge.config.outcomes import error_outcomes
 from loadforge.config.plan import FLOW_PREFIX, STATUS_OUTCOMES, Plan
-from loadforge.results import histogram
-from loadforge.run.progress import LiveProgress
+from loadforge.engine import histogram
 from loadforge.run.workers import decode_done, decode_done_counts, decode_done_tls
 
 if TYPE_CHECKING:
@@ -48,14 +49,6 @@ class StageTotals:
     def combined_cpu(totals: list[StageTotals]) -> float | None:
         wall = sum(t.wall_ns for t in totals)
         return sum(t.cpu_ns for t in totals) / wall if wall else None
-
-
-class RowSink(Protocol):
-    """Where the merged rows go: results/store.ResultWriter, given by the runner."""
-
-    failure: str | None
-
-    def write(self, rows: list[dict[str, Any]]) -> None: ...
 
 
 @dataclass
@@ -86,9 +79,10 @@ class RunInputs:
 
 @dataclass
 class MergedInterval:
-    """One interval once every worker's report of it is merged: what Aggregator.observers
-    receive. `rows` are the interval rows just written; their histograms are also the
-    coordinator's accumulators, so an observer reads them during the call and keeps none."""
+    """One interval once every worker's report of it is merged (Aggregator.take): what the
+    runner writes, folds and judges, and what the live outputs and the progress line show.
+    `rows` are the interval rows; their histograms are also the coordinator's accumulators,
+    so a reader reads them before the next interval is merged and keeps none."""
 
     index: int
     start_s: float
@@ -97,25 +91,27 @@ class MergedInterval:
     target_rps: float | None      # None in a closed-model stage
     achieved_rps: float
     rows: list[dict[str, Any]]
+    # A sharded run's per-shard rows of the interval (scope "shard"), written after `rows`.
+    shard_rows: list[dict[str, Any]] = field(default_factory=list)
+    responses: int = 0            # the interval's responses (status outcomes)
+    ok_latency: Any = None        # latency of its successful responses, all stages (hdrh)
+    requests: int = 0             # the run's responses so far, this interval's included
+    errors: int = 0               # and its errors so far
 
 
 class Aggregator:
     """Merges interval reports from all workers, exactly, in interval order.
 
-    judge: called with each merged interval's index and rows, returns a reason to stop the
-    run or None (the runner passes analysis/slo.LiveSLO's, for `abort_after`).
-    observers: called with each MergedInterval in the coordinator's thread, after the rows
-    are written (the live outputs, live/); nothing of theirs reaches the workers."""
+    `add` queues each interval it completes as a MergedInterval; `take` (and `drain`, at the
+    end) hands the queued ones to the caller, in interval order: the merge writes nothing and
+    calls nobody back (run/session.collect yields them to the runner)."""
 
-    def __init__(self, plan: Plan, writer: RowSink, workers: int, interval_s: float,
-                 progress: LiveProgress,
-                 judge: Callable[[int, list[dict[str, Any]]], str | None] | None = None):
+    def __init__(self, plan: Plan, workers: int, interval_s: float):
         self.plan = plan
-        self.writer = writer
         self.workers = workers
         self.interval_ms = int(interval_s * 1000)
         self.interval_s = interval_s
-        self.progress = progress
+        self.merged: list[MergedInterval] = []    # merged, not yet taken
         self.windows = schedule.layout(plan)
         self.pending: dict[int, list[Any]] = defaultdict(list)
         self.final_index: dict[int, int] = {}
@@ -141,9 +137,6 @@ class Aggregator:
         self.tls_times = [histogram.new_histogram() for _ in plan.stages]
         self.tls_handshakes: dict[int, tuple[int, int, int]] = {}
         self.open_peak = 0
-        # Windowed objectives with abort_after, judged as each interval is merged.
-        self.judge = judge
-        self.abort_reason: str | None = None
         # (feeder table, when) of the first `unique` feeder that ran out and ended the run
         self.exhausted: tuple[int, int] | None = None
         # What the engine's first completed TLS handshake negotiated (a worker's DONE), for
@@ -153,7 +146,6 @@ class Aggregator:
         self.done_counts: dict[str, int] = {}
         self.error_outcomes = set(error_outcomes(plan.fail_status))
         self.cpu_ns: dict[int, int] = {}      # per worker: CPU time reported so far
-        self.write_failed = False
         # A sharded run: the shard of a worker (its engine stripe), for the per-shard rows.
         self.shard_of: Callable[[int], int] | None = None
         # Scripted flows: checks {name: [passed, failed]} and flow failures
@@ -166,7 +158,6 @@ class Aggregator:
         self.flow_requests = frozenset(
             i for i, r in enumerate(plan.requests)
             if plan.flows is not None and r.name.startswith(FLOW_PREFIX))
-        self.observers: list[Callable[[MergedInterval], None]] = []
 
     def flow_figures(self) -> dict[str, Any]:
         """The summary's `flows`: checks passed and failed by name, with the run's total and
@@ -247,9 +238,17 @@ class Aggregator:
         return all(w in reported or self.final_index.get(w, 1 << 62) < index
                    for w in range(self.workers))
 
-    def drain(self) -> None:
+    def take(self) -> list[MergedInterval]:
+        """The intervals merged since the last take, in interval order."""
+        out, self.merged = self.merged, []
+        return out
+
+    def drain(self) -> list[MergedInterval]:
+        """Merges every interval still pending (the run is over: no more reports come) and
+        returns what was not yet taken."""
         for index in sorted(self.pending):
             self._merge(self.pending.pop(index), index)
+        return self.take()
 
     def _merge(self, reports: list[Any], index: int) -> None:
         if not reports:
@@ -348,26 +347,14 @@ class Aggregator:
                 row["connect"] = connects
                 row["tls"] = handshakes if self.plan.tls is not None else None
                 rows.append(row)
-        self.writer.write(rows)
-        if self.shard_of is not None:
-            self.writer.write(self._shard_rows(reports, start_ms, end_ms))
-        if self.writer.failure:
-            # A full disk or a removed folder stops the run as an abort does: workers stop
-            # scheduling and report what is in flight, so the counts kept are whole.
-            self.write_failed = True
-        reason = self.judge(index, rows) if self.judge is not None else None
-        if reason and self.abort_reason is None:
-            self.abort_reason = reason
+        shard_rows = ([] if self.shard_of is None
+                      else self._shard_rows(reports, start_ms, end_ms))
         self.requests += interval_all[1]
         self.errors += interval_all[2]
-        shown = self._show(index, interval_all)
-        for observe in self.observers:
-            observe(MergedInterval(index, start_ms / 1000, end_ms / 1000, *shown, rows))
-
-    def stop_asked(self) -> bool:
-        """Whether the run should stop scheduling now: an objective's abort_after, or the
-        result file could no longer be written."""
-        return self.abort_reason is not None or self.write_failed
+        name, target, achieved = self._rates(index, interval_all[1])
+        self.merged.append(MergedInterval(index, start_ms / 1000, end_ms / 1000, name, target,
+                                          achieved, rows, shard_rows, interval_all[1],
+                                          interval_all[0], self.requests, self.errors))
 
     def _shard_rows(self, reports: list[Any], start_ms: int, end_ms: int
                     ) -> list[dict[str, Any]]:
@@ -399,24 +386,15 @@ class Aggregator:
             rows.append(row)
         return rows
 
-    def _show(self, index: int, interval_all: list[Any]) -> tuple[str, float | None, float]:
+    def _rates(self, index: int, responses: int) -> tuple[str, float | None, float]:
+        """The stage at the interval's middle, its target rate and the achieved one."""
         t = (index + 0.5) * self.interval_s
         window = next((w for w in self.windows if w.start_s <= t < w.end_s), self.windows[-1])
-        stage = window.stage.name
         expected = schedule.expected_between(self.windows, index * self.interval_s,
                                              (index + 1) * self.interval_s)
-        st = histogram.stats(interval_all[0])
         # A closed-model stage has no target rate to show.
         target = expected / self.interval_s if window.stage.open_model else None
-        achieved = interval_all[1] / self.interval_s
-        # An interval after the schedule's end that saw no response (the wait for the last
-        # ones) is no frame of its own: "rps 0/0 p50 0µs" would be the last one people see.
-        if index * self.interval_s < self.plan.duration_s - 1e-9 or interval_all[1]:
-            self.progress.update(stage, min((index + 1) * self.interval_s,
-                                            self.plan.duration_s),
-                                 target, achieved, st["p50"], st["p99"], self.errors,
-                                 self.requests)
-        return stage, target, achieved
+        return window.stage.name, target, responses / self.interval_s
 
     def _row(self, scope: str, stage: int | None, request: int | None, outcome: str,
              backend: str, start_ms: int, end_ms: int, count: int, lat: HdrHistogram,

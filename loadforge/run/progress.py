@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from loadforge.engine import histogram
 from loadforge.units import format_us
 
 # rich loads where a live line is drawn: not in a quiet run, nor in a CI log.
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
+
+    from loadforge.run.merge import MergedInterval
 
 # Non-terminal output: minimum wall-clock gap between lines. A little under a second so that
 # intervals delivered on a 1 s tick with jitter each get their line; a burst of late
@@ -77,6 +80,19 @@ class LiveProgress:
                 live.stop()
             except Exception:
                 pass
+
+    def show(self, merged: MergedInterval) -> None:
+        """The frame of one merged interval (run/merge.MergedInterval): its stage, rates and
+        latency, the run's errors and responses so far."""
+        if self.quiet or self._broken:
+            return
+        # An interval after the schedule's end that saw no response (the wait for the last
+        # ones) is no frame of its own: "rps 0/0 p50 0µs" would be the last one people see.
+        if merged.start_s >= self.total_s - 1e-9 and not merged.responses:
+            return
+        st = histogram.stats(merged.ok_latency)
+        self.update(merged.stage, min(merged.end_s, self.total_s), merged.target_rps,
+                    merged.achieved_rps, st["p50"], st["p99"], merged.errors, merged.requests)
 
     def update(
         self,

@@ -2,10 +2,12 @@
 
 `compile_feeders` and `worker_specs` make what each worker process gets (with the fd and
 buffer checks, exit 2 before anything starts); `start` passes the local workers' start
-barrier; `collect` merges their reports until every one is done, turning Ctrl-C, SIGTERM
-and SIGHUP into an orderly stop (a second one kills). The collect loop is one, for a pool of
-local workers (run/workers.WorkerPool) and a pool of shards (run/shards.ShardPool) alike:
-each pool reads its own framing (`Pool.receive`) and knows how its members fail.
+barrier; `collect` merges their reports until every one is done and yields each merged
+interval to its caller (the runner writes, folds and judges it, and asks for a stop through
+`Stop.ask`: the collect loop calls nothing above it), turning Ctrl-C, SIGTERM and SIGHUP
+into an orderly stop (a second one kills). The collect loop is one, for a pool of local
+workers (run/workers.WorkerPool) and a pool of shards (run/shards.ShardPool) alike: each
+pool reads its own framing (`Pool.receive`) and knows how its members fail.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
@@ -31,7 +34,7 @@ from loadforge.engine.requests import (
     template_head,
 )
 from loadforge.errors import InputError, WorkerCrashed
-from loadforge.run.merge import Aggregator
+from loadforge.run.merge import Aggregator, MergedInterval
 from loadforge.run.target import Target
 from loadforge.run.workers import WorkerPool, WorkerSpec, fd_limit
 
@@ -206,6 +209,13 @@ class Stop:
     signum: int = 0       # the signal that interrupted the run (SIGINT, SIGTERM), 0 if none
     at_ns: int = 0        # when scheduling was asked to stop (a signal, an SLO abort)
     hard: bool = False    # a second signal: workers killed, in-flight requests not awaited
+    asked: bool = False   # the collect loop's caller asked for a stop (ask)
+
+    def ask(self) -> None:
+        """Stop scheduling at the collect loop's next turn, keeping what is in flight: an
+        objective's abort_after, or a result file that can no longer be written (a full
+        disk), both judged by the runner from the intervals collect yields."""
+        self.asked = True
 
     def ran_s(self, t0: int, elapsed_s: float, planned_s: float) -> float:
         """How long the run ran: to the stop, else to its planned end."""
@@ -254,8 +264,11 @@ def start(pool: WorkerPool) -> int:
     return t0
 
 
-def collect(pool: Pool, agg: Aggregator, plan: Plan, t0: int, stop: Stop) -> None:
-    """Merges the pool's reports until every member is done; a stop signal stops the run."""
+def collect(pool: Pool, agg: Aggregator, plan: Plan, t0: int, stop: Stop
+            ) -> Generator[MergedInterval, None, None]:
+    """Merges the pool's reports until every member is done, yielding each interval once it
+    is merged; a stop signal stops the run. A generator: the signal handlers are the run's
+    from the first interval asked for until it ends or is closed (contextlib.closing)."""
     done = [False] * len(pool.channels)
     deadline = t0 + int((plan.duration_s + plan.timeout_s + 10.0) * 1e9)
 
@@ -273,17 +286,19 @@ def collect(pool: Pool, agg: Aggregator, plan: Plan, t0: int, stop: Stop) -> Non
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
-        collect_until_done(pool, agg, plan, done, deadline, stop)
+        yield from collect_until_done(pool, agg, plan, done, deadline, stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
 def collect_until_done(pool: Pool, agg: Aggregator, plan: Plan, done: list[bool],
-                       deadline: int, stop: Stop) -> None:
-    """The collect loop: every member's messages to the merge until all are done; stops
-    scheduling when the merge asks (abort_after, a failed write) or the run overruns its
-    time, and fails the run when a member is lost or overruns the stop too."""
+                       deadline: int, stop: Stop
+                       ) -> Generator[MergedInterval, None, None]:
+    """The collect loop: every member's messages to the merge until all are done, each
+    interval merged yielded at once; stops scheduling when the caller asks (Stop.ask:
+    abort_after, a failed write) or the run overruns its time, and fails the run when a
+    member is lost or overruns the stop too."""
     stopping = False
     while not all(done) and not stop.hard:
         ready = pool.ready([i for i in range(len(done)) if not done[i]], 0.5)
@@ -296,9 +311,10 @@ def collect_until_done(pool: Pool, agg: Aggregator, plan: Plan, done: list[bool]
                 raise WorkerCrashed(pool.lost(i)) from None
             if pool.receive(i, msg, agg, stop):
                 done[i] = True
+            yield from agg.take()
         if not stop.hard:
             pool.check(done, bool(ready), stop)
-        if agg.stop_asked() and not stopping:
+        if stop.asked and not stopping:
             pool.stop()
             stopping = True
             stop.at_ns = stop.at_ns or _core.now_ns()
@@ -312,3 +328,4 @@ def collect_until_done(pool: Pool, agg: Aggregator, plan: Plan, done: list[bool]
                                 "timeout")
     if stop.hard:
         pool.drain(agg, stop)
+        yield from agg.take()

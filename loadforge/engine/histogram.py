@@ -3,7 +3,9 @@
 The engine records latencies in C into uint32 count arrays with exactly hdrh's index layout
 (1 µs .. 1 h, 3 significant digits), and ships the parent only the touched slice of each
 array. Everything else (merging, percentiles, the V2 encoding stored in Parquet) goes through
-hdrh so that stored histograms stay readable by every HdrHistogram library.
+hdrh so that stored histograms stay readable by every HdrHistogram library. It lives beside
+the engine (its output format, as requests.py and tables.py are its input), below every
+reader: the exact merge (run/merge.py), the store (results/) and the folds (analysis/).
 """
 
 from __future__ import annotations
