@@ -26,26 +26,30 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from loadforge import _core
-from loadforge.analysis import figures
 from loadforge.config.plan import Plan, Request
-from loadforge.config.redact import redact_message, redact_profile, redact_url
 from loadforge.engine.requests import request_path
-from loadforge.engine.tables import Compiled
 from loadforge.errors import InputError, RunError
-from loadforge.results.store import ResultWriter, import_arrow_meanwhile
+from loadforge.results.partial import claim
+from loadforge.results.schema import check_label_key, import_arrow_meanwhile
 from loadforge.run import preflight, session
-from loadforge.run.merge import Aggregator, MergedInterval
 from loadforge.run.session import RunOptions, RunOutcome, Stop, new_run_id
 from loadforge.run.target import Target, parse_target, with_tls
 from loadforge.run.workers import WorkerPool
 
+# What a run needs only once its workers run (the merge, the result file's writer and the
+# fold, with the histograms and the metadata's redaction) loads after time zero, while they
+# do: `_after_time_zero`.
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from rich.console import Console
 
+    from loadforge.analysis import figures
+    from loadforge.engine.tables import Compiled
     from loadforge.live import LiveOutputs
     from loadforge.observe.pollers import Watchers
+    from loadforge.results.store import ResultWriter
+    from loadforge.run.merge import Aggregator, MergedInterval
     from loadforge.run.progress import LiveProgress
     from loadforge.run.shards import ShardPool
 
@@ -144,61 +148,25 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
                                               "cipher": None, "alpn": None, **negotiated}
     run_id = new_run_id(plan)
     path = os.path.join(opts.out_dir, f"{run_id}.parquet")
-    metadata: dict[str, Any] = {
-        # Result files are shared (CI artifacts): no credentials in them (redact.py).
-        "profile": redact_profile(plan.source, plan.secrets), "profile_name": plan.name,
-        "profile_path": plan.path, "target": redact_url(target.url), "engine": "cython-epoll", "workers": str(workers),
-        "connections": str(plan.connections),
-        "http": plan.http,
-        # What counted as an error, so that a later default never re-judges this run.
-        "fail_status": list(plan.fail_status),
-        # ... and per request name its expect_status, where it has one: the engine recorded
-        # its responses as "unexpected" / "expected" by it (config/outcomes.py)
-        **({"expect_status": {r.name: list(r.expect_status) for r in plan.requests
-                              if r.expect_status}}
-           if any(r.expect_status for r in plan.requests) else {}),
-        **({"streams": str(plan.streams)} if plan.http == "2" else {}),
-        "stages": [{"name": s.name, "duration_s": s.duration_s, "rate_from": s.rate_from,
-                    "rate_to": s.rate_to, "concurrency": s.concurrency, "think_s": s.think_s}
-                   for s in plan.stages],
-        "interval_ms": str(int(opts.interval_s * 1000)),
-        # Open-model sends may be up to this late (counted in latency): runs measured at
-        # different resolutions differ by up to it in their latency (compare notes it).
-        "timer_resolution_us": f"{plan.timer_resolution_s * 1e6:g}",
-    }
-    if opts.slo_flags:
-        metadata["slo_flags"] = opts.slo_flags
-    if tls_info is not None and negotiated:
-        metadata["tls"] = tls_info
-    if opts.shards:
-        metadata["shard_count"] = str(opts.shards)
-    started = time.time()
-    writer = ResultWriter(path, run_id, metadata, opts.labels)
-    # What the verdicts judge, folded from the rows as the writer takes them.
+    for key in opts.labels:
+        check_label_key(key)
+    # Before any request: an output that cannot be written is one line, and no load sent.
+    claimed = claim(path)
     analysed = _analysed(plan, backend_header, observing)
-    judge = None
-    latency = False
-    if plan.slo:
-        from loadforge.analysis import scaling, slo
-
-        latency = slo.needs_latency(plan) or scaling.needs_latency(plan)
-        if any(w.abort_after_s is not None for w in plan.slo.windows):
-            judge = slo.LiveSLO(plan, opts.interval_s).interval
-    fold = figures.RunFold(figures.RowSource.live(plan.fail_status),
-                           int(opts.interval_s * 1000), latency=latency)
+    started = time.time()
     pool: WorkerPool | ShardPool | None = None
+    writer: ResultWriter | None = None
     stop = Stop()
     failure: str | None = None
     try:
         with _progress(plan.duration_s, console, opts.quiet) as progress:
-            agg = Aggregator(plan, workers, opts.interval_s)
-            feed = IntervalFeed(writer, fold, judge, progress, live)
             if live is not None:
+                from loadforge.config.redact import redact_url
+
                 live.start(plan, run_id, redact_url(target.url), opts.interval_s)
             if opts.shards:
                 from loadforge.run.shards import ShardPool
 
-                agg.shard_of = lambda k: k % opts.shards
                 pool = ShardPool(specs, opts.shards, per_shard, opts.max_clock_offset_s,
                                  opts.launcher, **_remote_shards(opts, run_id))
                 t0 = pool.start()
@@ -210,6 +178,30 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             import_arrow_meanwhile()
             if watchers is not None:
                 watchers.start(t0)
+            # The workers run: the merge, the writer and the fold load and start now (their
+            # first interval is due an interval from now), off the way to time zero.
+            from loadforge.analysis import figures
+            from loadforge.results.store import ResultWriter
+            from loadforge.run.merge import Aggregator
+
+            writer = ResultWriter(path, run_id, _metadata(plan, opts, target, workers,
+                                                          tls_info, negotiated),
+                                  opts.labels, claimed)
+            # What the verdicts judge, folded from the rows as the writer takes them.
+            judge = None
+            latency = False
+            if plan.slo:
+                from loadforge.analysis import scaling, slo
+
+                latency = slo.needs_latency(plan) or scaling.needs_latency(plan)
+                if any(w.abort_after_s is not None for w in plan.slo.windows):
+                    judge = slo.LiveSLO(plan, opts.interval_s).interval
+            fold = figures.RunFold(figures.RowSource.live(plan.fail_status),
+                                   int(opts.interval_s * 1000), latency=latency)
+            agg = Aggregator(plan, workers, opts.interval_s)
+            if opts.shards:
+                agg.shard_of = lambda k: k % opts.shards
+            feed = IntervalFeed(writer, fold, judge, progress, live)
             agg.t0_ns = t0
             try:
                 with contextlib.closing(session.collect(pool, agg, plan, t0, stop)) as merged:
@@ -247,8 +239,13 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     except BaseException:
         if pool is not None:
             pool.terminate()
-        writer.abort()
+        if writer is not None:
+            writer.abort()
+        else:
+            claimed.discard()
         raise
+    from loadforge.config.redact import redact_message, redact_url
+
     state = {"interrupted": bool(stop.signum), "ran_s": round(ran_s, 3),
              "complete": failure is None,
              "error": None if failure is None else redact_message(failure)}
@@ -324,6 +321,43 @@ class IntervalFeed:
             self.progress.show(merged)
         if self.live is not None:
             self.live.interval(merged)
+
+
+def _metadata(plan: Plan, opts: RunOptions, target: Target, workers: int,
+              tls_info: dict[str, Any] | None, negotiated: dict[str, Any]) -> dict[str, Any]:
+    """The result file's metadata known at the start (_end_metadata adds how it ended)."""
+    from loadforge.config.redact import redact_profile, redact_url
+
+    metadata: dict[str, Any] = {
+        # Result files are shared (CI artifacts): no credentials in them (redact.py).
+        "profile": redact_profile(plan.source, plan.secrets), "profile_name": plan.name,
+        "profile_path": plan.path, "target": redact_url(target.url), "engine": "cython-epoll",
+        "workers": str(workers),
+        "connections": str(plan.connections),
+        "http": plan.http,
+        # What counted as an error, so that a later default never re-judges this run.
+        "fail_status": list(plan.fail_status),
+        # ... and per request name its expect_status, where it has one: the engine recorded
+        # its responses as "unexpected" / "expected" by it (config/outcomes.py)
+        **({"expect_status": {r.name: list(r.expect_status) for r in plan.requests
+                              if r.expect_status}}
+           if any(r.expect_status for r in plan.requests) else {}),
+        **({"streams": str(plan.streams)} if plan.http == "2" else {}),
+        "stages": [{"name": s.name, "duration_s": s.duration_s, "rate_from": s.rate_from,
+                    "rate_to": s.rate_to, "concurrency": s.concurrency, "think_s": s.think_s}
+                   for s in plan.stages],
+        "interval_ms": str(int(opts.interval_s * 1000)),
+        # Open-model sends may be up to this late (counted in latency): runs measured at
+        # different resolutions differ by up to it in their latency (compare notes it).
+        "timer_resolution_us": f"{plan.timer_resolution_s * 1e6:g}",
+    }
+    if opts.slo_flags:
+        metadata["slo_flags"] = opts.slo_flags
+    if tls_info is not None and negotiated:
+        metadata["tls"] = tls_info
+    if opts.shards:
+        metadata["shard_count"] = str(opts.shards)
+    return metadata
 
 
 def _progress(total_s: float, console: Console, quiet: bool
@@ -409,6 +443,8 @@ def _end_metadata(stop: Stop, ran_s: float, failure: str | None) -> dict[str, st
     if stop.signum:
         meta["interrupted_by"] = signal.Signals(stop.signum).name
     if failure:
+        from loadforge.config.redact import redact_message
+
         meta["incomplete_reason"] = redact_message(failure)
     return meta
 

@@ -14,7 +14,6 @@ where the rest of loadforge imports them from.
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import socket
@@ -25,7 +24,7 @@ from hdrh.histogram import HdrHistogram
 
 import loadforge
 from loadforge.engine import histogram
-from loadforge.errors import InputError, RunError
+from loadforge.results.partial import SPARE_MIN_BYTES, SpareSpaceFile, claim, why
 from loadforge.results.reader import (
     Result,
     check_regular_file,
@@ -81,128 +80,6 @@ ROW_GROUP_BYTES = 1 << 20
 _EMPTY = histogram.new_histogram()
 
 
-def import_arrow_meanwhile() -> None:
-    """Import pyarrow now, in a thread of the lowest priority, while the caller waits on
-    something else: a run calls it as its workers start, so that the import (0.03-0.05 s of
-    CPU) is not paid when the file is written after the last arrival. Its workers start in
-    milliseconds (forkserver.py), so the import runs on into the run: at nice 19 it takes
-    the CPU a worker leaves idle, not the CPU a worker needs (a thread's own nice value,
-    Linux; pyarrow's jemalloc housekeeping thread, started by the import, inherits it)."""
-    import threading
-
-    def low_priority_import() -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except OSError:
-            pass
-        arrow()
-
-    threading.Thread(target=low_priority_import, name="import-pyarrow", daemon=True).start()
-
-
-def _why(exc: OSError) -> str:
-    # pyarrow's I/O errors carry the errno in their text only ("[errno 28] No space ...").
-    if exc.errno == errno.ENOSPC or f"[errno {errno.ENOSPC}]" in str(exc):
-        return "disk full"
-    return str(exc.strerror or exc)
-
-
-# Disk space set aside beside a partial result: given back when the disk fills, so that the
-# row group being written, the stage and run rows and the footer still fit. A file whose
-# footer cannot be written is unreadable, and loses everything before it.
-SPARE_BYTES = 1 << 20
-SPARE_MIN_BYTES = 16 << 10
-
-
-class _SpareSpaceFile(io.RawIOBase):
-    """The partial result file (what pyarrow writes to), with space set aside beside it."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.spare_path = path + ".spare"
-        self.disk_full = False
-        self._pos = 0
-        # Read too: copy_to() recovers what was written when the folder is removed mid-run.
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-        fs = os.fstatvfs(self._fd)
-        # A nearly full disk: set aside three quarters of what it has, or nothing.
-        size = min(SPARE_BYTES, fs.f_bavail * fs.f_frsize * 3 // 4)
-        if size >= SPARE_MIN_BYTES:
-            try:
-                fd = os.open(self.spare_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                             0o600)
-                try:
-                    os.posix_fallocate(fd, 0, size)
-                finally:
-                    os.close(fd)
-            except OSError:
-                self.release()
-
-    def release(self) -> bool:
-        """Give the space set aside back; False if there was none left."""
-        try:
-            os.remove(self.spare_path)
-            return True
-        except OSError:
-            return False
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        done = 0
-        while done < len(view):
-            try:
-                done += os.write(self._fd, view[done:])
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC or not self.release():
-                    raise
-                self.disk_full = True
-        self._pos += done
-        return done
-
-    def tell(self) -> int:
-        return self._pos
-
-    def unlinked(self) -> bool:
-        """Whether the file was removed (its folder deleted) while open: writes still land,
-        in a file no name reaches."""
-        try:
-            return os.fstat(self._fd).st_nlink == 0
-        except OSError:
-            return True
-
-    def free_bytes(self) -> int:
-        try:
-            fs = os.fstatvfs(self._fd)
-        except OSError:
-            return 0
-        return fs.f_bavail * fs.f_frsize
-
-    def copy_to(self, path: str) -> None:
-        """Copy what was written into a new file at `path` (flushed to disk)."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-        try:
-            offset = 0
-            while offset < self._pos:
-                chunk = os.pread(self._fd, min(1 << 20, self._pos - offset), offset)
-                if not chunk:
-                    break
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-                offset += len(chunk)
-        finally:
-            os.close(fd)
-
-    def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
-            self.release()
-        super().close()
-
-
 class ResultWriter:
     """Streams rows of one run into `path`, via `path + ".partial"` renamed on close().
 
@@ -217,7 +94,10 @@ class ResultWriter:
         run_id: str,
         metadata: dict[str, str] | None = None,
         labels: dict[str, str] | None = None,
+        claimed: SpareSpaceFile | None = None,
     ) -> None:
+        """claimed: the partial file, claimed before the run started (partial.claim);
+        claimed here when not given."""
         self.path = os.fspath(path)
         self.partial_path = self.path + ".partial"
         self.run_id = run_id
@@ -254,21 +134,7 @@ class ResultWriter:
         self.metadata = kv
         self._writer: pq.ParquetWriter | None = None
         self._closed = False
-        parent = os.path.dirname(self.path)
-        try:
-            if parent:
-                os.makedirs(parent, exist_ok=True)
-            self._file = _SpareSpaceFile(self.partial_path)
-            fs = os.statvfs(self.partial_path)
-            if fs.f_bavail * fs.f_frsize < SPARE_MIN_BYTES:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        except OSError as exc:
-            if getattr(self, "_file", None) is not None:
-                self._file.close()
-                self._remove_partial()
-            if _why(exc) == "disk full":
-                raise RunError(f"results {self.path}: cannot write (disk full)") from None
-            raise InputError(f"results {self.path}: cannot write ({exc.strerror or exc})") from exc
+        self._file = claimed if claimed is not None else claim(self.path)
 
     def _open(self) -> pq.ParquetWriter:
         """The Parquet writer, made with the first row group (or at close)."""
@@ -363,7 +229,7 @@ class ResultWriter:
         except OSError as exc:
             # pyarrow closes the file on a failed write: nothing more can be written to it.
             self._broken = True
-            self.failure = self.failure or (f"results {self.path}: cannot write ({_why(exc)}) "
+            self.failure = self.failure or (f"results {self.path}: cannot write ({why(exc)}) "
                                             f"after {self.rows_written} rows")
         else:
             self.rows_written += self._buffered
@@ -403,7 +269,7 @@ class ResultWriter:
                     {METADATA_PREFIX + k: v for k, v in end_metadata.items()})
             writer.close()
         except OSError as exc:
-            self.failure = self.failure or f"results {self.path}: cannot write ({_why(exc)})"
+            self.failure = self.failure or f"results {self.path}: cannot write ({why(exc)})"
             self._file.close()
             self._remove_partial()
             return self.path
@@ -420,7 +286,7 @@ class ResultWriter:
             self._file.close()
             self._remove_partial()
             self.failure = (f"{self.failure or f'results {self.path}: cannot write'}; "
-                            f"the result could not be saved ({_why(exc)})")
+                            f"the result could not be saved ({why(exc)})")
             return self.path
         self.published = True
         return self.path
