@@ -120,7 +120,14 @@ PHASES = [
 
 def profile(cmd_tail: list[str], folder: str) -> None:
     out = os.path.join(folder, "run.prof")
-    measure([sys.executable, "-m", "cProfile", "-o", out, "-m", "loadforge.cli", *cmd_tail])
+    # Through `main`, not the command's entry point, which ends the process before cProfile
+    # could write its file (cli/app.end).
+    driver = os.path.join(folder, "driver.py")
+    with open(driver, "w") as f:
+        f.write("import sys\nfrom loadforge.cli import main\ntry:\n    main(sys.argv[1:])\n"
+                "except SystemExit as exc:\n    assert not exc.code, exc.code\n")
+    measure([sys.executable, "-m", "cProfile", "-o", out, driver, *cmd_tail],
+            env=dict(os.environ, PYTHONPATH=ROOT))
     stats = pstats.Stats(out).stats  # type: ignore[attr-defined]
     total = pstats.Stats(out).total_tt  # type: ignore[attr-defined]
     print(f"one run under cProfile (cumulative wall seconds; {total:.3f} s in all):")
