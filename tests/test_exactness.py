@@ -332,12 +332,11 @@ def test_interval_reports_never_wait_for_the_coordinator():
     """The worker's reports go through ReportSender: while the coordinator reads nothing,
     handing over 64 MiB of reports returns at once (a blocking send would stall after the
     socket buffer's few hundred KiB); the coordinator then gets them all, in order."""
-    from multiprocessing.connection import Connection
-
+    from loadforge.run.wire import Channel
     from loadforge.run.workers import ReportSender
 
     ours, theirs = socket.socketpair()
-    worker_end, coordinator = Connection(ours.detach()), Connection(theirs.detach())
+    worker_end, coordinator = Channel(ours.detach()), Channel(theirs.detach())
     sender = ReportSender(worker_end)
     messages = [bytes([i]) * (1 << 20) for i in range(64)]
     handing = threading.Thread(target=lambda: [sender.send(m) for m in messages], daemon=True)

@@ -157,3 +157,28 @@ def test_done_message_carries_the_engine_counts():
         assert decode_done_tls(msg) == negotiated
         assert decode_done_counts(msg) == counts
     assert decode_done_counts(done_message(None, tls)) == {}
+
+
+def test_the_channel_frames_messages_as_multiprocessing_does():
+    # Channel replaced multiprocessing.connection.Connection on the worker's socketpair and
+    # the shards' TCP connections: the same bytes on the wire, both ways, a long message
+    # (written apart from its length) and an empty one included; EOF once the peer closed.
+    import socket
+    from multiprocessing.connection import Connection
+
+    ours, theirs = socket.socketpair()
+    channel, reference = wire.Channel(ours.detach()), Connection(theirs.detach())
+    long = bytes(range(256)) * 300
+    for message in (b"R", b"", long):
+        channel.send_bytes(message)
+        assert reference.recv_bytes() == message
+        reference.send_bytes(message)
+        assert wire.wait([channel], 1.0) == [channel]
+        assert channel.recv_bytes() == message
+    assert not channel.poll(0)
+    reference.close()
+    assert channel.poll(1.0)
+    with pytest.raises(EOFError):
+        channel.recv_bytes()
+    channel.close()
+    assert channel.closed

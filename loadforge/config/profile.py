@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -83,6 +82,8 @@ def load_profile(path: str) -> Plan:
 
 def plan_from_text(text: str, path: str = "<profile>", archived: bool = False) -> Plan:
     """Parse and validate a profile's text (a file's, or the one archived with a result)."""
+    import tomllib  # 2 ms: a run from flags has no profile to parse
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import math
 import re
-import tomllib
 from collections.abc import Iterable
 from typing import Any
 
@@ -91,8 +90,12 @@ def hide_in_messages(values: Iterable[str]) -> None:
 
 def profile_secrets(text: str, secrets: Iterable[str] = ()) -> set[str]:
     """secrets_of() a profile's text (only `secrets` when it does not parse)."""
+    if not text:
+        return set(secrets)
+    import tomllib  # where there is a profile to parse
+
     try:
-        return secrets_of(tomllib.loads(text), secrets) if text else set(secrets)
+        return secrets_of(tomllib.loads(text), secrets)
     except (tomllib.TOMLDecodeError, RecursionError):
         return set(secrets)
 
@@ -110,6 +113,8 @@ def redact_message(text: str) -> str:
 
 def redact_profile(text: str, secrets: Iterable[str] = ()) -> str:
     """The profile `text` as results archive it (module docstring)."""
+    import tomllib
+
     try:
         data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, RecursionError):

@@ -17,7 +17,6 @@ import signal
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Protocol
 
 from loadforge import _core, schedule
@@ -34,6 +33,7 @@ from loadforge.engine.requests import (
 )
 from loadforge.errors import InputError, WorkerCrashed
 from loadforge.run.target import Target
+from loadforge.run.wire import Channel
 from loadforge.run.workers import WorkerPool, WorkerSpec, fd_limit
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ class Pool(Protocol):
     """What the collect loop needs of a pool: one channel per member (a worker, or a shard of
     workers), each member's messages read in its own framing, and how its members fail."""
 
-    channels: list[Connection]
+    channels: list[Channel]
     noun: str                 # "workers", "shards": the time-out's words
 
     def ready(self, members: list[int], timeout: float, /) -> list[int]: ...

@@ -55,12 +55,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from loadforge import __version__, _core
 from loadforge.config.plan import STATUS_OUTCOMES
 from loadforge.errors import InputError, RunError, WorkerCrashed
+from loadforge.run.wire import Channel, wait
 from loadforge.run.workers import (
     DONE,
     FAILED,
@@ -128,7 +128,7 @@ class ShardPool:
         self.max_offset_s = max_offset_s
         self.plans = [[specs[k] for k in stripes(s, shards, workers)] for s in range(shards)]
         self.interval_s = specs[0].interval_s
-        self.channels: list[Connection] = []
+        self.channels: list[Channel] = []
         self.offsets: dict[int, tuple[int, int]] = {}
         # per shard: responses, sent, unsent, scheduled
         self.counts = [[0, 0, 0, 0] for _ in range(shards)]
@@ -180,7 +180,7 @@ class ShardPool:
         """Wait for every shard to say hello, measure its clock and be ready; send them all one
         absolute start time. Returns time zero on this process's monotonic clock."""
         limit = time.monotonic() + self.start_timeout_s
-        conns: dict[int, Connection] = {}      # by shard index, once it said hello
+        conns: dict[int, Channel] = {}      # by shard index, once it said hello
         pending: list[socket.socket] = []      # dialled in, no hello yet
         ready: set[int] = set()
         next_free = 0
@@ -217,7 +217,7 @@ class ShardPool:
                         while next_free in conns:
                             next_free += 1
                     continue
-                assert isinstance(ch, Connection)
+                assert isinstance(ch, Channel)
                 index = next(s for s, c in conns.items() if c is ch)
                 try:
                     msg = ch.recv_bytes()
@@ -247,8 +247,8 @@ class ShardPool:
             ch.send_bytes(START + str(start_real).encode())
         return t0
 
-    def _hello(self, sock: socket.socket, conns: dict[int, Connection],
-               next_free: int) -> tuple[int, Connection] | None:
+    def _hello(self, sock: socket.socket, conns: dict[int, Channel],
+               next_free: int) -> tuple[int, Channel] | None:
         """A new connection's HELLO. The run's shard (it has the token): its index and its
         channel, or the run fails when it cannot take part (another version, an index out of
         range or taken). Anything else is refused and said on stderr; the start goes on."""
@@ -273,7 +273,7 @@ class ShardPool:
                                  "it presented no shard token")
             return None
         sock.settimeout(None)
-        ch = Connection(sock.detach())
+        ch = Channel(sock.detach())
 
         def refuse(reason: str) -> WorkerCrashed:
             try:
@@ -561,7 +561,7 @@ def _dial(host: str, port: int, timeout_s: float) -> socket.socket:
         return sock
 
 
-def _recv(conn: Connection, timeout_s: float, what: str) -> bytes:
+def _recv(conn: Channel, timeout_s: float, what: str) -> bytes:
     try:
         if not conn.poll(timeout_s):
             raise RunError(f"shard: the coordinator sent no {what} within {timeout_s:.0f} s")
@@ -612,7 +612,7 @@ def shard_main(coordinator: str, index: int | None, token_file: str | None = Non
     def clock() -> int:
         return time.time_ns() + skew_ns
 
-    conn = Connection(_dial(host, port, START_TIMEOUT_S).detach())
+    conn = Channel(_dial(host, port, START_TIMEOUT_S).detach())
     conn.send_bytes(HELLO + json.dumps({"protocol": PROTOCOL, "version": __version__,
                                         "index": index, "token": token}).encode())
     msg = _recv(conn, START_TIMEOUT_S, "plan")
@@ -641,7 +641,7 @@ def shard_main(coordinator: str, index: int | None, token_file: str | None = Non
         pool.terminate()
 
 
-def _run_shard(conn: Connection, pool: WorkerPool, index: int, best: tuple[int, int],
+def _run_shard(conn: Channel, pool: WorkerPool, index: int, best: tuple[int, int],
                clock: Any) -> None:
     try:
         pool.wait_ready(START_TIMEOUT_S)
@@ -677,7 +677,7 @@ def _run_shard(conn: Connection, pool: WorkerPool, index: int, best: tuple[int, 
                     pool.kill()
                     return
                 continue
-            assert isinstance(ch, Connection)
+            assert isinstance(ch, Channel)
             i = pool.channels.index(ch)
             try:
                 msg = ch.recv_bytes()

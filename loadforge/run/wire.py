@@ -15,9 +15,18 @@ over plain TCP); HIST + uint32 counts (the interval's TLS handshake times); then
 it): uint32 length, then that many bytes of UTF-8 JSON {"checks": {name: [passed, failed]},
 "errors": {"flow|ExceptionType": count}}, the interval's counts. A HIST is followed by its n
 uint32 counts of histogram indices lo, lo+1, ...
+
+The worker's channel to its coordinator (`Channel`): one end of a socketpair, each message
+framed as multiprocessing.connection frames it.
 """
 
+from __future__ import annotations
+
+import os
+import select
 import struct
+from collections.abc import Sequence
+from typing import Any
 
 MAGIC = 0x4957464C           # b"LFWI" read little-endian
 VERSION = 6                  # 3: TLS handshake counts and times after the connect times;
@@ -57,3 +66,90 @@ def check_header(magic: int, version: int) -> None:
         raise WireFormatError(
             f"interval payload of wire format version {version}; this loadforge reads "
             f"version {VERSION}: run the same loadforge on the coordinator and its workers")
+
+
+# A message's length, before its bytes (big-endian, as multiprocessing.connection writes it;
+# -1 and then an unsigned 8-byte length for a message over 2 GiB).
+_LENGTH = struct.Struct("!i")
+_LONG_LENGTH = struct.Struct("!Q")
+_SMALL = 16384      # a message this short goes out in one write with its length
+
+
+class Channel:
+    """A worker's end, or the coordinator's, of their socketpair: whole messages (bytes) sent
+    and received, in the framing of multiprocessing.connection.Connection, whose methods it
+    keeps (send_bytes, recv_bytes, poll, fileno, close), without importing multiprocessing
+    (5 ms at a run's start: tempfile, shutil, random, the compression modules). The engine
+    watches the worker's end for a stop message; it reads whatever bytes come."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        if self._fd < 0:
+            raise OSError("the channel is closed")
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def send_bytes(self, data: bytes) -> None:
+        n = len(data)
+        if n > 0x7FFFFFFF:
+            self._write(_LENGTH.pack(-1) + _LONG_LENGTH.pack(n))
+            self._write(data)
+        elif n <= _SMALL:
+            self._write(_LENGTH.pack(n) + data)
+        else:
+            self._write(_LENGTH.pack(n))
+            self._write(data)
+
+    def recv_bytes(self) -> bytes:
+        """The next message; EOFError once the other end has closed."""
+        (n,) = _LENGTH.unpack(self._read(_LENGTH.size, first=True))
+        if n == -1:
+            (n,) = _LONG_LENGTH.unpack(self._read(_LONG_LENGTH.size))
+        return self._read(n)
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        """Whether a message (or the other end's close) is waiting, within timeout seconds."""
+        return bool(wait([self], timeout))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fileno(), view):]
+
+    def _read(self, n: int, first: bool = False) -> bytes:
+        chunks = []
+        left = n
+        while left:
+            chunk = os.read(self.fileno(), left)
+            if not chunk:
+                raise EOFError("the channel's other end closed" if first and left == n
+                               else "the channel closed within a message")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def wait(channels: Sequence[Any], timeout: float | None) -> list[Any]:
+    """The channels (or sockets: anything with a fileno) with a message, a connection or a
+    closed other end waiting, within timeout seconds (None: until one has), in the order
+    given, as multiprocessing.connection.wait answers."""
+    poller = select.poll()
+    for ch in channels:
+        poller.register(ch.fileno(), select.POLLIN)
+    ready = {fd for fd, _ in poller.poll(None if timeout is None else max(0.0, timeout) * 1000)}
+    return [ch for ch in channels if ch.fileno() in ready]

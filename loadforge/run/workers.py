@@ -31,7 +31,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from loadforge.config.outcomes import OUTCOMES
@@ -46,7 +45,9 @@ from loadforge.run.wire import (
     STAGE,
     TLS,
     TRAILER,
+    Channel,
     check_header,
+    wait,
 )
 
 if TYPE_CHECKING:
@@ -310,7 +311,7 @@ class ReportSender:
     once; a coordinator that falls behind receives the reports late, never the server's
     responses. A send that fails is raised at the next hand-over, which stops the engine."""
 
-    def __init__(self, channel: Connection) -> None:
+    def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.error: BaseException | None = None
@@ -364,7 +365,7 @@ def load_flows(path: str, source: bytes) -> Any:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_flows(spec: WorkerSpec, channel: Connection) -> None:
+def run_flows(spec: WorkerSpec, channel: Channel) -> None:
     """worker_main for a run of scripted flows: a FlowEngine driven by flows/driver.py."""
     from loadforge import _core
     from loadforge.engine.tables import RowReader
@@ -439,7 +440,7 @@ def worker_main(fd: int | None = None) -> None:
     # A closed terminal hangs up its whole process group, workers included.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    channel = Connection(int(sys.argv[1]) if fd is None else fd)
+    channel = Channel(int(sys.argv[1]) if fd is None else fd)
     sender: ReportSender | None = None
     try:
         from loadforge import _core
@@ -544,7 +545,7 @@ class WorkerPool:
     noun = "workers"
 
     def __init__(self, specs: list[WorkerSpec]):
-        self.channels: list[Connection] = []
+        self.channels: list[Channel] = []
         self.processes: list[subprocess.Popen[bytes] | ForkedWorker] = []
         server = _fork_server if _fork_server is not None and _fork_server.usable() else None
         try:
@@ -566,7 +567,7 @@ class WorkerPool:
                                             pass_fds=(theirs.fileno(),),
                                             stdin=subprocess.DEVNULL)
                 theirs.close()
-                channel = Connection(ours.detach())
+                channel = Channel(ours.detach())
                 self.channels.append(channel)
                 self.processes.append(proc)
                 channel.send_bytes(pickle.dumps(spec))
