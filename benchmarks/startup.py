@@ -6,7 +6,8 @@ tree) and wall seconds per tool, then where loadforge's time goes:
 
 - `python -c "import loadforge.cli"` against `python -c pass` (CPU and wall), and the
   `-X importtime` figures of one run: what its coordinator imports, heaviest first;
-- the same run with --no-preflight, --workers 1 and --workers 2;
+- the same run as the installed `loadforge` command runs it (its console script, without
+  `python -m`'s runpy), with --no-preflight, --workers 1 and --workers 2;
 - one run under cProfile (wall time, cumulative, so it adds some overhead): the preflight,
   the workers' start to ready, the collect loop (the run itself), the Parquet write and close,
   the fold (summary figures) and the verdicts.
@@ -169,6 +170,11 @@ def main() -> None:
         rounds("python -c 'import loadforge.cli'",
                [sys.executable, "-c", "import loadforge.cli"], args.rounds)
         rounds("loadforge run", lf, args.rounds)
+        # What the installed `loadforge` command runs (pip's console script: no runpy, which
+        # `python -m` loads first).
+        command = [sys.executable, "-c", "import sys; from loadforge.cli import entry; "
+                   "sys.argv[0] = 'loadforge'; sys.exit(entry())", *lf[3:]]
+        rounds("loadforge run (the command)", command, args.rounds)
         rounds("loadforge run --no-preflight", [*lf, "--no-preflight"], args.rounds)
         rounds("loadforge run --workers 1", [*lf, "--workers", "1"], args.rounds)
         rounds("loadforge run --workers 2", [*lf, "--workers", "2"], args.rounds)

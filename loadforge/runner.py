@@ -30,7 +30,7 @@ from loadforge.config.plan import Plan, Request
 from loadforge.engine.requests import request_path
 from loadforge.errors import InputError, RunError
 from loadforge.results.partial import claim
-from loadforge.results.schema import check_label_key, import_arrow_meanwhile
+from loadforge.results.schema import check_label_key
 from loadforge.run import preflight, session
 from loadforge.run.session import RunOptions, RunOutcome, Stop, new_run_id
 from loadforge.run.target import Target, parse_target, with_tls
@@ -128,33 +128,42 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
     watchers: Watchers | None = None
     if observing:
         watchers = pollers.Watchers(plan, opts.interval_s, sandbox)
-    negotiated: dict[str, Any] = {}
-    if opts.preflight:
-        first, judged = preflight.preflight_request(plan.requests, plan.templates)
-        if plan.flows is not None:
-            # A flow's first step may need what an earlier one returned: reach the target,
-            # judge nothing but that it answers.
-            first, judged = Request(name="preflight"), False
-        negotiated = preflight.preflight(target, first, plan.timeout_s, judge_status=judged,
-                                         tls=plan.tls, http=plan.http,
-                                         fail_status=plan.fail_status)
-        warning = negotiated.pop("preflight_warning", None)
-        if warning:
-            from rich.text import Text
+    pool: WorkerPool | ShardPool | None = None
+    if not opts.shards:
+        # The local workers start (fork, build their engines) while the preflight runs; a
+        # preflight that fails ends them before time zero, when none has sent anything.
+        pool = WorkerPool(specs)
+    try:
+        negotiated: dict[str, Any] = {}
+        if opts.preflight:
+            first, judged = preflight.preflight_request(plan.requests, plan.templates)
+            if plan.flows is not None:
+                # A flow's first step may need what an earlier one returned: reach the target,
+                # judge nothing but that it answers.
+                first, judged = Request(name="preflight"), False
+            negotiated = preflight.preflight(target, first, plan.timeout_s, judge_status=judged,
+                                             tls=plan.tls, http=plan.http,
+                                             fail_status=plan.fail_status)
+            warning = negotiated.pop("preflight_warning", None)
+            if warning:
+                from rich.text import Text
 
-            console.print(Text.assemble(("warning:", "bold yellow"), " ", warning),
-                          soft_wrap=True)
-    tls_info = None if plan.tls is None else {**plan.tls.describe(), "protocol": None,
-                                              "cipher": None, "alpn": None, **negotiated}
-    run_id = new_run_id(plan)
-    path = os.path.join(opts.out_dir, f"{run_id}.parquet")
-    for key in opts.labels:
-        check_label_key(key)
-    # Before any request: an output that cannot be written is one line, and no load sent.
-    claimed = claim(path)
+                console.print(Text.assemble(("warning:", "bold yellow"), " ", warning),
+                              soft_wrap=True)
+        tls_info = None if plan.tls is None else {**plan.tls.describe(), "protocol": None,
+                                                  "cipher": None, "alpn": None, **negotiated}
+        run_id = new_run_id(plan)
+        path = os.path.join(opts.out_dir, f"{run_id}.parquet")
+        for key in opts.labels:
+            check_label_key(key)
+        # Before any request: an output that cannot be written is one line, and no load sent.
+        claimed = claim(path)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+        raise
     analysed = _analysed(plan, backend_header, observing)
     started = time.time()
-    pool: WorkerPool | ShardPool | None = None
     writer: ResultWriter | None = None
     stop = Stop()
     failure: str | None = None
@@ -171,11 +180,8 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
                                  opts.launcher, **_remote_shards(opts, run_id))
                 t0 = pool.start()
             else:
-                pool = WorkerPool(specs)
+                assert isinstance(pool, WorkerPool)
                 t0 = session.start(pool)
-            # pyarrow (0.03 s) imports at nice 19 while the run goes on; started before time
-            # zero, its thread held the GIL the workers' start needed (up to 20 ms later).
-            import_arrow_meanwhile()
             if watchers is not None:
                 watchers.start(t0)
             # The workers run: the merge, the writer and the fold load and start now (their
@@ -187,6 +193,10 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             writer = ResultWriter(path, run_id, _metadata(plan, opts, target, workers,
                                                           tls_info, negotiated),
                                   opts.labels, claimed)
+            # pyarrow (0.03 s) imports, and the Parquet writer is made, at nice 19 while the
+            # run goes on; before time zero, the import's thread held the GIL the workers'
+            # start needed (up to 20 ms later).
+            writer.open_meanwhile()
             # What the verdicts judge, folded from the rows as the writer takes them.
             judge = None
             latency = False

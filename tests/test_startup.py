@@ -24,11 +24,9 @@ print(" ".join(sorted(m for m in ("pyarrow", "httpx") if m in sys.modules)))
 
 BEFORE_FIRST_REQUEST = """
 import sys
-from loadforge import runner as execute
 from loadforge.run import session
-# pyarrow is imported on purpose while the workers start, in a thread of its own: nothing else
+# pyarrow is imported on purpose once the workers run (results/store.open_meanwhile): nothing
 # on the way to the first request may import it.
-execute.import_arrow_meanwhile = lambda: None
 seen = []
 start = session.start
 def recording_start(pool):

@@ -6,7 +6,6 @@ Shared by the writer (results/store.py) and the reader (results/reader.py).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -75,25 +74,6 @@ def arrow() -> tuple[Any, Any]:
     import pyarrow.parquet
 
     return pyarrow, pyarrow.parquet
-
-
-def import_arrow_meanwhile() -> None:
-    """Import pyarrow now, in a thread of the lowest priority, while the caller waits on
-    something else: a run calls it as its workers start, so that the import (0.03-0.05 s of
-    CPU) is not paid when the file is written after the last arrival. Its workers start in
-    milliseconds (forkserver.py), so the import runs on into the run: at nice 19 it takes
-    the CPU a worker leaves idle, not the CPU a worker needs (a thread's own nice value,
-    Linux; pyarrow's jemalloc housekeeping thread, started by the import, inherits it)."""
-    import threading
-
-    def low_priority_import() -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except OSError:
-            pass
-        arrow()
-
-    threading.Thread(target=low_priority_import, name="import-pyarrow", daemon=True).start()
 
 
 _LABEL_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
