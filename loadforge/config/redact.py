@@ -113,6 +113,8 @@ def redact_message(text: str) -> str:
 
 def redact_profile(text: str, secrets: Iterable[str] = ()) -> str:
     """The profile `text` as results archive it (module docstring)."""
+    if not text.strip():
+        return text         # a run from flags: no profile, nothing to parse
     import tomllib
 
     try:
