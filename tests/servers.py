@@ -267,6 +267,36 @@ class _Handler(socketserver.BaseRequestHandler):
                 return
 
 
+class OneConnectionServer:
+    """Listens on 127.0.0.1 (a free port) and hands the first connection it accepts to
+    `handle(conn)` in a thread of its own; `stopped` is set by stop(), which handle() waits on
+    between its steps so that a test's end ends it. Subclasses say what the server does."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            try:
+                self.handle(conn)
+            except OSError:
+                pass
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+
+
 class CannedServer(socketserver.ThreadingTCPServer):
     """Answers every request with the same bytes, in `parts` (to split a response across
     reads), in one of the modes: keep-alive, close (after the response), close-early (close

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from servers import OK, ROOT, CannedServer, loadforge
+from servers import OK, ROOT, CannedServer, OneConnectionServer, loadforge
 
 GOLDEN = os.path.join(ROOT, "tests", "data", "golden.parquet")
 
@@ -163,40 +164,22 @@ def test_http2_to_an_http1_port_is_said_in_words(tmp_path):
     assert "\\x" not in line and "Error" not in line          # no frame bytes, no class names
 
 
-class Trickler:
+class Trickler(OneConnectionServer):
     """Accepts, reads what comes, then answers one byte every 0.2 s for at most 60 s: every
     read gets its byte well inside any read timeout, so only a deadline on the whole exchange
     ends it. Loopback only; the thread ends when stopped or after its 60 s."""
 
     def __init__(self, answer: bytes) -> None:
-        import socket
-        import threading
-
         self.answer = answer
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.stopped = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(1)
-            try:
-                conn.recv(65536)
-                for i in range(300):
-                    if self.stopped.wait(0.2):
-                        return
-                    conn.sendall(self.answer[i % len(self.answer):][:1])
-            except OSError:
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(1)
+        conn.recv(65536)
+        for i in range(300):
+            if self.stopped.wait(0.2):
                 return
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.sock.close()
+            conn.sendall(self.answer[i % len(self.answer):][:1])
 
 
 @pytest.mark.parametrize("http", ["1.1", "2"])

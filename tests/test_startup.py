@@ -9,7 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
+import pytest
 from servers import ROOT, wait_for
 from test_lifecycle import children_of, workers_of
 
@@ -21,26 +23,6 @@ from loadforge.run import session
 load_profile({profile!r})
 print(" ".join(sorted(m for m in ("pyarrow", "httpx") if m in sys.modules)))
 """
-
-BEFORE_FIRST_REQUEST = """
-import sys
-from loadforge.run import session
-# pyarrow is imported on purpose once the workers run (results/store.open_meanwhile): nothing
-# on the way to the first request may import it.
-seen = []
-start = session.start
-def recording_start(pool):
-    seen.extend(m for m in ("pyarrow", "httpx") if m in sys.modules)
-    return start(pool)
-session.start = recording_start
-from loadforge.cli import main
-try:
-    main(["run", "--target", {url!r}, "--rate", "20", "--duration", "1s", "--quiet",
-          "--out", {out!r}])
-except SystemExit as exc:
-    print("exit", exc.code, "imported", " ".join(seen))
-"""
-
 
 def python(code: str) -> str:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
@@ -54,19 +36,13 @@ def test_help_and_profiles_do_not_import_pyarrow_or_httpx():
     assert python(PROBE.format(profile=profile)) == ""
 
 
-def test_the_coordinator_reaches_its_first_request_without_pyarrow_or_httpx(nginx, tmp_path):
-    out = python(BEFORE_FIRST_REQUEST.format(url=nginx.url + "/", out=str(tmp_path)))
-    assert out == "exit 0 imported"
-
-
-QUIET_RUN = """
-import sys
+PLAIN_RUN = """
+import json, sys
 from loadforge.run import session
-OPTIONAL = {optional!r}
-seen = []
+before = []
 start = session.start
 def recording_start(pool):
-    seen.extend(sorted(m for m in sys.modules if m in OPTIONAL))
+    before.extend(sys.modules)
     return start(pool)
 session.start = recording_start
 from loadforge.cli import main
@@ -74,40 +50,44 @@ try:
     main(["run", "--target", {url!r}, "--rate", "20", "--duration", "1s", "--quiet",
           "--out", {out!r}])
 except SystemExit as exc:
-    print("exit", exc.code)
-print("before the first request:", *seen)
-print("in all:", *sorted(m for m in sys.modules if m.split(".")[0] == "rich"))
+    code = exc.code
+print(json.dumps({{"exit": code, "before": sorted(before), "after": sorted(sys.modules)}}))
 """
 
-# What a plain run has no use for: TLS (Python's ssl), the optional profile tables' readers.
-# pyarrow imports ssl itself (pyarrow.fs), during the run.
-OPTIONAL = ("ssl", "loadforge.config.sandbox",
+
+@pytest.fixture(scope="module")
+def plain_run(nginx, tmp_path_factory) -> dict[str, Any]:
+    """The modules a quiet run from flags (no profile, no objectives, no metric sources) had
+    imported when it passed its workers' start barrier, and when it ended."""
+    out = tmp_path_factory.mktemp("plain")
+    result = json.loads(python(PLAIN_RUN.format(url=nginx.url + "/", out=str(out))))
+    assert result["exit"] == 0
+    return result
+
+
+def test_the_coordinator_reaches_its_first_request_without_pyarrow_or_httpx(plain_run):
+    # pyarrow is imported on purpose once the workers run (results/store.open_meanwhile):
+    # nothing on the way to the first request may import it.
+    assert [m for m in ("pyarrow", "httpx") if m in plain_run["before"]] == []
+
+
+# What a plain run has no use for before its first request: TLS (Python's ssl), the optional
+# profile tables' readers. pyarrow imports ssl itself (pyarrow.fs), during the run.
+OPTIONAL = ("ssl", "loadforge.config.observe", "loadforge.config.sandbox",
             "loadforge.config.grpc", "loadforge.sandbox", "loadforge.flows")
 
 
-def test_a_quiet_plain_run_imports_neither_rich_nor_what_it_does_not_use(nginx, tmp_path):
-    out = python(QUIET_RUN.format(url=nginx.url + "/", out=str(tmp_path), optional=OPTIONAL))
-    assert out.splitlines() == ["exit 0", "before the first request:", "in all:"]
+def test_a_quiet_plain_run_imports_neither_rich_nor_what_it_does_not_use(plain_run):
+    assert [m for m in OPTIONAL if m in plain_run["before"]] == []
+    assert [m for m in plain_run["after"] if m.split(".")[0] == "rich"] == []
 
 
-PLAIN_RUN = """
-import sys
-from loadforge.cli import main
-try:
-    main(["run", "--target", {url!r}, "--rate", "20", "--duration", "1s", "--quiet",
-          "--workers", "1", "--out", {out!r}])
-except SystemExit as exc:
-    print("exit", exc.code)
-print(" ".join(sorted(m for m in sys.modules if m.startswith((
-    "loadforge.observe", "loadforge.analysis.slo", "loadforge.analysis.scaling",
-    "loadforge.analysis.backends", "loadforge.run.progress")))))
-"""
-
-
-def test_a_plain_run_imports_none_of_the_features_it_does_not_use(nginx, tmp_path):
+def test_a_plain_run_imports_none_of_the_features_it_does_not_use(plain_run):
     # No metric sources, actions, objectives or backend header, and --quiet: no observe/, no
     # slo/scaling/backends analysis, no progress display (runner.py imports them where used).
-    assert python(PLAIN_RUN.format(url=nginx.url + "/", out=str(tmp_path))) == "exit 0"
+    assert [m for m in plain_run["after"] if m.startswith((
+        "loadforge.observe", "loadforge.analysis.slo", "loadforge.analysis.scaling",
+        "loadforge.analysis.backends", "loadforge.run.progress"))] == []
 
 
 def test_a_plain_runs_calls_never_turn_back_up_the_layers():

@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import trustme
-from servers import ROOT, Nginx, free_port, loadforge, wait_listening
+from servers import ROOT, Nginx, OneConnectionServer, free_port, loadforge, wait_listening
 
 from loadforge import _core
 from loadforge.engine import histogram
@@ -834,7 +834,7 @@ def test_key_password_env_names_a_set_variable(certs: Certs, monkeypatch) -> Non
     assert tls.key_password() == "pw" and "pw" not in json.dumps(tls.describe())
 
 
-class _SlowTLSServer:
+class _SlowTLSServer(OneConnectionServer):
     """Serves one connection: waits `gap` seconds before the TLS handshake and as long again
     after the request before its answer."""
 
@@ -842,34 +842,18 @@ class _SlowTLSServer:
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(pem)
         self.gap = gap
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.stopped = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        if self.stopped.wait(self.gap):
             return
-        try:
-            conn.settimeout(10)
+        with self.ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(65536)
             if self.stopped.wait(self.gap):
                 return
-            with self.ctx.wrap_socket(conn, server_side=True) as tls:
-                tls.recv(65536)
-                if self.stopped.wait(self.gap):
-                    return
-                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                tls.recv(1)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.sock.close()
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            tls.recv(1)
 
 
 @pytest.mark.parametrize("gap", [0.1, 0.7])
