@@ -222,3 +222,27 @@ def test_a_run_with_nothing_to_analyse_has_the_summary_scaling_would_give():
     assert plain == analysed
     assert list(plain) == list(analysed)
     assert [list(b) for b in plain["stages"]] == [list(b) for b in analysed["stages"]]
+
+
+def test_an_intervals_rows_keep_their_histograms_when_the_next_merges_in_the_same_call():
+    # Worker 1 ended at interval 0: its report completes intervals 0 and 1 at once. The
+    # stage's sum of a cell once shared interval 0's histogram and added interval 1 into it,
+    # so interval 0's row said 2 responses and held the latencies of 4.
+    agg = Aggregator(PLAN, 2, 1.0)
+    agg.add(report(0, 0, {(0, 0, "2xx"): [100]}))
+    agg.add(report(0, 1, {(0, 0, "2xx"): [300, 300]}, final=True))
+    agg.add(report(1, 0, {(0, 0, "2xx"): [200]}, final=True))
+    merged = agg.take()
+    assert [m.index for m in merged] == [0, 1]
+    for m, values in zip(merged, ([100, 200], [300, 300]), strict=True):
+        expected = histogram.new_histogram()
+        for v in values:
+            expected.record_value(v)
+        for outcome in ("2xx", "ok"):
+            (row,) = [r for r in m.rows if r["name"] == "home" and r["outcome"] == outcome]
+            assert row["count"] == 2
+            assert histogram.encode(row["latency"]) == histogram.encode(expected)
+    rows, _ = agg.finish(2.0)
+    (stage_row,) = [r for r in rows if r["scope"] == "stage" and r["name"] == "home"
+                    and r["outcome"] == "2xx"]
+    assert stage_row["count"] == stage_row["latency"].total_count == 4

@@ -187,6 +187,23 @@ class ResultWriter:
         if not last:
             self._check_disk()
         buf = self._buffer
+        # The merge's rows share histograms (engine/histogram.Sum: a cell's row, its stage's,
+        # the run's): each is encoded and walked once per call, in which none changes.
+        encoded: dict[int, bytes] = {}
+        walked: dict[int, dict[str, Any]] = {}
+
+        def encode(h: HdrHistogram) -> bytes:
+            code = encoded.get(id(h))
+            if code is None:
+                code = encoded[id(h)] = histogram.encode(h)
+            return code
+
+        def stats(h: HdrHistogram) -> dict[str, Any]:
+            figures = walked.get(id(h))
+            if figures is None:
+                figures = walked[id(h)] = histogram.stats(h)
+            return figures
+
         for row in rows:
             scope = row["scope"]
             if scope not in SCOPES:
@@ -194,8 +211,8 @@ class ResultWriter:
             # Metric and action rows carry no latency: empty histograms keep columns non-null.
             latency: HdrHistogram = row.get("latency") or _EMPTY
             service: HdrHistogram = row.get("service") or _EMPTY
-            lat = histogram.stats(latency)
-            svc = histogram.stats(service)
+            lat = stats(latency)
+            svc = stats(service)
             buf["run_id"].append(self.run_id)
             buf["scope"].append(scope)
             buf["stage"].append(row["stage"])
@@ -209,13 +226,13 @@ class ResultWriter:
             buf["scheduled"].append(row.get("scheduled"))
             buf["unsent"].append(row.get("unsent"))
             buf["value"].append(row.get("value"))
-            lat_hdr, svc_hdr = histogram.encode(latency), histogram.encode(service)
+            lat_hdr, svc_hdr = encode(latency), encode(service)
             buf["latency_hdr"].append(lat_hdr)
             buf["service_hdr"].append(svc_hdr)
             connect: HdrHistogram | None = row.get("connect")
-            buf["connect_hdr"].append(None if connect is None else histogram.encode(connect))
+            buf["connect_hdr"].append(None if connect is None else encode(connect))
             handshakes: HdrHistogram | None = row.get("tls")
-            buf["tls_hdr"].append(None if handshakes is None else histogram.encode(handshakes))
+            buf["tls_hdr"].append(None if handshakes is None else encode(handshakes))
             self._buffered_bytes += len(lat_hdr) + len(svc_hdr)
             buf["p50_us"].append(lat["p50"])
             buf["p90_us"].append(lat["p90"])

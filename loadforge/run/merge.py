@@ -116,7 +116,7 @@ class Aggregator:
         self.pending: dict[int, list[Any]] = defaultdict(list)
         self.final_index: dict[int, int] = {}
         self.next_index = 0
-        # (stage, request, outcome, backend) -> [latency, service, count], whole stage
+        # (stage, request, outcome, backend) -> [latency, service (Sums), count], whole stage
         self.cells: dict[tuple[int, int, str, str], list[Any]] = {}
         self.totals = [StageTotals() for _ in plan.stages]
         self.requests = 0
@@ -131,10 +131,10 @@ class Aggregator:
         self.t0_ns = 0               # time zero, once the workers started
         self.report_lag_ns = 0       # the latest an interval report reached the coordinator
         # per stage: TCP connect times of the connections opened in its intervals
-        self.connect_times = [histogram.new_histogram() for _ in plan.stages]
+        self.connect_times = [histogram.Sum() for _ in plan.stages]
         # ... and their TLS handshake times; per worker, handshakes so far (full, resumed,
         # failed)
-        self.tls_times = [histogram.new_histogram() for _ in plan.stages]
+        self.tls_times = [histogram.Sum() for _ in plan.stages]
         self.tls_handshakes: dict[int, tuple[int, int, int]] = {}
         self.open_peak = 0
         # (feeder table, when) of the first `unique` feeder that ran out and ended the run
@@ -266,11 +266,11 @@ class Aggregator:
         cpu_stage = next((i for i, w in enumerate(self.windows) if w.start_s <= mid_s < w.end_s),
                          len(self.windows) - 1)
         connect_time = histogram.new_histogram()
-        tls_time = histogram.new_histogram()
+        tls_time = histogram.new_histogram() if self.plan.tls is not None else None
         for r in reports:
-            for ct, into in ((r.connect_time, connect_time), (r.tls_time, tls_time)):
-                if ct is not None:
-                    histogram.add_slice(into, ct.lo, ct.counts, ct.total, ct.min_us, ct.max_us)
+            histogram.add_slice_of(connect_time, r.connect_time)
+            if tls_time is not None:
+                histogram.add_slice_of(tls_time, r.tls_time)
             self.tls_handshakes[r.worker] = r.tls_handshakes
             self.connects[r.worker] = (r.connects, r.connect_failures)
             self.totals[cpu_stage].cpu_ns += r.cpu_ns - self.cpu_ns.get(r.worker, 0)
@@ -289,15 +289,15 @@ class Aggregator:
                 m = merged.get(key)
                 if m is None:
                     m = merged[key] = [histogram.new_histogram(), histogram.new_histogram(), 0]
-                histogram.add_slice(m[0], c.latency.lo, c.latency.counts, c.latency.total,
-                                    c.latency.min_us, c.latency.max_us)
-                histogram.add_slice(m[1], c.service.lo, c.service.counts, c.service.total,
-                                    c.service.min_us, c.service.max_us)
+                histogram.add_slice_of(m[0], c.latency)
+                histogram.add_slice_of(m[1], c.service)
                 m[2] += c.count
         rows: list[dict[str, Any]] = []
+        # The sums below share the cells' histograms where they can (histogram.Sum): nothing
+        # merged later changes a histogram of this interval's rows.
         per_stage: dict[int, list[Any]] = {}
         # latency of the successful responses, responses, errors
-        interval_all = [histogram.new_histogram(), 0, 0, 0]
+        interval_all = [histogram.Sum(), 0, 0]
         rows += self._ok_rows("interval", merged, lambda stage: (start_ms, end_ms))
         for key, (lat, svc, count) in sorted(merged.items()):
             stage, request, outcome, backend = key
@@ -305,21 +305,20 @@ class Aggregator:
                                   count, lat, svc))
             acc = self.cells.get(key)
             if acc is None:
-                self.cells[key] = [lat, svc, count]
-            else:
-                histogram.merge(acc[0], lat)
-                histogram.merge(acc[1], svc)
-                acc[2] += count
+                acc = self.cells[key] = [histogram.Sum(), histogram.Sum(), 0]
+            acc[0].add(lat)
+            acc[1].add(svc)
+            acc[2] += count
             if request in self.flow_requests:
                 continue
             s = per_stage.get(stage)
             if s is None:
-                s = per_stage[stage] = [histogram.new_histogram(), histogram.new_histogram(), 0]
-            histogram.merge(s[0], lat)
-            histogram.merge(s[1], svc)
+                s = per_stage[stage] = [histogram.Sum(), histogram.Sum(), 0]
+            s[0].add(lat)
+            s[1].add(svc)
             s[2] += count
             if outcome not in self.error_outcomes:
-                histogram.merge(interval_all[0], lat)
+                interval_all[0].add(lat)
             if outcome in STATUS_OUTCOMES:
                 interval_all[1] += count
             if outcome in self.error_outcomes:
@@ -335,17 +334,17 @@ class Aggregator:
             connects = connect_time if i == cpu_stage else None
             handshakes = tls_time if i == cpu_stage else None
             if connects is not None:
-                histogram.merge(self.connect_times[i], connects)
+                self.connect_times[i].add(connects)
             if handshakes is not None:
-                histogram.merge(self.tls_times[i], handshakes)
+                self.tls_times[i].add(handshakes)
             if i in per_stage or scheduled[i] or unsent[i] or (connects and
                                                                 connects.total_count):
-                lat, svc, count = per_stage.get(i) or (histogram.new_histogram(),
-                                                        histogram.new_histogram(), 0)
-                row = self._row("interval", i, None, "*", "*", start_ms, end_ms, count, lat, svc)
+                lat, svc, count = per_stage.get(i) or (histogram.Sum(), histogram.Sum(), 0)
+                row = self._row("interval", i, None, "*", "*", start_ms, end_ms, count,
+                                lat.value, svc.value)
                 row["scheduled"], row["unsent"] = scheduled[i], unsent[i]
                 row["connect"] = connects
-                row["tls"] = handshakes if self.plan.tls is not None else None
+                row["tls"] = handshakes
                 rows.append(row)
         shard_rows = ([] if self.shard_of is None
                       else self._shard_rows(reports, start_ms, end_ms))
@@ -354,7 +353,7 @@ class Aggregator:
         name, target, achieved = self._rates(index, interval_all[1])
         self.merged.append(MergedInterval(index, start_ms / 1000, end_ms / 1000, name, target,
                                           achieved, rows, shard_rows, interval_all[1],
-                                          interval_all[0], self.requests, self.errors))
+                                          interval_all[0].value, self.requests, self.errors))
 
     def _shard_rows(self, reports: list[Any], start_ms: int, end_ms: int
                     ) -> list[dict[str, Any]]:
@@ -367,17 +366,13 @@ class Aggregator:
             shard = self.shard_of(r.worker)
             for i in range(nstages):
                 if r.scheduled[i] or r.unsent[i]:
-                    a = acc.setdefault((shard, i), [histogram.new_histogram(),
-                                                    histogram.new_histogram(), 0, 0, 0])
+                    a = _shard_acc(acc, (shard, i))
                     a[3] += r.scheduled[i]
                     a[4] += r.unsent[i]
             for c in r.cells:
-                a = acc.setdefault((shard, c.stage), [histogram.new_histogram(),
-                                                      histogram.new_histogram(), 0, 0, 0])
-                histogram.add_slice(a[0], c.latency.lo, c.latency.counts, c.latency.total,
-                                    c.latency.min_us, c.latency.max_us)
-                histogram.add_slice(a[1], c.service.lo, c.service.counts, c.service.total,
-                                    c.service.min_us, c.service.max_us)
+                a = _shard_acc(acc, (shard, c.stage))
+                histogram.add_slice_of(a[0], c.latency)
+                histogram.add_slice_of(a[1], c.service)
                 a[2] += c.count
         rows = []
         for (shard, stage), (lat, svc, count, scheduled, unsent) in sorted(acc.items()):
@@ -422,10 +417,10 @@ class Aggregator:
                     continue
                 acc = merged.get(key)
                 if acc is None:
-                    acc = merged[key] = [histogram.new_histogram(), histogram.new_histogram(), 0]
+                    acc = merged[key] = [histogram.Sum(), histogram.Sum(), 0]
                 if outcome not in self.error_outcomes:
-                    histogram.merge(acc[0], lat)
-                    histogram.merge(acc[1], svc)
+                    acc[0].add(lat)
+                    acc[1].add(svc)
                     acc[2] += count
         rows = []
         for (stage, request), (lat, svc, count) in sorted(
@@ -433,7 +428,7 @@ class Aggregator:
                                                 -1 if kv[0][1] is None else kv[0][1])):
             start_ms, end_ms = span(stage)
             rows.append(self._row(scope, stage, request, "ok", "*", start_ms, end_ms, count,
-                                  lat, svc))
+                                  lat.value, svc.value))
         return rows
 
     # -- the end of the run -----------------------------------------------------------------
@@ -447,43 +442,46 @@ class Aggregator:
         stopped_s: when a run stopped early (a signal, an SLO abort, a crash), how long it
         ran; the rates of the stages it cut short are over the time they ran."""
         rows: list[dict[str, Any]] = []
+        # The stage and run sums share histograms where one holds all (histogram.Sum).
+        cells = {key: [lat.value, svc.value, count]
+                 for key, (lat, svc, count) in self.cells.items()}
         run_cells: dict[tuple[int, str, str], list[Any]] = {}
-        run_all = [histogram.new_histogram(), histogram.new_histogram()]
+        run_all = [histogram.Sum(), histogram.Sum()]
         run_count = 0
         stages: list[ScopeRun] = []
         end_ms = int((elapsed_s if stopped_s is None else stopped_s) * 1000)
         for i, w in enumerate(self.windows):
-            s_lat, s_svc = histogram.new_histogram(), histogram.new_histogram()
+            s_lat, s_svc = histogram.Sum(), histogram.Sum()
             s_count = 0
             ran = _ran_in(w, stopped_s)
             s_ms, e_ms = int(w.start_s * 1000), int((w.start_s + ran) * 1000)
-            for key in sorted(k for k in self.cells if k[0] == i):
-                lat, svc, count = self.cells[key]
+            for key in sorted(k for k in cells if k[0] == i):
+                lat, svc, count = cells[key]
                 _, request, outcome, backend = key
                 rows.append(self._row("stage", i, request, outcome, backend, s_ms, e_ms,
                                       count, lat, svc))
                 if request not in self.flow_requests:
-                    histogram.merge(s_lat, lat)
-                    histogram.merge(s_svc, svc)
+                    s_lat.add(lat)
+                    s_svc.add(svc)
                     s_count += count
                 rk = (request, outcome, backend)
                 acc = run_cells.get(rk)
                 if acc is None:
-                    run_cells[rk] = [histogram.copy(lat), histogram.copy(svc), count]
-                else:
-                    histogram.merge(acc[0], lat)
-                    histogram.merge(acc[1], svc)
-                    acc[2] += count
+                    acc = run_cells[rk] = [histogram.Sum(), histogram.Sum(), 0]
+                acc[0].add(lat)
+                acc[1].add(svc)
+                acc[2] += count
             t = self.totals[i]
-            row = self._row("stage", i, None, "*", "*", s_ms, e_ms, s_count, s_lat, s_svc)
+            s_lat_h, s_svc_h = s_lat.value, s_svc.value
+            row = self._row("stage", i, None, "*", "*", s_ms, e_ms, s_count, s_lat_h, s_svc_h)
             row["scheduled"], row["unsent"] = t.scheduled, t.unsent
-            row["connect"] = self.connect_times[i]
-            row["tls"] = self.tls_times[i] if self.plan.tls is not None else None
+            row["connect"] = self.connect_times[i].value
+            row["tls"] = self.tls_times[i].value if self.plan.tls is not None else None
             rows.append(row)
-            rows += self._ok_rows("stage", {k: v for k, v in self.cells.items() if k[0] == i},
+            rows += self._ok_rows("stage", {k: v for k, v in cells.items() if k[0] == i},
                                   lambda _, span=(s_ms, e_ms): span)
-            histogram.merge(run_all[0], s_lat)
-            histogram.merge(run_all[1], s_svc)
+            run_all[0].add(s_lat_h)
+            run_all[1].add(s_svc_h)
             run_count += s_count
             # A closed-model stage has no arrival schedule, hence no target rate; one cut
             # short is judged over the time it ran.
@@ -495,23 +493,28 @@ class Aggregator:
                                                        w.start_s + ran) / ran
             stages.append(ScopeRun(w.stage.name, ran, target, w.stage.open_model,
                                    t.waited, t.late, t.worker_cpu))
-        for (request, outcome, backend), (lat, svc, count) in sorted(run_cells.items()):
+        run_rows = {key: [lat.value, svc.value, count]
+                    for key, (lat, svc, count) in sorted(run_cells.items())}
+        for (request, outcome, backend), (lat, svc, count) in run_rows.items():
             rows.append(self._row("run", None, request, outcome, backend, 0, end_ms, count,
                                   lat, svc))
-        rows += self._ok_rows("run", {(None, *k): v for k, v in run_cells.items()},
+        rows += self._ok_rows("run", {(None, *k): v for k, v in run_rows.items()},
                               lambda _: (0, end_ms))
         row = self._row("run", None, None, "*", "*", 0, end_ms, run_count,
-                        run_all[0], run_all[1])
+                        run_all[0].value, run_all[1].value)
         row["scheduled"] = sum(t.scheduled for t in self.totals)
         row["unsent"] = sum(t.unsent for t in self.totals)
-        run_connect = histogram.new_histogram()
+        run_connect = histogram.Sum()
         for h in self.connect_times:
-            histogram.merge(run_connect, h)
-        row["connect"] = run_connect
-        run_tls = histogram.new_histogram()
-        for h in self.tls_times:
-            histogram.merge(run_tls, h)
-        row["tls"] = run_tls if self.plan.tls is not None else None
+            run_connect.add(h.value)
+        row["connect"] = run_connect.value
+        if self.plan.tls is not None:
+            run_tls = histogram.Sum()
+            for h in self.tls_times:
+                run_tls.add(h.value)
+            row["tls"] = run_tls.value
+        else:
+            row["tls"] = None
         rows.append(row)
         duration = (min(elapsed_s, self.plan.duration_s) or self.plan.duration_s
                     if stopped_s is None else stopped_s)
@@ -562,6 +565,14 @@ def run_target_rps(plan: Plan) -> float | None:
     if not open_s:
         return None
     return sum(schedule.arrivals(s) for s in plan.stages if s.open_model) / open_s
+
+
+def _shard_acc(acc: dict[tuple[int, int], list[Any]], key: tuple[int, int]) -> list[Any]:
+    """A shard's and stage's [latency, service, count, scheduled, unsent] in `acc`."""
+    a = acc.get(key)
+    if a is None:
+        a = acc[key] = [histogram.new_histogram(), histogram.new_histogram(), 0, 0, 0]
+    return a
 
 
 def _ran_in(window: Any, stopped_s: float | None) -> float:
