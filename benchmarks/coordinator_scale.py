@@ -92,7 +92,7 @@ def replay(template: bytes, shards: int, intervals: int, out_dir: str) -> dict[s
         for s, msg in enumerate(batch):           # as ShardPool._worker_message does
             report = workers.decode_interval(msg)
             c = counts[s]
-            c[0] += sum(cell.count for cell in report.cells
+            c[0] += sum(cell.n for cell in report.cells
                         if cell.outcome in STATUS_OUTCOMES)
             c[1] += sum(report.sent)
             c[2] += sum(report.unsent)
@@ -148,7 +148,7 @@ def main() -> None:
     print(json.dumps({
         "shards": args.shards, "intervals": args.intervals,
         "report_bytes": len(template), "cells_per_report": len(report.cells),
-        "requests_per_report": sum(c.count for c in report.cells),
+        "requests_per_report": sum(c.n for c in report.cells),
         **figures,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_rss_mb_before_replay": round(rss_before_kb / 1024, 1)}, indent=2))

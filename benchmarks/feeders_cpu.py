@@ -149,7 +149,7 @@ def _responses(payloads: list[bytes]) -> int:
     n = 0
     for p in payloads:
         report = decode_interval(interval_message(p, 0, 0))
-        n += sum(c.count for c in report.cells if c.outcome == "2xx")
+        n += sum(c.n for c in report.cells if c.outcome == "2xx")
     return max(n, 1)
 
 

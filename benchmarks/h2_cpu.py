@@ -85,7 +85,7 @@ def engine_alone(nginx: Nginx, seconds: float) -> float:
     before = resource.getrusage(resource.RUSAGE_SELF)
     engine.run(_core.now_ns() + 50_000_000, lambda p, o, i: payloads.append((p, o, i)))
     after = resource.getrusage(resource.RUSAGE_SELF)
-    n = sum(c.count for p in payloads for c in decode_interval(interval_message(*p)).cells)
+    n = sum(c.n for p in payloads for c in decode_interval(interval_message(*p)).cells)
     return ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) / n * 1e6
 
 

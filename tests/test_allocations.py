@@ -40,7 +40,7 @@ payloads = []
 before = count()
 engine.run(_core.now_ns() + 20_000_000, lambda p, o, i: payloads.append((p, o, i)))
 after = count()
-n = sum(c.count for p in payloads for c in decode_interval(interval_message(*p)).cells)
+n = sum(c.n for p in payloads for c in decode_interval(interval_message(*p)).cells)
 print(n, after - before)
 """
 

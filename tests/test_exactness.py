@@ -78,7 +78,7 @@ engine.run(_core.now_ns(), lambda p, o, f: counts.append(
     decode_interval(interval_message(p, o, f))))
 for fd in hold:
     os.close(fd)
-print(sum(c.count for r in counts for c in r.cells if c.outcome == "connect"))
+print(sum(c.n for r in counts for c in r.cells if c.outcome == "connect"))
 """
 
 

@@ -38,7 +38,7 @@ def run_engine(url: str, stage: tuple, connections: int, *, timer_resolution_s: 
 
 
 def completed(reports: list[IntervalReport]) -> int:
-    return sum(c.count for r in reports for c in r.cells)
+    return sum(c.n for r in reports for c in r.cells)
 
 
 def test_responses_do_not_wake_an_open_model_loop(nginx):
@@ -70,10 +70,10 @@ def test_responses_are_timed_when_they_arrive_not_when_read():
         engine, reports = run_engine(url, (True, 20.0, 20.0, 1.0, 0, 0.0), 16, interval_s=0.5,
                                      on_first_interval=lambda: time.sleep(0.4))
     cells = [c for r in reports for c in r.cells]
-    assert sum(c.count for c in cells) == 20
+    assert sum(c.n for c in cells) == 20
     assert {c.outcome for c in cells} == {"2xx"}
-    service_max = max(c.service.max_us for c in cells if c.count)
-    latency_max = max(c.latency.max_us for c in cells if c.count)
+    service_max = max(c.service.max_us for c in cells if c.n)
+    latency_max = max(c.latency.max_us for c in cells if c.n)
     assert engine.receive_timestamps
     assert 50_000 <= service_max < 250_000, service_max
     assert latency_max >= 350_000, latency_max
@@ -112,9 +112,9 @@ def test_a_request_larger_than_the_socket_buffer_is_written_in_parts():
         _, reports = run_engine(url, (True, 1.0, 1.0, 1.0, 0, 0.0), 1, request=request)
     finally:
         listener.close()
-    cells = [c for r in reports for c in r.cells if c.count]
+    cells = [c for r in reports for c in r.cells if c.n]
     assert received == [len(request)]
-    assert [(c.outcome, c.count) for c in cells] == [("2xx", 1)]
+    assert [(c.outcome, c.n) for c in cells] == [("2xx", 1)]
 
 
 def test_latencies_past_the_histogram_range_are_counted(nginx):
@@ -127,8 +127,8 @@ def test_latencies_past_the_histogram_range_are_counted(nginx):
     reports: list[IntervalReport] = []
     engine.run(_core.now_ns() - 3_700 * 1_000_000_000, lambda p, o, f: reports.append(
         decode_interval(interval_message(p, o, f))), preconnect=0)
-    cells = [c for r in reports for c in r.cells if c.count]
-    assert sum(c.count for c in cells) == 5 and {c.outcome for c in cells} == {"2xx"}
+    cells = [c for r in reports for c in r.cells if c.n]
+    assert sum(c.n for c in cells) == 5 and {c.outcome for c in cells} == {"2xx"}
     assert reports[-1].clamped == 5
     assert max(c.latency.max_us for c in cells) == 3_600_000_000
 
@@ -147,7 +147,7 @@ def test_a_socket_epoll_refuses_is_a_failed_connect(nginx, fault):
         decode_interval(interval_message(p, o, f))), preconnect=0)
     counts: dict[str, int] = {}
     for c in (c for r in reports for c in r.cells):
-        counts[c.outcome] = counts.get(c.outcome, 0) + c.count
+        counts[c.outcome] = counts.get(c.outcome, 0) + c.n
     assert {k: v for k, v in counts.items() if v} == {"2xx": 4, "connect": 1}
     # The failed one, and one that carried the other four
     assert (reports[-1].connects, reports[-1].connect_failures) == (2, 1)

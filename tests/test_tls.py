@@ -319,7 +319,7 @@ def test_engine_reads_big_bodies_whole(certs: Certs) -> None:
     counts: dict[str, int] = {}
     for p in payloads:
         for cell in decode_interval(interval_message(p, 0, 0)).cells:
-            counts[cell.outcome] = counts.get(cell.outcome, 0) + cell.count
+            counts[cell.outcome] = counts.get(cell.outcome, 0) + cell.n
     assert counts == {"2xx": 10}
     assert engine.tls_handshakes == (2, 0, 0)
     # The first handshake's terms, named as Python's ssl module (the preflight) names them.

@@ -119,7 +119,7 @@ def test_flows_section_after_the_tls_times():
     section = b'{"checks":{"ok":[2,1]},"errors":{"f|ValueError":1}}'
     report = decode_interval(interval_message(payloads[-1] + flows_trailer(section), 0, 0))
     assert report.checks == {"ok": [2, 1]} and report.flow_errors == {"f|ValueError": 1}
-    assert [(c.request, c.outcome, c.count) for c in report.cells] == [(1, "2xx", 1)]
+    assert [(c.request, c.outcome, c.n) for c in report.cells] == [(1, "2xx", 1)]
     plain = decode_interval(interval_message(payloads[-1] + flows_trailer(b""), 0, 0))
     assert plain.checks is None and plain.flow_errors is None
     assert decode_interval(interval_message(payloads[-1], 0, 0)).checks is None

@@ -182,9 +182,9 @@ class Aggregator:
             # How late the report reached us after its interval ended: the engine never waits
             # for the coordinator (workers.ReportSender), but a busy coordinator sees the run
             # late, and so do the live view and abort_after.
-            due = self.t0_ns + (report.index + 1) * self.interval_ms * 1_000_000
+            due = self.t0_ns + (report.interval + 1) * self.interval_ms * 1_000_000
             self.report_lag_ns = max(self.report_lag_ns, _core.now_ns() - due)
-        self.pending[report.index].append(report)
+        self.pending[report.interval].append(report)
         if report.checks:
             for name, (p, f) in report.checks.items():
                 counts = self.checks.setdefault(name, [0, 0])
@@ -197,7 +197,7 @@ class Aggregator:
             for key, message in report.flow_samples.items():
                 self.flow_samples.setdefault(key, message)
         if report.final:
-            self.final_index[report.worker] = report.index
+            self.final_index[report.worker] = report.interval
         merged = False
         while self._complete(self.next_index):
             self._merge(self.pending.pop(self.next_index, []), self.next_index)
@@ -291,13 +291,14 @@ class Aggregator:
                     m = merged[key] = [histogram.new_histogram(), histogram.new_histogram(), 0]
                 histogram.add_slice_of(m[0], c.latency)
                 histogram.add_slice_of(m[1], c.service)
-                m[2] += c.count
+                m[2] += c.n
         rows: list[dict[str, Any]] = []
         # The sums below share the cells' histograms where they can (histogram.Sum): nothing
         # merged later changes a histogram of this interval's rows.
         per_stage: dict[int, list[Any]] = {}
-        # latency of the successful responses, responses, errors
-        interval_all = [histogram.Sum(), 0, 0]
+        # the interval's successful responses' latency, its responses and its errors
+        ok_latency = histogram.Sum()
+        responses = errors = 0
         rows += self._ok_rows("interval", merged, lambda stage: (start_ms, end_ms))
         for key, (lat, svc, count) in sorted(merged.items()):
             stage, request, outcome, backend = key
@@ -318,11 +319,11 @@ class Aggregator:
             s[1].add(svc)
             s[2] += count
             if outcome not in self.error_outcomes:
-                interval_all[0].add(lat)
+                ok_latency.add(lat)
             if outcome in STATUS_OUTCOMES:
-                interval_all[1] += count
+                responses += count
             if outcome in self.error_outcomes:
-                interval_all[2] += count
+                errors += count
         for i in range(nstages):
             t = self.totals[i]
             t.scheduled += scheduled[i]
@@ -348,12 +349,12 @@ class Aggregator:
                 rows.append(row)
         shard_rows = ([] if self.shard_of is None
                       else self._shard_rows(reports, start_ms, end_ms))
-        self.requests += interval_all[1]
-        self.errors += interval_all[2]
-        name, target, achieved = self._rates(index, interval_all[1])
+        self.requests += responses
+        self.errors += errors
+        name, target, achieved = self._rates(index, responses)
         self.merged.append(MergedInterval(index, start_ms / 1000, end_ms / 1000, name, target,
-                                          achieved, rows, shard_rows, interval_all[1],
-                                          interval_all[0].value, self.requests, self.errors))
+                                          achieved, rows, shard_rows, responses,
+                                          ok_latency.value, self.requests, self.errors))
 
     def _shard_rows(self, reports: list[Any], start_ms: int, end_ms: int
                     ) -> list[dict[str, Any]]:
@@ -373,7 +374,7 @@ class Aggregator:
                 a = _shard_acc(acc, (shard, c.stage))
                 histogram.add_slice_of(a[0], c.latency)
                 histogram.add_slice_of(a[1], c.service)
-                a[2] += c.count
+                a[2] += c.n
         rows = []
         for (shard, stage), (lat, svc, count, scheduled, unsent) in sorted(acc.items()):
             row = self._row("shard", stage, None, "*", "*", start_ms, end_ms, count, lat, svc)

@@ -192,7 +192,7 @@ def exchange(target: Target, req: Request, timeout_s: float, tls: TLS | None,
 
     def on_interval(payload: bytes, open_conns: int, in_flight: int) -> None:
         for cell in decode_interval(interval_message(payload, 0, 0)).cells:
-            outcomes.extend([cell.outcome] * cell.count)
+            outcomes.extend([cell.outcome] * cell.n)
 
     engine.run(_core.now_ns(), on_interval, preconnect=0)
     return Answer(outcomes[0] if outcomes else "", engine.tls_negotiated,

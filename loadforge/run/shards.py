@@ -393,7 +393,7 @@ class ShardPool:
         if tag == INTERVAL:
             report = decode_interval(msg)
             c = self.counts[shard]
-            c[0] += sum(cell.count for cell in report.cells if cell.outcome in STATUS_OUTCOMES)
+            c[0] += sum(cell.n for cell in report.cells if cell.outcome in STATUS_OUTCOMES)
             c[1] += sum(report.sent)
             c[2] += sum(report.unsent)
             c[3] += sum(report.scheduled)
