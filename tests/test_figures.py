@@ -96,7 +96,7 @@ def test_summary_compare_and_ls_agree_to_the_microsecond(nginx: Any, tmp_path: P
         assert {k: fig.outcomes.get(k, 0) for k in block["status"]} == block["status"]
         assert {k: fig.outcomes.get(k, 0) for k in block["errors_by_kind"]} == \
             block["errors_by_kind"]
-    names = {name: figures.name_block(*entry) for name, entry in run.run.by_name.items()}
+    names = {name: figures.name_block(*run.run.name_figures(name)) for name in run.run.by_name}
     assert names == summary["requests_by_name"]
 
 
@@ -225,5 +225,5 @@ def test_the_summary_and_verdicts_from_memory_are_the_files_read_back(tmp_path: 
         connect = block["connect_time_us"] if fig.name != "all" else \
             summary["connections"]["connect_time_us"]
         assert figures.connect_block(fig.connect) == connect, fig.name
-    names = {name: figures.name_block(*entry) for name, entry in run.run.by_name.items()}
+    names = {name: figures.name_block(*run.run.name_figures(name)) for name in run.run.by_name}
     assert names == summary["requests_by_name"]

@@ -24,7 +24,6 @@ from loadforge.analysis.readback import (  # noqa: F401  (compare's figures, rea
     run_title,
     stages_of,
 )
-from loadforge.engine import histogram
 from loadforge.errors import InputError
 from loadforge.units import format_us, parse_duration
 
@@ -192,7 +191,7 @@ def _pool_scope(name: str, scopes: list[ScopeFigures]) -> ScopeFigures:
         out.sent += s.sent
         out.errors += s.errors
         out.scheduled += s.scheduled
-        histogram.merge(out.latency, s.latency)
+        out.add_latency(s.latency)
         for kind, count in s.errors_by_kind.items():
             out.errors_by_kind[kind] = out.errors_by_kind.get(kind, 0) + count
     return out

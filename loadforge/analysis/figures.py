@@ -205,7 +205,11 @@ class ScopeFigures:
 
     The counts and the headline latency are what `compare`, `ls` and `trend` need; `full`
     folds (the summary's) also keep what `stats_block` shows besides: service time and
-    failures' latency, unsent arrivals, connect times and per-name figures."""
+    failures' latency, unsent arrivals, connect times and per-name figures.
+
+    The histograms are sums of the rows' (histogram.Sum: a scope of one row shares that
+    row's histogram), read through the properties once the rows are folded and added to
+    with `add_latency` only."""
 
     name: str
     duration_s: float
@@ -214,18 +218,56 @@ class ScopeFigures:
     errors: int = 0
     scheduled: int = 0
     target_rps: float | None = 0.0          # None: closed model, no target
-    # successful responses only (DESIGN.md "Latency semantics")
-    latency: HdrHistogram = field(default_factory=histogram.new_histogram)
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     # A full fold's:
     outcomes: dict[str, int] = field(default_factory=dict)
     unsent: int = 0
-    service: HdrHistogram = field(default_factory=histogram.new_histogram)
-    error_latency: HdrHistogram = field(default_factory=histogram.new_histogram)
-    connect: HdrHistogram = field(default_factory=histogram.new_histogram)
-    tls: HdrHistogram | None = None         # TLS handshake times; None: not an https:// run
-    # request name -> [responses, errors, latency of its successful responses]
+    # request name -> [responses, errors, latency of its successful responses (a Sum)]
     by_name: dict[str, list[Any]] = field(default_factory=dict)
+    # successful responses only (DESIGN.md "Latency semantics")
+    _latency: histogram.Sum = field(default_factory=histogram.Sum, repr=False)
+    _service: histogram.Sum = field(default_factory=histogram.Sum, repr=False)
+    _error_latency: histogram.Sum = field(default_factory=histogram.Sum, repr=False)
+    _connect: histogram.Sum = field(default_factory=histogram.Sum, repr=False)
+    # TLS handshake times; None: not an https:// run
+    _tls: histogram.Sum | None = field(default=None, repr=False)
+
+    @property
+    def latency(self) -> HdrHistogram:
+        return self._latency.value
+
+    @property
+    def service(self) -> HdrHistogram:
+        return self._service.value
+
+    @property
+    def error_latency(self) -> HdrHistogram:
+        return self._error_latency.value
+
+    @property
+    def connect(self) -> HdrHistogram:
+        return self._connect.value
+
+    @property
+    def tls(self) -> HdrHistogram | None:
+        return None if self._tls is None else self._tls.value
+
+    def add_latency(self, h: HdrHistogram) -> None:
+        """Adds to the headline latency (pooled scopes: compare.py)."""
+        self._latency.add(h)
+
+    def name_figures(self, name: str) -> tuple[int, int, HdrHistogram]:
+        """A request name's responses, errors and latency of its successful responses."""
+        entry = self.by_name.get(name)
+        if entry is None:
+            return 0, 0, histogram.new_histogram()
+        return entry[0], entry[1], entry[2].value
+
+    def _name_entry(self, name: str) -> list[Any]:
+        entry = self.by_name.get(name)
+        if entry is None:
+            entry = self.by_name[name] = [0, 0, histogram.Sum()]
+        return entry
 
     def values(self) -> dict[str, float | None]:
         stats = histogram.stats(self.latency)
@@ -247,9 +289,9 @@ class ScopeFigures:
             # scope's totals and headline latency are its steps'.
             if not full:
                 return
-            entry = self.by_name.setdefault(row["name"], [0, 0, histogram.new_histogram()])
+            entry = self._name_entry(row["name"])
             if row["outcome"] == OK if source.has_ok_rows else headline:
-                histogram.merge(entry[2], source.latency(row))
+                entry[2].add(source.latency(row))
             if outcome_row(row):
                 if row["outcome"] in STATUS_OUTCOMES:
                     entry[0] += int(row["count"])
@@ -257,9 +299,9 @@ class ScopeFigures:
                     entry[1] += int(row["count"])
             return
         if headline:
-            histogram.merge(self.latency, source.latency(row))
+            self._latency.add(source.latency(row))
             if full:
-                histogram.merge(self.service, source.service(row))
+                self._service.add(source.service(row))
         name, outcome = row["name"], row["outcome"]
         if name == "*" and outcome == "*":
             self.scheduled += int(row.get("scheduled") or 0)
@@ -267,16 +309,15 @@ class ScopeFigures:
                 self.unsent += int(row.get("unsent") or 0)
                 connect = source.connect(row)
                 if connect is not None:
-                    histogram.merge(self.connect, connect)
+                    self._connect.add(connect)
                 tls = source.tls(row)
                 if tls is not None:
-                    if self.tls is None:
-                        self.tls = histogram.new_histogram()
-                    histogram.merge(self.tls, tls)
+                    if self._tls is None:
+                        self._tls = histogram.Sum()
+                    self._tls.add(tls)
             return
         if full and name != "*" and (outcome == OK if source.has_ok_rows else headline):
-            entry = self.by_name.setdefault(name, [0, 0, histogram.new_histogram()])
-            histogram.merge(entry[2], source.latency(row))
+            self._name_entry(name)[2].add(source.latency(row))
         if not outcome_row(row):
             return
         count = int(row["count"])
@@ -288,12 +329,12 @@ class ScopeFigures:
             self.errors_by_kind[outcome] = self.errors_by_kind.get(outcome, 0) + count
         if full:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + count
-            entry = self.by_name.setdefault(name, [0, 0, histogram.new_histogram()])
+            entry = self._name_entry(name)
             if outcome in STATUS_OUTCOMES:
                 entry[0] += count
             if source.is_error(row):
                 entry[1] += count
-                histogram.merge(self.error_latency, source.latency(row))
+                self._error_latency.add(source.latency(row))
 
 
 @dataclass
@@ -609,8 +650,7 @@ def summary_figures(rows: Iterable[dict[str, Any]], fail_status: tuple[str, ...]
     whole = folded.get(("run", ALL_STAGES)) or ScopeFigures(ALL_STAGES, run.duration_s)
     out = _block(whole, run, fail_status, inputs.http2)
     out["requests_by_name"] = {
-        name: name_block(*whole.by_name.get(name, (0, 0, histogram.new_histogram())))
-        for name in request_names}
+        name: name_block(*whole.name_figures(name)) for name in request_names}
     out["connections"] = {**inputs.connections, "connect_time_us": connect_block(whole.connect)}
     if tls:
         out["connections"]["tls_handshake_us"] = connect_block(

@@ -122,7 +122,7 @@ def _run_series(run: RunFigures) -> dict[str, Any]:
                      if whole.outcomes.get(outcome, 0)
                      or (outcome not in HTTP2_ERROR_KINDS and outcome not in GRPC_OUTCOMES
                          and outcome not in (UNEXPECTED, EXPECTED))},
-        "requests_by_name": {name: name_block(*entry) for name, entry in whole.by_name.items()},
+        "requests_by_name": {name: name_block(*whole.name_figures(name)) for name in whole.by_name},
         "slo": _verdicts(result),
         "backends": _backends(run),
         "flows": _flows(result),
