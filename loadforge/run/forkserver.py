@@ -81,7 +81,17 @@ class ForkServer:
         `time`), as a fresh interpreter's would."""
         if not self.usable():
             return
+        try:
+            # Readable once the server has exited (Linux 5.3): no polling interval to wait out.
+            exited = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            exited = -1
         self.sock.close()
+        if exited >= 0:
+            try:
+                select.select([exited], [], [], 2.0)
+            finally:
+                os.close(exited)
         limit = time.monotonic() + 2.0
         while time.monotonic() < limit:
             try:

@@ -122,6 +122,11 @@ def interval_message(payload: bytes, open_conns: int, in_flight: int, cpu_ns: in
     return INTERVAL + GAUGES.pack(open_conns, in_flight, cpu_ns) + payload
 
 
+def is_final(payload: bytes) -> bool:
+    """Whether an engine payload is its run's final report."""
+    return bool(HEADER.unpack_from(payload, 0)[2])
+
+
 def decode_interval(message: bytes) -> IntervalReport:
     view = memoryview(message)
     open_conns, in_flight, cpu_ns = GAUGES.unpack_from(view, 1)
@@ -332,9 +337,10 @@ class ReportSender:
         self.queue.put(message)
 
     def close(self, timeout: float | None = None) -> None:
-        """Send what is queued, then stop; raises what a send raised."""
-        self.queue.put(None)
-        self.thread.join(timeout)
+        """Send what is queued, then stop; raises what a send raised. Once is enough."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join(timeout)
         if self.error is not None:
             raise self.error
 
@@ -473,7 +479,15 @@ def worker_main(fd: int | None = None) -> None:
         send = sender.send
 
         def on_interval(payload: bytes, open_conns: int, in_flight: int) -> None:
-            send(interval_message(payload, open_conns, in_flight, cpu_ns() - cpu0))
+            message = interval_message(payload, open_conns, in_flight, cpu_ns() - cpu0)
+            if not is_final(payload):
+                send(message)
+                return
+            # The run has ended: what is queued, then this, go out now. Queued, it would wait
+            # for the engine to close its connections, which holds the GIL the sender's
+            # thread needs (1-2 ms of the run's end).
+            sender.close()
+            channel.send_bytes(message)
 
         engine.run(t0, on_interval)
         sender.close()
