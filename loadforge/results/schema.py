@@ -93,7 +93,8 @@ def check_label_key(key: str) -> None:
 
 def result_schema(label_keys: Iterable[str] = ()) -> pa.Schema:
     """The Arrow schema of a result file with these label keys (in sorted order)."""
-    pa, _ = arrow()
+    # pyarrow alone: a writer has no use for pyarrow.parquet's module (store.parquet_writer).
+    import pyarrow as pa
     fields = [pa.field(name, getattr(pa, dtype)(), nullable=nullable)
               for name, dtype, nullable in BASE_FIELDS]
     for key in sorted(label_keys):
