@@ -193,10 +193,6 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             writer = ResultWriter(path, run_id, _metadata(plan, opts, target, workers,
                                                           tls_info, negotiated),
                                   opts.labels, claimed)
-            # pyarrow (0.03 s) imports, and the Parquet writer is made, at nice 19 while the
-            # run goes on; before time zero, the import's thread held the GIL the workers'
-            # start needed (up to 20 ms later).
-            writer.open_meanwhile()
             # What the verdicts judge, folded from the rows as the writer takes them.
             judge = None
             latency = False
@@ -213,6 +209,10 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
                 agg.shard_of = lambda k: k % opts.shards
             feed = IntervalFeed(writer, fold, judge, progress, live)
             agg.t0_ns = t0
+            # pyarrow (0.03 s) imports, and the Parquet writer is made, at nice 19 while the
+            # run goes on: last, as its thread holds the GIL (a thread waits 5 ms for it).
+            # Before time zero it held the GIL the workers' start needed (up to 20 ms later).
+            writer.open_meanwhile()
             try:
                 with contextlib.closing(session.collect(pool, agg, plan, t0, stop)) as merged:
                     for interval in merged:

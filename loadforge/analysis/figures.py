@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from itertools import compress
 from typing import TYPE_CHECKING, Any
 
-from hdrh.histogram import HdrHistogram
-
 from loadforge.config.outcomes import EXPECTED, UNEXPECTED, error_outcomes
 from loadforge.config.plan import (
     ERROR_KIND_NAMES,
@@ -46,6 +44,8 @@ from loadforge.engine import histogram
 from loadforge.results.schema import OK, outcome_row
 
 if TYPE_CHECKING:
+    from hdrh.histogram import HdrHistogram
+
     from loadforge.results.reader import Result
     from loadforge.run.merge import RunInputs, ScopeRun
 

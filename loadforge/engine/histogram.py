@@ -15,12 +15,13 @@ import base64
 import sys
 from collections.abc import Iterable
 from itertools import compress
-from typing import Any
-
-from hdrh.histogram import HdrHistogram
+from typing import TYPE_CHECKING, Any
 
 from loadforge import _core
 from loadforge.errors import ResultsError
+
+if TYPE_CHECKING:
+    from hdrh.histogram import HdrHistogram
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000
@@ -58,10 +59,23 @@ __all__ = [
 
 def new_histogram() -> HdrHistogram:
     """An empty histogram with the engine's layout (µs, 1 µs .. 1 h, 3 digits)."""
+    # hdrh (with ctypes, 4 ms) is imported where a histogram is first made: a run's merge
+    # makes its first an interval after time zero, by when the writer's thread has imported
+    # it (results/store.open_meanwhile), off the way of the run's start.
+    from hdrh.histogram import HdrHistogram
+
     return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
 
 
-_LAYOUT = new_histogram()
+_layout_histogram: HdrHistogram | None = None
+
+
+def _layout() -> HdrHistogram:
+    """An empty histogram of the layout, for its index arithmetic."""
+    global _layout_histogram
+    if _layout_histogram is None:
+        _layout_histogram = new_histogram()
+    return _layout_histogram
 
 
 def _uint32_view(counts: bytes) -> memoryview | array.array[int]:
@@ -209,7 +223,7 @@ def stats_of_counts(counts: Any) -> dict[str, Any]:
 
 
 # A zeroed counts array in the engine's layout, for stats_of_buckets: filled, walked, zeroed.
-_SCRATCH = array.array("Q", bytes(8 * COUNTS_LEN))
+_scratch: array.array[int] | None = None
 
 
 def stats_of_buckets(pairs: Iterable[tuple[int, int]]) -> dict[str, Any]:
@@ -221,7 +235,10 @@ def stats_of_buckets(pairs: Iterable[tuple[int, int]]) -> dict[str, Any]:
     out.update(max=0, mean=0.0, count=0)
     if not pairs:
         return out
-    scratch = _SCRATCH
+    global _scratch
+    if _scratch is None:
+        _scratch = array.array("Q", bytes(8 * COUNTS_LEN))
+    scratch = _scratch
     try:
         for index, count in pairs:
             scratch[index] = count
@@ -232,8 +249,9 @@ def stats_of_buckets(pairs: Iterable[tuple[int, int]]) -> dict[str, Any]:
     finally:
         for index, _ in pairs:
             scratch[index] = 0
-    top_value = _LAYOUT.get_value_from_index(top)
-    out["max"] = int(_LAYOUT.get_highest_equivalent_value(top_value)) if top_value else 0
+    layout = _layout()
+    top_value = layout.get_value_from_index(top)
+    out["max"] = int(layout.get_highest_equivalent_value(top_value)) if top_value else 0
     return out
 
 
@@ -241,8 +259,9 @@ def _walk(out: dict[str, Any], counts: Any, limit: int, total: int, extra: int =
     targets = [max(int(p * total / 100 + 0.5), 1) for _, p in PERCENTILES]
     if extra:
         targets.append(extra)
-    values, weighted = _core.hdr_walk(counts, limit, targets, _LAYOUT.unit_magnitude,
-                                      _LAYOUT.sub_bucket_half_count_magnitude)
+    layout = _layout()
+    values, weighted = _core.hdr_walk(counts, limit, targets, layout.unit_magnitude,
+                                      layout.sub_bucket_half_count_magnitude)
     for (key, _), value in zip(PERCENTILES, values, strict=False):
         out[key] = value
     out["mean"] = weighted / total
@@ -257,6 +276,8 @@ def encode(h: HdrHistogram) -> bytes:
 
 def decode(blob: bytes, what: str = "histogram") -> HdrHistogram:
     """Decode a V2 compressed histogram; `what` names it in the error message."""
+    from hdrh.histogram import HdrHistogram
+
     try:
         h = HdrHistogram.decode(base64.b64encode(bytes(blob)))
     except Exception as exc:  # hdrh raises zlib, ctypes, cookie and length errors alike

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from hdrh.histogram import HdrHistogram
-
 from loadforge.config.files import DIRECTORY, LOOP, MISSING, NUL, SPECIAL, UNREADABLE, file_problem
 from loadforge.engine import histogram
 from loadforge.errors import ResultsError
@@ -27,6 +25,7 @@ from loadforge.results.schema import (
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from hdrh.histogram import HdrHistogram
 
 
 @dataclass

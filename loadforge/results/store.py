@@ -21,8 +21,6 @@ import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from hdrh.histogram import HdrHistogram
-
 import loadforge
 from loadforge.engine import histogram
 from loadforge.results.partial import SPARE_MIN_BYTES, SpareSpaceFile, claim, why
@@ -49,6 +47,7 @@ from loadforge.results.schema import (
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from hdrh.histogram import HdrHistogram
 
 __all__ = [
     "BASE_COLUMNS",
@@ -76,7 +75,6 @@ __all__ = [
 # length, and keeps row groups large enough for column statistics to be useful.
 ROW_GROUP_ROWS = 1024
 ROW_GROUP_BYTES = 1 << 20
-_EMPTY = histogram.new_histogram()
 
 
 def parquet_writer(sink: Any, schema: pa.Schema) -> Any:
@@ -152,6 +150,7 @@ class ResultWriter:
         )
         self.metadata = kv
         self._writer: Any = None          # parquet_writer's
+        self._empty_histogram: HdrHistogram | None = None
         self._closed = False
         # Held while the Parquet writer is made or the file ended: open_meanwhile's thread
         # may make it while the run goes on.
@@ -171,6 +170,8 @@ class ResultWriter:
             except OSError:
                 pass
             try:
+                # What writing needs: hdrh (the merge's histograms, their encoding) and pyarrow.
+                import hdrh.histogram  # noqa: F401
                 import pyarrow  # noqa: F401
                 with self._lock:
                     if not self._closed:
@@ -225,8 +226,8 @@ class ResultWriter:
             if scope not in SCOPES:
                 raise ValueError(f"row scope {scope!r}, expected one of {SCOPES}")
             # Metric and action rows carry no latency: empty histograms keep columns non-null.
-            latency: HdrHistogram = row.get("latency") or _EMPTY
-            service: HdrHistogram = row.get("service") or _EMPTY
+            latency: HdrHistogram = row.get("latency") or self._empty()
+            service: HdrHistogram = row.get("service") or self._empty()
             lat = stats(latency)
             svc = stats(service)
             buf["run_id"].append(self.run_id)
@@ -266,6 +267,11 @@ class ResultWriter:
             if self._buffered >= ROW_GROUP_ROWS or self._buffered_bytes >= ROW_GROUP_BYTES:
                 self._flush()
         return True
+
+    def _empty(self) -> HdrHistogram:
+        if self._empty_histogram is None:
+            self._empty_histogram = histogram.new_histogram()
+        return self._empty_histogram
 
     def _check_disk(self) -> None:
         """Once per interval: a disk filled by others, or the result's folder removed, stops

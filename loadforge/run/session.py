@@ -44,9 +44,11 @@ READY_TIMEOUT_S = 30.0
 # Time zero lies this far after the last worker is ready. Each worker then waits in recv()
 # for it, woken within microseconds, and opens its connections (1-2 ms for 64); the margin
 # covers a busy machine's scheduling delay (a worker woken later sends its first arrivals
-# late, timed from when they were due). 1,000/s for 1 s on the 2-core VM, 12 runs at 10 and
-# at 20 ms: late first arrivals (p99 over 0.5 ms) in 4 of 12 runs at either.
-START_DELAY_NS = 10_000_000
+# late, timed from when they were due), and the coordinator's own start of the merge and the
+# writer, which shares the cores (hdrh and pyarrow load at nice 19, runner.py). 1,000/s for
+# 1 s on the 2-core VM, 14 runs each at 5 and at 10 ms: p99 median 223 and 236 µs, max
+# median 3.0 ms at both (12 runs at 10 and 20 ms before: no difference either).
+START_DELAY_NS = 5_000_000
 
 
 @dataclass
