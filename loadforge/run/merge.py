@@ -81,8 +81,8 @@ class RunInputs:
 class MergedInterval:
     """One interval once every worker's report of it is merged (Aggregator.take): what the
     runner writes, folds and judges, and what the live outputs and the progress line show.
-    `rows` are the interval rows; their histograms are also the coordinator's accumulators,
-    so a reader reads them before the next interval is merged and keeps none."""
+    `rows` are the interval rows; their histograms may be shared with other rows and with the
+    stage's sums (histogram.Sum), and never change once merged: a reader may keep them."""
 
     index: int
     start_s: float
