@@ -4,7 +4,6 @@ builder (profile.py) and the [slo] reader (objectives.py)."""
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable
 from typing import Any, NoReturn
@@ -49,6 +48,8 @@ class Checker:
         for key in table:
             if key in allowed:
                 continue
+            import difflib  # a mistyped key only: not on every run's way
+
             close = difflib.get_close_matches(key, allowed, n=1) if isinstance(key, str) else []
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             self.fail(path, f"has unknown key '{key}'{hint}; allowed: {', '.join(allowed)}"

@@ -20,7 +20,6 @@ from loadforge.errors import ProfileError
 
 TLS_KEYS = ("ca", "cert", "key", "key_password_env", "server_name", "insecure", "versions",
             "resumption", "alpn")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 if TYPE_CHECKING:
     import ssl
 
@@ -28,8 +27,11 @@ if TYPE_CHECKING:
 VERSIONS = ("1.2", "1.3")
 # OpenSSL's version numbers (TLS1_2_VERSION, TLS1_3_VERSION), for the engine's context.
 _OPENSSL_VERSIONS = {"1.2": 0x0303, "1.3": 0x0304}
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-_ALPN = re.compile(r"[\x21-\x7e]{1,255}")
+# The checks' patterns, compiled by `re`'s own cache where a profile has a [tls] table: a plain
+# run's start does without them.
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_HOST_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_ALPN = r"[\x21-\x7e]{1,255}"
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def _file(where: str, value: Any, base: str) -> str:
 def _password_env(where: str, value: Any, must_be_set: bool = True) -> str:
     """The name of the environment variable with the key's passphrase: set, and a name (the
     passphrase itself written here would end up in the archived profile)."""
-    if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+    if not isinstance(value, str) or not re.fullmatch(_ENV_NAME, value):
         raise _fail(where, "must be the name of an environment variable such as "
                            f"\"CLIENT_KEY_PASSWORD\", got {'a value' if isinstance(value, str) else repr(value)}")
     if must_be_set and value not in os.environ:
@@ -154,7 +156,7 @@ def _password_env(where: str, value: Any, must_be_set: bool = True) -> str:
 
 def _server_name(where: str, value: Any) -> str:
     if isinstance(value, str) and (_is_ip(value) or (
-            len(value) <= 253 and all(_HOST_LABEL.fullmatch(p) for p in value.rstrip(".").split(".")))):
+            len(value) <= 253 and all(re.fullmatch(_HOST_LABEL, p) for p in value.rstrip(".").split(".")))):
         return value.rstrip(".")
     raise _fail(where, f"must be a host name such as \"api.example.com\" or an IP address, "
                        f"got {value!r}")
@@ -197,7 +199,7 @@ def check_tls(table: Any, label: str, base: str = "", archived: bool = False) ->
     if "alpn" in table:
         value = table["alpn"]
         if not isinstance(value, list) or not value or \
-                not all(isinstance(v, str) and _ALPN.fullmatch(v) for v in value):
+                not all(isinstance(v, str) and re.fullmatch(_ALPN, v) for v in value):
             raise _fail(f"{label}: tls.alpn", f'must be a non-empty array of protocol names '
                                              f'such as "http/1.1", got {value!r}')
         tls = replace(tls, alpn=tuple(value))
