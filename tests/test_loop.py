@@ -50,6 +50,30 @@ def test_responses_do_not_wake_an_open_model_loop(nginx):
     assert engine.wakeups < 1.3 * 1000, engine.wakeups
 
 
+def test_requests_in_flight_do_not_wake_a_slow_open_model_loop(nginx):
+    """40 arrivals/s, 25 ms apart, each answered long before the next: the loop wakes for the
+    arrivals alone. Timeouts are looked for when one can be due (a timeout after a request
+    began), not every 10 ms while a request is in flight: that was 2-3 wake-ups an arrival."""
+    engine, reports = run_engine(nginx.url, (True, 40.0, 40.0, 1.0, 0, 0.0), 4)
+    assert completed(reports) == 40
+    assert engine.wakeups <= 40 * 1.3, engine.wakeups
+
+
+def test_warm_opens_the_pool_before_time_zero(nginx):
+    """warm() opens every connection of the pool before time zero is known (a worker's
+    READY): the run then opens none, and the connects count once."""
+    parts = urlsplit(nginx.url)
+    engine = _core.Engine(parts.hostname, parts.port, [(GET, False)], [0],
+                          [(True, 50.0, 50.0, 0.2, 0, 0.0)], 6)
+    assert engine.warm(-1, 5.0) == 6
+    reports: list[IntervalReport] = []
+    engine.run(_core.now_ns() + 5_000_000, lambda p, o, f: reports.append(
+        decode_interval(interval_message(p, o, f))))
+    assert completed(reports) == 10
+    assert sum(r.connects for r in reports) == 6
+    assert sum(r.connect_failures for r in reports) == 0
+
+
 def test_closed_model_loop_wakes_for_responses(nginx):
     """The closed model has no schedule to wait for: responses are what wake it, and each
     one sends the next request at once."""

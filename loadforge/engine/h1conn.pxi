@@ -141,17 +141,21 @@ cdef void h1_on_writable(Engine self, int ci, int64_t now) noexcept:
 cdef void h1_scan_timeouts(Engine self, int ci, int64_t now) noexcept:
     """A request, or a connect, past its deadline."""
     cdef Conn* c = &self.conns[ci]
-    if (c.state == C_BUSY or c.state == C_CONNECTING) and now >= c.deadline_ns:
-        if c.handshaking and c.has_arrival:
-            # A TLS handshake timed out: it failed (a warm-up's is not counted, as its
-            # connect is not: counts_at_open).
-            self.transport.tls_failed += 1
-        if c.has_arrival:
-            if c.state == C_CONNECTING:
-                self.connect_failures += 1
-            self.finish(ci, O_TIMEOUT if c.state == C_BUSY else O_CONNECT, now, now)
-        else:
-            close_conn(self, ci)     # a warm-up connect: not counted (counts_at_open)
+    if c.state != C_BUSY and c.state != C_CONNECTING:
+        return
+    if now < c.deadline_ns:
+        note_deadline(self, c.deadline_ns)
+        return
+    if c.handshaking and c.has_arrival:
+        # A TLS handshake timed out: it failed (a warm-up's is not counted, as its
+        # connect is not: counts_at_open).
+        self.transport.tls_failed += 1
+    if c.has_arrival:
+        if c.state == C_CONNECTING:
+            self.connect_failures += 1
+        self.finish(ci, O_TIMEOUT if c.state == C_BUSY else O_CONNECT, now, now)
+    else:
+        close_conn(self, ci)     # a warm-up connect: not counted (counts_at_open)
 
 
 cdef void h1_connect_failed(Engine self, int ci, int64_t now) noexcept:

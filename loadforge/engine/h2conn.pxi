@@ -413,8 +413,11 @@ cdef void h2_scan_timeouts(Engine self, int ci, int64_t now) noexcept:
     cdef H2Stream* s
     cdef Conn* c = &self.conns[ci]
     cdef int i, outcome, still_open
-    if c.state == C_CONNECTING and now >= c.deadline_ns:
-        connect_failed(self, ci, now)
+    if c.state == C_CONNECTING:
+        if now >= c.deadline_ns:
+            connect_failed(self, ci, now)
+        else:
+            note_deadline(self, c.deadline_ns)
         return
     if c.state != C_IDLE or hc.session == NULL:
         return
@@ -424,12 +427,16 @@ cdef void h2_scan_timeouts(Engine self, int ci, int64_t now) noexcept:
     still_open = 0
     for i in range(ci * h.streams, (ci + 1) * h.streams):
         s = &h.slots[i]
-        if s.state == S_ENDED and now >= s.deadline_ns:
-            hc.dead = 1     # cancelled a timeout ago and still not closed: wedged
+        if s.state == S_ENDED:
+            if now >= s.deadline_ns:
+                hc.dead = 1     # cancelled a timeout ago and still not closed: wedged
+            else:
+                note_deadline(self, s.deadline_ns)
             continue
         if s.state != S_OPEN:
             continue
         if now < s.deadline_ns:
+            note_deadline(self, s.deadline_ns)
             still_open += 1
             continue
         outcome = O_TIMEOUT
@@ -443,5 +450,9 @@ cdef void h2_scan_timeouts(Engine self, int ci, int64_t now) noexcept:
         if s.id > 0:
             lf_ng.submit_rst_stream(hc.session, NGHTTP2_FLAG_NONE, s.id, NGHTTP2_CANCEL)
             h2_mark(self, ci)
-    if hc.dead and still_open == 0 and c.fd >= 0:
-        close_conn(self, ci)
+        note_deadline(self, s.deadline_ns)
+    if hc.dead and c.fd >= 0:
+        if still_open == 0:
+            close_conn(self, ci)
+        else:
+            note_deadline(self, now)    # closes once its open streams end: look again soon

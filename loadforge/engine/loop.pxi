@@ -113,6 +113,8 @@ cdef class Engine:
         int64_t interval_ns
         int64_t interval_index
         int64_t next_scan_ns
+        int64_t scan_due_ns      # during a scan: the earliest deadline still ahead (note_deadline)
+        int warmed               # warm() opened the pool: run() opens none
         int64_t wake_gap_ns      # timer wake-ups for arrivals at most this often
         int requests_per_connection   # close after this many responses; 0: reuse without end
         int64_t last_wake_ns
@@ -570,8 +572,10 @@ cdef class Engine:
 
     cdef void scan_timeouts(self, int64_t now) noexcept:
         """Requests, streams and connects past their deadlines, each connection by its own
-        protocol."""
+        protocol, which notes the deadlines still ahead (note_deadline) in scan_due_ns."""
         cdef int i
+        # Whatever starts from now on has a deadline no sooner than this.
+        self.scan_due_ns = deadline_after(self, now)
         for i in range(self.nconns):
             if self.conns[i].state != C_CLOSED:
                 PROTOCOLS[self.conns[i].proto].scan_timeouts(self, i, now)
@@ -586,7 +590,10 @@ cdef class Engine:
             # First: a connection freed by a timeout takes an arrival waiting on the pool now,
             # not at the next wake-up, which may be the interval's end.
             self.scan_timeouts(now)
-            self.next_scan_ns = now + SCAN_PERIOD_NS
+            # The next scan when something can be due: not every 10 ms while requests are in
+            # flight, which at low rates was a second wake-up for each arrival (each costs
+            # tens of µs of CPU on a VM). At most one scan per period all the same.
+            self.next_scan_ns = scan_after(self, now)
         while self.cur < self.nstages and now >= self.t0 + self.stages[self.cur].end_ns:
             if self.stages[self.cur].open_model:
                 self.count_due(self.t0 + self.stages[self.cur].end_ns - 1)
@@ -680,15 +687,98 @@ cdef class Engine:
 
     # -- the loop ---------------------------------------------------------------------------
 
+    cdef void handle_events(self, int n, int64_t now) noexcept:
+        """The n events epoll returned, each to its connection's protocol (or the
+        coordinator's channel: stop)."""
+        cdef int i, ci
+        cdef uint32_t ev
+        cdef char drain[64]
+        for i in range(n):
+            if i:
+                # Handling a batch takes time; what it times (errors, closes) is timed by the
+                # clock, not by the batch's start.
+                now = monotonic_ns()
+            ci = <int>self.events[i].data.u64
+            ev = self.events[i].events
+            if ci == CONTROL_TAG:
+                # A byte from the coordinator, or its end of the pipe closing: stop.
+                read(self.control_fd, drain, sizeof(drain))
+                epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.control_fd, NULL)
+                self.request_stop(now)
+                continue
+            if self.conns[ci].fd < 0:
+                continue    # closed by an earlier event of this batch
+            if self.conns[ci].state == C_CONNECTING:
+                on_connected(self, ci, now)
+                continue
+            if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
+                PROTOCOLS[self.conns[ci].proto].on_readable(self, ci, now)
+            if ev & EPOLLOUT and self.conns[ci].fd >= 0 and self.conns[ci].want_write:
+                PROTOCOLS[self.conns[ci].proto].on_writable(self, ci, now)
+
+    cdef int pool_opening(self) noexcept:
+        """Whether a connection of the pool is still opening: its connect or TLS handshake
+        under way, or (HTTP/2) the server's first frames, its SETTINGS, not yet read."""
+        cdef int i
+        for i in range(self.nconns):
+            if self.conns[i].state == C_CONNECTING:
+                return 1
+            if self.conns[i].state == C_IDLE and PROTOCOLS[self.conns[i].proto].multiplexed \
+                    and not self.h2.conns[i].heard:
+                return 1
+        return 0
+
+    def warm(self, int preconnect=-1, double within_s=1.0):
+        """Open `preconnect` connections of the pool (-1: all of them) and see them ready, for
+        at most within_s: connected, TLS handshakes done, HTTP/2 SETTINGS exchanged, as a
+        client that has been up for a while has them. Called before time zero is known
+        (workers.py: before READY), so that neither the connects nor the handshakes are paid
+        in the run's first arrivals, and time zero need only cover the start message's way.
+        Returns how many connections are open; those still opening go on in run(), which
+        opens no more."""
+        cdef int64_t now, until
+        cdef int i, ci, n, ready
+        now = monotonic_ns()
+        until = now + <int64_t>(within_s * 1e9)
+        prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+        # No stage yet: what the connections' events do stays within the pool (no arrival to
+        # start or back off).
+        self.cur = self.nstages
+        self.warmed = 1
+        if preconnect < 0 or preconnect > self.nconns:
+            preconnect = self.nconns
+        for i in range(preconnect):
+            ci = take_conn(self)
+            if ci < 0:
+                break
+            open_conn(self, ci, now)
+        if self.h2.ndirty:
+            h2_flush_dirty(self, now)
+        while self.pool_opening():
+            now = monotonic_ns()
+            if now >= until:
+                break
+            with nogil:
+                n = epoll_wait(self.epfd, self.events, self.max_events,
+                               <int>((until - now + 999999) // 1000000))
+            if n > 0:
+                self.handle_events(n, monotonic_ns())
+            if self.h2.ndirty:
+                h2_flush_dirty(self, monotonic_ns())
+        ready = 0
+        for i in range(self.nconns):
+            ready += self.conns[i].state == C_IDLE
+        if self._error is not None:
+            raise self._error
+        return ready
+
     def run(self, int64_t t0_ns, on_interval, int preconnect=-1):
         """Run every stage from t0_ns (CLOCK_MONOTONIC), calling on_interval(payload,
         open_connections, in_flight) after each interval and once more at the end."""
         cdef int64_t now, wait, t
         cdef int i, n, ci, quiet
-        cdef uint32_t ev
         cdef timespec ts
         cdef epoll_event cev
-        cdef char drain[64]
         self.t0 = t0_ns
         self.end_by_ns = t0_ns + self.within_ns if self.within_ns > 0 else 0x7fffffffffffffff
         self.epoll_ns = 1
@@ -705,10 +795,16 @@ cdef class Engine:
                 raise OSError(errno, "epoll_ctl: the coordinator's channel cannot be watched")
         now = monotonic_ns()
         self.rt_offset_ns = realtime_ns() - now
-        self.next_scan_ns = now + SCAN_PERIOD_NS
-        # Open the pool before time zero, as a client that has been up for a while would have.
+        # The first scan: a period on when warm() left connects pending (their deadlines are
+        # older than this one), else when a connect opened now could be due.
+        self.scan_due_ns = now + SCAN_PERIOD_NS if self.warmed else deadline_after(self, now)
+        self.next_scan_ns = scan_after(self, now)
+        # Open the pool before time zero, as a client that has been up for a while would have
+        # (unless warm() did).
         if preconnect < 0 or preconnect > self.nconns:
             preconnect = self.nconns
+        if self.warmed:
+            preconnect = 0
         for i in range(preconnect):
             ci = take_conn(self)
             if ci < 0:
@@ -745,30 +841,8 @@ cdef class Engine:
             self.rt_offset_ns = realtime_ns() - now
             self.last_wake_ns = now
             self.n_wakeups += 1
-            if n <= 0:
-                continue
-            for i in range(n):
-                if i:
-                    # Handling a batch takes time; what it times (errors, closes) is
-                    # timed by the clock, not by the batch's start.
-                    now = monotonic_ns()
-                ci = <int>self.events[i].data.u64
-                ev = self.events[i].events
-                if ci == CONTROL_TAG:
-                    # A byte from the coordinator, or its end of the pipe closing: stop.
-                    read(self.control_fd, drain, sizeof(drain))
-                    epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.control_fd, NULL)
-                    self.request_stop(now)
-                    continue
-                if self.conns[ci].fd < 0:
-                    continue    # closed by an earlier event of this batch
-                if self.conns[ci].state == C_CONNECTING:
-                    on_connected(self, ci, now)
-                    continue
-                if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
-                    PROTOCOLS[self.conns[ci].proto].on_readable(self, ci, now)
-                if ev & EPOLLOUT and self.conns[ci].fd >= 0 and self.conns[ci].want_write:
-                    PROTOCOLS[self.conns[ci].proto].on_writable(self, ci, now)
+            if n > 0:
+                self.handle_events(n, now)
         flush(self, 1)
         for i in range(self.nconns):
             if self.conns[i].fd >= 0:

@@ -10,6 +10,20 @@ cdef inline int64_t deadline_after(Engine self, int64_t now) noexcept:
     return at if at < self.end_by_ns else self.end_by_ns
 
 
+cdef inline void note_deadline(Engine self, int64_t at) noexcept:
+    """A protocol's scan_timeouts: `at` is a deadline still ahead (or, as `now`, a connection
+    that needs the next periodic scan anyway)."""
+    if at < self.scan_due_ns:
+        self.scan_due_ns = at
+
+
+cdef inline int64_t scan_after(Engine self, int64_t now) noexcept:
+    """When the scan after the one at `now` is due: at the earliest deadline it left ahead,
+    and no sooner than a scan period on."""
+    cdef int64_t at = now + SCAN_PERIOD_NS
+    return self.scan_due_ns if self.scan_due_ns > at else at
+
+
 cdef inline void push_idle(Engine self, int ci) noexcept:
     if not self.conns[ci].in_idle:
         self.conns[ci].in_idle = 1

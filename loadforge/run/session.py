@@ -41,16 +41,16 @@ if TYPE_CHECKING:
     from loadforge.run.merge import Aggregator, MergedInterval
 
 READY_TIMEOUT_S = 30.0
-# Time zero lies this far after the last worker is ready. Each worker then waits in recv()
-# for it, woken within microseconds, and opens its connections (1-2 ms for 64); the margin
-# covers a busy machine's scheduling delay (a worker woken later sends its first arrivals
-# late, timed from when they were due), and the coordinator's own start of the merge and the
-# writer, which shares the cores (hdrh and pyarrow load at nice 19, runner.py). 1,000/s for
-# 1 s on the 2-core VM, 14 runs each at 5 and at 10 ms: p99 median 223 and 236 µs, max
-# median 3.0 ms at both (12 runs at 10 and 20 ms before: no difference either). Not 5 ms:
-# the pool opens once time zero is known, and an HTTP/2 connection's first requests then
-# went out before a slow server's SETTINGS had come (test_http2's window tests, 3 of 20).
-START_DELAY_NS = 10_000_000
+# Time zero lies this far after the last worker is ready. Each worker has opened its pool by
+# then (Engine.warm: connects, TLS handshakes, HTTP/2 SETTINGS), waits in recv() for time
+# zero and is woken within microseconds; the margin covers a busy machine's scheduling delay
+# (a worker woken later sends its first arrivals late, timed from when they were due), and
+# the coordinator's own start of the merge and the writer, which shares the cores (hdrh and
+# pyarrow load at nice 19, runner.py). 1,000/s for 1 s on the 2-core VM, 14 runs each at 5
+# and at 10 ms: p99 median 223 and 236 µs, max median 3.0 ms at both. (While the pool opened
+# after time zero was known, 5 ms let an HTTP/2 connection's first requests go before a slow
+# server's SETTINGS: test_http2's window tests, 3 of 20; warm() waits for them.)
+START_DELAY_NS = 5_000_000
 
 
 @dataclass

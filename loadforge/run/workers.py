@@ -2,17 +2,17 @@
 
 Each worker runs one `_core.Engine` over its stripe of the global schedule. It talks to the
 coordinator over one socket pair: it receives its `WorkerSpec`, sends `READY` once its engine
-is built, receives the common start time (CLOCK_MONOTONIC, the same clock in every process),
-then sends one `INTERVAL` message a second and `DONE` at the end. The coordinator stops a
+is built and its pool open (Engine.warm: connects, TLS handshakes, HTTP/2 SETTINGS, for at
+most WARM_S), receives the common start time (CLOCK_MONOTONIC, the same clock in every
+process), then sends one `INTERVAL` message a second and `DONE` at the end. The coordinator stops a
 worker early by writing a byte to the socket; the engine watches it in its epoll set, so a
 worker whose coordinator dies sees the socket close and stops by itself.
 
 A worker is forked by the command's fork server (forkserver.py: forked from the command
-before its first thread, single-threaded, the engine imported), or, where none runs (a thread
-ran already, the library used without the command line), a fresh interpreter that imports
-this module and the engine, nothing else: not multiprocessing's spawn (which re-imports the
-command line, click and rich, as `__mp_main__`, and starts a resource-tracker process), and
-not a fork of the coordinator itself (it has threads by the time its workers start).
+before its first thread, the engine imported), or, where none runs (the library used without
+the command line), a fresh interpreter that imports this module and the engine, nothing else:
+not multiprocessing's spawn (which re-imports the command line, click and rich, and starts a
+resource tracker), nor a fork of the coordinator (it has threads by the time workers start).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 # Message tags, first byte of every message a worker sends.
 READY, INTERVAL, DONE, FAILED = b"R", b"I", b"D", b"F"
+WARM_S = 1.0    # at most, the pool's opening before READY (above)
 # What follows DONE: the feeder table whose `unique` rows ran out and ended the run, and when
 # (CLOCK_MONOTONIC ns), table -1 when none did; then, as JSON, over TLS what the worker's
 # first completed handshake negotiated ({"protocol", "cipher", "alpn"}), and under "engine"
@@ -469,6 +470,7 @@ def worker_main(fd: int | None = None) -> None:
             requests_per_connection=spec.requests_per_connection, feeders=tables,
             templates=spec.templates, tls=spec.tls,
             http2=spec.http2, streams=spec.streams, retry=spec.retry, expect=spec.expect)
+        engine.warm(-1, min(spec.timeout_s, WARM_S))
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
         # CPU time per interval: a worker that used its whole core is the reason arrivals
@@ -483,9 +485,8 @@ def worker_main(fd: int | None = None) -> None:
             if not is_final(payload):
                 send(message)
                 return
-            # The run has ended: what is queued, then this, go out now. Queued, it would wait
-            # for the engine to close its connections, which holds the GIL the sender's
-            # thread needs (1-2 ms of the run's end).
+            # The run has ended: this goes out now, not queued behind the engine's closing of
+            # its connections, which holds the GIL the sender's thread needs (1-2 ms).
             sender.close()
             channel.send_bytes(message)
 
