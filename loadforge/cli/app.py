@@ -19,6 +19,7 @@ os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 import click
 
 from loadforge import __version__, limits
+from loadforge.cli import start_up_over
 from loadforge.errors import InputError, Interrupted, LoadforgeError
 from loadforge.units import parse_duration
 
@@ -31,6 +32,13 @@ EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_RUN = 0, 1, 2, 3
 class Group(click.Group):
     """Turns the library's errors into a message and the documented exit code, and click's
     usage errors into exit 2 (click's own code for them as well)."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if name != "run":
+            start_up_over()     # a run's start-up ends later: once its writer has loaded
+        return name, command, rest
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -68,8 +76,9 @@ _AS_COMMAND = False
 
 
 def entry() -> None:
-    """The `loadforge` command and `python -m loadforge.cli`: `main`, in a process of its
-    own, which `end` may leave without the interpreter's teardown."""
+    """The `loadforge` command and `python -m loadforge.cli` (through cli/__init__.py's
+    `entry`): `main`, in a process of its own, which `end` may leave without the
+    interpreter's teardown."""
     global _AS_COMMAND
     _AS_COMMAND = True
     main()

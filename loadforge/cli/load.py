@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 import click
 
 from loadforge import __version__, limits
+from loadforge.cli import start_up_over
 from loadforge.cli.app import (
     EXIT_FAILED,
     EXIT_OK,
@@ -348,7 +349,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         opts = runner.RunOptions(target=target, workers=workers, out_dir=out_dir,
                                  labels=dict(run_labels), quiet=quiet,
                                  preflight=not no_preflight, backend_header=backend_header,
-                                 slo_flags=objectives)
+                                 slo_flags=objectives, started=start_up_over)
         if shards:
             opts = replace(opts, shards=shards, launcher=launcher,
                            max_clock_offset_s=parse_duration(max_clock_offset,

@@ -46,6 +46,8 @@ from loadforge.results.schema import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pyarrow as pa
     from hdrh.histogram import HdrHistogram
 
@@ -157,12 +159,12 @@ class ResultWriter:
         self._lock = threading.RLock()
         self._file = claimed if claimed is not None else claim(self.path)
 
-    def open_meanwhile(self) -> None:
+    def open_meanwhile(self, then: Callable[[], None] | None = None) -> None:
         """Import pyarrow and make the Parquet writer in a thread of the lowest priority, while
         the caller goes on: a run calls it at time zero, so that neither (0.03-0.05 s of CPU
         for the import, 1-2 ms for the writer) is paid after the last arrival. At nice 19 it
         takes the CPU a worker leaves idle, not the CPU a worker needs (a thread's own nice
-        value, Linux)."""
+        value, Linux). `then` is called in that thread once it is done, or has failed."""
 
         def low_priority_open() -> None:
             try:
@@ -178,6 +180,9 @@ class ResultWriter:
                         self._open()
             except Exception:  # noqa: BLE001 -- the writer is made again where it is needed
                 pass
+            finally:
+                if then is not None:
+                    then()
 
         threading.Thread(target=low_priority_open, name="open-result", daemon=True).start()
 

@@ -204,8 +204,10 @@ def _serve(sock: socket.socket) -> None:
         os.dup2(null, 0)
         os.close(null)
     # Objects inherited from the command are never collected here: their finalizers could
-    # close a descriptor number that a worker's socket has taken since.
+    # close a descriptor number that a worker's socket has taken since. (The command may
+    # hold the collector through its start-up, cli/__init__.py: the workers collect.)
     gc.freeze()
+    gc.enable()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -74,6 +74,9 @@ class RunOptions:
     coordinator_address: tuple[str, int] | None = None
     shard_token_file: str | None = None
     shard_start_timeout_s: float | None = None
+    # Called once the run's start-up is over (its writer has loaded pyarrow), from any thread:
+    # the command lets the garbage collector go then (cli/__init__.py start_up_over).
+    started: Callable[[], None] | None = None
 
 
 @dataclass
