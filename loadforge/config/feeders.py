@@ -37,6 +37,8 @@ RAW, PATH, HEADER, JSON = "raw", "path", "header", "json"
 
 @dataclass(frozen=True)
 class Feeder:
+    """A [[feeder]]: the file whose rows fill the templates' slots, and how they are taken."""
+
     name: str
     file: str                  # as the profile gave it
     path: str                  # resolved against the profile's folder
@@ -46,6 +48,8 @@ class Feeder:
 
 @dataclass(frozen=True)
 class Slot:
+    """`${feeder.column}` in a template: the value of that column in the arrival's row."""
+
     feeder: str
     column: str
 

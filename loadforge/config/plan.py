@@ -54,6 +54,8 @@ class Observe:
 
 @dataclass(frozen=True)
 class Request:
+    """One request of the profile: what is sent, and which statuses count as successes."""
+
     name: str
     method: str = "GET"
     path: str = "/"
@@ -138,6 +140,8 @@ class SLO:
 
 @dataclass(frozen=True)
 class Plan:
+    """A validated profile with the command line's overrides: everything a run needs."""
+
     name: str
     target: str                       # URL, or "sandbox" for the embedded target
     stages: tuple[Stage, ...]

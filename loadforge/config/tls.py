@@ -36,6 +36,8 @@ _ALPN = r"[\x21-\x7e]{1,255}"
 
 @dataclass(frozen=True)
 class TLS:
+    """[tls] and the TLS flags: trust, client certificate, server name, versions, ALPN."""
+
     ca: str | None = None            # PEM CA bundle; None: the system trust store
     cert: str | None = None          # client certificate chain (PEM), mutual TLS
     key: str | None = None           # its private key (PEM); None: in `cert`

@@ -55,6 +55,8 @@ START_DELAY_NS = 5_000_000
 
 @dataclass
 class RunOptions:
+    """How a run is made, apart from its plan: the command line's run options."""
+
     target: str | None = None         # overrides the profile's target
     workers: int | None = None
     out_dir: str = "results"
@@ -81,6 +83,8 @@ class RunOptions:
 
 @dataclass
 class RunOutcome:
+    """What a run ends with: its summary, where its results are, and how it ended."""
+
     summary: dict[str, Any]
     path: str | None          # None when not even a partial result could be saved
     ok: bool

@@ -14,6 +14,8 @@ from loadforge.errors import InputError, TargetUnreachable
 
 @dataclass
 class Target:
+    """Where a run sends its requests: the URL, and what the engine connects to."""
+
     url: str
     host: str          # for the Host header
     address: str       # what the engine connects to
