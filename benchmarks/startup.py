@@ -5,8 +5,9 @@ times each, in turn (every round runs each command once). Prints the median and 
 seconds (user + system of the whole process tree) and wall seconds per tool, and each one's
 CPU against k6's, then where loadforge's time goes:
 
-- `python -c "import loadforge.cli"` against `python -c pass` (CPU and wall), and the
-  `-X importtime` figures of one run: what its coordinator imports, heaviest first;
+- `python -c "from loadforge.cli import main"` (click and the command line) against
+  `python -c pass` (CPU and wall), and the `-X importtime` figures of one run: what its
+  coordinator imports, heaviest first;
 - the same run as the installed `loadforge` command runs it (its console script, without
   `python -m`'s runpy), with --no-preflight, --workers 1 and --workers 2;
 - one run under cProfile (wall time, cumulative, so it adds some overhead): the preflight,
@@ -96,7 +97,7 @@ def rounds(commands: list[tuple[str, list[str]]], n: int) -> None:
     print(f"(cpu Nx: a command's median CPU over {commands[-1][0]}'s)")
     for label, _ in commands:
         c, w = cpus[label], walls[label]
-        print(f"{label:<34} cpu {statistics.median(c):5.3f} s ({min(c):.3f}-{max(c):.3f})"
+        print(f"{label:<42} cpu {statistics.median(c):5.3f} s ({min(c):.3f}-{max(c):.3f})"
               f"   wall {statistics.median(w):5.3f} s ({min(w):.3f}-{max(w):.3f})"
               f"   cpu {statistics.median(c) / last:4.2f}x")
 
@@ -183,7 +184,8 @@ def main() -> None:
                    "sys.argv[0] = 'loadforge'; sys.exit(entry())", *lf[3:]]
         commands = [
             ("python -c pass", [sys.executable, "-c", "pass"]),
-            ("python -c 'import loadforge.cli'", [sys.executable, "-c", "import loadforge.cli"]),
+            ("python -c 'from loadforge.cli import main'",
+             [sys.executable, "-c", "from loadforge.cli import main"]),
             ("loadforge run", lf),
             ("loadforge run (the command)", command),
             ("loadforge run --no-preflight", [*lf, "--no-preflight"]),
