@@ -332,8 +332,7 @@ def test_interval_reports_never_wait_for_the_coordinator():
     """The worker's reports go through ReportSender: while the coordinator reads nothing,
     handing over 64 MiB of reports returns at once (a blocking send would stall after the
     socket buffer's few hundred KiB); the coordinator then gets them all, in order."""
-    from loadforge.run.wire import Channel
-    from loadforge.run.workers import ReportSender
+    from loadforge.run.wire import Channel, ReportSender
 
     ours, theirs = socket.socketpair()
     worker_end, coordinator = Channel(ours.detach()), Channel(theirs.detach())

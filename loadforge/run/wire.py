@@ -17,7 +17,8 @@ it): uint32 length, then that many bytes of UTF-8 JSON {"checks": {name: [passed
 uint32 counts of histogram indices lo, lo+1, ...
 
 The worker's channel to its coordinator (`Channel`): one end of a socketpair, each message
-framed as multiprocessing.connection frames it.
+framed as multiprocessing.connection frames it; a worker sends on it through a thread
+(`ReportSender`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from __future__ import annotations
 import os
 import select
 import struct
+import threading
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -142,6 +145,83 @@ class Channel:
             chunks.append(chunk)
             left -= len(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class ReportSender:
+    """Sends a worker's messages to the coordinator from a thread of its own, in order.
+
+    The engine hands over each interval report from inside its loop; a blocking send there
+    would stall the loop whenever the coordinator is slow to read (a busy merge, a paused
+    process), and the stall would show up as server latency. The queue takes the report at
+    once; a coordinator that falls behind receives the reports late, never the server's
+    responses. A send that fails is raised at the next hand-over, which stops the engine.
+    `finish` sends what is queued, and a last message, from the calling thread: the run's end
+    waits for no thread to be scheduled (0.3-2 ms on a busy machine)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.pending: deque[bytes] = deque()
+        self.sending = False        # the thread sends a message it took (under `ready`)
+        self.closing = False
+        self.error: BaseException | None = None
+        self.ready = threading.Condition(threading.Lock())
+        self.thread = threading.Thread(target=self._run, name="report-sender", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        ready = self.ready
+        while True:
+            with ready:
+                while not self.pending and not self.closing:
+                    ready.wait()
+                if not self.pending or self.error is not None:
+                    return
+                message = self.pending.popleft()
+                self.sending = True
+            try:
+                self.channel.send_bytes(message)
+            except BaseException as exc:  # noqa: BLE001 -- handed to the engine's thread
+                self.error = exc
+            with ready:
+                self.sending = False
+                ready.notify_all()
+
+    def send(self, message: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        with self.ready:
+            self.pending.append(message)
+            self.ready.notify()
+
+    def finish(self, last: bytes | None = None, timeout: float | None = None) -> None:
+        """Stop the thread, then send what it had not taken and `last` from this thread, in
+        order (a message the thread is sending goes out first). Raises what a send raised.
+        Once is enough."""
+        with self.ready:
+            self.closing = True
+            self.ready.notify_all()
+            self.ready.wait_for(lambda: not self.sending, timeout)
+            rest = list(self.pending)
+            self.pending.clear()
+        if self.error is not None:
+            raise self.error
+        for message in rest:
+            self.channel.send_bytes(message)
+        if last is not None:
+            self.channel.send_bytes(last)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Send what is queued, then stop; raises what a send raised. Once is enough."""
+        self.finish(None, timeout)
+
+    def abandon(self, timeout: float) -> None:
+        """Stop the thread and drop what is queued: once it returns, nothing of this sender's
+        is on the channel (a failure report may follow)."""
+        with self.ready:
+            self.closing = True
+            self.pending.clear()
+            self.ready.notify_all()
+            self.ready.wait_for(lambda: not self.sending, timeout)
 
 
 def wait(channels: Sequence[Any], timeout: float | None) -> list[Any]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import queue
 import re
 import resource
 import signal
@@ -28,7 +27,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -46,6 +44,7 @@ from loadforge.run.wire import (
     TLS,
     TRAILER,
     Channel,
+    ReportSender,
     check_header,
     wait,
 )
@@ -308,44 +307,6 @@ def fd_limit() -> int:
     return hard if soft == resource.RLIM_INFINITY else soft
 
 
-class ReportSender:
-    """Sends a worker's messages to the coordinator from a thread of its own, in order.
-
-    The engine hands over each interval report from inside its loop; a blocking send there
-    would stall the loop whenever the coordinator is slow to read (a busy merge, a paused
-    process), and the stall would show up as server latency. The queue takes the report at
-    once; a coordinator that falls behind receives the reports late, never the server's
-    responses. A send that fails is raised at the next hand-over, which stops the engine."""
-
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
-        self.queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="report-sender", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (message := self.queue.get()) is not None:
-            try:
-                self.channel.send_bytes(message)
-            except BaseException as exc:  # noqa: BLE001 -- handed to the engine's thread
-                self.error = exc
-                return
-
-    def send(self, message: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(message)
-
-    def close(self, timeout: float | None = None) -> None:
-        """Send what is queued, then stop; raises what a send raised. Once is enough."""
-        if self.thread.is_alive():
-            self.queue.put(None)
-            self.thread.join(timeout)
-        if self.error is not None:
-            raise self.error
-
-
 def load_flows(path: str, source: bytes) -> Any:
     """The flows module this worker runs: the coordinator's own file when this machine has it,
     unchanged (modules beside it import as they would by hand); else (a shard on another
@@ -487,8 +448,7 @@ def worker_main(fd: int | None = None) -> None:
                 return
             # The run has ended: this goes out now, not queued behind the engine's closing of
             # its connections, which holds the GIL the sender's thread needs (1-2 ms).
-            sender.close()
-            channel.send_bytes(message)
+            sender.finish(message)
 
         engine.run(t0, on_interval)
         sender.close()
@@ -504,8 +464,7 @@ def worker_main(fd: int | None = None) -> None:
     except BaseException:
         if sender is not None:
             # The sender's thread must be off the channel before the failure goes out on it.
-            sender.queue.put(None)
-            sender.thread.join(5)
+            sender.abandon(5)
         try:
             import traceback
 
