@@ -59,7 +59,7 @@ cdef class FlowEngine(Engine):
 
     def start(self, int64_t t0_ns, on_interval, int preconnect=0):
         """Time zero and the interval callback (on_interval(payload, open_conns, in_flight));
-        opens `preconnect` connections."""
+        opens `preconnect` connections (none where warm() opened the pool)."""
         cdef epoll_event cev
         cdef int i, ci
         cdef int64_t now = monotonic_ns()
@@ -76,8 +76,8 @@ cdef class FlowEngine(Engine):
                 raise OSError(errno, "epoll_ctl: the coordinator's channel cannot be watched")
         self.rt_offset_ns = realtime_ns() - now
         self.next_scan_ns = now + SCAN_PERIOD_NS
-        if preconnect > self.nconns:
-            preconnect = self.nconns
+        if preconnect > self.nconns or self.warmed:
+            preconnect = 0 if self.warmed else self.nconns
         for i in range(preconnect):
             ci = take_conn(self)
             if ci < 0:

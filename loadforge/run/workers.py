@@ -366,6 +366,7 @@ def run_flows(spec: WorkerSpec, channel: Channel) -> None:
     else:
         drive = driver.Driver(engine, module, base, feeds, spec.timer_resolution_s,
                               spec.timeout_s, base_url)
+    engine.warm(min(spec.connections, 64), min(spec.timeout_s, WARM_S))
     channel.send_bytes(READY)
     t0 = int(channel.recv_bytes())
     cpu_ns = time.process_time_ns
