@@ -195,11 +195,9 @@ cdef class FlowEngine(Engine):
         timed by their kernel receive timestamps; a flow's next step may go out up to gap_ns
         later, which its flow latency shows. Returns the completions, [(token, outcome, status, response
         bytes as received, end ns)] with each step's token first, and the time."""
-        cdef int i, n, ci
-        cdef uint32_t ev
+        cdef int n
         cdef timespec ts
         cdef int64_t now
-        cdef char drain[64]
         cdef list done
         cdef int64_t quiet
         if timeout_ns < 0:
@@ -231,30 +229,15 @@ cdef class FlowEngine(Engine):
         self.rt_offset_ns = realtime_ns() - now
         self.last_wake_ns = now
         self.n_wakeups += 1
-        for i in range(n if n > 0 else 0):
-            if i:
-                now = monotonic_ns()
-            ci = <int>self.events[i].data.u64
-            ev = self.events[i].events
-            if ci == CONTROL_TAG:
-                read(self.control_fd, drain, sizeof(drain))
-                epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.control_fd, NULL)
-                self.request_stop(now)
-                continue
-            if self.conns[ci].fd < 0:
-                continue
-            if self.conns[ci].state == C_CONNECTING:
-                on_connected(self, ci, now)
-                continue
-            if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
-                PROTOCOLS[self.conns[ci].proto].on_readable(self, ci, now)
-            if ev & EPOLLOUT and self.conns[ci].fd >= 0 and self.conns[ci].want_write:
-                PROTOCOLS[self.conns[ci].proto].on_writable(self, ci, now)
+        if n > 0:
+            self.handle_events(n, now)
+            if n > 1:
+                now = monotonic_ns()    # the flush and the scan below come after the batch
         while now >= self.t0 + (self.interval_index + 1) * self.interval_ns:
             flush(self, 0)
         if now >= self.next_scan_ns:
             self.scan_timeouts(now)
-            self.next_scan_ns = now + SCAN_PERIOD_NS
+            self.next_scan_ns = scan_after(self, now)
         done = self._done
         self._done = []
         if self._error is not None:

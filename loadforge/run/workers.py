@@ -378,7 +378,7 @@ def run_flows(spec: WorkerSpec, channel: Channel) -> None:
         send(interval_message(payload, open_conns, in_flight, cpu_ns() - cpu0))
 
     try:
-        drive.run(t0, on_interval, preconnect=min(spec.connections, 64))
+        drive.run(t0, on_interval)     # its pool opened before READY (warm)
     finally:
         sender.close()
     channel.send_bytes(done_message(feeds.exhausted if feeds is not None else None))
