@@ -23,6 +23,13 @@ def arrivals(stage: Stage) -> int:
                                    stage.duration_s))
 
 
+def peak_rate(plan: Plan) -> float | None:
+    """The highest rate of the plan's open-model stages (requests per second, all workers
+    together); None without open-model stages."""
+    return max((max(s.rate_from or 0.0, s.rate_to or 0.0) for s in plan.stages
+                if s.open_model), default=None)
+
+
 def cumulative(stage: Stage, t: float) -> float:
     """The integral of the stage's rate from its start to t seconds into it."""
     if not stage.open_model:

@@ -410,6 +410,47 @@ duration = "1s"
     assert "load.requests_per_connection" in out.stderr and "Traceback" not in out.stderr
 
 
+# -- the pool before time zero ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "opened"), [
+    (("--rate", "20", "--workers", "1"), 8),            # session.PRECONNECT_MIN
+    (("--rate", "20", "--workers", "2"), 16),           # 8 each
+    (("--rate", "300", "--workers", "1"), 30),          # 300/s x PRECONNECT_S (0.1 s)
+    (("--concurrency", "3", "--workers", "1"), 3),      # one per closed-model user
+])
+def test_a_worker_opens_what_its_load_needs_not_its_whole_pool(nginx, tmp_path, args, opened):
+    # Before time zero each worker opens what its share of the peak rate needs at a 100 ms
+    # response time (at least 8), or one connection per closed-model user; nginx answers in
+    # well under a millisecond, so the run needs no more: a pool of 64, `opened` of it used.
+    s = run_json(tmp_path, "--target", nginx.url + "/", *args, "--duration", "0.5s",
+                 "--connections", "64", "--no-preflight")
+    assert s["errors"] == 0 and s["requests"] > 0
+    assert s["connections"]["opened"] == s["connections"]["open_peak"] == opened
+
+
+class _CountingServer(CannedServer):
+    accepted = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.lock:
+            self.accepted += 1
+        super().process_request(request, client_address)
+
+
+def test_arrivals_beyond_the_warm_pool_open_the_connections_they_need(tmp_path):
+    # A server that holds every response for 0.4 s from its first request: at 60/s the
+    # worker's 8 warm connections are soon all busy, and each arrival that finds none free opens
+    # one (within the pool of 64) and waits for its connect, which its latency includes. Every
+    # arrival is answered and counted once, and the connects are the ones the server accepted.
+    server = _CountingServer(OK, freeze=(0.0, 0.4))
+    s = run_json(tmp_path, "--target", server.url + "/", "--rate", "60", "--duration", "1s",
+                 "--connections", "64", "--workers", "1", "--no-preflight")
+    assert s["requests"] == s["status"]["2xx"] == 60 == server.requests and s["errors"] == 0
+    c = s["connections"]
+    assert 8 < c["opened"] == server.accepted <= 64 and c["failed"] == 0
+    assert c["connect_time_us"]["count"] == c["opened"]
+
+
 def test_connect_times_are_recorded_per_interval(nginx, tmp_path):
     # A new connection per request: every request pays a connect, and each connect's time is
     # counted once, in the interval it completed, on the stage's and the run's rows too.

@@ -230,6 +230,8 @@ class WorkerSpec:
     retry: str = "idempotent"              # Plan.retry: "idempotent" or "never"
     # Per request, its expect_status as engine words (config/outcomes.py expect_words), or ()
     expect: list[tuple[int, ...]] = field(default_factory=list)
+    # Connections opened before time zero (Engine.warm; session.PRECONNECT_S): -1, all.
+    preconnect: int = -1
 
 
 # Counts an engine reports once, at its end, in its DONE message (summed over workers).
@@ -432,7 +434,7 @@ def worker_main(fd: int | None = None) -> None:
             requests_per_connection=spec.requests_per_connection, feeders=tables,
             templates=spec.templates, tls=spec.tls,
             http2=spec.http2, streams=spec.streams, retry=spec.retry, expect=spec.expect)
-        engine.warm(-1, min(spec.timeout_s, WARM_S))
+        engine.warm(spec.preconnect, min(spec.timeout_s, WARM_S))
         channel.send_bytes(READY)
         t0 = int(channel.recv_bytes())
         # CPU time per interval: a worker that used its whole core is the reason arrivals
