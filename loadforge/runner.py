@@ -90,7 +90,7 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
 
         module = loader.load_checked(plan.flows)
         plan = dataclasses.replace(plan, requests=tuple(Request(name=n) for n in module.names))
-    workers = opts.workers or plan.workers or os.cpu_count() or 1
+    workers = opts.workers or plan.workers or session.auto_workers(plan)
     workers = max(1, min(workers, plan.connections))
     per_shard = 0
     if opts.shards:

@@ -413,6 +413,7 @@ duration = "1s"
 # -- the pool before time zero ------------------------------------------------------------------
 
 @pytest.mark.parametrize(("args", "opened"), [
+    (("--rate", "20"), 8),                              # auto: one worker at 20/s
     (("--rate", "20", "--workers", "1"), 8),            # session.PRECONNECT_MIN
     (("--rate", "20", "--workers", "2"), 16),           # 8 each
     (("--rate", "300", "--workers", "1"), 30),          # 300/s x PRECONNECT_S (0.1 s)
@@ -426,6 +427,8 @@ def test_a_worker_opens_what_its_load_needs_not_its_whole_pool(nginx, tmp_path, 
                  "--connections", "64", "--no-preflight")
     assert s["errors"] == 0 and s["requests"] > 0
     assert s["connections"]["opened"] == s["connections"]["open_peak"] == opened
+    if "--workers" not in args:
+        assert s["workers"] == 1
 
 
 class _CountingServer(CannedServer):

@@ -277,3 +277,37 @@ def test_request_mix_heavy_light_is_spread(heavy: int) -> None:
         # The single light request is not at either end, so the heavy one never runs
         # `heavy` in a row within the cycle.
         assert cycle[0] != light and cycle[-1] != light
+
+
+# ---------------------------------------------------------------------------------------------
+# How many workers and warm connections a plan gets (run/session.py).
+
+def _plan(*stages: Stage, flows: str | None = None) -> Plan:
+    return Plan("p", "http://127.0.0.1:9/", stages, (Request("r"),), flows=flows)
+
+
+@pytest.mark.parametrize(("stages", "peak", "workers"), [
+    ((Stage("s", 1.0, 100.0, 100.0),), 100.0, 1),
+    ((Stage("s", 1.0, 1000.0, 1000.0),), 1000.0, 1),
+    ((Stage("s", 1.0, 1000.5, 1000.5),), 1000.5, 2),
+    ((Stage("a", 3.0, 0.0, 2500.0), Stage("b", 1.0, 300.0, 300.0)), 2500.0, 3),
+    ((Stage("s", 1.0, 90000.0, 90000.0),), 90000.0, 8),        # at most one per core
+    ((Stage("s", 1.0, 0.0, 0.0),), 0.0, 1),
+    ((Stage("s", 1.0, concurrency=4),), None, 8),              # closed model: one per core
+    ((Stage("a", 1.0, 10.0, 10.0), Stage("b", 1.0, concurrency=4)), 10.0, 8),
+])
+def test_auto_workers_follow_the_peak_rate_up_to_one_per_core(monkeypatch, stages, peak,
+                                                               workers):
+    from loadforge.run import session
+
+    monkeypatch.setattr(session.os, "cpu_count", lambda: 8)
+    plan = _plan(*stages)
+    assert schedule.peak_rate(plan) == peak
+    assert session.auto_workers(plan) == workers
+
+
+def test_auto_workers_give_scripted_flows_one_per_core(monkeypatch):
+    from loadforge.run import session
+
+    monkeypatch.setattr(session.os, "cpu_count", lambda: 8)
+    assert session.auto_workers(_plan(Stage("s", 1.0, 10.0, 10.0), flows="f.py")) == 8

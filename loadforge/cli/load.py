@@ -149,7 +149,8 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
               "lowered by the server's SETTINGS_MAX_CONCURRENT_STREAMS [default: the "
               "profile's, else 100].")
 @click.option("--workers", type=int, help="Worker processes (default: the profile's, else one "
-              "per core).")
+              "per 1,000/s of the peak rate, at most one per core; one per core for closed-model "
+              "stages and flows).")
 @click.option("--out", "out_dir", default="results", show_default=True,
               help="Directory for the Parquet result.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
@@ -621,7 +622,8 @@ def shard(coordinator: str, index: int | None, token_file: str | None) -> None:
 @click.option("--connections", type=click.IntRange(1, limits.MAX_CONNECTIONS), default=256,
               show_default=True, help="Connections the generator may open.")
 @click.option("--timeout", default="5s", show_default=True, help="Request timeout.")
-@click.option("--workers", type=int, help="Worker processes (default: one per core).")
+@click.option("--workers", type=int, help="Worker processes (default: one per 1,000/s of each "
+              "step's rate, at most one per core).")
 @click.option("--out", "out_dir", default="results", show_default=True,
               help="Directory for the Parquet result (one stage per step).")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",

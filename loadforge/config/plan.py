@@ -147,7 +147,7 @@ class Plan:
     stages: tuple[Stage, ...]
     requests: tuple[Request, ...]
     connections: int = 64             # upper bound on open connections, split across workers
-    workers: int | None = None        # None: one per core
+    workers: int | None = None        # None: "auto" (run/session.auto_workers)
     timeout_s: float = 5.0            # per request
     # Response status classes that count as errors next to transport failures.
     fail_status: tuple[str, ...] = ("4xx", "5xx")

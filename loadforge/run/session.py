@@ -63,6 +63,22 @@ START_DELAY_NS = 5_000_000
 # (round robin), and a closed-model user holds one: both open what they will use.
 PRECONNECT_S = 0.1
 PRECONNECT_MIN = 8
+# Workers = "auto": in the open model, one per AUTO_RATE arrivals per second of the peak rate,
+# at most one per core; one per core for closed-model users and scripted flows, whose work
+# is the workers'. A worker costs a process (its fork, its pool, 8 ms of CPU in a 1 s run,
+# benchmarks/startup.py) and one at 1,000/s spends a few percent of a core: against nginx on
+# 127.0.0.1, 7 runs of 2 s each, p99 157 us with one worker and 159 us with two at 1,000/s
+# (169 and 141 us at 2,000/s). h2load starts one thread unless told more (-t).
+AUTO_RATE = 1000.0
+
+
+def auto_workers(plan: Plan) -> int:
+    """Worker processes for `workers = "auto"` (AUTO_RATE)."""
+    cores = os.cpu_count() or 1
+    peak = schedule.peak_rate(plan)
+    if plan.flows is not None or peak is None or not all(s.open_model for s in plan.stages):
+        return cores
+    return max(1, min(cores, math.ceil(peak / AUTO_RATE)))
 
 
 @dataclass
