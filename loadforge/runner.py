@@ -108,11 +108,12 @@ def _execute(plan: Plan, opts: RunOptions, console: Console, target_url: str,
         return _execute_compiled(plan, opts, console, target, workers, per_shard, compiled,
                                  sandbox, live)
     finally:
-        compiled.cleanup()
+        if compiled is not None:
+            compiled.cleanup()
 
 
 def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Target,
-                      workers: int, per_shard: int, compiled: Compiled,
+                      workers: int, per_shard: int, compiled: Compiled | None,
                       sandbox: Any, live: LiveOutputs | None = None) -> RunOutcome:
     observing = sandbox is not None or bool(plan.observe.sources or plan.actions)
     backend_header = opts.backend_header or plan.observe.backend_header
@@ -409,10 +410,11 @@ def nothing_to_analyse(summary: dict[str, Any]) -> None:
 
 
 def _exhausted(agg: Aggregator,
-               compiled: Compiled) -> dict[str, Any] | None:
+               compiled: Compiled | None) -> dict[str, Any] | None:
     """The summary's `feeder_exhausted`: the `unique` feeder whose rows ran out, ending the
     run, and how many it had (each sent once); None when none did."""
-    if agg.exhausted is None or not 0 <= agg.exhausted[0] < len(compiled.tables):
+    if agg.exhausted is None or compiled is None \
+            or not 0 <= agg.exhausted[0] < len(compiled.tables):
         return None
     table = compiled.tables[agg.exhausted[0]]
     return {"feeder": table.feeder.name, "rows": table.rows,

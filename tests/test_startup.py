@@ -71,10 +71,11 @@ def test_the_coordinator_reaches_its_first_request_without_pyarrow_or_httpx(plai
     assert [m for m in ("pyarrow", "httpx") if m in plain_run["before"]] == []
 
 
-# What a plain run has no use for before its first request: TLS (Python's ssl), the optional
-# profile tables' readers.
-OPTIONAL = ("ssl", "loadforge.config.observe", "loadforge.config.sandbox",
-            "loadforge.config.grpc", "loadforge.sandbox", "loadforge.flows")
+# What a plain run has no use for before its first request: TLS (Python's ssl, its settings),
+# the optional profile tables' readers, the feeders' tables and CSV reader.
+OPTIONAL = ("ssl", "loadforge.config.tls", "loadforge.config.observe",
+            "loadforge.config.sandbox", "loadforge.config.grpc", "loadforge.sandbox",
+            "loadforge.flows", "loadforge.engine.tables", "csv")
 
 
 def test_a_quiet_plain_run_imports_neither_rich_nor_what_it_does_not_use(plain_run):

@@ -262,7 +262,6 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     from loadforge import runner
     from loadforge.config.profile import load_profile, parse_slo_flags, with_slo_flags
     from loadforge.config.redact import hide_in_messages, profile_secrets
-    from loadforge.config.tls import with_tls_flags
 
     stdout_taken = one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path),
                                       ("--stream", stream_to))
@@ -282,11 +281,16 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         plan = _flag_plan(target, rate, concurrency, duration, connections, timeout,
                           http_version, streams)
     plan = _with_http(plan, http_version, streams)
-    plan = replace(plan, slo=with_slo_flags(plan.slo, objectives),
-                   tls=with_tls_flags(plan.tls, ca_cert=ca_cert, client_cert=client_cert,
-                                      client_key=client_key, server_name=server_name,
-                                      insecure=insecure,
-                                      client_key_password_env=client_key_password_env))
+    plan = replace(plan, slo=with_slo_flags(plan.slo, objectives))
+    if plan.tls is not None or ca_cert or client_cert or client_key or server_name \
+            or insecure or client_key_password_env:
+        # (an http:// run without TLS settings does without config/tls.py)
+        from loadforge.config.tls import with_tls_flags
+
+        plan = replace(plan, tls=with_tls_flags(
+            plan.tls, ca_cert=ca_cert, client_cert=client_cert, client_key=client_key,
+            server_name=server_name, insecure=insecure,
+            client_key_password_env=client_key_password_env))
     # From here on, every message this process prints hides the profile's secrets (values
     # from the environment, credential headers): error lines land in CI logs.
     hide_in_messages(profile_secrets(plan.source, plan.secrets))

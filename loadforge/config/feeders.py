@@ -10,7 +10,6 @@ engine's binary tables and template segments are compiled from them by `engine/t
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -252,6 +251,9 @@ def load_rows(feeder: Feeder, where: str) -> tuple[list[str], Chunks]:
 
 
 def _csv(text: str, feeder: Feeder, where: str) -> tuple[list[str], Chunks]:
+    # (every run parses its profile; few read a CSV file)
+    import csv
+
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)

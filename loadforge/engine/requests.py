@@ -8,10 +8,15 @@ the same functions, so that it asks what the run asks.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from loadforge import __version__
-from loadforge.config import feeders
 from loadforge.config.plan import Request
-from loadforge.engine.tables import BODY_LENGTH
+
+# Templates are an optional part of a plan: a run without them does without the feeders'
+# modules (h2_template_head loads them).
+if TYPE_CHECKING:
+    from loadforge.config import feeders
 
 USER_AGENT = f"loadforge/{__version__}"
 
@@ -73,17 +78,20 @@ def h2_template_head(req: Request, tpl: feeders.Template, host: str, prefix: str
     """A templated request's HTTP/2 header block as h2_headers lays it out, its values as
     template parts (engine/tables.compile_h2_templates): the path and header values from the
     template (their ${VAR} resolved), the content-length computed when the body has slots."""
+    from loadforge.config.feeders import Slot
+    from loadforge.engine.tables import BODY_LENGTH
+
     head: list[tuple[str, feeders.Parts | None]] = [
         (":method", (req.method,)), (":path", (prefix.rstrip("/"), *tpl.path)),
         (":scheme", (scheme,)), (":authority", (host_header(req, host),)),
         ("user-agent", (USER_AGENT,))]
     head += [(name.lower(), parts) for name, parts in tpl.headers
              if name.lower() not in H2_DROPPED]
-    if any(isinstance(p, feeders.Slot) for p in tpl.body):
+    if any(isinstance(p, Slot) for p in tpl.body):
         head.append(("content-length", BODY_LENGTH))
     elif tpl.body or req.method in ("POST", "PUT", "PATCH"):
         length = sum(len(p) if isinstance(p, bytes) else len(p.encode("utf-8", "surrogateescape"))
-                     for p in tpl.body if not isinstance(p, feeders.Slot))
+                     for p in tpl.body if not isinstance(p, Slot))
         head.append(("content-length", (str(length),)))
     return head
 

@@ -19,16 +19,18 @@ import errno as errnos
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadforge import _core
 from loadforge.config.outcomes import EXPECTED, UNEXPECTED, status_fix
 from loadforge.config.plan import Request
-from loadforge.config.tls import TLS
 from loadforge.engine.requests import encode_h2_request, encode_request, request_path
 from loadforge.errors import TargetUnreachable
 from loadforge.run.target import Target
 from loadforge.run.workers import decode_interval, interval_message
+
+if TYPE_CHECKING:
+    from loadforge.config.tls import TLS
 
 # Headers that describe a body: the preflight sends none.
 _BODY_HEADERS = ("content-type", "content-length", "transfer-encoding", "content-encoding")
@@ -103,9 +105,9 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
         # answered without its grpc-status: the run counts its own calls' outcomes).
         return negotiated
     if not answer.answered:
-        if answer.outcome == "connect" and answer.tls_reason(tls):
+        if answer.outcome == "connect" and tls is not None and answer.tls_reason(tls):
             raise TargetUnreachable(f"target {target.url}: "
-                                    f"{tls_failure(answer, tls or TLS(), target)}")
+                                    f"{tls_failure(answer, tls, target)}")
         over = " over HTTP/2" if http == "2" else ""
         raise TargetUnreachable(f"target {target.url} is unreachable: {req.method} {url}{over} "
                                 f"failed: {unreachable_reason(answer, target, timeout_s, http)}")

@@ -24,7 +24,6 @@ from loadforge import _core, schedule
 from loadforge.config.files import RELATIVE_HINT, check_regular
 from loadforge.config.outcomes import expect_words
 from loadforge.config.plan import Plan
-from loadforge.engine import tables
 from loadforge.engine.requests import (
     USER_AGENT,
     encode_h2_request,
@@ -38,7 +37,9 @@ from loadforge.run.wire import Channel
 from loadforge.run.workers import WorkerPool, WorkerSpec, fd_limit
 
 if TYPE_CHECKING:
-    # The merge loads once the workers run (runner.py): the start does without it.
+    # The engine's tables load for a plan with feeders (compile_feeders); the merge once the
+    # workers run (runner.py): the start of a plain run does without both.
+    from loadforge.engine import tables
     from loadforge.run.merge import Aggregator, MergedInterval
 
 READY_TIMEOUT_S = 30.0
@@ -138,9 +139,14 @@ def new_run_id(plan: Plan) -> str:
 
 # -- what the workers get ----------------------------------------------------------------------
 
-def compile_feeders(plan: Plan, target: Target, inline: bool = False) -> tables.Compiled:
+def compile_feeders(plan: Plan, target: Target, inline: bool = False) -> tables.Compiled | None:
     """The plan's feeder tables and request templates, compiled for the engine (exit 2 naming
-    a missing column, an unreadable file or a value that would break the request framing)."""
+    a missing column, an unreadable file or a value that would break the request framing);
+    None for a plan with neither (nor flows)."""
+    if not plan.feeders and not plan.templates and plan.flows is None:
+        return None
+    from loadforge.engine import tables
+
     label = "profile" if plan.path in ("", "<profile>") else f"profile {os.path.basename(plan.path)}"
     for i, feeder in enumerate(plan.feeders):
         # A feeder no slot uses is not loaded, but a file that is not there is still an error.
@@ -185,6 +191,8 @@ def worker_specs(plan: Plan, target: Target, workers: int, interval_s: float,
     open_pool = _open_pool(plan, workers)
     flows = None
     if plan.flows is not None:
+        from loadforge.engine import tables
+
         open_rows = sum(schedule.arrivals(s) for s in plan.stages if s.open_model)
         # The module's text goes with the spec: a shard on another machine (Kubernetes) has
         # no copy of it, and every worker runs the text the coordinator checked.
@@ -239,7 +247,9 @@ def check_fd_limit(specs: list[WorkerSpec], plan: Plan) -> None:
 MAX_TEMPLATE_BUFFERS = 512 << 20
 
 
-def check_template_buffers(specs: list[WorkerSpec], compiled: tables.Compiled) -> None:
+def check_template_buffers(specs: list[WorkerSpec], compiled: tables.Compiled | None) -> None:
+    if compiled is None:
+        return
     largest = max((t[2] for t in compiled.templates if t is not None), default=0)
     conns = max(s.connections * (s.streams if s.http2 is not None else 1) for s in specs)
     what = "connections" if specs[0].http2 is None else "streams (connections x streams)"

@@ -8,7 +8,6 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from loadforge.config.plan import Plan
-from loadforge.config.tls import TLS
 from loadforge.errors import InputError, TargetUnreachable
 
 
@@ -63,6 +62,9 @@ def with_tls(plan: Plan, target: Target) -> Plan:
             raise InputError(f"target {target.url}: TLS settings ([tls], --ca-cert, "
                              "--client-cert, --server-name, --insecure) need an https:// target")
         return plan
+    # TLS settings are an optional part of a plan: an http:// run does without their module.
+    from loadforge.config.tls import TLS
+
     tls = plan.tls or TLS()
     if plan.http == "2":
         # HTTP/2 over TLS is negotiated by ALPN: offer h2 (only h2, unless tls.alpn says more)
