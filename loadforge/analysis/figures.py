@@ -199,7 +199,7 @@ def stats_block(
 
 # -- the fold of a scope's rows ------------------------------------------------------------------
 
-@dataclass
+@dataclass(eq=False)
 class ScopeFigures:
     """One stage (or the whole run) of one run, folded from its rows (`add_row`).
 
@@ -337,7 +337,7 @@ class ScopeFigures:
                 self._error_latency.add(source.latency(row))
 
 
-@dataclass
+@dataclass(eq=False)
 class RowSource:
     """Where a run's rows come from, and the rules they are folded by: which outcome rows
     are errors (`is_error`, the one test every fold makes), whether the rows carry merged "ok"
@@ -442,7 +442,7 @@ def _pairs(buckets: Mapping[int, int]) -> Iterable[tuple[int, int]]:
     return buckets.pairs() if isinstance(buckets, SparseBuckets) else buckets.items()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class IntervalFigures:
     """What the objectives need from a span of time: latency bucket counts (sparse, hdrh
     index -> count) and outcome counts. A running sum holds them in a dict; `compact()`

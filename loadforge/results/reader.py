@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from hdrh.histogram import HdrHistogram
 
 
-@dataclass
+@dataclass(eq=False)
 class Result:
     """One run read back: metadata without the `loadforge.` prefix, labels, the whole table."""
 

@@ -51,7 +51,7 @@ class StageTotals:
         return sum(t.cpu_ns for t in totals) / wall if wall else None
 
 
-@dataclass
+@dataclass(eq=False)
 class ScopeRun:
     """Of one stage, or of the run ("all"): what its rows do not hold. How long it ran, its
     target rate (None: closed model), the generator's own figures (sends delayed, CPU)."""
@@ -65,7 +65,7 @@ class ScopeRun:
     worker_cpu: float | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class RunInputs:
     """What the summary takes from the live merge besides the rows (Aggregator.finish)."""
 
@@ -77,7 +77,7 @@ class RunInputs:
     http2: bool = False               # an HTTP/2 run: its stream error kinds are listed
 
 
-@dataclass
+@dataclass(eq=False)
 class MergedInterval:
     """One interval once every worker's report of it is merged (Aggregator.take): what the
     runner writes, folds and judges, and what the live outputs and the progress line show.

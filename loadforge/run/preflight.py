@@ -137,7 +137,7 @@ def preflight(target: Target, req: Request, timeout_s: float, judge_status: bool
     return negotiated
 
 
-@dataclass
+@dataclass(eq=False)
 class Answer:
     """What the engine made of the preflight's one request: the outcome as the run counts it
     (config/outcomes.py; "" when none was recorded), what TLS negotiated (None: no handshake

@@ -82,7 +82,7 @@ def auto_workers(plan: Plan) -> int:
     return max(1, min(cores, math.ceil(peak / AUTO_RATE)))
 
 
-@dataclass
+@dataclass(eq=False)
 class RunOptions:
     """How a run is made, apart from its plan: the command line's run options."""
 
@@ -110,7 +110,7 @@ class RunOptions:
     started: Callable[[], None] | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class RunOutcome:
     """What a run ends with: its summary, where its results are, and how it ended."""
 
@@ -269,7 +269,7 @@ def check_template_buffers(specs: list[WorkerSpec], compiled: tables.Compiled | 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-@dataclass
+@dataclass(eq=False)
 class Stop:
     """How the collection ended early, if it did."""
 

@@ -195,7 +195,7 @@ def decode_interval(message: bytes) -> IntervalReport:
                           tls_handshakes, checks, flow_errors, flow_samples, clamped)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class WorkerSpec:
     """Everything a worker needs to build its engine; sent, pickled, to its worker process."""
 
