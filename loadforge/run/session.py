@@ -142,11 +142,8 @@ def new_run_id(plan: Plan) -> str:
 def compile_feeders(plan: Plan, target: Target, inline: bool = False) -> tables.Compiled | None:
     """The plan's feeder tables and request templates, compiled for the engine (exit 2 naming
     a missing column, an unreadable file or a value that would break the request framing);
-    None for a plan with neither (nor flows)."""
-    if not plan.feeders and not plan.templates and plan.flows is None:
-        return None
-    from loadforge.engine import tables
-
+    None for a plan with no templates and no flows (its feeders' files checked all the same),
+    which then does without engine/tables."""
     label = "profile" if plan.path in ("", "<profile>") else f"profile {os.path.basename(plan.path)}"
     for i, feeder in enumerate(plan.feeders):
         # A feeder no slot uses is not loaded, but a file that is not there is still an error.
@@ -155,12 +152,14 @@ def compile_feeders(plan: Plan, target: Target, inline: bool = False) -> tables.
         if not os.access(feeder.path, os.R_OK):
             raise InputError(f"{label}: feeders[{i}]: cannot read {feeder.path} (permission "
                              "denied)")
+    if plan.flows is None and not plan.templates:
+        return None
+    from loadforge.engine import tables
+
     if plan.flows is not None:
         # Flows read every feeder's rows (user.rows) from tables of their own: table i is
         # feeder i, its columns as they are in the file.
         return tables.compile_rows(plan.feeders, label, inline=inline)
-    if not plan.templates:
-        return tables.Compiled()
     if plan.http == "2":
         h2_heads = [None if t is None else
                     h2_template_head(r, t, target.host, target.path, target.scheme)

@@ -3,10 +3,11 @@
 Each worker runs one `_core.Engine` over its stripe of the global schedule. It talks to the
 coordinator over one socket pair: it receives its `WorkerSpec`, sends `READY` once its engine
 is built and its pool open (Engine.warm: the spec's `preconnect` connections, their connects,
-TLS handshakes and HTTP/2 SETTINGS, for at most WARM_S), receives the common start time (CLOCK_MONOTONIC, the same clock in every
-process), then sends one `INTERVAL` message a second and `DONE` at the end. The coordinator stops a
-worker early by writing a byte to the socket; the engine watches it in its epoll set, so a
-worker whose coordinator dies sees the socket close and stops by itself.
+TLS handshakes and HTTP/2 SETTINGS, for at most WARM_S), receives the common start time
+(CLOCK_MONOTONIC, the same clock in every process), then sends one `INTERVAL` message a
+second and `DONE` at the end. The coordinator stops a worker early by writing a byte to the
+socket; the engine watches it in its epoll set, so a worker whose coordinator dies sees the
+socket close and stops by itself.
 
 A worker is forked by the command's fork server (forkserver.py: forked from the command
 before its first thread, the engine imported), or, where none runs (the library used without
