@@ -45,7 +45,7 @@ def recording_start(pool):
     before.extend(sys.modules)
     return start(pool)
 session.start = recording_start
-from loadforge.cli import main
+from loadforge.cli.app import main     # as the command loads it: the commands' modules lazily
 try:
     main(["run", "--target", {url!r}, "--rate", "20", "--duration", "1s", "--quiet",
           "--out", {out!r}])
@@ -72,7 +72,8 @@ def test_the_coordinator_reaches_its_first_request_without_pyarrow_or_httpx(plai
 
 
 # What a plain run has no use for before its first request: TLS (Python's ssl, its settings),
-# the optional profile tables' readers, the feeders' tables and CSV reader.
+# the optional profile tables' readers, the feeders' tables and CSV reader; a run from flags
+# reads no profile (config/profile.py, feeders.py) and runs one command (no other's module).
 OPTIONAL = ("ssl", "loadforge.config.tls", "loadforge.config.observe",
             "loadforge.config.sandbox", "loadforge.config.grpc", "loadforge.sandbox",
             "loadforge.flows", "loadforge.engine.tables", "csv")
@@ -81,13 +82,6 @@ OPTIONAL = ("ssl", "loadforge.config.tls", "loadforge.config.observe",
 def test_a_quiet_plain_run_imports_neither_rich_nor_what_it_does_not_use(plain_run):
     assert [m for m in OPTIONAL if m in plain_run["before"]] == []
     assert [m for m in plain_run["after"] if m.split(".")[0] == "rich"] == []
-
-
-def test_a_run_writes_its_file_without_pyarrows_filesystems(plain_run):
-    # results/store.parquet_writer: pyarrow.parquet's module imports pyarrow.fs (S3, GCS,
-    # Azure, HDFS), 10 ms of CPU that writing a local file has no use for.
-    assert "pyarrow._parquet" in plain_run["after"]
-    assert [m for m in ("pyarrow.parquet", "pyarrow.fs") if m in plain_run["after"]] == []
 
 
 def test_a_plain_run_imports_none_of_the_features_it_does_not_use(plain_run):

@@ -2,8 +2,9 @@
 0 ran and every SLO held, 1 an SLO or regression gate failed, 2 invalid input, 3 could not run.
 
 `main` is the click group of app.py (`entry`, the `loadforge` command, runs it in a process
-of its own); each module below adds its commands to it: load.py `run`, `capacity` and `shard`; results.py `compare`, `report`,
-`export`, `ls` and `trend`; model.py `sandbox` and `simulate`.
+of its own); each module below adds its commands to it: load.py `run`, `capacity` and `shard`;
+results.py `compare`, `report`, `export`, `ls` and `trend`; model.py `sandbox` and `simulate`.
+The command loads only the module of the command it runs (app.py's COMMANDS).
 
 This module imports none of them until `entry` runs or a name of theirs is asked for, so that
 the command can hold the garbage collector before click loads (`entry`).
@@ -34,7 +35,7 @@ def entry() -> None:
     # 40 collections, 8-12 ms of a 1 s run's CPU, two thirds of it before time zero).
     _held = True
     gc.disable()
-    from loadforge.cli import app, load, model, results  # noqa: F401  (the commands)
+    from loadforge.cli import app
 
     app.entry()
 

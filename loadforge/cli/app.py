@@ -6,6 +6,7 @@ inside the command, so `loadforge --help` and `loadforge run --help` load click 
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -28,10 +29,31 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_RUN = 0, 1, 2, 3
 
+# Each command and the module that adds it to `main`: a command's module loads when the command
+# is asked for, so `loadforge run` does without the other commands' modules and options (their
+# click objects and help texts, 2 ms of every run's start). tests/test_startup.py keeps this
+# list and the modules' commands the same.
+COMMANDS = {
+    "run": "load", "capacity": "load", "shard": "load",
+    "sandbox": "model", "simulate": "model",
+    "compare": "results", "report": "results", "export": "results", "ls": "results",
+    "trend": "results",
+}
+
 
 class Group(click.Group):
     """Turns the library's errors into a message and the documented exit code, and click's
-    usage errors into exit 2 (click's own code for them as well)."""
+    usage errors into exit 2 (click's own code for them as well); loads each command's module
+    where the command is asked for (COMMANDS)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f"loadforge.cli.{module}")
+        return super().get_command(ctx, cmd_name)
 
     def resolve_command(self, ctx: click.Context, args: list[str]
                         ) -> tuple[str | None, click.Command | None, list[str]]:

@@ -115,7 +115,7 @@ def _check_flags(target: str | None, rate: float | None, concurrency: int | None
         if value is not None:
             check_at_most(value, maximum, option)
     if target is not None:
-        from loadforge.config.profile import check_target
+        from loadforge.config.checker import check_target
 
         check_target(target, "--target", allow_query=not has_profile)
 
@@ -260,7 +260,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     from dataclasses import replace
 
     from loadforge import runner
-    from loadforge.config.profile import load_profile, parse_slo_flags, with_slo_flags
+    from loadforge.config.objectives import parse_slo_flags, with_slo_flags
     from loadforge.config.redact import hide_in_messages, profile_secrets
 
     stdout_taken = one_stdout_output(("--summary-json", summary_json), ("--junit", junit_path),
@@ -272,6 +272,9 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         if rate is not None or concurrency is not None or duration is not None:
             raise InputError("run: --rate, --concurrency and --duration apply only without a "
                              "profile; the profile's stages set the load")
+        # (here only: a run from flags does without the profile's reader, feeders.py with it)
+        from loadforge.config.profile import load_profile
+
         plan = load_profile(profile)
         if connections is not None:
             plan = replace(plan, connections=connections)
@@ -642,7 +645,7 @@ def capacity(target: str, slos: tuple[str, ...], start_rps: float, max_rps: floa
     from rich.console import Console
 
     from loadforge.capacity import CapacityOptions, Search
-    from loadforge.config.profile import parse_slo_flags
+    from loadforge.config.objectives import parse_slo_flags
     from loadforge.present import summary
 
     if target != "sandbox":

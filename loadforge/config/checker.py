@@ -5,12 +5,28 @@ builder (profile.py) and the [slo] reader (objectives.py)."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from loadforge import limits
+from loadforge.config.redact import redact_url
 from loadforge.errors import ProfileError
 from loadforge.units import parse_duration, parse_percent, show_value
+
+# Printable ASCII: the engine pre-encodes requests once, and non-ASCII in a request line or
+# header would need an encoding choice the profile cannot express.
+PRINTABLE = re.compile(r"[\x20-\x7e]*")
+
+
+def check_target(value: Any, where: str = "--target", *, allow_query: bool = False) -> str:
+    """A target URL given on the command line, validated as a profile's `target` is (a run
+    from flags loads this module, not the profile's reader).
+
+    `allow_query`: the flags-only run sends its one request to the target's path and query.
+    """
+    return Checker(where).target(value, "", allow_query=allow_query)
 
 
 class Checker:
@@ -65,6 +81,37 @@ class Checker:
         if not isinstance(value, str):
             self.fail(path, f"must be a string, got {show_value(value)}")
         return value
+
+    def target(self, value: Any, path: str, *, allow_query: bool = False) -> str:
+        """A target: "sandbox" or an http(s) URL with a host, without user-info or a
+        #fragment, and without a ?query unless `allow_query`."""
+        target = self.string(value, path)
+        expected = 'must be "sandbox" or an http:// or https:// URL'
+        if target == "sandbox":
+            return target
+        # Messages show the URL without its user-info: they end up in CI logs.
+        shown = show_value(redact_url(target))
+        if not PRINTABLE.fullmatch(target) or " " in target:
+            self.fail(path, f"{expected} (printable ASCII, no spaces), got {shown}")
+        try:
+            # urlsplit itself refuses an unbalanced "[" (an IPv6 literal); the port it checks
+            # only when asked.
+            parts = urlsplit(target)
+            parts.port  # noqa: B018
+        except ValueError:
+            self.fail(path, f"{expected} with a valid port, got {shown}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.fail(path, f"{expected} such as \"http://127.0.0.1:8080\", got {shown}")
+        if "@" in parts.netloc:
+            self.fail(path, f"{expected} without user:password@, got {shown}; send credentials "
+                            "in a request's headers (Authorization), which results never "
+                            "archive")
+        if parts.fragment or "#" in target:
+            self.fail(path, f"{expected} without a #fragment (never sent), got {shown}")
+        if (parts.query or "?" in target) and not allow_query:
+            self.fail(path, f"{expected} without a ?query, got {shown}; its path is a prefix "
+                            "of every request's path, a query belongs in requests[].path")
+        return target
 
     def name(self, value: Any, path: str) -> str:
         name = self.string(value, path)

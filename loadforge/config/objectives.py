@@ -30,7 +30,6 @@ run is stopped once a window's objectives have failed continuously for that long
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -63,6 +62,8 @@ def parse_slo_flags(values: Iterable[str]) -> dict[str, float]:
             raise ProfileError(f"--slo {show_value(item)}: expected OBJECTIVE=LIMIT, "
                                "e.g. p99=250ms or error_rate=1%")
         if key not in OBJECTIVES:
+            import difflib  # a mistyped name only: not on every run's way
+
             close = difflib.get_close_matches(key, OBJECTIVES, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ProfileError(f"--slo {show_value(item)}: unknown objective '{key}'{hint}; "
@@ -111,6 +112,8 @@ def slo_table(check: Checker, value: Any, stages: tuple[Stage, ...]) -> SLO:
         name = check.string(check.require(entry, path, "stage", "the stage's name"),
                             f"{path}.stage")
         if name not in by_name:
+            import difflib
+
             close = difflib.get_close_matches(name, list(by_name), n=1)
             hint = f" (did you mean {show_value(close[0])}?)" if close else ""
             check.fail(f"{path}.stage", f"names no stage: got {show_value(name)}{hint}; "

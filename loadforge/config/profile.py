@@ -11,11 +11,12 @@ import os
 import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from loadforge import limits
 from loadforge.config import feeders as feeders_module
+from loadforge.config.checker import PRINTABLE
 from loadforge.config.checker import Checker as _Checker
+from loadforge.config.checker import check_target as check_target
 from loadforge.config.files import read_regular
 
 # --slo's reader, and the objectives they add, where the command line and analysis found them.
@@ -30,7 +31,7 @@ from loadforge.config.plan import (
     Request,
     Stage,
 )
-from loadforge.config.redact import is_secret_header, redact_url
+from loadforge.config.redact import is_secret_header
 from loadforge.errors import ProfileError
 from loadforge.units import show_value
 
@@ -64,9 +65,6 @@ DEFAULT_TIMER_RESOLUTION_S = 200e-6
 
 # RFC 9110 section 5.6.2: token = 1*tchar.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Printable ASCII: the engine pre-encodes requests once, and non-ASCII in a request line or
-# header would need an encoding choice the profile cannot express.
-_PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
 
 def load_profile(path: str) -> Plan:
@@ -119,7 +117,7 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
 
     default_name = "profile" if path == "<profile>" else os.path.splitext(base)[0]
     name = check.name(top.get("name", default_name), "name")
-    target = _target(check, top.get("target", DEFAULT_TARGET))
+    target = check.target(top.get("target", DEFAULT_TARGET), "target")
     load = check.table(top.get("load", {}), "load")
     check.keys(load, "load", LOAD_KEYS)
     connections = check.integer(load.get("connections", DEFAULT_CONNECTIONS),
@@ -256,44 +254,6 @@ def plan_from_dict(data: dict[str, Any], source: str = "", path: str = "<profile
                 secrets=tuple(dict.fromkeys(s for s in secrets if s)), flows=flows)
 
 
-def check_target(value: Any, where: str = "--target", *, allow_query: bool = False) -> str:
-    """A target URL given on the command line, validated as a profile's `target` is.
-
-    `allow_query`: the flags-only run sends its one request to the target's path and query.
-    """
-    return _target(_Checker(where), value, "", allow_query=allow_query)
-
-
-def _target(check: _Checker, value: Any, path: str = "target", *,
-            allow_query: bool = False) -> str:
-    target = check.string(value, path)
-    expected = 'must be "sandbox" or an http:// or https:// URL'
-    if target == "sandbox":
-        return target
-    # Messages show the URL without its user-info: they end up in CI logs.
-    shown = show_value(redact_url(target))
-    if not _PRINTABLE.fullmatch(target) or " " in target:
-        check.fail(path, f"{expected} (printable ASCII, no spaces), got {shown}")
-    try:
-        # urlsplit itself refuses an unbalanced "[" (an IPv6 literal); the port it checks
-        # only when asked.
-        parts = urlsplit(target)
-        parts.port  # noqa: B018
-    except ValueError:
-        check.fail(path, f"{expected} with a valid port, got {shown}")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        check.fail(path, f"{expected} such as \"http://127.0.0.1:8080\", got {shown}")
-    if "@" in parts.netloc:
-        check.fail(path, f"{expected} without user:password@, got {shown}; send credentials "
-                         "in a request's headers (Authorization), which results never archive")
-    if parts.fragment or "#" in target:
-        check.fail(path, f"{expected} without a #fragment (never sent), got {shown}")
-    if (parts.query or "?" in target) and not allow_query:
-        check.fail(path, f"{expected} without a ?query, got {shown}; its path is a prefix of "
-                         "every request's path, a query belongs in requests[].path")
-    return target
-
-
 def _workers(check: _Checker, value: Any) -> int | None:
     if value == "auto" and isinstance(value, str):
         return None
@@ -386,7 +346,7 @@ def _request(check: _Checker, raw: dict[str, Any], i: int,
     found: list[str] = []
     target_path = raw_path if archived else \
         feeders_module.environment(raw_path, check.where(f"{path}.path"), found)
-    if not target_path.startswith("/") or not _PRINTABLE.fullmatch(target_path) \
+    if not target_path.startswith("/") or not PRINTABLE.fullmatch(target_path) \
             or " " in target_path:
         shown = "a value from the environment" if found else show_value(target_path)
         check.fail(f"{path}.path", 'must start with "/" and be printable ASCII without spaces '
@@ -399,7 +359,7 @@ def _request(check: _Checker, raw: dict[str, Any], i: int,
             found = []
             value = feeders_module.environment(
                 value, check.where(f"{path}.headers.{show_value(key)}"), found)
-            if not _PRINTABLE.fullmatch(value.replace("\t", " ")):
+            if not PRINTABLE.fullmatch(value.replace("\t", " ")):
                 check.fail(f"{path}.headers.{show_value(key)}",
                            "has a value from the environment with CR, LF or another control "
                            "or non-ASCII character")
@@ -508,12 +468,12 @@ def _headers(check: _Checker, value: Any, path: str) -> tuple[tuple[str, str], .
                               "case-insensitive)")
         seen[key.lower()] = key
         text = check.string(header_value, where)
-        if not _PRINTABLE.fullmatch(text.replace("\t", " ")):
+        if not PRINTABLE.fullmatch(text.replace("\t", " ")):
             # A credential stays out of the message too (it ends up in CI logs).
             shown = "a value" if is_secret_header(key) else show_value(text)
             check.fail(where, "must be printable ASCII without CR, LF or other control "
                               f"characters, got {shown}")
-        if key.lower() == "host" and (not text or not _PRINTABLE.fullmatch(text)
+        if key.lower() == "host" and (not text or not PRINTABLE.fullmatch(text)
                                       or " " in text or "/" in text):
             check.fail(where, f"must be a host name, with an optional :port, got "
                               f"{show_value(text)}")
