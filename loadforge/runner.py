@@ -210,10 +210,6 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
                 agg.shard_of = lambda k: k % opts.shards
             feed = IntervalFeed(writer, fold, judge, progress, live)
             agg.t0_ns = t0
-            # pyarrow (0.03 s) imports, and the Parquet writer is made, at nice 19 while the
-            # run goes on: last, as its thread holds the GIL (a thread waits 5 ms for it).
-            # Before time zero it held the GIL the workers' start needed (up to 20 ms later).
-            writer.open_meanwhile(then=opts.started)
             try:
                 with contextlib.closing(session.collect(pool, agg, plan, t0, stop)) as merged:
                     for interval in merged:

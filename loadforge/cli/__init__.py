@@ -41,10 +41,11 @@ def entry() -> None:
 
 
 def start_up_over() -> None:
-    """The command's start-up is over (a run's: its writer has loaded pyarrow; any other
-    command's: its arguments are parsed): what it made is frozen out of the collector's way
-    (gc.freeze: never walked nor freed again; the command keeps it to its end anyway) and
-    collection resumes. Idempotent; nothing in a process that only called `main`."""
+    """The command's start-up is over (a run's: its plan made and its modules loaded, before
+    its fork server forks; any other command's: its arguments are parsed): what it made is
+    frozen out of the collector's way (gc.freeze: never walked nor freed again; the command
+    keeps it to its end anyway) and collection resumes. Idempotent; nothing in a process that
+    only called `main`."""
     global _held
     if _held:
         _held = False

@@ -59,7 +59,7 @@ class Group(click.Group):
                         ) -> tuple[str | None, click.Command | None, list[str]]:
         name, command, rest = super().resolve_command(ctx, args)
         if name != "run":
-            start_up_over()     # a run's start-up ends later: once its writer has loaded
+            start_up_over()     # a run's ends later: once its plan is made (load.py)
         return name, command, rest
 
     def invoke(self, ctx: click.Context) -> Any:

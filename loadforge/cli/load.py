@@ -338,6 +338,9 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
     # command as Ctrl-C does: 128 + N, nothing half-written left behind.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, raise_interrupted)
+    # The start-up is over: what it made is frozen out of the collector's way (cli/__init__.py)
+    # before the fork server forks, so that neither process's collector touches those pages.
+    start_up_over()
     if not shards:
         # Workers fork from a server started here, before the first thread (forkserver.py).
         from loadforge.run.workers import use_fork_server
@@ -357,7 +360,7 @@ def run(profile: str | None, target: str | None, rate: float | None, concurrency
         opts = runner.RunOptions(target=target, workers=workers, out_dir=out_dir,
                                  labels=dict(run_labels), quiet=quiet,
                                  preflight=not no_preflight, backend_header=backend_header,
-                                 slo_flags=objectives, started=start_up_over)
+                                 slo_flags=objectives)
         if shards:
             opts = replace(opts, shards=shards, launcher=launcher,
                            max_clock_offset_s=parse_duration(max_clock_offset,

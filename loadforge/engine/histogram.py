@@ -60,8 +60,7 @@ __all__ = [
 def new_histogram() -> HdrHistogram:
     """An empty histogram with the engine's layout (µs, 1 µs .. 1 h, 3 digits)."""
     # hdrh (with ctypes, 4 ms) is imported where a histogram is first made: a run's merge
-    # makes its first an interval after time zero, by when the writer's thread has imported
-    # it (results/store.open_meanwhile), off the way of the run's start.
+    # makes its first an interval after time zero, off the way of the run's start.
     from hdrh.histogram import HdrHistogram
 
     return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)

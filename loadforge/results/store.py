@@ -8,7 +8,8 @@ DuckDB; everything else about the run goes into the Parquet key-value metadata u
 `loadforge.`. The column names of DESIGN.md "Parquet results" are a contract with other tools.
 
 The schema is results/schema.py's, the reader results/reader.py's; both are re-exported here,
-where the rest of loadforge imports them from.
+where the rest of loadforge imports them from (the reader's names on first use: a run writes
+its file without the reader's module).
 """
 
 from __future__ import annotations
@@ -17,20 +18,13 @@ import errno
 import json
 import os
 import socket
-import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import loadforge
 from loadforge.engine import histogram
+from loadforge.results.parquet import ParquetWriter
 from loadforge.results.partial import SPARE_MIN_BYTES, SpareSpaceFile, claim, why
-from loadforge.results.reader import (
-    Result,
-    check_regular_file,
-    find_results,
-    read_result,
-    start_key,
-)
 from loadforge.results.schema import (
     BASE_COLUMNS,
     BASE_FIELDS,
@@ -46,10 +40,18 @@ from loadforge.results.schema import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    import pyarrow as pa
     from hdrh.histogram import HdrHistogram
+
+    from loadforge.results.reader import (
+        Result,
+        check_regular_file,
+        find_results,
+        read_result,
+        start_key,
+    )
+
+# The reader's names, re-exported on first use (PEP 562).
+_READER = ("Result", "check_regular_file", "find_results", "read_result", "start_key")
 
 __all__ = [
     "BASE_COLUMNS",
@@ -79,26 +81,6 @@ ROW_GROUP_ROWS = 1024
 ROW_GROUP_BYTES = 1 << 20
 
 
-def parquet_writer(sink: Any, schema: pa.Schema) -> Any:
-    """A Parquet writer of `schema` on `sink`, zstd-compressed: pyarrow's own writer
-    (`pyarrow._parquet.ParquetWriter`), made with the settings `pyarrow.parquet.ParquetWriter`
-    gives it. That wrapper's module imports pyarrow's filesystems (its S3, GCS, Azure and HDFS
-    bindings among them): 10 ms of CPU in every run, for a local file that uses none. Where
-    the inner writer is missing or takes other arguments (another pyarrow), the wrapper; both
-    write the same file."""
-    try:
-        from pyarrow._parquet import ParquetWriter
-
-        return ParquetWriter(sink, schema, version="2.6", use_dictionary=True,
-                             compression="zstd", write_statistics=True,
-                             use_deprecated_int96_timestamps=False, writer_engine_version="V2",
-                             data_page_version="1.0", use_compliant_nested_type=True)
-    except (ImportError, TypeError):
-        import pyarrow.parquet as pq
-
-        return pq.ParquetWriter(sink, schema, compression="zstd")
-
-
 class ResultWriter:
     """Streams rows of one run into `path`, via `path + ".partial"` renamed on close().
 
@@ -123,9 +105,10 @@ class ResultWriter:
         self.labels = dict(labels or {})
         for key in self.labels:
             check_label_key(key)
-        # Built, with pyarrow, when the first rows are written.
-        self.schema: pa.Schema | None = None
-        columns = list(BASE_COLUMNS) + [label_column(k) for k in sorted(self.labels)]
+        # Labels are constant string columns, after the base columns, in sorted order.
+        self.fields = list(BASE_FIELDS) + [(label_column(k), "string", False)
+                                           for k in sorted(self.labels)]
+        columns = [name for name, _, _ in self.fields]
         self.rows_written = 0
         # Why writing stopped (a full disk); rows written before stay, later ones are dropped.
         self.failure: str | None = None
@@ -151,49 +134,20 @@ class ResultWriter:
             labels=json.dumps(self.labels, sort_keys=True),
         )
         self.metadata = kv
-        self._writer: Any = None          # parquet_writer's
+        self._writer: ParquetWriter | None = None
         self._empty_histogram: HdrHistogram | None = None
         self._closed = False
-        # Held while the Parquet writer is made or the file ended: open_meanwhile's thread
-        # may make it while the run goes on.
-        self._lock = threading.RLock()
         self._file = claimed if claimed is not None else claim(self.path)
 
-    def open_meanwhile(self, then: Callable[[], None] | None = None) -> None:
-        """Import pyarrow and make the Parquet writer in a thread of the lowest priority, while
-        the caller goes on: a run calls it at time zero, so that neither (0.03-0.05 s of CPU
-        for the import, 1-2 ms for the writer) is paid after the last arrival. At nice 19 it
-        takes the CPU a worker leaves idle, not the CPU a worker needs (a thread's own nice
-        value, Linux). `then` is called in that thread once it is done, or has failed."""
-
-        def low_priority_open() -> None:
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-            except OSError:
-                pass
-            try:
-                # What writing needs: hdrh (the merge's histograms, their encoding) and pyarrow.
-                import hdrh.histogram  # noqa: F401
-                import pyarrow  # noqa: F401
-                with self._lock:
-                    if not self._closed:
-                        self._open()
-            except Exception:  # noqa: BLE001 -- the writer is made again where it is needed
-                pass
-            finally:
-                if then is not None:
-                    then()
-
-        threading.Thread(target=low_priority_open, name="open-result", daemon=True).start()
-
-    def _open(self) -> Any:
-        """The Parquet writer, made with the first row group (or at close)."""
-        with self._lock:
-            if self._writer is None:
-                self.schema = result_schema(self.labels).with_metadata(
-                    {METADATA_PREFIX + k: v for k, v in self.metadata.items()})
-                self._writer = parquet_writer(self._file, self.schema)
-            return self._writer
+    def _open(self) -> ParquetWriter:
+        """The Parquet writer (results/parquet.py), made with the first row group (or at
+        close)."""
+        if self._writer is None:
+            self._writer = ParquetWriter(
+                self._file, self.fields,
+                {METADATA_PREFIX + k: v for k, v in self.metadata.items()},
+                loadforge.__version__)
+        return self._writer
 
     def write(self, rows: list[dict[str, Any]], last: bool = False) -> bool:
         """Append rows. Each row: scope, stage, name, outcome, start_ms, end_ms, count,
@@ -293,14 +247,10 @@ class ResultWriter:
     def _flush(self) -> None:
         if not self._buffered or self._closed:
             return
-        import pyarrow as pa
-
         try:
-            writer = self._open()
-            table = pa.table(self._buffer, schema=self.schema)
-            writer.write_table(table, row_group_size=max(self._buffered, 1))
+            self._open().write_row_group(self._buffer, self._buffered)
         except OSError as exc:
-            # pyarrow closes the file on a failed write: nothing more can be written to it.
+            # A row group cut short: nothing more is written after it (`_broken`).
             self._broken = True
             self.failure = self.failure or (f"results {self.path}: cannot write ({why(exc)}) "
                                             f"after {self.rows_written} rows")
@@ -338,8 +288,7 @@ class ResultWriter:
                 raise OSError(errno.EIO, "a write failed")
             writer = self._open()
             if end_metadata:
-                writer.add_key_value_metadata(
-                    {METADATA_PREFIX + k: v for k, v in end_metadata.items()})
+                writer.add_metadata({METADATA_PREFIX + k: v for k, v in end_metadata.items()})
             writer.close()
         except OSError as exc:
             self.failure = self.failure or f"results {self.path}: cannot write ({why(exc)})"
@@ -372,18 +321,11 @@ class ResultWriter:
 
     def abort(self) -> None:
         """Close without publishing; removes the partial file."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        try:
-            if self._writer is not None:
-                self._writer.close()
-        except OSError:
-            pass
-        finally:
-            self._file.close()
-            self._remove_partial()
+        if self._closed:
+            return
+        self._closed = True
+        self._file.close()
+        self._remove_partial()
 
     def __enter__(self) -> ResultWriter:
         return self
@@ -393,3 +335,11 @@ class ResultWriter:
             self.close()
         else:
             self.abort()
+
+
+def __getattr__(name: str) -> Any:
+    if name in _READER:
+        from loadforge.results import reader
+
+        return getattr(reader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -47,9 +47,9 @@ READY_TIMEOUT_S = 30.0
 # then (Engine.warm: connects, TLS handshakes, HTTP/2 SETTINGS), waits in recv() for time
 # zero and is woken within microseconds; the margin covers a busy machine's scheduling delay
 # (a worker woken later sends its first arrivals late, timed from when they were due), and
-# the coordinator's own start of the merge and the writer, which shares the cores (hdrh and
-# pyarrow load at nice 19, runner.py). 1,000/s for 1 s on the 2-core VM, 14 runs each at 5
-# and at 10 ms: p99 median 223 and 236 µs, max median 3.0 ms at both. (While the pool opened
+# the coordinator's own start of the merge and the writer, which shares the cores (their
+# modules load after time zero, runner.py). 1,000/s for 1 s on the 2-core VM, 14 runs each at
+# 5 and at 10 ms: p99 median 223 and 236 µs, max median 3.0 ms at both. (While the pool opened
 # after time zero was known, 5 ms let an HTTP/2 connection's first requests go before a slow
 # server's SETTINGS: test_http2's window tests, 3 of 20; warm() waits for them.)
 START_DELAY_NS = 5_000_000
@@ -105,9 +105,6 @@ class RunOptions:
     coordinator_address: tuple[str, int] | None = None
     shard_token_file: str | None = None
     shard_start_timeout_s: float | None = None
-    # Called once the run's start-up is over (its writer has loaded pyarrow), from any thread:
-    # the command lets the garbage collector go then (cli/__init__.py start_up_over).
-    started: Callable[[], None] | None = None
 
 
 @dataclass(eq=False)
