@@ -186,7 +186,12 @@ def _execute_compiled(plan: Plan, opts: RunOptions, console: Console, target: Ta
             if watchers is not None:
                 watchers.start(t0)
             # The workers run: the merge, the writer and the fold load and start now (their
-            # first interval is due an interval from now), off the way to time zero.
+            # first interval is due an interval from now), off the way to time zero; hdrh too,
+            # which the merge's first histogram would load at the first interval's end (a 1 s
+            # run's last, where 4-5 ms more of wall would stand between the last arrival and
+            # the summary).
+            import hdrh.histogram  # noqa: F401
+
             from loadforge.analysis import figures
             from loadforge.results.store import ResultWriter
             from loadforge.run.merge import Aggregator
