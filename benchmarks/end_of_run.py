@@ -11,7 +11,7 @@ of the run, against nginx on 127.0.0.1, --rounds times each:
   with the intervals the verdicts judge).
 
 Each round is `python -m loadforge.cli run ...` with the collect loop's end marked from a
-small driver (`coordinator._collect` wrapped, an atexit hook at the end). Prints the median
+small driver (`run.session.collect` wrapped, an atexit hook at the end). Prints the median
 and range of each figure.
 
   nice python3 benchmarks/end_of_run.py [--rounds 7] [--port 31090] [--long]
@@ -101,15 +101,15 @@ p50 = "1s"
 # Runs the CLI in this process, marking the collect loop's end; prints the marks last.
 DRIVER = """
 import atexit, json, sys, time
-from loadforge.run import coordinator
+from loadforge.run import session
 marks = {}
-collect = coordinator._collect
+collect = session.collect
 def marked(*args, **kwargs):
     try:
-        return collect(*args, **kwargs)
+        yield from collect(*args, **kwargs)
     finally:
         marks["wall"], marks["cpu"] = time.perf_counter(), time.process_time()
-coordinator._collect = marked
+session.collect = marked
 def done():
     sys.stdout.flush()
     end = {"end_wall_s": time.perf_counter() - marks["wall"],
