@@ -100,6 +100,11 @@ def test_statistics_are_the_minimum_and_maximum_of_each_chunk() -> None:
     # No order with a NaN among the values, and none kept for the histograms' bytes.
     assert nan is None or not nan.has_min_max
     assert b is None or not b.has_min_max
+    # Zero bounds as the format asks: -0.0 for a minimum, +0.0 for a maximum.
+    zeros = [("lo", "float64", False), ("hi", "float64", False)]
+    bounds = pq.read_metadata(io.BytesIO(written(zeros, [{"lo": [0.0, 1.0], "hi": [-1.0, -0.0]}])))
+    lo, hi = (bounds.row_group(0).column(i).statistics for i in range(2))
+    assert math.copysign(1, lo.min) == -1 and math.copysign(1, hi.max) == 1
     # A filter on the statistics reads what it should (what a query over an archive does).
     table = pq.read_table(io.BytesIO(written(columns, [group])), filters=[("n", ">", 6)])
     assert table.column("n").to_pylist() == [9]

@@ -97,18 +97,17 @@ def _value(ttype: int, value: Any, out: bytearray) -> None:
         raise ValueError(f"thrift type {ttype}")
 
 
-def _plain(physical: int, values: list[Any], text: bool) -> bytes:
-    """PLAIN-encoded non-null values."""
+def _plain(physical: int, values: list[Any]) -> bytes:
+    """PLAIN-encoded non-null values (text encoded to UTF-8 already)."""
     if physical == INT64:
         return struct.pack(f"<{len(values)}q", *values)
     if physical == DOUBLE:
         return struct.pack(f"<{len(values)}d", *values)
-    out = bytearray()
-    for value in values:
-        data = value.encode() if text else value
-        out += struct.pack("<I", len(data))
-        out += data
-    return bytes(out)
+    parts = []
+    for data in values:
+        parts.append(len(data).to_bytes(4, "little"))
+        parts.append(data)
+    return b"".join(parts)
 
 
 def _levels(present: list[bool]) -> bytes:
@@ -127,21 +126,24 @@ def _levels(present: list[bool]) -> bytes:
 
 
 def _statistics(physical: int, text: bool, values: list[Any], nulls: int) -> list[Any] | None:
-    """min_value/max_value (PLAIN-encoded, compared as the column's type orders them) and
-    null_count; none for binary columns (histograms) or where a NaN leaves no order."""
+    """min_value/max_value (PLAIN-encoded, ordered as the column's type orders them: text as
+    its UTF-8 bytes, which order as code points do) and null_count; none for binary columns
+    (histograms) or where a NaN leaves no order."""
     if not values:
         return [(3, T_I64, nulls)]
     if physical == BYTE_ARRAY:
         if not text:
             return None
-        encoded = [v.encode() for v in values]      # UTF-8 bytes order as code points do
-        low, high = min(encoded), max(encoded)
-    else:
-        if physical == DOUBLE and any(math.isnan(v) for v in values):
-            return None
         low, high = min(values), max(values)
-        fmt = "<q" if physical == INT64 else "<d"
-        low, high = struct.pack(fmt, low), struct.pack(fmt, high)
+    elif physical == DOUBLE:
+        if any(math.isnan(v) for v in values):
+            return None
+        # A zero bound is written -0.0 as a minimum, +0.0 as a maximum (the format's rule for
+        # readers that compare them as bits).
+        low, high = min(values) or -0.0, max(values) or 0.0
+        low, high = struct.pack("<d", low), struct.pack("<d", high)
+    else:
+        low, high = struct.pack("<q", min(values)), struct.pack("<q", max(values))
     return [(3, T_I64, nulls), (5, T_BINARY, high), (6, T_BINARY, low)]
 
 
@@ -185,15 +187,14 @@ class ParquetWriter:
             if len(values) != num_rows:
                 raise ValueError(f"column {name}: {len(values)} values in a row group of "
                                  f"{num_rows} rows")
+            kept = [v for v in values if v is not None] if nullable else values
+            if not nullable and None in values:
+                raise ValueError(f"column {name} is not nullable, got a null")
+            if text:
+                kept = [v.encode() for v in kept]
+            raw = _plain(physical, kept)
             if nullable:
-                present = [v is not None for v in values]
-                kept = [v for v in values if v is not None]
-                raw = _levels(present) + _plain(physical, kept, text)
-            else:
-                if None in values:
-                    raise ValueError(f"column {name} is not nullable, got a null")
-                kept = values
-                raw = _plain(physical, kept, text)
+                raw = _levels([v is not None for v in values]) + raw
             codec, page = UNCOMPRESSED, raw
             if len(raw) >= MIN_COMPRESS:
                 packed = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: the gzip format
