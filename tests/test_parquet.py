@@ -1,13 +1,14 @@
-"""results/parquet.py, the result files' writer, against pyarrow: what pyarrow reads back from
-it is, value for value and type for type, what was written, and what pyarrow's own writer
-makes of the same rows; its statistics are the columns' minima and maxima. Every run's file
-in the other tests is read back by pyarrow too (results/reader.py)."""
+"""results/parquet.py, the result files' writer, against pyarrow and DuckDB: what they read
+back from it is, value for value and type for type, what was written, and what pyarrow's own
+writer makes of the same rows; its statistics are the columns' minima and maxima. Every run's
+file in the other tests is read back by pyarrow too (results/reader.py)."""
 
 from __future__ import annotations
 
 import io
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -69,6 +70,38 @@ def test_the_same_rows_as_pyarrows_own_writer_makes_them() -> None:
     pq.write_table(pa.table(rows, schema=result_schema(["branch"])), sink)
     theirs = pq.read_table(io.BytesIO(sink.getvalue()))
     assert ours.equals(theirs)
+
+
+def test_duckdb_reads_the_same_rows_types_metadata_and_statistics(tmp_path: Path) -> None:
+    # A second, independent implementation of the format (C++, not Arrow's): what a query over
+    # an archive of results runs on.
+    import duckdb
+
+    rng = random.Random(5)
+    columns = list(BASE_FIELDS) + [("label_branch", "string", False)]
+    groups = [{name: values(kind, n, rng, nullable) for name, kind, nullable in columns}
+              for n in (3, 200)]
+    path = tmp_path / "run.parquet"
+    path.write_bytes(written(columns, groups, {"loadforge.run_id": "r1", "loadforge.x": "é"}))
+    con = duckdb.connect()
+    described = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()
+    sql = {"string": "VARCHAR", "binary": "BLOB", "int64": "BIGINT", "float64": "DOUBLE"}
+    assert [(r[0], r[1]) for r in described] == [(name, sql[kind]) for name, kind, _ in columns]
+    names = ", ".join(f'"{name}"' for name, _, _ in columns)
+    rows = con.execute(f"SELECT {names} FROM read_parquet('{path}')").fetchall()
+    expected = [tuple(g[name][i] for name, _, _ in columns) for g in groups
+                for i in range(len(g["run_id"]))]
+    assert rows == expected
+    metadata = dict(con.execute(
+        f"SELECT decode(key), decode(value) FROM parquet_kv_metadata('{path}')").fetchall())
+    assert metadata == {"loadforge.run_id": "r1", "loadforge.x": "é"}
+    # The row groups' statistics, as DuckDB reads them, bound each column's values.
+    stats = con.execute(f"SELECT row_group_id, path_in_schema, stats_min_value, stats_max_value "
+                        f"FROM parquet_metadata('{path}') WHERE path_in_schema = 'start_ms'"
+                        ).fetchall()
+    for group_id, _, low, high in stats:
+        kept = [v for v in groups[group_id]["start_ms"] if v is not None]
+        assert (int(low), int(high)) == (min(kept), max(kept))
 
 
 def test_footer_metadata_row_groups_and_many_columns() -> None:
