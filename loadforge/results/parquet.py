@@ -25,15 +25,16 @@ __all__ = ["KINDS", "ParquetWriter"]
 
 MAGIC = b"PAR1"
 
+# parquet.thrift's enums, the values used here.
+INT64, DOUBLE, BYTE_ARRAY = 2, 5, 6           # Type
 # Column kinds: the Parquet physical type, and whether the values are UTF-8 text.
-BOOLEAN, INT32, INT64, INT96, FLOAT, DOUBLE, BYTE_ARRAY = range(7)
 KINDS = {"string": (BYTE_ARRAY, True), "binary": (BYTE_ARRAY, False), "int64": (INT64, False),
          "float64": (DOUBLE, False)}
-REQUIRED, OPTIONAL = 0, 1
-PLAIN, RLE = 0, 3
-UNCOMPRESSED, GZIP = 0, 2
-DATA_PAGE = 0
-UTF8 = 0                      # ConvertedType
+REQUIRED, OPTIONAL = 0, 1                     # FieldRepetitionType
+PLAIN, RLE = 0, 3                             # Encoding
+UNCOMPRESSED, GZIP = 0, 2                     # CompressionCodec
+DATA_PAGE = 0                                 # PageType
+UTF8 = 0                                      # ConvertedType
 # Chunks smaller than this are stored as they are: a gzip stream's set-up (30-40 µs) and its
 # 18 bytes of framing cost more than it saves there (a short run's file is such chunks).
 MIN_COMPRESS = 512
